@@ -42,3 +42,37 @@ class InterpreterError(EcographError):
 
 class UnsupportedError(EcographError):
     """A model uses something ecograph does not support yet (ops, control flow, dtypes)."""
+
+
+class ModelFormatError(EcographError):
+    """An input model (file or proto) is malformed: truncated or garbage bytes, a cycle, a
+    dangling input, external data that escapes the model's folder or overruns its file, or a
+    model over the configured size cap. The message names the file, tensor or node at fault."""
+
+
+class PassError(EcographError):
+    """A pass or pipeline is misconfigured or broke the IR: unknown pass name, bad pipeline
+    spec, unmet `requires`, or a verifier failure after a named pass."""
+
+
+class NumericDivergenceError(PassError):
+    """A pass changed a graph's outputs beyond its declared tolerance. The message names the
+    pass, the first diverging node, and where the before/after pair was written."""
+
+    def __init__(self, message: str, *, pass_name: str, node: str | None, dump: str | None):
+        self.pass_name = pass_name
+        self.node = node
+        self.dump = dump
+        super().__init__(message)
+
+
+class LoweringError(EcographError):
+    """Lowering a node to a backend (TVM Relax) failed; the message names the node and op."""
+
+
+class BuildError(EcographError):
+    """Compiling or loading a backend artifact failed; the message names the target or file."""
+
+
+class CaptureError(EcographError):
+    """A framework could not capture the model (torch.export and torch.fx both failed, ...)."""

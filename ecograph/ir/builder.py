@@ -1,11 +1,11 @@
 """GraphBuilder: small graphs in a few readable lines, for tests, docs and passes.
 
-    b = GraphBuilder()
-    x = b.input("x", "float32", ["batch", 16])
-    w = b.constant(np.ones((16, 4), np.float32), "w")
-    y = b.op("Relu", b.op("MatMul", x, w))
-    b.output(y)
-    graph = b.graph
+b = GraphBuilder()
+x = b.input("x", "float32", ["batch", 16])
+w = b.constant(np.ones((16, 4), np.float32), "w")
+y = b.op("Relu", b.op("MatMul", x, w))
+b.output(y)
+graph = b.graph
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ class GraphBuilder:
         return self.graph.add_input(name, dtype, shape)
 
     def constant(self, array: Any, name: str | None = None) -> Value:
-        return self.graph.add_constant(np.asarray(array) if not isinstance(array, np.ndarray)
-                                       else array, name)  # fmt: skip
+        return self.graph.add_constant(
+            np.asarray(array) if not isinstance(array, np.ndarray) else array, name
+        )
 
     def op(
         self,

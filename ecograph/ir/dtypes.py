@@ -12,7 +12,7 @@ import ml_dtypes
 import numpy as np
 
 
-class DType(str, enum.Enum):
+class DType(enum.StrEnum):
     """A tensor element type. A `str` enum, so `DType.FLOAT32 == "float32"`."""
 
     BOOL = "bool"

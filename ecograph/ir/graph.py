@@ -41,7 +41,7 @@ class Use(NamedTuple):
 class Value:
     """A tensor edge. Create values through `Graph` methods, never directly."""
 
-    __slots__ = ("_name", "_type", "producer", "index", "_uses", "const_value", "graph")
+    __slots__ = ("_name", "_type", "_uses", "const_value", "graph", "index", "producer")
 
     def __init__(
         self,
@@ -118,16 +118,16 @@ class Node:
     """An op application. Create nodes with `Graph.add_node`."""
 
     __slots__ = (
-        "op_type",
-        "domain",
-        "name",
         "_inputs",
-        "_outputs",
-        "attrs",
-        "graph",
-        "_prev",
         "_next",
+        "_outputs",
+        "_prev",
         "_removed",
+        "attrs",
+        "domain",
+        "graph",
+        "name",
+        "op_type",
     )
 
     def __init__(self, op_type: str, domain: str, name: str, attrs: dict[str, Any]) -> None:
@@ -509,7 +509,7 @@ class Graph:
         if output_types is None:
             types = infer_node_types(self, node, num_outputs)
         else:
-            types = [t if isinstance(t, TensorType) else TensorType(*t) for t in output_types]
+            types = list(output_types)
             if len(types) != num_outputs:
                 raise IRError(f"{num_outputs} outputs but {len(types)} output types")
         if output_names is not None and len(output_names) != num_outputs:

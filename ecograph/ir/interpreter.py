@@ -35,15 +35,12 @@ def _as_array(name: str, data: Any, expected: TensorType) -> np.ndarray:
     return arr
 
 
-def bind_shape(
-    where: str, t: TensorType, shape: tuple[int, ...], env: dict[str, int]
-) -> None:
+def bind_shape(where: str, t: TensorType, shape: tuple[int, ...], env: dict[str, int]) -> None:
     """Check `shape` against type `t`, binding free symbols in `env` (consistently)."""
     if len(shape) != t.rank:
         raise InterpreterError(f"{where} has rank {len(shape)}; expected {t}")
     # Plain symbols first, then expressions that may use them.
-    order = sorted(range(t.rank), key=lambda i: not isinstance(t.shape[i], str) or not
-                   symbolic.is_symbol_name(t.shape[i]))  # fmt: skip
+    order = sorted(range(t.rank), key=lambda i: not _is_plain_symbol(t.shape[i]))
     for i in order:
         d = t.shape[i]
         actual = shape[i]
@@ -66,6 +63,10 @@ def bind_shape(
                 raise InterpreterError(
                     f"{where} has shape {list(shape)}; dim {i} should be {d} = {expected}"
                 )
+
+
+def _is_plain_symbol(d: symbolic.Dim) -> bool:
+    return isinstance(d, str) and symbolic.is_symbol_name(d)
 
 
 def interpret(
@@ -154,7 +155,7 @@ def run_node(node: Node, args: list[np.ndarray | None]) -> list[np.ndarray]:
         out = schema.kernel(*args, **attrs)
     except InterpreterError:
         raise
-    except Exception as exc:  # noqa: BLE001 - re-raised with the node named
+    except Exception as exc:
         shapes = ", ".join("_" if a is None else f"{a.dtype}{list(a.shape)}" for a in args)
         raise InterpreterError(
             f"node {node.name} ({node.qualified_op}) failed on inputs ({shapes}): "

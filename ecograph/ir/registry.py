@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
@@ -302,7 +302,7 @@ class InferContext:
         value = self.node.input(i)
         return None if value is None else symbolic_value(value)
 
-    def fail(self, message: str) -> Any:
+    def fail(self, message: str) -> NoReturn:
         raise TypeInferenceError(f"node {self.node.name} ({self.schema.qualified_name}): {message}")
 
 

@@ -44,8 +44,11 @@ class GraphStats:
             + (f"{self.macs:,}" if self.macs is not None else "unknown")
             + "  FLOPs: "
             + (f"{self.flops:,}" if self.flops is not None else "unknown")
-            + (f" (unbound symbols: {', '.join(self.unbound_symbols)})" if self.unbound_symbols
-               else ""),  # fmt: skip
+            + (
+                f" (unbound symbols: {', '.join(self.unbound_symbols)})"
+                if self.unbound_symbols
+                else ""
+            ),
             "ops: " + ", ".join(f"{op} x{n}" for op, n in self.op_histogram.items()),
         ]
         return "\n".join(lines)

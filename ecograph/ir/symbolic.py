@@ -77,7 +77,7 @@ def _floordiv(a: Poly, b: Poly) -> Poly:
         return {m: c // bi for m, c in a.items()}
     if _render(a) == _render(b):
         return _const(1)
-    return {(f"({_render(a)})//{_paren(b)}",): 1}
+    return {(f"{_paren(a)}//{_paren(b)}",): 1}
 
 
 def _mod(a: Poly, b: Poly) -> Poly:
@@ -89,7 +89,7 @@ def _mod(a: Poly, b: Poly) -> Poly:
         return _const(ai % bi)
     if bi is not None and bi > 0 and all(c % bi == 0 for c in a.values()):
         return {}
-    return {(f"({_render(a)})%{_paren(b)}",): 1}
+    return {(f"{_paren(a)}%{_paren(b)}",): 1}
 
 
 def _paren(p: Poly) -> str:
@@ -98,7 +98,8 @@ def _paren(p: Poly) -> str:
 
 
 def _render_mono(mono: Monomial, coeff: int) -> str:
-    factors = list(mono)
+    # Opaque atoms such as "seq//2" are parenthesized inside products so they parse back.
+    factors = [a if is_symbol_name(a) else f"({a})" for a in mono]
     if not factors:
         return str(coeff)
     if coeff != 1:
@@ -109,6 +110,10 @@ def _render_mono(mono: Monomial, coeff: int) -> str:
 def _render(p: Poly) -> str:
     if not p:
         return "0"
+    if len(p) == 1:
+        ((mono, coeff),) = p.items()
+        if coeff == 1 and len(mono) == 1:
+            return mono[0]
     # Highest degree first, then lexicographic; the constant term last.
     monos = sorted(p, key=lambda m: (m == (), -len(m), m))
     parts: list[str] = []
@@ -266,9 +271,7 @@ def evaluate(d: Dim, env: Mapping[str, int]) -> int:
         if name not in env:
             raise KeyError(f"symbol {name!r} in dimension {d!r} is not bound")
     # Substitute whole identifiers only, then parse the now-constant expression.
-    substituted = re.sub(
-        r"[A-Za-z_][A-Za-z0-9_]*", lambda m: f"({int(env[m.group(0)])})", text
-    )
+    substituted = re.sub(r"[A-Za-z_][A-Za-z0-9_]*", lambda m: f"({int(env[m.group(0)])})", text)
     value = _as_int(_Parser(substituted).parse())
     assert value is not None
     return value

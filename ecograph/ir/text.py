@@ -110,8 +110,7 @@ def to_text(graph: Graph, *, inline_limit: int | None = DEFAULT_INLINE_LIMIT) ->
     """The text form. Constants with more than `inline_limit` elements print as external
     (None: everything inline)."""
     lines = [
-        f"graph {_name('', graph.name)} "
-        f"opset {json.dumps(graph.opset_imports, sort_keys=True)} {{"
+        f"graph {_name('', graph.name)} opset {json.dumps(graph.opset_imports, sort_keys=True)} {{"
     ]
     if graph.metadata:
         lines.append(f"  metadata {json.dumps(graph.metadata, sort_keys=True, default=str)}")
@@ -223,9 +222,7 @@ class _Cursor:
             raise self.error(str(exc)) from None
 
     def number(self) -> int | float:
-        tok = self.regex(
-            r"-?(?:inf|nan|\d+\.\d*(?:e[+-]?\d+)?|\d+e[+-]?\d+|\d+)", "a number"
-        )
+        tok = self.regex(r"-?(?:inf|nan|\d+\.\d*(?:e[+-]?\d+)?|\d+e[+-]?\d+|\d+)", "a number")
         if tok in ("inf", "-inf", "nan", "-nan"):
             return float(tok)
         return float(tok) if any(c in tok for c in ".e") else int(tok)
@@ -253,7 +250,7 @@ class _Cursor:
             elif dtype.is_float:
                 arr = np.array(items, dtype=np.float64).astype(dtype.numpy)
             else:
-                arr = np.array(items, dtype=np.int64).astype(dtype.numpy)
+                arr = np.array(items, dtype=dtype.numpy)
         expected = int(np.prod(shape, dtype=np.int64))
         if arr.size != expected:
             raise self.error(f"{arr.size} values for type {t} ({expected} expected)")
@@ -313,7 +310,9 @@ def parse(text: str, constants: Mapping[str, np.ndarray] | None = None) -> Graph
             name = cur.name("%")
             cur.expect(":")
             t = cur.tensor_type()
-            _add_value_checked(cur, graph, lambda: graph.add_input(name, t.dtype, t.shape), name)
+            if graph.has_value(name):
+                raise cur.error(f"%{name} is defined twice")
+            graph.add_input(name, t.dtype, t.shape)
         elif cur.accept("const "):
             name = cur.name("%")
             cur.expect(":")
@@ -348,12 +347,6 @@ def parse(text: str, constants: Mapping[str, np.ndarray] | None = None) -> Graph
         outs.append(graph.value(name))
     graph.set_outputs(outs)
     return graph
-
-
-def _add_value_checked(cur: _Cursor, graph: Graph, add: Any, name: str) -> None:
-    if graph.has_value(name):
-        raise cur.error(f"%{name} is defined twice")
-    add()
 
 
 def _parse_node(cur: _Cursor, graph: Graph) -> None:
@@ -404,7 +397,7 @@ def _parse_node(cur: _Cursor, graph: Graph) -> None:
             output_names=out_names,
             output_types=out_types,
         )
-    except Exception as exc:  # noqa: BLE001 - reported with the line
+    except Exception as exc:
         raise cur.error(str(exc)) from exc
 
 
@@ -424,8 +417,10 @@ def write_text(graph: Graph, path: str | os.PathLike[str], *, inline_limit: int 
     side = path.with_name(path.name + ".npz")
     if big:
         tmp = side.with_name(side.name + ".tmp.npz")
-        np.savez(tmp, **{k: np.frombuffer(np.ascontiguousarray(a).tobytes(), np.uint8)
-                         for k, a in big.items()})  # fmt: skip
+        raw: dict[str, Any] = {
+            k: np.frombuffer(np.ascontiguousarray(a).tobytes(), np.uint8) for k, a in big.items()
+        }
+        np.savez(tmp, **raw)
         os.replace(tmp, side)
     elif side.exists():
         side.unlink()

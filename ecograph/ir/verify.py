@@ -80,9 +80,7 @@ def verify(graph: Graph, *, check_types: bool = True) -> None:
         _check_node(graph, node, where, check_types)
         for j, out in enumerate(node.outputs):
             if out.producer is not node or out.index != j:
-                raise VerificationError(
-                    "ssa", where, f"output %{out.name} names another producer"
-                )
+                raise VerificationError("ssa", where, f"output %{out.name} names another producer")
             define(out, where)
 
     for v in names.values():

@@ -60,6 +60,14 @@ def test_symbolic_arithmetic_is_canonical():
     assert sym.floordiv(sym.mul("batch", "seq"), "seq") == "(batch*seq)//seq"
     assert sym.floordiv(sym.add("seq", 1), 2) == "(seq+1)//2"
     assert sym.canonical("(seq+1)//2") == "(seq+1)//2"
+    assert sym.floordiv("seq", 2) == "seq//2"
+    # Atoms inside products and negations keep their parentheses, so they parse back.
+    assert sym.mul(2, sym.floordiv("seq", 2)) == "2*(seq//2)"
+    assert sym.sub(0, sym.floordiv("seq", 2)) == "-(seq//2)"
+    for d in ["2*(seq//2)", "-(seq//2)", "(seq//2)//2", "((seq+1)//2)*batch+1"]:
+        assert sym.canonical(d) == d
+    assert sym.evaluate("2*(seq//2)", {"seq": 7}) == 6
+    assert sym.evaluate("-(seq//2)", {"seq": 7}) == -3
     assert sym.canonical("3*4") == 12
     assert sym.product(["batch", 8, "seq"]) == "8*batch*seq"
 
