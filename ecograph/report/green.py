@@ -1,0 +1,360 @@
+"""The green report: JSON plus a self-contained HTML page (inline CSS and SVG, no scripts,
+no network) comparing the original and optimized model.
+
+Every energy number carries its kind (`measured`, `estimated`, `unavailable`) and method; the
+HTML prints them next to the number. gCO2e appears only when the user gives a carbon
+intensity (g/kWh); nothing is looked up.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ecograph.report.measure import EnergyReading, LatencyStats, grams_co2e
+
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
+
+
+@dataclass
+class ModelFacts:
+    """Static facts of one version of the model."""
+
+    bytes: int
+    parameters: int
+    flops: int | None
+    nodes: int
+
+
+@dataclass
+class RunFacts:
+    """Measured behaviour of one version of the model on one device."""
+
+    device: str
+    latency: LatencyStats | None = None
+    energy: EnergyReading | None = None
+
+
+@dataclass
+class GreenReport:
+    model: str
+    target: str
+    original: ModelFacts
+    optimized: ModelFacts
+    machine: dict[str, Any] = field(default_factory=dict)
+    original_run: RunFacts | None = None
+    optimized_run: RunFacts | None = None
+    accuracy: dict[str, Any] = field(default_factory=dict)
+    passes: list[dict[str, Any]] = field(default_factory=list)
+    carbon_intensity_g_per_kwh: float | None = None
+    notes: list[str] = field(default_factory=list)
+    created: str = field(
+        default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    )
+
+    # ------------------------------------------------------------------ JSON
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("original_run", "optimized_run"):
+            run = getattr(self, key)
+            if run is not None and run.energy is not None:
+                out[key]["energy"]["gco2e"] = grams_co2e(
+                    run.energy.joules, self.carbon_intensity_g_per_kwh
+                )
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GreenReport:
+        def run(d: dict[str, Any] | None) -> RunFacts | None:
+            if d is None:
+                return None
+            lat = LatencyStats(**d["latency"]) if d.get("latency") else None
+            en = d.get("energy")
+            energy = (
+                EnergyReading(en["joules"], en["kind"], en["method"]) if en is not None else None
+            )
+            return RunFacts(d["device"], lat, energy)
+
+        return cls(
+            model=data["model"],
+            target=data["target"],
+            original=ModelFacts(**data["original"]),
+            optimized=ModelFacts(**data["optimized"]),
+            machine=data.get("machine", {}),
+            original_run=run(data.get("original_run")),
+            optimized_run=run(data.get("optimized_run")),
+            accuracy=data.get("accuracy", {}),
+            passes=data.get("passes", []),
+            carbon_intensity_g_per_kwh=data.get("carbon_intensity_g_per_kwh"),
+            notes=data.get("notes", []),
+            created=data.get("created", ""),
+        )
+
+    # ----------------------------------------------------------------- table
+
+    def rows(self) -> list[tuple[str, str, str, str]]:
+        """(metric, original, optimized, ratio) rows for terminals and the HTML table."""
+        o, n = self.original, self.optimized
+        rows = [
+            ("model bytes", _bytes(o.bytes), _bytes(n.bytes), _ratio(n.bytes, o.bytes)),
+            ("parameters", f"{o.parameters:,}", f"{n.parameters:,}",
+             _ratio(n.parameters, o.parameters)),
+            ("FLOPs", _num(o.flops), _num(n.flops), _ratio(n.flops, o.flops)),
+            ("nodes", str(o.nodes), str(n.nodes), _ratio(n.nodes, o.nodes)),
+        ]  # fmt: skip
+        lo = self.original_run.latency if self.original_run else None
+        ln = self.optimized_run.latency if self.optimized_run else None
+        if lo or ln:
+            rows.append(
+                ("latency p50 (ms)", _ms(lo and lo.p50_ms), _ms(ln and ln.p50_ms),
+                 _ratio(ln and ln.p50_ms, lo and lo.p50_ms))
+            )  # fmt: skip
+            rows.append(
+                ("latency p90 (ms)", _ms(lo and lo.p90_ms), _ms(ln and ln.p90_ms),
+                 _ratio(ln and ln.p90_ms, lo and lo.p90_ms))
+            )  # fmt: skip
+        eo = self.original_run.energy if self.original_run else None
+        en = self.optimized_run.energy if self.optimized_run else None
+        if eo or en:
+            rows.append(
+                ("energy / inference", _energy(eo), _energy(en),
+                 _ratio(en and en.joules, eo and eo.joules)
+                 if eo and en and eo.kind == en.kind else "n/a")
+            )  # fmt: skip
+            if self.carbon_intensity_g_per_kwh is not None:
+                co, cn = (
+                    grams_co2e(e.joules if e else None, self.carbon_intensity_g_per_kwh)
+                    for e in (eo, en)
+                )
+                rows.append(
+                    ("gCO2e / 1M inferences", _num(co and co * 1e6, 3),
+                     _num(cn and cn * 1e6, 3), _ratio(cn, co))
+                )  # fmt: skip
+        for key, value in self.accuracy.items():
+            rows.append((f"accuracy: {key}", "reference", _num(value, 6), ""))
+        return rows
+
+    def table(self) -> str:
+        rows = [("metric", "original", "optimized", "ratio"), *self.rows()]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ HTML
+
+    def to_html(self) -> str:
+        esc = html.escape
+        o, n = self.original, self.optimized
+        bars = [
+            ("Model bytes", o.bytes, n.bytes, _bytes),
+            ("Parameters", o.parameters, n.parameters, lambda v: f"{v:,}"),
+            ("FLOPs", o.flops, n.flops, _num),
+        ]
+        lo = self.original_run.latency if self.original_run else None
+        ln = self.optimized_run.latency if self.optimized_run else None
+        if lo and ln:
+            bars.append(("Latency p50 (ms)", lo.p50_ms, ln.p50_ms, _ms))
+            bars.append(("Latency p90 (ms)", lo.p90_ms, ln.p90_ms, _ms))
+        eo = self.original_run.energy if self.original_run else None
+        en = self.optimized_run.energy if self.optimized_run else None
+        if eo and en and eo.joules is not None and en.joules is not None:
+            bars.append(
+                (f"Energy / inference (mJ, {eo.kind} / {en.kind})",
+                 eo.joules * 1e3, en.joules * 1e3, lambda v: f"{v:.3f}")
+            )  # fmt: skip
+        charts = "\n".join(_bar_chart(t, a, b, fmt) for t, a, b, fmt in bars if a is not None)
+        table_rows = "\n".join(
+            "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in self.rows()
+        )
+        energy_notes = "".join(
+            f"<li><b>{esc(label)}</b>: {esc(e.label())}</li>"
+            for label, e in (("original", eo), ("optimized", en))
+            if e is not None
+        )
+        pass_rows = "\n".join(
+            "<tr>"
+            + "".join(
+                f"<td>{esc(str(p.get(k, '')))}</td>"
+                for k in ("name", "changed", "nodes_before", "nodes_after", "param_bytes")
+            )
+            + f"<td>{float(p.get('seconds', 0.0)) * 1e3:.1f}</td></tr>"
+            for p in self.passes
+        )
+        ledger_chart = _ledger_chart(self.passes) if self.passes else ""
+        notes = "".join(f"<li>{esc(x)}</li>" for x in self.notes)
+        machine = ", ".join(f"{esc(str(k))}: {esc(str(v))}" for k, v in self.machine.items())
+        return _PAGE.format(
+            title=esc(f"ecograph report: {self.model} for {self.target}"),
+            model=esc(self.model),
+            target=esc(self.target),
+            created=esc(self.created),
+            machine=machine or "not recorded",
+            charts=charts,
+            table_rows=table_rows,
+            energy_notes=energy_notes or "<li>no energy measured</li>",
+            carbon=esc(
+                f"{self.carbon_intensity_g_per_kwh:g} g/kWh (given by the user)"
+                if self.carbon_intensity_g_per_kwh is not None
+                else "not given: gCO2e not computed"
+            ),
+            ledger_chart=ledger_chart,
+            pass_rows=pass_rows or "<tr><td colspan=6>no passes recorded</td></tr>",
+            notes=notes or "<li>none</li>",
+        )
+
+    def write(self, out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+        """Write report.json and report.html into `out_dir` (atomically); return both paths."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for name, text in ((REPORT_JSON, self.to_json()), (REPORT_HTML, self.to_html())):
+            path = out / name
+            tmp = out / f".{name}.tmp{os.getpid()}"
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+            paths.append(path)
+        return paths[0], paths[1]
+
+
+def read_report(result_dir: str | os.PathLike[str]) -> GreenReport:
+    path = Path(result_dir) / REPORT_JSON
+    if not path.is_file():
+        from ecograph.errors import EcographError
+
+        raise EcographError(f"{path} does not exist; pass a folder written by optimize().save()")
+    return GreenReport.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+# ------------------------------------------------------------------ formatting
+
+
+def _bytes(n: float | None) -> str:
+    if n is None:
+        return "n/a"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _num(v: float | None, digits: int = 0) -> str:
+    if v is None:
+        return "n/a"
+    if digits == 0 and float(v).is_integer():
+        return f"{int(v):,}"
+    return f"{v:.{digits or 3}g}" if abs(v) < 1e-3 and v != 0 else f"{v:,.{digits or 3}f}"
+
+
+def _ms(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _ratio(new: float | None, old: float | None) -> str:
+    if new is None or old is None or old == 0:
+        return "n/a"
+    return f"{new / old:.3f}x"
+
+
+def _energy(e: EnergyReading | None) -> str:
+    if e is None or e.joules is None:
+        return "unavailable"
+    return f"{e.joules * 1e3:.3f} mJ ({e.kind})"
+
+
+def _bar_chart(title: str, before: float, after: float | None, fmt: Any) -> str:
+    esc = html.escape
+    top = max(before, after or 0.0) or 1.0
+    width = 420
+    rows = []
+    for i, (label, value, color) in enumerate(
+        (("original", before, "#8c8c8c"), ("optimized", after, "#2e7d32"))
+    ):
+        if value is None:
+            continue
+        w = max(1.0, width * value / top)
+        y = 8 + i * 30
+        rows.append(
+            f'<text x="0" y="{y + 15}" class="lbl">{label}</text>'
+            f'<rect x="80" y="{y}" width="{w:.1f}" height="22" fill="{color}"/>'
+            f'<text x="{80 + w + 6:.1f}" y="{y + 15}" class="val">{esc(fmt(value))}</text>'
+        )
+    return (
+        f"<figure><figcaption>{esc(title)}</figcaption>"
+        f'<svg width="640" height="70" role="img" aria-label="{esc(title)}">'
+        + "".join(rows)
+        + "</svg></figure>"
+    )
+
+
+def _ledger_chart(passes: list[dict[str, Any]]) -> str:
+    counts = [int(p.get("nodes_after", 0)) for p in passes]
+    if not counts:
+        return ""
+    top = max([int(passes[0].get("nodes_before", 0)), *counts]) or 1
+    bar_w = max(6, min(40, 600 // (len(counts) + 1)))
+    parts = []
+    series = [("start", int(passes[0].get("nodes_before", 0)))] + [
+        (str(p.get("name", "")), c) for p, c in zip(passes, counts, strict=True)
+    ]
+    for i, (name, c) in enumerate(series):
+        h = 120 * c / top
+        x = 10 + i * (bar_w + 4)
+        parts.append(
+            f'<rect x="{x}" y="{130 - h:.1f}" width="{bar_w}" height="{h:.1f}" fill="#1565c0">'
+            f"<title>{html.escape(name)}: {c} nodes</title></rect>"
+        )
+    width = 20 + len(series) * (bar_w + 4)
+    return (
+        "<figure><figcaption>Node count after each pass</figcaption>"
+        f'<svg width="{width}" height="140" role="img" aria-label="node counts">'
+        + "".join(parts)
+        + "</svg></figure>"
+    )
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 980px; }}
+h1 {{ font-size: 22px; }} h2 {{ font-size: 17px; margin-top: 28px; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 10px; }}
+th {{ background: #f0f0f0; text-align: left; }}
+figure {{ margin: 8px 0; }} figcaption {{ font-weight: 600; margin-bottom: 2px; }}
+.lbl {{ font-size: 12px; fill: #333; }} .val {{ font-size: 12px; fill: #111; }}
+.meta {{ color: #555; font-size: 13px; }}
+</style></head><body>
+<h1>{title}</h1>
+<p class="meta">model <b>{model}</b> &middot; target <b>{target}</b> &middot; {created}<br>
+machine: {machine}</p>
+<h2>Summary</h2>
+<table><tr><th>metric</th><th>original</th><th>optimized</th><th>ratio</th></tr>
+{table_rows}
+</table>
+<h2>Charts</h2>
+{charts}
+<h2>Energy: how it was obtained</h2>
+<ul>{energy_notes}</ul>
+<p class="meta">carbon intensity: {carbon}</p>
+<h2>Per-pass ledger</h2>
+{ledger_chart}
+<table><tr><th>pass</th><th>changed</th><th>nodes before</th><th>nodes after</th>
+<th>parameter bytes</th><th>time (ms)</th></tr>
+{pass_rows}
+</table>
+<h2>Notes</h2>
+<ul>{notes}</ul>
+</body></html>
+"""
