@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from ecograph.cache import CompileCache, graph_hash, key_digest
 from ecograph.models import build_default_model
@@ -62,10 +63,8 @@ def test_failed_build_leaves_no_entry(tmp_path):
         (folder / "half").write_text("partial")
         raise RuntimeError("compiler crashed")
 
-    try:
+    with pytest.raises(RuntimeError, match="compiler crashed"):
         cache.get_or_build({"k": 1}, broken)
-    except RuntimeError:
-        pass
     assert cache.lookup({"k": 1}) is None
     assert not [p for p in tmp_path.rglob("half")]
 
