@@ -1,0 +1,1 @@
+"""Quantization: parameters, calibration, weight quantization (see ecograph/quant/*.py)."""

@@ -1,0 +1,179 @@
+"""Quantization parameters and weight quantization, with ONNX QuantizeLinear semantics.
+
+- Symmetric int8: scale = max|x| / 127, zero point 0 (int4: / 7). Symmetric unsigned types
+  centre the zero point (uint8: 128).
+- Asymmetric (uint8 typically): the range is widened to include 0, scale = (max - min) / 255,
+  zero point = round(qmin - min / scale) clipped to the type, so that
+  x_q = round((x - min) / (max - min) · 255) up to the rounding of the zero point.
+- Rounding is half-to-even and results saturate, exactly as ONNX QuantizeLinear; the actual
+  quantization calls the interpreter's QuantizeLinear kernel so the two can never disagree.
+- Granularity: "tensor", "channel" (one scale per slice along `axis`) or "group:N" (blocks
+  of N along `axis`, ONNX blocked quantization).
+- int4/uint4 constants are stored as ml_dtypes int4/uint4 arrays in the IR (one element per
+  byte in memory); `pack_int4` gives the two-per-byte layout used for size accounting and
+  export.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ecograph.ir.dtypes import DType
+from ecograph.ir.ops.quant import QUANT_RANGES, dequantize_linear, quantize_linear
+
+SUPPORTED = ("int8", "uint8", "int4", "uint4")
+
+
+@dataclass(frozen=True)
+class Granularity:
+    kind: str  # "tensor" | "channel" | "group"
+    group_size: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> Granularity:
+        if text in ("tensor", "channel"):
+            return cls(text)
+        if text.startswith("group:"):
+            size = text.split(":", 1)[1]
+            if size.isdigit() and int(size) > 0:
+                return cls("group", int(size))
+        raise ValueError(f"granularity {text!r}: expected 'tensor', 'channel' or 'group:N'")
+
+    def __str__(self) -> str:
+        return f"group:{self.group_size}" if self.kind == "group" else self.kind
+
+
+def qrange(dtype: str | DType) -> tuple[int, int]:
+    d = DType.parse(dtype)
+    if d not in QUANT_RANGES:
+        raise ValueError(f"cannot quantize to {d}; supported: {', '.join(SUPPORTED)}")
+    return QUANT_RANGES[d]
+
+
+def compute_qparams(
+    lo: np.ndarray | float, hi: np.ndarray | float, dtype: str, symmetric: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scale float32, zero point of `dtype`) for observed ranges [lo, hi] (elementwise)."""
+    qmin, qmax = qrange(dtype)
+    lo_a = np.minimum(np.asarray(lo, np.float64), 0.0)
+    hi_a = np.maximum(np.asarray(hi, np.float64), 0.0)
+    qdtype = DType.parse(dtype).numpy
+    if symmetric:
+        absmax = np.maximum(np.abs(lo_a), np.abs(hi_a))
+        if qmin < 0:
+            scale = absmax / qmax
+            zp = np.zeros(scale.shape, np.int64)
+        else:
+            half = (qmax - qmin) / 2
+            scale = absmax / half
+            zp = np.full(scale.shape, (qmax + qmin + 1) // 2, np.int64)
+    else:
+        scale = (hi_a - lo_a) / (qmax - qmin)
+        safe = np.where(scale > 0, scale, 1.0)
+        zp = np.clip(np.rint(qmin - lo_a / safe), qmin, qmax).astype(np.int64)
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    return scale, zp.astype(qdtype)
+
+
+def _reduce_range(
+    w: np.ndarray, axis: int, granularity: Granularity
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Min and max per quantization group, shaped as ONNX expects the scale; returns
+    (lo, hi, block_size)."""
+    axis = axis % w.ndim if w.ndim else 0
+    if granularity.kind == "tensor" or w.ndim == 0:
+        return np.asarray(w.min()), np.asarray(w.max()), 0
+    if granularity.kind == "channel":
+        other = tuple(i for i in range(w.ndim) if i != axis)
+        return w.min(axis=other), w.max(axis=other), 0
+    size = granularity.group_size
+    n = w.shape[axis]
+    groups = -(-n // size)
+    pad = groups * size - n
+    moved = np.moveaxis(w, axis, 0)
+    if pad:
+        edge = np.repeat(moved[-1:], pad, axis=0)  # repeating a value changes no min or max
+        moved = np.concatenate([moved, edge], axis=0)
+    blocks = moved.reshape(groups, size, *moved.shape[1:])
+    lo = np.moveaxis(blocks.min(axis=1), 0, axis)
+    hi = np.moveaxis(blocks.max(axis=1), 0, axis)
+    return lo, hi, size
+
+
+@dataclass
+class QuantizedTensor:
+    """A quantized array with the parameters that dequantize it (ONNX DequantizeLinear)."""
+
+    data: np.ndarray
+    scale: np.ndarray
+    zero_point: np.ndarray
+    axis: int
+    block_size: int
+
+    def dequantize(self) -> np.ndarray:
+        return dequantize_linear(
+            self.data,
+            self.scale,
+            self.zero_point,
+            axis=self.axis,
+            block_size=self.block_size,
+            output_dtype=0,
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Storage bytes: packed data (int4 two per byte) plus scales and zero points."""
+        bits = DType.from_numpy(self.data.dtype).bitwidth
+        data = (self.data.size * bits + 7) // 8
+        zp_bits = DType.from_numpy(self.zero_point.dtype).bitwidth
+        return data + self.scale.nbytes + (self.zero_point.size * zp_bits + 7) // 8
+
+
+def quantize_tensor(
+    w: np.ndarray,
+    dtype: str = "int8",
+    *,
+    symmetric: bool = True,
+    granularity: str | Granularity = "tensor",
+    axis: int = 0,
+) -> QuantizedTensor:
+    """Quantize a float array with ranges taken from the array itself (weights)."""
+    gran = Granularity.parse(granularity) if isinstance(granularity, str) else granularity
+    if w.dtype.kind != "f":
+        raise ValueError(f"can only quantize float arrays, got {w.dtype}")
+    wf = w.astype(np.float32)
+    lo, hi, block = _reduce_range(wf, axis, gran)
+    scale, zp = compute_qparams(lo, hi, dtype, symmetric)
+    q = quantize_linear(
+        wf,
+        scale,
+        zp,
+        axis=axis,
+        block_size=block,
+        output_dtype=0,
+        precision=0,
+        saturate=1,
+    )
+    return QuantizedTensor(q, scale, zp, axis if gran.kind != "tensor" else 1, block)
+
+
+def pack_int4(q: np.ndarray) -> np.ndarray:
+    """Two 4-bit values per byte, the first in the low nibble (ONNX's layout)."""
+    flat = q.reshape(-1).astype(np.int64) & 0xF
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, np.int64)])
+    return (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
+
+
+def unpack_int4(packed: np.ndarray, shape: tuple[int, ...], signed: bool) -> np.ndarray:
+    """Inverse of `pack_int4`."""
+    lo = packed & 0xF
+    hi = packed >> 4
+    flat = np.stack([lo, hi], axis=1).reshape(-1)[: int(np.prod(shape, dtype=np.int64))]
+    vals = flat.astype(np.int64)
+    if signed:
+        vals = np.where(vals >= 8, vals - 16, vals)
+        return vals.astype(DType.INT4.numpy).reshape(shape)
+    return vals.astype(DType.UINT4.numpy).reshape(shape)
