@@ -49,8 +49,13 @@ def graph_hash(graph: Graph) -> str:
         if arr.dtype == object:
             h.update(json.dumps([str(x) for x in arr.reshape(-1)]).encode())
         else:
-            h.update(memoryview(arr.reshape(-1).view("u1") if arr.flags.c_contiguous
-                                else arr.copy().reshape(-1).view("u1")))  # fmt: skip
+            h.update(
+                memoryview(
+                    arr.reshape(-1).view("u1")
+                    if arr.flags.c_contiguous
+                    else arr.copy().reshape(-1).view("u1")
+                )
+            )
     return h.hexdigest()
 
 

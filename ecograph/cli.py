@@ -121,9 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", metavar="MODEL")
     p.add_argument(
-        "--bind", action="append", default=[], metavar="SYM=N",
+        "--bind",
+        action="append",
+        default=[],
+        metavar="SYM=N",
         help="bind a symbolic dim for the FLOPs estimate, e.g. --bind batch=1 --bind seq=128",
-    )  # fmt: skip
+    )
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser(
@@ -140,8 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="List (ls) or delete (clear) compile-cache entries.",
     )
     p.add_argument("action", choices=["ls", "clear"])
-    p.add_argument("--cache-dir", default=None, help="cache folder (default: $ECOGRAPH_CACHE_DIR "
-                   "or ~/.cache/ecograph)")  # fmt: skip
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="cache folder (default: $ECOGRAPH_CACHE_DIR or ~/.cache/ecograph)",
+    )
     p.set_defaults(func=cmd_cache)
     return parser
 

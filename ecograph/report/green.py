@@ -107,39 +107,60 @@ class GreenReport:
         o, n = self.original, self.optimized
         rows = [
             ("model bytes", _bytes(o.bytes), _bytes(n.bytes), _ratio(n.bytes, o.bytes)),
-            ("parameters", f"{o.parameters:,}", f"{n.parameters:,}",
-             _ratio(n.parameters, o.parameters)),
+            (
+                "parameters",
+                f"{o.parameters:,}",
+                f"{n.parameters:,}",
+                _ratio(n.parameters, o.parameters),
+            ),
             ("FLOPs", _num(o.flops), _num(n.flops), _ratio(n.flops, o.flops)),
             ("nodes", str(o.nodes), str(n.nodes), _ratio(n.nodes, o.nodes)),
-        ]  # fmt: skip
+        ]
         lo = self.original_run.latency if self.original_run else None
         ln = self.optimized_run.latency if self.optimized_run else None
         if lo or ln:
             rows.append(
-                ("latency p50 (ms)", _ms(lo and lo.p50_ms), _ms(ln and ln.p50_ms),
-                 _ratio(ln and ln.p50_ms, lo and lo.p50_ms))
-            )  # fmt: skip
+                (
+                    "latency p50 (ms)",
+                    _ms(lo and lo.p50_ms),
+                    _ms(ln and ln.p50_ms),
+                    _ratio(ln and ln.p50_ms, lo and lo.p50_ms),
+                )
+            )
             rows.append(
-                ("latency p90 (ms)", _ms(lo and lo.p90_ms), _ms(ln and ln.p90_ms),
-                 _ratio(ln and ln.p90_ms, lo and lo.p90_ms))
-            )  # fmt: skip
+                (
+                    "latency p90 (ms)",
+                    _ms(lo and lo.p90_ms),
+                    _ms(ln and ln.p90_ms),
+                    _ratio(ln and ln.p90_ms, lo and lo.p90_ms),
+                )
+            )
         eo = self.original_run.energy if self.original_run else None
         en = self.optimized_run.energy if self.optimized_run else None
         if eo or en:
             rows.append(
-                ("energy / inference", _energy(eo), _energy(en),
-                 _ratio(en and en.joules, eo and eo.joules)
-                 if eo and en and eo.kind == en.kind else "n/a")
-            )  # fmt: skip
+                (
+                    "energy / inference",
+                    _energy(eo),
+                    _energy(en),
+                    _ratio(en and en.joules, eo and eo.joules)
+                    if eo and en and eo.kind == en.kind
+                    else "n/a",
+                )
+            )
             if self.carbon_intensity_g_per_kwh is not None:
                 co, cn = (
                     grams_co2e(e.joules if e else None, self.carbon_intensity_g_per_kwh)
                     for e in (eo, en)
                 )
                 rows.append(
-                    ("gCO2e / 1M inferences", _num(co and co * 1e6, 3),
-                     _num(cn and cn * 1e6, 3), _ratio(cn, co))
-                )  # fmt: skip
+                    (
+                        "gCO2e / 1M inferences",
+                        _num(co and co * 1e6, 3),
+                        _num(cn and cn * 1e6, 3),
+                        _ratio(cn, co),
+                    )
+                )
         for key, value in self.accuracy.items():
             rows.append((f"accuracy: {key}", "reference", _num(value, 6), ""))
         return rows
@@ -170,9 +191,13 @@ class GreenReport:
         en = self.optimized_run.energy if self.optimized_run else None
         if eo and en and eo.joules is not None and en.joules is not None:
             bars.append(
-                (f"Energy / inference (mJ, {eo.kind} / {en.kind})",
-                 eo.joules * 1e3, en.joules * 1e3, lambda v: f"{v:.3f}")
-            )  # fmt: skip
+                (
+                    f"Energy / inference (mJ, {eo.kind} / {en.kind})",
+                    eo.joules * 1e3,
+                    en.joules * 1e3,
+                    lambda v: f"{v:.3f}",
+                )
+            )
         charts = "\n".join(_bar_chart(t, a, b, fmt) for t, a, b, fmt in bars if a is not None)
         table_rows = "\n".join(
             "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in self.rows()

@@ -74,17 +74,42 @@ def test_quantize_all_fp16_patterns(qtype, scale):
 @pytest.mark.parametrize("qtype", QTYPES)
 def test_ties_and_saturation(qtype):
     qdt = DType(qtype).numpy
-    ties = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5, -3.5, 126.5, 127.5, -128.5, 1e9,
-                     -1e9, 0.0, -0.0, 7.5, -8.5, 15.5, 255.5, 254.5], np.float32)  # fmt: skip
+    ties = np.array(
+        [
+            0.5,
+            1.5,
+            2.5,
+            -0.5,
+            -1.5,
+            -2.5,
+            3.5,
+            -3.5,
+            126.5,
+            127.5,
+            -128.5,
+            1e9,
+            -1e9,
+            0.0,
+            -0.0,
+            7.5,
+            -8.5,
+            15.5,
+            255.5,
+            254.5,
+        ],
+        np.float32,
+    )
     for zp in (0, 1, 3) if qtype.startswith("u") else (0, -1, 5):
-        ours, theirs = run_pair("QuantizeLinear", ties, np.array(1.0, np.float32),
-                                np.array(zp, qdt), {})  # fmt: skip
+        ours, theirs = run_pair(
+            "QuantizeLinear", ties, np.array(1.0, np.float32), np.array(zp, qdt), {}
+        )
         assert_bitwise(ours, theirs)
     # Round half to even, explicitly (independent of onnx.reference):
-    ours, _ = run_pair("QuantizeLinear", ties[:6], np.array(1.0, np.float32),
-                       np.array(0, qdt), {})  # fmt: skip
-    expected = np.clip([0, 2, 2, 0, -2, -2], *{"int8": (-128, 127), "uint8": (0, 255),
-                       "int4": (-8, 7), "uint4": (0, 15)}[qtype])  # fmt: skip
+    ours, _ = run_pair("QuantizeLinear", ties[:6], np.array(1.0, np.float32), np.array(0, qdt), {})
+    expected = np.clip(
+        [0, 2, 2, 0, -2, -2],
+        *{"int8": (-128, 127), "uint8": (0, 255), "int4": (-8, 7), "uint4": (0, 15)}[qtype],
+    )
     assert ours.astype(np.int64).tolist() == expected.tolist()
 
 
@@ -125,8 +150,9 @@ def test_dequantize_every_code_with_extreme_zero_points(qtype):
     codes = np.arange(lo, hi + 1).astype(qdt)
     for zp in (lo, hi):
         for scale in (1.0, 0.0078125, 1e-30):
-            d, d_ref = run_pair("DequantizeLinear", codes, np.array(scale, np.float32),
-                                np.array(zp, qdt), {})  # fmt: skip
+            d, d_ref = run_pair(
+                "DequantizeLinear", codes, np.array(scale, np.float32), np.array(zp, qdt), {}
+            )
             assert_bitwise(d, d_ref)
 
 

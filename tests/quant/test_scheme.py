@@ -46,9 +46,14 @@ def test_zero_range_gives_a_safe_scale():
 
 @pytest.mark.parametrize(
     ("dtype", "granularity", "tol"),
-    [("int8", "tensor", 0.02), ("int8", "channel", 0.01), ("int4", "group:16", 0.08),
-     ("uint8", "channel", 0.01), ("int4", "channel", 0.2)],
-)  # fmt: skip
+    [
+        ("int8", "tensor", 0.02),
+        ("int8", "channel", 0.01),
+        ("int4", "group:16", 0.08),
+        ("uint8", "channel", 0.01),
+        ("int4", "channel", 0.2),
+    ],
+)
 def test_weight_quantization_round_trips_within_half_a_step(dtype, granularity, tol):
     w = rng.standard_normal((64, 48)).astype(np.float32)
     qt = quantize_tensor(w, dtype, symmetric=dtype != "uint8", granularity=granularity, axis=0)
@@ -62,8 +67,11 @@ def test_weight_quantization_round_trips_within_half_a_step(dtype, granularity, 
     else:
         assert qt.scale.shape == (4, 48) and qt.block_size == 16
     step = np.broadcast_to(
-        qt.scale.reshape(-1, 1) if g.kind == "channel" else
-        (np.repeat(qt.scale, 16, axis=0) if g.kind == "group" else qt.scale), w.shape)  # fmt: skip
+        qt.scale.reshape(-1, 1)
+        if g.kind == "channel"
+        else (np.repeat(qt.scale, 16, axis=0) if g.kind == "group" else qt.scale),
+        w.shape,
+    )
     assert np.all(np.abs(back - w) <= step / 2 + 1e-6)
     assert np.max(np.abs(back - w)) / np.max(np.abs(w)) < tol
 
@@ -72,12 +80,14 @@ def test_int4_packs_two_per_byte_and_unpacks():
     q = quantize_tensor(rng.standard_normal((5, 7)).astype(np.float32), "int4").data
     packed = pack_int4(q)
     assert packed.dtype == np.uint8 and packed.size == (35 + 1) // 2
-    assert np.array_equal(unpack_int4(packed, q.shape, signed=True).astype(np.int8),
-                          q.astype(np.int8))  # fmt: skip
+    assert np.array_equal(
+        unpack_int4(packed, q.shape, signed=True).astype(np.int8), q.astype(np.int8)
+    )
     u = np.arange(16).astype(np.uint8)
     assert pack_int4(u)[:2].tolist() == [0x10, 0x32]  # low nibble first
-    qt = quantize_tensor(rng.standard_normal((128, 128)).astype(np.float32), "int4",
-                         granularity="group:128")  # fmt: skip
+    qt = quantize_tensor(
+        rng.standard_normal((128, 128)).astype(np.float32), "int4", granularity="group:128"
+    )
     assert qt.nbytes == 128 * 128 // 2 + 128 * 4 + 128 // 2
 
 

@@ -32,13 +32,25 @@ def sample_report(**overrides) -> GreenReport:
         optimized_run=RunFacts("cpu", lat_n, EnergyReading(0.2, "estimated", "p50 x 50 W")),
         accuracy={"max_abs_error": 0.0123, "cosine": 0.9991},
         passes=[
-            {"name": "cleanup", "changed": True, "nodes_before": 30, "nodes_after": 20,
-             "param_bytes": 132_000, "seconds": 0.01},
-            {"name": "quantize", "changed": True, "nodes_before": 20, "nodes_after": 12,
-             "param_bytes": 34_000, "seconds": 0.02},
+            {
+                "name": "cleanup",
+                "changed": True,
+                "nodes_before": 30,
+                "nodes_after": 20,
+                "param_bytes": 132_000,
+                "seconds": 0.01,
+            },
+            {
+                "name": "quantize",
+                "changed": True,
+                "nodes_before": 20,
+                "nodes_after": 12,
+                "param_bytes": 34_000,
+                "seconds": 0.02,
+            },
         ],
         carbon_intensity_g_per_kwh=400.0,
-    )  # fmt: skip
+    )
     fields.update(overrides)
     return GreenReport(**fields)
 
@@ -97,11 +109,20 @@ def test_html_renders_in_headless_chromium(tmp_path):
     _, html_path = sample_report().write(tmp_path)
     shot = tmp_path / "shot.png"
     cmd = [
-        _chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-        f"--screenshot={shot}", "--window-size=1000,1400", html_path.as_uri(),
-    ]  # fmt: skip
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1000,1400",
+        html_path.as_uri(),
+    ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
     import zlib
 

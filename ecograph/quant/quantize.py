@@ -1,0 +1,306 @@
+"""The Quantize pass: static, dynamic and weight-only quantization of MatMul, Gemm and Conv.
+
+Rewrites (W a float constant, x an activation):
+- static:      op(x, W) -> op(DQ(Q(x, s_x, z_x)), DQ(W_q, s_w, z_w))  (QDQ format; activation
+               ranges from calibration data)
+- dynamic:     MatMul(x, W) -> Cast(MatMulInteger(DynamicQuantizeLinear(x), W_q)) * (s_x * s_w)
+               (activations quantized at run time; ONNX Runtime's dynamic format)
+- weight_only: op(x, W) -> op(x, DQ(W_q, s_w, z_w))  (int8 or int4, per channel or in groups
+               along the reduction axis; the LLM decode case)
+
+Weights are stored as quantized constants (int4 two per byte when exported); the float weight
+is removed once nothing else uses it. Exclusions match an op type exactly or a node name by
+glob (`exclude=["Conv", "*lm_head*"]`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ecograph.errors import PassError
+from ecograph.ir import DType, Graph, Node, Value
+from ecograph.passes.base import Pass, PassResult, register_pass
+from ecograph.quant.calibrate import collect_ranges
+from ecograph.quant.scheme import Granularity, QuantizedTensor, compute_qparams, quantize_tensor
+
+QUANTIZABLE = ("MatMul", "Gemm", "Conv")
+MODES = ("dynamic", "static", "weight_only")
+
+
+@dataclass
+class Target:
+    """A node to quantize: which input is the weight and along which axes."""
+
+    node: Node
+    weight_index: int
+    channel_axis: int  # output channels of the weight
+    reduce_axis: int  # the contraction axis (groups run along it)
+
+
+def find_targets(
+    graph: Graph, exclude: Iterable[str] = (), ops: Iterable[str] = QUANTIZABLE
+) -> tuple[list[Target], list[str]]:
+    """Quantizable nodes (float weight constant) and notes on those skipped, with why."""
+    patterns = list(exclude)
+    targets: list[Target] = []
+    notes: list[str] = []
+    for node in graph.nodes:
+        if node.domain or node.op_type not in ops:
+            continue
+        if node.op_type in patterns or any(fnmatch.fnmatchcase(node.name, p) for p in patterns):
+            notes.append(f"{node.name} ({node.op_type}): excluded")
+            continue
+        target = _target(node)
+        if target is None:
+            notes.append(f"{node.name} ({node.op_type}): no float constant weight")
+            continue
+        targets.append(target)
+    return targets, notes
+
+
+def _target(node: Node) -> Target | None:
+    w = node.input(1)
+    if w is None or not w.is_constant or not w.dtype.is_float:
+        return None
+    if node.op_type == "MatMul":
+        if w.type.rank != 2:
+            return None
+        return Target(node, 1, channel_axis=1, reduce_axis=0)
+    if node.op_type == "Gemm":
+        if node.attr("transA", 0):
+            return None
+        trans_b = bool(node.attr("transB", 0))
+        return Target(node, 1, channel_axis=0 if trans_b else 1, reduce_axis=1 if trans_b else 0)
+    if node.op_type == "Conv":
+        return Target(node, 1, channel_axis=0, reduce_axis=1)
+    return None
+
+
+@register_pass
+@dataclass
+class Quantize(Pass):
+    """op(x, W) -> op(DQ(Q(x)), DQ(W_q)) / MatMulInteger(DQL(x), W_q) / op(x, DQ(W_q))
+
+    Quantizes MatMul, Gemm and Conv with a constant float weight (see module docstring for
+    the three modes). Not exact: `tolerance` bounds the differential check on random inputs;
+    optimize() checks accuracy on real inputs against the accuracy budget.
+    """
+
+    name: ClassVar[str] = "quantize"
+    tolerance: ClassVar[tuple[float, float] | None] = (0.15, 0.15)
+
+    mode: str = "dynamic"
+    dtype: str = "int8"
+    granularity: str = "channel"
+    symmetric: bool = True
+    calibration: str = "minmax"
+    activation_dtype: str = "uint8"
+    exclude: tuple[str, ...] | list[str] = ()
+    calibration_data: Any = field(default=None, repr=False, compare=False)
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise PassError(f"quantize: mode {self.mode!r} is not one of {MODES}")
+        if self.dtype not in ("int8", "uint8", "int4", "uint4"):
+            raise PassError(f"quantize: dtype {self.dtype!r}; use int8, uint8, int4 or uint4")
+        if self.dtype in ("int4", "uint4") and self.mode != "weight_only":
+            raise PassError("quantize: int4 is supported for mode='weight_only' only")
+        if self.mode == "dynamic" and self.dtype != "int8":
+            raise PassError("quantize: dynamic mode quantizes weights to int8")
+        try:
+            self._granularity = Granularity.parse(self.granularity)
+        except ValueError as exc:
+            raise PassError(f"quantize: {exc}") from None
+        if self.mode == "static" and self.calibration_data is None:
+            raise PassError(
+                "quantize: mode='static' needs calibration_data (an iterable of input dicts)"
+            )
+
+    def run(self, graph: Graph) -> PassResult:
+        ops = ("MatMul", "Gemm") if self.mode == "dynamic" else QUANTIZABLE
+        targets, notes = find_targets(graph, self.exclude, ops)
+        if not targets:
+            return PassResult(False, {"quantized": 0}, notes)
+        ranges: Mapping[str, tuple[float, float]] = {}
+        if self.mode == "static":
+            names = sorted({_activation(t).name for t in targets})
+            observers = collect_ranges(
+                graph, self.calibration_data, names, self.calibration, progress=self.progress
+            )
+            ranges = {
+                n: o.range(
+                    symmetric=self.activation_dtype.startswith("int"), dtype=self.activation_dtype
+                )
+                for n, o in observers.items()
+            }
+        # id(float weight) -> (quantized, float weight, data, scale, zero point)
+        weights: dict[int, tuple[QuantizedTensor, Value, Value, Value, Value | None]] = {}
+        activations: dict[int, Value] = {}
+        count = 0
+        for t in targets:
+            if self.mode == "dynamic":
+                count += self._dynamic(graph, t, weights, notes)
+            else:
+                w_dq = self._weight_dq(graph, t, weights)
+                graph.set_node_input(t.node, t.weight_index, w_dq)
+                if self.mode == "static":
+                    x = _activation(t)
+                    dq = self._activation_qdq(graph, x, ranges, activations)
+                    graph.set_node_input(t.node, 0, dq)
+                count += 1
+        for _, orig, *_ in weights.values():
+            if orig.graph is graph and not orig.has_uses():
+                graph.remove_constant(orig)
+        return PassResult(count > 0, {"quantized": count}, notes)
+
+    # ---------------------------------------------------------------- weights
+
+    def _quantized_weight(
+        self, graph: Graph, t: Target, cache: dict
+    ) -> tuple[QuantizedTensor, Value, Value, Value, Value | None]:
+        w = t.node.input(t.weight_index)
+        assert w is not None and w.const_value is not None
+        key = id(w)
+        if key in cache:
+            return cache[key]
+        gran = self._granularity
+        axis = t.reduce_axis if gran.kind == "group" else t.channel_axis
+        symmetric = self.symmetric if self.mode != "dynamic" else True
+        qt = quantize_tensor(
+            w.const_value, self.dtype, symmetric=symmetric, granularity=gran, axis=axis
+        )
+        q = graph.add_constant(qt.data, f"{w.name}_q")
+        s = graph.add_constant(qt.scale, f"{w.name}_scale")
+        z = None  # symmetric signed weights: the zero point is 0, ONNX's default
+        if not (symmetric and self.dtype.startswith("int")):
+            z = graph.add_constant(qt.zero_point, f"{w.name}_zero_point")
+        cache[key] = (qt, w, q, s, z)
+        return cache[key]
+
+    def _weight_dq(self, graph: Graph, t: Target, cache: dict) -> Value:
+        qt, w, q, s, z = self._quantized_weight(graph, t, cache)
+        attrs: dict[str, Any] = {}
+        if qt.scale.ndim > 0:
+            attrs["axis"] = qt.axis
+        if qt.block_size:
+            attrs["block_size"] = qt.block_size
+        node = graph.add_node(
+            "DequantizeLinear",
+            [q, s, z],
+            attrs,
+            name=f"{w.name}_dequantize",
+            before=t.node,
+        )
+        out = node.output
+        if out.dtype != w.dtype:
+            out = graph.add_node("Cast", [out], {"to": w.dtype.onnx}, before=t.node).output
+        return out
+
+    # ------------------------------------------------------------ activations
+
+    def _activation_qdq(
+        self,
+        graph: Graph,
+        x: Value,
+        ranges: Mapping[str, tuple[float, float]],
+        cache: dict[int, Value],
+    ) -> Value:
+        if id(x) in cache:
+            return cache[id(x)]
+        lo, hi = ranges[x.name]
+        symmetric = self.activation_dtype.startswith("int")
+        scale, zp = compute_qparams(lo, hi, self.activation_dtype, symmetric)
+        s = graph.add_constant(scale.astype(np.float32), f"{x.name}_scale")
+        z = graph.add_constant(zp, f"{x.name}_zero_point")
+        anchor = x.producer.next if x.producer is not None else _first_node(graph)
+        assert anchor is not None
+        xf = x
+        if x.dtype != DType.FLOAT32:
+            xf = graph.add_node("Cast", [x], {"to": DType.FLOAT32.onnx}, before=anchor).output
+        q = graph.add_node(
+            "QuantizeLinear", [xf, s, z], name=f"{x.name}_quantize", before=anchor
+        ).output
+        dq = graph.add_node(
+            "DequantizeLinear", [q, s, z], name=f"{x.name}_dequantize", before=anchor
+        ).output
+        if x.dtype != DType.FLOAT32:
+            dq = graph.add_node("Cast", [dq], {"to": x.dtype.onnx}, before=anchor).output
+        cache[id(x)] = dq
+        return dq
+
+    # ----------------------------------------------------------------- dynamic
+
+    def _dynamic(self, graph: Graph, t: Target, cache: dict, notes: list[str]) -> int:
+        node = t.node
+        x = _activation(t)
+        if node.op_type == "Gemm" and node.attr("transB", 0):
+            notes.append(f"{node.name} (Gemm): transB=1 is quantized as a transposed constant")
+        _, _, q, s, z = self._dynamic_weight(graph, t, cache)
+        assert z is not None
+        xf = x
+        if x.dtype != DType.FLOAT32:
+            xf = graph.add_node("Cast", [x], {"to": DType.FLOAT32.onnx}, before=node).output
+        dql = graph.add_node(
+            "DynamicQuantizeLinear", [xf], name=f"{node.name}_dynq", num_outputs=3, before=node
+        )
+        xq, xs, xz = dql.outputs
+        acc = graph.add_node(
+            "MatMulInteger", [xq, q, xz, z], name=f"{node.name}_int", before=node
+        ).output
+        accf = graph.add_node("Cast", [acc], {"to": DType.FLOAT32.onnx}, before=node).output
+        scale = graph.add_node("Mul", [xs, s], before=node).output
+        out = graph.add_node("Mul", [accf, scale], before=node).output
+        if node.op_type == "Gemm":
+            alpha = float(node.attr("alpha", 1.0))
+            if alpha != 1.0:
+                a = graph.add_constant(np.array(alpha, np.float32), f"{node.name}_alpha")
+                out = graph.add_node("Mul", [out, a], before=node).output
+            c = node.input(2)
+            if c is not None:
+                beta = float(node.attr("beta", 1.0))
+                if beta != 1.0:
+                    b = graph.add_constant(np.array(beta, np.float32), f"{node.name}_beta")
+                    c = graph.add_node("Mul", [c, b], before=node).output
+                out = graph.add_node("Add", [out, c], before=node).output
+        if node.output.dtype != DType.FLOAT32:
+            out = graph.add_node("Cast", [out], {"to": node.output.dtype.onnx}, before=node).output
+        graph.replace_all_uses_with(node.output, out)
+        graph.remove_node(node)
+        return 1
+
+    def _dynamic_weight(self, graph: Graph, t: Target, cache: dict) -> tuple:
+        w = t.node.input(t.weight_index)
+        assert w is not None and w.const_value is not None
+        key = id(w)
+        if key in cache:
+            return cache[key]
+        arr = w.const_value.astype(np.float32)
+        if t.node.op_type == "Gemm" and t.node.attr("transB", 0):
+            arr = arr.T  # MatMulInteger wants [K, N]
+        per_channel = self._granularity.kind != "tensor"
+        qt = quantize_tensor(
+            arr, "int8", symmetric=True, granularity="channel" if per_channel else "tensor", axis=1
+        )
+        q = graph.add_constant(np.ascontiguousarray(qt.data), f"{w.name}_q")
+        s = graph.add_constant(qt.scale, f"{w.name}_scale")
+        z = graph.add_constant(qt.zero_point, f"{w.name}_zero_point")
+        cache[key] = (qt, w, q, s, z)
+        return cache[key]
+
+
+def _activation(t: Target) -> Value:
+    x = t.node.input(0)
+    assert x is not None
+    return x
+
+
+def _first_node(graph: Graph) -> Node | None:
+    for node in graph.nodes:
+        return node
+    return None

@@ -1,0 +1,125 @@
+"""The Quantize pass: structure of each mode, numerics against float, sizes, exclusions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ecograph.errors import PassError
+from ecograph.ir import GraphBuilder, interpret, verify
+from ecograph.models import build_default_model, example_inputs
+from ecograph.quant.quantize import Quantize
+
+rng = np.random.default_rng(0)
+
+
+def mlp(k: int = 64, n: int = 48, gemm: bool = False):
+    b = GraphBuilder("mlp")
+    x = b.input("x", "float32", ["batch", k])
+    w1 = b.constant((rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32), "w1")
+    b1 = b.constant(rng.standard_normal(n).astype(np.float32), "b1")
+    if gemm:
+        w1t = b.constant(np.ascontiguousarray(w1.const_value.T), "w1t")
+        h = b.op("Gemm", x, w1t, b1, transB=1, alpha=0.5, name="fc1")
+    else:
+        h = b.op("Add", b.op("MatMul", x, w1, name="fc1"), b1)
+    h = b.op("Relu", h)
+    w2 = b.constant((rng.standard_normal((n, 8)) / np.sqrt(n)).astype(np.float32), "w2")
+    b.output(b.op("MatMul", h, w2, name="fc2"))
+    return b.graph
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.reshape(-1).astype(np.float64), b.reshape(-1).astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def run(g, feeds):
+    return next(iter(interpret(g, feeds).values()))
+
+
+@pytest.mark.parametrize("gemm", [False, True])
+def test_dynamic_uses_integer_matmul_and_stays_close(gemm):
+    g = mlp(gemm=gemm)
+    feeds = {"x": rng.standard_normal((4, 64)).astype(np.float32)}
+    ref = run(g, feeds)
+    res = Quantize(mode="dynamic").run(g)
+    assert res.changed and res.stats["quantized"] == 2
+    verify(g)
+    ops = [n.op_type for n in g.nodes]
+    assert ops.count("MatMulInteger") == 2 and ops.count("DynamicQuantizeLinear") == 2
+    assert "MatMul" not in ops and "Gemm" not in ops
+    weight = "w1t" if gemm else "w1"
+    assert weight not in g.constants and "w2" not in g.constants  # float weights are gone
+    assert g.value(f"{weight}_q").dtype.value == "int8"
+    out = run(g, feeds)
+    assert cosine(out, ref) > 0.999
+    assert np.max(np.abs(out - ref)) < 0.05 * np.max(np.abs(ref))
+    assert not Quantize(mode="dynamic").run(g).changed  # idempotent
+
+
+def test_static_inserts_qdq_from_calibration():
+    g = mlp()
+    calib = [{"x": rng.standard_normal((4, 64)).astype(np.float32)} for _ in range(8)]
+    feeds = {"x": rng.standard_normal((4, 64)).astype(np.float32)}
+    ref = run(g, feeds)
+    res = Quantize(mode="static", calibration_data=calib).run(g)
+    assert res.stats["quantized"] == 2
+    verify(g)
+    q_nodes = [n for n in g.nodes if n.op_type == "QuantizeLinear"]
+    assert len(q_nodes) == 2
+    for n in g.find_nodes("MatMul"):
+        assert n.inputs[0].producer.op_type == "DequantizeLinear"
+        assert n.inputs[1].producer.op_type == "DequantizeLinear"
+        assert n.inputs[1].producer.inputs[0].dtype.value == "int8"
+    assert g.value("x_scale").const_value.dtype == np.float32
+    assert g.value("x_zero_point").const_value.dtype == np.uint8
+    assert cosine(run(g, feeds), ref) > 0.999
+
+
+@pytest.mark.parametrize(
+    ("dtype", "granularity", "max_ratio"), [("int8", "channel", 0.30), ("int4", "group:128", 0.18)]
+)
+def test_weight_only_sizes_and_accuracy(dtype, granularity, max_ratio):
+    g = mlp(k=512, n=512)
+    feeds = {"x": rng.standard_normal((2, 512)).astype(np.float32)}
+    ref = run(g, feeds)
+    before = sum(v.type.nbytes() for v in g.constants.values())
+    Quantize(mode="weight_only", dtype=dtype, granularity=granularity).run(g)
+    verify(g)
+    after = sum(v.type.nbytes() for v in g.constants.values())
+    assert after / before <= max_ratio, after / before
+    dq = g.find_nodes("DequantizeLinear")
+    assert len(dq) == 2 and all(n.inputs[0].dtype.value == dtype for n in dq)
+    if granularity.startswith("group"):
+        assert dq[0].attrs["block_size"] == 128 and dq[0].attrs["axis"] == 0
+    assert cosine(run(g, feeds), ref) > (0.999 if dtype == "int8" else 0.98)
+
+
+def test_exclusions_by_op_type_and_name_glob():
+    g = mlp()
+    res = Quantize(mode="weight_only", exclude=["fc2"]).run(g)
+    assert res.stats["quantized"] == 1
+    assert any("fc2 (MatMul): excluded" in note for note in res.notes)
+    g2 = build_default_model()
+    res2 = Quantize(mode="weight_only", exclude=["MatMul"]).run(g2)
+    assert not res2.changed and res2.stats["quantized"] == 0
+
+
+def test_options_are_checked():
+    with pytest.raises(PassError, match="calibration_data"):
+        Quantize(mode="static")
+    with pytest.raises(PassError, match="weight_only"):
+        Quantize(mode="dynamic", dtype="int4")
+    with pytest.raises(PassError, match="granularity"):
+        Quantize(mode="weight_only", granularity="rows")
+
+
+def test_default_model_dynamic_int8_end_to_end():
+    g = build_default_model()
+    feeds = example_inputs(2, 16)
+    ref = run(g, feeds)
+    res = Quantize(mode="dynamic").run(g)
+    assert res.stats["quantized"] == 6  # q, k, v, o projections and the two MLP matmuls
+    verify(g)
+    assert cosine(run(g, feeds), ref) > 0.999
