@@ -1,0 +1,346 @@
+"""`ecograph.optimize()`: capture, optimize, quantize, compile, check and report in one call.
+
+The original model is never modified: the graph is copied before any pass runs, and if the
+optimized model misses the accuracy budget on the example inputs an AccuracyError is raised
+with the numbers, leaving everything the caller passed in untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ecograph.errors import EcographError
+from ecograph.ir import Graph, interpret
+from ecograph.ir.stats import graph_stats
+
+QUANTIZE_PRESETS: dict[str, dict[str, Any]] = {
+    "int8": {"mode": "dynamic", "dtype": "int8"},
+    "int8-dynamic": {"mode": "dynamic", "dtype": "int8"},
+    "int8-static": {"mode": "static", "dtype": "int8"},
+    "int8-weight": {"mode": "weight_only", "dtype": "int8", "granularity": "channel"},
+    "int4": {"mode": "weight_only", "dtype": "int4", "granularity": "group:128"},
+    "int4-weight": {"mode": "weight_only", "dtype": "int4", "granularity": "group:128"},
+}
+
+# Default accuracy budgets (cosine similarity of outputs to the original) when none is given.
+EXACT_BUDGET = 0.99999
+QUANTIZED_BUDGET = 0.99
+
+
+class AccuracyError(EcographError):
+    """The optimized model is less accurate than the budget allows on the example inputs."""
+
+
+@dataclass
+class OptimizeResult:
+    """What optimize() returns. `module` is the compiled model (numpy or torch in and out)."""
+
+    graph: Graph
+    module: Any
+    report: Any
+    artifact: Path
+    original_graph: Graph
+    pass_records: list[Any] = field(default_factory=list)
+    quantization: str = ""
+
+    def save(self, out_dir: str | os.PathLike[str]) -> Path:
+        """Copy the compiled artifact to `out_dir/artifact` and write the report there."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        dest = out / "artifact"
+        tmp = Path(tempfile.mkdtemp(prefix=".artifact.", dir=out))
+        shutil.copytree(self.artifact, tmp / "a")
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp / "a", dest)
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.report.write(out)
+        return out
+
+    def to_onnx(self, path: str | os.PathLike[str]) -> Any:
+        from ecograph.frontend.onnx import to_onnx
+
+        return to_onnx(self.graph, path)
+
+
+# ----------------------------------------------------------------- capture
+
+
+def capture(model: Any, example_inputs: Any = None) -> Graph:
+    """An ecograph Graph for a torch module, an ONNX path or ModelProto, or a Graph (copied)."""
+    if isinstance(model, Graph):
+        return model.copy()
+    if isinstance(model, (str, os.PathLike)):
+        from ecograph.frontend.onnx import from_onnx
+
+        return from_onnx(model)
+    if type(model).__name__ == "ModelProto":
+        from ecograph.frontend.onnx import from_onnx
+
+        return from_onnx(model)
+    if _is_torch_module(model):
+        from ecograph.frontend.torch import from_torch
+
+        if example_inputs is None:
+            raise EcographError("a torch module needs example_inputs to be captured")
+        args = example_inputs if isinstance(example_inputs, (tuple, dict)) else (example_inputs,)
+        return from_torch(model, args)
+    raise EcographError(
+        f"cannot optimize a {type(model).__name__}: give a torch.nn.Module, an ONNX path or "
+        "ModelProto, or an ecograph Graph"
+    )
+
+
+def _is_torch_module(obj: Any) -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return isinstance(obj, torch.nn.Module)
+
+
+def feeds_for(graph: Graph, example_inputs: Any) -> dict[str, np.ndarray]:
+    """Example inputs as a dict of numpy arrays keyed by graph input name."""
+    if example_inputs is None:
+        from ecograph.passes.base import sample_inputs_for
+
+        return sample_inputs_for(graph)
+    names = [v.name for v in graph.inputs]
+    if isinstance(example_inputs, Mapping):
+        feeds = {k: _numpy(v) for k, v in example_inputs.items()}
+    else:
+        values = (
+            list(example_inputs) if isinstance(example_inputs, (tuple, list)) else [example_inputs]
+        )
+        if len(values) != len(names):
+            raise EcographError(
+                f"{len(values)} example inputs for graph inputs {names}; pass a dict by name"
+            )
+        feeds = {n: _numpy(v) for n, v in zip(names, values, strict=True)}
+    missing = [n for n in names if n not in feeds]
+    if missing:
+        raise EcographError(f"example inputs lack {missing}; graph inputs are {names}")
+    return {n: feeds[n] for n in names}
+
+
+def _numpy(v: Any) -> np.ndarray:
+    if hasattr(v, "detach") and hasattr(v, "numpy"):
+        return v.detach().cpu().numpy()
+    return np.asarray(v)
+
+
+def _bindings(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
+    env: dict[str, int] = {}
+    for v in graph.inputs:
+        for d, n in zip(v.shape, feeds[v.name].shape, strict=False):
+            if isinstance(d, str) and d.isidentifier():
+                env.setdefault(d, int(n))
+    return env
+
+
+# ------------------------------------------------------------------ checks
+
+
+def compare_outputs(
+    reference: Mapping[str, np.ndarray], actual: Sequence[np.ndarray] | Mapping[str, np.ndarray]
+) -> dict[str, float]:
+    """Cosine similarity (min over outputs) and max abs error of `actual` to `reference`."""
+    values = list(actual.values()) if isinstance(actual, Mapping) else list(actual)
+    cosines, worst = [], 0.0
+    for ref, out in zip(reference.values(), values, strict=True):
+        a = np.asarray(out, np.float64).reshape(-1)
+        b = np.asarray(ref, np.float64).reshape(-1)
+        denom = float(np.linalg.norm(a) * np.linalg.norm(b))
+        cosines.append(float(a @ b) / denom if denom > 0 else float(np.array_equal(a, b)))
+        if a.size:
+            worst = max(worst, float(np.max(np.abs(a - b))))
+    return {"cosine": min(cosines), "max_abs_error": worst}
+
+
+def _as_list(out: Any) -> list[np.ndarray]:
+    if isinstance(out, tuple | list):
+        return [_numpy(o) for o in out]
+    return [_numpy(out)]
+
+
+# ---------------------------------------------------------------- optimize
+
+
+def _quantize_pass(quantize: Any, calibration_data: Iterable[Any] | None) -> Any:
+    from ecograph.quant.quantize import Quantize
+
+    if isinstance(quantize, Quantize):
+        return quantize
+    if isinstance(quantize, str):
+        if quantize not in QUANTIZE_PRESETS:
+            raise EcographError(
+                f"quantize={quantize!r}: expected one of {sorted(QUANTIZE_PRESETS)}, a dict of "
+                "Quantize options, or a Quantize pass"
+            )
+        options = dict(QUANTIZE_PRESETS[quantize])
+    elif isinstance(quantize, Mapping):
+        options = dict(quantize)
+    else:
+        raise EcographError(f"quantize={quantize!r} is not a preset name, dict or Quantize pass")
+    if options.get("mode") == "static":
+        if calibration_data is None:
+            raise EcographError("static quantization needs calibration_data=[{input: array}...]")
+        options["calibration_data"] = list(calibration_data)
+        options.setdefault("progress", True)
+    return Quantize(**options)
+
+
+def optimize(
+    model: Any,
+    example_inputs: Any = None,
+    *,
+    target: str | dict[str, Any] = "x86",
+    pipeline: str = "default",
+    quantize: Any = None,
+    accuracy_budget: float | None = None,
+    calibration_data: Iterable[Any] | None = None,
+    tune: bool | int = False,
+    out_dir: str | os.PathLike[str] | None = None,
+    measure: bool = True,
+    declared_power_watts: float | None = None,
+    carbon_intensity: float | None = None,
+    instrumentation: Any = None,
+    name: str | None = None,
+) -> OptimizeResult:
+    """Optimize `model` for `target` and return the compiled module with its green report.
+
+    - model: a torch.nn.Module (with example_inputs), an ONNX path or ModelProto, or a Graph.
+    - pipeline: a pass pipeline spec ("default", "cleanup", "cleanup,fuse-attention", ...).
+    - quantize: None, a preset ("int8" = dynamic int8, "int8-static", "int8-weight",
+      "int4" = weight-only int4 in groups of 128), a dict of Quantize options or a pass.
+    - accuracy_budget: the minimum cosine similarity of the outputs to the original on the
+      example inputs. With quantization, layers are kept in float (most sensitive first)
+      until the budget holds; if it cannot hold, AccuracyError is raised.
+    - tune: MetaSchedule tuning (True or a trial budget); the compile cache reuses results.
+    - declared_power_watts / carbon_intensity: used only where no energy counter exists /
+      to compute gCO2e; both are stated in the report.
+    """
+    from ecograph.backends.tvm import compile as tvm_compile
+    from ecograph.backends.tvm import load
+    from ecograph.passes import run_passes
+    from ecograph.report.green import GreenReport, ModelFacts, RunFacts
+    from ecograph.report.measure import describe_machine, measure_energy, measure_latency
+
+    original = capture(model, example_inputs)
+    if name:
+        original.name = name
+    feeds = feeds_for(original, example_inputs)
+    reference = interpret(original, feeds)
+    graph = original.copy()
+
+    records: list[Any] = []
+    t0 = time.perf_counter()
+    result = run_passes(graph, pipeline, instrumentation)
+    records = list(getattr(result, "records", []))
+    pass_seconds = time.perf_counter() - t0
+
+    qdesc = ""
+    notes: list[str] = []
+    budget = accuracy_budget
+    if quantize is not None:
+        qpass = _quantize_pass(quantize, calibration_data)
+        qdesc = qpass.describe()
+        if accuracy_budget is not None:
+            from ecograph.quant.sensitivity import AccuracyBudgetError, quantize_within_budget
+
+            try:
+                outcome = quantize_within_budget(graph, qpass, [feeds], accuracy_budget)
+            except AccuracyBudgetError as exc:
+                raise AccuracyError(str(exc)) from exc
+            graph = outcome.graph
+            notes.append(outcome.report())
+        else:
+            before_nodes = len(graph.nodes)
+            t1 = time.perf_counter()
+            qres = qpass.run(graph)
+            records.append(
+                {
+                    "name": "quantize",
+                    "changed": qres.changed,
+                    "nodes_before": before_nodes,
+                    "nodes_after": len(graph.nodes),
+                    "seconds": time.perf_counter() - t1,
+                }
+            )
+        budget = accuracy_budget if accuracy_budget is not None else QUANTIZED_BUDGET
+    elif budget is None:
+        budget = EXACT_BUDGET
+
+    work = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="ecograph-"))
+    artifact = tvm_compile(
+        graph,
+        target,
+        work / "optimized",
+        tune=tune,
+        pipeline=[pipeline, qdesc] if qdesc else [pipeline],
+    )
+    module = load(artifact)
+    outputs = _as_list(module(**feeds))
+    accuracy = compare_outputs(reference, outputs)
+    if accuracy["cosine"] < budget:
+        raise AccuracyError(
+            f"optimized model: cosine {accuracy['cosine']:.6f} < budget {budget} "
+            f"(max abs error {accuracy['max_abs_error']:.3g}) on the example inputs; the "
+            "original model is untouched. Loosen accuracy_budget, exclude layers from "
+            "quantization, or quantize less aggressively."
+        )
+
+    bind = _bindings(original, feeds)
+    s_orig, s_opt = graph_stats(original, bind), graph_stats(graph, bind)
+    report = GreenReport(
+        model=original.name,
+        target=str(target),
+        original=ModelFacts(
+            s_orig.parameter_bytes, s_orig.num_parameters, s_orig.flops, s_orig.num_nodes
+        ),
+        optimized=ModelFacts(
+            s_opt.parameter_bytes, s_opt.num_parameters, s_opt.flops, s_opt.num_nodes
+        ),
+        machine=describe_machine(),
+        accuracy=accuracy,
+        passes=[_record_dict(r) for r in records],
+        carbon_intensity_g_per_kwh=carbon_intensity,
+        notes=[*notes, f"passes took {pass_seconds:.2f} s; quantization: {qdesc or 'none'}"],
+    )
+    if measure:
+        device = "cuda" if str(target).startswith("cuda") else "cpu"
+        baseline_dir = tvm_compile(original, target, work / "original", progress=False)
+        baseline = load(baseline_dir)
+        for attr, mod in (("original_run", baseline), ("optimized_run", module)):
+            lat = measure_latency(lambda m=mod: m(**feeds), warmup=2, repeat=10)
+            energy = measure_energy(
+                lambda m=mod: m(**feeds),
+                device=device,
+                latency=lat,
+                declared_power_watts=declared_power_watts,
+            )
+            setattr(report, attr, RunFacts(device, lat, energy))
+        report.notes.append(
+            "original = the captured graph compiled by the same backend without ecograph's "
+            "passes or quantization"
+        )
+    return OptimizeResult(graph, module, report, artifact, original, records, qdesc)
+
+
+def _record_dict(record: Any) -> dict[str, Any]:
+    if isinstance(record, dict):
+        return record
+    if dataclasses.is_dataclass(record):
+        d = dataclasses.asdict(record)  # type: ignore[arg-type]
+        return {k: v for k, v in d.items() if isinstance(v, (str, int, float, bool))}
+    return {"name": str(record)}
