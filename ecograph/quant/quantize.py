@@ -8,9 +8,11 @@ Rewrites (W a float constant, x an activation):
 - weight_only: op(x, W) -> op(x, DQ(W_q, s_w, z_w))  (int8 or int4, per channel or in groups
                along the reduction axis; the LLM decode case)
 
-Weights are stored as quantized constants (int4 two per byte when exported); the float weight
-is removed once nothing else uses it. Exclusions match an op type exactly or a node name by
-glob (`exclude=["Conv", "*lm_head*"]`).
+Embedding tables (Gather of a constant float matrix along axis 0) are quantized by rows
+(symmetric; per row, or per group when the granularity is group:N) and dequantized after the
+lookup; `embeddings=False` leaves them in float. Weights are stored as quantized constants
+(int4 two per byte when exported); the float weight is removed once nothing else uses it.
+Exclusions match an op type exactly or a node name by glob (`exclude=["Conv", "*lm_head*"]`).
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ class Quantize(Pass):
     calibration: str = "minmax"
     activation_dtype: str = "uint8"
     exclude: tuple[str, ...] | list[str] = ()
+    embeddings: bool = True
     calibration_data: Any = field(default=None, repr=False, compare=False)
     progress: bool = False
 
@@ -125,8 +128,9 @@ class Quantize(Pass):
     def run(self, graph: Graph) -> PassResult:
         ops = ("MatMul", "Gemm") if self.mode == "dynamic" else QUANTIZABLE
         targets, notes = find_targets(graph, self.exclude, ops)
+        embedded = self._quantize_embeddings(graph, notes) if self.embeddings else 0
         if not targets:
-            return PassResult(False, {"quantized": 0}, notes)
+            return PassResult(embedded > 0, {"quantized": 0, "embeddings": embedded}, notes)
         ranges: Mapping[str, tuple[float, float]] = {}
         if self.mode == "static":
             names = sorted({_activation(t).name for t in targets})
@@ -157,7 +161,72 @@ class Quantize(Pass):
         for _, orig, *_ in weights.values():
             if orig.graph is graph and not orig.has_uses():
                 graph.remove_constant(orig)
-        return PassResult(count > 0, {"quantized": count}, notes)
+        return PassResult(True, {"quantized": count, "embeddings": embedded}, notes)
+
+    # ------------------------------------------------------------- embeddings
+
+    def _quantize_embeddings(self, graph: Graph, notes: list[str]) -> int:
+        """Gather(T, idx) -> Gather(T_q, idx) * Gather(scale, idx): rows quantized symmetric
+        (per row, or per group of a row), dequantized after the lookup, so the float table
+        is never rebuilt at run time."""
+        patterns = list(self.exclude)
+        dtype = self.dtype if self.mode == "weight_only" else "int8"
+        done: dict[int, tuple[Value, Value, int]] = {}
+        count = 0
+        for node in graph.nodes:
+            if node.domain or node.op_type != "Gather" or node.attr("axis", 0) != 0:
+                continue
+            table = node.input(0)
+            if table is None or not table.is_constant or not table.dtype.is_float:
+                continue
+            if table.type.rank != 2 or table.type.static_shape()[0] < 2:
+                continue
+            if "Gather" in patterns or any(fnmatch.fnmatchcase(node.name, p) for p in patterns):
+                notes.append(f"{node.name} (Gather): excluded")
+                continue
+            _, width = table.type.static_shape()
+            group = self._granularity.group_size if self._granularity.kind == "group" else 0
+            block = group if group and width % group == 0 else width
+            if id(table) not in done:
+                qt = quantize_tensor(
+                    table.const_value,  # type: ignore[arg-type]
+                    dtype,
+                    symmetric=True,
+                    granularity=f"group:{block}",
+                    axis=1,
+                )
+                done[id(table)] = (
+                    graph.add_constant(qt.data, f"{table.name}_q"),
+                    graph.add_constant(qt.scale, f"{table.name}_scale"),
+                    block,
+                )
+            q, scale, block = done[id(table)]
+            idx = node.input(1)
+            assert idx is not None
+            rank = idx.type.rank
+            gq = graph.add_node("Gather", [q, idx], before=node).output
+            gs = graph.add_node("Gather", [scale, idx], before=node).output
+            values = graph.add_node("Cast", [gq], {"to": table.dtype.onnx}, before=node).output
+            split = graph.add_constant(
+                np.array([0] * rank + [width // block, block], np.int64), f"{node.name}_blocks"
+            )
+            merged = graph.add_constant(
+                np.array([0] * rank + [width], np.int64), f"{node.name}_rows"
+            )
+            axes = graph.add_constant(np.array([-1], np.int64), f"{node.name}_axes")
+            blocks = graph.add_node("Reshape", [values, split], before=node).output
+            scaled = graph.add_node(
+                "Mul",
+                [blocks, graph.add_node("Unsqueeze", [gs, axes], before=node).output],
+                before=node,
+            ).output
+            out = graph.add_node("Reshape", [scaled, merged], before=node).output
+            graph.replace_all_uses_with(node.output, out)
+            graph.remove_node(node)
+            if not table.has_uses():
+                graph.remove_constant(table)
+            count += 1
+        return count
 
     # ---------------------------------------------------------------- weights
 

@@ -123,3 +123,24 @@ def test_default_model_dynamic_int8_end_to_end():
     assert res.stats["quantized"] == 6  # q, k, v, o projections and the two MLP matmuls
     verify(g)
     assert cosine(run(g, feeds), ref) > 0.999
+
+
+@pytest.mark.parametrize(
+    ("dtype", "granularity", "min_cos"), [("int8", "channel", 0.9999), ("int4", "group:32", 0.99)]
+)
+def test_embedding_tables_are_quantized_by_rows(dtype, granularity, min_cos):
+    g = embedding_graph()
+    feeds = {"ids": rng.integers(0, 100, (3, 7))}
+    ref = run(g, feeds)
+    res = Quantize(mode="weight_only", dtype=dtype, granularity=granularity).run(g)
+    assert res.changed and res.stats["embeddings"] == 1
+    verify(g)
+    assert "table" not in g.constants and g.value("table_q").dtype.value == dtype
+    out = run(g, feeds)
+    assert out.shape == ref.shape == (3, 7, 64)
+    assert cosine(out, ref) > min_cos
+    per_row = np.abs(out - ref).max(axis=-1) / np.abs(ref).max(axis=-1)
+    assert per_row.max() < (0.005 if dtype == "int8" else 0.1)
+    untouched = embedding_graph()
+    assert not Quantize(mode="weight_only", embeddings=False).run(untouched).changed
+    assert "table" in untouched.constants
