@@ -125,6 +125,14 @@ def test_default_model_dynamic_int8_end_to_end():
     assert cosine(run(g, feeds), ref) > 0.999
 
 
+def embedding_graph():
+    b = GraphBuilder("emb")
+    ids = b.input("ids", "int64", ["batch", "seq"])
+    table = b.constant(rng.standard_normal((100, 64)).astype(np.float32), "table")
+    b.output(b.op("Gather", table, ids, name="lookup"))
+    return b.graph
+
+
 @pytest.mark.parametrize(
     ("dtype", "granularity", "min_cos"), [("int8", "channel", 0.9999), ("int4", "group:32", 0.99)]
 )
