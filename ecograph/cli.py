@@ -107,6 +107,139 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _feeds(graph: Any, inputs: Any, specs: list[str]) -> dict[str, Any]:
+    """Feeds from --input NAME=file.npy (loaded without pickle) over the example inputs."""
+    import numpy as np
+
+    from ecograph.api import feeds_for
+
+    feeds = feeds_for(graph, inputs) if graph is not None else {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise EcographError(f"--input expects NAME=FILE.npy, got {spec!r}")
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise EcographError(f"cannot read --input {name} from {path}: {exc}") from exc
+    return feeds
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from ecograph.frontend.onnx import to_onnx
+    from ecograph.passes import run_passes
+
+    model, inputs = load_model(args.model)
+    graph = to_graph(model, inputs)
+    before = len(graph.nodes)
+    result = run_passes(graph, args.pipeline)
+    print(result.ledger() if hasattr(result, "ledger") else "")
+    if args.quantize:
+        from ecograph.api import _quantize_pass
+
+        calib = None
+        if args.quantize == "int8-static":
+            calib = [_feeds(graph, inputs, [])]
+        qres = _quantize_pass(args.quantize, calib).run(graph)
+        print(f"quantize ({args.quantize}): {qres.stats}")
+    to_onnx(graph, args.output)
+    print(f"{before} -> {len(graph.nodes)} nodes; wrote {args.output}")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from ecograph.backends.tvm import compile as tvm_compile
+    from ecograph.passes import run_passes
+
+    model, inputs = load_model(args.model)
+    graph = to_graph(model, inputs)
+    if args.pipeline:
+        run_passes(graph, args.pipeline)
+    if args.quantize:
+        from ecograph.api import _quantize_pass
+
+        _quantize_pass(args.quantize, None).run(graph)
+    out = Path(args.output)
+    rows = []
+    failed = 0
+    for target in tqdm(args.target, desc="compiling", unit="target"):
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in target)
+        try:
+            path = tvm_compile(graph, target, out / safe, tune=args.tune, progress=False)
+            size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+            rows.append((target, "ok", str(path), f"{size / 1024:.1f} KiB"))
+        except EcographError as exc:
+            failed += 1
+            rows.append((target, "FAILED", str(exc).splitlines()[0][:90], ""))
+    widths = [
+        max(len(r[i]) for r in [("target", "status", "artifact", "size"), *rows]) for i in range(4)
+    ]
+    for r in [("target", "status", "artifact", "size"), *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    return 1 if failed else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ecograph.backends.tvm import load
+
+    module = load(args.artifact, device=args.device)
+    feeds = _feeds(None, None, args.input)
+    outputs = module(**feeds)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    names = [o["name"] for o in module.manifest.get("outputs", [])] or [
+        f"output_{i}" for i in range(len(outputs))
+    ]
+    for name, arr in zip(names, outputs, strict=False):
+        arr = np.asarray(arr)
+        print(f"{name}: {arr.dtype}{list(arr.shape)} min {arr.min():.6g} max {arr.max():.6g}")
+        if args.output_dir:
+            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+            np.save(Path(args.output_dir) / f"{name}.npy", arr, allow_pickle=False)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ecograph.backends.tvm import load
+    from ecograph.report.measure import measure_energy, measure_latency
+
+    module = load(args.artifact, device=args.device)
+    feeds = _feeds(None, None, args.input)
+    missing = [i for i in module.manifest.get("inputs", []) if i["name"] not in feeds]
+    rng = np.random.default_rng(0)
+    for spec in missing:
+        shape = [d if isinstance(d, int) else args.dim for d in spec["shape"]]
+        dtype = np.dtype(spec["dtype"]) if spec["dtype"] != "bfloat16" else np.float32
+        feeds[spec["name"]] = (
+            rng.standard_normal(shape).astype(dtype)
+            if dtype.kind == "f"
+            else rng.integers(0, 2, shape).astype(dtype)
+        )
+    lat = measure_latency(lambda: module(**feeds), warmup=args.warmup, repeat=args.repeat)
+    device = "cuda" if module.manifest.get("target", {}).get("family") == "cuda" else "cpu"
+    energy = measure_energy(
+        lambda: module(**feeds),
+        device=device,
+        latency=lat,
+        declared_power_watts=args.declared_watts,
+    )
+    print(f"latency p50 {lat.p50_ms:.3f} ms  p90 {lat.p90_ms:.3f} ms  ({lat.runs} runs)")
+    print(f"energy per inference: {energy.label()}")
+    return 0
+
+
+def cmd_rpc_server(args: argparse.Namespace) -> int:
+    from ecograph.backends.tvm import rpc
+
+    rpc.serve(host=args.host or "127.0.0.1", port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ecograph",
@@ -128,6 +261,81 @@ def build_parser() -> argparse.ArgumentParser:
         help="bind a symbolic dim for the FLOPs estimate, e.g. --bind batch=1 --bind seq=128",
     )
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser(
+        "optimize",
+        help="apply a pass pipeline (and quantization) and write ONNX",
+        description="Optimize MODEL with a pass pipeline and write the result as ONNX.",
+    )
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
+    p.add_argument("--pipeline", default="default", help="pass pipeline spec (default: default)")
+    p.add_argument("--quantize", default=None, help="int8, int8-static, int8-weight or int4")
+    p.set_defaults(func=cmd_optimize)
+
+    p = sub.add_parser(
+        "compile",
+        help="compile for one or more targets (one artifact folder each) with a summary",
+        description="Cross-compile MODEL for every --target into OUT/<target>/.",
+    )
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument(
+        "--target",
+        action="append",
+        required=True,
+        help="x86, x86:<cpu>, arm, arm:<cpu>, cuda, cuda:sm_XX (repeatable)",
+    )
+    p.add_argument("-o", "--output", default="build", metavar="OUT")
+    p.add_argument("--pipeline", default="default")
+    p.add_argument("--quantize", default=None, help="int8, int8-weight or int4")
+    p.add_argument(
+        "--tune",
+        type=int,
+        default=0,
+        metavar="TRIALS",
+        help="MetaSchedule trials (0: no tuning; results are cached)",
+    )
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser(
+        "run",
+        help="run an artifact on inputs from .npy files",
+        description="Run ARTIFACT (a folder written by compile) and print or save its outputs.",
+    )
+    p.add_argument("artifact", metavar="ARTIFACT")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the target's)")
+    p.add_argument("--output-dir", default=None, help="save each output as NAME.npy here")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "bench",
+        help="latency p50/p90 and energy per inference of an artifact",
+        description="Benchmark ARTIFACT; inputs not given are random, symbolic dims = --dim.",
+    )
+    p.add_argument("artifact", metavar="ARTIFACT")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dim", type=int, default=1, help="size for symbolic dims (default 1)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeat", type=int, default=50)
+    p.add_argument(
+        "--declared-watts",
+        type=float,
+        default=None,
+        help="power figure used to ESTIMATE energy where no counter exists",
+    )
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "rpc-server",
+        help="start a TVM RPC server (127.0.0.1 unless --host is given)",
+        description="Serve TVM RPC for ecograph.remote. WARNING: TVM RPC runs arbitrary code "
+        "for whoever connects; it binds 127.0.0.1 unless you pass --host explicitly.",
+    )
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=9091)
+    p.set_defaults(func=cmd_rpc_server)
 
     p = sub.add_parser(
         "report",
