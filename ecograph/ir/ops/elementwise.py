@@ -70,15 +70,23 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return out
 
 
-
-
-
 def _erf(x: np.ndarray) -> np.ndarray:
     return scipy.special.erf(x.astype(np.float64) if x.dtype != np.float64 else x)
 
 
+def _propagate_neg(ctx: InferContext) -> list[Dim] | None:
+    x = ctx.symbolic(0)
+    return None if x is None else [symbolic.sub(0, d) for d in x]
+
+
 for _name, _fn in _UNARY.items():
-    register_op(_name, inputs=["X"], outputs=["Y"], infer=same_as_input(0))(_keep(_fn))
+    register_op(
+        _name,
+        inputs=["X"],
+        outputs=["Y"],
+        infer=same_as_input(0),
+        propagate=_propagate_neg if _name == "Neg" else None,
+    )(_keep(_fn))
 
 
 @register_op("Not", inputs=["X"], outputs=["Y"], infer=same_as_input(0))
@@ -130,7 +138,11 @@ def elu(x: np.ndarray, *, alpha: float) -> np.ndarray:
         return np.where(x < 0, alpha * (np.exp(x) - 1), x).astype(x.dtype)
 
 
-@_act("Selu", {"alpha": Attr("float", 1.67326319217681884765625), "gamma": Attr("float", 1.05070102214813232421875)})  # fmt: skip
+_SELU_ALPHA = 1.67326319217681884765625
+_SELU_GAMMA = 1.05070102214813232421875
+
+
+@_act("Selu", {"alpha": Attr("float", _SELU_ALPHA), "gamma": Attr("float", _SELU_GAMMA)})
 def selu(x: np.ndarray, *, alpha: float, gamma: float) -> np.ndarray:
     with np.errstate(all="ignore"):
         return np.where(x <= 0, gamma * (alpha * np.exp(x) - alpha), gamma * x).astype(x.dtype)
@@ -168,9 +180,7 @@ def gelu(x: np.ndarray, *, approximate: str) -> np.ndarray:
     return y.astype(x.dtype)
 
 
-@register_op(
-    "PRelu", inputs=["X", "slope"], outputs=["Y"], infer=lambda c: [c.input(0)]
-)
+@register_op("PRelu", inputs=["X", "slope"], outputs=["Y"], infer=lambda c: [c.input(0)])
 def prelu(x: np.ndarray, slope: np.ndarray) -> np.ndarray:
     return np.where(x < 0, x * slope, x).astype(x.dtype)
 
@@ -256,8 +266,9 @@ def pow_(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 )
 def mod(a: np.ndarray, b: np.ndarray, *, fmod: int) -> np.ndarray:
     with np.errstate(all="ignore"):
-        if fmod or np.issubdtype(a.dtype, np.floating):
+        if fmod:
             return np.fmod(a, b).astype(a.dtype)
+        # Python semantics: the result takes the divisor's sign.
         return np.mod(a, b).astype(a.dtype)
 
 
@@ -309,9 +320,7 @@ def _variadic(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Callable[..
 
 
 for _name, _fn in {"Sum": np.add, "Max": np.maximum, "Min": np.minimum}.items():
-    register_op(_name, inputs=["data_0*"], outputs=["out"], infer=broadcast_infer())(
-        _variadic(_fn)
-    )
+    register_op(_name, inputs=["data_0*"], outputs=["out"], infer=broadcast_infer())(_variadic(_fn))
 
 
 @register_op("Mean", inputs=["data_0*"], outputs=["out"], infer=broadcast_infer())

@@ -109,8 +109,8 @@ def gemm(
     *,
     alpha: float,
     beta: float,
-    transA: int,  # noqa: N803 - ONNX attribute name
-    transB: int,  # noqa: N803
+    transA: int,
+    transB: int,
 ) -> np.ndarray:
     aa = a.T if transA else a
     bb = b.T if transB else b
@@ -125,9 +125,7 @@ def gemm(
 # ------------------------------------------------------------- Conv and pooling
 
 
-def _conv_geometry(
-    ctx: InferContext, spatial: list[Dim], kernel: list[int]
-) -> list[Dim | None]:
+def _conv_geometry(ctx: InferContext, spatial: list[Dim], kernel: list[int]) -> list[Dim | None]:
     n = len(spatial)
     strides = ctx.attr("strides") or [1] * n
     dilations = ctx.attrs.get("dilations") or [1] * n
@@ -161,7 +159,7 @@ def _conv_infer(ctx: InferContext) -> list[TensorType]:
     kernel = ctx.attr("kernel_shape") or list(w.shape[2:])
     if not all(isinstance(k, int) for k in kernel):
         ctx.fail("kernel shape must be static")
-    spatial = _conv_geometry(ctx, list(x.shape[2:]), kernel)
+    spatial = _conv_geometry(ctx, list(x.shape[2:]), [int(k) for k in kernel])
     return [make_type(x.dtype, [x.shape[0], w.shape[0], *spatial])]
 
 
@@ -319,7 +317,8 @@ def max_pool(
     strides: list[int] | None,
     dilations: list[int] | None,
     storage_order: int,
-) -> np.ndarray:
+    _num_outputs: int = 1,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     n = x.ndim - 2
     strides = list(strides or [1] * n)
     dilations = list(dilations or [1] * n)
@@ -327,7 +326,27 @@ def max_pool(
     out_sp = _pool_out_spatial(x, list(kernel_shape), strides, dilations, p, ceil_mode)
     fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
     win = _windows(x, list(kernel_shape), strides, dilations, p, fill, out_sp)
-    return win.max(axis=tuple(range(-n, 0))).astype(x.dtype)
+    axes = tuple(range(-n, 0))
+    y = win.max(axis=axes).astype(x.dtype)
+    if _num_outputs < 2:
+        return y
+    # Indices: flat positions in the whole input tensor, padding not counted; storage_order 1
+    # numbers the two spatial axes column-major.
+    spatial = x.shape[2:]
+    pos = np.arange(int(np.prod(spatial)), dtype=np.int64).reshape(spatial)
+    if storage_order and n == 2:
+        pos = np.arange(spatial[0])[:, None] + np.arange(spatial[1])[None, :] * spatial[0]
+    pos_win = _windows(pos[None, None], list(kernel_shape), strides, dilations, p, -1, out_sp)
+    flat = win.reshape(*win.shape[: 2 + n], -1)
+    arg = np.argmax(flat, axis=-1)
+    pos_flat = pos_win.reshape(*pos_win.shape[: 2 + n], -1)
+    local = np.take_along_axis(
+        np.broadcast_to(pos_flat, (*flat.shape[:2], *pos_flat.shape[2:])), arg[..., None], -1
+    )[..., 0]
+    channel = np.arange(x.shape[0] * x.shape[1], dtype=np.int64).reshape(
+        x.shape[0], x.shape[1], *[1] * n
+    )
+    return y, (channel * int(np.prod(spatial)) + local).astype(np.int64)
 
 
 @register_op(
@@ -390,13 +409,15 @@ def global_max_pool(x: np.ndarray) -> np.ndarray:
 
 
 def _bn_infer(ctx: InferContext) -> list[TensorType]:
-    return [ctx.input(0)]
+    if ctx.num_outputs > 1 and not ctx.attr("training_mode"):
+        ctx.fail("running_mean / running_var outputs exist only with training_mode=1")
+    return [ctx.input(0), ctx.input(3), ctx.input(4)][: max(ctx.num_outputs, 1)]
 
 
 @register_op(
     "BatchNormalization",
     inputs=["X", "scale", "B", "input_mean", "input_var"],
-    outputs=["Y"],
+    outputs=["Y", "running_mean?", "running_var?"],
     attrs={
         "epsilon": Attr("float", 1e-5),
         "momentum": Attr("float", 0.9),
@@ -414,15 +435,22 @@ def batch_norm(
     epsilon: float,
     momentum: float,
     training_mode: int,
-) -> np.ndarray:
-    if training_mode:
-        raise NotImplementedError("BatchNormalization in training mode is not supported")
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     shape = [1, -1] + [1] * (x.ndim - 2)
     acc = np.float64
-    y = (x.astype(acc) - mean.astype(acc).reshape(shape)) / np.sqrt(
-        var.astype(acc).reshape(shape) + epsilon
+    use_mean, use_var = mean.astype(acc), var.astype(acc)
+    run_mean, run_var = mean, var
+    if training_mode:
+        # Batch statistics (population variance); running stats blend in with `momentum`.
+        axes = (0, *range(2, x.ndim))
+        use_mean = x.astype(acc).mean(axis=axes)
+        use_var = x.astype(acc).var(axis=axes)
+        run_mean = (mean.astype(acc) * momentum + use_mean * (1 - momentum)).astype(mean.dtype)
+        run_var = (var.astype(acc) * momentum + use_var * (1 - momentum)).astype(var.dtype)
+    y = (x.astype(acc) - use_mean.reshape(shape)) / np.sqrt(
+        use_var.reshape(shape) + epsilon
     ) * scale.astype(acc).reshape(shape) + bias.astype(acc).reshape(shape)
-    return y.astype(x.dtype)
+    return y.astype(x.dtype), run_mean, run_var
 
 
 def _layer_norm_infer(ctx: InferContext) -> list[TensorType]:

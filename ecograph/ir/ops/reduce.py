@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -19,13 +20,20 @@ def _reduce_infer(ctx: InferContext) -> list[TensorType]:
         if axes_arr is None:
             if ctx.attr("keepdims"):
                 return [make_type(x.dtype, [None] * x.rank)]
-            ctx.fail("axes must be a constant when keepdims=0")
+            axes_t = ctx.input(1)
+            if axes_t.rank == 1 and isinstance(axes_t.shape[0], int) and axes_t.shape[0] > 0:
+                # ONNX axes are distinct, so k axes remove k dims; which ones is known at run
+                # time only.
+                return [make_type(x.dtype, [None] * (x.rank - axes_t.shape[0]))]
+            ctx.fail("axes must be a constant, or a non-empty 1-D tensor of static length")
         axes = int_list(axes_arr)
     else:
         axes = []
     for a in axes:
         normalize_axis(a, x.rank, ctx)
-    shape = reduce_shape(x.shape, axes, bool(ctx.attr("keepdims")), bool(ctx.attr("noop_with_empty_axes")))
+    shape = reduce_shape(
+        x.shape, axes, bool(ctx.attr("keepdims")), bool(ctx.attr("noop_with_empty_axes"))
+    )
     return [TensorType(x.dtype, shape)]
 
 
@@ -45,9 +53,21 @@ def _reduce(fn: Callable[[np.ndarray, tuple[int, ...], bool], np.ndarray]) -> Ca
     return kernel
 
 
+def _lowest(dtype: np.dtype) -> object:
+    if dtype.kind == "b":
+        return False
+    return -np.inf if dtype.kind == "f" or dtype.kind == "V" else np.iinfo(dtype).min
+
+
+def _highest(dtype: np.dtype) -> object:
+    if dtype.kind == "b":
+        return True
+    return np.inf if dtype.kind == "f" or dtype.kind == "V" else np.iinfo(dtype).max
+
+
 def _max(x: np.ndarray, axis: tuple[int, ...], keep: bool) -> np.ndarray:
     if x.size == 0:
-        fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+        fill = _lowest(x.dtype)
         shape = [1 if i in axis else d for i, d in enumerate(x.shape) if keep or i not in axis]
         return np.full(shape, fill, dtype=x.dtype)
     return np.max(x, axis=axis, keepdims=keep)
@@ -55,7 +75,7 @@ def _max(x: np.ndarray, axis: tuple[int, ...], keep: bool) -> np.ndarray:
 
 def _min(x: np.ndarray, axis: tuple[int, ...], keep: bool) -> np.ndarray:
     if x.size == 0:
-        fill = np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).max
+        fill = _highest(x.dtype)
         shape = [1 if i in axis else d for i, d in enumerate(x.shape) if keep or i not in axis]
         return np.full(shape, fill, dtype=x.dtype)
     return np.min(x, axis=axis, keepdims=keep)
@@ -65,7 +85,7 @@ def _acc(x: np.ndarray) -> type:
     return np.float64 if x.dtype.kind == "f" else x.dtype.type
 
 
-_REDUCTIONS: dict[str, Callable[[np.ndarray, tuple[int, ...], bool], np.ndarray]] = {
+_REDUCTIONS: dict[str, Callable[[np.ndarray, tuple[int, ...], bool], Any]] = {
     "ReduceSum": lambda x, a, k: np.sum(x, axis=a, keepdims=k, dtype=_acc(x)),
     "ReduceMean": lambda x, a, k: np.mean(x, axis=a, keepdims=k, dtype=np.float64),
     "ReduceMax": _max,
@@ -170,7 +190,12 @@ def _topk_infer(ctx: InferContext) -> list[TensorType]:
     infer=_topk_infer,
 )
 def topk(
-    x: np.ndarray, k: np.ndarray, *, axis: int, largest: int, sorted: int  # noqa: A002
+    x: np.ndarray,
+    k: np.ndarray,
+    *,
+    axis: int,
+    largest: int,
+    sorted: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     kk = int(np.asarray(k).reshape(-1)[0])
     # Stable sort; for equal values the lower index comes first (ONNX).

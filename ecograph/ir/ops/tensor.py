@@ -51,8 +51,11 @@ def dropout(
     *,
     seed: int | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    if training_mode is not None and bool(training_mode):
-        raise NotImplementedError("Dropout in training mode is not supported (inference only)")
+    training = training_mode is not None and bool(training_mode)
+    if training and ratio is not None and float(ratio) != 0.0:
+        raise NotImplementedError(
+            "Dropout in training mode with ratio > 0 is random; ecograph runs inference only"
+        )
     return x, np.ones(x.shape, dtype=bool)
 
 
@@ -131,9 +134,12 @@ def _reshape_target(
             if isinstance(total, int) and isinstance(known, int) and total % known:
                 ctx.fail(f"cannot reshape {list(in_shape)} to {target}")
             out[infer_at] = symbolic.floordiv(total, known)
-    elif ctx.input(0).is_static and all(isinstance(d, int) for d in out):
-        if symbolic.product(in_shape) != symbolic.product(out):  # type: ignore[arg-type]
-            ctx.fail(f"cannot reshape {list(in_shape)} to {target}")
+    elif (
+        ctx.input(0).is_static
+        and all(isinstance(d, int) for d in out)
+        and symbolic.product(in_shape) != symbolic.product(out)  # type: ignore[arg-type]
+    ):
+        ctx.fail(f"cannot reshape {list(in_shape)} to {target}")
     return out
 
 
@@ -231,8 +237,21 @@ def _axes_input(ctx: InferContext, index: int) -> list[int] | None:
     return int_list(arr)
 
 
+def _runtime_axes_count(ctx: InferContext, index: int) -> int | None:
+    """How many axes a non-constant axes input holds, if its length is static."""
+    if not ctx.has_input(index) or ctx.constant(index) is not None:
+        return None
+    t = ctx.input(index)
+    if t.rank == 1 and isinstance(t.shape[0], int):
+        return t.shape[0]
+    return None
+
+
 def _squeeze_infer(ctx: InferContext) -> list[TensorType]:
     x = ctx.input(0)
+    k = _runtime_axes_count(ctx, 1)
+    if k is not None:
+        return [make_type(x.dtype, [None] * (x.rank - k))]
     axes = _axes_input(ctx, 1)
     if axes is None:
         if not all(isinstance(d, int) for d in x.shape):
@@ -260,6 +279,9 @@ def squeeze(x: np.ndarray, axes: np.ndarray | None = None) -> np.ndarray:
 
 def _unsqueeze_infer(ctx: InferContext) -> list[TensorType]:
     x = ctx.input(0)
+    k = _runtime_axes_count(ctx, 1)
+    if k is not None:
+        return [make_type(x.dtype, [None] * (x.rank + k))]
     axes = _axes_input(ctx, 1)
     assert axes is not None
     rank = x.rank + len(axes)
@@ -516,9 +538,11 @@ def cast_array(x: np.ndarray, dtype: DType, saturate: bool = True) -> np.ndarray
     if dtype == DType.STRING:
         return np.vectorize(_float_to_onnx_str, otypes=[object])(x) if x.size else x.astype(object)
     if x.dtype == object:
-        return np.array([float(s) if dtype.is_float else int(s) for s in x.reshape(-1)]).astype(
-            target
-        ).reshape(x.shape)
+        return (
+            np.array([float(s) if dtype.is_float else int(s) for s in x.reshape(-1)])
+            .astype(target)
+            .reshape(x.shape)
+        )
     if dtype in (DType.INT4, DType.UINT4):
         lo, hi = (-8, 7) if dtype == DType.INT4 else (0, 15)
         xi = x.astype(np.int64) if x.dtype.kind != "f" else np.trunc(x).astype(np.int64)
@@ -642,12 +666,24 @@ def _constant_of_shape_infer(ctx: InferContext) -> list[TensorType]:
     return [TensorType(dtype, dims)]
 
 
+def _constant_of_shape_propagate(ctx: InferContext) -> list[Dim] | None:
+    value = ctx.attr("value")
+    dims = ctx.symbolic(0)
+    if value is None or value.dtype.kind not in "iu" or dims is None or len(dims) != 1:
+        return None
+    if not isinstance(dims[0], int):
+        return None
+    out: list[Dim] = [int(value.reshape(-1)[0])] * dims[0]
+    return out
+
+
 @register_op(
     "ConstantOfShape",
     inputs=["input"],
     outputs=["output"],
     attrs={"value": Attr("tensor", None)},
     infer=_constant_of_shape_infer,
+    propagate=_constant_of_shape_propagate,
 )
 def constant_of_shape(shape: np.ndarray, *, value: np.ndarray | None) -> np.ndarray:
     fill = np.zeros(1, np.float32) if value is None else value
@@ -706,9 +742,7 @@ def _range_infer(ctx: InferContext) -> list[TensorType]:
     return [TensorType(dtype, [n])]
 
 
-@register_op(
-    "Range", inputs=["start", "limit", "delta"], outputs=["output"], infer=_range_infer
-)
+@register_op("Range", inputs=["start", "limit", "delta"], outputs=["output"], infer=_range_infer)
 def range_(start: np.ndarray, limit: np.ndarray, delta: np.ndarray) -> np.ndarray:
     n = max(int(np.ceil((limit.item() - start.item()) / delta.item())), 0)
     return (start + np.arange(n).astype(start.dtype) * delta).astype(start.dtype)
@@ -785,5 +819,6 @@ def pad(
     if mode == "constant":
         fill = 0 if value is None or value.size == 0 else value.reshape(-1)[0]
         return np.pad(x, width, mode="constant", constant_values=fill)
-    np_mode = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode]
-    return np.pad(x, width, mode=np_mode)
+    if mode not in ("reflect", "edge", "wrap"):
+        raise ValueError(f"unknown Pad mode {mode!r}")
+    return np.pad(x, width, mode=mode)  # type: ignore[call-overload]

@@ -1,0 +1,416 @@
+"""Run ONNX's own backend node tests through `from_onnx` and the reference interpreter.
+
+    python -m ecograph.conformance [--json out.json] [--ops Add Conv ...] [--all]
+
+Each node test of the pinned onnx (`onnx.backend.test.loader.load_model_tests(kind="node")`,
+data built in memory) is imported with `from_onnx`, run with `ecograph.ir.interpret` and
+compared with ONNX's expected outputs: exact dtype and shape, values within rtol 1e-3 and
+atol 1e-7 (the loader's tolerances). A test belongs to the op of its single node; its
+`_expanded` variants (the op's function body) belong to the same op.
+
+`SUPPORTED_OPS` is the explicit list of ops ecograph claims: for each, every node test must
+pass or be excluded with a written reason. Two exclusions apply to every op and are decided
+from the model itself: tensors of a dtype the IR does not model (float8, float4, int2,
+complex, ...), and models whose opset changed the op's schema after `ONNX_OPSET`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import functools
+import json
+import re
+import sys
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ecograph.errors import UnsupportedError
+from ecograph.ir.dtypes import DType
+from ecograph.ir.registry import ONNX_OPSET
+
+RTOL = 1e-3
+ATOL = 1e-7
+
+_TRAINING = "training mode (randomness / gradient state) is outside inference"
+_SEQ = "uses sequence / optional types, which the IR does not model"
+
+# Op -> {test-name pattern (fnmatch): reason}. Every op listed here is claimed: each of its
+# node tests passes or matches an exclusion.
+SUPPORTED_OPS: dict[str, dict[str, str]] = {}
+
+
+def _names(text: str) -> list[str]:
+    return text.split()
+
+
+def _claim(ops: Iterable[str], exclusions: dict[str, str] | None = None) -> None:
+    for op in ops:
+        SUPPORTED_OPS.setdefault(op, {}).update(exclusions or {})
+
+
+_claim(
+    _names(
+        """
+        Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BitShift
+        BitwiseAnd BitwiseNot BitwiseOr BitwiseXor Ceil Celu Clip Concat ConstantOfShape Conv
+        Cos Cosh CumSum DequantizeLinear Div DynamicQuantizeLinear Elu Equal Erf Exp Expand
+        Flatten Floor Gather GatherElements Gelu Gemm GlobalAveragePool GlobalMaxPool Greater
+        GreaterOrEqual HardSigmoid HardSwish Hardmax Identity InstanceNormalization IsInf IsNaN
+        LRN LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax MatMul MatMulInteger
+        Max MaxPool Mean Min Mish Mod Mul Neg Not Or PRelu Pad Pow QuantizeLinear
+        RMSNormalization Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp
+        ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Round
+        Selu Shape Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign Split Sqrt Squeeze
+        Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Where Xor Cast
+        CastLike Constant BatchNormalization Dropout
+        """
+    )
+)
+_claim(
+    _names(
+        """
+        DepthToSpace SpaceToDepth GatherND ScatterND ScatterElements OneHot NonZero Compress
+        EyeLike Shrink ReverseSequence Einsum Det CenterCropPad HannWindow HammingWindow
+        BlackmanWindow ConvTranspose ConvInteger QLinearMatMul LpPool MaxUnpool
+        GroupNormalization MeanVarianceNormalization LpNormalization
+        """
+    )
+)
+# Kernels delegated to onnx.reference (ecograph/ir/ops/reference_ops.py).
+_claim(
+    _names(
+        """
+        Col2Im DFT DeformConv GRU GridSample LSTM NegativeLogLikelihoodLoss NonMaxSuppression
+        QLinearConv RNN RegexFullMatch Resize RoiAlign RotaryEmbedding SoftmaxCrossEntropyLoss
+        StringConcat StringNormalizer StringSplit TfIdfVectorizer Unique STFT MelWeightMatrix
+        AffineGrid
+        """
+    )
+)
+# Retired ops that onnx.version_converter rewrites on import (Upsample-9 -> Resize,
+# Scatter-10 -> ScatterElements); their node tests run through that conversion.
+_claim(["Upsample", "Scatter"])
+_claim(
+    ["AffineGrid"],
+    {"test_affine_grid_*_expanded": "the expanded function body uses If; control flow is not "
+     "supported yet"},
+)  # fmt: skip
+_claim(
+    ["Dropout"],
+    {
+        "test_training_dropout": _TRAINING,
+        "test_training_dropout_default*": _TRAINING,
+        "test_training_dropout_mask": _TRAINING,
+    },
+)
+_claim(
+    ["Range"],
+    {"test_range_*_expanded": "the expanded function body uses Loop; control flow is not "
+     "supported yet"},
+)  # fmt: skip
+_claim(
+    ["Celu"],
+    {
+        "test_celu_bfloat16_expanded": "expected values come from float32 math; the expanded "
+        "body rounds every step to bfloat16 (1-ulp difference, as in any bfloat16 runtime)"
+    },
+)
+
+
+# ------------------------------------------------------------------ data model
+
+
+@dataclass
+class CaseResult:
+    test: str
+    op: str
+    status: str  # passed | failed | error | excluded
+    detail: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class OpSummary:
+    op: str
+    supported: bool
+    passed: int = 0
+    failed: int = 0
+    error: int = 0
+    excluded: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.passed + self.failed + self.error + self.excluded
+
+
+@dataclass
+class NodeTest:
+    name: str
+    op: str
+    model: onnx.ModelProto
+    data_sets: list[tuple[list[np.ndarray], list[np.ndarray]]]
+    rtol: float
+    atol: float
+
+
+# ------------------------------------------------------------------- loading
+
+
+@functools.cache
+def _all_cases() -> tuple[Any, ...]:
+    """onnx's node test cases, built once per process (building them takes seconds)."""
+    from onnx.backend.test.loader import load_model_tests
+
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        return tuple(load_model_tests(kind="node"))
+
+
+def load_node_tests(ops: Sequence[str] | None = None) -> list[NodeTest]:
+    """ONNX's node tests as NodeTest records, optionally only those of `ops`."""
+    cases = _all_cases()
+    op_of: dict[str, str] = {}
+    for case in cases:
+        if "_expanded" not in case.name and case.model is not None:
+            node_ops = {n.op_type for n in case.model.graph.node}
+            op_of[case.name] = next(iter(node_ops)) if len(node_ops) == 1 else "?"
+    tests = []
+    for case in cases:
+        base = re.sub(r"_expanded.*$", "", case.name)
+        op = op_of.get(base, "?")
+        if ops and op not in ops:
+            continue
+        if case.model is None or case.data_sets is None:
+            continue
+        tests.append(
+            NodeTest(case.name, op, case.model, list(case.data_sets), case.rtol, case.atol)
+        )
+    return tests
+
+
+# ------------------------------------------------------------------ exclusions
+
+
+def _tensor_types(model: onnx.ModelProto) -> Iterable[int]:
+    g = model.graph
+    for vi in [*g.input, *g.output, *g.value_info]:
+        which = vi.type.WhichOneof("value")
+        if which == "tensor_type":
+            yield vi.type.tensor_type.elem_type
+    for t in g.initializer:
+        yield t.data_type
+    for node in g.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                yield a.t.data_type
+            if a.name in ("to", "output_dtype", "stash_type") and a.type == a.INT and a.i:
+                yield a.i
+
+
+def automatic_exclusion(test: NodeTest) -> str | None:
+    """A reason to exclude `test` that follows from the model itself, or None."""
+    g = test.model.graph
+    for vi in [*g.input, *g.output]:
+        which = vi.type.WhichOneof("value")
+        if which != "tensor_type":
+            return f"{_SEQ} ({vi.name!r} is a {which})"
+    for elem in _tensor_types(test.model):
+        try:
+            DType.from_onnx(elem)
+        except ValueError:
+            name = onnx.TensorProto.DataType.Name(elem).lower()
+            return f"uses dtype {name}, which the IR does not model"
+    version = next(
+        (int(i.version) for i in test.model.opset_import if i.domain in ("", "ai.onnx")), None
+    )
+    if version is not None and version > ONNX_OPSET:
+        from ecograph.frontend.onnx import _same_schema
+
+        for node in g.node:
+            if node.domain in ("", "ai.onnx") and not _same_schema(node, version):
+                since = onnx.defs.get_schema(node.op_type, version).since_version
+                return (
+                    f"model is at opset {version}; {node.op_type}-{since} differs from the "
+                    f"op at ecograph's pinned opset {ONNX_OPSET} beyond its type constraints"
+                )
+    return None
+
+
+def exclusion_reason(test: NodeTest) -> str | None:
+    for pattern, reason in SUPPORTED_OPS.get(test.op, {}).items():
+        if fnmatch.fnmatchcase(test.name, pattern):
+            return reason
+    return automatic_exclusion(test)
+
+
+# -------------------------------------------------------------------- running
+
+
+def _compare(expected: np.ndarray, actual: np.ndarray, rtol: float, atol: float) -> str | None:
+    strings = expected.dtype.kind in "OUS" and actual.dtype.kind in "OUS"
+    if expected.dtype != actual.dtype and not strings:
+        return f"dtype {actual.dtype}, expected {expected.dtype}"
+    if expected.shape != actual.shape:
+        return f"shape {list(actual.shape)}, expected {list(expected.shape)}"
+    if expected.dtype.kind in "OUS":
+        if not all(a == b for a, b in zip(expected.reshape(-1), actual.reshape(-1), strict=True)):
+            return "string values differ"
+        return None
+    e = expected.astype(np.float64) if expected.dtype.kind not in "b" else expected
+    a = actual.astype(np.float64) if actual.dtype.kind not in "b" else actual
+    try:
+        np.testing.assert_allclose(a, e, rtol=rtol, atol=atol, equal_nan=True)
+    except AssertionError as exc:
+        lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+        return " ".join(lines[1:4])[:300]
+    return None
+
+
+def _as_array(data: Any) -> np.ndarray:
+    """Test data as numpy: the loader gives arrays or (for some dtypes) TensorProtos."""
+    if isinstance(data, onnx.TensorProto):
+        return onnx.numpy_helper.to_array(data)
+    return np.asarray(data)
+
+
+def run_test(test: NodeTest) -> CaseResult:
+    """Import, run and compare one node test."""
+    from ecograph.frontend.onnx import from_onnx
+    from ecograph.ir.interpreter import interpret
+    from ecograph.ir.verify import verify
+
+    start = time.perf_counter()
+    reason = exclusion_reason(test)
+    if reason is not None:
+        return CaseResult(test.name, test.op, "excluded", reason)
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            graph = from_onnx(test.model)
+            verify(graph)  # stored types must equal re-inference, among other invariants
+            init = {t.name for t in test.model.graph.initializer}
+            input_names = [vi.name for vi in test.model.graph.input if vi.name not in init]
+            output_names = [vi.name for vi in test.model.graph.output]
+            for inputs, expected in test.data_sets:
+                feeds = dict(zip(input_names, map(_as_array, inputs), strict=False))
+                got = interpret(graph, feeds)
+                actual = [got[v.name] for v in graph.outputs]
+                for name, exp, act in zip(output_names, expected, actual, strict=True):
+                    problem = _compare(_as_array(exp), np.asarray(act), test.rtol, test.atol)
+                    if problem is not None:
+                        return CaseResult(
+                            test.name, test.op, "failed", f"output {name!r}: {problem}",
+                            time.perf_counter() - start,
+                        )  # fmt: skip
+    except UnsupportedError as exc:
+        if "allows only after opset" in str(exc):
+            # Decided by the model: a type the op lacks at the pinned opset (see from_onnx).
+            reason = re.sub(r"^node \S+ \(\w+\) ", "", str(exc).split(": ", 1)[-1])
+            return CaseResult(test.name, test.op, "excluded", reason[:300])
+        return CaseResult(test.name, test.op, "error", f"UnsupportedError: {exc}"[:400])
+    except Exception as exc:
+        detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return CaseResult(test.name, test.op, "error", detail[:400], time.perf_counter() - start)
+    return CaseResult(test.name, test.op, "passed", "", time.perf_counter() - start)
+
+
+def run(
+    ops: Sequence[str] | None = None, *, only_supported: bool = True
+) -> tuple[list[CaseResult], dict[str, OpSummary]]:
+    """Run the node tests (of `ops`, or of the supported ops unless `only_supported=False`)."""
+    wanted = list(ops) if ops else (sorted(SUPPORTED_OPS) if only_supported else None)
+    tests = load_node_tests(wanted)
+    results = [run_test(t) for t in _progress(tests)]
+    summaries: dict[str, OpSummary] = {}
+    for r in results:
+        s = summaries.setdefault(r.op, OpSummary(r.op, r.op in SUPPORTED_OPS))
+        setattr(s, r.status, getattr(s, r.status) + 1)
+        if r.status in ("failed", "error"):
+            s.problems.append(f"{r.test}: {r.detail}")
+    return results, summaries
+
+
+def _progress(tests: list[NodeTest]) -> Iterable[NodeTest]:
+    """The tests, with a progress bar on an interactive terminal."""
+    if not sys.stderr.isatty():
+        return tests
+    from tqdm import tqdm
+
+    return tqdm(tests, desc="node tests", unit="test", leave=False)
+
+
+def problems_on_supported(summaries: dict[str, OpSummary]) -> list[str]:
+    """Every failure or error on a claimed op, one line each (empty when conformant)."""
+    return [p for s in summaries.values() if s.supported for p in s.problems]
+
+
+# ---------------------------------------------------------------------- output
+
+
+def format_table(summaries: dict[str, OpSummary], results: list[CaseResult]) -> str:
+    lines = [f"{'op':<28} {'claim':<5} {'pass':>5} {'fail':>5} {'error':>5} {'excl':>5}"]
+    for op in sorted(summaries):
+        s = summaries[op]
+        lines.append(
+            f"{op:<28} {'yes' if s.supported else 'no':<5} {s.passed:>5} {s.failed:>5} "
+            f"{s.error:>5} {s.excluded:>5}"
+        )
+    claimed = [s for s in summaries.values() if s.supported]
+    ok = [s for s in claimed if not s.failed and not s.error]
+    lines.append("")
+    lines.append(
+        f"claimed ops: {len(claimed)} ({len(ok)} conformant); tests on claimed ops: "
+        f"{sum(s.passed for s in claimed)} passed, {sum(s.failed for s in claimed)} failed, "
+        f"{sum(s.error for s in claimed)} error, {sum(s.excluded for s in claimed)} excluded"
+    )
+    reasons: dict[str, int] = {}
+    for r in results:
+        if r.status == "excluded" and r.op in SUPPORTED_OPS:
+            reasons[r.detail] = reasons.get(r.detail, 0) + 1
+    if reasons:
+        lines.append("exclusions on claimed ops:")
+        for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {count:>4}  {reason}")
+    problems = problems_on_supported(summaries)
+    if problems:
+        lines.append("failures on claimed ops:")
+        lines.extend(f"  {p}" for p in problems)
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ecograph.conformance",
+        description="Run ONNX's backend node tests through from_onnx + the reference interpreter.",
+    )
+    parser.add_argument("--json", metavar="PATH", help="write per-test results and totals here")
+    parser.add_argument("--ops", nargs="+", metavar="OP", help="only the tests of these ops")
+    parser.add_argument(
+        "--all", action="store_true", help="also run the tests of ops ecograph does not claim"
+    )
+    args = parser.parse_args(argv)
+    results, summaries = run(args.ops, only_supported=not args.all)
+    print(format_table(summaries, results))
+    if args.json:
+        payload: dict[str, Any] = {
+            "onnx_version": onnx.__version__,
+            "opset": ONNX_OPSET,
+            "supported_ops": sorted(SUPPORTED_OPS),
+            "ops": {op: {k: v for k, v in asdict(s).items()} for op, s in summaries.items()},
+            "tests": [asdict(r) for r in results],
+        }
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=1)
+    return 1 if problems_on_supported(summaries) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""Export an ecograph Graph to an ONNX ModelProto at opset `ONNX_OPSET`.
+
+ONNX-domain nodes map one to one. Ops of other domains (the "ecograph" library ops) must
+declare how they lower to standard ONNX, so the file runs in any ONNX runtime:
+
+    @register_onnx_export("FusedGelu", domain="ecograph")
+    def _export_fused_gelu(ctx: OnnxExportContext, node: Node) -> None:
+        (x,) = ctx.inputs(node)
+        ctx.emit("Gelu", [x], ctx.outputs(node), approximate=node.attr("approximate"))
+
+The function emits standard ONNX nodes that compute the node's outputs (`ctx.outputs(node)`
+gives their names); `ctx.constant(array)` adds an initializer and `ctx.fresh(hint)` a new
+intermediate name. `to_onnx` raises UnsupportedError listing every op without an export.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ecograph.errors import UnsupportedError
+from ecograph.ir.graph import Graph, Node, Value
+from ecograph.ir.registry import ONNX_OPSET, lookup_schema
+from ecograph.ir.types import TensorType
+
+ExportFn = Callable[["OnnxExportContext", Node], None]
+
+METADATA_KEY = "ecograph.metadata"
+"""ModelProto.metadata_props key holding graph.metadata as JSON (JSON-able entries only)."""
+
+_EXPORTS: dict[tuple[str, str], ExportFn] = {}
+
+_ATTR_TYPES = {
+    "int": onnx.AttributeProto.INT,
+    "float": onnx.AttributeProto.FLOAT,
+    "string": onnx.AttributeProto.STRING,
+    "ints": onnx.AttributeProto.INTS,
+    "floats": onnx.AttributeProto.FLOATS,
+    "strings": onnx.AttributeProto.STRINGS,
+    "tensor": onnx.AttributeProto.TENSOR,
+}
+
+
+def register_onnx_export(op_type: str, domain: str = "ecograph") -> Callable[[ExportFn], ExportFn]:
+    """Declare how a non-ONNX op is written to ONNX: the decorated function emits standard
+    ONNX nodes through an `OnnxExportContext` (see the module docstring)."""
+
+    def decorate(fn: ExportFn) -> ExportFn:
+        _EXPORTS[(domain, op_type)] = fn
+        return fn
+
+    return decorate
+
+
+def onnx_export_for(op_type: str, domain: str) -> ExportFn | None:
+    """The registered export of an op, or None."""
+    return _EXPORTS.get((domain, op_type))
+
+
+class OnnxExportContext:
+    """What an export function uses to emit ONNX nodes and initializers."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._names: set[str] = {v.name for v in graph.values()}
+        self._counter = 0
+
+    def fresh(self, hint: str = "tmp") -> str:
+        """A value name not used anywhere in the graph or the export so far."""
+        while True:
+            self._counter += 1
+            name = f"{hint}__{self._counter}"
+            if name not in self._names:
+                self._names.add(name)
+                return name
+
+    def inputs(self, node: Node) -> list[str]:
+        """The node's input names ("" for an absent optional input)."""
+        return ["" if v is None else v.name for v in node.inputs]
+
+    def outputs(self, node: Node) -> list[str]:
+        return [v.name for v in node.outputs]
+
+    def constant(self, array: np.ndarray, hint: str = "const") -> str:
+        """Add an initializer holding `array`; returns its name."""
+        name = self.fresh(hint)
+        self.initializers.append(tensor_proto(np.asarray(array), name))
+        return name
+
+    def emit(
+        self,
+        op_type: str,
+        inputs: Sequence[str],
+        outputs: Sequence[str],
+        *,
+        domain: str = "",
+        name: str | None = None,
+        **attrs: Any,
+    ) -> None:
+        """Add one node; attributes that are None are left out."""
+        node = helper.make_node(
+            op_type,
+            list(inputs),
+            list(outputs),
+            name=name or self.fresh(op_type.lower()),
+            domain=domain,
+        )
+        for key, value in attrs.items():
+            if value is None:
+                continue
+            if isinstance(value, np.ndarray):
+                value = tensor_proto(value, "")
+            node.attribute.append(helper.make_attribute(key, value))
+        self.nodes.append(node)
+
+
+def tensor_proto(array: np.ndarray, name: str) -> onnx.TensorProto:
+    """A TensorProto for an array of any dtype the IR models (strings included)."""
+    if array.dtype == object:
+        return helper.make_tensor(
+            name,
+            onnx.TensorProto.STRING,
+            array.shape,
+            [s if isinstance(s, bytes) else str(s).encode() for s in array.reshape(-1)],
+        )
+    # np.ascontiguousarray would turn a 0-d array into a 1-d one; reshape keeps the rank.
+    return numpy_helper.from_array(np.ascontiguousarray(array).reshape(array.shape), name)
+
+
+def _value_info(value: Value, dim_params: dict[str, str]) -> onnx.ValueInfoProto:
+    t: TensorType = value.type
+    shape = [d if isinstance(d, int) else dim_params.get(d, d) for d in t.shape]
+    return helper.make_tensor_value_info(value.name, t.dtype.onnx, shape)
+
+
+def _attribute(key: str, value: Any, kind: str | None) -> onnx.AttributeProto:
+    if kind == "tensor" or isinstance(value, np.ndarray):
+        return helper.make_attribute(key, tensor_proto(np.asarray(value), ""))
+    if kind in _ATTR_TYPES:
+        # Passes may leave numpy scalars or tuples; ONNX wants plain Python values.
+        convert = {"int": int, "float": float, "string": str}
+        if kind in convert:
+            value = convert[kind](value)
+        else:
+            value = [convert[kind[:-1]](x) for x in value]
+        return helper.make_attribute(key, value, attr_type=_ATTR_TYPES[kind])
+    return helper.make_attribute(key, value)
+
+
+EXTERNAL_DATA_THRESHOLD = 1 << 30
+"""Above this many bytes of weights, `to_onnx(graph, path)` writes them to `<path>.data`."""
+
+
+def to_onnx(
+    graph: Graph,
+    path: str | os.PathLike[str] | None = None,
+    *,
+    external_data: bool | None = None,
+) -> onnx.ModelProto:
+    """Export `graph` as an ONNX model at opset ONNX_OPSET (written to `path` if given).
+
+    With a path, weights go to an external file `<name>.data` next to it when they exceed
+    `EXTERNAL_DATA_THRESHOLD` (or when `external_data=True`); protobuf cannot hold more than
+    2 GiB. Non-ONNX ops are lowered through their registered exports (`register_onnx_export`);
+    UnsupportedError lists every op that has none.
+    """
+    missing = Counter(
+        n.qualified_op
+        for n in graph.nodes
+        if n.domain != "" and onnx_export_for(n.op_type, n.domain) is None
+    )
+    if missing:
+        listing = ", ".join(f"{op} x{count}" for op, count in sorted(missing.items()))
+        raise UnsupportedError(
+            f"graph {graph.name}: no ONNX export for {listing}; declare one with "
+            "@ecograph.frontend.onnx.register_onnx_export (see docs/onnx.md)"
+        )
+    ctx = OnnxExportContext(graph)
+    for node in graph.nodes:
+        if node.domain != "":
+            fn = onnx_export_for(node.op_type, node.domain)
+            assert fn is not None
+            fn(ctx, node)
+            continue
+        schema = lookup_schema(node.op_type, node.domain)
+        proto = helper.make_node(node.op_type, ctx.inputs(node), ctx.outputs(node), name=node.name)
+        for key, value in node.attrs.items():
+            if value is None:
+                continue
+            kind = schema.attrs[key].kind if schema is not None and key in schema.attrs else None
+            proto.attribute.append(_attribute(key, value, kind))
+        ctx.nodes.append(proto)
+
+    reverse = graph.metadata.get("onnx_dim_params", {})
+    dim_params = {sym: original for sym, original in reverse.items()} if reverse else {}
+    constants = list(graph.constants.values())
+    weight_bytes = sum(int(v.const_value.nbytes) for v in constants)  # type: ignore[union-attr]
+    if external_data is None:
+        external_data = weight_bytes > EXTERNAL_DATA_THRESHOLD
+    if external_data and path is None:
+        raise UnsupportedError(
+            f"graph {graph.name} has {weight_bytes} bytes of weights, too many for one protobuf; "
+            "pass a path so that to_onnx can write them to an external data file"
+        )
+    data_path = Path(f"{path}.data") if external_data and path is not None else None
+    if data_path is not None:
+        initializers = _write_external(constants, data_path)
+    else:
+        initializers = [tensor_proto(v.const_value, v.name) for v in constants]  # type: ignore[arg-type]
+    initializers += ctx.initializers
+    outputs = [_value_info(v, dim_params) for v in graph.outputs]
+    onnx_graph = helper.make_graph(
+        ctx.nodes,
+        graph.name,
+        [_value_info(v, dim_params) for v in graph.inputs],
+        outputs,
+        initializer=initializers,
+    )
+    model = helper.make_model(
+        onnx_graph,
+        opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
+        producer_name="ecograph",
+    )
+    model.ir_version = min(model.ir_version, 11)
+    kept = {}
+    for key, value in graph.metadata.items():
+        try:
+            kept[key] = json.loads(json.dumps(value))
+        except (TypeError, ValueError):
+            continue  # not JSON: only JSON metadata survives the file
+    if kept:
+        helper.set_model_props(model, {METADATA_KEY: json.dumps(kept, sort_keys=True)})
+    if path is not None:
+        _atomic_save(model, Path(path))
+    return model
+
+
+def _write_external(constants: list[Value], data_path: Path) -> list[onnx.TensorProto]:
+    """Write non-string constants of 1 KiB or more to `data_path` (64-byte aligned, atomically)
+    and return initializers that reference it; small and string constants stay inline."""
+    tmp = data_path.with_name(f".{data_path.name}.tmp")
+    out: list[onnx.TensorProto] = []
+    offset = 0
+    with open(tmp, "wb") as f:
+        for v in constants:
+            arr = v.const_value
+            assert arr is not None
+            if arr.dtype == object or arr.nbytes < 1024 or v.dtype.bitwidth < 8:
+                out.append(tensor_proto(arr, v.name))
+                continue
+            pad = -offset % 64
+            f.write(b"\0" * pad)
+            offset += pad
+            raw = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False)
+            f.write(raw.tobytes())
+            t = onnx.TensorProto(name=v.name, data_type=v.dtype.onnx, dims=list(arr.shape))
+            t.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (
+                ("location", data_path.name),
+                ("offset", str(offset)),
+                ("length", str(arr.nbytes)),
+            ):
+                entry = t.external_data.add()
+                entry.key, entry.value = key, value
+            offset += arr.nbytes
+            out.append(t)
+    os.replace(tmp, data_path)
+    return out
+
+
+def _atomic_save(model: onnx.ModelProto, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(model.SerializeToString())
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------- built-in library-op decompositions
+
+
+@register_onnx_export("SiLU", domain="ecograph")
+def _export_silu(ctx: OnnxExportContext, node: Node) -> None:
+    """SiLU(x) = x * Sigmoid(x)."""
+    (x,) = ctx.inputs(node)
+    sig = ctx.fresh(f"{node.name}_sigmoid")
+    ctx.emit("Sigmoid", [x], [sig])
+    ctx.emit("Mul", [x, sig], ctx.outputs(node))
+
+
+@register_onnx_export("SwiGLU", domain="ecograph")
+def _export_swiglu(ctx: OnnxExportContext, node: Node) -> None:
+    """SwiGLU(gate, up) = gate * Sigmoid(gate) * up."""
+    gate, up = ctx.inputs(node)
+    sig = ctx.fresh(f"{node.name}_sigmoid")
+    silu = ctx.fresh(f"{node.name}_silu")
+    ctx.emit("Sigmoid", [gate], [sig])
+    ctx.emit("Mul", [gate, sig], [silu])
+    ctx.emit("Mul", [silu, up], ctx.outputs(node))

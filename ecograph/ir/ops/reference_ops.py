@@ -1,0 +1,90 @@
+"""ONNX ops whose kernels delegate to onnx.reference (exact for these ops) and whose types come
+from ONNX's own shape inference: resampling, detection, recurrent, spectral, loss and string
+ops. See `_onnx_ref.py` for how they are wired, and `python -m ecograph.conformance` for the
+node tests that check each of them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ecograph.ir import symbolic
+from ecograph.ir.dtypes import DType
+from ecograph.ir.ops._onnx_ref import onnx_infer, register_reference_op
+from ecograph.ir.registry import InferContext, make_type
+from ecograph.ir.symbolic import Dim
+from ecograph.ir.types import TensorType
+
+
+def _resize_infer(ctx: InferContext) -> list[TensorType]:
+    """Resize keeps symbolic dims where it can: integer scales multiply a symbolic dim, other
+    scales floor a static one, and `sizes` (stretch policy) are taken as given. Anything else
+    goes to ONNX's inference."""
+    x = ctx.input(0)
+    axes = ctx.attr("axes")
+    axes_l = [a + x.rank if a < 0 else a for a in axes] if axes else list(range(x.rank))
+    dims: list[Dim | None] = list(x.shape)
+    scales = ctx.constant(2) if ctx.has_input(2) else None
+    sizes = ctx.symbolic(3) if ctx.has_input(3) else None
+    if ctx.attr("coordinate_transformation_mode") == "tf_crop_and_resize":
+        return onnx_infer("Resize")(ctx)  # the roi changes the output size
+    if scales is not None and scales.size == len(axes_l) and not ctx.has_input(3):
+        for a, sc in zip(axes_l, scales.reshape(-1).tolist(), strict=True):
+            d = x.shape[a]
+            if float(sc).is_integer():
+                dims[a] = symbolic.mul(d, int(sc))
+            elif isinstance(d, int):
+                dims[a] = int(np.floor(d * float(sc)))  # float64 product, as ONNX's
+            else:
+                dims[a] = None
+        return [make_type(x.dtype, dims)]
+    if (
+        sizes is not None
+        and len(sizes) == len(axes_l)
+        and ctx.attr("keep_aspect_ratio_policy") == "stretch"
+    ):
+        for a, d in zip(axes_l, sizes, strict=True):
+            dims[a] = d
+        return [make_type(x.dtype, dims)]
+    return onnx_infer("Resize")(ctx)
+
+
+REFERENCE_OPS = (
+    "AffineGrid",
+    "Col2Im",
+    "DFT",
+    "DeformConv",
+    "GRU",
+    "GridSample",
+    "LSTM",
+    "NegativeLogLikelihoodLoss",
+    "NonMaxSuppression",
+    "QLinearConv",
+    "RNN",
+    "RegexFullMatch",
+    "RoiAlign",
+    "RotaryEmbedding",
+    "SoftmaxCrossEntropyLoss",
+    "StringConcat",
+    "StringNormalizer",
+    "StringSplit",
+    "TfIdfVectorizer",
+    "Unique",
+)
+
+for _op in REFERENCE_OPS:
+    register_reference_op(_op)
+
+
+def _stft_infer(ctx: InferContext) -> list[TensorType]:
+    # [batch, frames, unique bins, 2]; frames and bins depend on run-time scalars.
+    signal = ctx.input(0)
+    return [make_type(signal.dtype, [signal.shape[0], None, None, 2])]
+
+
+def _mel_infer(ctx: InferContext) -> list[TensorType]:
+    return [make_type(DType.from_onnx(ctx.attr("output_datatype")), [None, None])]
+
+
+register_reference_op("Resize", infer=_resize_infer)
+register_reference_op("STFT", infer=_stft_infer)
+register_reference_op("MelWeightMatrix", infer=_mel_infer)
