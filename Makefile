@@ -30,7 +30,7 @@ format: install
 	$(VENV)/bin/ruff format ecograph tests bench docs
 
 fuzz: install
-	ECOGRAPH_FUZZ_EXAMPLES=20000 $(PY) -m pytest -q tests/ir/test_fuzz.py
+	ECOGRAPH_FUZZ_EXAMPLES=20000 $(PY) -m pytest -q tests/ir/test_fuzz.py tests/passes/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

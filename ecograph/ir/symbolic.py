@@ -77,7 +77,31 @@ def _floordiv(a: Poly, b: Poly) -> Poly:
         return {m: c // bi for m, c in a.items()}
     if _render(a) == _render(b):
         return _const(1)
+    exact = _divide_by_monomial(a, b)
+    if exact is not None:
+        return exact
     return {(f"{_paren(a)}//{_paren(b)}",): 1}
+
+
+def _divide_by_monomial(a: Poly, b: Poly) -> Poly | None:
+    """a / b when b is one positive term c*m that divides every term of a exactly
+    ((384*batch*seq)//(32*batch*seq) = 12); None otherwise. Symbols are positive sizes."""
+    if len(b) != 1:
+        return None
+    ((mono, coeff),) = b.items()
+    if coeff <= 0:
+        return None
+    out: Poly = {}
+    for term, c in a.items():
+        rest = list(term)
+        for atom in mono:
+            if atom not in rest:
+                return None
+            rest.remove(atom)
+        if c % coeff:
+            return None
+        out[tuple(rest)] = c // coeff
+    return out
 
 
 def _mod(a: Poly, b: Poly) -> Poly:

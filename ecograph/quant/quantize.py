@@ -104,6 +104,9 @@ class Quantize(Pass):
     activation_dtype: str = "uint8"
     exclude: tuple[str, ...] | list[str] = ()
     embeddings: bool = True
+    embedding_group: int = 0
+    clip: str = "auto"
+    algorithm: str = "rtn"
     calibration_data: Any = field(default=None, repr=False, compare=False)
     progress: bool = False
 
@@ -116,6 +119,16 @@ class Quantize(Pass):
             raise PassError("quantize: int4 is supported for mode='weight_only' only")
         if self.mode == "dynamic" and self.dtype != "int8":
             raise PassError("quantize: dynamic mode quantizes weights to int8")
+        if self.algorithm not in ("rtn", "gptq"):
+            raise PassError(f"quantize: algorithm={self.algorithm!r}; use 'rtn' or 'gptq'")
+        if self.algorithm == "gptq" and (
+            self.mode != "weight_only" or self.calibration_data is None
+        ):
+            raise PassError(
+                "quantize: algorithm='gptq' needs mode='weight_only' and calibration_data"
+            )
+        if self.clip not in ("auto", "minmax", "mse"):
+            raise PassError(f"quantize: clip={self.clip!r}; use 'auto', 'minmax' or 'mse'")
         try:
             self._granularity = Granularity.parse(self.granularity)
         except ValueError as exc:
@@ -124,6 +137,20 @@ class Quantize(Pass):
             raise PassError(
                 "quantize: mode='static' needs calibration_data (an iterable of input dicts)"
             )
+
+    def _embedding_group(self, dtype: str) -> int:
+        """Group size along embedding rows: `embedding_group` if set; else 32 at 4 bits (a
+        lookup table has no matmul to hide a coarser group's error; 32 costs ~1 bit more per
+        weight than 128) and whole rows at 8 bits."""
+        if self.embedding_group:
+            return self.embedding_group
+        return 32 if dtype in ("int4", "uint4") else 0
+
+    def _clip(self) -> str:
+        """Range clipping for weights: MSE-optimal at 4 bits ("auto"), else as given."""
+        if self.clip == "auto":
+            return "mse" if self.dtype in ("int4", "uint4") else "minmax"
+        return self.clip
 
     def run(self, graph: Graph) -> PassResult:
         ops = ("MatMul", "Gemm") if self.mode == "dynamic" else QUANTIZABLE
@@ -143,6 +170,7 @@ class Quantize(Pass):
                 )
                 for n, o in observers.items()
             }
+        self._hessians = self._collect_hessians(graph, targets) if self.algorithm == "gptq" else {}
         # id(float weight) -> (quantized, float weight, data, scale, zero point)
         weights: dict[int, tuple[QuantizedTensor, Value, Value, Value, Value | None]] = {}
         activations: dict[int, Value] = {}
@@ -166,12 +194,13 @@ class Quantize(Pass):
     # ------------------------------------------------------------- embeddings
 
     def _quantize_embeddings(self, graph: Graph, notes: list[str]) -> int:
-        """Gather(T, idx) -> Gather(T_q, idx) * Gather(scale, idx): rows quantized symmetric
-        (per row, or per group of a row), dequantized after the lookup, so the float table
-        is never rebuilt at run time."""
+        """Gather(T, idx) -> (Gather(T_q, idx) - Gather(zp, idx)) * Gather(scale, idx): rows
+        quantized per row or per group of a row (symmetric: no zero point), dequantized after
+        the lookup, so the float table is never rebuilt at run time."""
         patterns = list(self.exclude)
         dtype = self.dtype if self.mode == "weight_only" else "int8"
-        done: dict[int, tuple[Value, Value, int]] = {}
+        symmetric = self.symmetric if self.mode == "weight_only" else True
+        done: dict[int, tuple[Value, Value, Value | None, int]] = {}
         count = 0
         for node in graph.nodes:
             if node.domain or node.op_type != "Gather" or node.attr("axis", 0) != 0:
@@ -185,22 +214,24 @@ class Quantize(Pass):
                 notes.append(f"{node.name} (Gather): excluded")
                 continue
             _, width = table.type.static_shape()
-            group = self._granularity.group_size if self._granularity.kind == "group" else 0
+            group = self._embedding_group(dtype)
             block = group if group and width % group == 0 else width
             if id(table) not in done:
                 qt = quantize_tensor(
                     table.const_value,  # type: ignore[arg-type]
                     dtype,
-                    symmetric=True,
+                    symmetric=symmetric,
                     granularity=f"group:{block}",
                     axis=1,
+                    clip=self._clip(),
                 )
                 done[id(table)] = (
                     graph.add_constant(qt.data, f"{table.name}_q"),
                     graph.add_constant(qt.scale, f"{table.name}_scale"),
+                    None if symmetric else graph.add_constant(qt.zero_point, f"{table.name}_zp"),
                     block,
                 )
-            q, scale, block = done[id(table)]
+            q, scale, zp, block = done[id(table)]
             idx = node.input(1)
             assert idx is not None
             rank = idx.type.rank
@@ -215,6 +246,11 @@ class Quantize(Pass):
             )
             axes = graph.add_constant(np.array([-1], np.int64), f"{node.name}_axes")
             blocks = graph.add_node("Reshape", [values, split], before=node).output
+            if zp is not None:
+                gz = graph.add_node("Gather", [zp, idx], before=node).output
+                gzf = graph.add_node("Cast", [gz], {"to": table.dtype.onnx}, before=node).output
+                gzu = graph.add_node("Unsqueeze", [gzf, axes], before=node).output
+                blocks = graph.add_node("Sub", [blocks, gzu], before=node).output
             scaled = graph.add_node(
                 "Mul",
                 [blocks, graph.add_node("Unsqueeze", [gs, axes], before=node).output],
@@ -241,16 +277,73 @@ class Quantize(Pass):
         gran = self._granularity
         axis = t.reduce_axis if gran.kind == "group" else t.channel_axis
         symmetric = self.symmetric if self.mode != "dynamic" else True
+        h = self._hessians.get(t.node.name) if self.algorithm == "gptq" else None
+        if h is not None:
+            qt = self._gptq(w.const_value, h, t)
+            return self._store(graph, w, qt, symmetric, cache)
         qt = quantize_tensor(
-            w.const_value, self.dtype, symmetric=symmetric, granularity=gran, axis=axis
+            w.const_value,
+            self.dtype,
+            symmetric=symmetric,
+            granularity=gran,
+            axis=axis,
+            clip=self._clip(),
         )
+        return self._store(graph, w, qt, symmetric, cache)
+
+    def _store(
+        self, graph: Graph, w: Value, qt: QuantizedTensor, symmetric: bool, cache: dict
+    ) -> tuple[QuantizedTensor, Value, Value, Value, Value | None]:
         q = graph.add_constant(qt.data, f"{w.name}_q")
         s = graph.add_constant(qt.scale, f"{w.name}_scale")
         z = None  # symmetric signed weights: the zero point is 0, ONNX's default
         if not (symmetric and self.dtype.startswith("int")):
             z = graph.add_constant(qt.zero_point, f"{w.name}_zero_point")
-        cache[key] = (qt, w, q, s, z)
-        return cache[key]
+        cache[id(w)] = (qt, w, q, s, z)
+        return cache[id(w)]
+
+    # ------------------------------------------------------------------- GPTQ
+
+    def _collect_hessians(self, graph: Graph, targets: list[Target]) -> dict[str, np.ndarray]:
+        """H = 2/M XᵀX of each eligible layer's input over the calibration data."""
+        from ecograph.ir import interpret
+        from ecograph.quant.gptq import hessian
+
+        eligible = [
+            t
+            for t in targets
+            if t.node.op_type in ("MatMul", "Gemm")
+            and self._granularity.kind == "group"
+            and _activation(t).dtype.is_float
+        ]
+        names = sorted({_activation(t).name for t in eligible})
+        sums: dict[str, np.ndarray] = {}
+        count = 0
+        for feeds in self.calibration_data:
+            values = interpret(graph, {k: np.asarray(v) for k, v in feeds.items()}, outputs=names)
+            for name in names:
+                h = hessian(values[name]) * len(values[name].reshape(-1, values[name].shape[-1]))
+                sums[name] = sums.get(name, 0) + h
+            count += len(next(iter(values.values())).reshape(-1, values[names[0]].shape[-1]))
+        return {t.node.name: sums[_activation(t).name] / max(count, 1) for t in eligible}
+
+    def _gptq(self, w: np.ndarray, h: np.ndarray, t: Target) -> QuantizedTensor:
+        from ecograph.quant.gptq import gptq_quantize
+
+        group = self._granularity.group_size
+        kn = w.T if t.reduce_axis == 1 else w  # GPTQ works on [K, N]
+        qt = gptq_quantize(
+            kn, h, self.dtype, symmetric=self.symmetric, group_size=group, clip=self._clip()
+        )
+        if t.reduce_axis == 1:
+            return QuantizedTensor(
+                np.ascontiguousarray(qt.data.T),
+                np.ascontiguousarray(qt.scale.T),
+                np.ascontiguousarray(qt.zero_point.T),
+                axis=1,
+                block_size=group,
+            )
+        return qt
 
     def _weight_dq(self, graph: Graph, t: Target, cache: dict) -> Value:
         qt, w, q, s, z = self._quantized_weight(graph, t, cache)

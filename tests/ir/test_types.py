@@ -56,8 +56,11 @@ def test_symbolic_arithmetic_is_canonical():
     assert sym.mul(2, "seq") == "2*seq"
     assert sym.floordiv(sym.mul(4, "seq"), 2) == "2*seq"
     assert sym.floordiv("seq", "seq") == 1
-    # Division by a symbol is not simplified; it stays an opaque, canonical atom.
-    assert sym.floordiv(sym.mul("batch", "seq"), "seq") == "(batch*seq)//seq"
+    assert sym.floordiv(sym.mul("batch", "seq"), "seq") == "batch"
+    assert sym.floordiv("384*batch*seq", "32*batch*seq") == 12
+    assert sym.floordiv("2*batch*seq+4*seq", "2*seq") == "batch+2"
+    # Not an exact division: stays an opaque, canonical atom.
+    assert sym.floordiv(sym.add("seq", 1), "seq") == "(seq+1)//seq"
     assert sym.floordiv(sym.add("seq", 1), 2) == "(seq+1)//2"
     assert sym.canonical("(seq+1)//2") == "(seq+1)//2"
     assert sym.floordiv("seq", 2) == "seq//2"

@@ -147,8 +147,9 @@ def test_embedding_tables_are_quantized_by_rows(dtype, granularity, min_cos):
     out = run(g, feeds)
     assert out.shape == ref.shape == (3, 7, 64)
     assert cosine(out, ref) > min_cos
-    per_row = np.abs(out - ref).max(axis=-1) / np.abs(ref).max(axis=-1)
-    assert per_row.max() < (0.005 if dtype == "int8" else 0.1)
+    # int4 clips each group's range for the least squared error, so bound the RMS error.
+    rms = np.sqrt(np.mean((out - ref) ** 2, axis=-1)) / np.abs(ref).max(axis=-1)
+    assert rms.max() < (0.003 if dtype == "int8" else 0.06)
     untouched = embedding_graph()
     assert not Quantize(mode="weight_only", embeddings=False).run(untouched).changed
     assert "table" in untouched.constants

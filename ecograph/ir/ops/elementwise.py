@@ -237,11 +237,22 @@ def _propagate_binary(fn: Callable[[Dim, Dim], Dim]) -> Callable[[InferContext],
     return propagate
 
 
+def _dim_div(a: Dim, b: Dim) -> Dim:
+    """ONNX integer Div truncates toward zero; symbolic dims are non-negative, so floor
+    division is the same there."""
+    if isinstance(a, int) and isinstance(b, int):
+        if b == 0:
+            raise ZeroDivisionError("dimension division by zero")
+        q = abs(a) // abs(b)
+        return q if (a >= 0) == (b > 0) else -q
+    return symbolic.floordiv(a, b)
+
+
 _ARITH = {
     "Add": (np.add, symbolic.add),
     "Sub": (np.subtract, symbolic.sub),
     "Mul": (np.multiply, symbolic.mul),
-    "Div": (_div, symbolic.floordiv),
+    "Div": (_div, _dim_div),
 }
 for _name, (_fn, _sym) in _ARITH.items():
     register_op(

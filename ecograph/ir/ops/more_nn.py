@@ -18,6 +18,7 @@ from ecograph.ir.ops.nn import (
     _pool_out_spatial,
     _windows,
     conv,
+    exact_int_matmul,
     matmul_shape,
 )
 from ecograph.ir.registry import Attr, InferContext, make_type, register_op
@@ -220,8 +221,9 @@ def qlinear_matmul(
 ) -> np.ndarray:
     """Integer matmul of zero-point-shifted inputs, rescaled by a_scale*b_scale/y_scale,
     rounded half to even and saturated to y's type (as onnx.reference computes it)."""
-    acc = np.matmul(a.astype(np.int32) - a_zp.astype(np.int32),
-                    b.astype(np.int32) - b_zp.astype(np.int32))  # fmt: skip
+    acc = exact_int_matmul(
+        a.astype(np.int32) - a_zp.astype(np.int32), b.astype(np.int32) - b_zp.astype(np.int32)
+    )
     scaled = acc * (a_scale * b_scale / y_scale) + y_zp
     info = np.iinfo(y_zp.dtype)
     return np.clip(np.rint(scaled), info.min, info.max).astype(y_zp.dtype)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -47,7 +48,8 @@ def _reduce(fn: Callable[[np.ndarray, tuple[int, ...], bool], np.ndarray]) -> Ca
                 return x
             ax = list(range(x.ndim))
         axis = tuple(a + x.ndim if a < 0 else a for a in ax)
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # mean of a size-0 slice is NaN
             return np.asarray(fn(x, axis, bool(keepdims))).astype(x.dtype)
 
     return kernel

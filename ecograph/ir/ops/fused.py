@@ -1,0 +1,163 @@
+"""Ops that fusion passes produce: ONNX-23 `Attention` and the ecograph-domain SiLU / SwiGLU.
+
+Standard ONNX ops are preferred where they exist (Gelu, LayerNormalization and RMSNormalization
+are registered with the other ONNX ops). ONNX-23 `Attention` lives here because only fusions
+create it. The ecograph domain holds what ONNX-23 lacks: `SiLU` (x·sigmoid(x)) and `SwiGLU`
+(silu(gate)·up).
+
+The Attention kernel mirrors the decomposition the fusion replaces (Q·Kᵀ in the input dtype,
+scale, mask, softmax, ·V), so a fused graph and its unfused form agree to rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ecograph.ir.dtypes import DType
+from ecograph.ir.ops._infer import broadcast_infer, broadcast_shapes, same_as_input
+from ecograph.ir.ops.elementwise import _sigmoid
+from ecograph.ir.ops.nn import matmul
+from ecograph.ir.registry import Attr, InferContext, make_type, register_op
+from ecograph.ir.types import TensorType
+
+# ------------------------------------------------------------------- attention
+
+
+def _attention_infer(ctx: InferContext) -> list[TensorType]:
+    q, k, v = ctx.input(0), ctx.input(1), ctx.input(2)
+    if not (q.rank == k.rank == v.rank) or q.rank not in (3, 4):
+        ctx.fail(f"Q, K, V must all be rank 3 or 4; got {q}, {k}, {v}")
+    if q.dtype != k.dtype or q.dtype != v.dtype:
+        ctx.fail(f"Q, K, V dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if ctx.has_input(4) or ctx.has_input(5):
+        ctx.fail("past_key / past_value are not supported by ecograph's Attention kernel yet")
+    if ctx.num_outputs > 1:
+        ctx.fail("only output Y is supported (no present_key/present_value/qk output)")
+    if ctx.attr("softcap") not in (0, 0.0) or ctx.attr("qk_matmul_output_mode") != 0:
+        ctx.fail("softcap and qk_matmul_output_mode are not supported")
+    if q.rank == 4:
+        if ctx.attr("q_num_heads") is not None or ctx.attr("kv_num_heads") is not None:
+            ctx.fail("q_num_heads / kv_num_heads must not be set for 4-D inputs")
+        hq, hkv = q.shape[1], k.shape[1]
+        if isinstance(hq, int) and isinstance(hkv, int) and (hkv == 0 or hq % hkv):
+            ctx.fail(f"q heads {hq} are not a multiple of kv heads {hkv}")
+        if ctx.has_input(3):
+            m = ctx.input(3)
+            scores = [q.shape[0], q.shape[1], q.shape[2], k.shape[2]]
+            if m.rank > 4:
+                ctx.fail(f"attn_mask {m} has rank > 4")
+            broadcast_shapes([scores, m.shape], f"node {ctx.node.name}: attn_mask: ")
+            if m.dtype not in (DType.BOOL, q.dtype):
+                ctx.fail(f"attn_mask must be bool or {q.dtype}, got {m.dtype}")
+        return [make_type(q.dtype, [q.shape[0], q.shape[1], q.shape[2], v.shape[3]])]
+    qh, kvh = ctx.attr("q_num_heads"), ctx.attr("kv_num_heads")
+    if qh is None or kvh is None:
+        ctx.fail("3-D inputs need q_num_heads and kv_num_heads")
+    v_hidden = v.shape[2]
+    out_hidden = v_hidden * qh // kvh if isinstance(v_hidden, int) else None
+    return [make_type(q.dtype, [q.shape[0], q.shape[1], out_hidden])]
+
+
+def _to_heads(x: np.ndarray, heads: int) -> np.ndarray:
+    b, s, hidden = x.shape
+    return x.reshape(b, s, heads, hidden // heads).transpose(0, 2, 1, 3)
+
+
+def _softmax_last(x: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis as the registry's Softmax computes it, except that a row
+    that is entirely -inf gives zeros (ONNX Attention's convention) instead of NaN."""
+    xd = x.astype(np.float64)
+    m = np.max(xd, axis=-1, keepdims=True) if xd.shape[-1] else np.zeros((*xd.shape[:-1], 1))
+    all_masked = np.isneginf(m)
+    m = np.where(all_masked, 0.0, m)
+    with np.errstate(all="ignore"):
+        e = np.exp(xd - m)
+        s = e.sum(axis=-1, keepdims=True)
+        y = e / np.where(s == 0, 1.0, s)
+    return y.astype(x.dtype)
+
+
+@register_op(
+    "Attention",
+    inputs=["Q", "K", "V", "attn_mask?", "past_key?", "past_value?"],
+    outputs=["Y", "present_key?", "present_value?", "qk_matmul_output?"],
+    attrs={
+        "is_causal": Attr("int", 0),
+        "kv_num_heads": Attr("int", None),
+        "q_num_heads": Attr("int", None),
+        "qk_matmul_output_mode": Attr("int", 0),
+        "scale": Attr("float", None),
+        "softcap": Attr("float", 0.0),
+        "softmax_precision": Attr("int", None),
+    },
+    infer=_attention_infer,
+)
+def attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    attn_mask: np.ndarray | None = None,
+    past_key: np.ndarray | None = None,
+    past_value: np.ndarray | None = None,
+    *,
+    is_causal: int,
+    kv_num_heads: int | None,
+    q_num_heads: int | None,
+    qk_matmul_output_mode: int,
+    scale: float | None,
+    softcap: float,
+    softmax_precision: int | None,
+) -> np.ndarray:
+    """ONNX-23 Attention (4-D or 3-D inputs, GQA, additive or boolean mask, causal).
+
+    softmax(Q·Kᵀ·scale + mask)·V, computed in the input dtype like the decomposed graph
+    (Softmax in float64 as the registry's Softmax does).
+    """
+    three_d = q.ndim == 3
+    if three_d:
+        assert q_num_heads is not None and kv_num_heads is not None
+        q, k, v = _to_heads(q, q_num_heads), _to_heads(k, kv_num_heads), _to_heads(v, kv_num_heads)
+    hq, hkv = q.shape[1], k.shape[1]
+    if hq != hkv:
+        k = np.repeat(k, hq // hkv, axis=1)
+        v = np.repeat(v, hq // hkv, axis=1)
+    if scale is None:
+        scale = 1.0 / float(np.sqrt(q.shape[3]))
+    dtype = q.dtype
+    scores = matmul(q, np.swapaxes(k, -1, -2))
+    with np.errstate(all="ignore"):
+        scores = (scores * np.asarray(scale, dtype)).astype(dtype)
+        if is_causal:
+            s_len, l_len = scores.shape[-2], scores.shape[-1]
+            allowed = np.arange(l_len)[None, :] <= np.arange(s_len)[:, None]
+            scores = np.where(allowed, scores, np.asarray(-np.inf, dtype)).astype(dtype)
+        if attn_mask is not None:
+            if attn_mask.dtype == np.bool_:
+                scores = np.where(attn_mask, scores, np.asarray(-np.inf, dtype)).astype(dtype)
+            else:
+                scores = (scores + attn_mask).astype(dtype)
+    probs = _softmax_last(scores)
+    y = matmul(probs, v)
+    if three_d:
+        b, h, s, d = y.shape
+        y = y.transpose(0, 2, 1, 3).reshape(b, s, h * d)
+    return y.astype(dtype)
+
+
+# ------------------------------------------------------------ ecograph activations
+
+
+@register_op("SiLU", domain="ecograph", inputs=["X"], outputs=["Y"], infer=same_as_input(0))
+def silu(x: np.ndarray) -> np.ndarray:
+    """SiLU / swish: x · sigmoid(x), as Mul(x, Sigmoid(x)) computes it in x's dtype."""
+    with np.errstate(all="ignore"):
+        return (x * _sigmoid(x)).astype(x.dtype)
+
+
+@register_op(
+    "SwiGLU", domain="ecograph", inputs=["gate", "up"], outputs=["Y"], infer=broadcast_infer()
+)
+def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """SwiGLU's gating: silu(gate) · up (the projections stay separate MatMuls)."""
+    with np.errstate(all="ignore"):
+        return (silu(gate) * up).astype(gate.dtype)

@@ -1,0 +1,332 @@
+"""fuse-attention: softmax(Q·Kᵀ·scale + mask)·V -> one ONNX-23 Attention op.
+
+Matches the decomposition exporters emit on 4-D head tensors [batch, heads, seq, head_dim]:
+the Kᵀ Transpose (any perm whose last two axes are swapped relative to K's layout), a scale
+by Mul / Div on the scores or a Mul on Q, an additive mask (padding or causal, any shape that
+broadcasts to the scores without growing them), and GQA's repeat of K/V heads
+(Unsqueeze -> Expand -> Reshape), which Attention does natively. ONNX-23 Attention is a
+standard op, so export needs no decomposition; `ecograph.ir.ops.fused.attention` is its
+reference kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from ecograph.ir.dtypes import DType
+from ecograph.ir.graph import Graph, Value
+from ecograph.passes.base import Pass, PassResult, register_pass
+from ecograph.passes.pattern import Const, Match, Op, Pat, Pattern, RewritePass, Rule, Var
+from ecograph.passes.utils import const_array, scalar_of
+
+
+def _last_axis_softmax(node) -> bool | str:
+    x = node.input(0)
+    axis = int(node.attr("axis", -1))
+    if axis not in (-1, x.type.rank - 1):
+        return f"Softmax over axis {axis}, not the last"
+    return True
+
+
+def _kt_perm(node) -> bool | str:
+    x = node.input(0)
+    if x.type.rank != 4:
+        return f"Kᵀ input has rank {x.type.rank}, not 4"
+    return True
+
+
+def attention_patterns() -> list[Pattern]:
+    """Every combination of Q scaling, score scaling, mask form and NaN guard."""
+    q, k, v = Var("q"), Var("k"), Var("v")
+    out: list[Pattern] = []
+    for q_scaled in (False, True):
+        q_pat: Pat = Op("Mul", q, Const("q_scale"), name="q_mul") if q_scaled else q
+        qk = Op("MatMul", q_pat, Op("Transpose", k, name="kt", where=_kt_perm), name="qk")
+        scaled: list[tuple[str, Op]] = [
+            ("mul", Op("Mul", qk, Const("scale"), name="scale_op")),
+            ("div", Op("Div", qk, Const("scale"), name="scale_op")),
+            ("none", qk),
+        ]
+        for scale_kind, s in scaled:
+            masks: list[tuple[str, Op]] = [
+                ("add", Op("Add", s, Var("mask"), name="mask_add")),
+                # torch's SDPA decomposition: a boolean mask selects -inf.
+                ("where", Op("Where", Var("bool_mask"), s, Const(value=-np.inf), name="mask_add")),
+                ("none", s),
+            ]
+            for mask_kind, scores in masks:
+                probs = Op("Softmax", scores, where=_last_axis_softmax, name="softmax")
+                # ... and rows that are fully masked (NaN after Softmax) become zeros.
+                guarded = Op("Where", Op("IsNaN", probs), Const(value=0.0), probs)
+                for guard, p in (("guard", guarded), ("", probs)):
+                    if mask_kind == "where" and not guard:
+                        continue  # -inf rows would be NaN in the graph but 0 in Attention
+                    tag = f"{'qs-' if q_scaled else ''}{scale_kind}-{mask_kind}"
+                    tag += f"-{guard}" if guard else ""
+                    out.append(Pattern(f"attention/{tag}", Op("MatMul", p, v), _check))
+    return out
+
+
+def _check(m: Match) -> bool | str:
+    q, v = m["q"], m["v"]
+    if q.type.rank != 4 or v.type.rank != 4:
+        return f"Q {q.type} / V {v.type} are not 4-D [batch, heads, seq, head_dim]"
+    if not q.dtype.is_float or q.dtype != v.dtype:
+        return f"Q and V must share a float dtype ({q.dtype}, {v.dtype})"
+    for key in ("scale", "q_scale"):
+        if key in m and scalar_of(m[key]) is None:
+            return f"{key} %{m[key].name} is not a scalar constant"
+    if "mask" in m or "bool_mask" in m:
+        add = m["mask_add"]
+        mask = m["mask"] if "mask" in m else m["bool_mask"]
+        want = q.dtype if "mask" in m else DType.BOOL
+        if mask.dtype != want:
+            return f"mask %{mask.name} is {mask.dtype}, not {want}"
+        scores = add.outputs[0].type
+        other = (
+            add.input(1)
+            if add.op_type == "Where"
+            else (add.input(0) if add.input(1) is mask else add.input(1))
+        )
+        if mask.type.rank > 4 or other is None or other.type != scores:
+            return f"mask %{mask.name} {mask.type} broadcasts the scores to {scores}"
+    return True
+
+
+def _repeat_kv_source(value: Value) -> tuple[Value, int] | None:
+    """(kv, n_rep) if `value` is Reshape(Expand(Unsqueeze(kv, [2]), [B,H,n,L,D]), [B,H*n,L,D])."""
+    r = value.producer
+    if r is None or r.op_type != "Reshape" or r.domain != "":
+        return None
+    r_in = r.input(0)
+    e = r_in.producer if r_in is not None else None
+    if e is None or e.op_type != "Expand" or e.domain != "":
+        return None
+    e_in = e.input(0)
+    u = e_in.producer if e_in is not None else None
+    if u is None or u.op_type != "Unsqueeze" or u.domain != "":
+        return None
+    axes = const_array(u.input(1))
+    kv = u.input(0)
+    if axes is None or axes.tolist() not in ([2], [-3]) or kv is None or kv.type.rank != 4:
+        return None
+    expanded = e.outputs[0].shape
+    n_rep = expanded[2]
+    if not isinstance(n_rep, int) or len(expanded) != 5:
+        return None
+    b, h, seq, d = kv.shape
+    if [expanded[0], expanded[1], expanded[3], expanded[4]] != [b, h, seq, d]:
+        return None
+    out = value.shape
+    # Batch, heads and head_dim pinned down, the element count fixes the sequence axis (which
+    # symbolic inference may only know as an expression).
+    if len(out) != 4 or out[0] != b or out[3] != d:
+        return None
+    if not (isinstance(h, int) and out[1] == h * n_rep):
+        return None
+    return kv, n_rep
+
+
+@register_pass
+@dataclass
+class FuseAttention(RewritePass):
+    """softmax(Q·Kᵀ·scale + mask)·V -> Attention(Q, K, V, mask) {scale}
+
+    `gqa=True` also absorbs K/V head repetition (Unsqueeze -> Expand -> Reshape).
+    """
+
+    name: ClassVar[str] = "fuse-attention"
+    tolerance: ClassVar[tuple[float, float] | None] = (1e-4, 1e-5)
+
+    gqa: bool = True
+
+    def rules(self) -> list[Rule]:
+        return [Rule(p, self._rewrite) for p in attention_patterns()]
+
+    def _rewrite(self, graph: Graph, m: Match) -> Value | str:
+        root = m.root
+        kt = m["kt"]
+        k_src = kt.input(0)
+        assert k_src is not None
+        rank = k_src.type.rank
+        perm = list(kt.attr("perm") or list(range(rank))[::-1])
+        k_perm = [*perm[:-2], perm[-1], perm[-2]]
+        scale = 1.0
+        if "scale" in m:
+            c = scalar_of(m["scale"])
+            assert c is not None
+            if m["scale_op"].op_type == "Div":
+                if c == 0:
+                    return "division by a zero scale"
+                scale /= c
+            else:
+                scale *= c
+        if "q_scale" in m:
+            scale *= scalar_of(m["q_scale"]) or 0.0
+        q, v = m["q"], m["v"]
+        k_shape = [k_src.shape[i] for i in k_perm]
+        if k_shape[3] != q.shape[3]:
+            return f"K {k_shape} does not line up with Q {q.type}"
+        # Build K in [batch, heads, seq, head_dim] layout.
+        if k_perm == list(range(rank)):
+            k = k_src
+        else:
+            k = graph.add_node(
+                "Transpose", [k_src], {"perm": k_perm}, name=f"{root.name}_k", before=root
+            ).output
+        if self.gqa:
+            rk, rv = _repeat_kv_source(k), _repeat_kv_source(v)
+            if rk is not None and rv is not None and rk[1] == rv[1]:
+                k, v = rk[0], rv[0]
+        inputs = [q, k, v]
+        if "mask" in m or "bool_mask" in m:
+            inputs.append(m["mask"] if "mask" in m else m["bool_mask"])
+        node = graph.add_node(
+            "Attention",
+            inputs,
+            {"scale": float(np.float32(scale)) if q.dtype.bitwidth <= 32 else scale},
+            name=f"{root.name}_attention",
+            before=root,
+        )
+        if node.output.type != root.outputs[0].type:
+            graph.remove_node(node)
+            if k.producer is not None and k.producer.name == f"{root.name}_k" and not k.has_uses():
+                graph.remove_node(k.producer)
+            return f"Attention would give {node.output.type}, the graph has {root.outputs[0].type}"
+        return node.output
+
+
+def _heads_in(prefix: str) -> Op:
+    """Transpose(Reshape(x3, [B, S, H, D]), [0, 2, 1, 3]): x3's heads split off."""
+    return Op(
+        "Transpose",
+        Op("Reshape", Var(prefix), Const(), name=f"{prefix}_reshape"),
+        attrs={"perm": [0, 2, 1, 3]},
+        name=f"{prefix}_transpose",
+    )
+
+
+def _split_heads_ok(m: Match, prefix: str) -> str | None:
+    x3 = m[prefix]
+    r = m[f"{prefix}_reshape"].outputs[0]
+    if x3.type.rank != 3 or r.type.rank != 4:
+        return f"%{x3.name} is not [batch, seq, hidden] split into [batch, seq, heads, dim]"
+    b, s, hidden = x3.shape
+    if r.shape[0] != b or r.shape[1] != s:
+        return f"the head split of %{x3.name} changes batch or sequence ({r.type})"
+    heads, dim = r.shape[2], r.shape[3]
+    if not (isinstance(heads, int) and isinstance(dim, int) and hidden == heads * dim):
+        return f"the head split of %{x3.name} needs static heads and head_dim"
+    return None
+
+
+def _absorb_ok(m: Match) -> bool | str:
+    attn = m["attention"]
+    if attn.attr("q_num_heads") is not None or attn.attr("is_causal") or len(attn.inputs) > 4:
+        return "Attention is already 3-D, causal, or has a KV cache"
+    for prefix in ("q", "k", "v"):
+        why = _split_heads_ok(m, prefix)
+        if why is not None:
+            return why
+    y4 = attn.outputs[0]
+    out = m.root.outputs[0]
+    q3 = m["q"]
+    b, s = q3.shape[0], q3.shape[1]
+    if out.type.rank != 3 or out.shape[0] != b or out.shape[1] != s:
+        return f"the merged heads {out.type} are not [batch, seq, hidden]"
+    heads, dim = y4.shape[1], y4.shape[3]
+    if not (isinstance(heads, int) and isinstance(dim, int) and out.shape[2] == heads * dim):
+        return f"the head merge gives {out.type}, not [batch, seq, heads * head_dim]"
+    return True
+
+
+@register_pass
+@dataclass
+class AbsorbAttentionHeads(RewritePass):
+    """merge(Attention(heads(q), heads(k), heads(v))) -> Attention(q, k, v) {q_num_heads=H}
+
+    heads(x) is Transpose(Reshape(x, [B, S, H, D]), [0, 2, 1, 3]) and merge(y) is
+    Reshape(Transpose(y, [0, 2, 1, 3]), [B, S, H * D]). ONNX-23 Attention's 3-D
+    form does the head split and merge itself, so six Transposes and four Reshapes go.
+    """
+
+    name: ClassVar[str] = "absorb-attention-heads"
+    tolerance: ClassVar[tuple[float, float] | None] = (1e-6, 1e-7)
+
+    def rules(self) -> list[Rule]:
+        patterns = []
+        for masked in (True, False):
+            inputs: list[Pat] = [_heads_in("q"), _heads_in("k"), _heads_in("v")]
+            if masked:
+                inputs.append(Var("mask"))
+            attention = Op("Attention", *inputs, name="attention")
+            merged = Op(
+                "Reshape",
+                Op("Transpose", attention, attrs={"perm": [0, 2, 1, 3]}),
+                Const(),
+            )
+            patterns.append(
+                Pattern(f"absorb-heads/{'mask' if masked else 'nomask'}", merged, _absorb_ok)
+            )
+        return [Rule(p, self._rewrite) for p in patterns]
+
+    def _rewrite(self, graph: Graph, m: Match) -> Value | str:
+        attn = m["attention"]
+        inputs = [m["q"], m["k"], m["v"]]
+        if "mask" in m:
+            inputs.append(m["mask"])
+        attrs = {
+            **attn.attrs,
+            "q_num_heads": int(m["q_reshape"].outputs[0].shape[2]),
+            "kv_num_heads": int(m["k_reshape"].outputs[0].shape[2]),
+        }
+        node = graph.add_node("Attention", inputs, attrs, name=f"{attn.name}_3d", before=m.root)
+        if node.output.type != m.root.outputs[0].type:
+            graph.remove_node(node)
+            return f"3-D Attention gives {node.output.type}, the graph has {m.root.outputs[0].type}"
+        return node.output
+
+
+@register_pass
+@dataclass
+class ExpandAttentionMasks(Pass):
+    """Attention(q, k, v, mask[..., 1, L]) -> Attention(q, k, v, Expand(mask, [..., S, L]))
+
+    ONNX allows an attention mask that broadcasts over the query axis, but ONNX Runtime's
+    Attention kernel insists that the mask's query axis equal the query length. Expanding it
+    keeps exported models runnable there. S comes from Shape(q) (folded when static).
+    """
+
+    name: ClassVar[str] = "expand-attention-masks"
+
+    def run(self, graph: Graph) -> PassResult:
+        expanded = 0
+        for node in graph.find_nodes("Attention", ""):
+            q, mask = node.input(0), node.input(3)
+            if q is None or mask is None:
+                continue
+            seq_axis = 1 if q.type.rank == 3 else 2
+            seq = q.shape[seq_axis]
+            if mask.type.rank >= 2 and mask.shape[-2] == seq:
+                continue
+            rank = max(mask.type.rank, 2)
+            seq_dim = graph.add_node(
+                "Shape", [q], {"start": seq_axis, "end": seq_axis + 1},
+                name=f"{node.name}_q_len", before=node,
+            ).output  # fmt: skip
+            parts = [seq_dim, graph.add_constant(np.array([1], np.int64), f"{node.name}_one")]
+            if rank > 2:
+                lead = graph.add_constant(np.ones(rank - 2, np.int64), f"{node.name}_lead")
+                parts.insert(0, lead)
+            shape = graph.add_node(
+                "Concat", parts, {"axis": 0}, name=f"{node.name}_mask_shape", before=node
+            ).output
+            full = graph.add_node(
+                "Expand", [mask, shape], name=f"{node.name}_mask", before=node
+            ).output
+            graph.set_node_input(node, 3, full)
+            expanded += 1
+        return PassResult(expanded > 0, {"expanded": expanded} if expanded else {})

@@ -1,0 +1,1 @@
+"""Model definitions and loaders shared by the frontend and backend tests."""
