@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint format fuzz clean
+.PHONY: install demo test lint format fuzz bench clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ format: install
 
 fuzz: install
 	ECOGRAPH_FUZZ_EXAMPLES=20000 $(PY) -m pytest -q tests/ir/test_fuzz.py tests/passes/test_fuzz.py
+
+bench: install
+	$(PY) bench/run.py
+	$(PY) bench/quant_accuracy.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -7,7 +7,6 @@ with the numbers, leaving everything the caller passed in untouched.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import tempfile
@@ -338,9 +337,14 @@ def optimize(
 
 
 def _record_dict(record: Any) -> dict[str, Any]:
+    """A report ledger row from a PassRecord (or an already-built dict)."""
     if isinstance(record, dict):
         return record
-    if dataclasses.is_dataclass(record):
-        d = dataclasses.asdict(record)  # type: ignore[arg-type]
-        return {k: v for k, v in d.items() if isinstance(v, (str, int, float, bool))}
-    return {"name": str(record)}
+    return {
+        "name": record.pass_name + (f" #{record.iteration}" if record.iteration else ""),
+        "changed": record.changed,
+        "nodes_before": record.nodes_before,
+        "nodes_after": record.nodes_after,
+        "param_bytes": record.param_bytes_after,
+        "seconds": record.seconds or 0.0,
+    }

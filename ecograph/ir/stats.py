@@ -93,9 +93,12 @@ def node_macs(node: Node, bindings: Mapping[str, int]) -> int | None:
         if node.op_type == "Attention":
             q, k = node.inputs[0], node.inputs[1]
             assert q is not None and k is not None
-            # Q·Kᵀ and P·V: 2 · (elements of Q) · kv_seq for 4-D (B, H, S, D) inputs.
+            # Q·Kᵀ and P·V: 2 · (elements of Q) · kv_seq, for 4-D (B, H, S, D) and for 3-D
+            # (B, S, H·D) inputs alike.
             if q.type.rank == 4 and k.type.rank == 4:
                 return 2 * ev(symbolic.product(q.shape)) * ev(k.shape[2])
+            if q.type.rank == 3 and k.type.rank == 3:
+                return 2 * ev(symbolic.product(q.shape)) * ev(k.shape[1])
             return None
     except KeyError:
         return None

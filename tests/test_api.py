@@ -1,0 +1,89 @@
+"""optimize(): torch/ONNX/Graph in, compiled module + report out; accuracy budget enforced."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ecograph
+from ecograph.api import AccuracyError
+from ecograph.ir import graphs_equal
+from ecograph.models import build_default_model, example_inputs
+
+torch = pytest.importorskip("torch")
+
+
+class SmallCNN(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x)))
+        return self.fc(h.mean(dim=(2, 3)))
+
+
+def test_optimize_torch_module_matches_and_leaves_the_module_alone(tmp_path):
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 16, 16)
+    res = ecograph.optimize(model, (x,), target="x86", out_dir=tmp_path, measure=False)
+    got = res.module(x)
+    assert isinstance(got, torch.Tensor)  # torch in, torch out
+    np.testing.assert_allclose(got.numpy(), model(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert res.report.accuracy["cosine"] > 0.99999
+    assert res.report.optimized.nodes < res.report.original.nodes  # BatchNorm folded
+    saved = res.save(tmp_path / "saved")
+    assert (saved / "artifact" / "manifest.json").is_file()
+    assert (saved / "report.html").is_file()
+    onnx_model = res.to_onnx(tmp_path / "opt.onnx")
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(onnx_model.SerializeToString())
+    out = sess.run(None, {res.graph.inputs[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(out, model(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_accuracy_budget_violation_raises_and_leaves_the_graph_untouched(tmp_path):
+    graph = build_default_model()
+    snapshot = graph.copy()
+    with pytest.raises(AccuracyError, match="budget"):
+        ecograph.optimize(
+            graph,
+            example_inputs(),
+            quantize="int4",
+            accuracy_budget=1.5,
+            out_dir=tmp_path,
+            measure=False,
+        )
+    assert graphs_equal(graph, snapshot)
+
+
+def test_quantized_optimize_reports_size_and_accuracy(tmp_path):
+    res = ecograph.optimize(
+        build_default_model(),
+        example_inputs(),
+        quantize="int8",
+        out_dir=tmp_path,
+        declared_power_watts=20.0,
+    )
+    r = res.report
+    assert r.optimized.bytes < 0.35 * r.original.bytes
+    assert r.accuracy["cosine"] >= 0.99
+    assert r.original_run.latency.p50_ms > 0 and r.optimized_run.latency.p50_ms > 0
+    assert r.optimized_run.energy.kind in ("measured", "estimated")
+    if r.optimized_run.energy.kind == "estimated":
+        assert "declared power 20 W" in r.optimized_run.energy.method
+    assert any(p["name"].startswith("quantize") for p in r.passes)
+
+
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(ecograph.EcographError, match="cannot optimize a int"):
+        ecograph.optimize(42)
+    with pytest.raises(ecograph.EcographError, match="quantize='int3'"):
+        ecograph.optimize(build_default_model(), example_inputs(), quantize="int3")
