@@ -215,6 +215,7 @@ def optimize(
     carbon_intensity: float | None = None,
     instrumentation: Any = None,
     name: str | None = None,
+    cache: bool | Any = True,
 ) -> OptimizeResult:
     """Optimize `model` for `target` and return the compiled module with its green report.
 
@@ -228,8 +229,9 @@ def optimize(
     - tune: MetaSchedule tuning (True or a trial budget); the compile cache reuses results.
     - declared_power_watts / carbon_intensity: used only where no energy counter exists /
       to compute gCO2e; both are stated in the report.
+    - cache: reuse compiled artifacts from the compile cache (True: the default cache folder,
+      $ECOGRAPH_CACHE_DIR or ~/.cache/ecograph; False: always compile; or a CompileCache).
     """
-    from ecograph.backends.tvm import compile as tvm_compile
     from ecograph.backends.tvm import load
     from ecograph.passes import run_passes
     from ecograph.report.green import GreenReport, ModelFacts, RunFacts
@@ -281,13 +283,8 @@ def optimize(
         budget = EXACT_BUDGET
 
     work = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="ecograph-"))
-    artifact = tvm_compile(
-        graph,
-        target,
-        work / "optimized",
-        tune=tune,
-        pipeline=[pipeline, qdesc] if qdesc else [pipeline],
-    )
+    recipe = [pipeline, qdesc] if qdesc else [pipeline]
+    artifact = _compile_cached(graph, target, work / "optimized", tune, recipe, cache)
     module = load(artifact)
     outputs = _as_list(module(**feeds))
     accuracy = compare_outputs(reference, outputs)
@@ -318,7 +315,7 @@ def optimize(
     )
     if measure:
         device = "cuda" if str(target).startswith("cuda") else "cpu"
-        baseline_dir = tvm_compile(original, target, work / "original", progress=False)
+        baseline_dir = _compile_cached(original, target, work / "original", False, [], cache)
         baseline = load(baseline_dir)
         for attr, mod in (("original_run", baseline), ("optimized_run", module)):
             lat = measure_latency(lambda m=mod: m(**feeds), warmup=2, repeat=10)
@@ -334,6 +331,49 @@ def optimize(
             "passes or quantization"
         )
     return OptimizeResult(graph, module, report, artifact, original, records, qdesc)
+
+
+def _compile_cached(
+    graph: Graph, target: Any, out: Path, tune: bool | int, recipe: list[str], cache: Any
+) -> Path:
+    """Compile `graph` into `out`, through the compile cache unless `cache` is False.
+
+    The key holds the graph's content hash, the target, the tuning budget, the pass recipe
+    and the ecograph and TVM versions; a hit copies the cached artifact to `out`."""
+    from ecograph.backends.tvm import compile as tvm_compile
+
+    if cache is False:
+        return tvm_compile(graph, target, out, tune=tune, pipeline=recipe, progress=False)
+    import tvm
+
+    import ecograph
+    from ecograph.cache import CompileCache, graph_hash
+
+    store = cache if isinstance(cache, CompileCache) else CompileCache()
+    key = {
+        "graph": graph_hash(graph),
+        "model": graph.name,
+        "target": target if isinstance(target, str) else json_safe(target),
+        "tune": tune,
+        "recipe": recipe,
+        "ecograph": ecograph.__version__,
+        "tvm": tvm.__version__,
+    }
+
+    def build(folder: Path) -> None:
+        tvm_compile(graph, target, folder / "artifact", tune=tune, pipeline=recipe, progress=False)
+
+    payload, _ = store.get_or_build(key, build)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(payload / "artifact", out)
+    return out
+
+
+def json_safe(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
 def _record_dict(record: Any) -> dict[str, Any]:

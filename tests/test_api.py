@@ -87,3 +87,28 @@ def test_bad_arguments_are_clear_errors():
         ecograph.optimize(42)
     with pytest.raises(ecograph.EcographError, match="quantize='int3'"):
         ecograph.optimize(build_default_model(), example_inputs(), quantize="int3")
+
+
+def test_second_optimize_reuses_the_compile_cache(tmp_path, monkeypatch):
+    import ecograph.backends.tvm as backend
+    from ecograph.cache import CompileCache
+
+    cache = CompileCache(tmp_path / "cache")
+    calls = []
+    real = backend.compile
+
+    def counting(*args, **kwargs):
+        calls.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "compile", counting)
+    feeds = example_inputs()
+    first = ecograph.optimize(
+        build_default_model(), feeds, cache=cache, measure=False, out_dir=tmp_path / "a"
+    )
+    second = ecograph.optimize(
+        build_default_model(), feeds, cache=cache, measure=False, out_dir=tmp_path / "b"
+    )
+    assert calls == ["x86"]  # compiled once; the second run was a cache hit
+    assert len(cache.entries()) == 1
+    np.testing.assert_array_equal(first.module(**feeds), second.module(**feeds))
