@@ -57,10 +57,10 @@ def build_workload(name: str) -> tuple[Any, tuple[Any, ...], dict[str, Any] | No
 
     torch.manual_seed(0)
     if name.startswith("minilm"):
-        from tests.models.transformers_models import load_minilm
+        from tests.quant.minilm_eval import encoder_module
 
         batch = 8 if name.endswith("b8") else 1
-        model = _MaskedEncoder(load_minilm())
+        model = encoder_module()
         ids = torch.randint(1000, 20000, (batch, 128))
         mask = torch.ones(batch, 128, dtype=torch.int64)
         mask[:, 100:] = 0
@@ -75,21 +75,6 @@ def build_workload(name: str) -> tuple[Any, tuple[Any, ...], dict[str, Any] | No
 
         return TinyResNet().eval(), (torch.randn(1, 3, 64, 64),), None
     raise SystemExit(f"unknown workload {name}; known: {WORKLOADS}")
-
-
-class _MaskedEncoder:  # wraps HF output into a plain tensor
-    def __new__(cls, inner: Any) -> Any:
-        import torch
-
-        class Encoder(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-                return self.inner(input_ids=input_ids, attention_mask=attention_mask)[0]
-
-        return Encoder().eval()
 
 
 def _llama_bench_model() -> Any:

@@ -54,3 +54,65 @@ def test_report_and_cache_commands(tmp_path, capsys):
     assert main(["cache", "ls", "--cache-dir", str(tmp_path / "c")]) == 0
     assert "(0 entries)" in capsys.readouterr().out
     assert main(["cache", "clear", "--cache-dir", str(tmp_path / "c")]) == 0
+
+
+def test_optimize_compile_run_and_bench_commands(tmp_path, capsys):
+    import numpy as np
+    import onnxruntime as ort
+
+    from ecograph.frontend.onnx import from_onnx
+    from ecograph.ir import interpret
+    from ecograph.models import example_inputs
+
+    onnx_path = tmp_path / "opt.onnx"
+    assert main(["optimize", "default", "-o", str(onnx_path), "--quantize", "int8"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    feeds = example_inputs(batch=1, seq=8)
+    sess = ort.InferenceSession(str(onnx_path))
+    assert sess.run(None, feeds)[0].shape == (1, 8, 64)
+    # The reference is ONNX semantics (the interpreter): ONNX Runtime's u8 x s8 MatMulInteger
+    # kernel saturates int16 partial sums on this CPU, so its int8 numbers are not exact.
+    y = next(iter(interpret(from_onnx(onnx_path), feeds).values()))
+
+    targets = ["x86", "cuda:sm_90"]
+    import shutil
+
+    if shutil.which("aarch64-linux-gnu-g++"):
+        targets.append("arm:cortex-a72")
+    args = ["compile", str(onnx_path), "-o", str(tmp_path / "build"), "--pipeline", "cleanup"]
+    for t in targets:
+        args += ["--target", t]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    for t in targets:
+        assert t in table
+    assert "FAILED" not in table
+
+    artifact = tmp_path / "build" / "x86"
+    for name, arr in feeds.items():
+        np.save(tmp_path / f"{name}.npy", arr)
+    assert (
+        main(
+            [
+                "run",
+                str(artifact),
+                "--input",
+                f"x={tmp_path / 'x.npy'}",
+                "--input",
+                f"mask={tmp_path / 'mask.npy'}",
+                "--output-dir",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "float32[1, 8, 64]" in out
+    saved = np.load(next((tmp_path / "out").glob("*.npy")))
+    np.testing.assert_allclose(saved, y, rtol=1e-4, atol=1e-4)
+    assert (
+        main(["bench", str(artifact), "--dim", "4", "--repeat", "5", "--declared-watts", "10"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "latency p50" in out
+    assert "(estimated:" in out or "(measured:" in out

@@ -34,10 +34,10 @@ class GraphStats:
         """A few readable lines."""
         lines = [
             f"nodes: {self.num_nodes}  inputs: {self.num_inputs}  outputs: {self.num_outputs}",
-            f"parameters: {self.num_parameters:,} ({_human_bytes(self.parameter_bytes)})",
+            f"parameters: {self.num_parameters:,} ({human_bytes(self.parameter_bytes)})",
             "bytes by dtype: "
             + (
-                ", ".join(f"{k} {_human_bytes(v)}" for k, v in sorted(self.bytes_by_dtype.items()))
+                ", ".join(f"{k} {human_bytes(v)}" for k, v in sorted(self.bytes_by_dtype.items()))
                 or "none"
             ),
             "MACs: "
@@ -54,7 +54,7 @@ class GraphStats:
         return "\n".join(lines)
 
 
-def _human_bytes(n: int) -> str:
+def human_bytes(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":

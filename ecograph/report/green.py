@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ecograph.ir.stats import human_bytes
 from ecograph.report.measure import EnergyReading, LatencyStats, grams_co2e
 
 REPORT_JSON = "report.json"
@@ -265,14 +266,7 @@ def read_report(result_dir: str | os.PathLike[str]) -> GreenReport:
 
 
 def _bytes(n: float | None) -> str:
-    if n is None:
-        return "n/a"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
-        size /= 1024
-    return f"{n} B"
+    return "n/a" if n is None else human_bytes(int(n))
 
 
 def _num(v: float | None, digits: int = 0) -> str:
