@@ -266,18 +266,12 @@ def optimize(
             graph = outcome.graph
             notes.append(outcome.report())
         else:
-            before_nodes = len(graph.nodes)
-            t1 = time.perf_counter()
-            qres = qpass.run(graph)
-            records.append(
-                {
-                    "name": "quantize",
-                    "changed": qres.changed,
-                    "nodes_before": before_nodes,
-                    "nodes_after": len(graph.nodes),
-                    "seconds": time.perf_counter() - t1,
-                }
-            )
+            records.append(_run_recorded(qpass, graph, f"quantize ({qdesc})"))
+        if qpass.mode == "static":
+            # QDQ -> integer kernels (int8 x int8 accumulated in int32), not float simulation.
+            from ecograph.quant.integer import LowerQDQToInteger
+
+            records.append(_run_recorded(LowerQDQToInteger(), graph, "lower-qdq-to-integer"))
         budget = accuracy_budget if accuracy_budget is not None else QUANTIZED_BUDGET
     elif budget is None:
         budget = EXACT_BUDGET
@@ -331,6 +325,21 @@ def optimize(
             "passes or quantization"
         )
     return OptimizeResult(graph, module, report, artifact, original, records, qdesc)
+
+
+def _run_recorded(p: Any, graph: Graph, name: str) -> dict[str, Any]:
+    """Run one pass outside the pipeline and return its ledger row."""
+    before = len(graph.nodes)
+    t0 = time.perf_counter()
+    result = p.run(graph)
+    return {
+        "name": name,
+        "changed": result.changed,
+        "nodes_before": before,
+        "nodes_after": len(graph.nodes),
+        "param_bytes": graph_stats(graph).parameter_bytes,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def _compile_cached(

@@ -112,3 +112,20 @@ def test_second_optimize_reuses_the_compile_cache(tmp_path, monkeypatch):
     assert calls == ["x86"]  # compiled once; the second run was a cache hit
     assert len(cache.entries()) == 1
     np.testing.assert_array_equal(first.module(**feeds), second.module(**feeds))
+
+
+def test_static_int8_runs_integer_kernels_end_to_end(tmp_path):
+    feeds = example_inputs()
+    calib = [example_inputs(seed=s) for s in range(4)]
+    res = ecograph.optimize(
+        build_default_model(),
+        feeds,
+        quantize="int8-static",
+        calibration_data=calib,
+        out_dir=tmp_path,
+        measure=False,
+    )
+    ops = [n.op_type for n in res.graph.nodes]
+    assert ops.count("MatMulInteger") >= 4 and "MatMul" not in ops
+    assert any(p["name"] == "lower-qdq-to-integer" and p["changed"] for p in res.report.passes)
+    assert res.report.accuracy["cosine"] >= 0.99

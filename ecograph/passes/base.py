@@ -132,6 +132,7 @@ def _load_builtin_and_plugins() -> None:
     # Importing these registers the built-in passes and "quantize" (imported here, lazily,
     # because ecograph.quant.quantize itself imports this module).
     import ecograph.passes
+    import ecograph.quant.integer
     import ecograph.quant.quantize  # noqa: F401
 
     if _ENTRY_POINTS_LOADED:

@@ -1,0 +1,393 @@
+"""Compile an IR graph with TVM and write a deployable artifact folder.
+
+An artifact folder holds:
+- `lib.so`: the TVM Relax VM executable exported as a shared library (for CUDA built on a
+  machine without a GPU it carries CUDA source that the runtime compiles when it loads);
+- `params.npz` (only with `keep_params`): weights kept out of the library, stored without
+  pickle and fed to the VM after the inputs;
+- `manifest.json`: versions, target, inputs/outputs with dtypes and symbolic shapes, the pass
+  pipeline, tuning time and SHA-256 hashes of the graph and of every file.
+
+The folder is written under a temporary name next to `out_dir` and renamed into place, so a
+reader never sees half an artifact. Identical inputs give byte-identical folders: the manifest
+holds no timestamps or absolute paths, and tuning time is only recorded when tuning ran.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ecograph.errors import BuildError
+from ecograph.ir.graph import Graph
+from ecograph.ir.text import to_text
+
+from . import targets as _targets
+from .lowering import Lowered, lower_graph
+
+MANIFEST = "manifest.json"
+LIBRARY = "lib.so"
+PARAMS = "params.npz"
+FORMAT_VERSION = 1
+
+# Constants of at least this many bytes become parameters when keep_params="auto" and the
+# model's weights exceed AUTO_KEEP_PARAMS_BYTES in total.
+PARAM_THRESHOLD_BYTES = 1 << 16
+AUTO_KEEP_PARAMS_BYTES = 256 << 20
+
+
+@dataclass
+class BuildResult:
+    """An in-memory build: the VM executable and everything the manifest needs."""
+
+    executable: Any
+    lowered: Lowered
+    spec: _targets.TargetSpec
+    pipeline: list[str]
+    notes: list[str] = field(default_factory=list)
+    tuning: dict[str, Any] | None = None
+
+
+def graph_hash(graph: Graph) -> str:
+    """SHA-256 over the graph's text form and every constant's dtype, shape and bytes."""
+    h = hashlib.sha256(to_text(graph).encode())
+    for name in sorted(graph.constants):
+        arr = graph.constants[name].const_value
+        assert arr is not None
+        h.update(f"{name}:{arr.dtype}:{arr.shape}".encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------ pipelines
+
+
+def _cuda_pipeline(target: Any, *, with_matmul_rule: bool) -> tuple[Any, list[str]]:
+    """The CUDA default pipeline, optionally without dlight's Matmul rule (see module doc)."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cuda import pipeline as cuda
+    from tvm.s_tir import dlight as dl
+
+    rules = [dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
+    if with_matmul_rule:
+        rules.insert(0, dl.gpu.Matmul())
+    legalize = [
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        dl.ApplyDefaultSchedule(*rules),
+    ]
+    passes = (
+        cuda.library_dispatch_passes(target)
+        + legalize
+        + cuda.dataflow_lower_passes(target)
+        + cuda.finalize_passes(target)
+    )
+
+    @tvm.transform.module_pass(opt_level=0)
+    def pipeline(mod: Any, _ctx: Any) -> Any:
+        with target:
+            return tvm.transform.Sequential(passes)(mod)
+
+    names = [_pass_name(p) for p in passes]
+    return pipeline, names
+
+
+def _cpu_pipeline_names(target: Any) -> list[str]:
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    passes = (
+        cpu.library_dispatch_passes(target)
+        + cpu.legalize_passes(target)
+        + cpu.dataflow_lower_passes(target)
+        + cpu.finalize_passes(target)
+    )
+    return [_pass_name(p) for p in passes]
+
+
+def _pass_name(p: Any) -> str:
+    try:
+        return str(p.info.name)
+    except AttributeError:
+        return type(p).__name__
+
+
+def _has_int8_matmul(mod: Any) -> bool:
+    """True if the Relax module multiplies int8 matrices (the dlight Matmul crash case)."""
+    from tvm import relax
+
+    found = False
+
+    def visit(expr: Any) -> None:
+        nonlocal found
+        if (
+            isinstance(expr, relax.Call)
+            and getattr(expr.op, "name", "") == "relax.matmul"
+            and all(str(getattr(a.ty, "dtype", "")) == "int8" for a in expr.args)
+        ):
+            found = True
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func.body, visit)
+    return found
+
+
+def build_module(
+    graph: Graph,
+    target: str | dict[str, Any] | _targets.TargetSpec = "x86",
+    *,
+    keep_params: bool | str = "auto",
+    tune: bool | int = False,
+    tuning_cache: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> BuildResult:
+    """Lower `graph` and compile it for `target` in memory (no files written)."""
+    import tvm
+
+    spec = _targets.resolve(target)
+    keep = _decide_keep_params(graph, keep_params)
+    # keep_params=True keeps every weight tensor; "auto" (large models) only the big ones.
+    threshold = 0 if keep_params is True else PARAM_THRESHOLD_BYTES
+    lowered = lower_graph(
+        graph,
+        keep_params=keep,
+        param_threshold=threshold,
+        widen_int8_matmul=spec.family == "cuda",
+    )
+    tvm_target = spec.tvm_target()
+    notes = list(spec.notes) + lowered.notes
+    mod = lowered.mod
+    tuning: dict[str, Any] | None = None
+    if tune:
+        from .tuning import tune_module
+
+        trials = 64 if tune is True else int(tune)
+        mod, tuning = tune_module(
+            mod, tvm_target, trials=trials, cache_dir=tuning_cache, progress=progress
+        )
+        notes.append(f"MetaSchedule: {tuning['trials']} trials, {tuning['seconds']:.1f} s")
+
+    if spec.family == "cuda":
+        ex, pipeline, more = _build_cuda(mod, tvm_target)
+        notes += more
+    else:
+        pipeline = _cpu_pipeline_names(tvm_target)
+        if tuning:
+            pipeline = ["MetaScheduleApplyDatabase", *pipeline]
+        try:
+            ex = tvm.compile(mod, target=tvm_target)
+        except Exception as exc:
+            raise BuildError(
+                f"TVM failed to compile {graph.name!r} for {spec.name}: {exc}"
+            ) from exc
+    return BuildResult(ex, lowered, spec, pipeline, notes, tuning)
+
+
+def _build_cuda(mod: Any, target: Any) -> tuple[Any, list[str], list[str]]:
+    """Compile for CUDA; the int8 matmul case skips dlight's Matmul rule, and says so."""
+    import tvm
+
+    notes: list[str] = []
+    with_matmul = True
+    if _has_int8_matmul(mod):
+        # dlight's Matmul rule crashes on int8 x int8 -> int32 (GetWmmaFragmentSize check in
+        # InjectSoftwarePipeline, TVM 0.27). The lowering widens the ops it knows; any int8
+        # matmul left (e.g. from a tuned or hand-written module) skips the rule.
+        with_matmul = False
+        notes.append(
+            "int8 matmul on CUDA: dlight Matmul rule skipped (known TVM 0.27 crash); int8 "
+            "matmuls use the generic GPU schedule"
+        )
+    pipeline, names = _cuda_pipeline(target, with_matmul_rule=with_matmul)
+    try:
+        ex = tvm.compile(mod, target=target, relax_pipeline=pipeline)
+    except Exception as exc:
+        if not with_matmul:
+            raise BuildError(f"TVM failed to compile for CUDA: {exc}") from exc
+        pipeline, names = _cuda_pipeline(target, with_matmul_rule=False)
+        notes.append(f"dlight Matmul rule failed ({type(exc).__name__}); rebuilt without it")
+        try:
+            ex = tvm.compile(mod, target=target, relax_pipeline=pipeline)
+        except Exception as exc2:
+            raise BuildError(f"TVM failed to compile for CUDA: {exc2}") from exc2
+    return ex, names, notes
+
+
+def _decide_keep_params(graph: Graph, keep_params: bool | str) -> bool:
+    if keep_params == "auto":
+        total = sum(
+            int(c.const_value.nbytes)
+            for c in graph.constants.values()  # type: ignore[union-attr]
+        )
+        return total >= AUTO_KEEP_PARAMS_BYTES
+    if isinstance(keep_params, bool):
+        return keep_params
+    raise BuildError(f"keep_params must be True, False or 'auto', got {keep_params!r}")
+
+
+# ------------------------------------------------------------------ artifacts
+
+
+def compile(
+    graph: Graph,
+    target: str | dict[str, Any] = "x86",
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    keep_params: bool | str = "auto",
+    tune: bool | int = False,
+    tuning_cache: str | os.PathLike[str] | None = None,
+    pipeline: list[str] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Compile `graph` for `target` into the artifact folder `out_dir` and return its path.
+
+    `tune=True` (or a trial count) runs MetaSchedule first, caching its database under
+    `tuning_cache`; `pipeline` names the ecograph passes that produced the graph (recorded).
+    `out_dir` defaults to `build/<graph name>-<target>`. An existing folder is replaced.
+    """
+    spec = _targets.resolve(target)
+    _targets.check_toolchain(spec)
+    out = Path(out_dir) if out_dir is not None else Path("build") / _default_name(graph, spec)
+    result = build_module(
+        graph,
+        spec,
+        keep_params=keep_params,
+        tune=tune,
+        tuning_cache=tuning_cache,
+        progress=progress,
+    )
+    write_artifact(result, graph, out, ecograph_pipeline=pipeline or [])
+    return out
+
+
+def _default_name(graph: Graph, spec: _targets.TargetSpec) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in spec.name)
+    return f"{graph.name}-{safe}"
+
+
+def write_artifact(
+    result: BuildResult, graph: Graph, out: Path, *, ecograph_pipeline: list[str]
+) -> None:
+    """Write the artifact folder atomically: build it under a temporary name, then rename."""
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        lib_kwargs: dict[str, Any] = {}
+        if result.spec.cc:
+            lib_kwargs["cc"] = result.spec.cc
+        try:
+            result.executable.export_library(str(tmp / LIBRARY), **lib_kwargs)
+        except Exception as exc:
+            raise BuildError(f"exporting the library for {result.spec.name} failed: {exc}") from exc
+        files = [LIBRARY]
+        if result.lowered.params:
+            _save_params(tmp / PARAMS, result.lowered.params)
+            files.append(PARAMS)
+        manifest = _manifest(result, graph, tmp, files, ecograph_pipeline)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        os.chmod(tmp, 0o755)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move `tmp` to `out`; an existing `out` is swapped away first, then removed."""
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+    os.rmdir(old)
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _save_params(path: Path, params: dict[str, np.ndarray]) -> None:
+    # np.savez stores plain arrays without pickle; load() reads them with allow_pickle=False.
+    # ZIP entries get fixed timestamps from numpy, so the file is deterministic.
+    with open(path, "wb") as f:
+        np.savez(f, **{k: np.array(v, order="C", copy=False) for k, v in params.items()})
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tensor_entry(name: str, dtype: str, shape: tuple[Any, ...]) -> dict[str, Any]:
+    return {"name": name, "dtype": dtype, "shape": list(shape)}
+
+
+def _manifest(
+    result: BuildResult, graph: Graph, folder: Path, files: list[str], passes: list[str]
+) -> dict[str, Any]:
+    import tvm
+
+    import ecograph
+
+    tuning = None
+    if result.tuning is not None:
+        tuning = {k: v for k, v in result.tuning.items() if k != "database"}
+    return {
+        "format": FORMAT_VERSION,
+        "ecograph_version": ecograph.__version__,
+        "tvm_version": tvm.__version__,
+        "graph": {"name": graph.name, "sha256": graph_hash(graph)},
+        "target": {
+            "name": result.spec.name,
+            "family": result.spec.family,
+            "tvm": result.spec.target,
+            "notes": result.notes,
+        },
+        "inputs": [_tensor_entry(v.name, str(v.dtype), v.shape) for v in graph.inputs],
+        "outputs": [_tensor_entry(v.name, str(v.dtype), v.shape) for v in graph.outputs],
+        "symbols": result.lowered.symbols,
+        "params": {
+            "file": PARAMS if result.lowered.params else None,
+            "names": list(result.lowered.params),
+        },
+        "pipeline": {"ecograph": passes, "tvm": result.pipeline},
+        "tuning": tuning,
+        "files": {name: _sha256(folder / name) for name in files},
+    }
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of an artifact folder, checked for format and file hashes."""
+    folder = Path(path)
+    mpath = folder / MANIFEST
+    if not mpath.is_file():
+        raise BuildError(f"{folder} is not an ecograph artifact (no {MANIFEST})")
+    manifest = json.loads(mpath.read_text())
+    if manifest.get("format") != FORMAT_VERSION:
+        raise BuildError(
+            f"{mpath}: artifact format {manifest.get('format')!r} is not {FORMAT_VERSION}; "
+            "rebuild it with this version of ecograph"
+        )
+    for name, digest in manifest.get("files", {}).items():
+        f = folder / name
+        if not f.is_file() or _sha256(f) != digest:
+            raise BuildError(f"{f}: missing or its SHA-256 does not match the manifest")
+    return manifest

@@ -1,0 +1,94 @@
+"""Shared helpers for the TVM backend tests: build one-op graphs, run them through TVM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ecograph.ir import Graph, interpret
+
+RNG = np.random.default_rng(0)
+
+
+@dataclass
+class Const:
+    """Marks an op input that is a graph constant rather than a graph input."""
+
+    array: np.ndarray
+
+
+def rand(shape: tuple[int, ...], dtype: str = "float32", lo: float = -2, hi: float = 2) -> Any:
+    if np.dtype(dtype).kind == "f":
+        return RNG.uniform(lo, hi, shape).astype(dtype)
+    if np.dtype(dtype).kind == "b":
+        return RNG.random(shape) < 0.5
+    return RNG.integers(int(lo), int(hi) + 1, shape).astype(dtype)
+
+
+def one_op(
+    op: str,
+    *inputs: np.ndarray | Const | None,
+    domain: str = "",
+    num_outputs: int | None = None,
+    symbolic: dict[int, list[Any]] | None = None,
+    **attrs: Any,
+) -> tuple[Graph, dict[str, np.ndarray]]:
+    """A graph with one `op` node; arrays become inputs x0, x1..., `Const` become constants.
+
+    `symbolic` maps an input position to its declared shape (symbols allowed); the feed keeps
+    the concrete array.
+    """
+    g = Graph(f"{op}_case")
+    feeds: dict[str, np.ndarray] = {}
+    values = []
+    for i, x in enumerate(inputs):
+        if x is None:
+            values.append(None)
+        elif isinstance(x, Const):
+            values.append(g.add_constant(x.array, f"c{i}"))
+        else:
+            shape = (symbolic or {}).get(i, list(x.shape))
+            v = g.add_input(f"x{i}", str(x.dtype), shape)
+            feeds[v.name] = x
+            values.append(v)
+    node = g.add_node(op, values, attrs, domain=domain, num_outputs=num_outputs)
+    g.set_outputs(list(node.outputs))
+    return g, feeds
+
+
+def run_tvm(graph: Graph, feeds: dict[str, np.ndarray], target: Any = None) -> list[np.ndarray]:
+    """Build `graph` in memory for the host CPU and run it; outputs in graph order."""
+    import tvm
+    from tvm import relax
+
+    from ecograph.backends.tvm import build
+
+    result = build.build_module(graph, target or {"kind": "llvm"}, keep_params=False)
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    args = [tvm.runtime.tensor(feeds[n]) for n in result.lowered.input_names]
+    out = vm["main"](*args)
+    if isinstance(out, tvm.runtime.Tensor):
+        return [out.numpy()]
+    return [o.numpy() for o in out]
+
+
+def assert_matches(graph: Graph, feeds: dict[str, np.ndarray], got: list[np.ndarray]) -> None:
+    """TVM results against the reference interpreter: exact for integers and bools, 1e-5
+    relative for floats (plus a 1e-6 absolute floor for values near zero)."""
+    ref = interpret(graph, feeds)
+    assert len(got) == len(ref), f"{len(got)} outputs from TVM, {len(ref)} from the interpreter"
+    for (name, want), have in zip(ref.items(), got, strict=True):
+        assert have.dtype == want.dtype, f"{name}: dtype {have.dtype} != {want.dtype}"
+        assert have.shape == want.shape, f"{name}: shape {have.shape} != {want.shape}"
+        if want.dtype.kind in "fV":
+            np.testing.assert_allclose(
+                have.astype(np.float64),
+                want.astype(np.float64),
+                rtol=1e-5,
+                atol=1e-6,
+                err_msg=name,
+            )
+        else:
+            np.testing.assert_array_equal(have, want, err_msg=name)
