@@ -324,7 +324,25 @@ def optimize(
             "original = the captured graph compiled by the same backend without ecograph's "
             "passes or quantization"
         )
+        slower = slower_note(report, qdesc)
+        if slower:
+            report.notes.append(slower)
     return OptimizeResult(graph, module, report, artifact, original, records, qdesc)
+
+
+def slower_note(report: Any, quantization: str) -> str:
+    """A plain warning when the optimized (e.g. int8) build is slower than the original."""
+    o, n = report.original_run, report.optimized_run
+    if o is None or n is None or o.latency is None or n.latency is None:
+        return ""
+    if n.latency.p50_ms <= o.latency.p50_ms:
+        return ""
+    what = f"quantized ({quantization})" if quantization else "optimized"
+    return (
+        f"WARNING: the {what} build is SLOWER than the original on {report.target}: "
+        f"p50 {n.latency.p50_ms:.3f} ms vs {o.latency.p50_ms:.3f} ms "
+        f"({n.latency.p50_ms / o.latency.p50_ms:.2f}x)"
+    )
 
 
 def _run_recorded(p: Any, graph: Graph, name: str) -> dict[str, Any]:

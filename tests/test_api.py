@@ -129,3 +129,24 @@ def test_static_int8_runs_integer_kernels_end_to_end(tmp_path):
     assert ops.count("MatMulInteger") >= 4 and "MatMul" not in ops
     assert any(p["name"] == "lower-qdq-to-integer" and p["changed"] for p in res.report.passes)
     assert res.report.accuracy["cosine"] >= 0.99
+
+
+def test_report_says_when_the_optimized_build_is_slower():
+    from ecograph.api import slower_note
+    from ecograph.report.green import GreenReport, ModelFacts, RunFacts
+    from ecograph.report.measure import LatencyStats
+
+    facts = ModelFacts(1, 1, 1, 1)
+    fast, slow = LatencyStats(1.0, 1.2, 1.1, 10), LatencyStats(2.0, 2.5, 2.1, 10)
+    r = GreenReport(
+        "m",
+        "arm",
+        facts,
+        facts,
+        original_run=RunFacts("cpu", fast),
+        optimized_run=RunFacts("cpu", slow),
+    )
+    assert "SLOWER than the original on arm" in slower_note(r, "quantize(mode='dynamic')")
+    assert "2.00x" in slower_note(r, "q")
+    r.optimized_run = RunFacts("cpu", fast)
+    assert slower_note(r, "q") == ""

@@ -54,3 +54,37 @@ def test_matches_onnxruntime(k, block, with_zp):
     theirs = ort_matmul_nbits(a, b, scales, zp, attrs)
     assert ours.shape == (3, n)
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_ort_int4_model_imports_through_from_onnx():
+    """A model as ONNX Runtime's int4 tools write it (com.microsoft::MatMulNBits) imports and
+    runs in the interpreter with ONNX Runtime's numbers."""
+    import ecograph
+
+    k, n, block = 64, 16, 32
+    a = rng.standard_normal((2, k)).astype(np.float32)
+    b = rng.integers(0, 256, (n, k // block, block // 2)).astype(np.uint8)
+    scales = rng.uniform(0.01, 0.1, n * (k // block)).astype(np.float32)
+    attrs = {"K": k, "N": n, "bits": 4, "block_size": block}
+    node = helper.make_node(
+        "MatMulNBits", ["A", "B", "scales"], ["Y"], domain="com.microsoft", **attrs
+    )
+    model = helper.make_model(
+        helper.make_graph(
+            [node],
+            "g",
+            [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["m", k])],
+            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["m", n])],
+            initializer=[
+                numpy_helper.from_array(b, "B"),
+                numpy_helper.from_array(scales, "scales"),
+            ],
+        ),
+        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
+    )
+    graph = ecograph.from_onnx(model)
+    assert graph.nodes[0].qualified_op == "com.microsoft::MatMulNBits"
+    ours = interpret(graph, {"A": a})["Y"]
+    np.testing.assert_allclose(
+        ours, ort_matmul_nbits(a, b, scales, None, attrs), rtol=1e-4, atol=1e-4
+    )
