@@ -22,6 +22,7 @@ import numpy as np
 
 from ecograph.ir import DType, Graph, Node, Value
 from ecograph.passes.base import Pass, PassResult, register_pass
+from ecograph.passes.utils import replace_value
 
 
 def _dq_parts(v: Value | None) -> tuple[Value, Value, Value | None, Node] | None:
@@ -139,8 +140,8 @@ class LowerQDQToInteger(Pass):
             out = graph.add_node("Add", [out, b], before=node).output
         if out_t.dtype != DType.FLOAT32:
             out = graph.add_node("Cast", [out], {"to": out_t.dtype.onnx}, before=node).output
-        graph.replace_all_uses_with(node.output, out)
-        graph.remove_node(node)
+        kept = replace_value(graph, node.output, out)  # keeps a graph output's name
+        assert kept, f"cannot replace %{node.output.name}"
         for dq_out in (a[3].output, w[3].output):
             if not dq_out.has_uses():
                 graph.remove_node(dq_out.producer)  # type: ignore[arg-type]

@@ -27,6 +27,7 @@ import numpy as np
 from ecograph.errors import PassError
 from ecograph.ir import DType, Graph, Node, Value
 from ecograph.passes.base import Pass, PassResult, register_pass
+from ecograph.passes.utils import replace_value
 from ecograph.quant.calibrate import collect_ranges
 from ecograph.quant.scheme import Granularity, QuantizedTensor, compute_qparams, quantize_tensor
 
@@ -257,8 +258,8 @@ class Quantize(Pass):
                 before=node,
             ).output
             out = graph.add_node("Reshape", [scaled, merged], before=node).output
-            graph.replace_all_uses_with(node.output, out)
-            graph.remove_node(node)
+            kept = replace_value(graph, node.output, out)  # keeps a graph output's name
+            assert kept, f"cannot replace %{node.output.name}"
             if not table.has_uses():
                 graph.remove_constant(table)
             count += 1
@@ -432,8 +433,8 @@ class Quantize(Pass):
                 out = graph.add_node("Add", [out, c], before=node).output
         if node.output.dtype != DType.FLOAT32:
             out = graph.add_node("Cast", [out], {"to": node.output.dtype.onnx}, before=node).output
-        graph.replace_all_uses_with(node.output, out)
-        graph.remove_node(node)
+        kept = replace_value(graph, node.output, out)  # keeps a graph output's name
+        assert kept, f"cannot replace %{node.output.name}"
         return 1
 
     def _dynamic_weight(self, graph: Graph, t: Target, cache: dict) -> tuple:

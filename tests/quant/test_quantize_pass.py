@@ -43,8 +43,10 @@ def test_dynamic_uses_integer_matmul_and_stays_close(gemm):
     g = mlp(gemm=gemm)
     feeds = {"x": rng.standard_normal((4, 64)).astype(np.float32)}
     ref = run(g, feeds)
+    out_name = g.outputs[0].name
     res = Quantize(mode="dynamic").run(g)
     assert res.changed and res.stats["quantized"] == 2
+    assert g.outputs[0].name == out_name  # callers bind outputs by name
     verify(g)
     ops = [n.op_type for n in g.nodes]
     assert ops.count("MatMulInteger") == 2 and ops.count("DynamicQuantizeLinear") == 2

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from ecograph.cache import graph_hash
 from ecograph.errors import BuildError
 from ecograph.ir.graph import Graph
-from ecograph.ir.text import to_text
 
 from . import targets as _targets
 from .lowering import Lowered, lower_graph
@@ -54,17 +54,6 @@ class BuildResult:
     pipeline: list[str]
     notes: list[str] = field(default_factory=list)
     tuning: dict[str, Any] | None = None
-
-
-def graph_hash(graph: Graph) -> str:
-    """SHA-256 over the graph's text form and every constant's dtype, shape and bytes."""
-    h = hashlib.sha256(to_text(graph).encode())
-    for name in sorted(graph.constants):
-        arr = graph.constants[name].const_value
-        assert arr is not None
-        h.update(f"{name}:{arr.dtype}:{arr.shape}".encode())
-        h.update(np.ascontiguousarray(arr).tobytes())
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------ pipelines

@@ -30,8 +30,9 @@ def default_cache_dir() -> Path:
     env = os.environ.get("ECOGRAPH_TUNING_CACHE")
     if env:
         return Path(env)
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "ecograph" / "tuning"
+    from ecograph.cache import default_cache_dir as ecograph_cache_dir
+
+    return ecograph_cache_dir() / "tuning"
 
 
 def workload_key(mod: Any, target: Any) -> str:
