@@ -24,7 +24,6 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ import numpy as np
 
 from ecograph.errors import EcographError
 
-from .runtime import LIBRARY, _read_manifest
+from .runtime import LIBRARY, CompiledModel, _read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -107,34 +106,24 @@ def serve(
 # -------------------------------------------------------------------- client
 
 
-class RemoteModel:
-    """An artifact loaded on a remote device; call it like `CompiledModel`."""
+class RemoteModel(CompiledModel):
+    """An artifact loaded on a remote device; called like `CompiledModel`, with the same
+    input checks (names, dtypes, shapes) and torch-in/torch-out behaviour."""
 
     def __init__(
-        self, session: Any, manifest: dict[str, Any], vm: Any, device: Any, params: list[Any]
+        self,
+        session: Any,
+        path: Path,
+        manifest: dict[str, Any],
+        vm: Any,
+        device: Any,
+        params: list[Any],
     ) -> None:
+        super().__init__(path, manifest, vm, device, params)
         self.session = session
-        self.manifest = manifest
-        self.device = device
-        self._vm = vm
-        self._params = params
-        self.input_names = [t["name"] for t in manifest["inputs"]]
-        self.output_names = [t["name"] for t in manifest["outputs"]]
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        import tvm
-
-        if len(args) == 1 and isinstance(args[0], Mapping) and not kwargs:
-            kwargs, args = dict(args[0]), ()
-        feeds = dict(zip(self.input_names, args, strict=False)) | kwargs
-        missing = [n for n in self.input_names if n not in feeds]
-        if missing:
-            raise RemoteError(f"missing inputs {missing}; the model takes {self.input_names}")
-        tensors = [tvm.runtime.tensor(np.asarray(feeds[n]), self.device) for n in self.input_names]
-        out = self._vm["main"](*tensors, *self._params)
-        outs = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
-        results = [o.numpy() for o in outs]
-        return results[0] if len(results) == 1 else tuple(results)
+    def __repr__(self) -> str:
+        return f"<RemoteModel {self.path} target={self.manifest['target']['name']}>"
 
 
 def _session(
@@ -188,7 +177,7 @@ def connect(
     if info.get("file"):
         with np.load(folder / info["file"], allow_pickle=False) as data:
             params = [tvm.runtime.tensor(np.array(data[n], order="C"), dev) for n in info["names"]]
-    return RemoteModel(sess, manifest, vm, dev, params)
+    return RemoteModel(sess, folder, manifest, vm, dev, params)
 
 
 # ---------------------------------------------------------- emulated device
