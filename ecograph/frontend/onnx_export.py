@@ -296,6 +296,18 @@ def _export_silu(ctx: OnnxExportContext, node: Node) -> None:
     ctx.emit("Mul", [x, sig], ctx.outputs(node))
 
 
+@register_onnx_export("Linear", domain="ecograph")
+def _export_linear(ctx: OnnxExportContext, node: Node) -> None:
+    """Linear(x, W, b) = MatMul(x, W) + b."""
+    names = ctx.inputs(node)
+    if len(names) < 3 or not names[2]:
+        ctx.emit("MatMul", names[:2], ctx.outputs(node))
+        return
+    product = ctx.fresh(f"{node.name}_matmul")
+    ctx.emit("MatMul", names[:2], [product])
+    ctx.emit("Add", [product, names[2]], ctx.outputs(node))
+
+
 @register_onnx_export("SwiGLU", domain="ecograph")
 def _export_swiglu(ctx: OnnxExportContext, node: Node) -> None:
     """SwiGLU(gate, up) = gate * Sigmoid(gate) * up."""

@@ -70,7 +70,7 @@ def node_macs(node: Node, bindings: Mapping[str, int]) -> int | None:
         return symbolic.evaluate(d, bindings)
 
     try:
-        if node.op_type in ("MatMul", "MatMulInteger", "QLinearMatMul", "Gemm", "FusedMatMul"):
+        if node.op_type in ("MatMul", "MatMulInteger", "QLinearMatMul", "Gemm", "Linear"):
             out = node.outputs[0].type
             a = node.inputs[0]
             assert a is not None

@@ -123,25 +123,54 @@ def _gemm_ok(m: Match) -> bool | str:
     return True
 
 
+def _linear_ok(m: Match) -> bool | str:
+    a, b, c = m["a"], m["b"], m["c"]
+    mm = m.root.input(0) if m.root.input(0) is not c else m.root.input(1)
+    if a.type.rank < 3:
+        return "2-D MatMul+Add becomes Gemm"
+    if not b.is_constant or b.type.rank != 2:
+        return f"weight %{b.name} is not a constant 2-D matrix"
+    if not c.is_constant or c.type.rank != 1 or c.dtype != a.dtype or c.shape[0] != b.shape[1]:
+        return f"bias %{c.name} {c.type} is not a constant vector of the output width"
+    if mm is None or m.root.outputs[0].type != mm.type:
+        return "the bias broadcasts the product to a larger shape"
+    return True
+
+
 @register_pass
 @dataclass
 class FuseMatMulAdd(RewritePass):
-    """Add(MatMul(a, b), c) -> Gemm(a, b, c) for 2-D a and b"""
+    """Add(MatMul(a, b), c) -> Gemm(a, b, c) for 2-D a and b; -> ecograph::Linear(a, b, c)
+    for a of rank >= 3 with a constant 2-D weight b and a constant bias vector c"""
 
     name: ClassVar[str] = "fuse-matmul-add"
     tolerance: ClassVar[tuple[float, float] | None] = (1e-5, 1e-6)
 
     def rules(self) -> list[Rule]:
-        pattern = Pattern(
+        gemm = Pattern(
             "matmul-add", Op("Add", Op("MatMul", Var("a"), Var("b")), Var("c")), _gemm_ok
         )
+        linear = Pattern(
+            "matmul-add-linear",
+            Op("Add", Op("MatMul", Var("a"), Var("b")), Var("c")),
+            _linear_ok,
+        )
 
-        def rewrite(graph: Graph, m: Match) -> Value:
+        def to_gemm(graph: Graph, m: Match) -> Value:
             return graph.add_node(
                 "Gemm", [m["a"], m["b"], m["c"]], name=f"{m.root.name}_gemm", before=m.root
             ).output
 
-        return [Rule(pattern, rewrite)]
+        def to_linear(graph: Graph, m: Match) -> Value:
+            return graph.add_node(
+                "Linear",
+                [m["a"], m["b"], m["c"]],
+                domain="ecograph",
+                name=f"{m.root.name}_linear",
+                before=m.root,
+            ).output
+
+        return [Rule(gemm, to_gemm), Rule(linear, to_linear)]
 
 
 @register_pass

@@ -46,7 +46,7 @@ def _const_array(v: Value | None) -> np.ndarray | None:
 @register_pass
 @dataclass
 class LowerQDQToInteger(Pass):
-    """MatMul(DQ(a_q), DQ(w_q)) -> MatMulInteger(a_q, w_q) * (s_a*s_w); Conv likewise
+    """MatMul(DQ(a_q), DQ(w_q)) -> MatMulInteger(a_q, w_q) * (s_a*s_w); Conv, Linear likewise
 
     Needs a scalar activation scale/zero point and a constant weight quantized per tensor or
     per output channel; anything else is left in QDQ form with a note saying why.
@@ -59,7 +59,11 @@ class LowerQDQToInteger(Pass):
         count = 0
         notes: list[str] = []
         for node in graph.nodes:
-            if node.domain or node.op_type not in ("MatMul", "Conv"):
+            if (node.domain, node.op_type) not in (
+                ("", "MatMul"),
+                ("", "Conv"),
+                ("ecograph", "Linear"),
+            ):
                 continue
             a, w = _dq_parts(node.input(0)), _dq_parts(node.input(1))
             if a is None or w is None:
@@ -79,10 +83,11 @@ class LowerQDQToInteger(Pass):
             return "activation scale/zero point is not a scalar"
         if not wq.is_constant or not ws.is_constant:
             return "weight is not a constant"
-        if aq.type.rank < 2 if node.op_type == "MatMul" else False:
+        is_matmul = node.op_type in ("MatMul", "Linear")
+        if is_matmul and aq.type.rank < 2:
             return "activation is a vector"
-        out_axis = 1 if node.op_type == "MatMul" else 0
-        if wq.type.rank != (2 if node.op_type == "MatMul" else aq.type.rank):
+        out_axis = 1 if is_matmul else 0
+        if wq.type.rank != (2 if is_matmul else aq.type.rank):
             return "unsupported weight rank"
         if ws.type.rank == 1:
             axis = wdq.attr("axis", 1)
@@ -102,7 +107,7 @@ class LowerQDQToInteger(Pass):
         wq, ws, wz, _ = w
         out_t = node.output.type
         ws_arr = np.asarray(ws.const_value, np.float32)
-        if node.op_type == "MatMul":
+        if node.op_type in ("MatMul", "Linear"):
             integer = graph.add_node(
                 "MatMulInteger", [aq, wq, az, wz], name=f"{node.name}_integer", before=node
             ).output
@@ -130,6 +135,8 @@ class LowerQDQToInteger(Pass):
         scale = graph.add_node("Mul", [as_f, channel_scale], before=node).output
         acc = graph.add_node("Cast", [integer], {"to": DType.FLOAT32.onnx}, before=node).output
         out = graph.add_node("Mul", [acc, scale], before=node).output
+        if node.op_type == "Linear" and node.input(2) is not None:
+            out = graph.add_node("Add", [out, node.input(2)], before=node).output
         if node.op_type == "Conv" and node.input(2) is not None:
             bias = node.input(2)
             assert bias is not None

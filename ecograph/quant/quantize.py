@@ -31,7 +31,8 @@ from ecograph.passes.utils import replace_value
 from ecograph.quant.calibrate import collect_ranges
 from ecograph.quant.scheme import Granularity, QuantizedTensor, compute_qparams, quantize_tensor
 
-QUANTIZABLE = ("MatMul", "Gemm", "Conv")
+QUANTIZABLE = ("MatMul", "Gemm", "Conv", "Linear")  # Linear: ecograph's fused MatMul+Add
+DYNAMIC_OPS = ("MatMul", "Gemm", "Linear")
 MODES = ("dynamic", "static", "weight_only")
 
 
@@ -53,7 +54,9 @@ def find_targets(
     targets: list[Target] = []
     notes: list[str] = []
     for node in graph.nodes:
-        if node.domain or node.op_type not in ops:
+        if node.op_type not in ops or node.domain not in ("", "ecograph"):
+            continue
+        if (node.domain == "ecograph") != (node.op_type == "Linear"):
             continue
         if node.op_type in patterns or any(fnmatch.fnmatchcase(node.name, p) for p in patterns):
             notes.append(f"{node.name} ({node.op_type}): excluded")
@@ -70,7 +73,7 @@ def _target(node: Node) -> Target | None:
     w = node.input(1)
     if w is None or not w.is_constant or not w.dtype.is_float:
         return None
-    if node.op_type == "MatMul":
+    if node.op_type in ("MatMul", "Linear"):
         if w.type.rank != 2:
             return None
         return Target(node, 1, channel_axis=1, reduce_axis=0)
@@ -89,9 +92,9 @@ def _target(node: Node) -> Target | None:
 class Quantize(Pass):
     """op(x, W) -> op(DQ(Q(x)), DQ(W_q)) / MatMulInteger(DQL(x), W_q) / op(x, DQ(W_q))
 
-    Quantizes MatMul, Gemm and Conv with a constant float weight (see module docstring for
-    the three modes). Not exact: `tolerance` bounds the differential check on random inputs;
-    optimize() checks accuracy on real inputs against the accuracy budget.
+    Quantizes MatMul, Gemm, Conv and ecograph::Linear with a constant float weight (see the
+    module docstring for the three modes). Not exact: `tolerance` bounds the differential
+    check on random inputs; optimize() checks accuracy on real inputs against the budget.
     """
 
     name: ClassVar[str] = "quantize"
@@ -154,7 +157,7 @@ class Quantize(Pass):
         return self.clip
 
     def run(self, graph: Graph) -> PassResult:
-        ops = ("MatMul", "Gemm") if self.mode == "dynamic" else QUANTIZABLE
+        ops = DYNAMIC_OPS if self.mode == "dynamic" else QUANTIZABLE
         targets, notes = find_targets(graph, self.exclude, ops)
         embedded = self._quantize_embeddings(graph, notes) if self.embeddings else 0
         if not targets:
@@ -431,6 +434,10 @@ class Quantize(Pass):
                     b = graph.add_constant(np.array(beta, np.float32), f"{node.name}_beta")
                     c = graph.add_node("Mul", [c, b], before=node).output
                 out = graph.add_node("Add", [out, c], before=node).output
+        if node.op_type == "Linear" and node.input(2) is not None:
+            bias = node.input(2)
+            assert bias is not None
+            out = graph.add_node("Add", [out, bias], before=node).output
         if node.output.dtype != DType.FLOAT32:
             out = graph.add_node("Cast", [out], {"to": node.output.dtype.onnx}, before=node).output
         kept = replace_value(graph, node.output, out)  # keeps a graph output's name

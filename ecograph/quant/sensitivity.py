@@ -19,7 +19,7 @@ import numpy as np
 
 from ecograph.errors import EcographError
 from ecograph.ir import Graph, interpret
-from ecograph.quant.quantize import QUANTIZABLE, Quantize, find_targets
+from ecograph.quant.quantize import DYNAMIC_OPS, QUANTIZABLE, Quantize, find_targets
 
 Feeds = Mapping[str, np.ndarray]
 
@@ -68,7 +68,7 @@ def layer_sensitivity(
     graph: Graph, template: Quantize, feeds: Sequence[Feeds]
 ) -> list[LayerSensitivity]:
     """Accuracy with only one layer quantized, for each layer; most sensitive first."""
-    ops = ("MatMul", "Gemm") if template.mode == "dynamic" else QUANTIZABLE
+    ops = DYNAMIC_OPS if template.mode == "dynamic" else QUANTIZABLE
     targets, _ = find_targets(graph, template.exclude, ops)
     names = [t.node.name for t in targets]
     reference = outputs_on(graph, feeds)

@@ -543,6 +543,8 @@ def _fused(op: str, cid: str, *inputs: Any, **kw: Any) -> None:
 
 _fused("SiLU", "ecograph::SiLU", X)
 _fused("SwiGLU", "ecograph::SwiGLU", X, rand((3, 4)))
+_fused("Linear", "ecograph::Linear", rand((2, 3, 4)), Const(rand((4, 5))), Const(rand((5,))))
+_fused("Linear", "ecograph::Linear-no-bias", rand((2, 3, 4)), Const(rand((4, 5))))
 QKV = [rand((2, 2, 5, 4)) for _ in range(3)]
 case("Attention", None, *QKV)
 case("Attention", "Attention-causal-mask", *QKV, rand((5, 5)), is_causal=1, scale=0.3)

@@ -599,13 +599,16 @@ def test_conformance_models_round_trip_through_onnx_runtime(round_trip_cases: li
 def test_builtin_library_ops_export_as_decompositions() -> None:
     from ecograph.ir import lookup_schema
 
-    for op in ("SiLU", "SwiGLU"):
+    for op in ("SiLU", "SwiGLU", "Linear"):
         assert lookup_schema(op, "ecograph") is not None, f"ecograph::{op} is not registered"
     b = GraphBuilder()
     gate = b.input("gate", "float32", ["n", 8])
     up = b.input("up", "float32", ["n", 8])
     s = b.op("SiLU", gate, domain="ecograph")
-    y = b.op("SwiGLU", s, up, domain="ecograph")
+    h = b.op("SwiGLU", s, up, domain="ecograph")
+    w = b.constant(RNG.standard_normal((8, 4)).astype(np.float32), "w")
+    bias = b.constant(RNG.standard_normal(4).astype(np.float32), "bias")
+    y = b.op("Linear", h, w, bias, domain="ecograph")
     b.output(y)
     model = to_onnx(b.graph)
     onnx.checker.check_model(model, full_check=True)

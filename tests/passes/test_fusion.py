@@ -283,15 +283,27 @@ def test_fold_batchnorm_must_not_fire_on_shared_conv() -> None:
     check_no_change(FoldBatchNorm(), b.graph)
 
 
-def test_matmul_add_to_gemm_2d_only() -> None:
+def test_matmul_add_to_gemm_2d_or_fused_linear() -> None:
     b = GraphBuilder()
     x = b.input("x", "float32", [3, 5])
     b.output(b.op("Add", b.op("MatMul", x, b.constant(f32(5, 4))), b.constant(f32(4))))
     out = check_rewrite(FuseMatMulAdd(), b.graph)
     assert ops(out) == ["Gemm"]
+    # 3-D activations (the transformer case): a constant weight and bias vector -> Linear.
+    b = GraphBuilder()
+    x = b.input("x", "float32", ["batch", "seq", 5])
+    b.output(b.op("Add", b.op("MatMul", x, b.constant(f32(5, 4))), b.constant(f32(4))))
+    out = check_rewrite(FuseMatMulAdd(), b.graph)
+    assert [n.qualified_op for n in out.nodes] == ["ecograph::Linear"]
+    # must not fire: a weight that is not a constant, or a bias that broadcasts further
     b = GraphBuilder()
     x = b.input("x", "float32", [2, 3, 5])
-    b.output(b.op("Add", b.op("MatMul", x, b.constant(f32(5, 4))), b.constant(f32(4))))
+    w = b.input("w", "float32", [5, 4])
+    b.output(b.op("Add", b.op("MatMul", x, w), b.constant(f32(4))))
+    check_no_change(FuseMatMulAdd(), b.graph)
+    b = GraphBuilder()
+    x = b.input("x", "float32", [2, 3, 5])
+    b.output(b.op("Add", b.op("MatMul", x, b.constant(f32(5, 4))), b.constant(f32(3, 4))))
     check_no_change(FuseMatMulAdd(), b.graph)
 
 

@@ -155,3 +155,31 @@ def test_embedding_tables_are_quantized_by_rows(dtype, granularity, min_cos):
     untouched = embedding_graph()
     assert not Quantize(mode="weight_only", embeddings=False).run(untouched).changed
     assert "table" in untouched.constants
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "weight_only", "static"])
+def test_fused_linear_is_quantized_like_matmul(mode):
+    from ecograph.passes.linear import FuseMatMulAdd
+    from ecograph.quant.integer import LowerQDQToInteger
+
+    b = GraphBuilder("lin")
+    x = b.input("x", "float32", ["batch", "seq", 32])
+    w = b.constant((rng.standard_normal((32, 16)) / 6).astype(np.float32), "w")
+    bias = b.constant(rng.standard_normal(16).astype(np.float32), "bias")
+    b.output(b.op("Add", b.op("MatMul", x, w), bias, name="y"))
+    g = b.graph
+    FuseMatMulAdd().run(g)
+    assert [n.qualified_op for n in g.nodes] == ["ecograph::Linear"]
+    feeds = {"x": rng.standard_normal((2, 5, 32)).astype(np.float32)}
+    ref = run(g, feeds)
+    calib = [{"x": rng.standard_normal((2, 5, 32)).astype(np.float32)}]
+    opts = {"calibration_data": calib} if mode == "static" else {}
+    res = Quantize(mode=mode, **opts).run(g)
+    assert res.stats["quantized"] == 1
+    if mode == "static":
+        assert LowerQDQToInteger().run(g).stats["lowered"] == 1
+    verify(g)
+    if mode != "weight_only":
+        assert "MatMulInteger" in [n.op_type for n in g.nodes]
+    assert g.outputs[0].name == "y"
+    assert cosine(run(g, feeds), ref) > 0.999

@@ -1544,6 +1544,12 @@ def _silu(ctx: LowerContext) -> relax.Expr:
     return R.multiply(x, R.sigmoid(x))
 
 
+@lowers("Linear", domain="ecograph")
+def _linear(ctx: LowerContext) -> relax.Expr:
+    y = _matmul(ctx)
+    return R.add(y, ctx.arg(2)) if ctx.has(2) else y
+
+
 @lowers("SwiGLU", domain="ecograph")
 def _swiglu(ctx: LowerContext) -> relax.Expr:
     gate = ctx.arg(0)

@@ -161,3 +161,32 @@ def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     """SwiGLU's gating: silu(gate) · up (the projections stay separate MatMuls)."""
     with np.errstate(all="ignore"):
         return (silu(gate) * up).astype(gate.dtype)
+
+
+# ------------------------------------------------------------------ fused linear
+
+
+def _linear_infer(ctx: InferContext) -> list[TensorType]:
+    from ecograph.ir.ops.nn import matmul_shape
+
+    x, w = ctx.input(0), ctx.input(1)
+    if w.rank != 2 or x.dtype != w.dtype:
+        ctx.fail(f"Linear takes a 2-D weight of the input's dtype, got {x} and {w}")
+    if ctx.has_input(2):
+        b = ctx.input(2)
+        if b.rank != 1 or b.dtype != x.dtype or b.shape[0] != w.shape[1]:
+            ctx.fail(f"bias {b} does not match the weight's output dim {w.shape[1]}")
+    return [TensorType(x.dtype, matmul_shape(ctx, x, w))]
+
+
+@register_op(
+    "Linear", domain="ecograph", inputs=["X", "W", "B?"], outputs=["Y"], infer=_linear_infer
+)
+def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """Linear(x, W, b) = MatMul(x, W) + b for any rank of x, bit-identical to the two ops
+    (the same matmul kernel, then the same Add)."""
+    y = matmul(x, w)
+    if b is None:
+        return y
+    with np.errstate(all="ignore"):
+        return np.add(y, b).astype(x.dtype, copy=False)
