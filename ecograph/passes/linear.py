@@ -173,12 +173,25 @@ class FuseMatMulAdd(RewritePass):
         return [Rule(gemm, to_gemm), Rule(linear, to_linear)]
 
 
+def _mergeable(node: Node, kind: str, x: Value) -> bool:
+    """A MatMul (or ecograph::Linear) of `x` by a constant 2-D weight (and constant bias)."""
+    domain = "ecograph" if kind == "Linear" else ""
+    w = node.input(1)
+    if node.op_type != kind or node.domain != domain or w is None or w is x:
+        return False
+    if w.const_value is None or w.type.rank != 2:
+        return False
+    b = node.input(2) if kind == "Linear" else None
+    return b is None or b.const_value is not None
+
+
 @register_pass
 @dataclass
 class MergeParallelMatMuls(Pass):
     """MatMul(x, W1), MatMul(x, W2), ... -> Split(MatMul(x, concat(W1, W2, ...)))
 
-    Only constant 2-D weights of one dtype and inner size are merged, and at least
+    ecograph::Linear(x, Wi, bi) merge the same way (biases concatenated). Only constant 2-D
+    weights of one dtype and inner size are merged, and at least
     `min_group` of them (Q/K/V projections share their input).
     """
 
@@ -192,36 +205,39 @@ class MergeParallelMatMuls(Pass):
         notes: list[str] = []
         values = list(graph.inputs) + [o for n in graph.nodes for o in n.outputs]
         for x in values:
-            group = [
-                u.node
-                for u in x.uses
-                if u.index == 0
-                and u.node.op_type == "MatMul"
-                and u.node.domain == ""
-                and u.node.input(1) is not None
-                and u.node.input(1).const_value is not None  # type: ignore[union-attr]
-                and u.node.input(1).type.rank == 2  # type: ignore[union-attr]
-                and u.node.input(1) is not x
-            ]
-            group = list({id(n): n for n in group}.values())
-            if len(group) < self.min_group:
-                continue
-            ws = [n.input(1) for n in group]
-            if len({(w.dtype, w.shape[0]) for w in ws if w is not None}) != 1:  # type: ignore[union-attr]
-                notes.append(f"near miss: MatMuls on %{x.name} have different weight shapes")
-                continue
-            self._merge(graph, x, group)
-            merged += 1
+            for kind in ("MatMul", "Linear"):
+                group = [u.node for u in x.uses if u.index == 0 and _mergeable(u.node, kind, x)]
+                group = list({id(n): n for n in group}.values())
+                if kind == "Linear" and len({n.input(2) is None for n in group}) > 1:
+                    notes.append(f"near miss: Linears on %{x.name} mix biased and unbiased")
+                    continue
+                if len(group) < self.min_group:
+                    continue
+                ws = [n.input(1) for n in group]
+                if len({(w.dtype, w.shape[0]) for w in ws if w is not None}) != 1:  # type: ignore[union-attr]
+                    notes.append(f"near miss: {kind}s on %{x.name} have different weight shapes")
+                    continue
+                self._merge(graph, x, group, kind)
+                merged += 1
         return PassResult(merged > 0, {"merged": merged} if merged else {}, notes)
 
     @staticmethod
-    def _merge(graph: Graph, x: Value, group: list[Node]) -> None:
+    def _merge(graph: Graph, x: Value, group: list[Node], kind: str) -> None:
         order = {id(n): i for i, n in enumerate(graph.nodes)}
         group.sort(key=lambda n: order[id(n)])
         arrays = [np.asarray(n.input(1).const_value) for n in group]  # type: ignore[union-attr]
         w = graph.add_constant(np.concatenate(arrays, axis=1), f"{group[0].name}_merged_w")
         first = group[0]
-        mm = graph.add_node("MatMul", [x, w], name=f"{first.name}_merged", before=first).output
+        if kind == "Linear":
+            inputs: list[Value | None] = [x, w]
+            if group[0].input(2) is not None:
+                biases = [np.asarray(n.input(2).const_value) for n in group]  # type: ignore[union-attr]
+                inputs.append(graph.add_constant(np.concatenate(biases), f"{first.name}_merged_b"))
+            mm = graph.add_node(
+                "Linear", inputs, domain="ecograph", name=f"{first.name}_merged", before=first
+            ).output
+        else:
+            mm = graph.add_node("MatMul", [x, w], name=f"{first.name}_merged", before=first).output
         sizes = graph.add_constant(
             np.array([a.shape[1] for a in arrays], np.int64), f"{first.name}_merged_split"
         )

@@ -317,6 +317,27 @@ def test_merge_parallel_matmuls() -> None:
     assert [v.name for v in out.outputs] == [v.name for v in outs]
 
 
+def test_merge_parallel_linears_with_biases() -> None:
+    b = GraphBuilder()
+    x = b.input("x", "float32", ["batch", "seq", 8])
+    outs = [
+        b.op("Linear", x, b.constant(f32(8, k)), b.constant(f32(k)), domain="ecograph")
+        for k in (8, 8, 4)
+    ]
+    b.output(*outs)
+    out = check_rewrite(MergeParallelMatMuls(), b.graph)
+    assert sorted(n.qualified_op for n in out.nodes) == ["Split", "ecograph::Linear"]
+    assert [v.name for v in out.outputs] == [v.name for v in outs]
+    # biased and unbiased Linears on one input are not merged
+    b = GraphBuilder()
+    x = b.input("x", "float32", [2, 3, 8])
+    b.output(
+        b.op("Linear", x, b.constant(f32(8, 4)), b.constant(f32(4)), domain="ecograph"),
+        b.op("Linear", x, b.constant(f32(8, 4)), domain="ecograph"),
+    )
+    check_no_change(MergeParallelMatMuls(), b.graph)
+
+
 def test_mark_elementwise_chains() -> None:
     b = GraphBuilder()
     x = b.input("x", "float32", [4])
