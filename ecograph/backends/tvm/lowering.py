@@ -28,6 +28,7 @@ from ecograph.ir import symbolic
 from ecograph.ir.dtypes import DType
 from ecograph.ir.graph import Graph, Node, Value
 from ecograph.ir.interpreter import run_node
+from ecograph.ir.ops.quant import QUANT_RANGES
 from ecograph.ir.registry import OpSchema, registered_ops, resolve_attrs, symbolic_value
 from ecograph.ir.symbolic import Dim
 from ecograph.ir.types import TensorType
@@ -1448,16 +1449,6 @@ def _qparam(ctx: LowerContext, i: int, rank: int, axis: int, block: int) -> rela
     return R.strided_slice(rep, [axis], [0], [size], assume_inbound=True)
 
 
-_QRANGE = {
-    DType.UINT8: (0, 255),
-    DType.INT8: (-128, 127),
-    DType.UINT16: (0, 65535),
-    DType.INT16: (-32768, 32767),
-    DType.UINT4: (0, 15),
-    DType.INT4: (-8, 7),
-}
-
-
 def _round_half_even(ctx: LowerContext, x: relax.Expr, dt: str) -> relax.Expr:
     r = ctx.emit(R.floor(R.add(x, ctx.scalar(0.5, dt))))
     tie = R.equal(R.subtract(r, x), ctx.scalar(0.5, dt))
@@ -1471,7 +1462,7 @@ def _round_half_even(ctx: LowerContext, x: relax.Expr, dt: str) -> relax.Expr:
 def _quantize_linear(ctx: LowerContext) -> relax.Expr:
     xt = ctx.in_type(0)
     out = ctx.out_type().dtype
-    lo, hi = _QRANGE[out]
+    lo, hi = QUANT_RANGES[out]
     axis, block = ctx.attrs["axis"], ctx.attrs["block_size"]
     cdt = str(xt.dtype)
     if ctx.attrs["precision"]:
@@ -1800,7 +1791,7 @@ def _qlinear_matmul(ctx: LowerContext) -> relax.Expr:
     mult = R.divide(R.multiply(ctx.arg(1), ctx.arg(4)), ctx.arg(6))
     scaled = R.add(R.multiply(R.astype(acc, sdt), mult), R.astype(ctx.arg(7), sdt))
     out = ctx.out_type().dtype
-    lo, hi = _QRANGE[out]
+    lo, hi = QUANT_RANGES[out]
     q = _round_half_even(ctx, ctx.emit(scaled), sdt)
     return R.astype(R.clip(q, lo, hi), str(out))
 
