@@ -1938,6 +1938,9 @@ UNLOWERABLE: dict[tuple[str, str], str] = {
 }
 
 
+# The op families in ecograph/backends/tvm/ops register their lowerings on import.
+import ecograph.backends.tvm.ops  # noqa: E402, F401  (after LOWERINGS and the helpers exist)
+
 __all__ = [
     "LOWERINGS",
     "LowerContext",
