@@ -307,3 +307,17 @@ def test_torch_tensors_are_accepted():
     b.output(b.op("Relu", x))
     out = interpret(b.graph, {"x": torch.tensor([-1.0, 2.0])})
     assert next(iter(out.values())).tolist() == [0.0, 2.0]
+
+
+@pytest.mark.parametrize("dtype", [np.uint64, np.int64, np.int8])
+def test_topk_largest_integers_at_the_dtype_extremes(dtype):
+    """Keys must not overflow: -x wraps at the signed minimum and above int64 for uint64."""
+    from ecograph.ir.ops.reduce import topk
+
+    info = np.iinfo(dtype)
+    x = np.array([[1, info.max, 7, info.min, info.max - 1]], dtype)
+    values, idx = topk(x, np.array([3]), axis=1, largest=1, sorted=1)
+    assert idx.tolist() == [[1, 4, 2]]
+    assert values.tolist() == [[info.max, info.max - 1, 7]]
+    values, idx = topk(x, np.array([2]), axis=1, largest=0, sorted=1)
+    assert idx.tolist() == [[3, 0]] and values.tolist() == [[info.min, 1]]

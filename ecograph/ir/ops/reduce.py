@@ -203,7 +203,9 @@ def topk(
     # Stable sort; for equal values the lower index comes first (ONNX).
     keys = -x if largest else x
     if x.dtype.kind in "iu" and largest:
-        keys = -x.astype(np.int64)
+        # ~x reverses the order of any integer dtype without overflow (-x wraps at the
+        # signed minimum, and unsigned values above the int64 range would go negative).
+        keys = ~x
     idx = np.argsort(keys, axis=axis, kind="stable")
     idx = np.take(idx, range(kk), axis=axis)
     return np.take_along_axis(x, idx, axis=axis), idx.astype(np.int64)
