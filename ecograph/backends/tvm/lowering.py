@@ -89,8 +89,18 @@ class SymbolTable:
 
     def __init__(self) -> None:
         self.vars: dict[str, tir.Var] = {}
+        # Symbols the IR could not resolve (fresh output dims) whose value Relax proved
+        # static while lowering (e.g. after lowering-time folding of their shape inputs).
+        self.known: dict[str, int] = {}
 
-    def var(self, name: str) -> tir.Var:
+    def learn(self, name: str, value: int) -> None:
+        """Record that symbol `name` is `value`; only before any use made it a Var."""
+        if name not in self.vars:
+            self.known[name] = value
+
+    def var(self, name: str) -> Any:
+        if name in self.known:
+            return tir.IntImm("int64", self.known[name])
         if name not in self.vars:
             self.vars[name] = tir.Var(name, "int64")
         return self.vars[name]
@@ -200,9 +210,13 @@ class LowerContext:
         return self.in_type(i).rank
 
     def const(self, i: int) -> np.ndarray | None:
-        """Input `i`'s value when known before run time (a constant or static shape math)."""
+        """Input `i`'s value when known before run time (a constant, static shape math, or a
+        small computation on those that the lowering folded)."""
         v = self.node.input(i)
-        return None if v is None else known_array(v)
+        if v is None:
+            return None
+        folded = self.options.get("folded", {})
+        return folded[id(v)] if id(v) in folded else known_array(v)
 
     def ints(self, i: int, what: str) -> list[int] | None:
         """Input `i` as a list of ints; None if absent; an error if not known statically."""
@@ -256,6 +270,8 @@ class Lowered:
     params: dict[str, np.ndarray] = field(default_factory=dict)
     symbols: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Nodes computed at lowering time by their reference kernel (all inputs known; small).
+    folded: list[str] = field(default_factory=list)
 
 
 def lower_graph(
@@ -295,24 +311,39 @@ def lower_graph(
         var = relax.Var(_ident(v.name), symbols.tensor_type(v.type))
         params.append(var)
         exprs[id(v)] = var
+    live = _live_nodes(graph)
+    absorbed = {id(n) for n in graph.nodes if id(n) in live and _absorbed_dq(n)}
+    packed = _packed_weights(graph, absorbed)
     kept: dict[str, np.ndarray] = {}
     for c in graph.constants.values():
         arr = c.const_value
         assert arr is not None
+        if id(c) in packed:
+            arr = packed[id(c)]
+        elif c.dtype in (DType.INT4, DType.UINT4):
+            arr = arr.astype(carrier(c.dtype))
         if keep_params and arr.nbytes >= param_threshold and arr.ndim > 0:
-            var = relax.Var(_ident(c.name), symbols.tensor_type(c.type))
+            var = relax.Var(_ident(c.name), relax.TensorType(list(arr.shape), str(arr.dtype)))
             params.append(var)
             exprs[id(c)] = var
             kept[c.name] = arr
-        # Bound constants are created lazily, once per value, when first used.
+        elif id(c) in packed:
+            exprs[id(c)] = relax.const(arr, str(arr.dtype))
+        # Other bound constants are created lazily, once per value, when first used.
 
-    options = {"widen_int8_matmul": widen_int8_matmul}
+    options: dict[str, Any] = {
+        "widen_int8_matmul": widen_int8_matmul,
+        "absorbed": absorbed,
+        "packed": set(packed),
+        "exprs": exprs,
+        "folded_nodes": [],
+    }
     notes: list[str] = []
-    live = _live_nodes(graph)
     with bb.function(func_name, params):
         with bb.dataflow():
             for node in graph.nodes:
-                if id(node) in live:
+                # An absorbed DequantizeLinear is computed inside its matmuls instead.
+                if id(node) in live and id(node) not in absorbed:
                     _lower_node(bb, node, exprs, symbols, options, notes)
             outs = [_value_expr(bb, v, exprs) for v in graph.outputs]
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
@@ -326,6 +357,7 @@ def lower_graph(
         params=kept,
         symbols=sorted(symbols.vars),
         notes=sorted(set(notes)),
+        folded=options["folded_nodes"],
     )
 
 
@@ -398,9 +430,27 @@ def _lower_node(
     options: dict[str, Any],
     notes: list[str],
 ) -> None:
+    folded = options.setdefault("folded", {})
+    values = _fold(node, folded)
+    if values is not None:
+        # Every input is known before run time and the outputs are small: the reference
+        # kernel computes them now (shape math, axes, pads...), so ops that need such inputs
+        # static see constants, and Relax sees static shapes.
+        ctx = LowerContext(bb, node, {}, [], symbols, options, notes)
+        options.setdefault("folded_nodes", []).append(node.name)
+        for out, arr in zip(node.outputs, values, strict=True):
+            folded[id(out)] = arr
+            exprs[id(out)] = _conform(ctx, relax.const(_contiguous(arr), str(out.dtype)), out)
+        return
     fn = LOWERINGS[(node.domain, node.op_type)]
     schema = node.schema
-    args = [None if v is None else _value_expr(bb, v, exprs) for v in node.inputs]
+    absorbed = options.get("absorbed", set())
+    args = [
+        None
+        if v is None or (v.producer is not None and id(v.producer) in absorbed)
+        else _value_expr(bb, v, exprs)
+        for v in node.inputs
+    ]
     ctx = LowerContext(bb, node, resolve_attrs(schema, node), args, symbols, options, notes)
     try:
         result = fn(ctx)
@@ -417,6 +467,55 @@ def _lower_node(
                 ctx.fail(f"output {i} (%{out.name}) is used but this lowering does not produce it")
             continue
         exprs[id(out)] = _conform(ctx, results[i], out)
+
+
+# Lowering-time folding: nodes whose inputs are all known are computed by the reference
+# kernel when every output has at most this many elements. Weight dequantization is never
+# folded (the float weights would replace the compressed ones), nor is anything random.
+FOLD_MAX_ELEMENTS = 4096
+_NEVER_FOLD = {
+    ("", "DequantizeLinear"),
+    ("", "QuantizeLinear"),
+    ("", "DynamicQuantizeLinear"),
+    ("com.microsoft", "MatMulNBits"),
+    ("", "RandomNormal"),
+    ("", "RandomNormalLike"),
+    ("", "RandomUniform"),
+    ("", "RandomUniformLike"),
+    ("", "Multinomial"),
+    ("", "Bernoulli"),
+    ("", "Dropout"),
+}
+
+
+def _fold(node: Node, folded: dict[int, np.ndarray]) -> list[np.ndarray] | None:
+    """The node's outputs computed now, if its inputs are all known and its outputs small."""
+    if (node.domain, node.op_type) in _NEVER_FOLD or not node.inputs:
+        return None
+    for out in node.outputs:
+        t = out.type
+        if t.dtype not in _RELAX_DTYPES or t.dtype in (DType.INT4, DType.UINT4):
+            return None
+        if t.is_static and math.prod(t.static_shape()) > FOLD_MAX_ELEMENTS:
+            return None
+    args: list[np.ndarray | None] = []
+    for v in node.inputs:
+        if v is None:
+            args.append(None)
+            continue
+        arr = folded[id(v)] if id(v) in folded else known_array(v)
+        if arr is None:
+            return None
+        args.append(arr)
+    if any(a is not None and a.size > FOLD_MAX_ELEMENTS for a in args):
+        return None
+    try:
+        with np.errstate(all="ignore"):
+            values = [np.asarray(a) for a in run_node(node, args)]
+    except Exception:  # the op's own lowering will report what is wrong
+        return None
+    # Outputs whose size the IR could not know (a value-dependent shape) are checked now.
+    return None if any(a.size > FOLD_MAX_ELEMENTS for a in values) else values
 
 
 def _conform(ctx: LowerContext, expr: relax.Expr, out: Value) -> relax.Expr:
@@ -442,6 +541,10 @@ def _conform(ctx: LowerContext, expr: relax.Expr, out: Value) -> relax.Expr:
     # Relax may derive a dim in another form (min(seq, 512) where the IR knows seq); pin the
     # IR's form so later ops see shapes they can prove equal.
     got = list(sinfo.shape.values) if hasattr(sinfo.shape, "values") else None
+    if got is not None and len(got) == want.rank:
+        for g, d in zip(got, want.shape, strict=True):
+            if isinstance(d, str) and symbolic.is_symbol_name(d) and isinstance(g, tir.IntImm):
+                ctx.symbols.learn(d, int(g.value))
     if got is None or not all(
         _ANALYZER.can_prove_equal(g, ctx.symbols.expr(d))
         for g, d in zip(got, want.shape, strict=True)
@@ -519,7 +622,9 @@ def _unary(ctx: LowerContext) -> relax.Expr:
     fn = _UNARY[ctx.node.op_type]
     dtype = str(ctx.in_type(0).dtype)
     if dtype in ("float16", "bfloat16") and ctx.node.op_type not in ("Abs", "Neg", "Sign"):
-        return R.astype(fn(R.astype(ctx.arg(0), "float32")), dtype)
+        y = fn(R.astype(ctx.arg(0), "float32"))
+        out = str(ctx.out_type().dtype)
+        return y if out == "bool" else R.astype(y, out)
     return fn(ctx.arg(0))
 
 
@@ -549,8 +654,14 @@ def _identity(ctx: LowerContext) -> relax.Expr:
 def _dropout(ctx: LowerContext) -> list[relax.Expr]:
     if ctx.has(2):
         mode = ctx.const(2)
-        if mode is None or bool(np.asarray(mode).reshape(-1)[0]):
-            ctx.fail("Dropout in training mode is not supported (inference only)")
+        ratio = ctx.const(1) if ctx.has(1) else np.array(0.5)
+        training = mode is None or bool(np.asarray(mode).reshape(-1)[0])
+        # Training mode with ratio 0 drops nothing: deterministic, the same as inference.
+        if training and (ratio is None or float(np.asarray(ratio).reshape(-1)[0]) != 0.0):
+            ctx.fail(
+                "Dropout in training mode (random masks) is not supported; inference only, "
+                "or training_mode with a constant ratio of 0"
+            )
     x = ctx.arg(0)
     mask = R.full(ctx.shape(ctx.in_type(0).shape), ctx.scalar(True, "bool"), "bool")
     return [x, mask]
@@ -629,9 +740,13 @@ def _hard_swish(ctx: LowerContext) -> relax.Expr:
 
 
 def _softplus_expr(ctx: LowerContext, x: relax.Expr, dt: str) -> relax.Expr:
-    # log(1 + exp(x)) = max(x, 0) + log(1 + exp(-|x|)), stable for large |x|.
+    # log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)), stable for large |x|. Relax has no
+    # log1p: Kahan's form log(w) * u / (w - 1) with w = 1 + u keeps small u exact.
     zero, one = ctx.scalar(0, dt), ctx.scalar(1, dt)
-    return R.add(R.maximum(x, zero), R.log(R.add(one, R.exp(R.negative(R.abs(x))))))
+    u = ctx.emit(R.exp(R.negative(R.abs(x))))
+    w = ctx.emit(R.add(one, u))
+    log1p = R.where(R.equal(w, one), u, R.divide(R.multiply(R.log(w), u), R.subtract(w, one)))
+    return R.add(R.maximum(x, zero), log1p)
 
 
 @lowers("Softplus")
@@ -729,10 +844,25 @@ def _div(ctx: LowerContext) -> relax.Expr:
 def _mod(ctx: LowerContext) -> relax.Expr:
     a, b = ctx.arg(0), ctx.arg(1)
     dt = ctx.in_type(0).dtype
-    if ctx.attrs["fmod"] or dt.is_float:
+    if dt.is_float:
+        # C fmod: the remainder has the sign of the dividend; a finite dividend over an
+        # infinite divisor is the dividend itself (the quotient formula would give nan).
+        r = ctx.emit(R.subtract(a, R.multiply(R.trunc(R.divide(a, b)), b)))
+        r = ctx.emit(R.where(R.logical_and(R.isinf(b), R.isfinite(a)), a, r))
+        if ctx.attrs["fmod"]:
+            return r
+        # numpy / Python mod: the remainder takes the divisor's sign (zero included).
+        zero = ctx.scalar(0, dt)
+        wrong_sign = R.logical_and(
+            R.not_equal(r, zero), R.logical_xor(R.less(r, zero), R.less(b, zero))
+        )
+        r = ctx.emit(R.where(wrong_sign, R.add(r, b), r))
+        signed_zero = R.multiply(
+            zero, R.where(R.less(b, zero), ctx.scalar(-1, dt), ctx.scalar(1, dt))
+        )
+        return R.where(R.equal(r, zero), signed_zero, r)
+    if ctx.attrs["fmod"]:
         # fmod: the remainder has the sign of the dividend.
-        if dt.is_float:
-            return R.subtract(a, R.multiply(R.trunc(R.divide(a, b)), b))
         r = R.floor_mod(a, b)
         fix = R.logical_and(
             R.not_equal(r, ctx.scalar(0, dt)),
@@ -788,6 +918,13 @@ def _cast_to(ctx: LowerContext, x: relax.Expr, src: DType, dst: DType) -> relax.
         return x
     if dst == DType.BOOL:
         return R.not_equal(x, ctx.scalar(0, src))
+    if dst in (DType.INT4, DType.UINT4):
+        # Casts to 4 bits wrap modulo 16 (ONNX reference and ml_dtypes alike).
+        v = R.astype(R.trunc(x) if src.is_float else x, "int32")
+        if dst == DType.UINT4:
+            return R.astype(R.bitwise_and(v, ctx.scalar(15, "int32")), "uint8")
+        wrapped = R.bitwise_and(R.add(v, ctx.scalar(8, "int32")), ctx.scalar(15, "int32"))
+        return R.astype(R.subtract(wrapped, ctx.scalar(8, "int32")), "int8")
     if src.is_float and dst.is_integer:
         # ONNX (and numpy) truncate toward zero; saturating/out-of-range values are
         # implementation-defined and not compared.
@@ -857,7 +994,16 @@ def _range(ctx: LowerContext) -> relax.Expr:
         return relax.const(run_node(ctx.node, vals)[0], str(out.dtype))
     # start + delta * iota over the (symbolic) output length.
     dt = str(out.dtype)
-    n = ctx.dim(out.shape[0])
+    d = out.shape[0]
+    if isinstance(d, str) and symbolic.is_symbol_name(d) and d not in ctx.symbols.vars:
+        # A value-dependent length: max(ceil((limit - start) / delta), 0) computed at run
+        # time and bound to the IR's symbol, so later shapes refer to it.
+        f64 = [R.astype(ctx.arg(i), "float64") for i in range(3)]
+        steps = R.ceil(R.divide(R.subtract(f64[1], f64[0]), f64[2]))
+        length = R.astype(R.maximum(steps, ctx.scalar(0.0, "float64")), "int64")
+        shape = ctx.emit(R.tensor_to_shape(ctx.emit(R.reshape(length, [1]))))
+        ctx.bb.match_cast(shape, relax.ShapeType([ctx.symbols.var(d)]))
+    n = ctx.dim(d)
     iota = R.arange(0, n, 1, dt)
     return R.add(ctx.arg(0), R.multiply(ctx.arg(2), iota))
 
@@ -867,7 +1013,12 @@ def _range(ctx: LowerContext) -> relax.Expr:
 
 @lowers("Reshape")
 def _reshape(ctx: LowerContext) -> relax.Expr:
-    return R.reshape(ctx.arg(0), ctx.shape(ctx.out_type().shape))
+    out = ctx.out_type()
+    if 0 in out.shape:
+        # Relax's reshape reads a 0 as "keep the input's dim" (ONNX's allowzero=0); a
+        # zero-size result holds no data, so make it directly.
+        return R.zeros(ctx.shape(out.shape), carrier(out.dtype))
+    return R.reshape(ctx.arg(0), ctx.shape(out.shape))
 
 
 @lowers("Flatten")
@@ -1068,6 +1219,9 @@ def _pad_border(
 
 @lowers("MatMul")
 def _matmul(ctx: LowerContext) -> relax.Expr:
+    fused = _dequant_matmul(ctx, ctx.arg(0), trans_b=False)
+    if fused is not None:
+        return fused
     dt = ctx.in_type(0).dtype
     a, b = ctx.arg(0), ctx.arg(1)
     if dt in (DType.FLOAT16, DType.BFLOAT16):
@@ -1104,13 +1258,16 @@ def _matmul_integer(ctx: LowerContext) -> relax.Expr:
 
 @lowers("Gemm")
 def _gemm(ctx: LowerContext) -> relax.Expr:
-    a, b = ctx.arg(0), ctx.arg(1)
+    a = ctx.arg(0)
     dt = ctx.in_type(0).dtype
     if ctx.attrs["transA"]:
         a = R.permute_dims(a, [1, 0])
-    if ctx.attrs["transB"]:
-        b = R.permute_dims(b, [1, 0])
-    y = R.matmul(a, b)
+    y = _dequant_matmul(ctx, a, trans_b=bool(ctx.attrs["transB"]))
+    if y is None:
+        b = ctx.arg(1)
+        if ctx.attrs["transB"]:
+            b = R.permute_dims(b, [1, 0])
+        y = R.matmul(a, b)
     if ctx.attrs["alpha"] != 1.0:
         y = R.multiply(y, ctx.scalar(ctx.attrs["alpha"], dt))
     if ctx.has(2):
@@ -1119,6 +1276,140 @@ def _gemm(ctx: LowerContext) -> relax.Expr:
             c = R.multiply(c, ctx.scalar(ctx.attrs["beta"], dt))
         y = R.add(y, c)
     return y
+
+
+# ------------------------------------------- weight-only: dequantize inside the matmul
+#
+# DequantizeLinear(constant int8/uint8/int4/uint4 W, constant scale[, zero point]) feeding
+# only the B input of MatMul / Gemm / ecograph::Linear is not lowered on its own: each matmul
+# becomes one kernel that reads the integer weights and dequantizes them in its reduction
+# loop. The float weights never exist, so TVM's FoldConstant cannot fold them into float32
+# constants (which would undo the compression) and no float copy is materialized at run time;
+# 4-bit weights are stored packed two per byte. On CUDA, dlight's GEMV/Matmul rules inline
+# the dequantize block into the schedule (the batch-1 decode case).
+
+_WEIGHT_DTYPES = (DType.INT8, DType.UINT8, DType.INT4, DType.UINT4)
+_ABSORBING = {("", "MatMul"), ("", "Gemm"), ("ecograph", "Linear")}
+
+
+def _weight_dq(value: Value | None) -> Node | None:
+    """The DequantizeLinear producing `value` from constant 2-D integer weights (constant
+    float32 scale, constant or absent zero point), else None."""
+    node = value.producer if value is not None else None
+    if node is None or node.op_type != "DequantizeLinear" or node.domain != "":
+        return None
+    w, s, z = node.input(0), node.input(1), node.input(2)
+    if w is None or w.const_value is None or w.type.rank != 2 or w.dtype not in _WEIGHT_DTYPES:
+        return None
+    if s is None or s.dtype != DType.FLOAT32 or known_array(s) is None:
+        return None
+    if z is not None and known_array(z) is None:
+        return None
+    if node.outputs[0].dtype != DType.FLOAT32:
+        return None
+    return node
+
+
+def _absorbed_dq(node: Node) -> bool:
+    """True if every use of this DequantizeLinear is the weight input of a matmul that can
+    dequantize inside its kernel (float32 activations)."""
+    out = node.outputs[0]
+    if _weight_dq(out) is not node or out.is_graph_output or not out.uses:
+        return False
+    for use in out.uses:
+        consumer = use.node
+        a = consumer.input(0)
+        if (consumer.domain, consumer.op_type) not in _ABSORBING or use.index != 1:
+            return False
+        if a is None or a.dtype != DType.FLOAT32 or a is out:
+            return False
+    return True
+
+
+def _packed_weights(graph: Graph, absorbed: set[int]) -> dict[int, np.ndarray]:
+    """4-bit weight constants read only by absorbed DequantizeLinears, packed two per byte."""
+    packed: dict[int, np.ndarray] = {}
+    for c in graph.constants.values():
+        if c.dtype not in (DType.INT4, DType.UINT4) or not c.uses:
+            continue
+        if all(u.index == 0 and id(u.node) in absorbed for u in c.uses):
+            assert c.const_value is not None
+            packed[id(c)] = pack_int4(c.const_value)
+    return packed
+
+
+def pack_int4(q: np.ndarray) -> np.ndarray:
+    """[rows, cols] 4-bit codes -> uint8 [rows, ceil(cols / 2)], column 2j in the low nibble."""
+    codes = np.asarray(q).astype(np.int16) & 0xF
+    if codes.shape[1] % 2:
+        codes = np.concatenate([codes, np.zeros((codes.shape[0], 1), np.int16)], axis=1)
+    return (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
+
+
+def _dequant_matmul(ctx: LowerContext, a: relax.Expr, *, trans_b: bool) -> relax.Expr | None:
+    """`a @ dequantize(W)` (W transposed when `trans_b`) as one kernel, when input 1 comes from
+    an absorbed DequantizeLinear; else None."""
+    from tvm import te
+
+    dq = _weight_dq(ctx.node.input(1))
+    if dq is None or id(dq) not in ctx.options.get("absorbed", set()):
+        return None
+    w_val, s_val, z_val = dq.input(0), dq.input(1), dq.input(2)
+    assert w_val is not None and s_val is not None
+    rows, cols = w_val.type.static_shape()
+    k_len, n_len = (cols, rows) if trans_b else (rows, cols)
+    packed = id(w_val) in ctx.options.get("packed", set())
+    signed4 = w_val.dtype == DType.INT4
+    axis = _axis(dq.attrs.get("axis", 1), 2)
+    block = int(dq.attrs.get("block_size", 0) or 0)
+    s_arr = known_array(s_val)
+    z_arr = None if z_val is None else known_array(z_val)
+    assert s_arr is not None
+    w = _value_expr(ctx.bb, w_val, _weight_exprs(ctx))
+    s = relax.const(np.ascontiguousarray(s_arr, np.float32).reshape(s_arr.shape), "float32")
+    args = [a, w, s]
+    if z_arr is not None:
+        zc = z_arr.astype(np.int32)
+        args.append(relax.const(np.ascontiguousarray(zc).reshape(z_arr.shape), "int32"))
+    s_rank = s_arr.ndim
+    per_tensor = s_rank == 0 or (s_arr.size == 1 and not block)
+
+    def qindex(r: Any, c: Any) -> tuple[Any, ...]:
+        if per_tensor:
+            return (0,) * s_rank
+        if not block:
+            return (r,) if axis == 0 else (c,)
+        return (r // block, c) if axis == 0 else (r, c // block)
+
+    def compute(at: Any, wt: Any, st: Any, zt: Any = None) -> Any:
+        k = te.reduce_axis((0, k_len), "k")
+
+        def weight(kk: Any, n: Any) -> Any:
+            r, c = (n, kk) if trans_b else (kk, n)
+            if packed:
+                byte = wt[r, c // 2].astype("int32")
+                nib = tir.bitwise_and(tir.shift_right(byte, (c % 2) * 4), 15)
+                q = tir.if_then_else(nib >= 8, nib - 16, nib) if signed4 else nib
+            else:
+                q = wt[r, c].astype("int32")
+            idx = qindex(r, c)
+            if zt is not None:
+                q = q - zt[idx]
+            return q.astype("float32") * st[idx]
+
+        batch = list(at.shape[:-1])
+        return te.compute(
+            [*batch, n_len],
+            lambda *i: te.sum(at[(*i[:-1], k)] * weight(k, i[-1]), axis=k),
+            name="dequantize_matmul",
+        )
+
+    return ctx.bb.emit_te(compute, *args, primfunc_name_hint="dequantize_matmul")
+
+
+def _weight_exprs(ctx: LowerContext) -> dict[int, relax.Expr]:
+    """The lowering's value -> expression map (weights bound as constants or parameters)."""
+    return ctx.options["exprs"]
 
 
 # ----------------------------------------------------------------- conv and pooling
@@ -1188,9 +1479,70 @@ def _pool(ctx: LowerContext, kind: str) -> relax.Expr:
 
 @lowers("MaxPool")
 def _max_pool(ctx: LowerContext) -> list[relax.Expr | None]:
-    if ctx.attrs["storage_order"]:
-        ctx.fail("storage_order=1 is not supported")
-    return [_pool(ctx, "max"), None]
+    # storage_order only numbers the Indices output.
+    wants_indices = len(ctx.node.outputs) > 1 and ctx.node.outputs[1].has_uses()
+    return [_pool(ctx, "max"), _max_pool_indices(ctx) if wants_indices else None]
+
+
+def _max_pool_indices(ctx: LowerContext) -> relax.Expr:
+    """MaxPool's Indices: the flat input position of each window's first maximum (row-major,
+    or column-major over the two spatial axes with storage_order=1), padding never chosen."""
+    from tvm import te
+
+    xt = ctx.in_type(0)
+    if not xt.is_static:
+        ctx.fail("MaxPool's Indices output needs static input dims")
+    n = xt.rank - 2
+    kernel = list(ctx.attrs["kernel_shape"])
+    strides = list(ctx.attrs["strides"] or [1] * n)
+    dil = list(ctx.attrs["dilations"] or [1] * n)
+    pads = _conv_pads(ctx, kernel, strides, dil)
+    spatial = [int(d) for d in xt.static_shape()[2:]]
+    out_shape = [int(d) for d in ctx.out_type(1).static_shape()]
+    column_major = bool(ctx.attrs["storage_order"]) and n == 2
+    window = math.prod(kernel)
+
+    def coords(o: Sequence[Any], flat: Any) -> list[Any]:
+        ks, rest = [], flat
+        for k in reversed(kernel):
+            ks.append(tir.floormod(rest, k))
+            rest = tir.floordiv(rest, k)
+        ks.reverse()
+        return [o[i] * strides[i] - pads[i] + ks[i] * dil[i] for i in range(n)]
+
+    def compute(x: Any) -> Any:
+        def combine(a: Any, b: Any) -> Any:
+            take_b = tir.any(b[1] > a[1], tir.all(b[1] == a[1], b[0] < a[0]))
+            return tir.Select(take_b, b[0], a[0]), tir.Select(take_b, b[1], a[1])
+
+        def identity(t0: Any, t1: Any) -> Any:
+            return tir.const(window, t0), tir.min_value(t1)
+
+        argmax = te.comm_reducer(combine, identity, name="window_argmax")
+        r = te.reduce_axis((0, window), "w")
+
+        def body(*o: Any) -> Any:
+            c = coords(o[2:], r)
+            inside = tir.all(*[tir.all(c[i] >= 0, c[i] < spatial[i]) for i in range(n)])
+            val = tir.if_then_else(inside, x[(o[0], o[1], *c)], tir.min_value(x.dtype))
+            return argmax((r.var.astype("int64"), val), axis=r)
+
+        best, _ = te.compute(out_shape, body, name="max_pool_argmax")
+
+        def index(*o: Any) -> Any:
+            c = [v.astype("int64") for v in coords(o[2:], best[o])]
+            if column_major:
+                local = c[0] + c[1] * spatial[0]
+            else:
+                local = c[0]
+                for i in range(1, n):
+                    local = local * spatial[i] + c[i]
+            channel = o[0].astype("int64") * xt.static_shape()[1] + o[1].astype("int64")
+            return channel * math.prod(spatial) + local
+
+        return te.compute(out_shape, index, name="max_pool_indices")
+
+    return ctx.bb.emit_te(compute, ctx.arg(0), primfunc_name_hint="max_pool_indices")
 
 
 @lowers("AveragePool")
@@ -1209,12 +1561,35 @@ def _global_pool(ctx: LowerContext) -> relax.Expr:
 
 
 @lowers("BatchNormalization")
-def _batch_norm(ctx: LowerContext) -> relax.Expr:
-    if ctx.attrs["training_mode"]:
-        ctx.fail("BatchNormalization in training mode is not supported (inference only)")
+def _batch_norm(ctx: LowerContext) -> relax.Expr | list[relax.Expr]:
     rank = ctx.rank(0)
     dt = ctx.in_type(0).dtype
     x = ctx.arg(0)
+    if ctx.attrs["training_mode"]:
+        # Batch statistics (population variance, in float64 like the reference); the running
+        # statistics blend in with `momentum`.
+        acc = "float64"
+        axes = [0, *range(2, rank)]
+        x64 = ctx.emit(R.astype(x, acc))
+        batch_mean = ctx.emit(R.mean(x64, axis=axes))
+        centered = ctx.emit(R.subtract(x64, _reshape_bias(ctx, batch_mean, rank)))
+        batch_var = ctx.emit(R.mean(R.multiply(centered, centered), axis=axes))
+        m = ctx.attrs["momentum"]
+        outs: list[relax.Expr] = []
+        for i, stat in ((3, batch_mean), (4, batch_var)):
+            old = R.astype(ctx.arg(i), acc)
+            blended = R.add(
+                R.multiply(old, ctx.scalar(m, acc)), R.multiply(stat, ctx.scalar(1 - m, acc))
+            )
+            outs.append(R.astype(blended, str(ctx.in_type(i).dtype)))
+        inv = R.divide(
+            R.astype(_reshape_bias(ctx, ctx.arg(1), rank), acc),
+            R.sqrt(
+                R.add(_reshape_bias(ctx, batch_var, rank), ctx.scalar(ctx.attrs["epsilon"], acc))
+            ),
+        )
+        y = R.add(R.multiply(centered, inv), R.astype(_reshape_bias(ctx, ctx.arg(2), rank), acc))
+        return [R.astype(y, str(dt)), *outs]
     scale, bias, mean, var = (_reshape_bias(ctx, ctx.arg(i), rank) for i in range(1, 5))
     inv = R.divide(scale, R.sqrt(R.add(var, ctx.scalar(ctx.attrs["epsilon"], dt))))
     return R.add(R.multiply(R.subtract(x, mean), inv), bias)
@@ -1353,6 +1728,21 @@ def _reduce(ctx: LowerContext) -> relax.Expr:
     if axes is None:
         return x
     keep = bool(ctx.attrs["keepdims"])
+    if op in ("ReduceMax", "ReduceMin"):
+        out = ctx.out_type()
+        if any(ctx.in_type(0).shape[a] == 0 for a in axes):
+            # Over an empty set: the lowest (max) or highest (min) value of the dtype.
+            info = np.finfo if dt.is_float else np.iinfo
+            if dt == DType.BOOL:
+                fill: Any = op == "ReduceMin"
+            elif dt.is_float:
+                fill = -np.inf if op == "ReduceMax" else np.inf
+            else:
+                fill = info(dt.numpy).min if op == "ReduceMax" else info(dt.numpy).max
+            return R.broadcast_to(ctx.scalar(fill, dt), ctx.shape(out.shape))
+        if dt == DType.BOOL:
+            fn = R.max if op == "ReduceMax" else R.min
+            return R.astype(fn(R.astype(x, "uint8"), axis=axes, keepdims=keep), "bool")
     if op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd"):
         fn = {
             "ReduceSum": R.sum,
@@ -1415,9 +1805,22 @@ def _topk(ctx: LowerContext) -> list[relax.Expr]:
     k = ctx.ints(1, "K")
     assert k is not None
     axis = _axis(ctx.attrs["axis"], ctx.rank(0))
+    x = ctx.arg(0)
+    dt = ctx.in_type(0).dtype
+    if dt in (DType.UINT64, DType.UINT32):
+        # TVM's topk takes no unsigned 32/64-bit keys: flipping the sign bit maps them onto
+        # signed ints in the same order; the values are then gathered from the input.
+        signed, bits = ("int64", 63) if dt == DType.UINT64 else ("int32", 31)
+        flip = ctx.scalar(np.array(1 << bits, dt.numpy), dt)
+        keys = R.astype(R.bitwise_xor(x, flip), signed)
+        idx = ctx.emit(
+            R.topk(keys, k[0], axis=axis, ret_type="indices", largest=bool(ctx.attrs["largest"]),
+                   dtype="int64")
+        )  # fmt: skip
+        return [R.gather_elements(x, idx, axis=axis), idx]
     out = ctx.emit(
         R.topk(
-            ctx.arg(0),
+            x,
             k[0],
             axis=axis,
             ret_type="both",
@@ -1874,7 +2277,7 @@ def _conv_transpose(ctx: LowerContext) -> relax.Expr:
     )
     if pads is None:
         ctx.fail("ConvTranspose with output_shape needs static spatial dims")
-    fn = {1: NN.conv1d_transpose, 2: NN.conv2d_transpose}.get(n)
+    fn = {1: NN.conv1d_transpose, 2: NN.conv2d_transpose, 3: NN.conv3d_transpose}.get(n)
     if fn is None:
         ctx.fail(f"ConvTranspose over {n} spatial dims is not supported")
     y = fn(
@@ -1920,13 +2323,6 @@ def _conv_integer(ctx: LowerContext) -> relax.Expr:
         groups=ctx.attrs["group"],
         out_dtype="int32",
     )
-
-
-@lowers("NonZero")
-def _non_zero(ctx: LowerContext) -> relax.Expr:
-    # The count is data-dependent: the IR names it with a fresh symbol, which the match_cast
-    # in _conform binds at run time.
-    return R.nonzero(ctx.arg(0))
 
 
 # Ops that cannot lower to TVM at all, with the reason (reported by missing_lowerings users).
