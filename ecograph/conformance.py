@@ -1,6 +1,7 @@
-"""Run ONNX's own backend node tests through `from_onnx` and the reference interpreter.
+"""Run ONNX's own backend node tests through `from_onnx` and the reference interpreter or TVM.
 
-    python -m ecograph.conformance [--json out.json] [--ops Add Conv ...] [--all]
+    python -m ecograph.conformance [--backend reference|tvm] [--json out.json]
+                                   [--ops Add Conv ...] [--all]
 
 Each node test of the pinned onnx (`onnx.backend.test.loader.load_model_tests(kind="node")`,
 data built in memory) is imported with `from_onnx`, run with `ecograph.ir.interpret` and
@@ -12,6 +13,12 @@ atol 1e-7 (the loader's tolerances). A test belongs to the op of its single node
 pass or be excluded with a written reason. Two exclusions apply to every op and are decided
 from the model itself: tensors of a dtype the IR does not model (float8, float4, int2,
 complex, ...), and models whose opset changed the op's schema after `ONNX_OPSET`.
+
+`--backend tvm` is the TVM column: the imported graph is lowered and compiled for the host
+x86 CPU (`ecograph.backends.tvm.build.build_module(graph, "x86")`) and run in TVM's VM on
+every data set, compared the same way. On top of the reference column's exclusions it has
+its own, in `TVM_EXCLUSIONS` (what TVM cannot express, each with its reason), plus the ops in
+`ecograph.backends.tvm.lowering.UNLOWERABLE`.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -120,6 +127,27 @@ _claim(
     {
         "test_celu_bfloat16_expanded": "expected values come from float32 math; the expanded "
         "body rounds every step to bfloat16 (1-ulp difference, as in any bfloat16 runtime)"
+    },
+)
+
+
+# The TVM column's own exclusions: op -> {test-name pattern: reason}, on top of the above.
+TVM_EXCLUSIONS: dict[str, dict[str, str]] = {}
+
+BACKENDS = ("reference", "tvm")
+
+
+def _exclude_tvm(ops: Iterable[str], exclusions: dict[str, str]) -> None:
+    for op in ops:
+        TVM_EXCLUSIONS.setdefault(op, {}).update(exclusions)
+
+
+_exclude_tvm(
+    ["DFT"],
+    {
+        "test_dft_inverse*": "expected values carry numpy's float32 FFT rounding noise "
+        "(1.9e-7 where the exact value is ~7e-16) under an absolute tolerance of 1e-7; TVM's "
+        "DFT-by-matmul gives 0.0 there, nearer the exact value (the other 190 of 200 match)"
     },
 )
 
@@ -244,11 +272,38 @@ def automatic_exclusion(test: NodeTest) -> str | None:
     return None
 
 
-def exclusion_reason(test: NodeTest) -> str | None:
+def exclusion_reason(test: NodeTest, backend: str = "reference") -> str | None:
     for pattern, reason in SUPPORTED_OPS.get(test.op, {}).items():
         if fnmatch.fnmatchcase(test.name, pattern):
             return reason
-    return automatic_exclusion(test)
+    reason = automatic_exclusion(test)
+    if reason is not None or backend == "reference":
+        return reason
+    for pattern, why in TVM_EXCLUSIONS.get(test.op, {}).items():
+        if fnmatch.fnmatchcase(test.name, pattern):
+            return f"TVM: {why}"
+    return _tvm_automatic_exclusion(test)
+
+
+def _tvm_automatic_exclusion(test: NodeTest) -> str | None:
+    """A reason TVM cannot run `test` that follows from the model itself, or None."""
+    from ecograph.backends.tvm.lowering import UNLOWERABLE
+
+    for node in test.model.graph.node:
+        why = UNLOWERABLE.get((node.domain if node.domain != "ai.onnx" else "", node.op_type))
+        if why is not None:
+            return f"TVM: {node.op_type} cannot lower ({why})"
+    for vi in [*test.model.graph.input, *test.model.graph.output]:
+        if vi.type.tensor_type.elem_type == onnx.TensorProto.STRING:
+            return f"TVM: string tensor {vi.name!r}; TVM has no string dtype"
+    for vi in test.model.graph.input:
+        elem = vi.type.tensor_type.elem_type
+        if elem in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+            return (
+                "TVM: a 4-bit graph input; TVM's VM cannot allocate 4-bit tensors, so ecograph "
+                "artifacts take int4/uint4 only as constants (carried in 8 bits)"
+            )
+    return None
 
 
 # -------------------------------------------------------------------- running
@@ -281,28 +336,141 @@ def _as_array(data: Any) -> np.ndarray:
     return np.asarray(data)
 
 
-def run_test(test: NodeTest) -> CaseResult:
-    """Import, run and compare one node test."""
-    from ecograph.frontend.onnx import from_onnx
+def _reference_runner(graph: Any) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
     from ecograph.ir.interpreter import interpret
+
+    def run_one(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        got = interpret(graph, feeds)
+        return [got[v.name] for v in graph.outputs]
+
+    return run_one
+
+
+# Op inputs that set shapes, axes or counts: Relax needs them at compile time (they decide
+# output shapes and kernel structure), and models keep them in initializers. ONNX's node tests
+# feed them as graph inputs, so the TVM column binds such inputs to the data set's values
+# before compiling (one build per data set) and says so in the result's detail.
+_STATIC_INPUT_NAMES = frozenset(
+    _names(
+        "axes axis shape split K k pads starts ends steps repeats depth sizes scales roi "
+        "output_shape image_shape block_shape dft_length frame_step frame_length ratio "
+        "training_mode constant_value"
+    )
+)
+_STATIC_INPUT_OPS = frozenset(
+    _names("ConstantOfShape Range MelWeightMatrix HannWindow HammingWindow BlackmanWindow")
+)
+
+
+def static_inputs(model: onnx.ModelProto, op: str | None = None) -> list[str]:
+    """The graph inputs of `model` that the TVM column binds as constants (see above).
+
+    For an `_expanded` test of `op` (its function body, without an `op` node) the graph
+    inputs are the op's own inputs in order, so they are matched to the op's schema."""
+    init = {t.name for t in model.graph.initializer}
+    graph_inputs = {vi.name for vi in model.graph.input if vi.name not in init}
+    found: list[str] = []
+    if op is not None and all(n.op_type != op for n in model.graph.node):
+        try:
+            formal = [i.name for i in onnx.defs.get_schema(op, ONNX_OPSET).inputs]
+        except onnx.defs.SchemaError:
+            formal = []
+        for i, vi in enumerate(model.graph.input):
+            # Only named parameters: a function body can compute what the whole-op rule
+            # would bind (e.g. a window's length through Range, bound at run time).
+            param = formal[min(i, len(formal) - 1)] if formal else ""
+            if param in _STATIC_INPUT_NAMES and vi.name in graph_inputs:
+                found.append(vi.name)
+    for node in model.graph.node:
+        try:
+            schema = onnx.defs.get_schema(node.op_type, ONNX_OPSET, node.domain)
+        except onnx.defs.SchemaError:
+            continue
+        formal = [i.name for i in schema.inputs]
+        for i, name in enumerate(node.input):
+            param = formal[min(i, len(formal) - 1)] if formal else ""
+            wanted = node.op_type in _STATIC_INPUT_OPS or param in _STATIC_INPUT_NAMES
+            if wanted and name in graph_inputs and name not in found:
+                found.append(name)
+    return found
+
+
+def _bind_inputs(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of `model` whose inputs named in `values` are initializers holding them."""
+    bound = onnx.ModelProto()
+    bound.CopyFrom(model)
+    keep = [vi for vi in bound.graph.input if vi.name not in values]
+    del bound.graph.input[:]
+    bound.graph.input.extend(keep)
+    for name, arr in values.items():
+        bound.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(arr), name))
+    return bound
+
+
+class _AllFoldedError(Exception):
+    """The whole graph was folded at lowering time (see `_tvm_runner`)."""
+
+
+def _tvm_runner(graph: Any) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
+    """Compile `graph` for the host x86 CPU and return a function running it in TVM's VM."""
+    import tvm
+    from tvm import relax
+
+    from ecograph.backends.tvm.build import build_module
+
+    result = build_module(graph, "x86", keep_params=False, progress=False)
+    if set(result.lowered.folded) >= {n.name for n in graph.nodes}:
+        # Every node had known inputs: the reference kernel computed the outputs while
+        # lowering, so TVM only returns constants. That is not a test of the op in TVM.
+        raise _AllFoldedError()
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    out_dtypes = [v.dtype.numpy for v in graph.outputs]
+
+    def run_one(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        # np.array(order="C"), not np.ascontiguousarray: that one turns 0-d arrays into 1-d.
+        names = result.lowered.input_names
+        out = vm["main"](*[tvm.runtime.tensor(np.array(feeds[n], order="C")) for n in names])
+        outs = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
+        # int4/uint4 outputs come back in their 8-bit carriers; the values are the IR's.
+        return [o.numpy().astype(dt, copy=False) for o, dt in zip(outs, out_dtypes, strict=True)]
+
+    return run_one
+
+
+def run_test(test: NodeTest, backend: str = "reference") -> CaseResult:
+    """Import, run (through `backend`) and compare one node test."""
+    from ecograph.frontend.onnx import from_onnx
     from ecograph.ir.verify import verify
 
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     start = time.perf_counter()
-    reason = exclusion_reason(test)
+    reason = exclusion_reason(test, backend)
     if reason is not None:
         return CaseResult(test.name, test.op, "excluded", reason)
+    bound = static_inputs(test.model, test.op) if backend == "tvm" else []
+    note = f"inputs bound as constants for TVM: {', '.join(bound)}" if bound else ""
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
-            graph = from_onnx(test.model)
-            verify(graph)  # stored types must equal re-inference, among other invariants
+            runner = None
+            if not bound:
+                graph = from_onnx(test.model)
+                verify(graph)  # stored types must equal re-inference, among other invariants
+                runner = _tvm_runner(graph) if backend == "tvm" else _reference_runner(graph)
             init = {t.name for t in test.model.graph.initializer}
             input_names = [vi.name for vi in test.model.graph.input if vi.name not in init]
             output_names = [vi.name for vi in test.model.graph.output]
             for inputs, expected in test.data_sets:
                 feeds = dict(zip(input_names, map(_as_array, inputs), strict=False))
-                got = interpret(graph, feeds)
-                actual = [got[v.name] for v in graph.outputs]
+                if bound:  # one build per data set, its shape inputs baked in
+                    model = _bind_inputs(test.model, {n: feeds.pop(n) for n in bound})
+                    graph = from_onnx(model)
+                    verify(graph)
+                    actual = _tvm_runner(graph)(feeds)
+                else:
+                    assert runner is not None
+                    actual = runner(feeds)
                 for name, exp, act in zip(output_names, expected, actual, strict=True):
                     problem = _compare(_as_array(exp), np.asarray(act), test.rtol, test.atol)
                     if problem is not None:
@@ -310,6 +478,13 @@ def run_test(test: NodeTest) -> CaseResult:
                             test.name, test.op, "failed", f"output {name!r}: {problem}",
                             time.perf_counter() - start,
                         )  # fmt: skip
+    except _AllFoldedError:
+        return CaseResult(
+            test.name, test.op, "excluded",
+            f"TVM: with its shape inputs bound ({', '.join(bound)}) every input is known, so "
+            "lowering folds the graph to constants through the reference kernel; nothing "
+            "runs in TVM to compare",
+        )  # fmt: skip
     except UnsupportedError as exc:
         if "allows only after opset" in str(exc):
             # Decided by the model: a type the op lacks at the pinned opset (see from_onnx).
@@ -319,16 +494,17 @@ def run_test(test: NodeTest) -> CaseResult:
     except Exception as exc:
         detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return CaseResult(test.name, test.op, "error", detail[:400], time.perf_counter() - start)
-    return CaseResult(test.name, test.op, "passed", "", time.perf_counter() - start)
+    return CaseResult(test.name, test.op, "passed", note, time.perf_counter() - start)
 
 
 def run(
-    ops: Sequence[str] | None = None, *, only_supported: bool = True
+    ops: Sequence[str] | None = None, *, only_supported: bool = True, backend: str = "reference"
 ) -> tuple[list[CaseResult], dict[str, OpSummary]]:
-    """Run the node tests (of `ops`, or of the supported ops unless `only_supported=False`)."""
+    """Run the node tests (of `ops`, or of the supported ops unless `only_supported=False`)
+    through `backend` ("reference": the interpreter; "tvm": a TVM x86 build)."""
     wanted = list(ops) if ops else (sorted(SUPPORTED_OPS) if only_supported else None)
     tests = load_node_tests(wanted)
-    results = [run_test(t) for t in _progress(tests)]
+    results = [run_test(t, backend) for t in _progress(tests)]
     summaries: dict[str, OpSummary] = {}
     for r in results:
         s = summaries.setdefault(r.op, OpSummary(r.op, r.op in SUPPORTED_OPS))
@@ -355,8 +531,14 @@ def problems_on_supported(summaries: dict[str, OpSummary]) -> list[str]:
 # ---------------------------------------------------------------------- output
 
 
-def format_table(summaries: dict[str, OpSummary], results: list[CaseResult]) -> str:
-    lines = [f"{'op':<28} {'claim':<5} {'pass':>5} {'fail':>5} {'error':>5} {'excl':>5}"]
+def format_table(
+    summaries: dict[str, OpSummary], results: list[CaseResult], backend: str = "reference"
+) -> str:
+    lines = [
+        f"backend: {backend}"
+        + (" (TVM, host x86 build)" if backend == "tvm" else " (ecograph's interpreter)"),
+        f"{'op':<28} {'claim':<5} {'pass':>5} {'fail':>5} {'error':>5} {'excl':>5}",
+    ]
     for op in sorted(summaries):
         s = summaries[op]
         lines.append(
@@ -389,7 +571,15 @@ def format_table(summaries: dict[str, OpSummary], results: list[CaseResult]) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ecograph.conformance",
-        description="Run ONNX's backend node tests through from_onnx + the reference interpreter.",
+        description="Run ONNX's backend node tests through from_onnx and the reference "
+        "interpreter (default) or a TVM x86 build (--backend tvm).",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="reference",
+        help="run each imported graph in ecograph's reference interpreter (default) or compile "
+        "it with TVM for the host x86 CPU and run that (the TVM column)",
     )
     parser.add_argument("--json", metavar="PATH", help="write per-test results and totals here")
     parser.add_argument("--ops", nargs="+", metavar="OP", help="only the tests of these ops")
@@ -397,12 +587,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--all", action="store_true", help="also run the tests of ops ecograph does not claim"
     )
     args = parser.parse_args(argv)
-    results, summaries = run(args.ops, only_supported=not args.all)
-    print(format_table(summaries, results))
+    results, summaries = run(args.ops, only_supported=not args.all, backend=args.backend)
+    print(format_table(summaries, results, args.backend))
     if args.json:
         payload: dict[str, Any] = {
             "onnx_version": onnx.__version__,
             "opset": ONNX_OPSET,
+            "backend": args.backend,
             "supported_ops": sorted(SUPPORTED_OPS),
             "ops": {op: {k: v for k, v in asdict(s).items()} for op, s in summaries.items()},
             "tests": [asdict(r) for r in results],

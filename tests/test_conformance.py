@@ -79,3 +79,87 @@ def test_a_wrong_kernel_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(schema, "kernel", lambda x: np.abs(x))
     _, summaries = conformance.run(["Relu"])
     assert summaries["Relu"].failed >= 1
+
+
+# ------------------------------------------------------------------- TVM column
+
+# Claimed ops whose every node test is excluded from the TVM column, each for reasons that
+# the exclusions state (Range: Loop bodies, newer-opset types, and bounds that fold).
+_TVM_ALL_EXCLUDED = {"Range"}
+
+
+@pytest.fixture(scope="module")
+def tvm_suite() -> tuple[list[CaseResult], dict[str, OpSummary]]:
+    pytest.importorskip("tvm")
+    return conformance.run(backend="tvm")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op", sorted(SUPPORTED_OPS))
+def test_claimed_op_passes_its_node_tests_through_tvm(
+    tvm_suite: tuple[list[CaseResult], dict[str, OpSummary]], op: str
+) -> None:
+    _, summaries = tvm_suite
+    summary = summaries[op]
+    assert not summary.problems, "\n".join(summary.problems)
+    if op in _TVM_ALL_EXCLUDED:
+        assert summary.passed == 0, f"{op} now passes through TVM; drop it from the list"
+    else:
+        assert summary.passed >= 1, f"every node test of {op} is excluded from the TVM column"
+
+
+@pytest.mark.slow
+def test_tvm_exclusions_state_reasons_and_match_tests(
+    tvm_suite: tuple[list[CaseResult], dict[str, OpSummary]],
+) -> None:
+    import fnmatch
+
+    results, _ = tvm_suite
+    assert all(len(r.detail) > 20 for r in results if r.status == "excluded")
+    names = [r.test for r in results]
+    for op, patterns in conformance.TVM_EXCLUSIONS.items():
+        for pattern in patterns:
+            assert any(fnmatch.fnmatchcase(n, pattern) for n in names), (op, pattern)
+    # Bound shape inputs are reported on the passing tests they apply to.
+    assert any(r.detail.startswith("inputs bound as constants") for r in results)
+
+
+def test_tvm_column_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("tvm")
+    out = tmp_path / "tvm.json"
+    code = conformance.main(
+        ["--backend", "tvm", "--ops", "Softmax", "ReduceSum", "--json", str(out)]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("backend: tvm")
+    data = json.loads(out.read_text())
+    assert data["backend"] == "tvm"
+    assert data["ops"]["Softmax"]["passed"] >= 10 and data["ops"]["ReduceSum"]["passed"] >= 10
+
+
+def test_tvm_column_catches_a_wrong_lowering(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Break Relu's lowering: its node tests must fail in the TVM column."""
+    pytest.importorskip("tvm")
+    from ecograph.backends.tvm import lowering
+
+    monkeypatch.setitem(lowering.LOWERINGS, ("", "Relu"), lambda ctx: lowering.R.abs(ctx.arg(0)))
+    _, summaries = conformance.run(["Relu"], backend="tvm")
+    assert summaries["Relu"].failed >= 1
+
+
+def test_static_inputs_are_the_shape_parameters() -> None:
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("ReduceSum", ["x", "axes"], ["y"])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("axes", TensorProto.INT64, [1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph)
+    assert conformance.static_inputs(model) == ["axes"]
