@@ -240,6 +240,11 @@ case(
 )
 case("Conv", "Conv1d-dil", rand((2, 3, 10)), Const(rand((2, 3, 3))), dilations=[2])
 case("MaxPool", None, rand((1, 2, 6, 6)), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+# ceil_mode over symbolic dims: the IR leaves the dim unknown, Relax computes it
+case("MaxPool", "MaxPool-ceil-sym", rand((1, 2, 7, 7)), kernel_shape=[2, 2], strides=[2, 2],
+     ceil_mode=1, symbolic={0: [1, 2, "h", "w"]})  # fmt: skip
+case("AveragePool", "AveragePool-ceil-sym", rand((1, 2, 7, 5)), kernel_shape=[3, 2],
+     strides=[2, 2], ceil_mode=1, symbolic={0: [1, 2, "h", "w"]})  # fmt: skip
 # Indices: flat input positions, padding never chosen, ties to the first maximum
 _POOL_TIES = RNG.integers(0, 3, (2, 2, 5, 6)).astype(np.float32)
 case("MaxPool", "MaxPool-indices", _POOL_TIES, kernel_shape=[3, 2], strides=[2, 2],

@@ -163,6 +163,10 @@ def _conv_geometry(ctx: InferContext, spatial: list[Dim], kernel: list[int]) -> 
                 if (o - 1) * strides[i] >= d + pads[i]:  # type: ignore[operator]
                     o -= 1
                 out.append(o)
+            elif ceil_mode:
+                # Ceil division with the last-window rule is not a polynomial in a symbol:
+                # the dim is left unknown (a fresh symbol) rather than wrong.
+                out.append(None)
             else:
                 out.append(symbolic.add(symbolic.floordiv(total, strides[i]), 1))
     return out
