@@ -59,6 +59,40 @@ class BuildResult:
 # ------------------------------------------------------------------ pipelines
 
 
+def _checked_rule_class() -> Any:
+    from tvm import s_tir
+    from tvm.s_tir import dlight as dl
+
+    class CheckedRule(dl.ScheduleRule):
+        """A dlight rule whose schedule must survive cross-thread-reduction lowering.
+
+        TVM 0.27's Reduction rule schedules grouped / depthwise convolutions into a form that
+        LowerCrossThreadReduction rejects at build time ("reduction-related loops must be the
+        deepest"); such a function is left to the next rule (in the end Fallback) instead."""
+
+        def __init__(self, rule: Any) -> None:
+            self.rule = rule
+
+        def apply(self, func: Any, target: Any, tunable: bool) -> Any:
+            import tvm
+
+            sch = self.rule.apply(func, target, tunable)
+            if sch is None or isinstance(sch, list):
+                return sch
+            try:
+                checked = sch.mod["main"].with_attr("target", target)
+                s_tir.transform.LowerCrossThreadReduction()(tvm.IRModule({"main": checked}))
+            except Exception:  # rejected schedule: let the next rule schedule this function
+                return None
+            return sch
+
+    return CheckedRule
+
+
+def _CheckedRule(rule: Any) -> Any:
+    return _checked_rule_class()(rule)
+
+
 def _cuda_pipeline(target: Any, *, with_matmul_rule: bool) -> tuple[Any, list[str]]:
     """The CUDA default pipeline, optionally without dlight's Matmul rule (see module doc)."""
     import tvm
@@ -66,7 +100,12 @@ def _cuda_pipeline(target: Any, *, with_matmul_rule: bool) -> tuple[Any, list[st
     from tvm.relax.backend.cuda import pipeline as cuda
     from tvm.s_tir import dlight as dl
 
-    rules = [dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
+    rules = [
+        dl.gpu.GEMV(),
+        _CheckedRule(dl.gpu.Reduction()),
+        _CheckedRule(dl.gpu.GeneralReduction()),
+        dl.gpu.Fallback(),
+    ]
     if with_matmul_rule:
         rules.insert(0, dl.gpu.Matmul())
     legalize = [
