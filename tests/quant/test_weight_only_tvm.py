@@ -201,3 +201,50 @@ def test_weight_only_int4_builds_for_cuda():
     Quantize(mode="weight_only", dtype="int4", granularity="group:128").run(g)
     result = build.build_module(g, "cuda:sm_80", keep_params=False)
     assert result.executable.as_text().count("dequantize_matmul") >= 2
+
+
+# ------------------------------------------------- com.microsoft::MatMulNBits through TVM
+
+
+def _nbits_graph(k: int, block: int, zp: str, sdt: str = "float32", n: int = 24) -> Graph:
+    bits, k_blocks = 4, -(-k // block)
+    b = GraphBuilder()
+    x = b.input("A", "float32", ["m", k])
+    consts = [
+        b.constant(rng.integers(0, 256, (n, k_blocks, block // 2)).astype(np.uint8), "B"),
+        b.constant(rng.uniform(0.01, 0.1, n * k_blocks).astype(sdt), "scales"),
+    ]
+    if zp == "packed":
+        consts.append(
+            b.constant(rng.integers(0, 256, n * ((k_blocks + 1) // 2)).astype("u1"), "zp")
+        )
+    elif zp == "float":
+        consts.append(b.constant(rng.uniform(0, 15, n * k_blocks).astype(sdt), "zp"))
+    attrs = {"K": k, "N": n, "bits": bits, "block_size": block}
+    b.output(b.op("MatMulNBits", x, *consts, domain="com.microsoft", name="y", **attrs))
+    return b.graph
+
+
+@pytest.mark.parametrize(
+    "k,block,zp,sdt",
+    [(64, 32, "none", "float32"), (80, 16, "packed", "float32"), (128, 128, "float", "float32"),
+     (64, 32, "packed", "float16")],
+)  # fmt: skip
+def test_matmul_nbits_runs_packed_in_one_kernel(k, block, zp, sdt):
+    g = _nbits_graph(k, block, zp, sdt)
+    feeds = {"A": rng.standard_normal((3, k)).astype(np.float32)}
+    _close(_run(g, feeds), interpret(g, feeds)["y"])
+    vm_text = build.build_module(g, "x86", keep_params=False).executable.as_text()
+    assert "call  dequantize_matmul_nbits" in vm_text, vm_text
+
+
+def test_matmul_nbits_artifact_stays_packed(tmp_path):
+    """The packed 4-bit weights, not float32 ones, are what the artifact carries."""
+    import ecograph
+
+    g = _nbits_graph(1024, 128, "packed", n=512)
+    out = ecograph.compile(g, "x86", tmp_path / "nbits", keep_params=False)
+    fp32_weight_bytes = 1024 * 512 * 4
+    assert _folder_bytes(out) < 0.25 * fp32_weight_bytes, _folder_bytes(out)
+    feeds = {"A": rng.standard_normal((1, 1024)).astype(np.float32)}
+    _close(ecograph.load(out)(**feeds), interpret(g, feeds)["y"])

@@ -2204,52 +2204,58 @@ def _einsum(ctx: LowerContext) -> relax.Expr:
     return R.einsum([ctx.arg(i) for i in range(len(ctx.args))], ctx.attrs["equation"])
 
 
-def _unpack_codes(ctx: LowerContext, packed: relax.Expr, rows: int, bits: int, count: int) -> Any:
-    """`bits`-bit codes packed low-bits-first in uint8 rows -> int32 [rows, count]."""
-    per_byte = 8 // bits
-    mask = (1 << bits) - 1
-    b = ctx.emit(R.astype(R.reshape(packed, [rows, -1]), "int32"))
-    parts = [
-        ctx.emit(
-            R.expand_dims(
-                R.bitwise_and(
-                    R.right_shift(b, ctx.scalar(bits * i, "int32")), ctx.scalar(mask, "int32")
-                ),
-                [2],
-            )
-        )
-        for i in range(per_byte)
-    ]
-    stacked = ctx.emit(R.concat(parts, axis=2))
-    codes = ctx.emit(R.reshape(stacked, [rows, -1]))
-    return R.strided_slice(codes, [1], [0], [count], assume_inbound=True)
-
-
 @lowers("MatMulNBits", domain="com.microsoft")
 def _matmul_nbits(ctx: LowerContext) -> relax.Expr:
-    """Blockwise n-bit weights stay packed in memory and are dequantized inside the kernel."""
+    """Blockwise n-bit weights stay packed in memory and are dequantized inside the kernel:
+    one TE kernel reads the packed bytes, scales and zero points in its reduction loop (no
+    float copy of the weights exists, so FoldConstant cannot unpack them into float32)."""
+    from tvm import te
+
     if ctx.has(4):
         ctx.fail("g_idx (act-order) is not supported")
-    k, n, bits, block = (ctx.attrs[a] for a in ("K", "N", "bits", "block_size"))
-    k_blocks = -(-k // block)
-    codes = _unpack_codes(ctx, ctx.arg(1), n, bits, k_blocks * block)
-    codes = R.astype(R.reshape(codes, [n, k_blocks, block]), "float32")
-    s = R.astype(R.reshape(ctx.arg(2), [n, k_blocks, 1]), "float32")
-    if not ctx.has(3):
-        zp: relax.Expr = ctx.scalar(float(1 << (bits - 1)), "float32")
-    elif ctx.in_type(3).dtype == DType.UINT8:
-        zp = _unpack_codes(ctx, ctx.arg(3), n, bits, k_blocks)
-        zp = R.reshape(R.astype(zp, "float32"), [n, k_blocks, 1])
-    else:
-        zp = R.reshape(R.astype(ctx.arg(3), "float32"), [n, k_blocks, 1])
-    w = R.multiply(R.subtract(codes, zp), s)
-    w = R.strided_slice(R.reshape(w, [n, k_blocks * block]), [1], [0], [k], assume_inbound=True)
-    sdt = str(ctx.in_type(2).dtype)
-    if sdt != "float32":
-        w = R.astype(R.astype(w, sdt), "float32")
-    a = ctx.arg(0)
+    k_len, n_len, bits, block = (ctx.attrs[a] for a in ("K", "N", "bits", "block_size"))
+    k_blocks = -(-k_len // block)
+    per_byte, mask = 8 // bits, (1 << bits) - 1
     adt = str(ctx.in_type(0).dtype)
-    y = R.matmul(a if adt == "float32" else R.astype(a, "float32"), R.permute_dims(w, [1, 0]))
+    sdt = str(ctx.in_type(2).dtype)
+    a = ctx.arg(0) if adt == "float32" else ctx.emit(R.astype(ctx.arg(0), "float32"))
+    packed = ctx.emit(R.reshape(ctx.arg(1), [n_len, -1]))
+    scales = ctx.emit(R.astype(R.reshape(ctx.arg(2), [n_len, k_blocks]), "float32"))
+    zp_kind = "none"
+    args = [a, packed, scales]
+    if ctx.has(3):
+        zp_kind = "packed" if ctx.in_type(3).dtype == DType.UINT8 else "float"
+        z = R.reshape(ctx.arg(3), [n_len, -1])
+        args.append(ctx.emit(z if zp_kind == "packed" else R.astype(z, "float32")))
+
+    def code(buf: Any, row: Any, i: Any) -> Any:
+        byte = buf[row, tir.floordiv(i, per_byte)].astype("int32")
+        return tir.bitwise_and(tir.shift_right(byte, tir.floormod(i, per_byte) * bits), mask)
+
+    def compute(at: Any, bt: Any, st: Any, zt: Any = None) -> Any:
+        k = te.reduce_axis((0, k_len), "k")
+
+        def weight(kk: Any, n: Any) -> Any:
+            kb = tir.floordiv(kk, block)
+            q = code(bt, n, kk).astype("float32")
+            if zp_kind == "none":
+                zp: Any = tir.const(float(1 << (bits - 1)), "float32")
+            elif zp_kind == "packed":
+                zp = code(zt, n, kb).astype("float32")
+            else:
+                zp = zt[n, kb]
+            w = (q - zp) * st[n, kb]
+            # The reference rounds the dequantized weights to the scales' dtype.
+            return w if sdt == "float32" else w.astype(sdt).astype("float32")
+
+        batch = list(at.shape[:-1])
+        return te.compute(
+            [*batch, n_len],
+            lambda *i: te.sum(at[(*i[:-1], k)] * weight(k, i[-1]), axis=k),
+            name="dequantize_matmul_nbits",
+        )
+
+    y = ctx.bb.emit_te(compute, *args, primfunc_name_hint="dequantize_matmul_nbits")
     if ctx.has(5):
         y = R.add(y, R.astype(ctx.arg(5), "float32"))
     return y if adt == "float32" else R.astype(y, adt)
