@@ -1,10 +1,9 @@
 """TVM lowerings of RNN, GRU and LSTM (ecograph/backends/tvm/ops/recurrent.py).
 
-Attributes the reference interpreter implements (directions, layouts, B, initial_h/initial_c,
-P, GRU linear_before_reset, RNN Affine, full-length sequence_lens) are compared with it. The
-ones its onnx.reference kernel ignores (sequence_lens shorter than the sequence, clip,
-non-default GRU/LSTM activations, input_forget, a different activation per direction) are
-compared with ONNX Runtime, which implements the ONNX spec.
+Compared with the reference interpreter (its numpy kernels in ecograph/ir/ops/recurrent.py
+follow the ONNX spec), and, for the attributes onnx.reference ignores (short sequence_lens,
+clip, GRU/LSTM activations, input_forget, an activation per direction), also directly with
+ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -173,8 +172,8 @@ def test_float64() -> None:
 
 @pytest.mark.parametrize("op", ["GRU", "LSTM"])
 def test_float16(op: str) -> None:
-    """float16 computes in float32 and rounds once; the interpreter rounds every numpy op to
-    float16, so the two agree to float16 precision, not 1e-5."""
+    """float16 computes in float32 and rounds once, in both the lowering and the interpreter;
+    compared to float16 precision (the float32 intermediates may round differently)."""
     from ecograph.ir import interpret
 
     ins = _inputs(op, dirs=2, h0=True, dtype="float16")

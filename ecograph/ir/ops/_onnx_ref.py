@@ -1,7 +1,7 @@
 """Register ONNX ops whose kernel delegates to onnx.reference and whose types come from ONNX's
 own shape inference.
 
-Used for the less common ops (Resize, GridSample, RNNs, DFT, ...) where onnx.reference is
+Used for the less common ops (Resize, GridSample, DFT, ...) where onnx.reference is
 exact and re-implementing it would only add risk; the common ops keep their own numpy kernels.
 The op's inputs, outputs and attributes are read from the ONNX schema at `ONNX_OPSET`, so the
 registered schema cannot drift from ONNX's. Each op registered here is checked against ONNX's

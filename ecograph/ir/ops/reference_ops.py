@@ -1,7 +1,7 @@
 """ONNX ops whose kernels delegate to onnx.reference (exact for these ops) and whose types come
-from ONNX's own shape inference: resampling, detection, recurrent, spectral, loss and string
-ops. See `_onnx_ref.py` for how they are wired, and `python -m ecograph.conformance` for the
-node tests that check each of them."""
+from ONNX's own shape inference: resampling, detection, spectral, loss and string ops (the
+recurrent ops have their own kernels, in `recurrent.py`). See `_onnx_ref.py` for how they are
+wired, and `python -m ecograph.conformance` for the node tests that check each of them."""
 
 from __future__ import annotations
 
@@ -53,13 +53,10 @@ REFERENCE_OPS = (
     "Col2Im",
     "DFT",
     "DeformConv",
-    "GRU",
     "GridSample",
-    "LSTM",
     "NegativeLogLikelihoodLoss",
     "NonMaxSuppression",
     "QLinearConv",
-    "RNN",
     "RegexFullMatch",
     "RoiAlign",
     "RotaryEmbedding",

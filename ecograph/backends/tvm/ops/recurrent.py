@@ -22,9 +22,9 @@ The semantics are ONNX's (the spec, as ONNX Runtime implements it):
 
 float16/bfloat16 compute in float32 and are rounded once at the end.
 
-Note: ecograph's reference kernels (onnx.reference) ignore `sequence_lens`, `clip`, the GRU/LSTM
-`activations`, `input_forget`, and use the first RNN activation for both directions; where those
-attributes change the result, the lowering follows the ONNX spec, not that kernel.
+The reference kernels (`ecograph/ir/ops/recurrent.py`) follow the same semantics; both were
+checked against ONNX Runtime (onnx.reference, which ecograph used before, ignores
+`sequence_lens`, `clip`, the GRU/LSTM `activations` and `input_forget`).
 """
 
 from __future__ import annotations
