@@ -20,7 +20,7 @@ from ecograph.errors import LoweringError
 from ecograph.ir import Graph, GraphBuilder, interpret
 from tests.backends.tvm_helpers import Const, assert_matches, one_op, rand, run_tvm
 
-COVERED_OPS = {("", "NonZero"), ("", "Compress"), ("", "Unique")}
+COVERED_OPS = {("", "TopK"), ("", "NonZero"), ("", "Compress"), ("", "Unique")}
 
 REPO = Path(__file__).resolve().parents[2]
 RNG = np.random.default_rng(11)
@@ -273,3 +273,48 @@ def test_builds_for_cuda(case: str) -> None:
     graph, _ = graphs[case]()
     result = build.build_module(graph, "cuda:sm_80", keep_params=False)
     assert "relax.run." not in result.executable.as_text()
+
+
+# ------------------------------------------------------------------------- TopK
+
+
+@pytest.mark.parametrize("largest", [1, 0])
+def test_topk_radix_sort_axis_ties_and_symbolic_dims(largest: int) -> None:
+    x = RNG.integers(-3, 4, (3, 7, 4)).astype(np.float32)  # many ties
+    x[0, 0, 0], x[1, 2, 3] = -0.0, np.inf
+    check("TopK", x, Const(np.array([5], np.int64)), axis=1, largest=largest)
+    check("TopK", x, Const(np.array([2], np.int64)), axis=-1, largest=largest,
+          symbolic={0: ["b", 7, 4]})  # fmt: skip
+    ints = RNG.integers(-(2**62), 2**62, (2, 9)).astype(np.int64)
+    check("TopK", ints, Const(np.array([9], np.int64)), largest=largest)
+
+
+def test_topk_runs_with_runtime_only_tvm(tmp_path: Path) -> None:
+    """TVM's CPU topk calls tvm.contrib.sort.topk, absent from a runtime-only TVM."""
+    import ecograph
+
+    graph, feeds = one_op("TopK", rand((4, 50)), Const(np.array([7], np.int64)), num_outputs=2)
+    art = ecograph.compile(graph, "x86", tmp_path / "topk")
+    want = interpret(graph, feeds)
+    np.save(tmp_path / "x.npy", feeds["x0"])
+    code = (
+        "import numpy as np\n"
+        "from ecograph.backends.tvm import load\n"
+        f"v, i = load({str(art)!r})(np.load({str(tmp_path / 'x.npy')!r}))\n"
+        f"np.savez({str(tmp_path / 'out.npz')!r}, v, i)\n"
+    )
+    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+    for i, w in enumerate(want.values()):
+        np.testing.assert_array_equal(got[f"arr_{i}"], w)
+
+
+def test_topk_builds_for_cuda() -> None:
+    from ecograph.backends.tvm import build
+
+    graph, _ = one_op("TopK", rand((4, 50)), Const(np.array([7], np.int64)), num_outputs=2)
+    build.build_module(graph, "cuda:sm_80", keep_params=False)

@@ -193,6 +193,7 @@ def build_module(
         keep_params=keep,
         param_threshold=threshold,
         widen_int8_matmul=spec.family == "cuda",
+        target_family="cuda" if spec.family == "cuda" else "cpu",
     )
     tvm_target = spec.tvm_target()
     notes = list(spec.notes) + lowered.notes

@@ -281,6 +281,7 @@ def lower_graph(
     param_threshold: int = 0,
     func_name: str = "main",
     widen_int8_matmul: bool = False,
+    target_family: str = "cpu",
 ) -> Lowered:
     """Lower `graph` to an IRModule with one Relax function `func_name`.
 
@@ -288,6 +289,8 @@ def lower_graph(
     parameters (returned in `Lowered.params`, in order) instead of bound constants.
     `widen_int8_matmul=True` emits int8 x int8 matmuls on int32 operands (CUDA: TVM 0.27's
     dlight Matmul rule crashes on the int8 form; the widened one schedules and is exact).
+    `target_family` ("cpu" for x86 and ARM, or "cuda") lets a lowering pick a kernel form
+    (`ctx.options["target_family"]`); the default is "cpu".
     """
     missing = missing_lowerings(graph)
     if missing:
@@ -333,6 +336,7 @@ def lower_graph(
 
     options: dict[str, Any] = {
         "widen_int8_matmul": widen_int8_matmul,
+        "target_family": target_family,
         "absorbed": absorbed,
         "packed": set(packed),
         "exprs": exprs,
@@ -1798,37 +1802,6 @@ def _cumsum(ctx: LowerContext) -> relax.Expr:
     if ctx.attrs["reverse"]:
         y = R.flip(y, axis)
     return y
-
-
-@lowers("TopK")
-def _topk(ctx: LowerContext) -> list[relax.Expr]:
-    k = ctx.ints(1, "K")
-    assert k is not None
-    axis = _axis(ctx.attrs["axis"], ctx.rank(0))
-    x = ctx.arg(0)
-    dt = ctx.in_type(0).dtype
-    if dt in (DType.UINT64, DType.UINT32):
-        # TVM's topk takes no unsigned 32/64-bit keys: flipping the sign bit maps them onto
-        # signed ints in the same order; the values are then gathered from the input.
-        signed, bits = ("int64", 63) if dt == DType.UINT64 else ("int32", 31)
-        flip = ctx.scalar(np.array(1 << bits, dt.numpy), dt)
-        keys = R.astype(R.bitwise_xor(x, flip), signed)
-        idx = ctx.emit(
-            R.topk(keys, k[0], axis=axis, ret_type="indices", largest=bool(ctx.attrs["largest"]),
-                   dtype="int64")
-        )  # fmt: skip
-        return [R.gather_elements(x, idx, axis=axis), idx]
-    out = ctx.emit(
-        R.topk(
-            x,
-            k[0],
-            axis=axis,
-            ret_type="both",
-            largest=bool(ctx.attrs["largest"]),
-            dtype="int64",
-        )
-    )
-    return [relax.TupleGetItem(out, 0), relax.TupleGetItem(out, 1)]
 
 
 # ----------------------------------------------------------------- quantization

@@ -52,7 +52,7 @@ import numpy as np
 from tvm import te
 from tvm import tirx as tir
 
-from ecograph.backends.tvm.lowering import LowerContext, R, _axis, lowers, relax
+from ecograph.backends.tvm.lowering import _ANALYZER, LowerContext, R, _axis, lowers, relax
 
 _I64 = "int64"
 
@@ -372,3 +372,79 @@ def _unique(ctx: LowerContext) -> list[relax.Expr]:
         inverse = ctx.emit(R.take(renumber, inverse, axis=0))
     y = R.take(source, first, axis=take_axis)
     return [y, first, inverse, counts][: len(ctx.node.outputs)]
+
+
+# ------------------------------------------------------------------------- TopK
+
+
+@lowers("TopK")
+def _topk(ctx: LowerContext) -> list[relax.Expr]:
+    """CUDA: TVM's topk (TOPI's GPU sort). CPU (x86, ARM): TVM's CPU topk calls
+    `tvm.contrib.sort.topk`, which a runtime-only TVM lacks, so the k first entries of a
+    stable radix sort are taken instead (ties: the lower index first, as ONNX says)."""
+    k_list = ctx.ints(1, "K")
+    assert k_list is not None
+    k = k_list[0]
+    xt = ctx.in_type(0)
+    rank = xt.rank
+    axis = _axis(ctx.attrs["axis"], rank)
+    largest = bool(ctx.attrs["largest"])
+    x = ctx.arg(0)
+    dtype = str(xt.dtype)
+    if ctx.options.get("target_family") == "cuda":
+        return _topk_native(ctx, x, k, axis, largest)
+    n = ctx.dim(xt.shape[axis])
+    order = [*[a for a in range(rank) if a != axis], axis]
+    moved = x if axis == rank - 1 else ctx.emit(R.permute_dims(x, order))
+    flat = ctx.emit(R.reshape(moved, [-1]))
+    key, bits = _radix_key(ctx, flat, dtype)
+    if largest:
+        # Descending: complement the key's bits; the sort stays stable for equal values.
+        mask = -1 if bits == 64 else (1 << bits) - 1
+
+        def flip(u: te.Tensor) -> te.Tensor:
+            return te.compute(u.shape, lambda i: u[i] ^ _i64(mask), name="topk_desc_key")
+
+        key = ctx.bb.emit_te(flip, key, primfunc_name_hint="topk_desc_key")
+    by_value = _argsort(ctx, key, bits)
+
+    # Then stably by row (the position along the other axes): rows grouped, each in order.
+    def row_of(p: te.Tensor) -> te.Tensor:
+        return te.compute(p.shape, lambda i: tir.floordiv(p[i], n.astype(_I64)), name="row")
+
+    rows = ctx.bb.emit_te(row_of, by_value, primfunc_name_hint="topk_row")
+    n_rows = tir.IntImm(_I64, 1)
+    for a in range(rank):
+        if a != axis:
+            n_rows = n_rows * ctx.dim(xt.shape[a])
+    n_rows = _ANALYZER.simplify(n_rows)
+    grouped = ctx.emit(R.take(by_value, _argsort(ctx, rows, _index_bits(n_rows)), axis=0))
+
+    def within_row(p: te.Tensor) -> te.Tensor:
+        return te.compute(p.shape, lambda i: tir.floormod(p[i], n.astype(_I64)), name="col")
+
+    cols = ctx.bb.emit_te(within_row, grouped, primfunc_name_hint="topk_col")
+    moved_shape = [ctx.dim(xt.shape[a]) for a in order]
+    idx = ctx.emit(R.reshape(cols, moved_shape))
+    idx = ctx.emit(R.strided_slice(idx, [rank - 1], [0], [k], assume_inbound=True))
+    values = ctx.emit(R.gather_elements(moved, idx, axis=rank - 1))
+    if axis != rank - 1:
+        back = [order.index(a) for a in range(rank)]
+        values, idx = R.permute_dims(values, back), R.permute_dims(idx, back)
+    return [values, idx]
+
+
+def _topk_native(
+    ctx: LowerContext, x: relax.Expr, k: int, axis: int, largest: bool
+) -> list[relax.Expr]:
+    dt = str(ctx.in_type(0).dtype)
+    if dt in ("uint64", "uint32"):
+        # TVM's topk takes no unsigned 32/64-bit keys: flipping the sign bit maps them onto
+        # signed ints in the same order; the values are then gathered from the input.
+        signed, bits = ("int64", 63) if dt == "uint64" else ("int32", 31)
+        flip = relax.const(np.array(1 << bits, dt), dt)
+        keys = R.astype(R.bitwise_xor(x, flip), signed)
+        idx = ctx.emit(R.topk(keys, k, axis=axis, ret_type="indices", largest=largest, dtype=_I64))
+        return [R.gather_elements(x, idx, axis=axis), idx]
+    out = ctx.emit(R.topk(x, k, axis=axis, ret_type="both", largest=largest, dtype=_I64))
+    return [relax.TupleGetItem(out, 0), relax.TupleGetItem(out, 1)]
