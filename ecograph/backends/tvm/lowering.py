@@ -1430,9 +1430,10 @@ def _conv_pads(ctx: LowerContext, kernel: list[int], strides: list[int], dil: li
     return _explicit_pads(static, kernel, strides, dil, ctx.attrs["pads"], auto_pad)
 
 
-@lowers("Conv")
-def _conv(ctx: LowerContext) -> relax.Expr:
-    xt, wt = ctx.in_type(0), ctx.in_type(1)
+def conv_setup(ctx: LowerContext, weight: int = 1) -> tuple[Any, list[int], list[int], list]:
+    """For a Conv-like node (weight at input `weight`): Relax's conv function for its rank,
+    strides, dilations and explicit pads."""
+    xt, wt = ctx.in_type(0), ctx.in_type(weight)
     n = xt.rank - 2
     kernel = ctx.attrs["kernel_shape"] or list(wt.shape[2:])
     strides = ctx.attrs["strides"] or [1] * n
@@ -1440,7 +1441,14 @@ def _conv(ctx: LowerContext) -> relax.Expr:
     pads = _conv_pads(ctx, kernel, strides, dil)
     fn = {1: NN.conv1d, 2: NN.conv2d, 3: NN.conv3d}.get(n)
     if fn is None:
-        ctx.fail(f"Conv over {n} spatial dims is not supported")
+        ctx.fail(f"{ctx.node.op_type} over {n} spatial dims is not supported")
+    return fn, strides, dil, pads
+
+
+@lowers("Conv")
+def _conv(ctx: LowerContext) -> relax.Expr:
+    xt = ctx.in_type(0)
+    fn, strides, dil, pads = conv_setup(ctx)
     y = fn(
         ctx.arg(0),
         ctx.arg(1),
@@ -2273,35 +2281,34 @@ def _conv_transpose(ctx: LowerContext) -> relax.Expr:
     return y
 
 
-@lowers("ConvInteger")
-def _conv_integer(ctx: LowerContext) -> relax.Expr:
-    xt, wt = ctx.in_type(0), ctx.in_type(1)
-    n = xt.rank - 2
-    kernel = ctx.attrs["kernel_shape"] or list(wt.shape[2:])
-    strides = ctx.attrs["strides"] or [1] * n
-    dil = ctx.attrs["dilations"] or [1] * n
-    pads = _conv_pads(ctx, kernel, strides, dil)
-    x = R.astype(ctx.arg(0), "int32")
-    w = R.astype(ctx.arg(1), "int32")
-    if ctx.has(2):
-        x = R.subtract(x, R.astype(ctx.arg(2), "int32"))
-    if ctx.has(3):
-        zp = R.astype(ctx.arg(3), "int32")
-        if ctx.in_type(3).rank == 1 and ctx.in_type(3).shape[0] != 1:
+def integer_conv(ctx: LowerContext, x: int, x_zp: int, w: int, w_zp: int) -> relax.Expr:
+    """The int32 convolution of (input `x` - its zero point) and (weights `w` - theirs, per
+    tensor or per output channel): ConvInteger, and QLinearConv before requantization."""
+    wt = ctx.in_type(w)
+    fn, strides, dil, pads = conv_setup(ctx, weight=w)
+    xs = R.astype(ctx.arg(x), "int32")
+    ws = R.astype(ctx.arg(w), "int32")
+    if ctx.has(x_zp):
+        xs = R.subtract(xs, R.astype(ctx.arg(x_zp), "int32"))
+    if ctx.has(w_zp):
+        zp = R.astype(ctx.arg(w_zp), "int32")
+        if ctx.in_type(w_zp).rank == 1 and ctx.in_type(w_zp).shape[0] != 1:
             zp = _reshape_bias(ctx, zp, wt.rank, axis=0)
-        w = R.subtract(w, zp)
-    fn = {1: NN.conv1d, 2: NN.conv2d, 3: NN.conv3d}.get(n)
-    if fn is None:
-        ctx.fail(f"ConvInteger over {n} spatial dims is not supported")
+        ws = R.subtract(ws, zp)
     return fn(
-        x,
-        w,
+        ctx.emit(xs),
+        ctx.emit(ws),
         strides=strides,
         padding=pads,
         dilation=dil,
         groups=ctx.attrs["group"],
         out_dtype="int32",
     )
+
+
+@lowers("ConvInteger")
+def _conv_integer(ctx: LowerContext) -> relax.Expr:
+    return integer_conv(ctx, x=0, x_zp=2, w=1, w_zp=3)
 
 
 # Ops that cannot lower to TVM at all, with the reason (reported by missing_lowerings users).

@@ -19,12 +19,11 @@ from __future__ import annotations
 import numpy as np
 
 from ecograph.backends.tvm.lowering import (
-    NN,
     LowerContext,
     R,
-    _conv_pads,
     _reshape_bias,
     _round_half_even,
+    integer_conv,
     lowers,
     relax,
 )
@@ -89,35 +88,8 @@ def _det(ctx: LowerContext) -> relax.Expr:
 
 @lowers("QLinearConv")
 def _qlinear_conv(ctx: LowerContext) -> relax.Expr:
-    xt, wt = ctx.in_type(0), ctx.in_type(3)
-    rank = xt.rank
-    n = rank - 2
-    kernel = ctx.attrs["kernel_shape"] or list(wt.shape[2:])
-    strides = ctx.attrs["strides"] or [1] * n
-    dil = ctx.attrs["dilations"] or [1] * n
-    pads = _conv_pads(ctx, kernel, strides, dil)
-    fn = {1: NN.conv1d, 2: NN.conv2d, 3: NN.conv3d}.get(n)
-    if fn is None:
-        ctx.fail(f"QLinearConv over {n} spatial dims is not supported")
-    x = R.astype(ctx.arg(0), "int32")
-    w = R.astype(ctx.arg(3), "int32")
-    if ctx.has(2):
-        x = R.subtract(x, R.astype(ctx.arg(2), "int32"))
-    if ctx.has(5):
-        zp = R.astype(ctx.arg(5), "int32")
-        zt = ctx.in_type(5)
-        if zt.rank == 1 and zt.shape[0] != 1:
-            zp = _reshape_bias(ctx, zp, wt.rank, axis=0)
-        w = R.subtract(w, zp)
-    acc = fn(
-        ctx.emit(x),
-        ctx.emit(w),
-        strides=strides,
-        padding=pads,
-        dilation=dil,
-        groups=ctx.attrs["group"],
-        out_dtype="int32",
-    )
+    rank = ctx.in_type(0).rank
+    acc = integer_conv(ctx, x=0, x_zp=2, w=3, w_zp=5)
     if ctx.has(8):
         acc = R.add(acc, _reshape_bias(ctx, R.astype(ctx.arg(8), "int32"), rank))
     # The multiplier in float32 (numpy: float32 scalars), applied in float64 (int32 * float32

@@ -36,27 +36,10 @@ import numpy as np
 from tvm import relax
 
 from ecograph.backends.tvm.lowering import LowerContext, R, lowers
+from ecograph.ir.ops.recurrent import _ACT_PARAMS, _DEFAULT_ACTS, _GATES
 
-# Per op: gates stacked in W/R (RNN: i; GRU: z, r, h; LSTM: i, o, f, c), and the default
-# activations of one direction.
-_GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
-_DEFAULT_ACTS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"]}
-
-# name -> (uses alpha, uses beta, default alpha, default beta)
-_ACT_PARAMS: dict[str, tuple[bool, bool, float, float]] = {
-    "relu": (False, False, 0.0, 0.0),
-    "tanh": (False, False, 0.0, 0.0),
-    "sigmoid": (False, False, 0.0, 0.0),
-    "affine": (True, True, 1.0, 0.0),
-    "leakyrelu": (True, False, 0.01, 0.0),
-    "thresholdedrelu": (True, False, 1.0, 0.0),
-    "scaledtanh": (True, True, 1.0, 1.0),
-    "hardsigmoid": (True, True, 0.2, 0.5),
-    "elu": (True, False, 1.0, 0.0),
-    "softsign": (False, False, 0.0, 0.0),
-    "softplus": (False, False, 0.0, 0.0),
-}
-
+# The gate layout, default activations and the activations' alpha/beta defaults are the
+# reference kernels' own (one table, so the two cannot disagree).
 Act = Callable[[relax.Expr], relax.Expr]
 
 
