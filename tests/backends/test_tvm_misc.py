@@ -4,6 +4,8 @@ Compress and Unique: test_tvm_data_dependent.py)."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -278,3 +280,120 @@ def test_builds_for_cuda(case: str) -> None:
     }  # fmt: skip
     graph, _ = graphs[case]()
     build.build_module(graph, "cuda:sm_80", keep_params=False)
+
+
+# ------------------------------------------------ CUDA: kernels are device code, not host code
+
+
+def _modules(mod: Any) -> Iterator[Any]:
+    yield mod
+    for imported in mod.imports:
+        yield from _modules(imported)
+
+
+def cuda_build_sources(ex: Any) -> tuple[str, str]:
+    """(CUDA source, host LLVM IR) of a CUDA-built VM executable (compile only, no GPU)."""
+    mods = list(_modules(ex.mod))
+    cuda = "".join(m.inspect_source() for m in mods if m.kind == "cuda")
+    host = "".join(m.inspect_source("ll") for m in mods if m.kind == "llvm")
+    assert cuda and host, [m.kind for m in mods]
+    return cuda, host
+
+
+def gpu_kernels(cuda: str) -> set[str]:
+    return set(re.findall(r"__global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(", cuda))
+
+
+def host_derefs(host: str) -> list[str]:
+    """Host code that touches tensor memory in a CUDA build (there, all of it is on the device):
+    a parallel-for launch, or a `<func>_compute_` host function that loads from, stores into or
+    indexes one of its buffer pointers (instead of only passing them to a kernel launch). The
+    VM's own `shape_func`s work on the host shape heap and are skipped."""
+    found = ["TVMBackendParallelLaunch"] if "TVMBackendParallelLaunch" in host else []
+    funcs = re.finditer(r"^define [^\n]*?@(\w+)_compute_\(([^\n]*)\n(.*?)^\}", host, re.M | re.S)
+    for name, header, body in (m.groups() for m in funcs):
+        if re.fullmatch(r"shape_func\d*", name):
+            continue
+        for ptr in re.findall(r"ptr\b[^%,]*%([\w.]+)", header):
+            if ptr == "stack_ffi_any":  # the launch's argument stack
+                continue
+            q = re.escape(ptr)
+            uses = (rf"load [^,\n]+, ptr %{q}\b", rf"store [^,\n]+, ptr %{q}\b")
+            uses += (rf"getelementptr[^,\n]*, ptr %{q}\b",)
+            if any(re.search(u, body) for u in uses):
+                found.append(f"{name}: {ptr}")
+    return found
+
+
+def nms_graph(symbolic: dict[int, list[Any]] | None = None, center: int = 0) -> Any:
+    graph, _ = one_op(
+        "NonMaxSuppression", random_boxes(2, 6, bool(center)), rand((2, 3, 6)),
+        np.array([3], "int64"), np.array([0.5], "float32"), np.array([0.1], "float32"),
+        center_point_box=center, symbolic=symbolic or {},
+    )  # fmt: skip
+    return graph
+
+
+@pytest.mark.parametrize(
+    "symbolic",
+    [None, {0: [2, "n", 4], 1: [2, 3, "n"]}, {0: ["b", 6, 4], 1: ["b", 3, 6]}],
+    ids=["static", "symbolic_boxes", "symbolic_batch"],
+)
+def test_nms_cuda_greedy_kernel_is_a_gpu_launch(symbolic: dict[int, list[Any]] | None) -> None:
+    from ecograph.backends.tvm import build
+
+    ex = build.build_module(nms_graph(symbolic), "cuda:sm_80", keep_params=False).executable
+    cuda, host = cuda_build_sources(ex)
+    assert {"nms_greedy_kernel", "nms_owner_kernel", "nms_rows_kernel"} <= gpu_kernels(cuda)
+    greedy = re.search(r"void nms_greedy_kernel\([^)]*\) \{\n(.*?)\n\}\n", cuda, re.S)
+    assert greedy and "blockIdx.x" in greedy.group(1)  # one block per (batch, class) row
+    assert host_derefs(host) == []
+
+
+def test_nms_host_check_catches_the_cpu_kernel_in_a_cuda_build(monkeypatch: Any) -> None:
+    """The check above is not vacuous: the CPU form of the kernel (a parallel loop), built for
+    CUDA, has no GPU kernel and runs on the host; so does a serial loop."""
+    from tvm.script.ir_builder import tirx
+
+    from ecograph.backends.tvm import build
+
+    lower = build.lower_graph
+
+    def as_cpu(*args: Any, **kw: Any) -> Any:
+        return lower(*args, **{**kw, "target_family": "cpu"})
+
+    monkeypatch.setattr(build, "lower_graph", as_cpu)
+    ex = build.build_module(nms_graph(), "cuda:sm_80", keep_params=False).executable
+    cuda, host = cuda_build_sources(ex)
+    assert "nms_greedy_kernel" not in gpu_kernels(cuda)
+    assert host_derefs(host) == ["TVMBackendParallelLaunch"]
+
+    monkeypatch.setattr(tirx, "parallel", tirx.serial)
+    ex = build.build_module(nms_graph(), "cuda:sm_80", keep_params=False).executable
+    cuda, host = cuda_build_sources(ex)
+    assert "nms_greedy_kernel" not in gpu_kernels(cuda)
+    assert "nms_greedy: x1" in host_derefs(host)
+
+
+def test_nms_kernel_form_follows_target_family() -> None:
+    from ecograph.backends.tvm.lowering import lower_graph
+
+    def greedy_script(family: str) -> str:
+        mod = lower_graph(nms_graph(), target_family=family).mod
+        return next(f.script() for gv, f in mod.functions.items() if gv.name_hint == "nms_greedy")
+
+    cpu, cuda = greedy_script("cpu"), greedy_script("cuda")
+    assert "T.parallel" in cpu and "launch_thread" not in cpu
+    assert 'T.launch_thread("blockIdx.x"' in cuda and "T.parallel" not in cuda
+
+
+@pytest.mark.parametrize("center", [0, 1])
+def test_nms_cpu_numerics_three_classes(center: int) -> None:
+    """CPU form still matches the reference (the CUDA form shares the same row body)."""
+    boxes = random_boxes(2, 6, bool(center))
+    scores = RNG.uniform(0, 1, (2, 3, 6)).astype("float32")
+    check(
+        "NonMaxSuppression", boxes, scores, np.array([3], "int64"), np.array([0.5], "float32"),
+        np.array([0.1], "float32"), center_point_box=center,
+        symbolic={0: ["b", 6, 4], 1: ["b", 3, 6]},
+    )  # fmt: skip

@@ -12,8 +12,10 @@
   output slots and the mode applies the weights.
 - NonMaxSuppression has a data-dependent output size: a greedy per-(batch, class) kernel
   written with TIR's IRBuilder fills a padded buffer, which `tensor_to_shape` + match_cast (a
-  fresh size var) and a TE copy trim, so it needs no host callback. (NonZero, Compress and
-  Unique are in `data_dependent.py`.)
+  fresh size var) and a TE copy trim, so it needs no host callback. The kernel is a parallel
+  loop on CPU and, for `target_family == "cuda"`, a GPU launch of one single-thread block per
+  row (an IRBuilder kernel gets no dlight schedule; unbound, it would become host code).
+  (NonZero, Compress and Unique are in `data_dependent.py`.)
 """
 
 from __future__ import annotations
@@ -279,9 +281,14 @@ def _nms_greedy(
     thr: te.Tensor,
     center: bool,
     use_thr: bool,
+    gpu: bool,
 ) -> list[te.Tensor]:
     """Greedy NMS per (batch, class) row: the selected box ids [B*C, N], their count [B*C] and
     the scratch live flags [B*C, N].
+
+    `gpu=False` runs the rows in a parallel loop (CPU); `gpu=True` launches one CUDA block of
+    one thread per row (`blockIdx.x`), so the kernel runs on the device: a TIR function without
+    thread bindings would be compiled as host code reading device pointers.
 
     Each step takes the best live box (highest score, lowest index on ties, as the reference's
     ordering), keeps it and kills every live box whose IoU with it exceeds the threshold; this
@@ -327,7 +334,8 @@ def _nms_greedy(
                     inter / tir.Select(union > zero, union, tir.const(1, dtype)) > io[0],
                 )
 
-            with T.parallel(0, batch * classes) as bc:
+            def row(bc: Any) -> None:
+                """The greedy loop of (batch, class) row `bc`, in one thread."""
                 b = bc // classes
                 c = bc % classes
                 count = T.buffer_proxy(T.decl_buffer((1,), "int64", scope="local"))
@@ -370,6 +378,23 @@ def _nms_greedy(
                             ):
                                 live[bc, k] = tir.const(0, "int32")
                 cnt[bc] = count[0]
+
+            rows = batch * classes
+            if gpu:
+                # One block of one thread per row: a kernel launch, not host code that would
+                # read device memory. The greedy loop is sequential within a row.
+                block = te.thread_axis("blockIdx.x")
+                thread = te.thread_axis("threadIdx.x")
+                blocks = tir.max(rows, 1).astype("int32")  # a launch needs >= 1 block
+                with T.frame_scope(
+                    [T.attr(block, "thread_extent", blocks), T.attr(thread, "thread_extent", 1)]
+                ):
+                    bc = block.astype("int64")  # Relax shapes (and so `rows`) are int64
+                    with T.If(bc < rows), T.Then():
+                        row(bc)
+            else:
+                with T.parallel(0, rows) as bc:
+                    row(bc)
             return ib.get()
 
     # The live flags are a third output so that no kernel allocates global scratch (CUDA
@@ -432,8 +457,9 @@ def _non_max_suppression(ctx: LowerContext) -> relax.Expr:
     iou = scalar_input(3, 0, dtype)
     thr = scalar_input(4, 0, dtype)
     center = bool(ctx.attrs.get("center_point_box", 0))
+    gpu = ctx.options.get("target_family", "cpu") == "cuda"
     greedy = ctx.bb.emit_te(
-        _nms_greedy, boxes, scores, limit, iou, thr, center, ctx.has(4),
+        _nms_greedy, boxes, scores, limit, iou, thr, center, ctx.has(4), gpu,
         primfunc_name_hint="nms_greedy",
     )  # fmt: skip
     sel = ctx.emit(relax.TupleGetItem(greedy, 0))
