@@ -479,11 +479,11 @@ def run_test(test: NodeTest, backend: str = "reference") -> CaseResult:
                             time.perf_counter() - start,
                         )  # fmt: skip
     except _AllFoldedError:
+        known = f"with its shape inputs bound ({', '.join(bound)}) " if bound else ""
         return CaseResult(
             test.name, test.op, "excluded",
-            f"TVM: with its shape inputs bound ({', '.join(bound)}) every input is known, so "
-            "lowering folds the graph to constants through the reference kernel; nothing "
-            "runs in TVM to compare",
+            f"TVM: {known}every input is known, so lowering folds the graph to constants "
+            "through the reference kernel; nothing runs in TVM to compare",
         )  # fmt: skip
     except UnsupportedError as exc:
         if "allows only after opset" in str(exc):
