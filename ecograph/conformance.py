@@ -90,7 +90,9 @@ _claim(
         """
     )
 )
-# Kernels delegated to onnx.reference (ecograph/ir/ops/reference_ops.py).
+# Less common ops: kernels delegated to onnx.reference (ecograph/ir/ops/reference_ops.py), or
+# numpy kernels where onnx.reference deviates from the spec (ir/ops/recurrent.py for RNN, GRU,
+# LSTM; ir/ops/spec_kernels.py for Unique, TfIdfVectorizer, NonMaxSuppression, NLL loss).
 _claim(
     _names(
         """

@@ -54,8 +54,6 @@ REFERENCE_OPS = (
     "DFT",
     "DeformConv",
     "GridSample",
-    "NegativeLogLikelihoodLoss",
-    "NonMaxSuppression",
     "QLinearConv",
     "RegexFullMatch",
     "RoiAlign",
@@ -64,8 +62,6 @@ REFERENCE_OPS = (
     "StringConcat",
     "StringNormalizer",
     "StringSplit",
-    "TfIdfVectorizer",
-    "Unique",
 )
 
 for _op in REFERENCE_OPS:

@@ -2,7 +2,7 @@
 
 - NegativeLogLikelihoodLoss / SoftmaxCrossEntropyLoss: `gather_elements` of the class axis with
   the (clamped) target, weights gathered with `take`, ignored positions zeroed by a mask; `mean`
-  divides by the summed weights (the reference kernel's rule, see `_nll`). SCE first takes
+  divides by the summed applied weights (the spec's rule, see `_nll`). SCE first takes
   `log_softmax` over axis 1 and also returns it as the optional `log_prob` output.
 - RotaryEmbedding (opset 23): caches gathered by `position_ids` (or taken as given), halves or
   even/odd lanes rotated with elementwise math, the un-rotated tail concatenated back.
@@ -37,15 +37,11 @@ from ecograph.backends.tvm.lowering import (
 # ------------------------------------------------------------------------ losses
 
 
-def _nll(
-    ctx: LowerContext, logp: relax.Expr, target: relax.Expr, dtype: str, zero_all: bool
-) -> relax.Expr:
+def _nll(ctx: LowerContext, logp: relax.Expr, target: relax.Expr, dtype: str) -> relax.Expr:
     """ONNX NLL on log-probabilities `logp` [N, C, d...] and `target` [N, d...].
 
-    The reference kernel (onnx.reference) divides a `mean` by the sum of the gathered weights
-    whenever it builds them: with a weight input, or with an ignore_index (for NLL: any
-    ignore_index but -1, whose mean counts ignored positions as zeros). `zero_all` says the
-    caller is NLL with that quirk.
+    A `mean` divides by the sum of the applied weights whenever there are any (a weight input,
+    or an ignore_index: ignored positions weigh 0), as the spec and ONNX Runtime do.
     """
     reduction = ctx.attrs["reduction"]
     if reduction not in ("none", "sum", "mean"):
@@ -82,7 +78,7 @@ def _nll(
     total = R.sum(loss)
     if reduction == "sum":
         return total
-    if weight is not None and not (zero_all and not ctx.has(2) and ignore == -1):
+    if weight is not None:
         return R.divide(total, R.sum(weight))
     return R.mean(loss)
 
@@ -90,7 +86,7 @@ def _nll(
 @lowers("NegativeLogLikelihoodLoss")
 def _nll_loss(ctx: LowerContext) -> relax.Expr:
     dtype = str(ctx.in_type(0).dtype)
-    return _nll(ctx, ctx.arg(0), ctx.arg(1), dtype, zero_all=True)
+    return _nll(ctx, ctx.arg(0), ctx.arg(1), dtype)
 
 
 @lowers("SoftmaxCrossEntropyLoss")
@@ -99,10 +95,10 @@ def _softmax_cross_entropy(ctx: LowerContext) -> list[relax.Expr]:
     x = ctx.arg(0)
     if dtype in ("float16", "bfloat16"):
         logp32 = ctx.emit(NN.log_softmax(R.astype(x, "float32"), axis=1))
-        loss = R.astype(ctx.emit(_nll(ctx, logp32, ctx.arg(1), "float32", False)), dtype)
+        loss = R.astype(ctx.emit(_nll(ctx, logp32, ctx.arg(1), "float32")), dtype)
         return [loss, R.astype(logp32, dtype)]
     logp = ctx.emit(NN.log_softmax(x, axis=1))
-    return [_nll(ctx, logp, ctx.arg(1), dtype, zero_all=False), logp]
+    return [_nll(ctx, logp, ctx.arg(1), dtype), logp]
 
 
 # --------------------------------------------------------------- RotaryEmbedding
@@ -219,9 +215,13 @@ def _tfidf_vectorizer(ctx: LowerContext) -> relax.Expr:
     weights = a.get("weights")
     w = np.ones((out_size,), "float32") if weights is None or len(weights) == 0 else None
     if w is None:
+        # Weight i belongs to pool n-gram i, whose output column is ngram_indexes[i] (the
+        # spec and ONNX Runtime; onnx.reference indexes the weights by column instead).
         w = np.zeros((out_size,), "float32")
-        vals = np.asarray(weights, dtype="float32").reshape(-1)[:out_size]
-        w[: len(vals)] = vals
+        vals = np.asarray(weights, dtype="float32").reshape(-1)
+        for i, column in enumerate(int(v) for v in a["ngram_indexes"]):
+            if i < len(vals):
+                w[column] = vals[i]
     x = ctx.arg(0) if xt.rank == 2 else R.expand_dims(ctx.arg(0), 0)
     x = ctx.emit(R.astype(x, "int64"))
 
