@@ -58,14 +58,18 @@ def one_op(
     return g, feeds
 
 
-def run_tvm(graph: Graph, feeds: dict[str, np.ndarray], target: Any = None) -> list[np.ndarray]:
-    """Build `graph` in memory for the host CPU and run it; outputs in graph order."""
+def run_tvm(
+    graph: Graph, feeds: dict[str, np.ndarray], target: Any = None, *, fold: bool = True
+) -> list[np.ndarray]:
+    """Build `graph` in memory for the host CPU and run it; outputs in graph order.
+    `fold=False`: no lowering-time folding, so an op with only constant inputs is still
+    lowered and run by TVM rather than computed by its reference kernel."""
     import tvm
     from tvm import relax
 
     from ecograph.backends.tvm import build
 
-    result = build.build_module(graph, target or {"kind": "llvm"}, keep_params=False)
+    result = build.build_module(graph, target or {"kind": "llvm"}, keep_params=False, fold=fold)
     vm = relax.VirtualMachine(result.executable, tvm.cpu())
     args = [tvm.runtime.tensor(feeds[n]) for n in result.lowered.input_names]
     out = vm["main"](*args)

@@ -180,8 +180,10 @@ def build_module(
     tune: bool | int = False,
     tuning_cache: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    fold: bool = True,
 ) -> BuildResult:
-    """Lower `graph` and compile it for `target` in memory (no files written)."""
+    """Lower `graph` and compile it for `target` in memory (no files written). `fold=False`
+    lowers every node instead of computing small all-constant ones while lowering."""
     import tvm
 
     spec = _targets.resolve(target)
@@ -194,6 +196,7 @@ def build_module(
         param_threshold=threshold,
         widen_int8_matmul=spec.family == "cuda",
         target_family="cuda" if spec.family == "cuda" else "cpu",
+        fold=fold,
     )
     tvm_target = spec.tvm_target()
     notes = list(spec.notes) + lowered.notes

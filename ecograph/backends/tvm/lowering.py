@@ -282,6 +282,7 @@ def lower_graph(
     func_name: str = "main",
     widen_int8_matmul: bool = False,
     target_family: str = "cpu",
+    fold: bool = True,
 ) -> Lowered:
     """Lower `graph` to an IRModule with one Relax function `func_name`.
 
@@ -290,7 +291,8 @@ def lower_graph(
     `widen_int8_matmul=True` emits int8 x int8 matmuls on int32 operands (CUDA: TVM 0.27's
     dlight Matmul rule crashes on the int8 form; the widened one schedules and is exact).
     `target_family` ("cpu" for x86 and ARM, or "cuda") lets a lowering pick a kernel form
-    (`ctx.options["target_family"]`); the default is "cpu".
+    (`ctx.options["target_family"]`); the default is "cpu". `fold=False` turns lowering-time
+    folding off (every node is lowered; tests of a lowering use it).
     """
     missing = missing_lowerings(graph)
     if missing:
@@ -341,6 +343,7 @@ def lower_graph(
         "packed": set(packed),
         "exprs": exprs,
         "folded_nodes": [],
+        "fold": fold,
     }
     notes: list[str] = []
     with bb.function(func_name, params):
@@ -435,7 +438,7 @@ def _lower_node(
     notes: list[str],
 ) -> None:
     folded = options.setdefault("folded", {})
-    values = _fold(node, folded)
+    values = _fold(node, folded) if options.get("fold", True) else None
     if values is not None:
         # Every input is known before run time and the outputs are small: the reference
         # kernel computes them now (shape math, axes, pads...), so ops that need such inputs
