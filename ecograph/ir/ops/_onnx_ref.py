@@ -160,9 +160,15 @@ def onnx_infer(op_type: str) -> Callable[[InferContext], list[TensorType]]:
 
 
 def register_reference_op(
-    op_type: str, *, infer: Callable[[InferContext], Sequence[TensorType]] | None = None
+    op_type: str,
+    *,
+    infer: Callable[[InferContext], Sequence[TensorType]] | None = None,
+    kernel: Callable[..., Any] | None = None,
+    kernel_source: str = "onnx.reference",
 ) -> None:
-    """Register `op_type` with its ONNX signature, onnx.reference kernel and ONNX inference."""
+    """Register `op_type` with its ONNX signature and ONNX inference, and the onnx.reference
+    kernel or `kernel` (an ecograph kernel where onnx.reference deviates from the spec;
+    `kernel_source` names where it lives)."""
     inputs, outputs, attrs = schema_signature(op_type)
     register_op(
         op_type,
@@ -170,5 +176,5 @@ def register_reference_op(
         outputs=outputs,
         attrs=attrs,
         infer=infer or onnx_infer(op_type),
-        doc=f"ONNX {op_type} (kernel: onnx.reference; types: ONNX shape inference).",
-    )(reference_kernel(op_type))
+        doc=f"ONNX {op_type} (kernel: {kernel_source}; types: ONNX shape inference).",
+    )(kernel or reference_kernel(op_type))

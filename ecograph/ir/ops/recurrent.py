@@ -29,8 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ecograph.ir.ops._onnx_ref import onnx_infer, schema_signature
-from ecograph.ir.registry import register_op
+from ecograph.ir.ops._onnx_ref import register_reference_op
 
 Act = Callable[[np.ndarray], np.ndarray]
 
@@ -327,15 +326,7 @@ def _recurrent(
 
 
 def _register(op: str, kernel: Callable[..., Any]) -> None:
-    inputs, outputs, attrs = schema_signature(op)
-    register_op(
-        op,
-        inputs=inputs,
-        outputs=outputs,
-        attrs=attrs,
-        infer=onnx_infer(op),
-        doc=f"ONNX {op} (kernel: ecograph.ir.ops.recurrent; types: ONNX shape inference).",
-    )(kernel)
+    register_reference_op(op, kernel=kernel, kernel_source="ecograph.ir.ops.recurrent")
 
 
 def rnn(

@@ -31,22 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from ecograph.ir.ops._onnx_ref import onnx_infer, reference_kernel, schema_signature
-from ecograph.ir.registry import register_op
+from ecograph.ir.ops._onnx_ref import reference_kernel, register_reference_op
 
 _INT64 = np.dtype(np.int64)
 
 
 def _register(op: str, kernel: Callable[..., Any]) -> None:
-    inputs, outputs, attrs = schema_signature(op)
-    register_op(
-        op,
-        inputs=inputs,
-        outputs=outputs,
-        attrs=attrs,
-        infer=onnx_infer(op),
-        doc=f"ONNX {op} (kernel: ecograph.ir.ops.spec_kernels; types: ONNX shape inference).",
-    )(kernel)
+    register_reference_op(op, kernel=kernel, kernel_source="ecograph.ir.ops.spec_kernels")
 
 
 # ------------------------------------------------------------------------ Unique
