@@ -364,6 +364,19 @@ _STATIC_INPUT_OPS = frozenset(
 )
 
 
+def _formal_inputs(op: str, domain: str = "") -> list[str]:
+    """The op's formal input names at the pinned opset (empty if ONNX has no such op)."""
+    try:
+        return [i.name for i in onnx.defs.get_schema(op, ONNX_OPSET, domain).inputs]
+    except onnx.defs.SchemaError:
+        return []
+
+
+def _param(formal: list[str], i: int) -> str:
+    """Formal name of input `i` (the last one for variadic tails)."""
+    return formal[min(i, len(formal) - 1)] if formal else ""
+
+
 def static_inputs(model: onnx.ModelProto, op: str | None = None) -> list[str]:
     """The graph inputs of `model` that the TVM column binds as constants (see above).
 
@@ -373,25 +386,18 @@ def static_inputs(model: onnx.ModelProto, op: str | None = None) -> list[str]:
     graph_inputs = {vi.name for vi in model.graph.input if vi.name not in init}
     found: list[str] = []
     if op is not None and all(n.op_type != op for n in model.graph.node):
-        try:
-            formal = [i.name for i in onnx.defs.get_schema(op, ONNX_OPSET).inputs]
-        except onnx.defs.SchemaError:
-            formal = []
+        formal = _formal_inputs(op)
         for i, vi in enumerate(model.graph.input):
             # Only named parameters: a function body can compute what the whole-op rule
             # would bind (e.g. a window's length through Range, bound at run time).
-            param = formal[min(i, len(formal) - 1)] if formal else ""
-            if param in _STATIC_INPUT_NAMES and vi.name in graph_inputs:
+            if _param(formal, i) in _STATIC_INPUT_NAMES and vi.name in graph_inputs:
                 found.append(vi.name)
     for node in model.graph.node:
-        try:
-            schema = onnx.defs.get_schema(node.op_type, ONNX_OPSET, node.domain)
-        except onnx.defs.SchemaError:
+        formal = _formal_inputs(node.op_type, node.domain)
+        if not formal:
             continue
-        formal = [i.name for i in schema.inputs]
         for i, name in enumerate(node.input):
-            param = formal[min(i, len(formal) - 1)] if formal else ""
-            wanted = node.op_type in _STATIC_INPUT_OPS or param in _STATIC_INPUT_NAMES
+            wanted = node.op_type in _STATIC_INPUT_OPS or _param(formal, i) in _STATIC_INPUT_NAMES
             if wanted and name in graph_inputs and name not in found:
                 found.append(name)
     return found

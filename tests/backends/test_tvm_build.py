@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.backends.tvm_helpers import run_with_runtime_only_tvm
 
 pytest.importorskip("tvm")
 
@@ -20,7 +19,6 @@ from ecograph.errors import BuildError, UnsupportedError
 from ecograph.ir import Graph, GraphBuilder, interpret
 from ecograph.models import build_default_model, example_inputs
 
-REPO = Path(__file__).resolve().parents[2]
 HAS_ARM_CC = shutil.which(targets.ARM_CROSS_CXX) is not None
 
 
@@ -153,11 +151,7 @@ def test_runtime_only_tvm_loads_and_runs(x86_model: Path) -> None:
         "np.save(d + '/y.npy', y)\n"
         "assert 'tvm.relax' not in sys.modules, 'compiler imported'\n"
     )
-    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_with_runtime_only_tvm(code)
     np.testing.assert_allclose(np.load(x86_model.parent / "y.npy"), want, rtol=1e-5, atol=2e-5)
 
 

@@ -4,10 +4,7 @@ TVM runs them, and they compile for CUDA."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +15,18 @@ pytest.importorskip("tvm")
 
 from ecograph.errors import LoweringError
 from ecograph.ir import Graph, GraphBuilder, interpret
-from tests.backends.tvm_helpers import Const, assert_matches, one_op, rand, run_tvm
+from tests.backends.tvm_helpers import (
+    Const,
+    one_op,
+    rand,
+    run_tvm,
+    run_with_runtime_only_tvm,
+)
+from tests.backends.tvm_helpers import check_op as check
 
 COVERED_OPS = {("", "TopK"), ("", "NonZero"), ("", "Compress"), ("", "Unique")}
 
-REPO = Path(__file__).resolve().parents[2]
 RNG = np.random.default_rng(11)
-
-
-def check(op: str, *inputs: Any, **kw: Any) -> list[np.ndarray]:
-    graph, feeds = one_op(op, *inputs, **kw)
-    got = run_tvm(graph, feeds)
-    assert_matches(graph, feeds, got)
-    return got
 
 
 def sparse(shape: tuple[int, ...], dtype: str, density: float = 0.4) -> np.ndarray:
@@ -246,11 +242,7 @@ def test_runtime_only_tvm_runs_data_dependent_ops(tmp_path: Path) -> None:
         "np.savez(d + '/out.npz', *outs)\n"
         "assert 'tvm.relax' not in sys.modules, 'compiler imported'\n"
     )
-    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_with_runtime_only_tvm(code)
     got = np.load(tmp_path / "out.npz")
     assert len(got.files) == len(want)
     for i, (name, w) in enumerate(want.items()):
@@ -303,11 +295,7 @@ def test_topk_runs_with_runtime_only_tvm(tmp_path: Path) -> None:
         f"v, i = load({str(art)!r})(np.load({str(tmp_path / 'x.npy')!r}))\n"
         f"np.savez({str(tmp_path / 'out.npz')!r}, v, i)\n"
     )
-    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_with_runtime_only_tvm(code)
     got = np.load(tmp_path / "out.npz")
     for i, w in enumerate(want.values()):
         np.testing.assert_array_equal(got[f"arr_{i}"], w)

@@ -14,7 +14,8 @@ import pytest
 pytest.importorskip("tvm")
 
 from ecograph.errors import LoweringError
-from tests.backends.tvm_helpers import Const, assert_matches, one_op, rand, run_tvm
+from tests.backends.tvm_helpers import Const, one_op, rand
+from tests.backends.tvm_helpers import check_op as check
 
 COVERED_OPS = {
     ("", "NegativeLogLikelihoodLoss"),
@@ -25,13 +26,6 @@ COVERED_OPS = {
 }
 
 RNG = np.random.default_rng(7)
-
-
-def check(op: str, *inputs: Any, **kw: Any) -> list[np.ndarray]:
-    graph, feeds = one_op(op, *inputs, **kw)
-    got = run_tvm(graph, feeds)
-    assert_matches(graph, feeds, got)
-    return got
 
 
 def targets(shape: tuple[int, ...], classes: int, ignore: int | None = None) -> np.ndarray:

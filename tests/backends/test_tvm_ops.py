@@ -17,7 +17,15 @@ pytest.importorskip("tvm")
 
 from ecograph.backends.tvm.lowering import LOWERINGS, UNLOWERABLE, unlowered_registry_ops
 from ecograph.ir import Graph, TensorType, interpret, registered_ops
-from tests.backends.tvm_helpers import RNG, Const, assert_matches, one_op, rand, run_tvm
+from tests.backends.tvm_helpers import (
+    RNG,
+    Const,
+    assert_matches,
+    one_op,
+    rand,
+    run_tvm,
+    run_with_runtime_only_tvm,
+)
 
 i64 = np.int64
 f32 = "float32"
@@ -686,11 +694,7 @@ def test_every_case_runs_with_runtime_only_tvm(tmp_path) -> None:
     """Artifacts must run where only TVM's runtime is installed (TVM_USE_RUNTIME_LIB=1): no
     lowering may call into the compiler library or a Python callback (TVM's CPU topk and
     argsort call tvm.contrib.sort, R.nonzero/R.unique call numpy through tvm.relax)."""
-    import os
     import pickle
-    import subprocess
-    import sys
-    from pathlib import Path
 
     import ecograph
 
@@ -734,10 +738,4 @@ assert "tvm.relax" not in sys.modules, "the compiler package was imported"
 print("\\n".join(bad))
 sys.exit(1 if bad else 0)
 """
-    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1"}
-    repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=repo, capture_output=True, text=True,
-        timeout=900,
-    )  # fmt: skip
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    run_with_runtime_only_tvm(code, timeout=900)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,6 +14,7 @@ import numpy as np
 from ecograph.ir import Graph, interpret
 
 RNG = np.random.default_rng(0)
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -50,7 +55,8 @@ def one_op(
             values.append(g.add_constant(x.array, f"c{i}"))
         else:
             shape = (symbolic or {}).get(i, list(x.shape))
-            v = g.add_input(f"x{i}", str(x.dtype), shape)
+            dtype = "string" if x.dtype == object else str(x.dtype)
+            v = g.add_input(f"x{i}", dtype, shape)
             feeds[v.name] = x
             values.append(v)
     node = g.add_node(op, values, attrs, domain=domain, num_outputs=num_outputs)
@@ -97,3 +103,24 @@ def assert_matches(graph: Graph, feeds: dict[str, np.ndarray], got: list[np.ndar
             )
         else:
             np.testing.assert_array_equal(have, want, err_msg=name)
+
+
+def check_op(op: str, *inputs: Any, **kw: Any) -> list[np.ndarray]:
+    """`one_op(op, *inputs, **kw)` run through TVM and checked against the interpreter; the
+    TVM outputs."""
+    graph, feeds = one_op(op, *inputs, **kw)
+    got = run_tvm(graph, feeds)
+    assert_matches(graph, feeds, got)
+    return got
+
+
+def run_with_runtime_only_tvm(code: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run Python `code` in a subprocess with only TVM's runtime (TVM_USE_RUNTIME_LIB=1), from
+    the repository root; fails the test, with its output, if the code fails."""
+    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from ecograph.ir import Graph, get_schema, interpret
+from ecograph.ir import get_schema, interpret
 from ecograph.ir.ops._onnx_ref import reference_kernel
+from tests.backends.tvm_helpers import one_op
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -37,19 +38,7 @@ Inputs = list[np.ndarray | None]
 
 def run_ecograph(op: str, ins: Inputs, attrs: dict[str, Any], outputs: int = 1) -> list[Any]:
     """The node run by ecograph's interpreter (the kernel under test)."""
-    g = Graph(f"{op}_case")
-    feeds: dict[str, np.ndarray] = {}
-    values = []
-    for i, x in enumerate(ins):
-        if x is None:
-            values.append(None)
-            continue
-        dtype = "string" if x.dtype == object else str(x.dtype)
-        v = g.add_input(f"x{i}", dtype, list(x.shape))
-        feeds[v.name] = x
-        values.append(v)
-    node = g.add_node(op, values, attrs, num_outputs=outputs)
-    g.set_outputs(list(node.outputs))
+    g, feeds = one_op(op, *ins, num_outputs=outputs, **attrs)
     return list(interpret(g, feeds).values())
 
 

@@ -342,6 +342,7 @@ def lower_graph(
         "absorbed": absorbed,
         "packed": set(packed),
         "exprs": exprs,
+        "folded": {},  # value id -> array computed while lowering
         "folded_nodes": [],
         "fold": fold,
     }
@@ -437,14 +438,14 @@ def _lower_node(
     options: dict[str, Any],
     notes: list[str],
 ) -> None:
-    folded = options.setdefault("folded", {})
-    values = _fold(node, folded) if options.get("fold", True) else None
+    folded = options["folded"]
+    values = _fold(node, folded) if options["fold"] else None
     if values is not None:
         # Every input is known before run time and the outputs are small: the reference
         # kernel computes them now (shape math, axes, pads...), so ops that need such inputs
         # static see constants, and Relax sees static shapes.
         ctx = LowerContext(bb, node, {}, [], symbols, options, notes)
-        options.setdefault("folded_nodes", []).append(node.name)
+        options["folded_nodes"].append(node.name)
         for out, arr in zip(node.outputs, values, strict=True):
             folded[id(out)] = arr
             exprs[id(out)] = _conform(ctx, relax.const(_contiguous(arr), str(out.dtype)), out)
@@ -1292,8 +1293,8 @@ def _gemm(ctx: LowerContext) -> relax.Expr:
 # becomes one kernel that reads the integer weights and dequantizes them in its reduction
 # loop. The float weights never exist, so TVM's FoldConstant cannot fold them into float32
 # constants (which would undo the compression) and no float copy is materialized at run time;
-# 4-bit weights are stored packed two per byte. On CUDA, dlight's GEMV/Matmul rules inline
-# the dequantize block into the schedule (the batch-1 decode case).
+# 4-bit weights are stored packed two per byte. On CUDA the kernel compiles with dlight's
+# Reduction rule (a cross-thread reduction over K); its GEMV rule does not match it.
 
 _WEIGHT_DTYPES = (DType.INT8, DType.UINT8, DType.INT4, DType.UINT4)
 _ABSORBING = {("", "MatMul"), ("", "Gemm"), ("ecograph", "Linear")}
@@ -1353,11 +1354,29 @@ def pack_int4(q: np.ndarray) -> np.ndarray:
     return (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
 
 
+def _packed_code(buf: Any, row: Any, i: Any, bits: int) -> Any:
+    """Code `i` of row `row` in a uint8 buffer of `bits`-bit codes packed low bits first."""
+    per_byte = 8 // bits
+    byte = buf[row, tir.floordiv(i, per_byte)].astype("int32")
+    return tir.bitwise_and(tir.shift_right(byte, tir.floormod(i, per_byte) * bits), (1 << bits) - 1)
+
+
+def _dequantizing_matmul(at: Any, weight: Callable[[Any, Any], Any], k_len: int, n_len: int,
+                         name: str) -> Any:  # fmt: skip
+    """TE: `at` [..., K] times the weights `weight(k, n)` [K, N] computes, one reduction."""
+    from tvm import te
+
+    k = te.reduce_axis((0, k_len), "k")
+    return te.compute(
+        [*at.shape[:-1], n_len],
+        lambda *i: te.sum(at[(*i[:-1], k)] * weight(k, i[-1]), axis=k),
+        name=name,
+    )
+
+
 def _dequant_matmul(ctx: LowerContext, a: relax.Expr, *, trans_b: bool) -> relax.Expr | None:
     """`a @ dequantize(W)` (W transposed when `trans_b`) as one kernel, when input 1 comes from
     an absorbed DequantizeLinear; else None."""
-    from tvm import te
-
     dq = _weight_dq(ctx.node.input(1))
     if dq is None or id(dq) not in ctx.options.get("absorbed", set()):
         return None
@@ -1372,7 +1391,7 @@ def _dequant_matmul(ctx: LowerContext, a: relax.Expr, *, trans_b: bool) -> relax
     s_arr = known_array(s_val)
     z_arr = None if z_val is None else known_array(z_val)
     assert s_arr is not None
-    w = _value_expr(ctx.bb, w_val, _weight_exprs(ctx))
+    w = _value_expr(ctx.bb, w_val, ctx.options["exprs"])
     s = relax.const(np.ascontiguousarray(s_arr, np.float32).reshape(s_arr.shape), "float32")
     args = [a, w, s]
     if z_arr is not None:
@@ -1389,13 +1408,10 @@ def _dequant_matmul(ctx: LowerContext, a: relax.Expr, *, trans_b: bool) -> relax
         return (r // block, c) if axis == 0 else (r, c // block)
 
     def compute(at: Any, wt: Any, st: Any, zt: Any = None) -> Any:
-        k = te.reduce_axis((0, k_len), "k")
-
         def weight(kk: Any, n: Any) -> Any:
             r, c = (n, kk) if trans_b else (kk, n)
             if packed:
-                byte = wt[r, c // 2].astype("int32")
-                nib = tir.bitwise_and(tir.shift_right(byte, (c % 2) * 4), 15)
+                nib = _packed_code(wt, r, c, 4)
                 q = tir.if_then_else(nib >= 8, nib - 16, nib) if signed4 else nib
             else:
                 q = wt[r, c].astype("int32")
@@ -1404,19 +1420,9 @@ def _dequant_matmul(ctx: LowerContext, a: relax.Expr, *, trans_b: bool) -> relax
                 q = q - zt[idx]
             return q.astype("float32") * st[idx]
 
-        batch = list(at.shape[:-1])
-        return te.compute(
-            [*batch, n_len],
-            lambda *i: te.sum(at[(*i[:-1], k)] * weight(k, i[-1]), axis=k),
-            name="dequantize_matmul",
-        )
+        return _dequantizing_matmul(at, weight, k_len, n_len, "dequantize_matmul")
 
     return ctx.bb.emit_te(compute, *args, primfunc_name_hint="dequantize_matmul")
-
-
-def _weight_exprs(ctx: LowerContext) -> dict[int, relax.Expr]:
-    """The lowering's value -> expression map (weights bound as constants or parameters)."""
-    return ctx.options["exprs"]
 
 
 # ----------------------------------------------------------------- conv and pooling
@@ -1465,13 +1471,18 @@ def _conv(ctx: LowerContext) -> relax.Expr:
     return y
 
 
-def _pool(ctx: LowerContext, kind: str) -> relax.Expr:
-    xt = ctx.in_type(0)
-    n = xt.rank - 2
+def pool_geometry(ctx: LowerContext) -> tuple[list[int], list[int], list[int], list]:
+    """A pooling node's kernel, strides, dilations and explicit pads."""
+    n = ctx.in_type(0).rank - 2
     kernel = list(ctx.attrs["kernel_shape"])
-    strides = ctx.attrs["strides"] or [1] * n
-    dil = ctx.attrs["dilations"] or [1] * n
-    pads = _conv_pads(ctx, kernel, strides, dil)
+    strides = list(ctx.attrs["strides"] or [1] * n)
+    dil = list(ctx.attrs["dilations"] or [1] * n)
+    return kernel, strides, dil, list(_conv_pads(ctx, kernel, strides, dil))  # a fresh list
+
+
+def _pool(ctx: LowerContext, kind: str) -> relax.Expr:
+    n = ctx.in_type(0).rank - 2
+    kernel, strides, dil, pads = pool_geometry(ctx)
     ceil = bool(ctx.attrs["ceil_mode"])
     fns = {
         "max": {1: NN.max_pool1d, 2: NN.max_pool2d, 3: NN.max_pool3d},
@@ -1508,10 +1519,7 @@ def _max_pool_indices(ctx: LowerContext) -> relax.Expr:
     if not xt.is_static:
         ctx.fail("MaxPool's Indices output needs static input dims")
     n = xt.rank - 2
-    kernel = list(ctx.attrs["kernel_shape"])
-    strides = list(ctx.attrs["strides"] or [1] * n)
-    dil = list(ctx.attrs["dilations"] or [1] * n)
-    pads = _conv_pads(ctx, kernel, strides, dil)
+    kernel, strides, dil, pads = pool_geometry(ctx)
     spatial = [int(d) for d in xt.static_shape()[2:]]
     out_shape = [int(d) for d in ctx.out_type(1).static_shape()]
     column_major = bool(ctx.attrs["storage_order"]) and n == 2
@@ -2193,13 +2201,10 @@ def _matmul_nbits(ctx: LowerContext) -> relax.Expr:
     """Blockwise n-bit weights stay packed in memory and are dequantized inside the kernel:
     one TE kernel reads the packed bytes, scales and zero points in its reduction loop (no
     float copy of the weights exists, so FoldConstant cannot unpack them into float32)."""
-    from tvm import te
-
     if ctx.has(4):
         ctx.fail("g_idx (act-order) is not supported")
     k_len, n_len, bits, block = (ctx.attrs[a] for a in ("K", "N", "bits", "block_size"))
     k_blocks = -(-k_len // block)
-    per_byte, mask = 8 // bits, (1 << bits) - 1
     adt = str(ctx.in_type(0).dtype)
     sdt = str(ctx.in_type(2).dtype)
     a = ctx.arg(0) if adt == "float32" else ctx.emit(R.astype(ctx.arg(0), "float32"))
@@ -2212,32 +2217,21 @@ def _matmul_nbits(ctx: LowerContext) -> relax.Expr:
         z = R.reshape(ctx.arg(3), [n_len, -1])
         args.append(ctx.emit(z if zp_kind == "packed" else R.astype(z, "float32")))
 
-    def code(buf: Any, row: Any, i: Any) -> Any:
-        byte = buf[row, tir.floordiv(i, per_byte)].astype("int32")
-        return tir.bitwise_and(tir.shift_right(byte, tir.floormod(i, per_byte) * bits), mask)
-
     def compute(at: Any, bt: Any, st: Any, zt: Any = None) -> Any:
-        k = te.reduce_axis((0, k_len), "k")
-
         def weight(kk: Any, n: Any) -> Any:
             kb = tir.floordiv(kk, block)
-            q = code(bt, n, kk).astype("float32")
+            q = _packed_code(bt, n, kk, bits).astype("float32")
             if zp_kind == "none":
                 zp: Any = tir.const(float(1 << (bits - 1)), "float32")
             elif zp_kind == "packed":
-                zp = code(zt, n, kb).astype("float32")
+                zp = _packed_code(zt, n, kb, bits).astype("float32")
             else:
                 zp = zt[n, kb]
             w = (q - zp) * st[n, kb]
             # The reference rounds the dequantized weights to the scales' dtype.
             return w if sdt == "float32" else w.astype(sdt).astype("float32")
 
-        batch = list(at.shape[:-1])
-        return te.compute(
-            [*batch, n_len],
-            lambda *i: te.sum(at[(*i[:-1], k)] * weight(k, i[-1]), axis=k),
-            name="dequantize_matmul_nbits",
-        )
+        return _dequantizing_matmul(at, weight, k_len, n_len, "dequantize_matmul_nbits")
 
     y = ctx.bb.emit_te(compute, *args, primfunc_name_hint="dequantize_matmul_nbits")
     if ctx.has(5):

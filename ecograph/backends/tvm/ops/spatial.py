@@ -33,8 +33,8 @@ from ecograph.backends.tvm.lowering import (
     NN,
     LowerContext,
     R,
-    _conv_pads,
     lowers,
+    pool_geometry,
     tir,
 )
 from ecograph.ir import symbolic
@@ -313,10 +313,7 @@ def _max_unpool(ctx: LowerContext) -> relax.Expr:
 def _lp_pool(ctx: LowerContext) -> relax.Expr:
     xt = ctx.in_type(0)
     n = xt.rank - 2
-    kernel = [int(k) for k in ctx.attrs["kernel_shape"]]
-    strides = list(ctx.attrs["strides"] or [1] * n)
-    dil = list(ctx.attrs["dilations"] or [1] * n)
-    pads = list(_conv_pads(ctx, kernel, strides, dil))
+    kernel, strides, dil, pads = pool_geometry(ctx)
     pool = {1: NN.avg_pool1d, 2: NN.avg_pool2d, 3: NN.avg_pool3d}.get(n)
     if pool is None:
         ctx.fail(f"LpPool over {n} spatial dims is not supported")
