@@ -14,8 +14,13 @@ from torch import nn  # noqa: E402
 
 import ecograph  # noqa: E402
 from ecograph.errors import CaptureError, UnsupportedError  # noqa: E402
-from ecograph.frontend import torch_ops  # noqa: E402
-from ecograph.frontend.torch import from_torch, register_aten, supported_aten_ops  # noqa: E402
+from ecograph.frontend.torch import (  # noqa: E402
+    ATEN_TABLE,
+    Converter,
+    from_torch,
+    register_aten,
+    supported_aten_ops,
+)
 from ecograph.ir import graphs_equal, interpret, parse, verify  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
@@ -475,19 +480,19 @@ def test_unsupported_ops_are_listed_at_once_with_places() -> None:
 
 def test_register_aten_adds_a_converter() -> None:
     model = Fn(lambda a, b: torch.hypot(a, b) * 2)
-    assert "aten.hypot.default" not in torch_ops.ATEN_TABLE
+    assert "aten.hypot.default" not in ATEN_TABLE
     with pytest.raises(UnsupportedError, match=r"aten\.hypot\.default x1"):
         from_torch(model, (X, Y))
 
     @register_aten("aten.hypot.default")
-    def _hypot(cx: torch_ops.Converter, node: Any) -> Any:
+    def _hypot(cx: Converter, node: Any) -> Any:
         a, b = cx.tensor(node.args[0]), cx.tensor(node.args[1])
         return cx.op("Sqrt", cx.op("Add", cx.op("Mul", a, a), cx.op("Mul", b, b)))
 
     try:
         check_against_torch(model, X, Y)
     finally:
-        del torch_ops.ATEN_TABLE["aten.hypot.default"]
+        del ATEN_TABLE["aten.hypot.default"]
 
 
 def test_unnamed_dynamic_dims_are_named_after_their_input() -> None:

@@ -23,11 +23,11 @@ def test_doc_has_examples() -> None:
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_doc_block_runs(index: int) -> None:
-    from ecograph.frontend import torch_ops
+    from ecograph.frontend.torch import ATEN_TABLE
 
-    before = dict(torch_ops.ATEN_TABLE)
+    before = dict(ATEN_TABLE)
     try:
         exec(compile(BLOCKS[index], f"{DOC}:block{index}", "exec"), {"__name__": "docs_torch"})
     finally:
-        torch_ops.ATEN_TABLE.clear()
-        torch_ops.ATEN_TABLE.update(before)
+        ATEN_TABLE.clear()
+        ATEN_TABLE.update(before)

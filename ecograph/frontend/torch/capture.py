@@ -3,8 +3,8 @@
 Capture uses torch.export (non-strict) decomposed to core ATen; when export fails (and no
 `dynamic_shapes` were asked for) it falls back to torch.fx symbolic tracing, functionalized and
 lowered to the same ATen ops with the real example inputs, so its shapes are static. Each ATen
-op is mapped to ONNX-semantics IR nodes by a converter in `ecograph.frontend.torch_ops` (a
-table `aten op -> function`). Weights become constants that share memory with the module's
+op is mapped to ONNX-semantics IR nodes by a converter registered in `ATEN_TABLE` (converter.py,
+a table `aten op -> function`). Weights become constants that share memory with the module's
 tensors. Symbolic dims from `dynamic_shapes` keep the names of the user's `torch.export.Dim`s.
 
 Nothing is ever loaded from a file here: `from_torch` takes live modules only.
@@ -113,7 +113,7 @@ def from_torch(
                     f"{_first_lines(exc)}.{detail} Data-dependent Python control flow cannot "
                     "be captured; rewrite it with torch.where / torch.cond"
                 ) from exc
-        from ecograph.frontend.torch_ops import Converter
+        from ecograph.frontend.torch.converter import Converter
 
         return Converter(captured, name=type(module).__name__).run()
 
@@ -403,15 +403,15 @@ def _first_lines(exc: BaseException, n: int = 3) -> str:
 
 
 def register_aten(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a converter for ATen ops named like "aten.add.Tensor" (see torch_ops)."""
-    from ecograph.frontend.torch_ops import aten
+    """Register a converter for ATen ops named like "aten.add.Tensor" (see converter.py)."""
+    from ecograph.frontend.torch.converter import aten
 
     return aten(*names)
 
 
 def supported_aten_ops() -> list[str]:
     """The ATen ops (and Python builtins) the converter maps, sorted."""
-    from ecograph.frontend.torch_ops import ATEN_TABLE
+    from ecograph.frontend.torch.converter import ATEN_TABLE
 
     return sorted(ATEN_TABLE)
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ecograph.errors import EcographError, TypeInferenceError, UnsupportedError
-from ecograph.frontend.torch import (
+from ecograph.frontend.torch.capture import (
     meta_type,
     rename_outputs,
     tensor_to_numpy,
@@ -33,7 +33,7 @@ from ecograph.ir.dtypes import DType
 from ecograph.ir.graph import Graph, Value
 
 if TYPE_CHECKING:
-    from ecograph.frontend.torch import _Captured
+    from ecograph.frontend.torch.capture import _Captured
 
 ConvertFn = Callable[["Converter", Any], Any]
 ATEN_TABLE: dict[str, ConvertFn] = {}
