@@ -15,23 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import re
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-import numpy as np
-
-from ecograph.errors import CaptureError, TypeInferenceError, UnsupportedError
+from ecograph.errors import CaptureError, UnsupportedError
+from ecograph.frontend.torch.converter import Converter
+from ecograph.frontend.torch.types import Captured, get_attr
 from ecograph.ir import symbolic
-from ecograph.ir.dtypes import DType
-from ecograph.ir.graph import Graph, Value
-from ecograph.ir.symbolic import Dim
-from ecograph.ir.types import TensorType
-
-__all__ = ["from_torch", "register_aten", "supported_aten_ops"]
+from ecograph.ir.graph import Graph
 
 _CAPTURE_MODES = ("auto", "export", "fx")
 
@@ -72,7 +65,7 @@ def from_torch(
     args, kwargs = _split_inputs(example_inputs)
 
     with _eval_mode(module), torch.no_grad():
-        captured: _Captured | None = None
+        captured: Captured | None = None
         export_error: BaseException | None = None
         if capture in ("auto", "export"):
             try:
@@ -113,26 +106,10 @@ def from_torch(
                     f"{_first_lines(exc)}.{detail} Data-dependent Python control flow cannot "
                     "be captured; rewrite it with torch.where / torch.cond"
                 ) from exc
-        from ecograph.frontend.torch.converter import Converter
-
         return Converter(captured, name=type(module).__name__).run()
 
 
-# ------------------------------------------------------------------- capture
-
-
-@dataclass
-class _Captured:
-    """A captured ATen-level fx graph plus what the converter needs to name and bind it."""
-
-    graph_module: Any  # torch.fx.GraphModule
-    user_inputs: list[str]  # placeholder names of the user inputs, in order
-    input_names: dict[str, str]  # placeholder name -> IR input name
-    constants: dict[str, Any]  # placeholder or get_attr target -> torch.Tensor
-    constant_names: dict[str, str]  # placeholder or get_attr target -> IR constant name
-    output_names: list[str]  # one per flat output, in order
-    symbol_names: dict[str, str] = field(default_factory=dict)  # torch symbol -> user dim name
-    method: str = "export"
+# ------------------------------------------------------------ capture
 
 
 def _split_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -176,7 +153,7 @@ def _decomposition_table() -> dict[Any, Any]:
 
 def _capture_export(
     module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], dynamic_shapes: Any
-) -> _Captured:
+) -> Captured:
     import torch
     from torch.export.graph_signature import InputKind, OutputKind
 
@@ -212,7 +189,7 @@ def _capture_export(
             )
     out_spec = ep.module_call_graph[0].signature.out_spec
     leaves = _placeholder_leaves(args, kwargs)
-    return _Captured(
+    return Captured(
         graph_module=ep.graph_module,
         user_inputs=user_inputs,
         input_names={n: n for n in user_inputs},
@@ -228,7 +205,7 @@ def _capture_export(
 
 def _capture_fx(
     module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], dynamic_shapes: Any
-) -> _Captured:
+) -> Captured:
     import torch
     import torch.utils._pytree as pytree
     from torch.fx.experimental.proxy_tensor import make_fx
@@ -269,10 +246,10 @@ def _capture_fx(
     constants: dict[str, Any] = {}
     for node in aten.graph.nodes:
         if node.op == "get_attr":
-            constants[node.target] = _get_attr(aten, node.target)
+            constants[node.target] = get_attr(aten, node.target)
     output_node = next(n for n in aten.graph.nodes if n.op == "output")
     _, out_spec = pytree.tree_flatten(output_node.args[0])
-    return _Captured(
+    return Captured(
         graph_module=aten,
         user_inputs=placeholders,
         input_names=dict(zip(placeholders, names, strict=True)),
@@ -281,13 +258,6 @@ def _capture_fx(
         output_names=_output_names(out_spec),
         method="fx",
     )
-
-
-def _get_attr(gm: Any, target: str) -> Any:
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _output_names(out_spec: Any) -> list[str]:
@@ -397,143 +367,3 @@ def _first_lines(exc: BaseException, n: int = 3) -> str:
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
     text = " | ".join(lines[:n])
     return text if len(text) <= 600 else text[:600] + "..."
-
-
-# ------------------------------------------------------------ public helpers
-
-
-def register_aten(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a converter for ATen ops named like "aten.add.Tensor" (see converter.py)."""
-    from ecograph.frontend.torch.converter import aten
-
-    return aten(*names)
-
-
-def supported_aten_ops() -> list[str]:
-    """The ATen ops (and Python builtins) the converter maps, sorted."""
-    from ecograph.frontend.torch.converter import ATEN_TABLE
-
-    return sorted(ATEN_TABLE)
-
-
-# ------------------------------------------------------- dims and dtypes
-
-
-def torch_dtype_to_ir(dtype: Any, where: str = "") -> DType:
-    import torch
-
-    table = {
-        torch.float32: DType.FLOAT32,
-        torch.float16: DType.FLOAT16,
-        torch.bfloat16: DType.BFLOAT16,
-        torch.float64: DType.FLOAT64,
-        torch.int8: DType.INT8,
-        torch.uint8: DType.UINT8,
-        torch.int16: DType.INT16,
-        torch.int32: DType.INT32,
-        torch.int64: DType.INT64,
-        torch.bool: DType.BOOL,
-        torch.uint16: DType.UINT16,
-        torch.uint32: DType.UINT32,
-        torch.uint64: DType.UINT64,
-    }
-    if dtype not in table:
-        raise UnsupportedError(f"{where}torch dtype {dtype} has no ecograph DType")
-    return table[dtype]
-
-
-def tensor_to_numpy(t: Any) -> np.ndarray:
-    """A numpy view of a CPU tensor (no copy when torch allows it); bfloat16 via ml_dtypes."""
-    import ml_dtypes
-    import torch
-
-    t = t.detach()
-    if t.device.type != "cpu":
-        t = t.cpu()
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    return t.numpy()
-
-
-_SYMBOL_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def sympy_to_dim(expr: Any, names: Mapping[str, str]) -> Dim:
-    """A torch/sympy shape expression as an IR dim (int or canonical string)."""
-    return symbolic.canonical(_render_sympy(expr, names))
-
-
-def _render_sympy(expr: Any, names: Mapping[str, str]) -> Dim:
-    import sympy
-    from torch.utils._sympy.functions import FloorDiv, Mod, PythonMod
-
-    if isinstance(expr, (int, np.integer)):
-        return int(expr)
-    if expr.is_Integer:
-        return int(expr)
-    if expr.is_Symbol:
-        return names.get(str(expr), str(expr))
-    if isinstance(expr, sympy.Add):
-        out: Dim = 0
-        for arg in expr.args:
-            out = symbolic.add(out, _render_sympy(arg, names))
-        return out
-    if isinstance(expr, sympy.Mul):
-        out = 1
-        for arg in expr.args:
-            out = symbolic.mul(out, _render_sympy(arg, names))
-        return out
-    if isinstance(expr, sympy.Pow) and expr.exp.is_Integer and int(expr.exp) > 0:
-        base = _render_sympy(expr.base, names)
-        out = 1
-        for _ in range(int(expr.exp)):
-            out = symbolic.mul(out, base)
-        return out
-    if isinstance(expr, FloorDiv):
-        return symbolic.floordiv(
-            _render_sympy(expr.args[0], names), _render_sympy(expr.args[1], names)
-        )
-    if isinstance(expr, (Mod, PythonMod)):
-        return symbolic.mod(_render_sympy(expr.args[0], names), _render_sympy(expr.args[1], names))
-    raise TypeInferenceError(f"shape expression {expr} cannot be written as an ecograph dim")
-
-
-def torch_shape_to_dims(shape: Sequence[Any], names: Mapping[str, str]) -> list[Dim]:
-    import torch
-
-    dims: list[Dim] = []
-    for size in shape:
-        if isinstance(size, torch.SymInt):
-            dims.append(sympy_to_dim(size.node.expr, names))
-        else:
-            dims.append(int(size))
-    return dims
-
-
-def meta_type(val: Any, names: Mapping[str, str], where: str = "") -> TensorType:
-    """The IR type of a torch (fake) tensor from an fx node's meta["val"]."""
-    return TensorType(torch_dtype_to_ir(val.dtype, where), torch_shape_to_dims(val.shape, names))
-
-
-def rename_outputs(graph: Graph, values: Sequence[Value], names: Sequence[str]) -> list[Value]:
-    """Make `values` the graph outputs called `names`, inserting Identity nodes where a value
-    is a graph input, a constant or listed twice, and moving clashing names out of the way."""
-    outs: list[Value] = []
-    seen: set[int] = set()
-    for value in values:
-        if value.producer is None or id(value) in seen:
-            value = graph.add_node("Identity", [value]).output
-        seen.add(id(value))
-        outs.append(value)
-    for value, name in zip(outs, names, strict=True):
-        if value.name == name:
-            continue
-        if graph.has_value(name):
-            other = graph.value(name)
-            if other.is_graph_input:
-                name = graph.unique_name(name)
-            else:
-                graph.rename_value(other, graph.unique_name(f"{name}_inner"))
-        graph.rename_value(value, name)
-    graph.set_outputs(outs)
-    return outs
