@@ -111,7 +111,7 @@ def _is_torch_module(obj: Any) -> bool:
 def feeds_for(graph: Graph, example_inputs: Any) -> dict[str, np.ndarray]:
     """Example inputs as a dict of numpy arrays keyed by graph input name."""
     if example_inputs is None:
-        from ecograph.passes.base import sample_inputs_for
+        from ecograph.passes.sample import sample_inputs_for
 
         return sample_inputs_for(graph)
     names = [v.name for v in graph.inputs]

@@ -7,42 +7,31 @@
 Named pipelines: "cleanup" (a fixed-point group of the cleanup passes), "fusion" (every
 fusion, then cleanup again) and "default" (cleanup, fusion, then marking of elementwise
 chains). See docs/writing-a-pass.md for writing and registering a pass.
+
+Infrastructure, one concern per module: core (Pass, PassResult, tolerances), registry (names,
+built-in modules, entry-point plugins), pipeline (FixedPoint, named pipelines, the spec
+parser), instrument (Instrumentation, PassRecord, PipelineResult), sample (sample inputs,
+compare_arrays), divergence (first diverging node, extract_cone) and manager (PassManager,
+run_passes, bisect_pipeline).
 """
 
 from __future__ import annotations
 
-# Importing the pass modules registers their passes.
+# Importing the pass modules registers their passes (ecograph.passes.registry lists them).
 from ecograph.passes.activations import FuseGelu, FuseSilu, FuseSwiGLU
 from ecograph.passes.attention import AbsorbAttentionHeads, ExpandAttentionMasks, FuseAttention
-from ecograph.passes.base import (
-    FixedPoint,
-    Instrumentation,
-    Pass,
-    PassManager,
-    PassRecord,
-    PassResult,
-    PipelineResult,
-    bisect_pipeline,
-    compare_arrays,
-    extract_cone,
-    first_diverging_node,
-    get_pass,
-    parse_pipeline,
-    pipeline_names,
-    register_pass,
-    register_pipeline,
-    registered_passes,
-    run_passes,
-    sample_inputs_for,
-)
 from ecograph.passes.cleanup import (
     EliminateCommonSubexpressions,
     EliminateDeadCode,
     FoldConstants,
     FoldShapes,
 )
+from ecograph.passes.core import CosineTolerance, Pass, PassResult, Tolerance
+from ecograph.passes.divergence import extract_cone, first_diverging_node
 from ecograph.passes.elementwise import MarkElementwiseChains
+from ecograph.passes.instrument import Instrumentation, PassRecord, PipelineResult
 from ecograph.passes.linear import FoldBatchNorm, FuseMatMulAdd, MergeParallelMatMuls
+from ecograph.passes.manager import PassManager, bisect_pipeline, run_passes
 from ecograph.passes.noops import EliminateNoOps
 from ecograph.passes.norms import FuseLayerNorm, FuseRMSNorm
 from ecograph.passes.pattern import (
@@ -59,53 +48,27 @@ from ecograph.passes.pattern import (
     explain,
     match,
 )
-
-
-def cleanup_pipeline() -> list:
-    return [
-        FixedPoint(
-            [
-                EliminateNoOps(),
-                FoldShapes(),
-                FoldConstants(),
-                EliminateCommonSubexpressions(),
-                EliminateDeadCode(),
-            ],
-            max_iterations=8,
-            name="cleanup",
-        )
-    ]
-
-
-def fusion_pipeline() -> list:
-    return [
-        FoldBatchNorm(),
-        FuseLayerNorm(),
-        FuseRMSNorm(),
-        FuseGelu(),
-        FuseSilu(),
-        FuseSwiGLU(),
-        FuseAttention(),
-        *cleanup_pipeline(),
-        AbsorbAttentionHeads(),
-        ExpandAttentionMasks(),
-        FuseMatMulAdd(),
-        MergeParallelMatMuls(),
-        *cleanup_pipeline(),
-    ]
-
-
-def default_pipeline() -> list:
-    return [*cleanup_pipeline(), *fusion_pipeline(), MarkElementwiseChains()]
-
-
-register_pipeline("cleanup", cleanup_pipeline)
-register_pipeline("fusion", fusion_pipeline)
-register_pipeline("default", default_pipeline)
+from ecograph.passes.pipeline import (
+    FixedPoint,
+    cleanup_pipeline,
+    default_pipeline,
+    fusion_pipeline,
+    parse_pipeline,
+    pipeline_names,
+    register_pipeline,
+)
+from ecograph.passes.registry import (
+    get_pass,
+    register_pass,
+    registered_passes,
+    unregister_pass,
+)
+from ecograph.passes.sample import compare_arrays, sample_inputs_for
 
 __all__ = [
     "AbsorbAttentionHeads",
     "Const",
+    "CosineTolerance",
     "EliminateCommonSubexpressions",
     "EliminateDeadCode",
     "EliminateNoOps",
@@ -135,14 +98,18 @@ __all__ = [
     "PipelineResult",
     "RewritePass",
     "Rule",
+    "Tolerance",
     "Var",
     "apply_greedy",
     "apply_once",
     "bisect_pipeline",
+    "cleanup_pipeline",
     "compare_arrays",
+    "default_pipeline",
     "explain",
     "extract_cone",
     "first_diverging_node",
+    "fusion_pipeline",
     "get_pass",
     "match",
     "parse_pipeline",
@@ -152,4 +119,5 @@ __all__ = [
     "registered_passes",
     "run_passes",
     "sample_inputs_for",
+    "unregister_pass",
 ]

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ecograph.ir.graph import Graph, Value
-from ecograph.passes.base import register_pass
 from ecograph.passes.pattern import Const, Match, Op, Pat, Pattern, RewritePass, Rule, Var
+from ecograph.passes.registry import register_pass
 
 SQRT2 = math.sqrt(2.0)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)

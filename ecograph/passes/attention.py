@@ -18,8 +18,9 @@ import numpy as np
 
 from ecograph.ir.dtypes import DType
 from ecograph.ir.graph import Graph, Value
-from ecograph.passes.base import Pass, PassResult, register_pass
+from ecograph.passes.core import Pass, PassResult
 from ecograph.passes.pattern import Const, Match, Op, Pat, Pattern, RewritePass, Rule, Var
+from ecograph.passes.registry import register_pass
 from ecograph.passes.utils import const_array, scalar_of
 
 

@@ -18,7 +18,8 @@ from ecograph.ir import symbolic
 from ecograph.ir.graph import Graph, Node, Value
 from ecograph.ir.interpreter import run_node
 from ecograph.ir.registry import lookup_schema, symbolic_value
-from ecograph.passes.base import Pass, PassResult, register_pass
+from ecograph.passes.core import Pass, PassResult
+from ecograph.passes.registry import register_pass
 
 log = logging.getLogger("ecograph.passes")
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ecograph.ir.graph import Graph, Node
-from ecograph.passes.base import Pass, PassResult, register_pass
+from ecograph.passes.core import Pass, PassResult
+from ecograph.passes.registry import register_pass
 
 METADATA_KEY = "ecograph.elementwise_groups"
 

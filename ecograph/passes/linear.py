@@ -9,8 +9,9 @@ from typing import ClassVar
 import numpy as np
 
 from ecograph.ir.graph import Graph, Node, Value
-from ecograph.passes.base import Pass, PassResult, register_pass
+from ecograph.passes.core import Pass, PassResult
 from ecograph.passes.pattern import Const, Match, Op, Pattern, RewritePass, Rule, Var
+from ecograph.passes.registry import register_pass
 from ecograph.passes.utils import replace_value
 
 

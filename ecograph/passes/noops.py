@@ -9,7 +9,8 @@ import numpy as np
 
 from ecograph.ir.dtypes import DType
 from ecograph.ir.graph import Graph, Node, Value
-from ecograph.passes.base import Pass, PassResult, register_pass
+from ecograph.passes.core import Pass, PassResult
+from ecograph.passes.registry import register_pass
 from ecograph.passes.utils import const_array, replace_value
 
 # Ops that only reinterpret the shape of their first input (row-major order unchanged).

@@ -9,8 +9,8 @@ from typing import ClassVar
 import numpy as np
 
 from ecograph.ir.graph import Graph, Node, Value
-from ecograph.passes.base import register_pass
 from ecograph.passes.pattern import Const, Match, Op, Pat, Pattern, RewritePass, Rule, Var
+from ecograph.passes.registry import register_pass
 from ecograph.passes.utils import scalar_of
 
 

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ecograph.ir.graph import Graph, Node, Value
-from ecograph.passes.base import Pass, PassResult
+from ecograph.passes.core import Pass, PassResult
 from ecograph.passes.utils import can_replace, remove_dead
 
 COMMUTATIVE_OPS = frozenset(

@@ -20,7 +20,9 @@ import numpy as np
 
 from ecograph.ir.graph import Graph
 from ecograph.ir.text import explain_difference, parse
-from ecograph.passes.base import Instrumentation, Pass, PassManager, PipelineResult
+from ecograph.passes.core import Pass
+from ecograph.passes.instrument import Instrumentation, PipelineResult
+from ecograph.passes.manager import PassManager
 
 
 def _graph(g: Graph | str) -> Graph:

@@ -21,7 +21,8 @@ from typing import ClassVar
 import numpy as np
 
 from ecograph.ir import DType, Graph, Node, Value
-from ecograph.passes.base import Pass, PassResult, register_pass
+from ecograph.passes.core import Pass, PassResult
+from ecograph.passes.registry import register_pass
 from ecograph.passes.utils import replace_value
 
 

@@ -26,7 +26,8 @@ import numpy as np
 
 from ecograph.errors import PassError
 from ecograph.ir import DType, Graph, Node, Value
-from ecograph.passes.base import Pass, PassResult, register_pass
+from ecograph.passes.core import Pass, PassResult
+from ecograph.passes.registry import register_pass
 from ecograph.passes.utils import replace_value
 from ecograph.quant.calibrate import collect_ranges
 from ecograph.quant.scheme import Granularity, QuantizedTensor, compute_qparams, quantize_tensor

@@ -27,7 +27,7 @@ def test_doc_has_the_worked_example() -> None:
 
 
 def test_doc_blocks_run_in_order() -> None:
-    from ecograph.passes import base
+    from ecograph.passes import unregister_pass
 
     namespace: dict[str, object] = {"__name__": "writing_a_pass_doc"}
     try:
@@ -38,4 +38,4 @@ def test_doc_blocks_run_in_order() -> None:
             exec(code, namespace)
     finally:
         for name in ("fuse-hard-swish", "sub-neg-to-add"):
-            base._PASSES.pop(name, None)
+            unregister_pass(name)

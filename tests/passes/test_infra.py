@@ -26,7 +26,6 @@ from ecograph.passes import (
     Var,
     apply_greedy,
     apply_once,
-    base,
     bisect_pipeline,
     explain,
     get_pass,
@@ -34,6 +33,7 @@ from ecograph.passes import (
     parse_pipeline,
     register_pass,
     registered_passes,
+    registry,
     run_passes,
 )
 
@@ -109,15 +109,15 @@ def test_entry_point_discovery(monkeypatch: pytest.MonkeyPatch) -> None:
         calls.append(group)
         return [FakeEntryPoint()]
 
-    monkeypatch.setattr(base.importlib.metadata, "entry_points", fake_entry_points)
-    monkeypatch.setattr(base, "_ENTRY_POINTS_LOADED", False)
-    monkeypatch.setitem(base._PASSES, "placeholder", EliminateDeadCode)  # restored afterwards
+    monkeypatch.setattr(registry.importlib.metadata, "entry_points", fake_entry_points)
+    monkeypatch.setattr(registry, "_ENTRY_POINTS_LOADED", False)
+    monkeypatch.setitem(registry._PASSES, "placeholder", EliminateDeadCode)  # restored afterwards
     try:
         assert "plugin-noop" in registered_passes()
         assert calls == ["ecograph.passes"]
         assert run_passes(small_graph(), "plugin-noop").changed is False
     finally:
-        base._PASSES.pop("plugin-noop", None)
+        registry._PASSES.pop("plugin-noop", None)
 
 
 def test_fixed_point_cap_and_honest_changed(caplog: pytest.LogCaptureFixture) -> None:
