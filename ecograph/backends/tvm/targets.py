@@ -228,6 +228,51 @@ def cpuinfo_flags() -> set[str]:
     return set()
 
 
+# ISA extensions code generation may use, as LLVM names them -> as /proc/cpuinfo names them.
+# A CPU model whose LLVM features include one the host lacks would die with SIGILL here.
+_ISA_FLAGS = {
+    "sse4.1": "sse4_1",
+    "sse4.2": "sse4_2",
+    "popcnt": "popcnt",
+    "avx": "avx",
+    "avx2": "avx2",
+    "fma": "fma",
+    "f16c": "f16c",
+    "bmi": "bmi1",
+    "bmi2": "bmi2",
+    "lzcnt": "abm",
+    "movbe": "movbe",
+    "adx": "adx",
+    "sha": "sha_ni",
+    "vaes": "vaes",
+    "vpclmulqdq": "vpclmulqdq",
+    "gfni": "gfni",
+    "avxvnni": "avx_vnni",
+    "avx512f": "avx512f",
+    "avx512bw": "avx512bw",
+    "avx512dq": "avx512dq",
+    "avx512vl": "avx512vl",
+    "avx512cd": "avx512cd",
+    "avx512vnni": "avx512_vnni",
+    "avx512bf16": "avx512_bf16",
+    "avx512vbmi": "avx512vbmi",
+    "avx512vbmi2": "avx512_vbmi2",
+    "avx512ifma": "avx512ifma",
+    "avx512bitalg": "avx512_bitalg",
+    "avx512vpopcntdq": "avx512_vpopcntdq",
+    "avx512fp16": "avx512_fp16",
+}
+
+
+def missing_on_host(spec: TargetSpec) -> list[str]:
+    """The ISA extensions `spec`'s code may use that this x86 host lacks (empty: it can run
+    here). Only meaningful for x86 specs on an x86 host; other families return []."""
+    if spec.family != "x86" or os.uname().machine not in ("x86_64", "AMD64"):
+        return []
+    flags = cpuinfo_flags()
+    return sorted(f for f in spec.features if f in _ISA_FLAGS and _ISA_FLAGS[f] not in flags)
+
+
 def _arm(name: str, cpu: str) -> TargetSpec:
     spec: dict[str, Any] = {"kind": "llvm", "mtriple": ARM_TRIPLE, "mattr": ["+neon"]}
     if cpu:
