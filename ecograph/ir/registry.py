@@ -11,12 +11,16 @@ live in the "ecograph" domain. Registering an op takes one decorator on its refe
 The kernel takes numpy arrays (None for absent optional inputs) and attributes as keyword
 arguments, and returns one array or a tuple of arrays. `infer` receives an `InferContext` and
 returns one TensorType per output (a dim may be None when it cannot be known statically).
+
+The schema also holds the facts passes and analyses ask about an op, so that each fact has one
+home: `commutative` (pattern matching tries both operand orders), `random` (CSE and constant
+folding leave the op alone) and `macs` (the cost model of `ecograph.ir.stats`).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -79,10 +83,16 @@ class Port:
 
 InferFn = Callable[["InferContext"], Sequence[TensorType]]
 PropagateFn = Callable[["InferContext"], "list[Dim] | None"]
+# Multiply-accumulates of one node given symbol bindings (FLOPs are twice this). It may return
+# None when the node's shapes are outside its rule; evaluating a dim with an unbound symbol
+# raises KeyError (`symbolic.evaluate`), which callers read as "unknown".
+MacsFn = Callable[["Node", Mapping[str, int]], "int | None"]
 
 
 @dataclass
 class OpSchema:
+    """Everything the IR knows about one op (see `register_op` for the facts' meanings)."""
+
     op_type: str
     domain: str
     inputs: tuple[Port, ...]
@@ -92,6 +102,8 @@ class OpSchema:
     kernel: Callable[..., Any]
     doc: str = ""
     random: bool = False
+    commutative: bool = False
+    macs: MacsFn | None = None
     propagate: PropagateFn | None = None
     wants_num_outputs: bool = field(default=False)
 
@@ -130,14 +142,21 @@ def register_op(
     domain: str = "",
     attrs: dict[str, Attr] | None = None,
     random: bool = False,
+    commutative: bool = False,
+    macs: MacsFn | None = None,
     propagate: PropagateFn | None = None,
     replace: bool = False,
     doc: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register an op whose reference kernel is the decorated function (see module doc).
 
-    `random=True` marks ops whose result is not a function of their inputs (CSE never merges
-    them). `propagate` computes the symbolic value of small integer outputs (shape math).
+    - `random=True`: the result is not a function of the inputs (a draw from a distribution),
+      so CSE never merges two such nodes and constant folding never computes one ahead.
+    - `commutative=True`: swapping the two inputs of a two-input node gives the same result;
+      `ecograph.passes.pattern.Op` then matches the operands in either order.
+    - `macs`: the node's multiply-accumulates (`MacsFn`), for the ops that dominate compute
+      (contractions); ops without it count as 0 in `ecograph.ir.stats`.
+    - `propagate` computes the symbolic value of small integer outputs (shape math).
     """
     key = (domain, op_type)
 
@@ -157,6 +176,8 @@ def register_op(
             kernel=kernel,
             doc=doc or inspect.getdoc(kernel) or "",
             random=random,
+            commutative=commutative,
+            macs=macs,
             propagate=propagate,
             wants_num_outputs="_num_outputs" in inspect.signature(kernel).parameters,
         )

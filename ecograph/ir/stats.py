@@ -1,9 +1,10 @@
 """Graph statistics: op histogram, parameters, bytes by dtype, FLOPs/MACs estimate.
 
-FLOPs count a multiply-add as two operations (MACs count it once) for MatMul, Gemm, Conv,
-ConvTranspose and attention ops; elementwise ops are not counted (they are memory-bound and
-small next to the contractions). With symbolic dims, pass `bindings={"batch": 1, ...}`;
-unbound symbols make the estimate None rather than a guess.
+FLOPs count a multiply-add as two operations (MACs count it once). Each op's MAC rule is a fact
+of its schema (`OpSchema.macs`, registered with the op): the contractions (MatMul, Gemm, Conv,
+ConvTranspose, attention and their integer / fused forms) have one; elementwise ops do not and
+count 0 (they are memory-bound and small next to the contractions). With symbolic dims, pass
+`bindings={"batch": 1, ...}`; unbound symbols make the estimate None rather than a guess.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ecograph.ir import symbolic
 from ecograph.ir.graph import Graph, Node
-from ecograph.ir.symbolic import Dim
+from ecograph.ir.registry import lookup_schema
 
 
 @dataclass
@@ -65,44 +65,13 @@ def human_bytes(n: int) -> str:
 
 def node_macs(node: Node, bindings: Mapping[str, int]) -> int | None:
     """Multiply-accumulates of one node, 0 for ops not counted, None if a dim is unbound."""
-
-    def ev(d: Dim) -> int:
-        return symbolic.evaluate(d, bindings)
-
+    schema = lookup_schema(node.op_type, node.domain)
+    if schema is None or schema.macs is None:
+        return 0
     try:
-        if node.op_type in ("MatMul", "MatMulInteger", "QLinearMatMul", "Gemm", "Linear"):
-            out = node.outputs[0].type
-            a = node.inputs[0]
-            assert a is not None
-            k = a.shape[-1]
-            if node.op_type == "Gemm" and node.attr("transA", 0):
-                k = a.shape[0]
-            if node.op_type == "QLinearMatMul":
-                k = a.shape[-1]
-            return ev(symbolic.product(out.shape)) * ev(k)
-        if node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
-            w = node.inputs[3 if node.op_type == "QLinearConv" else 1]
-            assert w is not None
-            out = node.outputs[0].type
-            per_output = symbolic.product(w.shape[1:])  # (C_in / group) * kernel
-            return ev(symbolic.product(out.shape)) * ev(per_output)
-        if node.op_type == "ConvTranspose":
-            x, w = node.inputs[0], node.inputs[1]
-            assert x is not None and w is not None
-            return ev(symbolic.product(x.shape)) * ev(symbolic.product(w.shape[1:]))
-        if node.op_type == "Attention":
-            q, k = node.inputs[0], node.inputs[1]
-            assert q is not None and k is not None
-            # Q·Kᵀ and P·V: 2 · (elements of Q) · kv_seq, for 4-D (B, H, S, D) and for 3-D
-            # (B, S, H·D) inputs alike.
-            if q.type.rank == 4 and k.type.rank == 4:
-                return 2 * ev(symbolic.product(q.shape)) * ev(k.shape[2])
-            if q.type.rank == 3 and k.type.rank == 3:
-                return 2 * ev(symbolic.product(q.shape)) * ev(k.shape[1])
-            return None
-    except KeyError:
+        return schema.macs(node, bindings)
+    except KeyError:  # symbolic.evaluate: a symbol with no binding
         return None
-    return 0
 
 
 def graph_stats(graph: Graph, bindings: Mapping[str, int] | None = None) -> GraphStats:

@@ -8,7 +8,8 @@
     apply_greedy(graph, [rule])
 
 - `Op(op_type, *inputs, attrs=..., name=..., where=...)` matches a node; `op_type` may be a
-  tuple of alternatives. Operands of commutative ops (Add, Mul, ...) match in either order.
+  tuple of alternatives. Operands of two-input commutative ops (`OpSchema.commutative`: Add,
+  Mul, ...) match in either order.
 - `Var(name)` matches any value and captures it; a name used twice must bind the same value.
 - `Const(name, value=, rel=)` matches a constant (all elements equal `value`, if given).
 - Every matched node except the root must be single-use: all users of its outputs are inside
@@ -31,12 +32,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ecograph.ir.graph import Graph, Node, Value
+from ecograph.ir.registry import lookup_schema
 from ecograph.passes.core import Pass, PassResult
 from ecograph.passes.utils import can_replace, remove_dead
-
-COMMUTATIVE_OPS = frozenset(
-    {"Add", "Mul", "Max", "Min", "Sum", "Mean", "And", "Or", "Xor", "Equal"}
-)
 
 Predicate = Callable[..., "bool | str | None"]
 
@@ -103,7 +101,7 @@ class Op(Pat):
         self.commutative = (
             commutative
             if commutative is not None
-            else (len(inputs) == 2 and all(t in COMMUTATIVE_OPS for t in self.op_types))
+            else (len(inputs) == 2 and all(_is_commutative(t, domain) for t in self.op_types))
         )
         self.single_use = single_use
         self.where = where
@@ -113,6 +111,12 @@ class Op(Pat):
     def describe(self) -> str:
         op = "|".join(self.op_types)
         return f"{op}({', '.join(p.describe() for p in self.inputs)})"
+
+
+def _is_commutative(op_type: str, domain: str) -> bool:
+    """The registry's fact (`OpSchema.commutative`); an unregistered op is not commutative."""
+    schema = lookup_schema(op_type, domain)
+    return schema is not None and schema.commutative
 
 
 @dataclass

@@ -115,3 +115,72 @@ def test_data_dependent_dims_get_fresh_symbols_that_verify_accepts():
         b.graph, {"x": np.arange(16, dtype=np.float32).reshape(2, 8), "k": np.array([3])}
     )
     assert out[vals.name].tolist() == [[7, 6, 5], [15, 14, 13]]
+
+
+# ------------------------------------------------------------------ schema facts
+
+# The set passes/pattern.py kept before commutativity moved into the schema.
+_COMMUTATIVE = {"Add", "Mul", "Max", "Min", "Sum", "Mean", "And", "Or", "Xor", "Equal"}
+_RANDOM = {
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    "Dropout",
+}
+# The ops whose MACs ir/stats.py counted by name before the rule moved into the schema.
+_COUNTED = {
+    ("", "MatMul"),
+    ("", "MatMulInteger"),
+    ("", "QLinearMatMul"),
+    ("", "Gemm"),
+    ("ecograph", "Linear"),
+    ("", "Conv"),
+    ("", "ConvInteger"),
+    ("", "QLinearConv"),
+    ("", "ConvTranspose"),
+    ("", "Attention"),
+}
+
+
+def test_commutativity_is_a_schema_fact():
+    commutative = {s.op_type for s in registered_ops() if s.commutative}
+    assert commutative == _COMMUTATIVE
+    assert all(s.domain == "" for s in registered_ops() if s.commutative)
+
+
+def test_random_ops_are_flagged_and_run():
+    assert {s.op_type for s in registered_ops() if s.random} == _RANDOM
+    b = GraphBuilder()
+    x = b.input("x", "float32", ["batch", 3])
+    outs = [
+        b.op("RandomNormal", shape=[2, 3], seed=1.0),
+        b.op("RandomUniform", shape=[2, 3], low=-1.0, high=1.0),
+        b.op("RandomNormalLike", x),
+        b.op("RandomUniformLike", x, dtype=11),
+        b.op("Bernoulli", b.op("Sigmoid", x)),
+        b.op("Multinomial", x, sample_size=4, seed=3.0),
+    ]
+    b.output(*outs)
+    verify(b.graph)
+    assert [str(v.type) for v in outs[2:]] == [
+        "float32[batch, 3]",
+        "float64[batch, 3]",
+        "float32[batch, 3]",
+        "int32[batch, 4]",
+    ]
+    feeds = {"x": np.random.default_rng(0).random((5, 3), np.float32)}
+    got = interpret(b.graph, feeds)
+    again = interpret(b.graph, feeds)
+    # A seed makes a draw repeatable; the Multinomial indices are classes.
+    np.testing.assert_array_equal(got[outs[0].name], again[outs[0].name])
+    np.testing.assert_array_equal(got[outs[5].name], again[outs[5].name])
+    assert set(np.unique(got[outs[5].name])) <= {0, 1, 2}
+    uniform = got[outs[1].name]
+    assert uniform.shape == (2, 3) and ((uniform >= -1) & (uniform <= 1)).all()
+
+
+def test_macs_rules_live_in_the_schema():
+    assert {(s.domain, s.op_type) for s in registered_ops() if s.macs is not None} == _COUNTED

@@ -448,3 +448,36 @@ def test_fold_shapes_uses_kernel_semantics_for_negative_division() -> None:
     assert [n.op_type for n in graph.nodes] == ["Add"]
     y = interpret(graph, {"x": np.zeros((3, 7), np.float32)})["y"]
     assert y.tolist() == [2]
+
+
+# --------------------------------------------------------------------- random ops
+
+# Two identical draws (same op, attributes and inputs) and a draw on a constant. Seeded, so the
+# differential check of the pass manager is repeatable.
+_RANDOM_DRAWS = """
+  const %k: float32[2, 3] = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+  %a: float32[2, 3] = RandomNormal() {seed = 1.0, shape = [2, 3]} @a
+  %b: float32[2, 3] = RandomNormal() {seed = 1.0, shape = [2, 3]} @b
+  %l: float32[2, 3] = RandomUniformLike(%k) {seed = 2.0} @l
+  %y: float32[2, 3] = Sum(%a, %b, %l) @y
+  output %y
+"""
+
+
+def test_cse_never_merges_identical_random_normal_draws() -> None:
+    check_no_change(EliminateCommonSubexpressions(), g(_RANDOM_DRAWS))
+
+
+def test_fold_constants_never_folds_random_draws() -> None:
+    check_no_change(FoldConstants(), g(_RANDOM_DRAWS))
+
+
+def test_cleanup_pipeline_keeps_every_draw() -> None:
+    graph = parse(g(_RANDOM_DRAWS))
+    run_passes(graph, "cleanup")
+    assert [n.op_type for n in graph.nodes] == [
+        "RandomNormal",
+        "RandomNormal",
+        "RandomUniformLike",
+        "Sum",
+    ]

@@ -20,7 +20,7 @@ from onnx import helper, numpy_helper
 
 from ecograph.ir import symbolic
 from ecograph.ir.dtypes import DType
-from ecograph.ir.registry import ONNX_OPSET, Attr, InferContext, make_type, register_op
+from ecograph.ir.registry import ONNX_OPSET, Attr, InferContext, MacsFn, make_type, register_op
 from ecograph.ir.symbolic import Dim
 from ecograph.ir.types import TensorType
 
@@ -165,10 +165,13 @@ def register_reference_op(
     infer: Callable[[InferContext], Sequence[TensorType]] | None = None,
     kernel: Callable[..., Any] | None = None,
     kernel_source: str = "onnx.reference",
+    random: bool = False,
+    macs: MacsFn | None = None,
 ) -> None:
     """Register `op_type` with its ONNX signature and ONNX inference, and the onnx.reference
     kernel or `kernel` (an ecograph kernel where onnx.reference deviates from the spec;
-    `kernel_source` names where it lives)."""
+    `kernel_source` names where it lives). `random` and `macs` are the schema facts of
+    `register_op`."""
     inputs, outputs, attrs = schema_signature(op_type)
     register_op(
         op_type,
@@ -176,5 +179,7 @@ def register_reference_op(
         outputs=outputs,
         attrs=attrs,
         infer=infer or onnx_infer(op_type),
+        random=random,
+        macs=macs,
         doc=f"ONNX {op_type} (kernel: {kernel_source}; types: ONNX shape inference).",
     )(kernel or reference_kernel(op_type))

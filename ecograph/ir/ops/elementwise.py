@@ -51,7 +51,7 @@ _UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "Tanh": np.tanh,
     "Sign": np.sign,
     "Round": np.round,  # numpy rounds half to even, as ONNX Round does
-    "Sigmoid": lambda x: _sigmoid(x),
+    "Sigmoid": lambda x: sigmoid(x),
     "Relu": lambda x: np.maximum(x, np.zeros((), x.dtype)),
     "Softsign": lambda x: x / (1 + np.abs(x)),
     "Softplus": lambda x: np.logaddexp(np.zeros((), x.dtype), x),
@@ -60,8 +60,8 @@ _UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    # Stable for large |x|: exp only of non-positive numbers.
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """The Sigmoid kernel, stable for large |x|: exp only of non-positive numbers."""
     out = np.empty_like(x)
     pos = x >= 0
     out[pos] = 1 / (1 + np.exp(-x[pos]))
@@ -200,6 +200,19 @@ def clip(x: np.ndarray, lo: np.ndarray | None = None, hi: np.ndarray | None = No
     return np.asarray(out).astype(x.dtype)
 
 
+@register_op(
+    "Shrink",
+    inputs=["input"],
+    outputs=["output"],
+    attrs={"bias": Attr("float", 0.0), "lambd": Attr("float", 0.5)},
+    infer=same_as_input(0),
+)
+def shrink(x: np.ndarray, *, bias: float, lambd: float) -> np.ndarray:
+    xd = x.astype(np.float64)
+    y = np.where(xd < -lambd, xd + bias, np.where(xd > lambd, xd - bias, 0))
+    return y.astype(x.dtype)
+
+
 # ---------------------------------------------------------------- binary ops
 
 
@@ -248,18 +261,20 @@ def _dim_div(a: Dim, b: Dim) -> Dim:
     return symbolic.floordiv(a, b)
 
 
+# name: (kernel, symbolic rule, commutative)
 _ARITH = {
-    "Add": (np.add, symbolic.add),
-    "Sub": (np.subtract, symbolic.sub),
-    "Mul": (np.multiply, symbolic.mul),
-    "Div": (_div, _dim_div),
+    "Add": (np.add, symbolic.add, True),
+    "Sub": (np.subtract, symbolic.sub, False),
+    "Mul": (np.multiply, symbolic.mul, True),
+    "Div": (_div, _dim_div, False),
 }
-for _name, (_fn, _sym) in _ARITH.items():
+for _name, (_fn, _sym, _commutative) in _ARITH.items():
     register_op(
         _name,
         inputs=["A", "B"],
         outputs=["C"],
         infer=broadcast_infer(),
+        commutative=_commutative,
         propagate=_propagate_binary(_sym),
     )(_binary(_fn))
 
@@ -303,8 +318,10 @@ def bit_shift(x: np.ndarray, y: np.ndarray, *, direction: str) -> np.ndarray:
     return fn(x, y.astype(x.dtype)).astype(x.dtype)
 
 
+register_op(
+    "Equal", inputs=["A", "B"], outputs=["C"], infer=broadcast_infer(DType.BOOL), commutative=True
+)(np.equal)
 for _name, _fn in {
-    "Equal": np.equal,
     "Less": np.less,
     "LessOrEqual": np.less_equal,
     "Greater": np.greater,
@@ -313,7 +330,9 @@ for _name, _fn in {
     register_op(_name, inputs=["A", "B"], outputs=["C"], infer=broadcast_infer(DType.BOOL))(_fn)
 
 for _name, _fn in {"And": np.logical_and, "Or": np.logical_or, "Xor": np.logical_xor}.items():
-    register_op(_name, inputs=["A", "B"], outputs=["C"], infer=broadcast_infer(DType.BOOL))(_fn)
+    register_op(
+        _name, inputs=["A", "B"], outputs=["C"], infer=broadcast_infer(DType.BOOL), commutative=True
+    )(_fn)
 
 
 # ---------------------------------------------------------- variadic reductions
@@ -330,11 +349,15 @@ def _variadic(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Callable[..
     return kernel
 
 
+# Commutative: a two-input node gives the same result with its inputs swapped (NaN
+# propagation of Max / Min included: np.maximum and np.minimum return NaN from either side).
 for _name, _fn in {"Sum": np.add, "Max": np.maximum, "Min": np.minimum}.items():
-    register_op(_name, inputs=["data_0*"], outputs=["out"], infer=broadcast_infer())(_variadic(_fn))
+    register_op(
+        _name, inputs=["data_0*"], outputs=["out"], infer=broadcast_infer(), commutative=True
+    )(_variadic(_fn))
 
 
-@register_op("Mean", inputs=["data_0*"], outputs=["out"], infer=broadcast_infer())
+@register_op("Mean", inputs=["data_0*"], outputs=["out"], infer=broadcast_infer(), commutative=True)
 def mean(*xs: np.ndarray) -> np.ndarray:
     total = _variadic(np.add)(*xs)
     return (total / xs[0].dtype.type(len(xs))).astype(xs[0].dtype)

@@ -11,14 +11,21 @@ scale, mask, softmax, ·V), so a fused graph and its unfused form agree to round
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+from ecograph.ir import symbolic
 from ecograph.ir.dtypes import DType
 from ecograph.ir.ops._infer import broadcast_infer, broadcast_shapes, same_as_input
-from ecograph.ir.ops.elementwise import _sigmoid
-from ecograph.ir.ops.nn import matmul
+from ecograph.ir.ops.elementwise import sigmoid
+from ecograph.ir.ops.nn import matmul, matmul_macs, matmul_shape
 from ecograph.ir.registry import Attr, InferContext, make_type, register_op
 from ecograph.ir.types import TensorType
+
+if TYPE_CHECKING:
+    from ecograph.ir.graph import Node
 
 # ------------------------------------------------------------------- attention
 
@@ -77,6 +84,24 @@ def _softmax_last(x: np.ndarray) -> np.ndarray:
     return y.astype(x.dtype)
 
 
+def _attention_macs(node: Node, bindings: Mapping[str, int]) -> int | None:
+    """Q·Kᵀ and P·V: 2 · (elements of Q) · kv_seq, for 4-D (B, H, S, D) and for 3-D
+    (B, S, H·D) inputs alike."""
+    q, k = node.inputs[0], node.inputs[1]
+    assert q is not None and k is not None
+    if q.type.rank == 4 and k.type.rank == 4:
+        kv_seq = k.shape[2]
+    elif q.type.rank == 3 and k.type.rank == 3:
+        kv_seq = k.shape[1]
+    else:
+        return None
+    return (
+        2
+        * symbolic.evaluate(symbolic.product(q.shape), bindings)
+        * symbolic.evaluate(kv_seq, bindings)
+    )
+
+
 @register_op(
     "Attention",
     inputs=["Q", "K", "V", "attn_mask?", "past_key?", "past_value?"],
@@ -91,6 +116,7 @@ def _softmax_last(x: np.ndarray) -> np.ndarray:
         "softmax_precision": Attr("int", None),
     },
     infer=_attention_infer,
+    macs=_attention_macs,
 )
 def attention(
     q: np.ndarray,
@@ -151,7 +177,7 @@ def attention(
 def silu(x: np.ndarray) -> np.ndarray:
     """SiLU / swish: x · sigmoid(x), as Mul(x, Sigmoid(x)) computes it in x's dtype."""
     with np.errstate(all="ignore"):
-        return (x * _sigmoid(x)).astype(x.dtype)
+        return (x * sigmoid(x)).astype(x.dtype)
 
 
 @register_op(
@@ -167,8 +193,6 @@ def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
 
 
 def _linear_infer(ctx: InferContext) -> list[TensorType]:
-    from ecograph.ir.ops.nn import matmul_shape
-
     x, w = ctx.input(0), ctx.input(1)
     if w.rank != 2 or x.dtype != w.dtype:
         ctx.fail(f"Linear takes a 2-D weight of the input's dtype, got {x} and {w}")
@@ -180,7 +204,12 @@ def _linear_infer(ctx: InferContext) -> list[TensorType]:
 
 
 @register_op(
-    "Linear", domain="ecograph", inputs=["X", "W", "B?"], outputs=["Y"], infer=_linear_infer
+    "Linear",
+    domain="ecograph",
+    inputs=["X", "W", "B?"],
+    outputs=["Y"],
+    infer=_linear_infer,
+    macs=matmul_macs,
 )
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """Linear(x, W, b) = MatMul(x, W) + b for any rank of x, bit-identical to the two ops

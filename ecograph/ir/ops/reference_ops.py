@@ -10,6 +10,7 @@ import numpy as np
 from ecograph.ir import symbolic
 from ecograph.ir.dtypes import DType
 from ecograph.ir.ops._onnx_ref import onnx_infer, register_reference_op
+from ecograph.ir.ops.convolution import conv_macs
 from ecograph.ir.registry import InferContext, make_type
 from ecograph.ir.symbolic import Dim
 from ecograph.ir.types import TensorType
@@ -54,7 +55,6 @@ REFERENCE_OPS = (
     "DFT",
     "DeformConv",
     "GridSample",
-    "QLinearConv",
     "RegexFullMatch",
     "RoiAlign",
     "RotaryEmbedding",
@@ -78,6 +78,7 @@ def _mel_infer(ctx: InferContext) -> list[TensorType]:
     return [make_type(DType.from_onnx(ctx.attr("output_datatype")), [None, None])]
 
 
+register_reference_op("QLinearConv", macs=conv_macs(3))  # the weight is input 3
 register_reference_op("Resize", infer=_resize_infer)
 register_reference_op("STFT", infer=_stft_infer)
 register_reference_op("MelWeightMatrix", infer=_mel_infer)

@@ -37,12 +37,17 @@ def _dropout_infer(ctx: InferContext) -> list[TensorType]:
     return [x, x.with_dtype(DType.BOOL)]
 
 
+# Dropout is flagged random: the flag is per op, and in training mode (training_mode true,
+# ratio > 0) Dropout draws a mask, so two such nodes must never merge or fold. In inference
+# mode it is the identity and this kernel is deterministic; eliminate-no-ops removes it there,
+# so the flag costs nothing in inference graphs.
 @register_op(
     "Dropout",
     inputs=["data", "ratio?", "training_mode?"],
     outputs=["output", "mask?"],
     attrs={"seed": Attr("int", None)},
     infer=_dropout_infer,
+    random=True,
 )
 def dropout(
     x: np.ndarray,
@@ -592,104 +597,6 @@ def cast_like(x: np.ndarray, like: np.ndarray, *, saturate: int, round_mode: str
     return cast_array(x, DType.from_numpy(like.dtype), bool(saturate))
 
 
-# ------------------------------------------------------------ Constant family
-
-
-def _constant_value(attrs: dict[str, Any]) -> np.ndarray:
-    given = {k: v for k, v in attrs.items() if v is not None}
-    if len(given) != 1:
-        raise ValueError(f"Constant needs exactly one value attribute, got {sorted(given)}")
-    key, v = next(iter(given.items()))
-    if key == "value":
-        return v
-    if key == "value_float":
-        return np.array(v, dtype=np.float32)
-    if key == "value_int":
-        return np.array(v, dtype=np.int64)
-    if key == "value_floats":
-        return np.array(v, dtype=np.float32).reshape(-1)
-    if key == "value_ints":
-        return np.array(v, dtype=np.int64).reshape(-1)
-    if key == "value_string":
-        return np.array(v, dtype=object)
-    if key == "value_strings":
-        return np.array(list(v), dtype=object).reshape(-1)
-    raise ValueError(f"unknown Constant attribute {key}")
-
-
-_CONSTANT_ATTRS = {
-    k: Attr(kind, None)
-    for k, kind in {
-        "value": "tensor",
-        "value_float": "float",
-        "value_floats": "floats",
-        "value_int": "int",
-        "value_ints": "ints",
-        "value_string": "string",
-        "value_strings": "strings",
-    }.items()
-}
-
-
-def _constant_infer(ctx: InferContext) -> list[TensorType]:
-    return [TensorType.of(_constant_value(ctx.attrs))]
-
-
-def _constant_propagate(ctx: InferContext) -> list[Dim] | None:
-    arr = _constant_value(ctx.attrs)
-    if arr.dtype.kind not in "iu" or arr.ndim > 1:
-        return None
-    return [int(x) for x in arr.reshape(-1)]
-
-
-@register_op(
-    "Constant",
-    inputs=[],
-    outputs=["output"],
-    attrs=_CONSTANT_ATTRS,
-    infer=_constant_infer,
-    propagate=_constant_propagate,
-)
-def constant(**attrs: Any) -> np.ndarray:
-    return _constant_value(attrs)
-
-
-def _constant_of_shape_infer(ctx: InferContext) -> list[TensorType]:
-    value = ctx.attr("value")
-    dtype = DType.FLOAT32 if value is None else DType.from_numpy(value.dtype)
-    dims = ctx.symbolic(0)
-    if dims is None:
-        n = ctx.input(0).shape[0] if ctx.input(0).rank == 1 else None
-        if not isinstance(n, int):
-            ctx.fail("the shape input must be a 1-D tensor of static length")
-        return [make_type(dtype, [None] * n)]
-    return [TensorType(dtype, dims)]
-
-
-def _constant_of_shape_propagate(ctx: InferContext) -> list[Dim] | None:
-    value = ctx.attr("value")
-    dims = ctx.symbolic(0)
-    if value is None or value.dtype.kind not in "iu" or dims is None or len(dims) != 1:
-        return None
-    if not isinstance(dims[0], int):
-        return None
-    out: list[Dim] = [int(value.reshape(-1)[0])] * dims[0]
-    return out
-
-
-@register_op(
-    "ConstantOfShape",
-    inputs=["input"],
-    outputs=["output"],
-    attrs={"value": Attr("tensor", None)},
-    infer=_constant_of_shape_infer,
-    propagate=_constant_of_shape_propagate,
-)
-def constant_of_shape(shape: np.ndarray, *, value: np.ndarray | None) -> np.ndarray:
-    fill = np.zeros(1, np.float32) if value is None else value
-    return np.full(tuple(int(d) for d in shape), fill.reshape(-1)[0], dtype=fill.dtype)
-
-
 # ---------------------------------------------------------------------- Expand
 
 
@@ -725,27 +632,6 @@ def _tile_infer(ctx: InferContext) -> list[TensorType]:
 @register_op("Tile", inputs=["input", "repeats"], outputs=["output"], infer=_tile_infer)
 def tile(x: np.ndarray, repeats: np.ndarray) -> np.ndarray:
     return np.tile(x, tuple(int(r) for r in repeats))
-
-
-# ----------------------------------------------------------------------- Range
-
-
-def _range_infer(ctx: InferContext) -> list[TensorType]:
-    dtype = ctx.input(0).dtype
-    start, limit, delta = ctx.constant(0), ctx.constant(1), ctx.constant(2)
-    if start is None or limit is None or delta is None:
-        s, lim, d = ctx.symbolic(0), ctx.symbolic(1), ctx.symbolic(2)
-        if s == [0] and d == [1] and lim is not None:
-            return [TensorType(dtype, [lim[0]])]
-        return [make_type(dtype, [None])]
-    n = max(int(np.ceil((limit.item() - start.item()) / delta.item())), 0)
-    return [TensorType(dtype, [n])]
-
-
-@register_op("Range", inputs=["start", "limit", "delta"], outputs=["output"], infer=_range_infer)
-def range_(start: np.ndarray, limit: np.ndarray, delta: np.ndarray) -> np.ndarray:
-    n = max(int(np.ceil((limit.item() - start.item()) / delta.item())), 0)
-    return (start + np.arange(n).astype(start.dtype) * delta).astype(start.dtype)
 
 
 # ------------------------------------------------------------------------ Trilu
