@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -277,9 +277,8 @@ class Graph:
         )
 
     def __str__(self) -> str:
-        from ecograph.ir.text import to_text
-
-        return to_text(self)
+        """The text form (`ecograph.ir.to_text`), once text.py has installed its printer."""
+        return repr(self) if _text_printer is None else _text_printer(self)
 
     @property
     def inputs(self) -> tuple[Value, ...]:
@@ -726,10 +725,28 @@ class Graph:
             raise IRError(f"node {node.name} is not in graph {self.name}")
 
     def copy(self) -> Graph:
-        """A structural copy. Constant arrays are shared, not copied."""
-        from ecograph.ir.text import copy_graph
-
-        return copy_graph(self)
+        """A structural copy: same names, types, attributes and order. Constant arrays are
+        shared, not copied."""
+        new = Graph(self.name, opset_imports=self.opset_imports, metadata=self.metadata)
+        mapping: dict[int, Value] = {}
+        for v in self._inputs:
+            mapping[id(v)] = new.add_input(v.name, v.dtype, v.shape)
+        for v in self._constants.values():
+            mapping[id(v)] = new.add_constant(v.const_value, v.name)
+        for node in self.nodes:
+            copy = new.add_node(
+                node.op_type,
+                [None if v is None else mapping[id(v)] for v in node.inputs],
+                dict(node.attrs),
+                domain=node.domain,
+                name=node.name,
+                output_names=[v.name for v in node.outputs],
+                output_types=[v.type for v in node.outputs],
+            )
+            for old, fresh in zip(node.outputs, copy.outputs, strict=True):
+                mapping[id(old)] = fresh
+        new.set_outputs([mapping[id(v)] for v in self._outputs])
+        return new
 
     def to_networkx(self) -> networkx.MultiDiGraph:
         """A networkx view for analyses: one graph node per IR node plus one per graph input,
@@ -752,10 +769,17 @@ class Graph:
             g.add_edge(_nx_source(v), f"output:{i}", value=v.name, index=i)
         return g
 
-    def stats(self) -> Any:
-        from ecograph.ir.stats import graph_stats
 
-        return graph_stats(self)
+# str(graph) prints the text form, which text.py owns; text.py imports this module, so it
+# installs its printer here on import (ecograph.ir imports text.py) instead of this module
+# importing text.py back.
+_text_printer: Callable[[Graph], str] | None = None
+
+
+def set_text_printer(printer: Callable[[Graph], str]) -> None:
+    """Make `str(graph)` call `printer` (text.py installs `to_text`)."""
+    global _text_printer
+    _text_printer = printer
 
 
 def _nx_source(v: Value) -> str:

@@ -30,7 +30,7 @@ import numpy as np
 
 from ecograph.errors import ParseError
 from ecograph.ir.dtypes import DType
-from ecograph.ir.graph import Graph, Node, Value
+from ecograph.ir.graph import Graph, Node, Value, set_text_printer
 from ecograph.ir.registry import lookup_schema
 from ecograph.ir.types import TensorType
 
@@ -129,6 +129,9 @@ def to_text(graph: Graph, *, inline_limit: int | None = DEFAULT_INLINE_LIMIT) ->
         lines.append(f"  output {_name('%', v.name)}")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+set_text_printer(to_text)  # str(graph) prints the text form (see ecograph.ir.graph)
 
 
 # -------------------------------------------------------------------- parsing
@@ -453,30 +456,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-
-
-def copy_graph(graph: Graph) -> Graph:
-    """A structural copy of `graph`; constant arrays are shared."""
-    new = Graph(graph.name, opset_imports=graph.opset_imports, metadata=graph.metadata)
-    mapping: dict[int, Value] = {}
-    for v in graph.inputs:
-        mapping[id(v)] = new.add_input(v.name, v.dtype, v.shape)
-    for v in graph.constants.values():
-        mapping[id(v)] = new.add_constant(v.const_value, v.name)
-    for node in graph.nodes:
-        copy = new.add_node(
-            node.op_type,
-            [None if v is None else mapping[id(v)] for v in node.inputs],
-            dict(node.attrs),
-            domain=node.domain,
-            name=node.name,
-            output_names=[v.name for v in node.outputs],
-            output_types=[v.type for v in node.outputs],
-        )
-        for old, fresh in zip(node.outputs, copy.outputs, strict=True):
-            mapping[id(old)] = fresh
-    new.set_outputs([mapping[id(v)] for v in graph.outputs])
-    return new
 
 
 def explain_difference(a: Graph, b: Graph) -> str | None:

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from ecograph.ir import Graph, GraphBuilder, Value, interpret
+from ecograph.ir import Graph, GraphBuilder, Value, graph_stats, interpret
 from ecograph.models import build_default_model, example_inputs, reference_block
 from ecograph.passes import (
     AbsorbAttentionHeads,
@@ -357,7 +357,7 @@ def test_default_model_end_to_end(tmp_path) -> None:
     feeds = example_inputs()
     before = len(graph.nodes)
     result = run_passes(graph, "default", Instrumentation.all_on(tmp_path, sample_inputs=feeds))
-    hist = graph.stats().op_histogram
+    hist = graph_stats(graph).op_histogram
     assert hist.get("LayerNormalization") == 2
     assert hist.get("Attention") == 1
     assert hist.get("Gelu") == 1
