@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ecograph.ir.registry import unregister_op
+from ecograph.ir.registry import registered_ops, unregister_op
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "ir.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
@@ -22,4 +22,5 @@ def test_doc_block_runs(index):
     try:
         exec(compile(BLOCKS[index], f"{DOC}:block{index}", "exec"), {})
     finally:
-        unregister_op("ScaledTanh", "ecograph_docs")
+        for schema in registered_ops("ecograph_docs"):
+            unregister_op(schema.op_type, "ecograph_docs")
