@@ -7,6 +7,7 @@ with the numbers, leaving everything the caller passed in untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -21,15 +22,6 @@ import numpy as np
 from ecograph.errors import EcographError
 from ecograph.ir import Graph, interpret
 from ecograph.ir.stats import graph_stats
-
-QUANTIZE_PRESETS: dict[str, dict[str, Any]] = {
-    "int8": {"mode": "dynamic", "dtype": "int8"},
-    "int8-dynamic": {"mode": "dynamic", "dtype": "int8"},
-    "int8-static": {"mode": "static", "dtype": "int8"},
-    "int8-weight": {"mode": "weight_only", "dtype": "int8", "granularity": "channel"},
-    "int4": {"mode": "weight_only", "dtype": "int4", "granularity": "group:128"},
-    "int4-weight": {"mode": "weight_only", "dtype": "int4", "granularity": "group:128"},
-}
 
 # Default accuracy budgets (cosine similarity of outputs to the original) when none is given.
 EXACT_BUDGET = 0.99999
@@ -175,28 +167,36 @@ def _as_list(out: Any) -> list[np.ndarray]:
 # ---------------------------------------------------------------- optimize
 
 
-def _quantize_pass(quantize: Any, calibration_data: Iterable[Any] | None) -> Any:
-    from ecograph.quant.quantize import Quantize
+def _pass_items(
+    pipeline: Any,
+    quantize: Any,
+    calibration_data: Iterable[Any] | None,
+    accuracy_budget: float | None,
+    feeds: Mapping[str, np.ndarray],
+) -> tuple[list[Any], str, Any]:
+    """The pipeline items optimize() runs under one PassManager: `pipeline`, then quantization
+    (the budget search when `accuracy_budget` is set), then lower-qdq-to-integer for static
+    quantization (int8 x int8 accumulated in int32, not float simulation).
 
-    if isinstance(quantize, Quantize):
-        return quantize
-    if isinstance(quantize, str):
-        if quantize not in QUANTIZE_PRESETS:
-            raise EcographError(
-                f"quantize={quantize!r}: expected one of {sorted(QUANTIZE_PRESETS)}, a dict of "
-                "Quantize options, or a Quantize pass"
-            )
-        options = dict(QUANTIZE_PRESETS[quantize])
-    elif isinstance(quantize, Mapping):
-        options = dict(quantize)
+    Returns (items, the quantization's description for the recipe and report, the budget
+    search pass or None)."""
+    items: list[Any] = [pipeline] if isinstance(pipeline, str) else list(pipeline)
+    if quantize is None:
+        return items, "", None
+    from ecograph.quant.integer import LowerQDQToInteger
+    from ecograph.quant.presets import quantize_pass
+    from ecograph.quant.sensitivity import QuantizeWithinBudget
+
+    qpass = quantize_pass(quantize, calibration_data)
+    search = None
+    if accuracy_budget is not None:
+        search = QuantizeWithinBudget(qpass, [feeds], accuracy_budget)
+        items.append(search)
     else:
-        raise EcographError(f"quantize={quantize!r} is not a preset name, dict or Quantize pass")
-    if options.get("mode") == "static":
-        if calibration_data is None:
-            raise EcographError("static quantization needs calibration_data=[{input: array}...]")
-        options["calibration_data"] = list(calibration_data)
-        options.setdefault("progress", True)
-    return Quantize(**options)
+        items.append(qpass)
+    if qpass.mode == "static":
+        items.append(LowerQDQToInteger())
+    return items, qpass.describe(), search
 
 
 def optimize(
@@ -223,9 +223,13 @@ def optimize(
     - pipeline: a pass pipeline spec ("default", "cleanup", "cleanup,fuse-attention", ...).
     - quantize: None, a preset ("int8" = dynamic int8, "int8-static", "int8-weight",
       "int4" = weight-only int4 in groups of 128), a dict of Quantize options or a pass.
+      Quantization runs after `pipeline` under the same PassManager (static mode is then
+      lowered to integer kernels by lower-qdq-to-integer), so `instrumentation` covers it.
     - accuracy_budget: the minimum cosine similarity of the outputs to the original on the
       example inputs. With quantization, layers are kept in float (most sensitive first)
       until the budget holds; if it cannot hold, AccuracyError is raised.
+    - instrumentation: the PassManager's checks (verifier, numeric check, dumps); a numeric
+      check without its own sample inputs runs on the example inputs.
     - tune: MetaSchedule tuning (True or a trial budget); the compile cache reuses results.
     - declared_power_watts / carbon_intensity: used only where no energy counter exists /
       to compute gCO2e; both are stated in the report.
@@ -233,7 +237,8 @@ def optimize(
       $ECOGRAPH_CACHE_DIR or ~/.cache/ecograph; False: always compile; or a CompileCache).
     """
     from ecograph.backends.tvm import load
-    from ecograph.passes import run_passes
+    from ecograph.passes import PassManager
+    from ecograph.quant.sensitivity import AccuracyBudgetError
     from ecograph.report.green import GreenReport, ModelFacts, RunFacts
     from ecograph.report.measure import describe_machine, measure_energy, measure_latency
 
@@ -244,37 +249,23 @@ def optimize(
     reference = interpret(original, feeds)
     graph = original.copy()
 
-    records: list[Any] = []
+    items, qdesc, search = _pass_items(pipeline, quantize, calibration_data, accuracy_budget, feeds)
+    inst = instrumentation
+    if inst is not None and inst.differential and inst.sample_inputs is None:
+        inst = dataclasses.replace(inst, sample_inputs=feeds)
     t0 = time.perf_counter()
-    result = run_passes(graph, pipeline, instrumentation)
-    records = list(getattr(result, "records", []))
+    try:
+        records = PassManager(items, inst).run(graph).records
+    except AccuracyBudgetError as exc:
+        raise AccuracyError(str(exc)) from exc
     pass_seconds = time.perf_counter() - t0
 
-    qdesc = ""
     notes: list[str] = []
+    if search is not None and search.outcome is not None:
+        notes.append(search.outcome.report())
     budget = accuracy_budget
-    if quantize is not None:
-        qpass = _quantize_pass(quantize, calibration_data)
-        qdesc = qpass.describe()
-        if accuracy_budget is not None:
-            from ecograph.quant.sensitivity import AccuracyBudgetError, quantize_within_budget
-
-            try:
-                outcome = quantize_within_budget(graph, qpass, [feeds], accuracy_budget)
-            except AccuracyBudgetError as exc:
-                raise AccuracyError(str(exc)) from exc
-            graph = outcome.graph
-            notes.append(outcome.report())
-        else:
-            records.append(_run_recorded(qpass, graph, f"quantize ({qdesc})"))
-        if qpass.mode == "static":
-            # QDQ -> integer kernels (int8 x int8 accumulated in int32), not float simulation.
-            from ecograph.quant.integer import LowerQDQToInteger
-
-            records.append(_run_recorded(LowerQDQToInteger(), graph, "lower-qdq-to-integer"))
-        budget = accuracy_budget if accuracy_budget is not None else QUANTIZED_BUDGET
-    elif budget is None:
-        budget = EXACT_BUDGET
+    if budget is None:
+        budget = QUANTIZED_BUDGET if quantize is not None else EXACT_BUDGET
 
     work = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="ecograph-"))
     recipe = [pipeline, qdesc] if qdesc else [pipeline]
@@ -303,7 +294,7 @@ def optimize(
         ),
         machine=describe_machine(),
         accuracy=accuracy,
-        passes=[_record_dict(r) for r in records],
+        passes=[r.to_dict() for r in records],
         carbon_intensity_g_per_kwh=carbon_intensity,
         notes=[*notes, f"passes took {pass_seconds:.2f} s; quantization: {qdesc or 'none'}"],
     )
@@ -343,21 +334,6 @@ def slower_note(report: Any, quantization: str) -> str:
         f"p50 {n.latency.p50_ms:.3f} ms vs {o.latency.p50_ms:.3f} ms "
         f"({n.latency.p50_ms / o.latency.p50_ms:.2f}x)"
     )
-
-
-def _run_recorded(p: Any, graph: Graph, name: str) -> dict[str, Any]:
-    """Run one pass outside the pipeline and return its ledger row."""
-    before = len(graph.nodes)
-    t0 = time.perf_counter()
-    result = p.run(graph)
-    return {
-        "name": name,
-        "changed": result.changed,
-        "nodes_before": before,
-        "nodes_after": len(graph.nodes),
-        "param_bytes": graph_stats(graph).parameter_bytes,
-        "seconds": time.perf_counter() - t0,
-    }
 
 
 def _compile_cached(
@@ -401,17 +377,3 @@ def json_safe(value: Any) -> Any:
     import json
 
     return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
-def _record_dict(record: Any) -> dict[str, Any]:
-    """A report ledger row from a PassRecord (or an already-built dict)."""
-    if isinstance(record, dict):
-        return record
-    return {
-        "name": record.pass_name + (f" #{record.iteration}" if record.iteration else ""),
-        "changed": record.changed,
-        "nodes_before": record.nodes_before,
-        "nodes_after": record.nodes_after,
-        "param_bytes": record.param_bytes_after,
-        "seconds": record.seconds or 0.0,
-    }

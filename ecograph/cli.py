@@ -132,16 +132,14 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     model, inputs = load_model(args.model)
     graph = to_graph(model, inputs)
     before = len(graph.nodes)
-    result = run_passes(graph, args.pipeline)
-    print(result.ledger() if hasattr(result, "ledger") else "")
+    items: list[Any] = [args.pipeline]
     if args.quantize:
-        from ecograph.api import _quantize_pass
+        from ecograph.quant.presets import quantize_pass
 
-        calib = None
-        if args.quantize == "int8-static":
-            calib = [_feeds(graph, inputs, [])]
-        qres = _quantize_pass(args.quantize, calib).run(graph)
-        print(f"quantize ({args.quantize}): {qres.stats}")
+        calib = [_feeds(graph, inputs, [])] if args.quantize == "int8-static" else None
+        items.append(quantize_pass(args.quantize, calib))
+    result = run_passes(graph, items)
+    print(result.ledger())
     to_onnx(graph, args.output)
     print(f"{before} -> {len(graph.nodes)} nodes; wrote {args.output}")
     return 0
@@ -155,12 +153,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     model, inputs = load_model(args.model)
     graph = to_graph(model, inputs)
-    if args.pipeline:
-        run_passes(graph, args.pipeline)
+    items: list[Any] = [args.pipeline] if args.pipeline else []
     if args.quantize:
-        from ecograph.api import _quantize_pass
+        from ecograph.quant.presets import quantize_pass
 
-        _quantize_pass(args.quantize, None).run(graph)
+        items.append(quantize_pass(args.quantize, None))
+    if items:
+        run_passes(graph, items)
     out = Path(args.output)
     rows = []
     failed = 0
@@ -269,8 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", metavar="MODEL")
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
-    p.add_argument("--pipeline", default="default", help="pass pipeline spec (default: default)")
-    p.add_argument("--quantize", default=None, help="int8, int8-static, int8-weight or int4")
+    p.add_argument(
+        "--pipeline",
+        default="default",
+        help='pass pipeline spec (default: default), e.g. "default,quantize(mode=dynamic)"',
+    )
+    p.add_argument(
+        "--quantize",
+        default=None,
+        help="a preset run after the pipeline: int8, int8-static, int8-weight or int4",
+    )
     p.set_defaults(func=cmd_optimize)
 
     p = sub.add_parser(

@@ -9,6 +9,7 @@ import ecograph
 from ecograph.api import AccuracyError
 from ecograph.ir import graphs_equal
 from ecograph.models import build_default_model, example_inputs
+from ecograph.passes import Instrumentation, PassRecord
 
 torch = pytest.importorskip("torch")
 
@@ -124,11 +125,20 @@ def test_static_int8_runs_integer_kernels_end_to_end(tmp_path):
         calibration_data=calib,
         out_dir=tmp_path,
         measure=False,
+        # The numeric check runs on the example inputs, quantization included.
+        instrumentation=Instrumentation(differential=True, dump_dir=tmp_path / "dumps"),
     )
     ops = [n.op_type for n in res.graph.nodes]
     assert ops.count("MatMulInteger") >= 4 and "MatMul" not in ops
     assert any(p["name"] == "lower-qdq-to-integer" and p["changed"] for p in res.report.passes)
     assert res.report.accuracy["cosine"] >= 0.99
+    # One PassManager ran the pipeline and the quantization: one ledger row shape.
+    assert all(isinstance(r, PassRecord) for r in res.pass_records)
+    assert [r.pass_name for r in res.pass_records[-2:]] == ["quantize", "lower-qdq-to-integer"]
+    assert len({tuple(sorted(p)) for p in res.report.passes}) == 1
+    assert all(p["nodes_before"] is not None for p in res.report.passes)
+    dumps = {p.name for p in (tmp_path / "dumps").iterdir()}
+    assert any(d.endswith("-quantize.after.txt") for d in dumps)
 
 
 def test_report_says_when_the_optimized_build_is_slower():

@@ -56,6 +56,19 @@ def test_report_and_cache_commands(tmp_path, capsys):
     assert main(["cache", "clear", "--cache-dir", str(tmp_path / "c")]) == 0
 
 
+def test_optimize_with_quantize_in_the_pipeline(tmp_path, capsys):
+    from ecograph.frontend.onnx import from_onnx
+
+    out = tmp_path / "q.onnx"
+    args = ["optimize", "default", "--pipeline", "default,quantize(mode=dynamic)", "-o", str(out)]
+    assert main(args) == 0
+    ledger = capsys.readouterr().out
+    assert any(line.startswith("quantize ") and "changed" in line for line in ledger.splitlines())
+    assert "quantized=4" in ledger
+    ops = [n.op_type for n in from_onnx(out).nodes]
+    assert ops.count("MatMulInteger") == 4 and "MatMul" not in ops
+
+
 def test_optimize_compile_run_and_bench_commands(tmp_path, capsys):
     import numpy as np
     import onnxruntime as ort

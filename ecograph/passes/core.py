@@ -22,6 +22,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from ecograph.errors import PassError
 from ecograph.ir.graph import Graph
 
 
@@ -51,7 +52,7 @@ class CosineTolerance:
 
     def __post_init__(self) -> None:
         if not -1.0 <= self.min_cosine <= 1.0:
-            raise ValueError(f"min_cosine={self.min_cosine} is not in [-1, 1]")
+            raise PassError(f"CosineTolerance: min_cosine={self.min_cosine} is not in [-1, 1]")
 
 
 # None: bit for bit (NaN equal to NaN); (rtol, atol): element-wise; CosineTolerance: lossy.

@@ -62,10 +62,16 @@ def parse_pipeline(spec: PipelineSpec) -> list[PipelineItem]:
     """Turn a spec like "cleanup,fuse-attention,fold-constants(max_bytes=1024)" into items.
 
     Names are passes or named pipelines ("cleanup", "fusion", "default"); options in
-    parentheses set pass fields. A list may mix names and Pass/FixedPoint objects.
+    parentheses set pass fields. A list may mix spec strings and Pass/FixedPoint objects
+    (["default,fuse-attention", Quantize(mode="dynamic")]).
     """
     load_passes()
-    entries = _split_top_level(spec) if isinstance(spec, str) else list(spec)
+    if isinstance(spec, str):
+        entries: list[PipelineItem | str] = list(_split_top_level(spec))
+    else:
+        entries = []
+        for item in spec:
+            entries.extend(_split_top_level(item) if isinstance(item, str) else [item])
     items: list[PipelineItem] = []
     for entry in entries:
         if isinstance(entry, (Pass, FixedPoint)):

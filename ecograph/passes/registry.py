@@ -14,7 +14,7 @@ import importlib
 import importlib.metadata
 import logging
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 from ecograph.errors import PassError
 from ecograph.passes.core import Pass
@@ -36,11 +36,13 @@ BUILTIN_PASS_MODULES: tuple[str, ...] = (
     "ecograph.quant.quantize",
 )
 
+P = TypeVar("P", bound=Pass)
+
 _PASSES: dict[str, type[Pass]] = {}
 _ENTRY_POINTS_LOADED = False
 
 
-def register_pass(cls: type[Pass]) -> type[Pass]:
+def register_pass(cls: type[P]) -> type[P]:
     """Class decorator: make a pass available by its `name` in pipeline specs."""
     name = getattr(cls, "name", "")
     if not name or not re.fullmatch(r"[a-z][a-z0-9]*(-[a-z0-9]+)*", name):

@@ -26,7 +26,7 @@ import numpy as np
 
 from ecograph.errors import PassError
 from ecograph.ir import DType, Graph, Node, Value
-from ecograph.passes.core import Pass, PassResult
+from ecograph.passes.core import CosineTolerance, Pass, PassResult, Tolerance
 from ecograph.passes.registry import register_pass
 from ecograph.passes.utils import replace_value
 from ecograph.quant.calibrate import collect_ranges
@@ -35,6 +35,9 @@ from ecograph.quant.scheme import Granularity, QuantizedTensor, compute_qparams,
 QUANTIZABLE = ("MatMul", "Gemm", "Conv", "Linear")  # Linear: ecograph's fused MatMul+Add
 DYNAMIC_OPS = ("MatMul", "Gemm", "Linear")
 MODES = ("dynamic", "static", "weight_only")
+# The cosine similarity to the float graph a quantized graph keeps by default (optimize()'s
+# default accuracy budget for quantization is the same).
+DEFAULT_MIN_COSINE = 0.99
 
 
 @dataclass
@@ -94,12 +97,13 @@ class Quantize(Pass):
     """op(x, W) -> op(DQ(Q(x)), DQ(W_q)) / MatMulInteger(DQL(x), W_q) / op(x, DQ(W_q))
 
     Quantizes MatMul, Gemm, Conv and ecograph::Linear with a constant float weight (see the
-    module docstring for the three modes). Not exact: `tolerance` bounds the differential
-    check on random inputs; optimize() checks accuracy on real inputs against the budget.
+    module docstring for the three modes). Not exact: the PassManager's differential check
+    requires each output to keep cosine similarity >= `min_cosine` to the float graph on its
+    sample inputs; optimize() checks accuracy on real inputs against the budget.
     """
 
     name: ClassVar[str] = "quantize"
-    tolerance: ClassVar[tuple[float, float] | None] = (0.15, 0.15)
+    tolerance: ClassVar[Tolerance] = CosineTolerance(DEFAULT_MIN_COSINE)
 
     mode: str = "dynamic"
     dtype: str = "int8"
@@ -114,8 +118,11 @@ class Quantize(Pass):
     algorithm: str = "rtn"
     calibration_data: Any = field(default=None, repr=False, compare=False)
     progress: bool = False
+    min_cosine: float = DEFAULT_MIN_COSINE
 
     def __post_init__(self) -> None:
+        if not -1.0 <= self.min_cosine <= 1.0:
+            raise PassError(f"quantize: min_cosine={self.min_cosine} is not in [-1, 1]")
         if self.mode not in MODES:
             raise PassError(f"quantize: mode {self.mode!r} is not one of {MODES}")
         if self.dtype not in ("int8", "uint8", "int4", "uint4"):
@@ -142,6 +149,10 @@ class Quantize(Pass):
             raise PassError(
                 "quantize: mode='static' needs calibration_data (an iterable of input dicts)"
             )
+
+    def numeric_tolerance(self) -> Tolerance:
+        """The differential check's budget: `min_cosine`, an option of this pass."""
+        return CosineTolerance(self.min_cosine)
 
     def _embedding_group(self, dtype: str) -> int:
         """Group size along embedding rows: `embedding_group` if set; else 32 at 4 bits (a

@@ -5,6 +5,8 @@
 - `quantize_within_budget`: quantize everything, then keep the most sensitive layers in
   float, one at a time, until the cosine similarity reaches the budget; every step is
   recorded, so the report can show the trade-off layer by layer.
+- `QuantizeWithinBudget`: the same search as a pipeline item, so optimize() runs it (and
+  its verifier, numeric check and ledger row) under the PassManager like any other pass.
 
 Accuracy is measured with the reference interpreter on the evaluation feeds the caller gives.
 """
@@ -14,11 +16,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
 from ecograph.errors import EcographError
 from ecograph.ir import Graph, interpret
+from ecograph.passes.core import CosineTolerance, Pass, PassResult, Tolerance
 from ecograph.quant.quantize import DYNAMIC_OPS, QUANTIZABLE, Quantize, find_targets
 
 Feeds = Mapping[str, np.ndarray]
@@ -129,3 +133,34 @@ def quantize_within_budget(
         f"cosine {steps[-1].cosine:.6f} < budget {min_cosine} even with every layer in float "
         "(the budget cannot be met by keeping layers in float; check the evaluation inputs)"
     )
+
+
+@dataclass
+class QuantizeWithinBudget(Pass):
+    """op(x, W) -> quantized op, except the most sensitive layers, kept in float until the
+    outputs on `feeds` keep cosine >= min_cosine
+
+    `template` says how to quantize; the search is `quantize_within_budget`, and the graph
+    is then quantized in place with the layers it kept in float excluded. `outcome` holds the
+    search (sensitivity and steps) after a run. Not registered by name: it carries data.
+    """
+
+    name: ClassVar[str] = "quantize-within-budget"
+
+    template: Quantize = field(default_factory=Quantize)
+    feeds: Sequence[Feeds] = field(default=(), repr=False, compare=False)
+    min_cosine: float = 0.99
+    outcome: BudgetResult | None = field(default=None, init=False, repr=False, compare=False)
+
+    def numeric_tolerance(self) -> Tolerance:
+        """The caller's accuracy budget is the stated tolerance of this pass."""
+        return CosineTolerance(self.min_cosine)
+
+    def run(self, graph: Graph) -> PassResult:
+        self.outcome = quantize_within_budget(graph, self.template, self.feeds, self.min_cosine)
+        exclude = tuple(self.template.exclude) + tuple(self.outcome.kept_float)
+        result = dataclasses.replace(self.template, exclude=exclude).run(graph)
+        stats = {**result.stats, "kept_float": len(self.outcome.kept_float)}
+        return PassResult(
+            result.changed, stats, [*result.notes, *self.outcome.report().splitlines()]
+        )

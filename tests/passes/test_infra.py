@@ -65,6 +65,9 @@ def test_pipeline_spec_strings() -> None:
     (p,) = parse_pipeline("fold-constants(max_bytes=1024)")
     assert p.max_bytes == 1024  # type: ignore[attr-defined]
     assert p.describe() == "fold-constants(max_bytes=1024)"
+    # A list mixes spec strings (several entries each) and pass objects.
+    items = parse_pipeline(["cleanup,fuse-attention", EliminateDeadCode()])
+    assert [type(i).__name__ for i in items] == ["FixedPoint", "FuseAttention", "EliminateDeadCode"]
     with pytest.raises(PassError, match="unknown pass or pipeline 'no-such-pass'"):
         parse_pipeline("cleanup,no-such-pass")
     with pytest.raises(PassError, match="bad options"):

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ecograph.ir import GraphBuilder, verify
+from ecograph.ir import GraphBuilder, graphs_equal, verify
+from ecograph.passes import CosineTolerance, Instrumentation, PassManager
 from ecograph.quant.quantize import Quantize
 from ecograph.quant.sensitivity import (
     AccuracyBudgetError,
+    QuantizeWithinBudget,
     layer_sensitivity,
     quantize_within_budget,
 )
@@ -60,3 +62,20 @@ def test_budget_keeps_just_enough_layers_in_float():
 def test_impossible_budget_is_a_clear_error():
     with pytest.raises(AccuracyBudgetError, match="even with every layer in float"):
         quantize_within_budget(three_layers(), TEMPLATE, FEEDS, min_cosine=1.5)
+
+
+def test_budget_search_runs_as_a_pipeline_item():
+    g = three_layers()
+    all_quantized = quantize_within_budget(g, TEMPLATE, FEEDS, min_cosine=-1.0).steps[0].cosine
+    strict_cos = all_quantized + (1 - all_quantized) / 2
+    expected = quantize_within_budget(g, TEMPLATE, FEEDS, min_cosine=strict_cos)
+    search = QuantizeWithinBudget(TEMPLATE, FEEDS, strict_cos)
+    inst = Instrumentation(differential=True, sample_inputs=FEEDS[0])
+    result = PassManager([search], inst).run(g)  # verified and checked at the budget
+    (record,) = result.records
+    assert record.pass_name == "quantize-within-budget" and record.changed
+    assert record.result is not None and record.result.stats["kept_float"] >= 1
+    assert search.outcome is not None and search.outcome.kept_float == expected.kept_float
+    assert graphs_equal(g, expected.graph)
+    assert search.numeric_tolerance() == CosineTolerance(strict_cos)
+    assert "feeds" not in search.describe()

@@ -1,0 +1,55 @@
+"""Quantization presets: the names optimize() and the CLI accept, turned into a Quantize pass.
+
+    quantize_pass("int8")                          # dynamic int8
+    quantize_pass("int8-static", calibration_data)  # QDQ from calibration ranges
+    quantize_pass({"mode": "weight_only", "dtype": "int4", "granularity": "group:64"})
+
+The result is an ordinary pipeline item: optimize() and `ecograph optimize --quantize` run it
+through the PassManager after the float pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ecograph.errors import EcographError
+from ecograph.quant.quantize import Quantize
+
+QUANTIZE_PRESETS: dict[str, dict[str, Any]] = {
+    "int8": {"mode": "dynamic", "dtype": "int8"},
+    "int8-dynamic": {"mode": "dynamic", "dtype": "int8"},
+    "int8-static": {"mode": "static", "dtype": "int8"},
+    "int8-weight": {"mode": "weight_only", "dtype": "int8", "granularity": "channel"},
+    "int4": {"mode": "weight_only", "dtype": "int4", "granularity": "group:128"},
+    "int4-weight": {"mode": "weight_only", "dtype": "int4", "granularity": "group:128"},
+}
+
+
+def quantize_pass(
+    spec: str | Mapping[str, Any] | Quantize, calibration_data: Iterable[Any] | None = None
+) -> Quantize:
+    """A Quantize pass for a preset name, a dict of Quantize options, or a Quantize pass
+    (returned as is).
+
+    Static mode needs `calibration_data` (an iterable of {input name: array}); it is read
+    once into a list, and calibration shows progress unless the options say otherwise."""
+    if isinstance(spec, Quantize):
+        return spec
+    if isinstance(spec, str):
+        if spec not in QUANTIZE_PRESETS:
+            raise EcographError(
+                f"quantize={spec!r}: expected one of {sorted(QUANTIZE_PRESETS)}, a dict of "
+                "Quantize options, or a Quantize pass"
+            )
+        options = dict(QUANTIZE_PRESETS[spec])
+    elif isinstance(spec, Mapping):
+        options = dict(spec)
+    else:
+        raise EcographError(f"quantize={spec!r} is not a preset name, dict or Quantize pass")
+    if options.get("mode") == "static":
+        if calibration_data is None:
+            raise EcographError("static quantization needs calibration_data=[{input: array}...]")
+        options["calibration_data"] = list(calibration_data)
+        options.setdefault("progress", True)
+    return Quantize(**options)
