@@ -1429,14 +1429,14 @@ def _dequant_matmul(ctx: LowerContext, a: relax.Expr, *, trans_b: bool) -> relax
 
 
 def _conv_pads(ctx: LowerContext, kernel: list[int], strides: list[int], dil: list[int]) -> list:
-    from ecograph.ir.ops.nn import _explicit_pads
+    from ecograph.ir.ops.convolution import explicit_pads
 
     spatial = ctx.in_type(0).shape[2:]
     auto_pad = ctx.attrs["auto_pad"]
     if auto_pad in ("SAME_UPPER", "SAME_LOWER") and not all(isinstance(d, int) for d in spatial):
         ctx.fail("auto_pad SAME needs static spatial dims")
     static = tuple(d if isinstance(d, int) else 0 for d in spatial)
-    return _explicit_pads(static, kernel, strides, dil, ctx.attrs["pads"], auto_pad)
+    return explicit_pads(static, kernel, strides, dil, ctx.attrs["pads"], auto_pad)
 
 
 def conv_setup(ctx: LowerContext, weight: int = 1) -> tuple[Any, list[int], list[int], list]:
@@ -2001,7 +2001,7 @@ def _attention(ctx: LowerContext) -> relax.Expr:
     return y
 
 
-# ------------------------------------------------- more ONNX ops (ir/ops/more_*.py)
+# --------------------------------------------------------------- more ONNX ops
 
 
 @lowers("Shrink")
@@ -2241,7 +2241,7 @@ def _matmul_nbits(ctx: LowerContext) -> relax.Expr:
 
 @lowers("ConvTranspose")
 def _conv_transpose(ctx: LowerContext) -> relax.Expr:
-    from ecograph.ir.ops.more_nn import _conv_transpose_pads
+    from ecograph.ir.ops.convolution import conv_transpose_pads
 
     xt, wt = ctx.in_type(0), ctx.in_type(1)
     n = xt.rank - 2
@@ -2249,7 +2249,7 @@ def _conv_transpose(ctx: LowerContext) -> relax.Expr:
     strides = list(ctx.attrs["strides"] or [1] * n)
     dil = list(ctx.attrs["dilations"] or [1] * n)
     out_pad = list(ctx.attrs["output_padding"] or [0] * n)
-    _, pads = _conv_transpose_pads(
+    _, pads = conv_transpose_pads(
         list(xt.shape[2:]),
         kernel,
         strides,
@@ -2314,6 +2314,17 @@ UNLOWERABLE: dict[tuple[str, str], str] = {
     ("", "StringConcat"): "string tensors: TVM has no string dtype",
     ("", "StringNormalizer"): "string tensors: TVM has no string dtype",
     ("", "StringSplit"): "string tensors: TVM has no string dtype",
+    **{
+        ("", op): "random (OpSchema.random): there is no TVM lowering that draws random numbers"
+        for op in (
+            "RandomNormal",
+            "RandomNormalLike",
+            "RandomUniform",
+            "RandomUniformLike",
+            "Multinomial",
+            "Bernoulli",
+        )
+    },
 }
 
 

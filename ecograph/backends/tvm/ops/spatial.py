@@ -268,10 +268,10 @@ def _center_crop_pad(ctx: LowerContext) -> relax.Expr:
 
 @lowers("MaxUnpool")
 def _max_unpool(ctx: LowerContext) -> relax.Expr:
-    from ecograph.ir.ops.more_nn import _unpool_shape
+    from ecograph.ir.ops.pooling import unpool_shape
 
     xt = ctx.in_type(0)
-    inferred = [ctx.dim(d) for d in _unpool_shape(list(xt.shape), ctx.attrs)]
+    inferred = [ctx.dim(d) for d in unpool_shape(list(xt.shape), ctx.attrs)]
     total = _prod(inferred)
     out_dims = None
     if ctx.has(2):
