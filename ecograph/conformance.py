@@ -18,7 +18,7 @@ complex, ...), and models whose opset changed the op's schema after `ONNX_OPSET`
 x86 CPU (`ecograph.backends.tvm.build.build_module(graph, "x86")`) and run in TVM's VM on
 every data set, compared the same way. On top of the reference column's exclusions it has
 its own, in `TVM_EXCLUSIONS` (what TVM cannot express, each with its reason), plus the ops in
-`ecograph.backends.tvm.lowering.UNLOWERABLE`.
+`ecograph.backends.tvm.context.UNLOWERABLE`.
 """
 
 from __future__ import annotations
@@ -289,7 +289,7 @@ def exclusion_reason(test: NodeTest, backend: str = "reference") -> str | None:
 
 def _tvm_automatic_exclusion(test: NodeTest) -> str | None:
     """A reason TVM cannot run `test` that follows from the model itself, or None."""
-    from ecograph.backends.tvm.lowering import UNLOWERABLE
+    from ecograph.backends.tvm.context import UNLOWERABLE
 
     for node in test.model.graph.node:
         why = UNLOWERABLE.get((node.domain if node.domain != "ai.onnx" else "", node.op_type))

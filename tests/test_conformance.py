@@ -152,9 +152,9 @@ def test_tvm_column_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 def test_tvm_column_catches_a_wrong_lowering(monkeypatch: pytest.MonkeyPatch) -> None:
     """Break Relu's lowering: its node tests must fail in the TVM column."""
     pytest.importorskip("tvm")
-    from ecograph.backends.tvm import lowering
+    from ecograph.backends.tvm import context
 
-    monkeypatch.setitem(lowering.LOWERINGS, ("", "Relu"), lambda ctx: lowering.R.abs(ctx.arg(0)))
+    monkeypatch.setitem(context.LOWERINGS, ("", "Relu"), lambda ctx: context.R.abs(ctx.arg(0)))
     _, summaries = conformance.run(["Relu"], backend="tvm")
     assert summaries["Relu"].failed >= 1
 

@@ -212,7 +212,7 @@ def test_default_model_compiles_for_cuda_without_gpu(tmp_path: Path, preset: str
 def test_int8_matmul_on_cuda_is_handled(tmp_path: Path) -> None:
     """TVM 0.27's dlight Matmul rule crashes on int8 x int8 -> int32: CUDA builds widen the
     operands to int32 (exact) and say so in the manifest; x86 keeps the int8 matmul."""
-    from ecograph.backends.tvm.lowering import lower_graph
+    from ecograph.backends.tvm.driver import lower_graph
 
     assert build._has_int8_matmul(lower_graph(int8_matmul_graph()).mod)
     assert not build._has_int8_matmul(lower_graph(int8_matmul_graph(), widen_int8_matmul=True).mod)
@@ -227,7 +227,7 @@ def test_tvm_int8_matmul_bug_is_still_there() -> None:
     If this starts passing, a TVM upgrade fixed it and the widening can go."""
     import tvm
 
-    from ecograph.backends.tvm.lowering import lower_graph
+    from ecograph.backends.tvm.driver import lower_graph
 
     target = targets.resolve("cuda:sm_80").tvm_target()
     pipeline, _ = build._cuda_pipeline(target, with_matmul_rule=True)

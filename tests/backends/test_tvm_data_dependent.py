@@ -56,7 +56,7 @@ def test_nonzero_symbolic_shape() -> None:
 
 
 def test_nonzero_scalar_fails_clearly() -> None:
-    from ecograph.backends.tvm.lowering import lower_graph
+    from ecograph.backends.tvm.driver import lower_graph
 
     graph, _ = one_op("NonZero", np.array(3.0, "float32"))
     with pytest.raises(LoweringError, match="0-d input"):
@@ -179,7 +179,7 @@ def test_unique_symbolic_length() -> None:
 
 
 def test_unique_axis_with_symbolic_slice_fails_clearly() -> None:
-    from ecograph.backends.tvm.lowering import lower_graph
+    from ecograph.backends.tvm.driver import lower_graph
 
     graph, _ = one_op("Unique", rand((3, 4)), num_outputs=4, axis=0, symbolic={0: [3, "w"]})
     with pytest.raises(LoweringError, match="other dims static"):

@@ -229,7 +229,7 @@ def test_nms_constant_limit_symbolic_boxes() -> None:
 
 
 def test_nms_symbolic_classes_fails_clearly() -> None:
-    from ecograph.backends.tvm.lowering import lower_graph
+    from ecograph.backends.tvm.driver import lower_graph
 
     graph, _ = one_op(
         "NonMaxSuppression", random_boxes(1, 4, False), rand((1, 2, 4)), np.array([2], "int64"),
@@ -240,7 +240,7 @@ def test_nms_symbolic_classes_fails_clearly() -> None:
 
 
 def test_tfidf_string_pool_fails_clearly() -> None:
-    from ecograph.backends.tvm.lowering import lower_graph
+    from ecograph.backends.tvm.driver import lower_graph
 
     graph, _ = one_op(
         "TfIdfVectorizer", np.array([1, 2], "int64"), mode="TF", min_gram_length=1,
@@ -374,7 +374,7 @@ def test_nms_host_check_catches_the_cpu_kernel_in_a_cuda_build(monkeypatch: Any)
 
 
 def test_nms_kernel_form_follows_target_family() -> None:
-    from ecograph.backends.tvm.lowering import lower_graph
+    from ecograph.backends.tvm.driver import lower_graph
 
     def greedy_script(family: str) -> str:
         mod = lower_graph(nms_graph(), target_family=family).mod

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("tvm")
 
-from ecograph.backends.tvm.lowering import LOWERINGS, UNLOWERABLE, unlowered_registry_ops
+from ecograph.backends.tvm.driver import LOWERINGS, UNLOWERABLE, unlowered_registry_ops
 from ecograph.ir import Graph, TensorType, interpret, registered_ops
 from tests.backends.tvm_helpers import (
     RNG,

@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("tvm")
 
-from ecograph.backends.tvm.lowering import lower_graph
+from ecograph.backends.tvm.driver import lower_graph
 from ecograph.errors import LoweringError
 from ecograph.ir import Graph
 from tests.backends.tvm_helpers import RNG, Const, assert_matches, one_op, rand, run_tvm

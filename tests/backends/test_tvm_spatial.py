@@ -75,7 +75,7 @@ def test_deform_conv_symbolic_batch() -> None:
 
 
 def test_deform_conv_3d_is_refused() -> None:
-    from ecograph.backends.tvm.lowering import lower_graph
+    from ecograph.backends.tvm.driver import lower_graph
 
     x, w = rand((1, 1, 3, 3, 3)), rand((1, 1, 2, 2, 2))
     off = rand((1, 24, 2, 2, 2))
@@ -211,7 +211,7 @@ def test_lp_pool_symbolic_dims() -> None:
 
 
 def test_lp_pool_ceil_mode_with_symbolic_dims_is_refused() -> None:
-    from ecograph.backends.tvm.lowering import lower_graph
+    from ecograph.backends.tvm.driver import lower_graph
 
     g, _ = one_op(
         "LpPool", rand((1, 1, 7, 7)), kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1,

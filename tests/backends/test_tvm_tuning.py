@@ -13,7 +13,7 @@ pytest.importorskip("tvm")
 
 import ecograph
 from ecograph.backends.tvm import load, targets, tuning
-from ecograph.backends.tvm.lowering import lower_graph
+from ecograph.backends.tvm.driver import lower_graph
 from ecograph.errors import BuildError
 from ecograph.ir import Graph, GraphBuilder, interpret
 

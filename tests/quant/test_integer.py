@@ -71,7 +71,7 @@ def test_per_channel_along_the_wrong_axis_is_left_alone_with_a_note():
 @pytest.mark.parametrize("symmetric", [True])
 def test_tvm_lowering_uses_an_int8_matmul_with_int32_accumulation(symmetric):
     pytest.importorskip("tvm")
-    from ecograph.backends.tvm.lowering import lower_graph
+    from ecograph.backends.tvm.driver import lower_graph
 
     b = GraphBuilder()
     x = b.input("x", "float32", [4, 16])

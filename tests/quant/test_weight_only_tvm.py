@@ -15,7 +15,7 @@ from ecograph.quant.quantize import Quantize
 pytest.importorskip("tvm")
 
 from ecograph.backends.tvm import build
-from ecograph.backends.tvm.lowering import lower_graph, pack_int4
+from ecograph.backends.tvm.driver import lower_graph, pack_int4
 
 rng = np.random.default_rng(7)
 

@@ -1,7 +1,8 @@
-"""More lowerings, one module per op family; importing `lowering` imports every module here.
+"""The TVM lowerings, one module per op family; importing this package registers them all.
 
-Each module registers its functions with `@lowers` from `ecograph.backends.tvm.lowering`, like
-the lowerings in that module itself. A new family needs only a new file.
+Each module registers its functions with `@lowers` from `ecograph.backends.tvm.context` (the
+lowering table and the `LowerContext` they receive). A new family needs only a new file; a new
+op in an existing family is one decorated function in that family's module.
 """
 
 from __future__ import annotations

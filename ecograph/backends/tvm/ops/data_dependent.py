@@ -49,10 +49,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from tvm import te
+from tvm import relax, te
 from tvm import tirx as tir
 
-from ecograph.backends.tvm.lowering import _ANALYZER, LowerContext, R, _axis, lowers, relax
+from ecograph.backends.tvm.context import ANALYZER, LowerContext, R, lowers, norm_axis
 
 _I64 = "int64"
 
@@ -162,7 +162,7 @@ def _compress(ctx: LowerContext) -> relax.Expr:
         x = R.reshape(x, [-1]) if xt.rank != 1 else x
         axis = 0
     else:
-        axis = _axis(axis, xt.rank)
+        axis = norm_axis(axis, xt.rank)
     x = ctx.emit(x)
     cond = ctx.const(1)
     if cond is not None:
@@ -335,7 +335,7 @@ def _unique(ctx: LowerContext) -> list[relax.Expr]:
         key, bits = _radix_key(ctx, flat, dtype)
         source, take_axis = flat, 0
     else:
-        axis = _axis(axis, xt.rank)
+        axis = norm_axis(axis, xt.rank)
         n = ctx.dim(xt.shape[axis])
         rest = [d for i, d in enumerate(xt.shape) if i != axis]
         if not all(isinstance(d, int) for d in rest):
@@ -387,7 +387,7 @@ def _topk(ctx: LowerContext) -> list[relax.Expr]:
     k = k_list[0]
     xt = ctx.in_type(0)
     rank = xt.rank
-    axis = _axis(ctx.attrs["axis"], rank)
+    axis = norm_axis(ctx.attrs["axis"], rank)
     largest = bool(ctx.attrs["largest"])
     x = ctx.arg(0)
     dtype = str(xt.dtype)
@@ -417,7 +417,7 @@ def _topk(ctx: LowerContext) -> list[relax.Expr]:
     for a in range(rank):
         if a != axis:
             n_rows = n_rows * ctx.dim(xt.shape[a])
-    n_rows = _ANALYZER.simplify(n_rows)
+    n_rows = ANALYZER.simplify(n_rows)
     grouped = ctx.emit(R.take(by_value, _argsort(ctx, rows, _index_bits(n_rows)), axis=0))
 
     def within_row(p: te.Tensor) -> te.Tensor:

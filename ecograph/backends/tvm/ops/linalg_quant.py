@@ -17,16 +17,10 @@ helpers of the Conv, ConvInteger and QuantizeLinear lowerings in `lowering.py`.
 from __future__ import annotations
 
 import numpy as np
+from tvm import relax
 
-from ecograph.backends.tvm.lowering import (
-    LowerContext,
-    R,
-    _reshape_bias,
-    _round_half_even,
-    integer_conv,
-    lowers,
-    relax,
-)
+from ecograph.backends.tvm.context import LowerContext, R, lowers, reshape_bias, round_half_even
+from ecograph.backends.tvm.ops.conv import integer_conv
 from ecograph.ir.ops.quant import QUANT_RANGES
 
 # The unrolled elimination emits O(n) Relax ops; past this size the module gets unwieldy.
@@ -91,7 +85,7 @@ def _qlinear_conv(ctx: LowerContext) -> relax.Expr:
     rank = ctx.in_type(0).rank
     acc = integer_conv(ctx, x=0, x_zp=2, w=3, w_zp=5)
     if ctx.has(8):
-        acc = R.add(acc, _reshape_bias(ctx, R.astype(ctx.arg(8), "int32"), rank))
+        acc = R.add(acc, reshape_bias(ctx, R.astype(ctx.arg(8), "int32"), rank))
     # The multiplier in float32 (numpy: float32 scalars), applied in float64 (int32 * float32
     # arrays promote to float64), like the reference.
     for i in (1, 4, 6):
@@ -101,12 +95,12 @@ def _qlinear_conv(ctx: LowerContext) -> relax.Expr:
     wst = ctx.in_type(4)
     mult = ctx.emit(R.divide(R.multiply(ctx.arg(1), ws), ctx.arg(6)))
     if wst.rank == 1 and wst.shape[0] != 1:
-        mult = _reshape_bias(ctx, mult, rank)
+        mult = reshape_bias(ctx, mult, rank)
     y = ctx.emit(R.multiply(R.astype(acc, "float64"), R.astype(mult, "float64")))
     if ctx.has(7):
         y = ctx.emit(R.add(y, R.astype(ctx.arg(7), "float64")))
     out = ctx.out_type().dtype
     lo, hi = QUANT_RANGES[out]
     y = ctx.emit(R.clip(y, lo, hi))
-    q = _round_half_even(ctx, y, "float64")
+    q = round_half_even(ctx, y, "float64")
     return R.astype(q, str(out))

@@ -23,16 +23,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from tvm import te
+from tvm import relax, te
 from tvm import tirx as tir
 
-from ecograph.backends.tvm.lowering import (
-    NN,
-    LowerContext,
-    R,
-    lowers,
-    relax,
-)
+from ecograph.backends.tvm.context import NN, LowerContext, R, lowers
 
 # ------------------------------------------------------------------------ losses
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from tvm import relax
 
-from ecograph.backends.tvm.lowering import LowerContext, R, lowers
+from ecograph.backends.tvm.context import LowerContext, R, lowers
 from ecograph.ir.ops.recurrent import _ACT_PARAMS, _DEFAULT_ACTS, _GATES
 
 # The gate layout, default activations and the activations' alpha/beta defaults are the

@@ -25,9 +25,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from tvm import te
+from tvm import relax, te
+from tvm import tirx as tir
 
-from ecograph.backends.tvm.lowering import LowerContext, R, lowers, relax, tir
+from ecograph.backends.tvm.context import LowerContext, R, lowers
 from ecograph.ir import symbolic
 from ecograph.ir.interpreter import run_node
 from ecograph.ir.symbolic import Dim
@@ -289,3 +290,12 @@ def _mel_weight_matrix(ctx: LowerContext) -> relax.Expr:
         )
     (out,) = run_node(ctx.node, values)  # type: ignore[arg-type]
     return relax.const(np.ascontiguousarray(out), str(out.dtype))
+
+
+@lowers("HannWindow", "HammingWindow", "BlackmanWindow")
+def _window(ctx: LowerContext) -> relax.Expr:
+    size = ctx.const(0)
+    if size is None:
+        ctx.fail("the window size must be a constant")
+    # The window depends only on its (constant) size: evaluate it once at lowering time.
+    return relax.const(run_node(ctx.node, [size])[0], str(ctx.out_type().dtype))

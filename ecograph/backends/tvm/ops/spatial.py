@@ -28,15 +28,10 @@ from typing import Any
 
 import numpy as np
 from tvm import relax, te
+from tvm import tirx as tir
 
-from ecograph.backends.tvm.lowering import (
-    NN,
-    LowerContext,
-    R,
-    lowers,
-    pool_geometry,
-    tir,
-)
+from ecograph.backends.tvm.context import NN, LowerContext, R, lowers
+from ecograph.backends.tvm.ops.pool import pool_geometry
 from ecograph.ir import symbolic
 from ecograph.ir.registry import symbolic_value
 

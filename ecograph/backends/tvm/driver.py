@@ -1,0 +1,335 @@
+"""The TVM lowering driver: walk an IR graph and build one Relax function with BlockBuilder.
+
+`lower_graph` binds the graph inputs (and, with `keep_params`, the large weights) as function
+parameters, lowers each live node with its registered lowering (`LOWERINGS`, filled by the
+modules in `ecograph/backends/tvm/ops/`), computes small all-known nodes at lowering time with
+their reference kernels, and makes every result's Relax type agree with the IR type. A graph
+with ops that have no lowering is refused with one error naming all of them (never a
+half-built module).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tvm import relax
+from tvm import tirx as tir
+
+import ecograph.backends.tvm.ops  # noqa: F401  (registers every lowering)
+from ecograph.backends.tvm.context import (
+    ANALYZER,
+    LOWERINGS,
+    RELAX_DTYPES,
+    UNLOWERABLE,
+    LowerContext,
+    R,
+    SymbolTable,
+    carrier,
+    contiguous,
+    has_lowering,
+    known_array,
+    missing_lowerings,
+    unlowered_registry_ops,
+    value_expr,
+)
+from ecograph.backends.tvm.ops.quant import absorbed_dq, pack_int4, packed_weights
+from ecograph.errors import LoweringError, UnsupportedError
+from ecograph.ir import symbolic
+from ecograph.ir.dtypes import DType
+from ecograph.ir.graph import Graph, Node, Value
+from ecograph.ir.interpreter import run_node
+from ecograph.ir.registry import resolve_attrs
+
+# --------------------------------------------------------------- graph lowering
+
+
+@dataclass
+class Lowered:
+    """A lowered graph: the module and what a caller needs to feed it."""
+
+    mod: Any
+    input_names: list[str]
+    output_names: list[str]
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+    symbols: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    # Nodes computed at lowering time by their reference kernel (all inputs known; small).
+    folded: list[str] = field(default_factory=list)
+
+
+def lower_graph(
+    graph: Graph,
+    *,
+    keep_params: bool = False,
+    param_threshold: int = 0,
+    func_name: str = "main",
+    widen_int8_matmul: bool = False,
+    target_family: str = "cpu",
+    fold: bool = True,
+) -> Lowered:
+    """Lower `graph` to an IRModule with one Relax function `func_name`.
+
+    With `keep_params=True`, constants of at least `param_threshold` bytes become trailing
+    parameters (returned in `Lowered.params`, in order) instead of bound constants.
+    `widen_int8_matmul=True` emits int8 x int8 matmuls on int32 operands (CUDA: TVM 0.27's
+    dlight Matmul rule crashes on the int8 form; the widened one schedules and is exact).
+    `target_family` ("cpu" for x86 and ARM, or "cuda") lets a lowering pick a kernel form
+    (`ctx.options["target_family"]`); the default is "cpu". `fold=False` turns lowering-time
+    folding off (every node is lowered; tests of a lowering use it).
+    """
+    missing = missing_lowerings(graph)
+    if missing:
+        why = {f"{d}::{o}" if d else o: r for (d, o), r in UNLOWERABLE.items()}
+        listed = ", ".join(f"{m} ({why[m]})" if m in why else m for m in missing)
+        raise UnsupportedError(
+            f"graph {graph.name!r} uses {len(missing)} op(s) with no TVM lowering: {listed}. "
+            "Add a lowering with @lowers in a module under ecograph/backends/tvm/ops/ or "
+            "rewrite them with a pass first."
+        )
+    _check_symbols(graph)
+    symbols = SymbolTable()
+    bb = relax.BlockBuilder()
+    exprs: dict[int, relax.Expr] = {}
+    params: list[relax.Var] = []
+    for v in graph.inputs:
+        if v.dtype not in RELAX_DTYPES or v.dtype in (DType.INT4, DType.UINT4):
+            raise UnsupportedError(
+                f"graph input {v.name!r} has dtype {v.dtype}; TVM cannot take it"
+            )
+        var = relax.Var(_ident(v.name), symbols.tensor_type(v.type))
+        params.append(var)
+        exprs[id(v)] = var
+    live = _live_nodes(graph)
+    absorbed = {id(n) for n in graph.nodes if id(n) in live and absorbed_dq(n)}
+    packed = packed_weights(graph, absorbed)
+    kept: dict[str, np.ndarray] = {}
+    for c in graph.constants.values():
+        arr = c.const_value
+        assert arr is not None
+        if id(c) in packed:
+            arr = packed[id(c)]
+        elif c.dtype in (DType.INT4, DType.UINT4):
+            arr = arr.astype(carrier(c.dtype))
+        if keep_params and arr.nbytes >= param_threshold and arr.ndim > 0:
+            var = relax.Var(_ident(c.name), relax.TensorType(list(arr.shape), str(arr.dtype)))
+            params.append(var)
+            exprs[id(c)] = var
+            kept[c.name] = arr
+        elif id(c) in packed:
+            exprs[id(c)] = relax.const(arr, str(arr.dtype))
+        # Other bound constants are created lazily, once per value, when first used.
+
+    options: dict[str, Any] = {
+        "widen_int8_matmul": widen_int8_matmul,
+        "target_family": target_family,
+        "absorbed": absorbed,
+        "packed": set(packed),
+        "exprs": exprs,
+        "folded": {},  # value id -> array computed while lowering
+        "folded_nodes": [],
+        "fold": fold,
+    }
+    notes: list[str] = []
+    with bb.function(func_name, params):
+        with bb.dataflow():
+            for node in graph.nodes:
+                # An absorbed DequantizeLinear is computed inside its matmuls instead.
+                if id(node) in live and id(node) not in absorbed:
+                    _lower_node(bb, node, exprs, symbols, options, notes)
+            outs = [value_expr(bb, v, exprs) for v in graph.outputs]
+            result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
+            out_var = bb.emit_output(result)
+        bb.emit_func_output(out_var)
+    mod = bb.get()
+    return Lowered(
+        mod=mod,
+        input_names=[v.name for v in graph.inputs],
+        output_names=[v.name for v in graph.outputs],
+        params=kept,
+        symbols=sorted(symbols.vars),
+        notes=sorted(set(notes)),
+        folded=options["folded_nodes"],
+    )
+
+
+def _live_nodes(graph: Graph) -> set[int]:
+    """Ids of the nodes the graph outputs depend on (dead nodes are not lowered)."""
+    live: set[int] = set()
+    stack = [v.producer for v in graph.outputs if v.producer is not None]
+    while stack:
+        node = stack.pop()
+        if id(node) in live:
+            continue
+        live.add(id(node))
+        stack.extend(v.producer for v in node.inputs if v is not None and v.producer is not None)
+    return live
+
+
+def _ident(name: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    return cleaned if cleaned[:1].isalpha() or cleaned[:1] == "_" else f"v_{cleaned}"
+
+
+def _check_symbols(graph: Graph) -> None:
+    """Every symbol in an input shape must appear bare somewhere, so Relax can bind it."""
+    bare: set[str] = set()
+    used: set[str] = set()
+    for v in graph.inputs:
+        for d in v.shape:
+            if isinstance(d, str):
+                used |= symbolic.symbols(d)
+                if symbolic.is_symbol_name(d):
+                    bare.add(d)
+    unbound = sorted(used - bare)
+    if unbound:
+        raise UnsupportedError(
+            f"graph {graph.name!r}: symbols {unbound} appear only inside expressions in input "
+            "shapes; Relax needs each symbol as a whole dim of some input"
+        )
+
+
+def _lower_node(
+    bb: relax.BlockBuilder,
+    node: Node,
+    exprs: dict[int, relax.Expr],
+    symbols: SymbolTable,
+    options: dict[str, Any],
+    notes: list[str],
+) -> None:
+    folded = options["folded"]
+    values = _fold(node, folded) if options["fold"] else None
+    if values is not None:
+        # Every input is known before run time and the outputs are small: the reference
+        # kernel computes them now (shape math, axes, pads...), so ops that need such inputs
+        # static see constants, and Relax sees static shapes.
+        ctx = LowerContext(bb, node, {}, [], symbols, options, notes)
+        options["folded_nodes"].append(node.name)
+        for out, arr in zip(node.outputs, values, strict=True):
+            folded[id(out)] = arr
+            exprs[id(out)] = _conform(ctx, relax.const(contiguous(arr), str(out.dtype)), out)
+        return
+    fn = LOWERINGS[(node.domain, node.op_type)]
+    schema = node.schema
+    absorbed = options.get("absorbed", set())
+    args = [
+        None
+        if v is None or (v.producer is not None and id(v.producer) in absorbed)
+        else value_expr(bb, v, exprs)
+        for v in node.inputs
+    ]
+    ctx = LowerContext(bb, node, resolve_attrs(schema, node), args, symbols, options, notes)
+    try:
+        result = fn(ctx)
+    except (LoweringError, UnsupportedError):
+        raise
+    except Exception as exc:
+        raise LoweringError(
+            f"node {node.name} ({node.qualified_op}): lowering failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    results = list(result) if isinstance(result, (list, tuple)) else [result]
+    for i, out in enumerate(node.outputs):
+        if i >= len(results) or results[i] is None:
+            if out.has_uses():
+                ctx.fail(f"output {i} (%{out.name}) is used but this lowering does not produce it")
+            continue
+        exprs[id(out)] = _conform(ctx, results[i], out)
+
+
+# Lowering-time folding: nodes whose inputs are all known are computed by the reference
+# kernel when every output has at most this many elements. Weight dequantization is never
+# folded (the float weights would replace the compressed ones), nor is anything random.
+FOLD_MAX_ELEMENTS = 4096
+_NEVER_FOLD = {
+    ("", "DequantizeLinear"),
+    ("", "QuantizeLinear"),
+    ("", "DynamicQuantizeLinear"),
+    ("com.microsoft", "MatMulNBits"),
+    ("", "RandomNormal"),
+    ("", "RandomNormalLike"),
+    ("", "RandomUniform"),
+    ("", "RandomUniformLike"),
+    ("", "Multinomial"),
+    ("", "Bernoulli"),
+    ("", "Dropout"),
+}
+
+
+def _fold(node: Node, folded: dict[int, np.ndarray]) -> list[np.ndarray] | None:
+    """The node's outputs computed now, if its inputs are all known and its outputs small."""
+    if (node.domain, node.op_type) in _NEVER_FOLD or not node.inputs:
+        return None
+    for out in node.outputs:
+        t = out.type
+        if t.dtype not in RELAX_DTYPES or t.dtype in (DType.INT4, DType.UINT4):
+            return None
+        if t.is_static and math.prod(t.static_shape()) > FOLD_MAX_ELEMENTS:
+            return None
+    args: list[np.ndarray | None] = []
+    for v in node.inputs:
+        if v is None:
+            args.append(None)
+            continue
+        arr = folded[id(v)] if id(v) in folded else known_array(v)
+        if arr is None:
+            return None
+        args.append(arr)
+    if any(a is not None and a.size > FOLD_MAX_ELEMENTS for a in args):
+        return None
+    try:
+        with np.errstate(all="ignore"):
+            values = [np.asarray(a) for a in run_node(node, args)]
+    except Exception:  # the op's own lowering will report what is wrong
+        return None
+    # Outputs whose size the IR could not know (a value-dependent shape) are checked now.
+    return None if any(a.size > FOLD_MAX_ELEMENTS for a in values) else values
+
+
+def _conform(ctx: LowerContext, expr: relax.Expr, out: Value) -> relax.Expr:
+    """Emit `expr`; make its Relax type agree with the IR type (dtype exactly; shape known)."""
+    if not isinstance(expr, relax.Var):
+        expr = ctx.bb.emit(expr)
+    sinfo = expr.ty
+    want = out.type
+    if not isinstance(sinfo, relax.TensorType):
+        ctx.fail(f"output %{out.name} lowered to a non-tensor {sinfo}")
+    if str(sinfo.dtype) in ("int4", "uint4"):
+        expr = ctx.bb.emit(R.astype(expr, carrier(DType(str(sinfo.dtype)))))
+        sinfo = expr.ty
+    if str(sinfo.dtype) != carrier(want.dtype):
+        if str(sinfo.dtype) in ("", "void"):
+            return ctx.bb.match_cast(expr, ctx.symbols.tensor_type(want))
+        ctx.fail(
+            f"output %{out.name} lowered to dtype {sinfo.dtype}; the IR says {want.dtype} "
+            "(a bug in this lowering)"
+        )
+    if sinfo.shape is None or sinfo.ndim != want.rank:
+        return ctx.bb.match_cast(expr, ctx.symbols.tensor_type(want))
+    # Relax may derive a dim in another form (min(seq, 512) where the IR knows seq); pin the
+    # IR's form so later ops see shapes they can prove equal.
+    got = list(sinfo.shape.values) if hasattr(sinfo.shape, "values") else None
+    if got is not None and len(got) == want.rank:
+        for g, d in zip(got, want.shape, strict=True):
+            if isinstance(d, str) and symbolic.is_symbol_name(d) and isinstance(g, tir.IntImm):
+                ctx.symbols.learn(d, int(g.value))
+    if got is None or not all(
+        ANALYZER.can_prove_equal(g, ctx.symbols.expr(d))
+        for g, d in zip(got, want.shape, strict=True)
+    ):
+        return ctx.bb.match_cast(expr, ctx.symbols.tensor_type(want))
+    return expr
+
+
+__all__ = [
+    "LOWERINGS",
+    "UNLOWERABLE",
+    "Lowered",
+    "has_lowering",
+    "lower_graph",
+    "missing_lowerings",
+    "pack_int4",
+    "unlowered_registry_ops",
+]

@@ -1,0 +1,311 @@
+"""Quantization lowerings: QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear,
+QLinearMatMul and com.microsoft::MatMulNBits, and the weight-only kernel that dequantizes
+inside the matmul.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from tvm import relax
+from tvm import tirx as tir
+
+from ecograph.backends.tvm.context import (
+    LowerContext,
+    R,
+    carrier,
+    known_array,
+    lowers,
+    norm_axis,
+    round_half_even,
+    value_expr,
+)
+from ecograph.ir.dtypes import DType
+from ecograph.ir.graph import Graph, Node, Value
+from ecograph.ir.ops.quant import QUANT_RANGES
+
+# ----------------------------------------------------------------- quantization
+
+
+def _qparam(ctx: LowerContext, i: int, rank: int, axis: int, block: int) -> relax.Expr:
+    """A scale or zero point reshaped (and for blocks, repeated) to broadcast against x."""
+    pt = ctx.in_type(i)
+    p = ctx.arg(i)
+    if pt.rank == 0 or (pt.numel == 1 and not block):
+        return R.reshape(p, []) if pt.rank else p
+    axis = norm_axis(axis, rank)
+    if not block:
+        shape = [1] * rank
+        shape[axis] = -1
+        return R.reshape(p, shape)
+    size = ctx.in_type(0).shape[axis]
+    rep = R.repeat(p, block, axis=axis)
+    if not isinstance(size, int):
+        ctx.fail("blocked quantization needs a static size along the blocked axis")
+    return R.strided_slice(rep, [axis], [0], [size], assume_inbound=True)
+
+
+@lowers("QuantizeLinear")
+def _quantize_linear(ctx: LowerContext) -> relax.Expr:
+    xt = ctx.in_type(0)
+    out = ctx.out_type().dtype
+    lo, hi = QUANT_RANGES[out]
+    axis, block = ctx.attrs["axis"], ctx.attrs["block_size"]
+    cdt = str(xt.dtype)
+    if ctx.attrs["precision"]:
+        cdt = str(DType.from_onnx(ctx.attrs["precision"]))
+    x = ctx.arg(0) if cdt == str(xt.dtype) else R.astype(ctx.arg(0), cdt)
+    s = _qparam(ctx, 1, xt.rank, axis, block)
+    if str(ctx.in_type(1).dtype) != cdt:
+        s = R.astype(s, cdt)
+    scaled = ctx.emit(R.divide(x, s))
+    q = round_half_even(ctx, scaled, cdt)
+    q = R.astype(q, "float64")
+    if ctx.has(2):
+        zp = _qparam(ctx, 2, xt.rank, axis, block)
+        q = R.add(q, R.astype(zp, "float64"))
+    q = R.where(R.isnan(q), ctx.scalar(0.0, "float64"), q)
+    return R.astype(R.clip(q, lo, hi), carrier(out))
+
+
+@lowers("DequantizeLinear")
+def _dequantize_linear(ctx: LowerContext) -> relax.Expr:
+    xt = ctx.in_type(0)
+    axis, block = ctx.attrs["axis"], ctx.attrs["block_size"]
+    dx = R.astype(ctx.arg(0), "float32")
+    if ctx.has(2):
+        zp = _qparam(ctx, 2, xt.rank, axis, block)
+        dx = R.subtract(dx, R.astype(zp, "float32"))
+    s = _qparam(ctx, 1, xt.rank, axis, block)
+    sdt = str(ctx.in_type(1).dtype)
+    if sdt != "float32":
+        # numpy promotes float32 * float16 to float32; * float64 to float64.
+        if sdt == "float64":
+            y = R.multiply(R.astype(dx, "float64"), s)
+        else:
+            y = R.multiply(dx, R.astype(s, "float32"))
+    else:
+        y = R.multiply(dx, s)
+    out = str(ctx.out_type().dtype)
+    return y if _dtype_of(ctx, y) == out else R.astype(y, out)
+
+
+def _dtype_of(ctx: LowerContext, e: relax.Expr) -> str:
+    v = ctx.emit(e)
+    return str(v.ty.dtype)
+
+
+@lowers("DynamicQuantizeLinear")
+def _dynamic_quantize_linear(ctx: LowerContext) -> list[relax.Expr]:
+    dt = str(ctx.in_type(0).dtype)
+    x = ctx.arg(0)
+    zero = ctx.scalar(0, dt)
+    maxx = ctx.emit(R.maximum(zero, R.max(x)))
+    minx = ctx.emit(R.minimum(zero, R.min(x)))
+    rng = R.subtract(maxx, minx)
+    scale = ctx.emit(
+        R.divide(R.where(R.equal(maxx, minx), ctx.scalar(1.0, dt), rng), ctx.scalar(255.0, dt))
+    )
+    zp_f = R.clip(R.subtract(zero, R.divide(minx, scale)), 0, 255)
+    zp = ctx.emit(round_half_even(ctx, zp_f, dt))
+    y = R.add(round_half_even(ctx, R.divide(x, scale), dt), zp)
+    y = R.astype(R.clip(y, 0, 255), "uint8")
+    return [y, scale, R.astype(zp, "uint8")]
+
+
+@lowers("QLinearMatMul")
+def _qlinear_matmul(ctx: LowerContext) -> relax.Expr:
+    a32 = R.subtract(R.astype(ctx.arg(0), "int32"), R.astype(ctx.arg(2), "int32"))
+    b32 = R.subtract(R.astype(ctx.arg(3), "int32"), R.astype(ctx.arg(5), "int32"))
+    acc = R.matmul(a32, b32, out_dtype="int32")
+    sdt = str(ctx.in_type(1).dtype)
+    mult = R.divide(R.multiply(ctx.arg(1), ctx.arg(4)), ctx.arg(6))
+    scaled = R.add(R.multiply(R.astype(acc, sdt), mult), R.astype(ctx.arg(7), sdt))
+    out = ctx.out_type().dtype
+    lo, hi = QUANT_RANGES[out]
+    q = round_half_even(ctx, ctx.emit(scaled), sdt)
+    return R.astype(R.clip(q, lo, hi), str(out))
+
+
+@lowers("MatMulNBits", domain="com.microsoft")
+def _matmul_nbits(ctx: LowerContext) -> relax.Expr:
+    """Blockwise n-bit weights stay packed in memory and are dequantized inside the kernel:
+    one TE kernel reads the packed bytes, scales and zero points in its reduction loop (no
+    float copy of the weights exists, so FoldConstant cannot unpack them into float32)."""
+    if ctx.has(4):
+        ctx.fail("g_idx (act-order) is not supported")
+    k_len, n_len, bits, block = (ctx.attrs[a] for a in ("K", "N", "bits", "block_size"))
+    k_blocks = -(-k_len // block)
+    adt = str(ctx.in_type(0).dtype)
+    sdt = str(ctx.in_type(2).dtype)
+    a = ctx.arg(0) if adt == "float32" else ctx.emit(R.astype(ctx.arg(0), "float32"))
+    packed = ctx.emit(R.reshape(ctx.arg(1), [n_len, -1]))
+    scales = ctx.emit(R.astype(R.reshape(ctx.arg(2), [n_len, k_blocks]), "float32"))
+    zp_kind = "none"
+    args = [a, packed, scales]
+    if ctx.has(3):
+        zp_kind = "packed" if ctx.in_type(3).dtype == DType.UINT8 else "float"
+        z = R.reshape(ctx.arg(3), [n_len, -1])
+        args.append(ctx.emit(z if zp_kind == "packed" else R.astype(z, "float32")))
+
+    def compute(at: Any, bt: Any, st: Any, zt: Any = None) -> Any:
+        def weight(kk: Any, n: Any) -> Any:
+            kb = tir.floordiv(kk, block)
+            q = _packed_code(bt, n, kk, bits).astype("float32")
+            if zp_kind == "none":
+                zp: Any = tir.const(float(1 << (bits - 1)), "float32")
+            elif zp_kind == "packed":
+                zp = _packed_code(zt, n, kb, bits).astype("float32")
+            else:
+                zp = zt[n, kb]
+            w = (q - zp) * st[n, kb]
+            # The reference rounds the dequantized weights to the scales' dtype.
+            return w if sdt == "float32" else w.astype(sdt).astype("float32")
+
+        return _dequantizing_matmul(at, weight, k_len, n_len, "dequantize_matmul_nbits")
+
+    y = ctx.bb.emit_te(compute, *args, primfunc_name_hint="dequantize_matmul_nbits")
+    if ctx.has(5):
+        y = R.add(y, R.astype(ctx.arg(5), "float32"))
+    return y if adt == "float32" else R.astype(y, adt)
+
+
+# ------------------------------------------- weight-only: dequantize inside the matmul
+#
+# DequantizeLinear(constant int8/uint8/int4/uint4 W, constant scale[, zero point]) feeding
+# only the B input of MatMul / Gemm / ecograph::Linear is not lowered on its own: each matmul
+# becomes one kernel that reads the integer weights and dequantizes them in its reduction
+# loop. The float weights never exist, so TVM's FoldConstant cannot fold them into float32
+# constants (which would undo the compression) and no float copy is materialized at run time;
+# 4-bit weights are stored packed two per byte. On CUDA the kernel compiles with dlight's
+# Reduction rule (a cross-thread reduction over K); its GEMV rule does not match it.
+
+_WEIGHT_DTYPES = (DType.INT8, DType.UINT8, DType.INT4, DType.UINT4)
+_ABSORBING = {("", "MatMul"), ("", "Gemm"), ("ecograph", "Linear")}
+
+
+def _weight_dq(value: Value | None) -> Node | None:
+    """The DequantizeLinear producing `value` from constant 2-D integer weights (constant
+    float32 scale, constant or absent zero point), else None."""
+    node = value.producer if value is not None else None
+    if node is None or node.op_type != "DequantizeLinear" or node.domain != "":
+        return None
+    w, s, z = node.input(0), node.input(1), node.input(2)
+    if w is None or w.const_value is None or w.type.rank != 2 or w.dtype not in _WEIGHT_DTYPES:
+        return None
+    if s is None or s.dtype != DType.FLOAT32 or known_array(s) is None:
+        return None
+    if z is not None and known_array(z) is None:
+        return None
+    if node.outputs[0].dtype != DType.FLOAT32:
+        return None
+    return node
+
+
+def absorbed_dq(node: Node) -> bool:
+    """True if every use of this DequantizeLinear is the weight input of a matmul that can
+    dequantize inside its kernel (float32 activations)."""
+    out = node.outputs[0]
+    if _weight_dq(out) is not node or out.is_graph_output or not out.uses:
+        return False
+    for use in out.uses:
+        consumer = use.node
+        a = consumer.input(0)
+        if (consumer.domain, consumer.op_type) not in _ABSORBING or use.index != 1:
+            return False
+        if a is None or a.dtype != DType.FLOAT32 or a is out:
+            return False
+    return True
+
+
+def packed_weights(graph: Graph, absorbed: set[int]) -> dict[int, np.ndarray]:
+    """4-bit weight constants read only by absorbed DequantizeLinears, packed two per byte."""
+    packed: dict[int, np.ndarray] = {}
+    for c in graph.constants.values():
+        if c.dtype not in (DType.INT4, DType.UINT4) or not c.uses:
+            continue
+        if all(u.index == 0 and id(u.node) in absorbed for u in c.uses):
+            assert c.const_value is not None
+            packed[id(c)] = pack_int4(c.const_value)
+    return packed
+
+
+def pack_int4(q: np.ndarray) -> np.ndarray:
+    """[rows, cols] 4-bit codes -> uint8 [rows, ceil(cols / 2)], column 2j in the low nibble."""
+    codes = np.asarray(q).astype(np.int16) & 0xF
+    if codes.shape[1] % 2:
+        codes = np.concatenate([codes, np.zeros((codes.shape[0], 1), np.int16)], axis=1)
+    return (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
+
+
+def _packed_code(buf: Any, row: Any, i: Any, bits: int) -> Any:
+    """Code `i` of row `row` in a uint8 buffer of `bits`-bit codes packed low bits first."""
+    per_byte = 8 // bits
+    byte = buf[row, tir.floordiv(i, per_byte)].astype("int32")
+    return tir.bitwise_and(tir.shift_right(byte, tir.floormod(i, per_byte) * bits), (1 << bits) - 1)
+
+
+def _dequantizing_matmul(at: Any, weight: Callable[[Any, Any], Any], k_len: int, n_len: int,
+                         name: str) -> Any:  # fmt: skip
+    """TE: `at` [..., K] times the weights `weight(k, n)` [K, N] computes, one reduction."""
+    from tvm import te
+
+    k = te.reduce_axis((0, k_len), "k")
+    return te.compute(
+        [*at.shape[:-1], n_len],
+        lambda *i: te.sum(at[(*i[:-1], k)] * weight(k, i[-1]), axis=k),
+        name=name,
+    )
+
+
+def dequant_matmul(ctx: LowerContext, a: relax.Expr, *, trans_b: bool) -> relax.Expr | None:
+    """`a @ dequantize(W)` (W transposed when `trans_b`) as one kernel, when input 1 comes from
+    an absorbed DequantizeLinear; else None."""
+    dq = _weight_dq(ctx.node.input(1))
+    if dq is None or id(dq) not in ctx.options.get("absorbed", set()):
+        return None
+    w_val, s_val, z_val = dq.input(0), dq.input(1), dq.input(2)
+    assert w_val is not None and s_val is not None
+    rows, cols = w_val.type.static_shape()
+    k_len, n_len = (cols, rows) if trans_b else (rows, cols)
+    packed = id(w_val) in ctx.options.get("packed", set())
+    signed4 = w_val.dtype == DType.INT4
+    axis = norm_axis(dq.attrs.get("axis", 1), 2)
+    block = int(dq.attrs.get("block_size", 0) or 0)
+    s_arr = known_array(s_val)
+    z_arr = None if z_val is None else known_array(z_val)
+    assert s_arr is not None
+    w = value_expr(ctx.bb, w_val, ctx.options["exprs"])
+    s = relax.const(np.ascontiguousarray(s_arr, np.float32).reshape(s_arr.shape), "float32")
+    args = [a, w, s]
+    if z_arr is not None:
+        zc = z_arr.astype(np.int32)
+        args.append(relax.const(np.ascontiguousarray(zc).reshape(z_arr.shape), "int32"))
+    s_rank = s_arr.ndim
+    per_tensor = s_rank == 0 or (s_arr.size == 1 and not block)
+
+    def qindex(r: Any, c: Any) -> tuple[Any, ...]:
+        if per_tensor:
+            return (0,) * s_rank
+        if not block:
+            return (r,) if axis == 0 else (c,)
+        return (r // block, c) if axis == 0 else (r, c // block)
+
+    def compute(at: Any, wt: Any, st: Any, zt: Any = None) -> Any:
+        def weight(kk: Any, n: Any) -> Any:
+            r, c = (n, kk) if trans_b else (kk, n)
+            if packed:
+                nib = _packed_code(wt, r, c, 4)
+                q = tir.if_then_else(nib >= 8, nib - 16, nib) if signed4 else nib
+            else:
+                q = wt[r, c].astype("int32")
+            idx = qindex(r, c)
+            if zt is not None:
+                q = q - zt[idx]
+            return q.astype("float32") * st[idx]
+
+        return _dequantizing_matmul(at, weight, k_len, n_len, "dequantize_matmul")
+
+    return ctx.bb.emit_te(compute, *args, primfunc_name_hint="dequantize_matmul")
