@@ -321,3 +321,14 @@ def test_topk_largest_integers_at_the_dtype_extremes(dtype):
     assert values.tolist() == [[info.max, info.max - 1, 7]]
     values, idx = topk(x, np.array([2]), axis=1, largest=0, sorted=1)
     assert idx.tolist() == [[3, 0]] and values.tolist() == [[info.min, 1]]
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax", "Hardmax"])
+@pytest.mark.parametrize(("shape", "axis"), [((0,), 0), ((2, 0), -1), ((0, 3), 0), ((0, 3), 1)])
+def test_normalizing_ops_take_empty_tensors(op: str, shape: tuple[int, ...], axis: int) -> None:
+    # Found by the compiled-graph fuzzer: np.max has no identity for an empty axis.
+    b = GraphBuilder()
+    x = b.input("x", "float32", list(shape))
+    b.output(b.op(op, x, axis=axis))
+    out = interpret(b.graph, {"x": np.zeros(shape, np.float32)})
+    assert next(iter(out.values())).shape == shape

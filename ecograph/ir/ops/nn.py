@@ -280,6 +280,8 @@ def det(x: np.ndarray) -> np.ndarray:
 
 def _softmax_kernel(log: bool) -> Any:
     def kernel(x: np.ndarray, *, axis: int) -> np.ndarray:
+        if x.size == 0:  # nothing to normalize (np.max has no identity for empty axes)
+            return x.copy()
         xd = x.astype(np.float64) if x.dtype != np.float64 else x
         m = np.max(xd, axis=axis, keepdims=True)
         with np.errstate(all="ignore"):
@@ -309,6 +311,8 @@ for _name, _log in (("Softmax", False), ("LogSoftmax", True)):
     infer=same_as_input(0),
 )
 def hardmax(x: np.ndarray, *, axis: int) -> np.ndarray:
+    if x.size == 0:
+        return x.copy()
     idx = np.argmax(x, axis=axis)
     out = np.zeros_like(x)
     np.put_along_axis(out, np.expand_dims(idx, axis), 1, axis=axis)
