@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.backends.tvm_helpers import run_with_runtime_only_tvm
+from tests.backends.tvm_helpers import lowering_target, run_with_runtime_only_tvm
 
 pytest.importorskip("tvm")
 
@@ -214,8 +214,10 @@ def test_int8_matmul_on_cuda_is_handled(tmp_path: Path) -> None:
     operands to int32 (exact) and say so in the manifest; x86 keeps the int8 matmul."""
     from ecograph.backends.tvm.driver import lower_graph
 
-    assert build._has_int8_matmul(lower_graph(int8_matmul_graph()).mod)
-    assert not build._has_int8_matmul(lower_graph(int8_matmul_graph(), widen_int8_matmul=True).mod)
+    assert build._has_int8_matmul(lower_graph(int8_matmul_graph(), lowering_target()).mod)
+    assert not build._has_int8_matmul(
+        lower_graph(int8_matmul_graph(), lowering_target(), widen_int8_matmul=True).mod
+    )
     out = ecograph.compile(int8_matmul_graph(), "cuda:sm_80", tmp_path / "q")
     notes = json.loads((out / "manifest.json").read_text())["target"]["notes"]
     assert any("int8" in n and "widened" in n for n in notes)
@@ -232,7 +234,11 @@ def test_tvm_int8_matmul_bug_is_still_there() -> None:
     target = targets.resolve("cuda:sm_80").tvm_target()
     pipeline, _ = build._cuda_pipeline(target, with_matmul_rule=True)
     with pytest.raises(Exception, match=r"fragment|Wmma|Check failed"):
-        tvm.compile(lower_graph(int8_matmul_graph()).mod, target=target, relax_pipeline=pipeline)
+        tvm.compile(
+            lower_graph(int8_matmul_graph(), lowering_target()).mod,
+            target=target,
+            relax_pipeline=pipeline,
+        )
 
 
 def test_nvcc_callback_compiles_cuda_source() -> None:

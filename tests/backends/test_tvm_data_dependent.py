@@ -17,6 +17,7 @@ from ecograph.errors import LoweringError
 from ecograph.ir import Graph, GraphBuilder, interpret
 from tests.backends.tvm_helpers import (
     Const,
+    lowering_target,
     one_op,
     rand,
     run_tvm,
@@ -60,7 +61,7 @@ def test_nonzero_scalar_fails_clearly() -> None:
 
     graph, _ = one_op("NonZero", np.array(3.0, "float32"))
     with pytest.raises(LoweringError, match="0-d input"):
-        lower_graph(graph)
+        lower_graph(graph, lowering_target())
 
 
 # ---------------------------------------------------------------------- Compress
@@ -183,7 +184,7 @@ def test_unique_axis_with_symbolic_slice_fails_clearly() -> None:
 
     graph, _ = one_op("Unique", rand((3, 4)), num_outputs=4, axis=0, symbolic={0: [3, "w"]})
     with pytest.raises(LoweringError, match="other dims static"):
-        lower_graph(graph)
+        lower_graph(graph, lowering_target())
 
 
 # ------------------------------------------------- deployable: no host callbacks

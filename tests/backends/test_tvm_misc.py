@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("tvm")
 
 from ecograph.errors import LoweringError
-from tests.backends.tvm_helpers import Const, one_op, rand
+from tests.backends.tvm_helpers import Const, lowering_target, one_op, rand
 from tests.backends.tvm_helpers import check_op as check
 
 COVERED_OPS = {
@@ -236,7 +236,7 @@ def test_nms_symbolic_classes_fails_clearly() -> None:
         symbolic={1: [1, "classes", 4]},
     )  # fmt: skip
     with pytest.raises(LoweringError, match="class count"):
-        lower_graph(graph)
+        lower_graph(graph, lowering_target())
 
 
 def test_tfidf_string_pool_fails_clearly() -> None:
@@ -248,7 +248,7 @@ def test_tfidf_string_pool_fails_clearly() -> None:
         pool_strings=["a"],
     )  # fmt: skip
     with pytest.raises(LoweringError, match="pool_strings"):
-        lower_graph(graph)
+        lower_graph(graph, lowering_target())
 
 
 # ---------------------------------------------------------------------- CUDA build
@@ -357,8 +357,8 @@ def test_nms_host_check_catches_the_cpu_kernel_in_a_cuda_build(monkeypatch: Any)
 
     lower = build.lower_graph
 
-    def as_cpu(*args: Any, **kw: Any) -> Any:
-        return lower(*args, **{**kw, "target_family": "cpu"})
+    def as_cpu(graph: Any, target: Any, **kw: Any) -> Any:
+        return lower(graph, lowering_target("x86"), **kw)
 
     monkeypatch.setattr(build, "lower_graph", as_cpu)
     ex = build.build_module(nms_graph(), "cuda:sm_80", keep_params=False).executable
@@ -377,10 +377,10 @@ def test_nms_kernel_form_follows_target_family() -> None:
     from ecograph.backends.tvm.driver import lower_graph
 
     def greedy_script(family: str) -> str:
-        mod = lower_graph(nms_graph(), target_family=family).mod
+        mod = lower_graph(nms_graph(), lowering_target(family)).mod
         return next(f.script() for gv, f in mod.functions.items() if gv.name_hint == "nms_greedy")
 
-    cpu, cuda = greedy_script("cpu"), greedy_script("cuda")
+    cpu, cuda = greedy_script("x86"), greedy_script("cuda")
     assert "T.parallel" in cpu and "launch_thread" not in cpu
     assert 'T.launch_thread("blockIdx.x"' in cuda and "T.parallel" not in cuda
 

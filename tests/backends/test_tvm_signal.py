@@ -17,7 +17,15 @@ pytest.importorskip("tvm")
 from ecograph.backends.tvm.driver import lower_graph
 from ecograph.errors import LoweringError
 from ecograph.ir import Graph
-from tests.backends.tvm_helpers import RNG, Const, assert_matches, one_op, rand, run_tvm
+from tests.backends.tvm_helpers import (
+    RNG,
+    Const,
+    assert_matches,
+    lowering_target,
+    one_op,
+    rand,
+    run_tvm,
+)
 
 COVERED_OPS = {
     ("", "DFT"),
@@ -210,7 +218,7 @@ def test_runtime_axis_outside_the_candidates_gives_nan() -> None:
 def test_runtime_axis_with_unknown_output_shape_fails() -> None:
     graph, _ = one_op("DFT", rand((1, 4, 6, 1)), None, np.array(2, i64), onesided=1)
     with pytest.raises(LoweringError, match=r"axis \(input 2\) is a run-time value"):
-        lower_graph(graph)
+        lower_graph(graph, lowering_target())
 
 
 # ------------------------------------------------------------------ clear errors
@@ -253,7 +261,7 @@ def test_runtime_axis_with_unknown_output_shape_fails() -> None:
 def test_clear_errors(build: Callable[[], tuple[Graph, Any]], message: str) -> None:
     graph, _ = build()
     with pytest.raises(LoweringError, match=message):
-        lower_graph(graph)
+        lower_graph(graph, lowering_target())
 
 
 # ------------------------------------------------------------------ CUDA compile

@@ -12,7 +12,14 @@ pytest.importorskip("tvm")
 
 from ecograph.errors import LoweringError
 from ecograph.ir import Graph
-from tests.backends.tvm_helpers import Const, assert_matches, one_op, rand, run_tvm
+from tests.backends.tvm_helpers import (
+    Const,
+    assert_matches,
+    lowering_target,
+    one_op,
+    rand,
+    run_tvm,
+)
 
 COVERED_OPS = {
     ("", "DeformConv"),
@@ -81,7 +88,7 @@ def test_deform_conv_3d_is_refused() -> None:
     off = rand((1, 24, 2, 2, 2))
     g, _ = one_op("DeformConv", x, w, off)
     with pytest.raises(LoweringError, match="only 2-D DeformConv"):
-        lower_graph(g)
+        lower_graph(g, lowering_target())
 
 
 # ------------------------------------------------------------------ Col2Im
@@ -218,7 +225,7 @@ def test_lp_pool_ceil_mode_with_symbolic_dims_is_refused() -> None:
         symbolic={0: [1, 1, "h", "w"]},
     )  # fmt: skip
     with pytest.raises(LoweringError, match="ceil_mode=1 needs static spatial dims"):
-        lower_graph(g)
+        lower_graph(g, lowering_target())
 
 
 # ------------------------------------------------------------ ReverseSequence

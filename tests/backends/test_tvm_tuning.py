@@ -16,6 +16,7 @@ from ecograph.backends.tvm import load, targets, tuning
 from ecograph.backends.tvm.driver import lower_graph
 from ecograph.errors import BuildError
 from ecograph.ir import Graph, GraphBuilder, interpret
+from tests.backends.tvm_helpers import lowering_target
 
 
 def matmul_graph(seed: int = 0) -> Graph:
@@ -32,7 +33,7 @@ def _key(graph: Graph, preset: str) -> str:
 
     target = targets.resolve(preset).tvm_target()
     with target:
-        legal = relax.get_pipeline("zero")(lower_graph(graph).mod)
+        legal = relax.get_pipeline("zero")(lower_graph(graph, lowering_target()).mod)
     return tuning.workload_key(legal, target)
 
 

@@ -64,6 +64,14 @@ def one_op(
     return g, feeds
 
 
+def lowering_target(family: str = "x86") -> Any:
+    """A resolved `TargetSpec` for tests that call `lower_graph` directly: the generic x86
+    CPU (no host detection) or CUDA sm_80 (`family="cuda"`; compiles without a GPU)."""
+    from ecograph.backends.tvm import targets
+
+    return targets.resolve({"kind": "llvm"} if family == "x86" else "cuda:sm_80")
+
+
 def run_tvm(
     graph: Graph, feeds: dict[str, np.ndarray], target: Any = None, *, fold: bool = True
 ) -> list[np.ndarray]:

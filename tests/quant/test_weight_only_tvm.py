@@ -14,10 +14,11 @@ from ecograph.quant.quantize import Quantize
 
 pytest.importorskip("tvm")
 
-from ecograph.backends.tvm import build
+from ecograph.backends.tvm import build, targets
 from ecograph.backends.tvm.driver import lower_graph, pack_int4
 
 rng = np.random.default_rng(7)
+X86 = targets.resolve({"kind": "llvm"})  # for lower_graph (a resolved target)
 
 _RANGES = {"int4": (-8, 7), "uint4": (0, 15), "int8": (-128, 127), "uint8": (0, 255)}
 _NP = {"int4": ml_dtypes.int4, "uint4": ml_dtypes.uint4, "int8": np.int8, "uint8": np.uint8}
@@ -96,7 +97,7 @@ CASES = [
 @pytest.mark.parametrize("wdt,axis,block,op,trans_b,zp", CASES)
 def test_fused_dequantize_matmul_matches_the_interpreter(wdt, axis, block, op, trans_b, zp):
     g = _dq_graph(wdt, axis, block, op=op, trans_b=trans_b, zero_point=zp)
-    text = lower_graph(g).mod.script()
+    text = lower_graph(g, X86).mod.script()
     # One kernel reads the integer weights; no float copy of W exists in the module.
     assert "dequantize_matmul" in text
     assert "R.matmul" not in text
@@ -122,7 +123,7 @@ def test_pack_int4_layout():
 
 def test_int4_weights_stay_packed_in_the_lowered_module():
     g = _dq_graph("int4", 0, 32, k=64, n=48)
-    lowered = lower_graph(g, keep_params=True)
+    lowered = lower_graph(g, X86, keep_params=True)
     (name, arr), *_ = [(k, v) for k, v in lowered.params.items() if k == "w_q"]
     assert arr.dtype == np.uint8 and arr.shape == (64, 24), (name, arr.dtype, arr.shape)
 
@@ -132,7 +133,7 @@ def test_a_dequantize_with_another_use_is_not_absorbed():
     g = _dq_graph("int8", 1, 0)
     dq = next(n for n in g.nodes if n.op_type == "DequantizeLinear")
     g.set_outputs([*g.outputs, dq.outputs[0]])
-    text = lower_graph(g).mod.script()
+    text = lower_graph(g, X86).mod.script()
     assert "dequantize_matmul" not in text and "R.matmul" in text
     feeds = {"x": rng.standard_normal((2, 64)).astype(np.float32)}
     ref = interpret(g, feeds)

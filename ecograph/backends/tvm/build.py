@@ -192,10 +192,10 @@ def build_module(
     threshold = 0 if keep_params is True else PARAM_THRESHOLD_BYTES
     lowered = lower_graph(
         graph,
+        spec,
         keep_params=keep,
         param_threshold=threshold,
-        widen_int8_matmul=spec.family == "cuda",
-        target_family="cuda" if spec.family == "cuda" else "cpu",
+        widen_int8_matmul=spec.is_gpu,
         fold=fold,
     )
     tvm_target = spec.tvm_target()

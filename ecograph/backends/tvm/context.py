@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ecograph.backends.tvm.targets import TargetSpec
 from ecograph.errors import LoweringError
 from ecograph.ir import symbolic
 from ecograph.ir.dtypes import DType
@@ -171,17 +172,89 @@ class SymbolTable:
 # ------------------------------------------------------------------- the context
 
 
+@dataclass(frozen=True)
+class LowerOptions:
+    """How to lower a graph. `target` is the resolved target (lowerings that pick a kernel
+    form read `target.family` / `target.is_gpu`, never a target string); with `keep_params`,
+    constants of at least `param_threshold` bytes become trailing function parameters;
+    `widen_int8_matmul` emits int8 x int8 matmuls on int32 operands (CUDA: TVM 0.27's dlight
+    Matmul rule crashes on the int8 form; the widened one schedules and is exact);
+    `fold=False` lowers every node instead of computing small all-known ones at lowering time
+    (tests of a lowering use it)."""
+
+    target: TargetSpec
+    keep_params: bool = False
+    param_threshold: int = 0
+    func_name: str = "main"
+    widen_int8_matmul: bool = False
+    fold: bool = True
+
+
 @dataclass
-class LowerContext:
-    """What a lowering function sees for one node."""
+class LoweringState:
+    """What lowering one graph builds up; every node's `LowerContext` shares it."""
 
     bb: relax.BlockBuilder
+    options: LowerOptions
+    symbols: SymbolTable = field(default_factory=lambda: SymbolTable())
+    # The Relax expression of every value lowered or bound so far.
+    exprs: dict[Value, relax.Expr] = field(default_factory=dict)
+    # Values computed at lowering time by their producer's reference kernel, and those nodes.
+    folded: dict[Value, np.ndarray] = field(default_factory=dict)
+    folded_nodes: list[str] = field(default_factory=list)
+    # DequantizeLinear nodes computed inside their matmuls, and the 4-bit weight constants
+    # bound packed two per byte for them.
+    absorbed: set[Node] = field(default_factory=set)
+    packed: set[Value] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+
+    def value_expr(self, v: Value) -> relax.Expr:
+        """The Relax expression of `v`; a constant is bound (once) when first used."""
+        if v in self.exprs:
+            return self.exprs[v]
+        if v.const_value is not None:
+            if v.dtype in (DType.INT4, DType.UINT4):
+                # TVM's VM cannot allocate 4-bit tensors: 4-bit values travel in 8-bit carriers.
+                wide = carrier(v.dtype)
+                e = relax.const(v.const_value.astype(wide), wide)
+            else:
+                e = relax.const(contiguous(v.const_value), str(v.dtype))
+            self.exprs[v] = e
+            return e
+        raise LoweringError(f"value %{v.name} is used before it is defined")
+
+
+@dataclass
+class LowerContext:
+    """What a lowering function sees for one node: the node, its resolved attributes, its
+    inputs as Relax expressions (None for absent ones), and the graph's lowering state."""
+
+    state: LoweringState
     node: Node
     attrs: dict[str, Any]
     args: list[relax.Expr | None]
-    symbols: SymbolTable
-    options: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
+
+    @property
+    def bb(self) -> relax.BlockBuilder:
+        return self.state.bb
+
+    @property
+    def options(self) -> LowerOptions:
+        return self.state.options
+
+    @property
+    def target(self) -> TargetSpec:
+        """The resolved target: lowerings that pick a kernel form read `target.is_gpu`."""
+        return self.state.options.target
+
+    @property
+    def symbols(self) -> SymbolTable:
+        return self.state.symbols
+
+    @property
+    def notes(self) -> list[str]:
+        """Notes for the build report (deduplicated by the driver)."""
+        return self.state.notes
 
     def arg(self, i: int) -> relax.Expr:
         a = self.args[i] if i < len(self.args) else None
@@ -210,8 +283,8 @@ class LowerContext:
         v = self.node.input(i)
         if v is None:
             return None
-        folded = self.options.get("folded", {})
-        return folded[id(v)] if id(v) in folded else known_array(v)
+        folded = self.state.folded
+        return folded[v] if v in folded else known_array(v)
 
     def ints(self, i: int, what: str) -> list[int] | None:
         """Input `i` as a list of ints; None if absent; an error if not known statically."""
@@ -260,22 +333,6 @@ def carrier(dtype: DType) -> str:
 def contiguous(arr: np.ndarray) -> np.ndarray:
     """The array itself when C-contiguous (no copy); np.ascontiguousarray would make 0-d 1-d."""
     return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr).reshape(arr.shape)
-
-
-def value_expr(bb: relax.BlockBuilder, v: Value, exprs: dict[int, relax.Expr]) -> relax.Expr:
-    """The Relax expression of value `v`; a constant is bound (once) when first used."""
-    if id(v) in exprs:
-        return exprs[id(v)]
-    if v.const_value is not None:
-        if v.dtype in (DType.INT4, DType.UINT4):
-            # TVM's VM cannot allocate 4-bit tensors: 4-bit values travel in 8-bit carriers.
-            wide = carrier(v.dtype)
-            e = relax.const(v.const_value.astype(wide), wide)
-        else:
-            e = relax.const(contiguous(v.const_value), str(v.dtype))
-        exprs[id(v)] = e
-        return e
-    raise LoweringError(f"value %{v.name} is used before it is defined")
 
 
 # ------------------------------------------------------------------ helpers

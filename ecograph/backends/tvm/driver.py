@@ -26,17 +26,18 @@ from ecograph.backends.tvm.context import (
     RELAX_DTYPES,
     UNLOWERABLE,
     LowerContext,
+    LoweringState,
+    LowerOptions,
     R,
-    SymbolTable,
     carrier,
     contiguous,
     has_lowering,
     known_array,
     missing_lowerings,
     unlowered_registry_ops,
-    value_expr,
 )
 from ecograph.backends.tvm.ops.quant import absorbed_dq, pack_int4, packed_weights
+from ecograph.backends.tvm.targets import TargetSpec
 from ecograph.errors import LoweringError, UnsupportedError
 from ecograph.ir import symbolic
 from ecograph.ir.dtypes import DType
@@ -63,23 +64,38 @@ class Lowered:
 
 def lower_graph(
     graph: Graph,
+    target: TargetSpec,
     *,
     keep_params: bool = False,
     param_threshold: int = 0,
     func_name: str = "main",
-    widen_int8_matmul: bool = False,
-    target_family: str = "cpu",
+    widen_int8_matmul: bool | None = None,
     fold: bool = True,
 ) -> Lowered:
-    """Lower `graph` to an IRModule with one Relax function `func_name`.
+    """Lower `graph` for the resolved `target` to an IRModule with one Relax function
+    `func_name` (the options are `LowerOptions`'; `widen_int8_matmul` defaults to
+    `target.is_gpu`)."""
+    if not isinstance(target, TargetSpec):
+        raise TypeError(
+            f"lower_graph takes a resolved TargetSpec, not {type(target).__name__} "
+            f"({target!r}); resolve it once with ecograph.backends.tvm.targets.resolve(...)"
+        )
+    options = LowerOptions(
+        target=target,
+        keep_params=keep_params,
+        param_threshold=param_threshold,
+        func_name=func_name,
+        widen_int8_matmul=target.is_gpu if widen_int8_matmul is None else widen_int8_matmul,
+        fold=fold,
+    )
+    return lower_with(graph, options)
 
-    With `keep_params=True`, constants of at least `param_threshold` bytes become trailing
+
+def lower_with(graph: Graph, options: LowerOptions) -> Lowered:
+    """`lower_graph` with its options as one `LowerOptions`.
+
+    With `keep_params`, constants of at least `param_threshold` bytes become trailing
     parameters (returned in `Lowered.params`, in order) instead of bound constants.
-    `widen_int8_matmul=True` emits int8 x int8 matmuls on int32 operands (CUDA: TVM 0.27's
-    dlight Matmul rule crashes on the int8 form; the widened one schedules and is exact).
-    `target_family` ("cpu" for x86 and ARM, or "cuda") lets a lowering pick a kernel form
-    (`ctx.options["target_family"]`); the default is "cpu". `fold=False` turns lowering-time
-    folding off (every node is lowered; tests of a lowering use it).
     """
     missing = missing_lowerings(graph)
     if missing:
@@ -91,80 +107,68 @@ def lower_graph(
             "rewrite them with a pass first."
         )
     _check_symbols(graph)
-    symbols = SymbolTable()
-    bb = relax.BlockBuilder()
-    exprs: dict[int, relax.Expr] = {}
+    state = LoweringState(relax.BlockBuilder(), options)
     params: list[relax.Var] = []
     for v in graph.inputs:
         if v.dtype not in RELAX_DTYPES or v.dtype in (DType.INT4, DType.UINT4):
             raise UnsupportedError(
                 f"graph input {v.name!r} has dtype {v.dtype}; TVM cannot take it"
             )
-        var = relax.Var(_ident(v.name), symbols.tensor_type(v.type))
+        var = relax.Var(_ident(v.name), state.symbols.tensor_type(v.type))
         params.append(var)
-        exprs[id(v)] = var
+        state.exprs[v] = var
     live = _live_nodes(graph)
-    absorbed = {id(n) for n in graph.nodes if id(n) in live and absorbed_dq(n)}
-    packed = packed_weights(graph, absorbed)
+    state.absorbed = {n for n in graph.nodes if n in live and absorbed_dq(n)}
+    packed = packed_weights(graph, state.absorbed)
+    state.packed = set(packed)
     kept: dict[str, np.ndarray] = {}
     for c in graph.constants.values():
         arr = c.const_value
         assert arr is not None
-        if id(c) in packed:
-            arr = packed[id(c)]
+        if c in packed:
+            arr = packed[c]
         elif c.dtype in (DType.INT4, DType.UINT4):
             arr = arr.astype(carrier(c.dtype))
-        if keep_params and arr.nbytes >= param_threshold and arr.ndim > 0:
+        if options.keep_params and arr.nbytes >= options.param_threshold and arr.ndim > 0:
             var = relax.Var(_ident(c.name), relax.TensorType(list(arr.shape), str(arr.dtype)))
             params.append(var)
-            exprs[id(c)] = var
+            state.exprs[c] = var
             kept[c.name] = arr
-        elif id(c) in packed:
-            exprs[id(c)] = relax.const(arr, str(arr.dtype))
+        elif c in packed:
+            state.exprs[c] = relax.const(arr, str(arr.dtype))
         # Other bound constants are created lazily, once per value, when first used.
 
-    options: dict[str, Any] = {
-        "widen_int8_matmul": widen_int8_matmul,
-        "target_family": target_family,
-        "absorbed": absorbed,
-        "packed": set(packed),
-        "exprs": exprs,
-        "folded": {},  # value id -> array computed while lowering
-        "folded_nodes": [],
-        "fold": fold,
-    }
-    notes: list[str] = []
-    with bb.function(func_name, params):
+    bb = state.bb
+    with bb.function(options.func_name, params):
         with bb.dataflow():
             for node in graph.nodes:
                 # An absorbed DequantizeLinear is computed inside its matmuls instead.
-                if id(node) in live and id(node) not in absorbed:
-                    _lower_node(bb, node, exprs, symbols, options, notes)
-            outs = [value_expr(bb, v, exprs) for v in graph.outputs]
+                if node in live and node not in state.absorbed:
+                    _lower_node(state, node)
+            outs = [state.value_expr(v) for v in graph.outputs]
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
             out_var = bb.emit_output(result)
         bb.emit_func_output(out_var)
-    mod = bb.get()
     return Lowered(
-        mod=mod,
+        mod=bb.get(),
         input_names=[v.name for v in graph.inputs],
         output_names=[v.name for v in graph.outputs],
         params=kept,
-        symbols=sorted(symbols.vars),
-        notes=sorted(set(notes)),
-        folded=options["folded_nodes"],
+        symbols=sorted(state.symbols.vars),
+        notes=sorted(set(state.notes)),
+        folded=state.folded_nodes,
     )
 
 
-def _live_nodes(graph: Graph) -> set[int]:
-    """Ids of the nodes the graph outputs depend on (dead nodes are not lowered)."""
-    live: set[int] = set()
+def _live_nodes(graph: Graph) -> set[Node]:
+    """The nodes the graph outputs depend on (dead nodes are not lowered)."""
+    live: set[Node] = set()
     stack = [v.producer for v in graph.outputs if v.producer is not None]
     while stack:
         node = stack.pop()
-        if id(node) in live:
+        if node in live:
             continue
-        live.add(id(node))
+        live.add(node)
         stack.extend(v.producer for v in node.inputs if v is not None and v.producer is not None)
     return live
 
@@ -192,36 +196,26 @@ def _check_symbols(graph: Graph) -> None:
         )
 
 
-def _lower_node(
-    bb: relax.BlockBuilder,
-    node: Node,
-    exprs: dict[int, relax.Expr],
-    symbols: SymbolTable,
-    options: dict[str, Any],
-    notes: list[str],
-) -> None:
-    folded = options["folded"]
-    values = _fold(node, folded) if options["fold"] else None
+def _lower_node(state: LoweringState, node: Node) -> None:
+    values = _fold(node, state.folded) if state.options.fold else None
     if values is not None:
         # Every input is known before run time and the outputs are small: the reference
         # kernel computes them now (shape math, axes, pads...), so ops that need such inputs
         # static see constants, and Relax sees static shapes.
-        ctx = LowerContext(bb, node, {}, [], symbols, options, notes)
-        options["folded_nodes"].append(node.name)
+        ctx = LowerContext(state, node, {}, [])
+        state.folded_nodes.append(node.name)
         for out, arr in zip(node.outputs, values, strict=True):
-            folded[id(out)] = arr
-            exprs[id(out)] = _conform(ctx, relax.const(contiguous(arr), str(out.dtype)), out)
+            state.folded[out] = arr
+            state.exprs[out] = _conform(ctx, relax.const(contiguous(arr), str(out.dtype)), out)
         return
     fn = LOWERINGS[(node.domain, node.op_type)]
-    schema = node.schema
-    absorbed = options.get("absorbed", set())
     args = [
         None
-        if v is None or (v.producer is not None and id(v.producer) in absorbed)
-        else value_expr(bb, v, exprs)
+        if v is None or (v.producer is not None and v.producer in state.absorbed)
+        else state.value_expr(v)
         for v in node.inputs
     ]
-    ctx = LowerContext(bb, node, resolve_attrs(schema, node), args, symbols, options, notes)
+    ctx = LowerContext(state, node, resolve_attrs(node.schema, node), args)
     try:
         result = fn(ctx)
     except (LoweringError, UnsupportedError):
@@ -236,7 +230,7 @@ def _lower_node(
             if out.has_uses():
                 ctx.fail(f"output {i} (%{out.name}) is used but this lowering does not produce it")
             continue
-        exprs[id(out)] = _conform(ctx, results[i], out)
+        state.exprs[out] = _conform(ctx, results[i], out)
 
 
 # Lowering-time folding: nodes whose inputs are all known are computed by the reference
@@ -258,7 +252,7 @@ _NEVER_FOLD = {
 }
 
 
-def _fold(node: Node, folded: dict[int, np.ndarray]) -> list[np.ndarray] | None:
+def _fold(node: Node, folded: dict[Value, np.ndarray]) -> list[np.ndarray] | None:
     """The node's outputs computed now, if its inputs are all known and its outputs small."""
     if (node.domain, node.op_type) in _NEVER_FOLD or not node.inputs:
         return None
@@ -273,7 +267,7 @@ def _fold(node: Node, folded: dict[int, np.ndarray]) -> list[np.ndarray] | None:
         if v is None:
             args.append(None)
             continue
-        arr = folded[id(v)] if id(v) in folded else known_array(v)
+        arr = folded[v] if v in folded else known_array(v)
         if arr is None:
             return None
         args.append(arr)
@@ -326,9 +320,11 @@ def _conform(ctx: LowerContext, expr: relax.Expr, out: Value) -> relax.Expr:
 __all__ = [
     "LOWERINGS",
     "UNLOWERABLE",
+    "LowerOptions",
     "Lowered",
     "has_lowering",
     "lower_graph",
+    "lower_with",
     "missing_lowerings",
     "pack_int4",
     "unlowered_registry_ops",

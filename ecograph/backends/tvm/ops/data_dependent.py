@@ -391,7 +391,7 @@ def _topk(ctx: LowerContext) -> list[relax.Expr]:
     largest = bool(ctx.attrs["largest"])
     x = ctx.arg(0)
     dtype = str(xt.dtype)
-    if ctx.options.get("target_family") == "cuda":
+    if ctx.target.is_gpu:
         return _topk_native(ctx, x, k, axis, largest)
     n = ctx.dim(xt.shape[axis])
     order = [*[a for a in range(rank) if a != axis], axis]

@@ -34,7 +34,7 @@ def _matmul_integer(ctx: LowerContext) -> relax.Expr:
     a, b = ctx.arg(0), ctx.arg(1)
     at, bt = ctx.in_type(0), ctx.in_type(1)
     if not ctx.has(2) and not ctx.has(3) and at.dtype == bt.dtype == DType.INT8:
-        if not ctx.options.get("widen_int8_matmul"):
+        if not ctx.options.widen_int8_matmul:
             # The int8 x int8 -> int32 product is emitted as one matmul (VNNI-friendly).
             return R.matmul(a, b, out_dtype="int32")
         ctx.notes.append(

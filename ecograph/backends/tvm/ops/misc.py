@@ -13,8 +13,8 @@
 - NonMaxSuppression has a data-dependent output size: a greedy per-(batch, class) kernel
   written with TIR's IRBuilder fills a padded buffer, which `tensor_to_shape` + match_cast (a
   fresh size var) and a TE copy trim, so it needs no host callback. The kernel is a parallel
-  loop on CPU and, for `target_family == "cuda"`, a GPU launch of one single-thread block per
-  row (an IRBuilder kernel gets no dlight schedule; unbound, it would become host code).
+  loop on CPU and, for a GPU target (`ctx.target.is_gpu`), a GPU launch of one single-thread
+  block per row (an IRBuilder kernel gets no dlight schedule; unbound, it would become host code).
   (NonZero, Compress and Unique are in `data_dependent.py`.)
 """
 
@@ -451,7 +451,7 @@ def _non_max_suppression(ctx: LowerContext) -> relax.Expr:
     iou = scalar_input(3, 0, dtype)
     thr = scalar_input(4, 0, dtype)
     center = bool(ctx.attrs.get("center_point_box", 0))
-    gpu = ctx.options.get("target_family", "cpu") == "cuda"
+    gpu = ctx.target.is_gpu
     greedy = ctx.bb.emit_te(
         _nms_greedy, boxes, scores, limit, iou, thr, center, ctx.has(4), gpu,
         primfunc_name_hint="nms_greedy",

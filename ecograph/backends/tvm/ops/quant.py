@@ -20,7 +20,6 @@ from ecograph.backends.tvm.context import (
     lowers,
     norm_axis,
     round_half_even,
-    value_expr,
 )
 from ecograph.ir.dtypes import DType
 from ecograph.ir.graph import Graph, Node, Value
@@ -220,15 +219,15 @@ def absorbed_dq(node: Node) -> bool:
     return True
 
 
-def packed_weights(graph: Graph, absorbed: set[int]) -> dict[int, np.ndarray]:
+def packed_weights(graph: Graph, absorbed: set[Node]) -> dict[Value, np.ndarray]:
     """4-bit weight constants read only by absorbed DequantizeLinears, packed two per byte."""
-    packed: dict[int, np.ndarray] = {}
+    packed: dict[Value, np.ndarray] = {}
     for c in graph.constants.values():
         if c.dtype not in (DType.INT4, DType.UINT4) or not c.uses:
             continue
-        if all(u.index == 0 and id(u.node) in absorbed for u in c.uses):
+        if all(u.index == 0 and u.node in absorbed for u in c.uses):
             assert c.const_value is not None
-            packed[id(c)] = pack_int4(c.const_value)
+            packed[c] = pack_int4(c.const_value)
     return packed
 
 
@@ -264,20 +263,20 @@ def dequant_matmul(ctx: LowerContext, a: relax.Expr, *, trans_b: bool) -> relax.
     """`a @ dequantize(W)` (W transposed when `trans_b`) as one kernel, when input 1 comes from
     an absorbed DequantizeLinear; else None."""
     dq = _weight_dq(ctx.node.input(1))
-    if dq is None or id(dq) not in ctx.options.get("absorbed", set()):
+    if dq is None or dq not in ctx.state.absorbed:
         return None
     w_val, s_val, z_val = dq.input(0), dq.input(1), dq.input(2)
     assert w_val is not None and s_val is not None
     rows, cols = w_val.type.static_shape()
     k_len, n_len = (cols, rows) if trans_b else (rows, cols)
-    packed = id(w_val) in ctx.options.get("packed", set())
+    packed = w_val in ctx.state.packed
     signed4 = w_val.dtype == DType.INT4
     axis = norm_axis(dq.attrs.get("axis", 1), 2)
     block = int(dq.attrs.get("block_size", 0) or 0)
     s_arr = known_array(s_val)
     z_arr = None if z_val is None else known_array(z_val)
     assert s_arr is not None
-    w = value_expr(ctx.bb, w_val, ctx.options["exprs"])
+    w = ctx.state.value_expr(w_val)
     s = relax.const(np.ascontiguousarray(s_arr, np.float32).reshape(s_arr.shape), "float32")
     args = [a, w, s]
     if z_arr is not None:
