@@ -141,7 +141,9 @@ def _step(draw, b, rng, x, pool, const) -> Value | None:
         cond = b.op("Greater", x, b.constant(np.float32(0.25)))
         return b.op("Where", cond, x, b.op("Neg", x))
     if step == "cast":
-        wide = b.op("Cast", b.op("Mul", x, b.constant(np.float32(7.0))), to=6)  # int32
+        # Of the input only: truncating a computed value would turn last-bit differences of
+        # approximations (Tanh...) at integer boundaries into whole units.
+        wide = b.op("Cast", b.op("Mul", pool[0], b.constant(np.float32(7.0))), to=6)  # int32
         return b.op("Cast", wide, to=1)
     if step == "layer_norm" and rank:
         n = shape[-1]

@@ -332,3 +332,13 @@ def test_normalizing_ops_take_empty_tensors(op: str, shape: tuple[int, ...], axi
     b.output(b.op(op, x, axis=axis))
     out = interpret(b.graph, {"x": np.zeros(shape, np.float32)})
     assert next(iter(out.values())).shape == shape
+
+
+@pytest.mark.parametrize("exclusive", [0, 1])
+@pytest.mark.parametrize("reverse", [0, 1])
+def test_cumsum_takes_an_empty_axis(exclusive: int, reverse: int) -> None:
+    b = GraphBuilder()
+    x = b.input("x", "float32", [3, 0])
+    b.output(b.op("CumSum", x, b.constant(np.int64(1)), exclusive=exclusive, reverse=reverse))
+    out = interpret(b.graph, {"x": np.zeros((3, 0), np.float32)})
+    assert next(iter(out.values())).shape == (3, 0)

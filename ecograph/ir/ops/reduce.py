@@ -167,7 +167,7 @@ def cumsum(x: np.ndarray, axis: np.ndarray, *, exclusive: int, reverse: int) -> 
     a = int(axis)
     y = np.flip(x, a) if reverse else x
     out = np.cumsum(y, axis=a, dtype=x.dtype)
-    if exclusive:
+    if exclusive and out.shape[a]:
         out = np.concatenate(
             [np.zeros_like(np.take(out, [0], axis=a)), np.take(out, range(out.shape[a] - 1), a)],
             axis=a,
