@@ -12,9 +12,12 @@ Strings are parsed with a small recursive-descent parser, never `eval`.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 Dim = int | str
+T = TypeVar("T")
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _TOKEN = re.compile(r"\s*(?:(\d+)|([A-Za-z_][A-Za-z0-9_]*)|(//|[-+*%()]))")
@@ -303,3 +306,88 @@ def evaluate(d: Dim, env: Mapping[str, int]) -> int:
 
 def is_static(d: Dim) -> bool:
     return isinstance(d, int)
+
+
+# ---------------------------------------------------------- dims in other forms
+
+
+@dataclass(frozen=True)
+class DimOps(Generic[T]):
+    """How `eval_with` builds a dim in another form (a TIR expression, an int...): what a
+    constant and a symbol become, and the operators a dim is made of."""
+
+    const: Callable[[int], T]
+    symbol: Callable[[str], T]
+    add: Callable[[T, T], T]
+    sub: Callable[[T, T], T]
+    mul: Callable[[T, T], T]
+    floordiv: Callable[[T, T], T]
+    mod: Callable[[T, T], T]
+    neg: Callable[[T], T]
+
+
+def eval_with(d: Dim, ops: DimOps[T]) -> T:
+    """Dim `d` built by `ops`, walking its canonical form: the terms in canonical order, each
+    a coefficient times its atoms; an opaque atom such as "(seq+1)//2" becomes `ops.floordiv`
+    (or `ops.mod`) of its two operands, walked the same way. Raises ValueError for a malformed
+    dim (e.g. an unbalanced parenthesis) and ZeroDivisionError for a constant division by 0.
+    """
+    if isinstance(d, bool):
+        raise TypeError(f"a dimension is an int or a str, not bool ({d!r})")
+    if isinstance(d, int):
+        return ops.const(d)
+    p = _poly(d)
+    if not p:
+        return ops.const(0)
+    out: T | None = None
+    for mono in sorted(p, key=lambda m: (m == (), -len(m), m)):  # the order _render uses
+        coeff = p[mono]
+        term = _eval_monomial(mono, abs(coeff), ops)
+        if out is None:
+            out = term if coeff > 0 else ops.neg(term)
+        else:
+            out = ops.add(out, term) if coeff > 0 else ops.sub(out, term)
+    assert out is not None
+    return out
+
+
+def _eval_monomial(mono: Monomial, coeff: int, ops: DimOps[T]) -> T:
+    factors = [_eval_atom(atom, ops) for atom in mono]
+    if not factors:
+        return ops.const(coeff)
+    if coeff != 1:
+        factors.insert(0, ops.const(coeff))
+    out = factors[0]
+    for f in factors[1:]:
+        out = ops.mul(out, f)
+    return out
+
+
+def _eval_atom(atom: str, ops: DimOps[T]) -> T:
+    if is_symbol_name(atom):
+        return ops.symbol(atom)
+    # An opaque atom is "<lhs>//<rhs>" or "<lhs>%<rhs>" (see _floordiv / _mod), each operand
+    # an int, a symbol or a parenthesized expression: split at the operator outside parens.
+    depth = 0
+    for i, ch in enumerate(atom):
+        depth += (ch == "(") - (ch == ")")
+        if depth:
+            continue
+        if atom.startswith("//", i) or ch == "%":
+            width = 2 if ch == "/" else 1
+            lhs, rhs = _unparen(atom[:i]), _unparen(atom[i + width :])
+            fn = ops.floordiv if width == 2 else ops.mod
+            return fn(eval_with(lhs, ops), eval_with(rhs, ops))
+    raise ValueError(f"malformed atom {atom!r} in a dimension")
+
+
+def _unparen(text: str) -> str:
+    """`text` without one pair of parentheses around all of it."""
+    if not (text.startswith("(") and text.endswith(")")):
+        return text
+    depth = 0
+    for i, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if depth == 0 and i < len(text) - 1:
+            return text  # "(a)//(b)": the first ")" closes before the end
+    return text[1:-1]

@@ -12,7 +12,7 @@ such as `2*seq` or `(seq+1)//2` become TIR arithmetic over those vars.
 
 from __future__ import annotations
 
-import re
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,15 +79,24 @@ def missing_lowerings(graph: Graph) -> list[str]:
 
 
 class SymbolTable:
-    """One int64 `tir.Var` per symbol name; dim strings become TIR expressions."""
-
-    _TOKEN = re.compile(r"\s*(?:(\d+)|([A-Za-z_][A-Za-z0-9_]*)|(//|[-+*%()]))")
+    """One int64 `tir.Var` per symbol name; dims become TIR expressions by walking their
+    canonical form (`ecograph.ir.symbolic.eval_with`, the IR's one dim parser)."""
 
     def __init__(self) -> None:
         self.vars: dict[str, tir.Var] = {}
         # Symbols the IR could not resolve (fresh output dims) whose value Relax proved
         # static while lowering (e.g. after lowering-time folding of their shape inputs).
         self.known: dict[str, int] = {}
+        self._ops: symbolic.DimOps[Any] = symbolic.DimOps(
+            const=lambda v: tir.IntImm("int64", v),
+            symbol=self.var,
+            add=operator.add,
+            sub=operator.sub,
+            mul=operator.mul,
+            floordiv=tir.floordiv,
+            mod=tir.floormod,
+            neg=operator.neg,
+        )
 
     def learn(self, name: str, value: int) -> None:
         """Record that symbol `name` is `value`; only before any use made it a Var."""
@@ -102,65 +111,15 @@ class SymbolTable:
         return self.vars[name]
 
     def expr(self, dim: Dim) -> Any:
-        """A TIR expression (or int) for a dim."""
+        """A TIR expression for a dim; a LoweringError naming the dim if it is malformed."""
         if isinstance(dim, int):
             return tir.IntImm("int64", dim)
         if symbolic.is_symbol_name(dim):
             return self.var(dim)
-        tokens = [t for t in self._tokens(dim)]
-        pos = 0
-
-        def peek() -> str | None:
-            return tokens[pos] if pos < len(tokens) else None
-
-        def take() -> str:
-            nonlocal pos
-            pos += 1
-            return tokens[pos - 1]
-
-        def expr() -> Any:
-            v = term()
-            while peek() in ("+", "-"):
-                v = v + term() if take() == "+" else v - term()
-            return v
-
-        def term() -> Any:
-            v = factor()
-            while peek() in ("*", "//", "%"):
-                op = take()
-                rhs = factor()
-                v = (
-                    v * rhs
-                    if op == "*"
-                    else tir.floordiv(v, rhs)
-                    if op == "//"
-                    else (tir.floormod(v, rhs))
-                )
-            return v
-
-        def factor() -> Any:
-            tok = take()
-            if tok == "-":
-                return -factor()
-            if tok == "(":
-                v = expr()
-                take()  # ")"
-                return v
-            if tok.isdigit():
-                return tir.IntImm("int64", int(tok))
-            return self.var(tok)
-
-        return expr()
-
-    def _tokens(self, text: str) -> list[str]:
-        out, pos = [], 0
-        while pos < len(text) and text[pos:].strip():
-            m = self._TOKEN.match(text, pos)
-            if not m:
-                raise LoweringError(f"cannot lower dimension {text!r}")
-            out.append(m.group(1) or m.group(2) or m.group(3))
-            pos = m.end()
-        return out
+        try:
+            return symbolic.eval_with(dim, self._ops)
+        except (ValueError, ZeroDivisionError) as exc:
+            raise LoweringError(f"cannot lower dimension {dim!r}: {exc}") from exc
 
     def shape(self, dims: Sequence[Dim]) -> relax.ShapeExpr:
         return relax.ShapeExpr([self.expr(d) for d in dims])
