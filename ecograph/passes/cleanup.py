@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ecograph.ir import symbolic
+from ecograph.ir.folding import fold_limit_reason, fold_node, is_foldable_op
 from ecograph.ir.graph import Graph, Node, Value
 from ecograph.ir.interpreter import run_node
 from ecograph.ir.registry import lookup_schema, symbolic_value
@@ -155,9 +156,10 @@ class FoldConstants(Pass):
     """op(const, const) -> const, computed by the op's reference kernel.
 
     The folded array is exactly what running the node would produce (same kernel, same
-    dtype), so folding never changes results. Outputs larger than `max_bytes` that are also
-    larger than their inputs are skipped (folding would grow the model); each skip is logged
-    with its reason. Random ops are never folded.
+    dtype), so folding never changes results: `ecograph.ir.folding.fold_node` decides and
+    computes (the TVM backend's lowering-time folding uses it too). Outputs larger than
+    `max_bytes` that are also larger than their inputs are skipped (folding would grow the
+    model); each skip is logged with its reason. Random ops are never folded.
     """
 
     name: ClassVar[str] = "fold-constants"
@@ -171,16 +173,12 @@ class FoldConstants(Pass):
         for node in graph.nodes:
             if not all(v is None or v.is_constant for v in node.inputs):
                 continue
-            schema = lookup_schema(node.op_type, node.domain)
-            if schema is None or schema.random:
+            if not is_foldable_op(node):
                 continue
-            out_bytes = sum(o.type.nbytes() or 0 for o in node.outputs)
-            in_bytes = sum(v.type.nbytes() or 0 for v in node.inputs if v is not None)
-            if out_bytes > self.max_bytes and out_bytes > in_bytes:
-                note = (
-                    f"skipped {node.name} ({node.op_type}): result {out_bytes} B exceeds "
-                    f"max_bytes={self.max_bytes} and its inputs ({in_bytes} B)"
-                )
+            args = [None if v is None else v.const_value for v in node.inputs]
+            too_big = fold_limit_reason(node, args, max_bytes=self.max_bytes)
+            if too_big is not None:
+                note = f"skipped {node.name} ({node.op_type}): {too_big}"
                 log.info("fold-constants: %s", note)
                 notes.append(note)
                 continue
@@ -188,9 +186,8 @@ class FoldConstants(Pass):
                 continue  # dead: dead-code elimination's job
             if any(o.is_graph_output for o in node.outputs):
                 continue  # a graph output keeps its producer and name
-            args = [None if v is None else v.const_value for v in node.inputs]
-            results = run_node(node, args)  # type: ignore[arg-type]
-            if not _results_fit(node, results):
+            results = fold_node(node, args, max_bytes=self.max_bytes)
+            if results is None or not _results_fit(node, results):
                 notes.append(f"skipped {node.name}: kernel result disagrees with its type")
                 continue
             renames = []

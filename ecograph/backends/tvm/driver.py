@@ -10,7 +10,6 @@ half-built module).
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,8 +40,8 @@ from ecograph.backends.tvm.targets import TargetSpec
 from ecograph.errors import LoweringError, UnsupportedError
 from ecograph.ir import symbolic
 from ecograph.ir.dtypes import DType
+from ecograph.ir.folding import fold_node
 from ecograph.ir.graph import Graph, Node, Value
-from ecograph.ir.interpreter import run_node
 from ecograph.ir.registry import resolve_attrs
 
 # --------------------------------------------------------------- graph lowering
@@ -233,35 +232,33 @@ def _lower_node(state: LoweringState, node: Node) -> None:
         state.exprs[out] = _conform(ctx, results[i], out)
 
 
-# Lowering-time folding: nodes whose inputs are all known are computed by the reference
-# kernel when every output has at most this many elements. Weight dequantization is never
-# folded (the float weights would replace the compressed ones), nor is anything random.
+# Lowering-time folding computes nodes whose inputs are all known (constants, static shape
+# math, values folded before) with their reference kernel, when no input or output holds
+# more than this many elements.
 FOLD_MAX_ELEMENTS = 4096
-_NEVER_FOLD = {
-    ("", "DequantizeLinear"),
-    ("", "QuantizeLinear"),
-    ("", "DynamicQuantizeLinear"),
-    ("com.microsoft", "MatMulNBits"),
-    ("", "RandomNormal"),
-    ("", "RandomNormalLike"),
-    ("", "RandomUniform"),
-    ("", "RandomUniformLike"),
-    ("", "Multinomial"),
-    ("", "Bernoulli"),
-    ("", "Dropout"),
-}
+
+# The backend's own policy on top of `fold_node`: weight (de)quantization is never folded, so
+# compressed weights reach the kernels that read them (folding would replace them with float
+# copies that undo the compression; the fused weight-only and MatMulNBits kernels dequantize
+# inside the matmul instead).
+KEEP_QUANTIZED = frozenset(
+    {
+        ("", "DequantizeLinear"),
+        ("", "QuantizeLinear"),
+        ("", "DynamicQuantizeLinear"),
+        ("com.microsoft", "MatMulNBits"),
+    }
+)
 
 
 def _fold(node: Node, folded: dict[Value, np.ndarray]) -> list[np.ndarray] | None:
-    """The node's outputs computed now, if its inputs are all known and its outputs small."""
-    if (node.domain, node.op_type) in _NEVER_FOLD or not node.inputs:
+    """The node's outputs computed now, if its inputs are all known and its values small."""
+    if (node.domain, node.op_type) in KEEP_QUANTIZED or not node.inputs:
         return None
-    for out in node.outputs:
-        t = out.type
-        if t.dtype not in RELAX_DTYPES or t.dtype in (DType.INT4, DType.UINT4):
-            return None
-        if t.is_static and math.prod(t.static_shape()) > FOLD_MAX_ELEMENTS:
-            return None
+    if any(
+        o.dtype not in RELAX_DTYPES or o.dtype in (DType.INT4, DType.UINT4) for o in node.outputs
+    ):
+        return None  # no Relax constant can hold the result
     args: list[np.ndarray | None] = []
     for v in node.inputs:
         if v is None:
@@ -271,15 +268,10 @@ def _fold(node: Node, folded: dict[Value, np.ndarray]) -> list[np.ndarray] | Non
         if arr is None:
             return None
         args.append(arr)
-    if any(a is not None and a.size > FOLD_MAX_ELEMENTS for a in args):
-        return None
     try:
-        with np.errstate(all="ignore"):
-            values = [np.asarray(a) for a in run_node(node, args)]
+        return fold_node(node, args, max_elements=FOLD_MAX_ELEMENTS)
     except Exception:  # the op's own lowering will report what is wrong
         return None
-    # Outputs whose size the IR could not know (a value-dependent shape) are checked now.
-    return None if any(a.size > FOLD_MAX_ELEMENTS for a in values) else values
 
 
 def _conform(ctx: LowerContext, expr: relax.Expr, out: Value) -> relax.Expr:
