@@ -308,6 +308,25 @@ def _export_linear(ctx: OnnxExportContext, node: Node) -> None:
     ctx.emit("Add", [product, names[2]], ctx.outputs(node))
 
 
+@register_onnx_export("DequantizeMatMul", domain="ecograph")
+def _export_dequantize_matmul(ctx: OnnxExportContext, node: Node) -> None:
+    """DequantizeMatMul(A, W, s, zp) = MatMul(A, DequantizeLinear(W, s, zp)); with trans_b,
+    Gemm(A, ., transB=1) for 2-D A, else MatMul(A, Transpose(.)). Standard ONNX throughout."""
+    a, *qparams = ctx.inputs(node)
+    block = node.attr("block_size", 0) or None  # 0: per tensor / per axis (the default)
+    weights = ctx.fresh(f"{node.name}_weights")
+    ctx.emit("DequantizeLinear", qparams, [weights], axis=node.attr("axis", 1), block_size=block)
+    a_value = node.input(0)
+    if not node.attr("trans_b", 0):
+        ctx.emit("MatMul", [a, weights], ctx.outputs(node))
+    elif a_value is not None and a_value.type.rank == 2:
+        ctx.emit("Gemm", [a, weights], ctx.outputs(node), transB=1)
+    else:
+        transposed = ctx.fresh(f"{node.name}_weights_t")
+        ctx.emit("Transpose", [weights], [transposed], perm=[1, 0])
+        ctx.emit("MatMul", [a, transposed], ctx.outputs(node))
+
+
 @register_onnx_export("SwiGLU", domain="ecograph")
 def _export_swiglu(ctx: OnnxExportContext, node: Node) -> None:
     """SwiGLU(gate, up) = gate * Sigmoid(gate) * up."""

@@ -64,6 +64,7 @@ from ecograph.passes.registry import (
     unregister_pass,
 )
 from ecograph.passes.sample import compare_arrays, sample_inputs_for
+from ecograph.passes.weight_only import FuseWeightDequantize
 
 __all__ = [
     "AbsorbAttentionHeads",
@@ -84,6 +85,7 @@ __all__ = [
     "FuseRMSNorm",
     "FuseSilu",
     "FuseSwiGLU",
+    "FuseWeightDequantize",
     "Instrumentation",
     "MarkElementwiseChains",
     "Match",

@@ -32,6 +32,7 @@ BUILTIN_PASS_MODULES: tuple[str, ...] = (
     "ecograph.passes.linear",
     "ecograph.passes.noops",
     "ecograph.passes.norms",
+    "ecograph.passes.weight_only",
     "ecograph.quant.integer",
     "ecograph.quant.quantize",
 )

@@ -615,6 +615,34 @@ _fused("SiLU", "ecograph::SiLU", X)
 _fused("SwiGLU", "ecograph::SwiGLU", X, rand((3, 4)))
 _fused("Linear", "ecograph::Linear", rand((2, 3, 4)), Const(rand((4, 5))), Const(rand((5,))))
 _fused("Linear", "ecograph::Linear-no-bias", rand((2, 3, 4)), Const(rand((4, 5))))
+# Weight-only matmul (made by fuse-weight-dequantize): one kernel reading int8 or packed int4.
+_fused(
+    "DequantizeMatMul",
+    "ecograph::DequantizeMatMul-int8-per-column",
+    rand((3, 8)),
+    Const(RNG.integers(-128, 128, (8, 5)).astype(np.int8)),
+    Const(RNG.uniform(0.01, 0.1, 5).astype(f32)),
+    Const(RNG.integers(-128, 128, 5).astype(np.int8)),
+    axis=1,
+)
+_fused(
+    "DequantizeMatMul",
+    "ecograph::DequantizeMatMul-int4-blocked-trans_b",
+    rand((2, 3, 8)),
+    Const(RNG.integers(-8, 8, (5, 8)).astype(ml_dtypes.int4)),
+    Const(RNG.uniform(0.01, 0.1, (5, 2)).astype(f32)),
+    Const(RNG.integers(-8, 8, (5, 2)).astype(ml_dtypes.int4)),
+    axis=1,
+    block_size=4,
+    trans_b=1,
+)
+_fused(
+    "DequantizeMatMul",
+    "ecograph::DequantizeMatMul-uint4-per-tensor-odd",
+    rand((3, 8)),
+    Const(RNG.integers(0, 16, (8, 5)).astype(ml_dtypes.uint4)),
+    Const(np.array(0.05, f32)),
+)
 QKV = [rand((2, 2, 5, 4)) for _ in range(3)]
 case("Attention", None, *QKV)
 case("Attention", "Attention-causal-mask", *QKV, rand((5, 5)), is_causal=1, scale=0.3)

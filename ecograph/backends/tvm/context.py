@@ -161,9 +161,7 @@ class LoweringState:
     # Values computed at lowering time by their producer's reference kernel, and those nodes.
     folded: dict[Value, np.ndarray] = field(default_factory=dict)
     folded_nodes: list[str] = field(default_factory=list)
-    # DequantizeLinear nodes computed inside their matmuls, and the 4-bit weight constants
-    # bound packed two per byte for them.
-    absorbed: set[Node] = field(default_factory=set)
+    # 4-bit weight constants bound packed two per byte for the DequantizeMatMul kernels.
     packed: set[Value] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
 

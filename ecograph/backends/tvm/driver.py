@@ -35,7 +35,7 @@ from ecograph.backends.tvm.context import (
     missing_lowerings,
     unlowered_registry_ops,
 )
-from ecograph.backends.tvm.ops.quant import absorbed_dq, pack_int4, packed_weights
+from ecograph.backends.tvm.ops.quant import pack_int4, packed_weights
 from ecograph.backends.tvm.targets import TargetSpec
 from ecograph.errors import LoweringError, UnsupportedError
 from ecograph.ir import symbolic
@@ -43,6 +43,8 @@ from ecograph.ir.dtypes import DType
 from ecograph.ir.folding import fold_node
 from ecograph.ir.graph import Graph, Node, Value
 from ecograph.ir.registry import resolve_attrs
+from ecograph.passes import Pass, run_passes
+from ecograph.passes.weight_only import FuseWeightDequantize
 
 # --------------------------------------------------------------- graph lowering
 
@@ -61,6 +63,12 @@ class Lowered:
     folded: list[str] = field(default_factory=list)
 
 
+# Rewrites the backend runs on its copy of every graph before lowering: weight-only
+# DequantizeLinear feeding a matmul becomes one DequantizeMatMul kernel (the compressed
+# weights stay compressed in the artifact).
+BACKEND_PASSES: tuple[type[Pass], ...] = (FuseWeightDequantize,)
+
+
 def lower_graph(
     graph: Graph,
     target: TargetSpec,
@@ -71,9 +79,9 @@ def lower_graph(
     widen_int8_matmul: bool | None = None,
     fold: bool = True,
 ) -> Lowered:
-    """Lower `graph` for the resolved `target` to an IRModule with one Relax function
-    `func_name` (the options are `LowerOptions`'; `widen_int8_matmul` defaults to
-    `target.is_gpu`)."""
+    """Lower `graph` for the resolved `target` into an IRModule with one Relax function
+    `func_name`. The keywords are `LowerOptions`' fields; `widen_int8_matmul` defaults to
+    `target.is_gpu`."""
     if not isinstance(target, TargetSpec):
         raise TypeError(
             f"lower_graph takes a resolved TargetSpec, not {type(target).__name__} "
@@ -93,8 +101,10 @@ def lower_graph(
 def lower_with(graph: Graph, options: LowerOptions) -> Lowered:
     """`lower_graph` with its options as one `LowerOptions`.
 
-    With `keep_params`, constants of at least `param_threshold` bytes become trailing
-    parameters (returned in `Lowered.params`, in order) instead of bound constants.
+    The backend's own rewrites run first, through the pass manager (verified), on a copy of
+    `graph` (the caller's graph is not changed): `BACKEND_PASSES`. With `keep_params`,
+    constants of at least `param_threshold` bytes become trailing parameters (returned in
+    `Lowered.params`, in order) instead of bound constants.
     """
     missing = missing_lowerings(graph)
     if missing:
@@ -106,6 +116,8 @@ def lower_with(graph: Graph, options: LowerOptions) -> Lowered:
             "rewrite them with a pass first."
         )
     _check_symbols(graph)
+    graph = graph.copy()
+    run_passes(graph, [p() for p in BACKEND_PASSES])
     state = LoweringState(relax.BlockBuilder(), options)
     params: list[relax.Var] = []
     for v in graph.inputs:
@@ -117,8 +129,7 @@ def lower_with(graph: Graph, options: LowerOptions) -> Lowered:
         params.append(var)
         state.exprs[v] = var
     live = _live_nodes(graph)
-    state.absorbed = {n for n in graph.nodes if n in live and absorbed_dq(n)}
-    packed = packed_weights(graph, state.absorbed)
+    packed = packed_weights(graph, live)
     state.packed = set(packed)
     kept: dict[str, np.ndarray] = {}
     for c in graph.constants.values():
@@ -141,8 +152,7 @@ def lower_with(graph: Graph, options: LowerOptions) -> Lowered:
     with bb.function(options.func_name, params):
         with bb.dataflow():
             for node in graph.nodes:
-                # An absorbed DequantizeLinear is computed inside its matmuls instead.
-                if node in live and node not in state.absorbed:
+                if node in live:
                     _lower_node(state, node)
             outs = [state.value_expr(v) for v in graph.outputs]
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
@@ -208,12 +218,7 @@ def _lower_node(state: LoweringState, node: Node) -> None:
             state.exprs[out] = _conform(ctx, relax.const(contiguous(arr), str(out.dtype)), out)
         return
     fn = LOWERINGS[(node.domain, node.op_type)]
-    args = [
-        None
-        if v is None or (v.producer is not None and v.producer in state.absorbed)
-        else state.value_expr(v)
-        for v in node.inputs
-    ]
+    args = [None if v is None else state.value_expr(v) for v in node.inputs]
     ctx = LowerContext(state, node, resolve_attrs(node.schema, node), args)
     try:
         result = fn(ctx)

@@ -1,5 +1,5 @@
-"""Matrix-product lowerings: MatMul, MatMulInteger, Gemm and Einsum (quantized matmuls are in
-`quant.py`).
+"""Matrix-product lowerings: MatMul, MatMulInteger, Gemm and Einsum (quantized matmuls,
+weight-only DequantizeMatMul and MatMulNBits, are in `quant.py`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from ecograph.backends.tvm.context import (
     R,
     lowers,
 )
-from ecograph.backends.tvm.ops.quant import dequant_matmul
 from ecograph.ir.dtypes import DType
 
 # ----------------------------------------------------------------- matmul family
@@ -19,9 +18,6 @@ from ecograph.ir.dtypes import DType
 
 @lowers("MatMul")
 def lower_matmul(ctx: LowerContext) -> relax.Expr:
-    fused = dequant_matmul(ctx, ctx.arg(0), trans_b=False)
-    if fused is not None:
-        return fused
     dt = ctx.in_type(0).dtype
     a, b = ctx.arg(0), ctx.arg(1)
     if dt in (DType.FLOAT16, DType.BFLOAT16):
@@ -62,12 +58,10 @@ def _gemm(ctx: LowerContext) -> relax.Expr:
     dt = ctx.in_type(0).dtype
     if ctx.attrs["transA"]:
         a = R.permute_dims(a, [1, 0])
-    y = dequant_matmul(ctx, a, trans_b=bool(ctx.attrs["transB"]))
-    if y is None:
-        b = ctx.arg(1)
-        if ctx.attrs["transB"]:
-            b = R.permute_dims(b, [1, 0])
-        y = R.matmul(a, b)
+    b = ctx.arg(1)
+    if ctx.attrs["transB"]:
+        b = R.permute_dims(b, [1, 0])
+    y = R.matmul(a, b)
     if ctx.attrs["alpha"] != 1.0:
         y = R.multiply(y, ctx.scalar(ctx.attrs["alpha"], dt))
     if ctx.has(2):

@@ -1,6 +1,6 @@
 """Quantization lowerings: QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear,
-QLinearMatMul and com.microsoft::MatMulNBits, and the weight-only kernel that dequantizes
-inside the matmul.
+QLinearMatMul, and the weight-only matmuls that dequantize inside their kernel:
+ecograph::DequantizeMatMul and com.microsoft::MatMulNBits.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from ecograph.backends.tvm.context import (
     LowerContext,
     R,
     carrier,
-    known_array,
     lowers,
     norm_axis,
     round_half_even,
@@ -173,59 +172,27 @@ def _matmul_nbits(ctx: LowerContext) -> relax.Expr:
 
 # ------------------------------------------- weight-only: dequantize inside the matmul
 #
-# DequantizeLinear(constant int8/uint8/int4/uint4 W, constant scale[, zero point]) feeding
-# only the B input of MatMul / Gemm / ecograph::Linear is not lowered on its own: each matmul
-# becomes one kernel that reads the integer weights and dequantizes them in its reduction
-# loop. The float weights never exist, so TVM's FoldConstant cannot fold them into float32
+# ecograph::DequantizeMatMul (made by the fuse-weight-dequantize pass, which the driver runs)
+# is one kernel that reads the integer weights and dequantizes them in its reduction loop.
+# The float weights never exist, so TVM's FoldConstant cannot fold them into float32
 # constants (which would undo the compression) and no float copy is materialized at run time;
 # 4-bit weights are stored packed two per byte. On CUDA the kernel compiles with dlight's
 # Reduction rule (a cross-thread reduction over K); its GEMV rule does not match it.
 
-_WEIGHT_DTYPES = (DType.INT8, DType.UINT8, DType.INT4, DType.UINT4)
-_ABSORBING = {("", "MatMul"), ("", "Gemm"), ("ecograph", "Linear")}
+FUSED_WEIGHT_OP = ("ecograph", "DequantizeMatMul")
 
 
-def _weight_dq(value: Value | None) -> Node | None:
-    """The DequantizeLinear producing `value` from constant 2-D integer weights (constant
-    float32 scale, constant or absent zero point), else None."""
-    node = value.producer if value is not None else None
-    if node is None or node.op_type != "DequantizeLinear" or node.domain != "":
-        return None
-    w, s, z = node.input(0), node.input(1), node.input(2)
-    if w is None or w.const_value is None or w.type.rank != 2 or w.dtype not in _WEIGHT_DTYPES:
-        return None
-    if s is None or s.dtype != DType.FLOAT32 or known_array(s) is None:
-        return None
-    if z is not None and known_array(z) is None:
-        return None
-    if node.outputs[0].dtype != DType.FLOAT32:
-        return None
-    return node
-
-
-def absorbed_dq(node: Node) -> bool:
-    """True if every use of this DequantizeLinear is the weight input of a matmul that can
-    dequantize inside its kernel (float32 activations)."""
-    out = node.outputs[0]
-    if _weight_dq(out) is not node or out.is_graph_output or not out.uses:
-        return False
-    for use in out.uses:
-        consumer = use.node
-        a = consumer.input(0)
-        if (consumer.domain, consumer.op_type) not in _ABSORBING or use.index != 1:
-            return False
-        if a is None or a.dtype != DType.FLOAT32 or a is out:
-            return False
-    return True
-
-
-def packed_weights(graph: Graph, absorbed: set[Node]) -> dict[Value, np.ndarray]:
-    """4-bit weight constants read only by absorbed DequantizeLinears, packed two per byte."""
+def packed_weights(graph: Graph, live: set[Node]) -> dict[Value, np.ndarray]:
+    """4-bit weight constants read only as W (input 1) by live DequantizeMatMul nodes, packed
+    two per byte (`pack_int4`); the DequantizeMatMul lowering reads them packed."""
     packed: dict[Value, np.ndarray] = {}
     for c in graph.constants.values():
         if c.dtype not in (DType.INT4, DType.UINT4) or not c.uses:
             continue
-        if all(u.index == 0 and u.node in absorbed for u in c.uses):
+        if all(
+            u.index == 1 and u.node in live and (u.node.domain, u.node.op_type) == FUSED_WEIGHT_OP
+            for u in c.uses
+        ):
             assert c.const_value is not None
             packed[c] = pack_int4(c.const_value)
     return packed
@@ -259,31 +226,27 @@ def _dequantizing_matmul(at: Any, weight: Callable[[Any, Any], Any], k_len: int,
     )
 
 
-def dequant_matmul(ctx: LowerContext, a: relax.Expr, *, trans_b: bool) -> relax.Expr | None:
-    """`a @ dequantize(W)` (W transposed when `trans_b`) as one kernel, when input 1 comes from
-    an absorbed DequantizeLinear; else None."""
-    dq = _weight_dq(ctx.node.input(1))
-    if dq is None or dq not in ctx.state.absorbed:
-        return None
-    w_val, s_val, z_val = dq.input(0), dq.input(1), dq.input(2)
-    assert w_val is not None and s_val is not None
-    rows, cols = w_val.type.static_shape()
+@lowers("DequantizeMatMul", domain="ecograph")
+def _dequantize_matmul(ctx: LowerContext) -> relax.Expr:
+    """`A @ DequantizeLinear(W, scale, zero point)` (W transposed when `trans_b`) as one TE
+    kernel reading the integer (or packed 4-bit) weights."""
+    at, wt, st = ctx.in_type(0), ctx.in_type(1), ctx.in_type(2)
+    if at.dtype != DType.FLOAT32 or st.dtype != DType.FLOAT32:
+        ctx.fail("the fused kernel computes in float32: A and the scale must be float32")
+    if not wt.is_static:
+        ctx.fail(f"the weight matrix W {wt} needs a static shape")
+    rows, cols = wt.static_shape()
+    trans_b = bool(ctx.attrs["trans_b"])
     k_len, n_len = (cols, rows) if trans_b else (rows, cols)
-    packed = w_val in ctx.state.packed
-    signed4 = w_val.dtype == DType.INT4
-    axis = norm_axis(dq.attrs.get("axis", 1), 2)
-    block = int(dq.attrs.get("block_size", 0) or 0)
-    s_arr = known_array(s_val)
-    z_arr = None if z_val is None else known_array(z_val)
-    assert s_arr is not None
-    w = ctx.state.value_expr(w_val)
-    s = relax.const(np.ascontiguousarray(s_arr, np.float32).reshape(s_arr.shape), "float32")
-    args = [a, w, s]
-    if z_arr is not None:
-        zc = z_arr.astype(np.int32)
-        args.append(relax.const(np.ascontiguousarray(zc).reshape(z_arr.shape), "int32"))
-    s_rank = s_arr.ndim
-    per_tensor = s_rank == 0 or (s_arr.size == 1 and not block)
+    packed = ctx.node.input(1) in ctx.state.packed
+    signed4 = wt.dtype == DType.INT4
+    axis = norm_axis(ctx.attrs["axis"], 2)
+    block = int(ctx.attrs["block_size"] or 0)
+    s_rank = st.rank
+    per_tensor = s_rank == 0 or (st.numel == 1 and not block)
+    args = [ctx.arg(0), ctx.arg(1), ctx.arg(2)]
+    if ctx.has(3):
+        args.append(ctx.arg(3))
 
     def qindex(r: Any, c: Any) -> tuple[Any, ...]:
         if per_tensor:
@@ -292,19 +255,19 @@ def dequant_matmul(ctx: LowerContext, a: relax.Expr, *, trans_b: bool) -> relax.
             return (r,) if axis == 0 else (c,)
         return (r // block, c) if axis == 0 else (r, c // block)
 
-    def compute(at: Any, wt: Any, st: Any, zt: Any = None) -> Any:
+    def compute(a: Any, w: Any, s: Any, z: Any = None) -> Any:
         def weight(kk: Any, n: Any) -> Any:
             r, c = (n, kk) if trans_b else (kk, n)
             if packed:
-                nib = _packed_code(wt, r, c, 4)
+                nib = _packed_code(w, r, c, 4)
                 q = tir.if_then_else(nib >= 8, nib - 16, nib) if signed4 else nib
             else:
-                q = wt[r, c].astype("int32")
+                q = w[r, c].astype("int32")
             idx = qindex(r, c)
-            if zt is not None:
-                q = q - zt[idx]
-            return q.astype("float32") * st[idx]
+            if z is not None:
+                q = q - z[idx].astype("int32")
+            return q.astype("float32") * s[idx]
 
-        return _dequantizing_matmul(at, weight, k_len, n_len, "dequantize_matmul")
+        return _dequantizing_matmul(a, weight, k_len, n_len, "dequantize_matmul")
 
     return ctx.bb.emit_te(compute, *args, primfunc_name_hint="dequantize_matmul")

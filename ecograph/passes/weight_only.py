@@ -1,0 +1,148 @@
+"""Weight-only quantized matmuls: fold a weight DequantizeLinear into the matmul that reads it.
+
+A weight-only quantized model holds `MatMul(x, DequantizeLinear(W_q, scale, zp))` with
+constant integer weights. Executed as written, the float weights exist (a backend folds them
+into float32 constants and the compression is gone). `ecograph::DequantizeMatMul` says what
+is meant, one op a backend can run as one kernel that dequantizes inside its reduction loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from ecograph.ir.dtypes import DType
+from ecograph.ir.graph import Graph, Node, Value
+from ecograph.passes.core import Pass, PassResult
+from ecograph.passes.registry import register_pass
+from ecograph.passes.utils import replace_value
+
+# Integer weight types the fused kernels read (4-bit ones are stored packed by backends).
+WEIGHT_DTYPES = frozenset({DType.INT8, DType.UINT8, DType.INT4, DType.UINT4})
+# The ops whose input 1 (B) may be a weight-only dequantization.
+MATMUL_OPS = frozenset({("", "MatMul"), ("", "Gemm"), ("ecograph", "Linear")})
+
+
+def _known(value: Value | None) -> bool:
+    """A constant, or the output of an ONNX Constant node."""
+    if value is None:
+        return False
+    producer = value.producer
+    return value.is_constant or (
+        producer is not None and producer.op_type == "Constant" and producer.domain == ""
+    )
+
+
+def why_not_fused(dq: Node) -> str | None:
+    """Why the DequantizeLinear `dq` cannot become part of its matmuls, or None if it can.
+
+    It must dequantize a constant 2-D int8/uint8/int4/uint4 weight matrix with a known
+    float32 scale (and a known zero point, if any) to float32, and every use of its result
+    must be input B of a MatMul, Gemm or ecograph::Linear on float32 activations.
+    """
+    w, s, z = dq.input(0), dq.input(1), dq.input(2)
+    out = dq.outputs[0]
+    if w is None or w.const_value is None or w.type.rank != 2:
+        return "the quantized input is not a constant 2-D weight matrix"
+    if w.dtype not in WEIGHT_DTYPES:
+        return f"weight dtype {w.dtype} is not int8/uint8/int4/uint4"
+    if s is None or s.dtype != DType.FLOAT32 or not _known(s):
+        return "the scale is not a known float32 tensor"
+    if z is not None and not _known(z):
+        return "the zero point is not known"
+    if out.dtype != DType.FLOAT32:
+        return f"it dequantizes to {out.dtype}, not float32"
+    if out.is_graph_output or not out.uses:
+        return "its float weights are a graph output or unused"
+    for use in out.uses:
+        consumer = use.node
+        if (consumer.domain, consumer.op_type) not in MATMUL_OPS or use.index != 1:
+            return f"{consumer.name} ({consumer.qualified_op}) uses it, not as a matmul weight"
+        a = consumer.input(0)
+        if a is None or a is out or a.dtype != DType.FLOAT32:
+            return f"{consumer.name} has no float32 activations"
+    return None
+
+
+@register_pass
+@dataclass
+class FuseWeightDequantize(Pass):
+    """MatMul(x, DequantizeLinear(W_q, s, zp)) -> ecograph::DequantizeMatMul(x, W_q, s, zp)
+
+    W_q is a constant 2-D int8/uint8/int4/uint4 matrix, s a known float32 scale (per tensor,
+    per axis or blocked: axis and block_size carry over) and x float32. Gemm becomes
+    [Transpose(A) for transA ->] DequantizeMatMul(trans_b=transB) [-> Mul by alpha]
+    [-> Add(C, times beta)]; ecograph::Linear becomes DequantizeMatMul -> Add(bias). The
+    DequantizeLinear must have no other use (its float weights would have to exist anyway).
+    The result is bit-identical: the new op's kernel is DequantizeLinear's then MatMul's.
+    """
+
+    name: ClassVar[str] = "fuse-weight-dequantize"
+
+    def run(self, graph: Graph) -> PassResult:
+        fused = 0
+        notes: list[str] = []
+        for dq in graph.nodes:
+            if dq.op_type != "DequantizeLinear" or dq.domain != "":
+                continue
+            why = why_not_fused(dq)
+            if why is not None:
+                notes.append(f"near miss: {dq.name}: {why}")
+                continue
+            for consumer in dq.outputs[0].users:
+                self._fuse(graph, dq, consumer)
+                fused += 1
+            graph.remove_node(dq)
+        return PassResult(fused > 0, {"fused": fused} if fused else {}, notes)
+
+    @staticmethod
+    def _fuse(graph: Graph, dq: Node, mm: Node) -> None:
+        """Replace the matmul `mm` (whose input 1 is `dq`'s output) by the fused op."""
+        a = mm.input(0)
+        assert a is not None
+        attrs = {
+            "axis": int(dq.attr("axis", 1)),
+            "block_size": int(dq.attr("block_size", 0) or 0),
+            "trans_b": 0,
+        }
+        is_gemm = mm.op_type == "Gemm"
+        if is_gemm:
+            attrs["trans_b"] = int(mm.attr("transB", 0))
+            if mm.attr("transA", 0):
+                a = graph.add_node(
+                    "Transpose", [a], {"perm": [1, 0]}, name=f"{mm.name}_a_t", before=mm
+                ).output
+        y = graph.add_node(
+            "DequantizeMatMul",
+            [a, *dq.inputs],
+            attrs,
+            domain="ecograph",
+            name=f"{mm.name}_dq",
+            before=mm,
+        ).output
+        if is_gemm:
+            y = _gemm_epilogue(graph, mm, y)
+        elif mm.op_type == "Linear" and mm.input(2) is not None:
+            y = graph.add_node("Add", [y, mm.input(2)], name=f"{mm.name}_bias", before=mm).output
+        replaced = replace_value(graph, mm.outputs[0], y)
+        assert replaced, f"{mm.name}: the fused value cannot take over its output"
+
+
+def _gemm_epilogue(graph: Graph, gemm: Node, y: Value) -> Value:
+    """alpha * y + beta * C, as Gemm's kernel computes it (each factor only when not 1)."""
+    alpha, beta = float(gemm.attr("alpha", 1.0)), float(gemm.attr("beta", 1.0))
+    if alpha != 1.0:
+        factor = graph.add_constant(np.array(alpha, np.float32), f"{gemm.name}_alpha")
+        y = graph.add_node("Mul", [y, factor], name=f"{gemm.name}_alpha", before=gemm).output
+    c = gemm.input(2)
+    if c is None:
+        return y
+    if beta != 1.0:
+        factor = graph.add_constant(np.array(beta, np.float32), f"{gemm.name}_beta")
+        c = graph.add_node("Mul", [c, factor], name=f"{gemm.name}_beta", before=gemm).output
+    return graph.add_node("Add", [y, c], name=f"{gemm.name}_c", before=gemm).output
+
+
+__all__ = ["MATMUL_OPS", "WEIGHT_DTYPES", "FuseWeightDequantize", "why_not_fused"]
