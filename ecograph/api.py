@@ -242,6 +242,7 @@ def optimize(
     from ecograph.report.green import GreenReport, ModelFacts, RunFacts
     from ecograph.report.measure import describe_machine, measure_energy, measure_latency
 
+    spec = resolve_target(target)  # the one place optimize() reads the target
     original = capture(model, example_inputs)
     if name:
         original.name = name
@@ -269,7 +270,7 @@ def optimize(
 
     work = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="ecograph-"))
     recipe = [pipeline, qdesc] if qdesc else [pipeline]
-    artifact = _compile_cached(graph, target, work / "optimized", tune, recipe, cache)
+    artifact = _compile_cached(graph, spec, work / "optimized", tune, recipe, cache)
     module = load(artifact)
     outputs = _as_list(module(**feeds))
     accuracy = compare_outputs(reference, outputs)
@@ -285,7 +286,7 @@ def optimize(
     s_orig, s_opt = graph_stats(original, bind), graph_stats(graph, bind)
     report = GreenReport(
         model=original.name,
-        target=str(target),
+        target=spec.describe(),
         original=ModelFacts(
             s_orig.parameter_bytes, s_orig.num_parameters, s_orig.flops, s_orig.num_nodes
         ),
@@ -299,8 +300,8 @@ def optimize(
         notes=[*notes, f"passes took {pass_seconds:.2f} s; quantization: {qdesc or 'none'}"],
     )
     if measure:
-        device = "cuda" if str(target).startswith("cuda") else "cpu"
-        baseline_dir = _compile_cached(original, target, work / "original", False, [], cache)
+        device = spec.device
+        baseline_dir = _compile_cached(original, spec, work / "original", False, [], cache)
         baseline = load(baseline_dir)
         for attr, mod in (("original_run", baseline), ("optimized_run", module)):
             lat = measure_latency(lambda m=mod: m(**feeds), warmup=2, repeat=10)
@@ -336,17 +337,26 @@ def slower_note(report: Any, quantization: str) -> str:
     )
 
 
+def resolve_target(target: Any) -> Any:
+    """The `TargetSpec` for a preset name, TVM target dict or spec (see backends/tvm/targets)."""
+    from ecograph.backends.tvm.targets import resolve
+
+    return resolve(target)
+
+
 def _compile_cached(
-    graph: Graph, target: Any, out: Path, tune: bool | int, recipe: list[str], cache: Any
+    graph: Graph, spec: Any, out: Path, tune: bool | int, recipe: list[str], cache: Any
 ) -> Path:
     """Compile `graph` into `out`, through the compile cache unless `cache` is False.
 
-    The key holds the graph's content hash, the target, the tuning budget, the pass recipe
-    and the ecograph and TVM versions; a hit copies the cached artifact to `out`."""
+    The key holds the graph's content hash, the resolved target (CPU model, features, CUDA
+    arch: a cache shared between machines never hands out a build made for another CPU), the
+    tuning budget, the pass recipe and the ecograph and TVM versions; a hit copies the cached
+    artifact to `out`."""
     from ecograph.backends.tvm import compile as tvm_compile
 
     if cache is False:
-        return tvm_compile(graph, target, out, tune=tune, pipeline=recipe, progress=False)
+        return tvm_compile(graph, spec, out, tune=tune, pipeline=recipe, progress=False)
     import tvm
 
     import ecograph
@@ -356,7 +366,7 @@ def _compile_cached(
     key = {
         "graph": graph_hash(graph),
         "model": graph.name,
-        "target": target if isinstance(target, str) else json_safe(target),
+        "target": json_safe(spec.cache_key()),
         "tune": tune,
         "recipe": recipe,
         "ecograph": ecograph.__version__,
@@ -364,7 +374,7 @@ def _compile_cached(
     }
 
     def build(folder: Path) -> None:
-        tvm_compile(graph, target, folder / "artifact", tune=tune, pipeline=recipe, progress=False)
+        tvm_compile(graph, spec, folder / "artifact", tune=tune, pipeline=recipe, progress=False)
 
     payload, _ = store.get_or_build(key, build)
     if out.exists():

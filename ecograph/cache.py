@@ -142,5 +142,7 @@ class CompileCache:
 def describe(entry: CacheEntry) -> str:
     age = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.created))
     target = entry.key.get("target", "?")
+    if isinstance(target, dict):  # a resolved target: family and CPU model or CUDA arch
+        target = f"{target.get('family')}:{target.get('cuda_arch') or target.get('cpu')}"
     model = entry.key.get("model", entry.key.get("graph", "?"))
     return f"{entry.digest[:16]}  {age}  {entry.bytes / 1024:9.1f} KiB  {target}  {model}"

@@ -148,6 +148,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 def cmd_compile(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from ecograph.api import resolve_target
     from ecograph.backends.tvm import compile as tvm_compile
     from ecograph.passes import run_passes
 
@@ -166,7 +167,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     for target in tqdm(args.target, desc="compiling", unit="target"):
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in target)
         try:
-            path = tvm_compile(graph, target, out / safe, tune=args.tune, progress=False)
+            spec = resolve_target(target)  # once, here; the spec travels down
+            path = tvm_compile(graph, spec, out / safe, tune=args.tune, progress=False)
             size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
             rows.append((target, "ok", str(path), f"{size / 1024:.1f} KiB"))
         except EcographError as exc:

@@ -71,7 +71,8 @@ def _device(spec: Any, family: str) -> Any:
 
 
 def _cuda_arch(manifest: Mapping[str, Any]) -> str:
-    return str(manifest.get("target", {}).get("tvm", {}).get("arch", "sm_80"))
+    target = manifest.get("target", {})
+    return str(target.get("cuda_arch") or target.get("tvm", {}).get("arch", "sm_80"))
 
 
 def _load_runtime_cuda() -> None:
