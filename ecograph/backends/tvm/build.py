@@ -132,16 +132,53 @@ def _cuda_pipeline(target: Any, *, with_matmul_rule: bool) -> tuple[Any, list[st
     return pipeline, names
 
 
-def _cpu_pipeline_names(target: Any) -> list[str]:
+def cpu_pipeline(
+    spec: _targets.TargetSpec,
+    target: Any,
+    failures: list[str] | None = None,
+    *,
+    fuse: bool = True,
+) -> tuple[Any, list[str]]:
+    """The CPU pipeline: TVM's default build passes plus fusion and ecograph's schedules.
+
+    `tvm.compile`'s default for CPUs legalizes every op to its own unscheduled loop nest (no
+    fusion, no tiling, no vectors, no threads). Here, after legalization, element-wise work is
+    fused into its producer (a matmul and its bias/GELU become one kernel), float32
+    exp/erf/tanh/sigmoid become vectorizable polynomials and every PrimFunc gets the first of
+    ecograph's schedule rules that applies (backends/tvm/schedules/); a rule that raised is
+    reported in `failures`. Relax's FoldConstant is left out on purpose: ecograph folds
+    constants in the IR already, and in TVM 0.27 a folded zero-element constant makes the
+    executable unloadable ("Invalid DLTensor file format"). `fuse=False` leaves every op its
+    own kernel (TVM 0.27's FuseOps can lose a symbol defined inside a fused region, e.g. the
+    length of a data-dependent Range: "... has not been computed")."""
+    import tvm
+    from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    passes = (
-        cpu.library_dispatch_passes(target)
-        + cpu.legalize_passes(target)
-        + cpu.dataflow_lower_passes(target)
-        + cpu.finalize_passes(target)
-    )
-    return [_pass_name(p) for p in passes]
+    from .schedules import apply_cpu_schedules
+    from .schedules.fastmath import fast_math_pass
+
+    fusion = [
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]
+    passes = [
+        *cpu.library_dispatch_passes(target),
+        relax.transform.LegalizeOps(),
+        *(fusion if fuse else []),
+        fast_math_pass(),
+        apply_cpu_schedules(spec, failures),
+        *cpu.dataflow_lower_passes(target),
+        *cpu.finalize_passes(target),
+    ]
+
+    @tvm.transform.module_pass(opt_level=0)
+    def pipeline(mod: Any, _ctx: Any) -> Any:
+        with target:
+            return tvm.transform.Sequential(passes)(mod)
+
+    return pipeline, [_pass_name(p) for p in passes]
 
 
 def _pass_name(p: Any) -> str:
@@ -215,15 +252,25 @@ def build_module(
         ex, pipeline, more = _build_cuda(mod, tvm_target)
         notes += more
     else:
-        pipeline = _cpu_pipeline_names(tvm_target)
+        failures: list[str] = []
+        relax_pipeline, pipeline = cpu_pipeline(spec, tvm_target, failures)
+        try:
+            ex = tvm.compile(mod, target=tvm_target, relax_pipeline=relax_pipeline)
+        except Exception as exc:
+            # Build again with every op its own kernel before giving up; say so if it helps.
+            failures = []
+            relax_pipeline, pipeline = cpu_pipeline(spec, tvm_target, failures, fuse=False)
+            try:
+                ex = tvm.compile(mod, target=tvm_target, relax_pipeline=relax_pipeline)
+            except Exception:
+                raise BuildError(
+                    f"TVM failed to compile {graph.name!r} for {spec.name}: {exc}"
+                ) from exc
+            first = str(exc).strip().splitlines()[0][:200] if str(exc) else type(exc).__name__
+            notes.append(f"built without operator fusion: the fused build failed ({first})")
+        notes += failures
         if tuning:
             pipeline = ["MetaScheduleApplyDatabase", *pipeline]
-        try:
-            ex = tvm.compile(mod, target=tvm_target)
-        except Exception as exc:
-            raise BuildError(
-                f"TVM failed to compile {graph.name!r} for {spec.name}: {exc}"
-            ) from exc
     return BuildResult(ex, lowered, spec, pipeline, notes, tuning)
 
 
@@ -387,12 +434,7 @@ def _manifest(
         "ecograph_version": ecograph.__version__,
         "tvm_version": tvm.__version__,
         "graph": {"name": graph.name, "sha256": graph_hash(graph)},
-        "target": {
-            "name": result.spec.name,
-            "family": result.spec.family,
-            "tvm": result.spec.target,
-            "notes": result.notes,
-        },
+        "target": {**result.spec.facts(), "notes": result.notes},
         "inputs": [_tensor_entry(v.name, str(v.dtype), v.shape) for v in graph.inputs],
         "outputs": [_tensor_entry(v.name, str(v.dtype), v.shape) for v in graph.outputs],
         "symbols": result.lowered.symbols,

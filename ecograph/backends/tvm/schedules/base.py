@@ -1,0 +1,52 @@
+"""The base of ecograph's CPU schedule rules and the scheduling steps several rules share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight import ScheduleRule
+from tvm.s_tir.schedule import SBlockRV
+
+from ecograph.backends.tvm.targets import TargetSpec
+
+from .analysis import static_int
+
+
+class CPURule(ScheduleRule):
+    """A dlight schedule rule built for one resolved target (its facts: vector width, cores,
+    dot-product instructions). `apply` returns a Schedule, or None when the PrimFunc's
+    structure is not the rule's; the next rule then gets it."""
+
+    name = "cpu-rule"
+
+    def __init__(self, spec: TargetSpec) -> None:
+        self.spec = spec
+
+    def apply(self, func: tirx.PrimFunc, target: Any, tunable: bool) -> s_tir.Schedule | None:
+        raise NotImplementedError
+
+    @staticmethod
+    def blocks(sch: s_tir.Schedule) -> list[SBlockRV]:
+        """The blocks directly under the function's root block, in program order."""
+        return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def schedule_injective(
+    sch: s_tir.Schedule, block: SBlockRV, lanes: int, *, parallel: bool = True
+) -> None:
+    """A data-parallel block: its outer loops fused and run in parallel, the innermost loop
+    vectorized by `lanes` when its extent allows (else left scalar for LLVM)."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    inner = loops[-1]
+    extent = static_int(sch.get(inner).extent)
+    if extent is not None and extent >= lanes and extent % lanes == 0:
+        outer, vec = sch.split(inner, [None, lanes])
+        sch.vectorize(vec)
+        loops = [*loops[:-1], outer]
+    if parallel and len(loops) > 1:
+        sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
+    elif parallel and loops and loops[0] is not inner:
+        sch.parallel(loops[0])

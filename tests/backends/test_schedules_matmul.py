@@ -1,0 +1,175 @@
+"""The CPU matmul rule: which kernels it takes, and that what it schedules computes the same.
+
+Each kernel is a TE function like the ones legalization and fusion produce (batched, several
+row iters, symbolic sizes, a fused epilogue, packed weights, int32); it is scheduled by the
+rule for several CPU targets, compiled, run at a few sizes, and compared with numpy (exact for
+integers). A kernel the rule must leave alone returns None.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+
+import tvm
+from tvm import te, tirx
+
+from ecograph.backends.tvm import targets
+from ecograph.backends.tvm.schedules import Matmul, panel_width
+from ecograph.backends.tvm.schedules.matmul import register_tile
+
+I64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
+TARGETS = ["x86", "x86:haswell", "x86:generic"]
+
+
+def _run(func, spec, arrays, out_shape, out_dtype="float32"):
+    sch = Matmul(spec).apply(func, None, False)
+    assert sch is not None, "the rule did not take the kernel"
+    lib = tvm.compile(sch.mod, target=spec.tvm_target())
+    out = tvm.runtime.tensor(np.zeros(out_shape, out_dtype))
+    lib["main"](*[tvm.runtime.tensor(a) for a in arrays], out)
+    return out.numpy(), sch
+
+
+def _rand(shape, dtype="float32"):
+    rng = np.random.default_rng(0)
+    if dtype.startswith("int"):
+        return rng.integers(-100, 100, shape).astype(dtype)
+    return rng.uniform(-1, 1, shape).astype(dtype)
+
+
+@pytest.mark.parametrize("preset", TARGETS)
+@pytest.mark.parametrize(("b", "s"), [(1, 8), (2, 7), (1, 13), (3, 1)])
+def test_batched_rows_with_epilogue(preset, b, s):
+    # C[b, s, n] = A[b, s, :] @ W + bias, then GELU: two row iters, a broadcast epilogue.
+    spec = targets.resolve(preset)
+    bv, sv = tirx.Var("b", "int64"), tirx.Var("s", "int64")
+    a = te.placeholder((bv, sv, I64(40)), "float32", name="a")
+    w = te.placeholder((I64(40), I64(96)), "float32", name="w")
+    bias = te.placeholder((I64(96),), "float32", name="bias")
+    k = te.reduce_axis((0, I64(40)), "k")
+    c = te.compute((bv, sv, I64(96)), lambda i, j, n: te.sum(a[i, j, k] * w[k, n], axis=k), "mm")
+    y = te.compute(c.shape, lambda i, j, n: c[i, j, n] + bias[n], "bias")
+    r2 = tirx.const(1 / math.sqrt(2), "float32")
+    g = te.compute(y.shape, lambda i, j, n: 0.5 * y[i, j, n] * (1.0 + te.erf(y[i, j, n] * r2)))
+    func = te.create_prim_func([a, w, bias, g])
+    A, W, B = _rand((b, s, 40)), _rand((40, 96)), _rand((96,))
+    got, _ = _run(func, spec, [A, W, B], (b, s, 96))
+    x = A.astype(np.float64) @ W + B
+    want = 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("preset", TARGETS)
+@pytest.mark.parametrize("m", [1, 5, 16, 21])
+def test_packed_weights_rows_padded_and_clamped(preset, m):
+    # The form the lowering emits for constant weights: W packed [N/NR, K, NR], rows padded to
+    # a multiple of MR reading row min(i, M-1), then the first M rows copied out.
+    spec = targets.resolve(preset)
+    n_cols, k_len = 100, 64
+    mr, nr = register_tile(spec, n_cols, single_row=m == 1)
+    n_pad = -(-n_cols // nr) * nr
+    mv = tirx.Var("m", "int64")
+    a = te.placeholder((mv, I64(k_len)), "float32", name="a")
+    wp = te.placeholder((I64(n_pad // nr), I64(k_len), I64(nr)), "float32", name="wp")
+    k = te.reduce_axis((0, I64(k_len)), "k")
+    rows = (mv + mr - 1) // mr * mr
+    c = te.compute(
+        (rows, I64(n_cols)),
+        lambda i, j: te.sum(a[te.min(i, mv - 1), k] * wp[j // nr, k, j % nr], axis=k),
+        "mm",
+    )
+    y = te.compute((mv, I64(n_cols)), lambda i, j: te.max(c[i, j], tirx.const(0.0, "float32")))
+    func = te.create_prim_func([a, wp, y])
+    A, W = _rand((m, k_len)), _rand((k_len, n_cols))
+    Wpad = np.zeros((k_len, n_pad), np.float32)
+    Wpad[:, :n_cols] = W
+    Wp = np.ascontiguousarray(Wpad.reshape(k_len, n_pad // nr, nr).transpose(1, 0, 2))
+    got, _ = _run(func, spec, [A, Wp], (m, n_cols))
+    np.testing.assert_allclose(got, np.maximum(A.astype(np.float64) @ W, 0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("seq", [3, 8, 17])
+def test_batched_matmul_both_operands_batched(seq):
+    # Attention's P @ V: batch and heads index both operands.
+    spec = targets.resolve("x86")
+    bv, sv = tirx.Var("b", "int64"), tirx.Var("s", "int64")
+    p = te.placeholder((bv, I64(4), sv, sv), "float32", name="p")
+    v = te.placeholder((bv, I64(4), sv, I64(16)), "float32", name="v")
+    k = te.reduce_axis((0, sv), "k")
+    o = te.compute(
+        (bv, I64(4), sv, I64(16)), lambda a, h, i, d: te.sum(p[a, h, i, k] * v[a, h, k, d], axis=k)
+    )
+    func = te.create_prim_func([p, v, o])
+    P, V = _rand((2, 4, seq, seq)), _rand((2, 4, seq, 16))
+    got, _ = _run(func, spec, [P, V], (2, 4, seq, 16))
+    np.testing.assert_allclose(got, P.astype(np.float64) @ V, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", TARGETS)
+def test_int32_products_are_exact(preset):
+    # MatMulInteger after legalization: int32 accumulation, then a float scale epilogue with a
+    # block (the scale vector) that does not read the product.
+    spec = targets.resolve(preset)
+    sv = tirx.Var("s", "int64")
+    a = te.placeholder((I64(2), sv, I64(64)), "int32", name="a")
+    w = te.placeholder((I64(64), I64(192)), "int32", name="w")
+    sc = te.placeholder((), "float32", name="sc")
+    col = te.placeholder((I64(192),), "float32", name="col")
+    k = te.reduce_axis((0, I64(64)), "k")
+    c = te.compute((I64(2), sv, I64(192)), lambda i, j, n: te.sum(a[i, j, k] * w[k, n], axis=k))
+    scale = te.compute((I64(192),), lambda n: sc[()] * col[n])
+    out = te.compute(c.shape, lambda i, j, n: c[i, j, n].astype("float32") * scale[n])
+    func = te.create_prim_func([a, w, sc, col, out])
+    A, W = _rand((2, 9, 64), "int32"), _rand((64, 192), "int32")
+    S, C = np.array(0.5, np.float32), np.arange(192, dtype=np.float32)
+    got, _ = _run(func, spec, [A, W, S, C], (2, 9, 192))
+    np.testing.assert_array_equal(got, (A @ W).astype(np.float32) * (S * C))
+
+
+def test_rule_leaves_non_products_alone():
+    spec = targets.resolve("x86")
+    x = te.placeholder((I64(8), I64(16)), "float32", name="x")
+    k = te.reduce_axis((0, I64(16)), "k")
+    row_max = te.compute((I64(8),), lambda i: te.max(x[i, k], axis=k))  # a reduction, no product
+    assert Matmul(spec).apply(te.create_prim_func([x, row_max]), None, False) is None
+    y = te.compute((I64(8), I64(16)), lambda i, j: x[i, j] * 2.0)  # no reduction
+    assert Matmul(spec).apply(te.create_prim_func([x, y]), None, False) is None
+    # B read with j not in its last index (a transposed operand): not vectorizable along j.
+    wt = te.placeholder((I64(32), I64(16)), "float32", name="wt")
+    c = te.compute((I64(8), I64(32)), lambda i, j: te.sum(x[i, k] * wt[j, k], axis=k))
+    assert Matmul(spec).apply(te.create_prim_func([x, wt, c]), None, False) is None
+
+
+@pytest.mark.parametrize(
+    ("preset", "n", "single", "expect"),
+    [
+        ("x86", 1536, False, (5, 48)),  # AVX-512: 3 zmm wide, 5 rows keep 960 B on the stack
+        ("x86", 688, True, (1, 64)),  # GEMV: 4 zmm, tail tile
+        ("x86:haswell", 1536, False, (4, 24)),  # AVX2: 16 ymm registers, 12 accumulators
+        ("arm", 1536, False, (8, 12)),  # NEON: 32 q registers
+    ],
+)
+def test_register_tiles_follow_the_target(preset, n, single, expect):
+    spec = targets.resolve(preset)
+    mr, nr = register_tile(spec, n, single_row=single)
+    assert (mr, nr) == expect
+    assert mr * nr * 4 < 1024  # the tile stays on the stack
+    assert panel_width(n, spec.vector_bits // 32, single_row=single) == nr
+
+
+@pytest.mark.parametrize("n", [1, 3, 17])
+def test_vector_times_batched_matrix_with_few_columns(n):
+    # ONNX's test_matmul_1d_3d: no row iter at all, and fewer columns than one vector.
+    spec = targets.resolve("x86")
+    a = te.placeholder((I64(4),), "float32", name="a")
+    b = te.placeholder((I64(2), I64(4), I64(n)), "float32", name="b")
+    k = te.reduce_axis((0, I64(4)), "k")
+    c = te.compute((I64(2), I64(n)), lambda i, j: te.sum(a[k] * b[i, k, j], axis=k))
+    A, B = _rand((4,)), _rand((2, 4, n))
+    got, _ = _run(te.create_prim_func([a, b, c]), spec, [A, B], (2, n))
+    np.testing.assert_allclose(got, np.einsum("k,bkn->bn", A, B), rtol=1e-5, atol=1e-6)
