@@ -54,6 +54,8 @@ class BuildResult:
     pipeline: list[str]
     notes: list[str] = field(default_factory=list)
     tuning: dict[str, Any] | None = None
+    # CPU builds: each kernel's schedule rule (None: no rule applied, left to LLVM)
+    kernels: dict[str, str | None] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ pipelines
@@ -138,6 +140,7 @@ def cpu_pipeline(
     failures: list[str] | None = None,
     *,
     fuse: bool = True,
+    chosen: dict[str, str | None] | None = None,
 ) -> tuple[Any, list[str]]:
     """The CPU pipeline: TVM's default build passes plus fusion and ecograph's schedules.
 
@@ -146,9 +149,10 @@ def cpu_pipeline(
     fused into its producer (a matmul and its bias/GELU become one kernel), float32
     exp/erf/tanh/sigmoid become vectorizable polynomials and every PrimFunc gets the first of
     ecograph's schedule rules that applies (backends/tvm/schedules/); a rule that raised is
-    reported in `failures`. Relax's FoldConstant is left out on purpose: ecograph folds
-    constants in the IR already, and in TVM 0.27 a folded zero-element constant makes the
-    executable unloadable ("Invalid DLTensor file format"). `fuse=False` leaves every op its
+    reported in `failures`, the rule chosen for each kernel in `chosen`. Relax's FoldConstant
+    is left out on purpose: ecograph folds constants in the IR already, and in TVM 0.27 a
+    folded zero-element constant makes the executable unloadable ("Invalid DLTensor file
+    format"). `fuse=False` leaves every op its
     own kernel (TVM 0.27's FuseOps can lose a symbol defined inside a fused region, e.g. the
     length of a data-dependent Range: "... has not been computed")."""
     import tvm
@@ -168,7 +172,7 @@ def cpu_pipeline(
         relax.transform.LegalizeOps(),
         *(fusion if fuse else []),
         fast_math_pass(),
-        apply_cpu_schedules(spec, failures),
+        apply_cpu_schedules(spec, failures, chosen),
         *cpu.dataflow_lower_passes(target),
         *cpu.finalize_passes(target),
     ]
@@ -237,6 +241,7 @@ def build_module(
     )
     tvm_target = spec.tvm_target()
     notes = list(spec.notes) + lowered.notes
+    kernels: dict[str, str | None] = {}  # kernel name -> the schedule rule that scheduled it
     mod = lowered.mod
     tuning: dict[str, Any] | None = None
     if tune:
@@ -253,13 +258,16 @@ def build_module(
         notes += more
     else:
         failures: list[str] = []
-        relax_pipeline, pipeline = cpu_pipeline(spec, tvm_target, failures)
+        relax_pipeline, pipeline = cpu_pipeline(spec, tvm_target, failures, chosen=kernels)
         try:
             ex = tvm.compile(mod, target=tvm_target, relax_pipeline=relax_pipeline)
         except Exception as exc:
             # Build again with every op its own kernel before giving up; say so if it helps.
             failures = []
-            relax_pipeline, pipeline = cpu_pipeline(spec, tvm_target, failures, fuse=False)
+            kernels.clear()
+            relax_pipeline, pipeline = cpu_pipeline(
+                spec, tvm_target, failures, fuse=False, chosen=kernels
+            )
             try:
                 ex = tvm.compile(mod, target=tvm_target, relax_pipeline=relax_pipeline)
             except Exception:
@@ -271,7 +279,7 @@ def build_module(
         notes += failures
         if tuning:
             pipeline = ["MetaScheduleApplyDatabase", *pipeline]
-    return BuildResult(ex, lowered, spec, pipeline, notes, tuning)
+    return BuildResult(ex, lowered, spec, pipeline, notes, tuning, kernels)
 
 
 def _build_cuda(mod: Any, target: Any) -> tuple[Any, list[str], list[str]]:
@@ -443,6 +451,7 @@ def _manifest(
             "names": list(result.lowered.params),
         },
         "pipeline": {"ecograph": passes, "tvm": result.pipeline},
+        "schedules": dict(sorted(result.kernels.items())),
         "tuning": tuning,
         "files": {name: _sha256(folder / name) for name in files},
     }

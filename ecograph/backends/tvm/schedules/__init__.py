@@ -28,10 +28,16 @@ def cpu_rules(spec: TargetSpec) -> list[CPURule]:
     return [Matmul(spec)]
 
 
-def apply_cpu_schedules(spec: TargetSpec, failures: list[str] | None = None) -> Any:
+def apply_cpu_schedules(
+    spec: TargetSpec,
+    failures: list[str] | None = None,
+    chosen: dict[str, str | None] | None = None,
+) -> Any:
     """A module pass scheduling every unscheduled PrimFunc with the first rule that applies,
-    recording the rule's name on the function. A rule that raises while scheduling leaves the
-    function to the next rule; what it raised is appended to `failures` (the build's notes)."""
+    recording the rule's name on the function and in `chosen` (kernel name -> rule, None when
+    no rule applied; "pre-scheduled" for kernels that came scheduled, e.g. tuned ones). A rule
+    that raises while scheduling leaves the function to the next rule; what it raised is
+    appended to `failures` (the build's notes)."""
     from tvm import tirx
     from tvm.ir.transform import module_pass
 
@@ -41,8 +47,14 @@ def apply_cpu_schedules(spec: TargetSpec, failures: list[str] | None = None) -> 
     def schedule(mod: Any, _ctx: Any) -> Any:
         updated = {}
         for gv, func in mod.functions_items():
-            if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled", 0):
+            if not isinstance(func, tirx.PrimFunc):
                 continue
+            if func.attrs.get("tirx.is_scheduled", 0):
+                if chosen is not None:
+                    chosen[gv.name_hint] = "pre-scheduled"
+                continue
+            if chosen is not None:
+                chosen[gv.name_hint] = None
             target = func.attrs.get("target")
             for rule in rules:
                 try:
@@ -57,6 +69,8 @@ def apply_cpu_schedules(spec: TargetSpec, failures: list[str] | None = None) -> 
                     sch = None
                 if sch is None:
                     continue
+                if chosen is not None:
+                    chosen[gv.name_hint] = rule.name
                 updated[gv] = (
                     sch.mod["main"]
                     .with_attr("tirx.is_scheduled", True)
