@@ -163,6 +163,9 @@ class LoweringState:
     folded_nodes: list[str] = field(default_factory=list)
     # 4-bit weight constants bound packed two per byte for the DequantizeMatMul kernels.
     packed: set[Value] = field(default_factory=set)
+    # CPU: float32 weight constants bound packed in column panels, [N / NR, K, NR] -> NR
+    # (see ops/matmul.py `packed_matmul_weights`); their matmuls read them packed.
+    panels: dict[Value, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def value_expr(self, v: Value) -> relax.Expr:
