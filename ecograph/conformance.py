@@ -262,10 +262,10 @@ def automatic_exclusion(test: NodeTest) -> str | None:
         (int(i.version) for i in test.model.opset_import if i.domain in ("", "ai.onnx")), None
     )
     if version is not None and version > ONNX_OPSET:
-        from ecograph.frontend.onnx import _same_schema
+        from ecograph.frontend.onnx import same_schema
 
         for node in g.node:
-            if node.domain in ("", "ai.onnx") and not _same_schema(node, version):
+            if node.domain in ("", "ai.onnx") and not same_schema(node, version):
                 since = onnx.defs.get_schema(node.op_type, version).since_version
                 return (
                     f"model is at opset {version}; {node.op_type}-{since} differs from the "

@@ -203,7 +203,7 @@ def _to_target_opset(proto: onnx.ModelProto, where: str) -> onnx.ModelProto:
     if version is None or version == ONNX_OPSET:
         return proto
     nodes = [n for n in proto.graph.node if n.domain in _ONNX_DOMAINS]
-    changed = sorted({n.op_type for n in nodes if not _same_schema(n, version)})
+    changed = sorted({n.op_type for n in nodes if not same_schema(n, version)})
     if not changed:
         return _with_opset(proto, ONNX_OPSET)
     if version > ONNX_OPSET:
@@ -259,7 +259,7 @@ def _check_types_allowed(node: Node, schema: onnx.defs.OpSchema, version: int, w
             )
 
 
-def _same_schema(node: onnx.NodeProto, version: int) -> bool:
+def same_schema(node: onnx.NodeProto, version: int) -> bool:
     """True when `node` means the same at `version` as at ONNX_OPSET.
 
     That is the case when both opsets resolve to the same schema version, and also for a

@@ -89,7 +89,7 @@ def test_manifest_describes_the_artifact(x86_model: Path) -> None:
     assert "LegalizeOps" in m["pipeline"]["tvm"]
     assert m["graph"]["sha256"] == build.graph_hash(build_default_model())
     assert set(m["files"]) == {"lib.so"}
-    assert build.read_manifest(x86_model) == m
+    assert runtime.read_manifest(x86_model) == m
 
 
 def test_corrupt_library_is_refused(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from ecograph.quant.quantize import Quantize
 
 pytest.importorskip("tvm")
 
-from ecograph.backends.tvm import build, targets
+from ecograph.backends.tvm import build, runtime, targets
 from ecograph.backends.tvm.driver import lower_graph, pack_int4
 
 rng = np.random.default_rng(7)
@@ -191,7 +191,7 @@ def test_kept_params_hold_integer_weights(tmp_path):
     g = _mlp(256)
     Quantize(mode="weight_only", dtype="int4", granularity="group:128").run(g)
     out = ecograph.compile(g, "x86", tmp_path / "a", keep_params=True)
-    manifest = build.read_manifest(out)
+    manifest = runtime.read_manifest(out)
     with np.load(out / manifest["params"]["file"], allow_pickle=False) as params:
         weights = {k: params[k] for k in params.files if params[k].size >= 256 * 128}
     assert weights and all(w.dtype == np.uint8 and w.shape == (256, 128) for w in weights.values())

@@ -31,12 +31,10 @@ from ecograph.errors import BuildError
 from ecograph.ir.graph import Graph
 
 from . import targets as _targets
-from .lowering import Lowered, lower_graph
+from .driver import Lowered, lower_graph
+from .runtime import FORMAT_VERSION, LIBRARY, MANIFEST
 
-MANIFEST = "manifest.json"
-LIBRARY = "lib.so"
 PARAMS = "params.npz"
-FORMAT_VERSION = 1
 
 # Constants of at least this many bytes become parameters when keep_params="auto" and the
 # model's weights exceed AUTO_KEEP_PARAMS_BYTES in total.
@@ -455,22 +453,3 @@ def _manifest(
         "tuning": tuning,
         "files": {name: _sha256(folder / name) for name in files},
     }
-
-
-def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The manifest of an artifact folder, checked for format and file hashes."""
-    folder = Path(path)
-    mpath = folder / MANIFEST
-    if not mpath.is_file():
-        raise BuildError(f"{folder} is not an ecograph artifact (no {MANIFEST})")
-    manifest = json.loads(mpath.read_text())
-    if manifest.get("format") != FORMAT_VERSION:
-        raise BuildError(
-            f"{mpath}: artifact format {manifest.get('format')!r} is not {FORMAT_VERSION}; "
-            "rebuild it with this version of ecograph"
-        )
-    for name, digest in manifest.get("files", {}).items():
-        f = folder / name
-        if not f.is_file() or _sha256(f) != digest:
-            raise BuildError(f"{f}: missing or its SHA-256 does not match the manifest")
-    return manifest

@@ -31,7 +31,7 @@ import numpy as np
 
 from ecograph.errors import EcographError
 
-from .runtime import LIBRARY, CompiledModel, _read_manifest
+from .runtime import LIBRARY, CompiledModel, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def connect(
     import tvm
 
     folder = Path(artifact)
-    manifest = _read_manifest(folder)
+    manifest = read_manifest(folder)
     sess = _session(host, port, tracker, key, timeout)
     digest = manifest["files"][LIBRARY][:16]
     remote_name = f"ecograph-{digest}.so"

@@ -24,17 +24,25 @@ from ecograph.errors import BuildError
 
 MANIFEST = "manifest.json"
 LIBRARY = "lib.so"
+FORMAT_VERSION = 1  # of manifest.json; build.py writes it
 
 
-def _read_manifest(folder: Path) -> dict[str, Any]:
-    # Imported lazily so that build.py (and its lowering imports) is never needed here.
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of an artifact folder, checked for its format version and for the
+    SHA-256 of every file it lists. Needs only the standard library (no TVM compiler)."""
     import hashlib
     import json
 
+    folder = Path(path)
     mpath = folder / MANIFEST
     if not mpath.is_file():
         raise BuildError(f"{folder} is not an ecograph artifact (no {MANIFEST})")
     manifest = json.loads(mpath.read_text())
+    if manifest.get("format") != FORMAT_VERSION:
+        raise BuildError(
+            f"{mpath}: artifact format {manifest.get('format')!r} is not {FORMAT_VERSION}; "
+            "rebuild it with this version of ecograph"
+        )
     for name, digest in manifest.get("files", {}).items():
         f = folder / name
         if not f.is_file():
@@ -272,7 +280,7 @@ def load(path: str | os.PathLike[str], device: Any = None) -> CompiledModel:
     import tvm.runtime.vm
 
     folder = Path(path)
-    manifest = _read_manifest(folder)
+    manifest = read_manifest(folder)
     family = manifest["target"]["family"]
     if family == "arm" and os.uname().machine not in ("aarch64", "arm64"):
         raise BuildError(

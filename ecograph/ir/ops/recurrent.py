@@ -25,6 +25,7 @@ dtypes (float32, float64) compute in their own dtype.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,7 @@ Act = Callable[[np.ndarray], np.ndarray]
 
 # Gates stacked in W / R per op (RNN: i; GRU: z, r, h; LSTM: i, o, f, c) and the activations
 # of one direction.
-_GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 _DEFAULT_ACTS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"]}
 
 # lower-case name -> (takes alpha, takes beta, default alpha, default beta)
@@ -89,16 +90,28 @@ def _activation(name: str, alpha: float, beta: float, dtype: np.dtype) -> Act:
     raise AssertionError(key)  # names are checked in _activations
 
 
-def _activations(
+@dataclass(frozen=True)
+class ActivationSpec:
+    """One recurrent activation as the ONNX attributes give it: its lower-case name, its
+    alpha and beta (defaults filled in), and whether `clip` bounds its input."""
+
+    name: str
+    alpha: float
+    beta: float
+    clipped: bool
+
+
+def activation_specs(
     op: str,
     names: Sequence[str] | None,
     alphas: Sequence[float] | None,
     betas: Sequence[float] | None,
-    clip: float | None,
     num_dirs: int,
-    dtype: np.dtype,
-) -> list[list[Act]]:
-    """The activation functions of each direction, with `clip` applied to their input."""
+    clip: float | None = None,
+) -> list[list[ActivationSpec]]:
+    """The activations of each direction of an RNN / GRU / LSTM node, from its attributes;
+    ValueError for a name the spec does not list or a wrong count. Shared by the reference
+    kernels and the TVM lowerings, so both read the attributes the same way."""
     per_dir = len(_DEFAULT_ACTS[op])
     names = [str(n) for n in (names or _DEFAULT_ACTS[op] * num_dirs)]
     if op == "RNN" and num_dirs == 1 and len(names) == 2:
@@ -110,7 +123,7 @@ def _activations(
         )
     alpha_left = [float(v) for v in alphas or []]
     beta_left = [float(v) for v in betas or []]
-    acts: list[Act] = []
+    specs: list[ActivationSpec] = []
     for k, name in enumerate(names):
         params = _ACT_PARAMS.get(name.lower())
         if params is None:
@@ -123,11 +136,33 @@ def _activations(
             alpha = alpha_left.pop(0)
         if takes_beta and beta_left:
             beta = beta_left.pop(0)
-        fn = _activation(name, alpha, beta, dtype)
-        if clip is not None and not (op == "LSTM" and k % per_dir == 2):
-            fn = _clipped(fn, dtype.type(clip))
-        acts.append(fn)
-    return [acts[d * per_dir : (d + 1) * per_dir] for d in range(num_dirs)]
+        # clip bounds the input of every activation except LSTM's h (its input is the cell
+        # state C, which ONNX Runtime leaves unclipped).
+        clipped = clip is not None and not (op == "LSTM" and k % per_dir == 2)
+        specs.append(ActivationSpec(name.lower(), alpha, beta, clipped))
+    return [specs[d * per_dir : (d + 1) * per_dir] for d in range(num_dirs)]
+
+
+def _activations(
+    op: str,
+    names: Sequence[str] | None,
+    alphas: Sequence[float] | None,
+    betas: Sequence[float] | None,
+    clip: float | None,
+    num_dirs: int,
+    dtype: np.dtype,
+) -> list[list[Act]]:
+    """The activation functions of each direction, with `clip` applied to their input."""
+    out: list[list[Act]] = []
+    for direction in activation_specs(op, names, alphas, betas, num_dirs, clip):
+        acts: list[Act] = []
+        for spec in direction:
+            fn = _activation(spec.name, spec.alpha, spec.beta, dtype)
+            if spec.clipped:
+                fn = _clipped(fn, dtype.type(clip))
+            acts.append(fn)
+        out.append(acts)
+    return out
 
 
 def _clipped(fn: Act, lim: Any) -> Act:
@@ -246,7 +281,7 @@ def _recurrent(
     hidden = r.shape[-1]
     if attrs.get("hidden_size") is not None and int(attrs["hidden_size"]) != hidden:
         raise ValueError(f"hidden_size={attrs['hidden_size']} but R has hidden size {hidden}")
-    gh = _GATES[op] * hidden
+    gh = GATES[op] * hidden
 
     def cast(a: np.ndarray) -> np.ndarray:
         return np.asarray(a).astype(cdt, copy=False)

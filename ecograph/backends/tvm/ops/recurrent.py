@@ -36,7 +36,7 @@ import numpy as np
 from tvm import relax
 
 from ecograph.backends.tvm.context import LowerContext, R, lowers
-from ecograph.ir.ops.recurrent import _ACT_PARAMS, _DEFAULT_ACTS, _GATES
+from ecograph.ir.ops.recurrent import GATES, activation_specs
 
 # The gate layout, default activations and the activations' alpha/beta defaults are the
 # reference kernels' own (one table, so the two cannot disagree).
@@ -90,39 +90,29 @@ def _activation(e: _Emitter, name: str, alpha: float, beta: float) -> Act:
 
 def _activations(ctx: LowerContext, e: _Emitter, num_dirs: int) -> list[list[Act]]:
     """The activation functions of each direction, with clip applied to their input."""
-    op = ctx.node.op_type
-    per_dir = len(_DEFAULT_ACTS[op])
-    names = [str(a) for a in (ctx.attrs.get("activations") or _DEFAULT_ACTS[op] * num_dirs)]
-    if op == "RNN" and num_dirs == 1 and len(names) == 2:
-        names = names[:1]  # RNN's schema default is ["Tanh", "Tanh"] for any direction
-    if len(names) != per_dir * num_dirs:
-        ctx.fail(
-            f"activations has {len(names)} entries; {op} with {num_dirs} direction(s) needs "
-            f"{per_dir * num_dirs}"
-        )
-    alphas = list(ctx.attrs.get("activation_alpha") or [])
-    betas = list(ctx.attrs.get("activation_beta") or [])
     clip = ctx.attrs.get("clip")
-    acts: list[Act] = []
-    for k, name in enumerate(names):
-        params = _ACT_PARAMS.get(name.lower())
-        if params is None:
-            ctx.fail(
-                f"activation {name!r} is not one the ONNX spec lists for {op} "
-                f"({', '.join(sorted(_ACT_PARAMS))})"
-            )
-        uses_a, uses_b, alpha, beta = params  # type: ignore[misc]
-        if uses_a and alphas:
-            alpha = float(alphas.pop(0))
-        if uses_b and betas:
-            beta = float(betas.pop(0))
-        fn = _activation(e, name, alpha, beta)
-        # clip bounds the input of every activation except LSTM's h (its input is the cell
-        # state C, which ONNX Runtime leaves unclipped).
-        if clip is not None and not (op == "LSTM" and k % per_dir == 2):
-            fn = _clipped(fn, float(clip))
-        acts.append(fn)
-    return [acts[d * per_dir : (d + 1) * per_dir] for d in range(num_dirs)]
+    try:
+        specs = activation_specs(
+            ctx.node.op_type,
+            ctx.attrs.get("activations"),
+            ctx.attrs.get("activation_alpha"),
+            ctx.attrs.get("activation_beta"),
+            num_dirs,
+            clip,
+        )
+    except ValueError as exc:
+        ctx.fail(str(exc))
+        raise  # ctx.fail raises; this keeps type checkers informed
+    out: list[list[Act]] = []
+    for direction in specs:
+        acts: list[Act] = []
+        for spec in direction:
+            fn = _activation(e, spec.name, spec.alpha, spec.beta)
+            if spec.clipped:
+                fn = _clipped(fn, float(clip))
+            acts.append(fn)
+        out.append(acts)
+    return out
 
 
 def _clipped(fn: Act, lim: float) -> Act:
@@ -174,7 +164,7 @@ def _lower_rnn(ctx: LowerContext) -> list[relax.Expr | None]:
             f"W has {ctx.in_type(1).shape[0]} direction(s) but direction={direction!r} needs "
             f"{num_dirs}"
         )
-    gates = _GATES[op]
+    gates = GATES[op]
     hg = hidden * gates
     input_forget = op == "LSTM" and bool(ctx.attrs.get("input_forget") or 0)
     lbr = op == "GRU" and bool(ctx.attrs.get("linear_before_reset") or 0)
