@@ -173,3 +173,21 @@ def test_vector_times_batched_matrix_with_few_columns(n):
     A, B = _rand((4,)), _rand((2, 4, n))
     got, _ = _run(te.create_prim_func([a, b, c]), spec, [A, B], (2, n))
     np.testing.assert_allclose(got, np.einsum("k,bkn->bn", A, B), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("preset", ["x86", "x86:haswell"])
+@pytest.mark.parametrize(("m", "n"), [(9, 1), (1, 1), (4, 5)])
+def test_packed_panel_wider_than_the_matrix(preset, m, n):
+    # Found by the compiled-graph fuzzer: a [K, 1] weight packed in a 24-wide panel.
+    spec = targets.resolve(preset)
+    k_len = 5
+    mr, nr = register_tile(spec, n, single_row=m == 1)
+    a = te.placeholder((I64(m), I64(k_len)), "float32", name="a")
+    wp = te.placeholder((I64(1), I64(k_len), I64(nr)), "float32", name="wp")
+    k = te.reduce_axis((0, I64(k_len)), "k")
+    c = te.compute((I64(m), I64(n)), lambda i, j: te.sum(a[i, k] * wp[j // nr, k, j % nr], axis=k))
+    A, W = _rand((m, k_len)), _rand((k_len, n))
+    Wp = np.zeros((1, k_len, nr), np.float32)
+    Wp[0, :, :n] = W
+    got, _ = _run(te.create_prim_func([a, wp, c]), spec, [A, Wp], (m, n))
+    np.testing.assert_allclose(got, A.astype(np.float64) @ W, rtol=1e-5, atol=1e-6)

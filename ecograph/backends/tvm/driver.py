@@ -221,6 +221,14 @@ def _lower_node(state: LoweringState, node: Node) -> None:
             state.folded[out] = arr
             state.exprs[out] = _conform(ctx, relax.const(contiguous(arr), str(out.dtype)), out)
         return
+    if node.outputs and all(_statically_empty(out) for out in node.outputs):
+        # Every output has zero elements: nothing to compute. Some Relax ops mis-size empty
+        # results (strided_slice gives a negative extent for start > end; reflect padding of
+        # an empty axis fails to build), found by tests/backends/test_compiled_fuzz.py.
+        for out in node.outputs:
+            shape = [int(d) for d in out.type.static_shape()]
+            state.exprs[out] = state.bb.emit(R.zeros(relax.ShapeExpr(shape), carrier(out.dtype)))
+        return
     fn = LOWERINGS[(node.domain, node.op_type)]
     args = [None if v is None else state.value_expr(v) for v in node.inputs]
     ctx = LowerContext(state, node, resolve_attrs(node.schema, node), args)
@@ -239,6 +247,11 @@ def _lower_node(state: LoweringState, node: Node) -> None:
                 ctx.fail(f"output {i} (%{out.name}) is used but this lowering does not produce it")
             continue
         state.exprs[out] = _conform(ctx, results[i], out)
+
+
+def _statically_empty(value: Value) -> bool:
+    t = value.type
+    return t.is_static and t.dtype in RELAX_DTYPES and 0 in t.static_shape()
 
 
 # Lowering-time folding computes nodes whose inputs are all known (constants, static shape

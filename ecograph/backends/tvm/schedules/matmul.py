@@ -143,8 +143,11 @@ class Matmul(CPURule):
         single_row = row_pos is None or extents[row_pos] == 1
         mr, nr = register_tile(spec, extents[info.j], single_row=single_row, nr=info.packed_nr)
         n_extent = extents[info.j]
-        if n_extent is not None and n_extent < nr and not info.packed_nr:
-            nr = n_extent  # fewer columns than one tile: no tail predicate in the vector loop
+        if n_extent is not None and n_extent < nr:
+            # Fewer columns than one tile (a packed weight's panel may be wider than N): the
+            # tile is N wide, so no tail predicate lands in the vector loop (TVM 0.27 fails to
+            # build that: "variables ... are not passed in as API arguments").
+            nr = n_extent
         if nr % lanes:
             lanes = max(d for d in range(1, lanes + 1) if nr % d == 0)
         ku = _k_unroll(extents[-1])
