@@ -18,9 +18,11 @@ from typing import Any
 
 from ecograph.ir.stats import human_bytes
 from ecograph.report.measure import EnergyReading, LatencyStats, grams_co2e
+from ecograph.report.profile import Profile
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
+PROFILE_ROWS = 15  # kernels shown in the text table (the HTML and JSON have all)
 
 
 @dataclass
@@ -58,6 +60,7 @@ class GreenReport:
     created: str = field(
         default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     )
+    profile: Profile | None = None  # per-kernel profile of the optimized build, when asked for
 
     # ------------------------------------------------------------------ JSON
 
@@ -69,6 +72,7 @@ class GreenReport:
                 out[key]["energy"]["gco2e"] = grams_co2e(
                     run.energy.joules, self.carbon_intensity_g_per_kwh
                 )
+        out["profile"] = self.profile.to_dict() if self.profile is not None else None
         return out
 
     def to_json(self) -> str:
@@ -99,6 +103,7 @@ class GreenReport:
             carbon_intensity_g_per_kwh=data.get("carbon_intensity_g_per_kwh"),
             notes=data.get("notes", []),
             created=data.get("created", ""),
+            profile=Profile.from_dict(data["profile"]) if data.get("profile") else None,
         )
 
     # ----------------------------------------------------------------- table
@@ -171,6 +176,9 @@ class GreenReport:
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
+        if self.profile is not None:
+            lines += ["", "where the time goes (optimized build, per kernel):"]
+            lines.append(self.profile.table(limit=PROFILE_ROWS))
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ HTML
@@ -237,6 +245,7 @@ class GreenReport:
             ledger_chart=ledger_chart,
             pass_rows=pass_rows or "<tr><td colspan=6>no passes recorded</td></tr>",
             notes=notes or "<li>none</li>",
+            profile=_profile_section(self.profile) if self.profile is not None else "",
         )
 
     def write(self, out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -344,6 +353,29 @@ def _ledger_chart(passes: list[dict[str, Any]]) -> str:
     )
 
 
+def _profile_section(profile: Profile) -> str:
+    """The "Where the time goes" section: one row per kernel, unscheduled rows highlighted."""
+    esc = html.escape
+    rows = []
+    for r in profile.rows:
+        mark = ' class="unscheduled"' if r.unscheduled else ""
+        rule = "unscheduled (no rule applied)" if r.unscheduled else r.rule
+        rows.append(
+            f"<tr{mark}><td>{esc(r.kernel)}</td><td>{esc(rule)}</td>"
+            f'<td class="num">{r.calls}</td><td class="num">{r.ms:.4f}</td>'
+            f'<td class="num">{r.median_ms:.4f}</td><td class="num">{100 * r.share:.1f} %</td>'
+            f'<td><span class="bar" style="width: {max(1.0, 200 * r.share):.0f}px"></span></td>'
+            "</tr>"
+        )
+    summary = "".join(f"<li>{esc(line)}</li>" for line in profile.summary())
+    return (
+        "<h2>Where the time goes (optimized build, per kernel)</h2>\n"
+        f"<ul>{summary}</ul>\n"
+        "<table><tr><th>kernel</th><th>rule</th><th>calls</th><th>ms / inference</th>"
+        "<th>median ms</th><th>share</th><th></th></tr>\n" + "\n".join(rows) + "\n</table>\n"
+    )
+
+
 _PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>
@@ -354,6 +386,9 @@ th {{ background: #f0f0f0; text-align: left; }}
 figure {{ margin: 8px 0; }} figcaption {{ font-weight: 600; margin-bottom: 2px; }}
 .lbl {{ font-size: 12px; fill: #333; }} .val {{ font-size: 12px; fill: #111; }}
 .meta {{ color: #555; font-size: 13px; }}
+td.num {{ text-align: right; }} tr.unscheduled td {{ background: #fff3e0; }}
+.bar {{ display: inline-block; height: 10px; background: #1565c0; }}
+tr.unscheduled .bar {{ background: #e65100; }}
 </style></head><body>
 <h1>{title}</h1>
 <p class="meta">model <b>{model}</b> &middot; target <b>{target}</b> &middot; {created}<br>
@@ -373,7 +408,7 @@ machine: {machine}</p>
 <th>parameter bytes</th><th>time (ms)</th></tr>
 {pass_rows}
 </table>
-<h2>Notes</h2>
+{profile}<h2>Notes</h2>
 <ul>{notes}</ul>
 </body></html>
 """
