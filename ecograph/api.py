@@ -216,6 +216,7 @@ def optimize(
     instrumentation: Any = None,
     name: str | None = None,
     cache: bool | Any = True,
+    profile: bool = False,
 ) -> OptimizeResult:
     """Optimize `model` for `target` and return the compiled module with its green report.
 
@@ -235,6 +236,8 @@ def optimize(
       to compute gCO2e; both are stated in the report.
     - cache: reuse compiled artifacts from the compile cache (True: the default cache folder,
       $ECOGRAPH_CACHE_DIR or ~/.cache/ecograph; False: always compile; or a CompileCache).
+    - profile: profile the optimized build per kernel on the example inputs (where the time
+      goes, which schedule rule made each kernel); the rows land in `report.profile`.
     """
     from ecograph.backends.tvm import load
     from ecograph.passes import PassManager
@@ -270,7 +273,7 @@ def optimize(
 
     work = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="ecograph-"))
     recipe = [pipeline, qdesc] if qdesc else [pipeline]
-    artifact = _compile_cached(graph, spec, work / "optimized", tune, recipe, cache)
+    artifact = compile_cached(graph, spec, work / "optimized", tune, recipe, cache)
     module = load(artifact)
     outputs = _as_list(module(**feeds))
     accuracy = compare_outputs(reference, outputs)
@@ -301,7 +304,7 @@ def optimize(
     )
     if measure:
         device = spec.device
-        baseline_dir = _compile_cached(original, spec, work / "original", False, [], cache)
+        baseline_dir = compile_cached(original, spec, work / "original", False, [], cache)
         baseline = load(baseline_dir)
         for attr, mod in (("original_run", baseline), ("optimized_run", module)):
             lat = measure_latency(lambda m=mod: m(**feeds), warmup=2, repeat=10)
@@ -319,6 +322,10 @@ def optimize(
         slower = slower_note(report, qdesc)
         if slower:
             report.notes.append(slower)
+    if profile:
+        from ecograph.report.profile import profile_model
+
+        report.profile = profile_model(module, feeds, repeat=10, warmup=2)
     return OptimizeResult(graph, module, report, artifact, original, records, qdesc)
 
 
@@ -344,7 +351,37 @@ def resolve_target(target: Any) -> Any:
     return resolve(target)
 
 
-def _compile_cached(
+def check_runs_here(spec: Any) -> None:
+    """Raise BuildError, saying why and what to do, when code built for `spec` (a TargetSpec)
+    cannot run on this machine: ARM from x86 (or x86 elsewhere), CUDA without a GPU, or x86
+    code that uses ISA extensions this CPU lacks."""
+    from ecograph.backends.tvm.targets import detect_cuda_arch, missing_on_host
+    from ecograph.errors import BuildError
+
+    machine = os.uname().machine
+    elsewhere = (
+        f"build it with 'ecograph compile MODEL --target {spec.name}' and run "
+        "'ecograph profile ARTIFACT_DIR' (or ecograph.load) where it can run"
+    )
+    if spec.is_cross or (spec.family == "x86" and machine not in ("x86_64", "AMD64")):
+        raise BuildError(
+            f"target {spec.name!r} builds {spec.family} code and this machine is {machine}: "
+            f"it cannot run here; {elsewhere}"
+        )
+    if spec.is_gpu and detect_cuda_arch() is None:
+        raise BuildError(
+            f"target {spec.name!r} needs a CUDA GPU and none is visible here (nvidia-smi found "
+            f"none); {elsewhere}"
+        )
+    missing = missing_on_host(spec)
+    if missing:
+        raise BuildError(
+            f"target {spec.name!r} uses {', '.join(missing)}, which this CPU lacks: it cannot "
+            f"run here; use --target x86 (this CPU) or {elsewhere}"
+        )
+
+
+def compile_cached(
     graph: Graph, spec: Any, out: Path, tune: bool | int, recipe: list[str], cache: Any
 ) -> Path:
     """Compile `graph` into `out`, through the compile cache unless `cache` is False.
@@ -381,6 +418,9 @@ def _compile_cached(
         shutil.rmtree(out)
     shutil.copytree(payload / "artifact", out)
     return out
+
+
+_compile_cached = compile_cached  # the old name; tests/backends/test_targets.py uses it
 
 
 def json_safe(value: Any) -> Any:

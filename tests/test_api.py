@@ -160,3 +160,30 @@ def test_report_says_when_the_optimized_build_is_slower():
     assert "2.00x" in slower_note(r, "q")
     r.optimized_run = RunFacts("cpu", fast)
     assert slower_note(r, "q") == ""
+
+
+def test_optimize_with_profile_attaches_per_kernel_rows(tmp_path):
+    import json
+
+    from ecograph.report.green import read_report
+
+    feeds = example_inputs()
+    res = ecograph.optimize(
+        build_default_model(), feeds, measure=False, profile=True, out_dir=tmp_path
+    )
+    prof = res.report.profile
+    assert prof is not None and prof.rows
+    assert sum(r.share for r in prof.rows) == pytest.approx(1.0)
+    schedules = json.loads((res.artifact / "manifest.json").read_text())["schedules"]
+    for row in prof.rows:
+        if not row.is_runtime:
+            want = schedules[row.kernel]
+            assert row.rule == ("unscheduled" if want is None else want)
+    assert "where the time goes" in res.report.table()
+    res.save(tmp_path / "saved")
+    assert "Where the time goes" in (tmp_path / "saved" / "report.html").read_text()
+    assert read_report(tmp_path / "saved").profile == prof
+    plain = ecograph.optimize(
+        build_default_model(), feeds, measure=False, out_dir=tmp_path / "plain"
+    )
+    assert plain.report.profile is None
