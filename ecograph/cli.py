@@ -234,6 +234,102 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_artifact(text: str) -> bool:
+    folder = Path(text)
+    if not folder.is_dir():
+        return False
+    if not (folder / "manifest.json").is_file():
+        raise EcographError(
+            f"{folder} is a folder but not an ecograph artifact (no manifest.json); give an "
+            "artifact folder written by 'ecograph compile', an .onnx file, "
+            "'package.module:factory' or 'default'"
+        )
+    return True
+
+
+def _example_dims(graph: Any, inputs: Any) -> dict[str, int]:
+    """Sizes of the symbolic dims in a model's own example inputs (empty without them)."""
+    if inputs is None:
+        return {}
+    from ecograph.api import feeds_for
+
+    dims: dict[str, int] = {}
+    feeds = feeds_for(graph, inputs)
+    for v in graph.inputs:
+        for d, n in zip(v.shape, feeds[v.name].shape, strict=False):
+            if isinstance(d, str):
+                dims.setdefault(d, int(n))
+    return dims
+
+
+def _check_binds(binds: dict[str, int], inputs: list[tuple[str, list[Any]]]) -> None:
+    unknown = sorted(set(binds) - {str(d) for _, shape in inputs for d in shape})
+    if unknown:
+        raise EcographError(
+            f"--bind {', '.join(unknown)}: no input has such a dim; the inputs are "
+            + ", ".join(f"{name}{list(shape)}" for name, shape in inputs)
+        )
+
+
+def _compile_for_profile(args: argparse.Namespace, out: Path) -> tuple[Path, dict[str, int]]:
+    """Compile MODEL for --target (through the compile cache) into `out`; the artifact and the
+    symbolic dims of the model's example inputs."""
+    from ecograph.api import check_runs_here, compile_cached, resolve_target
+    from ecograph.passes import run_passes
+
+    spec = resolve_target(args.target or "x86")  # once, here; the spec travels down
+    check_runs_here(spec)  # before the compile: say now that it cannot run here
+    model, inputs = load_model(args.model)
+    graph = to_graph(model, inputs)
+    binds = dict(_parse_binding(b) for b in args.bind)
+    _check_binds(binds, [(v.name, list(v.shape)) for v in graph.inputs])
+    dims = _example_dims(graph, inputs)
+    items: list[Any] = [args.pipeline] if args.pipeline else []
+    if args.quantize:
+        from ecograph.quant.presets import quantize_pass
+
+        items.append(quantize_pass(args.quantize, None))
+    if items:
+        run_passes(graph, items)
+    print(f"compiling {args.model} for {spec.describe()} ...", file=sys.stderr)
+    recipe = [str(i) if isinstance(i, str) else i.describe() for i in items]
+    return compile_cached(graph, spec, out, False, recipe, True), dims
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    import json
+    import tempfile
+
+    from ecograph.backends.tvm import load
+    from ecograph.report.profile import profile_model, random_inputs
+
+    binds = dict(_parse_binding(b) for b in args.bind)
+    with tempfile.TemporaryDirectory(prefix="ecograph-profile-") as tmp:
+        if _is_artifact(args.model):
+            if args.target:
+                raise EcographError(
+                    f"{args.model} is an artifact folder, already built; drop --target (it "
+                    "applies to MODEL, which is compiled first)"
+                )
+            artifact, dims = Path(args.model), {}
+        else:
+            artifact, dims = _compile_for_profile(args, Path(tmp) / "artifact")
+        module = load(artifact)
+        specs = module.manifest["inputs"]
+        _check_binds(binds, [(s["name"], s["shape"]) for s in specs])
+        feeds = random_inputs(specs, {**dims, **binds}, default_dim=1)
+        profile = profile_model(module, feeds, repeat=args.repeat, warmup=args.warmup)
+    if args.json:
+        data = profile.to_dict()
+        data["inputs"] = {name: list(a.shape) for name, a in feeds.items()}
+        print(json.dumps(data, indent=2))
+        return 0
+    shapes = ", ".join(f"{n}{list(a.shape)}" for n, a in feeds.items())
+    print(f"profile of {args.model} on {profile.device} (target {profile.target}); inputs {shapes}")
+    print(profile.table())
+    return 0
+
+
 def cmd_rpc_server(args: argparse.Namespace) -> int:
     from ecograph.backends.tvm import rpc
 
@@ -335,6 +431,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="power figure used to ESTIMATE energy where no counter exists",
     )
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "profile",
+        help="where the time goes: per-kernel time and the schedule rule of each kernel",
+        description="Compile MODEL for --target (through the compile cache) or take an "
+        "ARTIFACT_DIR, run it on random inputs of the declared shapes with an instrument on the "
+        "Relax VM, and print each kernel's calls, time and share per inference with the rule "
+        "that scheduled it; kernels no rule scheduled are marked '!'. Shares are of the "
+        "instrumented time; the time without the instrument is printed too. "
+        + __doc__.split("\n\n")[1],
+    )
+    p.add_argument("model", metavar="MODEL|ARTIFACT_DIR")
+    p.add_argument(
+        "--target",
+        default=None,
+        help="x86 (default), x86:<cpu> or cuda: a target this machine can run",
+    )
+    p.add_argument("--pipeline", default="default", help="pass pipeline before compiling")
+    p.add_argument("--quantize", default=None, help="int8, int8-weight or int4")
+    p.add_argument("--repeat", type=int, default=20, help="profiled runs (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="runs before timing (default 3)")
+    p.add_argument("--json", action="store_true", help="print the profile as JSON")
+    p.add_argument(
+        "--bind",
+        action="append",
+        default=[],
+        metavar="SYM=N",
+        help="size of a symbolic dim, e.g. --bind batch=1 --bind seq=128 (default: the "
+        "model's example inputs, else 1)",
+    )
+    p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser(
         "rpc-server",

@@ -129,3 +129,75 @@ def test_optimize_compile_run_and_bench_commands(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "latency p50" in out
     assert "(estimated:" in out or "(measured:" in out
+
+
+# ------------------------------------------------------------------ profile
+
+
+def test_profile_command_prints_a_table_and_json(capsys):
+    import json
+
+    assert main(["profile", "default", "--repeat", "3", "--warmup", "1"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("profile of default on cpu") and "x[2, 16, 64]" in lines[0]
+    header = lines[1].split()
+    assert header == ["kernel", "rule", "calls", "ms", "median", "ms", "share"]
+    assert "without the instrument" in out and "runtime (VM builtins)" in out
+    for line in lines[3:]:
+        if not line.strip():
+            break
+        mark, rest = line[:1], line[3:].split()
+        assert (mark == "!") == (rest[1] == "unscheduled"), line  # marked iff unscheduled
+
+    argv = ["profile", "default", "--repeat", "3", "--warmup", "1", "--json"]
+    assert main([*argv, "--bind", "batch=1", "--bind", "seq=8"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["inputs"] == {"x": [1, 8, 64], "mask": [1, 8]}
+    assert sum(r["share"] for r in data["rows"]) == pytest.approx(1.0)
+    assert {r["rule"] for r in data["rows"] if r["kernel"].startswith("vm.")} == {"runtime"}
+    assert any(r["rule"] == "matmul" for r in data["rows"])
+    assert data["uninstrumented_ms"] > 0 and data["repeat"] == 3
+
+
+def test_profile_command_on_an_artifact_marks_unscheduled_kernels(tmp_path, capsys):
+    import json
+
+    import ecograph
+    from ecograph.models import build_default_model
+
+    artifact = ecograph.compile(build_default_model(), "x86", tmp_path / "a")
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    ruled = sorted(k for k, rule in manifest["schedules"].items() if rule is not None)
+    manifest["schedules"][ruled[0]] = None  # as if no rule had scheduled it
+    (artifact / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["profile", str(artifact), "--repeat", "2", "--bind", "seq=4"]) == 0
+    out = capsys.readouterr().out
+    assert "x[1, 4, 64]" in out.splitlines()[0]  # batch: no example inputs, so 1
+    line = next(ln for ln in out.splitlines() if f" {ruled[0]} " in ln)
+    assert line.startswith("!") and " unscheduled " in line
+    for other in ruled[1:]:
+        line = next((ln for ln in out.splitlines() if f" {other} " in ln), None)
+        if line is not None:  # scheduled kernels the VM called keep their rule
+            assert not line.startswith("!") and f" {manifest['schedules'][other]} " in line
+    assert main(["profile", str(artifact), "--target", "x86"]) == 2
+    assert "drop --target" in capsys.readouterr().err
+
+
+def test_profile_command_refuses_targets_that_cannot_run_here(tmp_path, capsys):
+    import os
+
+    from ecograph.backends.tvm.targets import detect_cuda_arch
+
+    if os.uname().machine not in ("aarch64", "arm64"):
+        assert main(["profile", "default", "--target", "arm"]) == 2
+        err = capsys.readouterr().err
+        assert "target 'arm'" in err and "cannot run here" in err and "ecograph compile" in err
+    if detect_cuda_arch() is None:
+        assert main(["profile", "default", "--target", "cuda"]) == 2
+        assert "needs a CUDA GPU and none is visible here" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["profile", str(tmp_path / "empty")]) == 2
+    assert "not an ecograph artifact" in capsys.readouterr().err
+    assert main(["profile", "default", "--bind", "nope=3"]) == 2
+    assert "no input has such a dim" in capsys.readouterr().err
