@@ -34,6 +34,10 @@ def spec_for(model: str) -> targets.TargetSpec:
 
 
 # Regressions: shapes that once miscompiled on some CPU model (each with what went wrong).
+def _i64s(*lists: list[int]) -> list[Const]:
+    return [Const(np.array(v, np.int64)) for v in lists]
+
+
 REGRESSIONS = [
     # LLVM 22's loop vectorizer read x[(a % 3) * 20 + (i % 4) * 5 + j] as stride 5 in i on
     # AVX-512 CPUs (75 % of the outputs wrong); ONNX's own test_tile has this shape.
@@ -41,6 +45,12 @@ REGRESSIONS = [
     (
         "Tile-onnx-test_tile",
         lambda: one_op("Tile", rand((2, 3, 4, 5)), Const(np.array([7, 6, 4, 2]))),
+    ),
+    # Found by the compiled-graph fuzzer: empty results Relax mis-sized or failed to build.
+    ("Slice-start-after-end", lambda: one_op("Slice", rand((4, 5)), *_i64s([3], [1], [0], [1]))),
+    (
+        "Pad-reflect-empty-axis",
+        lambda: one_op("Pad", rand((2, 0, 3)), *_i64s([1, 0, 1, 1, 0, 1]), mode="reflect"),
     ),
 ]
 
