@@ -420,9 +420,6 @@ def compile_cached(
     return out
 
 
-_compile_cached = compile_cached  # the old name; tests/backends/test_targets.py uses it
-
-
 def json_safe(value: Any) -> Any:
     import json
 

@@ -241,9 +241,7 @@ class _Recorder:
 
 
 def _vm_of(model: Any) -> Any:
-    # CompiledModel (backends/tvm/runtime.py) keeps its VirtualMachine private and has no
-    # public accessor yet; the profiler needs it for set_instrument.
-    vm = getattr(model, "_vm", None)
+    vm = getattr(model, "vm", None)
     if vm is None or not hasattr(vm, "set_instrument"):
         raise EcographError(
             f"{model!r} has no Relax VM to instrument; profile a model returned by "

@@ -83,7 +83,7 @@ def test_cache_key_changes_when_the_cpu_model_changes(tmp_path, monkeypatch):
     znver3 = targets.resolve("x86")
     assert haswell.cache_key() != znver3.cache_key()
     for spec, out in ((haswell, "a"), (znver3, "b"), (haswell, "c")):
-        api._compile_cached(graph, spec, tmp_path / out, False, ["default"], cache)
+        api.compile_cached(graph, spec, tmp_path / out, False, ["default"], cache)
     assert len(cache.entries()) == 2  # the third build was a hit of the first
     cpus = {
         json.loads((Path(e.path) / "key.json").read_text())["target"]["cpu"]

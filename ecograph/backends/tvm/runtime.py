@@ -199,6 +199,11 @@ class CompiledModel:
     def __repr__(self) -> str:
         return f"<CompiledModel {self.path} target={self.manifest['target']['name']}>"
 
+    @property
+    def vm(self) -> Any:
+        """The TVM Relax VirtualMachine running the model (the profiler instruments it)."""
+        return self._vm
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         feeds = self._bind(args, kwargs)
         as_torch = any(_is_torch(v) for v in feeds)
