@@ -109,3 +109,17 @@ def test_optimize_measures_on_the_spec_device(tmp_path, monkeypatch):
     monkeypatch.setattr(measure, "measure_energy", spy)
     api.optimize(_tiny_graph(), {"x": np.ones((2, 3), np.float32)}, target="x86", out_dir=tmp_path)
     assert seen == ["cpu", "cpu"]
+
+
+def test_loader_refuses_x86_code_this_cpu_cannot_run(tmp_path, monkeypatch):
+    # An artifact built for an AVX-512 CPU, loaded on a host that reports only AVX2: a clear
+    # error instead of SIGILL at the first call.
+    import ecograph
+    from ecograph.errors import BuildError
+
+    out = ecograph.compile(_tiny_graph(), "x86:skylake-avx512", tmp_path / "sk")
+    monkeypatch.setattr(
+        targets, "cpuinfo_flags", lambda: {"sse4_1", "sse4_2", "avx", "avx2", "fma"}
+    )
+    with pytest.raises(BuildError, match=r"avx512f.*this CPU lacks"):
+        ecograph.load(out)

@@ -292,6 +292,16 @@ def load(path: str | os.PathLike[str], device: Any = None) -> CompiledModel:
             f"{folder} is an aarch64 artifact and this machine is {os.uname().machine}; run it "
             "on an ARM device, or over RPC with ecograph.remote"
         )
+    if family == "x86":
+        from ecograph.backends.tvm.targets import missing_x86_features
+
+        missing = missing_x86_features(manifest["target"].get("features", []))
+        if missing:
+            raise BuildError(
+                f"{folder} was built for {manifest['target'].get('cpu')} and uses "
+                f"{', '.join(missing)}, which this CPU lacks (it would die with an illegal "
+                "instruction); rebuild it here with --target x86"
+            )
     if family == "cuda":
         _load_runtime_cuda()
         register_cuda_compiler(_cuda_arch(manifest))

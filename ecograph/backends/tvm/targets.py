@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -267,10 +268,20 @@ _ISA_FLAGS = {
 def missing_on_host(spec: TargetSpec) -> list[str]:
     """The ISA extensions `spec`'s code may use that this x86 host lacks (empty: it can run
     here). Only meaningful for x86 specs on an x86 host; other families return []."""
-    if spec.family != "x86" or os.uname().machine not in ("x86_64", "AMD64"):
+    if spec.family != "x86":
+        return []
+    return missing_x86_features(spec.features)
+
+
+def missing_x86_features(features: Iterable[str]) -> list[str]:
+    """Of x86 code's LLVM `features`, the ISA extensions this x86 host lacks ([] elsewhere).
+    Running such code dies with SIGILL; the loader checks this first."""
+    if os.uname().machine not in ("x86_64", "AMD64"):
         return []
     flags = cpuinfo_flags()
-    return sorted(f for f in spec.features if f in _ISA_FLAGS and _ISA_FLAGS[f] not in flags)
+    if not flags:
+        return []  # /proc/cpuinfo unreadable: nothing to compare with
+    return sorted(f for f in features if f in _ISA_FLAGS and _ISA_FLAGS[f] not in flags)
 
 
 def _arm(name: str, cpu: str) -> TargetSpec:
