@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint format fuzz bench clean
+.PHONY: install demo test lint format fuzz cpu-models bench clean
 
 install: $(STAMP)
 
@@ -31,6 +31,16 @@ format: install
 
 fuzz: install
 	ECOGRAPH_FUZZ_EXAMPLES=20000 $(PY) -m pytest -q tests/ir/test_fuzz.py tests/passes/test_fuzz.py
+	ECOGRAPH_COMPILED_FUZZ_EXAMPLES=500 $(PY) -m pytest -q tests/backends/test_compiled_fuzz.py
+
+# ONNX's node tests through TVM builds for every x86 CPU model this host can run (~5 min each).
+CPU_MODELS ?= x86:generic x86:haswell x86:skylake-avx512 x86:znver3 x86:znver4 x86
+# A model this CPU cannot run is skipped (exit code 2), any failure stops the loop.
+cpu-models: install
+	@for t in $(CPU_MODELS); do echo "== $$t"; \
+	  $(PY) -m ecograph.conformance --backend tvm --target $$t > .cpu-models.log 2>&1; rc=$$?; \
+	  grep -E "^(claimed ops|skipped)" .cpu-models.log; \
+	  if [ $$rc -ne 0 ] && [ $$rc -ne 2 ]; then cat .cpu-models.log; exit $$rc; fi; done
 
 bench: install
 	$(PY) bench/run.py

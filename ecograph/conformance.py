@@ -419,14 +419,17 @@ class _AllFoldedError(Exception):
     """The whole graph was folded at lowering time (see `_tvm_runner`)."""
 
 
-def _tvm_runner(graph: Any) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
-    """Compile `graph` for the host x86 CPU and return a function running it in TVM's VM."""
+def _tvm_runner(
+    graph: Any, target: Any = "x86"
+) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
+    """Compile `graph` for `target` (an x86 CPU this host can run; default the host's) and
+    return a function running it in TVM's VM."""
     import tvm
     from tvm import relax
 
     from ecograph.backends.tvm.build import build_module
 
-    result = build_module(graph, "x86", keep_params=False, progress=False)
+    result = build_module(graph, target, keep_params=False, progress=False)
     if set(result.lowered.folded) >= {n.name for n in graph.nodes}:
         # Every node had known inputs: the reference kernel computed the outputs while
         # lowering, so TVM only returns constants. That is not a test of the op in TVM.
@@ -445,8 +448,9 @@ def _tvm_runner(graph: Any) -> Callable[[dict[str, np.ndarray]], list[np.ndarray
     return run_one
 
 
-def run_test(test: NodeTest, backend: str = "reference") -> CaseResult:
-    """Import, run (through `backend`) and compare one node test."""
+def run_test(test: NodeTest, backend: str = "reference", target: Any = "x86") -> CaseResult:
+    """Import, run (through `backend`; the TVM column builds for `target`) and compare one
+    node test."""
     from ecograph.frontend.onnx import from_onnx
     from ecograph.ir.verify import verify
 
@@ -465,7 +469,9 @@ def run_test(test: NodeTest, backend: str = "reference") -> CaseResult:
             if not bound:
                 graph = from_onnx(test.model)
                 verify(graph)  # stored types must equal re-inference, among other invariants
-                runner = _tvm_runner(graph) if backend == "tvm" else _reference_runner(graph)
+                runner = (
+                    _tvm_runner(graph, target) if backend == "tvm" else _reference_runner(graph)
+                )
             init = {t.name for t in test.model.graph.initializer}
             input_names = [vi.name for vi in test.model.graph.input if vi.name not in init]
             output_names = [vi.name for vi in test.model.graph.output]
@@ -475,7 +481,7 @@ def run_test(test: NodeTest, backend: str = "reference") -> CaseResult:
                     model = _bind_inputs(test.model, {n: feeds.pop(n) for n in bound})
                     graph = from_onnx(model)
                     verify(graph)
-                    actual = _tvm_runner(graph)(feeds)
+                    actual = _tvm_runner(graph, target)(feeds)
                 else:
                     assert runner is not None
                     actual = runner(feeds)
@@ -506,13 +512,20 @@ def run_test(test: NodeTest, backend: str = "reference") -> CaseResult:
 
 
 def run(
-    ops: Sequence[str] | None = None, *, only_supported: bool = True, backend: str = "reference"
+    ops: Sequence[str] | None = None,
+    *,
+    only_supported: bool = True,
+    backend: str = "reference",
+    target: Any = "x86",
 ) -> tuple[list[CaseResult], dict[str, OpSummary]]:
     """Run the node tests (of `ops`, or of the supported ops unless `only_supported=False`)
-    through `backend` ("reference": the interpreter; "tvm": a TVM x86 build)."""
+    through `backend` ("reference": the interpreter; "tvm": a TVM build for `target`, an x86
+    CPU model this host can run)."""
     wanted = list(ops) if ops else (sorted(SUPPORTED_OPS) if only_supported else None)
     tests = load_node_tests(wanted)
-    results = [run_test(t, backend) for t in _progress(tests)]
+    if backend == "tvm":
+        target = _runnable_x86(target)
+    results = [run_test(t, backend, target) for t in _progress(tests)]
     summaries: dict[str, OpSummary] = {}
     for r in results:
         s = summaries.setdefault(r.op, OpSummary(r.op, r.op in SUPPORTED_OPS))
@@ -520,6 +533,25 @@ def run(
         if r.status in ("failed", "error"):
             s.problems.append(f"{r.test}: {r.detail}")
     return results, summaries
+
+
+class CannotRunHereError(Exception):
+    """The TVM column's target builds code this machine cannot execute."""
+
+
+def _runnable_x86(target: Any) -> Any:
+    """`target` resolved once; CannotRunHereError (not a crash) if this host cannot run it."""
+    from ecograph.backends.tvm.targets import missing_on_host, resolve
+
+    spec = resolve(target)
+    if spec.family != "x86":
+        raise CannotRunHereError(f"the TVM column runs its builds here: {spec.name} is not x86")
+    missing = missing_on_host(spec)
+    if missing:
+        raise CannotRunHereError(
+            f"this CPU cannot run {spec.name} code (it lacks {', '.join(missing)})"
+        )
+    return spec
 
 
 def _progress(tests: list[NodeTest]) -> Iterable[NodeTest]:
@@ -589,13 +621,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run each imported graph in ecograph's reference interpreter (default) or compile "
         "it with TVM for the host x86 CPU and run that (the TVM column)",
     )
+    parser.add_argument(
+        "--target",
+        default="x86",
+        help="the TVM column's target: 'x86' (this CPU, default) or another x86 CPU model this "
+        "host can run, e.g. 'x86:haswell', 'x86:skylake-avx512', 'x86:generic'",
+    )
     parser.add_argument("--json", metavar="PATH", help="write per-test results and totals here")
     parser.add_argument("--ops", nargs="+", metavar="OP", help="only the tests of these ops")
     parser.add_argument(
         "--all", action="store_true", help="also run the tests of ops ecograph does not claim"
     )
     args = parser.parse_args(argv)
-    results, summaries = run(args.ops, only_supported=not args.all, backend=args.backend)
+    try:
+        results, summaries = run(
+            args.ops, only_supported=not args.all, backend=args.backend, target=args.target
+        )
+    except CannotRunHereError as exc:
+        print(f"skipped: {exc}")
+        return 2
     print(format_table(summaries, results, args.backend))
     if args.json:
         payload: dict[str, Any] = {
