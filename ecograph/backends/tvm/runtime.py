@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ecograph.backends.tvm.threads import policy as thread_policy
 from ecograph.errors import BuildError
 
 MANIFEST = "manifest.json"
@@ -214,7 +215,11 @@ class CompiledModel:
         import tvm
 
         tensors = [tvm.runtime.tensor(a, self.device) for a in arrays]
-        out = self._vm["main"](*tensors, *self._params)
+        if self.device.dlpack_device_type() == tvm.cpu().dlpack_device_type():
+            with thread_policy().run(self.path):  # the thread count follows the machine
+                out = self._vm["main"](*tensors, *self._params)
+        else:
+            out = self._vm["main"](*tensors, *self._params)
         outs = _flatten(out)
         results = [o.numpy() for o in outs]
         if as_torch:
@@ -275,12 +280,19 @@ def _to_numpy(v: Any) -> np.ndarray:
     return np.asarray(v)
 
 
-def load(path: str | os.PathLike[str], device: Any = None) -> CompiledModel:
+def load(
+    path: str | os.PathLike[str], device: Any = None, *, threads: int | str | None = None
+) -> CompiledModel:
     """Load an artifact folder written by `ecograph.compile` and return a callable model.
 
     `device`: None (the artifact's own: GPU 0 for CUDA, else CPU), "cpu", "cuda", "cuda:N" or
     a TVM Device. ARM artifacts built on x86 cannot run here; use `ecograph.remote`.
+    `threads`: CPU threads for the kernels, a count or "auto" (every core, fewer while other
+    processes keep cores busy; see threads.py). It is one setting for the whole process (TVM
+    has one thread pool); None keeps the current one (ECOGRAPH_NUM_THREADS or "auto").
     """
+    if threads is not None:
+        thread_policy(threads)
     import tvm
     import tvm.runtime.vm
 

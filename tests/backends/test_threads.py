@@ -1,0 +1,100 @@
+"""The thread policy: every core by default, fewer when other work slows the kernels down."""
+
+from __future__ import annotations
+
+import pytest
+
+from ecograph.backends.tvm import threads
+from ecograph.errors import BuildError
+
+
+class FakeMachine:
+    """A clock whose calls take `cost[threads]` seconds, and TVM's pool as a variable."""
+
+    def __init__(self, cost: dict[int, float]) -> None:
+        self.cost = dict(cost)
+        self.now = 0.0
+        self.pool = 0
+        self.switches = 0
+
+    def configure(self, n: int) -> None:
+        self.pool = n
+        self.switches += 1
+
+    def clock(self) -> float:
+        return self.now
+
+    def call(self, policy: threads.ThreadPolicy, key: str = "m") -> int:
+        with policy.run(key):
+            used = self.pool
+            self.now += self.cost[used]
+        return used
+
+
+def _policy(
+    machine: FakeMachine, cores: int, monkeypatch: pytest.MonkeyPatch, **kw
+) -> threads.ThreadPolicy:
+    monkeypatch.setattr(threads, "available_cores", lambda: cores)
+    return threads.ThreadPolicy("auto", configure=machine.configure, clock=machine.clock, **kw)
+
+
+def test_idle_machine_keeps_every_core(monkeypatch):
+    m = FakeMachine({2: 0.010, 1: 0.018})
+    p = _policy(m, 2, monkeypatch)
+    used = [m.call(p) for _ in range(100)]
+    assert p.choice("m") == 2
+    assert used.count(1) <= 100 // p.probe_every + 1  # only the probes ran on one thread
+
+
+def test_busy_core_moves_to_fewer_threads_and_back(monkeypatch):
+    m = FakeMachine({2: 0.010, 1: 0.018})
+    p = _policy(m, 2, monkeypatch)
+    for _ in range(40):
+        m.call(p)
+    m.cost[2] = 0.060  # another process takes a core: the static split waits for it
+    for _ in range(60):
+        m.call(p)
+    assert p.choice("m") == 1
+    m.cost[2] = 0.010  # the other process ends
+    for _ in range(100):
+        m.call(p)
+    assert p.choice("m") == 2
+
+
+def test_models_keep_their_own_timings(monkeypatch):
+    m = FakeMachine({2: 0.010, 1: 0.005})  # a model that is faster on one thread
+    p = _policy(m, 2, monkeypatch)
+    for _ in range(60):
+        m.call(p, "small")
+    assert p.choice("small") == 1 and p.choice("other") == 2
+
+
+def test_tiny_models_are_not_probed(monkeypatch):
+    m = FakeMachine({2: 1e-5, 1: 1e-5})
+    p = _policy(m, 2, monkeypatch)
+    assert {m.call(p) for _ in range(100)} == {2}
+
+
+def test_fixed_count_never_switches(monkeypatch):
+    m = FakeMachine({3: 0.01})
+    monkeypatch.setattr(threads, "available_cores", lambda: 8)
+    p = threads.ThreadPolicy(3, configure=m.configure, clock=m.clock)
+    assert {m.call(p) for _ in range(50)} == {3} and m.switches == 1
+
+
+@pytest.mark.parametrize("bad", [0, -1, "many", 1.5])
+def test_bad_thread_counts_are_refused(bad):
+    with pytest.raises(BuildError, match="threads must be"):
+        threads.ThreadPolicy(bad)
+
+
+def test_environment_sets_the_default(monkeypatch):
+    monkeypatch.setenv("ECOGRAPH_NUM_THREADS", "1")
+    assert threads.policy("auto").settings  # reset
+    monkeypatch.setattr(threads, "_POLICY", None)
+    assert threads.policy().settings == [1]
+    monkeypatch.setenv("ECOGRAPH_NUM_THREADS", "lots")
+    monkeypatch.setattr(threads, "_POLICY", None)
+    with pytest.raises(BuildError, match="ECOGRAPH_NUM_THREADS"):
+        threads.policy()
+    monkeypatch.setattr(threads, "_POLICY", None)
