@@ -663,6 +663,17 @@ case(
     is_causal=1,
     symbolic={0: ["b", 2, "s", 4], 1: ["b", 2, "s", 4], 2: ["b", 2, "s", 4]},
 )
+# Decode over a cache (causal, 1 query < 9 keys), 4 q heads on 2 KV heads, head size 24.
+case(
+    "Attention",
+    "Attention-gqa-decode-causal",
+    rand((2, 4, 1, 24)),
+    rand((2, 2, 9, 24)),
+    rand((2, 2, 9, 24)),
+    is_causal=1,
+)
+# BERT's key-padding mask [b, 1, 1, kv] (additive), V head size unlike Q's.
+case("Attention", "Attention-key-padding", *QKV[:2], rand((2, 2, 5, 6)), rand((2, 1, 1, 5)))
 
 
 @pytest.mark.parametrize("builder", [c[2] for c in CASES], ids=[c[1] for c in CASES])

@@ -1,11 +1,17 @@
 """Lowerings of the ops fusion passes create: the ecograph-domain SiLU, Linear and SwiGLU,
 and ONNX-23 Attention (3-D or 4-D, grouped-query, causal, masks).
+
+Attention on CPU targets is one pre-scheduled kernel (schedules/attention.py) that never
+materializes the [batch, heads, q_len, kv_len] scores nor repeats K/V for grouped-query heads.
+CUDA, and the forms the kernel does not cover (float64 and bfloat16 inputs, symbolic head
+counts or head sizes, statically empty dims, a mask dim that is neither 1 nor the scores dim
+it lines up with), keep the Relax decomposition; on CPU the build notes say which node and why.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from tvm import relax
+from tvm import relax, tirx
 
 from ecograph.backends.tvm.context import (
     LowerContext,
@@ -13,6 +19,11 @@ from ecograph.backends.tvm.context import (
     lowers,
 )
 from ecograph.backends.tvm.ops.matmul import lower_matmul
+from ecograph.backends.tvm.schedules.attention import (
+    AttentionShape,
+    attention_kernel,
+    attention_tiles,
+)
 from ecograph.ir import symbolic
 from ecograph.ir.types import TensorType
 
@@ -46,6 +57,100 @@ def _heads(ctx: LowerContext, x: relax.Expr, t: TensorType, heads: int) -> relax
 
 @lowers("Attention")
 def _attention(ctx: LowerContext) -> relax.Expr:
+    """CPU targets: one hand-scheduled kernel (schedules/attention.py) when the node is one it
+    covers (`_attention_shape`); otherwise, and on CUDA, the Relax decomposition."""
+    if not ctx.target.is_gpu:
+        shape = _attention_shape(ctx)
+        if isinstance(shape, AttentionShape):
+            return _attention_kernel(ctx, shape)
+        ctx.notes.append(
+            f"Attention {ctx.node.name}: lowered as matmul/softmax/matmul, not the CPU attention "
+            f"kernel ({shape})"
+        )
+    return _attention_relax(ctx)
+
+
+def _attention_shape(ctx: LowerContext) -> AttentionShape | str:
+    """The kernel's view of the node, or why the kernel does not cover it: the kernel takes
+    float32 and float16 (computed in float32), static head counts and head sizes, no empty
+    dim, and masks whose every dim is 1 or the scores dim it lines up with (by the IR's
+    types, so symbolic dims must be the same symbol)."""
+    qt, kt, vt = ctx.in_type(0), ctx.in_type(1), ctx.in_type(2)
+    dtype = str(qt.dtype)
+    if dtype not in ("float32", "float16"):
+        return f"{dtype} inputs"
+    three_d = qt.rank == 3
+    if three_d:
+        hq, hkv = ctx.attrs["q_num_heads"], ctx.attrs["kv_num_heads"]
+        b, s_len, q_hidden = qt.shape
+        l_len, v_hidden = kt.shape[1], vt.shape[2]
+        hidden = (q_hidden, v_hidden)
+        if not all(isinstance(x, int) for x in hidden) or q_hidden % hq or v_hidden % hkv:
+            return "symbolic or uneven hidden sizes"
+        head_dim, v_head_dim = q_hidden // hq, v_hidden // hkv
+    else:
+        b, hq, s_len, head_dim = qt.shape
+        hkv, l_len, v_head_dim = kt.shape[1], kt.shape[2], vt.shape[3]
+    static = (hq, hkv, head_dim, v_head_dim)
+    if not all(isinstance(x, int) for x in static):
+        return "symbolic head counts or head sizes"
+    if 0 in (*static, b, s_len, l_len):
+        return "an empty dim"
+    scale = ctx.attrs["scale"]
+    if scale is None:
+        scale = 1.0 / float(np.sqrt(head_dim))
+    dims: dict[object, object] = {}  # IR dim -> the kernel's int64 dim (fresh vars)
+
+    def dim(d: object) -> object:
+        if isinstance(d, int):
+            return tirx.const(d, "int64")
+        return dims.setdefault(d, tirx.Var(f"n{len(dims)}", "int64"))
+
+    mask_dtype, mask_shape, mask_axes = None, (), ()
+    if ctx.has(3):
+        mt = ctx.in_type(3)
+        scores = (b, hq, s_len, l_len)
+        axes: list[int | None] = []
+        for k, md in enumerate(mt.shape):
+            axis = 4 - mt.rank + k
+            if md == 1:
+                axes.append(None)
+            elif md == scores[axis]:
+                axes.append(axis)
+            else:
+                return f"a mask dim {md!r} the kernel cannot line up with {scores[axis]!r}"
+        mask_dtype, mask_shape = str(mt.dtype), tuple(dim(md) for md in mt.shape)
+        mask_axes = tuple(axes)
+    return AttentionShape(
+        dtype=dtype,
+        three_d=three_d,
+        batch=dim(b),
+        q_len=dim(s_len),
+        kv_len=dim(l_len),
+        q_heads=hq,
+        kv_heads=hkv,
+        head_dim=head_dim,
+        v_head_dim=v_head_dim,
+        causal=bool(ctx.attrs["is_causal"]),
+        scale=float(scale),
+        mask_dtype=mask_dtype,
+        mask_shape=mask_shape,
+        mask_axes=mask_axes,
+    )
+
+
+def _attention_kernel(ctx: LowerContext, shape: AttentionShape) -> relax.Expr:
+    """One call_tir of the pre-scheduled attention PrimFunc for `shape`."""
+    tiles = attention_tiles(ctx.target, shape.static_rows, shape.v_head_dim)
+    gv = ctx.bb.add_func(attention_kernel(shape, tiles), "attention")
+    args = [ctx.arg(i) for i in range(4 if ctx.has(3) else 3)]
+    out = ctx.out_type()
+    return relax.call_tir(gv, args, relax.TensorType(ctx.shape(out.shape), str(out.dtype)))
+
+
+def _attention_relax(ctx: LowerContext) -> relax.Expr:
+    """softmax(Q.K^T * scale + mask).V as Relax ops (CUDA, and what the CPU kernel does not
+    cover): materializes the [batch, heads, q_len, kv_len] scores."""
     qt, kt, vt = ctx.in_type(0), ctx.in_type(1), ctx.in_type(2)
     dt = str(qt.dtype)
     q, k, v = ctx.arg(0), ctx.arg(1), ctx.arg(2)

@@ -1,0 +1,312 @@
+"""Attention on CPUs as one hand-scheduled kernel: no [q_len, kv_len] tensor, no repeated K/V.
+
+Why a hand-written PrimFunc and not a TE compute plus a rule chosen by structure: the kernel's
+speed comes from choices a structural rule would have to rediscover from a generic
+matmul -> softmax -> matmul nest (which rows share a task, which axis the vectors run along,
+where the scratch lives), and the lowering knows them already. So `_attention` in
+ops/fused.py builds this function for the node and calls it with call_tir; it is marked
+`tirx.is_scheduled` (the CPU rules leave it alone) and `ecograph.schedule = "attention"`.
+
+One parallel task is (batch, KV head, block of query rows), where the rows of a KV head are
+its group's (query, q head) pairs, row = query * group + head-in-group: grouped-query heads
+that read the same K and V share a task, and a decode step (one query) still fills a vector
+with the group's heads. Per task:
+1. Q^T: the block's query rows, transposed into a [head_dim, rows] scratch.
+2. Scores S[key, row] = Q.K * scale, masked, into a [kv_len, rows] scratch. Vectors run along
+   the rows, so Q.K needs no horizontal sums and K is read as stored (one key element
+   broadcast per FMA); a register tile of `key_tile` keys x the block's row vectors stays on
+   the stack (under STACK_BYTES), i.e. in registers. Causal tasks stop at their last row's
+   last visible key.
+3. Softmax over keys, vectorized along rows: max-subtracted; a masked score (-inf) gives 0,
+   and a fully masked row gives zeros (the reference's convention).
+4. Y = P.V: `pv_rows` rows x `v_chunk` columns of accumulators, vectorized along V's head
+   dim, read as stored; each row scaled by 1 / its sum and written once.
+Everything is computed in float32 (float16 inputs are read as float32 and the result cast
+back). The scratch rows are `kv_len x rows` floats per task: over 1 KB they are heap
+workspaces (TVM's per-thread pool), which is cheap next to the task's work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tvm import tirx
+
+from ecograph.backends.tvm.targets import TargetSpec
+
+from .matmul import STACK_BYTES, accumulator_budget, lanes_for
+
+F32 = "float32"
+I64 = "int64"
+INF = float("inf")
+RULE_NAME = "attention"
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """What one Attention node computes, in the kernel's terms. Dims are int64 PrimExprs
+    (IntImm or symbolic); head counts and head sizes are static. 4-D layout: Q [b, hq, s, d],
+    K [b, hkv, l, d], V [b, hkv, l, dv], Y [b, hq, s, dv]; 3-D: Q [b, s, hq*d], K [b, l,
+    hkv*d], V [b, l, hkv*dv], Y [b, s, hq*dv]. `mask_axes` says, for each mask dim, which
+    scores axis it follows (0 batch, 1 q head, 2 query, 3 key), None where it is 1."""
+
+    dtype: str
+    three_d: bool
+    batch: Any
+    q_len: Any
+    kv_len: Any
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    v_head_dim: int
+    causal: bool
+    scale: float
+    mask_dtype: str | None = None
+    mask_shape: tuple[Any, ...] = ()
+    mask_axes: tuple[int | None, ...] = ()
+
+    @property
+    def group(self) -> int:
+        return self.q_heads // self.kv_heads
+
+    @property
+    def static_rows(self) -> int | None:
+        """Query rows per KV head (query x group) when q_len is static."""
+        q_len = self.q_len
+        return int(q_len) * self.group if isinstance(q_len, tirx.IntImm) else None
+
+
+@dataclass(frozen=True)
+class AttentionTiles:
+    """Rows per task (`row_block` = `row_vectors` vectors of `row_lanes`), keys per score
+    tile, and the P.V tile: `pv_rows` rows x `v_chunk` columns in vectors of `v_lanes`."""
+
+    row_lanes: int
+    row_vectors: int
+    key_tile: int
+    pv_rows: int
+    v_lanes: int
+    v_chunk: int
+
+    @property
+    def row_block(self) -> int:
+        return self.row_lanes * self.row_vectors
+
+
+def attention_tiles(spec: TargetSpec, rows: int | None, v_head_dim: int) -> AttentionTiles:
+    """Tiles for `rows` query rows per KV head (None: symbolic) on `spec`'s vectors: a row
+    vector no wider than the rows (a decode step with 4 grouped heads uses 4 lanes), two of
+    them per task when there are enough rows; accumulator tiles within the register budget
+    and under STACK_BYTES so they stay on the stack."""
+    lanes = lanes_for(spec)
+    budget = accumulator_budget(spec)
+    row_lanes = lanes if rows is None else min(lanes, 1 << max(0, rows - 1).bit_length())
+    row_vectors = 2 if rows is None or rows > row_lanes else 1
+    block = row_lanes * row_vectors
+    key_tile = max(1, min(8, budget // row_vectors, (STACK_BYTES - 1) // (block * 4)))
+    v_lanes = next(w for w in (16, 8, 4, 2, 1) if w <= lanes and v_head_dim % w == 0)
+    per_row = next(
+        k for k in (6, 5, 4, 3, 2, 1) if (v_head_dim // v_lanes) % k == 0 and v_lanes * k <= 64
+    )
+    v_chunk = v_lanes * per_row
+    pv_rows = next(
+        m
+        for m in (8, 4, 2, 1)
+        if block % m == 0 and m * per_row <= budget and m * v_chunk * 4 < STACK_BYTES
+    )
+    return AttentionTiles(row_lanes, row_vectors, key_tile, pv_rows, v_lanes, v_chunk)
+
+
+def _i64(v: int) -> Any:
+    return tirx.const(v, I64)
+
+
+def _f32(v: float) -> Any:
+    return tirx.const(v, F32)
+
+
+def attention_kernel(shape: AttentionShape, tiles: AttentionTiles) -> tirx.PrimFunc:
+    """The PrimFunc `(Q, K, V[, mask], Y)` for `shape`, scheduled with `tiles`."""
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.script.ir_builder import tirx as T  # noqa: N812  (TVM's own spelling)
+
+    s = shape
+    b, hq, hkv, q_len, kv_len = s.batch, _i64(s.q_heads), _i64(s.kv_heads), s.q_len, s.kv_len
+    d, dv = s.head_dim, s.v_head_dim
+    if s.three_d:
+        q_shape, k_shape = (b, q_len, hq * _i64(d)), (b, kv_len, hkv * _i64(d))
+        v_shape, y_shape = (b, kv_len, hkv * _i64(dv)), (b, q_len, hq * _i64(dv))
+    else:
+        q_shape, k_shape = (b, hq, q_len, _i64(d)), (b, hkv, kv_len, _i64(d))
+        v_shape, y_shape = (b, hkv, kv_len, _i64(dv)), (b, hq, q_len, _i64(dv))
+    with IRBuilder() as ib, T.prim_func():
+        T.func_name("attention")
+        T.func_attr(
+            {"tirx.noalias": True, "tirx.is_scheduled": True, "ecograph.schedule": RULE_NAME}
+        )
+        q = T.arg("q", T.Buffer(q_shape, s.dtype))
+        k = T.arg("k", T.Buffer(k_shape, s.dtype))
+        v = T.arg("v", T.Buffer(v_shape, s.dtype))
+        mask = T.arg("mask", T.Buffer(s.mask_shape, s.mask_dtype)) if s.mask_dtype else None
+        y = T.arg("y", T.Buffer(y_shape, s.dtype))
+        rows = q_len * _i64(s.group)
+        blocks = (rows + _i64(tiles.row_block - 1)) // _i64(tiles.row_block)
+        with T.parallel(0, b * hkv * blocks) as task:
+            _Task(s, tiles, (q, k, v, mask, y), task, blocks).emit()
+    # No global symbol: each node's kernel takes the name its GlobalVar gets in the module.
+    return ib.get().without_attr("global_symbol")
+
+
+class _Task:
+    """The body of one parallel task: batch `bi`, KV head `kh`, rows r0 .. r0 + row_block."""
+
+    def __init__(
+        self, shape: AttentionShape, tiles: AttentionTiles, buffers: tuple[Any, ...], task: Any,
+        blocks: Any,
+    ) -> None:  # fmt: skip
+        from tvm.script.ir_builder import tirx as T  # noqa: N812
+
+        self.T = T
+        self.s, self.t = shape, tiles
+        self.q, self.k, self.v, self.mask, self.y = buffers
+        hkv, rb = _i64(shape.kv_heads), tiles.row_block
+        self.bi = task // (hkv * blocks)
+        self.kh = task // blocks % hkv
+        self.r0 = task % blocks * _i64(rb)
+        self.rows = shape.q_len * _i64(shape.group)
+        if shape.causal:  # rows see keys up to their own query: stop at the block's last one
+            last_query, _ = self.row(_i64(rb - 1))
+            self.n_keys = tirx.min(shape.kv_len, last_query + _i64(1))
+        else:
+            self.n_keys = shape.kv_len
+        # Scratch: Q^T, the scores (then probabilities), and the register tiles (stack).
+        self.qt = T.decl_buffer((shape.head_dim, rb), F32, scope="global")
+        self.sc = T.decl_buffer((shape.kv_len, _i64(rb)), F32, scope="global")
+        self.acc = T.decl_buffer((tiles.key_tile, rb), F32, scope="global")
+        self.mx = T.decl_buffer((rb,), F32, scope="global")
+        self.inv = T.decl_buffer((rb,), F32, scope="global")
+        self.pv = T.decl_buffer((tiles.pv_rows, tiles.v_chunk), F32, scope="global")
+
+    def emit(self) -> None:
+        self.transpose_queries()
+        self.scores()
+        self.softmax()
+        self.weighted_sum()
+
+    # ----------------------------------------------------------------- indexing
+    def f32(self, e: Any) -> Any:
+        return e if self.s.dtype == F32 else tirx.Cast(F32, e)
+
+    def row(self, r: Any) -> tuple[Any, Any]:
+        """(query, q head) of the block's row `r`, clamped to the last row."""
+        group = _i64(self.s.group)
+        rho = tirx.min(self.r0 + r, self.rows - _i64(1))
+        return rho // group, self.kh * group + rho % group
+
+    def q_at(self, h: Any, i: Any, x: Any) -> Any:
+        d = self.s.head_dim
+        return self.q[self.bi, i, h * d + x] if self.s.three_d else self.q[self.bi, h, i, x]
+
+    def k_at(self, j: Any, x: Any) -> Any:
+        d, kh = self.s.head_dim, self.kh
+        return self.k[self.bi, j, kh * d + x] if self.s.three_d else self.k[self.bi, kh, j, x]
+
+    def v_at(self, j: Any, c: Any) -> Any:
+        dv, kh = self.s.v_head_dim, self.kh
+        return self.v[self.bi, j, kh * dv + c] if self.s.three_d else self.v[self.bi, kh, j, c]
+
+    def y_store(self, h: Any, i: Any, c: Any, value: Any) -> None:
+        out = value if self.s.dtype == F32 else tirx.Cast(self.s.dtype, value)
+        dv, bi = self.s.v_head_dim, self.bi
+        self.T.buffer_store(self.y, out, [bi, i, h * dv + c] if self.s.three_d else [bi, h, i, c])
+
+    def masked(self, score: Any, r: Any, j: Any) -> Any:
+        """`score` of row `r` and key `j` after the causal mask and the attention mask."""
+        i, h = self.row(r)
+        if self.s.causal:
+            score = tirx.Select(j <= i, score, _f32(-INF))
+        if self.mask is not None:
+            at = (self.bi, h, i, j)
+            m = self.mask[tuple(_i64(0) if a is None else at[a] for a in self.s.mask_axes)]
+            if self.s.mask_dtype == "bool":
+                score = tirx.Select(m, score, _f32(-INF))
+            else:
+                score = score + self.f32(m)
+        return score
+
+    # ------------------------------------------------------------------ phases
+    def transpose_queries(self) -> None:
+        T = self.T  # noqa: N806
+        with T.serial(0, _i64(self.t.row_block)) as r, T.serial(0, _i64(self.s.head_dim)) as x:
+            i, h = self.row(r)
+            T.buffer_store(self.qt, self.f32(self.q_at(h, i, x)), [x, r])
+
+    def scores(self) -> None:
+        T = self.T  # noqa: N806
+        mj = _i64(self.t.key_tile)
+        with T.serial(0, self.n_keys // mj) as jo:
+            self.score_tile(jo * mj, self.t.key_tile)
+        with T.serial(0, self.n_keys % mj) as jt:
+            self.score_tile(self.n_keys // mj * mj + jt, 1)
+
+    def score_tile(self, j0: Any, keys: int) -> None:
+        """Scores of keys j0 .. j0 + keys for every row: accumulators in registers, vectors
+        along the rows, one broadcast key element per FMA."""
+        T, acc, qt = self.T, self.acc, self.qt  # noqa: N806
+        vl, rb = self.t.row_lanes, self.t.row_block
+        with T.unroll(0, _i64(keys)) as jj, T.vectorized(0, _i64(rb)) as r:
+            T.buffer_store(acc, _f32(0.0), [jj, r])
+        with T.serial(0, _i64(self.s.head_dim)) as x, T.unroll(0, _i64(keys)) as jj:
+            kx = self.f32(self.k_at(j0 + jj, x))
+            with T.unroll(0, _i64(self.t.row_vectors)) as nv, T.vectorized(0, _i64(vl)) as lane:
+                r = nv * vl + lane
+                T.buffer_store(acc, acc[jj, r] + kx * qt[x, r], [jj, r])
+        with T.unroll(0, _i64(keys)) as jj, T.vectorized(0, _i64(rb)) as r:
+            j = j0 + jj
+            score = self.masked(acc[jj, r] * _f32(self.s.scale), r, j)
+            T.buffer_store(self.sc, score, [j, r])
+
+    def softmax(self) -> None:
+        """Max-subtracted exponentials in place of the scores and 1 / their sum per row; a
+        masked score gives 0 and a fully masked row a zero sum, hence zeros."""
+        T, sc, mx, inv = self.T, self.sc, self.mx, self.inv  # noqa: N806
+        rb, zero, neg_inf = _i64(self.t.row_block), _f32(0.0), _f32(-INF)
+        with T.vectorized(0, rb) as r:
+            T.buffer_store(mx, neg_inf, [r])
+            T.buffer_store(inv, zero, [r])
+        with T.serial(0, self.n_keys) as j, T.vectorized(0, rb) as r:
+            T.buffer_store(mx, tirx.max(mx[r], sc[j, r]), [r])
+        with T.vectorized(0, rb) as r:
+            T.buffer_store(mx, tirx.Select(mx[r] == neg_inf, zero, mx[r]), [r])
+        with T.serial(0, self.n_keys) as j, T.vectorized(0, rb) as r:
+            e = tirx.Select(sc[j, r] == neg_inf, zero, tirx.exp(sc[j, r] - mx[r]))
+            T.buffer_store(sc, e, [j, r])
+            T.buffer_store(inv, inv[r] + sc[j, r], [r])
+        with T.vectorized(0, rb) as r:
+            T.buffer_store(inv, tirx.Select(inv[r] == zero, zero, _f32(1.0) / inv[r]), [r])
+
+    def weighted_sum(self) -> None:
+        """Y = P.V in tiles of pv_rows rows x v_chunk columns, vectors along V's head dim."""
+        T = self.T  # noqa: N806
+        mr, yl, yc = self.t.pv_rows, self.t.v_lanes, self.t.v_chunk
+        with (
+            T.serial(0, _i64(self.t.row_block // mr)) as ro,
+            T.If(self.r0 + ro * _i64(mr) < self.rows),
+            T.Then(),
+            T.serial(0, _i64(self.s.v_head_dim // yc)) as co,
+        ):
+            with T.unroll(0, _i64(mr)) as rr, T.vectorized(0, _i64(yc)) as c:
+                T.buffer_store(self.pv, _f32(0.0), [rr, c])
+            with T.serial(0, self.n_keys) as j, T.unroll(0, _i64(mr)) as rr:
+                p = self.sc[j, ro * _i64(mr) + rr]
+                with T.unroll(0, _i64(yc // yl)) as cv, T.vectorized(0, _i64(yl)) as lane:
+                    c = cv * yl + lane
+                    vc = self.f32(self.v_at(j, co * _i64(yc) + c))
+                    T.buffer_store(self.pv, self.pv[rr, c] + p * vc, [rr, c])
+            with T.serial(0, _i64(mr)) as rr:
+                r = ro * _i64(mr) + rr
+                with T.If(self.r0 + r < self.rows), T.Then():
+                    i, h = self.row(r)
+                    with T.vectorized(0, _i64(yc)) as c:
+                        self.y_store(h, i, co * _i64(yc) + c, self.pv[rr, c] * self.inv[r])

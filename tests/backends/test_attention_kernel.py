@@ -1,0 +1,234 @@
+"""The CPU attention kernel (schedules/attention.py, lowered by ops/fused.py) against the
+reference interpreter: head sizes that fill no vector (24, 40), one to 64 queries over one to
+130 keys, grouped-query heads, causal decode over a cache, every mask form, symbolic lengths;
+and that a build calls exactly one kernel per Attention node (the Relax path elsewhere)."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+
+from ecograph.backends.tvm import build, targets
+from ecograph.backends.tvm.driver import lower_graph
+from ecograph.backends.tvm.schedules.attention import RULE_NAME, attention_tiles
+from ecograph.ir import Graph, interpret
+from tests.backends.tvm_helpers import (
+    assert_matches,
+    lowering_target,
+    one_op,
+    rand,
+)
+
+GENERIC = {"kind": "llvm"}  # 128-bit vectors: 4 float lanes
+HOST = "x86"  # this machine's widest vectors (16 lanes with AVX-512)
+HASWELL = pytest.param(
+    "x86:haswell",
+    marks=pytest.mark.skipif("avx2" not in targets.cpuinfo_flags(), reason="no AVX2 on this CPU"),
+)
+
+
+def _qkv(b: int, hq: int, hkv: int, s: int, kv: int, d: int, dv: int) -> list[np.ndarray]:
+    return [rand((b, hq, s, d)), rand((b, hkv, kv, d)), rand((b, hkv, kv, dv))]
+
+
+def _check(graph: Graph, feeds: dict[str, np.ndarray], target: Any) -> list[np.ndarray]:
+    """Build for `target`, check that the Attention ran as the kernel and matches the reference
+    (rtol 1e-5, atol 1e-6)."""
+    result = build.build_module(graph, target, keep_params=False, fold=False)
+    assert _attention_calls(result) == 1, result.executable.as_text()
+    got = _run(result, feeds)
+    assert_matches(graph, feeds, got)
+    return got
+
+
+def _run(result: build.BuildResult, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    out = vm["main"](*[tvm.runtime.tensor(feeds[n]) for n in result.lowered.input_names])
+    return [out.numpy()]
+
+
+def _attention_calls(result: build.BuildResult) -> int:
+    """How many times `main` calls a PrimFunc the lowering built as the attention kernel."""
+    kernels = {
+        gv.name_hint
+        for gv, f in result.lowered.mod.functions_items()
+        if f.attrs is not None and f.attrs.get("ecograph.schedule") == RULE_NAME
+    }
+    text = result.executable.as_text()
+    main = text.split("@main:", 1)[1].split("\n\n", 1)[0]
+    called = re.findall(r"call\s+(\S+)\s+in:", main)
+    return sum(name in kernels for name in called)
+
+
+# Every (q_len, kv_len) pair with each variant: MHA and GQA, head sizes 24 and 40 (V's may
+# differ), causal with fewer queries than keys (decode over a cache), bool, float and
+# broadcast masks.
+VARIANTS = {
+    "mha-d24": dict(b=2, hq=3, hkv=3, d=24, dv=24),
+    "gqa8/2-d40-dv24-causal": dict(b=1, hq=8, hkv=2, d=40, dv=24, causal=1),
+    "gqa8/2-d24-bool-mask": dict(b=2, hq=8, hkv=2, d=24, dv=40, mask=("bool", "b1sl")),
+    "mha-d40-float-mask-causal": dict(b=1, hq=2, hkv=2, d=40, dv=40, causal=1, mask=("f", "sl")),
+    "gqa4/2-d24-key-padding": dict(b=2, hq=4, hkv=2, d=24, dv=24, mask=("f", "b11l"), scale=0.2),
+}
+MASK_SHAPES = {
+    "sl": lambda b, h, s, kv: (s, kv),
+    "b1sl": lambda b, h, s, kv: (b, 1, s, kv),
+    "b11l": lambda b, h, s, kv: (b, 1, 1, kv),
+    "bhsl": lambda b, h, s, kv: (b, h, s, kv),
+    "1h1l": lambda b, h, s, kv: (1, h, 1, kv),
+    "l": lambda b, h, s, kv: (kv,),
+}
+
+
+def _case(v: dict[str, Any], s: int, kv: int) -> tuple[Graph, dict[str, np.ndarray]]:
+    inputs = _qkv(v["b"], v["hq"], v["hkv"], s, kv, v["d"], v["dv"])
+    attrs: dict[str, Any] = {"is_causal": v.get("causal", 0)}
+    if "scale" in v:
+        attrs["scale"] = v["scale"]
+    if "mask" in v:
+        kind, form = v["mask"]
+        shape = MASK_SHAPES[form](v["b"], v["hq"], s, kv)
+        mask = rand(shape, "bool") if kind == "bool" else rand(shape, lo=-3, hi=1)
+        inputs.append(mask)
+    return one_op("Attention", *inputs, **attrs)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize(("s", "kv"), list(itertools.product([1, 7, 64], [1, 9, 130])))
+def test_kernel_matches_reference(variant: str, s: int, kv: int) -> None:
+    graph, feeds = _case(VARIANTS[variant], s, kv)
+    _check(graph, feeds, HOST)
+
+
+@pytest.mark.parametrize("target", [GENERIC, HASWELL])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize(("s", "kv"), [(1, 130), (7, 9), (64, 130)])
+def test_kernel_matches_reference_narrower_vectors(target: Any, variant: str, s: int, kv: int):
+    graph, feeds = _case(VARIANTS[variant], s, kv)
+    _check(graph, feeds, target)
+
+
+@pytest.mark.parametrize("form", list(MASK_SHAPES))
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_every_mask_broadcast(form: str, kind: str) -> None:
+    b, hq, hkv, s, kv = 2, 4, 2, 5, 11
+    shape = MASK_SHAPES[form](b, hq, s, kv)
+    mask = rand(shape, "bool") if kind == "bool" else rand(shape, lo=-3, hi=1)
+    graph, feeds = one_op("Attention", *_qkv(b, hq, hkv, s, kv, 24, 24), mask, is_causal=1)
+    _check(graph, feeds, HOST)
+
+
+def test_fully_masked_rows_give_zeros() -> None:
+    b, h, s, kv = 1, 2, 6, 9
+    keep = rand((b, h, s, kv), "bool")
+    keep[0, 0, 2] = False
+    add = rand((b, h, s, kv), lo=-1, hi=1)
+    add[0, 1, 4] = -np.inf
+    for mask, row in ((keep, (0, 0, 2)), (add, (0, 1, 4))):
+        graph, feeds = one_op("Attention", *_qkv(b, h, h, s, kv, 24, 24), mask)
+        (y,) = _check(graph, feeds, HOST)
+        assert np.all(y[row] == 0) and np.all(np.isfinite(y))
+        assert np.any(y[(0, 0, 0)] != 0)
+
+
+@pytest.mark.parametrize("target", [GENERIC, HOST])
+def test_symbolic_lengths_decode_and_prefill(target: Any) -> None:
+    # One module over symbolic batch, q_len and kv_len: a decode step (1 query over a 129-key
+    # cache, causal) and a 128 x 128 prefill, GQA 8 q heads on 2 KV heads, key-padding mask.
+    def graph_for(s: int, kv: int) -> tuple[Graph, dict[str, np.ndarray]]:
+        q, k, v = _qkv(1, 8, 2, s, kv, 32, 32)
+        mask = rand((1, 1, 1, kv), lo=-2, hi=0)
+        return one_op(
+            "Attention", q, k, v, mask, is_causal=1,
+            symbolic={0: ["b", 8, "s", 32], 1: ["b", 2, "l", 32], 2: ["b", 2, "l", 32],
+                      3: ["b", 1, 1, "l"]},
+        )  # fmt: skip
+
+    graph, _ = graph_for(1, 129)
+    result = build.build_module(graph, target, keep_params=False, fold=False)
+    assert _attention_calls(result) == 1
+    for s, kv in ((1, 129), (128, 128), (3, 1)):
+        g, feeds = graph_for(s, kv)
+        assert_matches(g, feeds, _run(result, feeds))
+
+
+def test_three_d_inputs_with_gqa_and_mask() -> None:
+    b, s, kv, hq, hkv, d, dv = 2, 7, 9, 8, 2, 24, 40
+    q, k, v = rand((b, s, hq * d)), rand((b, kv, hkv * d)), rand((b, kv, hkv * dv))
+    mask = rand((b, 1, s, kv), "bool")
+    graph, feeds = one_op("Attention", q, k, v, mask, q_num_heads=hq, kv_num_heads=hkv)
+    _check(graph, feeds, HOST)
+    graph, feeds = one_op("Attention", q, k, v, is_causal=1, q_num_heads=hq, kv_num_heads=hkv)
+    _check(graph, feeds, GENERIC)
+
+
+def test_float16_computed_in_float32() -> None:
+    q, k, v = (x.astype(np.float16) for x in _qkv(1, 4, 2, 7, 130, 40, 24))
+    mask = rand((7, 130), lo=-2, hi=1).astype(np.float16)
+    graph, feeds = one_op("Attention", q, k, v, mask, is_causal=1)
+    result = build.build_module(graph, HOST, keep_params=False, fold=False)
+    assert _attention_calls(result) == 1
+    (y,) = _run(result, feeds)
+    assert y.dtype == np.float16
+    # Against float32 math on the same float16 values: the kernel only rounds its result.
+    g32, f32 = one_op("Attention", *(x.astype(np.float32) for x in (q, k, v, mask)), is_causal=1)
+    (want,) = interpret(g32, f32).values()
+    np.testing.assert_allclose(y.astype(np.float32), want, rtol=2e-3, atol=1e-3)
+
+
+def test_one_kernel_per_attention_node_and_nothing_else() -> None:
+    g = Graph("two_attentions")
+    q, k, v = (g.add_input(n, "float32", [1, 4, "s", 24]) for n in "qkv")
+    (y1,) = g.add_node("Attention", [q, k, v], {"is_causal": 1}).outputs
+    (y2,) = g.add_node("Attention", [y1, k, v], {}).outputs
+    g.set_outputs([y2])
+    result = build.build_module(g, HOST, keep_params=False)
+    assert _attention_calls(result) == 2
+    # No scores tensor, no softmax or matmul kernels: only the two attention calls.
+    assert all(name.startswith("attention") for name in result.kernels), result.kernels
+    feeds = {n: rand((1, 4, 6, 24)) for n in "qkv"}
+    assert_matches(g, feeds, _run(result, feeds))
+
+
+def test_uncovered_forms_keep_the_relax_path_and_say_so() -> None:
+    # float64 is left to the Relax decomposition (the kernel computes in float32), with a note.
+    graph, feeds = one_op("Attention", *(x.astype(np.float64) for x in _qkv(1, 2, 2, 5, 6, 8, 8)))
+    result = build.build_module(graph, HOST, keep_params=False, fold=False)
+    assert _attention_calls(result) == 0
+    assert any("not the CPU attention kernel (float64 inputs)" in n for n in result.notes)
+    assert_matches(graph, feeds, _run(result, feeds))
+    # CUDA keeps the Relax lowering (no CPU kernel in the module, the scores as a matmul).
+    graph, _ = one_op("Attention", *_qkv(1, 2, 2, 5, 6, 8, 8))
+    mod = lower_graph(graph, lowering_target("cuda")).mod
+    assert not any(
+        f.attrs is not None and f.attrs.get("ecograph.schedule") == RULE_NAME
+        for _, f in mod.functions_items()
+    )
+    assert "R.matmul" in mod.script()
+
+
+def test_tiles_fit_registers_and_stack() -> None:
+    # Register tiles stay under the stack limit (else they become heap workspaces and LLVM
+    # stores and reloads them around every FMA) and within the vector register budget.
+    from ecograph.backends.tvm.schedules.matmul import STACK_BYTES, accumulator_budget
+
+    for preset, rows, dv in itertools.product(
+        [GENERIC, HOST, "x86:haswell", "arm"], [None, 1, 4, 7, 128], [1, 7, 24, 32, 40, 128]
+    ):
+        spec = targets.resolve(preset)
+        t = attention_tiles(spec, rows, dv)
+        assert t.key_tile * t.row_block * 4 < STACK_BYTES
+        assert t.pv_rows * t.v_chunk * 4 < STACK_BYTES
+        assert t.key_tile * t.row_vectors <= accumulator_budget(spec)
+        assert dv % t.v_chunk == 0 and t.v_chunk % t.v_lanes == 0 and t.row_block % t.pv_rows == 0
+        if rows is not None:
+            assert t.row_lanes <= max(1, 2 * rows - 1)  # a decode step does not pad to 16 lanes
