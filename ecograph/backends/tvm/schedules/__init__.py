@@ -18,6 +18,7 @@ from typing import Any
 from ecograph.backends.tvm.targets import TargetSpec
 
 from .base import CPURule
+from .injective import Injective
 from .matmul import Matmul, panel_width
 
 RULE_ATTR = "ecograph.schedule"
@@ -25,7 +26,7 @@ RULE_ATTR = "ecograph.schedule"
 
 def cpu_rules(spec: TargetSpec) -> list[CPURule]:
     """The CPU rules for `spec`, most specific first."""
-    return [Matmul(spec)]
+    return [Matmul(spec), Injective(spec)]
 
 
 def apply_cpu_schedules(

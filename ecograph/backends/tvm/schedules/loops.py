@@ -1,0 +1,241 @@
+"""Loop-level steps the element-wise, reduction, pooling and fallback rules share.
+
+- which blocks a rule may touch (`plain_block`: one BufferStore, its loops bind its iters);
+- inlining element-wise producers into their consumers (`inline_spatial`);
+- whether a loop nest is big enough to pay for a thread-pool launch (`worth_parallel`);
+- vectorizing an inner loop by the target's lanes, with a scalar tail instead of a predicate
+  inside the vector loop (`vectorize_inner`).
+
+TVM 0.27 facts these steps rely on (measured): a vectorized loop whose body carries a split's
+predicate is scalarized, but a `pragma_loop_partition_hint` on the loop outside it makes the
+LoopPartition pass peel the last partial vector off into a scalar tail (symbolic extents only,
+see `vectorize_inner`); static extents are partitioned in the schedule (`loop_partition`,
+which refuses symbolic ones).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tvm_ffi
+from tvm import ir, s_tir, sym, tirx
+from tvm.s_tir.schedule import LoopRV, SBlockRV
+
+from ecograph.backends.tvm.targets import TargetSpec
+
+from .analysis import iter_kinds, loops_match_iters, static_int, vars_in
+
+# A parallel loop costs a thread-pool launch and a join: ~1 us with the other core idle, 5-9 us
+# with it busy (measured on the 2-core development machine, `a * 2 + 1` and GELU over float32
+# rows). Serial a*2+1 runs ~0.1 ns per element, GELU ~0.35 ns; with one core busy the
+# parallel version only broke even at ~1M elements (a*2+1) and ~260K (GELU). A loop nest runs
+# in parallel from PARALLEL_MIN_WORK "work units": elements times (1 + operations / 8).
+PARALLEL_MIN_WORK = 1 << 18
+# A symbolic extent (batch, sequence length) counts as this many iterations when deciding.
+SYMBOLIC_EXTENT_GUESS = 16
+# Producers read by several consumers are inlined (recomputed) only when this cheap.
+INLINE_MAX_OPS = 16
+PARTITION_HINT = "pragma_loop_partition_hint"
+
+# Calls LLVM code generation takes in vector form (TVM 0.27, every x86 level; measured one by
+# one). Others fail the build when vectorized, e.g. "unknown intrinsic tirx.sinh" (sinh, cosh,
+# fmod, erf on float16); a block calling anything not listed keeps its loops scalar.
+VECTOR_CALLS_ANY = frozenset(
+    {"prim.if_then_else", "prim.likely", "prim.ceil", "prim.clz", "tirx.reinterpret",
+     "tirx.popcount", "tirx.floor", "tirx.ceil", "tirx.trunc", "tirx.fabs", "tirx.round",
+     "tirx.nearbyint", "tirx.isnan", "tirx.sqrt", "tirx.exp"}
+)  # fmt: skip
+VECTOR_CALLS_F32_F64 = frozenset(
+    {"tirx.log", "tirx.log2", "prim.log2", "tirx.log10", "tirx.log1p", "tirx.exp2",
+     "tirx.rsqrt", "tirx.tanh", "tirx.sigmoid", "tirx.sin", "tirx.cos", "tirx.tan",
+     "tirx.asin", "tirx.acos", "tirx.atan", "tirx.asinh", "tirx.acosh", "tirx.atanh",
+     "tirx.erf", "tirx.pow", "tirx.atan2", "tirx.copysign", "tirx.hypot", "tirx.ldexp",
+     "tirx.nextafter"}
+)  # fmt: skip
+
+
+def root_blocks(sch: s_tir.Schedule) -> list[SBlockRV] | None:
+    """The blocks under the function's root block, or None if it has no root block."""
+    try:
+        return list(sch.get_child_blocks(sch.get_sblock("root")))
+    except Exception:
+        return None
+
+
+def plain_block(sch: s_tir.Schedule, block: SBlockRV) -> bool:
+    """True for a block the rules understand: its body one BufferStore, no nested blocks, its
+    iters data-parallel or reductions, each loop above it binding one iter in order (or no
+    loops at all, a scalar)."""
+    realize = sch.get(block)
+    if not isinstance(realize.body, tirx.BufferStore):
+        return False
+    if "O" in iter_kinds(sch, block) or sch.get_child_blocks(block):
+        return False
+    return not sch.get_loops(block) or loops_match_iters(sch, block)
+
+
+def spatial_block(sch: s_tir.Schedule, block: SBlockRV) -> bool:
+    """A plain block whose iters are all data parallel (element-wise, copies, gathers)."""
+    return plain_block(sch, block) and not iter_kinds(sch, block).strip("S")
+
+
+def op_count(expr: Any) -> int:
+    """Arithmetic and call nodes in an expression: a rough cost per element."""
+    kinds = (ir.Call, tirx.Add, tirx.Sub, tirx.Mul, tirx.Div, tirx.FloorDiv, tirx.FloorMod,
+             tirx.Min, tirx.Max, tirx.Select, tirx.Cast)  # fmt: skip
+    count = 0
+
+    def visit(node: Any) -> None:
+        nonlocal count
+        if isinstance(node, kinds):
+            count += 1
+
+    tvm_ffi.structural_walk(expr, (ir.Expr, visit), order="post")
+    return count
+
+
+def stored_value(sch: s_tir.Schedule, block: SBlockRV) -> Any:
+    return sch.get(block).body.value
+
+
+def estimate(extent: Any) -> int:
+    """A loop extent as a number, each symbolic variable counted as SYMBOLIC_EXTENT_GUESS."""
+    value = static_int(extent)
+    if value is not None:
+        return value
+    analyzer = sym.Analyzer()
+    try:
+        for var in vars_in(extent):
+            analyzer.bind(var, tirx.IntImm(str(var.ty), SYMBOLIC_EXTENT_GUESS))
+        folded = static_int(analyzer.simplify(extent))
+    except Exception:
+        return SYMBOLIC_EXTENT_GUESS
+    return max(1, folded if folded is not None else SYMBOLIC_EXTENT_GUESS)
+
+
+def iterations(sch: s_tir.Schedule, loops: list[LoopRV]) -> int:
+    total = 1
+    for loop in loops:
+        total *= estimate(sch.get(loop).extent)
+    return total
+
+
+def worth_parallel(elements: int, ops: int) -> bool:
+    """True if `elements` iterations of `ops` operations each pay for a thread-pool launch."""
+    return elements * (1 + ops // 8) >= PARALLEL_MIN_WORK
+
+
+def widest_bits(sch: s_tir.Schedule, block: SBlockRV) -> int:
+    """Bits of the widest element type the block reads or writes (sets the vector lanes)."""
+    realize = sch.get(block)
+    bits = [int(r.source.dtype.bits) for r in [*realize.reads, *realize.writes]]
+    return max([b for b in bits if b > 1] or [32])
+
+
+def lanes_for_block(spec: TargetSpec, sch: s_tir.Schedule, block: SBlockRV) -> int:
+    return max(1, spec.vector_bits // widest_bits(sch, block))
+
+
+def inline_spatial(sch: s_tir.Schedule, keep: set[str] | None = None) -> None:
+    """Inline every data-parallel block into its consumers where TVM allows it.
+
+    A producer with one consumer is always inlined; one read by several consumers only when
+    it is cheap (INLINE_MAX_OPS), so an exp is not computed twice. Blocks named in `keep` stay.
+    Output blocks cannot be inlined (TVM refuses), which keeps multi-output kernels whole."""
+    keep = keep or set()
+    changed = True
+    while changed:
+        changed = False
+        blocks = root_blocks(sch) or []
+        for block in blocks[:-1]:
+            name = sch.get(block).name_hint
+            if name in keep or not spatial_block(sch, block):
+                continue
+            consumers = sch.get_consumers(block)
+            if not consumers:
+                continue
+            if len(consumers) > 1 and op_count(stored_value(sch, block)) > INLINE_MAX_OPS:
+                continue
+            try:
+                sch.compute_inline(block)
+            except s_tir.ScheduleError:
+                continue
+            changed = True
+            break
+
+
+def uses_var_nonaffinely(exprs: Any, var: tirx.Var) -> bool:
+    """True if `var` appears under a division or modulo by a non-constant: a vector of such
+    indices is no ramp (a reshape over a symbolic axis), vectorizing would not pay."""
+    found = False
+
+    def visit(node: Any) -> None:
+        nonlocal found
+        divides = isinstance(node, (tirx.FloorDiv, tirx.FloorMod, tirx.Div, tirx.Mod))
+        if divides and not isinstance(node.b, tirx.IntImm) and _has(node.a, var):
+            found = True
+
+    tvm_ffi.structural_walk(exprs, (ir.Expr, visit), order="post")
+    return found
+
+
+def vector_safe(expr: Any) -> bool:
+    """True if every call in `expr` compiles in vector form (VECTOR_CALLS_*)."""
+    safe = True
+
+    def visit(call: ir.Call) -> None:
+        nonlocal safe
+        name = str(getattr(call.op, "name", ""))
+        if name in VECTOR_CALLS_ANY:
+            return
+        if name in VECTOR_CALLS_F32_F64 and str(call.ty) in ("float32", "float64"):
+            return
+        safe = False
+
+    tvm_ffi.structural_walk(expr, (ir.Call, visit), order="post")
+    return safe
+
+
+def _has(expr: Any, var: tirx.Var) -> bool:
+    return any(v.same_as(var) for v in vars_in(expr))
+
+
+def vectorize_inner(sch: s_tir.Schedule, loop: LoopRV, lanes: int) -> LoopRV | None:
+    """Vectorize `loop` (innermost) by `lanes`; return the loop of vector chunks when the
+    split is exact (a candidate for `parallel`), else None.
+
+    A static multiple of the lanes splits exactly. A static extent under the lanes is
+    vectorized whole when it is a power of two of at least 4. Another static extent is
+    partitioned first (`loop_partition`: the vector part, then a scalar tail); the block
+    handle is stale afterwards. A symbolic extent splits with a predicate, and the partition
+    hint has LoopPartition peel the tail off into scalar code (with a static extent the hint
+    breaks the build: NarrowDataType has made the loop int32, the pass compares it with int64).
+    Extents under 4 stay scalar."""
+    extent = static_int(sch.get(loop).extent)
+    if lanes < 2 or (extent is not None and extent < 4):
+        return None
+    if extent is None:
+        outer, vec = sch.split(loop, [None, lanes])
+        sch.vectorize(vec)
+        sch.annotate(outer, PARTITION_HINT, 1)
+        return None
+    if extent <= lanes:
+        if extent & (extent - 1) == 0:
+            sch.vectorize(loop)
+        return None
+    main = extent - extent % lanes
+    exact = main == extent
+    if not exact:
+        loop = sch.loop_partition(loop, [main, None])[0]
+    outer, vec = sch.split(loop, [None, lanes])
+    sch.vectorize(vec)
+    return outer if exact else None
+
+
+def parallel_outer(sch: s_tir.Schedule, loops: list[LoopRV]) -> LoopRV | None:
+    """Fuse `loops` (outermost first, all spatial) into one parallel loop."""
+    if not loops:
+        return None
+    loop = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    sch.parallel(loop)
+    return loop
