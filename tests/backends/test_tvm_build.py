@@ -211,13 +211,13 @@ def test_default_model_compiles_for_cuda_without_gpu(tmp_path: Path, preset: str
 
 def test_int8_matmul_on_cuda_is_handled(tmp_path: Path) -> None:
     """TVM 0.27's dlight Matmul rule crashes on int8 x int8 -> int32: CUDA builds widen the
-    operands to int32 (exact) and say so in the manifest; x86 keeps the int8 matmul."""
+    operands to int32 (exact) and say so in the manifest."""
     from ecograph.backends.tvm.driver import lower_graph
 
-    assert build._has_int8_matmul(lower_graph(int8_matmul_graph(), lowering_target()).mod)
-    assert not build._has_int8_matmul(
-        lower_graph(int8_matmul_graph(), lowering_target(), widen_int8_matmul=True).mod
-    )
+    cuda = targets.resolve("cuda:sm_80")
+    unwidened = lower_graph(int8_matmul_graph(), cuda, widen_int8_matmul=False).mod
+    assert build._has_int8_matmul(unwidened)
+    assert not build._has_int8_matmul(lower_graph(int8_matmul_graph(), cuda).mod)
     out = ecograph.compile(int8_matmul_graph(), "cuda:sm_80", tmp_path / "q")
     notes = json.loads((out / "manifest.json").read_text())["target"]["notes"]
     assert any("int8" in n and "widened" in n for n in notes)
@@ -231,11 +231,13 @@ def test_tvm_int8_matmul_bug_is_still_there() -> None:
 
     from ecograph.backends.tvm.driver import lower_graph
 
-    target = targets.resolve("cuda:sm_80").tvm_target()
+    spec = targets.resolve("cuda:sm_80")
+    target = spec.tvm_target()
     pipeline, _ = build._cuda_pipeline(target, with_matmul_rule=True)
     with pytest.raises(Exception, match=r"fragment|Wmma|Check failed"):
         tvm.compile(
-            lower_graph(int8_matmul_graph(), lowering_target()).mod,
+            # The CUDA lowering without the int32 widening: the int8 matmul the rule crashes on.
+            lower_graph(int8_matmul_graph(), spec, widen_int8_matmul=False).mod,
             target=target,
             relax_pipeline=pipeline,
         )
