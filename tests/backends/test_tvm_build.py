@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.backends.tvm_helpers import lowering_target, run_with_runtime_only_tvm
+from tests.backends.tvm_helpers import run_with_runtime_only_tvm
 
 pytest.importorskip("tvm")
 
