@@ -1,398 +1,365 @@
-"""Benchmarks against peers: every runner on every workload, each in its own process.
+"""Benchmarks against peers: every runner on a workload measured interleaved, same threads.
 
-    python bench/run.py                      # everything, appends to bench/RESULTS.md
-    python bench/run.py --workloads resnet --runners torch-eager,ort-fp32,ecograph
+    python bench/run.py                                   # every workload, default runners
+    python bench/run.py --workloads resnet --runners ort-fp32,ecograph --rounds 2
+    python bench/run.py --workloads minilm-b1 --busy 1    # also with one core taken
+    python bench/run.py ... --append                      # add the tables to bench/RESULTS.md
 
-Workloads: minilm-b1 and minilm-b8 (real MiniLM-L6 weights, seq 128), llama-prefill (128
-tokens) and llama-decode (one token after a 128-token prompt, with a KV cache), resnet (the
-ResNet-style CNN of the tests, 1x3x64x64).
-Runners: torch-eager, torch-int8 (torch dynamic quantization), torch-compile, ort-fp32,
-ort-int8 (onnxruntime.quantization dynamic), tvm-export (TVM's own torch.export importer,
-untuned), ecograph (untuned), ecograph-tuned, ecograph-int8.
+For one workload, each runner gets its own worker process, which captures and compiles the
+model once (its compile seconds are reported); then R rounds run, and in each round every
+runner runs a batch of calls filling about one time slice, in an order that rotates per round.
+p50/p90 are over all timed calls, and ratios to ONNX Runtime fp32 compare batches taken over
+the same minutes, so machine drift lands on every runner alike. Every runner uses the same
+thread count (--threads, default: every core this process may use).
 
-Each result: latency p50/p90, model bytes, energy per inference (measured or estimated, and
-labelled), accuracy (cosine similarity to torch eager fp32 on the same input). The table
-shows each as a ratio to ONNX Runtime fp32, and the machine is described.
+--busy K starts K busy-loop processes pinned to the last K cores and alternates idle and busy
+phases within every round; the busy table gives each runner's slowdown against its own idle
+batches of the same run (a statically split thread pool stalls on a taken core).
+
+Workloads: minilm-b1, minilm-b8, llama-prefill, llama-decode, resnet (bench/runners.py).
+Runners: torch-eager, torch-int8, torch-compile, ort-fp32, ort-int8, tvm-export, ecograph,
+ecograph-int8; by name only: ecograph-tuned (MetaSchedule, minutes) and ecograph-auto
+(ecograph's adaptive thread count, for --busy runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
-import subprocess
+import shlex
 import sys
-import tempfile
-import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# Run as a script, Python puts bench/ first on the path, where load.py or worker.py could
+# shadow another package's module of that name; the project root goes there instead.
+if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
+    sys.path[0] = str(ROOT)
+elif str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-RUNNERS = [
-    "torch-eager",
-    "torch-int8",
-    "torch-compile",
-    "ort-fp32",
-    "ort-int8",
-    "tvm-export",
-    "ecograph",
-    "ecograph-tuned",
-    "ecograph-int8",
-]
-WORKLOADS = ["minilm-b1", "minilm-b8", "llama-prefill", "llama-decode", "resnet"]
-TUNE_TRIALS = int(os.environ.get("ECOGRAPH_BENCH_TRIALS", "64"))
+from bench.interleave import Plan, RunnerResult, round_ratios, run_interleaved  # noqa: E402
+from bench.interleave import ratio as _ratio  # noqa: E402
+from bench.load import (  # noqa: E402
+    BusyCores,
+    CpuSnapshot,
+    available_cores,
+    describe_other_load,
+    other_usage,
+)
+from bench.runners import (  # noqa: E402
+    BASELINE,
+    DEFAULT_RUNNERS,
+    RUNNERS,
+    WORKLOADS,
+    runner_env,
+)
+from bench.worker import ProcessWorker  # noqa: E402
 
-
-# --------------------------------------------------------------------- workloads
-
-
-def build_workload(name: str) -> tuple[Any, tuple[Any, ...], dict[str, Any] | None]:
-    """(torch module, example args, dynamic info) for a workload."""
-    import torch
-
-    torch.manual_seed(0)
-    if name.startswith("minilm"):
-        from tests.quant.minilm_eval import encoder_module
-
-        batch = 8 if name.endswith("b8") else 1
-        model = encoder_module()
-        ids = torch.randint(1000, 20000, (batch, 128))
-        mask = torch.ones(batch, 128, dtype=torch.int64)
-        mask[:, 100:] = 0
-        return model, (ids, mask), None
-    if name.startswith("llama"):
-        model = _llama_bench_model()
-        if name == "llama-prefill":
-            return _Prefill(model), (torch.randint(0, 1000, (1, 128)),), None
-        return _decode_workload(model)
-    if name == "resnet":
-        from tests.models.cnn import TinyResNet
-
-        return TinyResNet().eval(), (torch.randn(1, 3, 64, 64),), None
-    raise SystemExit(f"unknown workload {name}; known: {WORKLOADS}")
+RESULTS = ROOT / "bench" / "RESULTS.md"
 
 
-def _llama_bench_model() -> Any:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        num_hidden_layers=4,
-        hidden_size=256,
-        intermediate_size=688,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        vocab_size=2000,
-        max_position_embeddings=256,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-        use_cache=False,
-        attn_implementation="sdpa",
-    )
-    return LlamaForCausalLM(cfg).eval()
+# ------------------------------------------------------------------------ formatting
 
 
-class _Prefill:
-    def __new__(cls, inner: Any) -> Any:
-        import torch
-
-        class Prefill(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, input_ids: Any) -> Any:
-                return self.inner(input_ids=input_ids).logits
-
-        return Prefill().eval()
+def fmt_ms(ms: float | None) -> str:
+    """Milliseconds with about three significant digits (0.0912, 3.64, 22.4, 2398)."""
+    if ms is None:
+        return "n/a"
+    if ms >= 100:
+        return f"{ms:.0f}"
+    if ms >= 10:
+        return f"{ms:.1f}"
+    if ms >= 1:
+        return f"{ms:.2f}"
+    return f"{ms:.3f}"
 
 
-def _decode_workload(model: Any) -> tuple[Any, tuple[Any, ...], None]:
-    """One decode step: the new token attends to an explicit 128-position KV cache."""
-    import torch
-
-    cfg = model.config
-    layers = cfg.num_hidden_layers
-    kv_heads = cfg.num_key_value_heads
-    head_dim = cfg.hidden_size // cfg.num_attention_heads
-
-    class Decode(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = model
-
-        def forward(self, input_ids: Any, past_keys: Any, past_values: Any) -> Any:
-            from transformers import DynamicCache
-
-            cache = DynamicCache()
-            for i in range(layers):
-                cache.update(past_keys[i], past_values[i], i)
-            pos = torch.full((1, 1), past_keys.shape[3], dtype=torch.long)
-            out = self.inner(
-                input_ids=input_ids, past_key_values=cache, position_ids=pos, use_cache=True
-            )
-            return out.logits
-
-    keys = torch.randn(layers, 1, kv_heads, 128, head_dim)
-    values = torch.randn(layers, 1, kv_heads, 128, head_dim)
-    return Decode().eval(), (torch.randint(0, 1000, (1, 1)), keys, values), None
+def fmt_ratio(r: float | None) -> str:
+    return "n/a" if r is None else f"{r:.2f}x"
 
 
-# ----------------------------------------------------------------------- runners
+def fmt_range(values: Sequence[float]) -> str:
+    """min-max of per-round ratios (a single round is just its ratio)."""
+    if not values:
+        return "n/a"
+    lo, hi = min(values), max(values)
+    return f"{lo:.2f}" if len(values) == 1 else f"{lo:.2f}-{hi:.2f}"
 
 
-def _timed(fn: Any, warmup: int = 3, min_runs: int = 10, min_seconds: float = 2.0) -> Any:
-    from ecograph.report.measure import measure_latency
-
-    return measure_latency(fn, warmup=warmup, repeat=min_runs, min_seconds=min_seconds)
-
-
-def _state_bytes(module: Any) -> int:
-    total = 0
-    for t in list(module.state_dict().values()):
-        if hasattr(t, "element_size"):
-            total += t.numel() * t.element_size()
-        elif hasattr(t, "__iter__"):  # packed quantized params
-            for x in t if isinstance(t, tuple) else []:
-                if hasattr(x, "element_size"):
-                    total += x.numel() * x.element_size()
-    return total
+def _cell(text: str) -> str:
+    """Text safe inside a markdown table cell (error messages carry pipes and newlines)."""
+    return " ".join(text.replace("|", "/").split())
 
 
-def _export_onnx(model: Any, args: tuple[Any, ...], path: Path) -> Path:
-    import torch
-
-    names = [f"in{i}" for i in range(len(args))]
-    torch.onnx.export(
-        model,
-        args,
-        str(path),
-        input_names=names,
-        output_names=["out"],
-        dynamo=True,
-        external_data=False,
-    )
-    return path
+def energy_cells(row: RunnerResult, base: RunnerResult | None) -> tuple[str, str]:
+    """(energy per inference, ratio to the baseline's); different kinds are never compared."""
+    energy = row.energy or {}
+    joules, kind = energy.get("joules"), energy.get("kind", "unavailable")
+    text = "unavailable" if joules is None else f"{joules * 1e3:.3g} mJ ({kind})"
+    base_energy = (base.energy or {}) if base is not None else {}
+    if joules is None or base_energy.get("joules") is None:
+        return text, "n/a"
+    if base_energy.get("kind") != kind:
+        return text, "n/a (kinds differ)"
+    return text, fmt_ratio(_ratio(joules, base_energy["joules"]))
 
 
-def run_one(workload: str, runner: str) -> dict[str, Any]:
-    """Run one (workload, runner) pair in this process and return its measurements."""
-    import torch
+IDLE_HEADER = (
+    "| runner | p50 ms | p90 ms | p50 vs ORT fp32 | per-round ratio | timed calls | compile s | "
+    "model MB (vs ORT fp32) | energy/inference | energy vs ORT fp32 | cosine to torch fp32 | "
+    "unscheduled kernel time |"
+)
+BUSY_HEADER = (
+    "| runner | busy p50 ms | busy p90 ms | slowdown vs idle p50 | busy p50 vs ORT fp32 busy | "
+    "per-round ratio | timed calls |"
+)
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    model, args, _ = build_workload(workload)
-    with torch.no_grad():
-        reference = model(*args).numpy()
-    np_args = [a.numpy() for a in args]
-    energy_power = float(os.environ.get("ECOGRAPH_DECLARED_WATTS", "0") or 0) or None
-    out: dict[str, Any] = {"workload": workload, "runner": runner}
-    compile_seconds = 0.0
-    tmp = Path(tempfile.mkdtemp(prefix="ecograph-bench-"))
 
-    if runner in ("torch-eager", "torch-int8", "torch-compile"):
-        m = model
-        if runner == "torch-int8":
-            m = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-        if runner == "torch-compile":
-            m = torch.compile(model)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            m(*args)
-        compile_seconds = time.perf_counter() - t0
+def _columns(header: str) -> int:
+    return header.count("|") - 1
 
-        def call() -> Any:
-            with torch.no_grad():
-                return m(*args)
 
-        got = call().numpy()
-        nbytes = _state_bytes(m if runner != "torch-compile" else model)
-    elif runner in ("ort-fp32", "ort-int8"):
-        import onnxruntime as ort
+def _error_row(row: RunnerResult, header: str) -> str:
+    blanks = " |" * (_columns(header) - 2)
+    return f"| {row.runner} | failed: {_cell(row.error or 'no timed calls')} |{blanks}"
 
-        path = _export_onnx(model, args, tmp / "model.onnx")
-        if runner == "ort-int8":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            qpath = tmp / "model.int8.onnx"
-            quantize_dynamic(str(path), str(qpath), weight_type=QuantType.QInt8)
-            path = qpath
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        feeds = {i.name: a for i, a in zip(sess.get_inputs(), np_args, strict=True)}
-
-        def call() -> Any:
-            return sess.run(None, feeds)[0]
-
-        got = call()
-        nbytes = path.stat().st_size
-    elif runner == "tvm-export":
-        import tvm
-        from tvm import relax
-        from tvm.relax.frontend.torch import from_exported_program
-
-        t0 = time.perf_counter()
-        ep = torch.export.export(model, args)
-        mod = from_exported_program(ep, keep_params_as_input=False, unwrap_unit_return_tuple=True)
-        ex = tvm.compile(
-            mod, target=tvm.target.Target({"kind": "llvm", "num-cores": os.cpu_count()})
+def idle_table(rows: Sequence[RunnerResult], baseline: str = BASELINE) -> str:
+    """The main table: idle latency, ratios to the baseline, compile time, size, accuracy."""
+    base = next((r for r in rows if r.runner == baseline and r.error is None), None)
+    base_idle = base.summary("idle") if base else None
+    lines = [IDLE_HEADER, "|" + "---|" * _columns(IDLE_HEADER)]
+    for row in rows:
+        idle = row.summary("idle")
+        if row.error is not None or idle is None:
+            lines.append(_error_row(row, IDLE_HEADER))
+            continue
+        per_round = round_ratios(
+            row.round_medians("idle"), base.round_medians("idle") if base else []
         )
-        vm = relax.VirtualMachine(ex, tvm.cpu())
-        compile_seconds = time.perf_counter() - t0
-        tv_args = [tvm.runtime.tensor(a) for a in np_args]
-
-        def call() -> Any:
-            return vm["main"](*tv_args).numpy()
-
-        got = call()
-        nbytes = _state_bytes(model)
-    elif runner.startswith("ecograph"):
-        import ecograph
-
-        quant = "int8" if runner == "ecograph-int8" else None
-        tune = TUNE_TRIALS if runner == "ecograph-tuned" else False
-        t0 = time.perf_counter()
-        res = ecograph.optimize(
-            model,
-            args,
-            target="x86",
-            quantize=quant,
-            tune=tune,
-            accuracy_budget=0.98 if quant else None,
-            measure=False,
-            out_dir=tmp,
+        setup = row.setup
+        nbytes = setup.get("bytes")
+        base_bytes = base.setup.get("bytes") if base else None
+        size = (
+            "n/a"
+            if nbytes is None
+            else f"{nbytes / 1e6:.2f} ({fmt_ratio(_ratio(nbytes, base_bytes))})"
         )
-        compile_seconds = time.perf_counter() - t0
-        feeds = dict(zip([v.name for v in res.graph.inputs], np_args, strict=True))
-
-        def call() -> Any:
-            return res.module(**feeds)
-
-        first = call()
-        got = first[0] if isinstance(first, tuple) else first
-        nbytes = res.report.optimized.bytes
-    else:
-        raise SystemExit(f"unknown runner {runner}; known: {RUNNERS}")
-
-    from ecograph.report.measure import measure_energy
-
-    lat = _timed(call)
-    energy = measure_energy(call, device="cpu", latency=lat, declared_power_watts=energy_power)
-    a = np.asarray(got, np.float64).reshape(-1)
-    b = reference.astype(np.float64).reshape(-1)
-    out.update(
-        p50_ms=lat.p50_ms,
-        p90_ms=lat.p90_ms,
-        runs=lat.runs,
-        bytes=int(nbytes),
-        energy_j=energy.joules,
-        energy_kind=energy.kind,
-        energy_method=energy.method,
-        cosine=float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))),
-        max_abs_error=float(np.max(np.abs(a - b))),
-        compile_seconds=compile_seconds,
-    )
-    return out
-
-
-# ------------------------------------------------------------------------ driver
-
-
-def _child(workload: str, runner: str, timeout: int) -> dict[str, Any]:
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        out_path = f.name
-    cmd = [sys.executable, __file__, "--child", workload, runner, "--child-out", out_path]
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    except subprocess.TimeoutExpired:
-        return {"workload": workload, "runner": runner, "error": f"timed out after {timeout} s"}
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"workload": workload, "runner": runner, "error": " | ".join(tail)[-300:]}
-    data = json.loads(Path(out_path).read_text())
-    data["wall_seconds"] = time.perf_counter() - t0
-    return data
-
-
-def table(results: list[dict[str, Any]]) -> str:
-    lines = []
-    for workload in dict.fromkeys(r["workload"] for r in results):
-        rows = [r for r in results if r["workload"] == workload]
-        base = next((r for r in rows if r["runner"] == "ort-fp32" and "error" not in r), None)
-        lines.append(f"\n### {workload}\n")
+        energy, energy_ratio = energy_cells(row, base)
+        cos = setup.get("cosine")
+        compile_s = setup.get("compile_seconds")
+        extras = setup.get("extras") or {}
+        share = extras.get("unscheduled_share")
         lines.append(
-            "| runner | p50 ms | p90 ms | latency vs ORT fp32 | bytes vs ORT fp32 | "
-            "energy/inference | energy vs ORT fp32 | cosine to torch fp32 |"
+            f"| {row.runner} | {fmt_ms(idle.p50_ms)} | {fmt_ms(idle.p90_ms)} | "
+            f"{fmt_ratio(_ratio(idle.p50_ms, base_idle.p50_ms if base_idle else None))} | "
+            f"{fmt_range(per_round)} | {idle.n} | "
+            f"{'n/a' if compile_s is None else f'{compile_s:.1f}'} | {size} | {energy} | "
+            f"{energy_ratio} | {'n/a' if cos is None else f'{cos:.5f}'} | "
+            f"{'' if share is None else f'{share:.0%}'} |"
         )
-        lines.append("|---|---|---|---|---|---|---|---|")
-        for r in rows:
-            if "error" in r:
-                lines.append(f"| {r['runner']} | failed: {r['error']} | | | | | | |")
-                continue
-
-            def ratio(key: str, r: dict[str, Any] = r, base: dict[str, Any] | None = base) -> str:
-                if base is None or not base.get(key) or r.get(key) is None:
-                    return "n/a"
-                if key == "energy_j" and r.get("energy_kind") != base.get("energy_kind"):
-                    return "n/a (kinds differ)"
-                return f"{r[key] / base[key]:.2f}x"
-
-            energy = (
-                f"{r['energy_j'] * 1e3:.2f} mJ ({r['energy_kind']})"
-                if r.get("energy_j") is not None
-                else "unavailable"
-            )
-            lines.append(
-                f"| {r['runner']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {ratio('p50_ms')} | "
-                f"{ratio('bytes')} | {energy} | {ratio('energy_j')} | {r['cosine']:.5f} |"
-            )
     return "\n".join(lines)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workloads", default=",".join(WORKLOADS))
-    parser.add_argument("--runners", default=",".join(RUNNERS))
-    parser.add_argument("--timeout", type=int, default=1800, help="seconds per runner")
-    parser.add_argument("--no-append", action="store_true", help="do not touch RESULTS.md")
-    parser.add_argument("--json", default=None, help="also write all results to this file")
-    parser.add_argument("--child", nargs=2, metavar=("WORKLOAD", "RUNNER"), help=argparse.SUPPRESS)
-    parser.add_argument("--child-out", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        result = run_one(*args.child)
-        Path(args.child_out).write_text(json.dumps(result))
-        return 0
+def busy_table(rows: Sequence[RunnerResult], baseline: str = BASELINE) -> str:
+    """Busy phases: each runner's slowdown against its own idle batches of the same run."""
+    base = next((r for r in rows if r.runner == baseline and r.error is None), None)
+    base_busy = base.summary("busy") if base else None
+    lines = [BUSY_HEADER, "|" + "---|" * _columns(BUSY_HEADER)]
+    for row in rows:
+        busy, idle = row.summary("busy"), row.summary("idle")
+        if row.error is not None or busy is None or idle is None:
+            lines.append(_error_row(row, BUSY_HEADER))
+            continue
+        per_round = round_ratios(
+            row.round_medians("busy"), base.round_medians("busy") if base else []
+        )
+        lines.append(
+            f"| {row.runner} | {fmt_ms(busy.p50_ms)} | {fmt_ms(busy.p90_ms)} | "
+            f"{fmt_ratio(_ratio(busy.p50_ms, idle.p50_ms))} | "
+            f"{fmt_ratio(_ratio(busy.p50_ms, base_busy.p50_ms if base_busy else None))} | "
+            f"{fmt_range(per_round)} | {busy.n} |"
+        )
+    return "\n".join(lines)
 
+
+def workload_section(
+    workload: str, rows: Sequence[RunnerResult], plan: Plan, threads: int, busy: str
+) -> str:
+    parts = [
+        f"### {workload}\n",
+        f"Idle phases: {plan.rounds} rounds x ~{plan.slice_s:g} s per runner, "
+        f"{threads} thread(s) per runner.\n",
+        idle_table(rows),
+    ]
+    if plan.busy:
+        parts += [f"\nBusy phases ({busy}), interleaved with the idle ones:\n", busy_table(rows)]
+    return "\n".join(parts) + "\n"
+
+
+def header(
+    *,
+    command: str,
+    machine: dict[str, Any],
+    threads: int,
+    busy: str,
+    plan: Plan,
+    other_load: str,
+    when: str,
+) -> str:
+    return "\n".join(
+        [
+            f"## Benchmark run {when}\n",
+            f"Command: `{command}`  ",
+            f"Machine: {machine}  ",
+            f"CPU model: {machine.get('cpu')}; threads per runner: {threads} (torch "
+            f"set_num_threads, ORT intra-op {threads} / inter-op 1, TVM_NUM_THREADS and "
+            f"ECOGRAPH_NUM_THREADS {threads}, OMP/MKL {threads})  ",
+            f"Busy cores: {busy}  ",
+            f"Measurement: per workload, one worker process per runner (compiled once), then "
+            f"{plan.rounds} rounds; each round every runner runs ~{plan.slice_s:g} s of calls "
+            "(after one untimed warm-up call when calls are short), in an order rotating per "
+            "round; p50/p90 over all timed calls; per-round ratio = min-max over rounds of the "
+            "round medians' ratio to ORT fp32 (same phase)  ",
+            f"Other load during the run: {other_load}  ",
+            "Energy: measured where a counter exists, else estimated from p50 latency and "
+            "ECOGRAPH_DECLARED_WATTS (if set), else unavailable; kinds are never compared. "
+            "Unscheduled kernel time: share of ecograph's kernel time (its profiler) in "
+            "kernels no schedule rule scheduled.\n",
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def _names(text: str, known: Sequence[str], what: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise SystemExit(
+            f"unknown {what} {', '.join(unknown) or '(none)'}; known: {', '.join(known)}"
+        )
+    return names
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--runners", default=",".join(DEFAULT_RUNNERS))
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=len(available_cores()),
+        help="threads for every runner (default: the cores this process may use)",
+    )
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds")
+    parser.add_argument("--slice", type=float, default=0.5, help="seconds per runner per turn")
+    parser.add_argument("--busy", type=int, default=0, help="busy-loop processes (cores taken)")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per runner's setup")
+    parser.add_argument(
+        "--ecograph-cache",
+        action="store_true",
+        help="let ecograph reuse its compile cache (its compile s is then a cache hit)",
+    )
+    parser.add_argument("--no-profile", action="store_true", help="skip ecograph's profile")
+    parser.add_argument("--append", action="store_true", help="append the tables to RESULTS.md")
+    parser.add_argument("--json", default=None, help="also write all results to this file")
+    args = parser.parse_args(argv)
+    if args.threads < 1 or args.rounds < 1 or args.slice <= 0 or args.busy < 0:
+        parser.error("--threads and --rounds must be >= 1, --slice > 0, --busy >= 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     from ecograph.report.measure import describe_machine
 
+    args = parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    workloads = _names(args.workloads, WORKLOADS, "workload")
+    runners = _names(args.runners, RUNNERS, "runner")
+    command = "python bench/run.py" + ("" if not argv else " " + shlex.join(argv))
     machine = describe_machine()
-    results = []
-    for workload in args.workloads.split(","):
-        for runner in args.runners.split(","):
-            print(f"[bench] {workload} / {runner} ...", flush=True)
-            r = _child(workload, runner, args.timeout)
-            print(f"[bench]   {json.dumps(r)}", flush=True)
-            results.append(r)
+    plan = Plan(rounds=args.rounds, slice_s=args.slice, busy=args.busy > 0)
+    watts = float(os.environ.get("ECOGRAPH_DECLARED_WATTS", "0") or 0) or None
+    options = {"cache": args.ecograph_cache, "profile": not args.no_profile}
+
+    before = CpuSnapshot.take()
+    competitors = BusyCores(args.busy).start()
+    busy_text = competitors.describe()
+    sections: list[str] = []
+    records: list[dict[str, Any]] = []
+    try:
+        for workload in workloads:
+
+            def start(runner: str, workload: str = workload) -> ProcessWorker:
+                return ProcessWorker(
+                    workload,
+                    runner,
+                    threads=args.threads,
+                    options=options,
+                    env=runner_env(runner),
+                    setup_timeout=args.timeout,
+                )
+
+            def log(msg: str, workload: str = workload) -> None:
+                print(f"[bench] {workload}: {msg}", flush=True)
+
+            m = run_interleaved(
+                runners,
+                start,
+                plan,
+                set_busy=competitors.set if plan.busy else None,
+                declared_watts=watts,
+                log=log,
+            )
+            sections.append(workload_section(workload, m.results, plan, args.threads, busy_text))
+            records.append(
+                {
+                    "workload": workload,
+                    "results": [r.to_dict() for r in m.results],
+                    "schedule": m.schedule,
+                }
+            )
+    finally:
+        competitors.stop()
+    after = CpuSnapshot.take()
+    other = describe_other_load(before, after, other_usage(before, after, [os.getpid()]))
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    header = (
-        f"## Benchmark run {when}\n\nCommand: `python bench/run.py --workloads {args.workloads} "
-        f"--runners {args.runners}`\n\nMachine: {machine}\n\n"
-        "Energy: measured where a counter exists, else estimated from p50 latency and "
-        "ECOGRAPH_DECLARED_WATTS (if set), else unavailable; kinds are never compared.\n"
+    text = (
+        header(
+            command=command,
+            machine=machine,
+            threads=args.threads,
+            busy=busy_text,
+            plan=plan,
+            other_load=other,
+            when=when,
+        )
+        + "\n"
+        + "\n".join(sections)
     )
-    text = header + table(results) + "\n"
-    print(text)
+    print("\n" + text)
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine, "results": results}, indent=1))
-    if not args.no_append:
-        with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
+        payload = {
+            "command": command,
+            "date": when,
+            "machine": machine,
+            "threads": args.threads,
+            "busy": busy_text,
+            "plan": dataclasses.asdict(plan),
+            "other_load": other,
+            "workloads": records,
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=1))
+    if args.append:
+        with open(RESULTS, "a", encoding="utf-8") as f:
             f.write("\n" + text)
     return 0
 

@@ -1,0 +1,339 @@
+"""The workloads and the runners: how each peer captures, compiles and calls one model.
+
+Runs inside a worker process (bench/worker.py); `prepare` is the worker's setup. Each worker
+builds its workload from the same seed, so every runner sees the same weights and inputs, and
+compares its first output with torch eager fp32 on those inputs (the cosine column).
+
+Workloads: minilm-b1 and minilm-b8 (real MiniLM-L6 weights, seq 128), llama-prefill (128
+tokens) and llama-decode (one token after a 128-token prompt, with a KV cache), resnet (the
+ResNet-style CNN of the tests, 1x3x64x64).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.load import available_cores
+from bench.worker import Prepared
+
+RUNNERS = [
+    "torch-eager",
+    "torch-int8",
+    "torch-compile",
+    "ort-fp32",
+    "ort-int8",
+    "tvm-export",
+    "ecograph",
+    "ecograph-int8",
+    "ecograph-tuned",
+    "ecograph-auto",
+]
+# ecograph-tuned takes minutes of MetaSchedule tuning; ecograph-auto adapts its thread count
+# (it is for --busy runs). Both run only when named.
+DEFAULT_RUNNERS = [r for r in RUNNERS if r not in ("ecograph-tuned", "ecograph-auto")]
+WORKLOADS = ["minilm-b1", "minilm-b8", "llama-prefill", "llama-decode", "resnet"]
+BASELINE = "ort-fp32"
+TUNE_TRIALS = int(os.environ.get("ECOGRAPH_BENCH_TRIALS", "64"))
+
+
+def runner_env(runner: str) -> dict[str, str]:
+    """Environment a runner's worker needs beyond the fixed thread count."""
+    if runner == "ecograph-auto":
+        return {"ECOGRAPH_NUM_THREADS": "auto"}
+    return {}
+
+
+# --------------------------------------------------------------------- workloads
+
+
+def build_workload(name: str) -> tuple[Any, tuple[Any, ...]]:
+    """(torch module in eval mode, example args) for a workload, from seed 0."""
+    import torch
+
+    torch.manual_seed(0)
+    if name.startswith("minilm"):
+        from tests.quant.minilm_eval import encoder_module
+
+        batch = 8 if name.endswith("b8") else 1
+        model = encoder_module()
+        ids = torch.randint(1000, 20000, (batch, 128))
+        mask = torch.ones(batch, 128, dtype=torch.int64)
+        mask[:, 100:] = 0
+        return model, (ids, mask)
+    if name.startswith("llama"):
+        model = _llama_bench_model()
+        if name == "llama-prefill":
+            return _prefill(model), (torch.randint(0, 1000, (1, 128)),)
+        return _decode_workload(model)
+    if name == "resnet":
+        from tests.models.cnn import TinyResNet
+
+        return TinyResNet().eval(), (torch.randn(1, 3, 64, 64),)
+    raise ValueError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
+
+
+def _llama_bench_model() -> Any:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        num_hidden_layers=4,
+        hidden_size=256,
+        intermediate_size=688,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        vocab_size=2000,
+        max_position_embeddings=256,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+        use_cache=False,
+        attn_implementation="sdpa",
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _prefill(inner: Any) -> Any:
+    """The prompt pass: token ids in, logits out."""
+    import torch
+
+    class Prefill(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any) -> Any:
+            return self.inner(input_ids=input_ids).logits
+
+    return Prefill().eval()
+
+
+def _decode_workload(model: Any) -> tuple[Any, tuple[Any, ...]]:
+    """One decode step: the new token attends to an explicit 128-position KV cache."""
+    import torch
+
+    cfg = model.config
+    layers = cfg.num_hidden_layers
+    kv_heads = cfg.num_key_value_heads
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+
+    class Decode(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, input_ids: Any, past_keys: Any, past_values: Any) -> Any:
+            from transformers import DynamicCache
+
+            cache = DynamicCache()
+            for i in range(layers):
+                cache.update(past_keys[i], past_values[i], i)
+            pos = torch.full((1, 1), past_keys.shape[3], dtype=torch.long)
+            out = self.inner(
+                input_ids=input_ids, past_key_values=cache, position_ids=pos, use_cache=True
+            )
+            return out.logits
+
+    keys = torch.randn(layers, 1, kv_heads, 128, head_dim)
+    values = torch.randn(layers, 1, kv_heads, 128, head_dim)
+    return Decode().eval(), (torch.randint(0, 1000, (1, 1)), keys, values)
+
+
+# ----------------------------------------------------------------------- runners
+
+
+def _state_bytes(module: Any) -> int:
+    total = 0
+    for t in list(module.state_dict().values()):
+        if hasattr(t, "element_size"):
+            total += t.numel() * t.element_size()
+        elif isinstance(t, tuple):  # packed quantized params
+            for x in t:
+                if hasattr(x, "element_size"):
+                    total += x.numel() * x.element_size()
+    return total
+
+
+def _export_onnx(model: Any, args: tuple[Any, ...], path: Path) -> Path:
+    import torch
+
+    torch.onnx.export(
+        model,
+        args,
+        str(path),
+        input_names=[f"in{i}" for i in range(len(args))],
+        output_names=["out"],
+        dynamo=True,
+        external_data=False,
+    )
+    return path
+
+
+def _scratch() -> Path:
+    """A temporary folder for this worker's exports and builds, removed when it exits."""
+    tmp = Path(tempfile.mkdtemp(prefix="ecograph-bench-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    return tmp
+
+
+def prepare(workload: str, runner: str, threads: int, options: dict[str, Any]) -> Prepared:
+    """Build `workload`, capture/compile it with `runner` on `threads` threads, call it once.
+
+    compile_seconds is what the runner pays before its first fast call: torch's first call
+    (torch.compile compiles there), ONNX export + quantization + session creation, TVM's
+    export + import + build, ecograph's optimize() (without the compile cache unless
+    options["cache"])."""
+    import torch
+
+    if runner not in RUNNERS:
+        raise ValueError(f"unknown runner {runner!r}; known: {', '.join(RUNNERS)}")
+    cores = len(available_cores())
+    if runner == "ecograph-auto" and threads != cores:
+        raise ValueError(
+            f"ecograph-auto adapts up to all {cores} cores; it is comparable only with "
+            f"--threads {cores}"
+        )
+    torch.set_num_threads(threads)
+    model, args = build_workload(workload)
+    with torch.no_grad():
+        reference = model(*args).numpy()
+    np_args = [a.numpy() for a in args]
+    if runner.startswith("torch"):
+        return _prepare_torch(runner, model, args, reference)
+    if runner.startswith("ort"):
+        return _prepare_ort(runner, model, args, np_args, threads, reference)
+    if runner == "tvm-export":
+        return _prepare_tvm_export(model, args, np_args, threads, reference)
+    return _prepare_ecograph(runner, model, args, np_args, reference, options)
+
+
+def _prepare_torch(runner: str, model: Any, args: tuple[Any, ...], reference: Any) -> Prepared:
+    import torch
+
+    t0 = time.perf_counter()
+    m = model
+    if runner == "torch-int8":
+        m = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    if runner == "torch-compile":
+        m = torch.compile(model)
+
+    def call() -> Any:
+        with torch.no_grad():
+            return m(*args)
+
+    first = call()
+    compile_seconds = time.perf_counter() - t0
+    nbytes = _state_bytes(m if runner != "torch-compile" else model)
+    return Prepared(call, compile_seconds, nbytes, first.numpy(), reference)
+
+
+def _prepare_ort(
+    runner: str,
+    model: Any,
+    args: tuple[Any, ...],
+    np_args: list[Any],
+    threads: int,
+    reference: Any,
+) -> Prepared:
+    import onnxruntime as ort
+
+    tmp = _scratch()
+    t0 = time.perf_counter()
+    path = _export_onnx(model, args, tmp / "model.onnx")
+    if runner == "ort-int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        qpath = tmp / "model.int8.onnx"
+        quantize_dynamic(str(path), str(qpath), weight_type=QuantType.QInt8)
+        path = qpath
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    compile_seconds = time.perf_counter() - t0
+    feeds = {i.name: a for i, a in zip(sess.get_inputs(), np_args, strict=True)}
+
+    def call() -> Any:
+        return sess.run(None, feeds)[0]
+
+    return Prepared(call, compile_seconds, path.stat().st_size, call(), reference)
+
+
+def _prepare_tvm_export(
+    model: Any, args: tuple[Any, ...], np_args: list[Any], threads: int, reference: Any
+) -> Prepared:
+    """TVM's own torch.export importer, default (untuned) build; TVM_NUM_THREADS is set."""
+    import torch
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.torch import from_exported_program
+
+    t0 = time.perf_counter()
+    ep = torch.export.export(model, args)
+    mod = from_exported_program(ep, keep_params_as_input=False, unwrap_unit_return_tuple=True)
+    ex = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm", "num-cores": threads}))
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    compile_seconds = time.perf_counter() - t0
+    tv_args = [tvm.runtime.tensor(a) for a in np_args]
+
+    def call() -> Any:
+        return vm["main"](*tv_args).numpy()
+
+    return Prepared(call, compile_seconds, _state_bytes(model), call(), reference)
+
+
+def _prepare_ecograph(
+    runner: str,
+    model: Any,
+    args: tuple[Any, ...],
+    np_args: list[Any],
+    reference: Any,
+    options: dict[str, Any],
+) -> Prepared:
+    """ecograph.optimize() for x86; the thread count comes from ECOGRAPH_NUM_THREADS."""
+    import ecograph
+
+    quant = "int8" if runner == "ecograph-int8" else None
+    tune = TUNE_TRIALS if runner == "ecograph-tuned" else False
+    t0 = time.perf_counter()
+    res = ecograph.optimize(
+        model,
+        args,
+        target="x86",
+        quantize=quant,
+        tune=tune,
+        accuracy_budget=0.98 if quant else None,
+        measure=False,
+        out_dir=_scratch(),
+        cache=bool(options.get("cache", False)),
+    )
+    compile_seconds = time.perf_counter() - t0
+    feeds = dict(zip([v.name for v in res.graph.inputs], np_args, strict=True))
+
+    def call() -> Any:
+        return res.module(**feeds)
+
+    first = call()
+    got = first[0] if isinstance(first, tuple | list) else first
+    extras: dict[str, Any] = {}
+    if options.get("profile", True):
+        extras.update(_unscheduled_share(res.module, feeds))
+    return Prepared(call, compile_seconds, res.report.optimized.bytes, got, reference, extras)
+
+
+def _unscheduled_share(module: Any, feeds: dict[str, Any]) -> dict[str, Any]:
+    """Share of kernel time in kernels no schedule rule scheduled (ecograph's profiler)."""
+    try:
+        from ecograph.report.profile import profile_model
+
+        prof = profile_model(module, feeds, repeat=5, warmup=1)
+    except Exception as exc:  # optional column: a profiler failure must not cost the row
+        return {"profile_error": f"{type(exc).__name__}: {exc}"[:200]}
+    return {"unscheduled_share": prof.unscheduled_share, "runtime_share": prof.runtime_share}
