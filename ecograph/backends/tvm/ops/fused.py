@@ -94,6 +94,8 @@ def _attention_shape(ctx: LowerContext) -> AttentionShape | str:
     static = (hq, hkv, head_dim, v_head_dim)
     if not all(isinstance(x, int) for x in static):
         return "symbolic head counts or head sizes"
+    if kt.shape[-1] != (hkv * head_dim if three_d else head_dim):
+        return f"K's last dim {kt.shape[-1]!r} is not the KV heads' Q head size"
     if 0 in (*static, b, s_len, l_len):
         return "an empty dim"
     scale = ctx.attrs["scale"]
