@@ -59,7 +59,8 @@ def build_module(
     must_take: bool = True,
 ) -> Any:
     """`build` compiled whole (a Relax VM function `main`) the CPU pipeline's way, every kernel
-    scheduled by `rule_cls` only; with `must_take`, a kernel the rule declines fails the test."""
+    scheduled by `rule_cls` only; with `must_take`, a kernel the rule declines fails the test.
+    The returned runner's `taken` maps each kernel to whether the rule scheduled it."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     spec = targets.resolve(preset)
@@ -71,6 +72,8 @@ def build_module(
             out = bb.emit_output(build(bb, *vars_))
         bb.emit_func_output(out)
 
+    taken: dict[str, bool] = {}
+
     @tvm.transform.module_pass(opt_level=0, name="OneRule")
     def one_rule(mod: Any, _ctx: Any) -> Any:
         updated = {}
@@ -79,6 +82,7 @@ def build_module(
                 continue
             sch = rule_cls(spec).apply(func, target, False)
             assert sch is not None or not must_take, f"{rule_cls.__name__} declined {gv.name_hint}"
+            taken[gv.name_hint] = sch is not None
             if sch is not None:
                 updated[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
         for gv, func in updated.items():
@@ -110,6 +114,7 @@ def build_module(
         items = list(result) if not hasattr(result, "numpy") else [result]
         return [r.numpy() for r in items]
 
+    run.taken = taken  # type: ignore[attr-defined]
     return run
 
 

@@ -20,13 +20,14 @@ from ecograph.backends.tvm.targets import TargetSpec
 from .base import CPURule
 from .injective import Injective
 from .matmul import Matmul, panel_width
+from .reduction import Reduction
 
 RULE_ATTR = "ecograph.schedule"
 
 
 def cpu_rules(spec: TargetSpec) -> list[CPURule]:
     """The CPU rules for `spec`, most specific first."""
-    return [Matmul(spec), Injective(spec)]
+    return [Matmul(spec), Injective(spec), Reduction(spec)]
 
 
 def apply_cpu_schedules(

@@ -239,3 +239,53 @@ def parallel_outer(sch: s_tir.Schedule, loops: list[LoopRV]) -> LoopRV | None:
     loop = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     sch.parallel(loop)
     return loop
+
+
+def row_parallel(func: tirx.PrimFunc, loop_var: tirx.Var) -> tirx.PrimFunc | None:
+    """`func` with the loop over `loop_var` made parallel, or None if that is not provably
+    safe: every block under it must store at indices that use each of its iters bound to the
+    loop (distinct iterations then write distinct elements; the per-iteration scratch buffers
+    are allocated inside the loop).
+
+    For row schedules whose reductions are decomposed (init and update split), which TVM's
+    `parallel` primitive refuses ("does not have compact dataflow") although the rows are
+    independent, and which must be decomposed before anything re-analyses the scope (a
+    predicated rfactor block then loses its affine binding and cannot be decomposed)."""
+    from tvm.s_tir import SBlockRealize
+
+    target = None
+    safe = True
+
+    def find(loop: tirx.For) -> None:
+        nonlocal target
+        if loop.loop_var.same_as(loop_var):
+            target = loop
+
+    tvm_ffi.structural_walk(func.body, (tirx.For, find), order="pre")
+    if target is None:
+        return None
+
+    def check(realize: SBlockRealize) -> None:
+        nonlocal safe
+        block = realize.block
+        bound = [iv.var for iv, value in zip(block.iter_vars, realize.iter_values, strict=True)
+                 if _has(value, loop_var)]  # fmt: skip
+        stores: list[tirx.BufferStore] = []
+        tvm_ffi.structural_walk(block.body, (tirx.BufferStore, stores.append), order="pre")
+        if block.init is not None:
+            tvm_ffi.structural_walk(block.init, (tirx.BufferStore, stores.append), order="pre")
+        for store in stores:
+            if not all(any(_has(ix, v) for ix in store.indices) for v in bound):
+                safe = False
+
+    tvm_ffi.structural_walk(target.body, (SBlockRealize, check), order="pre")
+    if not safe:
+        return None
+
+    def rewrite(loop: tirx.For) -> tirx.For:
+        if not loop.loop_var.same_as(loop_var):
+            return loop
+        return tirx.For(loop.loop_var, loop.min, loop.extent, tirx.ForKind.PARALLEL, loop.body,
+                        loop.thread_binding, loop.annotations)  # fmt: skip
+
+    return func.with_body(tvm_ffi.structural_map(func.body, (tirx.For, rewrite)))
