@@ -5,7 +5,12 @@ from setuptools import find_packages, setup
 EXTRAS = {
     "onnx": ["onnx>=1.18,<1.25", "onnxruntime>=1.20,<2", "onnxscript>=0.3,<1"],
     "torch": ["torch>=2.5,<3", "transformers>=4.45,<6"],
-    "tvm": ["apache-tvm>=0.27,<0.28", "apache-tvm-ffi>=0.1.14,<0.1.15", "psutil>=5.9"],
+    "tvm": [
+        "apache-tvm>=0.27,<0.28",
+        "apache-tvm-ffi>=0.1.14,<0.1.15",
+        "psutil>=5.9",
+        "xgboost-cpu>=3.2,<3.3",  # MetaSchedule's cost model (constraints.txt pins it)
+    ],
     "energy": ["nvidia-ml-py>=12", "zeus>=0.16,<0.17"],
     "dev": [
         "pytest>=8",
