@@ -242,14 +242,24 @@ def build_module(
     kernels: dict[str, str | None] = {}  # kernel name -> the schedule rule that scheduled it
     mod = lowered.mod
     tuning: dict[str, Any] | None = None
-    if tune:
+    if tune and (spec.is_gpu or spec.is_cross):
+        notes.append(
+            f"tuning skipped: MetaSchedule measures every kernel on this machine and "
+            f"{spec.name} code does not run here; built with the default schedules"
+        )
+    elif tune:
         from .tuning import tune_module
 
         trials = 64 if tune is True else int(tune)
+        default, _ = cpu_pipeline(spec, tvm_target)
         mod, tuning = tune_module(
-            mod, tvm_target, trials=trials, cache_dir=tuning_cache, progress=progress
+            mod, tvm_target, default, trials=trials, cache_dir=tuning_cache, progress=progress
         )
-        notes.append(f"MetaSchedule: {tuning['trials']} trials, {tuning['seconds']:.1f} s")
+        taken = sum(k["chosen"] == "tuned" for k in tuning["kernels"].values())
+        notes.append(
+            f"MetaSchedule: {tuning['trials']} trials, {tuning['seconds']:.1f} s; tuned "
+            f"schedules kept for {taken} of {len(tuning['kernels'])} kernels"
+        )
 
     if spec.family == "cuda":
         ex, pipeline, more = _build_cuda(mod, tvm_target)
@@ -277,6 +287,11 @@ def build_module(
         notes += failures
         if tuning:
             pipeline = ["MetaScheduleApplyDatabase", *pipeline]
+            for name in tuning["functions"]:  # came in scheduled: the tuned kernels
+                if kernels.get(name) == "pre-scheduled":
+                    kernels[name] = "tuned"
+                else:
+                    notes.append(f"tuned kernel {name} did not reach the build unchanged")
     return BuildResult(ex, lowered, spec, pipeline, notes, tuning, kernels)
 
 
