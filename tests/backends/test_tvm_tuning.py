@@ -75,6 +75,26 @@ def test_tasks_are_the_default_builds_fused_kernels() -> None:
         assert not kernel.workload["main"].attrs.get("tirx.is_scheduled", 0)
 
 
+def test_a_pipeline_without_the_schedule_pass_or_that_fails_is_a_build_error() -> None:
+    import tvm
+
+    spec = targets.resolve("x86")
+    mod, target = lower_graph(matmul_graph(), spec).mod, spec.tvm_target()
+
+    @tvm.transform.module_pass(opt_level=0, name="NoSchedules")
+    def no_schedules(m: Any, _ctx: Any) -> Any:
+        return m
+
+    @tvm.transform.module_pass(opt_level=0, name="Broken")
+    def broken(m: Any, _ctx: Any) -> Any:
+        raise RuntimeError("lost a symbol")
+
+    with pytest.raises(BuildError, match="EcographCPUSchedules"):
+        tuning.default_kernels(mod, no_schedules, target)
+    with pytest.raises(BuildError, match="lost a symbol"):
+        tuning.default_kernels(mod, broken, target)
+
+
 def test_non_positive_budget_is_refused(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="positive trial budget"):
         ecograph.compile(matmul_graph(), "x86", tmp_path / "a", tune=-1, tuning_cache=tmp_path)

@@ -136,8 +136,15 @@ def default_kernels(mod: Any, pipeline: Any, target: Any) -> tuple[Any, list[Ker
                 self.after = mod.clone()
 
     capture = Capture()
-    with tvm.transform.PassContext(opt_level=3, instruments=[capture]):
-        pipeline(mod)
+    try:
+        with tvm.transform.PassContext(opt_level=3, instruments=[capture]):
+            pipeline(mod)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise BuildError(
+            f"tuning starts from the fused default CPU build, which failed here ({first}); "
+            "build without tune= (the default build then retries without fusion)"
+        ) from exc
     if capture.before is None or capture.after is None:
         raise BuildError(
             f"the CPU pipeline ran no pass named {SCHEDULE_PASS!r}; tuning follows ecograph's "
