@@ -21,6 +21,7 @@ from ecograph.backends.tvm.context import (
     R,
     lowers,
 )
+from ecograph.backends.tvm.schedules.int8 import Int8Kernel, int8_kernel, int8_tile, shifted_a
 from ecograph.backends.tvm.schedules.matmul import register_tile
 from ecograph.backends.tvm.targets import TargetSpec
 from ecograph.ir.dtypes import DType
@@ -57,7 +58,8 @@ def packed_matmul_weights(
     graph: Graph, live: set[Node], target: TargetSpec
 ) -> dict[Value, PackedWeight]:
     """Float32 2-D weight constants every use of which is the weight of a live float32 product
-    (all in the same orientation), packed for the CPU matmul kernel. Empty for GPU targets."""
+    (all in the same orientation), packed for the CPU matmul kernel, and the 8-bit weights of
+    integer products (`packed_integer_weights`). Empty for GPU targets."""
     if target.is_gpu:
         return {}
     packed: dict[Value, PackedWeight] = {}
@@ -76,6 +78,7 @@ def packed_matmul_weights(
         single = first.type.rank == 1 or first.type.shape[-2] == 1
         _, nr = register_tile(target, int(w.shape[1]), single_row=single)
         packed[c] = PackedWeight(pack_panels(w, nr), nr)
+    packed.update(packed_integer_weights(graph, live, target))
     return packed
 
 
@@ -131,6 +134,245 @@ def emit_packed_matmul(ctx: LowerContext, a: relax.Expr, weight: Value) -> relax
     return ctx.bb.emit_te(compute, a, wp, primfunc_name_hint="matmul")
 
 
+# ------------------------------------------------------- 8-bit products with constant weights
+#
+# On CPUs an integer product with a constant 8-bit weight (MatMulInteger; QLinearMatMul shares
+# it) reads the weight packed at compile time for the target's dot-product kernel
+# (schedules/int8.py, `int8_kernel`): [N / NR, K / G, NR, G], so the G consecutive k one
+# instruction sums for each of NR columns are adjacent. The kernel multiplies
+# `(a + delta) * w'` with w' = w + shift (a compile-time per-column shift that makes w' fit the
+# instruction's operand type, or folds the weight's zero point in), and the zero points are
+# folded exactly, in int32 arithmetic (wrapping like the reference):
+#
+#   sum_k (a - za)(w - zw) = P - (za + delta) * colsum(w') + zeta * (K * za - rowsum(a))
+#
+# with P the kernel's product, zeta = zw + shift per column (zero when the shift folded zw in)
+# and colsum(w') precomputed; rowsum(a) is computed only when some zeta is not zero.
+
+# (domain, op) -> positions of A, the weight B, A's zero point and B's zero point
+_INTEGER_OPERANDS = {("", "MatMulInteger"): (0, 1, 2, 3), ("", "QLinearMatMul"): (0, 3, 2, 5)}
+_RANGES = {"int8": (-128, 127), "int16": (-32768, 32767)}
+
+
+@dataclass(frozen=True)
+class IntegerWeight:
+    """A constant 8-bit weight prepared for `kernel` (see above): `packed` is
+    [ceil(N / nr), ceil(K / G), nr, G] ([.., K, nr] when G is 1), zero-padded; `colsum` and
+    `zeta` are int32 [N]."""
+
+    kernel: Int8Kernel
+    nr: int
+    k: int
+    n: int
+    packed: np.ndarray
+    colsum: np.ndarray
+    zeta: np.ndarray
+
+
+def integer_weight(node: Node, target: TargetSpec) -> IntegerWeight | None:
+    """How `node`'s constant 8-bit weight is packed for `target`, or None when the node is not
+    an integer product this kernel serves (GPU, A of rank < 2, a zero point of another shape)."""
+    ops = _INTEGER_OPERANDS.get((node.domain, node.op_type))
+    if ops is None or target.is_gpu:
+        return None
+    a, b = node.input(ops[0]), node.input(ops[1])
+    za, zb = node.input(ops[2]), node.input(ops[3])
+    eight = (DType.UINT8, DType.INT8)
+    if a is None or b is None or b.const_value is None or b.const_value.ndim != 2:
+        return None
+    if a.dtype not in eight or b.dtype not in eight or a.type.rank < 2:
+        return None
+    k, n = b.const_value.shape
+    if k == 0 or n == 0 or not _row_zero_point(za):
+        return None
+    zw = np.zeros(n, np.int64)
+    if zb is not None:
+        z = zb.const_value
+        if z is None or not (z.size == 1 or z.shape == (n,)):
+            return None
+        zw = np.broadcast_to(z.astype(np.int64).reshape(-1), (n,))
+    kernel = int8_kernel(target, str(a.dtype))
+    if kernel is None:
+        return None
+    w = b.const_value.astype(np.int64)
+    lo, hi = _RANGES[kernel.weight_dtype]
+    if int((w - zw).min()) >= lo and int((w - zw).max()) <= hi:
+        shift = -zw  # the weight's zero point folded into the packed values
+    elif b.dtype == DType.INT8:
+        shift = np.zeros(n, np.int64)
+    else:
+        shift = np.full(n, -128, np.int64)  # u8 weights as s8
+    wq = w + shift
+    single = a.type.shape[-2] == 1
+    _, nr = int8_tile(target, kernel, n, single_row=single)
+    return IntegerWeight(
+        kernel=kernel,
+        nr=nr,
+        k=k,
+        n=n,
+        packed=pack_integer(wq, kernel, nr),
+        colsum=wq.sum(axis=0).astype(np.int32),
+        zeta=(zw + shift).astype(np.int32),
+    )
+
+
+def _row_zero_point(z: Value | None) -> bool:
+    """A's zero point is absent, a scalar, or one per row (a static 1-D vector)."""
+    return z is None or z.type.rank == 0 or (z.type.rank == 1 and z.type.is_static)
+
+
+def pack_integer(w: np.ndarray, kernel: Int8Kernel, nr: int) -> np.ndarray:
+    """[K, N] -> [ceil(N / nr), ceil(K / G), nr, G] (G = kernel.group; [.., K, nr] when 1)."""
+    g = kernel.group
+    k, n = w.shape
+    kp, n_pad = -(-k // g) * g, -(-n // nr) * nr
+    padded = np.zeros((kp, n_pad), kernel.weight_dtype)
+    padded[:k, :n] = w
+    if g == 1:
+        return np.ascontiguousarray(padded.reshape(kp, n_pad // nr, nr).transpose(1, 0, 2))
+    blocks = padded.reshape(kp // g, g, n_pad // nr, nr)
+    return np.ascontiguousarray(blocks.transpose(2, 0, 3, 1))
+
+
+def packed_integer_weights(
+    graph: Graph, live: set[Node], target: TargetSpec
+) -> dict[Value, PackedWeight]:
+    """8-bit weight constants every use of which is the weight of a live integer product that
+    packs it the same way (`integer_weight`), packed for the CPU kernel."""
+    packed: dict[Value, PackedWeight] = {}
+    for c in graph.constants.values():
+        if c.dtype not in (DType.UINT8, DType.INT8) or not c.uses or c.is_graph_output:
+            continue
+        plans = []
+        for use in c.uses:
+            ops = _INTEGER_OPERANDS.get((use.node.domain, use.node.op_type))
+            if use.node not in live or ops is None or use.index != ops[1]:
+                break
+            plan = integer_weight(use.node, target)
+            if plan is None:
+                break
+            plans.append(plan)
+        else:
+            first = plans[0]
+            if all(
+                p.kernel == first.kernel and p.nr == first.nr and np.array_equal(p.zeta, first.zeta)
+                for p in plans
+            ):
+                packed[c] = PackedWeight(first.packed, first.nr)
+    return packed
+
+
+def emit_packed_integer_matmul(ctx: LowerContext) -> relax.Expr:
+    """The int32 product of an integer-product node whose weight is bound packed
+    (`packed_integer_weights`): one TE kernel, the tile then the zero-point corrections (see
+    the section doc), rows padded to the tile's MR and clamped like the float32 kernel."""
+    from tvm import te, tirx
+
+    ai, bi, zai, _ = _INTEGER_OPERANDS[(ctx.node.domain, ctx.node.op_type)]
+    weight = ctx.node.input(bi)
+    plan = integer_weight(ctx.node, ctx.target)
+    if weight is None or plan is None:
+        ctx.fail("the weight is bound packed but the node is not a packable integer product")
+    kernel, g, nr = plan.kernel, plan.kernel.group, plan.nr
+    k_len, n_len = plan.k, plan.n
+    k_pad, n_pad = -(-k_len // g) * g, -(-n_len // nr) * nr
+    at = ctx.in_type(ai)
+    single = at.shape[-2] == 1
+    mr, _ = int8_tile(ctx.target, kernel, n_len, single_row=single, nr=nr)
+    i64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
+
+    a = ctx.arg(ai)
+    if k_pad != k_len:
+
+        def pad_k(av: Any) -> Any:
+            zero = tirx.const(0, str(at.dtype))
+            return te.compute(
+                (*av.shape[:-1], i64(k_pad)),
+                lambda *ix: tirx.if_then_else(ix[-1] < k_len, av[ix], zero),
+                name="pad_k",
+            )
+
+        a = ctx.bb.emit_te(pad_k, a, primfunc_name_hint="pad_k")
+
+    # The corrections: -(za + delta) * colsum[j] + zeta[j] * (K * za - rowsum[i]).
+    za_known = ctx.const(zai) if ctx.has(zai) else np.zeros((), np.int64)
+    za_expr = None if za_known is not None else ctx.arg(zai)
+    needs_rowsum = bool(plan.zeta.any())
+    args = [a, ctx.state.value_expr(weight)]
+    slots: dict[str, int] = {}
+
+    def add(name: str, expr: relax.Expr) -> None:
+        slots[name] = len(args)
+        args.append(expr)
+
+    if za_known is not None and za_known.size == 1 and not needs_rowsum:
+        za = int(za_known.reshape(-1)[0])
+        col = -(za + kernel.a_offset) * plan.colsum.astype(np.int64)
+        add("col", relax.const(col.astype(np.int32), "int32"))  # wraps like int32 math
+    else:
+        add("colsum", relax.const(plan.colsum, "int32"))
+        za_arr = za_known.astype(np.int32) if za_known is not None else None
+        add("za", za_expr if za_arr is None else relax.const(za_arr, "int32"))
+        if needs_rowsum:
+            add("zeta", relax.const(plan.zeta, "int32"))
+
+            def rowsum(av: Any) -> Any:
+                r = te.reduce_axis((i64(0), i64(k_pad)), "k")
+                return te.compute(
+                    av.shape[:-1],
+                    lambda *ix: te.sum(av[(*ix, r)].astype("int32"), axis=r),
+                    name="rowsum",
+                )
+
+            add("rowsum", ctx.bb.emit_te(rowsum, a, primfunc_name_hint="rowsum"))
+
+    za_rank = ctx.in_type(zai).rank if ctx.has(zai) else 0
+    per_row = ctx.has(zai) and za_rank == 1 and ctx.in_type(zai).numel != 1
+
+    def compute(av: Any, wv: Any, *extra: Any) -> Any:
+        tensors = {name: extra[i - 2] for name, i in slots.items()}
+        kk = te.reduce_axis((i64(0), i64(k_pad)), "k")
+        *lead, rows, _ = av.shape
+        clamp = not (isinstance(rows, tirx.IntImm) and int(rows) % mr == 0)
+        padded = (rows + (mr - 1)) // mr * mr if clamp else rows
+
+        def a_at(ix: tuple[Any, ...]) -> Any:
+            row = te.min(ix[-2], rows - 1) if clamp else ix[-2]
+            return shifted_a(av[(*ix[:-2], row, kk)].astype("int32"), kernel.a_offset)
+
+        def w_at(j: Any) -> Any:
+            if g == 1:
+                return wv[j // nr, kk, j % nr]
+            return wv[j // nr, kk // g, j % nr, kk % g]
+
+        tile = te.compute(
+            (*lead, padded, i64(n_pad)),
+            lambda *ix: te.sum(a_at(ix) * w_at(ix[-1]).astype("int32"), axis=kk),
+            name="matmul_integer_tile",
+        )
+
+        def za_at(row: Any) -> Any:
+            z = tensors["za"]
+            if per_row:
+                return z[row].astype("int32")
+            return z[(0,) * za_rank].astype("int32")
+
+        def correct(*ix: Any) -> Any:
+            row, col = ix[-2], ix[-1]
+            if "col" in tensors:
+                return tile(*ix) + tensors["col"][col]
+            za = za_at(row)
+            y = tile(*ix) - (za + kernel.a_offset) * tensors["colsum"][col]
+            if "rowsum" in tensors:
+                rs = tensors["rowsum"][ix[:-1]]
+                y = y + tensors["zeta"][col] * (za * k_len - rs)
+            return y
+
+        return te.compute((*lead, rows, i64(n_len)), correct, name="matmul_integer")
+
+    return ctx.bb.emit_te(compute, *args, primfunc_name_hint="matmul_integer")
+
+
 # ----------------------------------------------------------------- matmul family
 
 
@@ -148,6 +390,9 @@ def lower_matmul(ctx: LowerContext) -> relax.Expr:
 
 @lowers("MatMulInteger")
 def _matmul_integer(ctx: LowerContext) -> relax.Expr:
+    weight = ctx.node.input(1)
+    if weight is not None and weight in ctx.state.panels:
+        return emit_packed_integer_matmul(ctx)
     a, b = ctx.arg(0), ctx.arg(1)
     at, bt = ctx.in_type(0), ctx.in_type(1)
     if not ctx.has(2) and not ctx.has(3) and at.dtype == bt.dtype == DType.INT8:

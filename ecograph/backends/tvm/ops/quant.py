@@ -20,6 +20,7 @@ from ecograph.backends.tvm.context import (
     norm_axis,
     round_half_even,
 )
+from ecograph.backends.tvm.ops.matmul import emit_packed_integer_matmul
 from ecograph.ir.dtypes import DType
 from ecograph.ir.graph import Graph, Node, Value
 from ecograph.ir.ops.quant import QUANT_RANGES
@@ -97,7 +98,10 @@ def _dtype_of(ctx: LowerContext, e: relax.Expr) -> str:
 
 @lowers("DynamicQuantizeLinear")
 def _dynamic_quantize_linear(ctx: LowerContext) -> list[relax.Expr]:
-    dt = str(ctx.in_type(0).dtype)
+    xt = ctx.in_type(0)
+    if not ctx.target.is_gpu and xt.dtype == DType.FLOAT32 and xt.rank > 0:
+        return _dynamic_quantize_kernels(ctx)
+    dt = str(xt.dtype)
     x = ctx.arg(0)
     zero = ctx.scalar(0, dt)
     maxx = ctx.emit(R.maximum(zero, R.max(x)))
@@ -113,11 +117,81 @@ def _dynamic_quantize_linear(ctx: LowerContext) -> list[relax.Expr]:
     return [y, scale, R.astype(zp, "uint8")]
 
 
+def _dynamic_quantize_kernels(ctx: LowerContext) -> list[relax.Expr]:
+    """DynamicQuantizeLinear of a float32 tensor as two TE kernels the CPU schedules vectorize
+    (schedules/int8.py): the range (min and max over the whole tensor, then the scale and the
+    zero point) and the element-wise quantization. Same arithmetic as the reference: float32
+    throughout, `x / scale` divided (not multiplied by a reciprocal), rounding half to even
+    (TIR's `round` is LLVM's `nearbyint`, which rounds half to even in the default rounding mode;
+    TIR's own `nearbyint` is the same instruction but TVM 0.27 does not vectorize it).
+
+    When the last dim is a static multiple of W = 4 vectors, min and max first reduce to W
+    partial results (`part[c]` over the elements `c mod W` of each row), which the schedule
+    computes with four independent vector registers, then over those W."""
+    from tvm import te
+
+    f32 = lambda v: tir.const(v, "float32")  # noqa: E731
+    last = ctx.in_type(0).shape[-1]
+    lanes = max(1, ctx.target.vector_bits // 32)
+    width = next(
+        (w for w in (4 * lanes, lanes) if isinstance(last, int) and lanes > 1 and last % w == 0),
+        None,
+    )
+
+    def whole(xv: Any, reduce: Any, name: str) -> Any:
+        if width is None:
+            axes = [te.reduce_axis((0, d), f"r{i}") for i, d in enumerate(xv.shape)]
+            return te.compute((), lambda: reduce(xv[tuple(axes)], axis=axes), name=name)
+        lead = [te.reduce_axis((0, d), f"r{i}") for i, d in enumerate(xv.shape[:-1])]
+        o = te.reduce_axis((0, last // width), "o")
+        part = te.compute(
+            (width,),
+            lambda c: reduce(xv[(*lead, o * width + c)], axis=[*lead, o]),
+            name=f"{name}_part",
+        )
+        c = te.reduce_axis((0, width), "c")
+        return te.compute((), lambda: reduce(part[c], axis=c), name=name)
+
+    def scalars(xv: Any) -> list[Any]:
+        lo, hi = whole(xv, te.min, "x_min"), whole(xv, te.max, "x_max")
+        minx = lambda: tir.min(f32(0.0), lo[()])  # noqa: E731
+        maxx = lambda: tir.max(f32(0.0), hi[()])  # noqa: E731
+        rng = lambda: tir.Select(maxx() == minx(), f32(1.0), maxx() - minx())  # noqa: E731
+        scale = te.compute((), lambda: rng() / f32(255.0), name="y_scale")
+        zp = te.compute(
+            (),
+            lambda: tir.round(
+                tir.max(tir.min(f32(0.0) - minx() / scale[()], f32(255.0)), f32(0.0))
+            ).astype("uint8"),
+            name="y_zero_point",
+        )
+        return [scale, zp]
+
+    def quantize(xv: Any, sv: Any, zv: Any) -> Any:
+        def q(*ix: Any) -> Any:
+            y = tir.round(xv[ix] / sv[()]) + zv[()].astype("float32")
+            return tir.max(tir.min(y, f32(255.0)), f32(0.0)).astype("uint8")
+
+        return te.compute(xv.shape, q, name="y")
+
+    x = ctx.arg(0)
+    params = ctx.bb.emit_te(scalars, x, primfunc_name_hint="dynamic_quantize_range")
+    scale = ctx.emit(relax.TupleGetItem(params, 0))
+    zp = ctx.emit(relax.TupleGetItem(params, 1))
+    y = ctx.bb.emit_te(quantize, x, scale, zp, primfunc_name_hint="dynamic_quantize")
+    return [y, scale, zp]
+
+
 @lowers("QLinearMatMul")
 def _qlinear_matmul(ctx: LowerContext) -> relax.Expr:
-    a32 = R.subtract(R.astype(ctx.arg(0), "int32"), R.astype(ctx.arg(2), "int32"))
-    b32 = R.subtract(R.astype(ctx.arg(3), "int32"), R.astype(ctx.arg(5), "int32"))
-    acc = R.matmul(a32, b32, out_dtype="int32")
+    weight = ctx.node.input(3)
+    if weight is not None and weight in ctx.state.panels:
+        # A constant weight packed for the CPU's 8-bit kernel (ops/matmul.py).
+        acc = emit_packed_integer_matmul(ctx)
+    else:
+        a32 = R.subtract(R.astype(ctx.arg(0), "int32"), R.astype(ctx.arg(2), "int32"))
+        b32 = R.subtract(R.astype(ctx.arg(3), "int32"), R.astype(ctx.arg(5), "int32"))
+        acc = R.matmul(a32, b32, out_dtype="int32")
     sdt = str(ctx.in_type(1).dtype)
     mult = R.divide(R.multiply(ctx.arg(1), ctx.arg(4)), ctx.arg(6))
     scaled = R.add(R.multiply(R.astype(acc, sdt), mult), R.astype(ctx.arg(7), sdt))
