@@ -19,6 +19,7 @@ from ecograph.backends.tvm.targets import TargetSpec
 
 from .base import CPURule
 from .injective import Injective
+from .int8 import Int8Matmul, Quantize, QuantizeRange
 from .matmul import Matmul, panel_width
 from .reduction import Reduction
 
@@ -27,7 +28,14 @@ RULE_ATTR = "ecograph.schedule"
 
 def cpu_rules(spec: TargetSpec) -> list[CPURule]:
     """The CPU rules for `spec`, most specific first."""
-    return [Matmul(spec), Injective(spec), Reduction(spec)]
+    return [
+        Int8Matmul(spec),
+        QuantizeRange(spec),
+        Quantize(spec),
+        Matmul(spec),
+        Injective(spec),
+        Reduction(spec),
+    ]
 
 
 def apply_cpu_schedules(
@@ -86,4 +94,12 @@ def apply_cpu_schedules(
     return schedule
 
 
-__all__ = ["RULE_ATTR", "CPURule", "Matmul", "apply_cpu_schedules", "cpu_rules", "panel_width"]
+__all__ = [
+    "RULE_ATTR",
+    "CPURule",
+    "Int8Matmul",
+    "Matmul",
+    "apply_cpu_schedules",
+    "cpu_rules",
+    "panel_width",
+]
