@@ -166,6 +166,9 @@ class LoweringState:
     # CPU: float32 weight constants bound packed in column panels, [N / NR, K, NR] -> NR
     # (see ops/matmul.py `packed_matmul_weights`); their matmuls read them packed.
     panels: dict[Value, int] = field(default_factory=dict)
+    # CPU: float32 conv weights bound packed in output-channel blocks, [O / B, I, KH, KW, B]
+    # -> B (see ops/conv.py `packed_conv_weights`); their Convs read them packed.
+    conv_blocks: dict[Value, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def value_expr(self, v: Value) -> relax.Expr:

@@ -35,6 +35,7 @@ from ecograph.backends.tvm.context import (
     missing_lowerings,
     unlowered_registry_ops,
 )
+from ecograph.backends.tvm.ops.conv import packed_conv_weights
 from ecograph.backends.tvm.ops.matmul import packed_matmul_weights
 from ecograph.backends.tvm.ops.quant import pack_int4, packed_weights
 from ecograph.backends.tvm.targets import TargetSpec
@@ -135,6 +136,9 @@ def lower_with(graph: Graph, options: LowerOptions) -> Lowered:
     panels = packed_matmul_weights(graph, live, options.target)
     state.panels = {c: p.nr for c, p in panels.items()}
     packed.update({c: p.array for c, p in panels.items()})
+    conv_weights = packed_conv_weights(graph, live, options.target)
+    state.conv_blocks = {c: p.block for c, p in conv_weights.items()}
+    packed.update({c: p.array for c, p in conv_weights.items()})
     kept: dict[str, np.ndarray] = {}
     for c in graph.constants.values():
         arr = c.const_value

@@ -1,11 +1,23 @@
 """Convolution lowerings: Conv, ConvTranspose and ConvInteger (`conv_setup`, `integer_conv`
 are shared with QLinearConv).
+
+On CPU targets a float32 2-D Conv with a constant weight and static channels and image size
+(the batch may be symbolic) is one TE kernel in a form schedules/conv.py tiles: by output
+channels, its weight packed at compile time `[O / B, I / groups, KH, KW, B]`
+(`packed_conv_weights`), for regular convs and grouped ones whose groups hold whole vectors of
+output channels; by output width for depthwise and other grouped convs (and regular ones with
+fewer than half a vector of output channels). Any padding is a copy inside the kernel, wide
+enough for whole column tiles; the bias is added in the kernel's epilogue. Everything else
+keeps Relax's conv (TOPI's NCHW loops): CUDA, non-constant or non-float32 weights, 1-D and 3-D
+convs, symbolic channels or image sizes, ConvInteger / QLinearConv and ConvTranspose.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from tvm import relax
 
 from ecograph.backends.tvm.context import (
@@ -15,6 +27,16 @@ from ecograph.backends.tvm.context import (
     lowers,
     reshape_bias,
 )
+from ecograph.backends.tvm.schedules.conv import (
+    channel_block,
+    channel_tile,
+    width_tile,
+)
+from ecograph.backends.tvm.schedules.matmul import lanes_for
+from ecograph.backends.tvm.targets import TargetSpec
+from ecograph.ir.dtypes import DType
+from ecograph.ir.graph import Graph, Node, Value
+from ecograph.ir.registry import resolve_attrs
 
 # ----------------------------------------------------------------- conv and pooling
 
@@ -48,6 +70,12 @@ def conv_setup(ctx: LowerContext, weight: int = 1) -> tuple[Any, list[int], list
 @lowers("Conv")
 def _conv(ctx: LowerContext) -> relax.Expr:
     xt = ctx.in_type(0)
+    kernel = conv_kernel(ctx.node, ctx.target)
+    weight = ctx.node.input(1)
+    if kernel is not None and (
+        not kernel.by_channels or ctx.state.conv_blocks.get(weight) == kernel.block  # type: ignore[arg-type]
+    ):
+        return emit_conv(ctx, kernel)
     fn, strides, dil, pads = conv_setup(ctx)
     y = fn(
         ctx.arg(0),
@@ -129,6 +157,213 @@ def integer_conv(ctx: LowerContext, x: int, x_zp: int, w: int, w_zp: int) -> rel
 @lowers("ConvInteger")
 def _conv_integer(ctx: LowerContext) -> relax.Expr:
     return integer_conv(ctx, x=0, x_zp=2, w=1, w_zp=3)
+
+
+# ------------------------------------------------- CPU kernels for constant float32 weights
+
+
+@dataclass(frozen=True)
+class ConvKernel:
+    """How a 2-D Conv runs as ecograph's CPU conv kernel (module doc): by output channels in
+    blocks of `block` (weights packed), or by output width; `ow_tile` columns per tile."""
+
+    by_channels: bool
+    groups: int
+    channels: int  # input channels
+    out_channels: int
+    kernel: tuple[int, int]
+    strides: tuple[int, int]
+    dilations: tuple[int, int]
+    pads: tuple[int, int, int, int]  # top, left, bottom, right
+    size: tuple[int, int]  # input height, width
+    out_size: tuple[int, int]
+    block: int  # output channels per packed weight block (by channels); 0 by width
+    ow_tile: int
+
+    @property
+    def padded_columns(self) -> int:
+        """Output columns computed: whole tiles (the epilogue writes `out_size[1]`)."""
+        return -(-self.out_size[1] // self.ow_tile) * self.ow_tile
+
+    @property
+    def padded_channels(self) -> int:
+        """Output channels computed: whole blocks by channels, exactly the channels by width."""
+        if not self.by_channels:
+            return self.out_channels
+        return -(-self.out_channels // self.block) * self.block
+
+
+def conv_kernel(node: Node, target: TargetSpec) -> ConvKernel | None:
+    """`node`'s CPU conv kernel, or None when it keeps Relax's conv (module doc)."""
+    from ecograph.ir.ops.convolution import explicit_pads
+
+    if target.is_gpu or (node.domain, node.op_type) != ("", "Conv"):
+        return None
+    x, w = node.input(0), node.input(1)
+    if x is None or w is None or w.const_value is None or w.type.rank != 4:
+        return None
+    if x.dtype != DType.FLOAT32 or w.dtype != DType.FLOAT32 or x.type.rank != 4:
+        return None
+    channels, height, width = x.type.shape[1:]
+    if not all(isinstance(d, int) and d > 0 for d in (channels, height, width)):
+        return None
+    attrs = resolve_attrs(node.schema, node)
+    oc, per_group, kh, kw = (int(d) for d in w.const_value.shape)
+    groups = int(attrs["group"])
+    kernel = tuple(attrs["kernel_shape"] or (kh, kw))
+    strides = tuple(attrs["strides"] or (1, 1))
+    dil = tuple(attrs["dilations"] or (1, 1))
+    if kernel != (kh, kw) or groups < 1 or channels != per_group * groups or oc % groups:
+        return None
+    pads = explicit_pads((height, width), [kh, kw], list(strides), list(dil), attrs["pads"],
+                         attrs["auto_pad"])  # fmt: skip
+    out = tuple(
+        (size + pads[i] + pads[i + 2] - (k - 1) * d - 1) // s + 1
+        for i, (size, k, d, s) in enumerate(zip((height, width), kernel, dil, strides, strict=True))
+    )
+    if min(out) < 1 or min(pads) < 0:
+        return None
+    lanes = lanes_for(target)
+    out_per_group = oc // groups
+    by_channels = out_per_group % lanes == 0 or (groups == 1 and 2 * oc > lanes)
+    if by_channels:
+        block = channel_block(target, out_per_group if groups > 1 else oc)
+        ow_tile = channel_tile(target, block, out[1])
+    else:
+        block, ow_tile = 0, width_tile(target, out[1])
+    return ConvKernel(
+        by_channels, groups, channels, oc, (kh, kw), strides, dil,  # type: ignore[arg-type]
+        (pads[0], pads[1], pads[2], pads[3]), (height, width), out, block, ow_tile,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def pack_conv_weight(w: np.ndarray, block: int) -> np.ndarray:
+    """[O, I, KH, KW] -> [ceil(O / block), I, KH, KW, block], zero-padded channels."""
+    oc = w.shape[0]
+    padded = np.zeros((-(-oc // block) * block, *w.shape[1:]), np.float32)
+    padded[:oc] = w
+    blocks = padded.reshape(-1, block, *w.shape[1:])
+    return np.ascontiguousarray(blocks.transpose(0, 2, 3, 4, 1))
+
+
+@dataclass(frozen=True)
+class PackedConv:
+    """A constant conv weight packed for the by-channels kernel: `array` is
+    [O / block, I, KH, KW, block]."""
+
+    array: np.ndarray
+    block: int
+
+
+def packed_conv_weights(
+    graph: Graph, live: set[Node], target: TargetSpec
+) -> dict[Value, PackedConv]:
+    """Float32 4-D constants every use of which is the weight of a live Conv that runs by
+    channels with one block width, packed for it. Empty for GPU targets."""
+    if target.is_gpu:
+        return {}
+    packed: dict[Value, PackedConv] = {}
+    for c in graph.constants.values():
+        arr = c.const_value
+        if c.dtype != DType.FLOAT32 or arr is None or arr.ndim != 4 or not c.uses:
+            continue
+        if c.is_graph_output or any(u.index != 1 or u.node not in live for u in c.uses):
+            continue
+        kernels = [conv_kernel(u.node, target) for u in c.uses]
+        blocks = {k.block if k is not None and k.by_channels else None for k in kernels}
+        if len(blocks) != 1 or None in blocks:
+            continue
+        block = blocks.pop()
+        assert block is not None
+        packed[c] = PackedConv(pack_conv_weight(arr, block), block)
+    return packed
+
+
+def emit_conv(ctx: LowerContext, k: ConvKernel) -> relax.Expr:
+    """The Conv node as one TE kernel for `k` (module doc): the padding copy if any, the
+    reduction over whole tiles, then the real outputs plus the bias."""
+    from tvm import te, tirx
+
+    weight = ctx.node.input(1)
+    assert weight is not None
+    args = [ctx.arg(0), ctx.state.value_expr(weight)]
+    if ctx.has(2):
+        args.append(ctx.arg(2))
+    i64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
+    (sh, sw), (dh, dw), (kh_len, kw_len) = k.strides, k.dilations, k.kernel
+    top, left, bottom, right = k.pads
+    height, width = k.size
+    rows, cols = k.out_size
+    cols_p, out_p = k.padded_columns, k.padded_channels
+    per_group, out_per_group = k.channels // k.groups, k.out_channels // k.groups
+    # Columns the tiles read, and whether the input needs a copy: padding, columns beyond the
+    # image for the padded tiles (by width; by channels clamps them), strided columns by width
+    # (split into `sw` phases, so each phase is read at consecutive addresses).
+    span = (cols_p - 1) * sw + (kw_len - 1) * dw + 1
+    padded_w = max(width + left + right, span)
+    phases = 1 if k.by_channels else sw
+    copy = any(k.pads) or (not k.by_channels and (span > width or sw > 1))
+
+    def compute(xv: Any, wv: Any, *bias: Any) -> Any:
+        batch = xv.shape[0]
+        zero = tirx.const(0.0, "float32")
+
+        def padded(n: Any, c: Any, h: Any, w: Any) -> Any:
+            inside = tirx.all(h >= top, h < height + top, w >= left, w < width + left)
+            return tirx.if_then_else(inside, xv[n, c, h - top, w - left], zero)
+
+        if copy and phases == 1:
+            xp = te.compute(
+                (batch, i64(k.channels), i64(height + top + bottom), i64(padded_w)),
+                padded,
+                name="pad",
+            )
+        elif copy:
+            phase_cols = cols_p + (kw_len - 1) * dw // sw
+            xp = te.compute(
+                (batch, i64(k.channels), i64(height + top + bottom), i64(sw), i64(phase_cols)),
+                lambda n, c, h, p, q: padded(n, c, h, q * sw + p),
+                name="pad",
+            )
+
+        def load(n: Any, c: Any, h: Any, ow: Any, kw: Any) -> Any:
+            if not copy:
+                col = tirx.min(ow, i64(cols - 1)) if cols_p != cols else ow
+                return xv[n, c, h, col * sw + kw * dw]
+            if phases == 1:
+                return xp[n, c, h, ow * sw + kw * dw]
+            return xp[n, c, h, (kw * dw) % sw, ow + (kw * dw) // sw]
+
+        ic = te.reduce_axis((i64(0), i64(per_group)), "ic")
+        rh = te.reduce_axis((i64(0), i64(kh_len)), "kh")
+        rw = te.reduce_axis((i64(0), i64(kw_len)), "kw")
+        b = k.block
+
+        def by_channels(n: Any, o: Any, oh: Any, ow: Any) -> Any:
+            c = ic if k.groups == 1 else (o // b) // (out_per_group // b) * per_group + ic
+            x = load(n, c, oh * sh + rh * dh, ow, rw)
+            return te.sum(x * wv[o // b, ic, rh, rw, o % b], axis=[ic, rh, rw])
+
+        def by_width(n: Any, o: Any, oh: Any, ow: Any) -> Any:
+            c = ic if k.groups == 1 else o // out_per_group * per_group + ic
+            x = load(n, c, oh * sh + rh * dh, ow, rw)
+            return te.sum(x * wv[o, ic, rh, rw], axis=[ic, rh, rw])
+
+        conv = te.compute(
+            (batch, i64(out_p), i64(rows), i64(cols_p)),
+            by_channels if k.by_channels else by_width,
+            name="conv",
+        )
+
+        def output(n: Any, o: Any, oh: Any, ow: Any) -> Any:
+            y = conv[n, o, oh, ow]
+            return y + bias[0][o] if bias else y
+
+        return te.compute(
+            (batch, i64(k.out_channels), i64(rows), i64(cols)), output, name="conv_out"
+        )
+
+    return ctx.bb.emit_te(compute, *args, primfunc_name_hint="conv2d")
 
 
 # Ops that cannot lower to TVM at all, with the reason (reported by missing_lowerings users).

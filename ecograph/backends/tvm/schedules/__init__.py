@@ -18,6 +18,7 @@ from typing import Any
 from ecograph.backends.tvm.targets import TargetSpec
 
 from .base import CPURule
+from .conv import Conv
 from .injective import Injective
 from .int8 import Int8Matmul, Quantize, QuantizeRange
 from .matmul import Matmul, panel_width
@@ -32,6 +33,7 @@ def cpu_rules(spec: TargetSpec) -> list[CPURule]:
         Int8Matmul(spec),
         QuantizeRange(spec),
         Quantize(spec),
+        Conv(spec),
         Matmul(spec),
         Injective(spec),
         Reduction(spec),
@@ -97,6 +99,7 @@ def apply_cpu_schedules(
 __all__ = [
     "RULE_ATTR",
     "CPURule",
+    "Conv",
     "Int8Matmul",
     "Matmul",
     "apply_cpu_schedules",
