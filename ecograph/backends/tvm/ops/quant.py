@@ -125,9 +125,9 @@ def _dynamic_quantize_kernels(ctx: LowerContext) -> list[relax.Expr]:
     (TIR's `round` is LLVM's `nearbyint`, which rounds half to even in the default rounding mode;
     TIR's own `nearbyint` is the same instruction but TVM 0.27 does not vectorize it).
 
-    When the last dim is a static multiple of W = 4 vectors, min and max first reduce to W
-    partial results (`part[c]` over the elements `c mod W` of each row), which the schedule
-    computes with four independent vector registers, then over those W."""
+    When the last dim is a static multiple of W = 4 vectors, min and max are found in one pass
+    as W partial results each (`part[c]` over the elements `c mod W` of each row, which the
+    schedule computes in four independent vector registers), then reduced over those W."""
     from tvm import te
 
     f32 = lambda v: tir.const(v, "float32")  # noqa: E731
@@ -138,22 +138,35 @@ def _dynamic_quantize_kernels(ctx: LowerContext) -> list[relax.Expr]:
         None,
     )
 
-    def whole(xv: Any, reduce: Any, name: str) -> Any:
+    def extremes(xv: Any) -> tuple[Any, Any]:
+        """min(x) and max(x): in one pass over W partial results when the last dim allows."""
         if width is None:
-            axes = [te.reduce_axis((0, d), f"r{i}") for i, d in enumerate(xv.shape)]
-            return te.compute((), lambda: reduce(xv[tuple(axes)], axis=axes), name=name)
+
+            def whole(reduce: Any, name: str) -> Any:
+                axes = [te.reduce_axis((0, d), f"r{i}") for i, d in enumerate(xv.shape)]
+                return te.compute((), lambda: reduce(xv[tuple(axes)], axis=axes), name=name)
+
+            return whole(te.min, "x_min"), whole(te.max, "x_max")
+        both = te.comm_reducer(
+            lambda a, b: (tir.min(a[0], b[0]), tir.max(a[1], b[1])),
+            lambda t0, t1: (tir.max_value(t0), tir.min_value(t1)),
+            name="min_max",
+        )
         lead = [te.reduce_axis((0, d), f"r{i}") for i, d in enumerate(xv.shape[:-1])]
         o = te.reduce_axis((0, last // width), "o")
-        part = te.compute(
-            (width,),
-            lambda c: reduce(xv[(*lead, o * width + c)], axis=[*lead, o]),
-            name=f"{name}_part",
-        )
-        c = te.reduce_axis((0, width), "c")
-        return te.compute((), lambda: reduce(part[c], axis=c), name=name)
+
+        def part(c: Any) -> Any:
+            v = xv[(*lead, o * width + c)]
+            return both((v, v), axis=[*lead, o])
+
+        lo_part, hi_part = te.compute((width,), part, name="x_range_part")
+        c_lo, c_hi = te.reduce_axis((0, width), "c"), te.reduce_axis((0, width), "c")
+        lo = te.compute((), lambda: te.min(lo_part[c_lo], axis=c_lo), name="x_min")
+        hi = te.compute((), lambda: te.max(hi_part[c_hi], axis=c_hi), name="x_max")
+        return lo, hi
 
     def scalars(xv: Any) -> list[Any]:
-        lo, hi = whole(xv, te.min, "x_min"), whole(xv, te.max, "x_max")
+        lo, hi = extremes(xv)
         minx = lambda: tir.min(f32(0.0), lo[()])  # noqa: E731
         maxx = lambda: tir.max(f32(0.0), hi[()])  # noqa: E731
         rng = lambda: tir.Select(maxx() == minx(), f32(1.0), maxx() - minx())  # noqa: E731

@@ -40,6 +40,7 @@ from ecograph.backends.tvm.targets import TargetSpec
 
 from .analysis import iter_kinds, loops_match_iters, static_int, uses
 from .base import CPURule, schedule_injective
+from .loops import iterations, op_count, stored_value, worth_parallel
 from .matmul import register_tile
 
 SIGN_FLIP = -2139062144  # 0x80808080 as int32: flips the sign bit of four packed bytes
@@ -518,9 +519,9 @@ def _vectorize_inner(sch: s_tir.Schedule, block: SBlockRV, lanes: int) -> None:
 
 class QuantizeRange(CPURule):
     """Reductions to scalars (min, max) followed by scalar blocks that produce an 8-bit zero
-    point. A reduction to W partial results (`part[c] = min over rows, o of x[.., o * W + c]`,
-    the lowering's form) is computed with c innermost: W / lanes independent vector registers,
-    one per unrolled chain, reading each row contiguously."""
+    point. A reduction to W partial results (`part[c] = min/max over rows, o of
+    x[.., o * W + c]`, the lowering's form) is computed with c innermost: W / lanes independent
+    vector registers, one per unrolled chain, reading each row contiguously."""
 
     name = "quantize-range"
 
@@ -557,8 +558,9 @@ class QuantizeRange(CPURule):
 
 
 class Quantize(CPURule):
-    """An element-wise kernel from float to 8-bit values (a quantization): its loops fused,
-    the innermost vectorized, the outer ones parallel."""
+    """An element-wise kernel from float to 8-bit values (a quantization): the innermost loop
+    vectorized, the outer ones parallel when the work pays for a thread-pool launch
+    (`loops.worth_parallel`; a MiniLM activation, 128 x 384, does not)."""
 
     name = "quantize"
 
@@ -577,5 +579,8 @@ class Quantize(CPURule):
                 sch.compute_inline(b)
         except s_tir.ScheduleError:
             return None
-        schedule_injective(sch, blocks[-1], max(1, self.spec.vector_bits // 32))
+        block = blocks[-1]
+        work = iterations(sch, sch.get_loops(block))
+        parallel = worth_parallel(work, op_count(stored_value(sch, block)))
+        schedule_injective(sch, block, max(1, self.spec.vector_bits // 32), parallel=parallel)
         return sch
