@@ -116,6 +116,15 @@ def dynamic_case(rows: int, k: int, n: int, seed: int = 0) -> tuple[Graph, dict[
     return g, {"x": rng.uniform(-3, 5, (rows, k)).astype(np.float32)}
 
 
+def quantize_case(shape: tuple[int, ...], seed: int = 0) -> tuple[Graph, dict[str, np.ndarray]]:
+    """DynamicQuantizeLinear alone, rows symbolic (its three outputs compared)."""
+    g = Graph("dql")
+    x = g.add_input("x", "float32", ["r", *shape[1:]])
+    g.set_outputs(list(g.add_node("DynamicQuantizeLinear", [x], num_outputs=3).outputs))
+    rng = np.random.default_rng(seed)
+    return g, {"x": rng.uniform(-2, 7, shape).astype(np.float32)}
+
+
 CASES = {
     "u8s8-minilm-shape": lambda: integer_case(128, 384, 384, za="input", zw="cols"),
     "u8s8-odd-k-n-sym-rows": lambda: integer_case(13, 30, 20, rows="m"),
@@ -137,6 +146,8 @@ CASES = {
         7, 18, 9, "int8", "int8", za="const", rows="m", op="QLinearMatMul"
     ),
     "dynamic-quantize-matmul": lambda: dynamic_case(37, 96, 72),
+    "dynamic-quantize-odd-last-dim": lambda: quantize_case((5, 9)),
+    "dynamic-quantize-3d": lambda: quantize_case((3, 4, 64)),
 }
 
 
