@@ -117,24 +117,35 @@ def test_conv_kernel_matches_interpreter(name, preset):
 
 
 def test_by_channels_and_by_width_forms_follow_the_target():
-    spec = targets.resolve("x86:skylake-avx512")  # 16 lanes
-    forms = {}
-    for name in ("block-3x3", "few-channels-s2", "depthwise-3x3", "grouped-blocks", "grouped-odd"):
-        graph, _ = conv_graph(CASES[name])
-        k = conv_kernel(graph.nodes[0], spec)
-        assert k is not None
-        forms[name] = (k.by_channels, k.block)
-    assert forms == {
-        "block-3x3": (True, 16),
-        "few-channels-s2": (False, 0),
+    def forms(preset: str) -> dict[str, tuple[bool, int]]:
+        spec = targets.resolve(preset)
+        found = {}
+        for name in ("block-3x3", "stem-7x7-s2", "few-channels-s2", "depthwise-3x3",
+                     "grouped-blocks", "grouped-odd", "pointwise-1x1"):  # fmt: skip
+            graph, _ = conv_graph(CASES[name])
+            k = conv_kernel(graph.nodes[0], spec)
+            assert k is not None
+            found[name] = (k.by_channels, k.block)
+        return found
+
+    assert forms("x86:skylake-avx512") == {  # 16 lanes, 32 registers
+        "block-3x3": (False, 0),  # unit stride over one whole vector of columns
+        "stem-7x7-s2": (True, 16),
+        "few-channels-s2": (False, 0),  # 5 channels: under half a vector
         "depthwise-3x3": (False, 0),
         "grouped-blocks": (True, 16),  # 16 output channels per group: one vector
         "grouped-odd": (False, 0),
+        "pointwise-1x1": (True, 16),  # 11 columns: under 3/4 of a vector
     }
-    haswell = targets.resolve("x86:haswell")  # 8 lanes, 16 registers: two-vector blocks
-    graph, _ = conv_graph(CASES["block-3x3"])
-    k = conv_kernel(graph.nodes[0], haswell)
-    assert k is not None and (k.by_channels, k.block) == (True, 16)
+    assert forms("x86:haswell") == {  # 8 lanes, 16 registers: two-vector blocks
+        "block-3x3": (True, 16),
+        "stem-7x7-s2": (True, 8),  # 24 channels: not a multiple of two vectors
+        "few-channels-s2": (True, 8),
+        "depthwise-3x3": (False, 0),
+        "grouped-blocks": (True, 16),
+        "grouped-odd": (False, 0),
+        "pointwise-1x1": (True, 8),
+    }
 
 
 @pytest.mark.parametrize("preset", ["x86:skylake-avx512", "x86:haswell", "x86:generic", "arm"])

@@ -30,6 +30,7 @@ from ecograph.backends.tvm.context import (
 from ecograph.backends.tvm.schedules.conv import (
     channel_block,
     channel_tile,
+    prefers_width,
     width_tile,
 )
 from ecograph.backends.tvm.schedules.matmul import lanes_for
@@ -226,6 +227,7 @@ def conv_kernel(node: Node, target: TargetSpec) -> ConvKernel | None:
     lanes = lanes_for(target)
     out_per_group = oc // groups
     by_channels = out_per_group % lanes == 0 or (groups == 1 and 2 * oc > lanes)
+    by_channels = by_channels and not prefers_width(target, strides[1], out[1])
     if by_channels:
         block = channel_block(target, out_per_group if groups > 1 else oc)
         ow_tile = channel_tile(target, block, out[1])

@@ -75,12 +75,14 @@ def channel_tile(spec: TargetSpec, block: int, columns: int) -> int:
 
 
 def width_tile(spec: TargetSpec, columns: int) -> int:
-    """owb of a by-width tile: the whole row up to four vectors, else a divisor from one to
-    four vectors, else two vectors (the lowering pads the row)."""
+    """owb of a by-width tile: a row of at most one vector whole; else the widest multiple of
+    the vector width up to four vectors that divides the row; else two vectors (the lowering
+    pads the row). Vectors of other widths compile to slow code (measured 3x slower for 28
+    columns of 16 lanes)."""
     lanes = lanes_for(spec)
-    if columns <= 4 * lanes:
+    if columns <= lanes:
         return columns
-    for d in range(4 * lanes, lanes - 1, -1):
+    for d in range(4 * lanes, lanes - 1, -lanes):
         if columns % d == 0:
             return d
     return 2 * lanes
@@ -88,11 +90,26 @@ def width_tile(spec: TargetSpec, columns: int) -> int:
 
 def width_channels(spec: TargetSpec, channels: int, columns: int) -> int:
     """t, the output channels of a by-width tile of `columns` columns: a divisor of
-    `channels` filling about half the register budget (the rest holds the input vectors)."""
+    `channels` whose accumulators fill the register budget but for one input row vector
+    each, on the stack."""
     vectors = -(-columns // lanes_for(spec))
-    registers = accumulator_budget(spec) // 2 // vectors
+    registers = (accumulator_budget(spec) - vectors) // vectors
     limit = max(1, min(registers, (STACK_BYTES - 1) // (4 * columns)))
     return max(d for d in range(1, min(limit, channels) + 1) if channels % d == 0)
+
+
+def prefers_width(spec: TargetSpec, stride: int, columns: int) -> bool:
+    """True if a conv whose groups allow both forms runs faster by width: on AVX-512, unit
+    stride and rows of whole vectors (or of one vector at least 3/4 full). Measured there
+    against by channels: 3x3 over 16/32/64 columns 10.5/43/171 us instead of 13/51/209, a 1x1
+    over 14 columns 5.1 instead of 8.7 us, a 1x1 32 -> 64 over 32 x 32 41 instead of 172 us
+    (by channels, its NCHW writes and reads 4 KB apart alias in the L1 cache); over 7 or 8
+    columns or with stride 2 by channels wins (35 vs 71 us, 6.6 vs 7.7 us). On AVX2 by
+    channels was as fast or faster on every shape measured (16 registers hold fewer rows)."""
+    lanes = lanes_for(spec)
+    if spec.vector_bits != 512 or stride != 1:
+        return False
+    return columns % lanes == 0 or lanes * 3 <= columns * 4 <= lanes * 4
 
 
 @dataclass
