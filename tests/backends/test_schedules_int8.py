@@ -216,6 +216,20 @@ def test_products_are_exact_on_x86(preset: str) -> None:
     assert not _mismatches(got), f"{spec.describe()}:\n" + "\n".join(_mismatches(got))
 
 
+@pytest.mark.skipif(not ON_X86, reason="x86 code runs only on an x86 host")
+def test_packed_weights_travel_as_parameters(tmp_path: Path) -> None:
+    # keep_params: the packed weight is a parameter stored in params.npz, not the original.
+    graph, feeds = dynamic_case(9, 40, 24)
+    art = ecograph.compile(graph, "x86", tmp_path / "art", keep_params=True, progress=False)
+    with np.load(art / build.PARAMS, allow_pickle=False) as params:
+        shapes = [params[n].shape for n in params.files]
+    assert any(len(s) == 4 for s in shapes), shapes  # [N / NR, K / G, NR, G]
+    got = ecograph.load(art)(**feeds)
+    want = list(interpret(graph, feeds).values())
+    np.testing.assert_allclose(got[0], want[0], rtol=2e-6, atol=1e-6)
+    np.testing.assert_array_equal(got[1], want[1])
+
+
 def test_mismatches_catch_one_wrong_element() -> None:
     got = [r.copy() for r in references()]
     for g in got:
