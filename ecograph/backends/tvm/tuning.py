@@ -42,7 +42,11 @@ DONE = "ecograph-tuning.json"
 RECORDS = "database_tuning_record.json"
 # Bump when what the cache holds, or how it was chosen, changes: old entries are not reused.
 CACHE_FORMAT = 2
-# The CPU pipeline's schedule pass (backends/tvm/schedules): tasks are its input functions.
+# The CPU pipeline's passes after fusion (backends/tvm/schedules): tasks are the functions
+# fusion made, before the fast-math rewrite (MetaSchedule cannot estimate the FLOPs of its
+# `Let` expressions: "Do not have a default for prim.Let"), and the defaults are what the
+# schedule pass made of them. Every kernel is built with the fast-math rewrite, as in the build.
+FAST_MATH_PASS = "EcographFastMath"
 SCHEDULE_PASS = "EcographCPUSchedules"
 # Each tuned kernel gets at least this many trials (fewer kernels are tuned when the budget
 # cannot give every kernel its floor).
@@ -112,8 +116,8 @@ class Kernel:
 
 def default_kernels(mod: Any, pipeline: Any, target: Any) -> tuple[Any, list[Kernel]]:
     """Run the default CPU `pipeline` up to and through its schedule pass: the fused module
-    just before scheduling (what tuning starts from and what the tuned build is given) and
-    each of its kernels with the schedule ecograph's rules gave it."""
+    (what tuning starts from and what the tuned build is given) and each of its kernels with
+    the schedule ecograph's rules gave it."""
     import tvm
     from tvm.ir.instrument import pass_instrument
     from tvm.s_tir import meta_schedule as ms
@@ -128,8 +132,8 @@ def default_kernels(mod: Any, pipeline: Any, target: Any) -> tuple[Any, list[Ker
             return self.after is None  # nothing after the schedule pass is needed
 
         def run_before_pass(self, mod: Any, info: Any) -> None:
-            if info.name == SCHEDULE_PASS:
-                self.before = mod.clone()  # the pass edits its module in place
+            if info.name in (FAST_MATH_PASS, SCHEDULE_PASS) and self.before is None:
+                self.before = mod.clone()  # these passes edit their module in place
 
         def run_after_pass(self, mod: Any, info: Any) -> None:
             if info.name == SCHEDULE_PASS:
@@ -283,15 +287,19 @@ class Measurer:
 
 
 def build_kernel(mod: Any, target: Any, _params: Any) -> Any:
-    """MetaSchedule's default builder function without its `import tvm.s_tir.tensor_intrin`,
-    which took 40 s in every fresh builder worker on a busy 2-core machine (and the builder
-    starts new workers for each batch of trials). A schedule reaches the builder already
-    applied: a tensorized body is plain TIR by then and needs no intrinsic registry."""
+    """MetaSchedule's default builder function plus the CPU build's fast-math rewrite (so a
+    kernel runs as it will in the build; a no-op on defaults that have it already), without
+    MetaSchedule's `import tvm.s_tir.tensor_intrin`, which took 40 s in every fresh builder
+    worker on a busy 2-core machine (and the builder starts new workers for each batch of
+    trials). A schedule reaches the builder already applied: a tensorized body is plain TIR by
+    then and needs no intrinsic registry."""
     from tvm.driver import build as tvm_build
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
+    from .schedules.fastmath import fast_math_pass
+
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    return tvm_build(mod, target=target)
+    return tvm_build(fast_math_pass()(mod), target=target)
 
 
 def choose_schedules(
@@ -327,7 +335,7 @@ def _last_line(text: str) -> str:
 
 
 def _ms(secs: Sequence[float] | None) -> float | None:
-    return round(statistics.median(secs) * 1e3, 4) if secs else None
+    return float(f"{statistics.median(secs) * 1e3:.5g}") if secs else None
 
 
 # ------------------------------------------------------------------ tuning
