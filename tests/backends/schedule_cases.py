@@ -154,6 +154,21 @@ def check(got: np.ndarray, want: np.ndarray) -> None:
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def check_sums(got: np.ndarray, want: np.ndarray, bound: np.ndarray) -> None:
+    """Long float32 sums: within 1e-5 of the sum of the terms' magnitudes (`bound`, the same
+    computation on absolute values), the accuracy float32 accumulation can promise when terms
+    cancel; integers exact."""
+    assert got.shape == want.shape, (got.shape, want.shape)
+    if np.dtype(got.dtype).kind in "iub":
+        np.testing.assert_array_equal(got, want)
+        return
+    err = np.abs(got.astype(np.float64) - want)
+    tol = 1e-5 * (np.abs(want) + bound)
+    assert np.all(err <= tol), (
+        f"max error {err.max()} at {np.unravel_index(err.argmax(), err.shape)}"
+    )
+
+
 def loop_kinds(func: tirx.PrimFunc) -> list[str]:
     """The kinds of the function's loops, outermost first ("serial", "parallel", ...)."""
     import tvm_ffi

@@ -258,3 +258,23 @@ def test_rule_declines_kernels_that_are_not_injective():
                 b[i] = a[i]
 
     assert Injective(spec).apply(opaque, None, False) is None
+
+
+@pytest.mark.parametrize("preset", TARGETS)
+def test_selects_along_a_symbolic_axis(preset):
+    # concat and pad along a symbolic innermost axis: selects that depend on the vector lane
+    # (the rule leaves such symbolic loops scalar; see loops.vectorize_inner)
+    n, m = sym("n"), sym("m")
+
+    def build(bb, x, y):
+        cat = relax.op.concat([x, y], axis=1)
+        return relax.op.nn.pad(cat, [0, 0, 3, 2], pad_value=7.0)
+
+    run = build_module(
+        build, [("x", [2, n], "float32"), ("y", [2, m], "float32")], Injective, preset
+    )
+    for cols_x, cols_y in [(1, 1), (3, 17), (17, 129), (16, 32)]:
+        x, y = rand((2, cols_x)), rand((2, cols_y), seed=9)
+        (got,) = run(x, y)
+        want = np.pad(np.concatenate([x, y], axis=1), [(0, 0), (3, 2)], constant_values=7.0)
+        check(got, want)

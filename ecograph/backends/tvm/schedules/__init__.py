@@ -22,6 +22,7 @@ from .conv import Conv
 from .injective import Injective
 from .int8 import Int8Matmul, Quantize, QuantizeRange
 from .matmul import Matmul, panel_width
+from .pool import Pool
 from .reduction import Reduction
 
 RULE_ATTR = "ecograph.schedule"
@@ -37,6 +38,7 @@ def cpu_rules(spec: TargetSpec) -> list[CPURule]:
         Matmul(spec),
         Injective(spec),
         Reduction(spec),
+        Pool(spec),
     ]
 
 

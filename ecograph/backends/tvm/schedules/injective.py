@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import tvm_ffi
-from tvm import ir, s_tir, tirx
+from tvm import s_tir, tirx
 from tvm.s_tir.schedule import SBlockRV
 
 from ecograph.backends.tvm.targets import TargetSpec
@@ -23,6 +22,7 @@ from ecograph.backends.tvm.targets import TargetSpec
 from .analysis import loads_in, static_int, uses
 from .base import CPURule
 from .loops import (
+    has_select,
     inline_spatial,
     iterations,
     lanes_for_block,
@@ -76,7 +76,7 @@ def schedule_elementwise(
         parallel_outer(sch, outer)
     if not _vectorizable(sch, block, inner):
         return
-    chunks = vectorize_inner(sch, inner, lanes)
+    chunks = vectorize_inner(sch, block, inner, lanes)
     if big and not outer and chunks is not None:
         sch.parallel(chunks)  # one long loop: its exact vector chunks run in parallel
 
@@ -129,7 +129,7 @@ def _tail_contiguous(sch: s_tir.Schedule, block: SBlockRV, depth: int) -> bool:
         return False  # a loop already binds several iters
     a, b = realize.iter_vars[-2].var, realize.iter_vars[-1].var
     store = realize.body
-    if _has_select(store.value):
+    if has_select(store.value):
         return False
     for indices in [store.indices, *(ld.indices for ld in loads_in(store.value))]:
         if not any(uses(ix, a) or uses(ix, b) for ix in indices):
@@ -142,20 +142,6 @@ def _tail_contiguous(sch: s_tir.Schedule, block: SBlockRV, depth: int) -> bool:
         if not (last2[0].same_as(a) and last2[1].same_as(b)):
             return False
     return True
-
-
-def _has_select(expr: Any) -> bool:
-    found = False
-
-    def visit(node: Any) -> None:
-        nonlocal found
-        if isinstance(node, tirx.Select) or (
-            isinstance(node, ir.Call) and "if_then_else" in str(getattr(node.op, "name", ""))
-        ):
-            found = True
-
-    tvm_ffi.structural_walk(expr, (ir.Expr, visit), order="post")
-    return found
 
 
 def transposed_pair(sch: s_tir.Schedule, block: SBlockRV) -> tuple[int, int] | None:

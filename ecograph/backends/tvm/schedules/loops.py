@@ -23,7 +23,7 @@ from tvm.s_tir.schedule import LoopRV, SBlockRV
 
 from ecograph.backends.tvm.targets import TargetSpec
 
-from .analysis import iter_kinds, loops_match_iters, static_int, vars_in
+from .analysis import iter_kinds, loads_in, loops_match_iters, static_int, vars_in
 
 # A parallel loop costs a thread-pool launch and a join: ~1 us with the other core idle, 5-9 us
 # with it busy (measured on the 2-core development machine, `a * 2 + 1` and GELU over float32
@@ -33,8 +33,10 @@ from .analysis import iter_kinds, loops_match_iters, static_int, vars_in
 PARALLEL_MIN_WORK = 1 << 18
 # A symbolic extent (batch, sequence length) counts as this many iterations when deciding.
 SYMBOLIC_EXTENT_GUESS = 16
-# Producers read by several consumers are inlined (recomputed) only when this cheap.
+# Producers read several times are inlined (recomputed) only when the copies add at most
+# this many operations; no block grows past MAX_BODY_OPS by inlining (fast exp is ~60).
 INLINE_MAX_OPS = 16
+MAX_BODY_OPS = 600
 PARTITION_HINT = "pragma_loop_partition_hint"
 
 # Calls LLVM code generation takes in vector form (TVM 0.27, every x86 level; measured one by
@@ -63,14 +65,16 @@ def root_blocks(sch: s_tir.Schedule) -> list[SBlockRV] | None:
 
 
 def plain_block(sch: s_tir.Schedule, block: SBlockRV) -> bool:
-    """True for a block the rules understand: its body one BufferStore, no nested blocks, its
-    iters data-parallel or reductions, each loop above it binding one iter in order (or no
-    loops at all, a scalar)."""
+    """True for a block the rules understand: its body one BufferStore at indices that do not
+    depend on data, no nested blocks, its iters data-parallel or reductions, each loop above it
+    binding one iter in order (or no loops at all, a scalar)."""
     realize = sch.get(block)
     if not isinstance(realize.body, tirx.BufferStore):
         return False
     if "O" in iter_kinds(sch, block) or sch.get_child_blocks(block):
         return False
+    if any(loads_in(ix) for ix in realize.body.indices):
+        return False  # a scatter: where it writes depends on data, its order matters
     return not sch.get_loops(block) or loops_match_iters(sch, block)
 
 
@@ -137,11 +141,15 @@ def lanes_for_block(spec: TargetSpec, sch: s_tir.Schedule, block: SBlockRV) -> i
 
 
 def inline_spatial(sch: s_tir.Schedule, keep: set[str] | None = None) -> None:
-    """Inline every data-parallel block into its consumers where TVM allows it.
+    """Inline data-parallel blocks into their consumers where TVM allows it and the work does
+    not grow much.
 
-    A producer with one consumer is always inlined; one read by several consumers only when
-    it is cheap (INLINE_MAX_OPS), so an exp is not computed twice. Blocks named in `keep` stay.
-    Output blocks cannot be inlined (TVM refuses), which keeps multi-output kernels whole."""
+    A producer read once is inlined; one read several times (by several consumers, or at
+    several places of one) only when the copies it adds stay within INLINE_MAX_OPS (so an exp
+    is not computed twice), and no consumer grows past MAX_BODY_OPS (a Resize's chain of
+    per-coordinate weights, inlined blindly, became an expression that took LLVM minutes).
+    Blocks named in `keep` stay. Output blocks cannot be inlined (TVM refuses), which keeps
+    multi-output kernels whole."""
     keep = keep or set()
     changed = True
     while changed:
@@ -152,9 +160,7 @@ def inline_spatial(sch: s_tir.Schedule, keep: set[str] | None = None) -> None:
             if name in keep or not spatial_block(sch, block):
                 continue
             consumers = sch.get_consumers(block)
-            if not consumers:
-                continue
-            if len(consumers) > 1 and op_count(stored_value(sch, block)) > INLINE_MAX_OPS:
+            if not consumers or not _inline_pays(sch, block, consumers):
                 continue
             try:
                 sch.compute_inline(block)
@@ -162,6 +168,19 @@ def inline_spatial(sch: s_tir.Schedule, keep: set[str] | None = None) -> None:
                 continue
             changed = True
             break
+
+
+def _inline_pays(sch: s_tir.Schedule, block: SBlockRV, consumers: list[SBlockRV]) -> bool:
+    cost = op_count(stored_value(sch, block))
+    buffer = sch.get(block).body.buffer
+    reads = []
+    for consumer in consumers:
+        value = sch.get(consumer).body.value
+        count = sum(1 for ld in loads_in(value) if ld.source.same_as(buffer))
+        if op_count(value) + cost * count > MAX_BODY_OPS:
+            return False
+        reads.append(count)
+    return sum(reads) <= 1 or cost * (sum(reads) - 1) <= INLINE_MAX_OPS
 
 
 def uses_var_nonaffinely(exprs: Any, var: tirx.Var) -> bool:
@@ -196,25 +215,46 @@ def vector_safe(expr: Any) -> bool:
     return safe
 
 
+def has_select(expr: Any) -> bool:
+    """True if `expr` selects (Select or if_then_else): padding, concatenation, where."""
+    found = False
+
+    def visit(node: Any) -> None:
+        nonlocal found
+        name = str(getattr(getattr(node, "op", None), "name", ""))
+        if isinstance(node, tirx.Select) or name.endswith("if_then_else"):
+            found = True
+
+    tvm_ffi.structural_walk(expr, (ir.Expr, visit), order="post")
+    return found
+
+
 def _has(expr: Any, var: tirx.Var) -> bool:
     return any(v.same_as(var) for v in vars_in(expr))
 
 
-def vectorize_inner(sch: s_tir.Schedule, loop: LoopRV, lanes: int) -> LoopRV | None:
-    """Vectorize `loop` (innermost) by `lanes`; return the loop of vector chunks when the
-    split is exact (a candidate for `parallel`), else None.
+def vectorize_inner(
+    sch: s_tir.Schedule, block: SBlockRV, loop: LoopRV, lanes: int
+) -> LoopRV | None:
+    """Vectorize `loop`, the block's innermost, by `lanes`; return the loop of vector chunks
+    when the split is exact (a candidate for `parallel`), else None.
 
     A static multiple of the lanes splits exactly. A static extent under the lanes is
     vectorized whole when it is a power of two of at least 4. Another static extent is
     partitioned first (`loop_partition`: the vector part, then a scalar tail); the block
     handle is stale afterwards. A symbolic extent splits with a predicate, and the partition
     hint has LoopPartition peel the tail off into scalar code (with a static extent the hint
-    breaks the build: NarrowDataType has made the loop int32, the pass compares it with int64).
-    Extents under 4 stay scalar."""
+    breaks the build: NarrowDataType has made the loop int32, the pass compares it with
+    int64). LoopPartition also splits on the block's own selects, and gets that wrong for
+    window bounds (Col2Im's came out wrong): a block that selects keeps a symbolic loop
+    scalar. Extents under 4, and blocks calling what LLVM cannot vectorize, stay scalar."""
+    value = sch.get(block).body.value
     extent = static_int(sch.get(loop).extent)
-    if lanes < 2 or (extent is not None and extent < 4):
+    if lanes < 2 or (extent is not None and extent < 4) or not vector_safe(value):
         return None
     if extent is None:
+        if has_select(value):
+            return None
         outer, vec = sch.split(loop, [None, lanes])
         sch.vectorize(vec)
         sch.annotate(outer, PARTITION_HINT, 1)

@@ -39,6 +39,7 @@ from .base import CPURule
 from .injective import schedule_elementwise
 from .loops import (
     PARTITION_HINT,
+    has_select,
     inline_spatial,
     iterations,
     lanes_for_block,
@@ -225,7 +226,8 @@ def _vectorize_row_block(
 ) -> None:
     """A block of a row: a reduction is rfactored by lanes (vector partial results, then one
     reduction over the lanes), an element-wise block vectorized along the row."""
-    if not vector or not vector_safe(sch.get(block).body.value):
+    value = sch.get(block).body.value
+    if not vector or not vector_safe(value):
         return
     lanes = lanes_for_block(spec, sch, block)
     kinds = iter_kinds(sch, block)
@@ -233,13 +235,15 @@ def _vectorize_row_block(
     if "R" not in kinds:
         inner = loops[-1]
         if len(loops) > 1 and static_int(sch.get(inner).extent) != 1:
-            vectorize_inner(sch, inner, lanes)
+            vectorize_inner(sch, block, inner, lanes)
         return
     reduce = loops[len(loops) - (len(kinds) - len(kinds.rstrip("R"))) :]
     k = sch.fuse(*reduce) if len(reduce) > 1 else reduce[0]
     extent = static_int(sch.get(k).extent)
     if lanes < 2 or (extent is not None and extent < lanes):
         return
+    if extent is None and has_select(value):
+        return  # the partition hint would split on the select too (see loops.vectorize_inner)
     _, ki = sch.split(k, [None, lanes])
     rank = len(sch.get(block).body.buffer.shape)
     rf = sch.rfactor(ki, rank)
@@ -273,7 +277,6 @@ def schedule_columns(sch: s_tir.Schedule, spec: TargetSpec, *, vector: bool) -> 
         sch.reorder(*outer, *reduce, inner)
         if worth_parallel(iterations(sch, loops), 0) and outer:
             parallel_outer(sch, outer)
-        lanes = lanes_for_block(spec, sch, block)
-        if vector and vector_safe(sch.get(block).body.value):
-            vectorize_inner(sch, inner, lanes)
+        if vector:
+            vectorize_inner(sch, block, inner, lanes_for_block(spec, sch, block))
     return sch
