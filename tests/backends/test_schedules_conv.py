@@ -15,7 +15,8 @@ import pytest
 pytest.importorskip("tvm")
 
 import tvm
-from tvm import relax, te, tirx
+import tvm_ffi
+from tvm import relax, s_tir, te, tirx
 
 from ecograph.backends.tvm import build, targets
 from ecograph.backends.tvm.ops.conv import conv_kernel
@@ -67,6 +68,9 @@ CASES = {
     "asymmetric-pads": Case((1, 5, 8, 10), 24, 5, pads=[1, 0, 2, 3], stride=2),
     "same-upper": Case((1, 4, 9, 7), 16, 4, attrs={"auto_pad": "SAME_UPPER"}, bias=False),
     "1x1-padded": Case((1, 8, 5, 5), 16, 1, pads=[1] * 4, relu=True),
+    # no padding, but columns padded to whole tiles: guarded (3 wide) or copied (5 wide) input
+    "odd-columns-3x3": Case((1, 8, 5, 19), 16, 3, relu=True),
+    "odd-columns-5x5": Case((1, 4, 9, 21), 16, 5),
 }
 
 
@@ -114,6 +118,54 @@ def test_conv_kernel_matches_interpreter(name, preset):
     convs = {k: r for k, r in result.kernels.items() if "conv2d" in k}
     assert list(convs.values()) == ["conv"], result.kernels  # one kernel, epilogue fused
     assert_matches(graph, feeds, run_built(result, feeds))
+
+
+def fused_conv_kernel(graph: Graph, spec: targets.TargetSpec) -> tirx.PrimFunc:
+    """The graph's conv kernel after legalization and fusion, as the CPU pipeline has it."""
+    from ecograph.backends.tvm.driver import lower_graph
+
+    mod = lower_graph(graph, spec).mod
+    fuse = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FuseOps(), relax.transform.FuseTIR()]  # fmt: skip
+    mod = tvm.transform.Sequential(fuse)(mod)
+    (func,) = [f for gv, f in mod.functions_items() if "conv2d" in gv.name_hint]
+    return func
+
+
+@pytest.mark.parametrize("preset", ["x86:skylake-avx512", "x86:haswell"])
+@pytest.mark.parametrize("name", ["block-3x3", "stem-7x7-s2", "depthwise-3x3-s2", "grouped-odd"])
+def test_accumulators_on_the_stack_and_vector_loops_unpredicated(name, preset):
+    spec = targets.resolve(preset)
+    graph, _ = conv_graph(CASES[name])
+    sch = Conv(spec).apply(fused_conv_kernel(graph, spec), None, False)
+    assert sch is not None
+    # The tile: the conv block writes one buffer under STACK_BYTES (TVM 0.27 keeps such
+    # "global" buffers on the stack), and no block under a vectorized loop has a predicate.
+    tiles: list[Any] = []
+    predicated: list[str] = []
+    vectorized: list[Any] = []
+
+    def block(node: Any) -> None:
+        if node.name_hint.startswith("conv") and node.name_hint != "conv_out":
+            tiles.extend(w.source for w in node.writes)
+
+    def vector_loop(loop: Any) -> None:
+        if loop.kind != tirx.ForKind.VECTORIZED:
+            return
+        vectorized.append(loop)
+
+        def realize(r: Any) -> None:
+            if not (isinstance(r.predicate, tirx.IntImm) and int(r.predicate.value) == 1):
+                predicated.append(r.block.name_hint)
+
+        tvm_ffi.structural_walk(loop, (s_tir.SBlockRealize, realize))
+
+    tvm_ffi.structural_walk(sch.mod["main"].body, [(s_tir.SBlock, block), (tirx.For, vector_loop)])
+    assert tiles
+    for buf in tiles:
+        size = int(np.prod([int(d) for d in buf.shape])) * 4
+        assert size < STACK_BYTES, (buf.name, buf.shape)
+    assert vectorized and predicated == []
 
 
 def test_by_channels_and_by_width_forms_follow_the_target():

@@ -8,8 +8,10 @@ Two forms, both `C[n, o, oh, ow] += a * b` over (input channel, kernel row, kern
   the B output channels of a block are one or two vectors for every (i, kh, kw). A tile is B
   channels x `owb` output columns of accumulators; each step loads the weight vectors once
   and multiplies them by `owb` broadcast input values, so the input's layout (NCHW) and the
-  stride do not matter. The tile is written back to NCHW by the epilogue.
-- by width (depthwise and other grouped convs): a tile is `t` output channels x `owb`
+  stride do not matter. The epilogue writes the tile to NCHW vectorized along its columns
+  (contiguous there; measured faster than along channels, a channel apart).
+- by width (depthwise and other grouped convs; on AVX-512 also unit-stride convs over rows
+  of whole vectors, `prefers_width`): a tile is `t` output channels x `owb`
   consecutive output columns, vectorized along the columns; every load the columns index
   reads consecutive elements (the lowering splits strided columns into phases), and each
   weight is a broadcast.
@@ -98,18 +100,18 @@ def width_channels(spec: TargetSpec, channels: int, columns: int) -> int:
     return max(d for d in range(1, min(limit, channels) + 1) if channels % d == 0)
 
 
-def prefers_width(spec: TargetSpec, stride: int, columns: int) -> bool:
+def prefers_width(spec: TargetSpec, stride: int, columns: int, pointwise: bool) -> bool:
     """True if a conv whose groups allow both forms runs faster by width: on AVX-512, unit
-    stride and rows of whole vectors (or of one vector at least 3/4 full). Measured there
-    against by channels: 3x3 over 16/32/64 columns 10.5/43/171 us instead of 13/51/209, a 1x1
-    over 14 columns 5.1 instead of 8.7 us, a 1x1 32 -> 64 over 32 x 32 41 instead of 172 us
-    (by channels, its NCHW writes and reads 4 KB apart alias in the L1 cache); over 7 or 8
-    columns or with stride 2 by channels wins (35 vs 71 us, 6.6 vs 7.7 us). On AVX2 by
-    channels was as fast or faster on every shape measured (16 registers hold fewer rows)."""
+    stride and rows of whole vectors, or, for a 1x1 conv, of one vector at least 3/4 full.
+    Measured there (one core, per call): 3x3 16 -> 16 over 16 x 16 10.5 us by width, 11.9
+    by channels; over 32 x 32 43 vs 48, over 64 x 64 170 vs 188; 1x1 16 -> 64 over 14 x 14
+    4.7 vs 6.6. By channels wins for 3x3 over 14 columns (33 vs 36 us), over 7 or 8 columns
+    (35 vs 71 us) and with stride 2 (6.6 vs 7.7 us). On AVX2 by channels was as fast or
+    faster on every shape measured (16 registers hold fewer rows)."""
     lanes = lanes_for(spec)
     if spec.vector_bits != 512 or stride != 1:
         return False
-    return columns % lanes == 0 or lanes * 3 <= columns * 4 <= lanes * 4
+    return columns % lanes == 0 or (pointwise and lanes * 3 <= columns * 4 <= lanes * 4)
 
 
 @dataclass
@@ -341,7 +343,8 @@ class Conv(CPURule):
         for e in rext:
             macs *= e or 1
         tasks = sch.fuse(n, oo, oh, wo)
-        if macs >= PARALLEL_MIN_MACS or batch is None:
+        parallel = macs >= PARALLEL_MIN_MACS or batch is None
+        if parallel:
             sch.parallel(tasks)
         sch.vectorize(vec)
         for lp in unrolled:
@@ -349,13 +352,12 @@ class Conv(CPURule):
         if red:
             sch.unroll(red[-1])
         sch.decompose_reduction(block, red[0])
-        if not info.by_channels:
-            self._vectorize_epilogue(sch, out, lanes)
+        self._vectorize_epilogue(sch, out, lanes)
         for blk in before:
-            schedule_injective(sch, blk, lanes)
+            schedule_injective(sch, blk, lanes, parallel=parallel)
         if not (fuse and after):
             for blk in after[1:]:
-                schedule_injective(sch, blk, lanes)
+                schedule_injective(sch, blk, lanes, parallel=parallel)
 
     @staticmethod
     def _split_vector(
@@ -380,7 +382,7 @@ class Conv(CPURule):
         pred = get_sblockrealize(sch, block).predicate
         if not (isinstance(pred, tirx.IntImm) and int(pred.value) == 1):
             return  # a tail tile: the predicate would land in the vector loop
-        if not vector_safe(value.value) or _selects(value.value):
+        if not vector_safe(value.value):
             return
         if extent > lanes and extent % lanes == 0:
             _, inner = sch.split(inner, [None, lanes])
