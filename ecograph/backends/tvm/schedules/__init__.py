@@ -19,6 +19,7 @@ from ecograph.backends.tvm.targets import TargetSpec
 
 from .base import CPURule
 from .conv import Conv
+from .fallback import Fallback
 from .injective import Injective
 from .int8 import Int8Matmul, Quantize, QuantizeRange
 from .matmul import Matmul, panel_width
@@ -39,6 +40,7 @@ def cpu_rules(spec: TargetSpec) -> list[CPURule]:
         Injective(spec),
         Reduction(spec),
         Pool(spec),
+        Fallback(spec),
     ]
 
 
