@@ -278,3 +278,31 @@ def test_selects_along_a_symbolic_axis(preset):
         (got,) = run(x, y)
         want = np.pad(np.concatenate([x, y], axis=1), [(0, 0), (3, 2)], constant_values=7.0)
         check(got, want)
+
+
+@pytest.mark.parametrize("preset", TARGETS)
+def test_producers_read_through_a_reshape_stay_separate(preset):
+    # Rotary embedding as ONNX's test builds it: element-wise halves concatenated and
+    # reshaped. Inlined through the reshape, their loads index by `% 8` and `// 8`: gathers,
+    # and a loop LLVM 22 miscompiled on znver4 (ONNX's test_rotary_embedding_3d_input).
+    def build(bb, x, cos, sin):
+        heads = bb.emit(relax.op.reshape(x, [2, 3, 4, 8]))
+        c, s = relax.op.expand_dims(cos, 2), relax.op.expand_dims(sin, 2)
+        x1 = relax.op.strided_slice(heads, axes=[3], begin=[0], end=[4])
+        x2 = relax.op.strided_slice(heads, axes=[3], begin=[4], end=[8])
+        real = relax.op.subtract(relax.op.multiply(x1, c), relax.op.multiply(x2, s))
+        imag = relax.op.add(relax.op.multiply(x2, c), relax.op.multiply(x1, s))
+        return relax.op.reshape(relax.op.concat([real, imag], axis=3), [2, 3, 32])
+
+    params = [
+        ("x", [2, 3, 32], "float32"),
+        ("cos", [2, 3, 4], "float32"),
+        ("sin", [2, 3, 4], "float32"),
+    ]
+    run = build_module(build, params, Injective, preset)
+    x, cos, sin = rand((2, 3, 32)), rand((2, 3, 4), seed=1), rand((2, 3, 4), seed=2)
+    (got,) = run(x, cos, sin)
+    h = x.astype(np.float64).reshape(2, 3, 4, 8)
+    c, s = cos[:, :, None, :], sin[:, :, None, :]
+    x1, x2 = h[..., :4], h[..., 4:]
+    check(got, np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=3).reshape(2, 3, 32))

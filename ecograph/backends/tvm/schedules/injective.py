@@ -26,6 +26,7 @@ from .loops import (
     inline_spatial,
     iterations,
     lanes_for_block,
+    loop_iter,
     op_count,
     parallel_outer,
     root_blocks,
@@ -86,22 +87,12 @@ def _vectorizable(sch: s_tir.Schedule, block: SBlockRV, loop: Any) -> bool:
     divide or wrap by a symbolic value in some index (a reshape over a symbolic axis: such
     vectors are no ramps and cost more than scalars)."""
     realize = sch.get(block)
-    var = _iter_of(sch, block, loop)
+    var = loop_iter(sch, block, loop)
     if var is None or not vector_safe(realize.body.value):
         return False
     indices = [ix for ld in loads_in(realize.body.value) for ix in ld.indices]
     indices += list(realize.body.indices)
     return not uses_var_nonaffinely(indices, var)
-
-
-def _iter_of(sch: s_tir.Schedule, block: SBlockRV, loop: Any) -> tirx.Var | None:
-    """The block iter the loop binds (loops bind iters one to one in the forms ruled here)."""
-    loops = sch.get_loops(block)
-    realize = sch.get(block)
-    for lp, iv in zip(loops, realize.iter_vars, strict=False):
-        if sch.get(lp).same_as(sch.get(loop)):
-            return iv.var
-    return None
 
 
 def _fuse_short_tail(sch: s_tir.Schedule, block: SBlockRV, lanes: int) -> list[Any]:

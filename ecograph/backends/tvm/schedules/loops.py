@@ -176,11 +176,29 @@ def _inline_pays(sch: s_tir.Schedule, block: SBlockRV, consumers: list[SBlockRV]
     reads = []
     for consumer in consumers:
         value = sch.get(consumer).body.value
-        count = sum(1 for ld in loads_in(value) if ld.source.same_as(buffer))
-        if op_count(value) + cost * count > MAX_BODY_OPS:
+        loads = [ld for ld in loads_in(value) if ld.source.same_as(buffer)]
+        if op_count(value) + cost * len(loads) > MAX_BODY_OPS:
             return False
-        reads.append(count)
+        if any(_divides(ix) for ld in loads for ix in ld.indices):
+            return False  # read through a reshape: see _divides
+        reads.append(len(loads))
     return sum(reads) <= 1 or cost * (sum(reads) - 1) <= INLINE_MAX_OPS
+
+
+def _divides(expr: Any) -> bool:
+    """True if `expr` divides or takes a remainder (a reshape's index). A producer read that
+    way is not inlined: its own loads would index by `% k` and `// k`, which costs gathers,
+    and LLVM 22 miscompiles such loops on znver4 (its loop vectorizer treats `i % k` as `i`,
+    see targets.LLVM_WORKAROUNDS; ONNX's rotary-embedding test returned garbage)."""
+    found = False
+
+    def visit(node: Any) -> None:
+        nonlocal found
+        if isinstance(node, (tirx.FloorDiv, tirx.FloorMod, tirx.Div, tirx.Mod)):
+            found = True
+
+    tvm_ffi.structural_walk(expr, (ir.Expr, visit), order="post")
+    return found
 
 
 def uses_var_nonaffinely(exprs: Any, var: tirx.Var) -> bool:
@@ -215,6 +233,29 @@ def vector_safe(expr: Any) -> bool:
     return safe
 
 
+def loop_iter(sch: s_tir.Schedule, block: SBlockRV, loop: LoopRV) -> tirx.Var | None:
+    """The block iter `loop` binds (loops bind iters one to one in the forms ruled here)."""
+    target = sch.get(loop)
+    for lp, iv in zip(sch.get_loops(block), sch.get(block).iter_vars, strict=False):
+        if sch.get(lp).same_as(target):
+            return iv.var
+    return None
+
+
+def selects_along(expr: Any, var: tirx.Var) -> bool:
+    """True if `expr` has an if_then_else whose condition depends on `var`."""
+    found = False
+
+    def visit(call: ir.Call) -> None:
+        nonlocal found
+        name = str(getattr(call.op, "name", ""))
+        if name.endswith("if_then_else") and _has(call.args[0], var):
+            found = True
+
+    tvm_ffi.structural_walk(expr, (ir.Call, visit), order="post")
+    return found
+
+
 def has_select(expr: Any) -> bool:
     """True if `expr` selects (Select or if_then_else): padding, concatenation, where."""
     found = False
@@ -247,10 +288,16 @@ def vectorize_inner(
     breaks the build: NarrowDataType has made the loop int32, the pass compares it with
     int64). LoopPartition also splits on the block's own selects, and gets that wrong for
     window bounds (Col2Im's came out wrong): a block that selects keeps a symbolic loop
-    scalar. Extents under 4, and blocks calling what LLVM cannot vectorize, stay scalar."""
+    scalar. An `if_then_else` whose condition varies along the loop (concat, pad) would be
+    scalarized by TVM's vectorizer anyway (into a loop of `lanes` iterations, split for
+    nothing): such loops are left as they are. Extents under 4, and blocks calling what LLVM
+    cannot vectorize, stay scalar."""
     value = sch.get(block).body.value
     extent = static_int(sch.get(loop).extent)
     if lanes < 2 or (extent is not None and extent < 4) or not vector_safe(value):
+        return None
+    var = loop_iter(sch, block, loop)
+    if var is None or selects_along(value, var):
         return None
     if extent is None:
         if has_select(value):
