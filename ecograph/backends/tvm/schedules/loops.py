@@ -26,15 +26,16 @@ from ecograph.backends.tvm.targets import TargetSpec
 from .analysis import iter_kinds, loads_in, loops_match_iters, static_int, vars_in
 
 # A parallel loop costs a thread-pool launch and a join: ~1 us with the other core idle, 5-9 us
-# with it busy (measured on the 2-core development machine, `a * 2 + 1` and GELU over float32
-# rows). Serial a*2+1 runs ~0.1 ns per element, GELU ~0.35 ns; with one core busy the
-# parallel version only broke even at ~1M elements (a*2+1) and ~260K (GELU). A loop nest runs
-# in parallel from PARALLEL_MIN_WORK "work units": elements times (1 + operations / 8).
+# with it busy (2-core development machine, float32 rows of 256, 2 threads vs 1). Break-even:
+# `a * 2 + 1` (0.1 ns per element serial) ~30K elements with the other core idle, ~1M with it
+# busy; GELU (0.35 ns per element) ~10K idle, ~260K busy. A loop nest runs in parallel from
+# PARALLEL_MIN_WORK "work units" (elements times 1 + operations / 8): 262K elements of a*2+1,
+# 26K of GELU, a compromise between an idle and a busy second core.
 PARALLEL_MIN_WORK = 1 << 18
 # A symbolic extent (batch, sequence length) counts as this many iterations when deciding.
 SYMBOLIC_EXTENT_GUESS = 16
 # Producers read several times are inlined (recomputed) only when the copies add at most
-# this many operations; no block grows past MAX_BODY_OPS by inlining (fast exp is ~60).
+# this many operations; no block grows past MAX_BODY_OPS by inlining (fast exp is ~100).
 INLINE_MAX_OPS = 16
 MAX_BODY_OPS = 600
 PARTITION_HINT = "pragma_loop_partition_hint"
