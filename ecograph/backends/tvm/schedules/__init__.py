@@ -67,7 +67,7 @@ def apply_cpu_schedules(
                 continue
             if func.attrs.get("tirx.is_scheduled", 0):
                 if chosen is not None:
-                    chosen[gv.name_hint] = "pre-scheduled"
+                    chosen[gv.name_hint] = str(func.attrs.get(RULE_ATTR, "pre-scheduled"))
                 continue
             if chosen is not None:
                 chosen[gv.name_hint] = None
