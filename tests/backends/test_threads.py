@@ -98,3 +98,17 @@ def test_environment_sets_the_default(monkeypatch):
     with pytest.raises(BuildError, match="ECOGRAPH_NUM_THREADS"):
         threads.policy()
     monkeypatch.setattr(threads, "_POLICY", None)
+
+
+def test_running_a_model_leaves_the_callers_cpu_affinity_alone(tmp_path):
+    # TVM's pool pinned the calling thread to one core; afterwards torch / numpy in the same
+    # process ran on one core and this process believed it had one core.
+    import os
+
+    import ecograph
+    from ecograph.models import build_default_model, example_inputs
+
+    before = os.sched_getaffinity(0)
+    model = ecograph.load(ecograph.compile(build_default_model(), "x86", tmp_path / "m"))
+    model(**example_inputs())
+    assert os.sched_getaffinity(0) == before

@@ -209,12 +209,21 @@ def _x86(name: str, cpu: str) -> TargetSpec:
     return _cpu_spec(name, "x86", spec, notes=notes, num_cores=cores)
 
 
-def host_cores() -> int:
-    """CPU cores this process may run on (its affinity mask), at least 1."""
+def _affinity_cores() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+# Read once, at import: a TVM thread pool that binds threads pins the calling thread to one
+# core, after which sched_getaffinity(0) says 1 (ecograph asks TVM not to bind; see threads.py).
+_HOST_CORES = _affinity_cores()
+
+
+def host_cores() -> int:
+    """CPU cores this process may run on (its affinity mask when ecograph was imported)."""
+    return _HOST_CORES
 
 
 def cpuinfo_flags() -> set[str]:

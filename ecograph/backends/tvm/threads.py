@@ -10,7 +10,10 @@ setting with the lower recent median wins. Switching TVM's pool costs ~2 us. Mea
 bench/RESULTS.md ("busy core" tables).
 
 TVM's own default is half the hardware threads (it assumes SMT), i.e. one thread on a 2-core
-machine; here the default is every core this process may run on.
+machine; here the default is every core this process may run on. TVM also pins each pool thread
+to a core, the calling thread included: a pinned thread cannot leave a core another process
+keeps busy, and the caller's later work (torch, numpy) stays on one core. ecograph asks TVM not
+to pin (TVM_BIND_THREADS=0, unless the user set it), before TVM's pool starts.
 """
 
 from __future__ import annotations
@@ -26,17 +29,18 @@ from typing import Any
 
 from ecograph.errors import BuildError
 
+os.environ.setdefault("TVM_BIND_THREADS", "0")
+
 # Below this median (seconds) a model is not probed: a worse setting costs more than it can
 # tell, and tiny models are dominated by call overhead anyway.
 MIN_PROBE_SECONDS = 2e-4
 
 
 def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    """CPU cores this process may run on, at least 1 (see targets.host_cores)."""
+    from ecograph.backends.tvm.targets import host_cores
+
+    return host_cores()
 
 
 def _tvm_config(threads: int) -> None:
