@@ -76,3 +76,20 @@ class BuildError(EcographError):
 
 class CaptureError(EcographError):
     """A framework could not capture the model (torch.export and torch.fx both failed, ...)."""
+
+
+class UsageError(EcographError):
+    """A call or command line asks for something that cannot work as given (an unknown
+    device, a negative repeat count, a target this machine cannot run); the message says what
+    to give instead."""
+
+
+class InputError(EcographError):
+    """Run-time inputs do not fit the model: a missing or unknown input, a wrong dtype or rank,
+    two inputs that disagree on a shared symbolic dim, an input too large to allocate."""
+
+
+class ArtifactError(BuildError):
+    """An artifact folder is not one ecograph can trust: a malformed or incomplete manifest, a
+    path leaving the folder (absolute, `..`, a symlink), a file not listed or whose hash does
+    not match. Nothing of such a folder is loaded."""
