@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 from ecograph import ir
-from ecograph.errors import EcographError
+from ecograph.errors import AccuracyError, EcographError
 
 __version__ = "0.1.0"
 
@@ -38,4 +38,4 @@ def __getattr__(name: str) -> Any:
     return getattr(mod, name)
 
 
-__all__ = ["EcographError", "__version__", "ir", *_LAZY]
+__all__ = ["AccuracyError", "EcographError", "__version__", "ir", *_LAZY]

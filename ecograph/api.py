@@ -19,17 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from ecograph.errors import EcographError
+from ecograph.errors import AccuracyError, EcographError
 from ecograph.ir import Graph, interpret
 from ecograph.ir.stats import graph_stats
 
 # Default accuracy budgets (cosine similarity of outputs to the original) when none is given.
 EXACT_BUDGET = 0.99999
 QUANTIZED_BUDGET = 0.99
-
-
-class AccuracyError(EcographError):
-    """The optimized model is less accurate than the budget allows on the example inputs."""
 
 
 @dataclass

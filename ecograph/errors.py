@@ -1,10 +1,19 @@
-"""Typed errors. Each names the node, op, value or file at fault and says what to do."""
+"""Typed errors. Each names the node, op, value or file at fault and says what to do.
+
+Every class carries the command line's exit code for it (`exit_code`): 2 usage (the call or
+command line cannot work as given), 3 the model, artifact or inputs were rejected, 4 the
+accuracy budget was missed. 1 is left for internal errors: anything that is not an
+`EcographError` is a bug in ecograph, and so is a pass that breaks the IR it was given
+(`PassError` raised by the pass manager's checks).
+"""
 
 from __future__ import annotations
 
 
 class EcographError(Exception):
     """Base class of every error ecograph raises on purpose."""
+
+    exit_code: int = 3
 
 
 class IRError(EcographError):
@@ -83,6 +92,8 @@ class UsageError(EcographError):
     device, a negative repeat count, a target this machine cannot run); the message says what
     to give instead."""
 
+    exit_code = 2
+
 
 class InputError(EcographError):
     """Run-time inputs do not fit the model: a missing or unknown input, a wrong dtype or rank,
@@ -93,3 +104,9 @@ class ArtifactError(BuildError):
     """An artifact folder is not one ecograph can trust: a malformed or incomplete manifest, a
     path leaving the folder (absolute, `..`, a symlink), a file not listed or whose hash does
     not match. Nothing of such a folder is loaded."""
+
+
+class AccuracyError(EcographError):
+    """The optimized model is less accurate than the budget allows on the example inputs."""
+
+    exit_code = 4

@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ecograph.errors import EcographError
+from ecograph.errors import AccuracyError
 from ecograph.ir import Graph, interpret
 from ecograph.passes.core import CosineTolerance, Pass, PassResult, Tolerance
 from ecograph.quant.quantize import DYNAMIC_OPS, QUANTIZABLE, Quantize, find_targets
@@ -28,7 +28,7 @@ from ecograph.quant.quantize import DYNAMIC_OPS, QUANTIZABLE, Quantize, find_tar
 Feeds = Mapping[str, np.ndarray]
 
 
-class AccuracyBudgetError(EcographError):
+class AccuracyBudgetError(AccuracyError):
     """Even with every layer kept in float the budget is not met (or no layer is left)."""
 
 
