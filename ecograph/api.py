@@ -3,6 +3,12 @@
 The original model is never modified: the graph is copied before any pass runs, and if the
 optimized model misses the accuracy budget on the example inputs an AccuracyError is raised
 with the numbers, leaving everything the caller passed in untouched.
+
+A target this machine cannot run (ARM from x86, CUDA without a GPU, an x86 CPU model with ISA
+this CPU lacks) is still compiled; accuracy is then checked on a build of the same optimized
+graph for this host (so TVM's lowering of that graph is exercised, not only the passes), the
+target's artifact is not run or measured, and the report says so. `OptimizeResult.module` is
+then a `NotRunnableHere` that raises UsageError when called.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ecograph.errors import AccuracyError, EcographError
+from ecograph.errors import AccuracyError, BuildError, EcographError, UsageError
 from ecograph.ir import Graph, interpret
 from ecograph.ir.stats import graph_stats
 
@@ -28,9 +35,33 @@ EXACT_BUDGET = 0.99999
 QUANTIZED_BUDGET = 0.99
 
 
+class NotRunnableHere:
+    """Stands in for the compiled module of a target this machine cannot run: calling it
+    raises UsageError saying where the artifact is and how to run it where it can run."""
+
+    runs_here = False
+
+    def __init__(self, target: str, artifact: Path, reason: str) -> None:
+        self.target = target
+        self.artifact = artifact
+        self.reason = reason
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise UsageError(
+            f"the {self.target} build cannot run on this machine ({self.reason}); copy "
+            f"{self.artifact} to a machine that can run it and call ecograph.load on it there, "
+            "or optimize with a target this machine runs (target='x86')"
+        )
+
+    def __repr__(self) -> str:
+        return f"<NotRunnableHere {self.target} artifact={self.artifact}>"
+
+
 @dataclass
 class OptimizeResult:
-    """What optimize() returns. `module` is the compiled model (numpy or torch in and out)."""
+    """What optimize() returns. `module` is the compiled model (numpy or torch in and out),
+    or a NotRunnableHere (raises UsageError when called) when the target does not run on
+    this machine; `runs_here` tells which."""
 
     graph: Graph
     module: Any
@@ -39,6 +70,7 @@ class OptimizeResult:
     original_graph: Graph
     pass_records: list[Any] = field(default_factory=list)
     quantization: str = ""
+    runs_here: bool = True
 
     def save(self, out_dir: str | os.PathLike[str]) -> Path:
         """Copy the compiled artifact to `out_dir/artifact` and write the report there."""
@@ -213,10 +245,15 @@ def optimize(
     name: str | None = None,
     cache: bool | Any = True,
     profile: bool = False,
+    progress: bool | None = None,
 ) -> OptimizeResult:
     """Optimize `model` for `target` and return the compiled module with its green report.
 
     - model: a torch.nn.Module (with example_inputs), an ONNX path or ModelProto, or a Graph.
+    - target: a preset ("x86", "arm", "cuda", ...), TVM target dict or TargetSpec. A target
+      this machine cannot run is compiled all the same; accuracy is then checked on a host
+      build of the same optimized graph, nothing is measured, the report says so and
+      `result.module` raises UsageError when called (see NotRunnableHere).
     - pipeline: a pass pipeline spec ("default", "cleanup", "cleanup,fuse-attention", ...).
     - quantize: None, a preset ("int8" = dynamic int8, "int8-static", "int8-weight",
       "int4" = weight-only int4 in groups of 128), a dict of Quantize options or a pass.
@@ -228,20 +265,33 @@ def optimize(
     - instrumentation: the PassManager's checks (verifier, numeric check, dumps); a numeric
       check without its own sample inputs runs on the example inputs.
     - tune: MetaSchedule tuning (True or a trial budget); the compile cache reuses results.
+    - measure: time and measure energy of three runs the same way: the model in its source
+      framework (torch eager / ONNX Runtime, when it came from one), the original graph built
+      by the same backend without passes, and the optimized build.
     - declared_power_watts / carbon_intensity: used only where no energy counter exists /
       to compute gCO2e; both are stated in the report.
     - cache: reuse compiled artifacts from the compile cache (True: the default cache folder,
       $ECOGRAPH_CACHE_DIR or ~/.cache/ecograph; False: always compile; or a CompileCache).
     - profile: profile the optimized build per kernel on the example inputs (where the time
-      goes, which schedule rule made each kernel); the rows land in `report.profile`.
+      goes, which schedule rule made each kernel); the rows land in `report.profile`. It runs
+      the model, so it is a UsageError for a target this machine cannot run.
+    - progress: a per-pass progress line on stderr (and MetaSchedule's when tuning); None
+      shows it only on a terminal and only once the pipeline has run for two seconds.
     """
     from ecograph.backends.tvm import load
     from ecograph.passes import PassManager
     from ecograph.quant.sensitivity import AccuracyBudgetError
-    from ecograph.report.green import GreenReport, ModelFacts, RunFacts
-    from ecograph.report.measure import describe_machine, measure_energy, measure_latency
+    from ecograph.report.green import GreenReport, ModelFacts
+    from ecograph.report.measure import describe_machine
 
     spec = resolve_target(target)  # the one place optimize() reads the target
+    cannot_run = runs_here_reason(spec)
+    if profile and cannot_run:
+        raise UsageError(
+            f"profile=True runs the model, and the {spec.name} build cannot run here "
+            f"({cannot_run}); drop profile=True, or run 'ecograph profile ARTIFACT_DIR' on a "
+            "machine that runs it"
+        )
     original = capture(model, example_inputs)
     if name:
         original.name = name
@@ -255,7 +305,7 @@ def optimize(
         inst = dataclasses.replace(inst, sample_inputs=feeds)
     t0 = time.perf_counter()
     try:
-        records = PassManager(items, inst).run(graph).records
+        records = PassManager(items, inst, progress=progress).run(graph).records
     except AccuracyBudgetError as exc:
         raise AccuracyError(str(exc)) from exc
     pass_seconds = time.perf_counter() - t0
@@ -268,10 +318,22 @@ def optimize(
         budget = QUANTIZED_BUDGET if quantize is not None else EXACT_BUDGET
 
     work = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="ecograph-"))
-    recipe = [pipeline, qdesc] if qdesc else [pipeline]
-    artifact = compile_cached(graph, spec, work / "optimized", tune, recipe, cache)
-    module = load(artifact)
-    outputs = _as_list(module(**feeds))
+    recipe = recipe_for(pipeline, qdesc, records)
+    tune_progress = progress is True or (progress is None and _stderr_is_tty())
+    artifact = compile_cached(
+        graph, spec, work / "optimized", tune, recipe, cache, progress=tune_progress
+    )
+    module: Any
+    if cannot_run:
+        module = NotRunnableHere(spec.name, artifact, cannot_run)
+        outputs, checked_on = _outputs_on_host(graph, feeds, work, recipe, cache)
+        notes.append(
+            f"accuracy checked on this host ({checked_on}, same optimized graph); the "
+            f"{spec.name} artifact was not run here: {cannot_run}"
+        )
+    else:
+        module = load(artifact)
+        outputs = _as_list(module(**feeds))
     accuracy = compare_outputs(reference, outputs)
     if accuracy["cosine"] < budget:
         raise AccuracyError(
@@ -298,22 +360,23 @@ def optimize(
         carbon_intensity_g_per_kwh=carbon_intensity,
         notes=[*notes, f"passes took {pass_seconds:.2f} s; quantization: {qdesc or 'none'}"],
     )
-    if measure:
-        device = spec.device
-        baseline_dir = compile_cached(original, spec, work / "original", False, [], cache)
-        baseline = load(baseline_dir)
-        for attr, mod in (("original_run", baseline), ("optimized_run", module)):
-            lat = measure_latency(lambda m=mod: m(**feeds), warmup=2, repeat=10)
-            energy = measure_energy(
-                lambda m=mod: m(**feeds),
-                device=device,
-                latency=lat,
-                declared_power_watts=declared_power_watts,
-            )
-            setattr(report, attr, RunFacts(device, lat, energy))
+    if measure and cannot_run:
         report.notes.append(
-            "original = the captured graph compiled by the same backend without ecograph's "
-            "passes or quantization"
+            f"latency and energy not measured: the {spec.name} build does not run on this "
+            f"machine; run 'ecograph profile ARTIFACT_DIR' where it runs"
+        )
+    elif measure:
+        _measure_runs(
+            report,
+            model,
+            example_inputs,
+            feeds,
+            original,
+            module,
+            spec,
+            work,
+            cache,
+            declared_power_watts,
         )
         slower = slower_note(report, qdesc)
         if slower:
@@ -322,22 +385,126 @@ def optimize(
         from ecograph.report.profile import profile_model
 
         report.profile = profile_model(module, feeds, repeat=10, warmup=2)
-    return OptimizeResult(graph, module, report, artifact, original, records, qdesc)
+    return OptimizeResult(
+        graph, module, report, artifact, original, records, qdesc, runs_here=not cannot_run
+    )
+
+
+def _measure_runs(
+    report: Any,
+    model: Any,
+    example_inputs: Any,
+    feeds: Mapping[str, np.ndarray],
+    original: Graph,
+    module: Any,
+    spec: Any,
+    work: Path,
+    cache: Any,
+    declared_power_watts: float | None,
+) -> None:
+    """Measure the source framework (when the model came from one), the original graph built
+    by the same backend without passes, and the optimized build, all with measure_run."""
+    from ecograph.backends.tvm import load
+    from ecograph.report.green import RunFacts
+    from ecograph.report.measure import framework_runner, measure_run
+
+    device = spec.device
+    with framework_runner(model, example_inputs, feeds, device) as runner:
+        if isinstance(runner, str):
+            report.notes.append(f"no framework baseline: {runner}")
+        else:
+            try:
+                lat, energy = measure_run(
+                    runner.run, device=device, declared_power_watts=declared_power_watts
+                )
+            except Exception as exc:  # the user's model failed in its own framework: say so
+                report.notes.append(
+                    f"no framework baseline: {runner.name} failed on the example inputs "
+                    f"({type(exc).__name__}: {exc})"
+                )
+            else:
+                report.framework = runner.name
+                report.framework_detail = runner.detail
+                report.framework_run = RunFacts(device, lat, energy)
+                report.notes.append(
+                    f"{runner.name} = the model as given, run by its framework ({runner.detail})"
+                )
+    baseline = load(compile_cached(original, spec, work / "original", False, recipe_for(), cache))
+    for attr, mod in (("original_run", baseline), ("optimized_run", module)):
+        lat, energy = measure_run(
+            lambda m=mod: m(**feeds), device=device, declared_power_watts=declared_power_watts
+        )
+        setattr(report, attr, RunFacts(device, lat, energy))
+    report.notes.append(
+        "original = the captured graph compiled by the same backend without ecograph's "
+        "passes or quantization"
+    )
+
+
+def _outputs_on_host(
+    graph: Graph, feeds: Mapping[str, np.ndarray], work: Path, recipe: Any, cache: Any
+) -> tuple[list[np.ndarray], str]:
+    """The optimized graph's outputs from a build for this host (the x86 or ARM preset, the
+    one that matches this CPU), and that build's description. A machine that is neither runs
+    the reference interpreter instead, and the description says so."""
+    from ecograph.backends.tvm import load
+
+    machine = os.uname().machine
+    preset = {"x86_64": "x86", "AMD64": "x86", "aarch64": "arm", "arm64": "arm"}.get(machine)
+    if preset is None:
+        out = interpret(graph, feeds)
+        return [out[v.name] for v in graph.outputs], "the reference interpreter"
+    host = resolve_target(preset)
+    path = compile_cached(graph, host, work / "host-check", False, recipe, cache)
+    return _as_list(load(path)(**feeds)), f"{host.describe()} build"
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def recipe_for(pipeline: Any = "", quantization: str = "", records: Sequence[Any] = ()) -> Any:
+    """The manifest's recipe (backends.tvm.build.Recipe): the pipeline spec as given (a string,
+    or a list of names and passes, described), the quantization's description, and the
+    passes `records` (PassRecords of the run) say actually ran."""
+    from ecograph.backends.tvm.build import Recipe
+
+    if isinstance(pipeline, str):
+        spec = pipeline
+    else:
+        spec = ",".join(p if isinstance(p, str) else _describe_item(p) for p in pipeline)
+    passes = tuple((str(r.to_dict()["name"]), bool(r.changed)) for r in records)
+    return Recipe(pipeline=spec, quantization=quantization, passes=passes)
+
+
+def _describe_item(item: Any) -> str:
+    if hasattr(item, "describe"):
+        return str(item.describe())
+    inner = ",".join(_describe_item(p) for p in getattr(item, "passes", []))
+    return f"{getattr(item, 'name', type(item).__name__)}[{inner}]"
 
 
 def slower_note(report: Any, quantization: str) -> str:
-    """A plain warning when the optimized (e.g. int8) build is slower than the original."""
-    o, n = report.original_run, report.optimized_run
-    if o is None or n is None or o.latency is None or n.latency is None:
-        return ""
-    if n.latency.p50_ms <= o.latency.p50_ms:
+    """A plain warning when the optimized (e.g. int8) build is slower than the original build
+    or than the model in its source framework (torch eager, ONNX Runtime)."""
+    n = report.optimized_run
+    if n is None or n.latency is None:
         return ""
     what = f"quantized ({quantization})" if quantization else "optimized"
-    return (
-        f"WARNING: the {what} build is SLOWER than the original on {report.target}: "
-        f"p50 {n.latency.p50_ms:.3f} ms vs {o.latency.p50_ms:.3f} ms "
-        f"({n.latency.p50_ms / o.latency.p50_ms:.2f}x)"
-    )
+    warnings = []
+    framework = getattr(report, "framework_run", None)
+    for label, base in (("the original", report.original_run), (report.framework, framework)):
+        if base is None or base.latency is None or n.latency.p50_ms <= base.latency.p50_ms:
+            continue
+        warnings.append(
+            f"WARNING: the {what} build is SLOWER than {label} on {report.target}: "
+            f"p50 {n.latency.p50_ms:.3f} ms vs {base.latency.p50_ms:.3f} ms "
+            f"({n.latency.p50_ms / base.latency.p50_ms:.2f}x)"
+        )
+    return "; ".join(warnings)
 
 
 def resolve_target(target: Any) -> Any:
@@ -347,12 +514,21 @@ def resolve_target(target: Any) -> Any:
     return resolve(target)
 
 
+def runs_here_reason(spec: Any) -> str:
+    """Why code built for `spec` cannot run on this machine, or "" when it can (the reasons
+    check_runs_here raises with)."""
+    try:
+        check_runs_here(spec)
+    except BuildError as exc:
+        return str(exc)
+    return ""
+
+
 def check_runs_here(spec: Any) -> None:
     """Raise BuildError, saying why and what to do, when code built for `spec` (a TargetSpec)
     cannot run on this machine: ARM from x86 (or x86 elsewhere), CUDA without a GPU, or x86
     code that uses ISA extensions this CPU lacks."""
     from ecograph.backends.tvm.targets import detect_cuda_arch, missing_on_host
-    from ecograph.errors import BuildError
 
     machine = os.uname().machine
     elsewhere = (
@@ -378,18 +554,28 @@ def check_runs_here(spec: Any) -> None:
 
 
 def compile_cached(
-    graph: Graph, spec: Any, out: Path, tune: bool | int, recipe: list[str], cache: Any
+    graph: Graph,
+    spec: Any,
+    out: Path,
+    tune: bool | int,
+    recipe: Any,
+    cache: Any,
+    *,
+    progress: bool = False,
 ) -> Path:
     """Compile `graph` into `out`, through the compile cache unless `cache` is False.
 
-    The key holds the graph's content hash, the resolved target (CPU model, features, CUDA
-    arch: a cache shared between machines never hands out a build made for another CPU), the
-    tuning budget, the pass recipe and the ecograph and TVM versions; a hit copies the cached
-    artifact to `out`."""
+    `recipe` (a backends.tvm.build.Recipe, see recipe_for) is recorded in the manifest; a
+    list of strings (the older form: the pipeline spec, then the quantization's description)
+    is turned into one. The key holds the graph's content hash, the resolved target (CPU
+    model, features, CUDA arch: a cache shared between machines never hands out a build made
+    for another CPU), the tuning budget, the recipe and the ecograph and TVM versions; a hit
+    copies the cached artifact to `out`."""
     from ecograph.backends.tvm import compile as tvm_compile
 
+    recipe = _as_recipe(recipe)
     if cache is False:
-        return tvm_compile(graph, spec, out, tune=tune, pipeline=recipe, progress=False)
+        return tvm_compile(graph, spec, out, tune=tune, recipe=recipe, progress=progress)
     import tvm
 
     import ecograph
@@ -401,19 +587,32 @@ def compile_cached(
         "model": graph.name,
         "target": json_safe(spec.cache_key()),
         "tune": tune,
-        "recipe": recipe,
+        "recipe": recipe.to_dict(),
         "ecograph": ecograph.__version__,
         "tvm": tvm.__version__,
     }
 
     def build(folder: Path) -> None:
-        tvm_compile(graph, spec, folder / "artifact", tune=tune, pipeline=recipe, progress=False)
+        tvm_compile(graph, spec, folder / "artifact", tune=tune, recipe=recipe, progress=progress)
 
     payload, _ = store.get_or_build(key, build)
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(payload / "artifact", out)
     return out
+
+
+def _as_recipe(recipe: Any) -> Any:
+    from ecograph.backends.tvm.build import Recipe
+
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, (list, tuple)) and all(isinstance(r, str) for r in recipe):
+        return Recipe(pipeline=recipe[0] if recipe else "", quantization="; ".join(recipe[1:]))
+    raise UsageError(
+        f"recipe must be a Recipe (ecograph.api.recipe_for) or a list of strings, got "
+        f"{type(recipe).__name__}"
+    )
 
 
 def json_safe(value: Any) -> Any:

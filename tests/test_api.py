@@ -187,3 +187,134 @@ def test_optimize_with_profile_attaches_per_kernel_rows(tmp_path):
         build_default_model(), feeds, measure=False, out_dir=tmp_path / "plain"
     )
     assert plain.report.profile is None
+
+
+def tiny_graph():
+    from ecograph.ir import GraphBuilder
+
+    rng = np.random.default_rng(0)
+    b = GraphBuilder()
+    x = b.input("x", "float32", [2, 16])
+    w = b.constant(rng.standard_normal((16, 16)).astype(np.float32))
+    bias = b.constant(rng.standard_normal(16).astype(np.float32))
+    h = b.op("Identity", b.op("Add", b.op("MatMul", x, w), bias))
+    b.output(b.op("Relu", h))
+    b.graph.name = "tiny"
+    return b.graph
+
+
+def tiny_feeds():
+    return {"x": np.random.default_rng(1).standard_normal((2, 16)).astype(np.float32)}
+
+
+def _manifest(artifact):
+    import json
+
+    return json.loads((artifact / "manifest.json").read_text())
+
+
+def _can_cross_compile_arm() -> bool:
+    import os
+    import shutil
+
+    from ecograph.backends.tvm.targets import ARM_CROSS_CXX
+
+    return (
+        os.uname().machine not in ("aarch64", "arm64") and shutil.which(ARM_CROSS_CXX) is not None
+    )
+
+
+@pytest.mark.skipif(not _can_cross_compile_arm(), reason="needs an x86 host with g++-aarch64")
+def test_optimize_for_a_target_this_machine_cannot_run(tmp_path):
+    from ecograph.errors import UsageError
+
+    res = ecograph.optimize(tiny_graph(), tiny_feeds(), target="arm", out_dir=tmp_path)
+    assert not res.runs_here
+    with pytest.raises(UsageError, match="arm build cannot run on this machine"):
+        res.module(**tiny_feeds())
+    m = _manifest(res.artifact)
+    assert m["target"]["family"] == "arm"
+    assert m["pipeline"]["ecograph"]["spec"] == "default"
+    r = res.report
+    assert r.accuracy["cosine"] > 0.99999  # checked on an x86 build of the same graph
+    notes = " ".join(r.notes)
+    assert "accuracy checked on this host (x86 " in notes
+    assert "the arm artifact was not run here" in notes
+    assert "latency and energy not measured" in notes
+    assert r.original_run is None and r.optimized_run is None and r.framework_run is None
+    assert _manifest(tmp_path / "host-check")["target"]["family"] == "x86"
+    with pytest.raises(UsageError, match="profile=True runs the model"):
+        ecograph.optimize(tiny_graph(), tiny_feeds(), target="arm", profile=True)
+
+
+def test_manifest_records_the_recipe_and_the_passes_that_ran(tmp_path):
+    from ecograph.api import compile_cached, resolve_target
+
+    res = ecograph.optimize(
+        tiny_graph(), tiny_feeds(), quantize="int8", measure=False, out_dir=tmp_path
+    )
+    m = _manifest(res.artifact)
+    recipe = m["pipeline"]["ecograph"]
+    assert recipe["spec"] == "default"
+    assert recipe["quantization"] == res.quantization and res.quantization.startswith("quantize")
+    assert m["quantization"] == res.quantization
+    ran = [p["name"] for p in recipe["passes"]]
+    assert ran == [p["name"] for p in res.report.passes] and "quantize" in ran
+    assert any(p["changed"] for p in recipe["passes"])
+    # The older list form (pipeline spec, then quantization) still lands in the manifest.
+    out = compile_cached(
+        tiny_graph(), resolve_target("x86"), tmp_path / "listed", False, ["cleanup"], True
+    )
+    assert _manifest(out)["pipeline"]["ecograph"]["spec"] == "cleanup"
+    plain = ecograph.compile(tiny_graph(), "x86", tmp_path / "plain")
+    assert _manifest(plain)["pipeline"]["ecograph"] == {
+        "spec": "",
+        "quantization": None,
+        "passes": [],
+    }
+
+
+def test_report_measures_torch_eager_as_a_baseline_and_restores_train_mode(tmp_path):
+    torch.manual_seed(0)
+    model = SmallCNN().train()
+    x = torch.randn(2, 3, 16, 16)
+    res = ecograph.optimize(model, (x,), out_dir=tmp_path, declared_power_watts=10.0)
+    assert model.training and model.bn.training  # the caller's flags are put back
+    r = res.report
+    assert r.framework == "torch eager" and "inference_mode" in r.framework_detail
+    assert r.framework_run.latency.p50_ms > 0
+    assert r.framework_run.energy.kind == r.optimized_run.energy.kind
+    assert "against torch eager" in r.table()
+    assert "Against torch eager" in r.to_html()
+
+
+def test_report_measures_onnx_runtime_as_a_baseline(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+        "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 9
+    onnx.checker.check_model(proto)
+    res = ecograph.optimize(proto, tiny_feeds(), out_dir=tmp_path, declared_power_watts=10.0)
+    r = res.report
+    assert r.framework == "ONNX Runtime" and "CPUExecutionProvider" in r.framework_detail
+    assert r.framework_run.latency.p50_ms > 0
+    assert {row[0] for row in r.framework_rows()} >= {"latency p50 (ms)", "energy / inference"}
+
+
+def test_graph_input_has_no_framework_baseline_and_progress_can_be_forced(tmp_path, capsys):
+    res = ecograph.optimize(tiny_graph(), tiny_feeds(), out_dir=tmp_path, progress=True)
+    assert res.report.framework_run is None
+    assert any(
+        n.startswith("no framework baseline: the model was given as a Graph")
+        for n in res.report.notes
+    )
+    assert "passes" in capsys.readouterr().err

@@ -6,12 +6,18 @@ the IR before/after to a folder, keep a ledger (node count, parameter bytes), an
 outputs numerically against the previous stage on sample inputs, within each pass's declared
 tolerance. When outputs diverge the error names the pass and the first diverging node, and a
 minimal before/after pair is written to disk.
+
+The IR text form is printed only when something reads it (dumps, divergence pairs): the
+honest-`changed` check compares a structural fingerprint built from object identities, which
+costs a fraction of printing every node before and after every pass. A pipeline that runs
+longer than two seconds shows one progress line per pass on a terminal (see `progress`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from ecograph.errors import EcographError, NumericDivergenceError, PassError, VerificationError
-from ecograph.ir.graph import Graph
+from ecograph.ir.graph import Graph, Node
 from ecograph.ir.interpreter import interpret
-from ecograph.ir.text import node_to_text, write_text
+from ecograph.ir.text import write_text
 from ecograph.ir.verify import verify
 from ecograph.passes.core import Pass, PassResult
 from ecograph.passes.divergence import extract_cone, first_diverging_node
@@ -33,12 +39,18 @@ from ecograph.passes.sample import compare_arrays, sample_inputs_for
 
 log = logging.getLogger("ecograph.passes")
 
+# A pipeline shows progress (on a terminal) once it has run this long.
+PROGRESS_DELAY_S = 2.0
+
 
 class PassManager:
     """Runs pipeline items in order with instrumentation. See the module docstring.
 
     `auto_requires`: run the registered provider of a missing `requires` property first
     (recorded as an automatic run); when False a missing property is a PassError.
+    `progress`: None shows a per-pass progress line on stderr once a run has taken
+    PROGRESS_DELAY_S seconds, and only when stderr is a terminal; True always shows it (from
+    the first pass, terminal or not); False never does.
     """
 
     def __init__(
@@ -47,10 +59,13 @@ class PassManager:
         instrumentation: Instrumentation | None = None,
         *,
         auto_requires: bool = True,
+        progress: bool | None = None,
     ) -> None:
         self.items = parse_pipeline(pipeline)
         self.instrumentation = instrumentation or Instrumentation()
         self.auto_requires = auto_requires
+        self.progress = progress
+        self._bar: Any = None
         self._properties: set[str] = set()
         self._records: list[PassRecord] = []
         self._step = 0
@@ -69,8 +84,14 @@ class PassManager:
             )
             self._reference = self._outputs(graph)
         changed = False
-        for item in self.items:
-            changed |= self._run_item(graph, item)
+        self._bar = _progress_bar(self.progress)
+        try:
+            for item in self.items:
+                changed |= self._run_item(graph, item)
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
         return PipelineResult(changed, self._records)
 
     # ------------------------------------------------------------------ internals
@@ -111,6 +132,8 @@ class PassManager:
         self._step += 1
         step = self._step
         record = PassRecord(p.name, False, iteration=iteration, auto=auto)
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"{p.name} ({len(graph.nodes)} nodes)", refresh=False)
         if inst.ledger:
             record.nodes_before, record.param_bytes_before = len(graph.nodes), param_bytes(graph)
         before_text = str(graph) if inst.dump_dir is not None else None
@@ -128,11 +151,14 @@ class PassManager:
             ) from exc
         if not isinstance(result, PassResult):
             raise PassError(f"pass {p.name} returned {type(result).__name__}, not a PassResult")
-        if fingerprint is not None and not result.changed and _fingerprint(graph) != fingerprint:
-            raise PassError(
-                f"pass {p.describe()} reported changed=False but edited the graph; "
-                "`changed` must be honest (the manager skips checks on unchanged graphs)"
-            )
+        if fingerprint is not None and not result.changed:
+            after = _fingerprint(graph)
+            if after != fingerprint:
+                raise PassError(
+                    f"pass {p.describe()} reported changed=False but edited the graph "
+                    f"({_first_difference(fingerprint, after)}); `changed` must be honest "
+                    "(the manager skips checks on unchanged graphs)"
+                )
         if inst.timing:
             record.seconds = time.perf_counter() - start
         record.changed = result.changed
@@ -140,6 +166,8 @@ class PassManager:
         if inst.ledger:
             record.nodes_after, record.param_bytes_after = len(graph.nodes), param_bytes(graph)
         self._records.append(record)
+        if self._bar is not None:
+            self._bar.update(1)
         for note in result.notes:
             log.info("%s: %s", p.name, note)
         if result.changed:
@@ -223,15 +251,82 @@ class PassManager:
 
 
 def _fingerprint(graph: Graph) -> tuple[Any, ...]:
-    """A cheap structural summary (constants by identity, not bytes) to catch a pass that
-    edits the graph but reports changed=False."""
+    """A cheap structural summary to catch a pass that edits the graph but reports
+    changed=False: nodes, values and constant arrays by identity plus names, types and
+    attributes, without printing the text form (which cost more than the passes on large
+    graphs). A node replaced by an identical one at the same address is no edit at all."""
     return (
-        tuple((v.name, v.type) for v in graph.inputs),
-        tuple(v.name for v in graph.outputs),
+        tuple((id(v), v.name, v.type) for v in graph.inputs),
+        tuple(id(v) for v in graph.outputs),
         tuple((v.name, v.type, id(v.const_value)) for v in graph.constants.values()),
-        tuple(node_to_text(n) for n in graph.nodes),
+        tuple(_node_key(n) for n in graph.nodes),
         repr(sorted(graph.metadata.items())),
     )
+
+
+def _node_key(node: Node) -> tuple[Any, ...]:
+    return (
+        id(node),
+        node.name,
+        node.op_type,
+        node.domain,
+        tuple(None if v is None else id(v) for v in node.inputs),
+        tuple((id(v), v.name, v.type) for v in node.outputs),
+        tuple((k, _frozen(v)) for k, v in node.attrs.items()),
+    )
+
+
+def _frozen(value: Any) -> Any:
+    """An attribute value in a comparable form that an in-place edit would change."""
+    if isinstance(value, np.ndarray):
+        return (id(value), value.dtype.str, value.shape, value.tobytes() if value.size <= 64 else 0)
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def _first_difference(before: tuple[Any, ...], after: tuple[Any, ...]) -> str:
+    """Where two fingerprints differ, in words (the first node that differs, if any)."""
+    what = ("graph inputs", "graph outputs", "constants", "nodes", "metadata")
+    for label, b, a in zip(what, before, after, strict=True):
+        if b == a:
+            continue
+        if label != "nodes":
+            return f"its {label} changed"
+        for kb, ka in zip(b, a, strict=False):
+            if kb[1] != ka[1]:
+                return f"node {kb[1]} became {ka[1]} ({ka[2]})"
+            if kb != ka:
+                return f"node {ka[1]} ({ka[2]}) changed"
+        return f"node count {len(b)} -> {len(a)}"
+    return "it changed"
+
+
+def _progress_bar(progress: bool | None) -> Any:
+    """A tqdm bar counting passes, or None when progress is off (see PassManager)."""
+    if progress is False:
+        return None
+    if progress is None and not _stderr_is_tty():
+        return None
+    from tqdm import tqdm
+
+    forced = progress is True
+    return tqdm(
+        desc="passes",
+        unit="pass",
+        file=sys.stderr,
+        delay=0.0 if forced else PROGRESS_DELAY_S,
+        mininterval=0.0 if forced else 0.1,
+        dynamic_ncols=True,
+        leave=forced,
+    )
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stream: no terminal
+        return False
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -249,9 +344,11 @@ def run_passes(
     graph: Graph,
     pipeline: PipelineSpec = "default",
     instrumentation: Instrumentation | None = None,
+    *,
+    progress: bool | None = None,
 ) -> PipelineResult:
     """Run a pipeline on `graph` in place (a convenience wrapper around PassManager)."""
-    return PassManager(pipeline, instrumentation).run(graph)
+    return PassManager(pipeline, instrumentation, progress=progress).run(graph)
 
 
 def bisect_pipeline(

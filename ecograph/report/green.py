@@ -1,6 +1,11 @@
 """The green report: JSON plus a self-contained HTML page (inline CSS and SVG, no scripts,
 no network) comparing the original and optimized model.
 
+Runs compared: `original` (the captured graph built by the same backend without ecograph's
+passes), `optimized`, and, when the model came from a framework, `framework` (torch eager or
+ONNX Runtime: the model as its user runs it today). Charts mark an optimized value that is
+worse (higher) than a baseline in red and say "worse" in words.
+
 Every energy number carries its kind (`measured`, `estimated`, `unavailable`) and method; the
 HTML prints them next to the number. gCO2e appears only when the user gives a carbon
 intensity (g/kWh); nothing is looked up.
@@ -12,6 +17,7 @@ import datetime as _dt
 import html
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,12 +67,17 @@ class GreenReport:
         default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     )
     profile: Profile | None = None  # per-kernel profile of the optimized build, when asked for
+    # The source framework as a baseline: its name ("torch eager", "ONNX Runtime"), how it ran
+    # (version, device, provider) and its measured run; "" / None when there is none.
+    framework: str = ""
+    framework_detail: str = ""
+    framework_run: RunFacts | None = None
 
     # ------------------------------------------------------------------ JSON
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        for key in ("original_run", "optimized_run"):
+        for key in ("original_run", "optimized_run", "framework_run"):
             run = getattr(self, key)
             if run is not None and run.energy is not None:
                 out[key]["energy"]["gco2e"] = grams_co2e(
@@ -104,6 +115,9 @@ class GreenReport:
             notes=data.get("notes", []),
             created=data.get("created", ""),
             profile=Profile.from_dict(data["profile"]) if data.get("profile") else None,
+            framework=data.get("framework", ""),
+            framework_detail=data.get("framework_detail", ""),
+            framework_run=run(data.get("framework_run")),
         )
 
     # ----------------------------------------------------------------- table
@@ -171,11 +185,41 @@ class GreenReport:
             rows.append((f"accuracy: {key}", "reference", _num(value, 6), ""))
         return rows
 
+    def framework_rows(self) -> list[tuple[str, str, str, str]]:
+        """(metric, framework, optimized, ratio) rows against the source framework (torch
+        eager or ONNX Runtime); empty when there is no framework run."""
+        f, n = self.framework_run, self.optimized_run
+        if f is None or n is None:
+            return []
+        rows = []
+        lf, ln = f.latency, n.latency
+        if lf and ln:
+            rows.append(
+                ("latency p50 (ms)", _ms(lf.p50_ms), _ms(ln.p50_ms), _ratio(ln.p50_ms, lf.p50_ms))
+            )
+            rows.append(
+                ("latency p90 (ms)", _ms(lf.p90_ms), _ms(ln.p90_ms), _ratio(ln.p90_ms, lf.p90_ms))
+            )
+        ef, en = f.energy, n.energy
+        if ef or en:
+            rows.append(
+                (
+                    "energy / inference",
+                    _energy(ef),
+                    _energy(en),
+                    _ratio(en and en.joules, ef and ef.joules)
+                    if ef and en and ef.kind == en.kind
+                    else "n/a",
+                )
+            )
+        return rows
+
     def table(self) -> str:
-        rows = [("metric", "original", "optimized", "ratio"), *self.rows()]
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines = _text_table([("metric", "original", "optimized", "ratio"), *self.rows()])
+        framework = self.framework_rows()
+        if framework:
+            lines += ["", f"against {self.framework} ({self.framework_detail}):"]
+            lines += _text_table([("metric", self.framework, "optimized", "ratio"), *framework])
         if self.profile is not None:
             lines += ["", "where the time goes (optimized build, per kernel):"]
             lines.append(self.profile.table(limit=PROFILE_ROWS))
@@ -186,34 +230,49 @@ class GreenReport:
     def to_html(self) -> str:
         esc = html.escape
         o, n = self.original, self.optimized
-        bars = [
-            ("Model bytes", o.bytes, n.bytes, _bytes),
-            ("Parameters", o.parameters, n.parameters, lambda v: f"{v:,}"),
-            ("FLOPs", o.flops, n.flops, _num),
+        # (title, [(baseline label, value)], optimized value, format)
+        bars: list[tuple[str, Sequence[tuple[str, float | None]], float | None, Any]] = [
+            ("Model bytes", [("original", o.bytes)], n.bytes, _bytes),
+            ("Parameters", [("original", o.parameters)], n.parameters, lambda v: f"{v:,}"),
+            ("FLOPs", [("original", o.flops)], n.flops, _num),
         ]
-        lo = self.original_run.latency if self.original_run else None
+        fw = self.framework or "framework"
+        runs = [(fw, self.framework_run), ("original", self.original_run)]
         ln = self.optimized_run.latency if self.optimized_run else None
-        if lo and ln:
-            bars.append(("Latency p50 (ms)", lo.p50_ms, ln.p50_ms, _ms))
-            bars.append(("Latency p90 (ms)", lo.p90_ms, ln.p90_ms, _ms))
-        eo = self.original_run.energy if self.original_run else None
+        if ln:
+            for label, pick in (("p50", lambda s: s.p50_ms), ("p90", lambda s: s.p90_ms)):
+                base = [(name, pick(r.latency)) for name, r in runs if r and r.latency]
+                if base:
+                    bars.append((f"Latency {label} (ms)", base, pick(ln), _ms))
         en = self.optimized_run.energy if self.optimized_run else None
-        if eo and en and eo.joules is not None and en.joules is not None:
-            bars.append(
-                (
-                    f"Energy / inference (mJ, {eo.kind} / {en.kind})",
-                    eo.joules * 1e3,
-                    en.joules * 1e3,
-                    lambda v: f"{v:.3f}",
-                )
-            )
-        charts = "\n".join(_bar_chart(t, a, b, fmt) for t, a, b, fmt in bars if a is not None)
-        table_rows = "\n".join(
-            "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in self.rows()
+        if en and en.joules is not None:
+            base = [
+                (name, r.energy.joules * 1e3)
+                for name, r in runs
+                if r and r.energy and r.energy.joules is not None and r.energy.kind == en.kind
+            ]
+            if base:
+                bars.append((f"Energy / inference (mJ, {en.kind})", base, en.joules * 1e3, _mj))
+        charts = "\n".join(
+            _bar_chart(t, [(lbl, v) for lbl, v in base if v is not None], after, fmt)
+            for t, base, after, fmt in bars
+            if any(v is not None for _, v in base)
         )
+        table_rows = _html_rows(self.rows())
+        framework_rows = self.framework_rows()
+        framework_table = ""
+        if framework_rows:
+            framework_table = (
+                f"<h2>Against {esc(self.framework)} (the model as you run it today)</h2>\n"
+                f'<p class="meta">{esc(self.framework_detail)}</p>\n'
+                f"<table><tr><th>metric</th><th>{esc(self.framework)}</th><th>optimized</th>"
+                f"<th>ratio</th></tr>\n{_html_rows(framework_rows)}\n</table>\n"
+            )
+        eo = self.original_run.energy if self.original_run else None
+        ef = self.framework_run.energy if self.framework_run else None
         energy_notes = "".join(
             f"<li><b>{esc(label)}</b>: {esc(e.label())}</li>"
-            for label, e in (("original", eo), ("optimized", en))
+            for label, e in ((fw, ef), ("original", eo), ("optimized", en))
             if e is not None
         )
         pass_rows = "\n".join(
@@ -236,6 +295,7 @@ class GreenReport:
             machine=machine or "not recorded",
             charts=charts,
             table_rows=table_rows,
+            framework_table=framework_table,
             energy_notes=energy_notes or "<li>no energy measured</li>",
             carbon=esc(
                 f"{self.carbon_intensity_g_per_kwh:g} g/kWh (given by the user)"
@@ -260,6 +320,13 @@ class GreenReport:
             os.replace(tmp, path)
             paths.append(path)
         return paths[0], paths[1]
+
+
+def _text_table(rows: list[tuple[str, str, str, str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
 
 
 def read_report(result_dir: str | os.PathLike[str]) -> GreenReport:
@@ -302,29 +369,66 @@ def _energy(e: EnergyReading | None) -> str:
     return f"{e.joules * 1e3:.3f} mJ ({e.kind})"
 
 
-def _bar_chart(title: str, before: float, after: float | None, fmt: Any) -> str:
+def _bar_chart(
+    title: str, baselines: list[tuple[str, float]], after: float | None, fmt: Any
+) -> str:
+    """Horizontal bars: each baseline, then the optimized value; lower is better for every
+    metric charted, so an optimized bar above any baseline is drawn in the "worse" class and
+    its label says "worse than <baseline>" in words (not only in colour)."""
     esc = html.escape
-    top = max(before, after or 0.0) or 1.0
-    width = 420
+    top = max([v for _, v in baselines] + [after or 0.0]) or 1.0
+    width = 360
+    worse_than = [lbl for lbl, v in baselines if after is not None and after > v]
+    series = [(lbl, v, "base", "") for lbl, v in baselines]
+    if after is not None:
+        verdict = f" (worse than {', '.join(worse_than)})" if worse_than else ""
+        series.append(("optimized", after, "worse" if worse_than else "better", verdict))
     rows = []
-    for i, (label, value, color) in enumerate(
-        (("original", before, "#8c8c8c"), ("optimized", after, "#2e7d32"))
-    ):
-        if value is None:
-            continue
+    for i, (label, value, cls, verdict) in enumerate(series):
         w = max(1.0, width * value / top)
         y = 8 + i * 30
         rows.append(
-            f'<text x="0" y="{y + 15}" class="lbl">{label}</text>'
-            f'<rect x="80" y="{y}" width="{w:.1f}" height="22" fill="{color}"/>'
-            f'<text x="{80 + w + 6:.1f}" y="{y + 15}" class="val">{esc(fmt(value))}</text>'
+            f'<text x="0" y="{y + 15}" class="lbl">{esc(label)}</text>'
+            f'<rect x="110" y="{y}" width="{w:.1f}" height="22" class="{cls}"/>'
+            f'<text x="{110 + w + 6:.1f}" y="{y + 15}" class="val{" worse" if verdict else ""}">'
+            f"{esc(fmt(value) + verdict)}</text>"
         )
+    height = 16 + 30 * len(series)
+    caption = title + (" \u2014 optimized is worse" if worse_than else "")
     return (
-        f"<figure><figcaption>{esc(title)}</figcaption>"
-        f'<svg width="640" height="70" role="img" aria-label="{esc(title)}">'
+        f'<figure class="{"worse" if worse_than else "chart"}"><figcaption>{esc(caption)}'
+        f'</figcaption><svg width="760" height="{height}" role="img" aria-label="{esc(caption)}">'
         + "".join(rows)
         + "</svg></figure>"
     )
+
+
+def _html_rows(rows: list[tuple[str, str, str, str]]) -> str:
+    """Table rows; a ratio above 1 (the optimized value is higher, i.e. worse) is marked."""
+    out = []
+    for metric, before, after, ratio in rows:
+        cells = [f"<td>{html.escape(c)}</td>" for c in (metric, before, after)]
+        if _is_worse(ratio):
+            cells.append(f'<td class="worse">{html.escape(ratio)} (worse)</td>')
+        else:
+            cells.append(f"<td>{html.escape(ratio)}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    return "\n".join(out)
+
+
+def _is_worse(ratio: str) -> bool:
+    """True for a ratio cell ("1.250x") above 1: every ratio in the tables is new / old of a
+    metric where lower is better (bytes, FLOPs, nodes, latency, energy, gCO2e)."""
+    if not ratio.endswith("x"):
+        return False
+    try:
+        return float(ratio[:-1]) > 1.0
+    except ValueError:
+        return False
+
+
+def _mj(v: float) -> str:
+    return f"{v:.3f}"
 
 
 def _ledger_chart(passes: list[dict[str, Any]]) -> str:
@@ -385,6 +489,8 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding
 th {{ background: #f0f0f0; text-align: left; }}
 figure {{ margin: 8px 0; }} figcaption {{ font-weight: 600; margin-bottom: 2px; }}
 .lbl {{ font-size: 12px; fill: #333; }} .val {{ font-size: 12px; fill: #111; }}
+rect.base {{ fill: #8c8c8c; }} rect.better {{ fill: #2e7d32; }} rect.worse {{ fill: #c62828; }}
+text.worse {{ fill: #c62828; font-weight: 600; }} td.worse {{ color: #c62828; font-weight: 600; }}
 .meta {{ color: #555; font-size: 13px; }}
 td.num {{ text-align: right; }} tr.unscheduled td {{ background: #fff3e0; }}
 .bar {{ display: inline-block; height: 10px; background: #1565c0; }}
@@ -397,7 +503,7 @@ machine: {machine}</p>
 <table><tr><th>metric</th><th>original</th><th>optimized</th><th>ratio</th></tr>
 {table_rows}
 </table>
-<h2>Charts</h2>
+{framework_table}<h2>Charts</h2>
 {charts}
 <h2>Energy: how it was obtained</h2>
 <ul>{energy_notes}</ul>

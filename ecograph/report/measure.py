@@ -5,6 +5,10 @@ counter (nvidia-ml-py, or zeus when installed), CPUs through RAPL via zeus (when
 exposes /sys/class/powercap). Where no counter exists, energy is *estimated* as latency times
 a power figure the caller declares, and says so; with no declared power it is reported as
 unavailable rather than guessed. Measured and estimated numbers are never mixed silently.
+
+`measure_run` is the one way a report measures a model: the original build, the optimized
+build and the source-framework baseline (`framework_runner`: torch eager for a torch module,
+ONNX Runtime for an ONNX model, i.e. the model as its user runs it today) all go through it.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -122,7 +127,7 @@ class _RaplCounter(_Counter):
     def read(self) -> float:
         total_mj = 0.0
         for i in range(self._n):
-            m = self._cpus.getTotalEnergyConsumption(i)
+            m = self._cpus.get_total_energy_consumption(i)
             total_mj += m.cpu_mj + (m.dram_mj or 0.0)
         return total_mj / 1e3
 
@@ -174,6 +179,140 @@ def measure_energy(
             f"p50 latency x declared power {declared_power_watts:g} W; {reason}",
         )
     return EnergyReading(None, "unavailable", f"{reason}; declare a power figure to estimate")
+
+
+# How every report run is measured (original, optimized and framework baseline alike).
+RUN_WARMUP = 2
+RUN_REPEAT = 10
+
+
+def measure_run(
+    fn: Callable[[], Any], *, device: str, declared_power_watts: float | None = None
+) -> tuple[LatencyStats, EnergyReading]:
+    """Latency and energy per call of `fn` on `device`, the same way for every run a report
+    compares (RUN_WARMUP warm-up calls, RUN_REPEAT timed calls, then `measure_energy`)."""
+    latency = measure_latency(fn, warmup=RUN_WARMUP, repeat=RUN_REPEAT)
+    energy = measure_energy(
+        fn, device=device, latency=latency, declared_power_watts=declared_power_watts
+    )
+    return latency, energy
+
+
+@dataclass(frozen=True)
+class FrameworkRunner:
+    """The model run as its user runs it today: `name` ("torch eager", "ONNX Runtime"),
+    `detail` (version, device, provider) and `run`, one inference on the example inputs."""
+
+    name: str
+    detail: str
+    run: Callable[[], Any]
+
+
+@contextmanager
+def framework_runner(
+    model: Any, example_inputs: Any, feeds: Mapping[str, Any], device: str
+) -> Iterator[FrameworkRunner | str]:
+    """Yield a FrameworkRunner for `model` on `device` ("cpu" or "cuda"), or a string saying
+    why there is none (an ecograph Graph has no source framework; torch without CUDA for a
+    CUDA target; ...). `feeds` are the example inputs as numpy arrays by graph input name.
+
+    A torch module runs in eval mode under torch.inference_mode() (each submodule's training
+    flag is restored on exit); on CUDA a copy of it is moved to the GPU and every call
+    synchronizes. An ONNX model runs in an InferenceSession with default session options."""
+    if _is_torch_module(model):
+        with _torch_runner(model, example_inputs, device) as runner:
+            yield runner
+        return
+    if isinstance(model, (str, os.PathLike)) or type(model).__name__ == "ModelProto":
+        yield _onnx_runner(model, feeds, device)
+        return
+    yield (
+        f"the model was given as a {type(model).__name__}, not a torch module or an ONNX model: "
+        "there is no source framework to compare with"
+    )
+
+
+def _is_torch_module(obj: Any) -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return isinstance(obj, torch.nn.Module)
+
+
+@contextmanager
+def _torch_runner(model: Any, example_inputs: Any, device: str) -> Iterator[FrameworkRunner | str]:
+    import copy
+
+    import numpy as np
+    import torch
+
+    if example_inputs is None:
+        yield "no example inputs to run the torch module on"
+        return
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        yield "the target is CUDA and torch sees no CUDA device here"
+        return
+
+    def to_device(v: Any) -> Any:
+        t = torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+        return t.to(device) if isinstance(t, torch.Tensor) else t
+
+    if isinstance(example_inputs, Mapping):
+        args: tuple[Any, ...] = ()
+        kwargs = {k: to_device(v) for k, v in example_inputs.items()}
+    else:
+        seq = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+        args, kwargs = tuple(to_device(v) for v in seq), {}
+    module = copy.deepcopy(model).to(device) if device.startswith("cuda") else model
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    sync = torch.cuda.synchronize if device.startswith("cuda") else None
+
+    def run() -> Any:
+        with torch.inference_mode():
+            out = module(*args, **kwargs)
+        if sync is not None:
+            sync()
+        return out
+
+    detail = f"torch {torch.__version__} eager, inference_mode, {device}"
+    if device == "cpu":
+        detail += f", {torch.get_num_threads()} threads"
+    try:
+        yield FrameworkRunner("torch eager", detail, run)
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+def _onnx_runner(model: Any, feeds: Mapping[str, Any], device: str) -> FrameworkRunner | str:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return "onnxruntime is not installed (pip install onnxruntime)"
+    provider = "CUDAExecutionProvider" if device.startswith("cuda") else "CPUExecutionProvider"
+    if provider not in ort.get_available_providers():
+        return f"this onnxruntime build has no {provider} for a {device} target"
+    source = (
+        os.fspath(model) if isinstance(model, (str, os.PathLike)) else model.SerializeToString()
+    )
+    try:
+        session = ort.InferenceSession(source, providers=[provider])
+    except Exception as exc:
+        return f"ONNX Runtime could not load the model ({type(exc).__name__}: {exc})"
+    names = [i.name for i in session.get_inputs()]
+    if all(n in feeds for n in names):
+        ort_feeds = {n: feeds[n] for n in names}
+    elif len(names) == len(feeds):  # same inputs under sanitized names: match by position
+        ort_feeds = dict(zip(names, feeds.values(), strict=True))
+    else:
+        return f"ONNX Runtime wants inputs {names}; the example inputs are {list(feeds)}"
+    return FrameworkRunner(
+        "ONNX Runtime",
+        f"onnxruntime {ort.__version__}, {provider}, default session options",
+        lambda: session.run(None, ort_feeds),
+    )
 
 
 def grams_co2e(joules: float | None, intensity_g_per_kwh: float | None) -> float | None:

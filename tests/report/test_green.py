@@ -144,3 +144,51 @@ def test_html_renders_in_headless_chromium(tmp_path):
     assert (width, height) == (1000, 1400)
     dark = sum(1 for b in raw[::7] if b < 200)
     assert dark > 2000, "the screenshot is (nearly) blank"
+
+
+def test_framework_baseline_rows_ratios_and_round_trip(tmp_path):
+    lat_f = LatencyStats(p50_ms=8.0, p90_ms=9.0, mean_ms=8.2, runs=10)
+    r = sample_report(
+        framework="torch eager",
+        framework_detail="torch 2.x eager, inference_mode, cpu, 2 threads",
+        framework_run=RunFacts("cpu", lat_f, EnergyReading(0.4, "estimated", "p50 x 50 W")),
+    )
+    rows = {row[0]: row for row in r.framework_rows()}
+    assert rows["latency p50 (ms)"] == ("latency p50 (ms)", "8.000", "4.000", "0.500x")
+    assert rows["energy / inference"][3] == "0.500x"
+    table = r.table()
+    assert "against torch eager (torch 2.x eager" in table and "0.500x" in table
+    r.write(tmp_path)
+    back = read_report(tmp_path)
+    assert back.framework == "torch eager" and back.framework_run == r.framework_run
+    assert back.to_dict() == r.to_dict()
+    assert r.to_dict()["framework_run"]["energy"]["gco2e"] == pytest.approx(0.4 / 3.6e6 * 400)
+    page = r.to_html()
+    assert "Against torch eager (the model as you run it today)" in page
+    assert "<b>torch eager</b>: 400.000 mJ (estimated" in page
+    assert "worse" not in page.replace("rect.worse", "").replace("text.worse", "").replace(
+        "td.worse", ""
+    )  # optimized beats every baseline: nothing marked
+
+
+def test_charts_and_tables_mark_an_optimized_value_worse_than_a_baseline():
+    slow = LatencyStats(p50_ms=12.0, p90_ms=14.0, mean_ms=12.5, runs=10)
+    fast = LatencyStats(p50_ms=6.0, p90_ms=7.0, mean_ms=6.2, runs=10)
+    r = sample_report(
+        optimized_run=RunFacts("cpu", slow, EnergyReading(0.2, "estimated", "p50 x 50 W")),
+        framework="ONNX Runtime",
+        framework_detail="onnxruntime, CPUExecutionProvider",
+        framework_run=RunFacts("cpu", fast, None),
+    )
+    page = r.to_html()
+    # Latency p50: 12 ms is worse than both the original (10) and ONNX Runtime (6), in words.
+    assert "Latency p50 (ms) \u2014 optimized is worse" in page
+    assert "12.000 (worse than ONNX Runtime, original)" in page
+    assert 'class="worse"' in page
+    # Energy 0.2 < 0.5 mJ: better, not marked.
+    energy = page[page.index("<figcaption>Energy") :].split("</figure>")[0]
+    assert "worse" not in energy and 'class="better"' in energy
+    # The table ratios say it too, next to the number.
+    assert '<td class="worse">1.200x (worse)</td>' in page
+    assert '<td class="worse">2.000x (worse)</td>' in page
+    assert "no energy" not in page

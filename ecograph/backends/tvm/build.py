@@ -5,8 +5,9 @@ An artifact folder holds:
   machine without a GPU it carries CUDA source that the runtime compiles when it loads);
 - `params.npz` (only with `keep_params`): weights kept out of the library, stored without
   pickle and fed to the VM after the inputs;
-- `manifest.json`: versions, target, inputs/outputs with dtypes and symbolic shapes, the pass
-  pipeline, tuning time and SHA-256 hashes of the graph and of every file.
+- `manifest.json`: versions, target, inputs/outputs with dtypes and symbolic shapes, the
+  ecograph recipe (pipeline spec, quantization, the passes that ran) and TVM's pipeline,
+  tuning time and SHA-256 hashes of the graph and of every file.
 
 The folder is written under a temporary name next to `out_dir` and renamed into place, so a
 reader never sees half an artifact. Identical inputs give byte-identical folders: the manifest
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ecograph.cache import graph_hash
-from ecograph.errors import BuildError
+from ecograph.errors import BuildError, UsageError
 from ecograph.ir.graph import Graph
 
 from . import targets as _targets
@@ -54,6 +55,27 @@ class BuildResult:
     tuning: dict[str, Any] | None = None
     # CPU builds: each kernel's schedule rule (None: no rule applied, left to LLVM)
     kernels: dict[str, str | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the graph handed to the backend was made, for the manifest (and cache keys).
+
+    `pipeline`: the pass pipeline spec asked for ("default", "cleanup,fuse-attention", "":
+    none); `quantization`: the quantization pass as a spec entry
+    ("quantize(mode='dynamic')", "": none); `passes`: the passes that actually ran, in order
+    (rounds of a fixed-point group as "name #2"), each with whether it changed the graph."""
+
+    pipeline: str = ""
+    quantization: str = ""
+    passes: tuple[tuple[str, bool], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "spec": self.pipeline,
+            "quantization": self.quantization or None,
+            "passes": [{"name": name, "changed": changed} for name, changed in self.passes],
+        }
 
 
 # ------------------------------------------------------------------ pipelines
@@ -348,15 +370,21 @@ def compile(
     keep_params: bool | str = "auto",
     tune: bool | int = False,
     tuning_cache: str | os.PathLike[str] | None = None,
-    pipeline: list[str] | None = None,
+    recipe: Recipe | None = None,
     progress: bool = True,
 ) -> Path:
     """Compile `graph` for `target` into the artifact folder `out_dir` and return its path.
 
     `tune=True` (or a trial count) runs MetaSchedule first, caching its database under
-    `tuning_cache`; `pipeline` names the ecograph passes that produced the graph (recorded).
+    `tuning_cache`; `recipe` says how ecograph made the graph (pipeline spec, quantization,
+    passes run) and is recorded in the manifest; None records that no ecograph pass ran.
     `out_dir` defaults to `build/<graph name>-<target>`. An existing folder is replaced.
     """
+    if recipe is not None and not isinstance(recipe, Recipe):
+        raise UsageError(
+            f"recipe must be an ecograph.backends.tvm.build.Recipe, got {type(recipe).__name__}; "
+            "build one with ecograph.api.recipe_for(pipeline, quantization, records)"
+        )
     spec = _targets.resolve(target)
     _targets.check_toolchain(spec)
     out = Path(out_dir) if out_dir is not None else Path("build") / _default_name(graph, spec)
@@ -368,7 +396,7 @@ def compile(
         tuning_cache=tuning_cache,
         progress=progress,
     )
-    write_artifact(result, graph, out, ecograph_pipeline=pipeline or [])
+    write_artifact(result, graph, out, recipe=recipe or Recipe())
     return out
 
 
@@ -377,9 +405,7 @@ def _default_name(graph: Graph, spec: _targets.TargetSpec) -> str:
     return f"{graph.name}-{safe}"
 
 
-def write_artifact(
-    result: BuildResult, graph: Graph, out: Path, *, ecograph_pipeline: list[str]
-) -> None:
+def write_artifact(result: BuildResult, graph: Graph, out: Path, *, recipe: Recipe) -> None:
     """Write the artifact folder atomically: build it under a temporary name, then rename."""
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -396,7 +422,7 @@ def write_artifact(
         if result.lowered.params:
             _save_params(tmp / PARAMS, result.lowered.params)
             files.append(PARAMS)
-        manifest = _manifest(result, graph, tmp, files, ecograph_pipeline)
+        manifest = _manifest(result, graph, tmp, files, recipe)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         os.chmod(tmp, 0o755)
         _replace_dir(tmp, out)
@@ -441,7 +467,7 @@ def _tensor_entry(name: str, dtype: str, shape: tuple[Any, ...]) -> dict[str, An
 
 
 def _manifest(
-    result: BuildResult, graph: Graph, folder: Path, files: list[str], passes: list[str]
+    result: BuildResult, graph: Graph, folder: Path, files: list[str], recipe: Recipe
 ) -> dict[str, Any]:
     import tvm
 
@@ -463,7 +489,8 @@ def _manifest(
             "file": PARAMS if result.lowered.params else None,
             "names": list(result.lowered.params),
         },
-        "pipeline": {"ecograph": passes, "tvm": result.pipeline},
+        "pipeline": {"ecograph": recipe.to_dict(), "tvm": result.pipeline},
+        "quantization": recipe.quantization or None,
         "schedules": dict(sorted(result.kernels.items())),
         "tuning": tuning,
         "files": {name: _sha256(folder / name) for name in files},
