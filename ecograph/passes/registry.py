@@ -33,6 +33,7 @@ BUILTIN_PASS_MODULES: tuple[str, ...] = (
     "ecograph.passes.noops",
     "ecograph.passes.norms",
     "ecograph.passes.weight_only",
+    "ecograph.prune.passes",
     "ecograph.quant.integer",
     "ecograph.quant.quantize",
 )

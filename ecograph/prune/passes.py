@@ -1,0 +1,158 @@
+"""Structured pruning passes: prune-ffn, prune-heads, prune-channels and drop-layers.
+
+Each removes the least important `ratio` of the units of every prunable group of its kind
+(rounded down, at least one unit kept) and physically shrinks the graph. Pruning is lossy:
+`min_cosine` (default -1, no budget) is the cosine the PassManager's differential check
+demands of the outputs; accuracy belongs to the caller's validation data. A ratio of 0 is an
+exact no-op. Running a pass again prunes again (ratio of what is left): these passes are not
+idempotent, on purpose.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from ecograph.ir.graph import Graph
+from ecograph.passes.core import CosineTolerance, Pass, PassResult, Tolerance
+from ecograph.passes.registry import register_pass
+from ecograph.prune.groups import Group, GroupKind, PruningError, groups, layer_groups
+from ecograph.prune.importance import block_influence, score_groups
+from ecograph.prune.rewrite import drop_layers, shrink
+
+Feeds = Mapping[str, np.ndarray]
+
+
+def _check_ratio(name: str, ratio: float) -> None:
+    if not 0.0 <= ratio < 1.0:
+        raise PruningError(f"{name}: ratio must be in [0, 1), got {ratio}")
+
+
+def units_to_remove(size: int, ratio: float) -> int:
+    """floor(ratio · size), keeping at least one unit."""
+    return min(math.floor(ratio * size + 1e-9), size - 1)
+
+
+@dataclass
+class _PruneGroups(Pass):
+    """Shrink every prunable group of `kind` by `ratio` of its units (least important first)."""
+
+    kind: ClassVar[GroupKind] = "ffn"
+
+    ratio: float = 0.25
+    importance: str = "l2"  # "l1", "l2" or "wanda" (needs calibration)
+    calibration: Sequence[Feeds] | None = field(default=None, repr=False, compare=False)
+    min_cosine: float = -1.0
+
+    def numeric_tolerance(self) -> Tolerance:
+        return None if self.ratio == 0 else CosineTolerance(self.min_cosine)
+
+    def run(self, graph: Graph) -> PassResult:
+        _check_ratio(self.name, self.ratio)
+        if self.ratio == 0:
+            return PassResult(False)
+        found = [g for g in groups(graph, layers=False) if g.kind == self.kind]
+        notes = [f"{g.name}: frozen: {g.frozen}" for g in found if g.frozen]
+        live = [g for g in found if not g.frozen and units_to_remove(g.size, self.ratio) > 0]
+        scores = score_groups(graph, live, self.importance, self.calibration)
+        plan: list[tuple[Group, list[int]]] = []
+        for g, score in zip(live, scores, strict=True):
+            drop = set(np.argsort(score, kind="stable")[: units_to_remove(g.size, self.ratio)])
+            plan.append((g, [u for u in range(g.size) if u not in drop]))
+            notes.append(f"{g.name}: {g.size} -> {g.size - len(drop)} units")
+        removed = shrink(graph, plan)
+        stats = {"groups": len(plan), "units_removed": removed} if removed else {}
+        return PassResult(removed > 0, stats, notes)
+
+
+@register_pass
+@dataclass
+class PruneFFN(_PruneGroups):
+    """W_down(act(W_up x)) -> the same with the least important hidden units removed
+
+    FFN groups: a contraction's output features through activations (and a SwiGLU's gate and
+    up pair) to the next contraction's input rows."""
+
+    name: ClassVar[str] = "prune-ffn"
+    kind: ClassVar[GroupKind] = "ffn"
+
+
+@register_pass
+@dataclass
+class PruneHeads(_PruneGroups):
+    """Attention(Q, K, V) with H heads -> with fewer heads (Q/K/V columns, output rows)
+
+    With grouped-query attention a unit is a kv head together with its query heads."""
+
+    name: ClassVar[str] = "prune-heads"
+    kind: ClassVar[GroupKind] = "heads"
+
+
+@register_pass
+@dataclass
+class PruneChannels(_PruneGroups):
+    """Conv(Conv(x, W1), W2) -> the same with the least important channels of W1 / rows of W2
+
+    Through BatchNormalization, activations and depthwise convs (which carry the channel)."""
+
+    name: ClassVar[str] = "prune-channels"
+    kind: ClassVar[GroupKind] = "channels"
+
+
+@register_pass
+@dataclass
+class DropLayers(Pass):
+    """Add(x, f(x)) -> x for the least important residual branches f
+
+    `importance` is "block-influence" (1 - cos(x, x + f(x)) on calibration data) or "l2" (the
+    weight norm of f)."""
+
+    name: ClassVar[str] = "drop-layers"
+
+    ratio: float = 0.25
+    importance: str = "block-influence"
+    calibration: Sequence[Feeds] | None = field(default=None, repr=False, compare=False)
+    min_cosine: float = -1.0
+
+    def numeric_tolerance(self) -> Tolerance:
+        return None if self.ratio == 0 else CosineTolerance(self.min_cosine)
+
+    def run(self, graph: Graph) -> PassResult:
+        _check_ratio(self.name, self.ratio)
+        if self.ratio == 0:
+            return PassResult(False)
+        found = layer_groups(graph)
+        notes = [f"{g.name}: frozen: {g.frozen}" for g in found if g.frozen]
+        live = [g for g in found if not g.frozen]
+        count = math.floor(self.ratio * len(live) + 1e-9)
+        if count == 0:
+            return PassResult(False, {}, notes)
+        if self.importance == "block-influence":
+            scores = block_influence(graph, live, self.calibration or [])
+        elif self.importance == "l2":
+            scores = np.array([_branch_norm(g) for g in live])
+        else:
+            raise PruningError(
+                f"drop-layers: unknown importance {self.importance!r}; "
+                "choose 'block-influence' or 'l2'"
+            )
+        targets = [live[i].add.name for i in np.argsort(scores, kind="stable")[:count]]  # type: ignore[union-attr]
+        for name in targets:
+            # Regroup each time: dropping a branch replaces the next block's skip value.
+            (group,) = [g for g in layer_groups(graph) if g.add is not None and g.add.name == name]
+            drop_layers(graph, [group])
+            notes.append(f"dropped {group.name} ({len(group.nodes)} nodes)")
+        return PassResult(True, {"layers_dropped": len(targets)}, notes)
+
+
+def _branch_norm(group: Group) -> float:
+    total = 0.0
+    for node in group.nodes:
+        for v in node.inputs:
+            if v is not None and v.const_value is not None and v.dtype.is_float:
+                total += float(np.sum(np.asarray(v.const_value, np.float64) ** 2))
+    return math.sqrt(total)

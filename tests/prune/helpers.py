@@ -1,0 +1,42 @@
+"""Shared checks for the pruning tests: zero a group's units, prune them, compare."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ecograph.ir import Graph, interpret, verify
+from ecograph.prune import Group, shrink
+
+
+def zero_units(graph: Graph, group: Group, units: Sequence[int]) -> None:
+    """Set every constant slice the given units own to 0 (a constant shared with another use
+    is copied first, so only this group's uses see zeros)."""
+    for m in group.members:
+        if m.node is None or m.input_index is None:
+            continue
+        current = m.node.inputs[m.input_index]
+        assert current is not None
+        arr = np.array(current.const_value)  # a copy
+        np.moveaxis(arr, m.axis, 0)[m.positions(units)] = 0  # a view: writes into arr
+        graph.set_node_input(m.node, m.input_index, graph.add_constant(arr, f"{current.name}_z"))
+
+
+def check_zero_units_exact(
+    graph: Graph, group_name: str, units: Sequence[int], feeds: Mapping[str, np.ndarray]
+) -> Graph:
+    """Zero `units` of the named group, then prune them: outputs must be bit-identical."""
+    from ecograph.prune import groups
+
+    (group,) = [g for g in groups(graph) if g.name == group_name]
+    zero_units(graph, group, units)
+    verify(graph)
+    expected = interpret(graph, feeds)
+    # The group still holds: zeroing swapped constants per use, the nodes are the same.
+    shrink(graph, [(group, [u for u in range(group.size) if u not in set(units)])])
+    verify(graph)
+    actual = interpret(graph, feeds)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(actual[key], value, err_msg=key)
+    return graph
