@@ -270,7 +270,12 @@ def _reshape_map(src: Sequence[int | str], dst: Sequence[int | str]):
 def _shape_op(t: _Ties, node: Node) -> None:
     x, y = node.inputs[0], node.outputs[0]
     assert x is not None
-    equal, outer, _, _ = _reshape_map(x.shape, y.shape)
+    equal, outer, loose_x, loose_y = _reshape_map(x.shape, y.shape)
+    # An axis folded into another one (head_dim under heads, heads under batch in a bmm) is
+    # strided in the merged axis: pruning it is not a contiguous cut, so it stays.
+    for ref, loose in ((x, loose_x), (y, loose_y)):
+        for a in loose:
+            t.freeze((ref, a), f"{node.op_type} {node.name} folds it into another axis")
     for a, b in equal:
         t.equal.append(((x, a), (y, b)))
     for side, merged, out_axis, inner in outer:
@@ -515,6 +520,9 @@ def _attention(t: _Ties, node: Node) -> None:
     t.outer.append(((q, 2), (k, 2), int(q.shape[2]) // hkv if isinstance(q.shape[2], int) else 1))
     t.head_slots.update({(q, 2), (k, 2), (v, 2), (y, 2)})
     t.constraints.append(((k, 2), hkv))
+    mask = node.input(3)
+    if mask is not None and mask.type.rank == 4 and mask.shape[1] != 1:
+        t.freeze((q, 2), f"Attention {node.name} has a per-head mask")
     if hq % hkv:
         t.freeze((q, 2), f"Attention {node.name}: {hq} query heads for {hkv} kv heads")
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ecograph.ir.graph import Graph, Node, Value
+from ecograph.passes.elementwise import METADATA_KEY as ELEMENTWISE_KEY
 from ecograph.passes.utils import remove_dead, replace_value
 from ecograph.prune.groups import Group, PruningError, Ref, Slot, ancestors
 
@@ -211,4 +212,15 @@ def drop_layers(graph: Graph, layers: Sequence[Group]) -> int:
             if v.const_value is not None and not v.uses and v.name in graph.constants:
                 graph.remove_constant(v)
         dropped += 1
+    _forget_removed_nodes(graph)
     return dropped
+
+
+def _forget_removed_nodes(graph: Graph) -> None:
+    """Drop the names of removed nodes from mark-elementwise-chains' metadata."""
+    chains = graph.metadata.get(ELEMENTWISE_KEY)
+    if not isinstance(chains, list):
+        return
+    alive = {n.name for n in graph.nodes}
+    kept = [[n for n in chain if n in alive] for chain in chains]
+    graph.metadata[ELEMENTWISE_KEY] = [chain for chain in kept if len(chain) > 1]

@@ -18,7 +18,10 @@ def zero_units(graph: Graph, group: Group, units: Sequence[int]) -> None:
             continue
         current = m.node.inputs[m.input_index]
         assert current is not None
-        arr = np.array(current.const_value)  # a copy
+        # A C-ordered copy: folded transposes leave Fortran-ordered weights, and BLAS sums a
+        # transposed operand in another order than a C-ordered one (pruned weights are
+        # C-ordered), which would make the comparison about memory layout, not pruning.
+        arr = np.array(current.const_value, order="C")
         np.moveaxis(arr, m.axis, 0)[m.positions(units)] = 0  # a view: writes into arr
         graph.set_node_input(m.node, m.input_index, graph.add_constant(arr, f"{current.name}_z"))
 

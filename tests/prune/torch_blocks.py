@@ -21,9 +21,9 @@ class TinyMLP(nn.Module):
 
 
 class BertBlock(nn.Module):
-    def __init__(self, d: int = 32, heads: int = 4, ffn: int = 64) -> None:
+    def __init__(self, d: int = 32, heads: int = 4, ffn: int = 64, sdpa: bool = True) -> None:
         super().__init__()
-        self.heads = heads
+        self.heads, self.sdpa = heads, sdpa
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.fc1, self.fc2 = nn.Linear(d, ffn), nn.Linear(ffn, d)
@@ -36,8 +36,11 @@ class BertBlock(nn.Module):
             return t.view(b, s, self.heads, hd).transpose(1, 2)
 
         q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
-        p = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd), dim=-1)
-        a = (p @ v).transpose(1, 2).reshape(b, s, d)
+        if self.sdpa:  # as transformers' BERT with attn_implementation="sdpa"
+            a = F.scaled_dot_product_attention(q, k, v)
+        else:  # torch.export turns these 4-D matmuls into bmm over [batch * heads, ...]
+            a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd), dim=-1) @ v
+        a = a.transpose(1, 2).reshape(b, s, d)
         h = self.ln1(x + self.o(a))
         return self.ln2(h + self.fc2(F.gelu(self.fc1(h))))
 
@@ -64,6 +67,9 @@ class RMSNorm(nn.Module):
 
 
 class LlamaBlock(nn.Module):
+    cos: torch.Tensor
+    sin: torch.Tensor
+
     def __init__(
         self, d: int = 32, heads: int = 4, kv_heads: int = 2, ffn: int = 48, seq: int = 8
     ) -> None:

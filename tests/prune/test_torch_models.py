@@ -1,0 +1,165 @@
+"""Pruning graphs captured from PyTorch, after the default pipeline (what users get): a tiny
+MLP, a BERT-style block, a Llama-style block with GQA and RoPE, a two-block Llama stack and the
+MobileNet block from tests/models/cnn.py. Groups are found, zeroed units prune exactly, and the
+pruned graphs verify and run in ONNX Runtime like the interpreter."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+import torch
+
+import ecograph
+from ecograph.ir import Graph, interpret, verify
+from ecograph.passes import PassManager
+from ecograph.prune import DropLayers, Group, PruneChannels, PruneFFN, PruneHeads, groups
+from tests.prune import torch_blocks
+from tests.prune.helpers import check_zero_units_exact
+from tests.prune.test_passes import _ort_outputs
+
+
+def _capture(
+    module: torch.nn.Module, shape: tuple[int, ...]
+) -> tuple[Graph, dict[str, np.ndarray]]:
+    torch.manual_seed(0)
+    example = torch.randn(*shape)
+    graph = ecograph.from_torch(module.eval(), (example,))
+    PassManager(["default"]).run(graph)
+    verify(graph)
+    (name,) = [v.name for v in graph.inputs]
+    return graph, {name: example.numpy()}
+
+
+def _feeds(graph: Graph, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        v.name: rng.standard_normal([int(d) for d in v.shape]).astype(np.float32)
+        for v in graph.inputs
+    }
+
+
+def _kinds(gs: list[Group]) -> dict[str, list[Group]]:
+    out: dict[str, list[Group]] = {}
+    for g in gs:
+        out.setdefault(g.kind, []).append(g)
+    return out
+
+
+def _mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch_blocks.TinyMLP()
+
+
+def _bert() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch_blocks.BertBlock()
+
+
+def _llama() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch_blocks.LlamaBlock()
+
+
+def _mobilenet() -> torch.nn.Module:
+    from tests.models.cnn import MobileNetBlock
+
+    torch.manual_seed(0)
+    return MobileNetBlock()
+
+
+MODELS: dict[str, tuple[Callable[[], torch.nn.Module], tuple[int, ...]]] = {
+    "mlp": (_mlp, (3, 8)),
+    "bert": (_bert, (2, 8, 32)),
+    "llama": (_llama, (2, 8, 32)),
+    "mobilenet": (_mobilenet, (1, 16, 8, 8)),
+}
+
+
+def test_mlp_groups() -> None:
+    graph, _ = _capture(_mlp(), (3, 8))
+    (ffn,) = [g for g in groups(graph) if not g.frozen]
+    assert (ffn.kind, ffn.size) == ("ffn", 16)
+
+
+def test_bert_block_groups() -> None:
+    graph, _ = _capture(_bert(), (2, 8, 32))
+    kinds = _kinds(groups(graph))
+    (heads,) = kinds["heads"]
+    assert (heads.size, heads.frozen) == (4, None)
+    (ffn,) = kinds["ffn"]
+    assert (ffn.size, ffn.frozen) == (64, None)
+    assert all(g.frozen for g in kinds["residual"])  # the hidden size reaches the output
+
+
+def test_bert_block_with_bmm_attention_freezes_heads() -> None:
+    # Without SDPA, torch.export writes q @ kᵀ as a bmm over [batch * heads, seq, dim]: the
+    # heads axis is folded under the batch axis, so the heads cannot be cut contiguously.
+    graph, _ = _capture(torch_blocks.BertBlock(sdpa=False), (2, 8, 32))
+    kinds = _kinds(groups(graph))
+    assert kinds["heads"] and all(
+        g.frozen is not None and "folds it into another axis" in g.frozen for g in kinds["heads"]
+    )
+    (ffn,) = kinds["ffn"]
+    assert ffn.frozen is None
+
+
+def test_llama_block_groups() -> None:
+    graph, _ = _capture(_llama(), (2, 8, 32))
+    kinds = _kinds(groups(graph))
+    (heads,) = kinds["heads"]
+    assert (heads.size, heads.frozen) == (2, None)  # units are the 2 kv heads
+    (ffn,) = kinds["ffn"]
+    assert (ffn.size, ffn.frozen) == (48, None)
+    assert len(ffn.weights) >= 2  # gate and up (maybe merged into one weight) and down
+    assert len(kinds["layer"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("model", "kind", "units"),
+    [("mlp", "ffn", [1, 2, 9]), ("bert", "heads", [1, 3]), ("bert", "ffn", [0, 5, 63]),
+     ("llama", "heads", [0]), ("llama", "ffn", [3, 4, 40]), ("mobilenet", "channels", [0, 7])],
+)  # fmt: skip
+def test_zeroed_units_prune_exactly(model: str, kind: str, units: list[int]) -> None:
+    make, shape = MODELS[model]
+    graph, feeds = _capture(make(), shape)
+    live = [g for g in groups(graph) if g.kind == kind and not g.frozen]
+    group = max(live, key=lambda g: g.size)
+    check_zero_units_exact(graph, group.name, units, feeds)
+
+
+@pytest.mark.parametrize(
+    ("model", "passes"),
+    [("mlp", [PruneFFN(ratio=0.5)]), ("bert", [PruneHeads(ratio=0.5), PruneFFN(ratio=0.5)]),
+     ("llama", [PruneHeads(ratio=0.5), PruneFFN(ratio=0.5)]),
+     ("mobilenet", [PruneChannels(ratio=0.5)])],
+)  # fmt: skip
+def test_pruned_model_runs_in_onnxruntime(model: str, passes: list) -> None:
+    make, shape = MODELS[model]
+    graph, feeds = _capture(make(), shape)
+    for p in passes:
+        assert p.run(graph).changed, p.name
+        verify(graph)
+    expected = interpret(graph, feeds)
+    actual = _ort_outputs(graph, feeds)
+    for key, value in expected.items():
+        np.testing.assert_allclose(actual[key], value, rtol=1e-4, atol=1e-4, err_msg=key)
+
+
+def test_llama_stack_drop_layers_and_wanda() -> None:
+    graph, feeds = _capture(torch_blocks.LlamaStack(), (2, 8, 32))
+    calib = [_feeds(graph, s) for s in range(2)]
+    assert len([g for g in groups(graph) if g.kind == "layer"]) == 4
+    PruneFFN(ratio=0.25, importance="wanda", calibration=calib).run(graph)
+    result = DropLayers(ratio=0.5, calibration=calib).run(graph)
+    assert result.stats == {"layers_dropped": 2}
+    verify(graph)
+    assert len([g for g in groups(graph) if g.kind == "layer"]) == 2
+    expected = interpret(graph, feeds)
+    actual = _ort_outputs(graph, feeds)
+    for key, value in expected.items():
+        np.testing.assert_allclose(actual[key], value, rtol=1e-4, atol=1e-4, err_msg=key)
