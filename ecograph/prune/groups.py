@@ -653,8 +653,13 @@ def groups(graph: Graph, *, layers: bool = True) -> list[Group]:
     result.sort(key=lambda g: min((order.get(id(n), 0) for n in g.nodes), default=0))
     if layers:
         result += layer_groups(graph)
-    for i, g in enumerate(result):
-        g.name = g.name or f"{g.kind}{i}"
+    seen: dict[str, int] = {}
+    for g in result:
+        # Names come from a weight and an axis; a constant shared by several layers (CSE
+        # merges equal arrays) can name more than one group, so later ones get a suffix.
+        seen[g.name] = seen.get(g.name, 0) + 1
+        if seen[g.name] > 1:
+            g.name = f"{g.name}#{seen[g.name]}"
     return result
 
 
