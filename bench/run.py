@@ -30,6 +30,7 @@ import datetime as dt
 import json
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -277,10 +278,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from ecograph.report.measure import describe_machine
 
     args = parse_args(argv)
+    # SIGTERM (kill, a CI timeout) ends the run through the finally blocks, so the workers and
+    # the busy-loop competitors (one of them possibly SIGSTOPped) are not left behind.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     argv = list(sys.argv[1:] if argv is None else argv)
     workloads = _names(args.workloads, WORKLOADS, "workload")
     runners = _names(args.runners, RUNNERS, "runner")

@@ -7,7 +7,11 @@ ones) through real worker processes for a couple of tiny rounds.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -386,3 +390,43 @@ def test_other_load_counts_only_processes_not_ours() -> None:
 def test_cpu_snapshot_reads_this_process() -> None:
     snap = CpuSnapshot.take()
     assert os.getpid() in snap.procs and snap.loadavg.count(" ") == 2
+
+
+def test_sigterm_ends_the_driver_through_its_cleanup() -> None:
+    """`kill` of bench/run.py (or a CI timeout) must not leave a busy loop behind: SIGTERM
+    becomes SystemExit, so the finally blocks stop the competitors (and close the workers)."""
+    script = (
+        "import signal, sys, time\n"
+        "from bench.run import _exit_on_sigterm\n"
+        "from bench.load import BusyCores\n"
+        "signal.signal(signal.SIGTERM, _exit_on_sigterm)\n"
+        "busy = BusyCores(1, settle_s=0.01).start()\n"
+        "try:\n"
+        "    print(busy.pids[0], flush=True)\n"
+        "    time.sleep(60)\n"
+        "finally:\n"
+        "    busy.stop()\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    competitor = int(proc.stdout.readline())
+    proc.terminate()
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert _ends(competitor), "the busy loop outlived the driver"
+
+
+def _ends(pid: int, timeout: float = 5.0) -> bool:
+    """Whether process `pid` is gone (or a zombie, dead and waiting to be reaped) in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+                if f.read().rsplit(")", 1)[-1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
