@@ -3,10 +3,15 @@
 Import reads the file itself (never through a path onnx resolves on its own), so that bad
 input always ends in a typed ecograph error: truncated or garbage bytes, a model over the size
 cap, external data whose location escapes the model's folder (`../`, absolute paths, symlinks)
-or whose declared size overruns its file, a cycle, a dangling input. Models at older opsets are
-converted up to `ONNX_OPSET` with onnx.version_converter; models at newer opsets are accepted
-when every op they use has the same schema at `ONNX_OPSET`. Control flow (If, Loop, Scan) is
-not supported yet, and unsupported ops are all listed at once, with counts, before failing.
+or whose declared size overruns its file or names a directory or FIFO, a cycle, a dangling
+input; PyTorch checkpoints, TorchScript, safetensors and pickles are named as such. Dynamic
+dims: a dim_param is a symbol shared across inputs, but one name on two axes of one input
+gets a symbol per axis, and a missing or negative dim (-1) is a fresh symbol (docs/onnx.md).
+Models at older opsets are converted up to `ONNX_OPSET` with onnx.version_converter;
+models at newer opsets are accepted when every op they use has the same schema at
+`ONNX_OPSET` (with a warning when the installed onnx does not know the opset). Control flow
+(If, Loop, Scan) is not supported yet, and unsupported ops are all listed at once, with
+counts, before failing.
 
 Export lives in `ecograph.frontend.onnx_export` and is re-exported here (`to_onnx`,
 `register_onnx_export`).
@@ -15,10 +20,15 @@ Export lives in `ecograph.frontend.onnx_export` and is re-exported here (`to_onn
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import stat
+import warnings
+import zipfile
 from collections import Counter, deque
 from collections.abc import Iterable
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +88,7 @@ def from_onnx(
         proto = _read_model_file(path, max_bytes)
         base_dir = path.resolve().parent
     _check_structure(proto, where)
+    _warn_if_newer_than_onnx(proto, where)
     _reject_control_flow(proto, where)
     widened = _widened_ops(proto)
     try:
@@ -96,8 +107,11 @@ def from_onnx(
 
 
 def _read_model_file(path: Path, max_bytes: int) -> onnx.ModelProto:
-    if not path.is_file():
+    kind = _not_a_regular_file(path)
+    if kind == _MISSING:
         raise ModelFormatError(f"{path}: no such model file")
+    if kind is not None:
+        raise ModelFormatError(f"{path} {kind}; give the path of an .onnx model file")
     size = path.stat().st_size
     if size > max_bytes:
         raise ModelFormatError(
@@ -110,6 +124,9 @@ def _read_model_file(path: Path, max_bytes: int) -> onnx.ModelProto:
 def _parse_bytes(data: bytes, where: str, max_bytes: int) -> onnx.ModelProto:
     if len(data) > max_bytes:
         raise ModelFormatError(f"{where} is {len(data)} bytes, over the cap of {max_bytes}")
+    foreign = _foreign_format(data)
+    if foreign is not None:
+        raise ModelFormatError(f"{where} is {foreign}")
     proto = onnx.ModelProto()
     try:
         proto.ParseFromString(data)
@@ -118,6 +135,83 @@ def _parse_bytes(data: bytes, where: str, max_bytes: int) -> onnx.ModelProto:
             f"{where} is not a valid ONNX model (truncated or not protobuf): {exc}"
         ) from None
     return proto
+
+
+_MISSING = "does not exist"
+
+
+def _not_a_regular_file(path: Path) -> str | None:
+    """Why `path` cannot be read as a file (`_MISSING`, "is a directory, not a regular file",
+    "is a FIFO ...", ...), or None for a regular file (symlinks followed). Reading a FIFO or
+    a device would block or never end, so they are refused before opening."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return _MISSING
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = [
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ]
+    what = next((name for test, name in kinds if test(mode)), "a special file")
+    return f"is {what}, not a regular file"
+
+
+_FROM_TORCH_HINT = (
+    "load the module in Python and use ecograph.from_torch, or export it to ONNX "
+    "(torch.onnx.export) and import that"
+)
+
+
+def _foreign_format(data: bytes) -> str | None:
+    """What a well-known non-ONNX file is, told by its magic bytes, as the rest of a sentence
+    ("a PyTorch checkpoint ..., not ONNX; ..."), or None. No ONNX writer starts a model with
+    these bytes: a ModelProto opens with a field tag, and 'P' (field 10), 0x80 0x02-0x05
+    (field 32) name fields ModelProto does not have."""
+    if data[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(BytesIO(data)) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            names = []
+        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            return "a TorchScript archive (torch.jit.save), not ONNX; " + _FROM_TORCH_HINT
+        if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
+            return "a PyTorch checkpoint (torch.save zip), not ONNX; " + _FROM_TORCH_HINT
+        return "a zip archive, not ONNX; unpack it and give the .onnx file inside"
+    if len(data) >= 2 and data[0] == 0x80 and 2 <= data[1] <= 5:
+        return (
+            "a Python pickle (a legacy PyTorch checkpoint?), not ONNX; ecograph never unpickles "
+            "input files: " + _FROM_TORCH_HINT
+        )
+    if len(data) >= 10 and data[8:9] == b"{":
+        header = int.from_bytes(data[:8], "little")
+        if 0 < header <= len(data) - 8:
+            return (
+                "a safetensors file (weights only, no graph), not ONNX; build the model in "
+                "Python, load these weights into it, then " + _FROM_TORCH_HINT
+            )
+    return None
+
+
+def _warn_if_newer_than_onnx(proto: onnx.ModelProto, where: str) -> None:
+    """A model at an opset the installed onnx package does not know: its ops are read with
+    the newest schemas onnx has, which is right unless an op changed in the unknown opsets."""
+    version = _default_opset(proto)
+    known = onnx.defs.onnx_opset_version()
+    if version is not None and version > known:
+        warnings.warn(
+            f"{where} uses ONNX opset {version}, newer than the installed onnx "
+            f"{onnx.__version__} knows (opset {known}); its ops are read with their opset-{known} "
+            "schemas. Upgrade onnx, or export the model at an older opset, if results differ.",
+            stacklevel=3,
+        )
 
 
 def _check_structure(proto: onnx.ModelProto, where: str) -> None:
@@ -322,6 +416,10 @@ class _Importer:
         self.external_bytes = 0
         self.values: dict[str, Value] = {}
         self.symbols: dict[str, str] = {}  # dim_param as written -> symbol in the IR
+        # ecograph's own exports: a symbol there means equality, so names are kept as is.
+        self.keep_dim_params = proto.producer_name == "ecograph" or any(
+            p.key == METADATA_KEY for p in proto.metadata_props
+        )
         self.graph: Graph | None = None
         self.widened: dict[str, tuple[int, onnx.defs.OpSchema]] = {}
 
@@ -361,7 +459,12 @@ class _Importer:
         shape = tuple(int(d) for d in tensor.dims)
         if any(d < 0 for d in shape):
             raise ModelFormatError(f"{label}: negative dims {list(shape)}")
-        numel = int(np.prod(shape, dtype=np.int64))
+        numel = math.prod(shape)  # a Python int: numpy's int64 product would wrap around
+        if numel >= 2**63:
+            raise ModelFormatError(
+                f"{label}: dims {list(shape)} hold {numel} elements, more than int64 can count; "
+                "the model is corrupt"
+            )
         if dtype == DType.STRING:
             raise ModelFormatError(f"{label}: string tensors cannot use external data")
         needed = (numel * dtype.bitwidth + 7) // 8
@@ -442,14 +545,24 @@ class _Importer:
                 "a shape, with dim_params for dynamic sizes"
             )
         dims: list[int | str] = []
+        params_here: set[str] = set()
         for axis, d in enumerate(tt.shape.dim):
             which = d.WhichOneof("value")
-            if which == "dim_value":
+            own_symbol = f"{_ident(vi.name)}_dim{axis}"
+            if which == "dim_value" and d.dim_value >= 0:
                 dims.append(int(d.dim_value))
             elif which == "dim_param" and d.dim_param:
-                dims.append(self.symbol_for(d.dim_param))
+                param = d.dim_param
+                if param in params_here and not self.keep_dim_params:
+                    # One name on two axes of one input (height and width both "dim"): the
+                    # exporter's label, not a promise; ONNX Runtime lets them differ.
+                    dims.append(self.symbol_for(f"{_ident(param)}_{own_symbol}"))
+                else:
+                    dims.append(self.symbol_for(param))
+                params_here.add(param)
             else:
-                dims.append(self.symbol_for(f"{_ident(vi.name)}_dim{axis}"))
+                # No dim, or a negative dim_value (Paddle2ONNX writes -1): a dynamic dim.
+                dims.append(self.symbol_for(own_symbol))
         return dtype, dims
 
     # ---- graph
@@ -696,8 +809,14 @@ def _safe_external_path(base_dir: Path, location: str, label: str) -> Path:
             f"{label}: external data location {location!r} resolves to {target}, outside the "
             f"model's folder {base} (a symlink escapes it)"
         )
-    if not target.is_file():
+    kind = _not_a_regular_file(target)
+    if kind == _MISSING:
         raise ModelFormatError(f"{label}: external data file {location!r} does not exist")
+    if kind is not None:
+        raise ModelFormatError(
+            f"{label}: external data location {location!r} {kind}; it must name the weights "
+            "file next to the model"
+        )
     return target
 
 

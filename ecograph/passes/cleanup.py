@@ -4,6 +4,10 @@
 - eliminate-common-subexpressions: identical nodes on identical inputs (never random ops)
 - fold-constants: nodes whose inputs are all constant, run through their reference kernel
 - fold-shapes: shape arithmetic known statically (Shape->Gather->...->Reshape) -> constants
+
+Both folding passes refine the declared types of the values downstream of what they folded:
+a Pad whose pads were computed (and so declared with made-up dims) has static dims once its
+pads are a constant, and the verifier expects declared types to say so.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ecograph.errors import EcographError
 from ecograph.ir import symbolic
 from ecograph.ir.folding import fold_limit_reason, fold_node, is_foldable_op
 from ecograph.ir.graph import Graph, Node, Value
 from ecograph.ir.interpreter import run_node
-from ecograph.ir.registry import lookup_schema, symbolic_value
+from ecograph.ir.registry import fresh_symbol_prefix, lookup_schema, symbolic_value
+from ecograph.ir.types import TensorType
 from ecograph.passes.core import Pass, PassResult
 from ecograph.passes.registry import register_pass
 
@@ -170,7 +176,9 @@ class FoldConstants(Pass):
     def run(self, graph: Graph) -> PassResult:
         folded = 0
         notes: list[str] = []
+        refiner = _TypeRefiner(graph)
         for node in graph.nodes:
+            refiner.visit(node)
             if not all(v is None or v.is_constant for v in node.inputs):
                 continue
             if not is_foldable_op(node):
@@ -201,8 +209,57 @@ class FoldConstants(Pass):
             graph.remove_node(node)
             for const, name in renames:
                 graph.rename_value(const, name)  # the folded value keeps its name
+                refiner.changed(const)
             folded += 1
-        return PassResult(folded > 0, {"folded": folded} if folded else {}, notes)
+        stats = {k: v for k, v in (("folded", folded), ("types_refined", refiner.refined)) if v}
+        return PassResult(folded > 0, stats, notes)
+
+
+class _TypeRefiner:
+    """Re-infers the types of nodes downstream of folded values, in topological order, and
+    stores them where inference now knows more than the declared type: a made-up dim (a
+    symbol no graph input has, minted for a dim that depended on a computed value) or a
+    symbolic dim that is now a number. Any other disagreement is left for the verifier to
+    report: it is a bug, not something to paper over."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.input_symbols = {s for v in graph.inputs for d in v.shape for s in symbolic.symbols(d)}
+        self.dirty: set[int] = set()
+        self.refined = 0
+
+    def changed(self, value: Value) -> None:
+        self.dirty.add(id(value))
+
+    def visit(self, node: Node) -> None:
+        """Refine `node`'s output types if one of its inputs changed (call in order)."""
+        if not any(v is not None and id(v) in self.dirty for v in node.inputs):
+            return
+        try:
+            inferred = self.graph.infer_types(node)
+        except EcographError:
+            return  # the verifier names the node and the reason
+        for out, t in zip(node.outputs, inferred, strict=True):
+            better = self._refined(out.type, t, fresh_symbol_prefix(node.name))
+            if better is not None and better != out.type:
+                out.type = better
+                self.dirty.add(id(out))
+                self.refined += 1
+
+    def _refined(self, declared: TensorType, inferred: TensorType, fresh: str) -> TensorType | None:
+        if declared.dtype != inferred.dtype or declared.rank != inferred.rank:
+            return None
+        dims: list[symbolic.Dim] = []
+        for d, i in zip(declared.shape, inferred.shape, strict=True):
+            if d == i or (isinstance(i, str) and i.startswith(fresh)):
+                dims.append(d)  # the same, or inference still has to make this dim up
+            elif isinstance(d, str) and (
+                isinstance(i, int) or not symbolic.symbols(d) <= self.input_symbols
+            ):
+                dims.append(i)  # now a number, or the declared dim was made up
+            else:
+                return None
+        return TensorType(declared.dtype, dims)
 
 
 def _known_array(value: Value) -> np.ndarray | None:
@@ -256,7 +313,9 @@ class FoldShapes(Pass):
 
     def run(self, graph: Graph) -> PassResult:
         folded = reshapes = 0
+        refiner = _TypeRefiner(graph)
         for node in graph.nodes:
+            refiner.visit(node)
             if node.op_type == "Reshape" and node.domain == "":
                 if self._fold_reshape_target(graph, node):
                     reshapes += 1
@@ -283,8 +342,10 @@ class FoldShapes(Pass):
             graph.replace_all_uses_with(out, const)
             graph.remove_node(node)
             graph.rename_value(const, out.name)
+            refiner.changed(const)
             folded += 1
-        stats = {k: v for k, v in (("values", folded), ("reshapes", reshapes)) if v}
+        counts = (("values", folded), ("reshapes", reshapes), ("types_refined", refiner.refined))
+        stats = {k: v for k, v in counts if v}
         return PassResult(bool(folded or reshapes), stats)
 
     def _fold_reshape_target(self, graph: Graph, node: Node) -> bool:

@@ -4,6 +4,7 @@ its escape attacks, bad files, the size cap, opset handling and the errors users
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -773,3 +774,172 @@ def test_numpy_attribute_values_export_as_plain_onnx_attributes() -> None:
     np.testing.assert_allclose(
         run_ort(model, {"x": xv})[0], interpret(b.graph, {"x": xv})[z.name], rtol=1e-6
     )
+
+
+# -------------------------------------------- what ONNX Runtime runs, ecograph imports
+
+
+def _pool_model(input_dims: list) -> onnx.ModelProto:
+    """Relu, then a mean over the last axis broadcast back onto the input: the last two
+    axes must not be forced equal."""
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("ReduceMean", ["r", "axes"], ["m"], keepdims=1),
+        helper.make_node("Mul", ["r", "m"], ["y"]),
+    ]
+    return make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, input_dims)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([3], np.int64), "axes")],
+    )
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7), (2, 3, 4, 4)])
+def test_negative_dims_are_dynamic_like_in_onnx_runtime(shape: tuple[int, ...]) -> None:
+    model = _pool_model([-1, 3, -1, -1])  # Paddle2ONNX writes -1 for dynamic dims
+    g = from_onnx(model)
+    verify(g)
+    dims = g.inputs[0].shape
+    assert dims[1] == 3 and len({dims[0], dims[2], dims[3]}) == 3
+    assert all(isinstance(d, str) for d in (dims[0], dims[2], dims[3]))
+    x = RNG.standard_normal(shape).astype(np.float32)
+    np.testing.assert_allclose(
+        interpret(g, {"x": x})["y"], run_ort(model, {"x": x})[0], rtol=1e-6, atol=1e-6
+    )
+
+
+def test_dim_param_reused_on_one_input_is_a_symbol_per_axis() -> None:
+    model = _pool_model([1, 3, "dim", "dim"])  # height and width both called "dim"
+    g = from_onnx(model)
+    verify(g)
+    _, _, h, w = g.inputs[0].shape
+    assert h == "dim" and isinstance(w, str) and w != "dim"
+    x = RNG.standard_normal((1, 3, 5, 7)).astype(np.float32)  # H != W: ORT runs it
+    want = run_ort(model, {"x": x})[0]
+    np.testing.assert_allclose(interpret(g, {"x": x})["y"], want, rtol=1e-6, atol=1e-6)
+    # Exported again, the split symbol keeps its own name: the round trip stays faithful.
+    again = from_onnx(to_onnx(g))
+    assert again.inputs[0].shape == g.inputs[0].shape
+
+
+def test_dim_param_shared_by_two_inputs_stays_one_symbol() -> None:
+    model = make_model(
+        [helper.make_node("Add", ["a", "b"], ["y"])],
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", "seq"]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["batch", "seq"]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    g = from_onnx(model)
+    assert g.inputs[0].shape == g.inputs[1].shape == ("batch", "seq")
+
+
+def test_ecograph_exports_keep_a_repeated_symbol_on_one_input() -> None:
+    b = GraphBuilder()
+    x = b.input("x", "float32", ["n", "n"])  # a square matrix: equality is meant here
+    b.output(b.op("MatMul", x, x, name="y"))
+    g = from_onnx(to_onnx(b.graph))
+    assert g.inputs[0].shape == ("n", "n")
+
+
+def test_external_data_that_is_a_directory_or_fifo_is_refused(tmp_path: Path) -> None:
+    path, _ = _save_external(tmp_path)
+    (tmp_path / "w.bin").unlink()
+    (tmp_path / "w.bin").mkdir()
+    with pytest.raises(ModelFormatError, match=r"'w\.bin' is a directory, not a regular file"):
+        from_onnx(path)
+    if not hasattr(os, "mkfifo"):
+        return
+    (tmp_path / "w.bin").rmdir()
+    os.mkfifo(tmp_path / "w.bin")
+    with pytest.raises(ModelFormatError, match=r"'w\.bin' is a FIFO \(named pipe\), not a regular"):
+        from_onnx(path)  # must not block reading the pipe
+
+
+def test_model_path_that_is_a_directory_or_fifo_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelFormatError, match="is a directory, not a regular file"):
+        from_onnx(tmp_path)
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.onnx")
+        with pytest.raises(ModelFormatError, match="is a FIFO"):
+            from_onnx(tmp_path / "pipe.onnx")
+
+
+def test_external_data_dims_whose_product_overflows_int64(tmp_path: Path) -> None:
+    path, _ = _save_external(tmp_path)
+    model = onnx.load(path, load_external_data=False)
+    del model.graph.initializer[0].dims[:]
+    # 2**32 * 2**32 wraps to 0 in int64: an unchecked product would pass every size check.
+    model.graph.initializer[0].dims.extend([2**32, 2**32])
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(ModelFormatError, match=r"more than int64 can count"):
+        from_onnx(path)
+    model.graph.initializer[0].dims[:] = [2**31, 2**31]  # fits int64, not the file
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(ModelFormatError, match=r"less than the \d+ bytes its shape"):
+        from_onnx(path)
+
+
+def _zip_bytes(members: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (_zip_bytes({"model/data.pkl": b"\x80\x02}q\x00.", "model/version": b"3\n"}),
+         r"a PyTorch checkpoint \(torch.save zip\), not ONNX; load the module in Python and "
+         r"use ecograph.from_torch"),
+        (_zip_bytes({"m/constants.pkl": b"", "m/code/__torch__/m.py": b"", "m/data.pkl": b""}),
+         r"a TorchScript archive \(torch.jit.save\), not ONNX"),
+        (_zip_bytes({"readme.txt": b"hi"}), r"a zip archive, not ONNX"),
+        (b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00}\x94.", r"a Python pickle .* never "
+         r"unpickles"),
+        (len(b'{"w":{}}').to_bytes(8, "little") + b'{"w":{}}', r"a safetensors file"),
+    ],
+    ids=["torch-save-zip", "torchscript", "zip", "pickle", "safetensors"],
+)  # fmt: skip
+def test_non_onnx_formats_are_named(tmp_path: Path, data: bytes, says: str) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(data)
+    with pytest.raises(ModelFormatError, match=says):
+        from_onnx(path)
+    with pytest.raises(ModelFormatError, match=says):
+        from_onnx(data)
+
+
+def test_real_torch_checkpoints_are_named(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    module = torch.nn.Linear(2, 2)
+    torch.save(module.state_dict(), tmp_path / "weights.pt")
+    with pytest.raises(ModelFormatError, match=r"PyTorch checkpoint.*ecograph\.from_torch"):
+        from_onnx(tmp_path / "weights.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated
+        torch.jit.save(torch.jit.script(module), tmp_path / "scripted.pt")
+    with pytest.raises(ModelFormatError, match=r"TorchScript archive"):
+        from_onnx(tmp_path / "scripted.pt")
+
+
+def test_opset_newer_than_the_installed_onnx_is_a_warning() -> None:
+    known = onnx.defs.onnx_opset_version()
+    model = make_model(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
+        opset=known + 2,
+    )
+    says = rf"opset {known + 2}, newer than the installed onnx {onnx.__version__} knows"
+    with pytest.warns(UserWarning, match=rf"{says} \(opset {known}\)"):
+        g = from_onnx(model)
+    x = np.array([-1.0, 0.0, 2.0], np.float32)
+    np.testing.assert_array_equal(interpret(g, {"x": x})["y"], np.maximum(x, 0))

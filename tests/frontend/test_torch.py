@@ -653,3 +653,65 @@ class IndexPut(nn.Module):
 
 def test_index_put() -> None:
     check_against_torch(IndexPut(), randn(4, 5), torch.tensor([0, -2]))
+
+
+# ------------------------------------------------------------ as_strided
+
+
+AS_STRIDED_VIEWS = {
+    # (input shape, size, stride, storage_offset): what each is, said as a view
+    "reshape": ((2, 3, 4), (6, 4), (4, 1), 0),
+    "reshape-add-unit-axis": ((2, 12), (2, 1, 3, 4), (12, 12, 4, 1), 0),
+    "slice": ((2, 3, 8), (2, 2, 3), (24, 8, 2), 9),
+    "slice-one-row": ((2, 3, 8), (1, 3, 8), (24, 8, 1), 24),
+    "flat-strided-pick": ((4, 4), (4,), (5,), 0),
+    "expand": ((3, 1), (3, 4), (1, 0), 0),
+    "expand-and-slice": ((2, 6), (2, 5, 3), (6, 0, 2), 1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(AS_STRIDED_VIEWS))
+def test_as_strided_views_match_pytorch(case: str) -> None:
+    shape, size, stride, offset = AS_STRIDED_VIEWS[case]
+    module = Fn(lambda x: torch.as_strided(x * 2, size, stride, offset) + 1)
+    graph = check_against_torch(module, randn(*shape))
+    assert not graph.find_nodes("Gather")  # a view, not a copy through indices
+
+
+def test_as_strided_plan_agrees_with_numpy_as_strided() -> None:
+    from numpy.lib.stride_tricks import as_strided
+
+    from ecograph.frontend.torch.aten_tensor import strided_view_plan
+
+    for shape, size, stride, offset in AS_STRIDED_VIEWS.values():
+        x = np.arange(int(np.prod(shape))).reshape(shape)
+        plan = strided_view_plan(shape, size, stride, offset)
+        assert plan is not None, (shape, size, stride, offset)
+        y = x if plan.reshape is None else x.reshape(plan.reshape)
+        if plan.starts is not None and plan.ends is not None and plan.steps is not None:
+            y = y[tuple(slice(*t) for t in zip(plan.starts, plan.ends, plan.steps, strict=True))]
+        y = y if plan.shape is None else y.reshape(plan.shape)
+        y = y if plan.expand is None else np.broadcast_to(y, plan.expand)
+        flat = x.reshape(-1)[offset:]
+        want = as_strided(flat, size, [s * flat.itemsize for s in stride])
+        np.testing.assert_array_equal(y, want)
+    # Overlapping windows and out-of-order walks are no view ONNX can say.
+    assert strided_view_plan((8,), (3, 4), (2, 1), 0) is None
+    assert strided_view_plan((2, 3, 4), (4, 3, 2), (1, 4, 12), 0) is None
+
+
+def test_as_strided_that_is_not_a_view_is_a_clear_error() -> None:
+    module = Fn(lambda x: torch.as_strided(x + 1, (3, 4), (2, 1)))  # overlapping windows
+    with pytest.raises(UnsupportedError) as info:
+        from_torch(module, (randn(8),))
+    message = str(info.value)
+    assert "aten.as_strided.default x1" in message
+    assert "as_strided(size=[3, 4], stride=[2, 1]" in message
+    assert "not a reshape, slice or expand" in message
+    assert "test_torch.py" in message  # the model's own line
+
+
+@pytest.mark.parametrize("sizes", [((7, 7), (3, 3)), ((5, 9), (2, 4)), ((6, 6), 1)])
+def test_adaptive_avg_pool_with_non_divisible_sizes(sizes: tuple[Any, Any]) -> None:
+    (h, w), out = sizes
+    check_against_torch(nn.AdaptiveAvgPool2d(out), randn(2, 3, h, w))

@@ -1,14 +1,20 @@
-"""Small vision models written for the tests: a ResNet-style CNN and a MobileNet-style block.
+"""Small vision models written for the tests: a ResNet-style CNN, a MobileNet-style block and
+an EfficientNet-style MBConv network.
 
 They cover the ops the model-family tests promise: conv, batch norm, relu, max pool, residual
-add, global average pool, linear; depthwise and pointwise conv, hardswish, squeeze-excite.
-Batch-norm statistics are randomized so that folding or dropping them would change results.
+add, global average pool, linear; depthwise and pointwise conv, hardswish, squeeze-excite;
+ReLU6, TensorFlow-style SAME padding (an explicit pad computed at build time or from the input
+size at run time), AdaptiveAvgPool2d. Batch-norm statistics are randomized so that folding or
+dropping them would change results.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+from torch.nn import functional as F  # noqa: N812 - the usual name
 
 
 def _randomize_batch_norms(model: nn.Module, seed: int) -> None:
@@ -102,3 +108,157 @@ class MobileNetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.project(self.se(self.depthwise(self.expand(x))))
+
+
+def same_pads(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TensorFlow SAME padding along one axis: (before, after), the extra pixel after."""
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+class Conv2dStaticSamePadding(nn.Conv2d):
+    """Conv with SAME padding worked out for a fixed image size and applied by an explicit
+    ZeroPad2d, as efficientnet-pytorch's layer of the same name does."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int,
+        stride: int,
+        image_size: tuple[int, int],
+        **kwargs: int,
+    ) -> None:
+        super().__init__(cin, cout, kernel, stride, padding=0, **kwargs)
+        top, bottom = same_pads(image_size[0], kernel, stride)
+        left, right = same_pads(image_size[1], kernel, stride)
+        self.static_padding: nn.Module = nn.Identity()
+        if top or bottom or left or right:
+            self.static_padding = nn.ZeroPad2d((left, right, top, bottom))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.static_padding(x))
+
+
+class Conv2dDynamicSamePadding(nn.Conv2d):
+    """Conv with SAME padding computed from the input's size on every call (math.ceil, max,
+    F.pad), as efficientnet-pytorch's dynamic variant does."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, **kwargs: int) -> None:
+        super().__init__(cin, cout, kernel, stride, padding=0, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.size()[-2:]
+        kh, kw = self.weight.size()[-2:]
+        sh, sw = self.stride
+        oh, ow = math.ceil(ih / sh), math.ceil(iw / sw)
+        pad_h = max((oh - 1) * sh + (kh - 1) * self.dilation[0] + 1 - ih, 0)
+        pad_w = max((ow - 1) * sw + (kw - 1) * self.dilation[1] + 1 - iw, 0)
+        if pad_h > 0 or pad_w > 0:
+            x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class MBConvBlock(nn.Module):
+    """Inverted residual: 1x1 expand, depthwise kxk with SAME padding, optional squeeze-excite
+    (AdaptiveAvgPool2d(1), sigmoid gate), 1x1 project; ReLU6; residual when shapes allow."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        *,
+        kernel: int,
+        stride: int,
+        expand: int,
+        se: bool,
+        image_size: tuple[int, int],
+        dynamic_padding: bool,
+    ) -> None:
+        super().__init__()
+        hidden = cin * expand
+        self.expand = nn.Sequential(
+            nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()
+        )
+        conv: nn.Module
+        if dynamic_padding:
+            conv = Conv2dDynamicSamePadding(
+                hidden, hidden, kernel, stride, groups=hidden, bias=False
+            )
+        else:
+            conv = Conv2dStaticSamePadding(
+                hidden, hidden, kernel, stride, image_size, groups=hidden, bias=False
+            )
+        self.depthwise = nn.Sequential(conv, nn.BatchNorm2d(hidden), nn.ReLU6())
+        self.se: nn.Module | None = None
+        if se:
+            reduced = max(1, cin // 4)
+            self.se = nn.Sequential(
+                nn.AdaptiveAvgPool2d(1),
+                nn.Conv2d(hidden, reduced, 1),
+                nn.ReLU6(),
+                nn.Conv2d(reduced, hidden, 1),
+                nn.Sigmoid(),
+            )
+        self.project = nn.Sequential(nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.depthwise(self.expand(x))
+        if self.se is not None:
+            h = h * self.se(h)
+        h = self.project(h)
+        return x + h if self.residual else h
+
+
+class TinyMBConvNet(nn.Module):
+    """An EfficientNet/MobileNetV2-style ImageNet classifier in miniature: a stride-2 stem with
+    SAME padding, three MBConv blocks (one strided, two with squeeze-excite), a 1x1 head conv,
+    AdaptiveAvgPool2d(1) and a Linear head. `dynamic_padding` computes the depthwise convs'
+    SAME pads from the input size at run time instead of fixing them for `image_size`."""
+
+    def __init__(
+        self,
+        image_size: tuple[int, int] = (32, 32),
+        num_classes: int = 10,
+        *,
+        dynamic_padding: bool = False,
+    ) -> None:
+        super().__init__()
+        h, w = image_size
+        self.stem = nn.Sequential(
+            Conv2dStaticSamePadding(3, 8, 3, 2, image_size, bias=False),
+            nn.BatchNorm2d(8),
+            nn.ReLU6(),
+        )
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+        blocks = []
+        for cin, cout, kernel, stride, se in [
+            (8, 8, 3, 1, True),
+            (8, 16, 5, 2, False),
+            (16, 16, 3, 1, True),
+        ]:
+            blocks.append(
+                MBConvBlock(
+                    cin,
+                    cout,
+                    kernel=kernel,
+                    stride=stride,
+                    expand=2,
+                    se=se,
+                    image_size=(h, w),
+                    dynamic_padding=dynamic_padding,
+                )
+            )
+            h, w = math.ceil(h / stride), math.ceil(w / stride)
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(0.2)
+        self.fc = nn.Linear(32, num_classes)
+        _randomize_batch_norms(self, seed=2)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.head(self.blocks(self.stem(image)))
+        return self.fc(self.dropout(torch.flatten(self.pool(x), 1)))

@@ -201,6 +201,57 @@ def test_fold_constants_size_cap_skips_and_logs() -> None:
     assert len(graph.find_nodes("Expand")) == 1
 
 
+def _computed_pad_graph() -> GraphBuilder:
+    """Pad whose pads come out of a Reshape of a 2-D constant (the way TorchScript-exported
+    SAME padding arrives): inference cannot see the pads, so the Pad and everything after it
+    are declared with made-up dims until the pads are folded."""
+    b = GraphBuilder()
+    x = b.input("x", "float32", ["batch", 3, 4, 4])
+    pairs = b.constant(np.array([[0, 0, 1, 0], [0, 0, 2, 1]], np.int64), "pairs")
+    pads = b.op("Reshape", pairs, b.constant(np.array([-1], np.int64), "flat"), name="pads")
+    padded = b.op("Pad", x, pads, name="pad")
+    b.output(b.op("Relu", padded, name="y"))
+    return b
+
+
+def test_fold_constants_refines_the_types_it_made_static() -> None:
+    graph = _computed_pad_graph().graph
+    made_up = graph.value("pad").shape
+    assert all(isinstance(d, str) and d.startswith("pad_o0_") for d in made_up), made_up
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)}
+    out = check_rewrite(FoldConstants(), graph, feeds=feeds)  # verifies after the pass
+    assert out.value("pad").shape == ("batch", 3, 7, 5)
+    assert out.value("y").shape == ("batch", 3, 7, 5)
+    result = run_passes(_computed_pad_graph().graph, [FoldConstants()])
+    assert result.records[0].result.stats["types_refined"] == 2  # type: ignore[union-attr]
+
+
+def test_fold_constants_refines_made_up_dims_to_the_inputs_symbols() -> None:
+    b = GraphBuilder()
+    x = b.input("x", "float32", ["batch", 4])
+    shape = b.op("Reshape", b.constant(np.array([[-1, 4]], np.int64)), b.constant(np.array([2])))
+    b.output(b.op("Reshape", x, shape, name="y"))
+    out = check_rewrite(FoldConstants(), b.graph)
+    assert out.value("y").shape == ("batch", 4)  # was two made-up dims before the fold
+
+
+def test_refinement_does_not_paper_over_a_wrong_declared_type() -> None:
+    from ecograph.errors import VerificationError
+    from ecograph.ir import TensorType, verify
+
+    b = GraphBuilder()
+    x = b.input("x", "float32", ["batch", 4])
+    b.input("y", "float32", ["n", 4])
+    one = b.op("Add", b.constant(np.ones(4, np.float32)), b.constant(np.ones(4, np.float32)))
+    z = b.op("Add", x, one, name="z")
+    b.output(z)
+    z.type = TensorType("float32", ["n", 4])  # a broken graph: "n" is another input's dim
+    FoldConstants().run(b.graph)
+    assert b.graph.value("z").shape == ("n", 4)
+    with pytest.raises(VerificationError, match=r"\[types\] node z"):
+        verify(b.graph)
+
+
 # ----------------------------------------------------------------- shape folding
 
 

@@ -1,11 +1,13 @@
 """ATen converters that make, view and rearrange tensors: full / zeros / arange / fill,
 view and reshape, permute, (un)squeeze, expand, slice / select and assignment into a slice,
-cat / split, pad, flip, tril / triu; and sizes (sym_size, Python arithmetic on SymInts) and
-items of multi-output nodes (getitem)."""
+cat / split, pad, flip, tril / triu, as_strided (where it is a reshape, slice or expand); and
+sizes (sym_size, Python arithmetic on SymInts) and items of multi-output nodes (getitem)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -383,3 +385,148 @@ def _trilu(cx: Converter, node: Any) -> Value:
     upper = int("triu" in target_name(node.target))
     k = cx.const(np.array(int(a["diagonal"]), np.int64))
     return cx.op("Trilu", cx.tensor(a["self"]), k, upper=upper)
+
+
+# ------------------------------------------------------------ as_strided
+
+
+@dataclass(frozen=True)
+class StridedView:
+    """An as_strided view of a contiguous tensor, said as ONNX can say it: reshape the input
+    to `reshape` (if set), then slice (`starts`, `ends`, `steps` per axis, if set), then
+    reshape to `shape` (if set) and expand to `expand` (if set; stride-0 axes)."""
+
+    reshape: tuple[int, ...] | None = None
+    starts: tuple[int, ...] | None = None
+    ends: tuple[int, ...] | None = None
+    steps: tuple[int, ...] | None = None
+    shape: tuple[int, ...] | None = None
+    expand: tuple[int, ...] | None = None
+
+
+def contiguous_strides(shape: Sequence[int]) -> list[int]:
+    out, step = [], 1
+    for d in reversed(shape):
+        out.append(step)
+        step *= max(d, 1)
+    return out[::-1]
+
+
+def strided_view_plan(
+    in_shape: Sequence[int], size: Sequence[int], stride: Sequence[int], offset: int
+) -> StridedView | None:
+    """How `as_strided(x, size, stride, offset)` on a contiguous `x` of `in_shape` is a
+    reshape, a slice or an expand of `x` (or a slice between reshapes, with size-1 axes
+    dropped), or None when it is none of these (overlapping windows, strides that walk the
+    storage out of order). `offset` is relative to x's first element."""
+    in_shape, size, stride = list(in_shape), list(size), list(stride)
+    numel = math.prod(in_shape)
+    if len(size) != len(stride) or any(s <= 0 for s in size) or offset < 0:
+        return None
+    # Stride-0 axes of length > 1 repeat one element: an Expand of a length-1 axis.
+    base = [1 if t == 0 else s for s, t in zip(size, stride, strict=True)]
+    expand = tuple(size) if base != size else None
+    moving = [(s, t) for s, t in zip(base, stride, strict=True) if s > 1]
+    walks_in_order = [t for _, t in moving] == contiguous_strides([s for s, _ in moving])
+    if offset == 0 and math.prod(base) == numel and walks_in_order:
+        same = base == in_shape
+        return StridedView(reshape=None if same else tuple(base), expand=expand)
+    if len(base) == len(in_shape):
+        cut = _slice_of(in_shape, base, stride, offset)
+        if cut is not None:
+            return StridedView(starts=cut[0], ends=cut[1], steps=cut[2], expand=expand)
+    # A slice with the size-1 axes of both sides dropped, between two reshapes.
+    src = [d for d in in_shape if d != 1]
+    kept = [s for s, _ in moving]
+    cut = _slice_of(src, kept, [t for _, t in moving], offset)
+    if cut is None and len(moving) <= 1:
+        # One walking axis (or a single element): a strided slice of the flattened input.
+        src = [numel]
+        length, step = moving[0] if moving else (1, 1)
+        kept = [length]
+        cut = _slice_of(src, kept, [step], offset)
+    if cut is None:
+        return None
+    return StridedView(
+        reshape=None if src == in_shape else tuple(src),
+        starts=cut[0],
+        ends=cut[1],
+        steps=cut[2],
+        shape=None if base == kept else tuple(base),
+        expand=expand,
+    )
+
+
+def _slice_of(
+    shape: Sequence[int], size: Sequence[int], stride: Sequence[int], offset: int
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None:
+    """(starts, ends, steps) when the strided view (same rank as `shape`) is x[start::step]
+    on every axis of a contiguous x of `shape`, else None."""
+    if len(size) != len(shape) or 0 in shape:
+        return None
+    strides = contiguous_strides(shape)
+    starts, rest = [], offset
+    for d, c in zip(shape, strides, strict=True):
+        start, rest = divmod(rest, c)
+        if start >= d:
+            return None
+        starts.append(start)
+    if rest:
+        return None
+    steps, ends = [], []
+    for s, t, c, d, start in zip(size, stride, strides, shape, starts, strict=True):
+        step = 1 if s == 1 else t // c if t > 0 and t % c == 0 else 0
+        if step == 0 or start + (s - 1) * step >= d:
+            return None
+        steps.append(step)
+        ends.append(start + (s - 1) * step + 1)
+    return tuple(starts), tuple(ends), tuple(steps)
+
+
+@aten("aten.as_strided.default", "aten.as_strided_copy.default", "aten.as_strided_.default")
+def _as_strided(cx: Converter, node: Any) -> Value:
+    """as_strided(x, size, stride, offset) where it is a reshape, slice or expand of x
+    (torch.export emits it for some pooling and view chains); anything else is refused with
+    the strides it asked for. The in-place as_strided_ (decompositions use it to restride a
+    result to channels_last) is taken only where it keeps every element in place: later
+    users of x itself must see the same values."""
+    a = cx.args(node)
+    x = cx.tensor(a["self"])
+    src = cx.val(a["self"])
+    sizes, strides, offset = list(a["size"]), list(a["stride"]), a["storage_offset"]
+    asked = f"as_strided(size={sizes}, stride={strides}, storage_offset={offset})"
+    static = all(isinstance(v, int) for v in [*sizes, *strides, offset or 0])
+    if not static or not x.type.is_static:
+        raise NotConvertedError(f"{asked} with symbolic sizes; export with static shapes")
+    if not src.is_contiguous():
+        raise NotConvertedError(
+            f"{asked} on a non-contiguous input (strides {list(src.stride())}); only views of "
+            "contiguous tensors are converted"
+        )
+    base_offset = int(src.storage_offset())
+    in_shape = list(x.type.static_shape())
+    plan = strided_view_plan(in_shape, sizes, strides, (base_offset if offset is None else
+                                                        offset) - base_offset)  # fmt: skip
+    if plan is None:
+        raise NotConvertedError(
+            f"{asked} on an input of shape {in_shape} (contiguous strides "
+            f"{contiguous_strides(in_shape)}, storage offset {base_offset}) is not a reshape, "
+            "slice or expand of it; rewrite that part of the model with view/slice/expand"
+        )
+    if target_name(node.target).endswith("as_strided_.default") and plan != StridedView():
+        raise NotConvertedError(
+            f"in-place {asked} on an input of shape {in_shape} moves its elements; only an "
+            "in-place restride that keeps every element in place is converted"
+        )
+    y = x
+    if plan.reshape is not None:
+        y = cx.op("Reshape", y, cx.ints(plan.reshape))
+    if plan.starts is not None and plan.ends is not None and plan.steps is not None:
+        rank = len(plan.starts)
+        y = cx.op("Slice", y, cx.ints(plan.starts), cx.ints(plan.ends),
+                  cx.ints(list(range(rank))), cx.ints(plan.steps))  # fmt: skip
+    if plan.shape is not None:
+        y = cx.op("Reshape", y, cx.ints(plan.shape))
+    if plan.expand is not None:
+        y = cx.op("Expand", y, cx.ints(plan.expand))
+    return y
