@@ -121,3 +121,17 @@ def residual_stack(d: int = 8, f: int = 16, blocks: int = 3, seed: int = 0) -> G
         h = b.op("Add", h, u, name=f"res{i}")
     b.output(b.op("MatMul", h, b.constant(_w(rng, d, 3), "w_out"), name="y"))
     return b.graph
+
+
+def deep_mlp(seed: int = 0) -> Graph:
+    """x[batch, 8] -> Gemm(transB) -> Tanh -> MatMul -> Gelu -> Gemm -> y[batch, 3]: the middle
+    weight belongs to two groups (its rows to one, its columns to the next)."""
+    rng = np.random.default_rng(seed)
+    b = GraphBuilder("deep_mlp")
+    x = b.input("x", "float32", ["batch", 8])
+    h = b.op("Gemm", x, b.constant(_w(rng, 12, 8), "w1"), b.constant(_w(rng, 12), "b1"),
+             transB=1, name="fc1")  # fmt: skip
+    h = b.op("MatMul", b.op("Tanh", h), b.constant(_w(rng, 12, 10), "w2"), name="fc2")
+    h = b.op("Gelu", h)
+    b.output(b.op("Gemm", h, b.constant(_w(rng, 10, 3), "w3"), name="y"))
+    return b.graph

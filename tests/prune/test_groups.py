@@ -159,3 +159,13 @@ def test_shared_constant_is_sliced_per_use() -> None:
     np.testing.assert_array_equal(first.const_value, np.arange(16).reshape(4, 4)[:, [0, 2]])
     np.testing.assert_array_equal(second.const_value, np.arange(16).reshape(4, 4)[[0, 2], :])
     assert "w" not in graph.constants
+
+
+def test_grouped_conv_is_frozen() -> None:
+    b = GraphBuilder()
+    x = b.input("x", "float32", [1, 4, 5, 5])
+    h = b.op("Conv", x, b.constant(np.ones((8, 4, 1, 1), np.float32), "c1"), name="c1")
+    h = b.op("Conv", h, b.constant(np.ones((8, 4, 1, 1), np.float32), "c2"), group=2, name="c2")
+    b.output(b.op("Conv", h, b.constant(np.ones((3, 8, 1, 1), np.float32), "c3"), name="y"))
+    (g,) = [g for g in groups(b.graph) if g.name == "channels:c1:0"]
+    assert g.frozen == "Conv c2 has group=2 (only depthwise groups are handled)"

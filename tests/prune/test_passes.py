@@ -63,6 +63,8 @@ ZERO_CASES: list[tuple[str, Callable[[], Graph], str, list[int]]] = [
     ("conv-bn-depthwise", graphs.conv_block, "channels:c1_b:0", [0, 5]),
     ("conv-to-gemm", graphs.conv_block, "channels:fc_w:0", [2]),
     ("stack", graphs.residual_stack, "ffn:w1_1:1", [0, 3, 6, 9, 12, 15]),
+    ("gemm-transb", graphs.deep_mlp, "ffn:b1:0", [0, 11]),
+    ("deep-mlp-middle", graphs.deep_mlp, "ffn:w2:1", [1, 2, 3]),
 ]
 
 
@@ -91,6 +93,7 @@ PASS_CASES: list[tuple[str, Callable[[], Graph], type]] = [
     ("heads-gqa-4d", lambda: graphs.attention_block(form="4d", hkv=2), PruneHeads),
     ("heads-merged", lambda: graphs.attention_block(merged=True), PruneHeads),
     ("conv", graphs.conv_block, PruneChannels),
+    ("deep-mlp", graphs.deep_mlp, PruneFFN),
 ]
 
 
@@ -221,3 +224,13 @@ def test_passes_run_from_pipeline_strings_under_the_checked_manager() -> None:
     PassManager(["prune-ffn(ratio=0.5)"], checked).run(graphs.residual_stack())
     same = graphs.mlp()
     PassManager([PruneFFN(ratio=0.0)], checked).run(same)
+
+
+def test_a_weight_in_two_groups_shrinks_on_both_axes() -> None:
+    graph = graphs.deep_mlp()
+    result = PruneFFN(ratio=0.5).run(graph)
+    assert result.stats == {"groups": 2, "units_removed": 11}
+    assert graph.node("fc1").inputs[1].shape == (6, 8)  # type: ignore[union-attr]
+    assert graph.node("fc2").inputs[1].shape == (6, 5)  # type: ignore[union-attr]
+    assert graph.node("y").inputs[1].shape == (5, 3)  # type: ignore[union-attr]
+    verify(graph)
