@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 
 from ecograph.errors import PassError
+from ecograph.ir import symbolic
 from ecograph.ir.graph import Graph, Node, Value
 
 GroupKind = Literal["channels", "heads", "ffn", "layer", "residual"]
@@ -206,6 +207,19 @@ def _broadcast(t: _Ties, node: Node, inputs: Sequence[int], out: Value) -> None:
                 t.equal.append(((r, a), (out, a + shift)))
 
 
+def _block_end(
+    src: Sequence[int | str], dst: Sequence[int | str], i: int, j: int
+) -> tuple[int, int] | None:
+    """The smallest (i2, j2) with product(src[i:i2]) == product(dst[j:j2]), dims symbolic or
+    not (products are canonical strings), or None."""
+    for total in range(2, len(src) - i + len(dst) - j + 1):
+        for i2 in range(i + 1, min(len(src), i + total - 1) + 1):
+            j2 = j + total - (i2 - i)
+            if j < j2 <= len(dst) and symbolic.product(src[i:i2]) == symbolic.product(dst[j:j2]):
+                return i2, j2
+    return None
+
+
 def _reshape_map(src: Sequence[int | str], dst: Sequence[int | str]):
     """Align two shapes of equal volume: (equal pairs, outer triples, unmatched src / dst axes).
 
@@ -227,38 +241,21 @@ def _reshape_map(src: Sequence[int | str], dst: Sequence[int | str]):
         if j < len(dst) and dst[j] == 1:
             j += 1
             continue
-        if i >= len(src) or j >= len(dst):
+        ends = _block_end(src, dst, i, j) if i < len(src) and j < len(dst) else None
+        if ends is None:
             loose_src += range(i, len(src))
             loose_dst += range(j, len(dst))
             break
-        # Grow a block on each side until the products agree (static dims only).
-        i2, j2 = i + 1, j + 1
-        first_s, first_d = src[i], dst[j]
-        ok = isinstance(first_s, int) and isinstance(first_d, int)
-        pi = first_s if isinstance(first_s, int) else 0
-        pj = first_d if isinstance(first_d, int) else 0
-        while ok and pi != pj:
-            nxt_s = src[i2] if i2 < len(src) else None
-            nxt_d = dst[j2] if j2 < len(dst) else None
-            if pi < pj and isinstance(nxt_s, int):
-                pi, i2 = pi * nxt_s, i2 + 1
-            elif pj < pi and isinstance(nxt_d, int):
-                pj, j2 = pj * nxt_d, j2 + 1
-            else:
-                ok = False
-        if not ok:
-            loose_src += range(i, len(src))
-            loose_dst += range(j, len(dst))
-            break
+        i2, j2 = ends
         s_axes = [a for a in range(i, i2) if src[a] != 1]
         d_axes = [a for a in range(j, j2) if dst[a] != 1]
         if len(s_axes) == 1 and len(d_axes) >= 1:
-            inner = math.prod(int(dst[a]) for a in d_axes[1:])
-            outer.append(("src", s_axes[0], d_axes[0], inner))
+            inner = symbolic.product(dst[a] for a in d_axes[1:])
+            outer.append(("src", s_axes[0], d_axes[0], inner if isinstance(inner, int) else 2))
             loose_dst += d_axes[1:]
         elif len(d_axes) == 1 and len(s_axes) >= 1:
-            inner = math.prod(int(src[a]) for a in s_axes[1:])
-            outer.append(("dst", d_axes[0], s_axes[0], inner))
+            inner = symbolic.product(src[a] for a in s_axes[1:])
+            outer.append(("dst", d_axes[0], s_axes[0], inner if isinstance(inner, int) else 2))
             loose_src += s_axes[1:]
         else:
             loose_src += s_axes
@@ -284,10 +281,40 @@ def _shape_op(t: _Ties, node: Node) -> None:
         else:
             t.outer.append(((y, merged), (x, out_axis), inner))
     if node.op_type == "Reshape" and node.input(1) is not None:
-        shape = _const_ints(node, 1)
-        if shape is None:
-            for a in range(y.type.rank):
-                t.freeze((y, a), f"Reshape {node.name}'s target shape is not a constant")
+        _freeze_computed_shape_entries(t, node, "target shape")
+
+
+def shape_entry(node: Node, axis: int) -> tuple[Node, int, int] | Literal["none"] | None:
+    """Where the entry of a Reshape / Expand shape for output `axis` is a constant: (the node
+    holding the constant, its input index, the offset in it), directly or through a Concat
+    of 1-D pieces (dynamic shapes: Concat(Shape(x)[0:2], [heads, dim])). "none" when the
+    shape has no entry for the axis (an Expand shape shorter than the output), None when the
+    entry is computed."""
+    target, y = node.inputs[1], node.outputs[0]
+    assert target is not None
+    index = axis - (y.type.rank - (target.shape[0] if isinstance(target.shape[0], int) else 0))
+    if index < 0:
+        return "none"
+    if target.const_value is not None:
+        return node, 1, index
+    concat = target.producer
+    if concat is None or concat.op_type != "Concat" or target.type.rank != 1:
+        return None
+    offset = 0
+    for k, piece in enumerate(concat.inputs):
+        if piece is None or piece.type.rank != 1 or not isinstance(piece.shape[0], int):
+            return None
+        if offset <= index < offset + piece.shape[0]:
+            return (concat, k, index - offset) if piece.const_value is not None else None
+        offset += piece.shape[0]
+    return None
+
+
+def _freeze_computed_shape_entries(t: _Ties, node: Node, what: str) -> None:
+    y = node.outputs[0]
+    for a in range(y.type.rank):
+        if shape_entry(node, a) is None:
+            t.freeze((y, a), f"{node.op_type} {node.name}'s {what} is computed at run time there")
 
 
 def _rule(t: _Ties, node: Node) -> None:
@@ -446,9 +473,7 @@ def _rule(t: _Ties, node: Node) -> None:
         return
     if op == "Expand":
         _broadcast(t, node, [0], y)
-        if _const_ints(node, 1) is None:
-            for ax in range(y.type.rank):
-                t.freeze((y, ax), f"Expand {node.name}'s shape is not a constant")
+        _freeze_computed_shape_entries(t, node, "shape")
         return
     if op == "Gather":
         data = _ref(node, 0)

@@ -12,7 +12,7 @@ import numpy as np
 from ecograph.ir.graph import Graph, Node, Value
 from ecograph.passes.elementwise import METADATA_KEY as ELEMENTWISE_KEY
 from ecograph.passes.utils import remove_dead, replace_value
-from ecograph.prune.groups import Group, PruningError, Ref, Slot, ancestors
+from ecograph.prune.groups import Group, PruningError, Ref, Slot, ancestors, shape_entry
 
 Plan = Sequence[tuple[Group, Sequence[int]]]
 
@@ -103,17 +103,7 @@ def _rewrite_shapes(
         return node
     changed_out = [ax for ax in range(y.type.rank) if (id(y), ax) in new_ext]
     if op in ("Reshape", "Expand") and changed_out:
-        target = node.inputs[1]
-        if target is None or target.const_value is None:
-            raise PruningError(f"{op} {node.name}: target shape is not a constant")
-        shape = np.array(target.const_value, np.int64).reshape(-1)
-        skip = (0, -1) if op == "Reshape" else (1,)
-        for ax in changed_out:
-            if int(shape[ax]) not in skip:
-                shape[ax] = new_ext[(id(y), ax)]
-        graph.set_node_input(node, 1, graph.add_constant(shape, f"{node.name}_shape"))
-        if not target.uses and target.name in graph.constants:
-            graph.remove_constant(target)
+        _rewrite_shape_entries(graph, node, {ax: new_ext[(id(y), ax)] for ax in changed_out})
         return node
     if op == "Split":
         x = node.inputs[0]
@@ -144,6 +134,37 @@ def _rewrite_shapes(
         attrs = {**node.attrs, "group": new_ext[(id(x), 1)]}
         return _recreate(graph, node, list(node.inputs), attrs, (new_ext, old_ext))
     return node
+
+
+def _rewrite_shape_entries(graph: Graph, node: Node, new_dims: dict[int, int]) -> None:
+    """Write the new output extents into a Reshape / Expand shape: its constant, or the
+    constant pieces of the Concat that computes it (a Concat shared with other nodes is
+    copied first, so only this node's shape changes)."""
+    target = node.inputs[1]
+    assert target is not None
+    concat = target.producer
+    if concat is not None and len(target.uses) > 1:
+        copy = graph.add_node("Concat", list(concat.inputs), dict(concat.attrs), before=node)
+        graph.set_node_input(node, 1, copy.output)
+    keep = (0, -1) if node.op_type == "Reshape" else (1,)
+    for ax, dim in sorted(new_dims.items()):
+        where = shape_entry(node, ax)
+        if where == "none":
+            continue
+        if where is None:
+            raise PruningError(
+                f"{node.op_type} {node.name}: the shape entry of axis {ax} is computed"
+            )
+        owner, k, offset = where
+        old = owner.inputs[k]
+        assert old is not None and old.const_value is not None
+        arr = np.array(old.const_value, np.int64).reshape(-1)
+        if int(arr[offset]) in keep:
+            continue
+        arr[offset] = dim
+        graph.set_node_input(owner, k, graph.add_constant(arr, f"{node.name}_shape"))
+        if not old.uses and old.name in graph.constants:
+            graph.remove_constant(old)
 
 
 def _recreate(

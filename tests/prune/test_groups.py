@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ecograph.ir import GraphBuilder, verify
+from ecograph.ir import GraphBuilder, interpret, verify
 from ecograph.prune import Group, groups, layer_groups, shrink
 from tests.prune import graphs
 
@@ -113,16 +113,44 @@ def test_a_branch_used_elsewhere_is_not_a_layer() -> None:
     assert layer_groups(b.graph) == []
 
 
-def test_computed_reshape_target_freezes_heads() -> None:
+def _dynamic_heads(heads_piece: str) -> GraphBuilder:
+    """q = x W_q split into heads by a target computed as Concat(Shape(x)[0:2], [2], [4]),
+    as exporters write it for dynamic batch and sequence; `heads_piece` "const" or "computed"
+    (the heads entry read from a Shape, which no rewrite can follow)."""
     b = GraphBuilder()
-    x = b.input("x", "float32", [2, 5, 8])
+    x = b.input("x", "float32", ["batch", "seq", 8])
     q = b.op("MatMul", x, b.constant(np.ones((8, 8), np.float32), "w_q"))
-    shape = b.op("Concat", b.op("Shape", x, end=2), b.constant(np.array([2, 4], np.int64)), axis=0)
+    batch_seq = b.op("Shape", x, end=2)
+    if heads_piece == "const":
+        heads = b.constant(np.array([2], np.int64), "heads")
+    else:
+        heads = b.op("Shape", b.op("Reshape", q, b.constant(np.array([0, 0, 2, 4], np.int64))),
+                     start=2, end=3)  # fmt: skip
+    dim = b.constant(np.array([4], np.int64), "dim")
+    shape = b.op("Concat", batch_seq, heads, dim, axis=0, name="target")
     r = b.op("Reshape", q, shape, name="split_heads")
-    y = b.op("Reshape", r, b.constant(np.array([2, 5, 8], np.int64)), name="merge")
+    merge = b.op("Concat", batch_seq, b.constant(np.array([8], np.int64), "hidden"), axis=0)
+    y = b.op("Reshape", r, merge, name="merge")
     b.output(b.op("MatMul", y, b.constant(np.ones((8, 3), np.float32), "w_o"), name="out"))
-    (g,) = [g for g in groups(b.graph) if g.name == "heads:w_o:0"]
-    assert g.frozen == "Reshape split_heads's target shape is not a constant"
+    return b
+
+
+def test_dynamic_reshape_target_with_constant_pieces_is_rewritten() -> None:
+    graph = _dynamic_heads("const").graph
+    (g,) = [g for g in groups(graph) if g.name == "heads:w_o:0"]
+    assert (g.size, g.frozen) == (2, None)
+    shrink(graph, [(g, [1])])
+    verify(graph)
+    assert graph.node("split_heads").outputs[0].shape == ("batch", "seq", 1, 4)
+    assert graph.node("out").inputs[1].shape == (4, 3)  # type: ignore[union-attr]
+    out = interpret(graph, {"x": np.ones((2, 3, 8), np.float32)})["out"]
+    assert out.shape == (2, 3, 3)
+
+
+def test_computed_reshape_entry_freezes_heads() -> None:
+    graph = _dynamic_heads("computed").graph
+    (g,) = [g for g in groups(graph) if g.name == "heads:w_o:0"]
+    assert g.frozen == "Reshape split_heads's target shape is computed at run time there"
 
 
 def test_op_without_a_rule_freezes_its_dims() -> None:

@@ -163,3 +163,24 @@ def test_llama_stack_drop_layers_and_wanda() -> None:
     actual = _ort_outputs(graph, feeds)
     for key, value in expected.items():
         np.testing.assert_allclose(actual[key], value, rtol=1e-4, atol=1e-4, err_msg=key)
+
+
+@pytest.mark.parametrize("model", ["bert", "llama"])
+def test_dynamic_sequence_length(model: str) -> None:
+    # Dynamic dims leave computed shapes (Concat(Shape(x)[0:2], [heads, dim])) and, for GQA,
+    # the kv-head repeat's Expand; their constant pieces are rewritten.
+    make, shape = MODELS[model]
+    seq = torch.export.Dim("seq", min=2, max=8)
+    graph = ecograph.from_torch(make(), (torch.randn(*shape),), dynamic_shapes=({1: seq},))
+    PassManager(["default"]).run(graph)
+    live = {g.kind: g.size for g in groups(graph) if not g.frozen and g.kind != "layer"}
+    assert live == {"heads": 4 if model == "bert" else 2, "ffn": 64 if model == "bert" else 48}
+    PruneHeads(ratio=0.5).run(graph)
+    PruneFFN(ratio=0.5).run(graph)
+    verify(graph)
+    for length in (3, 8):
+        rng = np.random.default_rng(length)
+        feeds = {"x": rng.standard_normal((2, length, 32)).astype(np.float32)}
+        expected, actual = interpret(graph, feeds), _ort_outputs(graph, feeds)
+        for key, value in expected.items():
+            np.testing.assert_allclose(actual[key], value, rtol=1e-4, atol=1e-4, err_msg=key)
