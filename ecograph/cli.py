@@ -76,13 +76,37 @@ class Console:
         dropped; under --json stray prints go to stderr, so stdout holds only the JSON."""
         if self.quiet:
             sink = io.StringIO()
-            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            with (
+                _native_stderr_dropped(),
+                contextlib.redirect_stdout(sink),
+                contextlib.redirect_stderr(sink),
+            ):
                 yield
         elif self.json:
             with contextlib.redirect_stdout(sys.stderr):
                 yield
         else:
             yield
+
+
+@contextlib.contextmanager
+def _native_stderr_dropped() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null for a while: native libraries (TVM's C++ logging)
+    write there directly, past sys.stderr. Errors still reach Python as exceptions."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 at all: nothing to drop
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 @dataclass

@@ -537,3 +537,40 @@ def test_profile_command_refuses_targets_that_cannot_run_here(tmp_path, capsys):
     assert "not an ecograph artifact" in capsys.readouterr().err
     assert main(["profile", "default", "--bind", "nope=3"]) == 2
     assert "no input has such a dim" in capsys.readouterr().err
+
+
+def test_quiet_drops_what_native_code_writes_to_stderr(monkeypatch, capfd):
+    import os
+
+    import ecograph.ir.stats
+
+    real = ecograph.ir.stats.graph_stats
+
+    def noisy(*args, **kwargs):  # as TVM's C++ logging does: straight to file descriptor 2
+        os.write(2, b"[native] Warning: dead code\n")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ecograph.ir.stats, "graph_stats", noisy)
+    assert main(["inspect", "default"]) == 0
+    assert "[native] Warning" in capfd.readouterr().err
+    assert main(["inspect", "default", "--quiet"]) == 0
+    assert capfd.readouterr() == ("", "")
+    assert main(["inspect", "no_such_file", "--quiet"]) == 2  # errors still show
+    assert "neither an existing .onnx file" in capfd.readouterr().err
+
+
+def test_optimize_for_a_target_this_machine_cannot_run(tmp_path, capsys):
+    from ecograph.backends.tvm.targets import detect_cuda_arch
+
+    if detect_cuda_arch() is not None:
+        pytest.skip("this machine runs CUDA builds")
+    out, report = tmp_path / "o.onnx", tmp_path / "report"
+    argv = ["optimize", "default", "-o", str(out), "--target", "cuda:sm_90", "--report"]
+    assert main([*argv, str(report), "--json"]) == 0
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert data["runs_here"] is False and data["accuracy"]["cosine"] >= 0.99999
+    assert "does not run on this machine" in captured.err
+    manifest = json.loads((report / "artifact" / "manifest.json").read_text())
+    assert manifest["target"]["family"] == "cuda"
+    assert json.loads((report / "report.json").read_text())["optimized_run"] is None
