@@ -11,8 +11,9 @@ contiguous elements per unit (a head removes head_dim columns of the Q projectio
 
 A constant is tied per use (the node and input index), so a constant shared by two nodes is
 rewritten per use and never frozen. A value that is a graph input or output, an op without a
-rule, an axis a Softmax or norm reduces over, a Reshape whose target is not a constant: these
-freeze the group, with the reason in `Group.frozen`.
+rule, an axis a Softmax or norm reduces over, a Reshape whose target entry is computed at run
+time, an axis a Reshape folds under another: these freeze the group, with the reason in
+`Group.frozen`. Dims may be symbolic (dynamic batch and sequence); weight dims are static.
 """
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ POOL_OPS = frozenset(
 )
 
 
+def _is_weight_use(node: Node, index: int | None) -> bool:
+    """Input `index` of `node` is a contraction operand (not a bias)."""
+    return node.op_type in CONTRACTIONS and index in (0, 1)
+
+
 @dataclass(frozen=True)
 class Member:
     """One tensor axis (or a segment [start, stop) of it) that a group shrinks.
@@ -81,11 +87,7 @@ class Member:
     @property
     def is_weight(self) -> bool:
         """A constant operand of a contraction (MatMul / Gemm / Linear / Conv weight)."""
-        return (
-            self.node is not None
-            and self.node.op_type in CONTRACTIONS
-            and (self.node.op_type != "Linear" or self.input_index == 1)
-        )
+        return self.node is not None and _is_weight_use(self.node, self.input_index)
 
     def positions(self, units: Iterable[int]) -> np.ndarray:
         """The element indices along `axis` that `units` cover."""
@@ -698,9 +700,7 @@ def _make_group(
     members: list[tuple[Slot, int, int | str]] = sorted(
         parts, key=lambda p: (ref_value(p[0][0]).name, p[0][1], p[1])
     )
-    weights = [
-        p for p in members if not isinstance(p[0][0], Value) and p[0][0][0].op_type in CONTRACTIONS
-    ]
+    weights = [p for p in members if not isinstance(p[0][0], Value) and _is_weight_use(*p[0][0])]
     if not weights:
         return None
     reasons = sorted(

@@ -80,7 +80,7 @@ def test_residual_stream_is_frozen_where_it_meets_the_graph_interface() -> None:
 
 def test_conv_channels_pass_through_batch_norm_and_depthwise_conv() -> None:
     gs = _by_name(groups(graphs.conv_block()))
-    c1 = gs["channels:c1_b:0"]
+    c1 = gs["channels:c1_w:0"]
     assert (c1.kind, c1.size, c1.frozen) == ("channels", 8, None)
     names = {(m.value.name, m.axis) for m in c1.members if m.is_constant}
     assert names == {("c1_w", 0), ("c1_b", 0), ("bn_scale", 0), ("bn_bias", 0), ("bn_mean", 0),

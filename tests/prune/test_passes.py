@@ -60,10 +60,10 @@ ZERO_CASES: list[tuple[str, Callable[[], Graph], str, list[int]]] = [
         "heads:w_o:0",
         [1],
     ),
-    ("conv-bn-depthwise", graphs.conv_block, "channels:c1_b:0", [0, 5]),
+    ("conv-bn-depthwise", graphs.conv_block, "channels:c1_w:0", [0, 5]),
     ("conv-to-gemm", graphs.conv_block, "channels:fc_w:0", [2]),
     ("stack", graphs.residual_stack, "ffn:w1_1:1", [0, 3, 6, 9, 12, 15]),
-    ("gemm-transb", graphs.deep_mlp, "ffn:b1:0", [0, 11]),
+    ("gemm-transb", graphs.deep_mlp, "ffn:w1:0", [0, 11]),
     ("deep-mlp-middle", graphs.deep_mlp, "ffn:w2:1", [1, 2, 3]),
 ]
 
