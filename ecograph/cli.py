@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ecograph.errors import BuildError, EcographError, InputError, UsageError
+from ecograph.errors import AccuracyError, BuildError, EcographError, InputError, UsageError
 
 MODEL_HELP = (
     "MODEL arguments are an .onnx file, a Python reference `package.module:factory` whose "
@@ -486,19 +486,25 @@ def cmd_optimize(args: argparse.Namespace, con: Console) -> Done:
         + (" and measuring" if measure else "")
     )
     with tempfile.TemporaryDirectory(prefix="ecograph-optimize-") as work:
-        result = optimize(
-            model,
-            examples,
-            target=spec,
-            pipeline=args.pipeline,
-            quantize=args.quantize,
-            accuracy_budget=args.accuracy_budget,
-            calibration_data=calibration,
-            out_dir=work,
-            measure=measure,
-            declared_power_watts=args.declared_watts,
-            progress=False if con.quiet else (True if con.verbose else None),
-        )
+        try:
+            result = optimize(
+                model,
+                examples,
+                target=spec,
+                pipeline=args.pipeline,
+                quantize=args.quantize,
+                accuracy_budget=args.accuracy_budget,
+                calibration_data=calibration,
+                out_dir=work,
+                measure=measure,
+                declared_power_watts=args.declared_watts,
+                progress=False if con.quiet else (True if con.verbose else None),
+            )
+        except AccuracyError as exc:
+            raise AccuracyError(
+                f"{exc} On the command line the budget is --accuracy-budget COSINE (now "
+                f"{args.accuracy_budget or 'the default'})."
+            ) from exc
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         result.to_onnx(out)

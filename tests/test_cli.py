@@ -309,6 +309,7 @@ def test_optimize_missing_the_accuracy_budget_exits_4(tmp_path, capsys):
     assert main([*argv, "--accuracy-budget", "1"]) == 4
     err = capsys.readouterr().err
     assert "< budget 1.0" in err and "Traceback" not in err
+    assert "the budget is --accuracy-budget COSINE (now 1.0)" in one_line_error(err)
     assert not out.exists()
 
 
