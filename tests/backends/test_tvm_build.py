@@ -15,7 +15,7 @@ pytest.importorskip("tvm")
 
 import ecograph
 from ecograph.backends.tvm import build, load, runtime, targets
-from ecograph.errors import BuildError, UnsupportedError
+from ecograph.errors import BuildError, InputError, UnsupportedError
 from ecograph.ir import Graph, GraphBuilder, interpret
 from ecograph.models import build_default_model, example_inputs
 
@@ -67,9 +67,9 @@ def test_load_takes_positional_and_torch(x86_model: Path) -> None:
     got = model(torch.from_numpy(feeds["x"]), mask=torch.from_numpy(feeds["mask"]))
     assert isinstance(got, torch.Tensor)
     np.testing.assert_array_equal(got.numpy(), want)
-    with pytest.raises(BuildError, match="dtype"):
+    with pytest.raises(InputError, match="dtype"):
         model(feeds["x"].astype(np.float64), feeds["mask"])
-    with pytest.raises(BuildError, match="missing inputs"):
+    with pytest.raises(InputError, match="missing inputs"):
         model(feeds["x"])
 
 

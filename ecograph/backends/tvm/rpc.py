@@ -27,11 +27,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ecograph.errors import EcographError
 
-from .runtime import LIBRARY, CompiledModel, read_manifest
+from .runtime import LIBRARY, CompiledModel, open_artifact
 
 log = logging.getLogger(__name__)
 
@@ -160,24 +158,22 @@ def connect(
     key: str | None = None,
     timeout: float = 60.0,
 ) -> RemoteModel:
-    """Upload `artifact` to a remote device and return a callable `RemoteModel`."""
+    """Upload `artifact` to a remote device and return a callable `RemoteModel`. The folder
+    gets the same checks as `load` (`runtime.open_artifact`) before anything is uploaded."""
     import tvm
+    import tvm.runtime.vm
 
-    folder = Path(artifact)
-    manifest = read_manifest(folder)
+    checked = open_artifact(artifact)
+    manifest = checked.manifest
     sess = _session(host, port, tracker, key, timeout)
     digest = manifest["files"][LIBRARY][:16]
     remote_name = f"ecograph-{digest}.so"
-    sess.upload(str(folder / LIBRARY), remote_name)
+    sess.upload(str(checked.path_of(LIBRARY)), remote_name)
     lib = sess.load_module(remote_name)
     dev = sess.cuda(0) if manifest["target"]["family"] == "cuda" else sess.cpu(0)
     vm = tvm.runtime.vm.VirtualMachine(lib, dev)
-    params: list[Any] = []
-    info = manifest.get("params") or {}
-    if info.get("file"):
-        with np.load(folder / info["file"], allow_pickle=False) as data:
-            params = [tvm.runtime.tensor(np.array(data[n], order="C"), dev) for n in info["names"]]
-    return RemoteModel(sess, folder, manifest, vm, dev, params)
+    params = checked.load_params(dev)
+    return RemoteModel(sess, checked.folder, manifest, vm, dev, params)
 
 
 # ---------------------------------------------------------- emulated device
