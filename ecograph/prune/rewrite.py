@@ -9,10 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from ecograph.errors import EcographError
 from ecograph.ir.graph import Graph, Node, Value
 from ecograph.passes.elementwise import METADATA_KEY as ELEMENTWISE_KEY
 from ecograph.passes.utils import remove_dead, replace_value
-from ecograph.prune.groups import Group, PruningError, Ref, Slot, ancestors, shape_entry
+from ecograph.prune.groups import Group, Member, PruningError, Ref, Slot, ancestors, shape_entry
 
 Plan = Sequence[tuple[Group, Sequence[int]]]
 
@@ -32,11 +33,24 @@ def _masks(plan: Plan) -> dict[Slot, np.ndarray]:
             raise PruningError(f"cannot remove all {group.size} units of {group.name}")
         for m in group.members:
             ref: Ref = (m.node, m.input_index) if m.node is not None else m.value  # type: ignore[assignment]
+            if _is_stale(m):
+                raise PruningError(
+                    f"{group.name} no longer matches the graph at {m}; call groups() again "
+                    "after editing the graph"
+                )
             extent = m.value.shape[m.axis]
             assert isinstance(extent, int)
             mask = masks.setdefault((ref, m.axis), np.ones(extent, bool))
             mask[m.positions(removed)] = False
     return masks
+
+
+def _is_stale(m: Member) -> bool:
+    """The member describes a graph that has changed since groups() ran."""
+    if m.node is not None:
+        return m.node.is_removed or m.node.inputs[m.input_index or 0] is not m.value
+    extent = m.value.shape[m.axis]
+    return m.value.graph is None or not isinstance(extent, int) or m.stop > extent
 
 
 def shrink(graph: Graph, plan: Plan) -> int:
@@ -60,22 +74,13 @@ def shrink(graph: Graph, plan: Plan) -> int:
     old_consts: list[Value] = []
     replaced: list[Node] = []  # keeps replaced nodes alive: extents are keyed by id(value)
     for node in graph.nodes:
-        cuts = by_const.get(id(node), [])
-        for i in sorted({c[0] for c in cuts}):
-            old = node.inputs[i]
-            assert old is not None and old.const_value is not None
-            arr = np.asarray(old.const_value)
-            for _, axis, mask in (c for c in cuts if c[0] == i):
-                arr = np.compress(mask, arr, axis=axis)
-            name = old.name.removesuffix("_pruned") + "_pruned"
-            graph.set_node_input(node, i, graph.add_constant(arr, name))
-            old_consts.append(old)
-        new = _rewrite_shapes(graph, node, new_ext, old_ext)
-        if new is not node:
-            replaced.append(node)
-            node = new
-        for value, t in zip(node.outputs, graph.infer_types(node), strict=True):
-            value.type = t
+        try:
+            node = _shrink_node(graph, node, by_const, new_ext, old_ext, old_consts, replaced)
+        except (EcographError, ValueError) as exc:
+            raise PruningError(
+                f"shrinking stopped at node {node.name} ({node.op_type}): {exc}; the graph is "
+                "partly rewritten (prune a graph.copy() to keep the original)"
+            ) from exc
     for old in old_consts:
         if not old.uses and not old.is_graph_output and old.name in graph.constants:
             graph.remove_constant(old)
@@ -83,6 +88,36 @@ def shrink(graph: Graph, plan: Plan) -> int:
     for group, kept in plan:
         removed += group.size - len(set(kept))
     return removed
+
+
+def _shrink_node(
+    graph: Graph,
+    node: Node,
+    by_const: dict[int, list[tuple[int, int, np.ndarray]]],
+    new_ext: dict[tuple[int, int], int],
+    old_ext: dict[tuple[int, int], int],
+    old_consts: list[Value],
+    replaced: list[Node],
+) -> Node:
+    """Slice `node`'s pruned constant inputs, rewrite its shape-carrying inputs / attributes
+    and re-infer its output types. Returns the node (a new one if it had to be recreated)."""
+    cuts = by_const.get(id(node), [])
+    for i in sorted({c[0] for c in cuts}):
+        old = node.inputs[i]
+        assert old is not None and old.const_value is not None
+        arr = np.asarray(old.const_value)
+        for _, axis, mask in (c for c in cuts if c[0] == i):
+            arr = np.compress(mask, arr, axis=axis)
+        name = old.name.removesuffix("_pruned") + "_pruned"
+        graph.set_node_input(node, i, graph.add_constant(arr, name))
+        old_consts.append(old)
+    new = _rewrite_shapes(graph, node, new_ext, old_ext)
+    if new is not node:
+        replaced.append(node)
+        node = new
+    for value, t in zip(node.outputs, graph.infer_types(node), strict=True):
+        value.type = t
+    return node
 
 
 def _ext(new_ext: dict[tuple[int, int], int], value: Value, axis: int) -> int | str:

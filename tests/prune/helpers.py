@@ -26,6 +26,12 @@ def zero_units(graph: Graph, group: Group, units: Sequence[int]) -> None:
         graph.set_node_input(m.node, m.input_index, graph.add_constant(arr, f"{current.name}_z"))
 
 
+def _uses(group: Group) -> list[tuple[str, int | None, int, int]]:
+    return sorted(
+        (m.node.name, m.input_index, m.axis, m.start) for m in group.weights if m.node is not None
+    )
+
+
 def check_zero_units_exact(
     graph: Graph, group_name: str, units: Sequence[int], feeds: Mapping[str, np.ndarray]
 ) -> Graph:
@@ -36,7 +42,9 @@ def check_zero_units_exact(
     zero_units(graph, group, units)
     verify(graph)
     expected = interpret(graph, feeds)
-    # The group still holds: zeroing swapped constants per use, the nodes are the same.
+    # Zeroing swapped constants, so regroup and find the group by its weight uses.
+    key = _uses(group)
+    (group,) = [g for g in groups(graph) if _uses(g) == key]
     shrink(graph, [(group, [u for u in range(group.size) if u not in set(units)])])
     verify(graph)
     actual = interpret(graph, feeds)

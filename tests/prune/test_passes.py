@@ -234,3 +234,11 @@ def test_a_weight_in_two_groups_shrinks_on_both_axes() -> None:
     assert graph.node("fc2").inputs[1].shape == (6, 5)  # type: ignore[union-attr]
     assert graph.node("y").inputs[1].shape == (5, 3)  # type: ignore[union-attr]
     verify(graph)
+
+
+def test_a_stale_group_is_refused_with_a_typed_error() -> None:
+    graph = graphs.mlp()
+    (g,) = [g for g in groups(graph) if g.name == "ffn:w1:1"]
+    shrink(graph, [(g, list(range(8)))])
+    with pytest.raises(PruningError, match="no longer matches the graph"):
+        shrink(graph, [(g, list(range(4)))])  # g describes the graph before the first shrink
