@@ -66,6 +66,7 @@ class PassManager:
         self.auto_requires = auto_requires
         self.progress = progress
         self._bar: Any = None
+        self._fingerprint: tuple[Any, ...] | None = None  # of the graph as it stands, if known
         self._properties: set[str] = set()
         self._records: list[PassRecord] = []
         self._step = 0
@@ -78,6 +79,7 @@ class PassManager:
         self._properties = set()
         self._records = []
         self._step = 0
+        self._fingerprint = None
         if inst.differential:
             self._feeds = dict(inst.sample_inputs or {}) or sample_inputs_for(
                 graph, inst.symbol_values, inst.seed
@@ -133,12 +135,17 @@ class PassManager:
         step = self._step
         record = PassRecord(p.name, False, iteration=iteration, auto=auto)
         if self._bar is not None:
-            self._bar.set_postfix_str(f"{p.name} ({len(graph.nodes)} nodes)", refresh=False)
+            # Name the pass while it runs, once the bar is on screen (tqdm's `delay` passed).
+            shown = time.time() >= self._bar.start_t + self._bar.delay
+            self._bar.set_postfix_str(f"{p.name} ({len(graph.nodes)} nodes)", refresh=shown)
         if inst.ledger:
             record.nodes_before, record.param_bytes_before = len(graph.nodes), param_bytes(graph)
         before_text = str(graph) if inst.dump_dir is not None else None
         before_copy = graph.copy() if inst.differential else None
-        fingerprint = _fingerprint(graph) if inst.verify else None
+        fingerprint = None
+        if inst.verify:  # an unchanged pass left the graph as its fingerprint says: reuse it
+            fingerprint = self._fingerprint or _fingerprint(graph)
+        self._fingerprint = None
         start = time.perf_counter()
         try:
             result = p.run(graph)
@@ -159,6 +166,7 @@ class PassManager:
                     f"({_first_difference(fingerprint, after)}); `changed` must be honest "
                     "(the manager skips checks on unchanged graphs)"
                 )
+            self._fingerprint = after
         if inst.timing:
             record.seconds = time.perf_counter() - start
         record.changed = result.changed
@@ -252,54 +260,65 @@ class PassManager:
 
 def _fingerprint(graph: Graph) -> tuple[Any, ...]:
     """A cheap structural summary to catch a pass that edits the graph but reports
-    changed=False: nodes, values and constant arrays by identity plus names, types and
-    attributes, without printing the text form (which cost more than the passes on large
-    graphs). A node replaced by an identical one at the same address is no edit at all."""
+    changed=False, without printing the text form (which cost more than the passes on large
+    graphs): node names in order, and per node a hash of its identity, op, input and output
+    values (identity, name, type) and attributes. Hashes, not tuples, are kept: a tuple per
+    node would make the garbage collector walk the whole graph again and again."""
+    nodes = graph.nodes
     return (
-        tuple((id(v), v.name, v.type) for v in graph.inputs),
-        tuple(id(v) for v in graph.outputs),
-        tuple((v.name, v.type, id(v.const_value)) for v in graph.constants.values()),
-        tuple(_node_key(n) for n in graph.nodes),
+        hash(tuple((id(v), v.name, v.type) for v in graph.inputs)),
+        hash(tuple(id(v) for v in graph.outputs)),
+        hash(tuple((v.name, v.type, id(v.const_value)) for v in graph.constants.values())),
+        tuple([n.name for n in nodes]),
+        tuple([_node_hash(n) for n in nodes]),
         repr(sorted(graph.metadata.items())),
     )
 
 
-def _node_key(node: Node) -> tuple[Any, ...]:
-    return (
-        id(node),
-        node.name,
-        node.op_type,
-        node.domain,
-        tuple(None if v is None else id(v) for v in node.inputs),
-        tuple((id(v), v.name, v.type) for v in node.outputs),
-        tuple((k, _frozen(v)) for k, v in node.attrs.items()),
+def _node_hash(node: Node) -> int:
+    return hash(
+        (
+            id(node),
+            node.op_type,
+            node.domain,
+            *[id(v) for v in node.inputs],
+            None,
+            *[(id(v), v.name, v.type) for v in node.outputs],
+            *[(k, _frozen(v)) for k, v in node.attrs.items()],
+        )
     )
 
 
 def _frozen(value: Any) -> Any:
-    """An attribute value in a comparable form that an in-place edit would change."""
+    """An attribute value in a hashable form that an in-place edit would change."""
     if isinstance(value, np.ndarray):
         return (id(value), value.dtype.str, value.shape, value.tobytes() if value.size <= 64 else 0)
     if isinstance(value, (list, tuple)):
-        return tuple(_frozen(v) for v in value)
+        return tuple([_frozen(v) for v in value])
+    if isinstance(value, dict):
+        return tuple(sorted((str(k), _frozen(v)) for k, v in value.items()))
+    try:
+        hash(value)
+    except TypeError:  # some other mutable object: by identity
+        return (type(value).__name__, id(value))
     return value
 
 
 def _first_difference(before: tuple[Any, ...], after: tuple[Any, ...]) -> str:
     """Where two fingerprints differ, in words (the first node that differs, if any)."""
-    what = ("graph inputs", "graph outputs", "constants", "nodes", "metadata")
-    for label, b, a in zip(what, before, after, strict=True):
-        if b == a:
-            continue
-        if label != "nodes":
+    what = ("graph inputs", "graph outputs", "constants")
+    for label, b, a in zip(what, before, after, strict=False):
+        if b != a:
             return f"its {label} changed"
-        for kb, ka in zip(b, a, strict=False):
-            if kb[1] != ka[1]:
-                return f"node {kb[1]} became {ka[1]} ({ka[2]})"
-            if kb != ka:
-                return f"node {ka[1]} ({ka[2]}) changed"
-        return f"node count {len(b)} -> {len(a)}"
-    return "it changed"
+    names_b, hashes_b, names_a, hashes_a = before[3], before[4], after[3], after[4]
+    for i, (nb, na) in enumerate(zip(names_b, names_a, strict=False)):
+        if nb != na:
+            return f"node {nb} became {na}"
+        if hashes_b[i] != hashes_a[i]:
+            return f"node {na} changed"
+    if len(names_b) != len(names_a):
+        return f"node count {len(names_b)} -> {len(names_a)}"
+    return "its metadata changed"
 
 
 def _progress_bar(progress: bool | None) -> Any:
