@@ -579,6 +579,11 @@ class CompiledModel:
         self._params = params
         self.input_names = [t["name"] for t in manifest["inputs"]]
         self.output_names = [t["name"] for t in manifest["outputs"]]
+        self._on_cpu = device is not None and device.dlpack_device_type() == _CPU_DLPACK
+        self._memory = _memory_bytes()
+        # (dtype, shape) of every input of the last call that passed the checks: a call with
+        # the same signature passes them too (they depend on nothing else), so it skips them.
+        self._checked: tuple[tuple[Any, tuple[int, ...]], ...] | None = None
 
     def __repr__(self) -> str:
         return f"<CompiledModel {self.path} target={self.manifest['target']['name']}>"
@@ -596,17 +601,15 @@ class CompiledModel:
 
     def run_numpy(self, arrays: Sequence[np.ndarray], *, as_torch: bool = False) -> Any:
         """Run on numpy arrays in input order, after the checks of `check_inputs`."""
-        import tvm
-
         arrays = self.check_inputs(arrays)
         tensors = [self._to_device(n, a) for n, a in zip(self.input_names, arrays, strict=True)]
-        if self.device.dlpack_device_type() == tvm.cpu().dlpack_device_type():
+        if self._on_cpu:
             with thread_policy().run(self.path):  # the thread count follows the machine
                 out = self._vm["main"](*tensors, *self._params)
+            results = [_host_copy(o) for o in _flatten(out)]
         else:
             out = self._vm["main"](*tensors, *self._params)
-        outs = _flatten(out)
-        results = [o.numpy() for o in outs]
+            results = [o.numpy() for o in _flatten(out)]
         if as_torch:
             import torch
 
@@ -622,6 +625,9 @@ class CompiledModel:
         specs = self.manifest["inputs"]
         if len(arrays) != len(specs):
             raise InputError(f"{len(arrays)} inputs given; the model takes {self.input_names}")
+        signature = tuple((a.dtype, a.shape) for a in arrays)
+        if signature == self._checked:
+            return [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in arrays]
         env: dict[str, tuple[int, str, int]] = {}  # symbol -> (size, input, axis) it came from
         for spec, arr in zip(specs, arrays, strict=True):
             _check_static(spec, arr)
@@ -629,7 +635,7 @@ class CompiledModel:
         sizes = {s: v[0] for s, v in env.items()}
         for spec, arr in zip(specs, arrays, strict=True):
             _check_expressions(spec, arr, sizes, env)
-        limit = _memory_bytes()
+        limit = self._memory
         out = []
         for spec, arr in zip(specs, arrays, strict=True):
             need = int(arr.size) * arr.itemsize
@@ -647,12 +653,18 @@ class CompiledModel:
                     f"{_fmt_bytes(need)}) does not fit in memory; give a smaller input"
                 ) from exc
             out.append(contiguous)
+        self._checked = signature
         return out
 
     def _to_device(self, name: str, arr: np.ndarray) -> Any:
         import tvm
 
         try:
+            if self._on_cpu and arr.size and arr.dtype in _DLPACK_DTYPES:
+                # The kernels read the array in place (TVM wants 64-byte aligned data; others
+                # are copied once into an aligned buffer): ~0.5 us instead of the ~17 us of
+                # tvm.runtime.tensor's allocation and copy on every call.
+                return tvm.runtime.from_dlpack(_aligned(arr))
             return tvm.runtime.tensor(arr, self.device)
         except Exception as exc:  # allocation on the device failed: the input is too large
             raise InputError(
@@ -677,6 +689,42 @@ class CompiledModel:
         if missing:
             raise InputError(f"missing inputs {missing}; the model takes {self.input_names}")
         return [feeds[n] for n in self.input_names]
+
+
+_CPU_DLPACK = 1  # kDLCPU
+_ALIGN = 64  # TVM's kAllocAlignment: kernels may assume it
+# dtypes exchanged through DLPack both ways (bool and others take TVM's copying path)
+_DLPACK_DTYPES = frozenset(
+    np.dtype(f"{kind}{bits}") for kind in ("int", "uint") for bits in (8, 16, 32, 64)
+) | {np.dtype("float16"), np.dtype("float32"), np.dtype("float64")}
+
+
+def _aligned(arr: np.ndarray) -> np.ndarray:
+    """`arr` itself when TVM can read it in place (writeable, 64-byte aligned, with the compact
+    row-major strides TVM checks: numpy's C-contiguous flag also allows any stride on an axis
+    of size 1), else a copy that is."""
+    if arr.flags.writeable and arr.ctypes.data % _ALIGN == 0 and arr.strides == _compact(arr):
+        return arr
+    buf = np.empty(arr.nbytes + _ALIGN, np.uint8)
+    start = -buf.ctypes.data % _ALIGN
+    out = buf[start : start + arr.nbytes].view(arr.dtype).reshape(arr.shape)
+    np.copyto(out, arr)
+    return out
+
+
+def _compact(arr: np.ndarray) -> tuple[int, ...]:
+    strides, step = [], arr.itemsize
+    for n in reversed(arr.shape):
+        strides.append(step)
+        step *= n
+    return tuple(reversed(strides))
+
+
+def _host_copy(tensor: Any) -> np.ndarray:
+    """A numpy copy of a CPU output (through DLPack: ~2 us instead of ~7 us for .numpy());
+    a copy, never a view, since an output may be an input the caller still owns."""
+    arr = np.from_dlpack(tensor) if np.dtype(str(tensor.dtype)) in _DLPACK_DTYPES else None
+    return tensor.numpy() if arr is None else arr.copy()
 
 
 def _check_static(spec: Mapping[str, Any], arr: np.ndarray) -> None:
