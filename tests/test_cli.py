@@ -102,6 +102,22 @@ def test_inspect_default_model(capsys):
     assert "unsupported ops: none" in out
 
 
+def test_inspect_prunable_lists_the_groups(capsys):
+    # The bundled block: one attention (4 heads of 16), an FFN of 128, two residual branches;
+    # the hidden size (64) reaches the graph output, so its group is frozen and says why.
+    assert main(["inspect", "default", "--prunable"]) == 0
+    out = capsys.readouterr().out
+    assert "prunable groups (as captured): 4 of 5 can shrink" in out
+    assert "heads group heads:wk:1 (4 units, prunable)" in out
+    assert "ffn group ffn:w1:1 (128 units, prunable)" in out
+    assert "(64 units, frozen: reaches graph output %y)" in out
+    assert main(["--json", "inspect", "default", "--prunable", "--pipeline", "default"]) == 0
+    groups = json.loads(capsys.readouterr().out)["prunable"]
+    kinds = sorted((g["kind"], g["size"], g["frozen"] is None) for g in groups)
+    assert ("ffn", 128, True) in kinds and ("residual", 64, False) in kinds
+    assert [k for k in kinds if k[0] == "layer"] == [("layer", 1, True)] * 2
+
+
 def test_json_quiet_and_verbose(capsys):
     # --json before or after the command: only JSON on stdout.
     for argv in (["--json", "inspect", "default"], ["inspect", "default", "--json"]):

@@ -39,16 +39,37 @@ def cmd_inspect(args: argparse.Namespace, con: Console) -> Done:
     con.say("outputs: " + ", ".join(f"{v.name}: {v.type}" for v in graph.outputs))
     con.say(stats.summary())
     con.say("unsupported ops: " + (", ".join(unknown) if unknown else "none"))
-    return Done(
-        {
-            "model": args.model,
-            "graph": graph.name,
-            "inputs": [{"name": v.name, "type": str(v.type)} for v in graph.inputs],
-            "outputs": [{"name": v.name, "type": str(v.type)} for v in graph.outputs],
-            "stats": dataclasses.asdict(stats),
-            "unsupported_ops": unknown,
-        }
-    )
+    data: dict[str, Any] = {
+        "model": args.model,
+        "graph": graph.name,
+        "inputs": [{"name": v.name, "type": str(v.type)} for v in graph.inputs],
+        "outputs": [{"name": v.name, "type": str(v.type)} for v in graph.outputs],
+        "stats": dataclasses.asdict(stats),
+        "unsupported_ops": unknown,
+    }
+    if args.prunable:
+        data["prunable"] = prunable_groups(graph, args.pipeline, con)
+    return Done(data)
+
+
+def prunable_groups(graph: Any, pipeline: str | None, con: Console) -> list[dict[str, Any]]:
+    """Print (and return) the graph's pruning dependency groups, after `pipeline` if given."""
+    from ecograph.passes import PassManager
+    from ecograph.prune import groups
+
+    if pipeline:
+        graph = graph.copy()
+        PassManager([pipeline]).run(graph)
+    found = groups(graph)
+    where = f" after pipeline {pipeline!r}" if pipeline else " (as captured)"
+    open_ = [g for g in found if not g.frozen]
+    con.say(f"prunable groups{where}: {len(open_)} of {len(found)} can shrink")
+    for g in found:
+        con.say(f"  {g}")
+    return [
+        {"name": g.name, "kind": g.kind, "size": g.size, "frozen": g.frozen, "nodes": len(g.nodes)}
+        for g in found
+    ]
 
 
 def cmd_report(args: argparse.Namespace, con: Console) -> Done:

@@ -145,6 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SYM=N",
         help="bind a symbolic dim for the FLOPs estimate, e.g. --bind batch=1 --bind seq=128",
     )
+    p.add_argument(
+        "--prunable",
+        action="store_true",
+        help="list the structured-pruning dependency groups (channels, heads, ffn, layer, "
+        "residual) with their sizes, and why a frozen one cannot shrink (docs/pruning.md)",
+    )
+    p.add_argument(
+        "--pipeline",
+        default=None,
+        metavar="SPEC",
+        help="with --prunable: run this pass pipeline first (e.g. default), as optimize would",
+    )
     p.set_defaults(func=cmd_inspect)
 
     p = command(
