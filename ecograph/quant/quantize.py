@@ -4,7 +4,11 @@ Rewrites (W a float constant, x an activation):
 - static:      op(x, W) -> op(DQ(Q(x, s_x, z_x)), DQ(W_q, s_w, z_w))  (QDQ format; activation
                ranges from calibration data)
 - dynamic:     MatMul(x, W) -> Cast(MatMulInteger(DynamicQuantizeLinear(x), W_q)) * (s_x * s_w)
-               (activations quantized at run time; ONNX Runtime's dynamic format)
+               (activations quantized at run time; ONNX Runtime's dynamic format), or with
+               `activations="token"`: one symmetric int8 scale per row (token) of x,
+               s_x = max|x_row| / 127, x_q = Cast<int8>(Clip(Round(x / s_x), -127, 127)),
+               MatMul(x, W) -> (Cast(MatMulInteger(x_q, W_q)) * s_x) * s_w  (standard ONNX ops
+               only; the int32 product is exact, the rescale is float)
 - weight_only: op(x, W) -> op(x, DQ(W_q, s_w, z_w))  (int8 or int4, per channel or in groups
                along the reduction axis; the LLM decode case)
 
@@ -12,7 +16,14 @@ Embedding tables (Gather of a constant float matrix along axis 0) are quantized 
 (symmetric; per row, or per group when the granularity is group:N) and dequantized after the
 lookup; `embeddings=False` leaves them in float. Weights are stored as quantized constants
 (int4 two per byte when exported); the float weight is removed once nothing else uses it.
-Exclusions match an op type exactly or a node name by glob (`exclude=["Conv", "*lm_head*"]`).
+Exclusions match an op type exactly or a node name by glob (`exclude=["Conv", "*lm_head*"]`);
+`float_after=("Gelu",)` keeps in float the nodes whose input a Gelu makes (through reshapes),
+i.e. a transformer FFN's down projection (the "int8" preset does; docs/quantization.md).
+
+`smooth=alpha` (SmoothQuant, Xiao et al. 2023) first migrates activation outliers into the
+weights: per input channel j, s_j = max|X_j|^alpha / max|W_j|^(1 - alpha) over the calibration
+data, x -> x * (1/s) (one Mul shared by every consumer of x) and W -> diag(s) W, which leaves
+the float product unchanged and evens out the channels the activation scale must cover.
 """
 
 from __future__ import annotations
@@ -35,6 +46,12 @@ from ecograph.quant.scheme import Granularity, QuantizedTensor, compute_qparams,
 QUANTIZABLE = ("MatMul", "Gemm", "Conv", "Linear")  # Linear: ecograph's fused MatMul+Add
 DYNAMIC_OPS = ("MatMul", "Gemm", "Linear")
 MODES = ("dynamic", "static", "weight_only")
+ACTIVATION_SCALES = ("tensor", "token")
+# The largest |x_q| of a per-token activation: symmetric int8 without -128, so that negating a
+# row never saturates and the scale is exactly max|x| / 127.
+TOKEN_QMAX = 127.0
+# A row of zeros gets this max|x| instead of 0 (its scale must not be 0: x / 0 is NaN).
+TOKEN_TINY = 1e-30
 # The cosine similarity to the float graph a quantized graph keeps by default (optimize()'s
 # default accuracy budget for quantization is the same).
 DEFAULT_MIN_COSINE = 0.99
@@ -119,6 +136,9 @@ class Quantize(Pass):
     calibration_data: Any = field(default=None, repr=False, compare=False)
     progress: bool = False
     min_cosine: float = DEFAULT_MIN_COSINE
+    activations: str = "tensor"
+    smooth: float = 0.0
+    float_after: tuple[str, ...] | list[str] = ()
 
     def __post_init__(self) -> None:
         if not -1.0 <= self.min_cosine <= 1.0:
@@ -149,6 +169,19 @@ class Quantize(Pass):
             raise PassError(
                 "quantize: mode='static' needs calibration_data (an iterable of input dicts)"
             )
+        if self.activations not in ACTIVATION_SCALES:
+            raise PassError(
+                f"quantize: activations={self.activations!r}; use one of {ACTIVATION_SCALES}"
+            )
+        if self.activations == "token" and self.mode != "dynamic":
+            raise PassError("quantize: activations='token' (per-token scales) needs mode='dynamic'")
+        if not 0.0 <= self.smooth <= 1.0:
+            raise PassError(f"quantize: smooth={self.smooth} is not a migration strength in [0, 1]")
+        if self.smooth and (self.mode == "weight_only" or self.calibration_data is None):
+            raise PassError(
+                "quantize: smooth (SmoothQuant) needs mode='dynamic' or 'static' and "
+                "calibration_data to measure the activation channels"
+            )
 
     def numeric_tolerance(self) -> Tolerance:
         """The differential check's budget: `min_cosine`, an option of this pass."""
@@ -171,9 +204,12 @@ class Quantize(Pass):
     def run(self, graph: Graph) -> PassResult:
         ops = DYNAMIC_OPS if self.mode == "dynamic" else QUANTIZABLE
         targets, notes = find_targets(graph, self.exclude, ops)
+        if self.float_after:
+            targets = self._drop_float_after(targets, notes)
         embedded = self._quantize_embeddings(graph, notes) if self.embeddings else 0
         if not targets:
             return PassResult(embedded > 0, {"quantized": 0, "embeddings": embedded}, notes)
+        smoothed = self._smooth(graph, targets) if self.smooth else 0
         ranges: Mapping[str, tuple[float, float]] = {}
         if self.mode == "static":
             names = sorted({_activation(t).name for t in targets})
@@ -190,9 +226,12 @@ class Quantize(Pass):
         # id(float weight) -> (quantized, float weight, data, scale, zero point)
         weights: dict[int, tuple[QuantizedTensor, Value, Value, Value, Value | None]] = {}
         activations: dict[int, Value] = {}
+        rows: dict[int, tuple[Value, Value]] = {}
         count = 0
         for t in targets:
-            if self.mode == "dynamic":
+            if self.mode == "dynamic" and self.activations == "token":
+                count += self._dynamic_token(graph, t, weights, rows)
+            elif self.mode == "dynamic":
                 count += self._dynamic(graph, t, weights, notes)
             else:
                 w_dq = self._weight_dq(graph, t, weights)
@@ -205,7 +244,88 @@ class Quantize(Pass):
         for _, orig, *_ in weights.values():
             if orig.graph is graph and not orig.has_uses():
                 graph.remove_constant(orig)
-        return PassResult(True, {"quantized": count, "embeddings": embedded}, notes)
+        stats = {"quantized": count, "embeddings": embedded}
+        if self.smooth:
+            stats["smoothed"] = smoothed
+        return PassResult(True, stats, notes)
+
+    def _drop_float_after(self, targets: list[Target], notes: list[str]) -> list[Target]:
+        """Targets whose activation is not made by a `float_after` op (looking through ops that
+        only move or reshape data); the others stay in float, with a note."""
+        kept: list[Target] = []
+        for t in targets:
+            producer = _activation(t).producer
+            while producer is not None and producer.op_type in _LAYOUT_OPS and producer.inputs:
+                first = producer.input(0)
+                producer = first.producer if first is not None else None
+            if producer is not None and producer.op_type in self.float_after:
+                notes.append(f"{t.node.name} ({t.node.op_type}): input from {producer.op_type}, "
+                             "kept in float (float_after)")  # fmt: skip
+                continue
+            kept.append(t)
+        return kept
+
+    # ------------------------------------------------------------ SmoothQuant
+
+    def _smooth(self, graph: Graph, targets: list[Target]) -> int:
+        """x -> x * (1/s), W -> diag(s) W for the MatMul-like targets (weight [K, N], x's last
+        axis K), s per input channel from the calibration data (module docstring). Returns how
+        many activations were smoothed."""
+        from ecograph.ir import interpret
+
+        by_x: dict[int, list[Target]] = {}
+        for t in targets:
+            x = _activation(t)
+            if t.node.op_type == "Conv" or not x.dtype.is_float or x.type.rank < 1:
+                continue
+            by_x.setdefault(id(x), []).append(t)
+        if not by_x:
+            return 0
+        xs = {k: _activation(ts[0]) for k, ts in by_x.items()}
+        names = sorted({x.name for x in xs.values()})
+        amax: dict[str, np.ndarray] = {}
+        for feeds in self.calibration_data:
+            got = interpret(graph, {k: np.asarray(v) for k, v in feeds.items()}, outputs=names)
+            for n in names:
+                a = np.abs(got[n].astype(np.float32)).reshape(-1, got[n].shape[-1]).max(axis=0)
+                amax[n] = np.maximum(amax[n], a) if n in amax else a
+        count = 0
+        for key, ts in by_x.items():
+            x = xs[key]
+            wmax = np.max([self._weight_rows(t).max(axis=1) for t in ts], axis=0)
+            a = amax[x.name]
+            if a.shape != wmax.shape:
+                continue  # a weight contracting x's last axis is the only case handled
+            alpha = self.smooth
+            with np.errstate(divide="ignore", invalid="ignore"):
+                s = np.power(a, alpha) / np.power(wmax, 1.0 - alpha)
+            s = np.where(np.isfinite(s) & (s > 0), s, 1.0).astype(np.float32)
+            s = np.clip(s, 1e-5, 1e5)
+            node0 = ts[0].node
+            inv = graph.add_constant((1.0 / s).astype(x.dtype.numpy), f"{x.name}_smooth")
+            xs_ = graph.add_node("Mul", [x, inv], name=f"{x.name}_smooth", before=node0).output
+            for t in ts:
+                w = t.node.input(t.weight_index)
+                assert w is not None and w.const_value is not None
+                shape = [1] * w.type.rank
+                shape[t.reduce_axis] = -1
+                scaled = (w.const_value * s.reshape(shape)).astype(w.const_value.dtype)
+                graph.set_node_input(t.node, 0, xs_)
+                graph.set_node_input(
+                    t.node, t.weight_index, graph.add_constant(scaled, f"{w.name}_smoothed")
+                )
+                if w.graph is graph and not w.has_uses():
+                    graph.remove_constant(w)
+            count += 1
+        return count
+
+    @staticmethod
+    def _weight_rows(t: Target) -> np.ndarray:
+        """|W| with the contraction axis first: [K, rest]."""
+        w = t.node.input(t.weight_index)
+        assert w is not None and w.const_value is not None
+        arr = np.abs(np.moveaxis(w.const_value.astype(np.float32), t.reduce_axis, 0))
+        return arr.reshape(arr.shape[0], -1)
 
     # ------------------------------------------------------------- embeddings
 
@@ -434,6 +554,70 @@ class Quantize(Pass):
         accf = graph.add_node("Cast", [acc], {"to": DType.FLOAT32.onnx}, before=node).output
         scale = graph.add_node("Mul", [xs, s], before=node).output
         out = graph.add_node("Mul", [accf, scale], before=node).output
+        out = self._epilogue(graph, node, out)
+        kept = replace_value(graph, node.output, out)  # keeps a graph output's name
+        assert kept, f"cannot replace %{node.output.name}"
+        return 1
+
+    def _dynamic_token(
+        self, graph: Graph, t: Target, cache: dict, rows: dict[int, tuple[Value, Value]]
+    ) -> int:
+        """MatMul(x, W) -> (Cast(MatMulInteger(x_q, W_q)) * s_x) * s_w with one symmetric int8
+        scale per row of x (`_token_quantize`; shared by every consumer of x)."""
+        node = t.node
+        x = _activation(t)
+        _, _, q, s, _ = self._dynamic_weight(graph, t, cache)
+        if id(x) not in rows:
+            rows[id(x)] = self._token_quantize(graph, x, node)
+        xq, xs = rows[id(x)]
+        acc = graph.add_node("MatMulInteger", [xq, q], name=f"{node.name}_int", before=node).output
+        accf = graph.add_node("Cast", [acc], {"to": DType.FLOAT32.onnx}, before=node).output
+        # Two broadcasting products keep the rescale element-wise on the output (a [M, N]
+        # product of the scales would be one more tensor the size of the output).
+        out = graph.add_node("Mul", [accf, xs], before=node).output
+        out = graph.add_node("Mul", [out, s], before=node).output
+        out = self._epilogue(graph, node, out)
+        kept = replace_value(graph, node.output, out)  # keeps a graph output's name
+        assert kept, f"cannot replace %{node.output.name}"
+        return 1
+
+    def _token_quantize(self, graph: Graph, x: Value, before: Node) -> tuple[Value, Value]:
+        """(x_q int8, s_x float32 [.., rows, 1]): s_x = max(max|x_row|, tiny) / 127 and
+        x_q = Cast<int8>(Clip(Round(x / s_x), -127, 127)), Round half to even."""
+        name = x.name
+        xf = x
+        if x.dtype != DType.FLOAT32:
+            xf = graph.add_node("Cast", [x], {"to": DType.FLOAT32.onnx}, before=before).output
+
+        def const(v: Any, suffix: str) -> Value:
+            return graph.add_constant(np.array(v, np.float32), f"{name}_{suffix}")
+
+        axes = graph.add_constant(np.array([-1], np.int64), f"{name}_token_axes")
+        ax = graph.add_node("Abs", [xf], before=before).output
+        amax = graph.add_node(
+            "ReduceMax", [ax, axes], {"keepdims": 1}, name=f"{name}_token_max", before=before
+        ).output
+        amax = graph.add_node("Max", [amax, const(TOKEN_TINY, "token_tiny")], before=before)
+        scale = graph.add_node(
+            "Div", [amax.output, const(TOKEN_QMAX, "token_qmax")], name=f"{name}_token_scale",
+            before=before,
+        ).output  # fmt: skip
+        scaled = graph.add_node("Div", [xf, scale], before=before).output
+        rounded = graph.add_node("Round", [scaled], before=before).output
+        clipped = graph.add_node(
+            "Clip",
+            [rounded, const(-TOKEN_QMAX, "token_lo"), const(TOKEN_QMAX, "token_hi")],
+            before=before,
+        ).output
+        xq = graph.add_node(
+            "Cast", [clipped], {"to": DType.INT8.onnx}, name=f"{name}_token_quantize",
+            before=before,
+        ).output  # fmt: skip
+        return xq, scale
+
+    @staticmethod
+    def _epilogue(graph: Graph, node: Node, out: Value) -> Value:
+        """Gemm's alpha, beta and C, Linear's bias, and the cast back to the output dtype."""
         if node.op_type == "Gemm":
             alpha = float(node.attr("alpha", 1.0))
             if alpha != 1.0:
@@ -452,9 +636,7 @@ class Quantize(Pass):
             out = graph.add_node("Add", [out, bias], before=node).output
         if node.output.dtype != DType.FLOAT32:
             out = graph.add_node("Cast", [out], {"to": node.output.dtype.onnx}, before=node).output
-        kept = replace_value(graph, node.output, out)  # keeps a graph output's name
-        assert kept, f"cannot replace %{node.output.name}"
-        return 1
+        return out
 
     def _dynamic_weight(self, graph: Graph, t: Target, cache: dict) -> tuple:
         w = t.node.input(t.weight_index)
@@ -474,6 +656,10 @@ class Quantize(Pass):
         z = graph.add_constant(qt.zero_point, f"{w.name}_zero_point")
         cache[key] = (qt, w, q, s, z)
         return cache[key]
+
+
+# Ops that move or reshape data without changing values (float_after looks through them).
+_LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Cast"})
 
 
 def _activation(t: Target) -> Value:

@@ -125,6 +125,33 @@ def quantize_case(shape: tuple[int, ...], seed: int = 0) -> tuple[Graph, dict[st
     return g, {"x": rng.uniform(-2, 7, shape).astype(np.float32)}
 
 
+def token_case(
+    shape: tuple[int, ...], n: int, seed: int = 0
+) -> tuple[Graph, dict[str, np.ndarray]]:
+    """What quantize="int8" makes of `x @ W + b` (Quantize(activations="token")): one int8
+    scale per row of x (ReduceMax of |x|, Round, Clip, Cast), MatMulInteger(int8, int8) without
+    zero points, the two rescales and the bias; the codes x_q are compared too."""
+    from ecograph.quant.quantize import Quantize
+
+    rng = np.random.default_rng(seed)
+    k = shape[-1]
+    g = Graph("token")
+    x = g.add_input("x", "float32", ["r", *shape[1:]])
+    w = g.add_constant((rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32), "w")
+    y = g.add_node("MatMul", [x, w]).output
+    bias = g.add_constant(rng.uniform(-1, 1, n).astype(np.float32), "bias")
+    g.set_outputs([g.add_node("Add", [y, bias]).output])
+    Quantize(activations="token").run(g)
+    mm = next(nd for nd in g.nodes if nd.op_type == "MatMulInteger")
+    xq = mm.input(0)
+    assert xq is not None and xq.dtype.value == "int8"
+    g.add_output(xq)
+    feeds = rng.uniform(-3, 5, shape).astype(np.float32)
+    feeds.reshape(-1, k)[0] *= 50.0  # an outlier row
+    feeds.reshape(-1, k)[1] = 0.0  # a row of zeros
+    return g, {"x": feeds}
+
+
 CASES = {
     "u8s8-minilm-shape": lambda: integer_case(128, 384, 384, za="input", zw="cols"),
     "u8s8-odd-k-n-sym-rows": lambda: integer_case(13, 30, 20, rows="m"),
@@ -148,6 +175,8 @@ CASES = {
     "dynamic-quantize-matmul": lambda: dynamic_case(37, 96, 72),
     "dynamic-quantize-odd-last-dim": lambda: quantize_case((5, 9)),
     "dynamic-quantize-3d": lambda: quantize_case((3, 4, 64)),
+    "token-quantize-matmul": lambda: token_case((37, 96), 72),
+    "token-quantize-3d-odd-k": lambda: token_case((2, 5, 30), 20),
 }
 
 
@@ -443,3 +472,15 @@ def test_arm_products_are_exact_on_the_emulated_device(tmp_path: Path) -> None:
             if not np.array_equal(got, want):
                 failures.append(f"{name}: {int((got != want).sum())} of {want.size} differ")
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.skipif(not ON_X86, reason="x86 code runs only on an x86 host")
+def test_token_quantization_kernels_are_all_scheduled() -> None:
+    """The int8 preset's per-token quantization at MiniLM's shape: |x| max per row, the scale,
+    the element-wise quantization and the int8 product with its rescale each get a rule."""
+    g, _ = token_case((128, 384), 384)
+    result = build.build_module(g, targets.resolve("x86:generic"), keep_params=False,
+                                progress=False)  # fmt: skip
+    rules = set(result.kernels.values())
+    assert None not in rules and "fallback" not in rules, result.kernels
+    assert {"int8-matmul", "quantize", "reduction"} <= rules, result.kernels
