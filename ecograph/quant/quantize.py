@@ -205,7 +205,7 @@ class Quantize(Pass):
         ops = DYNAMIC_OPS if self.mode == "dynamic" else QUANTIZABLE
         targets, notes = find_targets(graph, self.exclude, ops)
         if self.float_after:
-            targets = self._drop_float_after(targets, notes)
+            targets = self.without_float_after(targets, notes)
         embedded = self._quantize_embeddings(graph, notes) if self.embeddings else 0
         if not targets:
             return PassResult(embedded > 0, {"quantized": 0, "embeddings": embedded}, notes)
@@ -249,7 +249,7 @@ class Quantize(Pass):
             stats["smoothed"] = smoothed
         return PassResult(True, stats, notes)
 
-    def _drop_float_after(self, targets: list[Target], notes: list[str]) -> list[Target]:
+    def without_float_after(self, targets: list[Target], notes: list[str]) -> list[Target]:
         """Targets whose activation is not made by a `float_after` op (looking through ops that
         only move or reshape data); the others stay in float, with a note."""
         kept: list[Target] = []

@@ -74,6 +74,8 @@ def layer_sensitivity(
     """Accuracy with only one layer quantized, for each layer; most sensitive first."""
     ops = DYNAMIC_OPS if template.mode == "dynamic" else QUANTIZABLE
     targets, _ = find_targets(graph, template.exclude, ops)
+    if template.float_after:  # layers the template keeps in float are not candidates
+        targets = template.without_float_after(targets, [])
     names = [t.node.name for t in targets]
     reference = outputs_on(graph, feeds)
     out: list[LayerSensitivity] = []

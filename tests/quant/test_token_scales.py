@@ -236,3 +236,17 @@ def test_smoothed_and_quantized_block_stays_close():
 def test_bad_options_say_what_to_do(options, message):
     with pytest.raises(PassError, match=message):
         Quantize(**options)
+
+
+def test_sensitivity_search_skips_layers_the_template_keeps_in_float():
+    from ecograph.quant.sensitivity import layer_sensitivity
+
+    b = GraphBuilder("ffn")
+    x = b.input("x", "float32", ["batch", 32])
+    up = b.op("MatMul", x, b.constant(rng.standard_normal((32, 64)).astype(np.float32), "wu"),
+              name="up")  # fmt: skip
+    down = b.constant(rng.standard_normal((64, 32)).astype(np.float32), "wd")
+    b.output(b.op("MatMul", b.op("Gelu", up), down, name="down"))
+    feeds = [{"x": rng.standard_normal((4, 32)).astype(np.float32)}]
+    rows = layer_sensitivity(b.graph, quantize_pass("int8"), feeds)
+    assert [r.node for r in rows] == ["up"]
