@@ -80,3 +80,34 @@ def test_int8_preset_holds_optimize_budget_per_sentence():
     assert m["mean"] >= 0.995 and m["min"] >= 0.98
     assert m["below_budget"] <= 2  # of 80
     assert m["tokens_min"] >= 0.99
+
+
+@pytest.mark.slow
+def test_optimize_int8_minilm_compiled_holds_the_budget(tmp_path):
+    """optimize(MiniLM, one padded sentence, quantize="int8") compiles without AccuracyError,
+    and the compiled module keeps the budget on other sentences (against PyTorch fp32).
+    Measured on all 209: mean 0.9976, min 0.9897, 1 under 0.99. ~45 s on 2 shared cores."""
+    import numpy as np
+    import torch
+
+    import ecograph
+
+    pytest.importorskip("tvm")
+    model = ev.encoder_module()
+    feeds = ev.tokenize(ev.sentences()[:60])
+    ids, mask = feeds["input_ids"], feeds["attention_mask"]
+    example = (torch.from_numpy(ids[:1]), torch.from_numpy(mask[:1]))
+    res = ecograph.optimize(
+        model, example, quantize="int8", measure=False, cache=False, out_dir=tmp_path
+    )
+    assert res.report.accuracy["cosine"] >= 0.99
+    assert res.report.optimized.bytes < 0.4 * res.report.original.bytes
+    cosines = []
+    with torch.no_grad():
+        for i in range(len(ids)):
+            ref = model(torch.from_numpy(ids[i : i + 1]), torch.from_numpy(mask[i : i + 1]))
+            out = res.module(ids[i : i + 1], mask[i : i + 1])
+            a = np.asarray(out[0] if isinstance(out, list | tuple) else out, np.float64).ravel()
+            b = ref.numpy().astype(np.float64).ravel()
+            cosines.append(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+    assert np.mean(cosines) >= 0.995 and np.min(cosines) >= 0.98, (np.mean(cosines), min(cosines))
