@@ -74,7 +74,9 @@ def test_quantized_optimize_reports_size_and_accuracy(tmp_path):
         declared_power_watts=20.0,
     )
     r = res.report
-    assert r.optimized.bytes < 0.35 * r.original.bytes
+    # int8 weights except the FFN down projection (after Gelu, kept float by the int8 preset):
+    # 61,200 of 132,948 bytes
+    assert r.optimized.bytes < 0.5 * r.original.bytes
     assert r.accuracy["cosine"] >= 0.99
     assert r.original_run.latency.p50_ms > 0 and r.optimized_run.latency.p50_ms > 0
     assert r.optimized_run.energy.kind in ("measured", "estimated")

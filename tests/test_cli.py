@@ -312,7 +312,9 @@ def test_optimize_report_records_pipeline_and_quantization(tmp_path, capsys):
     manifest = json.loads((report / "artifact" / "manifest.json").read_text())
     recipe = manifest["pipeline"]["ecograph"]
     assert recipe["spec"] == "default"
-    assert recipe["quantization"] == data["quantization"] == "quantize"  # dynamic int8
+    # dynamic int8: the preset's per-token scales, float after Gelu (docs/quantization.md)
+    quantization = "quantize(activations='token', float_after=('Gelu',))"
+    assert recipe["quantization"] == data["quantization"] == quantization
     assert [p["name"] for p in recipe["passes"]] == [p["name"] for p in data["passes"]]
     assert "quantize" in [p["name"] for p in recipe["passes"]]
     assert main(["report", str(report)]) == 0  # the CLI reads back what it wrote
