@@ -61,6 +61,32 @@ def test_busy_core_moves_to_fewer_threads_and_back(monkeypatch):
     assert p.choice("m") == 2
 
 
+def test_back_to_every_core_at_the_first_probe_after_the_load_ends(monkeypatch):
+    m = FakeMachine({2: 0.010, 1: 0.018})
+    p = _policy(m, 2, monkeypatch)
+    m.cost[2] = 0.060  # busy from the start: many slow samples at 2 threads
+    for _ in range(200):
+        m.call(p)
+    assert p.choice("m") == 1
+    m.cost[2] = 0.010
+    used = [m.call(p) for _ in range(p.probe_every + 1)]  # the next probe comes in time
+    assert p.choice("m") == 2 and used[-1] == 2
+
+
+def test_one_lucky_probe_is_undone_at_the_next(monkeypatch):
+    m = FakeMachine({2: 0.010, 1: 0.018})
+    p = _policy(m, 2, monkeypatch)
+    for _ in range(40):
+        m.call(p)
+    m.cost[1] = 0.001  # one probe at one thread happens to be fast
+    while m.call(p) != 1:
+        pass
+    m.cost[1] = 0.018
+    assert p.choice("m") == 1  # it moved at once ...
+    used = [m.call(p) for _ in range(2 * p.probe_every)]
+    assert p.choice("m") == 2 and used.count(1) <= p.probe_every + 1  # ... and back
+
+
 def test_models_keep_their_own_timings(monkeypatch):
     m = FakeMachine({2: 0.010, 1: 0.005})  # a model that is faster on one thread
     p = _policy(m, 2, monkeypatch)

@@ -6,7 +6,8 @@ can run several times slower than the same model on one thread. ONNX Runtime bar
 (its pool hands out work dynamically). TVM cannot hand out work dynamically, so instead the
 process's thread count follows the machine: `ThreadPolicy` times every call of a loaded model
 at the current setting and, every `probe_every` calls, times one call at another setting; the
-setting with the lower recent median wins. Switching TVM's pool costs ~2 us. Measured in
+setting with the lower recent median wins, and a probe clearly faster than the chosen
+setting's median wins at once (the load changed). Switching TVM's pool costs ~2 us. Measured in
 bench/RESULTS.md ("busy core" tables).
 
 TVM's own default is half the hardware threads (it assumes SMT), i.e. one thread on a 2-core
@@ -34,6 +35,8 @@ os.environ.setdefault("TVM_BIND_THREADS", "0")
 # Below this median (seconds) a model is not probed: a worse setting costs more than it can
 # tell, and tiny models are dominated by call overhead anyway.
 MIN_PROBE_SECONDS = 2e-4
+# A probe this much faster than the chosen setting's median switches at once (see _learn).
+SWITCH_MARGIN = 0.15
 
 
 def available_cores() -> int:
@@ -123,6 +126,20 @@ class ThreadPolicy:
 
     def _learn(self, key: Any, threads: int, seconds: float) -> None:
         stats = self._stats.setdefault(key, {})
+        chosen = self.choice(key)
+        best = self.median(key, chosen)
+        if (
+            self.adaptive
+            and threads != chosen
+            and best is not None
+            and seconds < best * (1 - SWITCH_MARGIN)
+        ):
+            # A probe clearly faster than the chosen setting's recent median: the machine
+            # changed (the other process ended). Samples from before are stale; move at once
+            # instead of waiting until the window fills with new probes (one probe every
+            # `probe_every` calls: minutes for a model whose calls take seconds). A lucky
+            # probe costs at most `probe_every` calls before the next probe moves back.
+            stats.clear()
         stats.setdefault(threads, deque(maxlen=self.window)).append(seconds)
         if not self.adaptive:
             return
