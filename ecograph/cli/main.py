@@ -108,6 +108,18 @@ def _add_output_flags(parser: argparse.ArgumentParser, *, top: bool) -> None:
     )
 
 
+def _add_artifact_args(p: argparse.ArgumentParser) -> None:
+    """ARTIFACT, --input and --device: what `run` and `bench` share."""
+    p.add_argument("artifact", metavar="ARTIFACT")
+    p.add_argument("--input", action="append", default=[], type=input_file, metavar="NAME=FILE.npy")
+    p.add_argument(
+        "--device",
+        default=None,
+        type=device_arg,
+        help="cpu, cuda or cuda:N (default: the target's)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ecograph.api import EXACT_BUDGET, QUANTIZED_BUDGET
     from ecograph.quant.presets import QUANTIZE_PRESETS
@@ -261,14 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run an artifact on inputs from .npy files",
         description="Run ARTIFACT (a folder written by compile) and print or save its outputs.",
     )
-    p.add_argument("artifact", metavar="ARTIFACT")
-    p.add_argument("--input", action="append", default=[], type=input_file, metavar="NAME=FILE.npy")
-    p.add_argument(
-        "--device",
-        default=None,
-        type=device_arg,
-        help="cpu, cuda or cuda:N (default: the target's)",
-    )
+    _add_artifact_args(p)
     p.add_argument("--output-dir", default=None, help="save each output as NAME.npy here")
     p.set_defaults(func=cmd_run)
 
@@ -278,14 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark ARTIFACT; inputs not given are random, symbolic dims = --dim. "
         "Random inputs that would not fit in the memory available are refused (exit code 3).",
     )
-    p.add_argument("artifact", metavar="ARTIFACT")
-    p.add_argument("--input", action="append", default=[], type=input_file, metavar="NAME=FILE.npy")
-    p.add_argument(
-        "--device",
-        default=None,
-        type=device_arg,
-        help="cpu, cuda or cuda:N (default: the target's)",
-    )
+    _add_artifact_args(p)
     p.add_argument(
         "--dim", type=int_at_least(1), default=1, help="size for symbolic dims (default 1)"
     )
