@@ -16,7 +16,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert f"HTML report: {(tmp_path / 'report.html').resolve()}" in out
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["accuracy"]["cosine"] >= 0.99
-    assert report["optimized"]["bytes"] < 0.35 * report["original"]["bytes"]
+    # int8 weights except the FFN down projection, which the int8 preset keeps float
+    assert report["optimized"]["bytes"] < 0.5 * report["original"]["bytes"]
     assert report["optimized_run"]["energy"]["kind"] in ("measured", "estimated")
     assert (tmp_path / "artifact" / "manifest.json").is_file()
     assert (tmp_path / "cuda" / "manifest.json").is_file()

@@ -742,7 +742,8 @@ def test_every_case_runs_with_runtime_only_tvm(tmp_path) -> None:
     for _, cid, make in CASES:
         graph, feeds = make()
         folder = tmp_path / f"case{len(items)}"
-        art = ecograph.compile(graph, "x86", folder, keep_params=False)
+        # the artifact in its own subfolder: a folder holds only the files its manifest lists
+        art = ecograph.compile(graph, "x86", folder / "artifact", keep_params=False)
         np.savez(folder / "feeds.npz", **feeds)
         expected = list(interpret(graph, feeds).values())
         # 4-bit values are saved widened (npz has no int4); the artifact returns 8-bit carriers.
