@@ -33,6 +33,8 @@ from ecograph.ir.stats import graph_stats
 # Default accuracy budgets (cosine similarity of outputs to the original) when none is given.
 EXACT_BUDGET = 0.99999
 QUANTIZED_BUDGET = 0.99
+# passes whose change makes the quantized budget the default one
+QUANTIZING_PASSES = frozenset({"quantize", "quantize-within-budget", "lower-qdq-to-integer"})
 
 
 class NotRunnableHere:
@@ -315,7 +317,11 @@ def optimize(
         notes.append(search.outcome.report())
     budget = accuracy_budget
     if budget is None:
-        budget = QUANTIZED_BUDGET if quantize is not None else EXACT_BUDGET
+        # quantization given in `pipeline` ("default,quantize(mode=dynamic)") counts too
+        quantized = quantize is not None or any(
+            r.pass_name in QUANTIZING_PASSES and r.changed for r in records
+        )
+        budget = QUANTIZED_BUDGET if quantized else EXACT_BUDGET
 
     work = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="ecograph-"))
     recipe = recipe_for(pipeline, qdesc, records)

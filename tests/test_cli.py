@@ -299,6 +299,20 @@ def test_optimize_with_quantize_in_the_pipeline(tmp_path, capsys):
     assert ops.count("MatMulInteger") == 4 and "MatMul" not in ops
 
 
+def test_quantization_inside_the_pipeline_gets_the_quantized_budget(tmp_path, capsys):
+    # Issue 11: `--pipeline "default,quantize(mode=dynamic)"` works from the CLI; the default
+    # budget is the quantized one (0.99) as with --quantize, not the exact 0.99999.
+    out = tmp_path / "q.onnx"
+    argv = ["optimize", "default", "-o", str(out), "--pipeline", "default,quantize(mode=dynamic)"]
+    assert main([*argv, "--no-measure", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert "quantize" in [p["name"] for p in data["passes"]]
+    assert 0.99 <= data["accuracy"]["cosine"] < 0.99999
+    # an explicit budget still rules: the exact one is missed (exit 4)
+    assert main([*argv, "--no-measure", "--accuracy-budget", "0.99999"]) == 4
+    capsys.readouterr()
+
+
 def test_optimize_report_records_pipeline_and_quantization(tmp_path, capsys):
     out, report = tmp_path / "o.onnx", tmp_path / "report"
     argv = ["optimize", "default", "-o", str(out), "--quantize", "int8", "--report", str(report)]
