@@ -38,7 +38,7 @@ from ecograph.backends.tvm.targets import TargetSpec
 
 from .analysis import iter_kinds, loads_in, loops_match_iters, static_int, uses
 from .base import CPURule, schedule_injective
-from .loops import vector_safe
+from .loops import has_select, vector_safe
 from .matmul import STACK_BYTES, accumulator_budget, lanes_for
 
 # Multiply-adds from which a conv runs its tasks in parallel: a thread-pool launch costs ~1 us
@@ -165,7 +165,7 @@ def conv_info(sch: s_tir.Schedule, block: SBlockRV) -> ConvInfo | None:
         if extents[1] % width or not _reads_only_block(a, o, width):
             return None
         return ConvInfo(block, True, width, extents)
-    if _unit_stride_columns(a, ow) and not _selects(a):
+    if _unit_stride_columns(a, ow) and not has_select(a):
         return ConvInfo(block, False, 0, extents)
     return None
 
@@ -223,20 +223,6 @@ def _unit_stride_columns(expr: Any, ow: tirx.Var) -> bool:
         if not (isinstance(term, tirx.Var) and term.same_as(ow)) or uses(rest, ow):
             return False
     return True
-
-
-def _selects(expr: Any) -> bool:
-    """True if `expr` selects (if_then_else, Select): a predicate TVM cannot vectorize."""
-    found = False
-
-    def visit(node: Any) -> None:
-        nonlocal found
-        name = str(getattr(getattr(node, "op", None), "name", ""))
-        if isinstance(node, tirx.Select) or name.endswith("if_then_else"):
-            found = True
-
-    tvm_ffi.structural_walk(expr, (ir.Expr, visit), order="post")
-    return found
 
 
 class Conv(CPURule):
