@@ -21,6 +21,8 @@ from ecograph.backends.tvm.schedules.fastmath import fast_math_pass
 TARGETS = ["x86", "x86:haswell", "x86:generic"]
 ODD_SIZES = [1, 3, 17, 129]
 
+I64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731  (an int64 TIR constant)
+
 
 def sym(name: str) -> tirx.Var:
     return tirx.Var(name, "int64")

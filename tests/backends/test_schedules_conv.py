@@ -24,10 +24,10 @@ from ecograph.backends.tvm.schedules import Conv
 from ecograph.backends.tvm.schedules.conv import best_tile, channel_tile, width_channels
 from ecograph.backends.tvm.schedules.matmul import STACK_BYTES
 from ecograph.ir import Graph
+from tests.backends.schedule_cases import I64
 from tests.backends.tvm_helpers import assert_matches
 
 TARGETS = ["x86", "x86:haswell", "x86:generic"]
-I64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
 
 
 @dataclass

@@ -16,12 +16,13 @@ import pytest
 
 pytest.importorskip("tvm")
 
-from tvm import relax, te, tirx
+from tvm import relax, te
 
 from ecograph.backends.tvm import targets
 from ecograph.backends.tvm.schedules.injective import Injective
 from ecograph.backends.tvm.schedules.loops import PARALLEL_MIN_WORK
 from tests.backends.schedule_cases import (
+    I64,
     ODD_SIZES,
     TARGETS,
     build_module,
@@ -36,7 +37,6 @@ from tests.backends.schedule_cases import (
     sym,
 )
 
-I64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
 erf = np.vectorize(math.erf)
 
 

@@ -15,11 +15,12 @@ import pytest
 pytest.importorskip("tvm")
 
 from numpy.lib.stride_tricks import sliding_window_view
-from tvm import relax, te, tirx
+from tvm import relax, te
 
 from ecograph.backends.tvm import targets
 from ecograph.backends.tvm.schedules.fallback import Fallback
 from tests.backends.schedule_cases import (
+    I64,
     TARGETS,
     build_module,
     check,
@@ -33,8 +34,6 @@ from tests.backends.schedule_cases import (
     schedule,
     sym,
 )
-
-I64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
 
 
 def conv_ref(x, w, stride, pad):

@@ -21,7 +21,7 @@ import pytest
 pytest.importorskip("tvm")
 
 import tvm
-from tvm import te, tirx
+from tvm import te
 
 import ecograph
 from ecograph import remote
@@ -31,11 +31,11 @@ from ecograph.backends.tvm.schedules import Int8Matmul, Matmul
 from ecograph.backends.tvm.schedules.int8 import int8_kernel
 from ecograph.ir import Graph, interpret
 from tests.backends.merge import merge_graphs
+from tests.backends.schedule_cases import I64
 
 ON_X86 = os.uname().machine == "x86_64"
 ARM_DOTPROD = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]}
 ARM_I8MM = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod", "+i8mm"]}
-I64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
 
 
 # ------------------------------------------------------------------ the cases

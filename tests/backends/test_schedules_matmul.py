@@ -21,8 +21,8 @@ from tvm import te, tirx
 from ecograph.backends.tvm import targets
 from ecograph.backends.tvm.schedules import Matmul, panel_width
 from ecograph.backends.tvm.schedules.matmul import register_tile
+from tests.backends.schedule_cases import I64
 
-I64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
 TARGETS = ["x86", "x86:haswell", "x86:generic"]
 
 

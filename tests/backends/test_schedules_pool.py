@@ -16,11 +16,12 @@ import pytest
 
 pytest.importorskip("tvm")
 
-from tvm import relax, te, tirx
+from tvm import relax, te
 
 from ecograph.backends.tvm import targets
 from ecograph.backends.tvm.schedules.pool import Pool
 from tests.backends.schedule_cases import (
+    I64,
     TARGETS,
     build_module,
     check,
@@ -31,8 +32,6 @@ from tests.backends.schedule_cases import (
     schedule,
     sym,
 )
-
-I64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
 
 
 def pool_ref(x, kind, kernel, strides, pads, dilation, include_pad=False):

@@ -16,11 +16,12 @@ import pytest
 
 pytest.importorskip("tvm")
 
-from tvm import relax, te, tirx
+from tvm import relax, te
 
 from ecograph.backends.tvm import targets
 from ecograph.backends.tvm.schedules.reduction import Reduction
 from tests.backends.schedule_cases import (
+    I64,
     ODD_SIZES,
     TARGETS,
     build_module,
@@ -35,7 +36,6 @@ from tests.backends.schedule_cases import (
     sym,
 )
 
-I64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
 EPS = 1e-5
 
 
