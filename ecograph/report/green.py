@@ -158,16 +158,7 @@ class GreenReport:
         eo = self.original_run.energy if self.original_run else None
         en = self.optimized_run.energy if self.optimized_run else None
         if eo or en:
-            rows.append(
-                (
-                    "energy / inference",
-                    _energy(eo),
-                    _energy(en),
-                    _ratio(en and en.joules, eo and eo.joules)
-                    if eo and en and eo.kind == en.kind
-                    else "n/a",
-                )
-            )
+            rows.append(_energy_row(eo, en))
             if self.carbon_intensity_g_per_kwh is not None:
                 co, cn = (
                     grams_co2e(e.joules if e else None, self.carbon_intensity_g_per_kwh)
@@ -202,16 +193,7 @@ class GreenReport:
             )
         ef, en = f.energy, n.energy
         if ef or en:
-            rows.append(
-                (
-                    "energy / inference",
-                    _energy(ef),
-                    _energy(en),
-                    _ratio(en and en.joules, ef and ef.joules)
-                    if ef and en and ef.kind == en.kind
-                    else "n/a",
-                )
-            )
+            rows.append(_energy_row(ef, en))
         return rows
 
     def table(self) -> str:
@@ -361,6 +343,15 @@ def _ratio(new: float | None, old: float | None) -> str:
     if new is None or old is None or old == 0:
         return "n/a"
     return f"{new / old:.3f}x"
+
+
+def _energy_row(base: EnergyReading | None, new: EnergyReading | None) -> tuple[str, str, str, str]:
+    """The energy row against a baseline; energies of different kinds are never compared."""
+    if base is not None and new is not None and base.kind == new.kind:
+        ratio = _ratio(new.joules, base.joules)
+    else:
+        ratio = "n/a"
+    return ("energy / inference", _energy(base), _energy(new), ratio)
 
 
 def _energy(e: EnergyReading | None) -> str:
