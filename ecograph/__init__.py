@@ -22,6 +22,8 @@ _LAZY = {
     "compile": "ecograph.backends.tvm",
     "load": "ecograph.backends.tvm",
     "optimize": "ecograph.api",
+    "compress": "ecograph.prune.compress",
+    "to_torch": "ecograph.train.module",
 }
 
 
