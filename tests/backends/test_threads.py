@@ -16,6 +16,7 @@ class FakeMachine:
         self.now = 0.0
         self.pool = 0
         self.switches = 0
+        self.others: float | None = 0.0  # busy cores of other processes, as the load meter says
 
     def configure(self, n: int) -> None:
         self.pool = n
@@ -35,6 +36,7 @@ def _policy(
     machine: FakeMachine, cores: int, monkeypatch: pytest.MonkeyPatch, **kw
 ) -> threads.ThreadPolicy:
     monkeypatch.setattr(threads, "available_cores", lambda: cores)
+    kw.setdefault("load", lambda: machine.others)
     return threads.ThreadPolicy("auto", configure=machine.configure, clock=machine.clock, **kw)
 
 
@@ -106,6 +108,84 @@ def test_fixed_count_never_switches(monkeypatch):
     monkeypatch.setattr(threads, "available_cores", lambda: 8)
     p = threads.ThreadPolicy(3, configure=m.configure, clock=m.clock)
     assert {m.call(p) for _ in range(50)} == {3} and m.switches == 1
+
+
+def test_a_busy_core_seen_by_the_load_meter_moves_at_the_next_call(monkeypatch):
+    # A model whose calls take 200 ms: probes every 16 calls would come seconds apart.
+    m = FakeMachine({2: 0.120, 1: 0.230})
+    p = _policy(m, 2, monkeypatch)
+    assert [m.call(p) for _ in range(3)] == [2, 2, 2]
+    m.others, m.cost[2] = 1.0, 0.300  # another process takes a core
+    assert m.call(p) == 1  # the regime's first guess: the free cores
+    m.others, m.cost[2] = 0.0, 0.120  # it ends
+    assert m.call(p) == 2  # back at once: the idle regime kept its choice
+    m.others = 0.9
+    assert m.call(p) == 1 and p.choice("m", 1) == 1 and p.choice("m", 0) == 2
+
+
+def test_measurement_overrules_a_regimes_guess(monkeypatch):
+    # The other process barely slows this model (memory-bound kernels, say): two threads stay
+    # faster under load, and the probes find it.
+    m = FakeMachine({2: 0.010, 1: 0.030})
+    m.others = 1.0
+    p = _policy(m, 2, monkeypatch)
+    used = [m.call(p) for _ in range(4 * p.probe_every)]
+    assert used[0] == 1 and p.choice("m", 1) == 2 and used[-1] == 2
+
+
+def test_unknown_load_is_one_regime(monkeypatch):
+    m = FakeMachine({2: 0.010, 1: 0.018})
+    m.others = None  # no /proc/stat
+    p = _policy(m, 2, monkeypatch)
+    assert {m.call(p) for _ in range(10)} == {2} and p.regime() == 0
+
+
+def test_load_meter_counts_other_processes_only():
+    t = {"now": 0.0, "busy": 100.0, "own": 5.0}
+    meter = threads.LoadMeter(
+        window=0.1,
+        busy_seconds=lambda: t["busy"],
+        own_seconds=lambda: t["own"],
+        clock=lambda: t["now"],
+    )
+    assert meter() is None  # the first reading starts a window
+    t["now"], t["busy"], t["own"] = 1.0, 101.8, 5.9  # 1.8 core-s busy, 0.9 of them ours
+    assert meter() == pytest.approx(0.9)
+    t["now"], t["busy"] = 1.05, 103.0  # within the window: not read again
+    assert meter() == pytest.approx(0.9)
+    # Ticks lag process_time: our own time may exceed the busy time counted; never below 0.
+    t["now"], t["busy"], t["own"] = 2.0, 103.0, 8.0
+    assert meter() == 0.0
+
+
+def test_load_meter_without_proc_stat_says_unknown():
+    meter = threads.LoadMeter(busy_seconds=lambda: None)
+    assert meter() is None and meter() is None and not meter.available
+
+
+def test_proc_stat_is_parsed_for_our_cores_only(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text(
+        "cpu  10 0 10 500 0 0 0 0 0 0\n"
+        "cpu0 100 1 50 900 7 2 3 4 0 0\n"
+        "cpu1 200 0 100 800 0 0 0 0 0 0\n"
+        "intr 12345\n"
+    )
+    tick = threads._TICK
+    assert threads.read_busy_seconds(frozenset({0}), str(stat)) == pytest.approx(160 / tick)
+    assert threads.read_busy_seconds(frozenset({0, 1}), str(stat)) == pytest.approx(460 / tick)
+    assert threads.read_busy_seconds(frozenset({5}), str(stat)) is None
+    assert threads.read_busy_seconds(frozenset({0}), str(tmp_path / "absent")) is None
+
+
+def test_the_real_meter_reads_this_machine():
+    meter = threads.LoadMeter(window=0.0)
+    meter()
+    sum(i * i for i in range(200_000))  # our own work is not "other processes"
+    others = meter()
+    if not meter.available:
+        pytest.skip("/proc/stat is not readable here")
+    assert others is not None and 0.0 <= others <= len(threads._CORES) + 0.5
 
 
 @pytest.mark.parametrize("bad", [0, -1, "many", 1.5])

@@ -4,11 +4,24 @@ TVM splits every parallel loop statically over its thread pool: with one core bu
 another process, each kernel waits for the thread that shares that core, and a 2-thread model
 can run several times slower than the same model on one thread. ONNX Runtime barely notices
 (its pool hands out work dynamically). TVM cannot hand out work dynamically, so instead the
-process's thread count follows the machine: `ThreadPolicy` times every call of a loaded model
-at the current setting and, every `probe_every` calls, times one call at another setting; the
-setting with the lower recent median wins, and a probe clearly faster than the chosen
-setting's median wins at once (the load changed). Switching TVM's pool costs ~2 us. Measured in
-bench/RESULTS.md ("busy core" tables).
+process's thread count follows the machine, from two signals:
+
+- The load: `LoadMeter` reads how much CPU other processes used on this process's cores
+  (/proc/stat's busy time minus this process's own CPU time, over windows of at least
+  `LoadMeter.window` seconds; ~10 us a read, at most one read per window). Rounded, that is
+  the number of cores other work keeps busy: the *regime*. A new regime starts at every core
+  minus the busy ones, at once, before the next call (a static split over n threads runs at
+  the pace of the slowest; n - busy threads on the free cores beat n threads of which some
+  share a core).
+- The model's own timings, per regime: every call is timed at the current setting, and every
+  `probe_every` calls one call runs at another setting; the setting with the lower recent median
+  wins, and a probe clearly faster than the chosen setting's median wins at once. So a regime's
+  guess that is wrong for a model (memory-bound kernels, a busy process that sleeps often) is
+  corrected by measurement, and what was learned in a regime is kept for when it returns:
+  a model whose calls take 200 ms, probed every 16 calls, would otherwise need seconds of calls
+  to follow a load that comes and goes (bench/RESULTS.md, "busy core" tables).
+Where /proc/stat cannot be read (not Linux), there is one regime and the timings alone decide.
+Switching TVM's pool costs ~2 us.
 
 TVM's own default is half the hardware threads (it assumes SMT), i.e. one thread on a 2-core
 machine; here the default is every core this process may run on. TVM also pins each pool thread
@@ -52,11 +65,95 @@ def _tvm_config(threads: int) -> None:
     tvm_ffi.get_global_func("runtime.config_threadpool")(0, threads)
 
 
+def _affinity() -> frozenset[int]:
+    try:
+        return frozenset(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return frozenset()
+
+
+# Read at import, as targets.host_cores is: the cores this process may run on.
+_CORES = _affinity()
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def read_busy_seconds(cores: frozenset[int] = _CORES, path: str = "/proc/stat") -> float | None:
+    """CPU seconds all processes have spent busy on `cores` since boot (/proc/stat: user, nice,
+    system, irq, softirq and steal), or None where that cannot be read."""
+    try:
+        with open(path, encoding="ascii") as f:
+            lines = f.readlines()
+    except OSError:
+        return None
+    ticks = 0
+    seen = False
+    for line in lines:
+        if not line.startswith("cpu") or line[3:4] in (" ", ""):
+            continue
+        fields = line.split()
+        try:
+            cpu = int(fields[0][3:])
+            values = [int(v) for v in fields[1:9]]
+        except ValueError:
+            continue
+        if cores and cpu not in cores:
+            continue
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (values + [0] * 8)[:8]
+        ticks += user + nice + system + irq + softirq + steal
+        seen = True
+    return ticks / _TICK if seen else None
+
+
+class LoadMeter:
+    """How many of this process's cores other processes keep busy, over recent windows.
+
+    `busy_seconds` reads the CPU time spent busy on our cores (all processes); this process's
+    own CPU time is subtracted. A reading needs `window` seconds of wall time since the last
+    one (the kernel counts in 10 ms ticks), so reading it every call costs nothing."""
+
+    def __init__(
+        self,
+        *,
+        window: float = 0.1,
+        busy_seconds: Callable[[], float | None] = read_busy_seconds,
+        own_seconds: Callable[[], float] = time.process_time,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.window = window
+        self._busy_seconds = busy_seconds
+        self._own_seconds = own_seconds
+        self._clock = clock
+        self._last: tuple[float, float, float] | None = None
+        self.others: float | None = None  # busy cores of other processes, latest window
+        self.available = True
+
+    def __call__(self) -> float | None:
+        """Other processes' busy cores over the latest full window (None: unknown)."""
+        if not self.available:
+            return None
+        now = self._clock()
+        if self._last is not None and now - self._last[0] < self.window:
+            return self.others
+        busy = self._busy_seconds()
+        if busy is None:
+            self.available = False
+            self.others = None
+            return None
+        own = self._own_seconds()
+        if self._last is not None:
+            then, busy0, own0 = self._last
+            self.others = max(0.0, ((busy - busy0) - (own - own0)) / (now - then))
+        self._last = (now, busy, own)
+        return self.others
+
+
 class ThreadPolicy:
     """The process-wide choice of TVM's thread count (TVM's pool is per process).
 
     `threads`: an int fixes the count; "auto" adapts between every core and fewer. Each model
-    keeps its own timings (a key per loaded artifact); the pool follows the model being run."""
+    keeps its own timings (a key per loaded artifact) per load regime (see the module
+    docstring); the pool follows the model being run. `load` returns the busy cores of other
+    processes (None: unknown); the default reads /proc/stat."""
 
     def __init__(
         self,
@@ -66,6 +163,7 @@ class ThreadPolicy:
         window: int = 5,
         configure: Callable[[int], None] = _tvm_config,
         clock: Callable[[], float] = time.perf_counter,
+        load: Callable[[], float | None] | None = None,
     ) -> None:
         self.max_threads = available_cores()
         if threads == "auto":
@@ -80,8 +178,10 @@ class ThreadPolicy:
         self.window = window
         self._configure = configure
         self._clock = clock
+        self._load = (load or LoadMeter()) if self.adaptive else None
         self._current: int | None = None
         self._lock = threading.Lock()
+        # Per (model, regime): samples per thread count, the chosen count, calls so far.
         self._stats: dict[Any, dict[int, deque[float]]] = {}
         self._choice: dict[Any, int] = {}
         self._calls: dict[Any, int] = {}
@@ -91,43 +191,56 @@ class ThreadPolicy:
             self._configure(threads)
             self._current = threads
 
-    def choice(self, key: Any) -> int:
-        """The thread count the model `key` currently runs with."""
-        return self._choice.get(key, self.settings[0])
+    def regime(self) -> int:
+        """Cores other processes keep busy (rounded; 0 when unknown), at most all but one."""
+        others = self._load() if self._load is not None else None
+        if not others:
+            return 0
+        return min(int(others + 0.5), self.max_threads - 1)
 
-    def median(self, key: Any, threads: int) -> float | None:
-        samples = self._stats.get(key, {}).get(threads)
+    def _default(self, regime: int) -> int:
+        """A regime's first guess: the free cores (the nearest setting at or below them)."""
+        free = max(1, self.max_threads - regime)
+        return next((t for t in self.settings if t <= free), self.settings[-1])
+
+    def choice(self, key: Any, regime: int = 0) -> int:
+        """The thread count model `key` runs with under `regime` (0: an idle machine)."""
+        return self._choice.get((key, regime), self._default(regime))
+
+    def median(self, key: Any, threads: int, regime: int = 0) -> float | None:
+        samples = self._stats.get((key, regime), {}).get(threads)
         return statistics.median(samples) if samples else None
 
     @contextmanager
     def run(self, key: Any) -> Iterator[None]:
         """Around one call of model `key`: set the thread count, time the call, learn."""
         with self._lock:
-            threads = self._pick(key)
+            slot = (key, self.regime() if self.adaptive else 0)
+            threads = self._pick(slot)
             self._set(threads)
             start = self._clock()
             try:
                 yield
             finally:
-                self._learn(key, threads, self._clock() - start)
+                self._learn(slot, threads, self._clock() - start)
 
-    def _pick(self, key: Any) -> int:
-        chosen = self.choice(key)
+    def _pick(self, slot: tuple[Any, int]) -> int:
+        chosen = self.choice(*slot)
         if not self.adaptive:
             return chosen
-        n = self._calls.get(key, 0)
-        self._calls[key] = n + 1
-        best = self.median(key, chosen)
+        n = self._calls.get(slot, 0)
+        self._calls[slot] = n + 1
+        best = self.median(slot[0], chosen, slot[1])
         if n and n % self.probe_every == 0 and best is not None and best >= MIN_PROBE_SECONDS:
             # Probe the setting measured least recently (round robin over the others).
             others = [t for t in self.settings if t != chosen]
             return others[(n // self.probe_every) % len(others)]
         return chosen
 
-    def _learn(self, key: Any, threads: int, seconds: float) -> None:
-        stats = self._stats.setdefault(key, {})
-        chosen = self.choice(key)
-        best = self.median(key, chosen)
+    def _learn(self, slot: tuple[Any, int], threads: int, seconds: float) -> None:
+        stats = self._stats.setdefault(slot, {})
+        chosen = self.choice(*slot)
+        best = self.median(slot[0], chosen, slot[1])
         if (
             self.adaptive
             and threads != chosen
@@ -135,16 +248,18 @@ class ThreadPolicy:
             and seconds < best * (1 - SWITCH_MARGIN)
         ):
             # A probe clearly faster than the chosen setting's recent median: the machine
-            # changed (the other process ended). Samples from before are stale; move at once
-            # instead of waiting until the window fills with new probes (one probe every
-            # `probe_every` calls: minutes for a model whose calls take seconds). A lucky
-            # probe costs at most `probe_every` calls before the next probe moves back.
+            # changed in a way the load regime does not show (or /proc/stat is not there).
+            # Samples from before are stale; move at once instead of waiting until the window
+            # fills with new probes (one probe every `probe_every` calls: minutes for a model
+            # whose calls take seconds). A lucky probe costs at most `probe_every` calls
+            # before the next probe moves back.
             stats.clear()
         stats.setdefault(threads, deque(maxlen=self.window)).append(seconds)
         if not self.adaptive:
             return
         medians = {t: statistics.median(s) for t, s in stats.items() if s}
-        self._choice[key] = min(medians, key=lambda t: (medians[t], -t))
+        # Until a setting has samples, the regime's guess stays in the running at its place.
+        self._choice[slot] = min(medians, key=lambda t: (medians[t], -t))
 
 
 _POLICY: ThreadPolicy | None = None
