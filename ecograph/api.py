@@ -160,7 +160,7 @@ def _numpy(v: Any) -> np.ndarray:
     return np.asarray(v)
 
 
-def _bindings(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
+def symbol_bindings(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
     env: dict[str, int] = {}
     for v in graph.inputs:
         for d, n in zip(v.shape, feeds[v.name].shape, strict=False):
@@ -349,7 +349,7 @@ def optimize(
             "quantization, or quantize less aggressively."
         )
 
-    bind = _bindings(original, feeds)
+    bind = symbol_bindings(original, feeds)
     s_orig, s_opt = graph_stats(original, bind), graph_stats(graph, bind)
     report = GreenReport(
         model=original.name,

@@ -226,6 +226,77 @@ def cmd_optimize(args: argparse.Namespace, con: Console) -> Done:
     return Done(data)
 
 
+def cmd_prune(args: argparse.Namespace, con: Console) -> Done:
+    """`ecograph prune`: ecograph.compress() with --ratios or --auto on --validation data."""
+    from ecograph.prune.compress import compress
+
+    if (args.ratios is None) == (not args.auto):
+        raise UsageError(
+            "give either --ratios KIND=R,... (e.g. ffn=0.5,layers=0.5) or --auto --budget COSINE"
+        )
+    if args.auto and args.budget is None:
+        raise UsageError("--auto chooses ratios under an accuracy budget: add --budget COSINE")
+    if args.distill and args.train is None:
+        raise UsageError("--distill trains the pruned model on --train DIR: add --train DIR")
+    spec = resolve(args.target)
+    if Path(args.model).is_file():
+        con.progress(f"loading {args.model}")
+        model: Any = args.model
+        inputs: Any = None
+        graph = load_model(args.model)[0]
+    else:
+        model, inputs = load_model(args.model, con)
+        graph = to_graph(model, inputs)
+    validation = load_calibration(args.validation, graph, "--validation")
+    train = load_calibration(args.train, graph, "--train") if args.train is not None else None
+    con.progress(
+        f"{len(validation)} validation and {len(train or [])} training input sets; pruning "
+        f"{'auto' if args.auto else args.ratios} for {spec.describe()}"
+    )
+    with tempfile.TemporaryDirectory(prefix="ecograph-prune-") as work:
+        try:
+            result = compress(
+                model,
+                inputs,
+                prune="auto" if args.auto else args.ratios,
+                validation_data=validation,
+                train_data=train,
+                distill=args.distill,
+                accuracy_budget=args.budget,
+                target=spec,
+                out_dir=work,
+                progress=con.progress,
+            )
+        except AccuracyError as exc:
+            raise AccuracyError(
+                f"{exc} On the command line the budget is --budget COSINE (now {args.budget})."
+            ) from exc
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result.to_onnx(out)
+        report_dir = result.save(args.report) if args.report is not None else None
+    report = result.report
+    chosen = next((c for c in report.candidates if c.status == "chosen"), None)
+    con.say(report.table())
+    for note in report.notes:
+        if note.startswith("ROLLED BACK"):
+            con.note(note)
+    con.say(f"chosen: {chosen.label if chosen else 'unpruned (nothing kept)'}; wrote {out}")
+    data: dict[str, Any] = {
+        "model": args.model,
+        "output": str(out),
+        "target": spec.describe(),
+        "chosen": chosen.label if chosen else None,
+        "accuracy": report.accuracy,
+        "candidates": [dataclasses.asdict(c) for c in report.candidates],
+        "notes": report.notes,
+    }
+    if report_dir is not None:
+        con.say(f"report: {report_dir / 'report.html'} (and report.json, artifact/)")
+        data["report_dir"] = str(report_dir)
+    return Done(data)
+
+
 def _run_pipeline(graph: Any, pipeline: str | None, quantize: str | None) -> Any:
     """Run --pipeline and --quantize (a preset without calibration) on `graph` in place, for
     compile and profile; the recipe (backends.tvm.build.Recipe) the artifact records."""

@@ -174,10 +174,11 @@ def input_feeds(specs: list[tuple[str, str]]) -> dict[str, Any]:
     return feeds
 
 
-def load_calibration(folder: str, graph: Any) -> list[dict[str, Any]]:
-    """The input sets in a --calibration folder, sorted by file name: each NAME.npz holds one
-    array per graph input, named like it; each NAME.npy the input of a single-input model.
-    Loaded without pickle; every array is checked against the graph input's dtype and shape."""
+def load_calibration(folder: str, graph: Any, flag: str = "--calibration") -> list[dict[str, Any]]:
+    """The input sets in a --calibration folder (or another `flag`'s: --validation, --train),
+    sorted by file name: each NAME.npz holds one array per graph input, named like it; each
+    NAME.npy the input of a single-input model. Loaded without pickle; every array is checked
+    against the graph input's dtype and shape."""
     names = [v.name for v in graph.inputs]
     how = (
         f"give a folder of .npz files, one input set each with arrays named {names} "
@@ -185,10 +186,10 @@ def load_calibration(folder: str, graph: Any) -> list[dict[str, Any]]:
     )
     path = Path(folder)
     if not path.is_dir():
-        raise UsageError(f"--calibration {folder} is not a folder; {how}")
+        raise UsageError(f"{flag} {folder} is not a folder; {how}")
     files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
     if not files:
-        raise UsageError(f"--calibration {folder} holds no .npz or .npy files; {how}")
+        raise UsageError(f"{flag} {folder} holds no .npz or .npy files; {how}")
     sets: list[dict[str, Any]] = []
     for f in files:
         if f.suffix == ".npy":

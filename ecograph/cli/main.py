@@ -16,6 +16,7 @@ from ecograph.cli.commands import (
     cmd_inspect,
     cmd_optimize,
     cmd_profile,
+    cmd_prune,
     cmd_report,
     cmd_rpc_server,
     cmd_run,
@@ -118,6 +119,23 @@ def _add_artifact_args(p: argparse.ArgumentParser) -> None:
         type=device_arg,
         help="cpu, cuda or cuda:N (default: the target's)",
     )
+
+
+def prune_ratios(text: str) -> dict[str, float]:
+    """--ratios KIND=R,KIND=R (e.g. ffn=0.5,layers=0.5); kinds and ranges are checked by
+    compress(), which names the kind."""
+    ratios: dict[str, float] = {}
+    for part in text.split(","):
+        kind, sep, value = part.strip().partition("=")
+        try:
+            ratios[kind] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not kind:
+            raise argparse.ArgumentTypeError(
+                f"expected KIND=RATIO,... (e.g. ffn=0.5,layers=0.5), got {text!r}"
+            )
+    return ratios
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,6 +255,64 @@ def build_parser() -> argparse.ArgumentParser:
         help="power figure used to ESTIMATE the report's energy where no counter exists",
     )
     p.set_defaults(func=cmd_optimize)
+
+    p = command(
+        "prune",
+        help="structured pruning (layers, FFN units, heads, channels) kept only if faster",
+        description="Prune MODEL through ecograph.compress(): each candidate is scored on "
+        "--validation (mean cosine of the outputs to the original's), compiled for --target "
+        "and timed; one not measurably faster than the unpruned build (p50 not below 0.95x) "
+        "is rolled back. --ratios prunes as given; --auto searches a small grid for the "
+        "fastest candidate within --budget (docs/pruning.md). The result is written as ONNX "
+        "to OUT.onnx and, with --report DIR, the artifact and the report (with the "
+        "candidates tried) to DIR. " + model_doc,
+    )
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument(
+        "--ratios",
+        type=prune_ratios,
+        default=None,
+        metavar="KIND=R,...",
+        help="ratios per group kind, e.g. ffn=0.5,layers=0.5 (kinds: layers = transformer "
+        "blocks, ffn, heads, channels)",
+    )
+    how.add_argument(
+        "--auto", action="store_true", help="search the ratios under --budget (needs --budget)"
+    )
+    p.add_argument(
+        "--budget",
+        type=cosine_budget,
+        default=None,
+        metavar="COSINE",
+        help="minimum mean cosine to the original on --validation; exit code 4 when missed",
+    )
+    p.add_argument(
+        "--validation",
+        required=True,
+        metavar="DIR",
+        help="validation input sets: a folder of .npz files (arrays named like the graph "
+        "inputs) or .npy files (single-input models), as --calibration of optimize",
+    )
+    p.add_argument(
+        "--train",
+        default=None,
+        metavar="DIR",
+        help="training input sets (same format): importance is scored on them, and "
+        "--distill trains on them",
+    )
+    p.add_argument(
+        "--distill", action="store_true", help="distill each pruned candidate (needs --train)"
+    )
+    p.add_argument("--target", default="x86", help="the target to compile and time on (x86)")
+    p.add_argument(
+        "--report",
+        default=None,
+        metavar="DIR",
+        help="write report.json, report.html and the compiled artifact (DIR/artifact) here",
+    )
+    p.set_defaults(func=cmd_prune)
 
     p = command(
         "compile",

@@ -51,6 +51,23 @@ class RunFacts:
 
 
 @dataclass
+class CandidateFacts:
+    """One pruning candidate compress() tried: its ratios, mean cosine on the validation
+    data, p50 latency (and its ratio to the unpruned build), size, and what became of it
+    (`status`: baseline, chosen, passed, not kept, rolled back, rejected; `reason` says why)."""
+
+    label: str
+    ratios: dict[str, float]
+    cosine: float | None
+    latency_ms: float | None
+    latency_ratio: float | None
+    bytes: int
+    parameters: int
+    status: str
+    reason: str = ""
+
+
+@dataclass
 class GreenReport:
     model: str
     target: str
@@ -72,6 +89,8 @@ class GreenReport:
     framework: str = ""
     framework_detail: str = ""
     framework_run: RunFacts | None = None
+    # compress(): the pruning candidates tried (empty for optimize())
+    candidates: list[CandidateFacts] = field(default_factory=list)
 
     # ------------------------------------------------------------------ JSON
 
@@ -118,6 +137,7 @@ class GreenReport:
             framework=data.get("framework", ""),
             framework_detail=data.get("framework_detail", ""),
             framework_run=run(data.get("framework_run")),
+            candidates=[CandidateFacts(**c) for c in data.get("candidates", [])],
         )
 
     # ----------------------------------------------------------------- table
@@ -202,6 +222,9 @@ class GreenReport:
         if framework:
             lines += ["", f"against {self.framework} ({self.framework_detail}):"]
             lines += _text_table([("metric", self.framework, "optimized", "ratio"), *framework])
+        if self.candidates:
+            lines += ["", "pruning candidates:"]
+            lines += _text_table_n(_candidate_rows(self.candidates))
         if self.profile is not None:
             lines += ["", "where the time goes (optimized build, per kernel):"]
             lines.append(self.profile.table(limit=PROFILE_ROWS))
@@ -288,6 +311,7 @@ class GreenReport:
             pass_rows=pass_rows or "<tr><td colspan=6>no passes recorded</td></tr>",
             notes=notes or "<li>none</li>",
             profile=_profile_section(self.profile) if self.profile is not None else "",
+            candidates=_candidates_section(self.candidates) if self.candidates else "",
         )
 
     def write(self, out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -448,6 +472,132 @@ def _ledger_chart(passes: list[dict[str, Any]]) -> str:
     )
 
 
+CANDIDATE_HEADER = ("candidate", "status", "cosine", "p50 ms", "vs unpruned", "bytes", "why")
+
+
+def _candidate_rows(candidates: Sequence[CandidateFacts]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = [CANDIDATE_HEADER]
+    for c in candidates:
+        rows.append(
+            (
+                c.label,
+                c.status,
+                _num(c.cosine, 4),
+                _ms(c.latency_ms),
+                "n/a" if c.latency_ratio is None else f"{c.latency_ratio:.3f}x",
+                _bytes(c.bytes),
+                c.reason,
+            )
+        )
+    return rows
+
+
+def _text_table_n(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def _candidates_section(candidates: Sequence[CandidateFacts]) -> str:
+    """ "Pruning candidates": accuracy against latency and against size, one point per
+    candidate (the chosen one ringed, a rolled-back one crossed), and the table."""
+    esc = html.escape
+    rows = []
+    for cells, c in zip(_candidate_rows(candidates)[1:], candidates, strict=True):
+        cls = c.status.replace(" ", "-")
+        rows.append(
+            f'<tr class="{esc(cls)}">' + "".join(f"<td>{esc(x)}</td>" for x in cells) + "</tr>"
+        )
+    header = "".join(f"<th>{esc(h)}</th>" for h in CANDIDATE_HEADER)
+    latency = _scatter(
+        "Accuracy (mean cosine) against latency p50 (ms)",
+        [(c, c.latency_ms) for c in candidates],
+        _ms,
+        "latency p50 (ms)",
+    )
+    size = _scatter(
+        "Accuracy (mean cosine) against model bytes",
+        [(c, float(c.bytes)) for c in candidates],
+        _bytes,
+        "model bytes",
+    )
+    return (
+        "<h2>Pruning candidates</h2>\n"
+        '<p class="meta">each candidate pruned, scored on the validation data and, when it '
+        "held the budget, compiled and timed; chosen: ringed green; rolled back (not faster "
+        "than the unpruned build): red cross; rejected (missed the budget): orange</p>\n"
+        f"{latency}\n{size}\n"
+        f"<table><tr>{header}</tr>\n" + "\n".join(rows) + "\n</table>\n"
+    )
+
+
+def _scatter(
+    title: str, points: Sequence[tuple[CandidateFacts, float | None]], fmt: Any, axis: str
+) -> str:
+    """An SVG scatter: x the metric (lower is better), y the mean cosine; points without
+    either value are left out (a rejected candidate was never timed) and listed below."""
+    esc = html.escape
+    shown = [(c, x) for c, x in points if x is not None and c.cosine is not None]
+    left = [c.label for c, x in points if x is None or c.cosine is None]
+    if not shown:
+        return ""
+    w, h, pad = 560, 260, 48
+    xs = [x for _, x in shown]
+    ys = [float(c.cosine) for c, _ in shown if c.cosine is not None]
+    x0, x1 = min(0.0, min(xs)), max(xs) * 1.05 or 1.0
+    y0, y1 = min(ys), max(ys)
+    if y1 - y0 < 1e-6:
+        y0, y1 = y0 - 0.01, y1 + 0.01
+    y0, y1 = y0 - 0.05 * (y1 - y0), y1 + 0.05 * (y1 - y0)
+
+    def px(x: float) -> float:
+        return pad + (w - 2 * pad) * (x - x0) / ((x1 - x0) or 1.0)
+
+    def py(y: float) -> float:
+        return h - pad + (2 * pad - h) * (y - y0) / ((y1 - y0) or 1.0)
+
+    parts = [
+        f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#555"/>',
+        f'<line x1="{pad}" y1="{pad / 2}" x2="{pad}" y2="{h - pad}" stroke="#555"/>',
+        f'<text x="{pad}" y="{h - pad + 16}" class="lbl">{esc(fmt(x0))}</text>',
+        f'<text x="{w - pad}" y="{h - pad + 16}" class="lbl" text-anchor="end">'
+        f"{esc(fmt(x1))}</text>",
+        f'<text x="{w / 2:.0f}" y="{h - pad + 30}" class="lbl" text-anchor="middle">'
+        f"{esc(axis)} (lower is better)</text>",
+        f'<text x="4" y="{pad / 2 - 6}" class="lbl">mean cosine (higher is better)</text>',
+        f'<text x="{pad - 4}" y="{py(y0):.1f}" class="lbl" text-anchor="end">{y0:.3f}</text>',
+        f'<text x="{pad - 4}" y="{py(y1) + 10:.1f}" class="lbl" text-anchor="end">{y1:.3f}</text>',
+    ]
+    for c, x in shown:
+        assert c.cosine is not None
+        cx, cy = px(x), py(float(c.cosine))
+        cls = c.status.replace(" ", "-")
+        tip = f"{c.label}: {c.status}, cosine {c.cosine:.4f}, {fmt(x)}"
+        r = 7 if c.status == "chosen" else 5
+        parts.append(
+            f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{r}" class="{esc(cls)}">'
+            f"<title>{esc(tip)}</title></circle>"
+        )
+        if c.status == "rolled back":
+            parts.append(
+                f'<path d="M{cx - 6:.1f},{cy - 6:.1f}L{cx + 6:.1f},{cy + 6:.1f}'
+                f'M{cx - 6:.1f},{cy + 6:.1f}L{cx + 6:.1f},{cy - 6:.1f}" class="rolled-back"/>'
+            )
+        parts.append(
+            f'<text x="{cx + 9:.1f}" y="{cy + 4:.1f}" class="lbl">{esc(c.label)}'
+            f"{' (chosen)' if c.status == 'chosen' else ''}"
+            f"{' (rolled back)' if c.status == 'rolled back' else ''}</text>"
+        )
+    note = f'<p class="meta">not plotted (never timed): {esc(", ".join(left))}</p>' if left else ""
+    return (
+        f"<figure><figcaption>{esc(title)}</figcaption>"
+        f'<svg width="{w + 160}" height="{h}" role="img" aria-label="{esc(title)}">'
+        + "".join(parts)
+        + f"</svg>{note}</figure>"
+    )
+
+
 def _profile_section(profile: Profile) -> str:
     """The "Where the time goes" section: one row per kernel, unscheduled rows highlighted."""
     esc = html.escape
@@ -485,6 +635,10 @@ text.worse {{ fill: #c62828; font-weight: 600; }} td.worse {{ color: #c62828; fo
 .meta {{ color: #555; font-size: 13px; }}
 td.num {{ text-align: right; }} tr.unscheduled td {{ background: #fff3e0; }}
 .bar {{ display: inline-block; height: 10px; background: #1565c0; }}
+circle.baseline {{ fill: #8c8c8c; }} circle.chosen {{ fill: #2e7d32; stroke: #111; }}
+circle.passed, circle.not-kept {{ fill: #1565c0; }} circle.rejected {{ fill: #ef6c00; }}
+path.rolled-back {{ stroke: #c62828; stroke-width: 2; }} tr.chosen td {{ background: #e8f5e9; }}
+tr.rolled-back td {{ background: #ffebee; }}
 tr.unscheduled .bar {{ background: #e65100; }}
 </style></head><body>
 <h1>{title}</h1>
@@ -494,7 +648,7 @@ machine: {machine}</p>
 <table><tr><th>metric</th><th>original</th><th>optimized</th><th>ratio</th></tr>
 {table_rows}
 </table>
-{framework_table}<h2>Charts</h2>
+{framework_table}{candidates}<h2>Charts</h2>
 {charts}
 <h2>Energy: how it was obtained</h2>
 <ul>{energy_notes}</ul>
