@@ -11,10 +11,11 @@ from ecograph.prune.importance import (
     score_groups,
     wanda,
 )
-from ecograph.prune.passes import DropLayers, PruneChannels, PruneFFN, PruneHeads
+from ecograph.prune.passes import DropBlocks, DropLayers, PruneChannels, PruneFFN, PruneHeads
 from ecograph.prune.rewrite import drop_layers, shrink
 
 __all__ = [
+    "DropBlocks",
     "DropLayers",
     "Group",
     "Member",

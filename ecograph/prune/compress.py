@@ -26,18 +26,23 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
 from ecograph.errors import AccuracyError, BuildError, InputError, UsageError
 from ecograph.ir.graph import Graph
 from ecograph.ir.interpreter import interpret
-from ecograph.passes.core import CosineTolerance, Pass, PassResult, Tolerance
-from ecograph.prune.groups import Group, PruningError, groups, layer_groups
-from ecograph.prune.importance import block_influence
-from ecograph.prune.passes import PruneChannels, PruneFFN, PruneHeads, units_to_remove
-from ecograph.prune.rewrite import drop_layers
+from ecograph.passes.core import Pass
+from ecograph.prune.groups import PruningError, groups
+from ecograph.prune.passes import (
+    DropBlocks,
+    PruneChannels,
+    PruneFFN,
+    PruneHeads,
+    transformer_blocks,
+    units_to_remove,
+)
 from ecograph.report.measure import LatencyStats
 
 Feeds = Mapping[str, np.ndarray]
@@ -54,88 +59,11 @@ AUTO_GRID: dict[str, tuple[float, ...]] = {
     "layers": (1 / 6, 1 / 3, 1 / 2),
 }
 LATENCY_MARGIN = 0.95  # faster means p50 below this times the unpruned build's (timing noise)
-ATTENTION_OPS = frozenset({"Attention", "Softmax", "MultiHeadAttention", "GroupQueryAttention"})
 DISTILL_STEPS = 300
 
 # candidate statuses, as the report shows them
 BASELINE, CHOSEN, PASSED = "baseline", "chosen", "passed"
 ROLLED_BACK, REJECTED, NOT_KEPT = "rolled back", "rejected", "not kept"
-
-
-# --------------------------------------------------------------- transformer blocks
-
-
-def transformer_blocks(graph: Graph) -> list[list[Group]]:
-    """Residual branches (layer groups, in graph order) grouped into transformer blocks: a
-    block starts at each branch holding an attention op (Attention, Softmax) and takes the
-    branches up to the next one (its FFN). A branch before the first attention branch, and
-    every branch of a graph without attention, is a block of its own."""
-    branches = layer_groups(graph)
-    blocks: list[list[Group]] = []
-    for g in branches:
-        starts = any(n.op_type in ATTENTION_OPS for n in g.nodes)
-        if starts or not blocks or not _has_attention(blocks[-1]):
-            blocks.append([g])
-        else:
-            blocks[-1].append(g)
-    return blocks
-
-
-def _has_attention(block: list[Group]) -> bool:
-    return any(n.op_type in ATTENTION_OPS for n in block[0].nodes)
-
-
-@dataclass
-class DropBlocks(Pass):
-    """x -> x for the least influential transformer blocks (attention and FFN branches)
-
-    `ratio` is of transformer blocks (see `transformer_blocks`): 0.5 of a 6-block BERT drops
-    3 blocks, i.e. 6 residual branches. Blocks are chosen by block influence (1 - cos of the
-    block's input and output hidden states on `calibration`), least first."""
-
-    name: ClassVar[str] = "drop-blocks"
-
-    ratio: float = 0.25
-    calibration: Sequence[Feeds] | None = field(default=None, repr=False, compare=False)
-    min_cosine: float = -1.0
-
-    def numeric_tolerance(self) -> Tolerance:
-        return None if self.ratio == 0 else CosineTolerance(self.min_cosine)
-
-    def run(self, graph: Graph) -> PassResult:
-        if not 0.0 <= self.ratio < 1.0:
-            raise PruningError(f"{self.name}: ratio must be in [0, 1), got {self.ratio}")
-        blocks = transformer_blocks(graph)
-        notes = [f"{g.name}: frozen: {g.frozen}" for block in blocks for g in block if g.frozen]
-        live = [b for b in blocks if not any(g.frozen for g in b)]
-        count = math.floor(self.ratio * len(blocks) + 1e-9)
-        count = min(count, len(live))
-        if count == 0:
-            return PassResult(False, {}, notes)
-        spans = [
-            Group(
-                "layer",
-                1,
-                [],
-                [n for g in b for n in g.nodes],
-                None,
-                b[0].name,
-                add=b[-1].add,
-                skip=b[0].skip,
-            )
-            for b in live
-        ]
-        scores = block_influence(graph, spans, self.calibration or [])
-        chosen = [live[i] for i in sorted(np.argsort(scores, kind="stable")[:count])]
-        for block in chosen:
-            for name in [g.add.name for g in block if g.add is not None]:
-                # Regroup each time: dropping a branch replaces the next branch's skip value.
-                (group,) = [
-                    g for g in layer_groups(graph) if g.add is not None and g.add.name == name
-                ]
-                drop_layers(graph, [group])
-            notes.append(f"dropped block {' + '.join(g.name for g in block)}")
-        return PassResult(True, {"blocks_dropped": count}, notes)
 
 
 # --------------------------------------------------------------------- candidates

@@ -15,7 +15,8 @@ pytest.importorskip("tvm")
 from ecograph.errors import AccuracyError, InputError, UsageError
 from ecograph.ir import Graph, GraphBuilder, interpret, verify
 from ecograph.prune import PruningError
-from ecograph.prune.compress import DropBlocks, compress, is_faster, transformer_blocks
+from ecograph.prune.compress import compress, is_faster
+from ecograph.prune.passes import DropBlocks, transformer_blocks
 from ecograph.report.green import GreenReport
 from ecograph.report.measure import LatencyStats
 
