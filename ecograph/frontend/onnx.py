@@ -5,8 +5,12 @@ input always ends in a typed ecograph error: truncated or garbage bytes, a model
 cap, external data whose location escapes the model's folder (`../`, absolute paths, symlinks)
 or whose declared size overruns its file or names a directory or FIFO, a cycle, a dangling
 input; PyTorch checkpoints, TorchScript, safetensors and pickles are named as such. Dynamic
-dims: a dim_param is a symbol shared across inputs, but one name on two axes of one input
-gets a symbol per axis, and a missing or negative dim (-1) is a fresh symbol (docs/onnx.md).
+dims: to ONNX Runtime a dim_param is a label, so each (input, axis) gets a symbol of its own
+(the first use of a name keeps it, later ones get `<name>_<input>_dim<axis>`; a missing or
+negative dim (-1) is `<input>_dim<axis>`), and symbols an op needs equal at run time
+(broadcasting, a matmul's contraction dim, Concat's other dims) are then unified into one,
+named after the dim_param where there is one (`ecograph.ir.unify`). ecograph's own exports
+keep their names as written: there a symbol means equality (docs/onnx.md).
 Models at older opsets are converted up to `ONNX_OPSET` with onnx.version_converter;
 models at newer opsets are accepted when every op they use has the same schema at
 `ONNX_OPSET` (with a warning when the installed onnx does not know the opset). Control flow
@@ -43,6 +47,7 @@ from ecograph.ir import symbolic
 from ecograph.ir.dtypes import DType
 from ecograph.ir.graph import Graph, Node, Value
 from ecograph.ir.registry import DEFAULT_OPSET_IMPORTS, ONNX_OPSET, lookup_schema
+from ecograph.ir.unify import recording_equal_dims, unify_input_symbols
 
 __all__ = ["DEFAULT_MAX_BYTES", "CONTROL_FLOW_OPS", "from_onnx", "register_onnx_export", "to_onnx"]
 
@@ -416,6 +421,9 @@ class _Importer:
         self.external_bytes = 0
         self.values: dict[str, Value] = {}
         self.symbols: dict[str, str] = {}  # dim_param as written -> symbol in the IR
+        self.params_seen: set[str] = set()
+        self.preferred: list[str] = []  # symbols of dim_params as written, first use first
+        self.generated: list[str] = []  # symbols ecograph made up, in order
         # ecograph's own exports: a symbol there means equality, so names are kept as is.
         self.keep_dim_params = proto.producer_name == "ecograph" or any(
             p.key == METADATA_KEY for p in proto.metadata_props
@@ -528,6 +536,13 @@ class _Importer:
         self.symbols[param] = candidate
         return candidate
 
+    def generated_symbol(self, name: str) -> str:
+        """A symbol ecograph makes up (not a dim_param as written); it loses to the exporter's
+        names when ops tie them."""
+        sym = self.symbol_for(name)
+        self.generated.append(sym)
+        return sym
+
     def value_type(self, vi: onnx.ValueInfoProto) -> tuple[DType, list[int | str]]:
         if vi.type.WhichOneof("value") != "tensor_type":
             raise UnsupportedError(
@@ -545,7 +560,6 @@ class _Importer:
                 "a shape, with dim_params for dynamic sizes"
             )
         dims: list[int | str] = []
-        params_here: set[str] = set()
         for axis, d in enumerate(tt.shape.dim):
             which = d.WhichOneof("value")
             own_symbol = f"{_ident(vi.name)}_dim{axis}"
@@ -553,16 +567,18 @@ class _Importer:
                 dims.append(int(d.dim_value))
             elif which == "dim_param" and d.dim_param:
                 param = d.dim_param
-                if param in params_here and not self.keep_dim_params:
-                    # One name on two axes of one input (height and width both "dim"): the
-                    # exporter's label, not a promise; ONNX Runtime lets them differ.
-                    dims.append(self.symbol_for(f"{_ident(param)}_{own_symbol}"))
+                if param in self.params_seen and not self.keep_dim_params:
+                    # The name was seen before, on this input or another: the exporter's
+                    # label, not a promise (ONNX Runtime lets the sizes differ). A symbol of
+                    # its own; the ops that need the sizes equal tie them (ecograph.ir.unify).
+                    dims.append(self.generated_symbol(f"{_ident(param)}_{own_symbol}"))
                 else:
                     dims.append(self.symbol_for(param))
-                params_here.add(param)
+                    self.params_seen.add(param)
+                    self.preferred.append(self.symbols[param])
             else:
                 # No dim, or a negative dim_value (Paddle2ONNX writes -1): a dynamic dim.
-                dims.append(self.symbol_for(own_symbol))
+                dims.append(self.generated_symbol(own_symbol))
         return dtype, dims
 
     # ---- graph
@@ -602,8 +618,9 @@ class _Importer:
             raise UnsupportedError(
                 f"{self.where}: sparse initializer {sp.values.name!r} is not supported"
             )
-        for node in self.sorted_nodes():
-            self.add_node(node)
+        with recording_equal_dims() as equal_dims:
+            for node in self.sorted_nodes():
+                self.add_node(node)
         outputs: list[Value] = []
         for vi in g.output:
             value = self.values.get(vi.name)
@@ -617,7 +634,13 @@ class _Importer:
                 value = graph.add_node("Identity", [value], name=f"{vi.name}_dup").output
             outputs.append(value)
         graph.set_outputs(outputs)
-        renamed = {s: p for p, s in self.symbols.items() if s != p}
+        tied: dict[str, str] = {}
+        if not self.keep_dim_params:
+            try:
+                tied = unify_input_symbols(graph, equal_dims, [*self.preferred, *self.generated])
+            except EcographError as exc:
+                raise type(exc)(f"{self.where}: {exc}") from exc
+        renamed = {s: p for p, s in self.symbols.items() if s != p and s not in tied}
         if renamed:
             graph.metadata[DIM_PARAMS_KEY] = renamed
         else:

@@ -403,14 +403,14 @@ _MAX_SYMBOLIC_ELEMENTS = 64
 
 
 def symbolic_value(value: Value) -> list[Dim] | None:
-    """The elements of a small integer tensor as dims, if statically known.
+    """The elements of a small integer (or bool: 0 / 1) tensor as dims, if statically known.
 
     Constants give ints; `Shape` gives the (possibly symbolic) dims of its input; Gather,
     Concat, Slice, Unsqueeze, arithmetic and friends propagate through their schema's
     `propagate` rule. Returns None when unknown. The result is flat (row-major).
     """
     t = value.type
-    if not (t.dtype.is_integer and t.is_static and t.rank <= 1):
+    if not ((t.dtype.is_integer or t.dtype == DType.BOOL) and t.is_static and t.rank <= 1):
         return None
     if int(np.prod(t.static_shape())) > _MAX_SYMBOLIC_ELEMENTS:
         return None

@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from ecograph.errors import ModelFormatError, UnsupportedError
+from ecograph.errors import InterpreterError, ModelFormatError, UnsupportedError
 from ecograph.frontend.onnx import from_onnx, register_onnx_export, to_onnx
 from ecograph.frontend.onnx_export import OnnxExportContext
 from ecograph.ir import Graph, GraphBuilder, Node, explain_difference, interpret, verify
@@ -25,7 +25,11 @@ RNG = np.random.default_rng(0)
 
 def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
+    return [np.asarray(out) for out in sess.run(None, feeds)]
+
+
+def run_reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return [np.asarray(out) for out in ReferenceEvaluator(model).run(None, feeds)]
 
 
 def make_model(
@@ -115,8 +119,9 @@ def test_outputs_that_are_inputs_or_constants_round_trip() -> None:
 
 
 def test_import_optional_inputs_constants_and_duplicate_outputs() -> None:
+    one = numpy_helper.from_array(np.array(1, np.float32))
     nodes = [
-        helper.make_node("Constant", [], ["hi"], value=numpy_helper.from_array(np.float32(1))),
+        helper.make_node("Constant", [], ["hi"], value=one),
         helper.make_node("Clip", ["x", "", "hi"], ["y"]),
         helper.make_node("Dropout", ["y"], ["z", ""]),
     ]
@@ -131,7 +136,8 @@ def test_import_optional_inputs_constants_and_duplicate_outputs() -> None:
     g = from_onnx(model)
     verify(g)
     clip = g.find_nodes("Clip")[0]
-    assert clip.inputs[1] is None and clip.inputs[2].is_constant
+    hi = clip.inputs[2]
+    assert clip.inputs[1] is None and hi is not None and hi.is_constant
     assert not g.find_nodes("Constant")
     xv = np.array([-2, 0.5, 2, 3], np.float32)
     out = interpret(g, {"x": xv})
@@ -196,7 +202,7 @@ def test_older_opset_is_converted_and_matches_onnx_reference() -> None:
     g = from_onnx(model)
     assert g.opset_imports[""] == 23
     x = RNG.standard_normal((2, 3)).astype(np.float32)
-    expected = ReferenceEvaluator(model).run(None, {"x": x})
+    expected = run_reference(model, {"x": x})
     got = interpret(g, {"x": x})
     for want, name in zip(expected, ["s", "a", "b"], strict=True):
         np.testing.assert_allclose(got[name], want, rtol=1e-6)
@@ -244,7 +250,7 @@ def test_newer_opset_node_using_a_type_opset_23_lacks_is_rejected() -> None:
     model.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT
     model.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT
     x = np.array([-1.0, 0.0, 2.0], np.float32)
-    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    want = run_reference(model, {"x": x})[0]
     np.testing.assert_allclose(interpret(from_onnx(model), {"x": x})["y"], want, rtol=1e-6)
 
 
@@ -660,7 +666,7 @@ def test_export_with_external_data_round_trips(tmp_path: Path) -> None:
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     want = interpret(g, {"x": x})
     for (name, expected), got in zip(want.items(), sess.run(None, {"x": x}), strict=True):
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-6, err_msg=name)
     back = from_onnx(path)
     np.testing.assert_array_equal(back.value("w").const_value, g.value("w").const_value)
 
@@ -692,7 +698,7 @@ def test_large_external_weights_are_memory_mapped(tmp_path: Path) -> None:
     onnx.save(model, path, save_as_external_data=True, location="big.bin", size_threshold=0)
     g = from_onnx(path)
     w = g.value("w").const_value
-    assert isinstance(w.base, np.memmap) and not w.flags.writeable
+    assert w is not None and isinstance(w.base, np.memmap) and not w.flags.writeable
     np.testing.assert_array_equal(w, weights)
     x = RNG.standard_normal((1, 512)).astype(np.float32)
     np.testing.assert_allclose(interpret(g, {"x": x})["y"], x @ weights, rtol=1e-5, atol=1e-5)
@@ -823,17 +829,169 @@ def test_dim_param_reused_on_one_input_is_a_symbol_per_axis() -> None:
     assert again.inputs[0].shape == g.inputs[0].shape
 
 
-def test_dim_param_shared_by_two_inputs_stays_one_symbol() -> None:
-    model = make_model(
-        [helper.make_node("Add", ["a", "b"], ["y"])],
+def _untied_model() -> onnx.ModelProto:
+    """Inputs that share dim_params the graph never ties: `a` and `b` are concatenated along
+    "len" (only "batch" must agree), `c` feeds its own branch."""
+    return make_model(
         [
-            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", "seq"]),
-            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["batch", "seq"]),
+            helper.make_node("Concat", ["a", "b"], ["y"], axis=1),
+            helper.make_node("Relu", ["b"], ["z"]),
+            helper.make_node("Neg", ["c"], ["w"]),
         ],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", "len"]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["batch", "len"]),
+            helper.make_tensor_value_info("c", TensorProto.FLOAT, ["len"]),
+        ],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in "yzw"],
+    )
+
+
+def _untied_feeds(batch: int = 2) -> dict[str, np.ndarray]:
+    return {  # three different lengths for the one name "len": ONNX Runtime runs this
+        "a": RNG.standard_normal((batch, 7)).astype(np.float32),
+        "b": RNG.standard_normal((batch, 5)).astype(np.float32),
+        "c": RNG.standard_normal(3).astype(np.float32),
+    }
+
+
+def test_dim_param_shared_by_untied_inputs_is_a_symbol_per_input() -> None:
+    model = _untied_model()
+    g = from_onnx(model)
+    verify(g)
+    (batch, len_a), (batch_b, len_b), (len_c,) = (v.shape for v in g.inputs)
+    assert (batch, len_a) == ("batch", "len") and batch_b == "batch"  # Concat ties the batch
+    assert len({len_a, len_b, len_c}) == 3 and isinstance(len_b, str) and isinstance(len_c, str)
+    feeds = _untied_feeds()
+    want = run_ort(model, feeds)
+    got = interpret(g, feeds)
+    for name, expected in zip("yzw", want, strict=True):
+        np.testing.assert_array_equal(got[name], expected)  # Concat, Relu, Neg: exact
+    # Exported, each length keeps its own name, so ecograph reads the file back the same and
+    # ONNX Runtime still runs it with three lengths.
+    exported = to_onnx(g)
+    again = from_onnx(exported)
+    assert [v.shape for v in again.inputs] == [v.shape for v in g.inputs]
+    for have, expected in zip(run_ort(exported, feeds), want, strict=True):
+        np.testing.assert_array_equal(have, expected)
+    for name, expected in zip("yzw", want, strict=True):
+        np.testing.assert_array_equal(interpret(again, feeds)[name], expected)
+
+
+def test_untied_inputs_compiled_for_x86_match_onnx_runtime(tmp_path: Path) -> None:
+    pytest.importorskip("tvm")
+    import ecograph
+    from ecograph.errors import InputError
+
+    model = _untied_model()
+    compiled = ecograph.load(ecograph.compile(from_onnx(model), "x86", tmp_path / "untied"))
+    for batch in (1, 3):
+        feeds = _untied_feeds(batch)
+        got = compiled(**feeds)
+        for have, expected in zip(got, run_ort(model, feeds), strict=True):
+            np.testing.assert_array_equal(np.asarray(have), expected)
+    bad = {**_untied_feeds(2), "b": RNG.standard_normal((3, 5)).astype(np.float32)}
+    with pytest.raises(InputError, match="batch"):  # the tie Concat makes is checked
+        compiled(**bad)
+
+
+def _tied(op: str) -> tuple[onnx.ModelProto, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """A model whose op ties the inputs' dim_params, a feed that keeps the tie, one that breaks
+    it (ONNX Runtime rejects that one too)."""
+    f32 = TensorProto.FLOAT
+    vi = helper.make_tensor_value_info
+    if op == "Add":
+        node = helper.make_node("Add", ["a", "b"], ["y"])
+        ins = [vi("a", f32, ["batch", "seq len"]), vi("b", f32, ["batch", "seq len"])]
+        good, bad = ((2, 5), (2, 5)), ((2, 5), (2, 4))
+    elif op == "MatMul":
+        node = helper.make_node("MatMul", ["a", "b"], ["y"])
+        ins = [vi("a", f32, ["m", "seq len"]), vi("b", f32, ["seq len", "n"])]
+        good, bad = ((3, 5), (5, 2)), ((3, 5), (4, 2))
+    else:
+        node = helper.make_node("Concat", ["a", "b"], ["y"], axis=0)
+        ins = [vi("a", f32, ["m", "seq len"]), vi("b", f32, ["n", "seq len"])]
+        good, bad = ((3, 5), (2, 5)), ((3, 5), (2, 4))
+    model = make_model([node], ins, [vi("y", f32, None)])
+
+    def feeds(shapes: tuple[tuple[int, int], ...]) -> dict[str, np.ndarray]:
+        arrays = [RNG.standard_normal(s).astype(np.float32) for s in shapes]
+        return dict(zip("ab", arrays, strict=True))
+
+    return model, feeds(good), feeds(bad)
+
+
+@pytest.mark.parametrize("op", ["Add", "MatMul", "Concat"])
+def test_tied_inputs_unify_to_one_symbol_with_the_exporters_name(op: str) -> None:
+    model, good, bad = _tied(op)
+    g = from_onnx(model)
+    verify(g)
+    seq = [d for v in g.inputs for d in v.shape if isinstance(d, str) and "seq" in d]
+    assert seq == ["seq_len", "seq_len"]  # one symbol, named after the dim_param
+    assert g.metadata["onnx_dim_params"] == {"seq_len": "seq len"}
+    exported = to_onnx(g)  # the exporter's name goes back into the file
+    assert {d.dim_param for i in exported.graph.input for d in i.type.tensor_type.shape.dim} >= {
+        "seq len"
+    }
+    np.testing.assert_allclose(
+        interpret(g, good)["y"], run_ort(model, good)[0], rtol=1e-6, atol=1e-6
+    )
+    with pytest.raises(InterpreterError, match=r"input 'b'.*symbol 'seq_len' is 4 here but 5"):
+        interpret(g, bad)
+    with pytest.raises(Exception):  # noqa: B017 - ONNX Runtime's own error types
+        run_ort(model, bad)
+
+
+def test_symbol_that_is_1_at_run_time_where_it_is_broadcast_is_a_typed_error() -> None:
+    """Add ties "seq" on both inputs, assuming it is not 1; ONNX Runtime would broadcast a
+    length-1 `b`, ecograph rejects the feed, naming the input and the symbol."""
+    model, good, _ = _tied("Add")
+    g = from_onnx(model)
+    feeds = {"a": good["a"], "b": good["b"][:, :1]}
+    run_ort(model, feeds)  # ONNX Runtime broadcasts it
+    with pytest.raises(InterpreterError, match=r"input 'b'.*symbol 'seq_len' is 1 here but 5"):
+        interpret(g, feeds)
+
+
+def test_ties_chain_through_several_ops() -> None:
+    """Add(a, b) ties a's and b's "n", Mul(a + b, c) ties c's to them (union over nodes);
+    d, in a branch of its own, stays free."""
+    f32 = TensorProto.FLOAT
+    vi = helper.make_tensor_value_info
+    model = make_model(
+        [
+            helper.make_node("Add", ["a", "b"], ["s"]),
+            helper.make_node("Mul", ["s", "c"], ["y"]),
+            helper.make_node("Relu", ["d"], ["z"]),
+        ],
+        [vi("a", f32, ["n"]), vi("b", f32, ["n"]), vi("c", f32, ["n"]), vi("d", f32, ["n"])],
+        [vi("y", f32, None), vi("z", f32, None)],
     )
     g = from_onnx(model)
+    verify(g)
+    assert [v.shape for v in g.inputs][:3] == [("n",), ("n",), ("n",)]
+    assert g.inputs[3].shape != ("n",)  # d feeds only its own branch
+    feeds = {k: RNG.standard_normal(4).astype(np.float32) for k in "abc"}
+    feeds["d"] = RNG.standard_normal(9).astype(np.float32)
+    got = interpret(g, feeds)
+    for name, want in zip("yz", run_ort(model, feeds), strict=True):
+        np.testing.assert_array_equal(got[name], want)
+
+
+def test_a_tie_takes_the_exporters_name_over_a_generated_one() -> None:
+    f32 = TensorProto.FLOAT
+    vi = helper.make_tensor_value_info
+    model = make_model(
+        [helper.make_node("Add", ["a", "b"], ["y"])],
+        [vi("a", f32, [-1, "seq"]), vi("b", f32, ["batch", "seq"])],  # a's batch: -1
+        [vi("y", f32, None)],
+    )
+    g = from_onnx(model)
+    verify(g)
     assert g.inputs[0].shape == g.inputs[1].shape == ("batch", "seq")
+    assert "onnx_dim_params" not in g.metadata
+    feeds = {k: RNG.standard_normal((2, 3)).astype(np.float32) for k in "ab"}
+    np.testing.assert_array_equal(interpret(g, feeds)["y"], run_ort(model, feeds)[0])
 
 
 def test_ecograph_exports_keep_a_repeated_symbol_on_one_input() -> None:
@@ -943,3 +1101,34 @@ def test_opset_newer_than_the_installed_onnx_is_a_warning() -> None:
         g = from_onnx(model)
     x = np.array([-1.0, 0.0, 2.0], np.float32)
     np.testing.assert_array_equal(interpret(g, {"x": x})["y"], np.maximum(x, 0))
+
+
+def test_mask_expanded_through_equal_where_ties_its_sequence_to_the_ids() -> None:
+    # Hugging Face BERT exports build the mask's Expand target as
+    # Where(Equal(shape, -1), 1, shape); following shape values through Equal / Where ties the
+    # mask's sequence dim to the ids' (one symbol, as when the dim_param was shared).
+    shape_of_ids = helper.make_node("Shape", ["ids"], ["s"])
+    neg = helper.make_tensor("neg", TensorProto.INT64, [2], [-1, -1])
+    one = helper.make_tensor("one", TensorProto.INT64, [2], [1, 1])
+    model = make_model(
+        [
+            shape_of_ids,
+            helper.make_node("Equal", ["s", "neg"], ["is_neg"]),
+            helper.make_node("Where", ["is_neg", "one", "s"], ["target"]),
+            helper.make_node("Expand", ["mask", "target"], ["wide"]),
+            helper.make_node("Add", ["ids", "wide"], ["y"]),
+        ],
+        [
+            helper.make_tensor_value_info("ids", TensorProto.FLOAT, ["batch", "sequence"]),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", "sequence"]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializers=[neg, one],
+    )
+    g = from_onnx(model)
+    assert g.inputs[0].shape == g.inputs[1].shape == ("batch", "sequence")
+    ids = RNG.standard_normal((2, 5)).astype(np.float32)
+    mask = RNG.standard_normal((2, 5)).astype(np.float32)
+    np.testing.assert_allclose(
+        interpret(g, {"ids": ids, "mask": mask})["y"], run_ort(model, {"ids": ids, "mask": mask})[0]
+    )

@@ -13,6 +13,7 @@ from ecograph.ir.dtypes import DType
 from ecograph.ir.registry import InferContext, make_type
 from ecograph.ir.symbolic import Dim
 from ecograph.ir.types import TensorType
+from ecograph.ir.unify import note_equal_dims
 
 
 def broadcast_shapes(shapes: Sequence[Sequence[Dim | None]], where: str = "") -> list[Dim | None]:
@@ -20,7 +21,7 @@ def broadcast_shapes(shapes: Sequence[Sequence[Dim | None]], where: str = "") ->
 
     A symbolic dim broadcast against 1 stays; two different symbols cannot be proven equal,
     so the result takes the first (ONNX requires them equal at run time, which the
-    interpreter checks).
+    interpreter checks) and the pair is noted for `ecograph.ir.unify`.
     """
     rank = max((len(s) for s in shapes), default=0)
     out: list[Dim | None] = []
@@ -43,6 +44,8 @@ def broadcast_shapes(shapes: Sequence[Sequence[Dim | None]], where: str = "") ->
                 )
             elif isinstance(dim, str) and isinstance(d, int):
                 dim = d
+            else:
+                note_equal_dims(dim, d)
         out.append(dim)
     return out
 

@@ -318,8 +318,27 @@ def bit_shift(x: np.ndarray, y: np.ndarray, *, direction: str) -> np.ndarray:
     return fn(x, y.astype(x.dtype)).astype(x.dtype)
 
 
+def _dim_equal(a: Dim, b: Dim) -> Dim:
+    """Equal on shape values (1 / 0): known when both are ints, or the same dim, or a plain
+    symbol (a size, never negative) against a negative int (`Equal(shape, -1)`, which
+    exporters write before Where to fill in a Reshape's -1)."""
+    if isinstance(a, int) and isinstance(b, int):
+        return int(a == b)
+    if a == b:
+        return 1
+    for x, y in ((a, b), (b, a)):
+        if isinstance(y, int) and y < 0 and symbolic.is_symbol_name(str(x)):
+            return 0
+    raise ValueError(f"cannot compare {a} and {b}")
+
+
 register_op(
-    "Equal", inputs=["A", "B"], outputs=["C"], infer=broadcast_infer(DType.BOOL), commutative=True
+    "Equal",
+    inputs=["A", "B"],
+    outputs=["C"],
+    infer=broadcast_infer(DType.BOOL),
+    commutative=True,
+    propagate=_propagate_binary(_dim_equal),
 )(np.equal)
 for _name, _fn in {
     "Less": np.less,
@@ -370,8 +389,26 @@ def _where_type(ctx: InferContext) -> TensorType:
     return make_type(ctx.input(1).dtype, shape)
 
 
+def _where_propagate(ctx: InferContext) -> list[Dim] | None:
+    """Where on shape values, when the condition is known (1 / 0 per element)."""
+    values = [ctx.symbolic(i) for i in range(3)]
+    if any(v is None for v in values):
+        return None
+    n = max(len(v) for v in values if v is not None)
+    cond, x, y = (v * n if v is not None and len(v) == 1 else v for v in values)
+    if cond is None or x is None or y is None or not len(cond) == len(x) == len(y) == n:
+        return None
+    if not all(isinstance(c, int) for c in cond):
+        return None
+    return [a if c else b for c, a, b in zip(cond, x, y, strict=True)]
+
+
 @register_op(
-    "Where", inputs=["condition", "X", "Y"], outputs=["output"], infer=lambda c: [_where_type(c)]
+    "Where",
+    inputs=["condition", "X", "Y"],
+    outputs=["output"],
+    infer=lambda c: [_where_type(c)],
+    propagate=_where_propagate,
 )
 def where(cond: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(cond, x, y).astype(x.dtype)

@@ -18,6 +18,7 @@ from ecograph.ir.ops._infer import broadcast_shapes, same_as_input
 from ecograph.ir.registry import Attr, InferContext, make_type, register_op
 from ecograph.ir.symbolic import Dim
 from ecograph.ir.types import TensorType
+from ecograph.ir.unify import note_equal_dims
 
 if TYPE_CHECKING:
     from ecograph.ir.graph import Node
@@ -36,6 +37,7 @@ def matmul_shape(ctx: InferContext, a: TensorType, b: TensorType) -> list[Dim]:
     k1, k2 = sa[-1], sb[-2]
     if isinstance(k1, int) and isinstance(k2, int) and k1 != k2:
         ctx.fail(f"inner dims differ: {a} @ {b}")
+    note_equal_dims(k1, k2)
     batch = broadcast_shapes([sa[:-2], sb[:-2]], f"node {ctx.node.name}: ")
     out: list[Dim] = [d if d is not None else 1 for d in batch] + [sa[-2], sb[-1]]
     if a.rank == 1:
@@ -120,6 +122,9 @@ def _gemm_infer(ctx: InferContext) -> list[TensorType]:
         ctx.fail(f"Gemm takes 2-D inputs, got {a} and {b}")
     m = a.shape[1] if ctx.attr("transA") else a.shape[0]
     n = b.shape[0] if ctx.attr("transB") else b.shape[1]
+    note_equal_dims(
+        a.shape[0 if ctx.attr("transA") else 1], b.shape[1 if ctx.attr("transB") else 0]
+    )
     return [TensorType(a.dtype, [m, n])]
 
 

@@ -16,6 +16,7 @@ from ecograph.ir.ops._infer import broadcast_shapes, int_list, normalize_axis, s
 from ecograph.ir.registry import Attr, InferContext, make_type, register_op
 from ecograph.ir.symbolic import Dim
 from ecograph.ir.types import TensorType
+from ecograph.ir.unify import note_equal_dims
 
 # --------------------------------------------------------------------- Identity
 
@@ -326,6 +327,9 @@ def _concat_infer(ctx: InferContext) -> list[TensorType]:
     for t in types:
         if t.rank != rank or t.dtype != types[0].dtype:
             ctx.fail(f"inputs disagree: {types[0]} and {t}")
+        for i in range(rank):
+            if i != axis:
+                note_equal_dims(dims[i], t.shape[i])
         total = symbolic.add(total, t.shape[axis])
     dims[axis] = total
     return [types[0].with_shape(dims)]
