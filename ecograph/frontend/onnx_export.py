@@ -327,6 +327,36 @@ def _export_dequantize_matmul(ctx: OnnxExportContext, node: Node) -> None:
         ctx.emit("MatMul", [a, transposed], ctx.outputs(node))
 
 
+@register_onnx_export("PaletteDequantize", domain="ecograph")
+def _export_palette_dequantize(ctx: OnnxExportContext, node: Node) -> None:
+    """PaletteDequantize(idx, palette) = Gather(Reshape(palette, [-1]), Cast<int64>(idx) +
+    offsets), offsets[c] = (c // group_size) * entries along `axis` (a constant): exact."""
+    from ecograph.ir.ops.palette import palette_offsets
+
+    idx, palette = ctx.inputs(node)
+    it, pt = node.inputs[0].type, node.inputs[1].type  # type: ignore[union-attr]
+    codes = ctx.fresh(f"{node.name}_codes")
+    ctx.emit("Cast", [idx], [codes], to=onnx.TensorProto.INT64)
+    flat = ctx.fresh(f"{node.name}_flat_palette")
+    ctx.emit("Reshape", [palette, ctx.constant(np.array([-1], np.int64), "shape")], [flat])
+    group, axis = int(node.attr("group_size", 0)), int(node.attr("axis", 0))
+    if group:
+        axis %= it.rank
+        channels, entries = it.shape[axis], pt.shape[1]
+        if not isinstance(channels, int) or not isinstance(entries, int):
+            raise UnsupportedError(
+                f"node {node.name} (ecograph::PaletteDequantize): grouped palettes need a "
+                f"static size along axis {axis} of {it} and a static palette {pt} to export"
+            )
+        shape = [1] * it.rank
+        shape[axis] = -1
+        offsets = palette_offsets(channels, group, entries).reshape(shape)
+        shifted = ctx.fresh(f"{node.name}_flat_codes")
+        ctx.emit("Add", [codes, ctx.constant(offsets, "palette_offsets")], [shifted])
+        codes = shifted
+    ctx.emit("Gather", [flat, codes], ctx.outputs(node), axis=0)
+
+
 @register_onnx_export("SwiGLU", domain="ecograph")
 def _export_swiglu(ctx: OnnxExportContext, node: Node) -> None:
     """SwiGLU(gate, up) = gate * Sigmoid(gate) * up."""

@@ -3,6 +3,7 @@
     quantize_pass("int8")                          # dynamic int8, per-token activations
     quantize_pass("int8-static", calibration_data)  # QDQ from calibration ranges
     quantize_pass({"mode": "weight_only", "dtype": "int4", "granularity": "group:64"})
+    quantize_pass("palette4")                      # 16 k-means centroids per group of channels
 
 The result is an ordinary pipeline item: optimize() and `ecograph optimize --quantize` run it
 through the PassManager after the float pipeline.
@@ -36,6 +37,10 @@ QUANTIZE_PRESETS: dict[str, dict[str, Any]] = {
     "int8-weight": {"mode": "weight_only", "dtype": "int8", "granularity": "channel"},
     "int4": {"mode": "weight_only", "dtype": "int4", "granularity": "group:128"},
     "int4-weight": {"mode": "weight_only", "dtype": "int4", "granularity": "group:128"},
+    # Dictionary coding: 4-bit (16 k-means centroids) or 8-bit (256) codes; see
+    # docs/quantization.md for the group sizes and what they cost in accuracy and bytes.
+    "palette4": {"mode": "palette", "palette_bits": 4, "granularity": "group:16"},
+    "palette8": {"mode": "palette", "palette_bits": 8, "granularity": "tensor"},
 }
 
 

@@ -11,6 +11,10 @@ Rewrites (W a float constant, x an activation):
                only; the int32 product is exact, the rescale is float)
 - weight_only: op(x, W) -> op(x, DQ(W_q, s_w, z_w))  (int8 or int4, per channel or in groups
                along the reduction axis; the LLM decode case)
+- palette:     op(x, W) -> op(x, ecograph::PaletteDequantize(codes, palette))  (dictionary
+               coding: 16 or 256 k-means centroids per tensor or per group of N output
+               channels, `palette_bits` 4 or 8, granularity "tensor" / "channel" / "group:N";
+               ecograph/quant/palettize.py)
 
 Embedding tables (Gather of a constant float matrix along axis 0) are quantized by rows
 (symmetric; per row, or per group when the granularity is group:N) and dequantized after the
@@ -41,11 +45,12 @@ from ecograph.passes.core import CosineTolerance, Pass, PassResult, Tolerance
 from ecograph.passes.registry import register_pass
 from ecograph.passes.utils import replace_value
 from ecograph.quant.calibrate import collect_ranges
+from ecograph.quant.palettize import PALETTE_BITS, palettize_tensor
 from ecograph.quant.scheme import Granularity, QuantizedTensor, compute_qparams, quantize_tensor
 
 QUANTIZABLE = ("MatMul", "Gemm", "Conv", "Linear")  # Linear: ecograph's fused MatMul+Add
 DYNAMIC_OPS = ("MatMul", "Gemm", "Linear")
-MODES = ("dynamic", "static", "weight_only")
+MODES = ("dynamic", "static", "weight_only", "palette")
 ACTIVATION_SCALES = ("tensor", "token")
 # The largest |x_q| of a per-token activation: symmetric int8 without -128, so that negating a
 # row never saturates and the scale is exactly max|x| / 127.
@@ -114,7 +119,7 @@ class Quantize(Pass):
     """op(x, W) -> op(DQ(Q(x)), DQ(W_q)) / MatMulInteger(DQL(x), W_q) / op(x, DQ(W_q))
 
     Quantizes MatMul, Gemm, Conv and ecograph::Linear with a constant float weight (see the
-    module docstring for the three modes). Not exact: the PassManager's differential check
+    module docstring for the four modes). Not exact: the PassManager's differential check
     requires each output to keep cosine similarity >= `min_cosine` to the float graph on its
     sample inputs; optimize() checks accuracy on real inputs against the budget.
     """
@@ -139,6 +144,7 @@ class Quantize(Pass):
     activations: str = "tensor"
     smooth: float = 0.0
     float_after: tuple[str, ...] | list[str] = ()
+    palette_bits: int = 4
 
     def __post_init__(self) -> None:
         if not -1.0 <= self.min_cosine <= 1.0:
@@ -153,6 +159,12 @@ class Quantize(Pass):
             raise PassError("quantize: dynamic mode quantizes weights to int8")
         if self.algorithm not in ("rtn", "gptq"):
             raise PassError(f"quantize: algorithm={self.algorithm!r}; use 'rtn' or 'gptq'")
+        if self.mode == "palette" and self.palette_bits not in PALETTE_BITS:
+            raise PassError(
+                f"quantize: palette_bits={self.palette_bits}; use 4 (16 centroids) or 8 (256)"
+            )
+        if self.mode == "palette" and self.algorithm != "rtn":
+            raise PassError("quantize: mode='palette' is k-means; algorithm must be 'rtn'")
         if self.algorithm == "gptq" and (
             self.mode != "weight_only" or self.calibration_data is None
         ):
@@ -206,7 +218,13 @@ class Quantize(Pass):
         targets, notes = find_targets(graph, self.exclude, ops)
         if self.float_after:
             targets = self.without_float_after(targets, notes)
-        embedded = self._quantize_embeddings(graph, notes) if self.embeddings else 0
+        embedded = 0
+        if self.embeddings:
+            embedded = (
+                self._palettize_embeddings(graph, notes)
+                if self.mode == "palette"
+                else self._quantize_embeddings(graph, notes)
+            )
         if not targets:
             return PassResult(embedded > 0, {"quantized": 0, "embeddings": embedded}, notes)
         smoothed = self._smooth(graph, targets) if self.smooth else 0
@@ -227,9 +245,15 @@ class Quantize(Pass):
         weights: dict[int, tuple[QuantizedTensor, Value, Value, Value, Value | None]] = {}
         activations: dict[int, Value] = {}
         rows: dict[int, tuple[Value, Value]] = {}
+        palettes: dict[tuple[int, int], tuple[Value, Value]] = {}
         count = 0
         for t in targets:
-            if self.mode == "dynamic" and self.activations == "token":
+            if self.mode == "palette":
+                graph.set_node_input(
+                    t.node, t.weight_index, self._weight_palette(graph, t, palettes)
+                )
+                count += 1
+            elif self.mode == "dynamic" and self.activations == "token":
                 count += self._dynamic_token(graph, t, weights, rows)
             elif self.mode == "dynamic":
                 count += self._dynamic(graph, t, weights, notes)
@@ -241,7 +265,9 @@ class Quantize(Pass):
                     dq = self._activation_qdq(graph, x, ranges, activations)
                     graph.set_node_input(t.node, 0, dq)
                 count += 1
-        for _, orig, *_ in weights.values():
+        originals = [orig for _, orig, *_ in weights.values()]
+        originals += [orig for orig, _ in palettes.values()]
+        for orig in originals:
             if orig.graph is graph and not orig.has_uses():
                 graph.remove_constant(orig)
         stats = {"quantized": count, "embeddings": embedded}
@@ -393,6 +419,84 @@ class Quantize(Pass):
                 before=node,
             ).output
             out = graph.add_node("Reshape", [scaled, merged], before=node).output
+            kept = replace_value(graph, node.output, out)  # keeps a graph output's name
+            assert kept, f"cannot replace %{node.output.name}"
+            if not table.has_uses():
+                graph.remove_constant(table)
+            count += 1
+        return count
+
+    # ---------------------------------------------------------------- palettes
+
+    def _palette_group(self) -> int:
+        """Output channels per palette: 0 (one per tensor), 1 ("channel") or N ("group:N")."""
+        gran = self._granularity
+        return {"tensor": 0, "channel": 1}.get(gran.kind, gran.group_size)
+
+    def _weight_palette(
+        self, graph: Graph, t: Target, cache: dict[tuple[int, int], tuple[Value, Value]]
+    ) -> Value:
+        """W -> PaletteDequantize(codes, palette; axis=W's output channels), made once per
+        weight (before its first consumer) and shared by every node reading it."""
+        w = t.node.input(t.weight_index)
+        assert w is not None and w.const_value is not None
+        key = (id(w), t.channel_axis)
+        if key not in cache:
+            pt = palettize_tensor(
+                w.const_value,
+                self.palette_bits,
+                axis=t.channel_axis,
+                group_size=self._palette_group(),
+            )
+            codes = graph.add_constant(pt.indices, f"{w.name}_codes")
+            palette = graph.add_constant(pt.palette, f"{w.name}_palette")
+            lookup = graph.add_node(
+                "PaletteDequantize",
+                [codes, palette],
+                {"axis": t.channel_axis, "group_size": pt.group_size},
+                domain="ecograph",
+                name=f"{w.name}_palette_lookup",
+                before=t.node,
+            )
+            cache[key] = (w, lookup.output)
+        return cache[key][1]
+
+    def _palettize_embeddings(self, graph: Graph, notes: list[str]) -> int:
+        """Gather(T, idx) -> PaletteDequantize(Gather(codes, idx), palette; axis=-1): the
+        table's columns are its output channels (groups of columns share a palette), so the
+        lookup commutes with the row Gather and the float table is never rebuilt."""
+        patterns = list(self.exclude)
+        done: dict[int, tuple[Value, Value, int]] = {}
+        count = 0
+        for node in graph.nodes:
+            if node.domain or node.op_type != "Gather" or node.attr("axis", 0) != 0:
+                continue
+            table = node.input(0)
+            if table is None or table.const_value is None or not table.dtype.is_float:
+                continue
+            if table.type.rank != 2 or table.type.static_shape()[0] < 2:
+                continue
+            if "Gather" in patterns or any(fnmatch.fnmatchcase(node.name, p) for p in patterns):
+                notes.append(f"{node.name} (Gather): excluded")
+                continue
+            if id(table) not in done:
+                pt = palettize_tensor(
+                    table.const_value, self.palette_bits, axis=1, group_size=self._palette_group()
+                )
+                codes = graph.add_constant(pt.indices, f"{table.name}_codes")
+                palette = graph.add_constant(pt.palette, f"{table.name}_palette")
+                done[id(table)] = (codes, palette, pt.group_size)
+            codes, palette, group = done[id(table)]
+            idx = node.input(1)
+            rows = graph.add_node("Gather", [codes, idx], name=f"{node.name}_codes", before=node)
+            out = graph.add_node(
+                "PaletteDequantize",
+                [rows.output, palette],
+                {"axis": -1, "group_size": group},
+                domain="ecograph",
+                name=f"{node.name}_palette_lookup",
+                before=node,
+            ).output
             kept = replace_value(graph, node.output, out)  # keeps a graph output's name
             assert kept, f"cannot replace %{node.output.name}"
             if not table.has_uses():
