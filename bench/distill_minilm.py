@@ -1,0 +1,133 @@
+"""MiniLM-L6 (real weights): structured pruning, then distillation from the unpruned model.
+
+    nice -n 10 python bench/distill_minilm.py --prune ffn --ratio 0.5 --steps 300
+
+Training inputs are unlabeled sentences cut from the license texts under
+/usr/share/common-licenses; the held-out set is tests/data/sentences.txt (209 general English
+sentences, none from the licenses). Metrics as bench/quant_accuracy.py: mean cosine of
+mean-pooled embeddings to the unpruned model and Spearman of the pairwise similarities, on
+the held-out set, before and after distillation. CPU only; prints one table row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+LICENSES = Path("/usr/share/common-licenses")
+
+
+def license_sentences(limit: int, seed: int = 0) -> list[str]:
+    """Distinct sentences of 40-400 characters from the license texts, shuffled."""
+    seen: set[str] = set()
+    for path in sorted(LICENSES.iterdir()):
+        if not path.is_file():
+            continue
+        text = re.sub(r"\s+", " ", path.read_text(encoding="utf-8", errors="replace"))
+        for sentence in re.split(r"(?<=[.;:!?])\s+", text):
+            if 40 <= len(sentence) <= 400 and sentence not in seen:
+                seen.add(sentence)
+    out = sorted(seen)
+    np.random.default_rng(seed).shuffle(out)
+    return out[:limit]
+
+
+def augmented(
+    batches: list[dict[str, np.ndarray]], copies: int, rate: float = 0.25, seed: int = 0
+) -> list[dict[str, np.ndarray]]:
+    """Copies of the batches with `rate` of the real word pieces (not [CLS], [SEP] or padding)
+    replaced by random vocabulary entries: more varied inputs than the license texts alone
+    (TinyBERT-style augmentation, without a word-embedding neighbour model)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(copies):
+        for batch in batches:
+            ids, mask = batch["input_ids"].copy(), batch["attention_mask"]
+            real = (mask != 0) & (ids != 101) & (ids != 102)  # BERT's [CLS] and [SEP]
+            swap = real & (rng.random(ids.shape) < rate)
+            ids[swap] = rng.integers(1996, 30522, int(swap.sum()))  # word pieces, not specials
+            out.append({**batch, "input_ids": ids})
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="MiniLM-L6: prune, then distill.")
+    parser.add_argument("--prune", choices=["ffn", "layers", "heads"], default="ffn")
+    parser.add_argument("--ratio", type=float, default=0.5)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--sentences", type=int, default=1024)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--hidden-weight", type=float, default=1.0)
+    parser.add_argument("--importance", default=None, help="default: wanda / block-influence")
+    parser.add_argument("--augment", type=int, default=0, help="token-replaced copies per batch")
+    args = parser.parse_args()
+
+    import torch
+
+    from ecograph.ir import Graph
+    from ecograph.passes import PassManager
+    from ecograph.prune import DropLayers, PruneFFN, PruneHeads
+    from ecograph.train import distill, to_torch
+    from tests.quant import minilm_eval as ev
+
+    t0 = time.perf_counter()
+    teacher = ev.capture_graph()
+    PassManager(["default"]).run(teacher)
+    names = [v.name for v in teacher.inputs]
+
+    def batches(texts: list[str], size: int) -> list[dict[str, np.ndarray]]:
+        out = []
+        for i in range(0, len(texts) - size + 1, size):
+            feeds = ev.tokenize(texts[i : i + size])
+            out.append(dict(zip(names, feeds.values(), strict=True)))
+        return out
+
+    train_texts = license_sentences(args.sentences)
+    train = batches(train_texts, args.batch)
+    train += augmented(train, args.augment)
+    calibration = batches(train_texts[: 4 * 16], 16)
+    held_out = ev.sentences()
+
+    student = teacher.copy()
+    if args.prune == "ffn":
+        PruneFFN(ratio=args.ratio, importance=args.importance or "wanda",
+                 calibration=calibration).run(student)  # fmt: skip
+    elif args.prune == "heads":
+        PruneHeads(ratio=args.ratio, importance=args.importance or "wanda",
+                   calibration=calibration).run(student)  # fmt: skip
+    else:
+        DropLayers(ratio=args.ratio, importance=args.importance or "block-influence",
+                   calibration=calibration).run(student)  # fmt: skip
+
+    def embed(graph: Graph) -> np.ndarray:
+        module = to_torch(graph)
+        with torch.no_grad():
+            return ev.embed(lambda f: module(*f.values())[0].numpy(), held_out)
+
+    reference = embed(teacher)
+    before = ev.compare(reference, embed(student))
+    setup = time.perf_counter() - t0
+    result = distill(student, teacher, train, steps=args.steps, lr=args.lr,
+                     hidden_weight=args.hidden_weight)  # fmt: skip
+    after = ev.compare(reference, embed(result.graph))
+    print(
+        f"| {args.prune} {args.ratio} | {len(train)}x{args.batch} sentences"
+        f"{f' ({args.augment} augmented copies)' if args.augment else ''} | {args.steps} | "
+        f"{args.lr or 3e-4:g} | {before['mean_cosine']:.3f} / {before['spearman']:.3f} | "
+        f"{after['mean_cosine']:.3f} / {after['spearman']:.3f} | {result.seconds:.0f} s "
+        f"(setup {setup:.0f} s, {torch.get_num_threads()} threads) |"
+    )
+    print("losses:", " ".join(f"{x:.3f}" for x in result.losses[:: max(1, args.steps // 10)]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
