@@ -95,19 +95,21 @@ def run_tvm(
 
 def assert_matches(graph: Graph, feeds: dict[str, np.ndarray], got: list[np.ndarray]) -> None:
     """TVM results against the reference interpreter: exact for integers and bools, 1e-5
-    relative for floats (plus a 1e-6 absolute floor for values near zero)."""
+    relative for floats, plus an absolute floor for values near zero of 1e-6 times the
+    output's largest magnitude (at least 1e-6): an element that is a sum of terms cancelling
+    to near zero carries float32 rounding of the terms' size, not of its own (a DeformConv
+    element of 0.0118 from terms of ~1 differed by 1.2e-6 when the summation order did)."""
     ref = interpret(graph, feeds)
     assert len(got) == len(ref), f"{len(got)} outputs from TVM, {len(ref)} from the interpreter"
     for (name, want), have in zip(ref.items(), got, strict=True):
         assert have.dtype == want.dtype, f"{name}: dtype {have.dtype} != {want.dtype}"
         assert have.shape == want.shape, f"{name}: shape {have.shape} != {want.shape}"
         if want.dtype.kind in "fV":
+            want64 = want.astype(np.float64)
+            finite = np.abs(want64[np.isfinite(want64)])
+            scale = max(1.0, float(finite.max())) if finite.size else 1.0
             np.testing.assert_allclose(
-                have.astype(np.float64),
-                want.astype(np.float64),
-                rtol=1e-5,
-                atol=1e-6,
-                err_msg=name,
+                have.astype(np.float64), want64, rtol=1e-5, atol=1e-6 * scale, err_msg=name
             )
         else:
             np.testing.assert_array_equal(have, want, err_msg=name)
