@@ -355,15 +355,11 @@ class Quantize(Pass):
 
     # ------------------------------------------------------------- embeddings
 
-    def _quantize_embeddings(self, graph: Graph, notes: list[str]) -> int:
-        """Gather(T, idx) -> (Gather(T_q, idx) - Gather(zp, idx)) * Gather(scale, idx): rows
-        quantized per row or per group of a row (symmetric: no zero point), dequantized after
-        the lookup, so the float table is never rebuilt at run time."""
+    def _embedding_gathers(self, graph: Graph, notes: list[str]) -> list[tuple[Node, Value]]:
+        """(Gather, table) for each row lookup of a constant float [rows >= 2, width] table
+        not excluded by `exclude` (an excluded one is noted)."""
         patterns = list(self.exclude)
-        dtype = self.dtype if self.mode == "weight_only" else "int8"
-        symmetric = self.symmetric if self.mode == "weight_only" else True
-        done: dict[int, tuple[Value, Value, Value | None, int]] = {}
-        count = 0
+        found: list[tuple[Node, Value]] = []
         for node in graph.nodes:
             if node.domain or node.op_type != "Gather" or node.attr("axis", 0) != 0:
                 continue
@@ -375,6 +371,18 @@ class Quantize(Pass):
             if "Gather" in patterns or any(fnmatch.fnmatchcase(node.name, p) for p in patterns):
                 notes.append(f"{node.name} (Gather): excluded")
                 continue
+            found.append((node, table))
+        return found
+
+    def _quantize_embeddings(self, graph: Graph, notes: list[str]) -> int:
+        """Gather(T, idx) -> (Gather(T_q, idx) - Gather(zp, idx)) * Gather(scale, idx): rows
+        quantized per row or per group of a row (symmetric: no zero point), dequantized after
+        the lookup, so the float table is never rebuilt at run time."""
+        dtype = self.dtype if self.mode == "weight_only" else "int8"
+        symmetric = self.symmetric if self.mode == "weight_only" else True
+        done: dict[int, tuple[Value, Value, Value | None, int]] = {}
+        count = 0
+        for node, table in self._embedding_gathers(graph, notes):
             _, width = table.type.static_shape()
             group = self._embedding_group(dtype)
             block = group if group and width % group == 0 else width
@@ -465,21 +473,11 @@ class Quantize(Pass):
         """Gather(T, idx) -> PaletteDequantize(Gather(codes, idx), palette; axis=-1): the
         table's columns are its output channels (groups of columns share a palette), so the
         lookup commutes with the row Gather and the float table is never rebuilt."""
-        patterns = list(self.exclude)
         done: dict[int, tuple[Value, Value, int]] = {}
         count = 0
-        for node in graph.nodes:
-            if node.domain or node.op_type != "Gather" or node.attr("axis", 0) != 0:
-                continue
-            table = node.input(0)
-            if table is None or table.const_value is None or not table.dtype.is_float:
-                continue
-            if table.type.rank != 2 or table.type.static_shape()[0] < 2:
-                continue
-            if "Gather" in patterns or any(fnmatch.fnmatchcase(node.name, p) for p in patterns):
-                notes.append(f"{node.name} (Gather): excluded")
-                continue
+        for node, table in self._embedding_gathers(graph, notes):
             if id(table) not in done:
+                assert table.const_value is not None  # _embedding_gathers: a constant table
                 pt = palettize_tensor(
                     table.const_value, self.palette_bits, axis=1, group_size=self._palette_group()
                 )
