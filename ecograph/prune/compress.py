@@ -246,10 +246,11 @@ def _auto_grid(graph: Graph) -> dict[str, list[float]]:
     """AUTO_GRID restricted to what the graph can prune: ratios that remove at least one
     unit (one block) and differ in what they remove."""
     grid: dict[str, list[float]] = {}
-    blocks = [b for b in transformer_blocks(graph) if not any(g.frozen for g in b)]
-    total = len(transformer_blocks(graph))
+    every = transformer_blocks(graph)
+    live_blocks = [b for b in every if not any(g.frozen for g in b)]
+    total = len(every)
     counts = sorted({math.floor(r * total + 1e-9) for r in AUTO_GRID["layers"]})
-    counts = [c for c in counts if 0 < c <= len(blocks) and c < total]
+    counts = [c for c in counts if 0 < c <= len(live_blocks) and c < total]
     if counts:
         grid["layers"] = [c / total for c in counts]
     found = groups(graph, layers=False)
