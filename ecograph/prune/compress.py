@@ -555,7 +555,7 @@ def compress(
         assert cand.artifact is not None and cand.latency is not None
         energy = None
         if measure is None:  # an injected timer means: measure nothing here
-            mod = load(cand.artifact)
+            mod = module if cand is final else load(cand.artifact)
             energy = measure_energy(lambda m=mod: m(**feeds), device=device, latency=cand.latency)
         runs.append(RunFacts(device, cand.latency, energy))
     base_ms = baseline.latency.p50_ms
