@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ecograph.errors import AccuracyError, BuildError, InputError, UsageError
-from ecograph.ir.graph import Graph
+from ecograph.ir.graph import Graph, Value
 from ecograph.ir.interpreter import interpret
 from ecograph.passes.core import Pass
 from ecograph.prune.groups import PruningError, groups
@@ -136,43 +136,71 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def check_batches(graph: Graph, batches: Any, what: str) -> list[dict[str, np.ndarray]]:
-    """`batches` as a list of feeds dicts matching the graph's inputs by name, dtype and
-    static dims; InputError naming the batch and input otherwise."""
-    if isinstance(batches, Mapping) or not isinstance(batches, Sequence) or not batches:
-        raise UsageError(
-            f"{what} must be a non-empty list of input dicts (graph input name -> array, a "
-            f"batch each), got {type(batches).__name__}"
-        )
+    """`batches`, a list of input dicts (graph input name -> array, a batch each), checked
+    against `graph`'s inputs by name, dtype, rank and static dims; returned as numpy arrays
+    (torch tensors are converted). `what` names the list in messages ("validation_data",
+    "distill: train_data"). UsageError when it is not a non-empty list; InputError naming
+    the batch and the input for a bad batch. compress() and distill() both check with it."""
     names = [v.name for v in graph.inputs]
+    if isinstance(batches, Mapping) or not isinstance(batches, Sequence):
+        raise UsageError(
+            f"{what} must be a list of input dicts (graph input name -> array, a batch each), "
+            f"got a {type(batches).__name__}; wrap a single batch in a list: [{{...}}]"
+        )
+    if not batches:
+        raise UsageError(
+            f"{what} is empty; give at least one batch: a dict of arrays named {names}"
+        )
     out: list[dict[str, np.ndarray]] = []
     for i, feeds in enumerate(batches):
+        where = f"{what}[{i}]"
         if not isinstance(feeds, Mapping):
             raise InputError(
-                f"{what}[{i}] is a {type(feeds).__name__}; give a dict of arrays named {names}"
+                f"{where} is a {type(feeds).__name__}, not a dict; give a dict of arrays named "
+                f"{names}"
             )
         missing = [n for n in names if n not in feeds]
         unknown = sorted(set(feeds) - set(names))
         if missing or unknown:
             raise InputError(
-                f"{what}[{i}]: missing inputs {missing}, unknown inputs {unknown}; the graph "
-                f"inputs are {names}"
+                f"{where} misses inputs {missing} / has unknown inputs {unknown}; the graph "
+                f"takes {names}: key each array by the graph input it feeds"
             )
         batch: dict[str, np.ndarray] = {}
         for v in graph.inputs:
-            arr = feeds[v.name]
-            arr = arr.detach().cpu().numpy() if hasattr(arr, "detach") else np.asarray(arr)
-            shape = list(v.shape)
-            fits = arr.ndim == len(shape) and all(
-                not isinstance(d, int) or d == n for d, n in zip(shape, arr.shape, strict=True)
-            )
-            if arr.dtype != v.dtype.numpy or not fits:
-                raise InputError(
-                    f"{what}[{i}]: input {v.name!r} is {arr.dtype}{list(arr.shape)}; the graph "
-                    f"input is {v.dtype.value}{shape}"
-                )
-            batch[v.name] = arr
+            batch[v.name] = _checked_array(feeds[v.name], v, where)
         out.append(batch)
     return out
+
+
+def _checked_array(arr: Any, value: Value, where: str) -> np.ndarray:
+    """One input of one batch as a numpy array of the graph input's dtype, rank and static
+    dims; InputError naming the batch (`where`) and the input otherwise."""
+    if hasattr(arr, "detach"):  # a torch tensor
+        arr = arr.detach().cpu().numpy()
+    want = f"{value.dtype.value}{list(value.shape)}"
+    if not isinstance(arr, np.ndarray):
+        raise InputError(
+            f"{where} input {value.name!r} is a {type(arr).__name__}; give a numpy array of {want}"
+        )
+    got = f"{arr.dtype}{list(arr.shape)}"
+    if arr.dtype != value.dtype.numpy:
+        raise InputError(
+            f"{where} input {value.name!r} is {got}; the graph input is {want}: cast it "
+            f"(.astype(np.{value.dtype.numpy}))"
+        )
+    if arr.ndim != value.type.rank:
+        raise InputError(
+            f"{where} input {value.name!r} has rank {arr.ndim} ({got}); the graph input is "
+            f"{want}, rank {value.type.rank}"
+        )
+    for axis, (dim, n) in enumerate(zip(value.shape, arr.shape, strict=True)):
+        if isinstance(dim, int) and dim != n:
+            raise InputError(
+                f"{where} input {value.name!r} is {got}; the graph input is {want}: axis "
+                f"{axis} must be {dim} (the graph was captured with that size)"
+            )
+    return arr
 
 
 def check_ratios(prune: Any) -> dict[str, float]:

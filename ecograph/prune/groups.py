@@ -111,7 +111,10 @@ class Group:
     tensors change; `frozen` says why the group cannot shrink (None: it can).
 
     Layer groups (`kind == "layer"`) are residual branches `add = skip + f(skip)`: `nodes` is
-    f's subgraph, removing it leaves `skip`."""
+    f's subgraph. `norm`, when set, is a post-norm block's norm on the sum (BERT:
+    `LayerNorm(skip + f(skip))`) that goes with the branch, as when whole layers are dropped
+    (`layer_groups(graph, post_norms=True)`). Removing the group leaves `skip` in place of
+    `output` (the norm's output, else the Add's)."""
 
     kind: GroupKind
     size: int
@@ -121,10 +124,18 @@ class Group:
     name: str = ""
     add: Node | None = None
     skip: Value | None = None
+    norm: Node | None = None
 
     @property
     def weights(self) -> list[Member]:
         return [m for m in self.members if m.is_weight]
+
+    @property
+    def output(self) -> Value | None:
+        """What a layer group computes from `skip`: its norm's output, else its Add's."""
+        if self.norm is not None:
+            return self.norm.outputs[0]
+        return self.add.outputs[0] if self.add is not None else None
 
     def __str__(self) -> str:
         state = f"frozen: {self.frozen}" if self.frozen else "prunable"
@@ -763,9 +774,14 @@ def ancestors(value: Value) -> set[int]:
     return seen
 
 
-def layer_groups(graph: Graph) -> list[Group]:
+def layer_groups(graph: Graph, *, post_norms: bool = False) -> list[Group]:
     """Residual branches: Add(skip, f(skip)) where f's subgraph (the nodes that depend on skip
-    and feed the Add) is used by nothing else, so removing it leaves skip + 0 = skip."""
+    and feed the Add) is used by nothing else, so removing it leaves skip + 0 = skip.
+
+    With `post_norms`, the branches of a post-norm model (BERT) take the norm on their sum
+    along (`Group.norm`, see `post_norm`): removing one leaves skip in place of
+    Norm(skip + f(skip)), so that dropping both branches of a layer is deleting the layer.
+    Without, the norm stays and keeps the stream normalized (drop-layers)."""
     found: list[Group] = []
     for add in graph.find_nodes("Add", ""):
         a, b = add.inputs[0], add.inputs[1]
@@ -776,14 +792,39 @@ def layer_groups(graph: Graph) -> list[Group]:
         for skip, branch in ((a, b), (b, a)):
             cone = _branch_cone(graph, skip, branch, add)
             if cone:
-                frozen = None
-                if add.outputs[0].is_graph_output and skip.producer is None:
-                    frozen = f"the block's input %{skip.name} and output are graph interface"
-                found.append(
-                    Group("layer", 1, [], cone, frozen, f"layer:{add.name}", add=add, skip=skip)
-                )
+                group = Group("layer", 1, [], cone, None, f"layer:{add.name}", add=add, skip=skip)
+                group.norm = post_norm(add, skip, cone) if post_norms else None
+                output = group.output
+                assert output is not None
+                if output.is_graph_output and skip.producer is None:
+                    group.frozen = f"the block's input %{skip.name} and output are graph interface"
+                found.append(group)
                 break
     return found
+
+
+POST_NORM_OPS = frozenset({"LayerNormalization", "RMSNormalization"})
+
+
+def post_norm(add: Node, skip: Value, branch: Sequence[Node]) -> Node | None:
+    """The norm of a post-norm residual block, `Norm(skip + f(skip))` (BERT), or None.
+
+    It is the Add's only user, a LayerNormalization / RMSNormalization with constant scale and
+    bias whose output has the Add's type. A branch that normalizes `skip` itself is pre-norm
+    (Llama, GPT-2): a norm after its Add is the next block's or the model's final norm, not
+    this block's."""
+    out = add.outputs[0]
+    if out.is_graph_output or len(out.uses) != 1:
+        return None
+    norm = out.uses[0].node
+    if norm.op_type not in POST_NORM_OPS or norm.domain != "" or out.uses[0].index != 0:
+        return None
+    if len(norm.outputs) != 1 or norm.outputs[0].type != out.type:
+        return None
+    if any(v is not None and v.const_value is None for v in norm.inputs[1:]):
+        return None
+    pre_norm = any(n.op_type in POST_NORM_OPS and n.inputs[0] is skip for n in branch if n.inputs)
+    return None if pre_norm else norm
 
 
 def _branch_cone(graph: Graph, skip: Value, branch: Value, add: Node) -> list[Node]:

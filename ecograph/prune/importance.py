@@ -6,7 +6,8 @@
 - `wanda(group, norms)`: Wanda's |W|·‖X‖ (Sun et al., 2023): each weight element times the L2
   norm, over calibration data, of the input feature it multiplies; summed per unit.
 - `block_influence(graph, layers, calibration)`: per residual branch, 1 - cos(input, output)
-  of the hidden states around its Add (ShortGPT's block influence), averaged over tokens.
+  of the hidden states around what would be removed (its Add, or the norm after it when the
+  group takes that along; ShortGPT's block influence), averaged over tokens.
 
 Scores are float64 arrays of `group.size` (one per unit); low means prunable.
 """
@@ -137,24 +138,25 @@ def score_groups(
 def block_influence(
     graph: Graph, layers: Sequence[Group], calibration: Sequence[Feeds]
 ) -> np.ndarray:
-    """Per layer group: 1 - cos(skip, skip + f(skip)) over the last axis, averaged over every
-    token (row) of every calibration batch. Low: the branch barely changes the stream."""
+    """Per layer group: 1 - cos(skip, output) over the last axis, averaged over every token
+    (row) of every calibration batch; the output is skip + f(skip), or its norm when the group
+    takes the norm along (`Group.output`). Low: the branch barely changes the stream."""
     if not calibration:
         raise PruningError("block influence needs calibration feeds (a list of dicts)")
     names: list[str] = []
     for g in layers:
-        if g.add is None or g.skip is None:
+        if g.output is None or g.skip is None:
             raise PruningError(f"{g.name} is not a layer group")
-        names += [g.skip.name, g.add.outputs[0].name]
+        names += [g.skip.name, g.output.name]
     totals = np.zeros(len(layers), np.float64)
     rows = 0
     for feeds in calibration:
         values = interpret(graph, feeds, outputs=sorted(set(names)))
         batch_rows = 0
         for i, g in enumerate(layers):
-            assert g.add is not None and g.skip is not None
+            assert g.output is not None and g.skip is not None
             x = np.asarray(values[g.skip.name], np.float64)
-            y = np.asarray(values[g.add.outputs[0].name], np.float64)
+            y = np.asarray(values[g.output.name], np.float64)
             x2 = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
             y2 = y.reshape(-1, y.shape[-1]) if y.ndim else y.reshape(1, 1)
             den = np.linalg.norm(x2, axis=1) * np.linalg.norm(y2, axis=1)

@@ -1,4 +1,5 @@
-"""Structured pruning passes: prune-ffn, prune-heads, prune-channels and drop-layers.
+"""Structured pruning passes: prune-ffn, prune-heads, prune-channels, drop-layers and
+drop-blocks.
 
 Each removes the least important `ratio` of the units of every prunable group of its kind
 (rounded down, at least one unit kept) and physically shrinks the graph. Pruning is lossy:
@@ -108,6 +109,8 @@ class PruneChannels(_PruneGroups):
 class DropLayers(Pass):
     """Add(x, f(x)) -> x for the least important residual branches f
 
+    A branch, not a layer: in a post-norm model (BERT) the norm after the Add stays, so the
+    stream stays normalized (drop-blocks removes whole layers, norms included).
     `importance` is "block-influence" (1 - cos(x, x + f(x)) on calibration data) or "l2" (the
     weight norm of f)."""
 
@@ -156,8 +159,9 @@ def transformer_blocks(graph: Graph) -> list[list[Group]]:
     """Residual branches (layer groups, in graph order) grouped into transformer blocks: a
     block starts at each branch holding an attention op (Attention, Softmax) and takes the
     branches up to the next one (its FFN). A branch before the first attention branch, and
-    every branch of a graph without attention, is a block of its own."""
-    branches = layer_groups(graph)
+    every branch of a graph without attention, is a block of its own. A post-norm block's
+    norms belong to it (`Group.norm` of its branches), so dropping it drops them too."""
+    branches = layer_groups(graph, post_norms=True)
     blocks: list[list[Group]] = []
     for g in branches:
         starts = any(n.op_type in ATTENTION_OPS for n in g.nodes)
@@ -175,11 +179,12 @@ def _has_attention(block: list[Group]) -> bool:
 @register_pass
 @dataclass
 class DropBlocks(Pass):
-    """x -> x for the least influential transformer blocks (attention and FFN branches)
+    """block(x) -> x for the least influential transformer blocks (attention and FFN branches)
 
     `ratio` is of transformer blocks (see `transformer_blocks`): 0.5 of a 6-block BERT drops
-    3 blocks, i.e. 6 residual branches. Blocks are chosen by block influence (1 - cos of the
-    block's input and output hidden states on `calibration`), least first."""
+    3 blocks, i.e. 6 residual branches with their LayerNorms, leaving the model as if those
+    layers were deleted. Blocks are chosen by block influence (1 - cos of the block's input
+    and output hidden states on `calibration`), least first."""
 
     name: ClassVar[str] = "drop-blocks"
 
@@ -199,30 +204,41 @@ class DropBlocks(Pass):
         count = min(count, len(live))
         if count == 0:
             return PassResult(False, {}, notes)
-        spans = [
-            Group(
-                "layer",
-                1,
-                [],
-                [n for g in b for n in g.nodes],
-                None,
-                b[0].name,
-                add=b[-1].add,
-                skip=b[0].skip,
-            )
-            for b in live
-        ]
+        spans = [block_span(b) for b in live]
         scores = block_influence(graph, spans, self.calibration or [])
         chosen = [live[i] for i in sorted(np.argsort(scores, kind="stable")[:count])]
         for block in chosen:
-            for name in [g.add.name for g in block if g.add is not None]:
-                # Regroup each time: dropping a branch replaces the next branch's skip value.
-                (group,) = [
-                    g for g in layer_groups(graph) if g.add is not None and g.add.name == name
-                ]
-                drop_layers(graph, [group])
+            drop_block(graph, block)
             notes.append(f"dropped block {' + '.join(g.name for g in block)}")
         return PassResult(True, {"blocks_dropped": count}, notes)
+
+
+def block_span(block: Sequence[Group]) -> Group:
+    """A transformer block as one layer group, from its first branch's input (`skip`) to its
+    last branch's output (after its norm in a post-norm block), for block influence."""
+    first, last = block[0], block[-1]
+    nodes = [n for g in block for n in [*g.nodes, *([g.norm] if g.norm else [])]]
+    return Group(
+        "layer", 1, [], nodes, None, first.name, add=last.add, skip=first.skip, norm=last.norm
+    )
+
+
+def drop_block(graph: Graph, block: Sequence[Group]) -> None:
+    """Remove a transformer block (from `transformer_blocks`): each of its residual branches,
+    with a post-norm block's norms, so that its output is its input."""
+    for name in [g.add.name for g in block if g.add is not None]:
+        # Regroup each time: dropping a branch replaces the next branch's skip value.
+        found = [
+            g
+            for g in layer_groups(graph, post_norms=True)
+            if g.add is not None and g.add.name == name
+        ]
+        if len(found) != 1:
+            raise PruningError(
+                f"block {block[0].name}: branch layer:{name} is gone; call transformer_blocks() "
+                "again after editing the graph"
+            )
+        drop_layers(graph, found)
 
 
 def _branch_norm(group: Group) -> float:

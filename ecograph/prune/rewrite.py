@@ -239,16 +239,22 @@ def _recreate(
 
 
 def drop_layers(graph: Graph, layers: Sequence[Group]) -> int:
-    """Remove residual branches: Add(skip, f(skip)) -> skip. Returns how many were dropped."""
+    """Remove residual branches: Add(skip, f(skip)) -> skip, or Norm(skip + f(skip)) -> skip
+    for a group whose `norm` is set (see `layer_groups`). Returns how many were dropped."""
     dropped = 0
     for group in layers:
-        if group.kind != "layer" or group.add is None or group.skip is None:
+        output = group.output
+        if group.kind != "layer" or group.add is None or group.skip is None or output is None:
             raise PruningError(f"{group.name} is not a layer group")
         if group.frozen:
             raise PruningError(f"cannot drop {group.name}: {group.frozen}")
         add = group.add
-        if add.is_removed:
-            raise PruningError(f"{group.name}: its Add {add.name} is gone (regroup after edits)")
+        for node in (add, group.norm):
+            if node is not None and node.is_removed:
+                raise PruningError(
+                    f"{group.name}: its {node.op_type} {node.name} is gone (regroup after edits)"
+                )
+        tail = [add] if group.norm is None else [add, group.norm]
         cone = {id(n) for n in group.nodes}
         upstream: set[int] = set()
         for n in group.nodes:
@@ -256,11 +262,10 @@ def drop_layers(graph: Graph, layers: Sequence[Group]) -> int:
                 if v is not None and v.producer is not None and id(v.producer) not in cone:
                     upstream |= ancestors(v)
         feeding = [n for n in graph.nodes if id(n) in upstream]
-        consts = [v for n in [*group.nodes, add] for v in n.inputs if v is not None]
-        if not replace_value(graph, add.outputs[0], group.skip):
-            graph.replace_all_uses_with(add.outputs[0], group.skip)
-            graph.remove_node(add)
-        for node in reversed(group.nodes):
+        consts = [v for n in [*group.nodes, *tail] for v in n.inputs if v is not None]
+        if not replace_value(graph, output, group.skip):
+            graph.replace_all_uses_with(output, group.skip)
+        for node in [*reversed(tail), *reversed(group.nodes)]:
             if not node.is_removed:
                 graph.remove_node(node)
         remove_dead(graph, [n for n in feeding if n is not None and not n.is_removed])

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F  # noqa: N812 - the usual name
 
-from ecograph.errors import InputError, UsageError
+from ecograph.errors import UsageError
 from ecograph.ir.graph import Graph, Node, Value
 from ecograph.ir.verify import verify
+from ecograph.prune.compress import check_batches
 from ecograph.train.module import GraphModule, to_torch
 
 Feeds = Mapping[str, np.ndarray]
@@ -71,8 +72,9 @@ def hidden_state_names(student: Graph, teacher: Graph) -> list[str]:
     """The hidden states to match, in teacher order: the result of each residual Add of the
     teacher (or of the norm right after it, for post-norm models such as BERT) that the
     student holds under the same name and type, computed by the same op. Pruning keeps value
-    names; a dropped residual branch takes its Add with it (and leaves a post-norm model's
-    norm without an Add before it), so its state is left out."""
+    names; a dropped residual branch takes its Add with it (drop-layers leaves a post-norm
+    model's norm without an Add before it, drop-blocks takes the norm too), so its state is
+    left out."""
     names: list[str] = []
     outputs = {v.name for v in teacher.outputs}
     for node in teacher.nodes:
@@ -113,37 +115,6 @@ def _check_compatible(student: Graph, teacher: Graph) -> None:
                 f"distill: output {name!r} is {s.type} in the student but {t.type} in the "
                 "teacher; prune only what does not reach the outputs"
             )
-
-
-def _check_batches(graph: Graph, data: Sequence[Feeds], what: str) -> None:
-    if isinstance(data, Mapping) or not isinstance(data, Sequence):
-        raise UsageError(f"distill: {what} must be a list of input dicts (one batch each)")
-    if not data:
-        raise UsageError(f"distill: {what} is empty; give at least one batch of inputs")
-    names = [v.name for v in graph.inputs]
-    for i, batch in enumerate(data):
-        if not isinstance(batch, Mapping):
-            raise UsageError(f"distill: {what}[{i}] is a {type(batch).__name__}, not a dict")
-        missing = [n for n in names if n not in batch]
-        unknown = sorted(set(batch) - set(names))
-        if missing or unknown:
-            raise InputError(
-                f"distill: {what}[{i}] misses inputs {missing} / has unknown inputs {unknown}; "
-                f"the graph takes {names}"
-            )
-        for value in graph.inputs:
-            arr = batch[value.name]
-            dtype = getattr(arr, "dtype", None)
-            if not isinstance(arr, np.ndarray) or dtype != value.dtype.numpy:
-                raise InputError(
-                    f"distill: {what}[{i}] input {value.name!r} is {type(arr).__name__} of "
-                    f"dtype {dtype}; the graph expects a numpy array of {value.dtype}"
-                )
-            if arr.ndim != value.type.rank:
-                raise InputError(
-                    f"distill: {what}[{i}] input {value.name!r} has rank {arr.ndim}; the graph "
-                    f"expects {value.type}"
-                )
 
 
 def _looks_like_logits(value: Value) -> bool:
@@ -242,9 +213,9 @@ def distill(
     if not 0 <= warmup < 1:
         raise UsageError(f"distill: warmup is a fraction of the steps in [0, 1), got {warmup}")
     _check_compatible(student, teacher)
-    _check_batches(student, train_data, "train_data")
+    train_data = check_batches(student, train_data, "distill: train_data")
     if validation_data is not None:
-        _check_batches(student, validation_data, "validation_data")
+        validation_data = check_batches(student, validation_data, "distill: validation_data")
     if hidden_states == "auto":
         hidden = hidden_state_names(student, teacher)
     elif isinstance(hidden_states, str):

@@ -319,9 +319,10 @@ def test_report_candidates_section_and_old_reports_load() -> None:
 
 def test_layers_half_of_a_6_block_bert_drops_3_blocks() -> None:
     """{"layers": 0.5} on a 6-block post-norm BERT (torch.export, default pipeline) drops 3
-    transformer blocks = 6 of its 12 residual branches: the 3 quiet ones. What is left is
-    each dropped block's two LayerNorms (they sit outside the branches), so the pruned graph
-    must match torch running the kept blocks and only ln2(ln1(x)) for the dropped ones."""
+    transformer blocks = 6 of its 12 residual branches: the 3 quiet ones, each with its two
+    LayerNorms (a post-norm block's norms belong to it), so the pruned graph must match torch
+    running the kept blocks only. The other blocks' norms have random scales and shifts, so
+    a dropped block's norm left behind would show."""
     torch = pytest.importorskip("torch")
     from ecograph.api import capture
     from ecograph.passes import run_passes
@@ -334,6 +335,10 @@ def test_layers_half_of_a_6_block_bert_drops_3_blocks() -> None:
         for i in (1, 3, 5):  # quiet blocks: their branches barely turn the stream
             for p in (*blocks[i].o.parameters(), *blocks[i].fc2.parameters()):
                 p.mul_(1e-3)
+        for i in (0, 2, 4):
+            for ln in (blocks[i].ln1, blocks[i].ln2):
+                ln.weight.copy_(torch.rand_like(ln.weight) + 0.5)
+                ln.bias.copy_(0.5 * torch.randn_like(ln.bias))
 
     class Stack(torch.nn.Module):
         def __init__(self, drop: tuple[int, ...] = ()) -> None:
@@ -342,7 +347,7 @@ def test_layers_half_of_a_6_block_bert_drops_3_blocks() -> None:
 
         def forward(self, x: Any) -> Any:
             for i, blk in enumerate(self.blocks):
-                x = blk.ln2(blk.ln1(x)) if i in self.drop else blk(x)
+                x = x if i in self.drop else blk(x)
             return x
 
     x = torch.randn(2, 8, 32)
@@ -356,7 +361,11 @@ def test_layers_half_of_a_6_block_bert_drops_3_blocks() -> None:
     (out,) = interpret(graph, {graph.inputs[0].name: x.numpy()}).values()
     with torch.no_grad():
         expected = Stack(drop=(1, 3, 5))(x).numpy()
+        h = blocks[0](x)
+        kept_norms = blocks[1].ln2(blocks[1].ln1(h))
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+    # A dropped block's norms are not an identity here: keeping them would be caught.
+    assert float((kept_norms - h).abs().max()) > 0.1
 
 
 def test_a_ratio_that_removes_nothing_is_rolled_back_without_a_compile() -> None:

@@ -17,7 +17,16 @@ import torch
 import ecograph
 from ecograph.ir import Graph, interpret, verify
 from ecograph.passes import PassManager
-from ecograph.prune import DropLayers, Group, PruneChannels, PruneFFN, PruneHeads, groups
+from ecograph.prune import (
+    DropLayers,
+    Group,
+    PruneChannels,
+    PruneFFN,
+    PruneHeads,
+    drop_layers,
+    groups,
+    layer_groups,
+)
 from tests.prune import torch_blocks
 from tests.prune.helpers import check_zero_units_exact
 from tests.prune.test_passes import _ort_outputs
@@ -184,3 +193,64 @@ def test_dynamic_sequence_length(model: str) -> None:
         expected, actual = interpret(graph, feeds), _ort_outputs(graph, feeds)
         for key, value in expected.items():
             np.testing.assert_allclose(actual[key], value, rtol=1e-4, atol=1e-4, err_msg=key)
+
+
+@pytest.mark.parametrize("post_norms", [False, True])
+def test_post_norm_branch_drop_keeps_or_takes_its_norm(post_norms: bool) -> None:
+    """Dropping one residual branch of a post-norm block (BERT: LayerNorm(x + f(x))) leaves
+    LayerNorm(x) by default (drop-layers); with `layer_groups(post_norms=True)` (how whole
+    layers are dropped) the norm goes too: the stack computes as if the sublayer were deleted."""
+    torch.manual_seed(0)
+    blocks = [torch_blocks.BertBlock().eval() for _ in range(2)]
+    with torch.no_grad():
+        for blk in blocks:
+            for ln in (blk.ln1, blk.ln2):
+                ln.weight.copy_(torch.rand_like(ln.weight) + 0.5)
+                ln.bias.copy_(torch.randn_like(ln.bias))
+
+    def attention(blk: torch_blocks.BertBlock, x: torch.Tensor) -> torch.Tensor:
+        b, s, d = x.shape
+        q, k, v = (p(x).view(b, s, blk.heads, -1).transpose(1, 2) for p in (blk.q, blk.k, blk.v))
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return x + blk.o(a.transpose(1, 2).reshape(b, s, d))
+
+    def ffn(blk: torch_blocks.BertBlock, h: torch.Tensor) -> torch.Tensor:
+        return h + blk.fc2(torch.nn.functional.gelu(blk.fc1(h)))
+
+    def stack(x: torch.Tensor, drop: int | None = None) -> torch.Tensor:
+        """The two blocks; branch `drop` (in graph order) without its branch (and its norm
+        when post_norms)."""
+        branches = [(b, f, ln) for b in blocks for f, ln in ((attention, b.ln1), (ffn, b.ln2))]
+        for i, (blk, branch, norm) in enumerate(branches):
+            if i != drop:
+                x = norm(branch(blk, x))
+            elif not post_norms:
+                x = norm(x)
+        return x
+
+    class Stack(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = torch.nn.ModuleList(blocks)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return stack(x)
+
+    graph, feeds = _capture(Stack(), (2, 8, 32))
+    x = torch.from_numpy(feeds["x"])
+    (captured,) = interpret(graph, feeds).values()
+    with torch.no_grad():
+        np.testing.assert_allclose(captured, stack(x).numpy(), rtol=1e-5, atol=1e-5)
+    layers = layer_groups(graph, post_norms=post_norms)
+    assert len(layers) == 4
+    assert all((g.norm is not None) == post_norms for g in layers)
+    for index in (1, 2):  # block 0's FFN branch, block 1's attention branch
+        pruned = graph.copy()
+        drop_layers(pruned, [layer_groups(pruned, post_norms=post_norms)[index]])
+        verify(pruned)
+        assert len(pruned.find_nodes("LayerNormalization")) == (3 if post_norms else 4)
+        (out,) = interpret(pruned, feeds).values()
+        with torch.no_grad():
+            expected = stack(x, drop=index)
+        scale = float(expected.abs().max())
+        np.testing.assert_allclose(out, expected.numpy(), rtol=0, atol=1e-5 * scale)
