@@ -38,6 +38,8 @@ setup(
         "scipy>=1.11,<2",
         "tqdm>=4.66,<5",
         "filelock>=3.12,<5",
+        "zstandard>=0.23,<1",  # entropy-coded weights (backends/tvm/codec.py), decoded at load
+        "constriction>=0.5,<0.6",  # its ANS models must match the writer's (constraints.txt)
     ],
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["ecograph=ecograph.cli:main"]},

@@ -29,12 +29,11 @@ import numpy as np
 from ecograph.errors import AccuracyError, BuildError, EcographError, UsageError
 from ecograph.ir import Graph, interpret
 from ecograph.ir.stats import graph_stats
+from ecograph.quant import QUANTIZING_PASSES
 
 # Default accuracy budgets (cosine similarity of outputs to the original) when none is given.
 EXACT_BUDGET = 0.99999
 QUANTIZED_BUDGET = 0.99
-# passes whose change makes the quantized budget the default one
-QUANTIZING_PASSES = frozenset({"quantize", "quantize-within-budget", "lower-qdq-to-integer"})
 
 
 class NotRunnableHere:
@@ -248,6 +247,7 @@ def optimize(
     cache: bool | Any = True,
     profile: bool = False,
     progress: bool | None = None,
+    weights_codec: str = "none",
 ) -> OptimizeResult:
     """Optimize `model` for `target` and return the compiled module with its green report.
 
@@ -280,14 +280,19 @@ def optimize(
       the model, so it is a UsageError for a target this machine cannot run.
     - progress: a per-pass progress line on stderr (and MetaSchedule's when tuning); None
       shows it only on a terminal and only once the pipeline has run for two seconds.
+    - weights_codec: "none", "zstd" or "ans": entropy-code the artifact's weights file
+      (lossless, decoded at load; the weights then live outside lib.so, see
+      backends/tvm/codec.py). The report's weight table follows the bytes to the disk.
     """
     from ecograph.backends.tvm import load
+    from ecograph.backends.tvm.codec import check_codec
     from ecograph.passes import PassManager
     from ecograph.quant.sensitivity import AccuracyBudgetError
-    from ecograph.report.green import GreenReport, ModelFacts
+    from ecograph.report.green import GreenReport, ModelFacts, weight_stages
     from ecograph.report.measure import describe_machine
 
     spec = resolve_target(target)  # the one place optimize() reads the target
+    check_codec(weights_codec)  # before the passes run, not after
     cannot_run = runs_here_reason(spec)
     if profile and cannot_run:
         raise UsageError(
@@ -328,7 +333,14 @@ def optimize(
     recipe = recipe_for(pipeline, qdesc, records)
     tune_progress = progress is True or (progress is None and _stderr_is_tty())
     artifact = compile_cached(
-        graph, spec, work / "optimized", tune, recipe, cache, progress=tune_progress
+        graph,
+        spec,
+        work / "optimized",
+        tune,
+        recipe,
+        cache,
+        progress=tune_progress,
+        weights_codec=weights_codec,
     )
     module: Any
     if cannot_run:
@@ -366,6 +378,7 @@ def optimize(
         passes=[r.to_dict() for r in records],
         carbon_intensity_g_per_kwh=carbon_intensity,
         notes=[*notes, f"passes took {pass_seconds:.2f} s; quantization: {qdesc or 'none'}"],
+        weights=weight_stages(original, graph, records, qdesc, artifact),
     )
     if measure and cannot_run:
         report.notes.append(
@@ -569,6 +582,7 @@ def compile_cached(
     cache: Any,
     *,
     progress: bool = False,
+    weights_codec: str = "none",
 ) -> Path:
     """Compile `graph` into `out`, through the compile cache unless `cache` is False.
 
@@ -577,12 +591,14 @@ def compile_cached(
     is turned into one. The key holds the graph's content hash, the resolved target (CPU
     model, features, CUDA arch: a cache shared between machines never hands out a build made
     for another CPU), the tuning budget, the recipe and the ecograph and TVM versions; a hit
-    copies the cached artifact to `out`."""
+    copies the cached artifact to `out`. `weights_codec` entropy-codes the artifact's weights
+    file (backends/tvm/codec.py); the key holds it when it is not "none"."""
     from ecograph.backends.tvm import compile as tvm_compile
 
     recipe = _as_recipe(recipe)
+    coded = {"weights_codec": weights_codec} if weights_codec != "none" else {}
     if cache is False:
-        return tvm_compile(graph, spec, out, tune=tune, recipe=recipe, progress=progress)
+        return tvm_compile(graph, spec, out, tune=tune, recipe=recipe, progress=progress, **coded)
     import tvm
 
     import ecograph
@@ -597,10 +613,13 @@ def compile_cached(
         "recipe": recipe.to_dict(),
         "ecograph": ecograph.__version__,
         "tvm": tvm.__version__,
+        **coded,  # absent for "none": keys of uncoded builds are as before
     }
 
     def build(folder: Path) -> None:
-        tvm_compile(graph, spec, folder / "artifact", tune=tune, recipe=recipe, progress=progress)
+        tvm_compile(
+            graph, spec, folder / "artifact", tune=tune, recipe=recipe, progress=progress, **coded
+        )
 
     payload, _ = store.get_or_build(key, build)
     if out.exists():

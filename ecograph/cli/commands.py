@@ -185,6 +185,7 @@ def cmd_optimize(args: argparse.Namespace, con: Console) -> Done:
                 measure=measure,
                 declared_power_watts=args.declared_watts,
                 progress=False if con.quiet else (True if con.verbose else None),
+                weights_codec=args.weights_codec,
             )
         except AccuracyError as exc:
             raise AccuracyError(
@@ -334,7 +335,13 @@ def cmd_compile(args: argparse.Namespace, con: Console) -> Done:
         try:
             spec = resolve(target)
             path = tvm_compile(
-                graph, spec, out / safe, tune=args.tune, recipe=recipe, progress=False
+                graph,
+                spec,
+                out / safe,
+                tune=args.tune,
+                recipe=recipe,
+                progress=False,
+                weights_codec=args.weights_codec,
             )
             size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
             rows.append((target, "ok", str(path), f"{size / 1024:.1f} KiB"))

@@ -254,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="WATTS",
         help="power figure used to ESTIMATE the report's energy where no counter exists",
     )
+    p.add_argument(
+        "--weights-codec",
+        choices=["none", "zstd", "ans"],
+        default="none",
+        help="entropy-code the artifact's weights file, lossless, decoded at load (default "
+        "none; docs/weights.md)",
+    )
     p.set_defaults(func=cmd_optimize)
 
     p = command(
@@ -341,6 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="TRIALS",
         help="MetaSchedule trials (0: no tuning; results are cached)",
+    )
+    p.add_argument(
+        "--weights-codec",
+        choices=["none", "zstd", "ans"],
+        default="none",
+        help="entropy-code each artifact's weights file (params.ecw), lossless, decoded at "
+        "load; the weights are then kept out of lib.so (default none; docs/weights.md)",
     )
     p.set_defaults(func=cmd_compile)
 

@@ -20,11 +20,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ecograph.ir.stats import human_bytes
 from ecograph.report.measure import EnergyReading, LatencyStats, grams_co2e
 from ecograph.report.profile import Profile
+
+if TYPE_CHECKING:
+    from ecograph.ir.graph import Graph
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
@@ -68,6 +71,16 @@ class CandidateFacts:
 
 
 @dataclass
+class WeightStage:
+    """The weights' bytes after one stage that actually ran (as captured, pruned, quantized
+    or palettized, stored on disk with or without entropy coding); `detail` says how."""
+
+    stage: str
+    bytes: int
+    detail: str = ""
+
+
+@dataclass
 class GreenReport:
     model: str
     target: str
@@ -91,6 +104,8 @@ class GreenReport:
     framework_run: RunFacts | None = None
     # compress(): the pruning candidates tried (empty for optimize())
     candidates: list[CandidateFacts] = field(default_factory=list)
+    # the weights through the stages that ran, first row the captured model (weight_stages)
+    weights: list[WeightStage] = field(default_factory=list)
 
     # ------------------------------------------------------------------ JSON
 
@@ -138,6 +153,7 @@ class GreenReport:
             framework_detail=data.get("framework_detail", ""),
             framework_run=run(data.get("framework_run")),
             candidates=[CandidateFacts(**c) for c in data.get("candidates", [])],
+            weights=[WeightStage(**w) for w in data.get("weights", [])],
         )
 
     # ----------------------------------------------------------------- table
@@ -218,6 +234,9 @@ class GreenReport:
 
     def table(self) -> str:
         lines = _text_table([("metric", "original", "optimized", "ratio"), *self.rows()])
+        if self.weights:
+            lines += ["", "weights, stage by stage:"]
+            lines += _text_table_n(_weight_rows(self.weights))
         framework = self.framework_rows()
         if framework:
             lines += ["", f"against {self.framework} ({self.framework_detail}):"]
@@ -312,6 +331,7 @@ class GreenReport:
             notes=notes or "<li>none</li>",
             profile=_profile_section(self.profile) if self.profile is not None else "",
             candidates=_candidates_section(self.candidates) if self.candidates else "",
+            weights=_weights_section(self.weights) if self.weights else "",
         )
 
     def write(self, out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -326,6 +346,98 @@ class GreenReport:
             os.replace(tmp, path)
             paths.append(path)
         return paths[0], paths[1]
+
+
+def weight_stages(
+    original: Graph,
+    optimized: Graph,
+    records: Sequence[Any] = (),
+    quantization: str = "",
+    artifact: str | os.PathLike[str] | None = None,
+) -> list[WeightStage]:
+    """The weights' bytes through the stages that ran, for the report's size table: as
+    captured (fp32 when every float weight is), pruned (when a pruning pass changed the
+    graph; `records` are the PassManager's), quantized or palettized (when a quantizing pass
+    did), then the artifact's params file on disk, entropy-coded or not (when the weights
+    are kept out of lib.so). Graph bytes count int4 at 4 bits, as `graph_stats` does."""
+    from ecograph.passes.registry import registered_passes
+    from ecograph.quant import QUANTIZING_PASSES
+
+    passes = registered_passes()
+
+    def is_pruning(name: str) -> bool:
+        cls = passes.get(name)
+        return cls is not None and cls.__module__.startswith("ecograph.prune")
+
+    floats = {v.dtype.value for v in original.constants.values() if v.dtype.is_float}
+    first = "fp32, as captured" if floats <= {"float32"} else "as captured"
+    stages = [WeightStage(first, _graph_weight_bytes(original), ", ".join(sorted(floats)))]
+    pruned = [r for r in records if r.changed and is_pruning(r.pass_name)]
+    quantized = any(r.changed and r.pass_name in QUANTIZING_PASSES for r in records)
+    final = _graph_weight_bytes(optimized)
+    if pruned:
+        last = pruned[-1]
+        after = final if not quantized else int(last.param_bytes_after or 0)
+        names = ", ".join(sorted({r.pass_name for r in pruned}))
+        stages.append(WeightStage("pruned", after, names))
+    if quantized:
+        label = "palettized" if "palette" in quantization else "quantized"
+        stages.append(WeightStage(label, final, quantization))
+    if artifact is not None:
+        stored = _stored_weights(Path(artifact))
+        if stored is not None:
+            stages.append(stored)
+    return stages
+
+
+def _graph_weight_bytes(graph: Graph) -> int:
+    return int(sum(v.type.nbytes() or 0 for v in graph.constants.values()))
+
+
+def _stored_weights(folder: Path) -> WeightStage | None:
+    """The params file of an artifact this process just wrote, as a stage; None when the
+    weights are inside lib.so (no params file) or the manifest cannot be read."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        params = manifest.get("params") or {}
+        name = params.get("file")
+        size = (folder / name).stat().st_size if isinstance(name, str) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    if size is None:
+        return None
+    codec = params.get("codec", "none")
+    count = len(params.get("names") or [])
+    if codec == "none":
+        return WeightStage(
+            "on disk, not entropy-coded", size, f"{name}: {count} arrays as the library takes them"
+        )
+    raw = params.get("raw_bytes")
+    before = f" from {human_bytes(raw)} as the library takes them" if isinstance(raw, int) else ""
+    return WeightStage(f"entropy-coded on disk ({codec})", size, f"{name}: {count} arrays{before}")
+
+
+def _weight_rows(stages: Sequence[WeightStage]) -> list[tuple[str, ...]]:
+    """(stage, bytes, ratio to the first stage, detail) rows of the weights table."""
+    base = stages[0].bytes if stages else 0
+    rows: list[tuple[str, ...]] = [("stage", "bytes", "vs first", "how")]
+    for w in stages:
+        rows.append(
+            (w.stage, f"{_bytes(w.bytes)} ({w.bytes:,} B)", _ratio(w.bytes, base), w.detail)
+        )
+    return rows
+
+
+def _weights_section(stages: Sequence[WeightStage]) -> str:
+    esc = html.escape
+    head, *rows = _weight_rows(stages)
+    body = "\n".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return (
+        "<h2>Weights, stage by stage</h2>\n"
+        '<p class="meta">only stages that ran; bytes of the graph\'s constants (int4 at 4 bits), '
+        "then of the artifact's params file on disk</p>\n"
+        "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + f"</tr>\n{body}\n</table>\n"
+    )
 
 
 def _text_table(rows: list[tuple[str, str, str, str]]) -> list[str]:
@@ -648,7 +760,7 @@ machine: {machine}</p>
 <table><tr><th>metric</th><th>original</th><th>optimized</th><th>ratio</th></tr>
 {table_rows}
 </table>
-{framework_table}{candidates}<h2>Charts</h2>
+{weights}{framework_table}{candidates}<h2>Charts</h2>
 {charts}
 <h2>Energy: how it was obtained</h2>
 <ul>{energy_notes}</ul>

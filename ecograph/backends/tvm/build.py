@@ -4,7 +4,8 @@ An artifact folder holds:
 - `lib.so`: the TVM Relax VM executable exported as a shared library (for CUDA built on a
   machine without a GPU it carries CUDA source that the runtime compiles when it loads);
 - `params.npz` (only with `keep_params`): weights kept out of the library, stored without
-  pickle and fed to the VM after the inputs;
+  pickle and fed to the VM after the inputs; with `weights_codec` "zstd" or "ans" they are
+  entropy-coded into `params.ecw` instead and decoded at load (codec.py);
 - `manifest.json`: versions, target, inputs/outputs with dtypes and symbolic shapes, the
   ecograph recipe (pipeline spec, quantization, the passes that ran) and TVM's pipeline,
   tuning time and SHA-256 hashes of the graph and of every file.
@@ -25,17 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ecograph.cache import graph_hash
 from ecograph.errors import BuildError, UsageError
 from ecograph.ir.graph import Graph
 
 from . import targets as _targets
+from .codec import NPZ_FILE, check_codec, params_entry, write_params
 from .driver import Lowered, lower_graph
-from .runtime import FORMAT_VERSION, LIBRARY, MANIFEST
+from .runtime import FORMAT_VERSION, LIBRARY, MANIFEST, open_artifact
 
-PARAMS = "params.npz"
+PARAMS = NPZ_FILE  # the params file without entropy coding (codec.ECW_FILE with it)
 
 # Constants of at least this many bytes become parameters when keep_params="auto" and the
 # model's weights exceed AUTO_KEEP_PARAMS_BYTES in total.
@@ -372,12 +372,16 @@ def compile(
     tuning_cache: str | os.PathLike[str] | None = None,
     recipe: Recipe | None = None,
     progress: bool = True,
+    weights_codec: str = "none",
 ) -> Path:
     """Compile `graph` for `target` into the artifact folder `out_dir` and return its path.
 
     `tune=True` (or a trial count) runs MetaSchedule first, caching its database under
     `tuning_cache`; `recipe` says how ecograph made the graph (pipeline spec, quantization,
     passes run) and is recorded in the manifest; None records that no ecograph pass ran.
+    `weights_codec` ("none", "zstd", "ans") entropy-codes the weights file (see codec.py);
+    a codec other than "none" keeps every weight out of the library (keep_params "auto"
+    becomes True), since only the params file is coded.
     `out_dir` defaults to `build/<graph name>-<target>`. An existing folder is replaced.
     """
     if recipe is not None and not isinstance(recipe, Recipe):
@@ -385,6 +389,7 @@ def compile(
             f"recipe must be an ecograph.backends.tvm.build.Recipe, got {type(recipe).__name__}; "
             "build one with ecograph.api.recipe_for(pipeline, quantization, records)"
         )
+    keep_params = _keep_for_codec(keep_params, check_codec(weights_codec))
     spec = _targets.resolve(target)
     _targets.check_toolchain(spec)
     out = Path(out_dir) if out_dir is not None else Path("build") / _default_name(graph, spec)
@@ -396,8 +401,21 @@ def compile(
         tuning_cache=tuning_cache,
         progress=progress,
     )
-    write_artifact(result, graph, out, recipe=recipe or Recipe())
+    write_artifact(result, graph, out, recipe=recipe or Recipe(), weights_codec=weights_codec)
     return out
+
+
+def _keep_for_codec(keep_params: bool | str, codec: str) -> bool | str:
+    """keep_params for `codec`: a coded params file needs the weights out of the library."""
+    if codec == "none" or keep_params is True:
+        return keep_params
+    if keep_params == "auto":
+        return True
+    raise UsageError(
+        f"weights_codec={codec!r} codes the params file, and keep_params={keep_params!r} puts "
+        "every weight inside lib.so; drop keep_params (or set it True), or use "
+        "weights_codec='none'"
+    )
 
 
 def _default_name(graph: Graph, spec: _targets.TargetSpec) -> str:
@@ -405,8 +423,12 @@ def _default_name(graph: Graph, spec: _targets.TargetSpec) -> str:
     return f"{graph.name}-{safe}"
 
 
-def write_artifact(result: BuildResult, graph: Graph, out: Path, *, recipe: Recipe) -> None:
-    """Write the artifact folder atomically: build it under a temporary name, then rename."""
+def write_artifact(
+    result: BuildResult, graph: Graph, out: Path, *, recipe: Recipe, weights_codec: str = "none"
+) -> None:
+    """Write the artifact folder atomically: build it under a temporary name, then rename.
+    The params file (if any weights were kept out of the library) is coded with
+    `weights_codec`."""
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -419,10 +441,14 @@ def write_artifact(result: BuildResult, graph: Graph, out: Path, *, recipe: Reci
         except Exception as exc:
             raise BuildError(f"exporting the library for {result.spec.name} failed: {exc}") from exc
         files = [LIBRARY]
+        params_file = None
         if result.lowered.params:
-            _save_params(tmp / PARAMS, result.lowered.params)
-            files.append(PARAMS)
-        manifest = _manifest(result, graph, tmp, files, recipe)
+            params_file = write_params(tmp, result.lowered.params, weights_codec)
+            files.append(params_file)
+        params = params_entry(
+            params_file, list(result.lowered.params), weights_codec, result.lowered.params
+        )
+        manifest = _manifest(result, graph, tmp, files, recipe, params)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         os.chmod(tmp, 0o755)
         _replace_dir(tmp, out)
@@ -447,13 +473,6 @@ def _replace_dir(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _save_params(path: Path, params: dict[str, np.ndarray]) -> None:
-    # np.savez stores plain arrays without pickle; load() reads them with allow_pickle=False.
-    # ZIP entries get fixed timestamps from numpy, so the file is deterministic.
-    with open(path, "wb") as f:
-        np.savez(f, **{k: np.array(v, order="C", copy=False) for k, v in params.items()})
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -467,7 +486,12 @@ def _tensor_entry(name: str, dtype: str, shape: tuple[Any, ...]) -> dict[str, An
 
 
 def _manifest(
-    result: BuildResult, graph: Graph, folder: Path, files: list[str], recipe: Recipe
+    result: BuildResult,
+    graph: Graph,
+    folder: Path,
+    files: list[str],
+    recipe: Recipe,
+    params: dict[str, Any],
 ) -> dict[str, Any]:
     import tvm
 
@@ -485,13 +509,51 @@ def _manifest(
         "inputs": [_tensor_entry(v.name, str(v.dtype), v.shape) for v in graph.inputs],
         "outputs": [_tensor_entry(v.name, str(v.dtype), v.shape) for v in graph.outputs],
         "symbols": result.lowered.symbols,
-        "params": {
-            "file": PARAMS if result.lowered.params else None,
-            "names": list(result.lowered.params),
-        },
+        "params": params,
         "pipeline": {"ecograph": recipe.to_dict(), "tvm": result.pipeline},
         "quantization": recipe.quantization or None,
         "schedules": dict(sorted(result.kernels.items())),
         "tuning": tuning,
         "files": {name: _sha256(folder / name) for name in files},
     }
+
+
+def recode_artifact(src: str | os.PathLike[str], dst: str | os.PathLike[str], codec: str) -> Path:
+    """Write a copy of the artifact folder `src` to `dst` with its weights stored under
+    `codec` (the manifest's params entry and file hashes follow); `dst` may be `src`.
+
+    `src` is checked like any artifact (`open_artifact`) and its weights decoded first; the
+    new folder is written under a temporary name and renamed into place. An artifact whose
+    weights live inside lib.so (built with keep_params=False) has nothing to recode."""
+    check_codec(codec)
+    artifact = open_artifact(src)
+    info = artifact.manifest.get("params") or {}
+    if not info.get("file"):
+        raise UsageError(
+            f"{src} keeps its weights inside lib.so (built without keep_params): there is "
+            "no params file to recode; rebuild with keep_params=True or weights_codec="
+            f"{codec!r}"
+        )
+    arrays = artifact.load_param_arrays()
+    out = Path(dst).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        manifest = json.loads(json.dumps(artifact.manifest))
+        files: dict[str, str] = {}
+        for name in manifest["files"]:
+            if name == info["file"]:
+                continue
+            shutil.copyfile(artifact.path_of(name), tmp / name)
+            files[name] = _sha256(tmp / name)
+        new = write_params(tmp, arrays, codec)
+        files[new] = _sha256(tmp / new)
+        manifest["params"] = params_entry(new, list(arrays), codec, arrays)
+        manifest["files"] = files
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        os.chmod(tmp, 0o755)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

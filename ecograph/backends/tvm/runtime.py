@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from ecograph.backends.tvm.codec import CODECS
 from ecograph.backends.tvm.threads import policy as thread_policy
 from ecograph.errors import ArtifactError, BuildError, InputError, UsageError
 from ecograph.ir import symbolic
@@ -91,9 +92,15 @@ class Artifact:
         """The weights in the manifest's params file as TVM tensors on `dev` (none without)."""
         import tvm
 
+        return [tvm.runtime.tensor(a, dev) for a in self.load_param_arrays().values()]
+
+    def load_param_arrays(self) -> dict[str, np.ndarray]:
+        """The weights in the manifest's params file as numpy arrays, in `params.names` order
+        (empty without a params file), decoded with the codec the manifest names (absent:
+        "none", the plain .npz of older artifacts)."""
         info = self.manifest.get("params") or {}
         if not info.get("file"):
-            return []
+            return {}
         path = self.path_of(info["file"])
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -102,6 +109,11 @@ class Artifact:
         with os.fdopen(fd, "rb") as fh:
             if _FileId.of(os.fstat(fh.fileno())) != self.ids[info["file"]]:
                 raise ArtifactError(f"{path} changed after it was hashed; load it again")
+            if info.get("codec", "none") != "none":
+                from ecograph.backends.tvm.codec import decode
+
+                decoded = decode(fh.read(), path)
+                return _named(path, info["names"], decoded)
             bad = f"{path}: not an .npz of plain arrays"
             try:
                 data = np.load(fh, allow_pickle=False)
@@ -117,10 +129,19 @@ class Artifact:
                         f"lists; {_REBUILD}"
                     )
                 try:
-                    arrays = [np.array(data[n], order="C") for n in info["names"]]
+                    return {n: np.array(data[n], order="C") for n in info["names"]}
                 except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
                     raise ArtifactError(f"{bad} ({exc}); {_REBUILD}") from exc
-        return [tvm.runtime.tensor(a, dev) for a in arrays]
+
+
+def _named(path: Path, names: list[str], arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`arrays` in the order of the manifest's `names`; one missing is an ArtifactError."""
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise ArtifactError(
+            f"{path} lacks arrays {missing}, which the manifest's 'params.names' lists; {_REBUILD}"
+        )
+    return {n: arrays[n] for n in names}
 
 
 def open_artifact(path: str | os.PathLike[str]) -> Artifact:
@@ -273,6 +294,11 @@ def _check_schema(m: Any, mpath: Path) -> None:
         params = _obj(mpath, params, "params")
         file = _get(mpath, params, "params", "file")
         _str_list(mpath, _get(mpath, params, "params", "names"), "params.names")
+        codec = params.get("codec", "none")
+        if codec not in CODECS:
+            raise ArtifactError(
+                f"{mpath}: 'params.codec' is {codec!r}, not one of {', '.join(CODECS)}; {_REBUILD}"
+            )
         if file is not None:
             _check_file_name(mpath, _str(mpath, file, "params.file"), "params.file")
             if file not in files:
