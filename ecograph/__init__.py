@@ -24,6 +24,8 @@ _LAZY = {
     "optimize": "ecograph.api",
     "compress": "ecograph.prune.compress",
     "to_torch": "ecograph.train.module",
+    "compile_lm": "ecograph.lm",
+    "load_lm": "ecograph.lm",
 }
 
 

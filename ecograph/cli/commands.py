@@ -396,6 +396,61 @@ def cmd_run(args: argparse.Namespace, con: Console) -> Done:
     return Done({"artifact": args.artifact, "device": str(module.device), "outputs": rows})
 
 
+def cmd_generate(args: argparse.Namespace, con: Console) -> Done:
+    from ecograph.lm import load_lm
+
+    con.progress(f"loading {args.lm_dir}")
+    lm = load_lm(args.lm_dir, device=args.device)
+    text_in = lm.spec.has_tokenizer and not args.token_ids
+    if text_in:
+        ids = lm.encode(args.prompt)
+    else:
+        ids = _token_ids(args.prompt, lm)
+    result = lm.generate(
+        ids,
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=args.seed,
+        declared_power_watts=args.declared_watts,
+    )
+    tokens = result.tokens[0]
+    data: dict[str, Any] = {
+        "lm": args.lm_dir,
+        "prompt_tokens": [int(t) for t in ids.reshape(-1)],
+        "new_tokens": [int(t) for t in result.new_tokens[0]],
+        "stats": result.stats.to_dict(),
+    }
+    if lm.spec.has_tokenizer:
+        data["text"] = lm.decode_text(tokens)
+        con.say(data["text"])
+    else:
+        con.say(" ".join(str(int(t)) for t in tokens))
+    con.say(result.stats.summary())
+    return Done(data)
+
+
+def _token_ids(prompt: str, lm: Any) -> Any:
+    import numpy as np
+
+    try:
+        ids = [int(t) for t in prompt.replace(",", " ").split()]
+    except ValueError:
+        if lm.spec.has_tokenizer:  # --token-ids was given
+            raise UsageError(
+                f"--token-ids reads --prompt as token ids like '1 2 3', not {prompt[:40]!r}; "
+                "drop --token-ids to give text"
+            ) from None
+        raise UsageError(
+            f"{lm.path} has no tokenizer, so --prompt must be token ids like '1 2 3', not "
+            f"{prompt[:40]!r}; compile the LM with a tokenizer (compile_lm(..., tokenizer=...) "
+            "or from a model folder that holds one) to give text"
+        ) from None
+    if not ids:
+        raise UsageError("--prompt holds no token ids; give at least one, like '1 2 3'")
+    return np.array([ids], np.int64)
+
+
 def cmd_bench(args: argparse.Namespace, con: Console) -> Done:
     from ecograph.backends.tvm import load
     from ecograph.report.measure import measure_energy, measure_latency

@@ -13,6 +13,7 @@ from ecograph.cli.commands import (
     cmd_bench,
     cmd_cache,
     cmd_compile,
+    cmd_generate,
     cmd_inspect,
     cmd_optimize,
     cmd_profile,
@@ -366,6 +367,50 @@ def build_parser() -> argparse.ArgumentParser:
     _add_artifact_args(p)
     p.add_argument("--output-dir", default=None, help="save each output as NAME.npy here")
     p.set_defaults(func=cmd_run)
+
+    p = command(
+        "generate",
+        help="generate text with a compiled LM (ecograph.compile_lm): tokens/s, first token",
+        description="Continue --prompt with the LM in DIR (a folder written by "
+        "ecograph.compile_lm or CompiledLM.save). With a tokenizer in DIR the prompt is text; "
+        "without one (or with --token-ids) it is token ids separated by spaces, e.g. '1 2 3'. "
+        "Prints the text (or the tokens), time to first token, decode tokens/s and energy "
+        "per token where a counter exists.",
+    )
+    p.add_argument("lm_dir", metavar="DIR")
+    p.add_argument("--prompt", required=True, help="text, or token ids like '1 2 3'")
+    p.add_argument(
+        "--token-ids",
+        action="store_true",
+        help="read --prompt as token ids even when DIR holds a tokenizer",
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int_at_least(1), default=32, help="tokens to add (default 32)"
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="0 (default): greedy; above 0: sample from softmax(logits / T)",
+    )
+    p.add_argument(
+        "--top-k", type=int_at_least(1), default=None, help="sample among the K most likely"
+    )
+    p.add_argument("--seed", type=int, default=None, help="seed of the sampler")
+    p.add_argument(
+        "--device",
+        default=None,
+        type=device_arg,
+        help="cpu, cuda or cuda:N (default: the target's)",
+    )
+    p.add_argument(
+        "--declared-watts",
+        type=positive_float,
+        default=None,
+        metavar="WATTS",
+        help="power figure used to ESTIMATE energy per token where no counter exists",
+    )
+    p.set_defaults(func=cmd_generate)
 
     p = command(
         "bench",

@@ -1,0 +1,207 @@
+"""Capture a Hugging Face causal LM as two graphs: prefill and decode over an explicit KV cache.
+
+The HF model runs unchanged inside two small torch modules that hand it a `DynamicCache`
+built from an explicit tensor and collect what each layer appends to it:
+
+    Prefill(input_ids [batch, T])            -> logits [batch, T, vocab], kv [T, 2, ...]
+    Decode(input_ids [batch, 1], past_kv [S, 2, ...])
+                                             -> logits [batch, 1, vocab], kv [1, 2, ...]
+
+where kv is [positions, 2 (keys, values), layers, batch, kv_heads, head_dim].
+
+Position ids are S..S+T-1. The new keys and values are the tensors the attention layers pass
+to `cache.update` (after RoPE where the model has it), so the capture does not depend on how
+a model lays its cache out. batch, T and S are dynamic dims of the captured graphs
+(torch.export's Dim.DYNAMIC: a named Dim over past_kv fails torch's range solver on a
+contiguity guard that holds for every size). The sequence axis comes first so that the host
+can pass a prefix of one preallocated buffer without copying (see compiled.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ecograph.errors import UnsupportedError, UsageError
+
+# model_type -> what was checked against Hugging Face's own outputs (tests/lm)
+SUPPORTED = {
+    "llama": "Llama-style: RoPE, RMSNorm, SwiGLU, grouped-query attention",
+    "gpt2": "GPT-2-style: learned positions, LayerNorm, GELU MLP, multi-head attention",
+}
+_EXAMPLE_BATCH, _EXAMPLE_T, _EXAMPLE_S = 2, 5, 7  # capture sizes: not 0 or 1 (torch specializes)
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """The KV cache of a model as the capture lays it out: [positions, 2, layers, batch,
+    kv_heads, head_dim] in `dtype`."""
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+    dtype: Any  # torch.dtype
+
+    def shape(self, positions: int, batch: int) -> tuple[int, ...]:
+        return (positions, 2, self.layers, batch, self.kv_heads, self.head_dim)
+
+
+def check_model(model: Any, max_seq_len: int) -> None:
+    """Raise a typed error, saying what to do, unless `model` is a float32 Hugging Face causal
+    LM of an architecture in SUPPORTED that can hold `max_seq_len` positions."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+        raise UsageError(
+            f"compile_lm takes a Hugging Face causal LM (a transformers model such as "
+            f"LlamaForCausalLM or GPT2LMHeadModel) or the folder of one, got "
+            f"{type(model).__name__}; for another torch module use ecograph.optimize"
+        )
+    config = model.config
+    model_type = getattr(config, "model_type", None)
+    name = type(model).__name__
+    if model_type not in SUPPORTED:
+        known = "; ".join(f"{k} ({v})" for k, v in SUPPORTED.items())
+        raise UnsupportedError(
+            f"compile_lm does not know the architecture of {name} (model_type "
+            f"{model_type!r}); it captures: {known}. Convert the model to one of these, or "
+            "capture one decode step yourself with ecograph.optimize (docs/generation.md)"
+        )
+    if not (name.endswith("ForCausalLM") or name.endswith("LMHeadModel")):
+        raise UsageError(
+            f"{name} is not a causal LM head model; give the ...ForCausalLM / ...LMHeadModel "
+            "class (e.g. AutoModelForCausalLM.from_pretrained(...))"
+        )
+    if getattr(config, "is_encoder_decoder", False):
+        raise UnsupportedError(f"{name} is an encoder-decoder model; compile_lm takes decoders")
+    dtypes = {p.dtype for p in model.parameters()}
+    if dtypes != {torch.float32}:
+        got = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
+        raise UsageError(
+            f"{name} has {got} weights; compile_lm captures float32 models (quantize with "
+            "quantize='int8' / 'int4' instead): pass model.float(), or a copy of it"
+        )
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and max_seq_len > limit:
+        raise UsageError(
+            f"max_seq_len={max_seq_len} is more than the {limit} positions {name} has "
+            f"(config.max_position_embeddings); give max_seq_len <= {limit}"
+        )
+    window = getattr(config, "sliding_window", None)
+    if isinstance(window, int) and max_seq_len > window:
+        raise UnsupportedError(
+            f"{name} uses sliding-window attention over {window} positions, which the "
+            f"capture does not model; give max_seq_len <= {window}"
+        )
+
+
+def run_with_cache(model: Any, input_ids: Any, past_kv: Any | None) -> tuple[Any, Any]:
+    """Run `model` on `input_ids` after `past_kv` ([S, 2, layers, batch, kv_heads, head_dim]
+    or None); return its logits and the new positions' keys/values in the same layout."""
+    import torch
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    past = 0
+    if past_kv is not None:
+        past = past_kv.shape[0]
+        per_layer = past_kv.permute(1, 2, 3, 4, 0, 5)  # [2, layers, batch, kv_heads, S, dim]
+        for i in range(per_layer.shape[1]):
+            cache.update(per_layer[0, i], per_layer[1, i], i)
+    new: dict[int, tuple[Any, Any]] = {}
+    update = cache.update
+
+    def recording_update(key: Any, value: Any, layer_idx: int, *args: Any, **kw: Any) -> Any:
+        new[layer_idx] = (key, value)
+        return update(key, value, layer_idx, *args, **kw)
+
+    cache.update = recording_update  # type: ignore[method-assign]
+    batch, steps = input_ids.shape
+    positions = (torch.arange(steps) + past).unsqueeze(0).expand(batch, -1)
+    out = model(input_ids=input_ids, past_key_values=cache, position_ids=positions, use_cache=True)
+    if not new or sorted(new) != list(range(len(new))):
+        raise UnsupportedError(
+            f"{type(model).__name__} did not write its keys and values through the cache it was "
+            f"given (layers written: {sorted(new)}); its attention cannot be captured over an "
+            "explicit KV cache"
+        )
+    layers = [new[i] for i in range(len(new))]
+    try:
+        kv = torch.stack([torch.stack([k for k, _ in layers]), torch.stack([v for _, v in layers])])
+    except RuntimeError as exc:
+        raise UnsupportedError(
+            f"{type(model).__name__}'s layers keep keys/values of different shapes ({exc}); "
+            "the capture needs one shape for every layer"
+        ) from exc
+    # [2, layers, batch, kv_heads, T, dim] -> [T, 2, layers, batch, kv_heads, dim]
+    return out.logits, kv.permute(4, 0, 1, 2, 3, 5).contiguous()
+
+
+def _modules(model: Any) -> tuple[Any, Any]:
+    import torch
+
+    class Prefill(torch.nn.Module):
+        """The prompt pass: logits at every position and the prompt's keys/values."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.lm = model
+
+        def forward(self, input_ids: Any) -> Any:
+            return run_with_cache(self.lm, input_ids, None)
+
+    class Decode(torch.nn.Module):
+        """One step: the new token attends to the S cached positions."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.lm = model
+
+        def forward(self, input_ids: Any, past_kv: Any) -> Any:
+            return run_with_cache(self.lm, input_ids, past_kv)
+
+    return Prefill().eval(), Decode().eval()
+
+
+def cache_layout(model: Any) -> CacheLayout:
+    """The model's cache layout, read from one eager prefill of a short prompt."""
+    import torch
+
+    ids = torch.zeros((1, 2), dtype=torch.long)
+    with torch.no_grad():
+        _, kv = run_with_cache(model.eval(), ids, None)
+    return CacheLayout(int(kv.shape[2]), int(kv.shape[4]), int(kv.shape[5]), kv.dtype)
+
+
+def capture_lm(model: Any) -> tuple[Any, Any, CacheLayout]:
+    """The prefill and decode graphs of `model` (an HF causal LM that passed check_model)
+    and its cache layout. batch, T and S are symbolic dims of the graphs."""
+    import torch
+    from torch.export import Dim
+
+    from ecograph.frontend.torch import from_torch
+
+    training = model.training
+    try:
+        layout = cache_layout(model)
+        prefill, decode = _modules(model)
+        b, t, s = _EXAMPLE_BATCH, _EXAMPLE_T, _EXAMPLE_S
+        vocab = int(model.config.vocab_size)
+        ids = torch.randint(0, vocab, (b, t))
+        prefill_graph = from_torch(
+            prefill, (ids,), dynamic_shapes=({0: Dim.DYNAMIC, 1: Dim.DYNAMIC},), capture="export"
+        )
+        step = torch.randint(0, vocab, (b, 1))
+        past = torch.zeros(layout.shape(s, b), dtype=layout.dtype)
+        decode_graph = from_torch(
+            decode,
+            (step, past),
+            dynamic_shapes=({0: Dim.DYNAMIC}, {0: Dim.DYNAMIC, 3: Dim.DYNAMIC}),
+            capture="export",
+        )
+    finally:
+        model.train(training)
+    name = type(model).__name__
+    prefill_graph.name = f"{name}-prefill"
+    decode_graph.name = f"{name}-decode"
+    return prefill_graph, decode_graph, layout

@@ -1,0 +1,535 @@
+"""A compiled causal LM: prefill and decode artifacts over a host KV cache, and its loader.
+
+This module needs only TVM's runtime (`TVM_USE_RUNTIME_LIB=1` works): each function is an
+ordinary artifact folder loaded with `ecograph.load`, and nothing here imports torch,
+transformers (except to read a saved tokenizer when text is given) or the TVM compiler.
+
+The folder `compile_lm` writes and `load_lm` reads:
+
+    lm.json       what the functions are (layers, kv heads, head dim, vocab, max_seq_len, ...)
+    prefill/      artifact: input_ids [batch, T] -> logits [batch, T, vocab], kv [T, 2, L, batch,
+                  kv_heads, head_dim]
+    decode/       artifact: input_ids [batch, 1], past_kv [S, 2, L, batch, kv_heads, head_dim] ->
+                  logits [batch, 1, vocab], kv [1, 2, L, batch, kv_heads, head_dim]
+    tokenizer/    (optional) the model's tokenizer, saved with save_pretrained
+
+The KV cache lives on the host as one buffer with the sequence axis first, so the first S
+positions `buf[:S]` are a contiguous, 64-byte-aligned view that the decode function reads in
+place (no copy per token on CPU); each step returns only the new position, written to `buf[S]`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ecograph.errors import ArtifactError, InputError, UsageError
+
+LM_JSON = "lm.json"
+LM_FORMAT = 1  # of lm.json
+FUNCTIONS = ("prefill", "decode")
+TOKENIZER_DIR = "tokenizer"
+_ALIGN = 64  # TVM's kAllocAlignment: an aligned buffer is read in place
+
+
+@dataclass(frozen=True)
+class LMSpec:
+    """What the compiled functions compute, as recorded in lm.json."""
+
+    model_type: str
+    architecture: str
+    vocab_size: int
+    layers: int
+    kv_heads: int
+    head_dim: int
+    max_seq_len: int
+    kv_dtype: str = "float32"
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+    quantization: str = ""
+    target: str = ""
+    has_tokenizer: bool = False
+    check: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["eos_token_ids"] = list(self.eos_token_ids)
+        return {"format": LM_FORMAT, **data}
+
+    @classmethod
+    def from_json(cls, data: Any, path: Path) -> LMSpec:
+        """The spec in `data` (lm.json's content), every key checked; ArtifactError otherwise."""
+        fix = "rebuild it with ecograph.compile_lm"
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{path}: must hold a JSON object; {fix}")
+        if data.get("format") != LM_FORMAT:
+            raise ArtifactError(
+                f"{path}: 'format' is {data.get('format')!r}, not {LM_FORMAT}; {fix} with this "
+                "version of ecograph"
+            )
+        ints = ("vocab_size", "layers", "kv_heads", "head_dim", "max_seq_len")
+        strs = ("model_type", "architecture", "kv_dtype", "quantization", "target")
+        for key in ints:
+            value = data.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ArtifactError(f"{path}: '{key}' must be a positive integer; {fix}")
+        for key in strs:
+            if not isinstance(data.get(key), str):
+                raise ArtifactError(f"{path}: '{key}' must be a string; {fix}")
+        eos = data.get("eos_token_ids")
+        if not isinstance(eos, list) or not all(_is_token(t, data["vocab_size"]) for t in eos):
+            raise ArtifactError(f"{path}: 'eos_token_ids' must be a list of token ids; {fix}")
+        pad = data.get("pad_token_id")
+        if pad is not None and not _is_token(pad, data["vocab_size"]):
+            raise ArtifactError(f"{path}: 'pad_token_id' must be a token id or null; {fix}")
+        if not isinstance(data.get("has_tokenizer"), bool):
+            raise ArtifactError(f"{path}: 'has_tokenizer' must be true or false; {fix}")
+        check = data.get("check", {})
+        if not isinstance(check, dict):
+            raise ArtifactError(f"{path}: 'check' must be an object; {fix}")
+        return cls(
+            **{k: data[k] for k in (*ints, *strs)},
+            eos_token_ids=tuple(eos),
+            pad_token_id=pad,
+            has_tokenizer=data["has_tokenizer"],
+            check=check,
+        )
+
+    def kv_shape(self, positions: int, batch: int) -> tuple[int, ...]:
+        return (positions, 2, self.layers, batch, self.kv_heads, self.head_dim)
+
+
+def _is_token(value: Any, vocab: Any) -> bool:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    return ok and isinstance(vocab, int) and 0 <= value < vocab
+
+
+@dataclass(frozen=True)
+class GenerateStats:
+    """What one generate() call measured. Times are wall-clock seconds on this process.
+
+    `time_to_first_token_s` is the prefill call plus choosing the first token;
+    `decode_tokens_per_s` counts the tokens the decode steps produced over the whole batch.
+    Energy is per decoded token from a hardware counter (`energy_kind` "measured"), or from a
+    power figure the caller declared ("estimated"), else None with `energy_kind`
+    "unavailable"; `energy_method` says which counter or why none."""
+
+    batch: int
+    prompt_tokens: int
+    new_tokens: int
+    prefill_s: float
+    time_to_first_token_s: float
+    decode_s: float
+    decode_tokens_per_s: float | None
+    joules_per_token: float | None
+    energy_kind: str
+    energy_method: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        rate = (
+            f"{self.decode_tokens_per_s:.1f} tokens/s"
+            if self.decode_tokens_per_s is not None
+            else "n/a (one token: no decode step)"
+        )
+        if self.joules_per_token is None:
+            energy = f"unavailable ({self.energy_method})"
+        else:
+            energy = (
+                f"{self.joules_per_token:.4g} J/token ({self.energy_kind}: {self.energy_method})"
+            )
+        return (
+            f"prompt {self.prompt_tokens} tokens x batch {self.batch}, {self.new_tokens} new; "
+            f"time to first token {self.time_to_first_token_s * 1e3:.1f} ms (prefill "
+            f"{self.prefill_s * 1e3:.1f} ms); decode {rate}; energy {energy}"
+        )
+
+
+class Generation(NamedTuple):
+    """What generate() returns: `tokens` [batch, prompt + new] (the prompt, then the new
+    tokens, like Hugging Face's generate) and the stats of the call."""
+
+    tokens: np.ndarray
+    stats: GenerateStats
+
+    @property
+    def new_tokens(self) -> np.ndarray:
+        return self.tokens[:, self.stats.prompt_tokens :]
+
+
+class CompiledLM:
+    """A causal LM compiled into a prefill and a decode function (see the module docstring).
+
+    `generate` runs prefill on the prompt, then one decode step per new token over a host KV
+    cache; `logits` runs prefill alone (logits at every position, for perplexity)."""
+
+    def __init__(self, path: Path, spec: LMSpec, prefill: Any, decode: Any) -> None:
+        self.path = path
+        self.spec = spec
+        self.prefill = prefill
+        self.decode = decode
+        self._tokenizer: Any = None
+
+    def __repr__(self) -> str:
+        s = self.spec
+        return (
+            f"<CompiledLM {s.architecture} {s.layers} layers, max_seq_len {s.max_seq_len}, "
+            f"target {s.target!r}, quantization {s.quantization or 'none'} at {self.path}>"
+        )
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.spec.max_seq_len
+
+    @property
+    def device(self) -> str:
+        """The device the functions run on, as measure.py names it ("cpu", "cuda:0")."""
+        dev = self.decode.device
+        if dev is None or dev.dlpack_device_type() == 1:
+            return "cpu"
+        return f"cuda:{dev.index}"
+
+    # ------------------------------------------------------------------ running
+
+    def logits(self, input_ids: Any) -> np.ndarray:
+        """Logits at every position of `input_ids` ([T] or [batch, T] token ids):
+        [T, vocab] or [batch, T, vocab], from one prefill call."""
+        ids, one_d = self._token_array(input_ids)
+        self._check_length(ids.shape[1], 0)
+        logits, _ = self.prefill.run_numpy([ids])
+        return logits[0] if one_d else logits
+
+    def generate(
+        self,
+        input_ids: Any,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+        *,
+        stop_at_eos: bool = True,
+        declared_power_watts: float | None = None,
+    ) -> Generation:
+        """Continue `input_ids` ([T] or [batch, T] token ids; rows of one batch share their
+        length) by up to `max_new_tokens` tokens.
+
+        temperature 0 is greedy (argmax); above 0 tokens are sampled from softmax(logits /
+        temperature), among the `top_k` most likely when given, with numpy's generator seeded
+        by `seed`. With `stop_at_eos` (the default) a row that produced an end-of-sequence
+        token (lm.json's eos_token_ids) continues with the pad token (or that eos token),
+        and generation stops once every row has, as Hugging Face's generate does.
+        Returns Generation(tokens [batch, T + new], stats); see GenerateStats."""
+        ids, _ = self._token_array(input_ids)
+        batch, prompt = ids.shape
+        steps = _count(max_new_tokens, "max_new_tokens")
+        temp = _temperature(temperature)
+        k = None if top_k is None else _count(top_k, "top_k")
+        self._check_length(prompt, steps)
+        rng = np.random.default_rng(seed)
+        eos = np.array(self.spec.eos_token_ids if stop_at_eos else (), np.int64)
+        pad = self.spec.pad_token_id
+        if pad is None and eos.size:
+            pad = int(eos[0])
+
+        # the last new token is never fed back, so the cache holds prompt + steps - 1 positions
+        cache = _aligned_empty(
+            self.spec.kv_shape(prompt + steps - 1, batch), np.dtype(self.spec.kv_dtype)
+        )
+        counter, reason = _energy_counter(self.device)
+        try:
+            t0 = time.perf_counter()
+            logits, kv = self.prefill.run_numpy([ids])
+            cache[:prompt] = kv
+            prefill_s = time.perf_counter() - t0
+            token = _choose(logits[:, -1], temp, k, rng)
+            t_first = time.perf_counter()
+            out = [token]
+            done = np.isin(token, eos)
+            e0 = counter.read() if counter is not None else None
+            t1 = time.perf_counter()
+            step_ids = np.empty((batch, 1), np.int64)
+            for pos in range(prompt, prompt + steps - 1):
+                if done.all():
+                    break
+                step_ids[:, 0] = token
+                logits, kv = self.decode.run_numpy([step_ids, cache[:pos]])
+                cache[pos] = kv[0]
+                token = _choose(logits[:, -1], temp, k, rng)
+                if pad is not None:
+                    token = np.where(done, pad, token)
+                done |= np.isin(token, eos)
+                out.append(token)
+            decode_s = time.perf_counter() - t1
+            joules = None if e0 is None or counter is None else counter.read() - e0
+        finally:
+            if counter is not None:
+                counter.close()
+        decoded = (len(out) - 1) * batch
+        tokens = np.concatenate([ids, np.stack(out, axis=1)], axis=1)
+        stats = _stats(
+            batch, prompt, len(out), prefill_s, t_first - t0, decode_s, decoded, joules,
+            counter.method if counter is not None else reason, declared_power_watts,
+        )  # fmt: skip
+        return Generation(tokens, stats)
+
+    # ---------------------------------------------------------------- tokenizer
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer saved with the model (transformers' AutoTokenizer), or None."""
+        if self._tokenizer is None and self.spec.has_tokenizer:
+            folder = self.path / TOKENIZER_DIR
+            try:
+                from transformers import AutoTokenizer
+            except ImportError as exc:
+                raise UsageError(
+                    f"{folder} holds a tokenizer, and reading it needs transformers (pip "
+                    "install transformers); or give token ids instead of text"
+                ) from exc
+            self._tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        return self._tokenizer
+
+    def encode(self, text: str) -> np.ndarray:
+        """Token ids [1, T] of `text` by the saved tokenizer; UsageError when there is none."""
+        tok = self.tokenizer
+        if tok is None:
+            raise UsageError(
+                f"{self.path} has no tokenizer, so text cannot be turned into tokens: give "
+                "token ids (e.g. '1 2 3' on the command line), or compile with "
+                "compile_lm(..., tokenizer=...) or from a model folder that holds one"
+            )
+        return np.asarray(tok(text, return_tensors="np")["input_ids"], np.int64)
+
+    def decode_text(self, tokens: Any) -> str:
+        tok = self.tokenizer
+        if tok is None:
+            raise UsageError(f"{self.path} has no tokenizer to turn tokens into text")
+        return str(tok.decode(list(np.asarray(tokens).reshape(-1)), skip_special_tokens=True))
+
+    # --------------------------------------------------------------------- save
+
+    def save(self, out_dir: str | os.PathLike[str]) -> Path:
+        """Copy this LM's folder (lm.json, prefill/, decode/, tokenizer/) to `out_dir`,
+        atomically: a temporary folder beside it, then a rename. Load it with load_lm."""
+        out = Path(out_dir)
+        if out.resolve() == self.path.resolve():
+            return out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            shutil.copytree(self.path, tmp / "lm")
+            if out.exists():
+                if not (out / LM_JSON).is_file():
+                    raise UsageError(
+                        f"{out} exists and is not a compiled LM folder; give a new or empty "
+                        "folder, or remove it first"
+                    )
+                shutil.rmtree(out)
+            os.replace(tmp / "lm", out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return out
+
+    # ---------------------------------------------------------------- checking
+
+    def _token_array(self, input_ids: Any) -> tuple[np.ndarray, bool]:
+        """`input_ids` as an int64 [batch, T] array, and whether it was given as [T]."""
+        if hasattr(input_ids, "detach"):
+            input_ids = input_ids.detach().cpu().numpy()
+        try:
+            arr = np.asarray(input_ids)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"input_ids must be token ids ([T] or [batch, T]): {exc}") from exc
+        if arr.ndim not in (1, 2) or arr.size == 0:
+            raise InputError(
+                f"input_ids has shape {list(arr.shape)}; give token ids as [T] or [batch, T] "
+                "with at least one token"
+            )
+        if arr.dtype.kind not in "iu":
+            raise InputError(f"input_ids has dtype {arr.dtype}; token ids are integers")
+        vocab = self.spec.vocab_size
+        bad = (arr < 0) | (arr >= vocab)
+        if bad.any():
+            raise InputError(
+                f"input_ids holds {int(arr[bad].reshape(-1)[0])}, outside the vocabulary "
+                f"[0, {vocab}); give token ids of this model's tokenizer"
+            )
+        one_d = arr.ndim == 1
+        return np.ascontiguousarray(arr.reshape(1, -1) if one_d else arr, np.int64), one_d
+
+    def _check_length(self, prompt: int, new: int) -> None:
+        limit = self.spec.max_seq_len
+        if prompt > limit:
+            raise InputError(
+                f"the prompt has {prompt} tokens, more than max_seq_len={limit} this LM was "
+                f"compiled for; shorten it to {limit} tokens (for perplexity, score the text "
+                "in windows) or compile with a larger max_seq_len"
+            )
+        if prompt + new > limit:
+            raise InputError(
+                f"the prompt has {prompt} tokens and max_new_tokens={new} would run to "
+                f"{prompt + new} positions, past max_seq_len={limit}; ask for at most "
+                f"{limit - prompt} new tokens, shorten the prompt, or compile with a larger "
+                "max_seq_len"
+            )
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise UsageError(f"{name} must be an integer, got {value!r}")
+    if value < 1:
+        raise UsageError(f"{name} must be at least 1, got {value}")
+    return int(value)
+
+
+def _temperature(value: Any) -> float:
+    try:
+        temp = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"temperature must be a number >= 0, got {value!r}") from None
+    if not temp >= 0 or temp == float("inf"):
+        raise UsageError(f"temperature must be a finite number >= 0 (0: greedy), got {value!r}")
+    return temp
+
+
+def _choose(
+    logits: np.ndarray, temperature: float, top_k: int | None, rng: np.random.Generator
+) -> np.ndarray:
+    """The next token of each row of `logits` [batch, vocab]: argmax at temperature 0, else
+    a sample from softmax(logits / temperature) over the top_k most likely tokens."""
+    if temperature == 0:
+        return np.argmax(logits, axis=-1).astype(np.int64)
+    scaled = logits.astype(np.float64) / temperature
+    if top_k is not None and top_k < scaled.shape[-1]:
+        kth = np.partition(scaled, -top_k, axis=-1)[:, -top_k][:, None]
+        scaled = np.where(scaled < kth, -np.inf, scaled)
+    scaled -= scaled.max(axis=-1, keepdims=True)
+    probs = np.exp(scaled)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    cdf = np.cumsum(probs, axis=-1)
+    draws = rng.random((logits.shape[0], 1)) * cdf[:, -1:]
+    return np.minimum((cdf <= draws).sum(axis=-1), logits.shape[-1] - 1).astype(np.int64)
+
+
+def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on a 64-byte boundary, so that
+    every prefix along axis 0 is a view TVM reads in place."""
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + _ALIGN, np.uint8)
+    start = -raw.ctypes.data % _ALIGN
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def _energy_counter(device: str) -> tuple[Any, str]:
+    from ecograph.report.measure import energy_counter
+
+    return energy_counter(device)
+
+
+def _stats(
+    batch: int,
+    prompt: int,
+    new: int,
+    prefill_s: float,
+    ttft: float,
+    decode_s: float,
+    decoded: int,
+    joules: float | None,
+    method: str,
+    declared_watts: float | None,
+) -> GenerateStats:
+    rate = decoded / decode_s if decoded and decode_s > 0 else None
+    per_token, kind = None, "unavailable"
+    if joules is not None and decoded:
+        per_token, kind = joules / decoded, "measured"
+        method = f"{method}, over {decoded} decoded tokens (whole device, other processes too)"
+    elif joules is None and declared_watts is not None and decoded:
+        per_token, kind = declared_watts * decode_s / decoded, "estimated"
+        method = f"decode time x declared power {declared_watts:g} W; {method}"
+    elif not decoded:
+        method = "no decode step ran (one new token comes from prefill)"
+    return GenerateStats(
+        batch, prompt, new, prefill_s, ttft, decode_s, rate, per_token, kind, method
+    )
+
+
+# ------------------------------------------------------------------ loading
+
+
+def read_spec(folder: Path) -> LMSpec:
+    """lm.json of a compiled-LM folder, checked; ArtifactError when it is not one."""
+    path = folder / LM_JSON
+    if not folder.is_dir():
+        raise ArtifactError(
+            f"{folder} is not a compiled LM (not a folder); give the folder that "
+            "CompiledLM.save or ecograph.compile_lm wrote"
+        )
+    if path.is_symlink() or not path.is_file():
+        raise ArtifactError(
+            f"{folder} is not a compiled LM (no {LM_JSON}); give the folder that "
+            "CompiledLM.save or ecograph.compile_lm wrote"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc}); rebuild it with compile_lm") from None
+    return LMSpec.from_json(data, path)
+
+
+def load_lm(
+    path: str | os.PathLike[str], device: Any = None, *, threads: int | str | None = None
+) -> CompiledLM:
+    """Load a folder written by `CompiledLM.save` (or `compile_lm(out_dir=...)`).
+
+    Each function is loaded with `ecograph.load` (its manifest and hashes checked first), so
+    this needs only TVM's runtime. `device` and `threads` are load's. The functions' inputs
+    and outputs are checked against lm.json; a mismatch raises ArtifactError."""
+    from ecograph.backends.tvm.runtime import load
+
+    folder = Path(path)
+    spec = read_spec(folder)
+    prefill = load(folder / "prefill", device, threads=threads)
+    decode = load(folder / "decode", device, threads=threads)
+    _check_signatures(folder, spec, prefill.manifest, decode.manifest)
+    return CompiledLM(folder, spec, prefill, decode)
+
+
+def _check_signatures(folder: Path, spec: LMSpec, prefill: Any, decode: Any) -> None:
+    """The artifacts take and return what lm.json says (names aside: positions matter)."""
+    kv_tail = [2, spec.layers, None, spec.kv_heads, spec.head_dim]
+    want = {
+        "prefill": ([[None, None]], [[None, None, spec.vocab_size], [None, *kv_tail]]),
+        "decode": ([[None, 1], [None, *kv_tail]], [[None, 1, spec.vocab_size], [1, *kv_tail]]),
+    }
+    for name, manifest in (("prefill", prefill), ("decode", decode)):
+        ins, outs = want[name]
+        for kind, shapes in (("inputs", ins), ("outputs", outs)):
+            got = [t["shape"] for t in manifest[kind]]
+            if len(got) != len(shapes) or not all(
+                _shape_fits(g, w) for g, w in zip(got, shapes, strict=True)
+            ):
+                raise ArtifactError(
+                    f"{folder / name}: its {kind} have shapes {got}, which do not fit "
+                    f"{folder / LM_JSON} ({len(shapes)} tensors like {shapes}; None = any); "
+                    "the folder mixes builds: rebuild it with ecograph.compile_lm"
+                )
+
+
+def _shape_fits(got: Sequence[Any], want: Sequence[Any]) -> bool:
+    if len(got) != len(want):
+        return False
+    return all(w is None or g == w for g, w in zip(got, want, strict=True))
