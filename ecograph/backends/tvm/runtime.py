@@ -610,6 +610,7 @@ class CompiledModel:
         # (dtype, shape) of every input of the last call that passed the checks: a call with
         # the same signature passes them too (they depend on nothing else), so it skips them.
         self._checked: tuple[tuple[Any, tuple[int, ...]], ...] | None = None
+        self._checked_gpu: tuple[_TensorMeta, ...] | None = None
 
     def __repr__(self) -> str:
         return f"<CompiledModel {self.path} target={self.manifest['target']['name']}>"
@@ -621,6 +622,8 @@ class CompiledModel:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         feeds = self._bind(args, kwargs)
+        if not self._on_cpu and feeds and all(_on_gpu(v) for v in feeds):
+            return self.run_torch_on_device(feeds)
         as_torch = any(_is_torch(v) for v in feeds)
         arrays = [_to_numpy(name, v) for name, v in zip(self.input_names, feeds, strict=True)]
         return self.run_numpy(arrays, as_torch=as_torch)
@@ -640,6 +643,54 @@ class CompiledModel:
             import torch
 
             results = [torch.from_numpy(r) for r in results]
+        return results[0] if len(results) == 1 else tuple(results)
+
+    def run_torch_on_device(self, tensors: Sequence[Any]) -> Any:
+        """Run on torch CUDA tensors (in input order) without host copies: inputs are handed
+        to TVM through DLPack and the outputs come back as torch CUDA tensors.
+
+        The kernels run on the device's default stream; work queued on another torch stream
+        is waited for first. Raises `InputError` for tensors that do not fit the manifest or
+        sit on another GPU than the model's."""
+        import torch
+        import tvm
+
+        dev_id = int(self.device.index)
+        metas = []
+        for name, t in zip(self.input_names, tensors, strict=True):
+            if t.device.index != dev_id:
+                raise InputError(
+                    f"input {name!r} is on {t.device} and the model on cuda:{dev_id}; move it "
+                    f"with .to('cuda:{dev_id}')"
+                )
+            metas.append(_TensorMeta(tuple(t.shape), _torch_dtype_name(name, t)))
+        if tuple(metas) != self._checked_gpu:
+            env: dict[str, tuple[int, str, int]] = {}
+            specs = self.manifest["inputs"]
+            if len(metas) != len(specs):
+                raise InputError(f"{len(metas)} inputs given; the model takes {self.input_names}")
+            for spec, m in zip(specs, metas, strict=True):
+                _check_static(spec, m)  # type: ignore[arg-type]
+                _bind_symbols(spec, m, env)  # type: ignore[arg-type]
+            sizes = {s: v[0] for s, v in env.items()}
+            for spec, m in zip(specs, metas, strict=True):
+                _check_expressions(spec, m, sizes, env)  # type: ignore[arg-type]
+            self._checked_gpu = tuple(metas)
+        stream = torch.cuda.current_stream(dev_id)
+        if stream != torch.cuda.default_stream(dev_id):
+            stream.synchronize()
+        ins = []
+        for t in tensors:
+            t = t.detach().contiguous()
+            if t.data_ptr() % _ALIGN:
+                t = t.clone()
+            ins.append(t)
+        out = self._vm["main"](*[tvm.runtime.from_dlpack(t) for t in ins], *self._params)
+        taken = {t.data_ptr() for t in ins}
+        results = []
+        for o in _flatten(out):
+            r = torch.from_dlpack(o)
+            results.append(r.clone() if r.data_ptr() in taken else r)  # never alias an input
         return results[0] if len(results) == 1 else tuple(results)
 
     def check_inputs(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -844,6 +895,32 @@ def _flatten(out: Any) -> list[Any]:
 
 def _is_torch(v: Any) -> bool:
     return type(v).__module__.startswith("torch") and hasattr(v, "detach")
+
+
+def _on_gpu(v: Any) -> bool:
+    return _is_torch(v) and getattr(v.device, "type", "") == "cuda"
+
+
+@dataclass(frozen=True)
+class _TensorMeta:
+    """What the input checks read of an array (shape, dtype), for a tensor not on the host."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+def _torch_dtype_name(name: str, t: Any) -> np.dtype:
+    text = str(t.dtype).removeprefix("torch.")
+    try:
+        return np.dtype({"bool": "bool"}.get(text, text))
+    except TypeError as exc:
+        raise InputError(
+            f"input {name!r} has torch dtype {t.dtype}, which TVM cannot take"
+        ) from exc
 
 
 def _to_numpy(name: str, v: Any) -> np.ndarray:
