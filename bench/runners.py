@@ -135,7 +135,7 @@ def _decode_workload(model: Any) -> tuple[Any, tuple[Any, ...]]:
             cache = DynamicCache()
             for i in range(layers):
                 cache.update(past_keys[i], past_values[i], i)
-            pos = torch.full((1, 1), past_keys.shape[3], dtype=torch.long)
+            pos = torch.full((1, 1), past_keys.shape[3], dtype=torch.long, device=input_ids.device)
             out = self.inner(
                 input_ids=input_ids, past_key_values=cache, position_ids=pos, use_cache=True
             )

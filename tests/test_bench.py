@@ -430,3 +430,59 @@ def _ends(pid: int, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+# ------------------------------------------------------------------ bench/gpu.py (no GPU)
+
+
+def test_gpu_regenerated_weights_are_seeded_by_name_with_the_original_stats() -> None:
+    from bench.gpu import regenerate
+
+    a = regenerate("layer.0.w", [256, 64], "float32", mean=0.01, std=0.05)
+    assert a.dtype == np.float32 and a.shape == (256, 64)
+    assert np.array_equal(a, regenerate("layer.0.w", [256, 64], "float32", 0.01, 0.05))
+    assert not np.array_equal(a, regenerate("layer.1.w", [256, 64], "float32", 0.01, 0.05))
+    assert abs(float(a.mean()) - 0.01) < 0.003 and abs(float(a.std()) - 0.05) < 0.003
+
+
+def test_gpu_trace_makes_every_float_value_an_output_and_samples_evenly() -> None:
+    from bench.gpu import TRACE_SAMPLE, _sample, _trace_outputs
+    from ecograph.ir import GraphBuilder, interpret
+
+    b = GraphBuilder("t")
+    x = b.input("x", "float32", [2, 3])
+    h = b.op("Relu", x, name="h")
+    shape = b.op("Shape", h, name="s")  # int64: not traced
+    b.output(b.op("Reshape", h, shape, name="y"))
+    graph = b.graph
+    traced = _trace_outputs(graph)
+    assert traced == {"h": "Relu"}
+    assert [v.name for v in graph.outputs] == ["y", "h"]
+    out = interpret(graph, {"x": np.arange(6, dtype=np.float32).reshape(2, 3) - 3})
+    assert np.array_equal(out["h"], np.maximum(np.arange(6).reshape(2, 3) - 3, 0))
+    big = np.arange(3 * TRACE_SAMPLE + 1, dtype=np.float32)
+    assert len(_sample(big)) <= TRACE_SAMPLE and _sample(big)[1] == 4.0
+    assert np.array_equal(_sample(np.ones(5)), np.ones(5))
+
+
+def test_gpu_table_gives_ratios_to_both_torch_rows_and_lists_errors() -> None:
+    from bench.gpu import markdown
+
+    data = {
+        "machine": {"gpu": "G", "driver": "d", "torch": "t", "python": "p", "date": "now"},
+        "workloads": {
+            "w": {
+                "check": {"cosine": 1.0, "max_abs_error": 0.0},
+                "timings": {
+                    "ecograph-cuda": {"p50_ms": 1.0, "p90_ms": 1.5, "joules_per_call": 0.2},
+                    "torch-eager": {"p50_ms": 4.0, "p90_ms": 5.0, "energy_note": "none"},
+                    "torch-compile": {"p50_ms": 2.0, "p90_ms": 2.5},
+                },
+            }
+        },
+        "errors": ["w torch-compile: TimeoutError: skipped"],
+    }
+    text = markdown(data)
+    assert "| w | ecograph-cuda | 1.0000 | 1.5000 | 0.25x | 0.5x | 0.2 | cos 1.000000 |" in text
+    assert "| w | torch-eager | 4.0000 | 5.0000 | 1x | 2x | n/a |  |" in text
+    assert "- w torch-compile: TimeoutError: skipped" in text
