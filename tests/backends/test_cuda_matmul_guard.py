@@ -100,9 +100,7 @@ def _fused_functions(graph) -> dict[str, object]:
     ]
     with spec.tvm_target():
         mod = tvm.transform.Sequential(passes)(mod)
-    return {
-        gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)
-    }
+    return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
 
 
 def test_cuda_pipeline_keeps_attention_scores_out_of_the_matmul_kernel() -> None:
