@@ -1,21 +1,28 @@
 """MiniLM-L6 (real weights): structured pruning, then distillation from the unpruned model.
 
     nice -n 10 python bench/distill_minilm.py --prune ffn --ratio 0.5 --steps 300
+    python bench/distill_minilm.py --prune blocks --ratio 0.5 --latency   # + x86 timings
 
 Training inputs are unlabeled sentences cut from the license texts under
 /usr/share/common-licenses; the held-out set is tests/data/sentences.txt (209 general English
 sentences, none from the licenses). Metrics as bench/quant_accuracy.py: mean cosine of
 mean-pooled embeddings to the unpruned model and Spearman of the pairwise similarities, on
 the held-out set, before and after distillation. CPU only; prints one table row.
+`--prune blocks` drops whole transformer blocks (DropBlocks: 0.5 of 6 = 3 layers), `layers`
+single residual branches (DropLayers). With `--latency`, the unpruned and the distilled graphs
+are compiled for x86 and timed interleaved with ONNX Runtime fp32 on the unpruned model (batch
+1, seq 128, same thread count): p50 of each, and the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,7 +66,7 @@ def augmented(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="MiniLM-L6: prune, then distill.")
-    parser.add_argument("--prune", choices=["ffn", "layers", "heads"], default="ffn")
+    parser.add_argument("--prune", choices=["ffn", "layers", "blocks", "heads"], default="ffn")
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch", type=int, default=32)
@@ -68,13 +75,14 @@ def main() -> int:
     parser.add_argument("--hidden-weight", type=float, default=1.0)
     parser.add_argument("--importance", default=None, help="default: wanda / block-influence")
     parser.add_argument("--augment", type=int, default=0, help="token-replaced copies per batch")
+    parser.add_argument("--latency", action="store_true", help="also time x86 builds and ORT")
     args = parser.parse_args()
 
     import torch
 
     from ecograph.ir import Graph
     from ecograph.passes import PassManager
-    from ecograph.prune import DropLayers, PruneFFN, PruneHeads
+    from ecograph.prune import DropBlocks, DropLayers, PruneFFN, PruneHeads
     from ecograph.train import distill, to_torch
     from tests.quant import minilm_eval as ev
 
@@ -103,6 +111,8 @@ def main() -> int:
     elif args.prune == "heads":
         PruneHeads(ratio=args.ratio, importance=args.importance or "wanda",
                    calibration=calibration).run(student)  # fmt: skip
+    elif args.prune == "blocks":
+        DropBlocks(ratio=args.ratio, calibration=calibration).run(student)
     else:
         DropLayers(ratio=args.ratio, importance=args.importance or "block-influence",
                    calibration=calibration).run(student)  # fmt: skip
@@ -126,7 +136,55 @@ def main() -> int:
         f"(setup {setup:.0f} s, {torch.get_num_threads()} threads) |"
     )
     print("losses:", " ".join(f"{x:.3f}" for x in result.losses[:: max(1, args.steps // 10)]))
+    if args.latency:
+        print(latency_row(teacher, result.graph, ev))
     return 0
+
+
+def latency_row(teacher: Any, student: Any, ev: Any, rounds: int = 15, calls: int = 10) -> str:
+    """x86 p50 (ms) of the unpruned and the pruned builds and of ONNX Runtime fp32 on the
+    unpruned model, batch 1 seq 128, interleaved rounds; parameters and bytes of both graphs."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    import ecograph
+    from ecograph.ir.stats import graph_stats
+
+    feeds = ev.tokenize(["The quick brown fox jumps over the lazy dog. " * 12])
+    feeds = {k: np.ascontiguousarray(v[:, :128]) for k, v in feeds.items()}
+    names = [v.name for v in teacher.inputs]
+    feeds = dict(zip(names, feeds.values(), strict=True))
+    work = Path(tempfile.mkdtemp(prefix="distill-bench-"))
+    runs: dict[str, Any] = {}
+    for label, graph in (("unpruned", teacher), ("pruned", student)):
+        model = ecograph.load(ecograph.compile(graph, "x86", work / label, progress=False))
+        runs[label] = lambda m=model: m(**feeds)
+    onnx_path = work / "unpruned.onnx"
+    ecograph.to_onnx(teacher, onnx_path)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = len(os.sched_getaffinity(0))
+    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    runs["ort-fp32"] = lambda: session.run(None, feeds)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for fn in runs.values():
+        fn()
+    for r in range(rounds):
+        order = list(runs)[r % len(runs) :] + list(runs)[: r % len(runs)]
+        for k in order:
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                runs[k]()
+                times[k].append(time.perf_counter() - t0)
+    p50 = {k: 1000 * float(np.median(v)) for k, v in times.items()}
+    size = {k: graph_stats(g) for k, g in (("unpruned", teacher), ("pruned", student))}
+    return (
+        f"x86 p50 ms: unpruned {p50['unpruned']:.2f}, pruned {p50['pruned']:.2f} "
+        f"({p50['unpruned'] / p50['pruned']:.2f}x faster), ORT fp32 unpruned "
+        f"{p50['ort-fp32']:.2f} (pruned vs ORT {p50['pruned'] / p50['ort-fp32']:.2f}x); "
+        f"params {size['unpruned'].num_parameters:,} -> {size['pruned'].num_parameters:,}, bytes "
+        f"{size['unpruned'].parameter_bytes:,} -> {size['pruned'].parameter_bytes:,}"
+    )
 
 
 if __name__ == "__main__":
