@@ -348,21 +348,14 @@ def torch_twin(name: str, config: dict[str, Any] | None, device: str) -> tuple[A
     if name.startswith("minilm"):
         cfg = transformers.BertConfig.from_dict(config)
         cfg._attn_implementation = "sdpa"
-        inner = transformers.BertModel(cfg).eval()
+        from tests.quant.minilm_eval import encoder_module
 
-        class Encoder(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-                return self.inner(input_ids=input_ids, attention_mask=attention_mask)[0]
-
+        encoder = encoder_module(transformers.BertModel(cfg).eval())
         batch = 8 if name.endswith("b8") else 1
         ids = torch.randint(1000, 20000, (batch, 128), device=device)
         mask = torch.ones(batch, 128, dtype=torch.int64, device=device)
         mask[:, 100:] = 0
-        return Encoder().eval().to(device), (ids, mask)
+        return encoder.to(device), (ids, mask)
     from bench.runners import _decode_workload, _prefill
 
     cfg = transformers.LlamaConfig.from_dict(config)

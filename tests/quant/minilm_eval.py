@@ -52,12 +52,15 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (hidden.astype(np.float64) * m).sum(1) / np.maximum(m.sum(1), 1e-9)
 
 
-def encoder_module() -> Any:
+def encoder_module(inner: Any = None) -> Any:
+    """The encoder as a module of (input_ids, attention_mask) -> last hidden state: MiniLM with
+    its real weights, or `inner` (a BertModel, e.g. the same config with random weights)."""
     import torch
 
-    from tests.models.transformers_models import load_minilm
+    if inner is None:
+        from tests.models.transformers_models import load_minilm
 
-    inner = load_minilm()
+        inner = load_minilm()
 
     class Encoder(torch.nn.Module):
         def __init__(self) -> None:

@@ -522,13 +522,17 @@ def write_artifact(
         params = params_entry(
             params_file, list(result.lowered.params), weights_codec, result.lowered.params
         )
-        manifest = _manifest(result, graph, tmp, files, recipe, params)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        os.chmod(tmp, 0o755)
-        _replace_dir(tmp, out)
+        _finish(tmp, out, _manifest(result, graph, tmp, files, recipe, params))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _finish(tmp: Path, out: Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest into the folder being built and move it into place as `out`."""
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.chmod(tmp, 0o755)
+    _replace_dir(tmp, out)
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
@@ -624,9 +628,7 @@ def recode_artifact(src: str | os.PathLike[str], dst: str | os.PathLike[str], co
         files[new] = _sha256(tmp / new)
         manifest["params"] = params_entry(new, list(arrays), codec, arrays)
         manifest["files"] = files
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        os.chmod(tmp, 0o755)
-        _replace_dir(tmp, out)
+        _finish(tmp, out, manifest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
