@@ -356,14 +356,14 @@ def torch_twin(name: str, config: dict[str, Any] | None, device: str) -> tuple[A
         mask = torch.ones(batch, 128, dtype=torch.int64, device=device)
         mask[:, 100:] = 0
         return encoder.to(device), (ids, mask)
-    from bench.runners import _decode_workload, _prefill
+    from bench.runners import decode_workload, prefill_module
 
     cfg = transformers.LlamaConfig.from_dict(config)
     cfg._attn_implementation = "sdpa"
     model = transformers.LlamaForCausalLM(cfg).eval()
     if name == "llama-prefill":
-        return _prefill(model).to(device), (torch.randint(0, 1000, (1, 128), device=device),)
-    module, args = _decode_workload(model)
+        return prefill_module(model).to(device), (torch.randint(0, 1000, (1, 128), device=device),)
+    module, args = decode_workload(model)
     return module.to(device), tuple(a.to(device) for a in args)
 
 

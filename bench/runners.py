@@ -67,10 +67,10 @@ def build_workload(name: str) -> tuple[Any, tuple[Any, ...]]:
         mask[:, 100:] = 0
         return model, (ids, mask)
     if name.startswith("llama"):
-        model = _llama_bench_model()
+        model = build_llama()
         if name == "llama-prefill":
-            return _prefill(model), (torch.randint(0, 1000, (1, 128)),)
-        return _decode_workload(model)
+            return prefill_module(model), (torch.randint(0, 1000, (1, 128)),)
+        return decode_workload(model)
     if name == "resnet":
         from tests.models.cnn import TinyResNet
 
@@ -78,7 +78,7 @@ def build_workload(name: str) -> tuple[Any, tuple[Any, ...]]:
     raise ValueError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
 
 
-def _llama_bench_model() -> Any:
+def build_llama() -> Any:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -100,7 +100,7 @@ def _llama_bench_model() -> Any:
     return LlamaForCausalLM(cfg).eval()
 
 
-def _prefill(inner: Any) -> Any:
+def prefill_module(inner: Any) -> Any:
     """The prompt pass: token ids in, logits out."""
     import torch
 
@@ -115,7 +115,7 @@ def _prefill(inner: Any) -> Any:
     return Prefill().eval()
 
 
-def _decode_workload(model: Any) -> tuple[Any, tuple[Any, ...]]:
+def decode_workload(model: Any) -> tuple[Any, tuple[Any, ...]]:
     """One decode step: the new token attends to an explicit 128-position KV cache."""
     import torch
 
