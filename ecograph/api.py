@@ -596,9 +596,11 @@ def compile_cached(
     from ecograph.backends.tvm import compile as tvm_compile
 
     recipe = _as_recipe(recipe)
-    coded = {"weights_codec": weights_codec} if weights_codec != "none" else {}
     if cache is False:
-        return tvm_compile(graph, spec, out, tune=tune, recipe=recipe, progress=progress, **coded)
+        return tvm_compile(
+            graph, spec, out, tune=tune, recipe=recipe, progress=progress,
+            weights_codec=weights_codec,
+        )  # fmt: skip
     import tvm
 
     import ecograph
@@ -613,13 +615,15 @@ def compile_cached(
         "recipe": recipe.to_dict(),
         "ecograph": ecograph.__version__,
         "tvm": tvm.__version__,
-        **coded,  # absent for "none": keys of uncoded builds are as before
+        # absent for "none": keys of uncoded builds are as before
+        **({"weights_codec": weights_codec} if weights_codec != "none" else {}),
     }
 
     def build(folder: Path) -> None:
         tvm_compile(
-            graph, spec, folder / "artifact", tune=tune, recipe=recipe, progress=progress, **coded
-        )
+            graph, spec, folder / "artifact", tune=tune, recipe=recipe, progress=progress,
+            weights_codec=weights_codec,
+        )  # fmt: skip
 
     payload, _ = store.get_or_build(key, build)
     if out.exists():

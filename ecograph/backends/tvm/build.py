@@ -17,11 +17,13 @@ holds no timestamps or absolute paths, and tuning time is only recorded when tun
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -504,9 +506,7 @@ def write_artifact(
     The params file (if any weights were kept out of the library) is coded with
     `weights_codec`."""
     out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with _staging(out) as tmp:
         lib_kwargs: dict[str, Any] = {}
         if result.spec.cc:
             lib_kwargs["cc"] = result.spec.cc
@@ -523,6 +523,16 @@ def write_artifact(
             params_file, list(result.lowered.params), weights_codec, result.lowered.params
         )
         _finish(tmp, out, _manifest(result, graph, tmp, files, recipe, params))
+
+
+@contextlib.contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A fresh folder beside `out` to build an artifact in (`_finish` moves it into place);
+    removed if the build fails, so readers never see half an artifact."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -614,9 +624,7 @@ def recode_artifact(src: str | os.PathLike[str], dst: str | os.PathLike[str], co
         )
     arrays = artifact.load_param_arrays()
     out = Path(dst).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with _staging(out) as tmp:
         manifest = json.loads(json.dumps(artifact.manifest))
         files: dict[str, str] = {}
         for name in manifest["files"]:
@@ -629,7 +637,4 @@ def recode_artifact(src: str | os.PathLike[str], dst: str | os.PathLike[str], co
         manifest["params"] = params_entry(new, list(arrays), codec, arrays)
         manifest["files"] = files
         _finish(tmp, out, manifest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

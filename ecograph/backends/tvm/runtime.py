@@ -655,6 +655,7 @@ class CompiledModel:
         import torch
         import tvm
 
+        specs = self._check_count(tensors)
         dev_id = int(self.device.index)
         metas = []
         for name, t in zip(self.input_names, tensors, strict=True):
@@ -663,18 +664,9 @@ class CompiledModel:
                     f"input {name!r} is on {t.device} and the model on cuda:{dev_id}; move it "
                     f"with .to('cuda:{dev_id}')"
                 )
-            metas.append(_TensorMeta(tuple(t.shape), _torch_dtype_name(name, t)))
+            metas.append(_TensorMeta(tuple(t.shape), _numpy_dtype_of(name, t)))
         if tuple(metas) != self._checked_gpu:
-            env: dict[str, tuple[int, str, int]] = {}
-            specs = self.manifest["inputs"]
-            if len(metas) != len(specs):
-                raise InputError(f"{len(metas)} inputs given; the model takes {self.input_names}")
-            for spec, m in zip(specs, metas, strict=True):
-                _check_static(spec, m)  # type: ignore[arg-type]
-                _bind_symbols(spec, m, env)  # type: ignore[arg-type]
-            sizes = {s: v[0] for s, v in env.items()}
-            for spec, m in zip(specs, metas, strict=True):
-                _check_expressions(spec, m, sizes, env)  # type: ignore[arg-type]
+            _check_shapes(specs, metas)
             self._checked_gpu = tuple(metas)
         stream = torch.cuda.current_stream(dev_id)
         if stream != torch.cuda.default_stream(dev_id):
@@ -693,25 +685,24 @@ class CompiledModel:
             results.append(r.clone() if r.data_ptr() in taken else r)  # never alias an input
         return results[0] if len(results) == 1 else tuple(results)
 
+    def _check_count(self, arrays: Sequence[Any]) -> list[dict[str, Any]]:
+        """The manifest's input specs, after checking that `arrays` has one per input."""
+        specs = self.manifest["inputs"]
+        if len(arrays) != len(specs):
+            raise InputError(f"{len(arrays)} inputs given; the model takes {self.input_names}")
+        return specs
+
     def check_inputs(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         """`arrays` (in input order) checked against the manifest's inputs, C-contiguous.
 
         Raises `InputError` for a wrong count, dtype, rank or static dim, two inputs that
         disagree on a shared symbolic dim (TVM would fail inside the VM), a dim that breaks
         its expression ("seq+1"), or an input larger than this machine's memory."""
-        specs = self.manifest["inputs"]
-        if len(arrays) != len(specs):
-            raise InputError(f"{len(arrays)} inputs given; the model takes {self.input_names}")
+        specs = self._check_count(arrays)
         signature = tuple((a.dtype, a.shape) for a in arrays)
         if signature == self._checked:
             return [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in arrays]
-        env: dict[str, tuple[int, str, int]] = {}  # symbol -> (size, input, axis) it came from
-        for spec, arr in zip(specs, arrays, strict=True):
-            _check_static(spec, arr)
-            _bind_symbols(spec, arr, env)
-        sizes = {s: v[0] for s, v in env.items()}
-        for spec, arr in zip(specs, arrays, strict=True):
-            _check_expressions(spec, arr, sizes, env)
+        _check_shapes(specs, arrays)
         limit = self._memory
         out = []
         for spec, arr in zip(specs, arrays, strict=True):
@@ -802,6 +793,19 @@ def _host_copy(tensor: Any) -> np.ndarray:
     a copy, never a view, since an output may be an input the caller still owns."""
     arr = np.from_dlpack(tensor) if np.dtype(str(tensor.dtype)) in _DLPACK_DTYPES else None
     return tensor.numpy() if arr is None else arr.copy()
+
+
+def _check_shapes(specs: Sequence[Mapping[str, Any]], arrays: Sequence[Any]) -> None:
+    """Each input's dtype, rank and static dims, the symbolic dims the inputs share, and the
+    dims given by expressions ("seq+1"), read from shapes and dtypes only (numpy arrays, or
+    `_TensorMeta` for tensors on a GPU)."""
+    env: dict[str, tuple[int, str, int]] = {}  # symbol -> (size, input, axis) it came from
+    for spec, arr in zip(specs, arrays, strict=True):
+        _check_static(spec, arr)
+        _bind_symbols(spec, arr, env)
+    sizes = {s: v[0] for s, v in env.items()}
+    for spec, arr in zip(specs, arrays, strict=True):
+        _check_expressions(spec, arr, sizes, env)
 
 
 def _check_static(spec: Mapping[str, Any], arr: np.ndarray) -> None:
@@ -913,10 +917,10 @@ class _TensorMeta:
         return len(self.shape)
 
 
-def _torch_dtype_name(name: str, t: Any) -> np.dtype:
-    text = str(t.dtype).removeprefix("torch.")
+def _numpy_dtype_of(name: str, t: Any) -> np.dtype:
+    """The numpy dtype of torch tensor `t` (torch.float32 -> float32)."""
     try:
-        return np.dtype({"bool": "bool"}.get(text, text))
+        return np.dtype(str(t.dtype).removeprefix("torch."))
     except TypeError as exc:
         raise InputError(
             f"input {name!r} has torch dtype {t.dtype}, which TVM cannot take"
