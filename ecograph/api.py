@@ -604,7 +604,7 @@ def compile_cached(
     import tvm
 
     import ecograph
-    from ecograph.cache import CompileCache, graph_hash
+    from ecograph.cache import CompileCache, graph_hash, source_digest
 
     store = cache if isinstance(cache, CompileCache) else CompileCache()
     key = {
@@ -614,6 +614,7 @@ def compile_cached(
         "tune": tune,
         "recipe": recipe.to_dict(),
         "ecograph": ecograph.__version__,
+        "ecograph_source": source_digest(),
         "tvm": tvm.__version__,
         # absent for "none": keys of uncoded builds are as before
         **({"weights_codec": weights_codec} if weights_codec != "none" else {}),

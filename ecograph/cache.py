@@ -1,5 +1,9 @@
 """The compile cache: content-addressed folders keyed by graph, target, passes and versions.
 
+- The versions include a digest of ecograph's own source (`source_digest`): an edited or
+  upgraded compiler (a development install keeps its version number) never reuses an
+  artifact an older one built.
+
 - The key is a JSON-able dict; its SHA-256 names the entry folder. A hit re-reads the stored
   `key.json` and compares it with the requested key in full, so a hash collision (or a
   corrupted entry) is a miss, never a wrong artifact.
@@ -10,6 +14,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -56,6 +61,18 @@ def graph_hash(graph: Graph) -> str:
                     else arr.copy().reshape(-1).view("u1")
                 )
             )
+    return h.hexdigest()
+
+
+@functools.cache
+def source_digest(root: Path | None = None) -> str:
+    """SHA-256 over the Python source of the ecograph package (or of `root`): relative paths
+    and contents, in sorted order. Part of every compile-cache key."""
+    base = Path(__file__).resolve().parent if root is None else Path(root)
+    h = hashlib.sha256()
+    for path in sorted(base.rglob("*.py")):
+        h.update(path.relative_to(base).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
     return h.hexdigest()
 
 

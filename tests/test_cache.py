@@ -96,3 +96,24 @@ def test_two_processes_compiling_the_same_model_build_once(tmp_path):
 
 def test_key_digest_is_order_independent():
     assert key_digest({"a": 1, "b": 2}) == key_digest({"b": 2, "a": 1})
+
+
+def test_source_digest_follows_every_source_file(tmp_path):
+    """The compile-cache key holds a digest of ecograph's source, so an edited compiler (a
+    development install keeps its version) never reuses an artifact an older one built."""
+    from ecograph.cache import source_digest
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "b.py").write_text("y = 2\n")
+    (tmp_path / "notes.txt").write_text("not source")
+    first = source_digest(tmp_path)
+    (tmp_path / "notes.txt").write_text("changed, still not source")
+    assert source_digest.__wrapped__(tmp_path) == first
+    (tmp_path / "pkg" / "a.py").write_text("x = 3\n")
+    edited = source_digest.__wrapped__(tmp_path)
+    assert edited != first
+    (tmp_path / "pkg" / "a.py").rename(tmp_path / "pkg" / "c.py")
+    assert source_digest.__wrapped__(tmp_path) not in (first, edited)
+    own = source_digest()
+    assert len(own) == 64 and own == source_digest()

@@ -15,7 +15,7 @@ from ecograph.quant.quantize import Quantize
 
 pytest.importorskip("tvm")
 
-from ecograph.backends.tvm import build, runtime, targets
+from ecograph.backends.tvm import build, rpc, runtime, targets
 from ecograph.backends.tvm.driver import lower_graph, pack_int4
 
 rng = np.random.default_rng(7)
@@ -35,10 +35,11 @@ def _dq_graph(
     zero_point: bool = True,
     k: int = 64,
     n: int = 48,
+    rows: int | str = "b",
 ) -> Graph:
-    """x[b, k] @ DequantizeLinear(W_q, scale[, zero point]) with constant quantized weights."""
+    """x[rows, k] @ DequantizeLinear(W_q, scale[, zero point]) with constant quantized weights."""
     b = GraphBuilder()
-    x = b.input("x", "float32", ["b", k])
+    x = b.input("x", "float32", [rows, k])
     lo, hi = _RANGES[wdt]
     shape = (n, k) if trans_b else (k, n)
     q = rng.integers(lo, hi + 1, shape).astype(_NP[wdt])
@@ -122,11 +123,57 @@ def test_pack_int4_layout():
     assert packed.tolist() == [[0x8 | (0x7 << 4), 0xF], [0x0 | (0x1 << 4), 0x2]]
 
 
-def test_int4_weights_stay_packed_in_the_lowered_module():
-    g = _dq_graph("int4", 0, 32, k=64, n=48)
+def _unpack_panels(arr: np.ndarray, k: int, n: int) -> np.ndarray:
+    """CPU layout [ceil(N / NR), ceil(K / 2), NR] uint8 -> the [K, N] 4-bit codes (0..15)."""
+    pairs = arr.transpose(1, 0, 2).reshape(arr.shape[1], -1)[:, :n]
+    codes = np.empty((2 * pairs.shape[0], n), np.uint8)
+    codes[0::2], codes[1::2] = pairs & 0xF, pairs >> 4
+    return codes[:k]
+
+
+@pytest.mark.parametrize("n,trans_b", [(48, False), (47, False), (40, True)])
+def test_int4_weights_stay_packed_in_cpu_panels(n, trans_b):
+    """On CPUs the 4-bit codes are bound two per byte in the column panels the matmul kernel
+    reads (ops/weight_panels.py): rows 2t and 2t + 1 share a byte, and nothing else is kept."""
+    g = _dq_graph("int4", 1 if trans_b else 0, 16, k=63, n=n, op="Gemm", trans_b=trans_b)
+    w = next(c for c in g.constants.values() if c.name == "w_q").const_value
+    codes = (w.T if trans_b else w).astype(np.int16) & 0xF
     lowered = lower_graph(g, X86, keep_params=True)
-    (name, arr), *_ = [(k, v) for k, v in lowered.params.items() if k == "w_q"]
-    assert arr.dtype == np.uint8 and arr.shape == (64, 24), (name, arr.dtype, arr.shape)
+    arr = lowered.params["w_q"]
+    assert arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[1] == 32, arr.shape
+    nr = arr.shape[2]
+    assert arr.shape[0] == -(-n // nr) and arr.nbytes <= 32 * (n + nr - 1)
+    np.testing.assert_array_equal(_unpack_panels(arr, 63, n), codes)
+
+
+def test_int4_weights_for_cuda_stay_packed_by_rows():
+    """GPU targets keep [K, ceil(N / 2)] (dlight schedules the generic fused kernel)."""
+    g = _dq_graph("int4", 0, 32, k=64, n=48)
+    lowered = lower_graph(g, targets.resolve("cuda:sm_80"), keep_params=True)
+    arr = lowered.params["w_q"]
+    assert arr.dtype == np.uint8 and arr.shape == (64, 24), (arr.dtype, arr.shape)
+
+
+@pytest.mark.parametrize(
+    "wdt,axis,block,zp",
+    [
+        ("int4", 0, 32, True),
+        ("uint4", 0, 16, False),
+        ("int8", 1, 0, True),
+        ("int4", None, 0, False),
+    ],
+)
+@pytest.mark.parametrize("rows", [1, "b"])
+def test_cpu_weight_only_kernel_is_register_blocked(wdt, axis, block, zp, rows):
+    """The fused kernel is scheduled by the matmul rule (register tile, vectorized over
+    columns), not left to the fallback, for a decode row and for a symbolic batch."""
+    g = _dq_graph(wdt, axis, block, zero_point=zp, rows=rows)
+    result = build.build_module(g, "x86", keep_params=False)
+    rules = {k: r for k, r in result.kernels.items() if "dequantize_matmul" in k}
+    assert rules and set(rules.values()) == {"matmul"}, result.kernels
+    for batch in (1,) if rows == 1 else (1, 7):
+        feeds = {"x": rng.standard_normal((batch, 64)).astype(np.float32)}
+        _close(_run(g, feeds), interpret(g, feeds)[g.outputs[0].name])
 
 
 def test_a_dequantize_with_another_use_is_not_absorbed():
@@ -194,7 +241,9 @@ def test_kept_params_hold_integer_weights(tmp_path):
     manifest = runtime.read_manifest(out)
     with np.load(out / manifest["params"]["file"], allow_pickle=False) as params:
         weights = {k: params[k] for k in params.files if params[k].size >= 256 * 128}
-    assert weights and all(w.dtype == np.uint8 and w.shape == (256, 128) for w in weights.values())
+    assert len(weights) == 2, {k: v.shape for k, v in weights.items()}
+    # two 4-bit codes per byte: half the int8 bytes (256 columns fill whole panels)
+    assert all(w.dtype == np.uint8 and w.nbytes == 256 * 128 for w in weights.values())
     feeds = {"x": rng.standard_normal((1, 256)).astype(np.float32)}
     _close(ecograph.load(out)(**feeds), interpret(g, feeds)[g.outputs[0].name])
 
@@ -252,3 +301,52 @@ def test_matmul_nbits_artifact_stays_packed(tmp_path):
     assert _folder_bytes(out) < 0.25 * fp32_weight_bytes, _folder_bytes(out)
     feeds = {"A": rng.standard_normal((1, 1024)).astype(np.float32)}
     _close(ecograph.load(out)(**feeds), interpret(g, feeds)["y"])
+
+
+# ------------------------------------------------------------------ ARM
+
+
+def _two_layer_weight_only() -> Graph:
+    """x[3, 64] -> int4 (blocks of 32 along K, zero points) -> int8 (per column) products."""
+    b = GraphBuilder()
+    x = b.input("x", "float32", [3, 64])
+    q4 = rng.integers(-8, 8, (64, 40)).astype(ml_dtypes.int4)
+    s4 = rng.uniform(0.01, 0.1, (2, 40)).astype("f4")
+    z4 = rng.integers(-8, 8, (2, 40)).astype(ml_dtypes.int4)
+    h = b.op("MatMul", x, b.op("DequantizeLinear", b.constant(q4, "w4"), b.constant(s4, "s4"),
+                               b.constant(z4, "z4"), axis=0, block_size=32))  # fmt: skip
+    q8 = rng.integers(-128, 128, (40, 24)).astype(np.int8)
+    s8 = rng.uniform(0.01, 0.1, 24).astype("f4")
+    w8 = b.op("DequantizeLinear", b.constant(q8, "w8"), b.constant(s8, "s8"), axis=1)
+    b.output(b.op("MatMul", b.op("Relu", h), w8))
+    return b.graph
+
+
+ARM_TARGETS = {
+    "arm": "arm",
+    "arm-dotprod": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]},
+}
+
+
+@pytest.mark.parametrize("name", list(ARM_TARGETS))
+def test_arm_weight_only_kernels_are_register_blocked(name):
+    result = build.build_module(_two_layer_weight_only(), ARM_TARGETS[name], keep_params=False)
+    rules = {k: r for k, r in result.kernels.items() if "dequantize_matmul" in k}
+    assert len(rules) == 2 and set(rules.values()) == {"matmul"}, result.kernels
+
+
+EMULATOR_MISSING = rpc.emulator_ready()
+
+
+@pytest.mark.emulator
+@pytest.mark.skipif(EMULATOR_MISSING is not None, reason=str(EMULATOR_MISSING))
+def test_arm_weight_only_products_match_the_interpreter_on_the_emulated_device(tmp_path):
+    import ecograph
+    from ecograph import remote
+
+    g = _two_layer_weight_only()
+    art = ecograph.compile(g, "arm", tmp_path / "arm", progress=False)
+    feeds = {"x": rng.standard_normal((3, 64)).astype(np.float32)}
+    with remote.EmulatedArmDevice() as device:
+        got = np.asarray(remote.connect(art, device.host, device.port)(**feeds))
+    _close(got, interpret(g, feeds)[g.outputs[0].name])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from ecograph.ir.interpreter import run_node
 from ecograph.ir.registry import OpSchema, registered_ops, symbolic_value
 from ecograph.ir.symbolic import Dim
 from ecograph.ir.types import TensorType
+
+if TYPE_CHECKING:
+    from ecograph.backends.tvm.ops.weight_panels import WeightPanels
 
 try:  # TVM is optional for the rest of ecograph; the backend needs its compiler parts.
     from tvm import relax
@@ -163,6 +166,9 @@ class LoweringState:
     folded_nodes: list[str] = field(default_factory=list)
     # 4-bit weight constants bound packed two per byte for the DequantizeMatMul kernels.
     packed: set[Value] = field(default_factory=set)
+    # CPU: DequantizeMatMul nodes whose integer weights (and scales) are bound packed in
+    # column panels (ops/weight_panels.py) -> how their kernel reads them.
+    weight_panels: dict[Node, WeightPanels] = field(default_factory=dict)
     # CPU: float32 weight constants bound packed in column panels, [N / NR, K, NR] -> NR
     # (see ops/matmul.py `packed_matmul_weights`); their matmuls read them packed.
     panels: dict[Value, int] = field(default_factory=dict)

@@ -38,6 +38,7 @@ from ecograph.backends.tvm.context import (
 from ecograph.backends.tvm.ops.conv import packed_conv_weights
 from ecograph.backends.tvm.ops.matmul import packed_matmul_weights
 from ecograph.backends.tvm.ops.quant import pack_int4, packed_weights
+from ecograph.backends.tvm.ops.weight_panels import weight_panels
 from ecograph.backends.tvm.targets import TargetSpec
 from ecograph.errors import LoweringError, UnsupportedError
 from ecograph.ir import symbolic
@@ -131,8 +132,11 @@ def lower_with(graph: Graph, options: LowerOptions) -> Lowered:
         params.append(var)
         state.exprs[v] = var
     live = _live_nodes(graph)
-    packed = packed_weights(graph, live)
+    state.weight_panels = weight_panels(graph, live, options.target)
+    paneled = {v: arr for plan in state.weight_panels.values() for v, arr in plan.arrays.items()}
+    packed = {v: arr for v, arr in packed_weights(graph, live).items() if v not in paneled}
     state.packed = set(packed)
+    packed.update(paneled)
     panels = packed_matmul_weights(graph, live, options.target)
     state.panels = {c: p.nr for c, p in panels.items()}
     packed.update({c: p.array for c, p in panels.items()})

@@ -10,6 +10,7 @@ predicate (schedules/matmul.py; `register_tile` gives both the same MR and NR).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,10 +84,10 @@ def packed_matmul_weights(
 
 
 def pack_panels(w: np.ndarray, nr: int) -> np.ndarray:
-    """[K, N] -> [ceil(N / nr), K, nr], zero-padded columns."""
+    """[K, N] -> [ceil(N / nr), K, nr], zero-padded columns, in w's dtype."""
     k, n = w.shape
     n_pad = -(-n // nr) * nr
-    padded = np.zeros((k, n_pad), np.float32)
+    padded = np.zeros((k, n_pad), w.dtype)
     padded[:, :n] = w
     return np.ascontiguousarray(padded.reshape(k, n_pad // nr, nr).transpose(1, 0, 2))
 
@@ -94,44 +95,63 @@ def pack_panels(w: np.ndarray, nr: int) -> np.ndarray:
 def emit_packed_matmul(ctx: LowerContext, a: relax.Expr, weight: Value) -> relax.Expr:
     """`a @ W` for a weight bound packed (`ctx.state.panels`): one TE kernel over the panels,
     rows padded to the register tile's MR and clamped (see the module doc)."""
+    nr = ctx.state.panels[weight]
+    return emit_panel_matmul(
+        ctx,
+        a,
+        [ctx.state.value_expr(weight)],
+        lambda ws, k, j: ws[0][j // nr, k, j % nr],
+        nr,
+        "matmul",
+    )
+
+
+def emit_panel_matmul(
+    ctx: LowerContext,
+    a: relax.Expr,
+    operands: Sequence[relax.Expr],
+    weight: Callable[[Sequence[Any], Any, Any], Any],
+    nr: int,
+    name: str,
+) -> relax.Expr:
+    """`a @ W` as one TE kernel, `W[k, j] = weight(operand tensors, k, j)` reading operands
+    packed in column panels of `nr` (`[j // nr, f(k), j % nr]`, the form the matmul schedule
+    recognises; a dequantization may sit in `weight`). Rows are padded to the register tile's
+    MR, reading row min(i, rows - 1), so the schedule needs no row predicate."""
     from tvm import te, tirx
 
-    nr = ctx.state.panels[weight]
-    wp = ctx.state.value_expr(weight)
     at = ctx.in_type(0)
     n_len = int(ctx.out_type().shape[-1])
     rows_dim = at.shape[-2] if at.rank >= 2 else 1
     single = rows_dim == 1
     mr, _ = register_tile(ctx.target, n_len, single_row=single, nr=nr)
 
-    def compute(av: Any, wv: Any) -> Any:
+    def compute(av: Any, *ws: Any) -> Any:
         kk = te.reduce_axis((0, av.shape[-1]), "k")
         if len(av.shape) == 1:
             return te.compute(
-                (n_len,),
-                lambda j: te.sum(av[kk] * wv[j // nr, kk, j % nr], axis=kk),
-                name="matmul",
+                (n_len,), lambda j: te.sum(av[kk] * weight(ws, kk, j), axis=kk), name=name
             )
         *lead, rows, _ = av.shape
         static_rows = isinstance(rows, tirx.IntImm)
         if static_rows and int(rows) % mr == 0:
             return te.compute(
                 (*lead, rows, n_len),
-                lambda *ix: te.sum(av[(*ix[:-1], kk)] * wv[ix[-1] // nr, kk, ix[-1] % nr], axis=kk),
-                name="matmul",
+                lambda *ix: te.sum(av[(*ix[:-1], kk)] * weight(ws, kk, ix[-1]), axis=kk),
+                name=name,
             )
         padded = (rows + (mr - 1)) // mr * mr
         tile = te.compute(
             (*lead, padded, n_len),
             lambda *ix: te.sum(
-                av[(*ix[:-2], te.min(ix[-2], rows - 1), kk)] * wv[ix[-1] // nr, kk, ix[-1] % nr],
+                av[(*ix[:-2], te.min(ix[-2], rows - 1), kk)] * weight(ws, kk, ix[-1]),
                 axis=kk,
             ),
-            name="matmul",
+            name=name,
         )
-        return te.compute((*lead, rows, n_len), lambda *ix: tile(*ix), name="matmul_rows")
+        return te.compute((*lead, rows, n_len), lambda *ix: tile(*ix), name=f"{name}_rows")
 
-    return ctx.bb.emit_te(compute, a, wp, primfunc_name_hint="matmul")
+    return ctx.bb.emit_te(compute, a, *operands, primfunc_name_hint=name)
 
 
 # ------------------------------------------------------- 8-bit products with constant weights

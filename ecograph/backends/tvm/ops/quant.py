@@ -21,6 +21,7 @@ from ecograph.backends.tvm.context import (
     round_half_even,
 )
 from ecograph.backends.tvm.ops.matmul import emit_packed_integer_matmul
+from ecograph.backends.tvm.ops.weight_panels import FUSED_WEIGHT_OP, emit_panel_dequantize_matmul
 from ecograph.ir.dtypes import DType
 from ecograph.ir.graph import Graph, Node, Value
 from ecograph.ir.ops.quant import QUANT_RANGES
@@ -263,10 +264,10 @@ def _matmul_nbits(ctx: LowerContext) -> relax.Expr:
 # is one kernel that reads the integer weights and dequantizes them in its reduction loop.
 # The float weights never exist, so TVM's FoldConstant cannot fold them into float32
 # constants (which would undo the compression) and no float copy is materialized at run time;
-# 4-bit weights are stored packed two per byte. On CUDA the kernel compiles with dlight's
-# Reduction rule (a cross-thread reduction over K); its GEMV rule does not match it.
-
-FUSED_WEIGHT_OP = ("ecograph", "DequantizeMatMul")
+# 4-bit weights are stored packed two per byte. On CPUs the weights (and scales) are packed in
+# the matmul rule's column panels instead (ops/weight_panels.py) and the kernel below is only
+# for what that layout does not cover; on CUDA it compiles with dlight's Reduction rule (a
+# cross-thread reduction over K); its GEMV rule does not match it.
 
 
 def packed_weights(graph: Graph, live: set[Node]) -> dict[Value, np.ndarray]:
@@ -320,6 +321,9 @@ def _dequantize_matmul(ctx: LowerContext) -> relax.Expr:
     at, wt, st = ctx.in_type(0), ctx.in_type(1), ctx.in_type(2)
     if at.dtype != DType.FLOAT32 or st.dtype != DType.FLOAT32:
         ctx.fail("the fused kernel computes in float32: A and the scale must be float32")
+    plan = ctx.state.weight_panels.get(ctx.node)
+    if plan is not None:  # CPU: the weights are packed for the register-blocked kernel
+        return emit_panel_dequantize_matmul(ctx, plan)
     if not wt.is_static:
         ctx.fail(f"the weight matrix W {wt} needs a static shape")
     rows, cols = wt.static_shape()

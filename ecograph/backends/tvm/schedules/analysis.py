@@ -2,7 +2,8 @@
 
 The schedule rules ask these questions of a fused kernel: which block reduces, which blocks
 only copy or combine element by element, and whether the reduction is a matrix product
-`C[.., i, j] += A[.., i, k] * B[.., k, j]` (B possibly packed as `[j // NR, k, j % NR]`).
+`C[.., i, j] += A[.., i, k] * B[.., k, j]` (B possibly packed as `[j // NR, k, j % NR]`, or
+read through a dequantization of operands packed as `[j // NR, f(k), j % NR]`).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class MatmulInfo:
     batch: list[int]  # positions of the iters both A and B use
     a: Any  # the operand expression that does not depend on j (usually a BufferLoad)
     b: Any  # the operand expression that does
-    packed_nr: int | None  # NR when B is stored [N / NR, K, NR] and read at [j // NR, k, j % NR]
+    packed_nr: int | None  # NR when B's operands are read at [j // NR, f(k), j % NR]
     out_dtype: str
 
 
@@ -140,11 +141,12 @@ def matmul_info(sch: Schedule, block: SBlockRV) -> MatmulInfo | None:
 
 
 def _packed_nr(b: ir.TensorLoad, j: tirx.Var, k: tirx.Var) -> int | None:
-    """NR if B is read as [..., j // NR, k, j % NR], else None."""
+    """NR if B is read as [..., j // NR, f(k), j % NR], else None. f(k) is k for a float
+    weight, k // 2 for 4-bit codes two per byte, k // block or 0 for a scale; not j."""
     if len(b.indices) < 3:
         return None
     panel, kk, lane = b.indices[-3], b.indices[-2], b.indices[-1]
-    if not (isinstance(kk, tirx.Var) and kk.same_as(k)):
+    if not all(v.same_as(k) for v in vars_in(kk)):
         return None
     if not (isinstance(lane, tirx.FloorMod) and isinstance(panel, tirx.FloorDiv)):
         return None

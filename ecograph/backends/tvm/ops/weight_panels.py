@@ -1,0 +1,178 @@
+"""Weight-only products on CPUs: integer weights packed in column panels for the matmul kernel.
+
+`ecograph::DequantizeMatMul` (`A @ DequantizeLinear(W_q, scale, zero point)`, made by the
+fuse-weight-dequantize pass) on a CPU target reads its constant weight packed at compile
+time in column panels of NR, like a float32 weight (ops/matmul.py), so the register-blocked
+kernel of schedules/matmul.py schedules it, with the dequantization inside its reduction
+loop and the codes read straight from the packed bytes:
+
+- 8-bit codes: `[ceil(N / NR), K, NR]` int8 / uint8;
+- 4-bit codes: `[ceil(N / NR), ceil(K / 2), NR]` uint8, the code of row k = 2t in the low
+  nibble and of row 2t + 1 in the high nibble of byte t, so the NR columns of one row pair
+  are adjacent bytes: one vector load reads them and a shift or two unpacks them;
+- a scale or zero point per column or per block of K rows: `[ceil(N / NR), groups, NR]`
+  (groups = 1 per column); a per-tensor one stays as it is.
+
+Columns are zero-padded to whole panels (scale 0). Each weight is `(q - z) * s` in float32,
+as DequantizeLinear computes it, and the kernel sums k in order, so results round like the
+float32 kernel's. A node whose quantization this layout does not cover (scales blocked along
+N or varying along K per row, tensors shared with other nodes, a GPU target) keeps the
+generic kernel of ops/quant.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tvm import relax
+from tvm import tirx as tir
+
+from ecograph.backends.tvm.context import LowerContext, norm_axis
+from ecograph.backends.tvm.ops.matmul import emit_panel_matmul, pack_panels
+from ecograph.backends.tvm.schedules.matmul import register_tile
+from ecograph.backends.tvm.targets import TargetSpec
+from ecograph.ir.dtypes import DType
+from ecograph.ir.graph import Graph, Node, Value
+
+FUSED_WEIGHT_OP = ("ecograph", "DequantizeMatMul")
+_FOUR_BIT = (DType.INT4, DType.UINT4)
+
+
+@dataclass(frozen=True)
+class WeightPanels:
+    """How one DequantizeMatMul node reads its packed operands (see the module doc).
+
+    `block`: K rows per scale group (0: one group, per column or per tensor); `arrays`: the
+    packed array bound for each of the node's constant operands that is packed (the weight,
+    and the scale and zero point unless they are per tensor)."""
+
+    nr: int
+    bits: int
+    signed: bool
+    block: int
+    per_tensor: bool
+    arrays: dict[Value, np.ndarray]
+
+
+def weight_panels(graph: Graph, live: set[Node], target: TargetSpec) -> dict[Node, WeightPanels]:
+    """The live DequantizeMatMul nodes of `graph` whose operands pack for `target`'s CPU
+    matmul kernel, with their packed arrays. Empty for GPU targets."""
+    if target.is_gpu:
+        return {}
+    plans: dict[Node, WeightPanels] = {}
+    for node in graph.nodes:
+        if node in live and (node.domain, node.op_type) == FUSED_WEIGHT_OP:
+            plan = _plan(node, target)
+            if plan is not None:
+                plans[node] = plan
+    return plans
+
+
+def _sole_operand(value: Value | None, node: Node) -> np.ndarray | None:
+    """The constant array of `value` if `node` is its only reader, else None."""
+    if value is None or value.const_value is None or value.is_graph_output:
+        return None
+    if any(u.node is not node for u in value.uses):
+        return None
+    return np.asarray(value.const_value)
+
+
+def _plan(node: Node, target: TargetSpec) -> WeightPanels | None:
+    a, w, s, z = (node.input(i) for i in range(4))
+    wq = _sole_operand(w, node)
+    if a is None or w is None or s is None or wq is None or wq.ndim != 2:
+        return None
+    if a.dtype != DType.FLOAT32 or a.type.rank < 1 or s.dtype != DType.FLOAT32:
+        return None
+    trans_b = bool(node.attr("trans_b", 0))
+    k_axis = 1 if trans_b else 0
+    q = wq.T if trans_b else wq  # [K, N]
+    k_len, n_len = (int(d) for d in q.shape)
+    if k_len == 0 or n_len == 0:
+        return None
+    block = int(node.attr("block_size", 0) or 0)
+    axis = norm_axis(int(node.attr("axis", 1)), 2)
+    per_tensor = s.type.rank == 0 or (s.type.numel == 1 and not block)
+    if not per_tensor and (axis == k_axis) != bool(block):
+        return None  # scales blocked along N, or one per row of K: the generic kernel
+    single = a.type.rank == 1 or a.type.shape[-2] == 1
+    _, nr = register_tile(target, n_len, single_row=single)
+    arrays = {w: _pack_codes(q, nr, 4 if w.dtype in _FOUR_BIT else 8)}
+    if not per_tensor:
+        for v in (s, z):
+            if v is None:
+                continue
+            arr = _sole_operand(v, node)
+            if arr is None or arr.ndim != (2 if block else 1):
+                return None
+            # [groups, N] in the [K, N] orientation, groups = ceil(K / block) or 1
+            grid = (arr.T if trans_b else arr) if block else arr.reshape(1, -1)
+            if grid.shape != (-(-k_len // block) if block else 1, n_len):
+                return None
+            arrays[v] = pack_panels(grid.astype(_carrier(v.dtype)), nr)
+    elif z is not None and z.const_value is None:
+        return None
+    return WeightPanels(
+        nr=nr,
+        bits=4 if w.dtype in _FOUR_BIT else 8,
+        signed=w.dtype in (DType.INT4, DType.INT8),
+        block=block,
+        per_tensor=per_tensor,
+        arrays=arrays,
+    )
+
+
+def _carrier(dtype: DType) -> str:
+    return {DType.INT4: "int8", DType.UINT4: "uint8"}.get(dtype, str(dtype))
+
+
+def _pack_codes(q: np.ndarray, nr: int, bits: int) -> np.ndarray:
+    """[K, N] integer codes -> panels: 8-bit [ceil(N / nr), K, nr] in their dtype; 4-bit
+    [ceil(N / nr), ceil(K / 2), nr] uint8, rows 2t and 2t + 1 in the low and high nibble."""
+    if bits == 8:
+        return pack_panels(q, nr)
+    codes = np.asarray(q).astype(np.int16) & 0xF
+    if codes.shape[0] % 2:
+        codes = np.concatenate([codes, np.zeros((1, codes.shape[1]), np.int16)])
+    pairs = (codes[0::2] | (codes[1::2] << 4)).astype(np.uint8)  # [ceil(K / 2), N]
+    return pack_panels(pairs, nr)
+
+
+def emit_panel_dequantize_matmul(ctx: LowerContext, plan: WeightPanels) -> relax.Expr:
+    """The DequantizeMatMul node of `ctx` as one panel kernel (see the module doc)."""
+    node = ctx.node
+    nr, block = plan.nr, plan.block
+    state = ctx.state
+    w, s, z = node.input(1), node.input(2), node.input(3)
+    assert w is not None and s is not None
+    operands = [state.value_expr(w), state.value_expr(s)]
+    if z is not None:
+        operands.append(state.value_expr(z))
+
+    def at(t: Any, k: Any, j: Any) -> Any:
+        """A scale or zero point for row k, column j."""
+        if plan.per_tensor:
+            return t[(0,) * len(t.shape)]
+        return t[j // nr, k // block if block else 0, j % nr]
+
+    def weight(ws: Any, k: Any, j: Any) -> Any:
+        if plan.bits == 8:
+            q = ws[0][j // nr, k, j % nr].astype("int32")
+        else:
+            byte = ws[0][j // nr, k // 2, j % nr].astype("int32")
+            # int32 shifts: k is int64, and a 64-bit shift would not sign-extend the nibble
+            half = (tir.floormod(k, 2) * 4).astype("int32")
+            if plan.signed:  # sign-extend the nibble: move it to the top, shift back
+                q = tir.shift_right(tir.shift_left(byte, 28 - half), tir.const(28, "int32"))
+            else:
+                q = tir.bitwise_and(tir.shift_right(byte, half), tir.const(15, "int32"))
+        if len(ws) > 2:
+            q = q - at(ws[2], k, j).astype("int32")
+        return q.astype("float32") * at(ws[1], k, j)
+
+    return emit_panel_matmul(ctx, ctx.arg(0), operands, weight, nr, "dequantize_matmul")
+
+
+__all__ = ["FUSED_WEIGHT_OP", "WeightPanels", "emit_panel_dequantize_matmul", "weight_panels"]
