@@ -259,17 +259,20 @@ def test_weight_only_int4_builds_for_cuda():
 # ------------------------------------------------- com.microsoft::MatMulNBits through TVM
 
 
-def _nbits_graph(k: int, block: int, zp: str, sdt: str = "float32", n: int = 24) -> Graph:
-    bits, k_blocks = 4, -(-k // block)
+def _nbits_graph(
+    k: int, block: int, zp: str, sdt: str = "float32", n: int = 24, bits: int = 4
+) -> Graph:
+    k_blocks = -(-k // block)
     b = GraphBuilder()
     x = b.input("A", "float32", ["m", k])
     consts = [
-        b.constant(rng.integers(0, 256, (n, k_blocks, block // 2)).astype(np.uint8), "B"),
+        b.constant(rng.integers(0, 256, (n, k_blocks, block * bits // 8)).astype(np.uint8), "B"),
         b.constant(rng.uniform(0.01, 0.1, n * k_blocks).astype(sdt), "scales"),
     ]
     if zp == "packed":
+        per_byte = 8 // bits
         consts.append(
-            b.constant(rng.integers(0, 256, n * ((k_blocks + 1) // 2)).astype("u1"), "zp")
+            b.constant(rng.integers(0, 256, n * -(-k_blocks // per_byte)).astype("u1"), "zp")
         )
     elif zp == "float":
         consts.append(b.constant(rng.uniform(0, 15, n * k_blocks).astype(sdt), "zp"))
@@ -284,11 +287,30 @@ def _nbits_graph(k: int, block: int, zp: str, sdt: str = "float32", n: int = 24)
      (64, 32, "packed", "float16")],
 )  # fmt: skip
 def test_matmul_nbits_runs_packed_in_one_kernel(k, block, zp, sdt):
+    """Float32 scales with no or packed zero points: repacked into the matmul rule's panels
+    (ops/weight_panels.py) and register-blocked; float zero points and float16 scales: the
+    generic kernel reading ONNX Runtime's layout."""
     g = _nbits_graph(k, block, zp, sdt)
     feeds = {"A": rng.standard_normal((3, k)).astype(np.float32)}
     _close(_run(g, feeds), interpret(g, feeds)["y"])
-    vm_text = build.build_module(g, "x86", keep_params=False).executable.as_text()
-    assert "call  dequantize_matmul_nbits" in vm_text, vm_text
+    result = build.build_module(g, "x86", keep_params=False)
+    paneled = zp != "float" and sdt == "float32"
+    kernel = "dequantize_matmul" if paneled else "dequantize_matmul_nbits"
+    assert f"call  {kernel} in:" in result.executable.as_text()
+    if paneled:
+        assert result.kernels[kernel] == "matmul", result.kernels
+
+
+@pytest.mark.parametrize("bits,k,block,zp", [(8, 72, 32, "packed"), (4, 72, 32, "none")])
+def test_matmul_nbits_partial_blocks_and_8_bit_codes_in_panels(bits, k, block, zp):
+    """K not a multiple of the block (the last block is partial) and 8-bit codes, one row
+    (decode) and several: the panel kernel matches the reference."""
+    g = _nbits_graph(k, block, zp, n=40, bits=bits)
+    for rows in (1, 5):
+        feeds = {"A": rng.standard_normal((rows, k)).astype(np.float32)}
+        _close(_run(g, feeds), interpret(g, feeds)["y"])
+    kernels = build.build_module(g, "x86", keep_params=False).kernels
+    assert kernels.get("dequantize_matmul") == "matmul", kernels
 
 
 def test_matmul_nbits_artifact_stays_packed(tmp_path):

@@ -17,7 +17,7 @@ from ecograph.ir.types import TensorType
 MS_DOMAIN = "com.microsoft"
 
 
-def _unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+def unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
     """Unpack `bits`-bit codes (low bits first within each byte) into int64, `count` per row."""
     per_byte = 8 // bits
     mask = (1 << bits) - 1
@@ -39,13 +39,13 @@ def dequantize_nbits(
 ) -> np.ndarray:
     """The float weight matrix [N, K] that MatMulNBits multiplies by (dtype of `scales`)."""
     k_blocks = -(-k // block_size)
-    codes = _unpack_codes(b.reshape(n, -1), bits, k_blocks * block_size)
+    codes = unpack_codes(b.reshape(n, -1), bits, k_blocks * block_size)
     codes = codes.reshape(n, k_blocks, block_size)
     s = scales.reshape(n, k_blocks).astype(np.float32)
     if zero_points is None:
         zp = np.full((n, k_blocks), 1 << (bits - 1), np.float32)
     elif zero_points.dtype == np.uint8:
-        zp = _unpack_codes(zero_points.reshape(n, -1), bits, k_blocks).astype(np.float32)
+        zp = unpack_codes(zero_points.reshape(n, -1), bits, k_blocks).astype(np.float32)
     else:  # zero points given in the scale's float type
         zp = zero_points.reshape(n, k_blocks).astype(np.float32)
     w = (codes.astype(np.float32) - zp[:, :, None]) * s[:, :, None]

@@ -222,6 +222,10 @@ def _matmul_nbits(ctx: LowerContext) -> relax.Expr:
     float copy of the weights exists, so FoldConstant cannot unpack them into float32)."""
     if ctx.has(4):
         ctx.fail("g_idx (act-order) is not supported")
+    plan = ctx.state.weight_panels.get(ctx.node)
+    if plan is not None:  # CPU: repacked for the register-blocked kernel (ops/weight_panels.py)
+        y = emit_panel_dequantize_matmul(ctx, plan)
+        return R.add(y, R.astype(ctx.arg(5), "float32")) if ctx.has(5) else y
     k_len, n_len, bits, block = (ctx.attrs[a] for a in ("K", "N", "bits", "block_size"))
     k_blocks = -(-k_len // block)
     adt = str(ctx.in_type(0).dtype)

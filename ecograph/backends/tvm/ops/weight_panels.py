@@ -13,6 +13,9 @@ loop and the codes read straight from the packed bytes:
 - a scale or zero point per column or per block of K rows: `[ceil(N / NR), groups, NR]`
   (groups = 1 per column); a per-tensor one stays as it is.
 
+ONNX Runtime's `com.microsoft::MatMulNBits` (4- or 8-bit codes in blocks of K, float32
+scales, no or packed zero points) is repacked into the same panels and read by the same kernel.
+
 Columns are zero-padded to whole panels (scale 0). Each weight is `(q - z) * s` in float32,
 as DequantizeLinear computes it, and the kernel sums k in order, so results round like the
 float32 kernel's. A node whose quantization this layout does not cover (scales blocked along
@@ -35,8 +38,10 @@ from ecograph.backends.tvm.schedules.matmul import register_tile
 from ecograph.backends.tvm.targets import TargetSpec
 from ecograph.ir.dtypes import DType
 from ecograph.ir.graph import Graph, Node, Value
+from ecograph.ir.ops.ms_quant import unpack_codes
 
 FUSED_WEIGHT_OP = ("ecograph", "DequantizeMatMul")
+NBITS_OP = ("com.microsoft", "MatMulNBits")
 _FOUR_BIT = (DType.INT4, DType.UINT4)
 
 
@@ -46,7 +51,8 @@ class WeightPanels:
 
     `block`: K rows per scale group (0: one group, per column or per tensor); `arrays`: the
     packed array bound for each of the node's constant operands that is packed (the weight,
-    and the scale and zero point unless they are per tensor)."""
+    and the scale and zero point unless they are per tensor); `zero`: the zero point of codes
+    when the node has no zero-point input (MatMulNBits: 2^(bits - 1))."""
 
     nr: int
     bits: int
@@ -54,6 +60,7 @@ class WeightPanels:
     block: int
     per_tensor: bool
     arrays: dict[Value, np.ndarray]
+    zero: int = 0
 
 
 def weight_panels(graph: Graph, live: set[Node], target: TargetSpec) -> dict[Node, WeightPanels]:
@@ -63,10 +70,14 @@ def weight_panels(graph: Graph, live: set[Node], target: TargetSpec) -> dict[Nod
         return {}
     plans: dict[Node, WeightPanels] = {}
     for node in graph.nodes:
-        if node in live and (node.domain, node.op_type) == FUSED_WEIGHT_OP:
-            plan = _plan(node, target)
-            if plan is not None:
-                plans[node] = plan
+        if node not in live:
+            continue
+        op = (node.domain, node.op_type)
+        plan = _plan(node, target) if op == FUSED_WEIGHT_OP else None
+        if op == NBITS_OP:
+            plan = _plan_nbits(node, target)
+        if plan is not None:
+            plans[node] = plan
     return plans
 
 
@@ -124,6 +135,46 @@ def _plan(node: Node, target: TargetSpec) -> WeightPanels | None:
     )
 
 
+def _plan_nbits(node: Node, target: TargetSpec) -> WeightPanels | None:
+    """MatMulNBits (see ecograph/ir/ops/ms_quant.py) repacked: B [N, k_blocks, block * bits / 8]
+    -> code panels, scales [N * k_blocks] -> [.., k_blocks, ..] panels, uint8 zero points
+    (packed like B) likewise; float zero points, g_idx or 2-/3-bit codes keep the generic
+    kernel."""
+    a, b, s, z = (node.input(i) for i in range(4))
+    bits, block = int(node.attr("bits")), int(node.attr("block_size"))
+    k_len, n_len = int(node.attr("K")), int(node.attr("N"))
+    if bits not in (4, 8) or node.input(4) is not None or k_len <= 0 or n_len <= 0:
+        return None
+    if a is None or s is None or a.dtype != DType.FLOAT32 or s.dtype != DType.FLOAT32:
+        return None
+    codes_in, scales = _sole_operand(b, node), _sole_operand(s, node)
+    if b is None or codes_in is None or scales is None:
+        return None
+    k_blocks = -(-k_len // block)
+    codes = unpack_codes(codes_in.reshape(n_len, -1), bits, k_blocks * block)[:, :k_len]
+    single = a.type.rank == 1 or a.type.shape[-2] == 1
+    _, nr = register_tile(target, n_len, single_row=single)
+    arrays = {
+        b: _pack_codes(codes.T.astype(np.uint8), nr, bits),
+        s: pack_panels(scales.reshape(n_len, k_blocks).T.astype(np.float32), nr),
+    }
+    if z is not None:
+        zp = _sole_operand(z, node)
+        if zp is None or zp.dtype != np.uint8:
+            return None
+        zp_codes = unpack_codes(zp.reshape(n_len, -1), bits, k_blocks)
+        arrays[z] = pack_panels(zp_codes.T.astype(np.uint8), nr)
+    return WeightPanels(
+        nr=nr,
+        bits=bits,
+        signed=False,
+        block=block,
+        per_tensor=False,
+        arrays=arrays,
+        zero=0 if z is not None else 1 << (bits - 1),
+    )
+
+
 def _carrier(dtype: DType) -> str:
     return {DType.INT4: "int8", DType.UINT4: "uint8"}.get(dtype, str(dtype))
 
@@ -170,9 +221,17 @@ def emit_panel_dequantize_matmul(ctx: LowerContext, plan: WeightPanels) -> relax
                 q = tir.bitwise_and(tir.shift_right(byte, half), tir.const(15, "int32"))
         if len(ws) > 2:
             q = q - at(ws[2], k, j).astype("int32")
+        elif plan.zero:
+            q = q - plan.zero
         return q.astype("float32") * at(ws[1], k, j)
 
     return emit_panel_matmul(ctx, ctx.arg(0), operands, weight, nr, "dequantize_matmul")
 
 
-__all__ = ["FUSED_WEIGHT_OP", "WeightPanels", "emit_panel_dequantize_matmul", "weight_panels"]
+__all__ = [
+    "FUSED_WEIGHT_OP",
+    "NBITS_OP",
+    "WeightPanels",
+    "emit_panel_dequantize_matmul",
+    "weight_panels",
+]
