@@ -16,10 +16,13 @@ thread count (--threads, default: every core this process may use).
 phases within every round; the busy table gives each runner's slowdown against its own idle
 batches of the same run (a statically split thread pool stalls on a taken core).
 
-Workloads: minilm-b1, minilm-b8, llama-prefill, llama-decode, resnet (bench/runners.py).
+Workloads: minilm-b1, minilm-b8, llama-prefill, llama-decode, resnet; by name only:
+llama-wide-decode (TinyLlama-1.1B's layer shapes, 2 layers; bench/runners.py).
 Runners: torch-eager, torch-int8, torch-compile, ort-fp32, ort-int8, tvm-export, ecograph,
-ecograph-int8; by name only: ecograph-tuned (MetaSchedule, minutes) and ecograph-auto
-(ecograph's adaptive thread count, for --busy runs).
+ecograph-int8, ort-ecograph (ONNX Runtime on ecograph's optimized graph, exported); by name
+only: ecograph-tuned (MetaSchedule, minutes), ecograph-auto
+(ecograph's adaptive thread count, for --busy runs), and the weight-only rows ecograph-int8w,
+ecograph-int4, ort-int4 and ort-int4-acc4 (ONNX Runtime's MatMulNBits).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from bench.load import (  # noqa: E402
 from bench.runners import (  # noqa: E402
     BASELINE,
     DEFAULT_RUNNERS,
+    EXTRA_WORKLOADS,
     RUNNERS,
     WORKLOADS,
     runner_env,
@@ -290,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the busy-loop competitors (one of them possibly SIGSTOPped) are not left behind.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     argv = list(sys.argv[1:] if argv is None else argv)
-    workloads = _names(args.workloads, WORKLOADS, "workload")
+    workloads = _names(args.workloads, WORKLOADS + EXTRA_WORKLOADS, "workload")
     runners = _names(args.runners, RUNNERS, "runner")
     command = "python bench/run.py" + ("" if not argv else " " + shlex.join(argv))
     machine = describe_machine()

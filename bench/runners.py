@@ -33,11 +33,26 @@ RUNNERS = [
     "ecograph-int8",
     "ecograph-tuned",
     "ecograph-auto",
+    "ecograph-int8w",
+    "ecograph-int4",
+    "ort-int4",
+    "ort-int4-acc4",
+    "ort-ecograph",
 ]
 # ecograph-tuned takes minutes of MetaSchedule tuning; ecograph-auto adapts its thread count
-# (it is for --busy runs). Both run only when named.
-DEFAULT_RUNNERS = [r for r in RUNNERS if r not in ("ecograph-tuned", "ecograph-auto")]
+# (it is for --busy runs). Both run only when named, as do the weight-only rows (LLM decode
+# tables): ecograph-int8w / ecograph-int4 (optimize's "int8-weight" / "int4" presets: int8
+# per channel, int4 in groups of 128) and ONNX Runtime's MatMulNBits (4-bit, blocks of 128,
+# symmetric; ort-int4 computes in float32, accuracy_level 0; ort-int4-acc4 quantizes the
+# activations to int8, accuracy_level 4, its fastest CPU path).
+OPT_IN_RUNNERS = ("ecograph-tuned", "ecograph-auto", "ecograph-int8w", "ecograph-int4",
+                  "ort-int4", "ort-int4-acc4")  # fmt: skip
+DEFAULT_RUNNERS = [r for r in RUNNERS if r not in OPT_IN_RUNNERS]
 WORKLOADS = ["minilm-b1", "minilm-b8", "llama-prefill", "llama-decode", "resnet"]
+# Run only when named: one decode step of a Llama with TinyLlama-1.1B's layer shapes (hidden
+# 2048, FFN 5632, 32 query / 4 KV heads), 2 layers, vocab 8000: ~120M parameters, 480 MB in
+# float32, so a step reads its weights from memory, not from cache.
+EXTRA_WORKLOADS = ["llama-wide-decode"]
 BASELINE = "ort-fp32"
 TUNE_TRIALS = int(os.environ.get("ECOGRAPH_BENCH_TRIALS", "64"))
 
@@ -66,6 +81,8 @@ def build_workload(name: str) -> tuple[Any, tuple[Any, ...]]:
         mask = torch.ones(batch, 128, dtype=torch.int64)
         mask[:, 100:] = 0
         return model, (ids, mask)
+    if name == "llama-wide-decode":
+        return decode_workload(build_llama(wide=True))
     if name.startswith("llama"):
         model = build_llama()
         if name == "llama-prefill":
@@ -75,21 +92,24 @@ def build_workload(name: str) -> tuple[Any, tuple[Any, ...]]:
         from tests.models.cnn import TinyResNet
 
         return TinyResNet().eval(), (torch.randn(1, 3, 64, 64),)
-    raise ValueError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
+    known = ", ".join(WORKLOADS + EXTRA_WORKLOADS)
+    raise ValueError(f"unknown workload {name!r}; known: {known}")
 
 
-def build_llama() -> Any:
+def build_llama(*, wide: bool = False) -> Any:
+    """The bench's Llama (4 layers, hidden 256, GQA 8/2, vocab 2000), or with `wide` one of
+    TinyLlama-1.1B's layer shapes (2 layers, hidden 2048, FFN 5632, GQA 32/4, vocab 8000)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        num_hidden_layers=4,
-        hidden_size=256,
-        intermediate_size=688,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        vocab_size=2000,
+        num_hidden_layers=2 if wide else 4,
+        hidden_size=2048 if wide else 256,
+        intermediate_size=5632 if wide else 688,
+        num_attention_heads=32 if wide else 8,
+        num_key_value_heads=4 if wide else 2,
+        vocab_size=8000 if wide else 2000,
         max_position_embeddings=256,
         bos_token_id=0,
         eos_token_id=0,
@@ -176,6 +196,12 @@ def _export_onnx(model: Any, args: tuple[Any, ...], path: Path) -> Path:
     return path
 
 
+def export_onnx(model: Any, args: tuple[Any, ...], path: Path) -> Path:
+    """`model` on `args` exported to `path` the way the ONNX Runtime runners export it (torch's
+    dynamo exporter, static shapes, weights inside the file); for other bench scripts."""
+    return _export_onnx(model, args, path)
+
+
 def _scratch() -> Path:
     """A temporary folder for this worker's exports and builds, removed when it exits."""
     tmp = Path(tempfile.mkdtemp(prefix="ecograph-bench-"))
@@ -246,13 +272,27 @@ def _prepare_ort(
 
     tmp = _scratch()
     t0 = time.perf_counter()
-    path = _export_onnx(model, args, tmp / "model.onnx")
+    if runner == "ort-ecograph":
+        path = _ecograph_onnx(model, args, tmp / "model.onnx")
+    else:
+        path = _export_onnx(model, args, tmp / "model.onnx")
     if runner == "ort-int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         qpath = tmp / "model.int8.onnx"
         quantize_dynamic(str(path), str(qpath), weight_type=QuantType.QInt8)
         path = qpath
+    elif runner.startswith("ort-int4"):
+        import onnx
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        level = 4 if runner == "ort-int4-acc4" else 0
+        quantizer = MatMulNBitsQuantizer(
+            onnx.load(str(path)), bits=4, block_size=128, is_symmetric=True, accuracy_level=level
+        )
+        quantizer.process()
+        path = tmp / "model.int4.onnx"
+        quantizer.model.save_model_to_file(str(path), use_external_data_format=False)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -264,6 +304,19 @@ def _prepare_ort(
         return sess.run(None, feeds)[0]
 
     return Prepared(call, compile_seconds, path.stat().st_size, call(), reference)
+
+
+def _ecograph_onnx(model: Any, args: tuple[Any, ...], path: Path) -> Path:
+    """ecograph's capture and default pass pipeline (the graph its x86 builds compile),
+    exported to ONNX: ONNX Runtime's kernels on ecograph's graph, to tell the graph's share
+    of a gap from the kernels' share."""
+    import ecograph
+    from ecograph.passes import run_passes
+
+    graph = ecograph.from_torch(model, args)
+    run_passes(graph, "default", progress=False)
+    ecograph.to_onnx(graph, path, external_data=False)
+    return path
 
 
 def _prepare_tvm_export(
@@ -300,7 +353,8 @@ def _prepare_ecograph(
     """ecograph.optimize() for x86; the thread count comes from ECOGRAPH_NUM_THREADS."""
     import ecograph
 
-    quant = "int8" if runner == "ecograph-int8" else None
+    quant = {"ecograph-int8": "int8", "ecograph-int8w": "int8-weight", "ecograph-int4": "int4"}
+    quant = quant.get(runner)
     tune = TUNE_TRIALS if runner == "ecograph-tuned" else False
     t0 = time.perf_counter()
     res = ecograph.optimize(
@@ -309,7 +363,8 @@ def _prepare_ecograph(
         target="x86",
         quantize=quant,
         tune=tune,
-        accuracy_budget=0.98 if quant else None,
+        # random-weight logits: int4 keeps cosine ~0.96 (the cosine column says how much)
+        accuracy_budget=(0.9 if quant == "int4" else 0.98) if quant else None,
         measure=False,
         out_dir=_scratch(),
         cache=bool(options.get("cache", False)),

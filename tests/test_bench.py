@@ -486,3 +486,60 @@ def test_gpu_table_gives_ratios_to_both_torch_rows_and_lists_errors() -> None:
     assert "| w | ecograph-cuda | 1.0000 | 1.5000 | 0.25x | 0.5x | 0.2 | cos 1.000000 |" in text
     assert "| w | torch-eager | 4.0000 | 5.0000 | 1x | 2x | n/a |  |" in text
     assert "- w torch-compile: TimeoutError: skipped" in text
+
+
+# ------------------------------------------------------------ bench/lm_bench.py (one model)
+
+
+def test_lm_bench_smoke_run_times_builds_and_their_logits_agree(tmp_path: Path) -> None:
+    """bench/lm_bench.py's whole path on the GPT-2 config (the quicker of its two to compile):
+    ecograph fp32 and int4, torch eager and ONNX Runtime fp32, 2 decode steps on a 16-position
+    cache, then perplexity on one 16-byte window of the license texts. The fp32 builds must
+    give torch eager's decode logits and perplexity; int4 must store far fewer bytes."""
+    import json
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "lm.json"
+    # its own process: the script fixes torch's, TVM's and ecograph's thread counts process-wide
+    command = [
+        sys.executable, "bench/lm_bench.py",
+        "--models", "gpt2",
+        "--builds", "ecograph-fp32,ecograph-int4,torch-eager,ort-fp32",
+        "--threads", "1", "--prompt", "16", "--steps", "2", "--prefill-calls", "1",
+        "--rounds", "1", "--gap", "0",
+        "--ppl-model", "random", "--ppl-builds", "ecograph-fp32,torch-eager,ort-fp32",
+        "--ppl-windows", "1",
+        "--json", str(out),
+    ]  # fmt: skip
+    t0 = time.monotonic()
+    proc = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert time.monotonic() - t0 < 120
+    result = json.loads(out.read_text())
+    assert result["text"] in proc.stdout
+    rows = {r["build"]: r for r in result["speed"]["gpt2"]["rows"]}
+    assert list(rows) == ["ecograph-fp32", "ecograph-int4", "torch-eager", "ort-fp32"]
+    for name, row in rows.items():
+        assert row["error"] is None, (name, row["error"])
+        assert len(row["decode_ms"]) == 2 and len(row["prefill_ms"]) == 1
+        assert row["decode_p50_ms"] > 0 and row["prefill_p50_ms"] > 0
+        assert row["weight_bytes"] > 100_000
+    assert rows["ecograph-fp32"]["max_abs_vs_torch"] < 1e-4
+    assert rows["ort-fp32"]["max_abs_vs_torch"] < 1e-4
+    assert rows["torch-eager"]["max_abs_vs_torch"] == 0.0
+    # packed int4 weights (with their scales and the kernels' code) against float32 ones
+    assert rows["ecograph-int4"]["weight_bytes"] < 0.35 * rows["ecograph-fp32"]["weight_bytes"]
+    assert 0.9 < rows["ecograph-int4"]["cosine_vs_torch"] < 1.0
+
+    ppl = {r["build"]: r for r in result["perplexity"]["gpt2"]["rows"]}
+    assert list(ppl) == ["ecograph-fp32", "torch-eager", "ort-fp32"]
+    ref = ppl["torch-eager"]["ppl"]
+    assert ref is not None and np.isfinite(ref) and ref > 1.0
+    assert ppl["torch-eager"]["tokens"] == 15
+    for name in ("ecograph-fp32", "ort-fp32"):
+        assert abs(ppl[name]["ppl"] / ref - 1) < 0.01, (name, ppl[name]["ppl"], ref)
+
+    text = result["text"]
+    assert "Command: `python bench/lm_bench.py --models gpt2" in text
+    assert "| build | decode ms/token (p50) |" in text and "| ecograph-int4 |" in text
+    assert "consistency check between builds, not accuracy" in text
