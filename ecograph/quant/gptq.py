@@ -58,7 +58,8 @@ def gptq_quantize(
     clip: str = "mse",
     act_order: bool = True,
 ) -> QuantizedTensor:
-    """Quantize W [K, N] against Hessian H [K, K]; groups of `group_size` along K.
+    """Quantize W [K, N] against Hessian H [K, K]; groups of `group_size` along K (the last
+    group holds the K % group_size rows left over, as blocked DequantizeLinear reads it).
 
     `clip="mse"` picks each group's range (per column) by shrinking it towards zero while the
     round-to-nearest error of the group's weights decreases. `act_order=True` quantizes rows
@@ -69,8 +70,8 @@ def gptq_quantize(
     k, n = w.shape
     if h.shape != (k, k):
         raise ValueError(f"Hessian shape {h.shape} does not match weight rows {k}")
-    if k % group_size:
-        raise ValueError(f"K={k} is not a multiple of group_size={group_size}")
+    if group_size <= 0:
+        raise ValueError(f"group_size={group_size} must be positive")
     qmin, qmax = qrange(dtype)
     wq = w.astype(np.float64).copy()
     h = h.astype(np.float64).copy()
@@ -78,7 +79,7 @@ def gptq_quantize(
     h[dead, dead] = 1.0
     wq[dead, :] = 0.0
     h += np.eye(k) * damp * float(np.mean(np.diag(h)))
-    groups = k // group_size
+    groups = -(-k // group_size)
     scales = np.zeros((groups, n), np.float32)
     zps = np.zeros((groups, n), DType.parse(dtype).numpy)
     if act_order:
