@@ -7,6 +7,7 @@ the compiled functions against the model's own logits in torch, on a probe promp
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -48,7 +49,9 @@ def compile_lm(
       run here (it raises UsageError saying where to run it).
     - quantize: None or a preset optimize accepts ("int8", "int8-weight", "int4",
       "palette4", ...), a dict of Quantize options or a Quantize pass; static int8 is refused
-      (it needs calibration data that compile_lm does not take).
+      (it needs calibration data that compile_lm does not take). Both functions get the same
+      quantized weights: the prefill graph is quantized first and the decode graph takes its
+      codes, so GPTQ's `calibration_data` are prefill inputs, [{"input_ids": [batch, T]}].
     - max_seq_len: prompt plus generated tokens; default min(the model's positions, 2048).
     - tokenizer: saved beside the functions (so `ecograph generate DIR --prompt TEXT` works).
     - accuracy_budget: the minimum cosine similarity of the compiled functions' logits to the
@@ -76,8 +79,9 @@ def compile_lm(
     prefill, decode, layout = capture_lm(model)
     records: list[Any] = []
     qdesc = ""
+    shared: dict[Any, Any] = {}  # prefill's quantized weights, taken as they are by decode
     for graph in (prefill, decode):
-        records, qdesc = _run_passes(graph, pipeline, quantize, progress)
+        records, qdesc = _run_passes(graph, pipeline, quantize, progress, shared)
     recipe = recipe_for(pipeline, qdesc, records)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -176,15 +180,20 @@ def _max_seq_len(model: Any, max_seq_len: int | None) -> int:
     return max_seq_len
 
 
-def _run_passes(graph: Any, pipeline: str, quantize: Any, progress: bool | None) -> tuple[Any, str]:
-    """Run `pipeline`, then the quantization, on `graph` in place; (records, description)."""
+def _run_passes(
+    graph: Any, pipeline: str, quantize: Any, progress: bool | None, shared: dict[Any, Any]
+) -> tuple[Any, str]:
+    """Run `pipeline`, then the quantization, on `graph` in place; (records, description).
+    The quantization shares its quantized weights through `shared` with the other graph's
+    (same weights, same codes: GPTQ calibrates on the prefill inputs only)."""
     from ecograph.passes import PassManager
     from ecograph.quant.presets import quantize_pass
 
     items: list[Any] = [pipeline]
     qdesc = ""
     if quantize is not None:
-        qpass = quantize_pass(quantize)  # a fresh pass per graph
+        # a fresh pass per graph (a Quantize given is copied), one shared weight table
+        qpass = dataclasses.replace(quantize_pass(quantize), shared=shared)
         items.append(qpass)
         qdesc = qpass.describe()
         if isinstance(quantize, str):  # the preset's name says more than the mode alone

@@ -33,6 +33,7 @@ the float product unchanged and evens out the channels the activation scale must
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -145,6 +146,13 @@ class Quantize(Pass):
     smooth: float = 0.0
     float_after: tuple[str, ...] | list[str] = ()
     palette_bits: int = 4
+    # Quantized weights by content (the float weight's bytes, shape and axes), shared between
+    # passes with the same options over graphs of one model (compile_lm's prefill and decode):
+    # a weight already quantized in one graph is taken as is in the next, so both compute with
+    # the same codes and only the first needs calibration data (GPTQ). None: not shared.
+    shared: dict[tuple[Any, ...], QuantizedTensor] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if not -1.0 <= self.min_cosine <= 1.0:
@@ -240,7 +248,9 @@ class Quantize(Pass):
                 )
                 for n, o in observers.items()
             }
-        self._hessians = self._collect_hessians(graph, targets) if self.algorithm == "gptq" else {}
+        pending = [t for t in targets if self._shared_key(t) not in (self.shared or {})]
+        gptq = self.algorithm == "gptq" and pending
+        self._hessians = self._collect_hessians(graph, pending) if gptq else {}
         # id(float weight) -> (quantized, float weight, data, scale, zero point)
         weights: dict[int, tuple[QuantizedTensor, Value, Value, Value, Value | None]] = {}
         activations: dict[int, Value] = {}
@@ -515,19 +525,34 @@ class Quantize(Pass):
         gran = self._granularity
         axis = t.reduce_axis if gran.kind == "group" else t.channel_axis
         symmetric = self.symmetric if self.mode != "dynamic" else True
+        shared_key = self._shared_key(t)
+        if self.shared is not None and shared_key in self.shared:
+            return self._store(graph, w, self.shared[shared_key], symmetric, cache)
         h = self._hessians.get(t.node.name) if self.algorithm == "gptq" else None
         if h is not None:
             qt = self._gptq(w.const_value, h, t)
-            return self._store(graph, w, qt, symmetric, cache)
-        qt = quantize_tensor(
-            w.const_value,
-            self.dtype,
-            symmetric=symmetric,
-            granularity=gran,
-            axis=axis,
-            clip=self._clip(),
-        )
+        else:
+            qt = quantize_tensor(
+                w.const_value,
+                self.dtype,
+                symmetric=symmetric,
+                granularity=gran,
+                axis=axis,
+                clip=self._clip(),
+            )
+        if self.shared is not None:
+            self.shared[shared_key] = qt
         return self._store(graph, w, qt, symmetric, cache)
+
+    def _shared_key(self, t: Target) -> tuple[Any, ...] | None:
+        """The key of `t`'s weight in `shared` (None when nothing is shared)."""
+        if self.shared is None:
+            return None
+        w = t.node.input(t.weight_index)
+        assert w is not None and w.const_value is not None
+        arr = np.ascontiguousarray(w.const_value)
+        digest = hashlib.sha256(arr.view(np.uint8).reshape(-1)).hexdigest()
+        return (digest, arr.shape, str(arr.dtype), t.channel_axis, t.reduce_axis)
 
     def _store(
         self, graph: Graph, w: Value, qt: QuantizedTensor, symmetric: bool, cache: dict

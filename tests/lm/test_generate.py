@@ -211,3 +211,25 @@ def test_every_cache_prefix_is_read_in_place() -> None:
     for s in range(1, 10):
         view = buf[:s]
         assert _aligned(view) is view, s
+
+
+def test_gptq_calibrates_on_prompts_and_decode_takes_the_prefill_codes(
+    llama: Any, tmp_path: Path
+) -> None:
+    """GPTQ's calibration data are prompts (prefill inputs); the decode graph takes the
+    prefill's quantized weights instead of quantizing (and calibrating) again, so a decode
+    step gives the logits prefill gives at that position, to float rounding (different codes
+    would differ by the quantization noise, ~1e-1 here)."""
+    from ecograph import compile_lm
+
+    calib = [{"input_ids": prompt(1, 24, seed=s)} for s in (11, 12)]
+    options = {"mode": "weight_only", "dtype": "int4", "granularity": "group:16",
+               "algorithm": "gptq", "calibration_data": calib}  # fmt: skip
+    lm = compile_lm(llama, quantize=options, max_seq_len=MAX_SEQ_LEN, accuracy_budget=0.9,
+                    out_dir=tmp_path)  # fmt: skip
+    assert "gptq" in lm.spec.quantization
+    ids = prompt(1, 9, seed=8)
+    full, _ = lm.prefill.run_numpy([ids])
+    _, kv = lm.prefill.run_numpy([ids[:, :-1]])
+    step, _ = lm.decode.run_numpy([ids[:, -1:], kv])
+    np.testing.assert_allclose(step[:, -1], full[:, -1], atol=1e-4, rtol=1e-4)
