@@ -1,0 +1,415 @@
+"""The artifact folder as untrusted input: its manifest's schema, its files and their hashes.
+
+`open_artifact` checks the manifest's schema, that the folder holds exactly the files the
+manifest lists (no symlinks, no path leaving the folder) and the SHA-256 of every one of them,
+all before TVM maps anything; a check that fails raises `ArtifactError` and nothing of the
+folder is loaded. `Artifact` then hands out the checked files (re-checked right before they are
+opened) and the weights.
+
+Its own module because it is the one part of loading that needs neither TVM nor a device: only
+the standard library and numpy. `runtime.load`, `rpc.connect` and `build` (which writes what
+this reads) all go through it; `runtime` re-exports its public names.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import stat
+import zipfile
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ecograph.backends.tvm.codec import CODECS
+from ecograph.errors import ArtifactError
+from ecograph.ir import symbolic
+
+MANIFEST = "manifest.json"
+LIBRARY = "lib.so"
+FORMAT_VERSION = 1  # of manifest.json; build.py writes it
+MANIFEST_MAX_BYTES = 64 << 20  # far above any real manifest; a bigger one is refused unread
+FAMILIES = ("x86", "arm", "cuda", "other")  # TargetSpec.family
+_SHA256 = re.compile(r"[0-9a-f]{64}\Z")
+_REBUILD = "rebuild the artifact with ecograph.compile"
+
+
+@dataclass(frozen=True)
+class _FileId:
+    """Which file was hashed: compared again right before TVM or numpy opens it."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> _FileId:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """An artifact folder whose manifest passed the schema check and whose every file was
+    listed, inside the folder and hashed. `folder` is the path as given, `root` resolved."""
+
+    folder: Path
+    root: Path
+    manifest: dict[str, Any]
+    ids: dict[str, _FileId]
+
+    def path_of(self, name: str) -> Path:
+        """The path of listed file `name`, checked to still be the very file that was hashed."""
+        path = self.root / name
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            raise ArtifactError(f"{path} vanished after it was hashed ({exc.strerror})") from exc
+        if _FileId.of(st) != self.ids[name]:
+            raise ArtifactError(
+                f"{path} changed after it was hashed (is something writing to the artifact "
+                "folder?); load it again once nothing does"
+            )
+        return path
+
+    def load_params(self, dev: Any) -> list[Any]:
+        """The weights in the manifest's params file as TVM tensors on `dev` (none without)."""
+        import tvm
+
+        return [tvm.runtime.tensor(a, dev) for a in self.load_param_arrays().values()]
+
+    def load_param_arrays(self) -> dict[str, np.ndarray]:
+        """The weights in the manifest's params file as numpy arrays, in `params.names` order
+        (empty without a params file), decoded with the codec the manifest names (absent:
+        "none", the plain .npz of older artifacts)."""
+        info = self.manifest.get("params") or {}
+        if not info.get("file"):
+            return {}
+        path = self.path_of(info["file"])
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise ArtifactError(f"{path}: cannot open it ({exc.strerror})") from exc
+        with os.fdopen(fd, "rb") as fh:
+            if _FileId.of(os.fstat(fh.fileno())) != self.ids[info["file"]]:
+                raise ArtifactError(f"{path} changed after it was hashed; load it again")
+            if info.get("codec", "none") != "none":
+                from ecograph.backends.tvm.codec import decode
+
+                decoded = decode(fh.read(), path)
+                return _named(path, info["names"], decoded)
+            bad = f"{path}: not an .npz of plain arrays"
+            try:
+                data = np.load(fh, allow_pickle=False)
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+                raise ArtifactError(f"{bad} ({exc}); {_REBUILD}") from exc
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ArtifactError(f"{bad} (a single .npy array); {_REBUILD}")
+            with data:
+                missing = [n for n in info["names"] if n not in data.files]
+                if missing:
+                    raise ArtifactError(
+                        f"{path} lacks arrays {missing}, which the manifest's 'params.names' "
+                        f"lists; {_REBUILD}"
+                    )
+                try:
+                    return {n: np.array(data[n], order="C") for n in info["names"]}
+                except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+                    raise ArtifactError(f"{bad} ({exc}); {_REBUILD}") from exc
+
+
+def _named(path: Path, names: list[str], arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`arrays` in the order of the manifest's `names`; one missing is an ArtifactError."""
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise ArtifactError(
+            f"{path} lacks arrays {missing}, which the manifest's 'params.names' lists; {_REBUILD}"
+        )
+    return {n: arrays[n] for n in names}
+
+
+def open_artifact(path: str | os.PathLike[str]) -> Artifact:
+    """Check an artifact folder without loading anything: its manifest against the schema,
+    then that the folder holds exactly the files `files` lists, each a plain regular file (no
+    symlink, no path leaving the folder) with the listed SHA-256. Needs only the standard
+    library and numpy; raises `ArtifactError` naming the file or key at fault."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ArtifactError(
+            f"{folder} is not an ecograph artifact (not a folder); give the folder that "
+            "ecograph.compile or 'ecograph compile' wrote"
+        )
+    root = folder.resolve()
+    mpath = root / MANIFEST
+    manifest = _read_manifest_json(mpath, folder)
+    _check_schema(manifest, mpath)
+    ids = _check_files(root, manifest["files"], mpath)
+    return Artifact(folder, root, manifest, ids)
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of an artifact folder, after every check of `open_artifact`."""
+    return open_artifact(path).manifest
+
+
+def _read_manifest_json(mpath: Path, folder: Path) -> Any:
+    if mpath.is_symlink():  # refused unopened; O_NOFOLLOW below closes the race
+        raise ArtifactError(
+            f"{mpath} is a symlink; an artifact folder holds its own files (replace the link "
+            f"with the file, or {_REBUILD})"
+        )
+    try:
+        fd = os.open(mpath, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise ArtifactError(
+            f"{folder} is not an ecograph artifact (no {MANIFEST}); give the folder that "
+            "ecograph.compile or 'ecograph compile' wrote"
+        ) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ArtifactError(
+                f"{mpath} is a symlink; an artifact folder holds its own files (replace the "
+                f"link with the file, or {_REBUILD})"
+            ) from None
+        raise ArtifactError(f"{mpath}: cannot open it ({exc.strerror})") from exc
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise ArtifactError(f"{mpath} is not a regular file; {_REBUILD}")
+        data = fh.read(MANIFEST_MAX_BYTES + 1)
+    if len(data) > MANIFEST_MAX_BYTES:
+        raise ArtifactError(f"{mpath} is over {MANIFEST_MAX_BYTES >> 20} MiB; {_REBUILD}")
+    if not data.strip():
+        raise ArtifactError(f"{mpath} is empty; {_REBUILD}")
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(
+            f"{mpath}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
+            f"{_REBUILD}"
+        ) from None
+    except (ValueError, RecursionError) as exc:  # bad UTF-8, absurd nesting
+        raise ArtifactError(f"{mpath}: not valid JSON ({type(exc).__name__}); {_REBUILD}") from None
+
+
+def _kind(value: Any) -> str:
+    """How JSON would name the type of `value`."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def _bad(mpath: Path, key: str, want: str, value: Any) -> ArtifactError:
+    return ArtifactError(f"{mpath}: '{key}' must be {want}, not {_kind(value)}; {_REBUILD}")
+
+
+def _get(mpath: Path, obj: dict[str, Any], where: str, key: str) -> Any:
+    if key not in obj:
+        name = f"{where}.{key}" if where else key
+        raise ArtifactError(f"{mpath}: key '{name}' is missing; {_REBUILD}")
+    return obj[key]
+
+
+def _obj(mpath: Path, value: Any, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _bad(mpath, key, "an object", value)
+    return value
+
+
+def _str(mpath: Path, value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise _bad(mpath, key, "a string", value)
+    return value
+
+
+def _str_list(mpath: Path, value: Any, key: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _bad(mpath, key, "a list of strings", value)
+    return value
+
+
+def _check_schema(m: Any, mpath: Path) -> None:
+    """Every key the loader and the model read, with its type (see build._manifest)."""
+    if not isinstance(m, dict):
+        raise ArtifactError(
+            f"{mpath}: the manifest must be a JSON object, not {_kind(m)}; {_REBUILD}"
+        )
+    fmt = _get(mpath, m, "", "format")
+    if isinstance(fmt, bool) or fmt != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{mpath}: 'format' is {fmt!r}, not {FORMAT_VERSION}; rebuild the artifact with "
+            "this version of ecograph"
+        )
+    target = _obj(mpath, _get(mpath, m, "", "target"), "target")
+    _str(mpath, _get(mpath, target, "target", "name"), "target.name")
+    family = _str(mpath, _get(mpath, target, "target", "family"), "target.family")
+    if family not in FAMILIES:
+        raise ArtifactError(
+            f"{mpath}: 'target.family' is {family!r}, not one of {', '.join(FAMILIES)}; {_REBUILD}"
+        )
+    if "features" in target:
+        _str_list(mpath, target["features"], "target.features")
+    if target.get("cuda_arch") is not None:
+        _str(mpath, target["cuda_arch"], "target.cuda_arch")
+    if "tvm" in target:
+        _obj(mpath, target["tvm"], "target.tvm")
+    for key in ("inputs", "outputs"):
+        _check_tensors(mpath, _get(mpath, m, "", key), key)
+    _check_symbols(mpath, m["inputs"])
+    files = _obj(mpath, _get(mpath, m, "", "files"), "files")
+    for name, digest in files.items():
+        _check_file_name(mpath, name, "files")
+        if not isinstance(digest, str) or not _SHA256.match(digest):
+            raise ArtifactError(
+                f"{mpath}: 'files.{name}' must be a SHA-256 (64 lowercase hex digits), not "
+                f"{digest!r}; {_REBUILD}"
+            )
+    if LIBRARY not in files:
+        raise ArtifactError(f"{mpath}: 'files' does not list {LIBRARY}; {_REBUILD}")
+    params = m.get("params")
+    if params is not None:
+        params = _obj(mpath, params, "params")
+        file = _get(mpath, params, "params", "file")
+        _str_list(mpath, _get(mpath, params, "params", "names"), "params.names")
+        codec = params.get("codec", "none")
+        if codec not in CODECS:
+            raise ArtifactError(
+                f"{mpath}: 'params.codec' is {codec!r}, not one of {', '.join(CODECS)}; {_REBUILD}"
+            )
+        if file is not None:
+            _check_file_name(mpath, _str(mpath, file, "params.file"), "params.file")
+            if file not in files:
+                raise ArtifactError(
+                    f"{mpath}: 'params.file' {file!r} is not listed in 'files' (so it is not "
+                    f"hashed); {_REBUILD}"
+                )
+    if m.get("schedules") is not None:
+        _obj(mpath, m["schedules"], "schedules")
+
+
+def _check_tensors(mpath: Path, value: Any, key: str) -> None:
+    if not isinstance(value, list):
+        raise _bad(mpath, key, "a list", value)
+    names: set[str] = set()
+    for i, t in enumerate(value):
+        where = f"{key}[{i}]"
+        t = _obj(mpath, t, where)
+        name = _str(mpath, _get(mpath, t, where, "name"), f"{where}.name")
+        if name in names:
+            raise ArtifactError(f"{mpath}: '{key}' names {name!r} twice; {_REBUILD}")
+        names.add(name)
+        _str(mpath, _get(mpath, t, where, "dtype"), f"{where}.dtype")
+        shape = _get(mpath, t, where, "shape")
+        if not isinstance(shape, list):
+            raise _bad(mpath, f"{where}.shape", "a list", shape)
+        for d in shape:
+            if (
+                isinstance(d, bool)
+                or not isinstance(d, int | str)
+                or (isinstance(d, int) and d < 0)
+            ):
+                raise ArtifactError(
+                    f"{mpath}: '{where}.shape' holds {d!r}; a dim is a size >= 0 or a symbol "
+                    f"(string); {_REBUILD}"
+                )
+            if isinstance(d, str):
+                try:
+                    symbolic.canonical(d)
+                except (ValueError, ZeroDivisionError) as exc:
+                    raise ArtifactError(
+                        f"{mpath}: '{where}.shape' holds {d!r}, not a symbolic dim ({exc}); "
+                        f"{_REBUILD}"
+                    ) from None
+
+
+def _check_symbols(mpath: Path, inputs: list[dict[str, Any]]) -> None:
+    """Every symbol in an input dim expression is some input's whole dim, so the inputs
+    bind it (as build's lowering requires)."""
+    bare = {
+        d for t in inputs for d in t["shape"] if isinstance(d, str) and symbolic.is_symbol_name(d)
+    }
+    for t in inputs:
+        for d in t["shape"]:
+            unbound = sorted(symbolic.symbols(d) - bare) if isinstance(d, str) else []
+            if unbound:
+                raise ArtifactError(
+                    f"{mpath}: input {t['name']!r} dim {d!r} uses {unbound}, which no input "
+                    f"has as a whole dim; {_REBUILD}"
+                )
+
+
+def _check_file_name(mpath: Path, name: str, key: str) -> None:
+    """A listed file is a plain name in the folder: no absolute path, `..` or sub-folder."""
+    parts = name.replace("\\", "/").split("/")
+    if os.path.isabs(name) or ".." in parts:
+        raise ArtifactError(
+            f"{mpath}: '{key}' names {name!r}, a path leaving the artifact folder; an artifact "
+            f"lists only its own files, by plain name; {_REBUILD}"
+        )
+    if len(parts) != 1 or name in ("", ".") or "\0" in name:
+        raise ArtifactError(
+            f"{mpath}: '{key}' names {name!r}, not a plain file name in the artifact folder; "
+            f"{_REBUILD}"
+        )
+    if name == MANIFEST:
+        raise ArtifactError(f"{mpath}: '{key}' names the manifest itself; {_REBUILD}")
+
+
+def _check_files(root: Path, files: Mapping[str, str], mpath: Path) -> dict[str, _FileId]:
+    """The folder holds exactly the listed files, each a regular file with its SHA-256."""
+    with os.scandir(root) as entries:
+        present = {e.name: e for e in entries if e.name != MANIFEST}
+    for name, entry in sorted(present.items()):
+        if entry.is_symlink():
+            raise ArtifactError(
+                f"{entry.path} is a symlink; an artifact folder holds its own files (a link may "
+                f"point outside it): replace the link with the file, or {_REBUILD}"
+            )
+        if name not in files:
+            raise ArtifactError(
+                f"{entry.path} is not listed in {mpath} 'files'; an artifact folder holds only "
+                "the files its manifest lists and hashes: remove it, or rebuild the artifact"
+            )
+        if not entry.is_file(follow_symlinks=False):
+            raise ArtifactError(f"{entry.path} is not a regular file; {_REBUILD}")
+    for name in files:
+        if name not in present:
+            raise ArtifactError(
+                f"{root / name} is listed in {mpath} 'files' but missing from the folder; "
+                f"{_REBUILD}"
+            )
+    return {name: _hash_check(root / name, digest, mpath) for name, digest in files.items()}
+
+
+def _hash_check(path: Path, digest: str, mpath: Path) -> _FileId:
+    # Read with plain reads, never mapped: a truncated file is a hash mismatch, not a SIGBUS.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot open it ({exc.strerror})") from exc
+    h = hashlib.sha256()
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ArtifactError(f"{path} is not a regular file; {_REBUILD}")
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    if h.hexdigest() != digest:
+        raise ArtifactError(
+            f"{path}: SHA-256 does not match {mpath} (corrupt, truncated or edited); {_REBUILD}"
+        )
+    return _FileId.of(st)
