@@ -197,6 +197,8 @@ def _cuda_pipeline(target: Any, *, with_matmul_rule: bool) -> tuple[Any, list[st
     from tvm.relax.backend.cuda import pipeline as cuda
     from tvm.s_tir import dlight as dl
 
+    from .schedules.indexmath import decreasing_index_pass
+
     rules = [
         dl.gpu.GEMV(),
         _CheckedRule(dl.gpu.Reduction()),
@@ -213,6 +215,7 @@ def _cuda_pipeline(target: Any, *, with_matmul_rule: bool) -> tuple[Any, list[st
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
         dl.ApplyDefaultSchedule(*rules),
+        decreasing_index_pass(),  # TVM 0.27 simplifier miscompile (schedules/indexmath.py)
     ]
     passes = (
         cuda.library_dispatch_passes(target)
@@ -257,6 +260,7 @@ def cpu_pipeline(
 
     from .schedules import apply_cpu_schedules
     from .schedules.fastmath import fast_math_pass
+    from .schedules.indexmath import decreasing_index_pass
 
     fusion = [
         relax.transform.AnnotateTIROpPattern(),
@@ -269,6 +273,7 @@ def cpu_pipeline(
         *(fusion if fuse else []),
         fast_math_pass(),
         apply_cpu_schedules(spec, failures, chosen),
+        decreasing_index_pass(),  # TVM 0.27 simplifier miscompile (schedules/indexmath.py)
         *cpu.dataflow_lower_passes(target),
         *cpu.finalize_passes(target),
     ]
