@@ -86,6 +86,7 @@ elif str(ROOT) not in sys.path:
 
 from bench.interleave import percentile, rotation  # noqa: E402
 from bench.load import CpuSnapshot, available_cores, describe_other_load, other_usage  # noqa: E402
+from bench.runners import decode_step_module  # noqa: E402
 from bench.worker import cosine, thread_env, time_calls  # noqa: E402
 
 MODELS = ["llama", "gpt2"]
@@ -161,34 +162,6 @@ def kv_layout(model: Any) -> tuple[int, int, int]:
     kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     return cfg.num_hidden_layers, kv_heads, head_dim
-
-
-def decode_step_module(model: Any) -> Any:
-    """One decode step over an explicit KV cache: (token [1, 1], keys and values [layers, 1,
-    kv_heads, S, head_dim]) -> logits [1, 1, vocab]. bench.runners.decode_workload's module,
-    for any cache length and for GPT-2 too (it reads num_key_value_heads)."""
-    import torch
-
-    layers = kv_layout(model)[0]
-
-    class DecodeStep(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = model
-
-        def forward(self, input_ids: Any, past_keys: Any, past_values: Any) -> Any:
-            from transformers import DynamicCache
-
-            cache = DynamicCache()
-            for i in range(layers):
-                cache.update(past_keys[i], past_values[i], i)
-            pos = torch.full((1, 1), past_keys.shape[3], dtype=torch.long, device=input_ids.device)
-            out = self.inner(
-                input_ids=input_ids, past_key_values=cache, position_ids=pos, use_cache=True
-            )
-            return out.logits
-
-    return DecodeStep().eval()
 
 
 @dataclass

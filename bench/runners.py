@@ -135,14 +135,13 @@ def prefill_module(inner: Any) -> Any:
     return Prefill().eval()
 
 
-def decode_workload(model: Any) -> tuple[Any, tuple[Any, ...]]:
-    """One decode step: the new token attends to an explicit 128-position KV cache."""
+def decode_step_module(model: Any) -> Any:
+    """One decode step of a Hugging Face causal LM over an explicit KV cache: (token [1, 1],
+    keys and values [layers, 1, kv_heads, S, head_dim]) -> logits [1, 1, vocab], for any
+    cache length S (GPT-2's config answers num_hidden_layers too)."""
     import torch
 
-    cfg = model.config
-    layers = cfg.num_hidden_layers
-    kv_heads = cfg.num_key_value_heads
-    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    layers = model.config.num_hidden_layers
 
     class Decode(torch.nn.Module):
         def __init__(self) -> None:
@@ -161,9 +160,20 @@ def decode_workload(model: Any) -> tuple[Any, tuple[Any, ...]]:
             )
             return out.logits
 
+    return Decode().eval()
+
+
+def decode_workload(model: Any) -> tuple[Any, tuple[Any, ...]]:
+    """One decode step: the new token attends to an explicit 128-position KV cache."""
+    import torch
+
+    cfg = model.config
+    layers = cfg.num_hidden_layers
+    kv_heads = cfg.num_key_value_heads
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
     keys = torch.randn(layers, 1, kv_heads, 128, head_dim)
     values = torch.randn(layers, 1, kv_heads, 128, head_dim)
-    return Decode().eval(), (torch.randint(0, 1000, (1, 1)), keys, values)
+    return decode_step_module(model), (torch.randint(0, 1000, (1, 1)), keys, values)
 
 
 # ----------------------------------------------------------------------- runners
