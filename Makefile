@@ -17,8 +17,13 @@ $(STAMP): setup.py constraints.txt
 demo: install
 	$(PY) -m ecograph.demo
 
+# The suite runs in parallel, one pytest-xdist worker per core (at most 4: each worker holds
+# torch, TVM and its models in memory); a test module stays on one worker, so its module-scoped
+# fixtures (the TVM conformance column: minutes) are built once. TEST_JOBS=1 runs it serially.
+TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
+
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadscope $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check ecograph tests bench docs

@@ -15,6 +15,7 @@ EXTRAS = {
     "dev": [
         "pytest>=8",
         "pytest-timeout>=2.3",
+        "pytest-xdist>=3.5",  # make test runs the suite on every core (Makefile)
         "hypothesis>=6.100",
         "ruff>=0.6",
         "pyright>=1.1.380",
