@@ -35,9 +35,12 @@ def _decreasing(e: Any) -> bool:
     from tvm.sym.pattern import detect_linear_equation
 
     variables = sorted(vars_in(e), key=lambda v: v.name)
-    if not variables:
+    if not variables or any(not str(v.ty).startswith(("int", "uint")) for v in variables):
         return False
-    coeffs = detect_linear_equation(e, variables)
+    try:
+        coeffs = detect_linear_equation(e, variables)
+    except Exception:  # not an expression the matcher takes: leave it as it is
+        return False
     if not coeffs or len(coeffs) != len(variables) + 1:
         return False
     values = [c.value if isinstance(c, tirx.IntImm) else None for c in coeffs[:-1]]
