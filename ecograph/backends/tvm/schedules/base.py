@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from tvm import s_tir, tirx
@@ -50,3 +51,23 @@ def schedule_injective(
         sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
     elif parallel and loops and loops[0] is not inner:
         sch.parallel(loops[0])
+
+
+def body_rewrite_pass(name: str, rewrite: Callable[[Any], Any]) -> Any:
+    """A module pass replacing every PrimFunc's body by `rewrite(body)` (functions whose body
+    comes back unchanged are left as they are)."""
+    from tvm.ir.transform import module_pass
+
+    @module_pass(opt_level=0, name=name)
+    def run(mod: Any, _ctx: Any) -> Any:
+        updated = {}
+        for gv, func in mod.functions_items():
+            if isinstance(func, tirx.PrimFunc):
+                body = rewrite(func.body)
+                if not body.same_as(func.body):
+                    updated[gv] = func.with_body(body)
+        for gv, func in updated.items():
+            mod[gv] = func
+        return mod
+
+    return run

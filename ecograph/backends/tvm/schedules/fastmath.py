@@ -17,6 +17,8 @@ from typing import Any
 import tvm_ffi
 from tvm import ir, te, tirx, topi
 
+from .base import body_rewrite_pass
+
 _FAST = {"tirx.exp": "fast_exp", "tirx.erf": "fast_erf", "tirx.tanh": "fast_tanh"}
 
 
@@ -66,18 +68,6 @@ def _rewrite(call: ir.Call) -> Any:
 
 def fast_math_pass() -> Any:
     """A module pass rewriting float32 exp / erf / tanh / sigmoid calls in every PrimFunc."""
-    from tvm.ir.transform import module_pass
-
-    @module_pass(opt_level=0, name="EcographFastMath")
-    def rewrite(mod: Any, _ctx: Any) -> Any:
-        updated = {}
-        for gv, func in mod.functions_items():
-            if isinstance(func, tirx.PrimFunc):
-                body = tvm_ffi.structural_map(func.body, (ir.Call, _rewrite))
-                if not body.same_as(func.body):
-                    updated[gv] = func.with_body(body)
-        for gv, func in updated.items():
-            mod[gv] = func
-        return mod
-
-    return rewrite
+    return body_rewrite_pass(
+        "EcographFastMath", lambda body: tvm_ffi.structural_map(body, (ir.Call, _rewrite))
+    )

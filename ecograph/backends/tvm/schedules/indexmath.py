@@ -27,6 +27,7 @@ import tvm_ffi
 from tvm import tirx
 
 from .analysis import vars_in
+from .base import body_rewrite_pass
 
 
 def _decreasing(e: Any) -> bool:
@@ -77,21 +78,7 @@ def rewrite_decreasing_indices(expr: Any) -> Any:
 
 def decreasing_index_pass() -> Any:
     """A module pass applying `rewrite_decreasing_indices` to every PrimFunc's body."""
-    from tvm.ir.transform import module_pass
-
-    @module_pass(opt_level=0, name="EcographDecreasingIndices")
-    def rewrite(mod: Any, _ctx: Any) -> Any:
-        updated = {}
-        for gv, func in mod.functions_items():
-            if isinstance(func, tirx.PrimFunc):
-                body = rewrite_decreasing_indices(func.body)
-                if not body.same_as(func.body):
-                    updated[gv] = func.with_body(body)
-        for gv, func in updated.items():
-            mod[gv] = func
-        return mod
-
-    return rewrite
+    return body_rewrite_pass("EcographDecreasingIndices", rewrite_decreasing_indices)
 
 
 __all__ = ["decreasing_index_pass", "rewrite_decreasing_indices"]
