@@ -134,7 +134,7 @@ def lower_with(graph: Graph, options: LowerOptions) -> Lowered:
     live = _live_nodes(graph)
     state.weight_panels = weight_panels(graph, live, options.target)
     paneled = {v: arr for plan in state.weight_panels.values() for v, arr in plan.arrays.items()}
-    packed = {v: arr for v, arr in packed_weights(graph, live).items() if v not in paneled}
+    packed = packed_weights(graph, live, skip=paneled)
     state.packed = set(packed)
     packed.update(paneled)
     panels = packed_matmul_weights(graph, live, options.target)

@@ -76,11 +76,17 @@ def packed_matmul_weights(
         w = arr.T if orientations.pop() else arr  # [K, N]
         first = c.uses[0].node.input(0)
         assert first is not None
-        single = first.type.rank == 1 or first.type.shape[-2] == 1
-        _, nr = register_tile(target, int(w.shape[1]), single_row=single)
+        nr = panel_width_for(target, first, int(w.shape[1]))
         packed[c] = PackedWeight(pack_panels(w, nr), nr)
     packed.update(packed_integer_weights(graph, live, target))
     return packed
+
+
+def panel_width_for(target: TargetSpec, a: Value, n: int) -> int:
+    """NR, the panel width a constant weight of N columns is packed in for a product whose
+    A is `a` (one row, a decode step, gets the single-row tile)."""
+    single = a.type.rank == 1 or a.type.shape[-2] == 1
+    return register_tile(target, n, single_row=single)[1]
 
 
 def pack_panels(w: np.ndarray, nr: int) -> np.ndarray:

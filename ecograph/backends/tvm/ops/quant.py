@@ -5,7 +5,7 @@ ecograph::DequantizeMatMul and com.microsoft::MatMulNBits.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any
 
 import numpy as np
@@ -222,13 +222,20 @@ def _matmul_nbits(ctx: LowerContext) -> relax.Expr:
     float copy of the weights exists, so FoldConstant cannot unpack them into float32)."""
     if ctx.has(4):
         ctx.fail("g_idx (act-order) is not supported")
+    adt = str(ctx.in_type(0).dtype)
     plan = ctx.state.weight_panels.get(ctx.node)
-    if plan is not None:  # CPU: repacked for the register-blocked kernel (ops/weight_panels.py)
-        y = emit_panel_dequantize_matmul(ctx, plan)
-        return R.add(y, R.astype(ctx.arg(5), "float32")) if ctx.has(5) else y
+    # CPU: repacked for the register-blocked kernel (ops/weight_panels.py)
+    y = emit_panel_dequantize_matmul(ctx, plan) if plan is not None else _nbits_kernel(ctx, adt)
+    if ctx.has(5):
+        y = R.add(y, R.astype(ctx.arg(5), "float32"))
+    return y if adt == "float32" else R.astype(y, adt)
+
+
+def _nbits_kernel(ctx: LowerContext, adt: str) -> relax.Expr:
+    """MatMulNBits' product (float32, before the bias) by one TE kernel reading ONNX Runtime's
+    packed layout as it is."""
     k_len, n_len, bits, block = (ctx.attrs[a] for a in ("K", "N", "bits", "block_size"))
     k_blocks = -(-k_len // block)
-    adt = str(ctx.in_type(0).dtype)
     sdt = str(ctx.in_type(2).dtype)
     a = ctx.arg(0) if adt == "float32" else ctx.emit(R.astype(ctx.arg(0), "float32"))
     packed = ctx.emit(R.reshape(ctx.arg(1), [n_len, -1]))
@@ -256,10 +263,7 @@ def _matmul_nbits(ctx: LowerContext) -> relax.Expr:
 
         return _dequantizing_matmul(at, weight, k_len, n_len, "dequantize_matmul_nbits")
 
-    y = ctx.bb.emit_te(compute, *args, primfunc_name_hint="dequantize_matmul_nbits")
-    if ctx.has(5):
-        y = R.add(y, R.astype(ctx.arg(5), "float32"))
-    return y if adt == "float32" else R.astype(y, adt)
+    return ctx.bb.emit_te(compute, *args, primfunc_name_hint="dequantize_matmul_nbits")
 
 
 # ------------------------------------------- weight-only: dequantize inside the matmul
@@ -274,12 +278,15 @@ def _matmul_nbits(ctx: LowerContext) -> relax.Expr:
 # cross-thread reduction over K); its GEMV rule does not match it.
 
 
-def packed_weights(graph: Graph, live: set[Node]) -> dict[Value, np.ndarray]:
+def packed_weights(
+    graph: Graph, live: set[Node], skip: Container[Value] = ()
+) -> dict[Value, np.ndarray]:
     """4-bit weight constants read only as W (input 1) by live DequantizeMatMul nodes, packed
-    two per byte (`pack_int4`); the DequantizeMatMul lowering reads them packed."""
+    two per byte (`pack_int4`); the DequantizeMatMul lowering reads them packed. Constants in
+    `skip` (already packed otherwise: CPU panels) are left out."""
     packed: dict[Value, np.ndarray] = {}
     for c in graph.constants.values():
-        if c.dtype not in (DType.INT4, DType.UINT4) or not c.uses:
+        if c.dtype not in (DType.INT4, DType.UINT4) or not c.uses or c in skip:
             continue
         if all(
             u.index == 1 and u.node in live and (u.node.domain, u.node.op_type) == FUSED_WEIGHT_OP

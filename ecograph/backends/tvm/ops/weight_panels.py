@@ -33,8 +33,7 @@ from tvm import relax
 from tvm import tirx as tir
 
 from ecograph.backends.tvm.context import LowerContext, norm_axis
-from ecograph.backends.tvm.ops.matmul import emit_panel_matmul, pack_panels
-from ecograph.backends.tvm.schedules.matmul import register_tile
+from ecograph.backends.tvm.ops.matmul import emit_panel_matmul, pack_panels, panel_width_for
 from ecograph.backends.tvm.targets import TargetSpec
 from ecograph.ir.dtypes import DType
 from ecograph.ir.graph import Graph, Node, Value
@@ -72,10 +71,8 @@ def weight_panels(graph: Graph, live: set[Node], target: TargetSpec) -> dict[Nod
     for node in graph.nodes:
         if node not in live:
             continue
-        op = (node.domain, node.op_type)
-        plan = _plan(node, target) if op == FUSED_WEIGHT_OP else None
-        if op == NBITS_OP:
-            plan = _plan_nbits(node, target)
+        planner = _PLANNERS.get((node.domain, node.op_type))
+        plan = planner(node, target) if planner is not None else None
         if plan is not None:
             plans[node] = plan
     return plans
@@ -108,9 +105,8 @@ def _plan(node: Node, target: TargetSpec) -> WeightPanels | None:
     per_tensor = s.type.rank == 0 or (s.type.numel == 1 and not block)
     if not per_tensor and (axis == k_axis) != bool(block):
         return None  # scales blocked along N, or one per row of K: the generic kernel
-    single = a.type.rank == 1 or a.type.shape[-2] == 1
-    _, nr = register_tile(target, n_len, single_row=single)
-    arrays = {w: _pack_codes(q, nr, 4 if w.dtype in _FOUR_BIT else 8)}
+    nr = panel_width_for(target, a, n_len)
+    arrays: dict[Value, np.ndarray] = {}
     if not per_tensor:
         for v in (s, z):
             if v is None:
@@ -125,6 +121,7 @@ def _plan(node: Node, target: TargetSpec) -> WeightPanels | None:
             arrays[v] = pack_panels(grid.astype(_carrier(v.dtype)), nr)
     elif z is not None and z.const_value is None:
         return None
+    arrays[w] = _pack_codes(q, nr, 4 if w.dtype in _FOUR_BIT else 8)  # the scales fit: pack
     return WeightPanels(
         nr=nr,
         bits=4 if w.dtype in _FOUR_BIT else 8,
@@ -152,8 +149,7 @@ def _plan_nbits(node: Node, target: TargetSpec) -> WeightPanels | None:
         return None
     k_blocks = -(-k_len // block)
     codes = unpack_codes(codes_in.reshape(n_len, -1), bits, k_blocks * block)[:, :k_len]
-    single = a.type.rank == 1 or a.type.shape[-2] == 1
-    _, nr = register_tile(target, n_len, single_row=single)
+    nr = panel_width_for(target, a, n_len)
     arrays = {
         b: _pack_codes(codes.T.astype(np.uint8), nr, bits),
         s: pack_panels(scales.reshape(n_len, k_blocks).T.astype(np.float32), nr),
@@ -173,6 +169,9 @@ def _plan_nbits(node: Node, target: TargetSpec) -> WeightPanels | None:
         arrays=arrays,
         zero=0 if z is not None else 1 << (bits - 1),
     )
+
+
+_PLANNERS = {FUSED_WEIGHT_OP: _plan, NBITS_OP: _plan_nbits}
 
 
 def _carrier(dtype: DType) -> str:
