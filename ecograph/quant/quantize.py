@@ -222,6 +222,7 @@ class Quantize(Pass):
         return self.clip
 
     def run(self, graph: Graph) -> PassResult:
+        self._keys: dict[int, tuple[Any, ...]] = {}  # id(float weight) -> its shared key
         ops = DYNAMIC_OPS if self.mode == "dynamic" else QUANTIZABLE
         targets, notes = find_targets(graph, self.exclude, ops)
         if self.float_after:
@@ -550,9 +551,11 @@ class Quantize(Pass):
             return None
         w = t.node.input(t.weight_index)
         assert w is not None and w.const_value is not None
-        arr = np.ascontiguousarray(w.const_value)
-        digest = hashlib.sha256(arr.view(np.uint8).reshape(-1)).hexdigest()
-        return (digest, arr.shape, str(arr.dtype), t.channel_axis, t.reduce_axis)
+        if id(w) not in self._keys:  # hashed once per run, not once per question
+            arr = np.ascontiguousarray(w.const_value)
+            digest = hashlib.sha256(arr.view(np.uint8).reshape(-1)).hexdigest()
+            self._keys[id(w)] = (digest, arr.shape, str(arr.dtype))
+        return (*self._keys[id(w)], t.channel_axis, t.reduce_axis)
 
     def _store(
         self, graph: Graph, w: Value, qt: QuantizedTensor, symmetric: bool, cache: dict

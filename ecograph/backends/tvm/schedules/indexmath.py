@@ -25,6 +25,7 @@ from typing import Any
 
 import tvm_ffi
 from tvm import tirx
+from tvm.sym.pattern import detect_linear_equation
 
 from .analysis import vars_in
 from .base import body_rewrite_pass
@@ -33,8 +34,6 @@ from .base import body_rewrite_pass
 def _decreasing(e: Any) -> bool:
     """True if `e` is linear in its variables, none with a positive coefficient, some with a
     negative one (all coefficients constant)."""
-    from tvm.sym.pattern import detect_linear_equation
-
     variables = sorted(vars_in(e), key=lambda v: v.name)
     if not variables or any(not str(v.ty).startswith(("int", "uint")) for v in variables):
         return False
@@ -54,26 +53,21 @@ def _positive_const(m: Any) -> bool:
     return isinstance(m, tirx.IntImm) and m.value > 0
 
 
-def _rewrite_mod(node: tirx.FloorMod) -> Any:
+def _flip(node: Any) -> Any:
+    """A decreasing `floormod(e, m)` / `floordiv(e, m)` by its identity (module doc)."""
     e, m = node.a, node.b
     if not (_positive_const(m) and _decreasing(e)):
         return node
     one = tirx.IntImm(str(e.ty), 1)
-    return (m - one) - tirx.floormod(-e - one, m)
-
-
-def _rewrite_div(node: tirx.FloorDiv) -> Any:
-    e, m = node.a, node.b
-    if not (_positive_const(m) and _decreasing(e)):
-        return node
-    one = tirx.IntImm(str(e.ty), 1)
+    if isinstance(node, tirx.FloorMod):
+        return (m - one) - tirx.floormod(-e - one, m)
     return -one - tirx.floordiv(-e - one, m)
 
 
 def rewrite_decreasing_indices(expr: Any) -> Any:
     """`expr` with every decreasing floormod / floordiv rewritten (see the module doc)."""
-    expr = tvm_ffi.structural_map(expr, (tirx.FloorMod, _rewrite_mod))
-    return tvm_ffi.structural_map(expr, (tirx.FloorDiv, _rewrite_div))
+    expr = tvm_ffi.structural_map(expr, (tirx.FloorMod, _flip))
+    return tvm_ffi.structural_map(expr, (tirx.FloorDiv, _flip))
 
 
 def decreasing_index_pass() -> Any:
