@@ -310,12 +310,28 @@ def _export_linear(ctx: OnnxExportContext, node: Node) -> None:
 
 @register_onnx_export("DequantizeMatMul", domain="ecograph")
 def _export_dequantize_matmul(ctx: OnnxExportContext, node: Node) -> None:
-    """DequantizeMatMul(A, W, s, zp) = MatMul(A, DequantizeLinear(W, s, zp)); with trans_b,
-    Gemm(A, ., transB=1) for 2-D A, else MatMul(A, Transpose(.)). Standard ONNX throughout."""
+    """DequantizeMatMul(A, W, s, zp) = MatMul(A, DequantizeLinear(W, s, zp)) (see
+    `_emit_weight_matmul` for trans_b). Standard ONNX throughout."""
     a, *qparams = ctx.inputs(node)
     block = node.attr("block_size", 0) or None  # 0: per tensor / per axis (the default)
     weights = ctx.fresh(f"{node.name}_weights")
     ctx.emit("DequantizeLinear", qparams, [weights], axis=node.attr("axis", 1), block_size=block)
+    _emit_weight_matmul(ctx, node, a, weights)
+
+
+@register_onnx_export("PaletteMatMul", domain="ecograph")
+def _export_palette_matmul(ctx: OnnxExportContext, node: Node) -> None:
+    """PaletteMatMul(A, codes, palette) = MatMul(A, PaletteDequantize(codes, palette)) (the
+    lookup as `_export_palette_dequantize` writes it; see `_emit_weight_matmul` for trans_b)."""
+    a, idx, palette = ctx.inputs(node)
+    weights = ctx.fresh(f"{node.name}_weights")
+    _emit_palette_lookup(ctx, node, 1, idx, palette, weights)
+    _emit_weight_matmul(ctx, node, a, weights)
+
+
+def _emit_weight_matmul(ctx: OnnxExportContext, node: Node, a: str, weights: str) -> None:
+    """node's output = A @ weights; with trans_b (weights stored [N, K]) Gemm(A, ., transB=1)
+    for 2-D A, else MatMul(A, Transpose(.))."""
     a_value = node.input(0)
     if not node.attr("trans_b", 0):
         ctx.emit("MatMul", [a, weights], ctx.outputs(node))
@@ -331,10 +347,18 @@ def _export_dequantize_matmul(ctx: OnnxExportContext, node: Node) -> None:
 def _export_palette_dequantize(ctx: OnnxExportContext, node: Node) -> None:
     """PaletteDequantize(idx, palette) = Gather(Reshape(palette, [-1]), Cast<int64>(idx) +
     offsets), offsets[c] = (c // group_size) * entries along `axis` (a constant): exact."""
+    idx, palette = ctx.inputs(node)
+    _emit_palette_lookup(ctx, node, 0, idx, palette, ctx.outputs(node)[0])
+
+
+def _emit_palette_lookup(
+    ctx: OnnxExportContext, node: Node, first: int, idx: str, palette: str, out: str
+) -> None:
+    """`out` = the palette lookup of `node`, whose codes and palette are inputs `first` and
+    `first + 1` (see `_export_palette_dequantize`)."""
     from ecograph.ir.ops.palette import palette_offsets
 
-    idx, palette = ctx.inputs(node)
-    it, pt = node.inputs[0].type, node.inputs[1].type  # type: ignore[union-attr]
+    it, pt = node.inputs[first].type, node.inputs[first + 1].type  # type: ignore[union-attr]
     codes = ctx.fresh(f"{node.name}_codes")
     ctx.emit("Cast", [idx], [codes], to=onnx.TensorProto.INT64)
     flat = ctx.fresh(f"{node.name}_flat_palette")
@@ -345,7 +369,7 @@ def _export_palette_dequantize(ctx: OnnxExportContext, node: Node) -> None:
         channels, entries = it.shape[axis], pt.shape[1]
         if not isinstance(channels, int) or not isinstance(entries, int):
             raise UnsupportedError(
-                f"node {node.name} (ecograph::PaletteDequantize): grouped palettes need a "
+                f"node {node.name} ({node.qualified_op}): grouped palettes need a "
                 f"static size along axis {axis} of {it} and a static palette {pt} to export"
             )
         shape = [1] * it.rank
@@ -354,7 +378,7 @@ def _export_palette_dequantize(ctx: OnnxExportContext, node: Node) -> None:
         shifted = ctx.fresh(f"{node.name}_flat_codes")
         ctx.emit("Add", [codes, ctx.constant(offsets, "palette_offsets")], [shifted])
         codes = shifted
-    ctx.emit("Gather", [flat, codes], ctx.outputs(node), axis=0)
+    ctx.emit("Gather", [flat, codes], [out], axis=0)
 
 
 @register_onnx_export("SwiGLU", domain="ecograph")

@@ -1,9 +1,11 @@
-"""Weight-only quantized matmuls: fold a weight DequantizeLinear into the matmul that reads it.
+"""Weight-only quantized matmuls: fold a weight decoder into the matmul that reads it.
 
 A weight-only quantized model holds `MatMul(x, DequantizeLinear(W_q, scale, zp))` with
-constant integer weights. Executed as written, the float weights exist (a backend folds them
-into float32 constants and the compression is gone). `ecograph::DequantizeMatMul` says what
-is meant, one op a backend can run as one kernel that dequantizes inside its reduction loop.
+constant integer weights; a palettized one `MatMul(x, ecograph::PaletteDequantize(codes,
+palette))`. Executed as written, the float weights exist (a backend folds them into float32
+constants, or decodes them on every call, and the compression is gone).
+`ecograph::DequantizeMatMul` and `ecograph::PaletteMatMul` say what is meant, one op a backend
+can run as one kernel that decodes inside its reduction loop.
 """
 
 from __future__ import annotations
@@ -35,25 +37,29 @@ def _known(value: Value | None) -> bool:
     )
 
 
-def why_not_fused(dq: Node) -> str | None:
-    """Why the DequantizeLinear `dq` cannot become part of its matmuls, or None if it can.
+# The weight decoders the pass folds into their matmuls, and the fused op each one makes.
+DECODERS = {
+    ("", "DequantizeLinear"): "DequantizeMatMul",
+    ("ecograph", "PaletteDequantize"): "PaletteMatMul",
+}
 
-    It must dequantize a constant 2-D int8/uint8/int4/uint4 weight matrix with a known
-    float32 scale (and a known zero point, if any) to float32, and every use of its result
-    must be input B of a MatMul, Gemm or ecograph::Linear on float32 activations.
+
+def why_not_fused(dq: Node) -> str | None:
+    """Why the weight decoder `dq` (DequantizeLinear or ecograph::PaletteDequantize) cannot
+    become part of its matmuls, or None if it can.
+
+    DequantizeLinear must dequantize a constant 2-D int8/uint8/int4/uint4 weight matrix with a
+    known float32 scale (and a known zero point, if any); PaletteDequantize must look up a
+    constant 2-D uint4/uint8 code matrix in a known float32 palette. Either must produce
+    float32, and every use of its result must be input B of a MatMul, Gemm or ecograph::Linear
+    on float32 activations.
     """
-    w, s, z = dq.input(0), dq.input(1), dq.input(2)
+    why = _palette_reason(dq) if dq.op_type == "PaletteDequantize" else _dequantize_reason(dq)
+    if why is not None:
+        return why
     out = dq.outputs[0]
-    if w is None or w.const_value is None or w.type.rank != 2:
-        return "the quantized input is not a constant 2-D weight matrix"
-    if w.dtype not in WEIGHT_DTYPES:
-        return f"weight dtype {w.dtype} is not int8/uint8/int4/uint4"
-    if s is None or s.dtype != DType.FLOAT32 or not _known(s):
-        return "the scale is not a known float32 tensor"
-    if z is not None and not _known(z):
-        return "the zero point is not known"
     if out.dtype != DType.FLOAT32:
-        return f"it dequantizes to {out.dtype}, not float32"
+        return f"it decodes to {out.dtype}, not float32"
     if out.is_graph_output or not out.uses:
         return "its float weights are a graph output or unused"
     for use in out.uses:
@@ -66,17 +72,41 @@ def why_not_fused(dq: Node) -> str | None:
     return None
 
 
+def _dequantize_reason(dq: Node) -> str | None:
+    w, s, z = dq.input(0), dq.input(1), dq.input(2)
+    if w is None or w.const_value is None or w.type.rank != 2:
+        return "the quantized input is not a constant 2-D weight matrix"
+    if w.dtype not in WEIGHT_DTYPES:
+        return f"weight dtype {w.dtype} is not int8/uint8/int4/uint4"
+    if s is None or s.dtype != DType.FLOAT32 or not _known(s):
+        return "the scale is not a known float32 tensor"
+    if z is not None and not _known(z):
+        return "the zero point is not known"
+    return None
+
+
+def _palette_reason(dq: Node) -> str | None:
+    codes, palette = dq.input(0), dq.input(1)
+    if codes is None or codes.const_value is None or codes.type.rank != 2:
+        return "the codes are not a constant 2-D weight matrix"
+    if palette is None or palette.dtype != DType.FLOAT32 or not _known(palette):
+        return "the palette is not a known float32 tensor"
+    return None
+
+
 @register_pass
 @dataclass
 class FuseWeightDequantize(Pass):
-    """MatMul(x, DequantizeLinear(W_q, s, zp)) -> ecograph::DequantizeMatMul(x, W_q, s, zp)
+    """MatMul(x, DequantizeLinear(W_q, s, zp)) -> ecograph::DequantizeMatMul(x, W_q, s, zp);
+    MatMul(x, PaletteDequantize(codes, palette)) -> ecograph::PaletteMatMul(x, codes, palette)
 
     W_q is a constant 2-D int8/uint8/int4/uint4 matrix, s a known float32 scale (per tensor,
-    per axis or blocked: axis and block_size carry over) and x float32. Gemm becomes
-    [Transpose(A) for transA ->] DequantizeMatMul(trans_b=transB) [-> Mul by alpha]
-    [-> Add(C, times beta)]; ecograph::Linear becomes DequantizeMatMul -> Add(bias). The
-    DequantizeLinear must have no other use (its float weights would have to exist anyway).
-    The result is bit-identical: the new op's kernel is DequantizeLinear's then MatMul's.
+    per axis or blocked: axis and block_size carry over) and x float32; codes a constant 2-D
+    uint4/uint8 matrix and the palette known float32 (axis and group_size carry over). Gemm
+    becomes [Transpose(A) for transA ->] fused op(trans_b=transB) [-> Mul by alpha]
+    [-> Add(C, times beta)]; ecograph::Linear becomes fused op -> Add(bias). The decoder must
+    have no other use (its float weights would have to exist anyway). The result is
+    bit-identical: the new op's kernel is the decoder's then MatMul's.
     """
 
     name: ClassVar[str] = "fuse-weight-dequantize"
@@ -85,7 +115,7 @@ class FuseWeightDequantize(Pass):
         fused = 0
         notes: list[str] = []
         for dq in graph.nodes:
-            if dq.op_type != "DequantizeLinear" or dq.domain != "":
+            if (dq.domain, dq.op_type) not in DECODERS:
                 continue
             why = why_not_fused(dq)
             if why is not None:
@@ -102,11 +132,15 @@ class FuseWeightDequantize(Pass):
         """Replace the matmul `mm` (whose input 1 is `dq`'s output) by the fused op."""
         a = mm.input(0)
         assert a is not None
-        attrs = {
-            "axis": int(dq.attr("axis", 1)),
-            "block_size": int(dq.attr("block_size", 0) or 0),
-            "trans_b": 0,
-        }
+        fused_op = DECODERS[dq.domain, dq.op_type]
+        if fused_op == "PaletteMatMul":
+            attrs = {"axis": int(dq.attr("axis", 0)), "group_size": int(dq.attr("group_size", 0))}
+        else:
+            attrs = {
+                "axis": int(dq.attr("axis", 1)),
+                "block_size": int(dq.attr("block_size", 0) or 0),
+            }
+        attrs["trans_b"] = 0
         is_gemm = mm.op_type == "Gemm"
         if is_gemm:
             attrs["trans_b"] = int(mm.attr("transB", 0))
@@ -115,7 +149,7 @@ class FuseWeightDequantize(Pass):
                     "Transpose", [a], {"perm": [1, 0]}, name=f"{mm.name}_a_t", before=mm
                 ).output
         y = graph.add_node(
-            "DequantizeMatMul",
+            fused_op,
             [a, *dq.inputs],
             attrs,
             domain="ecograph",
@@ -145,4 +179,4 @@ def _gemm_epilogue(graph: Graph, gemm: Node, y: Value) -> Value:
     return graph.add_node("Add", [y, c], name=f"{gemm.name}_c", before=gemm).output
 
 
-__all__ = ["MATMUL_OPS", "WEIGHT_DTYPES", "FuseWeightDequantize", "why_not_fused"]
+__all__ = ["DECODERS", "MATMUL_OPS", "WEIGHT_DTYPES", "FuseWeightDequantize", "why_not_fused"]

@@ -1,6 +1,8 @@
-"""TVM lowering of ecograph::PaletteDequantize (ops/palette.py), compiled for x86 without
-lowering-time folding and compared bit for bit with the reference interpreter (a lookup is
-exact); plus a CUDA lowering (no GPU needed)."""
+"""TVM lowering of ecograph::PaletteDequantize and ecograph::PaletteMatMul (ops/palette.py,
+ops/weight_panels.py), compiled for x86 without lowering-time folding and compared with the
+reference interpreter (bit for bit for a lookup; float32 tolerance for a product); the CPU
+panel kernel on x86 CPU models, the permute rewrite of 16-entry lookups
+(schedules/lookup.py); plus CUDA lowerings (no GPU needed)."""
 
 from __future__ import annotations
 
@@ -10,11 +12,25 @@ import pytest
 
 pytest.importorskip("tvm")
 
-from ecograph.backends.tvm.driver import lower_graph
-from ecograph.ir import interpret
-from tests.backends.tvm_helpers import RNG, Const, lowering_target, one_op, run_tvm
+from tvm import tirx
 
-COVERED_OPS = {("ecograph", "PaletteDequantize")}
+from ecograph.backends.tvm import build, targets
+from ecograph.backends.tvm.driver import lower_graph
+from ecograph.backends.tvm.schedules.lookup import rewrite_lookups
+from ecograph.ir import GraphBuilder, interpret
+from ecograph.quant.quantize import Quantize
+from tests.backends.tvm_helpers import (
+    RNG,
+    Const,
+    assert_matches,
+    lowering_target,
+    one_op,
+    rand,
+    run_tvm,
+)
+
+COVERED_OPS = {("ecograph", "PaletteDequantize"), ("ecograph", "PaletteMatMul")}
+U4 = ml_dtypes.uint4
 
 
 def _case(codes, palette, axis, group):
@@ -62,3 +78,154 @@ def test_lookup_matches_the_interpreter_exactly(name):
 def test_lowers_for_cuda():
     graph, _ = CASES["uint4-groups-of-2-columns"]()
     assert "R.take" in lower_graph(graph, lowering_target("cuda"), fold=False).mod.script()
+
+
+# ------------------------------------------------------------ PaletteMatMul
+
+
+def _matmul_case(a, codes, palette, *, axis=1, group=0, trans_b=0):
+    return one_op("PaletteMatMul", a, Const(codes), Const(palette), domain="ecograph",
+                  axis=axis, group_size=group, trans_b=trans_b)  # fmt: skip
+
+
+def _palettes(groups: int, entries: int = 16) -> np.ndarray:
+    return RNG.standard_normal((groups, entries)).astype(np.float32)
+
+
+MATMUL_CASES = {
+    # one palette per 16 columns, a vector's worth: read at [j // 16, code]
+    "uint4-groups-of-16": lambda: _matmul_case(
+        rand((3, 20)), RNG.integers(0, 16, (20, 48)).astype(U4), _palettes(3), group=16
+    ),
+    "uint4-per-tensor-decode-row": lambda: _matmul_case(
+        rand((1, 33)), RNG.integers(0, 16, (33, 50)).astype(U4), _palettes(1)
+    ),
+    # groups of 2 columns: each column's palette repeated in panels (a gather)
+    "uint4-groups-of-2-trans_b": lambda: _matmul_case(
+        rand((2, 3, 64)),
+        RNG.integers(0, 16, (10, 64)).astype(U4),
+        _palettes(5),
+        axis=0,
+        group=2,
+        trans_b=1,
+    ),
+    "uint8-per-tensor": lambda: _matmul_case(
+        rand((4, 9)), RNG.integers(0, 256, (9, 7)).astype(np.uint8), _palettes(1, 256)
+    ),
+    # palettes grouped along K: the generic kernel
+    "uint4-groups-along-k": lambda: _matmul_case(
+        rand((2, 8)), RNG.integers(0, 16, (8, 6)).astype(U4), _palettes(2), axis=0, group=4
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MATMUL_CASES))
+def test_palette_matmul_matches_the_interpreter(name):
+    graph, feeds = MATMUL_CASES[name]()
+    assert_matches(graph, feeds, run_tvm(graph, feeds, fold=False))
+
+
+def test_palette_matmul_with_codes_at_run_time_uses_the_generic_kernel():
+    graph, feeds = one_op(
+        "PaletteMatMul", rand((3, 8)), RNG.integers(0, 16, (8, 5)).astype(np.uint8),
+        Const(_palettes(1, 256)), domain="ecograph", axis=1, group_size=0, trans_b=0,
+    )  # fmt: skip
+    assert_matches(graph, feeds, run_tvm(graph, feeds, fold=False))
+
+
+def _palettized_mlp(granularity: str, bits: int = 4):
+    b = GraphBuilder()
+    x = b.input("x", "float32", ["b", 96])
+    w1 = b.constant((RNG.standard_normal((96, 128)) / 8).astype(np.float32), "w1")
+    w2 = b.constant((RNG.standard_normal((64, 128)) / 8).astype(np.float32), "w2")
+    h = b.op("Relu", b.op("MatMul", x, w1))
+    b.output(b.op("Gemm", h, w2, transB=1))
+    graph = b.graph
+    Quantize(mode="palette", palette_bits=bits, granularity=granularity).run(graph)
+    return graph
+
+
+# The permute each x86 vector width gets for a 16-entry lookup (schedules/lookup.py).
+PERMUTES = {"x86:skylake-avx512": "llvm.x86.avx512.permvar.sf.512",
+            "x86:haswell": "llvm.x86.avx2.permps", "x86:generic": None}  # fmt: skip
+
+
+@pytest.mark.parametrize("target", sorted(PERMUTES))
+@pytest.mark.parametrize("granularity", ["group:16", "tensor", "channel"])
+def test_palettized_layers_run_in_the_register_blocked_kernel(target, granularity):
+    """On every x86 vector width: both palettized layers are one kernel each, scheduled by
+    the matmul rule; a 16-entry palette shared by a vector of columns is looked up with the
+    width's permute (none on 128-bit SSE, which keeps the gather), and the results match the
+    interpreter for a decode row and a batch."""
+    spec = targets.resolve(target)
+    graph = _palettized_mlp(granularity)
+    result = build.build_module(graph, spec, keep_params=False)
+    rules = {k: r for k, r in result.kernels.items() if "palette" in k}
+    assert len(rules) == 2 and set(rules.values()) == {"matmul"}, result.kernels
+    (lib,) = result.executable.mod.imports
+    permute = PERMUTES[target]
+    if permute is not None and granularity != "channel":  # channel: per-column tables
+        assert permute in lib.inspect_source("ll")
+    if targets.missing_on_host(spec):
+        return  # built, not run: this host lacks the CPU features
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    for batch in (1, 5):
+        feeds = {"x": RNG.standard_normal((batch, 96)).astype(np.float32)}
+        got = vm["main"](tvm.runtime.tensor(feeds["x"])).numpy()
+        assert_matches(graph, feeds, [got])
+
+
+def test_palettized_codes_are_bound_packed_two_per_byte():
+    """keep_params on a CPU target: the parameters are the 4-bit codes packed two per byte in
+    column panels and the palettes; no float32 copy of a weight is a parameter."""
+    graph = _palettized_mlp("group:16")
+    lowered = lower_graph(graph, targets.resolve("x86:haswell"), keep_params=True)
+    shapes = {k: (str(v.dtype), v.shape) for k, v in lowered.params.items()}
+    # 8-float AVX2 vectors, rows symbolic: panels of 3 vectors (24) do not divide 128 or 64,
+    # 4 vectors (32) do: codes [N / 32, K / 2, 32]
+    assert shapes == {
+        "w1_codes": ("uint8", (4, 48, 32)),
+        "w1_palette": ("float32", (8, 16)),
+        "w2_codes": ("uint8", (2, 64, 32)),
+        "w2_palette": ("float32", (4, 16)),
+    }
+
+
+def _lookup_loop(extent: int, lanes: int, size: int = 64):
+    """for i in range(extent): out[i*16 : i*16 + lanes] = P[broadcast(i * 16) + (c & 15)]"""
+    table = tirx.decl_buffer((size,), "float32", name="P")
+    codes = tirx.decl_buffer((64,), "int32", name="c")
+    out = tirx.decl_buffer((size + 16,), "float32", name="out")
+    i = tirx.Var("i", "int32")
+    code = tirx.BufferLoad(codes, [tirx.Ramp(i * 16, 1, lanes)]) & tirx.Broadcast(
+        tirx.const(15, "int32"), lanes
+    )
+    index = tirx.Broadcast(i * 16, lanes) + code
+    store = tirx.BufferStore(out, tirx.BufferLoad(table, [index]), [tirx.Ramp(i * 16, 1, lanes)])
+    return tirx.For(i, 0, extent, tirx.ForKind.SERIAL, store)
+
+
+def _stored(loop):
+    return loop.body.value
+
+
+@pytest.mark.parametrize("lanes,intrinsic", [(16, "permvar.sf.512"), (8, "avx2.permps")])
+def test_in_bounds_lookups_become_permutes(lanes, intrinsic):
+    # bases 0, 16, 32, 48 on a 64-entry table: every 16-entry row is inside the buffer
+    value = _stored(rewrite_lookups(_lookup_loop(4, lanes), lanes))
+    assert intrinsic in str(value)
+    assert isinstance(value, tirx.Select) == (lanes == 8)  # two halves and a blend on AVX2
+
+
+def test_a_lookup_that_might_leave_the_buffer_is_left_a_gather():
+    loop = _lookup_loop(5, 16)  # base 64 on a 64-entry table: a 16-entry load would overrun
+    assert rewrite_lookups(loop, 16).same_as(loop)
+
+
+def test_palette_matmul_lowers_for_cuda():
+    graph, _ = MATMUL_CASES["uint4-groups-of-16"]()
+    script = lower_graph(graph, lowering_target("cuda"), fold=False).mod.script()
+    assert "palette_matmul" in script and "R.take" not in script

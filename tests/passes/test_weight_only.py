@@ -1,6 +1,7 @@
 """fuse-weight-dequantize: structure after the rewrite, must-not-fire cases, idempotence and
 numerics (check_rewrite runs the differential check against the reference interpreter), the
-DequantizeMatMul op itself, and its ONNX export back to standard ops."""
+DequantizeMatMul and PaletteMatMul ops themselves, and their ONNX export back to standard
+ops."""
 
 from __future__ import annotations
 
@@ -250,3 +251,84 @@ def test_onnx_export_expands_to_standard_ops(trans_b: int, rank: int) -> None:
     assert "DequantizeLinear" in [n.op_type for n in model.graph.node]
     back = from_onnx(model)
     np.testing.assert_array_equal(interpret(back, data)["y"], want)
+
+
+# ------------------------------------------------------------------ palettized weights
+
+
+def palette_weight(
+    b: GraphBuilder, shape: tuple[int, int], *, axis: int = 1, group: int = 4, bits: int = 4
+) -> Value:
+    """PaletteDequantize of constant codes of `shape`, a palette per `group` channels."""
+    entries = 1 << bits
+    groups = 1 if group == 0 else -(-shape[axis] // group)
+    codes = RNG.integers(0, entries, shape).astype(ml_dtypes.uint4 if bits == 4 else np.uint8)
+    palette = RNG.standard_normal((groups, entries)).astype(np.float32)
+    return b.op("PaletteDequantize", b.constant(codes, "codes"), b.constant(palette, "palette"),
+                domain="ecograph", axis=axis, group_size=group, name="lookup")  # fmt: skip
+
+
+@pytest.mark.parametrize("op", ["MatMul", "Gemm-transB", "Linear"])
+def test_palette_lookup_is_fused_into_its_matmul(op: str) -> None:
+    """MatMul / Gemm(transB) / Linear reading palettized weights become PaletteMatMul (plus
+    Linear's bias); numerics checked against the original by check_rewrite."""
+    b = GraphBuilder()
+    x = b.input("x", "float32", [3, 16])
+    if op == "Gemm-transB":
+        b.output(b.op("Gemm", x, palette_weight(b, (8, 16), axis=0), transB=1, name="y"))
+    elif op == "Linear":
+        bias = b.constant(RNG.standard_normal(8).astype(np.float32), "bias")
+        b.output(b.op("Linear", x, palette_weight(b, (16, 8)), bias, domain="ecograph", name="y"))
+    else:
+        b.output(b.op("MatMul", x, palette_weight(b, (16, 8), bits=8, group=0), name="y"))
+    out = check_rewrite(FuseWeightDequantize(), b.graph, feeds=feeds(b.graph))
+    want = ["ecograph::PaletteMatMul"] + (["Add"] if op == "Linear" else [])
+    assert ops(out) == want
+    fused = out.nodes[0]
+    assert fused.attr("trans_b") == (1 if op == "Gemm-transB" else 0)
+    assert fused.attr("group_size") == (0 if op == "MatMul" else 4)
+
+
+def test_a_palette_lookup_read_by_a_gather_is_left_alone() -> None:
+    """An embedding table's lookup feeds a Gather, not a matmul: the float rows must exist."""
+    b = GraphBuilder()
+    ids = b.input("ids", "int64", [2, 3])
+    table = palette_weight(b, (10, 16), axis=1, group=4)
+    b.output(b.op("Gather", table, ids, axis=0))
+    check_no_change(FuseWeightDequantize(), b.graph)
+
+
+def test_palette_matmul_kernel_is_lookup_then_matmul() -> None:
+    b = GraphBuilder()
+    x = b.input("x", "float32", [3, 16])
+    b.output(b.op("Gemm", x, palette_weight(b, (8, 16), axis=0, group=3), transB=1, name="y"))
+    graph = b.graph
+    data = feeds(graph)
+    want = interpret(graph, data)["y"]
+    check_rewrite(FuseWeightDequantize(), graph, feeds=data)
+    (node,) = graph.nodes
+    got = run_node(node, [data["x"], *(v.const_value for v in node.inputs[1:])])[0]  # type: ignore[union-attr]
+    assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("trans_b,rank", [(0, 2), (1, 2), (0, 3)])
+def test_palette_matmul_exports_to_standard_ops_onnx_runtime_runs(trans_b: int, rank: int) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    from ecograph.frontend.onnx_export import to_onnx
+
+    b = GraphBuilder()
+    x = b.input("x", "float32", [2, 3, 16] if rank == 3 else [3, 16])
+    if trans_b:
+        b.output(b.op("Gemm", x, palette_weight(b, (8, 16), axis=0), transB=1, name="y"))
+    else:
+        b.output(b.op("MatMul", x, palette_weight(b, (16, 8), bits=8), name="y"))
+    graph = b.graph
+    data = feeds(graph)
+    want = interpret(graph, data)["y"]
+    check_rewrite(FuseWeightDequantize(), graph, feeds=data)
+    assert "ecograph::PaletteMatMul" in ops(graph)
+    model = to_onnx(graph)
+    assert {n.domain for n in model.graph.node} == {""}
+    assert "Gather" in [n.op_type for n in model.graph.node]
+    (got,) = ort.InferenceSession(model.SerializeToString()).run(None, data)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())

@@ -286,6 +286,30 @@ def cpu_pipeline(
     return pipeline, [_pass_name(p) for p in passes]
 
 
+def cpu_tir_pipeline(spec: _targets.TargetSpec) -> str:
+    """The name of the TIR pipeline for a CPU build: TVM's default one, followed on x86 by
+    the rewrite of 16-entry table lookups into register permutes (schedules/lookup.py),
+    registered with TVM on first use."""
+    from tvm.tirx.compilation_pipeline import PIPELINE_MAP, get_tir_pipeline, register_tir_pipeline
+
+    from .schedules.lookup import lookup_permute_pass, permute_lanes
+
+    lanes = permute_lanes(spec)
+    if lanes is None:
+        return "default"
+    name = f"ecograph-lookups-{lanes}"
+    if name not in PIPELINE_MAP:
+
+        def factory() -> Any:
+            import tvm
+
+            base, host, device = get_tir_pipeline("default")
+            return tvm.transform.Sequential([base, lookup_permute_pass(spec)]), host, device
+
+        register_tir_pipeline(name, factory)
+    return name
+
+
 def _pass_name(p: Any) -> str:
     try:
         return str(p.info.name)
@@ -370,8 +394,13 @@ def build_module(
     else:
         failures: list[str] = []
         relax_pipeline, pipeline = cpu_pipeline(spec, tvm_target, failures, chosen=kernels)
+        tir_pipeline = cpu_tir_pipeline(spec)
+        if tir_pipeline != "default":
+            pipeline.append("EcographTableLookups")
         try:
-            ex = tvm.compile(mod, target=tvm_target, relax_pipeline=relax_pipeline)
+            ex = tvm.compile(
+                mod, target=tvm_target, relax_pipeline=relax_pipeline, tir_pipeline=tir_pipeline
+            )
         except Exception as exc:
             # Build again with every op its own kernel before giving up; say so if it helps.
             failures = []
@@ -380,7 +409,9 @@ def build_module(
                 spec, tvm_target, failures, fuse=False, chosen=kernels
             )
             try:
-                ex = tvm.compile(mod, target=tvm_target, relax_pipeline=relax_pipeline)
+                ex = tvm.compile(
+                    mod, target=tvm_target, relax_pipeline=relax_pipeline, tir_pipeline=tir_pipeline
+                )
             except Exception:
                 raise BuildError(
                     f"TVM failed to compile {graph.name!r} for {spec.name}: {exc}"

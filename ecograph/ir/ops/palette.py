@@ -27,7 +27,11 @@ def palette_groups(channels: int, group_size: int) -> int:
 
 
 def _infer(ctx: InferContext) -> list[TensorType]:
-    idx, pal = ctx.input(0), ctx.input(1)
+    return [_weights_type(ctx, ctx.input(0), ctx.input(1))]
+
+
+def _weights_type(ctx: InferContext, idx: TensorType, pal: TensorType) -> TensorType:
+    """The type of the weights `indices` and `palette` decode to (checked as in the doc)."""
     if idx.dtype not in PALETTE_ENTRIES:
         ctx.fail(f"indices dtype {idx.dtype} must be uint4 (16 entries) or uint8 (256 entries)")
     if not pal.dtype.is_float or pal.rank != 2:
@@ -49,7 +53,7 @@ def _infer(ctx: InferContext) -> list[TensorType]:
                 f"palette {pal} has {groups} group(s); indices {idx} with axis={axis}, "
                 f"group_size={group} need {want}"
             )
-    return [TensorType(pal.dtype, idx.shape)]
+    return TensorType(pal.dtype, idx.shape)
 
 
 @register_op(
@@ -80,3 +84,42 @@ def palette_offsets(channels: int, group_size: int, entries: int) -> np.ndarray:
 
 
 __all__ = ["PALETTE_ENTRIES", "palette_dequantize", "palette_groups", "palette_offsets"]
+
+
+def _infer_matmul(ctx: InferContext) -> list[TensorType]:
+    from ecograph.ir.ops.nn import matmul_shape
+
+    a, idx, pal = ctx.input(0), ctx.input(1), ctx.input(2)
+    if idx.rank != 2:
+        ctx.fail(f"indices must be a 2-D weight matrix, got {idx}")
+    if not a.dtype.is_float or pal.dtype != a.dtype:
+        ctx.fail(f"A ({a.dtype}) and the palette ({pal.dtype}) must have the same float dtype")
+    if ctx.attr("axis") not in (-2, -1, 0, 1):
+        ctx.fail(f"axis={ctx.attr('axis')} is not an axis of the 2-D indices")
+    rows, cols = _weights_type(ctx, idx, pal).shape
+    k, n = (cols, rows) if ctx.attr("trans_b") else (rows, cols)
+    return [TensorType(a.dtype, matmul_shape(ctx, a, TensorType(a.dtype, [k, n])))]
+
+
+@register_op(
+    "PaletteMatMul",
+    domain="ecograph",
+    inputs=["A", "indices", "palette"],
+    outputs=["Y"],
+    attrs={"axis": Attr("int", 1), "group_size": Attr("int", 0), "trans_b": Attr("int", 0)},
+    infer=_infer_matmul,
+)
+def palette_matmul(
+    a: np.ndarray, indices: np.ndarray, palette: np.ndarray, *, axis: int, group_size: int,
+    trans_b: int,
+) -> np.ndarray:  # fmt: skip
+    """A @ PaletteDequantize(indices, palette) (transposed first when `trans_b`: indices
+    stored [N, K], as Gemm's transB): the lookup and MatMul kernels themselves, so the fused
+    op is bit-identical to the two ops it replaces. Made by `fuse-weight-dequantize`."""
+    from ecograph.ir.ops.nn import matmul
+
+    weights = palette_dequantize(indices, palette, axis=axis, group_size=group_size)
+    return matmul(a, weights.T if trans_b else weights)
+
+
+__all__ += ["palette_matmul"]

@@ -261,7 +261,7 @@ def _nbits_kernel(ctx: LowerContext, adt: str) -> relax.Expr:
             # The reference rounds the dequantized weights to the scales' dtype.
             return w if sdt == "float32" else w.astype(sdt).astype("float32")
 
-        return _dequantizing_matmul(at, weight, k_len, n_len, "dequantize_matmul_nbits")
+        return dequantizing_matmul(at, weight, k_len, n_len, "dequantize_matmul_nbits")
 
     return ctx.bb.emit_te(compute, *args, primfunc_name_hint="dequantize_matmul_nbits")
 
@@ -312,7 +312,7 @@ def _packed_code(buf: Any, row: Any, i: Any, bits: int) -> Any:
     return tir.bitwise_and(tir.shift_right(byte, tir.floormod(i, per_byte) * bits), (1 << bits) - 1)
 
 
-def _dequantizing_matmul(at: Any, weight: Callable[[Any, Any], Any], k_len: int, n_len: int,
+def dequantizing_matmul(at: Any, weight: Callable[[Any, Any], Any], k_len: int, n_len: int,
                          name: str) -> Any:  # fmt: skip
     """TE: `at` [..., K] times the weights `weight(k, n)` [K, N] computes, one reduction."""
     from tvm import te
@@ -370,6 +370,6 @@ def _dequantize_matmul(ctx: LowerContext) -> relax.Expr:
                 q = q - z[idx].astype("int32")
             return q.astype("float32") * s[idx]
 
-        return _dequantizing_matmul(a, weight, k_len, n_len, "dequantize_matmul")
+        return dequantizing_matmul(a, weight, k_len, n_len, "dequantize_matmul")
 
     return ctx.bb.emit_te(compute, *args, primfunc_name_hint="dequantize_matmul")

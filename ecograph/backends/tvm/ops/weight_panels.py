@@ -41,6 +41,7 @@ from ecograph.ir.ops.ms_quant import unpack_codes
 
 FUSED_WEIGHT_OP = ("ecograph", "DequantizeMatMul")
 NBITS_OP = ("com.microsoft", "MatMulNBits")
+PALETTE_OP = ("ecograph", "PaletteMatMul")
 _FOUR_BIT = (DType.INT4, DType.UINT4)
 
 
@@ -51,7 +52,10 @@ class WeightPanels:
     `block`: K rows per scale group (0: one group, per column or per tensor); `arrays`: the
     packed array bound for each of the node's constant operands that is packed (the weight,
     and the scale and zero point unless they are per tensor); `zero`: the zero point of codes
-    when the node has no zero-point input (MatMulNBits: 2^(bits - 1))."""
+    when the node has no zero-point input (MatMulNBits: 2^(bits - 1)); `palette`: how a
+    PaletteMatMul's weights are looked up ("" for a dequantization, "tensor": one flat table
+    at [j // block (0 when block is 0), code], "column": the table of column j's group read at
+    [j // NR, code, j % NR]; `block` is then the palettes' group size along N)."""
 
     nr: int
     bits: int
@@ -60,6 +64,7 @@ class WeightPanels:
     per_tensor: bool
     arrays: dict[Value, np.ndarray]
     zero: int = 0
+    palette: str = ""
 
 
 def weight_panels(graph: Graph, live: set[Node], target: TargetSpec) -> dict[Node, WeightPanels]:
@@ -171,7 +176,53 @@ def _plan_nbits(node: Node, target: TargetSpec) -> WeightPanels | None:
     )
 
 
-_PLANNERS = {FUSED_WEIGHT_OP: _plan, NBITS_OP: _plan_nbits}
+def _plan_palette(node: Node, target: TargetSpec) -> WeightPanels | None:
+    """PaletteMatMul: the codes in panels like integer weights (4-bit codes two per byte).
+    The palettes stay `[groups, entries]`, read at [j // group_size, code], when a vector of
+    columns shares one palette (one for the whole matrix, or groups a whole number of
+    vectors wide: then one register permute looks 16 entries up, schedules/lookup.py); else
+    each column's palette is repeated per column in panels `[ceil(N / NR), entries, NR]`,
+    read at [j // NR, code, j % NR] (a gather), when that copy is no larger than the
+    column's codes (or is the palettes themselves: one per column). Palettes grouped along K
+    (a palette per block of rows) keep the generic kernel."""
+    from ecograph.backends.tvm.schedules.matmul import lanes_for
+
+    a, w, p = node.input(0), node.input(1), node.input(2)
+    codes, palette = _sole_operand(w, node), _sole_operand(p, node)
+    if a is None or w is None or p is None or codes is None or palette is None:
+        return None
+    if a.dtype != DType.FLOAT32 or p.dtype != DType.FLOAT32 or codes.ndim != 2:
+        return None
+    trans_b = bool(node.attr("trans_b", 0))
+    q = codes.T if trans_b else codes  # [K, N]
+    k_len, n_len = (int(d) for d in q.shape)
+    if k_len == 0 or n_len == 0:
+        return None
+    bits = 4 if w.dtype == DType.UINT4 else 8
+    groups, entries = (int(d) for d in palette.shape)
+    group = int(node.attr("group_size", 0)) if groups > 1 else 0
+    nr = panel_width_for(target, a, n_len)
+    if group and norm_axis(int(node.attr("axis", 1)), 2) != (0 if trans_b else 1):
+        return None  # one palette per block of K rows
+    if group == 0 or group % lanes_for(target) == 0:
+        table, kind = palette.astype(np.float32), "row"
+    elif group > 1 and entries * 4 > -(-k_len * bits // 8):
+        return None  # the palettes repeated per column would outweigh the codes
+    else:
+        per_column = palette[np.arange(n_len) // group]  # [N, entries]
+        table, kind = pack_panels(per_column.T.astype(np.float32), nr), "column"
+    return WeightPanels(
+        nr=nr,
+        bits=bits,
+        signed=False,
+        block=group,
+        per_tensor=False,
+        arrays={w: _pack_codes(q, nr, bits), p: table},
+        palette=kind,
+    )
+
+
+_PLANNERS = {FUSED_WEIGHT_OP: _plan, NBITS_OP: _plan_nbits, PALETTE_OP: _plan_palette}
 
 
 def _carrier(dtype: DType) -> str:
@@ -191,7 +242,8 @@ def _pack_codes(q: np.ndarray, nr: int, bits: int) -> np.ndarray:
 
 
 def emit_panel_dequantize_matmul(ctx: LowerContext, plan: WeightPanels) -> relax.Expr:
-    """The DequantizeMatMul node of `ctx` as one panel kernel (see the module doc)."""
+    """The DequantizeMatMul, MatMulNBits or PaletteMatMul node of `ctx` as one panel kernel
+    (see the module doc)."""
     node = ctx.node
     nr, block = plan.nr, plan.block
     state = ctx.state
@@ -207,29 +259,36 @@ def emit_panel_dequantize_matmul(ctx: LowerContext, plan: WeightPanels) -> relax
             return t[(0,) * len(t.shape)]
         return t[j // nr, k // block if block else 0, j % nr]
 
-    def weight(ws: Any, k: Any, j: Any) -> Any:
+    def code(ws: Any, k: Any, j: Any) -> Any:
         if plan.bits == 8:
-            q = ws[0][j // nr, k, j % nr].astype("int32")
-        else:
-            byte = ws[0][j // nr, k // 2, j % nr].astype("int32")
-            # int32 shifts: k is int64, and a 64-bit shift would not sign-extend the nibble
-            half = (tir.floormod(k, 2) * 4).astype("int32")
-            if plan.signed:  # sign-extend the nibble: move it to the top, shift back
-                q = tir.shift_right(tir.shift_left(byte, 28 - half), tir.const(28, "int32"))
-            else:
-                q = tir.bitwise_and(tir.shift_right(byte, half), tir.const(15, "int32"))
+            return ws[0][j // nr, k, j % nr].astype("int32")
+        byte = ws[0][j // nr, k // 2, j % nr].astype("int32")
+        # int32 shifts: k is int64, and a 64-bit shift would not sign-extend the nibble
+        half = (tir.floormod(k, 2) * 4).astype("int32")
+        if plan.signed:  # sign-extend the nibble: move it to the top, shift back
+            return tir.shift_right(tir.shift_left(byte, 28 - half), tir.const(28, "int32"))
+        return tir.bitwise_and(tir.shift_right(byte, half), tir.const(15, "int32"))
+
+    def weight(ws: Any, k: Any, j: Any) -> Any:
+        q = code(ws, k, j)
+        if plan.palette == "row":
+            return ws[1][j // block if block else 0, q]
+        if plan.palette == "column":
+            return ws[1][j // nr, q, j % nr]
         if len(ws) > 2:
             q = q - at(ws[2], k, j).astype("int32")
         elif plan.zero:
             q = q - plan.zero
         return q.astype("float32") * at(ws[1], k, j)
 
-    return emit_panel_matmul(ctx, ctx.arg(0), operands, weight, nr, "dequantize_matmul")
+    name = "palette_matmul" if plan.palette else "dequantize_matmul"
+    return emit_panel_matmul(ctx, ctx.arg(0), operands, weight, nr, name)
 
 
 __all__ = [
     "FUSED_WEIGHT_OP",
     "NBITS_OP",
+    "PALETTE_OP",
     "WeightPanels",
     "emit_panel_dequantize_matmul",
     "weight_panels",

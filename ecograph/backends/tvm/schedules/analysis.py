@@ -114,6 +114,7 @@ def matmul_info(sch: Schedule, block: SBlockRV) -> MatmulInfo | None:
     if uses(a, j_var) or not uses(b, j_var) or not (uses(a, k) and uses(b, k)):
         return None
     j_loads = [ld for ld in loads_in(b) if uses(ld.indices, j_var)]
+    j_loads = [ld for ld in j_loads if not _is_lookup(ld, j_var)]
     packed_all = {_packed_nr(ld, j_var, k) for ld in j_loads}
     packed = packed_all.pop() if len(packed_all) == 1 else None
     for ld in j_loads:
@@ -140,14 +141,54 @@ def matmul_info(sch: Schedule, block: SBlockRV) -> MatmulInfo | None:
     )
 
 
+def direct_vars(expr: Any) -> list[tirx.Var]:
+    """The TIR variables `expr` uses other than through a load it reads (a load's indices
+    are that load's business: `pal[code[j]]` does not use j directly)."""
+    found: list[tirx.Var] = []
+
+    def visit(node: Any) -> Any:
+        if isinstance(node, ir.TensorLoad):
+            return tvm_ffi.WalkResult.SKIP
+        if isinstance(node, tirx.Var):
+            found.append(node)
+        return tvm_ffi.WalkResult.ADVANCE
+
+    tvm_ffi.structural_walk(expr, visit, order="pre")
+    return found
+
+
+def uses_directly(expr: Any, var: tirx.Var) -> bool:
+    """Whether `expr` uses `var` other than through a load it reads (see `direct_vars`)."""
+    return any(v.same_as(var) for v in direct_vars(expr))
+
+
+def _is_lookup(load: ir.TensorLoad, j: tirx.Var) -> bool:
+    """A table lookup: an entry read at a code that is read at column j (`pal[code[k, j]]`),
+    in the table of j's group of columns (`pal[j // G, code]`, G a constant). It follows the
+    layout of the codes it is indexed by; a vector of columns that shares one table reads it
+    with one register permute (schedules/lookup.py)."""
+    *head, last = load.indices
+    if uses_directly(last, j):
+        return False
+    return all(
+        not uses_directly(ix, j)
+        or (isinstance(ix, tirx.FloorDiv) and ix.a.same_as(j) and isinstance(ix.b, tirx.IntImm))
+        for ix in head
+    )
+
+
 def _packed_nr(b: ir.TensorLoad, j: tirx.Var, k: tirx.Var) -> int | None:
     """NR if B is read as [..., j // NR, f(k), j % NR], else None. f(k) is k for a float
-    weight, k // 2 for 4-bit codes two per byte, k // block or 0 for a scale; not j."""
+    weight, k // 2 for 4-bit codes two per byte, k // block or 0 for a scale, or the code
+    read at (k, j) for a palette entry; it uses j only inside the loads it reads."""
     if len(b.indices) < 3:
         return None
     panel, kk, lane = b.indices[-3], b.indices[-2], b.indices[-1]
-    if not all(v.same_as(k) for v in vars_in(kk)):
+    if not all(v.same_as(k) for v in direct_vars(kk)):
         return None
+    for code in loads_in(kk):  # a lookup's code, read at (k, j)
+        if not all(v.same_as(k) or v.same_as(j) for ix in code.indices for v in direct_vars(ix)):
+            return None
     if not (isinstance(lane, tirx.FloorMod) and isinstance(panel, tirx.FloorDiv)):
         return None
     if not (lane.a.same_as(j) and panel.a.same_as(j)):
