@@ -229,3 +229,12 @@ def test_palette_matmul_lowers_for_cuda():
     graph, _ = MATMUL_CASES["uint4-groups-of-16"]()
     script = lower_graph(graph, lowering_target("cuda"), fold=False).mod.script()
     assert "palette_matmul" in script and "R.take" not in script
+
+
+def test_a_base_bound_twice_is_not_trusted():
+    """The base's variable is defined twice (as unrolling copies a body): no bound from either
+    definition is used, so the lookup stays a gather."""
+    unsafe = _lookup_loop(5, 16)  # base up to 64 on a 64-entry table
+    safe = tirx.For(unsafe.loop_var, 0, 4, tirx.ForKind.SERIAL, unsafe.body)
+    body = tirx.SeqStmt([unsafe, safe])
+    assert rewrite_lookups(body, 16).same_as(body)

@@ -20,6 +20,7 @@ before (the rewrite is exact, not an approximation). Other targets keep the gath
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import tvm_ffi
@@ -71,14 +72,21 @@ def rewrite_lookups(body: Any, lanes: int) -> Any:
     from tvm.sym.analyzer import Analyzer
 
     analyzer = Analyzer()
+    bindings: list[tuple[Any, Any]] = []
 
     def bind(node: Any) -> None:
         if isinstance(node, tirx.For):
-            analyzer.bind(node.loop_var, ir.Range.from_min_extent(node.min, node.extent))
+            bindings.append((node.loop_var, ir.Range.from_min_extent(node.min, node.extent)))
         elif str(node.var.ty) in ("int32", "int64"):  # not handles: indices only
-            analyzer.bind(node.var, node.value)
+            bindings.append((node.var, node.value))
 
     tvm_ffi.structural_walk(body, ((tirx.For, tirx.Bind, tirx.LetStmt), bind), order="pre")
+    # A variable defined twice (a loop body copied by unrolling) is left unknown: a bound
+    # proven from one definition must not be used for the other.
+    seen = Counter(hash(var) for var, _ in bindings)  # an object's hash is its node's address
+    for var, value in bindings:
+        if seen[hash(var)] == 1:
+            analyzer.bind(var, value)
 
     def permute(load: Any) -> Any:
         if str(load.ty) != f"float32x{lanes}" or len(load.indices) != 1:
