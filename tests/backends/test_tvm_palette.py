@@ -238,3 +238,9 @@ def test_a_base_bound_twice_is_not_trusted():
     safe = tirx.For(unsafe.loop_var, 0, 4, tirx.ForKind.SERIAL, unsafe.body)
     body = tirx.SeqStmt([unsafe, safe])
     assert rewrite_lookups(body, 16).same_as(body)
+
+
+def test_palette_matmul_builds_for_cuda():
+    """Compile only (no GPU needed): the fused lookup kernels build for the GPU (dlight)."""
+    result = build.build_module(_palettized_mlp("group:16"), "cuda:sm_80", keep_params=False)
+    assert result.executable.as_text().count("palette_matmul") >= 2
