@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,8 @@ class BuildResult:
     tuning: dict[str, Any] | None = None
     # CPU builds: each kernel's schedule rule (None: no rule applied, left to LLVM)
     kernels: dict[str, str | None] = field(default_factory=dict)
+    # x86 builds: per kernel with 16-entry table lookups, (register permutes, gathers left)
+    lookups: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -286,28 +289,34 @@ def cpu_pipeline(
     return pipeline, [_pass_name(p) for p in passes]
 
 
-def cpu_tir_pipeline(spec: _targets.TargetSpec) -> str:
-    """The name of the TIR pipeline for a CPU build: TVM's default one, followed on x86 by
-    the rewrite of 16-entry table lookups into register permutes (schedules/lookup.py),
-    registered with TVM on first use."""
+@contextlib.contextmanager
+def cpu_tir_pipeline(
+    spec: _targets.TargetSpec, lookups: dict[str, tuple[int, int]] | None = None
+) -> Iterator[str]:
+    """The name of the TIR pipeline for a CPU build, registered with TVM for the `with`
+    block: TVM's default one, followed on x86 by the rewrite of 16-entry table lookups into
+    register permutes (schedules/lookup.py), which records in `lookups` each kernel's
+    (permutes, gathers left)."""
     from tvm.tirx.compilation_pipeline import PIPELINE_MAP, get_tir_pipeline, register_tir_pipeline
 
     from .schedules.lookup import lookup_permute_pass, permute_lanes
 
-    lanes = permute_lanes(spec)
-    if lanes is None:
-        return "default"
-    name = f"ecograph-lookups-{lanes}"
-    if name not in PIPELINE_MAP:
+    if permute_lanes(spec) is None:
+        yield "default"
+        return
+    name = f"ecograph-cpu-{uuid.uuid4().hex}"
 
-        def factory() -> Any:
-            import tvm
+    def factory() -> Any:
+        import tvm
 
-            base, host, device = get_tir_pipeline("default")
-            return tvm.transform.Sequential([base, lookup_permute_pass(spec)]), host, device
+        base, host, device = get_tir_pipeline("default")
+        return tvm.transform.Sequential([base, lookup_permute_pass(spec, lookups)]), host, device
 
-        register_tir_pipeline(name, factory)
-    return name
+    register_tir_pipeline(name, factory)
+    try:
+        yield name
+    finally:
+        PIPELINE_MAP.pop(name, None)
 
 
 def _pass_name(p: Any) -> str:
@@ -388,36 +397,42 @@ def build_module(
             f"schedules kept for {taken} of {len(tuning['kernels'])} kernels"
         )
 
+    lookups: dict[str, tuple[int, int]] = {}
     if spec.family == "cuda":
         ex, pipeline, more = _build_cuda(mod, tvm_target)
         notes += more
     else:
         failures: list[str] = []
         relax_pipeline, pipeline = cpu_pipeline(spec, tvm_target, failures, chosen=kernels)
-        tir_pipeline = cpu_tir_pipeline(spec)
+        with cpu_tir_pipeline(spec, lookups) as tir_pipeline:
+            try:
+                ex = tvm.compile(mod, target=tvm_target, relax_pipeline=relax_pipeline,
+                                 tir_pipeline=tir_pipeline)  # fmt: skip
+            except Exception as exc:
+                # Build again with every op its own kernel before giving up; say so if it helps.
+                failures = []
+                kernels.clear()
+                lookups.clear()
+                relax_pipeline, pipeline = cpu_pipeline(
+                    spec, tvm_target, failures, fuse=False, chosen=kernels
+                )
+                try:
+                    ex = tvm.compile(mod, target=tvm_target, relax_pipeline=relax_pipeline,
+                                     tir_pipeline=tir_pipeline)  # fmt: skip
+                except Exception:
+                    raise BuildError(
+                        f"TVM failed to compile {graph.name!r} for {spec.name}: {exc}"
+                    ) from exc
+                first = str(exc).strip().splitlines()[0][:200] if str(exc) else type(exc).__name__
+                notes.append(f"built without operator fusion: the fused build failed ({first})")
         if tir_pipeline != "default":
             pipeline.append("EcographTableLookups")
-        try:
-            ex = tvm.compile(
-                mod, target=tvm_target, relax_pipeline=relax_pipeline, tir_pipeline=tir_pipeline
-            )
-        except Exception as exc:
-            # Build again with every op its own kernel before giving up; say so if it helps.
-            failures = []
-            kernels.clear()
-            relax_pipeline, pipeline = cpu_pipeline(
-                spec, tvm_target, failures, fuse=False, chosen=kernels
-            )
-            try:
-                ex = tvm.compile(
-                    mod, target=tvm_target, relax_pipeline=relax_pipeline, tir_pipeline=tir_pipeline
+        for kernel, (_, gathers) in sorted(lookups.items()):
+            if gathers:
+                notes.append(
+                    f"kernel {kernel}: {gathers} palette lookup(s) left as gathers (one load "
+                    "per lane): the 16-entry table load was not provably inside its buffer"
                 )
-            except Exception:
-                raise BuildError(
-                    f"TVM failed to compile {graph.name!r} for {spec.name}: {exc}"
-                ) from exc
-            first = str(exc).strip().splitlines()[0][:200] if str(exc) else type(exc).__name__
-            notes.append(f"built without operator fusion: the fused build failed ({first})")
         notes += failures
         if tuning:
             pipeline = ["MetaScheduleApplyDatabase", *pipeline]
@@ -426,7 +441,7 @@ def build_module(
                     kernels[name] = "tuned"
                 else:
                     notes.append(f"tuned kernel {name} did not reach the build unchanged")
-    return BuildResult(ex, lowered, spec, pipeline, notes, tuning, kernels)
+    return BuildResult(ex, lowered, spec, pipeline, notes, tuning, kernels, lookups)
 
 
 def _build_cuda(mod: Any, target: Any) -> tuple[Any, list[str], list[str]]:

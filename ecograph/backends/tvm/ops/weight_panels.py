@@ -206,6 +206,12 @@ def _plan_palette(node: Node, target: TargetSpec) -> WeightPanels | None:
         return None  # one palette per block of K rows
     if group == 0 or group % lanes_for(target) == 0:
         table, kind = palette.astype(np.float32), "row"
+        # Rows for the columns of the last panel's padding too: the kernel's loops run over
+        # whole panels, so a lookup's row is provably inside the table (schedules/lookup.py
+        # permutes only then; N = 688 in panels of 64 took the gather without this).
+        rows = -(-(-(-n_len // nr) * nr) // group) if group else 1
+        if rows > groups:
+            table = np.concatenate([table, np.zeros((rows - groups, entries), np.float32)])
     elif group > 1 and entries * 4 > -(-k_len * bits // 8):
         return None  # the palettes repeated per column would outweigh the codes
     else:

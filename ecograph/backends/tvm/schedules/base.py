@@ -53,9 +53,10 @@ def schedule_injective(
         sch.parallel(loops[0])
 
 
-def body_rewrite_pass(name: str, rewrite: Callable[[Any], Any]) -> Any:
-    """A module pass replacing every PrimFunc's body by `rewrite(body)` (functions whose body
-    comes back unchanged are left as they are)."""
+def body_rewrite_pass(name: str, rewrite: Callable[..., Any], *, named: bool = False) -> Any:
+    """A module pass replacing every PrimFunc's body by `rewrite(body)`, or by
+    `rewrite(body, function name)` when `named` (functions whose body comes back unchanged
+    are left as they are)."""
     from tvm.ir.transform import module_pass
 
     @module_pass(opt_level=0, name=name)
@@ -63,7 +64,7 @@ def body_rewrite_pass(name: str, rewrite: Callable[[Any], Any]) -> Any:
         updated = {}
         for gv, func in mod.functions_items():
             if isinstance(func, tirx.PrimFunc):
-                body = rewrite(func.body)
+                body = rewrite(func.body, gv.name_hint) if named else rewrite(func.body)
                 if not body.same_as(func.body):
                     updated[gv] = func.with_body(body)
         for gv, func in updated.items():

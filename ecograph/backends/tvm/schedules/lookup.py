@@ -67,8 +67,9 @@ def _split_index(index: Any, lanes: int) -> tuple[Any, Any] | None:
     return None
 
 
-def rewrite_lookups(body: Any, lanes: int) -> Any:
-    """`body` with every provably in-bounds 16-entry lookup as a register permute."""
+def rewrite_lookups(body: Any, lanes: int, counts: list[int] | None = None) -> Any:
+    """`body` with every provably in-bounds 16-entry lookup as a register permute; `counts`
+    (if given) gets the lookups rewritten and those left as gathers added to its two items."""
     from tvm.sym.analyzer import Analyzer
 
     analyzer = Analyzer()
@@ -97,8 +98,11 @@ def rewrite_lookups(body: Any, lanes: int) -> Any:
             return load
         base, code = parts
         bound = analyzer.const_int_bound(base)
-        if bound.min_value < 0 or bound.max_value > int(shape[0].value) - ENTRIES:
-            return load  # the 16 entries might not all be inside the buffer
+        inside = bound.min_value >= 0 and bound.max_value <= int(shape[0].value) - ENTRIES
+        if counts is not None:
+            counts[0 if inside else 1] += 1
+        if not inside:
+            return load  # the 16 entries might not all be inside the buffer: a gather
         return _permute(load.source, base, code, lanes)
 
     return tvm_ffi.structural_map(body, (ir.TensorLoad, permute))
@@ -120,13 +124,24 @@ def _permute(buffer: Any, base: Any, code: Any, lanes: int) -> Any:
     return tirx.Select(high, perm(lanes), perm(0))
 
 
-def lookup_permute_pass(spec: TargetSpec) -> Any | None:
+def lookup_permute_pass(
+    spec: TargetSpec, report: dict[str, tuple[int, int]] | None = None
+) -> Any | None:
     """A module pass rewriting 16-entry lookups into permutes for `spec` (module doc), or
-    None on targets without one."""
+    None on targets without one. `report` gets, per function with lookups, (permutes,
+    gathers left)."""
     lanes = permute_lanes(spec)
     if lanes is None:
         return None
-    return body_rewrite_pass("EcographTableLookups", lambda body: rewrite_lookups(body, lanes))
+
+    def rewrite(body: Any, name: str) -> Any:
+        counts = [0, 0]
+        out = rewrite_lookups(body, lanes, counts)
+        if report is not None and any(counts):
+            report[name.removeprefix("__tvm_ffi_")] = (counts[0], counts[1])
+        return out
+
+    return body_rewrite_pass("EcographTableLookups", rewrite, named=True)
 
 
 __all__ = ["lookup_permute_pass", "permute_lanes", "rewrite_lookups"]
