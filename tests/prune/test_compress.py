@@ -375,3 +375,22 @@ def test_a_ratio_that_removes_nothing_is_rolled_back_without_a_compile() -> None
     (row,) = [c for c in result.report.candidates if c.label == "heads=0.2"]
     assert row.status == "rolled back" and "removes nothing" in row.reason
     assert any("ROLLED BACK heads=0.2" in n for n in result.report.notes)
+
+
+def test_paired_ratio_interleaves_and_takes_the_median_round() -> None:
+    """The default keep / roll back measurement: rounds alternate baseline then candidate,
+    and one slow round (noise hitting either build) does not decide."""
+    from ecograph.prune.compress import paired_ratio
+
+    calls: list[str] = []
+    script = iter([10.0, 5.0, 10.0, 5.0, 10.0, 50.0, 40.0, 5.0, 10.0, 5.0])  # ms, in order
+
+    def measure(label: str, run: Callable[[], Any]) -> LatencyStats:
+        run()
+        calls.append(label)
+        ms = next(script)
+        return LatencyStats(ms, ms, ms, 1)
+
+    ratio = paired_ratio(measure, ("unpruned", lambda: None), ("ffn=0.5", lambda: None), 5)
+    assert calls == ["unpruned", "ffn=0.5"] * 5
+    assert ratio == pytest.approx(0.5)  # rounds: 0.5, 0.5, 5.0, 0.125, 0.5
