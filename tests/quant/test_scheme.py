@@ -141,3 +141,55 @@ def test_collect_ranges_runs_the_graph_on_calibration_data():
         assert lo < 0 < hi and o.count > 0
     with pytest.raises(ValueError, match="empty"):
         collect_ranges(g, [], names, progress=False)
+
+
+def _mse_clip_by_definition(w, dtype, symmetric, granularity, axis):
+    """clip="mse" as its doc defines it, with the reference QuantizeLinear and
+    DequantizeLinear kernels: each group keeps the first of the range factors 1.0, 0.95,
+    ..., 0.5 with the least squared reconstruction error."""
+    from ecograph.ir.ops.quant import dequantize_linear, quantize_linear
+    from ecograph.quant.scheme import MSE_FACTORS, Granularity, _group_sum, _reduce_range
+
+    gran = Granularity.parse(granularity)
+    lo, hi, block = _reduce_range(w, axis, gran)
+    best = None
+    for factor in MSE_FACTORS:
+        scale, zp = compute_qparams(lo * factor, hi * factor, dtype, symmetric)
+        q = quantize_linear(w, scale, zp, axis=axis, block_size=block, output_dtype=0,
+                            precision=0, saturate=1)  # fmt: skip
+        back = dequantize_linear(q, scale, zp, axis=axis, block_size=block, output_dtype=0)
+        err = _group_sum((back.astype(np.float64) - w) ** 2, axis, gran, np.shape(lo))
+        if best is None:
+            best = [err, q, scale, zp]
+            continue
+        better = err < best[0]
+        best[0] = np.where(better, err, best[0])
+        best[2] = np.where(better, scale, best[2]).astype(scale.dtype)
+        best[3] = np.where(better, zp, best[3]).astype(zp.dtype)
+    assert best is not None
+    return best[2], best[3]
+
+
+@pytest.mark.parametrize(
+    "dtype,symmetric,granularity,axis",
+    [("int4", True, "group:32", 0), ("uint4", False, "group:16", 1), ("int4", True, "channel", 1),
+     ("int8", False, "tensor", 0), ("int4", True, "group:24", 0)],
+)  # fmt: skip
+def test_mse_clip_picks_the_range_its_definition_picks(dtype, symmetric, granularity, axis):
+    rng = np.random.default_rng(5)
+    w = rng.standard_t(3, (100, 40)).astype(np.float32)  # heavy tails: clipping pays
+    got = quantize_tensor(w, dtype, symmetric=symmetric, granularity=granularity, axis=axis,
+                          clip="mse")  # fmt: skip
+    scale, zp = _mse_clip_by_definition(w, dtype, symmetric, granularity, axis)
+    np.testing.assert_array_equal(got.scale, scale)
+    np.testing.assert_array_equal(got.zero_point, zp)
+    if dtype.endswith("4"):  # at 4 bits some groups clip (the test is not of minmax alone)
+        minmax = compute_qparams(*_minmax(w, granularity, axis), dtype, symmetric)[0]
+        assert (got.scale != minmax).any()
+
+
+def _minmax(w, granularity, axis):
+    from ecograph.quant.scheme import Granularity, _reduce_range
+
+    lo, hi, _ = _reduce_range(w, axis, Granularity.parse(granularity))
+    return lo, hi
