@@ -2,6 +2,7 @@
 
     nice -n 10 python bench/distill_minilm.py --prune ffn --ratio 0.5 --steps 300
     python bench/distill_minilm.py --prune blocks --ratio 0.5 --latency   # + x86 timings
+    python bench/distill_minilm.py --table --latency   # blocks 0.5, ffn 0.5, heads 0.25
 
 Training inputs are unlabeled sentences cut from the license texts under
 /usr/share/common-licenses; the held-out set is tests/data/sentences.txt (209 general English
@@ -76,6 +77,11 @@ def main() -> int:
     parser.add_argument("--importance", default=None, help="default: wanda / block-influence")
     parser.add_argument("--augment", type=int, default=0, help="token-replaced copies per batch")
     parser.add_argument("--latency", action="store_true", help="also time x86 builds and ORT")
+    parser.add_argument(
+        "--table", action="store_true",
+        help="issue 14's MiniLM table in one run: blocks 0.5, ffn 0.5, heads 0.25 (ignores "
+        "--prune/--ratio)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     import torch
@@ -104,40 +110,53 @@ def main() -> int:
     calibration = batches(train_texts[: 4 * 16], 16)
     held_out = ev.sentences()
 
-    student = teacher.copy()
-    if args.prune == "ffn":
-        PruneFFN(ratio=args.ratio, importance=args.importance or "wanda",
-                 calibration=calibration).run(student)  # fmt: skip
-    elif args.prune == "heads":
-        PruneHeads(ratio=args.ratio, importance=args.importance or "wanda",
-                   calibration=calibration).run(student)  # fmt: skip
-    elif args.prune == "blocks":
-        DropBlocks(ratio=args.ratio, calibration=calibration).run(student)
-    else:
-        DropLayers(ratio=args.ratio, importance=args.importance or "block-influence",
-                   calibration=calibration).run(student)  # fmt: skip
-
     def embed(graph: Graph) -> np.ndarray:
         module = to_torch(graph)
         with torch.no_grad():
             return ev.embed(lambda f: module(*f.values())[0].numpy(), held_out)
 
     reference = embed(teacher)
-    before = ev.compare(reference, embed(student))
-    setup = time.perf_counter() - t0
-    result = distill(student, teacher, train, steps=args.steps, lr=args.lr,
-                     hidden_weight=args.hidden_weight)  # fmt: skip
-    after = ev.compare(reference, embed(result.graph))
+    configs = [("blocks", 0.5), ("ffn", 0.5), ("heads", 0.25)] if args.table else [
+        (args.prune, args.ratio)
+    ]  # fmt: skip
     print(
-        f"| {args.prune} {args.ratio} | {len(train)}x{args.batch} sentences"
-        f"{f' ({args.augment} augmented copies)' if args.augment else ''} | {args.steps} | "
-        f"{args.lr or 3e-4:g} | {before['mean_cosine']:.3f} / {before['spearman']:.3f} | "
-        f"{after['mean_cosine']:.3f} / {after['spearman']:.3f} | {result.seconds:.0f} s "
-        f"(setup {setup:.0f} s, {torch.get_num_threads()} threads) |"
+        "| pruning | train data | steps | lr | before: mean cosine / Spearman | after "
+        "distillation | distill time |"
     )
-    print("losses:", " ".join(f"{x:.3f}" for x in result.losses[:: max(1, args.steps // 10)]))
-    if args.latency:
-        print(latency_row(teacher, result.graph, ev))
+    print("|---|---|---|---|---|---|---|")
+    latency: list[str] = []
+    for kind, ratio in configs:
+        t1 = time.perf_counter()
+        student = teacher.copy()
+        if kind == "ffn":
+            PruneFFN(ratio=ratio, importance=args.importance or "wanda",
+                     calibration=calibration).run(student)  # fmt: skip
+        elif kind == "heads":
+            PruneHeads(ratio=ratio, importance=args.importance or "wanda",
+                       calibration=calibration).run(student)  # fmt: skip
+        elif kind == "blocks":
+            DropBlocks(ratio=ratio, calibration=calibration).run(student)
+        else:
+            DropLayers(ratio=ratio, importance=args.importance or "block-influence",
+                       calibration=calibration).run(student)  # fmt: skip
+        before = ev.compare(reference, embed(student))
+        setup = time.perf_counter() - (t0 if kind == configs[0][0] else t1)
+        result = distill(student, teacher, train, steps=args.steps, lr=args.lr,
+                         hidden_weight=args.hidden_weight)  # fmt: skip
+        after = ev.compare(reference, embed(result.graph))
+        print(
+            f"| {kind} {ratio} | {len(train)}x{args.batch} sentences"
+            f"{f' ({args.augment} augmented copies)' if args.augment else ''} | {args.steps} | "
+            f"{args.lr or 3e-4:g} | {before['mean_cosine']:.3f} / {before['spearman']:.3f} | "
+            f"{after['mean_cosine']:.3f} / {after['spearman']:.3f} | {result.seconds:.0f} s "
+            f"(setup {setup:.0f} s, {torch.get_num_threads()} threads) |",
+            flush=True,
+        )
+        print("losses:", " ".join(f"{x:.3f}" for x in result.losses[:: max(1, args.steps // 10)]))
+        if args.latency:
+            latency.append(f"{kind} {ratio}: {latency_row(teacher, result.graph, ev)}")
+    for row in latency:
+        print(row)
     return 0
 
 

@@ -293,8 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"rounds x ~{args.slice:g} s per runner, interleaved  ",
         f"Other load during the run: {other}  ",
         "Accuracy: each x86 build vs the unpruned torch model on held-out random inputs (mean "
-        "cosine; top-1 agreement per output row). Decision: compress's own (one timing; rolled "
-        "back unless below 0.95x the unpruned build); rolled-back builds are timed here too.\n",
+        "cosine; top-1 agreement per output row). Decision: compress's own (its timing of the "
+        "candidate against the unpruned build, docs/pruning.md; rolled back unless below 0.95x); "
+        "rolled-back builds are timed here too.\n",
     ]
     text = "\n".join(head) + "\n" + "\n".join(sections)
     print("\n" + text)
