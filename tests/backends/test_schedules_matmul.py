@@ -191,3 +191,37 @@ def test_packed_panel_wider_than_the_matrix(preset, m, n):
     Wp[0, :, :n] = W
     got, _ = _run(te.create_prim_func([a, wp, c]), spec, [A, Wp], (m, n))
     np.testing.assert_allclose(got, A.astype(np.float64) @ W, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [1, "m"])
+@pytest.mark.parametrize("n", [200, 1000])
+def test_columns_past_the_last_whole_vector_keep_the_kernel_vectorized(rows, n):
+    """N not a multiple of the vector width (a 1000-class head, GPT-2's 50257-token LM head):
+    the product is computed over whole vectors of columns and the extra ones dropped, so no
+    predicate lands on the vector lanes (TVM 0.27 then left the whole kernel scalar). Built
+    for AVX-512: its multiply-adds are 16-lane vectors; and it computes the interpreter's
+    numbers on this host."""
+    from tvm import relax
+
+    from ecograph.backends.tvm import build
+    from ecograph.ir import GraphBuilder, interpret
+
+    rng = np.random.default_rng(3)
+    b = GraphBuilder()
+    x = b.input("x", "float32", [rows, 64])
+    b.output(b.op("MatMul", x, b.constant(rng.standard_normal((64, n)).astype(np.float32), "w")))
+    graph = b.graph
+    result = build.build_module(graph, "x86:skylake-avx512", keep_params=False)
+    assert result.kernels == {"matmul": "matmul"} or set(result.kernels.values()) <= {
+        "matmul",
+        "injective",
+    }, result.kernels
+    (lib,) = result.executable.mod.imports
+    assert "fmuladd.v16f32" in lib.inspect_source("ll") or "fma.v16f32" in lib.inspect_source("ll")
+    host = build.build_module(graph, "x86", keep_params=False)
+    vm = relax.VirtualMachine(host.executable, tvm.cpu())
+    for m in (1,) if rows == 1 else (1, 3):
+        feeds = {"x": rng.standard_normal((m, 64)).astype(np.float32)}
+        got = vm["main"](tvm.runtime.tensor(feeds["x"])).numpy()
+        want = interpret(graph, feeds)[graph.outputs[0].name]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

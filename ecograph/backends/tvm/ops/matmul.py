@@ -23,7 +23,7 @@ from ecograph.backends.tvm.context import (
     lowers,
 )
 from ecograph.backends.tvm.schedules.int8 import Int8Kernel, int8_kernel, int8_tile, shifted_a
-from ecograph.backends.tvm.schedules.matmul import register_tile
+from ecograph.backends.tvm.schedules.matmul import lanes_for, register_tile
 from ecograph.backends.tvm.targets import TargetSpec
 from ecograph.ir.dtypes import DType
 from ecograph.ir.graph import Graph, Node, Value
@@ -123,7 +123,8 @@ def emit_panel_matmul(
     """`a @ W` as one TE kernel, `W[k, j] = weight(operand tensors, k, j)` reading operands
     packed in column panels of `nr` (`[j // nr, f(k), j % nr]`, the form the matmul schedule
     recognises; a dequantization may sit in `weight`). Rows are padded to the register tile's
-    MR, reading row min(i, rows - 1), so the schedule needs no row predicate."""
+    MR, reading row min(i, rows - 1), and columns to whole vectors, so the schedule needs no
+    predicate inside a tile."""
     from tvm import te, tirx
 
     at = ctx.in_type(0)
@@ -132,23 +133,31 @@ def emit_panel_matmul(
     single = rows_dim == 1
     mr, _ = register_tile(ctx.target, n_len, single_row=single, nr=nr)
 
+    # Columns are computed in whole vectors (the panels are zero-padded past N): a last
+    # vector only partly inside N would put a predicate on the vector lanes, and TVM then
+    # leaves the whole kernel scalar (N = 200 on AVX-512: 16-lane vectors, 8 columns over).
+    n_pad = -(-n_len // lanes_for(ctx.target)) * lanes_for(ctx.target)
+
     def compute(av: Any, *ws: Any) -> Any:
         kk = te.reduce_axis((0, av.shape[-1]), "k")
         if len(av.shape) == 1:
-            return te.compute(
-                (n_len,), lambda j: te.sum(av[kk] * weight(ws, kk, j), axis=kk), name=name
+            vec = te.compute(
+                (n_pad,), lambda j: te.sum(av[kk] * weight(ws, kk, j), axis=kk), name=name
             )
+            if n_pad == n_len:
+                return vec
+            return te.compute((n_len,), lambda j: vec(j), name=f"{name}_cols")
         *lead, rows, _ = av.shape
         static_rows = isinstance(rows, tirx.IntImm)
-        if static_rows and int(rows) % mr == 0:
+        if static_rows and int(rows) % mr == 0 and n_pad == n_len:
             return te.compute(
                 (*lead, rows, n_len),
                 lambda *ix: te.sum(av[(*ix[:-1], kk)] * weight(ws, kk, ix[-1]), axis=kk),
                 name=name,
             )
-        padded = (rows + (mr - 1)) // mr * mr
+        padded = rows if static_rows and int(rows) % mr == 0 else (rows + (mr - 1)) // mr * mr
         tile = te.compute(
-            (*lead, padded, n_len),
+            (*lead, padded, n_pad),
             lambda *ix: te.sum(
                 av[(*ix[:-2], te.min(ix[-2], rows - 1), kk)] * weight(ws, kk, ix[-1]),
                 axis=kk,
