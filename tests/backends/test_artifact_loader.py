@@ -327,6 +327,14 @@ def test_unreadable_manifest_is_an_artifact_error(art: Path, text: str, match: s
         (_set("files", ["lib.so"]), "'files' must be an object, not a list"),
         (_set("params/names", "w"), "'params.names' must be a list of strings"),
         (_set("params", 3), "'params' must be an object, not a number"),
+        (
+            _set("inputs/0/index_range", {"range": [3, 1], "node": "g"}),
+            r"'inputs\[0\].index_range.range' must be \[lo, hi\) integers",
+        ),
+        (
+            _set("inputs/0/index_range", {"range": [0, 4]}),
+            r"key 'inputs\[0\].index_range.node' is missing",
+        ),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )
@@ -436,3 +444,27 @@ def test_cpu_device_on_a_cuda_artifact_is_a_usage_error(art: Path) -> None:
     edit_manifest(art, _set("target/family", "cuda"))  # checked before any CUDA setup
     with pytest.raises(UsageError, match=r"device 'cpu' cannot run .*\(cuda, runs on cuda\)"):
         load(art, device="cpu")
+
+
+def test_token_ids_past_the_table_are_input_errors(tmp_path: Path) -> None:
+    """An input read as Gather indices (token ids into an embedding) is checked for values
+    inside the indexed axis before the call: the compiled gather reads memory at the index
+    unchecked (an id past the table would read outside it, or crash the process)."""
+    b = GraphBuilder()
+    ids = b.input("ids", "int64", ["batch", 3])
+    table = np.arange(40, dtype=np.float32).reshape(10, 4)
+    b.output(b.op("Gather", b.constant(table, "table"), ids, axis=0, name="embed"))
+    graph = b.graph
+    model = load(ecograph.compile(graph, "x86", tmp_path / "emb", progress=False))
+    ok = np.array([[0, 9, -10]], np.int64)  # negative ids count from the end, as in ONNX
+    np.testing.assert_array_equal(
+        model(ids=ok), interpret(graph, {"ids": ok})[graph.outputs[0].name]
+    )
+    for bad, value in (([[0, 10, 1]], 10), ([[0, 1, -11]], -11)):
+        with pytest.raises(InputError, match=rf"'ids' holds {value} at index \[0, \d\]; it "
+                           r"indexes node embed \(Gather\) on axis 0 of table, size 10: values "
+                           r"must be in \[-10, 10\)"):  # fmt: skip
+            model(ids=np.array(bad, np.int64))
+    model(ids=ok)  # the same shape again (the shape check is cached; the values are not)
+    with pytest.raises(InputError, match="holds 12"):
+        model(ids=np.array([[12, 0, 0]], np.int64))

@@ -334,6 +334,17 @@ def _check_tensors(mpath: Path, value: Any, key: str) -> None:
                         f"{mpath}: '{where}.shape' holds {d!r}, not a symbolic dim ({exc}); "
                         f"{_REBUILD}"
                     ) from None
+        if "index_range" in t:  # gather indices: the runtime checks the values (inputs.py)
+            info = _obj(mpath, t["index_range"], f"{where}.index_range")
+            _str(mpath, _get(mpath, info, f"{where}.index_range", "node"), f"{where}.node")
+            bounds = _get(mpath, info, f"{where}.index_range", "range")
+            if not (
+                isinstance(bounds, list)
+                and len(bounds) == 2
+                and all(isinstance(b, int) and not isinstance(b, bool) for b in bounds)
+                and bounds[0] < bounds[1]
+            ):
+                raise _bad(mpath, f"{where}.index_range.range", "[lo, hi) integers", bounds)
 
 
 def _check_symbols(mpath: Path, inputs: list[dict[str, Any]]) -> None:

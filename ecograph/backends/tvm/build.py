@@ -624,6 +624,31 @@ def _tensor_entry(name: str, dtype: str, shape: tuple[Any, ...]) -> dict[str, An
     return {"name": name, "dtype": dtype, "shape": list(shape)}
 
 
+def index_ranges(graph: Graph) -> dict[str, dict[str, Any]]:
+    """Graph inputs read as Gather indices (token ids into an embedding table, ...): input
+    name -> {"range": [lo, hi), "node": what reads it}. The compiled gather reads memory at
+    the index unchecked, so the runtime checks these inputs' values before a call (an id
+    past the table would read outside it, or crash the process)."""
+    ranges: dict[str, dict[str, Any]] = {}
+    for v in graph.inputs:
+        if not v.dtype.is_integer:
+            continue
+        for use in v.uses:
+            node = use.node
+            data = node.input(0)
+            if node.op_type != "Gather" or node.domain != "" or use.index != 1 or data is None:
+                continue
+            axis = int(node.attr("axis", 0)) % max(1, data.type.rank)
+            dim = data.type.shape[axis]
+            if not isinstance(dim, int):
+                continue
+            entry = ranges.get(v.name)
+            if entry is None or dim < entry["range"][1]:
+                where = f"node {node.name} (Gather) on axis {axis} of {data.name}, size {dim}"
+                ranges[v.name] = {"range": [-dim, dim], "node": where}
+    return ranges
+
+
 def _manifest(
     result: BuildResult,
     graph: Graph,
@@ -639,13 +664,17 @@ def _manifest(
     tuning = None
     if result.tuning is not None:
         tuning = {k: v for k, v in result.tuning.items() if k != "database"}
+    indices = {k: {"index_range": v} for k, v in index_ranges(graph).items()}
     return {
         "format": FORMAT_VERSION,
         "ecograph_version": ecograph.__version__,
         "tvm_version": tvm.__version__,
         "graph": {"name": graph.name, "sha256": graph_hash(graph)},
         "target": {**result.spec.facts(), "notes": result.notes},
-        "inputs": [_tensor_entry(v.name, str(v.dtype), v.shape) for v in graph.inputs],
+        "inputs": [
+            {**_tensor_entry(v.name, str(v.dtype), v.shape), **indices.get(v.name, {})}
+            for v in graph.inputs
+        ],
         "outputs": [_tensor_entry(v.name, str(v.dtype), v.shape) for v in graph.outputs],
         "symbols": result.lowered.symbols,
         "params": params,

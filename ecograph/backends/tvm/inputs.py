@@ -91,6 +91,26 @@ def check_shapes(specs: Sequence[Mapping[str, Any]], arrays: Sequence[Any]) -> N
         _check_expressions(spec, arr, sizes, env)
 
 
+def check_index_values(specs: Sequence[Mapping[str, Any]], arrays: Sequence[np.ndarray]) -> None:
+    """Inputs the model reads as gather indices (the manifest's "index_range": token ids into
+    an embedding, ...) hold values inside the indexed axis: the compiled gather reads memory
+    at the index unchecked. An id outside is an `InputError` naming the input, the value,
+    where it is and what it indexes."""
+    for spec, arr in zip(specs, arrays, strict=True):
+        info = spec.get("index_range")
+        if info is None or arr.size == 0:
+            continue
+        lo, hi = info["range"]
+        bad = (arr < lo) | (arr >= hi)
+        if bad.any():
+            pos = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise InputError(
+                f"input {spec['name']!r} holds {arr[pos]} at index {list(pos)}; it indexes "
+                f"{info['node']}: values must be in [{lo}, {hi}) (a token id past the "
+                "vocabulary?)"
+            )
+
+
 def _check_static(spec: Mapping[str, Any], arr: np.ndarray) -> None:
     name, shape = spec["name"], spec["shape"]
     if str(arr.dtype) != spec["dtype"]:

@@ -51,6 +51,7 @@ from ecograph.backends.tvm.inputs import (
     TensorMeta,
     bind_inputs,
     check_count,
+    check_index_values,
     check_shapes,
     contiguous_within_memory,
     fmt_bytes,
@@ -225,12 +226,15 @@ class CompiledModel:
 
         Raises `InputError` for a wrong count, dtype, rank or static dim, two inputs that
         disagree on a shared symbolic dim (TVM would fail inside the VM), a dim that breaks
-        its expression ("seq+1"), or an input larger than this machine's memory."""
+        its expression ("seq+1"), an input larger than this machine's memory, or gather
+        indices outside the axis they index (token ids past the vocabulary)."""
         specs = check_count(self.manifest["inputs"], arrays)
         signature = tuple((a.dtype, a.shape) for a in arrays)
         if signature == self._checked:
+            check_index_values(specs, arrays)  # values change from call to call
             return [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in arrays]
         check_shapes(specs, arrays)
+        check_index_values(specs, arrays)
         out = contiguous_within_memory(specs, arrays, self._memory)
         self._checked = signature
         return out
