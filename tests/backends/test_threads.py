@@ -218,3 +218,40 @@ def test_running_a_model_leaves_the_callers_cpu_affinity_alone(tmp_path):
     model = ecograph.load(ecograph.compile(build_default_model(), "x86", tmp_path / "m"))
     model(**example_inputs())
     assert os.sched_getaffinity(0) == before
+
+
+_POOL_SCRIPT = """
+import os, sys
+import ecograph.backends.tvm.threads as threads
+import tvm, tvm_ffi
+configure = tvm_ffi.get_global_func("runtime.config_threadpool")
+configure(0, len(os.sched_getaffinity(0)))
+print(tvm.runtime.num_threads(), threads.policy().settings, threads.policy().adaptive, sep=";")
+"""
+
+
+@pytest.mark.parametrize("env", [{}, {"TVM_NUM_THREADS": "1"}, {"ECOGRAPH_NUM_THREADS": "1"}])
+def test_tvm_pool_is_started_with_every_core_unless_the_user_said(env):
+    """TVM starts its pool with TVM_NUM_THREADS threads, else half the hardware threads, and
+    cannot grow it later: ecograph sets it to every core (before the pool starts) so the
+    policy's choice is real; a user's TVM_NUM_THREADS stays a fixed count. Real TVM, in a
+    fresh process."""
+    import os
+    import subprocess
+    import sys
+
+    cores = len(os.sched_getaffinity(0))
+    clean = {
+        k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "ECOGRAPH_NUM_THREADS")
+    }
+    proc = subprocess.run([sys.executable, "-c", _POOL_SCRIPT], env={**clean, **env},
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    pool, settings, adaptive = proc.stdout.strip().split(";")
+    if "TVM_NUM_THREADS" in env:
+        assert (int(pool), settings, adaptive) == (1, "[1]", "False")
+    elif "ECOGRAPH_NUM_THREADS" in env:
+        assert (int(pool), settings, adaptive) == (cores, "[1]", "False")
+    else:
+        assert int(pool) == cores  # the pool can run on every core
+        assert adaptive == ("True" if cores > 1 else "False")

@@ -44,6 +44,14 @@ from typing import Any
 from ecograph.errors import BuildError
 
 os.environ.setdefault("TVM_BIND_THREADS", "0")
+# TVM sizes its thread pool once, when it first starts it, from TVM_NUM_THREADS, else half
+# the hardware threads (it assumes SMT), and `config_threadpool` cannot grow the pool past
+# that size: on a 2-core machine every model ran on one thread whatever the policy chose
+# (MiniLM b1 s48: 11.7 ms instead of 8.8). So, unless the user set it, TVM_NUM_THREADS is
+# set here to every core this process may run on (or ECOGRAPH_NUM_THREADS, if larger) before
+# the pool starts; the policy then picks the count per call. The user's own setting is kept
+# in USER_TVM_THREADS (a fixed count, as before).
+USER_TVM_THREADS = os.environ.get("TVM_NUM_THREADS")
 
 # Below this median (seconds) a model is not probed: a worse setting costs more than it can
 # tell, and tiny models are dominated by call overhead anyway.
@@ -74,6 +82,20 @@ def _affinity() -> frozenset[int]:
 
 # Read at import, as targets.host_cores is: the cores this process may run on.
 _CORES = _affinity()
+
+
+def _pool_size() -> int:
+    """The size TVM's pool is started with: the cores, or ECOGRAPH_NUM_THREADS if larger."""
+    cores = len(_CORES) or os.cpu_count() or 1
+    try:
+        wanted = int(os.environ.get("ECOGRAPH_NUM_THREADS", "0"))
+    except ValueError:
+        wanted = 0  # not a count ("auto", or a mistake the policy reports)
+    return max(cores, wanted)
+
+
+if USER_TVM_THREADS is None:
+    os.environ["TVM_NUM_THREADS"] = str(_pool_size())
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -276,9 +298,12 @@ def policy(threads: int | str | None = None) -> ThreadPolicy:
 
 
 def _env_threads() -> int | str:
-    """ECOGRAPH_NUM_THREADS, else TVM_NUM_THREADS (a fixed count), else "auto"."""
-    name = "ECOGRAPH_NUM_THREADS" if "ECOGRAPH_NUM_THREADS" in os.environ else "TVM_NUM_THREADS"
-    raw = os.environ.get(name, "auto").strip()
+    """ECOGRAPH_NUM_THREADS, else the user's TVM_NUM_THREADS (a fixed count; not the one set
+    at import above), else "auto"."""
+    if "ECOGRAPH_NUM_THREADS" in os.environ:
+        name, raw = "ECOGRAPH_NUM_THREADS", os.environ["ECOGRAPH_NUM_THREADS"].strip()
+    else:
+        name, raw = "TVM_NUM_THREADS", (USER_TVM_THREADS or "auto").strip()
     if raw == "auto":
         return "auto"
     try:
