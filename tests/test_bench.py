@@ -543,3 +543,22 @@ def test_lm_bench_smoke_run_times_builds_and_their_logits_agree(tmp_path: Path) 
     assert "Command: `python bench/lm_bench.py --models gpt2" in text
     assert "| build | decode ms/token (p50) |" in text and "| ecograph-int4 |" in text
     assert "consistency check between builds, not accuracy" in text
+
+
+def test_matmul_kernels_script_checks_and_times_each_encoding() -> None:
+    """bench/matmul_kernels.py on a tiny product: every build checked against the
+    interpreter, timed, and its schedule rule shown."""
+    pytest.importorskip("tvm")
+    root = Path(__file__).resolve().parent.parent
+    command = [
+        sys.executable, "bench/matmul_kernels.py", "--k", "32", "--n", "40", "--rows", "1",
+        "--presets", "fp32,int4,palette4", "--rounds", "1", "--slice", "0.01",
+    ]  # fmt: skip
+    proc = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line for line in proc.stdout.splitlines()
+            if line.startswith("| ") and "median" not in line}  # fmt: skip
+    assert set(rows) == {"fp32", "int4", "palette4"}
+    for line in rows.values():
+        ms, err = (float(c) for c in line.split("|")[2:4])
+        assert ms > 0 and err < 1e-4 and "'matmul'" in line
