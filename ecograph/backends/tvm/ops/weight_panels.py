@@ -14,7 +14,10 @@ loop and the codes read straight from the packed bytes:
   (groups = 1 per column); a per-tensor one stays as it is.
 
 ONNX Runtime's `com.microsoft::MatMulNBits` (4- or 8-bit codes in blocks of K, float32
-scales, no or packed zero points) is repacked into the same panels and read by the same kernel.
+scales, no or packed zero points) is repacked into the same panels and read by the same kernel,
+and so are the codes of `ecograph::PaletteMatMul` (dictionary-coded weights), whose weights
+are looked up in their palettes inside the loop (`_plan_palette`; schedules/lookup.py turns a
+16-entry lookup into a register permute on x86).
 
 Columns are zero-padded to whole panels (scale 0). Each weight is `(q - z) * s` in float32,
 as DequantizeLinear computes it, and the kernel sums k in order, so results round like the
@@ -53,9 +56,10 @@ class WeightPanels:
     packed array bound for each of the node's constant operands that is packed (the weight,
     and the scale and zero point unless they are per tensor); `zero`: the zero point of codes
     when the node has no zero-point input (MatMulNBits: 2^(bits - 1)); `palette`: how a
-    PaletteMatMul's weights are looked up ("" for a dequantization, "tensor": one flat table
-    at [j // block (0 when block is 0), code], "column": the table of column j's group read at
-    [j // NR, code, j % NR]; `block` is then the palettes' group size along N)."""
+    PaletteMatMul's weights are looked up ("" for a dequantization; "row": the palettes
+    `[groups, entries]` read at [j // block, code], or [0, code] when block is 0; "column":
+    column j's palette, repeated per column, read at [j // NR, code, j % NR]; `block` is then
+    the palettes' group size along N)."""
 
     nr: int
     bits: int
