@@ -1,4 +1,4 @@
-"""Table lookups in registers: 16-entry palettes read with one permute instead of a gather.
+"""Table lookups in registers: palettes read with register permutes instead of a gather.
 
 A palettized matmul (ecograph::PaletteMatMul, ops/weight_panels.py) reads each weight as
 `palette[g, code]` with a 4-bit code. When a vector of columns shares one palette, the
@@ -7,15 +7,17 @@ vectorizer that is a gather, which its LLVM code generator emits as one scalar l
 (measured: a 1 x 2048 x 5632 GEMV took 8.0 ms against 1.75 ms in float32). The 16 entries
 `P[b : b + 16]` are one vector, so the lookup is a register permute:
 
-- AVX-512 (16 lanes): `vpermps(P[b : b + 16], code)`;
+- AVX-512 (16 lanes): `vpermps(P[b : b + 16], code)`; a 256-entry palette (8-bit codes):
+  eight two-table `vpermi2ps` of 32 entries each, then blends on the code's bits 5 to 7;
 - AVX2 (8 lanes): `vpermps` on each half `P[b : b + 8]`, `P[b + 8 : b + 16]`, then a blend
   on `code > 7`.
 
 The rewrite runs on the lowered TIR, after TVM's vectorizer. It takes any float32 vector load
-whose index is `broadcast(b) + (x & 15)` or `x & 15` (int32 or int64) from a flat buffer, and
-only when b is provably in `[0, size - 16]` from the loop ranges and bindings in scope, so
-the 16-entry load never leaves the buffer; every lane then reads exactly the element it read
-before (the rewrite is exact, not an approximation). Other targets keep the gather.
+whose index is `broadcast(b) + code` or `code` from a flat buffer, the code `x & 15` (16
+entries) or uint8 values widened (256 entries; AVX-512 only), int32 or int64, and only when b
+is provably in `[0, size - entries]` from the loop ranges and bindings in scope, so the table
+loads never leave the buffer; every lane then reads exactly the element it read before (the
+rewrite is exact, not an approximation). Other targets and cases keep the gather.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from .base import body_rewrite_pass
 
 ENTRIES = 16
 _PERMUTE = {16: "llvm.x86.avx512.permvar.sf.512", 8: "llvm.x86.avx2.permps"}
+# AVX-512's two-table permute: 32 entries, selected by the code's low 5 bits
+_PERMUTE2 = "llvm.x86.avx512.vpermi2var.ps.512"
 
 
 def permute_lanes(spec: TargetSpec) -> int | None:
@@ -43,27 +47,32 @@ def permute_lanes(spec: TargetSpec) -> int | None:
     return 8 if spec.has("avx2") else None
 
 
-def _code_vector(e: Any, lanes: int) -> bool:
-    """`x & 15` on an int32 or int64 vector of `lanes` lanes: a code in [0, 16)."""
-    if not isinstance(e, tirx.BitwiseAnd) or str(e.ty) not in (f"int32x{lanes}", f"int64x{lanes}"):
-        return False
-    mask = e.b if isinstance(e.b, tirx.Broadcast) else e.a
-    return (
-        isinstance(mask, tirx.Broadcast)
-        and isinstance(mask.value, tirx.IntImm)
-        and mask.value.value == ENTRIES - 1
-    )
+def _code_entries(e: Any, lanes: int) -> int | None:
+    """How many table entries a vector of codes `e` can address: 16 for `x & 15`, 256 for
+    uint8 codes widened to int32 / int64 (None: not a code vector of `lanes` lanes)."""
+    if str(e.ty) not in (f"int32x{lanes}", f"int64x{lanes}"):
+        return None
+    if isinstance(e, tirx.BitwiseAnd):
+        mask = e.b if isinstance(e.b, tirx.Broadcast) else e.a
+        if isinstance(mask, tirx.Broadcast) and isinstance(mask.value, tirx.IntImm):
+            return ENTRIES if mask.value.value == ENTRIES - 1 else None
+        return None
+    if isinstance(e, tirx.Cast) and str(e.value.ty) == f"uint8x{lanes}":
+        return 256
+    return None
 
 
-def _split_index(index: Any, lanes: int) -> tuple[Any, Any] | None:
-    """(b, code) for an index `broadcast(b) + code` or `code`, else None."""
-    if _code_vector(index, lanes):
-        return tirx.const(0, str(index.ty).split("x")[0]), index
+def _split_index(index: Any, lanes: int) -> tuple[Any, Any, int] | None:
+    """(b, code, entries) for an index `broadcast(b) + code` or `code`, else None."""
+    entries = _code_entries(index, lanes)
+    if entries:
+        return tirx.const(0, str(index.ty).split("x")[0]), index, entries
     if not isinstance(index, tirx.Add):
         return None
     for base, code in ((index.a, index.b), (index.b, index.a)):
-        if isinstance(base, tirx.Broadcast) and _code_vector(code, lanes):
-            return base.value, code
+        entries = _code_entries(code, lanes)
+        if isinstance(base, tirx.Broadcast) and entries:
+            return base.value, code, entries
     return None
 
 
@@ -96,14 +105,18 @@ def rewrite_lookups(body: Any, lanes: int, counts: list[int] | None = None) -> A
         shape = load.source.shape
         if parts is None or len(shape) != 1 or not isinstance(shape[0], tirx.IntImm):
             return load
-        base, code = parts
+        base, code, entries = parts
         bound = analyzer.const_int_bound(base)
-        inside = bound.min_value >= 0 and bound.max_value <= int(shape[0].value) - ENTRIES
+        inside = bound.min_value >= 0 and bound.max_value <= int(shape[0].value) - entries
+        # 256 entries: sixteen 16-lane tables (AVX-512 only)
+        ok = inside and (entries == ENTRIES or lanes == ENTRIES)
         if counts is not None:
-            counts[0 if inside else 1] += 1
-        if not inside:
-            return load  # the 16 entries might not all be inside the buffer: a gather
-        return _permute(load.source, base, code, lanes)
+            counts[0 if ok else 1] += 1
+        if not ok:
+            return load  # the entries might not all be inside the buffer: a gather
+        if entries == ENTRIES:
+            return _permute(load.source, base, code, lanes)
+        return _permute256(load.source, base, code)
 
     return tvm_ffi.structural_map(body, (ir.TensorLoad, permute))
 
@@ -122,6 +135,29 @@ def _permute(buffer: Any, base: Any, code: Any, lanes: int) -> Any:
         return perm(0)
     high = code > tirx.Broadcast(tirx.const(lanes - 1, "int32"), lanes)  # entries 8..15
     return tirx.Select(high, perm(lanes), perm(0))
+
+
+def _permute256(buffer: Any, base: Any, code: Any) -> Any:
+    """A 256-entry lookup on AVX-512: eight two-table permutes of 32 entries each (the
+    code's low 5 bits), then a tree of blends on bits 5, 6 and 7."""
+    lanes = ENTRIES
+    if str(code.ty) != f"int32x{lanes}":
+        code = tirx.Cast(f"int32x{lanes}", code)  # a code in [0, 256): exact
+
+    def table(i: int) -> Any:
+        return tirx.BufferLoad(buffer, [tirx.Ramp(base + lanes * i, 1, lanes)])
+
+    level = [
+        tirx.call_llvm_pure_intrin(
+            f"float32x{lanes}", _PERMUTE2, table(2 * i), code, table(2 * i + 1)
+        )
+        for i in range(8)
+    ]
+    zero = tirx.Broadcast(tirx.const(0, "int32"), lanes)
+    for bit in (32, 64, 128):
+        high = (code & tirx.Broadcast(tirx.const(bit, "int32"), lanes)) != zero
+        level = [tirx.Select(high, level[i + 1], level[i]) for i in range(0, len(level), 2)]
+    return level[0]
 
 
 def lookup_permute_pass(
