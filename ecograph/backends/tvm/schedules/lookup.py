@@ -10,7 +10,7 @@ vectorizer that is a gather, which its LLVM code generator emits as one scalar l
 - AVX-512 (16 lanes): `vpermps(P[b : b + 16], code)`; a 256-entry palette (8-bit codes):
   eight two-table `vpermi2ps` of 32 entries each, then blends on the code's bits 5 to 7;
 - AVX2 (8 lanes): `vpermps` on each half `P[b : b + 8]`, `P[b + 8 : b + 16]`, then a blend
-  on `code > 7`.
+  on the code's bit 3.
 
 The rewrite runs on the lowered TIR, after TVM's vectorizer. It takes any float32 vector load
 whose index is `broadcast(b) + code` or `code` from a flat buffer, the code `x & 15` (16
@@ -77,7 +77,7 @@ def _split_index(index: Any, lanes: int) -> tuple[Any, Any, int] | None:
 
 
 def rewrite_lookups(body: Any, lanes: int, counts: list[int] | None = None) -> Any:
-    """`body` with every provably in-bounds 16-entry lookup as a register permute; `counts`
+    """`body` with every provably in-bounds lookup as register permutes; `counts`
     (if given) gets the lookups rewritten and those left as gathers added to its two items."""
     from tvm.sym.analyzer import Analyzer
 
@@ -114,56 +114,46 @@ def rewrite_lookups(body: Any, lanes: int, counts: list[int] | None = None) -> A
             counts[0 if ok else 1] += 1
         if not ok:
             return load  # the entries might not all be inside the buffer: a gather
-        if entries == ENTRIES:
-            return _permute(load.source, base, code, lanes)
-        return _permute256(load.source, base, code)
+        return _permute(load.source, base, code, lanes, entries)
 
     return tvm_ffi.structural_map(body, (ir.TensorLoad, permute))
 
 
-def _permute(buffer: Any, base: Any, code: Any, lanes: int) -> Any:
+def _permute(buffer: Any, base: Any, code: Any, lanes: int, entries: int) -> Any:
+    """`buffer[base + code]` for `entries` table entries from `base` (module doc): first a
+    level of permutes, each over one register of `lanes` entries or (256 entries, AVX-512)
+    two of them, selected by the code's low bits; then a tree of blends, one code bit a
+    level, down to one vector."""
     if str(code.ty) != f"int32x{lanes}":
-        code = tirx.Cast(f"int32x{lanes}", code)  # a code in [0, 16): exact
+        code = tirx.Cast(f"int32x{lanes}", code)  # a code in [0, entries): exact
+    ty = f"float32x{lanes}"
 
     def table(offset: int) -> Any:
         return tirx.BufferLoad(buffer, [tirx.Ramp(base + offset, 1, lanes)])
 
-    def perm(offset: int) -> Any:
-        return tirx.call_llvm_pure_intrin(f"float32x{lanes}", _PERMUTE[lanes], table(offset), code)
-
-    if lanes == ENTRIES:
-        return perm(0)
-    high = code > tirx.Broadcast(tirx.const(lanes - 1, "int32"), lanes)  # entries 8..15
-    return tirx.Select(high, perm(lanes), perm(0))
-
-
-def _permute256(buffer: Any, base: Any, code: Any) -> Any:
-    """A 256-entry lookup on AVX-512: eight two-table permutes of 32 entries each (the
-    code's low 5 bits), then a tree of blends on bits 5, 6 and 7."""
-    lanes = ENTRIES
-    if str(code.ty) != f"int32x{lanes}":
-        code = tirx.Cast(f"int32x{lanes}", code)  # a code in [0, 256): exact
-
-    def table(i: int) -> Any:
-        return tirx.BufferLoad(buffer, [tirx.Ramp(base + lanes * i, 1, lanes)])
-
-    level = [
-        tirx.call_llvm_pure_intrin(
-            f"float32x{lanes}", _PERMUTE2, table(2 * i), code, table(2 * i + 1)
-        )
-        for i in range(8)
-    ]
+    if entries == ENTRIES:  # one vpermps on AVX-512, one per half on AVX2
+        level = [
+            tirx.call_llvm_pure_intrin(ty, _PERMUTE[lanes], table(o), code)
+            for o in range(0, entries, lanes)
+        ]
+    else:  # eight two-table permutes of 32 entries each
+        level = [
+            tirx.call_llvm_pure_intrin(ty, _PERMUTE2, table(o), code, table(o + lanes))
+            for o in range(0, entries, 2 * lanes)
+        ]
+    bit = entries // len(level)  # the lowest code bit the permutes did not use
     zero = tirx.Broadcast(tirx.const(0, "int32"), lanes)
-    for bit in (32, 64, 128):
+    while len(level) > 1:
         high = (code & tirx.Broadcast(tirx.const(bit, "int32"), lanes)) != zero
         level = [tirx.Select(high, level[i + 1], level[i]) for i in range(0, len(level), 2)]
+        bit *= 2
     return level[0]
 
 
 def lookup_permute_pass(
     spec: TargetSpec, report: dict[str, tuple[int, int]] | None = None
 ) -> Any | None:
-    """A module pass rewriting 16-entry lookups into permutes for `spec` (module doc), or
+    """A module pass rewriting table lookups into permutes for `spec` (module doc), or
     None on targets without one. `report` gets, per function with lookups, (permutes,
     gathers left)."""
     lanes = permute_lanes(spec)
