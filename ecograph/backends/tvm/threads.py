@@ -48,9 +48,9 @@ os.environ.setdefault("TVM_BIND_THREADS", "0")
 # the hardware threads (it assumes SMT), and `config_threadpool` cannot grow the pool past
 # that size: on a 2-core machine every model ran on one thread whatever the policy chose
 # (MiniLM b1 s48: 11.7 ms instead of 8.8). So, unless the user set it, TVM_NUM_THREADS is
-# set here to every core this process may run on (or ECOGRAPH_NUM_THREADS, if larger) before
-# the pool starts; the policy then picks the count per call. The user's own setting is kept
-# in USER_TVM_THREADS (a fixed count, as before).
+# set at the end of this module to every core this process may run on (or
+# ECOGRAPH_NUM_THREADS, if larger) before the pool starts; the policy then picks the count
+# per call. The user's own setting is kept in USER_TVM_THREADS (a fixed count, as before).
 USER_TVM_THREADS = os.environ.get("TVM_NUM_THREADS")
 
 # Below this median (seconds) a model is not probed: a worse setting costs more than it can
@@ -82,20 +82,6 @@ def _affinity() -> frozenset[int]:
 
 # Read at import, as targets.host_cores is: the cores this process may run on.
 _CORES = _affinity()
-
-
-def _pool_size() -> int:
-    """The size TVM's pool is started with: the cores, or ECOGRAPH_NUM_THREADS if larger."""
-    cores = len(_CORES) or os.cpu_count() or 1
-    try:
-        wanted = int(os.environ.get("ECOGRAPH_NUM_THREADS", "0"))
-    except ValueError:
-        wanted = 0  # not a count ("auto", or a mistake the policy reports)
-    return max(cores, wanted)
-
-
-if USER_TVM_THREADS is None:
-    os.environ["TVM_NUM_THREADS"] = str(_pool_size())
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -313,3 +299,16 @@ def _env_threads() -> int | str:
     if value < 1:
         raise BuildError(f"{name} must be a positive integer or 'auto', got {raw!r}")
     return value
+
+
+def _pool_size() -> int:
+    """The size TVM's pool is started with: every core, or ECOGRAPH_NUM_THREADS if larger."""
+    try:
+        wanted = _env_threads()
+    except BuildError:
+        wanted = "auto"  # a bad setting: the policy reports it when it is first asked
+    return max(available_cores(), wanted if isinstance(wanted, int) else 0)
+
+
+if USER_TVM_THREADS is None:  # see USER_TVM_THREADS above; before TVM's pool starts
+    os.environ["TVM_NUM_THREADS"] = str(_pool_size())
