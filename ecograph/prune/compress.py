@@ -86,7 +86,8 @@ class Candidate:
     worst_cosine: float | None = None
     latency: LatencyStats | None = None
     # p50 latency relative to the unpruned build's (the median ratio of paired rounds with
-    # the default timing, else one measurement's ratio); what keep / roll back decides on
+    # the default timing, else one measurement's ratio), set whenever the build was timed;
+    # what keep / roll back decides on and the report's latency ratio
     speed: float | None = None
     artifact: Path | None = None
     status: str = ""
@@ -101,17 +102,14 @@ class Candidate:
         parts = [f"{k}={self.ratios[k]:.3g}" for k in KINDS if self.ratios.get(k)]
         return ",".join(parts) or "unpruned"
 
-    def to_facts(self, baseline_ms: float | None) -> dict[str, Any]:
+    def to_facts(self) -> dict[str, Any]:
         """The report's row (ecograph.report.green.CandidateFacts fields)."""
-        ms = self.latency.p50_ms if self.latency is not None else None
         return {
             "label": self.label,
             "ratios": dict(self.ratios),
             "cosine": self.cosine,
-            "latency_ms": ms,
-            "latency_ratio": self.speed
-            if self.speed is not None
-            else (ms / baseline_ms if ms is not None and baseline_ms else None),
+            "latency_ms": self.latency.p50_ms if self.latency is not None else None,
+            "latency_ratio": self.speed,
             "bytes": self.bytes,
             "parameters": self.parameters,
             "status": self.status,
@@ -626,7 +624,6 @@ def compress(
             mod = module if cand is final else load(cand.artifact)
             energy = measure_energy(lambda m=mod: m(**feeds), device=device, latency=cand.latency)
         runs.append(RunFacts(device, cand.latency, energy))
-    base_ms = baseline.latency.p50_ms
     report = GreenReport(
         model=original.name,
         target=spec.describe(),
@@ -662,7 +659,7 @@ def compress(
             f"blocks) on {'train_data' if train else 'validation_data'}"
             + (f"; distilled {distill_steps} steps on train_data" if distill else ""),
         ],
-        candidates=[_row(c, base_ms) for c in search.tried],
+        candidates=[_row(c) for c in search.tried],
     )
     if measure is not None:
         report.notes.append("latency from the caller's measure function; energy not measured")
@@ -674,10 +671,10 @@ def _outputs(out: Any) -> list[np.ndarray]:
     return [o.detach().cpu().numpy() if hasattr(o, "detach") else np.asarray(o) for o in items]
 
 
-def _row(cand: Candidate, base_ms: float) -> Any:
+def _row(cand: Candidate) -> Any:
     from ecograph.report.green import CandidateFacts
 
-    return CandidateFacts(**cand.to_facts(base_ms))
+    return CandidateFacts(**cand.to_facts())
 
 
 def _label(ratios: Mapping[str, float]) -> str:
@@ -700,14 +697,14 @@ def _auto_search(search: _Search, notes: list[str]) -> Candidate | None:
             if cand.status == REJECTED:
                 break  # a larger ratio of the same kind would not hold the budget either
             # on a tie the larger ratio wins: as fast, and smaller
-            if cand.status == PASSED and (kind not in best or _ms(cand) <= _ms(best[kind])):
+            if cand.status == PASSED and (kind not in best or _speed(cand) <= _speed(best[kind])):
                 best[kind] = cand
-    order = sorted(best.values(), key=_ms)
+    order = sorted(best.values(), key=_speed)
     current = order[0] if order else None
     for other in order[1:]:
         assert current is not None
         cand = search.evaluate({**current.ratios, **other.ratios})
-        if cand.status == PASSED and _ms(cand) < _ms(current):
+        if cand.status == PASSED and _speed(cand) < _speed(current):
             current = cand
         elif cand.status == PASSED:
             cand.status = NOT_KEPT
@@ -733,7 +730,7 @@ def _auto_search(search: _Search, notes: list[str]) -> Candidate | None:
     )
 
 
-def _ms(cand: Candidate) -> float:
+def _speed(cand: Candidate) -> float:
     """How fast a candidate is, for ranking: its latency relative to the unpruned build."""
     assert cand.speed is not None
     return cand.speed
