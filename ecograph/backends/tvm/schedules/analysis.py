@@ -113,8 +113,8 @@ def matmul_info(sch: Schedule, block: SBlockRV) -> MatmulInfo | None:
         a, b = b, a
     if uses(a, j_var) or not uses(b, j_var) or not (uses(a, k) and uses(b, k)):
         return None
-    j_loads = [ld for ld in loads_in(b) if uses(ld.indices, j_var)]
-    j_loads = [ld for ld in j_loads if not _is_lookup(ld, j_var)]
+    # the loads whose layout j's vectorization depends on (a lookup follows its codes')
+    j_loads = [ld for ld in loads_in(b) if uses(ld.indices, j_var) and not _is_lookup(ld, j_var)]
     packed_all = {_packed_nr(ld, j_var, k) for ld in j_loads}
     packed = packed_all.pop() if len(packed_all) == 1 else None
     for ld in j_loads:
