@@ -35,7 +35,8 @@ def _uses(group: Group) -> list[tuple[str, int | None, int, int]]:
 def check_zero_units_exact(
     graph: Graph, group_name: str, units: Sequence[int], feeds: Mapping[str, np.ndarray]
 ) -> Graph:
-    """Zero `units` of the named group, then prune them: outputs must be bit-identical."""
+    """Zero `units` of the named group, then prune them: the outputs must not change, up to
+    float32 rounding (see `assert_same_up_to_rounding`)."""
     from ecograph.prune import groups
 
     (group,) = [g for g in groups(graph) if g.name == group_name]
@@ -49,5 +50,14 @@ def check_zero_units_exact(
     verify(graph)
     actual = interpret(graph, feeds)
     for key, value in expected.items():
-        np.testing.assert_array_equal(actual[key], value, err_msg=key)
+        assert_same_up_to_rounding(actual[key], value, key)
     return graph
+
+
+def assert_same_up_to_rounding(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
+    """Equal up to the rounding of a float32 sum taken in another order. The interpreter's
+    MatMul is BLAS, and OpenBLAS splits a contraction into blocks by its length on some CPUs
+    (AVX2 hosts: the last bit of ~1 output in 7 differs once zeroed rows are removed; AVX-512
+    hosts gave identical bits). A wrong unit removed or a row misplaced is far outside this."""
+    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6 * scale, err_msg=what)
