@@ -6,7 +6,10 @@ Each removes the least important `ratio` of the units of every prunable group of
 `min_cosine` (default -1, no budget) is the cosine the PassManager's differential check
 demands of the outputs; accuracy belongs to the caller's validation data. A ratio of 0 is an
 exact no-op. Running a pass again prunes again (ratio of what is left): these passes are not
-idempotent, on purpose.
+idempotent, on purpose. With `reconstruct=True` the pass then refits, on `calibration`, the
+weight and bias of each MatMul / Gemm / Linear that lost input features (an FFN's down
+projection, attention's output projection; not convs), by least squares against the unpruned
+graph (prune/reconstruct.py).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ecograph.passes.core import CosineTolerance, Pass, PassResult, Tolerance
 from ecograph.passes.registry import register_pass
 from ecograph.prune.groups import Group, GroupKind, PruningError, groups, layer_groups
 from ecograph.prune.importance import block_influence, score_groups
+from ecograph.prune.reconstruct import refit, refit_targets
 from ecograph.prune.rewrite import drop_layers, shrink
 
 Feeds = Mapping[str, np.ndarray]
@@ -48,6 +52,8 @@ class _PruneGroups(Pass):
     importance: str = "l2"  # "l1", "l2" or "wanda" (needs calibration)
     calibration: Sequence[Feeds] | None = field(default=None, repr=False, compare=False)
     min_cosine: float = -1.0
+    # Refit the contractions that lose input features on `calibration` (prune/reconstruct.py).
+    reconstruct: bool = False
 
     def numeric_tolerance(self) -> Tolerance:
         return None if self.ratio == 0 else CosineTolerance(self.min_cosine)
@@ -65,7 +71,13 @@ class _PruneGroups(Pass):
             drop = set(np.argsort(score, kind="stable")[: units_to_remove(g.size, self.ratio)])
             plan.append((g, [u for u in range(g.size) if u not in drop]))
             notes.append(f"{g.name}: {g.size} -> {g.size - len(drop)} units")
+        if self.reconstruct and not self.calibration:
+            raise PruningError(f"{self.name}: reconstruct=True needs calibration feeds")
+        targets = refit_targets(plan) if self.reconstruct else []
+        original = graph.copy() if targets else None
         removed = shrink(graph, plan)
+        if original is not None and removed:
+            notes += refit(original, graph, targets, self.calibration or [])
         stats = {"groups": len(plan), "units_removed": removed} if removed else {}
         return PassResult(removed > 0, stats, notes)
 
