@@ -263,6 +263,7 @@ def cmd_prune(args: argparse.Namespace, con: Console) -> Done:
                 validation_data=validation,
                 train_data=train,
                 distill=args.distill,
+                reconstruct=args.reconstruct,
                 accuracy_budget=args.budget,
                 target=spec,
                 out_dir=work,

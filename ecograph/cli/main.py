@@ -313,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--distill", action="store_true", help="distill each pruned candidate (needs --train)"
     )
+    p.add_argument(
+        "--no-reconstruct",
+        dest="reconstruct",
+        action="store_false",
+        help="slice only: do not refit the projections that lost FFN units or heads by least "
+        "squares on the importance data (--train, else --validation)",
+    )
     p.add_argument("--target", default="x86", help="the target to compile and time on (x86)")
     p.add_argument(
         "--report",

@@ -282,15 +282,20 @@ def check_against_graph(graph: Graph, ratios: Mapping[str, float]) -> None:
             )
 
 
-def prune_passes(ratios: Mapping[str, float], calibration: Sequence[Feeds]) -> list[Pass]:
+def prune_passes(
+    ratios: Mapping[str, float], calibration: Sequence[Feeds], reconstruct: bool = False
+) -> list[Pass]:
     """The passes for `ratios`: layers first (block influence), then FFN units, heads and
-    channels (wanda importance), all scored on `calibration`."""
+    channels (wanda importance), all scored on `calibration`; with `reconstruct`, FFN and
+    head pruning refit the projections that lost inputs on `calibration` too."""
     passes: list[Pass] = []
     if ratios.get("layers"):
         passes.append(DropBlocks(ratio=ratios["layers"], calibration=calibration))
     for kind, cls in (("ffn", PruneFFN), ("heads", PruneHeads), ("channels", PruneChannels)):
         if ratios.get(kind):
-            passes.append(cls(ratio=ratios[kind], importance="wanda", calibration=calibration))
+            refit = reconstruct and kind != "channels"  # convs are not refit
+            passes.append(cls(ratio=ratios[kind], importance="wanda", calibration=calibration,
+                              reconstruct=refit))  # fmt: skip
     return passes
 
 
@@ -332,6 +337,7 @@ class _Search:
     train: list[dict[str, np.ndarray]] | None
     distill: bool
     distill_steps: int
+    reconstruct: bool
     budget: float | None
     margin: float
     spec: Any
@@ -379,7 +385,8 @@ class _Search:
         self.tried.append(cand)
         graph = self.base.copy()
         self.progress(f"pruning {cand.label}")
-        cand.records = list(run_passes(graph, prune_passes(ratios, self.calibration)).records)
+        passes = prune_passes(ratios, self.calibration, self.reconstruct)
+        cand.records = list(run_passes(graph, passes).records)
         if not any(r.changed for r in cand.records):
             cand.graph, cand.status = graph, ROLLED_BACK
             cand.reason = "removes nothing: each ratio rounds down to 0 units of its groups"
@@ -459,6 +466,7 @@ def compress(
     target: Any = "x86",
     pipeline: str = "default",
     distill_steps: int = DISTILL_STEPS,
+    reconstruct: bool = True,
     latency_margin: float = LATENCY_MARGIN,
     measure: Measure | None = None,
     out_dir: str | os.PathLike[str] | None = None,
@@ -477,6 +485,9 @@ def compress(
       Accuracy is the mean cosine over validation batches of the outputs to the model's.
     - distill: distill each pruned candidate from the unpruned graph on train_data
       (ecograph.train.distill, `distill_steps` steps) before it is scored.
+    - reconstruct: after FFN and head pruning, refit the weights and biases of the
+      projections that lost input features by least squares against the unpruned model, on
+      the same data as importance (ecograph/prune/reconstruct.py).
     - accuracy_budget: the minimum mean cosine; a candidate below it is rejected (with
       explicit ratios: AccuracyError; with "auto": AccuracyError when no candidate holds it).
     - latency_margin: a candidate is kept only when its p50 latency is below this times the
@@ -563,6 +574,7 @@ def compress(
         train=train,
         distill=distill,
         distill_steps=distill_steps,
+        reconstruct=reconstruct,
         budget=accuracy_budget,
         margin=latency_margin,
         spec=spec,
@@ -657,6 +669,11 @@ def compress(
             + ")",
             "importance: wanda (FFN units, heads, channels) and block influence (transformer "
             f"blocks) on {'train_data' if train else 'validation_data'}"
+            + (
+                "; FFN / head projections refit by least squares on the same data"
+                if reconstruct
+                else ""
+            )
             + (f"; distilled {distill_steps} steps on train_data" if distill else ""),
         ],
         candidates=[_row(c) for c in search.tried],

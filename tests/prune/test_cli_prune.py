@@ -129,3 +129,28 @@ def test_budget_missed_exits_4(
     )  # fmt: skip
     assert code == 4, result
     assert "--budget" in result["error"] and not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize(("flag", "expected"), [((), True), (("--no-reconstruct",), False)])
+def test_reconstruct_flag_reaches_compress(
+    tmp_path: Path,
+    data: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    flag: tuple[str, ...],
+    expected: bool,
+) -> None:
+    import ecograph.prune.compress as compress_module
+
+    seen: dict[str, Any] = {}
+
+    def fake(*args: Any, **kwargs: Any) -> Any:
+        seen.update(kwargs)
+        raise compress_module.PruningError("stop here")
+
+    monkeypatch.setattr(compress_module, "compress", fake)
+    val, _ = data
+    out = str(tmp_path / "pruned.onnx")
+    code = main(["prune", MODEL, "-o", out, "--ratios", "ffn=0.5", "--validation", val, *flag])
+    assert code == 3 and "stop here" in capsys.readouterr().err
+    assert seen["reconstruct"] is expected

@@ -280,15 +280,30 @@ def test_distill_runs_on_train_data() -> None:
     original = encoder()
     plain = compress(
         original, prune={"ffn": 0.5}, validation_data=VALIDATION, train_data=TRAIN,
-        measure=measure,
+        measure=measure, reconstruct=False,
     )  # fmt: skip
     distilled = compress(
         original, prune={"ffn": 0.5}, validation_data=VALIDATION, train_data=TRAIN,
-        distill=True, distill_steps=100, measure=measure,
+        distill=True, distill_steps=100, measure=measure, reconstruct=False,
     )  # fmt: skip
     got = mean_cos(distilled.graph, original, VALIDATION)
     assert distilled.report.accuracy["cosine"] == pytest.approx(got)
     assert got > plain.report.accuracy["cosine"]
+
+
+def test_reconstruct_refits_the_pruned_projections_on_train_data() -> None:
+    measure, _ = fake_timer(10.0, 0.5)
+    original = encoder()
+    runs = {}
+    for refit in (False, True):
+        runs[refit] = compress(
+            original, prune={"ffn": 0.5, "heads": 0.5}, validation_data=VALIDATION,
+            train_data=TRAIN, measure=measure, reconstruct=refit,
+        )  # fmt: skip
+    cosine = {k: mean_cos(r.graph, original, VALIDATION) for k, r in runs.items()}
+    assert cosine[True] > cosine[False]
+    assert any("refit by least squares" in n for n in runs[True].report.notes)
+    assert not any("refit by least squares" in n for n in runs[False].report.notes)
 
 
 # ------------------------------------------------------------------------------ report
