@@ -1,12 +1,13 @@
 """Knowledge distillation of a pruned graph from its original, on CPU, on unlabeled inputs.
 
-Both graphs run through `to_torch`; the teacher's values are computed once per batch without
-gradients and cached. The loss matches the hidden states the two graphs share by name
-(pruning keeps value names) and the outputs: per hidden state a normalized MSE
-(mean((s - t)²) / mean(t²), so that every layer weighs the same whatever its scale), per
-output the normalized MSE plus 1 - cosine over the last axis, or, for logits, the KL
-divergence of the softened distributions. AdamW with linear warmup and cosine decay,
-gradient clipping; the trained weights go back into a new graph.
+Both graphs run through `to_torch`; the teacher's values are computed without gradients and
+kept for the next epoch up to `cache_bytes` (beyond that the teacher runs again each step:
+caching every batch of a large data set grows without bound). The loss matches the hidden
+states the two graphs share by name (pruning keeps value names) and the outputs: per hidden
+state a normalized MSE (mean((s - t)²) / mean(t²), so that every layer weighs the same
+whatever its scale), per output the normalized MSE plus 1 - cosine over the last axis, or,
+for logits, the KL divergence of the softened distributions. AdamW with linear warmup and
+cosine decay, gradient clipping; the trained weights go back into a new graph.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ecograph.prune.compress import check_batches
 from ecograph.train.module import GraphModule, to_torch
 
 Feeds = Mapping[str, np.ndarray]
+CACHE_BYTES = 2 << 30  # teacher values kept between epochs (per distill call)
 NORM_OPS = frozenset(["LayerNormalization", "RMSNormalization", "SkipLayerNormalization"])
 
 
@@ -189,6 +191,7 @@ def distill(
     max_grad_norm: float = 1.0,
     train_embeddings: bool = False,
     mask: str | None = "auto",
+    cache_bytes: int = CACHE_BYTES,
 ) -> DistillResult:
     """Train `student` (a pruned copy of `teacher`) to reproduce the teacher on `train_data`.
 
@@ -200,6 +203,8 @@ def distill(
     "kl". `mask`: an input holding a token mask (nonzero = a real token) shaped like the
     leading axes of the hidden states and outputs; padding positions then count in neither
     loss nor validation cosine. "auto" picks an input named attention_mask if there is one.
+    `cache_bytes`: how much of the teacher's values (hidden states and outputs, per batch)
+    is kept for later epochs; batches past it run the teacher again when they come back.
     Embedding tables stay frozen unless `train_embeddings`. Progress shows on a TTY or
     when `progress=True`. Returns a DistillResult whose `.graph` is a new graph; `student`
     and `teacher` are not modified.
@@ -277,6 +282,7 @@ def distill(
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         wanted = hidden + outputs
         cache: dict[int, dict[str, torch.Tensor]] = {}
+        cached = 0
         order_rng = np.random.default_rng(seed)
         order: list[int] = []
         losses: list[float] = []
@@ -287,10 +293,13 @@ def distill(
                     order = list(order_rng.permutation(len(train_data)))
                 index = int(order.pop())
                 batch = train_data[index]
-                if index not in cache:
+                target = cache.get(index)
+                if target is None:
                     with torch.no_grad():
-                        cache[index] = t_mod.run(batch, wanted)
-                target = cache[index]
+                        target = t_mod.run(batch, wanted)
+                    size = sum(t.numel() * t.element_size() for t in target.values())
+                    if cached + size <= cache_bytes:
+                        cache[index], cached = target, cached + size
                 got = s_mod.run(batch, wanted)
                 keep = _keep(batch, mask_name)
                 loss = torch.zeros(())

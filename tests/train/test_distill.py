@@ -93,6 +93,18 @@ def test_same_model_has_zero_loss_and_keeps_global_state() -> None:
     assert torch.get_num_threads() == threads
 
 
+def test_teacher_values_past_the_cache_budget_are_recomputed_the_same() -> None:
+    # Two epochs over two batches: the default caches both teacher runs, cache_bytes=0 runs
+    # the teacher at every step; the training is the same, loss for loss.
+    teacher = tiny_transformer()
+    student = teacher.copy()
+    PruneFFN(ratio=0.5).run(student)
+    cached = distill(student, teacher, TRAIN[:2], steps=4, lr=1e-2, progress=False)
+    uncached = distill(student, teacher, TRAIN[:2], steps=4, lr=1e-2, progress=False, cache_bytes=0)
+    assert cached.losses == uncached.losses
+    assert len(set(cached.losses)) == 4  # the student did change between the visits
+
+
 def test_hidden_states_skip_dropped_branches() -> None:
     teacher = tiny_transformer()
     assert hidden_state_names(teacher, teacher) == ["h0_attn", "h0_ffn", "h1_attn"]
