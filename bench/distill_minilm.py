@@ -47,6 +47,42 @@ def license_sentences(limit: int, seed: int = 0) -> list[str]:
     return out[:limit]
 
 
+MAN_PAGES = Path("/usr/share/man")
+_ROFF = re.compile(r"\\f[BIRP]|\\f\(..|\\\(..|\\s[-+]?\d|\\.")
+
+
+def manual_sentences(limit: int, seed: int = 0) -> list[str]:
+    """Distinct prose sentences of 40-300 characters from the manual pages in sections 1, 5
+    and 8 under /usr/share/man (roff requests dropped, escapes stripped; sentences that start
+    with a capitalized word and are >= 90 % letters and spaces), shuffled: technical English
+    on many more topics than the license texts."""
+    import gzip
+
+    pages = sorted(p for sec in ("man1", "man5", "man8") for p in (MAN_PAGES / sec).glob("*.gz"))
+    if not pages:
+        raise SystemExit(f"no manual pages under {MAN_PAGES}; use --corpus licenses")
+    seen: set[str] = set()
+    for page in pages:
+        try:
+            with gzip.open(page, "rt", encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except (OSError, EOFError):
+            continue
+        prose = " ".join(ln for ln in text.splitlines() if not ln.startswith((".", "'")))
+        prose = re.sub(r"\s+", " ", _ROFF.sub("", prose))
+        for sentence in re.split(r"(?<=[.;:!?])\s+", prose):
+            letters = sum(c.isalpha() or c == " " for c in sentence)
+            if (
+                40 <= len(sentence) <= 300
+                and re.match(r"[A-Z][a-z]", sentence)
+                and (letters >= 0.9 * len(sentence))
+            ):
+                seen.add(sentence)
+    out = sorted(seen)
+    np.random.default_rng(seed).shuffle(out)
+    return out[:limit]
+
+
 def augmented(
     batches: list[dict[str, np.ndarray]], copies: int, rate: float = 0.25, seed: int = 0
 ) -> list[dict[str, np.ndarray]]:
@@ -72,9 +108,20 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--sentences", type=int, default=1024)
+    parser.add_argument(
+        "--corpus", choices=["licenses", "manuals"], default="licenses",
+        help="training text: the license texts, or prose from the manual pages (/usr/share/man)",
+    )  # fmt: skip
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--hidden-weight", type=float, default=1.0)
     parser.add_argument("--importance", default=None, help="default: wanda / block-influence")
+    parser.add_argument(
+        "--reconstruct", action="store_true",
+        help="refit the pruned FFN / head projections by least squares on calibration data",
+    )  # fmt: skip
+    parser.add_argument(
+        "--calibration", type=int, default=64, help="calibration sentences (importance, refit)"
+    )
     parser.add_argument("--augment", type=int, default=0, help="token-replaced copies per batch")
     parser.add_argument("--latency", action="store_true", help="also time x86 builds and ORT")
     parser.add_argument(
@@ -104,10 +151,11 @@ def main() -> int:
             out.append(dict(zip(names, feeds.values(), strict=True)))
         return out
 
-    train_texts = license_sentences(args.sentences)
+    corpus = license_sentences if args.corpus == "licenses" else manual_sentences
+    train_texts = corpus(args.sentences)
     train = batches(train_texts, args.batch)
     train += augmented(train, args.augment)
-    calibration = batches(train_texts[: 4 * 16], 16)
+    calibration = batches(train_texts[: args.calibration], 16)
     held_out = ev.sentences()
 
     def embed(graph: Graph) -> np.ndarray:
@@ -130,10 +178,12 @@ def main() -> int:
         student = teacher.copy()
         if kind == "ffn":
             PruneFFN(ratio=ratio, importance=args.importance or "wanda",
-                     calibration=calibration).run(student)  # fmt: skip
+                     calibration=calibration, reconstruct=args.reconstruct,
+                     ).run(student)  # fmt: skip
         elif kind == "heads":
             PruneHeads(ratio=ratio, importance=args.importance or "wanda",
-                       calibration=calibration).run(student)  # fmt: skip
+                       calibration=calibration, reconstruct=args.reconstruct,
+                       ).run(student)  # fmt: skip
         elif kind == "blocks":
             DropBlocks(ratio=ratio, calibration=calibration).run(student)
         else:
@@ -145,7 +195,7 @@ def main() -> int:
                          hidden_weight=args.hidden_weight)  # fmt: skip
         after = ev.compare(reference, embed(result.graph))
         print(
-            f"| {kind} {ratio} | {len(train)}x{args.batch} sentences"
+            f"| {kind} {ratio} | {len(train)}x{args.batch} {args.corpus} sentences"
             f"{f' ({args.augment} augmented copies)' if args.augment else ''} | {args.steps} | "
             f"{args.lr or 3e-4:g} | {before['mean_cosine']:.3f} / {before['spearman']:.3f} | "
             f"{after['mean_cosine']:.3f} / {after['spearman']:.3f} | {result.seconds:.0f} s "
