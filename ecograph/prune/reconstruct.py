@@ -53,7 +53,8 @@ def _k_axis(node: Node) -> int | None:
     if node.op_type in ("MatMul", "Linear") and node.domain in ("", "ecograph"):
         return 0
     if node.op_type == "Gemm" and not int(node.attr("transA") or 0):
-        return 1 if int(node.attr("transB") or 0) else 0
+        scaled = any(node.attr(a) not in (None, 1.0) for a in ("alpha", "beta"))
+        return None if scaled else (1 if int(node.attr("transB") or 0) else 0)
     return None
 
 

@@ -21,7 +21,7 @@ def _outputs(graph: Graph, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
     return np.concatenate([interpret(graph, f)[name].reshape(-1) for f in feeds])
 
 
-def _dependent_mlp(op: str) -> Graph:
+def _dependent_mlp(op: str, alpha: float = 1.0) -> Graph:
     """x[batch, 6] -> fc1 + b1 -> Relu -> fc2 (+ b2) -> y[batch, 5] with 8 hidden units: unit
     4 + i is 0.5 x unit i (i < 3) and unit 7 the constant relu(b1[7]) = 1, so the kept units
     0..3 determine the removed units 4..7 (linearly, up to fc2's bias)."""
@@ -41,7 +41,7 @@ def _dependent_mlp(op: str) -> Graph:
                  name="fc2")  # fmt: skip
     elif op == "Gemm":
         y = b.op("Gemm", h, b.constant(np.ascontiguousarray(w2.T), "w2"), b.constant(b2, "b2"),
-                 transB=1, name="fc2")  # fmt: skip
+                 transB=1, alpha=alpha, name="fc2")  # fmt: skip
     else:
         y = b.op("Add", b.op("MatMul", h, b.constant(w2, "w2"), name="fc2"), b.constant(b2, "b2"))
     b.output(y)
@@ -75,6 +75,13 @@ def test_refit_restores_units_that_the_kept_ones_determine(op: str) -> None:
     verify(pruned)
     assert len(notes) == 1 and notes[0].startswith("fc2: refit on 48 rows (4 input features")
     np.testing.assert_allclose(_outputs(pruned, held_out), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_scaled_gemm_is_not_refit() -> None:
+    # Gemm's alpha would scale the refit weight again (and beta the bias): left as sliced.
+    graph = _dependent_mlp("Gemm", alpha=2.0)
+    (group,) = [g for g in groups(graph) if g.name == "ffn:w1:1"]
+    assert refit_targets([(group, [0, 1, 2, 3])]) == []
 
 
 def test_refit_without_a_bias_fits_the_weight_alone() -> None:
