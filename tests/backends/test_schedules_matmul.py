@@ -148,8 +148,8 @@ def test_rule_leaves_non_products_alone():
 @pytest.mark.parametrize(
     ("preset", "n", "single", "expect"),
     [
-        ("x86", 1536, False, (5, 48)),  # AVX-512: 3 zmm wide, 5 rows keep 960 B on the stack
-        ("x86", 688, True, (1, 64)),  # GEMV: 4 zmm, tail tile
+        ("x86:skylake-avx512", 1536, False, (5, 48)),  # 3 zmm wide, 5 rows: 960 B of stack
+        ("x86:skylake-avx512", 688, True, (1, 64)),  # GEMV: 4 zmm, tail tile
         ("x86:haswell", 1536, False, (4, 24)),  # AVX2: 16 ymm registers, 12 accumulators
         ("arm", 1536, False, (8, 12)),  # NEON: 32 q registers
     ],
