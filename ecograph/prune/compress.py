@@ -487,7 +487,8 @@ def compress(
       (ecograph.train.distill, `distill_steps` steps) before it is scored.
     - reconstruct: after FFN and head pruning, refit the weights and biases of the
       projections that lost input features by least squares against the unpruned model, on
-      the same data as importance (ecograph/prune/reconstruct.py).
+      train_data (ecograph/prune/reconstruct.py). Without train_data nothing is refit (the
+      accuracy would be measured on the data the weights were fit to); the report says so.
     - accuracy_budget: the minimum mean cosine; a candidate below it is rejected (with
       explicit ratios: AccuracyError; with "auto": AccuracyError when no candidate holds it).
     - latency_margin: a candidate is kept only when its p50 latency is below this times the
@@ -574,7 +575,7 @@ def compress(
         train=train,
         distill=distill,
         distill_steps=distill_steps,
-        reconstruct=reconstruct,
+        reconstruct=reconstruct and bool(train),
         budget=accuracy_budget,
         margin=latency_margin,
         spec=spec,
@@ -670,7 +671,12 @@ def compress(
             "importance: wanda (FFN units, heads, channels) and block influence (transformer "
             f"blocks) on {'train_data' if train else 'validation_data'}"
             + (
-                "; FFN / head projections refit by least squares on the same data"
+                (
+                    "; FFN / head projections refit by least squares on train_data"
+                    if train
+                    else "; no refit of the pruned projections (no train_data: validation_data "
+                    "judges the accuracy, so it is not fit to)"
+                )
                 if reconstruct
                 else ""
             )

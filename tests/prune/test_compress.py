@@ -302,8 +302,20 @@ def test_reconstruct_refits_the_pruned_projections_on_train_data() -> None:
         )  # fmt: skip
     cosine = {k: mean_cos(r.graph, original, VALIDATION) for k, r in runs.items()}
     assert cosine[True] > cosine[False]
-    assert any("refit by least squares" in n for n in runs[True].report.notes)
-    assert not any("refit by least squares" in n for n in runs[False].report.notes)
+    assert any("refit by least squares on train_data" in n for n in runs[True].report.notes)
+    assert not any("refit" in n for n in runs[False].report.notes)
+
+
+def test_without_train_data_nothing_is_refit_to_the_validation_data() -> None:
+    measure, _ = fake_timer(10.0, 0.5)
+    original = encoder()
+    kwargs = {"prune": {"ffn": 0.5}, "validation_data": VALIDATION, "measure": measure}
+    runs = [compress(original, **kwargs), compress(original, reconstruct=False, **kwargs)]
+    for feeds in VALIDATION:
+        np.testing.assert_array_equal(
+            interpret(runs[0].graph, feeds)["y"], interpret(runs[1].graph, feeds)["y"]
+        )
+    assert any("no refit of the pruned projections" in n for n in runs[0].report.notes)
 
 
 # ------------------------------------------------------------------------------ report
