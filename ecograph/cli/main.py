@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="reconstruct",
         action="store_false",
         help="slice only: do not refit the projections that lost FFN units or heads by least "
-        "squares on the importance data (--train, else --validation)",
+        "squares on --train (without --train nothing is refit anyway)",
     )
     p.add_argument("--target", default="x86", help="the target to compile and time on (x86)")
     p.add_argument(

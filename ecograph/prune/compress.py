@@ -293,7 +293,7 @@ def prune_passes(
         passes.append(DropBlocks(ratio=ratios["layers"], calibration=calibration))
     for kind, cls in (("ffn", PruneFFN), ("heads", PruneHeads), ("channels", PruneChannels)):
         if ratios.get(kind):
-            refit = reconstruct and kind != "channels"  # convs are not refit
+            refit = reconstruct and kind != "channels"  # FFN and head projections only
             passes.append(cls(ratio=ratios[kind], importance="wanda", calibration=calibration,
                               reconstruct=refit))  # fmt: skip
     return passes
