@@ -21,6 +21,7 @@ import numpy as np
 from ecograph.ir.graph import Graph, Node
 from ecograph.ir.interpreter import interpret
 from ecograph.prune.groups import Group, Member, PruningError
+from ecograph.prune.tokens import real_rows, token_mask
 
 Feeds = Mapping[str, np.ndarray]
 IMPORTANCES = ("l1", "l2", "wanda")
@@ -61,10 +62,11 @@ def _feature_axis(node: Node) -> int | None:
 
 
 def activation_norms(
-    graph: Graph, nodes: Iterable[Node], calibration: Sequence[Feeds]
+    graph: Graph, nodes: Iterable[Node], calibration: Sequence[Feeds], mask: str | None = None
 ) -> dict[int, np.ndarray]:
     """Per contraction node (by id): the L2 norm over `calibration` of each input feature of
-    its activation (input 0), as Wanda uses it."""
+    its activation (input 0), as Wanda uses it. `mask`: the graph input holding a token mask
+    (see prune/tokens.py); padding rows then do not count."""
     targets = {id(n): n for n in nodes if _feature_axis(n) is not None}
     if not calibration:
         raise PruningError("activation-aware importance needs calibration feeds (a list of dicts)")
@@ -76,6 +78,10 @@ def activation_norms(
             x = np.asarray(values[node.inputs[0].name], np.float64)  # type: ignore[union-attr]
             axis = _feature_axis(node)
             assert axis is not None
+            rows = real_rows(x.shape, token_mask(feeds, mask)) if axis == x.ndim - 1 else None
+            if rows is not None:
+                x = x.reshape(-1, x.shape[-1])[rows]
+                axis = 1
             other = tuple(a for a in range(x.ndim) if a != axis)
             part = (x * x).sum(axis=other)
             sumsq[key] = sumsq[key] + part if key in sumsq else part
@@ -122,25 +128,28 @@ def score_groups(
     groups: Sequence[Group],
     importance: str,
     calibration: Sequence[Feeds] | None = None,
+    mask: str | None = None,
 ) -> list[np.ndarray]:
-    """One score array per group, by `importance` ("l1", "l2" or "wanda")."""
+    """One score array per group, by `importance` ("l1", "l2" or "wanda"; `mask` as in
+    `activation_norms`)."""
     if importance == "l1":
         return [magnitude(g, 1) for g in groups]
     if importance == "l2":
         return [magnitude(g, 2) for g in groups]
     if importance == "wanda":
         nodes = [m.node for g in groups for m in g.weights if m.node is not None]
-        norms = activation_norms(graph, nodes, calibration or [])
+        norms = activation_norms(graph, nodes, calibration or [], mask)
         return [wanda(g, norms) for g in groups]
     raise PruningError(f"unknown importance {importance!r}; choose one of {IMPORTANCES}")
 
 
 def block_influence(
-    graph: Graph, layers: Sequence[Group], calibration: Sequence[Feeds]
+    graph: Graph, layers: Sequence[Group], calibration: Sequence[Feeds], mask: str | None = None
 ) -> np.ndarray:
     """Per layer group: 1 - cos(skip, output) over the last axis, averaged over every token
-    (row) of every calibration batch; the output is skip + f(skip), or its norm when the group
-    takes the norm along (`Group.output`). Low: the branch barely changes the stream."""
+    (row) of every calibration batch (the real tokens only with a `mask`, as in
+    `activation_norms`); the output is skip + f(skip), or its norm when the group takes the
+    norm along (`Group.output`). Low: the branch barely changes the stream."""
     if not calibration:
         raise PruningError("block influence needs calibration feeds (a list of dicts)")
     names: list[str] = []
@@ -159,6 +168,9 @@ def block_influence(
             y = np.asarray(values[g.output.name], np.float64)
             x2 = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
             y2 = y.reshape(-1, y.shape[-1]) if y.ndim else y.reshape(1, 1)
+            real = real_rows(x.shape, token_mask(feeds, mask))
+            if real is not None and y.shape == x.shape:
+                x2, y2 = x2[real], y2[real]
             den = np.linalg.norm(x2, axis=1) * np.linalg.norm(y2, axis=1)
             cos = np.where(den > 0, (x2 * y2).sum(axis=1) / np.where(den > 0, den, 1.0), 1.0)
             totals[i] += (1.0 - cos).sum()

@@ -28,6 +28,7 @@ from ecograph.prune.groups import Group, GroupKind, PruningError, groups, layer_
 from ecograph.prune.importance import block_influence, score_groups
 from ecograph.prune.reconstruct import refit, refit_targets
 from ecograph.prune.rewrite import drop_layers, shrink
+from ecograph.prune.tokens import mask_input
 
 Feeds = Mapping[str, np.ndarray]
 
@@ -54,6 +55,9 @@ class _PruneGroups(Pass):
     min_cosine: float = -1.0
     # Refit the contractions that lose input features on `calibration` (prune/reconstruct.py).
     reconstruct: bool = False
+    # The token-mask input ("auto": attention_mask if the graph has it; None: every row
+    # counts): padding rows of the calibration batches count in neither scores nor refit.
+    mask: str | None = "auto"
 
     def numeric_tolerance(self) -> Tolerance:
         return None if self.ratio == 0 else CosineTolerance(self.min_cosine)
@@ -65,7 +69,8 @@ class _PruneGroups(Pass):
         found = [g for g in groups(graph, layers=False) if g.kind == self.kind]
         notes = [f"{g.name}: frozen: {g.frozen}" for g in found if g.frozen]
         live = [g for g in found if not g.frozen and units_to_remove(g.size, self.ratio) > 0]
-        scores = score_groups(graph, live, self.importance, self.calibration)
+        mask = mask_input(graph, self.mask, self.name)
+        scores = score_groups(graph, live, self.importance, self.calibration, mask)
         plan: list[tuple[Group, list[int]]] = []
         for g, score in zip(live, scores, strict=True):
             drop = set(np.argsort(score, kind="stable")[: units_to_remove(g.size, self.ratio)])
@@ -77,7 +82,7 @@ class _PruneGroups(Pass):
         original = graph.copy() if targets else None
         removed = shrink(graph, plan)
         if original is not None and removed:
-            notes += refit(original, graph, targets, self.calibration or [])
+            notes += refit(original, graph, targets, self.calibration or [], mask=mask)
         stats = {"groups": len(plan), "units_removed": removed} if removed else {}
         return PassResult(removed > 0, stats, notes)
 
@@ -132,6 +137,7 @@ class DropLayers(Pass):
     importance: str = "block-influence"
     calibration: Sequence[Feeds] | None = field(default=None, repr=False, compare=False)
     min_cosine: float = -1.0
+    mask: str | None = "auto"  # the token-mask input, as in prune-ffn
 
     def numeric_tolerance(self) -> Tolerance:
         return None if self.ratio == 0 else CosineTolerance(self.min_cosine)
@@ -146,8 +152,9 @@ class DropLayers(Pass):
         count = math.floor(self.ratio * len(live) + 1e-9)
         if count == 0:
             return PassResult(False, {}, notes)
+        mask = mask_input(graph, self.mask, self.name)
         if self.importance == "block-influence":
-            scores = block_influence(graph, live, self.calibration or [])
+            scores = block_influence(graph, live, self.calibration or [], mask)
         elif self.importance == "l2":
             scores = np.array([_branch_norm(g) for g in live])
         else:
@@ -203,6 +210,7 @@ class DropBlocks(Pass):
     ratio: float = 0.25
     calibration: Sequence[Feeds] | None = field(default=None, repr=False, compare=False)
     min_cosine: float = -1.0
+    mask: str | None = "auto"  # the token-mask input, as in prune-ffn
 
     def numeric_tolerance(self) -> Tolerance:
         return None if self.ratio == 0 else CosineTolerance(self.min_cosine)
@@ -217,7 +225,8 @@ class DropBlocks(Pass):
         if count == 0:
             return PassResult(False, {}, notes)
         spans = [block_span(b) for b in live]
-        scores = block_influence(graph, spans, self.calibration or [])
+        mask = mask_input(graph, self.mask, self.name)
+        scores = block_influence(graph, spans, self.calibration or [], mask)
         chosen = [live[i] for i in sorted(np.argsort(scores, kind="stable")[:count])]
         for block in chosen:
             drop_block(graph, block)

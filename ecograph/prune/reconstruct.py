@@ -27,6 +27,7 @@ import numpy as np
 from ecograph.ir.graph import Graph, Node
 from ecograph.ir.interpreter import interpret
 from ecograph.prune.groups import Group, PruningError
+from ecograph.prune.tokens import real_rows, token_mask
 
 Feeds = Mapping[str, np.ndarray]
 Plan = Sequence[tuple[Group, Sequence[int]]]
@@ -107,9 +108,12 @@ def refit(
     targets: Sequence[Refit],
     calibration: Sequence[Feeds],
     damp: float = DAMP,
+    mask: str | None = None,
 ) -> list[str]:
     """Refit each target contraction of `pruned` (see the module docstring) against the same
-    node of `original`, the graph before pruning. Returns one note per contraction."""
+    node of `original`, the graph before pruning. `mask`: the graph input holding a token
+    mask (prune/tokens.py); padding rows are then left out of the fit. Returns one note per
+    contraction."""
     if not calibration:
         raise PruningError("reconstruction needs calibration feeds (a list of dicts)")
     order = {n.name: i for i, n in enumerate(pruned.nodes)}
@@ -130,16 +134,29 @@ def refit(
         xs = interpret(original, feeds, outputs=sorted({x for *_, x in wanted.values()}))
         goal = {}
         for name, (w, b, x) in wanted.items():
-            y = np.asarray(xs[x], np.float64).reshape(-1, w.shape[0]) @ w
+            y = _rows(np.asarray(xs[x], np.float64), w.shape[0], feeds, mask) @ w
             goal[name] = (y if b is None else y + b).astype(np.float32)
         goals.append(goal)
     for t in todo:
-        notes.append(_refit_one(pruned, t, calibration, [g[t.node] for g in goals], damp))
+        goals_t = [g[t.node] for g in goals]
+        notes.append(_refit_one(pruned, t, calibration, goals_t, damp, mask))
     return notes
 
 
+def _rows(x: np.ndarray, k: int, feeds: Feeds, mask: str | None) -> np.ndarray:
+    """The activation as rows of `k` features: the real tokens only, with a mask."""
+    real = real_rows(x.shape, token_mask(feeds, mask)) if x.shape[-1:] == (k,) else None
+    rows = x.reshape(-1, k)
+    return rows if real is None else rows[real]
+
+
 def _refit_one(
-    graph: Graph, target: Refit, calibration: Sequence[Feeds], goals: list[np.ndarray], damp: float
+    graph: Graph,
+    target: Refit,
+    calibration: Sequence[Feeds],
+    goals: list[np.ndarray],
+    damp: float,
+    mask: str | None,
 ) -> str:
     node = graph.node(target.node)
     x_name = node.inputs[0].name  # type: ignore[union-attr]
@@ -151,7 +168,7 @@ def _refit_one(
     rows = 0
     for feeds, goal in zip(calibration, goals, strict=True):
         x = np.asarray(interpret(graph, feeds, outputs=[x_name])[x_name], np.float64)
-        x = x.reshape(-1, k)
+        x = _rows(x, k, feeds, mask)
         if bias is not None:
             x = np.hstack([x, np.ones((x.shape[0], 1))])
         gram += x.T @ x

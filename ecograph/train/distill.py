@@ -27,6 +27,7 @@ from ecograph.errors import UsageError
 from ecograph.ir.graph import Graph, Node, Value
 from ecograph.ir.verify import verify
 from ecograph.prune.compress import check_batches
+from ecograph.prune.tokens import mask_input, real_rows, token_mask
 from ecograph.train.module import GraphModule, to_torch
 
 Feeds = Mapping[str, np.ndarray]
@@ -123,12 +124,12 @@ def _looks_like_logits(value: Value) -> bool:
     return "logit" in value.name.lower()
 
 
-def _rows(t: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    """`t` as rows over its last axis; with a token mask shaped like t's leading axes, only
-    the kept tokens (padding does not count)."""
-    if keep is not None and t.ndim == keep.ndim + 1 and t.shape[: keep.ndim] == keep.shape:
-        return t[keep]
-    return t.reshape(-1, t.shape[-1])
+def _rows(t: torch.Tensor, keep: np.ndarray | None) -> torch.Tensor:
+    """`t` as rows over its last axis; with a token mask whose tokens are t's rows (see
+    prune/tokens.py `real_rows`), only the real tokens (padding does not count)."""
+    rows = t.reshape(-1, t.shape[-1])
+    real = real_rows(tuple(t.shape), keep)
+    return rows if real is None else rows[torch.from_numpy(real)]
 
 
 def _nmse(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -150,10 +151,6 @@ def _output_loss(s: torch.Tensor, t: torch.Tensor, kind: str, temperature: float
     return _nmse(s, t) + (1 - _cosine(s, t))
 
 
-def _keep(batch: Feeds, mask: str | None) -> torch.Tensor | None:
-    return None if mask is None else torch.from_numpy(np.asarray(batch[mask]) != 0)
-
-
 def _mean_cosines(
     student: GraphModule,
     teacher: GraphModule,
@@ -165,7 +162,7 @@ def _mean_cosines(
     with torch.no_grad():
         for batch in data:
             s, t = student.run(batch, outputs), teacher.run(batch, outputs)
-            keep = _keep(batch, mask)
+            keep = token_mask(batch, mask)
             for name in outputs:
                 a, b = _rows(s[name].double(), keep), _rows(t[name].double(), keep)
                 sums[name] += float(_cosine(a, b))
@@ -200,9 +197,11 @@ def distill(
     optimizer steps. `lr` defaults to 3e-4. `hidden_states`: "auto" (see
     `hidden_state_names`), a list of value names, or [] for outputs only. `output_loss`:
     "auto" (KL for outputs named like logits, normalized MSE + cosine otherwise), "mse+cos" or
-    "kl". `mask`: an input holding a token mask (nonzero = a real token) shaped like the
-    leading axes of the hidden states and outputs; padding positions then count in neither
-    loss nor validation cosine. "auto" picks an input named attention_mask if there is one.
+    "kl". `mask`: an integer or bool input holding a token mask (nonzero = a real token)
+    shaped like the leading axes of the hidden states and outputs ([batch, seq, features], or
+    [batch * seq, features] as torch.export flattens them); padding positions then count in
+    neither loss nor validation cosine. "auto" picks an input named attention_mask if there
+    is one; None counts every position.
     `cache_bytes`: how much of the teacher's values (hidden states and outputs, per batch)
     is kept for later epochs; batches past it run the teacher again when they come back.
     Embedding tables stay frozen unless `train_embeddings`. Progress shows on a TTY or
@@ -235,13 +234,7 @@ def distill(
                     f"distill: hidden state {name!r} is not a value of both the student and the "
                     "teacher"
                 )
-    inputs = {v.name: v for v in student.inputs}
-    if mask == "auto":
-        mask_name = "attention_mask" if "attention_mask" in inputs else None
-    elif mask is not None and (mask not in inputs or inputs[mask].dtype.is_float):
-        raise UsageError(f"distill: mask={mask!r} is not an integer or bool input of the graph")
-    else:
-        mask_name = mask
+    mask_name = mask_input(student, mask, "distill")
     outputs = [v.name for v in teacher.outputs if v.dtype.is_float]
     kinds = {
         v.name: ("kl" if _looks_like_logits(v) else "mse+cos")
@@ -301,7 +294,7 @@ def distill(
                     if cached + size <= cache_bytes:
                         cache[index], cached = target, cached + size
                 got = s_mod.run(batch, wanted)
-                keep = _keep(batch, mask_name)
+                keep = token_mask(batch, mask_name)
                 loss = torch.zeros(())
                 if hidden:
                     h = sum(_nmse(_rows(got[n], keep), _rows(target[n], keep)) for n in hidden)
