@@ -2,17 +2,21 @@
 
     nice -n 10 python bench/distill_minilm.py --prune ffn --ratio 0.5 --steps 300
     python bench/distill_minilm.py --prune blocks --ratio 0.5 --latency   # + x86 timings
-    python bench/distill_minilm.py --table --latency   # blocks 0.5, ffn 0.5, heads 0.25
+    python bench/distill_minilm.py --table --latency   # blocks 0.5, ffn 0.5 / 0.25, heads 0.25
 
-Training inputs are unlabeled sentences cut from the license texts under
-/usr/share/common-licenses; the held-out set is tests/data/sentences.txt (209 general English
-sentences, none from the licenses). Metrics as bench/quant_accuracy.py: mean cosine of
-mean-pooled embeddings to the unpruned model and Spearman of the pairwise similarities, on
-the held-out set, before and after distillation. CPU only; prints one table row.
+Training inputs are unlabeled sentences (`--corpus`): cut from the license texts under
+/usr/share/common-licenses (the default), from the manual pages, or WordNet's usage examples
+(`apt-get install wordnet-base`; the closest to the held-out set); the held-out set is
+tests/data/sentences.txt (209 general English sentences; any training sentence equal to one
+is dropped). Calibration (importance, `--reconstruct`) takes the first training sentences.
+Metrics as bench/quant_accuracy.py: mean cosine of mean-pooled embeddings to the unpruned
+model and Spearman of the pairwise similarities, on the held-out set, before and after
+distillation. CPU only; prints one table row per pruning.
 `--prune blocks` drops whole transformer blocks (DropBlocks: 0.5 of 6 = 3 layers), `layers`
 single residual branches (DropLayers). With `--latency`, the unpruned and the distilled graphs
 are compiled for x86 and timed interleaved with ONNX Runtime fp32 on the unpruned model (batch
-1, seq 128, same thread count): p50 of each, and the ratios.
+1, sequence 48: the captured graph's fixed length; same thread count): p50 of each, and the
+ratios.
 """
 
 from __future__ import annotations
@@ -83,6 +87,35 @@ def manual_sentences(limit: int, seed: int = 0) -> list[str]:
     return out[:limit]
 
 
+WORDNET = Path("/usr/share/wordnet")
+
+
+def wordnet_sentences(limit: int, seed: int = 0) -> list[str]:
+    """The usage examples quoted in WordNet's glosses (/usr/share/wordnet/data.{noun,verb,adj,
+    adv}, Debian's wordnet-base package) of 20-300 characters: ~40,000 everyday English
+    sentences and phrases ("he rented a color television"), shuffled. Closer to the held-out
+    sentences than the licenses or the manual pages; any that is also a held-out sentence is
+    left out by the caller."""
+    files = [WORDNET / f"data.{pos}" for pos in ("noun", "verb", "adj", "adv")]
+    if not all(f.is_file() for f in files):
+        raise SystemExit(
+            f"no WordNet data under {WORDNET}: `apt-get install wordnet-base`, or use --corpus "
+            "manuals / licenses"
+        )
+    seen: set[str] = set()
+    for path in files:
+        for line in path.read_text(encoding="latin-1").splitlines():
+            if line.startswith("  ") or " | " not in line:  # the license header
+                continue
+            for example in re.findall(r'"([^"]+)"', line.split(" | ", 1)[1]):
+                example = example.strip()
+                if 20 <= len(example) <= 300:
+                    seen.add(example[0].upper() + example[1:])
+    out = sorted(seen)
+    np.random.default_rng(seed).shuffle(out)
+    return out[:limit]
+
+
 def augmented(
     batches: list[dict[str, np.ndarray]], copies: int, rate: float = 0.25, seed: int = 0
 ) -> list[dict[str, np.ndarray]]:
@@ -109,8 +142,14 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--sentences", type=int, default=1024)
     parser.add_argument(
-        "--corpus", choices=["licenses", "manuals"], default="licenses",
-        help="training text: the license texts, or prose from the manual pages (/usr/share/man)",
+        "--corpus", choices=["licenses", "manuals", "wordnet"], default="licenses",
+        help="training text: the license texts, prose from the manual pages (/usr/share/man), "
+        "or WordNet's usage examples (apt-get install wordnet-base)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--stages", type=int, default=1,
+        help="gradual pruning: prune to ratio/stages more of the original width, distill "
+        "steps/stages, and again, `stages` times (ffn and heads only)",
     )  # fmt: skip
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--hidden-weight", type=float, default=1.0)
@@ -126,8 +165,8 @@ def main() -> int:
     parser.add_argument("--latency", action="store_true", help="also time x86 builds and ORT")
     parser.add_argument(
         "--table", action="store_true",
-        help="issue 14's MiniLM table in one run: blocks 0.5, ffn 0.5, heads 0.25 (ignores "
-        "--prune/--ratio)",
+        help="issue 14's MiniLM table in one run: blocks 0.5, ffn 0.5, heads 0.25, ffn 0.25 "
+        "(ignores --prune/--ratio)",
     )  # fmt: skip
     args = parser.parse_args()
 
@@ -151,12 +190,15 @@ def main() -> int:
             out.append(dict(zip(names, feeds.values(), strict=True)))
         return out
 
-    corpus = license_sentences if args.corpus == "licenses" else manual_sentences
-    train_texts = corpus(args.sentences)
+    corpus = {"licenses": license_sentences, "manuals": manual_sentences,
+              "wordnet": wordnet_sentences}[args.corpus]  # fmt: skip
+    held_out = ev.sentences()
+    known = {t.lower().rstrip(".") for t in held_out}
+    train_texts = [t for t in corpus(args.sentences + len(held_out))
+                   if t.lower().rstrip(".") not in known][: args.sentences]  # fmt: skip
     train = batches(train_texts, args.batch)
     train += augmented(train, args.augment)
     calibration = batches(train_texts[: args.calibration], 16)
-    held_out = ev.sentences()
 
     def embed(graph: Graph) -> np.ndarray:
         module = to_torch(graph)
@@ -164,18 +206,8 @@ def main() -> int:
             return ev.embed(lambda f: module(*f.values())[0].numpy(), held_out)
 
     reference = embed(teacher)
-    configs = [("blocks", 0.5), ("ffn", 0.5), ("heads", 0.25)] if args.table else [
-        (args.prune, args.ratio)
-    ]  # fmt: skip
-    print(
-        "| pruning | train data | steps | lr | before: mean cosine / Spearman | after "
-        "distillation | distill time |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    latency: list[str] = []
-    for kind, ratio in configs:
-        t1 = time.perf_counter()
-        student = teacher.copy()
+
+    def prune(kind: str, ratio: float, student: Graph) -> None:
         if kind == "ffn":
             PruneFFN(ratio=ratio, importance=args.importance or "wanda",
                      calibration=calibration, reconstruct=args.reconstruct,
@@ -189,22 +221,50 @@ def main() -> int:
         else:
             DropLayers(ratio=ratio, importance=args.importance or "block-influence",
                        calibration=calibration).run(student)  # fmt: skip
-        before = ev.compare(reference, embed(student))
-        setup = time.perf_counter() - (t0 if kind == configs[0][0] else t1)
-        result = distill(student, teacher, train, steps=args.steps, lr=args.lr,
-                         hidden_weight=args.hidden_weight)  # fmt: skip
-        after = ev.compare(reference, embed(result.graph))
+
+    table = [("blocks", 0.5), ("ffn", 0.5), ("heads", 0.25), ("ffn", 0.25)]
+    configs = table if args.table else [
+        (args.prune, args.ratio)
+    ]  # fmt: skip
+    print(
+        "| pruning | train data | steps | lr | before: mean cosine / Spearman | after "
+        "distillation | distill time |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    latency: list[str] = []
+    for index, (kind, ratio) in enumerate(configs):
+        t1 = time.perf_counter()
+        stages = args.stages if kind in ("ffn", "heads") else 1
+        student, seconds, before = teacher.copy(), 0.0, None
+        for stage in range(1, stages + 1):
+            # the stage's ratio of the width that is left: (ratio * stage / stages) of the
+            # original in all
+            done, goal = ratio * (stage - 1) / stages, ratio * stage / stages
+            prune(kind, (goal - done) / (1 - done), student)
+            if before is None:
+                before = ev.compare(reference, embed(student))
+                setup = time.perf_counter() - (t0 if index == 0 else t1)
+            result = distill(student, teacher, train, steps=args.steps // stages, lr=args.lr,
+                             hidden_weight=args.hidden_weight)  # fmt: skip
+            student, seconds = result.graph, seconds + result.seconds
+            if stage < stages:
+                mid = ev.compare(reference, embed(student))
+                print(f"stage {stage}: {goal:g} pruned, after distillation "
+                      f"{mid['mean_cosine']:.3f} / {mid['spearman']:.3f}", flush=True)  # fmt: skip
+        assert before is not None
+        after = ev.compare(reference, embed(student))
         print(
-            f"| {kind} {ratio} | {len(train)}x{args.batch} {args.corpus} sentences"
+            f"| {kind} {ratio}{f' in {stages} stages' if stages > 1 else ''} | "
+            f"{len(train)}x{args.batch} {args.corpus} sentences"
             f"{f' ({args.augment} augmented copies)' if args.augment else ''} | {args.steps} | "
             f"{args.lr or 3e-4:g} | {before['mean_cosine']:.3f} / {before['spearman']:.3f} | "
-            f"{after['mean_cosine']:.3f} / {after['spearman']:.3f} | {result.seconds:.0f} s "
+            f"{after['mean_cosine']:.3f} / {after['spearman']:.3f} | {seconds:.0f} s "
             f"(setup {setup:.0f} s, {torch.get_num_threads()} threads) |",
             flush=True,
         )
         print("losses:", " ".join(f"{x:.3f}" for x in result.losses[:: max(1, args.steps // 10)]))
         if args.latency:
-            latency.append(f"{kind} {ratio}: {latency_row(teacher, result.graph, ev)}")
+            latency.append(f"{kind} {ratio}: {latency_row(teacher, student, ev)}")
     for row in latency:
         print(row)
     return 0
@@ -212,7 +272,8 @@ def main() -> int:
 
 def latency_row(teacher: Any, student: Any, ev: Any, rounds: int = 15, calls: int = 10) -> str:
     """x86 p50 (ms) of the unpruned and the pruned builds and of ONNX Runtime fp32 on the
-    unpruned model, batch 1 seq 128, interleaved rounds; parameters and bytes of both graphs."""
+    unpruned model, batch 1, sequence 48 (the graph's fixed length), interleaved rounds;
+    parameters and bytes of both graphs."""
     import tempfile
 
     import onnxruntime as ort
@@ -221,7 +282,7 @@ def latency_row(teacher: Any, student: Any, ev: Any, rounds: int = 15, calls: in
     from ecograph.ir.stats import graph_stats
 
     feeds = ev.tokenize(["The quick brown fox jumps over the lazy dog. " * 12])
-    feeds = {k: np.ascontiguousarray(v[:, :128]) for k, v in feeds.items()}
+    feeds = {k: np.ascontiguousarray(v) for k, v in feeds.items()}
     names = [v.name for v in teacher.inputs]
     feeds = dict(zip(names, feeds.values(), strict=True))
     work = Path(tempfile.mkdtemp(prefix="distill-bench-"))
