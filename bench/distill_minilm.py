@@ -163,6 +163,7 @@ def main() -> int:
     )
     parser.add_argument("--augment", type=int, default=0, help="token-replaced copies per batch")
     parser.add_argument("--latency", action="store_true", help="also time x86 builds and ORT")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
     parser.add_argument(
         "--table", action="store_true",
         help="issue 14's MiniLM table in one run: blocks 0.5, ffn 0.5, heads 0.25, ffn 0.25 "
@@ -264,7 +265,7 @@ def main() -> int:
         )
         print("losses:", " ".join(f"{x:.3f}" for x in result.losses[:: max(1, args.steps // 10)]))
         if args.latency:
-            latency.append(f"{kind} {ratio}: {latency_row(teacher, student, ev)}")
+            latency.append(f"{kind} {ratio}: {latency_row(teacher, student, ev, args.rounds)}")
     for row in latency:
         print(row)
     return 0
@@ -273,7 +274,8 @@ def main() -> int:
 def latency_row(teacher: Any, student: Any, ev: Any, rounds: int = 15, calls: int = 10) -> str:
     """x86 p50 (ms) of the unpruned and the pruned builds and of ONNX Runtime fp32 on the
     unpruned model, batch 1, sequence 48 (the graph's fixed length), interleaved rounds;
-    parameters and bytes of both graphs."""
+    the median over rounds of each round's unpruned / pruned ratio (robust to the machine's
+    load drifting between rounds); parameters and bytes of both graphs."""
     import tempfile
 
     import onnxruntime as ort
@@ -307,10 +309,16 @@ def latency_row(teacher: Any, student: Any, ev: Any, rounds: int = 15, calls: in
                 runs[k]()
                 times[k].append(time.perf_counter() - t0)
     p50 = {k: 1000 * float(np.median(v)) for k, v in times.items()}
+    per_round = [
+        np.median(times["unpruned"][r * calls : (r + 1) * calls])
+        / np.median(times["pruned"][r * calls : (r + 1) * calls])
+        for r in range(rounds)
+    ]
     size = {k: graph_stats(g) for k, g in (("unpruned", teacher), ("pruned", student))}
     return (
         f"x86 p50 ms: unpruned {p50['unpruned']:.2f}, pruned {p50['pruned']:.2f} "
-        f"({p50['unpruned'] / p50['pruned']:.2f}x faster), ORT fp32 unpruned "
+        f"({p50['unpruned'] / p50['pruned']:.2f}x faster; median of {rounds} rounds' ratios "
+        f"{float(np.median(per_round)):.2f}x), ORT fp32 unpruned "
         f"{p50['ort-fp32']:.2f} (pruned vs ORT {p50['pruned'] / p50['ort-fp32']:.2f}x); "
         f"params {size['unpruned'].num_parameters:,} -> {size['pruned'].num_parameters:,}, bytes "
         f"{size['unpruned'].parameter_bytes:,} -> {size['pruned'].parameter_bytes:,}"
