@@ -163,7 +163,7 @@ def main() -> int:
     )
     parser.add_argument("--augment", type=int, default=0, help="token-replaced copies per batch")
     parser.add_argument("--latency", action="store_true", help="also time x86 builds and ORT")
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
+    parser.add_argument("--rounds", type=int, default=45, help="interleaved timing rounds")
     parser.add_argument(
         "--table", action="store_true",
         help="issue 14's MiniLM table in one run: blocks 0.5, ffn 0.5, heads 0.25, ffn 0.25 "
@@ -271,7 +271,7 @@ def main() -> int:
     return 0
 
 
-def latency_row(teacher: Any, student: Any, ev: Any, rounds: int = 15, calls: int = 10) -> str:
+def latency_row(teacher: Any, student: Any, ev: Any, rounds: int = 45, calls: int = 10) -> str:
     """x86 p50 (ms) of the unpruned and the pruned builds and of ONNX Runtime fp32 on the
     unpruned model, batch 1, sequence 48 (the graph's fixed length), interleaved rounds;
     the median over rounds of each round's unpruned / pruned ratio (robust to the machine's
