@@ -21,7 +21,7 @@ import numpy as np
 from ecograph.ir.graph import Graph, Node
 from ecograph.ir.interpreter import interpret
 from ecograph.prune.groups import Group, Member, PruningError
-from ecograph.prune.tokens import real_rows, token_mask
+from ecograph.prune.tokens import real_rows, token_mask, token_rows
 
 Feeds = Mapping[str, np.ndarray]
 IMPORTANCES = ("l1", "l2", "wanda")
@@ -74,11 +74,12 @@ def activation_norms(
     sumsq: dict[int, np.ndarray] = {}
     for feeds in calibration:
         values = interpret(graph, feeds, outputs=names)
+        keep = token_mask(feeds, mask)
         for key, node in targets.items():
             x = np.asarray(values[node.inputs[0].name], np.float64)  # type: ignore[union-attr]
             axis = _feature_axis(node)
             assert axis is not None
-            rows = real_rows(x.shape, token_mask(feeds, mask)) if axis == x.ndim - 1 else None
+            rows = real_rows(x.shape, keep) if axis == x.ndim - 1 else None
             if rows is not None:
                 x = x.reshape(-1, x.shape[-1])[rows]
                 axis = 1
@@ -161,16 +162,15 @@ def block_influence(
     rows = 0
     for feeds in calibration:
         values = interpret(graph, feeds, outputs=sorted(set(names)))
+        keep = token_mask(feeds, mask)
         batch_rows = 0
         for i, g in enumerate(layers):
             assert g.output is not None and g.skip is not None
             x = np.asarray(values[g.skip.name], np.float64)
             y = np.asarray(values[g.output.name], np.float64)
-            x2 = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
-            y2 = y.reshape(-1, y.shape[-1]) if y.ndim else y.reshape(1, 1)
-            real = real_rows(x.shape, token_mask(feeds, mask))
-            if real is not None and y.shape == x.shape:
-                x2, y2 = x2[real], y2[real]
+            tokens = keep if y.shape == x.shape else None
+            x2 = token_rows(x, tokens) if x.ndim else x.reshape(1, 1)
+            y2 = token_rows(y, tokens) if y.ndim else y.reshape(1, 1)
             den = np.linalg.norm(x2, axis=1) * np.linalg.norm(y2, axis=1)
             cos = np.where(den > 0, (x2 * y2).sum(axis=1) / np.where(den > 0, den, 1.0), 1.0)
             totals[i] += (1.0 - cos).sum()

@@ -27,7 +27,7 @@ import numpy as np
 from ecograph.ir.graph import Graph, Node
 from ecograph.ir.interpreter import interpret
 from ecograph.prune.groups import Group, PruningError
-from ecograph.prune.tokens import real_rows, token_mask
+from ecograph.prune.tokens import token_mask, token_rows
 
 Feeds = Mapping[str, np.ndarray]
 Plan = Sequence[tuple[Group, Sequence[int]]]
@@ -134,20 +134,13 @@ def refit(
         xs = interpret(original, feeds, outputs=sorted({x for *_, x in wanted.values()}))
         goal = {}
         for name, (w, b, x) in wanted.items():
-            y = _rows(np.asarray(xs[x], np.float64), w.shape[0], feeds, mask) @ w
+            y = token_rows(np.asarray(xs[x], np.float64), token_mask(feeds, mask)) @ w
             goal[name] = (y if b is None else y + b).astype(np.float32)
         goals.append(goal)
     for t in todo:
         goals_t = [g[t.node] for g in goals]
         notes.append(_refit_one(pruned, t, calibration, goals_t, damp, mask))
     return notes
-
-
-def _rows(x: np.ndarray, k: int, feeds: Feeds, mask: str | None) -> np.ndarray:
-    """The activation as rows of `k` features: the real tokens only, with a mask."""
-    real = real_rows(x.shape, token_mask(feeds, mask)) if x.shape[-1:] == (k,) else None
-    rows = x.reshape(-1, k)
-    return rows if real is None else rows[real]
 
 
 def _refit_one(
@@ -168,7 +161,7 @@ def _refit_one(
     rows = 0
     for feeds, goal in zip(calibration, goals, strict=True):
         x = np.asarray(interpret(graph, feeds, outputs=[x_name])[x_name], np.float64)
-        x = _rows(x, k, feeds, mask)
+        x = token_rows(x, token_mask(feeds, mask))
         if bias is not None:
             x = np.hstack([x, np.ones((x.shape[0], 1))])
         gram += x.T @ x

@@ -52,3 +52,11 @@ def real_rows(shape: tuple[int, ...], keep: np.ndarray | None) -> np.ndarray | N
     if lead == keep.shape or (len(lead) == 1 and lead[0] == keep.size and keep.ndim > 1):
         return keep.reshape(-1)
     return None
+
+
+def token_rows(x: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
+    """`x` as rows over its last axis: the real tokens only when `keep` (a token mask) says
+    which rows they are (see `real_rows`), else every row."""
+    rows = x.reshape(-1, x.shape[-1])
+    real = real_rows(x.shape, keep)
+    return rows if real is None else rows[real]
