@@ -311,12 +311,51 @@ def _export_linear(ctx: OnnxExportContext, node: Node) -> None:
 @register_onnx_export("DequantizeMatMul", domain="ecograph")
 def _export_dequantize_matmul(ctx: OnnxExportContext, node: Node) -> None:
     """DequantizeMatMul(A, W, s, zp) = MatMul(A, DequantizeLinear(W, s, zp)) (see
-    `_emit_weight_matmul` for trans_b). Standard ONNX throughout."""
+    `_emit_weight_matmul` for trans_b), A quantized in blocks first when `activation_block`
+    (`_emit_activation_blocks`). Standard ONNX throughout."""
     a, *qparams = ctx.inputs(node)
+    if node.attr("activation_block", 0):
+        a = _emit_activation_blocks(ctx, node, a)
     block = node.attr("block_size", 0) or None  # 0: per tensor / per axis (the default)
     weights = ctx.fresh(f"{node.name}_weights")
     ctx.emit("DequantizeLinear", qparams, [weights], axis=node.attr("axis", 1), block_size=block)
     _emit_weight_matmul(ctx, node, a, weights)
+
+
+def _emit_activation_blocks(ctx: OnnxExportContext, node: Node, a: str) -> str:
+    """A' of a DequantizeMatMul with `activation_block` B (ecograph/ir/ops/weight_only.py):
+    A reshaped to [..., K / B, B], s = Max(ReduceMax(Abs), tiny) / 127 per block,
+    Clip(Round(A / s), -127, 127) * s, reshaped back. Needs a static K that B divides."""
+    from ecograph.ir.ops.weight_only import ACTIVATION_QMAX, ACTIVATION_TINY
+
+    at = node.inputs[0].type  # type: ignore[union-attr]
+    block = int(node.attr("activation_block"))
+    k = at.shape[-1] if at.rank else None
+    if not isinstance(k, int) or k % block:
+        raise UnsupportedError(
+            f"node {node.name} ({node.qualified_op}): activation_block={block} exports only "
+            f"when it divides A's static last dimension (A is {at})"
+        )
+    lead = [0] * (at.rank - 1)  # Reshape's 0: the input's own dimension
+
+    def value(op: str, inputs: list[str], **attrs: Any) -> str:
+        out = ctx.fresh(f"{node.name}_act_{op.lower()}")
+        ctx.emit(op, inputs, [out], **attrs)
+        return out
+
+    def const(v: float) -> str:
+        return ctx.constant(np.array(v, np.float32), "act_const")
+
+    blocks = value(
+        "Reshape", [a, ctx.constant(np.array([*lead, k // block, block], np.int64), "shape")]
+    )
+    axes = ctx.constant(np.array([-1], np.int64), "axes")
+    amax = value("ReduceMax", [value("Abs", [blocks]), axes], keepdims=1)
+    scale = value("Div", [value("Max", [amax, const(ACTIVATION_TINY)]), const(ACTIVATION_QMAX)])
+    rounded = value("Round", [value("Div", [blocks, scale])])
+    codes = value("Clip", [rounded, const(-ACTIVATION_QMAX), const(ACTIVATION_QMAX)])
+    shape = ctx.constant(np.array([*lead, k], np.int64), "shape")
+    return value("Reshape", [value("Mul", [codes, scale]), shape])
 
 
 @register_onnx_export("PaletteMatMul", domain="ecograph")

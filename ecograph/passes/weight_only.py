@@ -122,46 +122,50 @@ class FuseWeightDequantize(Pass):
                 notes.append(f"near miss: {dq.name}: {why}")
                 continue
             for consumer in dq.outputs[0].users:
-                self._fuse(graph, dq, consumer)
+                fuse_weight_decoder(graph, dq, consumer)
                 fused += 1
             graph.remove_node(dq)
         return PassResult(fused > 0, {"fused": fused} if fused else {}, notes)
 
-    @staticmethod
-    def _fuse(graph: Graph, dq: Node, mm: Node) -> None:
-        """Replace the matmul `mm` (whose input 1 is `dq`'s output) by the fused op."""
-        a = mm.input(0)
-        assert a is not None
-        fused_op = DECODERS[dq.domain, dq.op_type]
-        if fused_op == "PaletteMatMul":
-            attrs = {"axis": int(dq.attr("axis", 0)), "group_size": int(dq.attr("group_size", 0))}
-        else:
-            attrs = {
-                "axis": int(dq.attr("axis", 1)),
-                "block_size": int(dq.attr("block_size", 0) or 0),
-            }
-        attrs["trans_b"] = 0
-        is_gemm = mm.op_type == "Gemm"
-        if is_gemm:
-            attrs["trans_b"] = int(mm.attr("transB", 0))
-            if mm.attr("transA", 0):
-                a = graph.add_node(
-                    "Transpose", [a], {"perm": [1, 0]}, name=f"{mm.name}_a_t", before=mm
-                ).output
-        y = graph.add_node(
-            fused_op,
-            [a, *dq.inputs],
-            attrs,
-            domain="ecograph",
-            name=f"{mm.name}_dq",
-            before=mm,
-        ).output
-        if is_gemm:
-            y = _gemm_epilogue(graph, mm, y)
-        elif mm.op_type == "Linear" and mm.input(2) is not None:
-            y = graph.add_node("Add", [y, mm.input(2)], name=f"{mm.name}_bias", before=mm).output
-        replaced = replace_value(graph, mm.outputs[0], y)
-        assert replaced, f"{mm.name}: the fused value cannot take over its output"
+
+def fuse_weight_decoder(graph: Graph, dq: Node, mm: Node, *, activation_block: int = 0) -> None:
+    """Replace the matmul `mm` (whose input 1 is the weight decoder `dq`'s output) by the fused
+    op (FuseWeightDequantize's rewrite; `activation_block` for a DequantizeMatMul: see
+    ecograph/ir/ops/weight_only.py)."""
+    a = mm.input(0)
+    assert a is not None
+    fused_op = DECODERS[dq.domain, dq.op_type]
+    if fused_op == "PaletteMatMul":
+        attrs = {"axis": int(dq.attr("axis", 0)), "group_size": int(dq.attr("group_size", 0))}
+    else:
+        attrs = {
+            "axis": int(dq.attr("axis", 1)),
+            "block_size": int(dq.attr("block_size", 0) or 0),
+        }
+    attrs["trans_b"] = 0
+    if activation_block:
+        attrs["activation_block"] = activation_block
+    is_gemm = mm.op_type == "Gemm"
+    if is_gemm:
+        attrs["trans_b"] = int(mm.attr("transB", 0))
+        if mm.attr("transA", 0):
+            a = graph.add_node(
+                "Transpose", [a], {"perm": [1, 0]}, name=f"{mm.name}_a_t", before=mm
+            ).output
+    y = graph.add_node(
+        fused_op,
+        [a, *dq.inputs],
+        attrs,
+        domain="ecograph",
+        name=f"{mm.name}_dq",
+        before=mm,
+    ).output
+    if is_gemm:
+        y = _gemm_epilogue(graph, mm, y)
+    elif mm.op_type == "Linear" and mm.input(2) is not None:
+        y = graph.add_node("Add", [y, mm.input(2)], name=f"{mm.name}_bias", before=mm).output
+    replaced = replace_value(graph, mm.outputs[0], y)
+    assert replaced, f"{mm.name}: the fused value cannot take over its output"
 
 
 def _gemm_epilogue(graph: Graph, gemm: Node, y: Value) -> Value:
@@ -179,4 +183,11 @@ def _gemm_epilogue(graph: Graph, gemm: Node, y: Value) -> Value:
     return graph.add_node("Add", [y, c], name=f"{gemm.name}_c", before=gemm).output
 
 
-__all__ = ["DECODERS", "MATMUL_OPS", "WEIGHT_DTYPES", "FuseWeightDequantize", "why_not_fused"]
+__all__ = [
+    "DECODERS",
+    "MATMUL_OPS",
+    "WEIGHT_DTYPES",
+    "FuseWeightDequantize",
+    "fuse_weight_decoder",
+    "why_not_fused",
+]

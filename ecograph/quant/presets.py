@@ -37,6 +37,14 @@ QUANTIZE_PRESETS: dict[str, dict[str, Any]] = {
     "int8-weight": {"mode": "weight_only", "dtype": "int8", "granularity": "channel"},
     "int4": {"mode": "weight_only", "dtype": "int4", "granularity": "group:128"},
     "int4-weight": {"mode": "weight_only", "dtype": "int4", "granularity": "group:128"},
+    # int4 weights and, at run time, int8 activations in blocks of the weight groups: the
+    # product in 8-bit integers on CPUs (ONNX Runtime's MatMulNBits at accuracy_level 4).
+    "int4-a8": {
+        "mode": "weight_only",
+        "dtype": "int4",
+        "granularity": "group:128",
+        "activations": "block",
+    },
     # Dictionary coding: 4-bit (16 k-means centroids) or 8-bit (256) codes; see
     # docs/quantization.md for the group sizes and what they cost in accuracy and bytes.
     "palette4": {"mode": "palette", "palette_bits": 4, "granularity": "group:16"},

@@ -10,7 +10,11 @@ Rewrites (W a float constant, x an activation):
                MatMul(x, W) -> (Cast(MatMulInteger(x_q, W_q)) * s_x) * s_w  (standard ONNX ops
                only; the int32 product is exact, the rescale is float)
 - weight_only: op(x, W) -> op(x, DQ(W_q, s_w, z_w))  (int8 or int4, per channel or in groups
-               along the reduction axis; the LLM decode case)
+               along the reduction axis; the LLM decode case), or with `activations="block"`
+               (int4 in groups of G only): ecograph::DequantizeMatMul(x, W_q, s_w, z_w;
+               activation_block=G), x quantized at run time to int8 in blocks of G along K
+               (ecograph/ir/ops/weight_only.py; ONNX Runtime's MatMulNBits accuracy_level 4),
+               which a CPU multiplies in 8-bit integers
 - palette:     op(x, W) -> op(x, ecograph::PaletteDequantize(codes, palette))  (dictionary
                coding: 16 or 256 k-means centroids per tensor or per group of N output
                channels, `palette_bits` 4 or 8, granularity "tensor" / "channel" / "group:N";
@@ -42,9 +46,11 @@ import numpy as np
 
 from ecograph.errors import PassError
 from ecograph.ir import DType, Graph, Node, Value
+from ecograph.ir.ops.weight_only import ACTIVATION_QMAX, ACTIVATION_TINY
 from ecograph.passes.core import CosineTolerance, Pass, PassResult, Tolerance
 from ecograph.passes.registry import register_pass
 from ecograph.passes.utils import replace_value
+from ecograph.passes.weight_only import fuse_weight_decoder, why_not_fused
 from ecograph.quant.calibrate import collect_ranges
 from ecograph.quant.palettize import PALETTE_BITS, palettize_tensor
 from ecograph.quant.scheme import Granularity, QuantizedTensor, compute_qparams, quantize_tensor
@@ -52,12 +58,12 @@ from ecograph.quant.scheme import Granularity, QuantizedTensor, compute_qparams,
 QUANTIZABLE = ("MatMul", "Gemm", "Conv", "Linear")  # Linear: ecograph's fused MatMul+Add
 DYNAMIC_OPS = ("MatMul", "Gemm", "Linear")
 MODES = ("dynamic", "static", "weight_only", "palette")
-ACTIVATION_SCALES = ("tensor", "token")
+ACTIVATION_SCALES = ("tensor", "token", "block")
 # The largest |x_q| of a per-token activation: symmetric int8 without -128, so that negating a
 # row never saturates and the scale is exactly max|x| / 127.
-TOKEN_QMAX = 127.0
+TOKEN_QMAX = ACTIVATION_QMAX
 # A row of zeros gets this max|x| instead of 0 (its scale must not be 0: x / 0 is NaN).
-TOKEN_TINY = 1e-30
+TOKEN_TINY = ACTIVATION_TINY
 # The cosine similarity to the float graph a quantized graph keeps by default (optimize()'s
 # default accuracy budget for quantization is the same).
 DEFAULT_MIN_COSINE = 0.99
@@ -185,6 +191,11 @@ class Quantize(Pass):
             self._granularity = Granularity.parse(self.granularity)
         except ValueError as exc:
             raise PassError(f"quantize: {exc}") from None
+        if self.activations == "block" and self._granularity.kind != "group":
+            raise PassError(
+                f"quantize: activations='block' needs granularity='group:N' (the activation "
+                f"blocks are the weight groups), got {self.granularity!r}"
+            )
         if self.mode == "static" and self.calibration_data is None:
             raise PassError(
                 "quantize: mode='static' needs calibration_data (an iterable of input dicts)"
@@ -195,6 +206,13 @@ class Quantize(Pass):
             )
         if self.activations == "token" and self.mode != "dynamic":
             raise PassError("quantize: activations='token' (per-token scales) needs mode='dynamic'")
+        if self.activations == "block" and (
+            self.mode != "weight_only" or self.dtype not in ("int4", "uint4")
+        ):
+            raise PassError(
+                "quantize: activations='block' (int8 activations in blocks of the weight "
+                "groups) needs mode='weight_only' with dtype int4 or uint4"
+            )
         if not 0.0 <= self.smooth <= 1.0:
             raise PassError(f"quantize: smooth={self.smooth} is not a migration strength in [0, 1]")
         if self.smooth and (self.mode == "weight_only" or self.calibration_data is None):
@@ -257,6 +275,7 @@ class Quantize(Pass):
         activations: dict[int, Value] = {}
         rows: dict[int, tuple[Value, Value]] = {}
         palettes: dict[tuple[int, int], tuple[Value, Value]] = {}
+        blocked: list[Target] = []
         count = 0
         for t in targets:
             if self.mode == "palette":
@@ -271,11 +290,15 @@ class Quantize(Pass):
             else:
                 w_dq = self._weight_dq(graph, t, weights)
                 graph.set_node_input(t.node, t.weight_index, w_dq)
+                if self.activations == "block":
+                    blocked.append(t)
                 if self.mode == "static":
                     x = _activation(t)
                     dq = self._activation_qdq(graph, x, ranges, activations)
                     graph.set_node_input(t.node, 0, dq)
                 count += 1
+        if blocked:
+            self._block_activations(graph, blocked, notes)
         originals = [orig for _, orig, *_ in weights.values()]
         originals += [orig for orig, _ in palettes.values()]
         for orig in originals:
@@ -631,6 +654,31 @@ class Quantize(Pass):
         return out
 
     # ------------------------------------------------------------ activations
+
+    @staticmethod
+    def _block_activations(graph: Graph, targets: list[Target], notes: list[str]) -> None:
+        """activations="block": each weight dequantization becomes part of its matmuls
+        (ecograph::DequantizeMatMul, fuse-weight-dequantize's rewrite) with activation_block
+        set to the weight's group size. A target that cannot (a Conv) keeps float
+        activations, with a note naming it."""
+        decoders: dict[Node, None] = {}
+        for t in targets:
+            w = t.node.input(t.weight_index)
+            dq = w.producer if w is not None else None
+            if dq is not None and dq.op_type == "DequantizeLinear":
+                decoders[dq] = None
+            else:
+                notes.append(f"{t.node.name} ({t.node.op_type}): activations stay float")
+        for dq in decoders:
+            why = why_not_fused(dq)
+            if why is not None:
+                users = ", ".join(sorted(u.name for u in dq.outputs[0].users))
+                notes.append(f"{users}: activations stay float ({why})")
+                continue
+            block = int(dq.attr("block_size", 0) or 0)
+            for consumer in dq.outputs[0].users:
+                fuse_weight_decoder(graph, dq, consumer, activation_block=block)
+            graph.remove_node(dq)
 
     def _activation_qdq(
         self,

@@ -8,6 +8,15 @@ row/column, or in blocks along `axis`). The `fuse-weight-dequantize` pass create
 DequantizeLinear feeding a matmul's weight input, so a backend can dequantize inside the
 matmul kernel and keep the weights compressed; ONNX export expands it back to
 DequantizeLinear + MatMul.
+
+`activation_block` = B > 0 quantizes A at run time before the product, as ONNX Runtime's
+MatMulNBits does at accuracy_level 4 and llama.cpp with its Q8 activation blocks: each row of
+A (along K) in blocks of B, symmetric int8, one float32 scale per block,
+
+    s = max(max |a| over the block, 1e-30) / 127,   A' = clip(round_half_even(a / s), -127, 127) * s
+
+and Y = A' @ W'. A CPU kernel then multiplies 8-bit integers (ops/int4_a8.py in the TVM
+backend); every backend computes this same A'. B = 0 (the default): A as given.
 """
 
 from __future__ import annotations
@@ -54,6 +63,8 @@ def _infer(ctx: InferContext) -> list[TensorType]:
     axis %= 2
     if block < 0:
         ctx.fail(f"block_size={block} must be >= 0")
+    if ctx.attr("activation_block") < 0:
+        ctx.fail(f"activation_block={ctx.attr('activation_block')} must be >= 0")
     if not _param_shape_ok(s, w, axis, block):
         ctx.fail(f"scale {s} does not fit W {w} with axis={axis}, block_size={block}")
     if ctx.has_input(3):
@@ -70,7 +81,12 @@ def _infer(ctx: InferContext) -> list[TensorType]:
     domain="ecograph",
     inputs=["A", "W", "scale", "zero_point?"],
     outputs=["Y"],
-    attrs={"axis": Attr("int", 1), "block_size": Attr("int", 0), "trans_b": Attr("int", 0)},
+    attrs={
+        "axis": Attr("int", 1),
+        "block_size": Attr("int", 0),
+        "trans_b": Attr("int", 0),
+        "activation_block": Attr("int", 0),
+    },
     infer=_infer,
 )
 def dequantize_matmul(
@@ -82,10 +98,32 @@ def dequantize_matmul(
     axis: int,
     block_size: int,
     trans_b: int,
+    activation_block: int = 0,
 ) -> np.ndarray:
     """A @ DequantizeLinear(W, scale, zero_point) (W transposed first when `trans_b`): the
     DequantizeLinear and MatMul kernels themselves, so the fused op is bit-identical to the
-    two ops it replaces."""
+    two ops it replaces; A quantized in blocks first when `activation_block` (module doc)."""
+    if activation_block:
+        a = quantize_activation_blocks(a, activation_block)
     weights = dequantize_linear(w, scale, zero_point, axis=axis, block_size=block_size,
                                 output_dtype=0)  # fmt: skip
     return matmul(a, weights.T if trans_b else weights)
+
+
+ACTIVATION_QMAX = 127.0
+ACTIVATION_TINY = 1e-30
+
+
+def quantize_activation_blocks(a: np.ndarray, block: int) -> np.ndarray:
+    """A' of the module doc: `a` (float32, [..., K]) quantized to int8 in blocks of `block`
+    along its last axis (the last block may be shorter) and dequantized again, in float32."""
+    a = np.asarray(a, np.float32)
+    k = a.shape[-1]
+    out = np.empty_like(a)
+    for start in range(0, k, block):
+        part = a[..., start : start + block]
+        amax = np.abs(part).max(axis=-1, keepdims=True) if part.size else part[..., :1]
+        scale = np.maximum(amax, np.float32(ACTIVATION_TINY)) / np.float32(ACTIVATION_QMAX)
+        q = np.clip(np.rint(part / scale), -ACTIVATION_QMAX, ACTIVATION_QMAX)
+        out[..., start : start + block] = q * scale
+    return out

@@ -20,6 +20,7 @@ from ecograph.backends.tvm.context import (
     norm_axis,
     round_half_even,
 )
+from ecograph.backends.tvm.ops import int4_a8
 from ecograph.backends.tvm.ops.matmul import emit_packed_integer_matmul
 from ecograph.backends.tvm.ops.weight_panels import FUSED_WEIGHT_OP, emit_panel_dequantize_matmul
 from ecograph.ir.dtypes import DType
@@ -333,8 +334,16 @@ def _dequantize_matmul(ctx: LowerContext) -> relax.Expr:
     if at.dtype != DType.FLOAT32 or st.dtype != DType.FLOAT32:
         ctx.fail("the fused kernel computes in float32: A and the scale must be float32")
     plan = ctx.state.weight_panels.get(ctx.node)
+    if plan is not None and plan.kernel == int4_a8.RULE:
+        return int4_a8.emit_int4_a8_matmul(ctx, plan)
+    a = ctx.arg(0)
+    a_block = int(ctx.attrs["activation_block"] or 0)
+    if a_block:  # A' (ecograph/ir/ops/weight_only.py) in float32, for the float kernels
+        if at.rank < 1 or not isinstance(at.shape[-1], int):
+            ctx.fail("activation_block needs A's last dimension (K) to be static")
+        a = int4_a8.fake_quantize_blocks(ctx, a, a_block, int(at.shape[-1]))
     if plan is not None:  # CPU: the weights are packed for the register-blocked kernel
-        return emit_panel_dequantize_matmul(ctx, plan)
+        return emit_panel_dequantize_matmul(ctx, plan, a)
     if not wt.is_static:
         ctx.fail(f"the weight matrix W {wt} needs a static shape")
     rows, cols = wt.static_shape()
@@ -346,7 +355,7 @@ def _dequantize_matmul(ctx: LowerContext) -> relax.Expr:
     block = int(ctx.attrs["block_size"] or 0)
     s_rank = st.rank
     per_tensor = s_rank == 0 or (st.numel == 1 and not block)
-    args = [ctx.arg(0), ctx.arg(1), ctx.arg(2)]
+    args = [a, ctx.arg(1), ctx.arg(2)]
     if ctx.has(3):
         args.append(ctx.arg(3))
 

@@ -36,6 +36,7 @@ from tvm import relax
 from tvm import tirx as tir
 
 from ecograph.backends.tvm.context import LowerContext, norm_axis
+from ecograph.backends.tvm.ops import int4_a8
 from ecograph.backends.tvm.ops.matmul import emit_panel_matmul, pack_panels, panel_width_for
 from ecograph.backends.tvm.targets import TargetSpec
 from ecograph.ir.dtypes import DType
@@ -59,7 +60,9 @@ class WeightPanels:
     PaletteMatMul's weights are looked up ("" for a dequantization; "row": the palettes
     `[groups, entries]` read at [j // block, code], or [0, code] when block is 0; "column":
     column j's palette, repeated per column, read at [j // NR, code, j % NR]; `block` is then
-    the palettes' group size along N)."""
+    the palettes' group size along N); `kernel`: "" for the float32 panel kernel, "int4-a8"
+    for the 8-bit-activation kernel of ops/int4_a8.py (its own layout; `zero` is then the
+    codes' zero point, -1 when a zero-point panel is bound)."""
 
     nr: int
     bits: int
@@ -69,6 +72,7 @@ class WeightPanels:
     arrays: dict[Value, np.ndarray]
     zero: int = 0
     palette: str = ""
+    kernel: str = ""
 
 
 def weight_panels(graph: Graph, live: set[Node], target: TargetSpec) -> dict[Node, WeightPanels]:
@@ -114,6 +118,9 @@ def _plan(node: Node, target: TargetSpec) -> WeightPanels | None:
     per_tensor = s.type.rank == 0 or (s.type.numel == 1 and not block)
     if not per_tensor and (axis == k_axis) != bool(block):
         return None  # scales blocked along N, or one per row of K: the generic kernel
+    a8 = _plan_a8(node, q, block, per_tensor, target) if node.attr("activation_block", 0) else None
+    if a8 is not None:
+        return a8
     nr = panel_width_for(target, a, n_len)
     arrays: dict[Value, np.ndarray] = {}
     if not per_tensor:
@@ -138,6 +145,52 @@ def _plan(node: Node, target: TargetSpec) -> WeightPanels | None:
         block=block,
         per_tensor=per_tensor,
         arrays=arrays,
+    )
+
+
+def _plan_a8(
+    node: Node, q: np.ndarray, block: int, per_tensor: bool, target: TargetSpec
+) -> WeightPanels | None:
+    """A DequantizeMatMul with `activation_block` packed for ops/int4_a8.py's kernel (4-bit
+    weights in groups equal to the activation blocks, a known K, an x86 CPU with AVX2), else
+    None: the node then quantizes A before the float kernels."""
+    a, w, s, z = (node.input(i) for i in range(4))
+    assert a is not None and w is not None and s is not None
+    k_len, n_len = (int(d) for d in q.shape)
+    if w.dtype not in _FOUR_BIT or per_tensor or not int4_a8.supports(target):
+        return None
+    if a.type.rank < 1 or a.type.shape[-1] != k_len:
+        return None
+    if not int4_a8.fits(k_len, block, int(node.attr("activation_block", 0))):
+        return None
+    trans_b = bool(node.attr("trans_b", 0))
+    grids = {}
+    for v in (s, z):
+        arr = None if v is None else _sole_operand(v, node)
+        if v is not None and (arr is None or arr.ndim != 2):
+            return None
+        if arr is not None:
+            grids[v] = arr.T if trans_b else arr  # [K / block, N]
+            if grids[v].shape != (k_len // block, n_len):
+                return None
+    offset = 8 if w.dtype == DType.INT4 else 0  # signed codes stored as code + 8
+    arrays = {
+        w: int4_a8.pack_codes((q.astype(np.int16) + offset).astype(np.uint8)),
+        s: int4_a8.pack_groups(grids[s].astype(np.float32), "float32"),
+    }
+    zero = offset
+    if z is not None:
+        arrays[z] = int4_a8.pack_groups(grids[z].astype(np.int32) + offset, "int32")
+        zero = -1
+    return WeightPanels(
+        nr=int4_a8.NR,
+        bits=4,
+        signed=w.dtype == DType.INT4,
+        block=block,
+        per_tensor=False,
+        arrays=arrays,
+        zero=zero,
+        kernel=int4_a8.RULE,
     )
 
 
@@ -251,9 +304,11 @@ def _pack_codes(q: np.ndarray, nr: int, bits: int) -> np.ndarray:
     return pack_panels(pairs, nr)
 
 
-def emit_panel_dequantize_matmul(ctx: LowerContext, plan: WeightPanels) -> relax.Expr:
+def emit_panel_dequantize_matmul(
+    ctx: LowerContext, plan: WeightPanels, a: relax.Expr | None = None
+) -> relax.Expr:
     """The DequantizeMatMul, MatMulNBits or PaletteMatMul node of `ctx` as one panel kernel
-    (see the module doc)."""
+    (see the module doc), times `a` (default: the node's input A)."""
     node = ctx.node
     nr, block = plan.nr, plan.block
     state = ctx.state
@@ -292,7 +347,7 @@ def emit_panel_dequantize_matmul(ctx: LowerContext, plan: WeightPanels) -> relax
         return q.astype("float32") * at(ws[1], k, j)
 
     name = "palette_matmul" if plan.palette else "dequantize_matmul"
-    return emit_panel_matmul(ctx, ctx.arg(0), operands, weight, nr, name)
+    return emit_panel_matmul(ctx, ctx.arg(0) if a is None else a, operands, weight, nr, name)
 
 
 __all__ = [

@@ -1,0 +1,308 @@
+"""4-bit weights times 8-bit activations on x86: the kernel of DequantizeMatMul's
+`activation_block` (ecograph/ir/ops/weight_only.py).
+
+A DequantizeMatMul with `activation_block` = B quantizes each row of A in blocks of B (symmetric
+int8, one float32 scale per block). When B equals the weight's group size, every product of a
+block is an exact integer sum,
+
+    Y[i, j] = sum_g sa[i, g] * sw[g, j] * (P[i, g, j] - z[g, j] * R[i, g])
+    P[i, g, j] = sum_{k in g} qa[i, k] * code[k, j],   R[i, g] = sum_{k in g} qa[i, k]
+
+with `code` the unsigned 4-bit code (a signed int4 weight w is stored as code w + 8, z = 8), so
+the inner loop multiplies bytes: AVX2's vpmaddubsw takes 32 unsigned codes and 32 signed
+activations and adds adjacent products into 16 int16 lanes. |code * qa| <= 15 * 127, so four
+steps (32 k) add in int16 without saturating (8 * 3810 = 30480 < 32767); vpmaddwd with ones
+then widens them into the int32 sums, and each block ends with one float fused multiply-add per
+lane. llama.cpp's Q4 x Q8 dot product and ONNX Runtime's MatMulNBits at accuracy_level 4 are
+built the same way.
+
+Two kernels: the prologue (TE, scheduled by the CPU rules) quantizes A and sums each block's
+codes; the product is written here as TIR, by hand, because its inner step is instructions
+the schedule rules do not produce (the same reason the 8-bit rule tensorizes). Layout, for
+column panels of NR = 32 (four vectors of 8 lanes):
+
+- codes `[N / 32, K / 8, 32, 4]` uint8: byte c of column j in row t holds the code of
+  k = 8t + c in its low nibble and of k = 8t + 4 + c in its high nibble, so the low nibbles of
+  one 32-byte load are the 4 k of 8 columns that one vpmaddubsw + vpmaddwd pair sums per lane;
+- weight scales and zero points `[N / 32, K / B, 32]` (float32, int32), zero-padded columns.
+
+Only AVX2 instructions are used, so the kernel runs on every x86 CPU with AVX2 (AVX-512 ones
+included); other targets, and nodes whose layout does not fit (8-bit weights, B not equal to
+the weight groups or not a multiple of 32, K not a multiple of B), compute the same A' with a
+quantize-dequantize of A before the float kernels (`fake_quantize_blocks`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tvm import relax, tirx
+
+from ecograph.backends.tvm.context import LowerContext, R
+from ecograph.backends.tvm.targets import TargetSpec
+from ecograph.ir.ops.weight_only import ACTIVATION_QMAX, ACTIVATION_TINY
+
+if TYPE_CHECKING:
+    from ecograph.backends.tvm.ops.weight_panels import WeightPanels
+
+NR = 32  # columns per panel: four AVX2 vectors
+LANES = 8
+STEP = 8  # k per byte row (low and high nibble of 4 bytes)
+CHAIN = 4  # byte rows added in int16 before widening (module doc: 4 * 7620 < 32767)
+RULE = "int4-a8"  # the kernel's name in profiles (the `ecograph.schedule` attribute)
+
+
+@dataclass(frozen=True)
+class A8Layout:
+    """What the product kernel is generated for: K, N, the block B, and `zero` (the codes'
+    zero point when it is one number; None: a zero-point panel is passed)."""
+
+    k: int
+    n: int
+    block: int
+    zero: int | None
+
+    @property
+    def n_pad(self) -> int:
+        return -(-self.n // NR) * NR
+
+
+def supports(spec: TargetSpec) -> bool:
+    """Whether `spec` runs the integer kernel (x86 with AVX2)."""
+    return spec.family == "x86" and not spec.is_gpu and spec.has("avx2")
+
+
+def fits(k: int, block: int, activation_block: int) -> bool:
+    """Whether a product of K rows, weight groups of `block` and activation blocks of
+    `activation_block` fits the kernel's layout (module doc)."""
+    return block == activation_block and block % (STEP * CHAIN) == 0 and k % block == 0
+
+
+def pack_codes(codes: np.ndarray) -> np.ndarray:
+    """[K, N] unsigned 4-bit codes -> [N_pad / 32, K / 8, 32, 4] uint8 (module doc)."""
+    k, n = codes.shape
+    n_pad = -(-n // NR) * NR
+    u = np.zeros((k, n_pad), np.uint8)
+    u[:, :n] = codes
+    u = u.reshape(k // STEP, 2, 4, n_pad // NR, NR)  # k = 8t + 4h + c
+    pairs = u[:, 0] | (u[:, 1] << 4)  # [K / 8, 4, N_pad / 32, 32]
+    return np.ascontiguousarray(pairs.transpose(2, 0, 3, 1))
+
+
+def pack_groups(grid: np.ndarray, dtype: str) -> np.ndarray:
+    """[G, N] per-group values -> [N_pad / 32, G, 32], zero-padded columns."""
+    g, n = grid.shape
+    n_pad = -(-n // NR) * NR
+    out = np.zeros((g, n_pad), dtype)
+    out[:, :n] = grid
+    return np.ascontiguousarray(out.reshape(g, n_pad // NR, NR).transpose(1, 0, 2))
+
+
+# ------------------------------------------------------------------ the activation prologue
+
+
+def _scales(a: Any, block: int, k_len: int) -> Any:
+    """TE: s[.., g] = max(max |a| over block g, tiny) / 127 (the last block may be short)."""
+    from tvm import te
+
+    groups = -(-k_len // block)
+    kk = te.reduce_axis((0, block), "kk")
+
+    def absmax(*ix: Any) -> Any:
+        k = ix[-1] * block + kk
+        inside = k < k_len
+        v = a[(*ix[:-1], tirx.min(k, k_len - 1))]
+        return te.max(tirx.if_then_else(inside, tirx.abs(v), tirx.const(0.0, "float32")), axis=kk)
+
+    amax = te.compute([*a.shape[:-1], groups], absmax, name="act_absmax")
+    tiny, qmax = tirx.const(ACTIVATION_TINY, "float32"), tirx.const(ACTIVATION_QMAX, "float32")
+    return te.compute(amax.shape, lambda *ix: tirx.max(amax[ix], tiny) / qmax, name="act_scale")
+
+
+def _code(a: Any, s: Any, ix: tuple[Any, ...], block: int) -> Any:
+    """clip(round_half_even(a / s), -127, 127) as float32 for element `ix` of `a`."""
+    r = tirx.nearbyint(a[ix] / s[(*ix[:-1], ix[-1] // block)])  # half to even
+    qmax = tirx.const(ACTIVATION_QMAX, "float32")
+    return tirx.max(tirx.min(r, qmax), -qmax)
+
+
+def fake_quantize_blocks(ctx: LowerContext, a: relax.Expr, block: int, k_len: int) -> relax.Expr:
+    """A' = codes * scales of the module doc, in float32 (for the float kernels)."""
+    from tvm import te
+
+    def compute(x: Any) -> Any:
+        s = _scales(x, block, k_len)
+        return te.compute(
+            x.shape,
+            lambda *ix: _code(x, s, ix, block) * s[(*ix[:-1], ix[-1] // block)],
+            name="act_fake_quantize",
+        )
+
+    return ctx.bb.emit_te(compute, a, primfunc_name_hint="activation_blocks")
+
+
+def quantize_blocks(ctx: LowerContext, a: relax.Expr, block: int, k_len: int) -> relax.Expr:
+    """(codes int8 [M, K], scales float32 [M, K / B], code sums int32 [M, K / B]) of a 2-D A."""
+    from tvm import te
+
+    def compute(x: Any) -> Any:
+        s = _scales(x, block, k_len)
+        q = te.compute(x.shape, lambda *ix: _code(x, s, ix, block).astype("int8"), name="act_codes")
+        kk = te.reduce_axis((0, block), "kk")
+        sums = te.compute(
+            s.shape,
+            lambda i, g: te.sum(q[i, g * block + kk].astype("int32"), axis=kk),
+            name="act_code_sums",
+        )
+        return [q, s, sums]
+
+    return ctx.bb.emit_te(compute, a, primfunc_name_hint="quantize_activation_blocks")
+
+
+# ------------------------------------------------------------------ the product
+
+
+def _broadcast4(a8: Any, row: Any, k: Any) -> Any:
+    """The 4 int8 activations a8[row, k : k + 4] in every 32-bit lane of a 256-bit vector."""
+    from tvm.script import tirx as T  # noqa: N812  (TVM's own spelling)
+
+    word = T.reinterpret(a8.vload([row, k], "int8x4"), dtype="int32")
+    return T.reinterpret(T.broadcast(word, LANES), dtype="int8x32")
+
+
+def _madd(byts: Any, a8: Any, row: Any, k0: Any) -> Any:
+    """int16x16: for each lane's 4 bytes, the low-nibble codes times a8[k0 : k0 + 4] plus the
+    high-nibble codes times a8[k0 + 4 : k0 + 8], adjacent pairs added (vpmaddubsw twice)."""
+    from tvm.script import tirx as T  # noqa: N812  (TVM's own spelling)
+
+    madd = T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw")
+    lo = T.bitwise_and(byts, T.broadcast(T.uint8(15), 32))
+    hi = T.shift_right(byts, T.broadcast(T.uint8(4), 32))
+    return T.call_llvm_pure_intrin(
+        madd, lo, _broadcast4(a8, row, k0), dtype="int16x16"
+    ) + T.call_llvm_pure_intrin(madd, hi, _broadcast4(a8, row, k0 + 4), dtype="int16x16")
+
+
+def _widen(acc16: Any) -> Any:
+    """int32x8: adjacent int16 pairs added (vpmaddwd with ones)."""
+    from tvm.script import tirx as T  # noqa: N812  (TVM's own spelling)
+
+    madd = T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd")
+    return T.call_llvm_pure_intrin(madd, acc16, T.broadcast(T.int16(1), 16), dtype="int32x8")
+
+
+def product_kernel(layout: A8Layout, mr: int) -> tirx.PrimFunc:
+    """The product of the module doc for `layout`, MR rows per tile (M is symbolic)."""
+    from tvm.script import tirx as T  # noqa: N812  (TVM's own spelling)
+
+    k_len, n_pad, block = layout.k, layout.n_pad, layout.block
+    groups, panels = k_len // block, n_pad // NR
+    jb_n = NR // LANES
+    rows_per_block = block // STEP
+    zero = layout.zero
+    zero_panel = zero is None
+
+    def zero_at(z: Any, jo: Any, g: Any, jb: Any) -> Any:
+        if zero_panel:
+            return z[jo, g, T.ramp(jb * LANES, 1, LANES)]
+        return T.Broadcast(T.int32(zero), LANES)
+
+    @T.prim_func(s_tir=False)
+    def int4_a8_matmul(
+        a_h: T.handle, sa_h: T.handle, rs_h: T.handle, w_h: T.handle, sw_h: T.handle,
+        z_h: T.handle, y_h: T.handle,
+    ) -> None:  # fmt: skip
+        T.func_attr({"tir.noalias": True})
+        m = T.int64()
+        A8 = T.match_buffer(a_h, (m, k_len), "int8")  # noqa: N806
+        SA = T.match_buffer(sa_h, (m, groups), "float32")  # noqa: N806
+        RS = T.match_buffer(rs_h, (m, groups), "int32")  # noqa: N806
+        W = T.match_buffer(w_h, (panels, k_len // STEP, NR, 4), "uint8")  # noqa: N806
+        SW = T.match_buffer(sw_h, (panels, groups, NR), "float32")  # noqa: N806
+        Z = T.match_buffer(z_h, (panels, groups, NR) if zero_panel else (1,), "int32")  # noqa: N806
+        Y = T.match_buffer(y_h, (m, n_pad), "float32")  # noqa: N806
+        for jo in T.parallel(panels):
+            for io in range((m + (mr - 1)) // mr):
+                # tile-local accumulators; "global" buffers this small stay on the stack
+                accf = T.alloc_buffer((mr * NR,), "float32", scope="global")
+                acci = T.alloc_buffer((mr * NR,), "int32", scope="global")
+                acc16 = T.alloc_buffer((mr * NR * 2,), "int16", scope="global")
+                for z in T.unroll(mr * jb_n):
+                    accf[T.ramp(z * LANES, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
+                for g in range(groups):
+                    for z in T.unroll(mr * jb_n):
+                        acci[T.ramp(z * LANES, 1, LANES)] = T.Broadcast(T.int32(0), LANES)
+                    for tc in range(rows_per_block // CHAIN):
+                        for z in T.unroll(mr * jb_n):
+                            acc16[T.ramp(z * 16, 1, 16)] = T.Broadcast(T.int16(0), 16)
+                        for tt in T.unroll(CHAIN):
+                            for jb in T.unroll(jb_n):
+                                for ii in T.unroll(mr):
+                                    acc16[T.ramp((ii * jb_n + jb) * 16, 1, 16)] = acc16[
+                                        T.ramp((ii * jb_n + jb) * 16, 1, 16)
+                                    ] + _madd(
+                                        W.vload(
+                                            [jo, g * rows_per_block + tc * CHAIN + tt, jb * 8, 0],
+                                            "uint8x32",
+                                        ),
+                                        A8,
+                                        T.min(io * mr + ii, m - 1),
+                                        g * block + (tc * CHAIN + tt) * STEP,
+                                    )
+                        for z in T.unroll(mr * jb_n):
+                            acci[T.ramp(z * LANES, 1, LANES)] = acci[
+                                T.ramp(z * LANES, 1, LANES)
+                            ] + _widen(acc16[T.ramp(z * 16, 1, 16)])
+                    for ii in T.unroll(mr):
+                        for jb in T.unroll(jb_n):
+                            accf[T.ramp((ii * jb_n + jb) * LANES, 1, LANES)] = accf[
+                                T.ramp((ii * jb_n + jb) * LANES, 1, LANES)
+                            ] + T.Cast(
+                                "float32x8",
+                                acci[T.ramp((ii * jb_n + jb) * LANES, 1, LANES)]
+                                - zero_at(Z, jo, g, jb)
+                                * T.Broadcast(RS[T.min(io * mr + ii, m - 1), g], LANES),
+                            ) * (
+                                SW[jo, g, T.ramp(jb * LANES, 1, LANES)]
+                                * T.Broadcast(SA[T.min(io * mr + ii, m - 1), g], LANES)
+                            )
+                for ii in range(mr):
+                    if io * mr + ii < m:
+                        for jb in T.unroll(jb_n):
+                            Y[io * mr + ii, T.ramp(jo * NR + jb * LANES, 1, LANES)] = accf[
+                                T.ramp((ii * jb_n + jb) * LANES, 1, LANES)
+                            ]
+
+    return int4_a8_matmul.with_attr("tirx.is_scheduled", True).with_attr("ecograph.schedule", RULE)
+
+
+def emit_int4_a8_matmul(ctx: LowerContext, plan: WeightPanels) -> relax.Expr:
+    """The node of `ctx` (a DequantizeMatMul planned for this kernel, `_plan_a8` in
+    ops/weight_panels.py) as the prologue and the product: A flattened to [M, K], the product
+    [M, N_pad], sliced to N and shaped back."""
+    node, state = ctx.node, ctx.state
+    at, out = ctx.in_type(0), ctx.out_type()
+    k_len, n_len = int(at.shape[-1]), int(out.shape[-1])
+    w, s, z = node.input(1), node.input(2), node.input(3)
+    assert w is not None and s is not None
+    layout = A8Layout(k_len, n_len, plan.block, None if plan.zero < 0 else plan.zero)
+    rows: Any = tirx.IntImm("int64", 1)
+    for d in at.shape[:-1]:
+        rows = rows * ctx.dim(d)
+    a2 = ctx.emit(R.reshape(ctx.arg(0), relax.ShapeExpr([rows, k_len])))
+    prologue = quantize_blocks(ctx, a2, plan.block, k_len)
+    codes, scales, sums = (ctx.emit(relax.TupleGetItem(prologue, i)) for i in range(3))
+    zero = (
+        state.value_expr(z)
+        if z is not None and layout.zero is None
+        else relax.const(np.zeros(1, np.int32), "int32")
+    )
+    single = isinstance(rows, tirx.IntImm) and int(rows) == 1
+    gv = ctx.bb.add_func(product_kernel(layout, 1 if single else 2), "int4_a8_matmul")
+    args = [codes, scales, sums, state.value_expr(w), state.value_expr(s), zero]
+    y = ctx.emit(relax.call_tir(gv, args, relax.TensorType([rows, layout.n_pad], "float32")))
+    if layout.n_pad != n_len:
+        y = ctx.emit(R.strided_slice(y, [1], [0], [n_len]))
+    return R.reshape(y, ctx.shape(out.shape))

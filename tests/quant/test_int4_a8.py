@@ -1,0 +1,259 @@
+"""int4 weights times int8 activations (`activation_block`, the "int4-a8" preset): what the
+reference interpreter computes, the quantize pass and ONNX export that produce and carry it,
+and the TVM kernels (x86's 8-bit-integer kernel, and the quantize-dequantize of A every other
+target runs) against the interpreter."""
+
+from __future__ import annotations
+
+import platform
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from ecograph.errors import PassError
+from ecograph.ir import Graph, GraphBuilder, interpret
+from ecograph.quant.presets import quantize_pass
+from ecograph.quant.quantize import Quantize
+
+ON_X86 = platform.machine() in ("x86_64", "AMD64")
+rng = np.random.default_rng(11)
+
+
+def _a_prime(a: np.ndarray, block: int) -> np.ndarray:
+    """The test's own statement of A' (ir/ops/weight_only.py's module doc), one block at a
+    time in float64 then float32, for comparison with the interpreter."""
+    out = np.zeros(a.shape, np.float32)
+    for idx in np.ndindex(*a.shape[:-1]):
+        row = a[idx]
+        for start in range(0, row.shape[0], block):
+            part = row[start : start + block].astype(np.float32)
+            scale = np.float32(max(float(np.abs(part).max()), 1e-30)) / np.float32(127)
+            codes = np.clip(np.round(part / scale), -127, 127)  # np.round: half to even
+            out[idx][start : start + block] = codes * scale
+    return out
+
+
+def _graph(
+    k: int,
+    n: int,
+    *,
+    block: int = 32,
+    a_block: int | None = None,
+    wdt: str = "int4",
+    zero_point: bool = False,
+    trans_b: bool = False,
+    rows: list[int | str] | None = None,
+) -> Graph:
+    """Y = A @ DequantizeLinear(W_q, s[, zp]; blocks of `block` along K), A quantized in blocks
+    of `a_block` (default: `block`), as one DequantizeMatMul."""
+    lo, hi = (-8, 7) if wdt == "int4" else (0, 15)
+    np_dt = ml_dtypes.int4 if wdt == "int4" else ml_dtypes.uint4
+    shape = (n, k) if trans_b else (k, n)
+    groups = (n, -(-k // block)) if trans_b else (-(-k // block), n)
+    b = GraphBuilder("a8")
+    x = b.input("x", "float32", [*(rows or ["m"]), k])
+    ins = [
+        x,
+        b.constant(rng.integers(lo, hi + 1, shape).astype(np_dt), "w_q"),
+        b.constant(rng.uniform(0.01, 0.05, groups).astype(np.float32), "s"),
+    ]
+    if zero_point:
+        ins.append(b.constant(rng.integers(lo, hi + 1, groups).astype(np_dt), "zp"))
+    attrs = {
+        "axis": 1 if trans_b else 0,
+        "block_size": block,
+        "trans_b": int(trans_b),
+        "activation_block": block if a_block is None else a_block,
+    }
+    b.output(b.op("DequantizeMatMul", *ins, domain="ecograph", **attrs))
+    return b.graph
+
+
+def _reference(graph: Graph, a: np.ndarray) -> np.ndarray:
+    """A' @ W' in float64 from the graph's constants, written out here."""
+    node = graph.nodes[0]
+    w = node.input(1).const_value.astype(np.float64)  # type: ignore[union-attr]
+    s = node.input(2).const_value.astype(np.float64)  # type: ignore[union-attr]
+    z = node.input(3)
+    if node.attr("trans_b"):
+        w, s = w.T, s.T
+    block = int(node.attr("block_size"))
+    zero = 0.0
+    if z is not None:
+        zero = z.const_value.astype(np.float64)  # type: ignore[union-attr]
+        zero = np.repeat(zero.T if node.attr("trans_b") else zero, block, axis=0)[: w.shape[0]]
+    wf = (w - zero) * np.repeat(s, block, axis=0)[: w.shape[0]]
+    return _a_prime(a, int(node.attr("activation_block"))).astype(np.float64) @ wf
+
+
+# ------------------------------------------------------------------ the reference semantics
+
+
+def test_activation_blocks_round_half_to_even_and_keep_zero_blocks():
+    from ecograph.ir.ops.weight_only import quantize_activation_blocks
+
+    a = np.array([[1.0, -2.0, 0.5, 4.0, 0.0, 0.0]], np.float32)
+    got = quantize_activation_blocks(a, 2)
+    s1, s2 = np.float32(2) / np.float32(127), np.float32(4) / np.float32(127)
+    # 1 / (2 / 127) = 63.5 rounds to 64 (even); 0.5 / (4 / 127) = 15.875 to 16; zeros stay 0
+    want = np.array([[64 * s1, -127 * s1, 16 * s2, 127 * s2, 0.0, 0.0]], np.float32)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("zero_point,trans_b", [(False, False), (True, False), (True, True)])
+def test_interpreter_quantizes_a_before_the_product(zero_point, trans_b):
+    g = _graph(80, 24, block=16, zero_point=zero_point, trans_b=trans_b, wdt="uint4")
+    a = rng.standard_normal((3, 80)).astype(np.float32)
+    got = interpret(g, {"x": a})[g.outputs[0].name]
+    want = _reference(g, a)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_negative_activation_block_is_a_type_error():
+    from ecograph.errors import EcographError
+
+    with pytest.raises(EcographError, match="activation_block=-1 must be >= 0"):
+        _graph(32, 8, a_block=-1)
+
+
+# ------------------------------------------------------------------ the quantize pass
+
+
+def _mlp(k: int = 256, n: int = 96) -> Graph:
+    b = GraphBuilder("mlp")
+    x = b.input("x", "float32", ["m", k])
+    w = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)
+    b.output(b.op("MatMul", x, b.constant(w, "w")))
+    return b.graph
+
+
+def test_int4_a8_preset_makes_dequantize_matmul_with_activation_blocks():
+    g = _mlp()
+    float_graph = g.copy()
+    quantize_pass("int4-a8").run(g)
+    (node,) = g.nodes
+    assert node.qualified_op == "ecograph::DequantizeMatMul"
+    assert (node.attr("block_size"), node.attr("activation_block")) == (128, 128)
+    a = rng.standard_normal((4, 256)).astype(np.float32)
+    got = interpret(g, {"x": a})[g.outputs[0].name]
+    want = interpret(float_graph, {"x": a})[float_graph.outputs[0].name]
+    cos = float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want))
+    assert 0.98 < cos < 1.0  # int4 weights and int8 activations: close, not exact
+
+
+def test_block_activations_leave_a_conv_float_with_a_note():
+    b = GraphBuilder("conv")
+    x = b.input("x", "float32", [1, 32, 4, 4])
+    w = (rng.standard_normal((8, 32, 1, 1)) * 0.1).astype(np.float32)
+    b.output(b.op("Conv", x, b.constant(w, "w")))
+    g = b.graph
+    result = Quantize(
+        mode="weight_only", dtype="int4", granularity="group:32", activations="block"
+    ).run(g)
+    assert any("activations stay float" in note for note in result.notes), result.notes
+    assert "DequantizeMatMul" not in {n.op_type for n in g.nodes}
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"dtype": "int8", "granularity": "group:32"}, "needs mode='weight_only' with dtype int4"),
+        ({"dtype": "int4", "granularity": "channel"}, "needs granularity='group:N'"),
+    ],
+)
+def test_block_activations_bad_options_are_pass_errors(options, message):
+    with pytest.raises(PassError, match=message):
+        Quantize(mode="weight_only", activations="block", **options)
+
+
+# ------------------------------------------------------------------ ONNX export
+
+
+def test_onnx_export_writes_the_activation_quantization_in_standard_ops():
+    ort = pytest.importorskip("onnxruntime")
+    from ecograph.frontend.onnx_export import to_onnx
+
+    g = _graph(64, 40, block=32, zero_point=True, wdt="uint4", rows=[2, 3])
+    model = to_onnx(g)
+    assert {n.domain for n in model.graph.node} == {""}
+    assert {"Round", "ReduceMax", "DequantizeLinear"} <= {n.op_type for n in model.graph.node}
+    a = rng.standard_normal((2, 3, 64)).astype(np.float32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"x": a})[0]
+    want = _reference(g, a.reshape(6, 64)).reshape(2, 3, 40)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_onnx_export_of_a_ragged_activation_block_is_an_error():
+    from ecograph.errors import UnsupportedError
+    from ecograph.frontend.onnx_export import to_onnx
+
+    with pytest.raises(UnsupportedError, match="activation_block=32 exports only when it divides"):
+        to_onnx(_graph(48, 8, block=32))
+
+
+# ------------------------------------------------------------------ TVM
+
+
+def _build_and_run(graph: Graph, a: np.ndarray, target: str) -> tuple[np.ndarray, dict]:
+    import tvm
+    from tvm import relax
+
+    from ecograph.backends.tvm import build
+
+    result = build.build_module(graph, target, keep_params=False)
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(a)).numpy(), dict(result.kernels)
+
+
+def _needs_host(target: str) -> None:
+    pytest.importorskip("tvm")
+    if not ON_X86:
+        pytest.skip("x86 code runs only on an x86 host")
+    from ecograph.backends.tvm import targets
+
+    missing = targets.missing_on_host(targets.resolve(target))
+    if missing:
+        pytest.skip(f"this host cannot run {target} code (lacks {', '.join(missing)})")
+
+
+A8_CASES = [
+    # (K, N, block, weight dtype, zero point, trans_b, A's shape)
+    (256, 96, 128, "int4", False, False, [1, 256]),
+    (256, 200, 64, "int4", False, False, [3, 256]),  # N not a whole number of 32-column panels
+    (128, 64, 32, "uint4", True, False, [2, 5, 128]),  # rank 3, zero points per group
+    (96, 40, 32, "uint4", False, True, [7, 96]),  # weights stored [N, K]
+]
+
+
+@pytest.mark.parametrize("k,n,block,wdt,zp,trans_b,a_shape", A8_CASES)
+def test_x86_integer_kernel_matches_the_interpreter(k, n, block, wdt, zp, trans_b, a_shape):
+    _needs_host("x86:haswell")  # AVX2: the kernel's instructions
+    rows = ["m", *a_shape[1:-1]]
+    g = _graph(k, n, block=block, wdt=wdt, zero_point=zp, trans_b=trans_b, rows=rows)
+    a = rng.standard_normal(a_shape).astype(np.float32)
+    got, kernels = _build_and_run(g, a, "x86:haswell")
+    assert "int4-a8" in kernels.values(), kernels
+    want = interpret(g, {"x": a})[g.outputs[0].name]
+    # The same 8-bit codes: the integer sums are exact, the float rescale rounds differently
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize(
+    "target,k,block,a_block",
+    [
+        ("x86:generic", 96, 32, 32),  # no AVX2: the float kernels after A's quantization
+        ("x86:haswell", 96, 32, 16),  # activation blocks not the weight groups
+        ("x86:haswell", 80, 16, 16),  # a block of 16: under the kernel's 32
+    ],
+)
+def test_other_cases_quantize_a_then_run_the_float_kernel(target, k, block, a_block):
+    _needs_host(target)
+    g = _graph(k, 24, block=block, a_block=a_block)
+    a = rng.standard_normal((3, k)).astype(np.float32)
+    got, kernels = _build_and_run(g, a, target)
+    assert "int4-a8" not in kernels.values(), kernels
+    assert any("activation_blocks" in name for name in kernels), kernels
+    want = interpret(g, {"x": a})[g.outputs[0].name]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
