@@ -94,6 +94,7 @@ ECOGRAPH_PRESETS: dict[str, str | None] = {
     "ecograph-fp32": None,
     "ecograph-int8": "int8-weight",
     "ecograph-int4": "int4",
+    "ecograph-int4-a8": "int4-a8",
     "ecograph-palette4": "palette4",
 }
 BUILDS = [*ECOGRAPH_PRESETS, "torch-eager", "torch-compile", "ort-fp32", "ort-int4"]

@@ -22,7 +22,8 @@ Runners: torch-eager, torch-int8, torch-compile, ort-fp32, ort-int8, tvm-export,
 ecograph-int8, ort-ecograph (ONNX Runtime on ecograph's optimized graph, exported); by name
 only: ecograph-tuned (MetaSchedule, minutes), ecograph-auto
 (ecograph's adaptive thread count, for --busy runs), and the weight-only rows ecograph-int8w,
-ecograph-int4, ecograph-palette4, ort-int4 and ort-int4-acc4 (ONNX Runtime's MatMulNBits).
+ecograph-int4, ecograph-int4-a8 (int8 activations), ecograph-palette4, ort-int4 and
+ort-int4-acc4 (ONNX Runtime's MatMulNBits).
 """
 
 from __future__ import annotations

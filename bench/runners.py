@@ -35,6 +35,7 @@ RUNNERS = [
     "ecograph-auto",
     "ecograph-int8w",
     "ecograph-int4",
+    "ecograph-int4-a8",
     "ecograph-palette4",
     "ort-int4",
     "ort-int4-acc4",
@@ -44,11 +45,12 @@ RUNNERS = [
 # (it is for --busy runs). Both run only when named, as do the weight-only rows (LLM decode
 # tables): ecograph-int8w / ecograph-int4 / ecograph-palette4 (optimize's "int8-weight" /
 # "int4" / "palette4" presets: int8 per channel, int4 in groups of 128, 16 k-means centroids
-# per group of 16 output channels) and ONNX Runtime's MatMulNBits (4-bit, blocks of 128,
+# per group of 16 output channels; ecograph-int4-a8: "int4-a8", int4 weights times int8
+# activations in blocks of 128) and ONNX Runtime's MatMulNBits (4-bit, blocks of 128,
 # symmetric; ort-int4 computes in float32, accuracy_level 0; ort-int4-acc4 quantizes the
 # activations to int8, accuracy_level 4, its fastest CPU path).
 OPT_IN_RUNNERS = ("ecograph-tuned", "ecograph-auto", "ecograph-int8w", "ecograph-int4",
-                  "ecograph-palette4", "ort-int4", "ort-int4-acc4")  # fmt: skip
+                  "ecograph-int4-a8", "ecograph-palette4", "ort-int4", "ort-int4-acc4")  # fmt: skip
 DEFAULT_RUNNERS = [r for r in RUNNERS if r not in OPT_IN_RUNNERS]
 WORKLOADS = ["minilm-b1", "minilm-b8", "llama-prefill", "llama-decode", "resnet"]
 # Run only when named: one decode step of a Llama with TinyLlama-1.1B's layer shapes (hidden
@@ -366,6 +368,7 @@ def _prepare_ecograph(
     import ecograph
 
     quant = {"ecograph-int8": "int8", "ecograph-int8w": "int8-weight", "ecograph-int4": "int4",
+             "ecograph-int4-a8": "int4-a8",
              "ecograph-palette4": "palette4"}.get(runner)  # fmt: skip
     tune = TUNE_TRIALS if runner == "ecograph-tuned" else False
     t0 = time.perf_counter()
@@ -376,7 +379,9 @@ def _prepare_ecograph(
         quantize=quant,
         tune=tune,
         # random-weight logits: int4 keeps cosine ~0.96 (the cosine column says how much)
-        accuracy_budget=(0.9 if quant in ("int4", "palette4") else 0.98) if quant else None,
+        accuracy_budget=(0.9 if quant in ("int4", "int4-a8", "palette4") else 0.98)
+        if quant
+        else None,
         measure=False,
         out_dir=_scratch(),
         cache=bool(options.get("cache", False)),
