@@ -240,6 +240,24 @@ def test_x86_integer_kernel_matches_the_interpreter(k, n, block, wdt, zp, trans_
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+def test_two_layers_get_two_product_kernels():
+    """Each product of a module gets its own kernel (two shapes, two names)."""
+    _needs_host("x86:haswell")
+    b = GraphBuilder("two")
+    x = b.input("x", "float32", ["m", 256])
+    h = b.op("MatMul", x, b.constant((rng.standard_normal((256, 64)) * 0.05).astype("f4"), "w1"))
+    b.output(
+        b.op("MatMul", h, b.constant((rng.standard_normal((64, 32)) * 0.1).astype("f4"), "w2"))
+    )
+    g = b.graph
+    Quantize(mode="weight_only", dtype="int4", granularity="group:32", activations="block").run(g)
+    a = rng.standard_normal((2, 256)).astype(np.float32)
+    got, kernels = _build_and_run(g, a, "x86:haswell")
+    assert list(kernels.values()).count("int4-a8") == 2, kernels
+    want = interpret(g, {"x": a})[g.outputs[0].name]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
 @pytest.mark.parametrize(
     "target,k,block,a_block",
     [

@@ -275,7 +275,9 @@ def product_kernel(layout: A8Layout, mr: int) -> tirx.PrimFunc:
                                 T.ramp((ii * jb_n + jb) * LANES, 1, LANES)
                             ]
 
-    return int4_a8_matmul.with_attr("tirx.is_scheduled", True).with_attr("ecograph.schedule", RULE)
+    # no global symbol of its own: the Relax builder names each product kernel of a module
+    func = int4_a8_matmul.without_attr("global_symbol")
+    return func.with_attr("tirx.is_scheduled", True).with_attr("ecograph.schedule", RULE)
 
 
 def emit_int4_a8_matmul(ctx: LowerContext, plan: WeightPanels) -> relax.Expr:
