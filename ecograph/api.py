@@ -258,7 +258,8 @@ def optimize(
       `result.module` raises UsageError when called (see NotRunnableHere).
     - pipeline: a pass pipeline spec ("default", "cleanup", "cleanup,fuse-attention", ...).
     - quantize: None, a preset ("int8" = dynamic int8, "int8-static", "int8-weight",
-      "int4" = weight-only int4 in groups of 128, "palette4" / "palette8" = dictionary-coded
+      "int4" = weight-only int4 in groups of 128, "int4-a8" = the same weights times int8
+      activations in blocks of 128, "palette4" / "palette8" = dictionary-coded
       weights with 16 / 256 k-means centroids), a dict of Quantize options or a pass.
       Quantization runs after `pipeline` under the same PassManager (static mode is then
       lowered to integer kernels by lower-qdq-to-integer), so `instrumentation` covers it.
