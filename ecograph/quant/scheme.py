@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,6 @@ import numpy as np
 from ecograph.ir.dtypes import DType
 from ecograph.ir.ops.quant import (
     QUANT_RANGES,
-    broadcast_param,
     dequantize_linear,
     quantize_linear,
 )
@@ -188,18 +188,27 @@ def mse_clip_factors(
     computed as QuantizeLinear then DequantizeLinear would round (float32 division,
     round-half-even, saturation, (q - z) * s in float32), in plain float32 arrays: the
     reference kernels' 4-bit dtype conversions made this search take minutes for a 1B-param
-    model. The caller quantizes once, with the reference kernel, at the chosen range."""
+    model. The weights are viewed as [groups, size, ...] so the scales broadcast without
+    being repeated to the weights' shape; a group whose scale is 0 (all its weights are 0)
+    reconstructs 0. The caller quantizes once, with the reference kernel, at the chosen
+    range."""
     qmin, qmax = QUANT_RANGES[DType.parse(dtype)]
+    view, expand, group_sum = _grouped(wf, axis, gran, np.shape(lo))
     best_err: np.ndarray | None = None
     best = np.ones(np.shape(lo), np.float32)
     for factor in MSE_FACTORS:
         scale, zp = compute_qparams(lo * factor, hi * factor, dtype, symmetric)
-        s = broadcast_param(scale, wf.shape, axis, block)
-        z = broadcast_param(zp, wf.shape, axis, block).astype(np.float32)
-        with np.errstate(all="ignore"):
-            q = np.clip(np.nan_to_num(np.rint(wf / s)) + z, qmin, qmax)
-        back = (q - z) * s
-        err = _group_sum((back.astype(np.float64) - wf) ** 2, axis, gran, np.shape(lo))
+        s = expand(np.asarray(scale, np.float32))
+        z = expand(np.asarray(zp).astype(np.float32))
+        q = np.rint(view / np.where(s == 0, np.float32(1), s))
+        q += z
+        np.clip(q, qmin, qmax, out=q)
+        q -= z
+        q *= s  # the reconstruction, (q - z) * s
+        diff = q.astype(np.float64)
+        diff -= view
+        np.square(diff, out=diff)
+        err = group_sum(diff)
         if best_err is None:
             best_err = err
             continue
@@ -207,6 +216,35 @@ def mse_clip_factors(
         best_err = np.where(better, err, best_err)
         best = np.where(better, np.float32(factor), best)
     return best
+
+
+def _grouped(
+    wf: np.ndarray, axis: int, gran: Granularity, shape: tuple[int, ...]
+) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]:
+    """(weights viewed by group, a function broadcasting a scale-shaped array against that
+    view, a function summing a view-shaped array per group back to the scale's shape)."""
+    if gran.kind == "tensor" or wf.ndim == 0:
+        return wf, lambda p: p, lambda e: np.asarray(e.sum())
+    axis = axis % wf.ndim
+    if gran.kind == "channel":
+        other = tuple(i for i in range(wf.ndim) if i != axis)
+        dims = [1] * wf.ndim
+        dims[axis] = -1
+        return wf, lambda p: p.reshape(dims), lambda e: e.sum(axis=other)
+    size, groups = gran.group_size, shape[axis]
+    moved = np.moveaxis(wf, axis, 0)
+    pad = groups * size - moved.shape[0]
+    if pad:  # zero weights reconstruct exactly: the padding adds no error
+        moved = np.concatenate([moved, np.zeros((pad, *moved.shape[1:]), wf.dtype)], axis=0)
+    view = moved.reshape(groups, size, *moved.shape[1:])
+
+    def expand(p: np.ndarray) -> np.ndarray:
+        return np.expand_dims(np.moveaxis(p, axis, 0), 1)
+
+    def group_sum(e: np.ndarray) -> np.ndarray:
+        return np.moveaxis(e.sum(axis=1), 0, axis)
+
+    return view, expand, group_sum
 
 
 def _group_sum(err: np.ndarray, axis: int, gran: Granularity, shape: tuple[int, ...]) -> np.ndarray:

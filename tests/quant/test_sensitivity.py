@@ -79,3 +79,28 @@ def test_budget_search_runs_as_a_pipeline_item():
     assert graphs_equal(g, expected.graph)
     assert search.numeric_tolerance() == CosineTolerance(strict_cos)
     assert "feeds" not in search.describe()
+
+
+def test_the_search_quantizes_each_weight_once(monkeypatch):
+    """Every quantized copy the search makes (one per layer for the sensitivity, one per
+    step) and the final pass take the weights the first copy quantized."""
+    import ecograph.quant.quantize as quantize_module
+
+    calls: list[tuple[int, ...]] = []
+    real = quantize_module.quantize_tensor
+
+    def counting(w, *args, **kwargs):
+        calls.append(w.shape)
+        return real(w, *args, **kwargs)
+
+    monkeypatch.setattr(quantize_module, "quantize_tensor", counting)
+    g = three_layers()
+    reference = quantize_within_budget(three_layers(), TEMPLATE, FEEDS, min_cosine=-1.0)
+    strict_cos = reference.steps[0].cosine + (1 - reference.steps[0].cosine) / 2
+    calls.clear()
+    p = QuantizeWithinBudget(template=TEMPLATE, feeds=FEEDS, min_cosine=strict_cos)
+    p.run(g)
+    assert p.outcome is not None and p.outcome.kept_float[0] == "fragile"
+    assert len(p.outcome.steps) >= 2  # the sensitivity of all three layers was measured
+    assert len(calls) == 3, calls  # three weights, each quantized once
+    assert TEMPLATE.shared is None  # the caller's template is not changed
