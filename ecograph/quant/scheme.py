@@ -247,23 +247,6 @@ def _grouped(
     return view, expand, group_sum
 
 
-def _group_sum(err: np.ndarray, axis: int, gran: Granularity, shape: tuple[int, ...]) -> np.ndarray:
-    """Sum of `err` within each quantization group, shaped like the group's scale."""
-    if gran.kind == "tensor" or err.ndim == 0:
-        return np.asarray(err.sum())
-    axis = axis % err.ndim
-    if gran.kind == "channel":
-        other = tuple(i for i in range(err.ndim) if i != axis)
-        return err.sum(axis=other)
-    size = gran.group_size
-    moved = np.moveaxis(err, axis, 0)
-    groups = shape[axis]
-    pad = groups * size - moved.shape[0]
-    if pad:
-        moved = np.concatenate([moved, np.zeros((pad, *moved.shape[1:]))], axis=0)
-    return np.moveaxis(moved.reshape(groups, size, *moved.shape[1:]).sum(axis=1), 0, axis)
-
-
 def pack_int4(q: np.ndarray) -> np.ndarray:
     """Two 4-bit values per byte, the first in the low nibble (ONNX's layout)."""
     flat = q.reshape(-1).astype(np.int64) & 0xF

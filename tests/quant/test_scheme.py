@@ -143,12 +143,29 @@ def test_collect_ranges_runs_the_graph_on_calibration_data():
         collect_ranges(g, [], names, progress=False)
 
 
+def _group_sum(err: np.ndarray, axis: int, gran: Granularity, shape: tuple[int, ...]) -> np.ndarray:
+    """Sum of `err` within each quantization group, shaped like the group's scale."""
+    if gran.kind == "tensor" or err.ndim == 0:
+        return np.asarray(err.sum())
+    axis = axis % err.ndim
+    if gran.kind == "channel":
+        other = tuple(i for i in range(err.ndim) if i != axis)
+        return err.sum(axis=other)
+    size = gran.group_size
+    moved = np.moveaxis(err, axis, 0)
+    groups = shape[axis]
+    pad = groups * size - moved.shape[0]
+    if pad:
+        moved = np.concatenate([moved, np.zeros((pad, *moved.shape[1:]))], axis=0)
+    return np.moveaxis(moved.reshape(groups, size, *moved.shape[1:]).sum(axis=1), 0, axis)
+
+
 def _mse_clip_by_definition(w, dtype, symmetric, granularity, axis):
     """clip="mse" as its doc defines it, with the reference QuantizeLinear and
     DequantizeLinear kernels: each group keeps the first of the range factors 1.0, 0.95,
     ..., 0.5 with the least squared reconstruction error."""
     from ecograph.ir.ops.quant import dequantize_linear, quantize_linear
-    from ecograph.quant.scheme import MSE_FACTORS, Granularity, _group_sum, _reduce_range
+    from ecograph.quant.scheme import MSE_FACTORS, Granularity, _reduce_range
 
     gran = Granularity.parse(granularity)
     lo, hi, block = _reduce_range(w, axis, gran)
