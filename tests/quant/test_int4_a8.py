@@ -275,3 +275,47 @@ def test_other_cases_quantize_a_then_run_the_float_kernel(target, k, block, a_bl
     assert any("activation_blocks" in name for name in kernels), kernels
     want = interpret(g, {"x": a})[g.outputs[0].name]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+# ------------------------------------------------------------------ ARM
+
+ARM_DOTPROD = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]}
+
+
+@pytest.mark.parametrize("target,kernel", [(ARM_DOTPROD, True), ("arm", False)])
+def test_arm_takes_the_sdot_kernel_with_dotprod_only(target, kernel):
+    pytest.importorskip("tvm")
+    from ecograph.backends.tvm import build
+
+    g = _graph(128, 64, block=32)
+    kernels = dict(build.build_module(g, target, keep_params=False).kernels)
+    assert ("int4-a8" in kernels.values()) is kernel, kernels
+
+
+@pytest.mark.emulator
+def test_arm_sdot_kernel_matches_the_interpreter_on_the_emulated_device(tmp_path):
+    pytest.importorskip("tvm")
+    from ecograph.backends.tvm import rpc
+
+    missing = rpc.emulator_ready()
+    if missing is not None:
+        pytest.skip(str(missing))
+    import ecograph
+    from ecograph import remote
+
+    # signed codes, zero points per group (uint4), N not a whole panel, 3 rows
+    graphs = {
+        "int4": _graph(128, 40, block=32),
+        "uint4-zp": _graph(96, 72, block=32, wdt="uint4", zero_point=True, trans_b=True),
+    }
+    a = rng.standard_normal((3, 128)).astype(np.float32)
+    failures = []
+    with remote.EmulatedArmDevice() as device:
+        for name, g in graphs.items():
+            feeds = {"x": a[:, : g.inputs[0].type.shape[-1]].copy()}
+            art = ecograph.compile(g, ARM_DOTPROD, tmp_path / name, progress=False)
+            got = np.asarray(remote.connect(art, device.host, device.port)(**feeds))
+            want = interpret(g, feeds)[g.outputs[0].name]
+            if not np.allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max()):
+                failures.append(f"{name}: max abs diff {np.abs(got - want).max():.3g}")
+    assert not failures, "\n".join(failures)

@@ -27,8 +27,11 @@ column panels of NR = 32 (four vectors of 8 lanes):
 - weight scales and zero points `[N / 32, K / B, 32]` (float32, int32), zero-padded columns.
 
 Only AVX2 instructions are used, so the kernel runs on every x86 CPU with AVX2 (AVX-512 ones
-included); other targets, and nodes whose layout does not fit (8-bit weights, B not equal to
-the weight groups or not a multiple of 32, K not a multiple of B), compute the same A' with a
+included). ARM CPUs with the dot-product extension (+dotprod: Cortex-A76 / Neoverse N1 and
+later) run the same layout with `sdot`: a 16-byte load holds 4 columns' codes, and each sdot
+adds the four products of a lane straight into int32 (the codes 0..15 are valid signed
+bytes). Other targets, and nodes whose layout does not fit (8-bit weights, B not equal to the
+weight groups or not a multiple of 32, K not a multiple of B), compute the same A' with a
 quantize-dequantize of A before the float kernels (`fake_quantize_blocks`).
 """
 
@@ -69,9 +72,16 @@ class A8Layout:
         return -(-self.n // NR) * NR
 
 
-def supports(spec: TargetSpec) -> bool:
-    """Whether `spec` runs the integer kernel (x86 with AVX2)."""
-    return spec.family == "x86" and not spec.is_gpu and spec.has("avx2")
+def isa(spec: TargetSpec) -> str | None:
+    """Which integer kernel `spec` runs: "avx2" (x86 with AVX2), "sdot" (ARM with the dot
+    product extension), or None."""
+    if spec.is_gpu:
+        return None
+    if spec.family == "x86" and spec.has("avx2"):
+        return "avx2"
+    if spec.family == "arm" and spec.has("dotprod"):
+        return "sdot"
+    return None
 
 
 def fits(k: int, block: int, activation_block: int) -> bool:
@@ -193,8 +203,11 @@ def _widen(acc16: Any) -> Any:
     return T.call_llvm_pure_intrin(madd, acc16, T.broadcast(T.int16(1), 16), dtype="int32x8")
 
 
-def product_kernel(layout: A8Layout, mr: int) -> tirx.PrimFunc:
-    """The product of the module doc for `layout`, MR rows per tile (M is symbolic)."""
+def product_kernel(layout: A8Layout, mr: int, kind: str = "avx2") -> tirx.PrimFunc:
+    """The product of the module doc for `layout`, MR rows per tile (M is symbolic), with the
+    instructions of `kind` (`isa`)."""
+    if kind == "sdot":
+        return _sdot_kernel(layout, mr)
     from tvm.script import tirx as T  # noqa: N812  (TVM's own spelling)
 
     k_len, n_pad, block = layout.k, layout.n_pad, layout.block
@@ -280,6 +293,106 @@ def product_kernel(layout: A8Layout, mr: int) -> tirx.PrimFunc:
     return func.with_attr("tirx.is_scheduled", True).with_attr("ecograph.schedule", RULE)
 
 
+def _sdot4(acc: Any, codes: Any, a8: Any, row: Any, k: Any) -> Any:
+    """int32x4: acc + per lane the 4 codes (unsigned nibbles, as s8) times a8[row, k : k + 4]
+    (ARM's sdot)."""
+    from tvm.script import tirx as T  # noqa: N812  (TVM's own spelling)
+
+    sdot = T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8")
+    word = T.reinterpret(a8.vload([row, k], "int8x4"), dtype="int32")
+    a = T.reinterpret(T.broadcast(word, 4), dtype="int8x16")
+    return T.call_llvm_pure_intrin(
+        sdot, acc, T.reinterpret(codes, dtype="int8x16"), a, dtype="int32x4"
+    )
+
+
+def _sdot_kernel(layout: A8Layout, mr: int) -> tirx.PrimFunc:
+    """The ARM product: 4 lanes, one 16-byte load holds 4 columns' codes; sdot sums the four
+    products of each lane straight into int32 (no int16 stage)."""
+    from tvm.script import tirx as T  # noqa: N812  (TVM's own spelling)
+
+    k_len, n_pad, block = layout.k, layout.n_pad, layout.block
+    groups, panels = k_len // block, n_pad // NR
+    lanes = 4
+    vecs = NR // lanes
+    rows_per_block = block // STEP
+    zero = layout.zero
+    zero_panel = zero is None
+
+    def zero_at(z: Any, jo: Any, g: Any, jb: Any) -> Any:
+        if zero_panel:
+            return z[jo, g, T.ramp(jb * lanes, 1, lanes)]
+        return T.Broadcast(T.int32(zero), lanes)
+
+    def nibbles(w: Any, jo: Any, t: Any, jb: Any, high: bool) -> Any:
+        byts = w.vload([jo, t, jb * lanes, 0], "uint8x16")
+        if high:
+            return T.shift_right(byts, T.broadcast(T.uint8(4), 16))
+        return T.bitwise_and(byts, T.broadcast(T.uint8(15), 16))
+
+    @T.prim_func(s_tir=False)
+    def int4_a8_matmul(
+        a_h: T.handle, sa_h: T.handle, rs_h: T.handle, w_h: T.handle, sw_h: T.handle,
+        z_h: T.handle, y_h: T.handle,
+    ) -> None:  # fmt: skip
+        T.func_attr({"tir.noalias": True})
+        m = T.int64()
+        A8 = T.match_buffer(a_h, (m, k_len), "int8")  # noqa: N806
+        SA = T.match_buffer(sa_h, (m, groups), "float32")  # noqa: N806
+        RS = T.match_buffer(rs_h, (m, groups), "int32")  # noqa: N806
+        W = T.match_buffer(w_h, (panels, k_len // STEP, NR, 4), "uint8")  # noqa: N806
+        SW = T.match_buffer(sw_h, (panels, groups, NR), "float32")  # noqa: N806
+        Z = T.match_buffer(z_h, (panels, groups, NR) if zero_panel else (1,), "int32")  # noqa: N806
+        Y = T.match_buffer(y_h, (m, n_pad), "float32")  # noqa: N806
+        for jo in T.parallel(panels):
+            for io in range((m + (mr - 1)) // mr):
+                accf = T.alloc_buffer((mr * NR,), "float32", scope="global")
+                acci = T.alloc_buffer((mr * NR,), "int32", scope="global")
+                for z in T.unroll(mr * vecs):
+                    accf[T.ramp(z * lanes, 1, lanes)] = T.Broadcast(T.float32(0), lanes)
+                for g in range(groups):
+                    for z in T.unroll(mr * vecs):
+                        acci[T.ramp(z * lanes, 1, lanes)] = T.Broadcast(T.int32(0), lanes)
+                    for t in range(rows_per_block):
+                        for jb in T.unroll(vecs):
+                            for ii in T.unroll(mr):
+                                acci[T.ramp((ii * vecs + jb) * lanes, 1, lanes)] = _sdot4(
+                                    _sdot4(
+                                        acci[T.ramp((ii * vecs + jb) * lanes, 1, lanes)],
+                                        nibbles(W, jo, g * rows_per_block + t, jb, False),
+                                        A8,
+                                        T.min(io * mr + ii, m - 1),
+                                        g * block + t * STEP,
+                                    ),
+                                    nibbles(W, jo, g * rows_per_block + t, jb, True),
+                                    A8,
+                                    T.min(io * mr + ii, m - 1),
+                                    g * block + t * STEP + 4,
+                                )
+                    for ii in T.unroll(mr):
+                        for jb in T.unroll(vecs):
+                            accf[T.ramp((ii * vecs + jb) * lanes, 1, lanes)] = accf[
+                                T.ramp((ii * vecs + jb) * lanes, 1, lanes)
+                            ] + T.Cast(
+                                "float32x4",
+                                acci[T.ramp((ii * vecs + jb) * lanes, 1, lanes)]
+                                - zero_at(Z, jo, g, jb)
+                                * T.Broadcast(RS[T.min(io * mr + ii, m - 1), g], lanes),
+                            ) * (
+                                SW[jo, g, T.ramp(jb * lanes, 1, lanes)]
+                                * T.Broadcast(SA[T.min(io * mr + ii, m - 1), g], lanes)
+                            )
+                for ii in range(mr):
+                    if io * mr + ii < m:
+                        for jb in T.unroll(vecs):
+                            Y[io * mr + ii, T.ramp(jo * NR + jb * lanes, 1, lanes)] = accf[
+                                T.ramp((ii * vecs + jb) * lanes, 1, lanes)
+                            ]
+
+    func = int4_a8_matmul.without_attr("global_symbol")
+    return func.with_attr("tirx.is_scheduled", True).with_attr("ecograph.schedule", RULE)
+
+
 def emit_int4_a8_matmul(ctx: LowerContext, plan: WeightPanels) -> relax.Expr:
     """The node of `ctx` (a DequantizeMatMul planned for this kernel, `_plan_a8` in
     ops/weight_panels.py) as the prologue and the product: A flattened to [M, K], the product
@@ -302,7 +415,12 @@ def emit_int4_a8_matmul(ctx: LowerContext, plan: WeightPanels) -> relax.Expr:
         else relax.const(np.zeros(1, np.int32), "int32")
     )
     single = isinstance(rows, tirx.IntImm) and int(rows) == 1
-    gv = ctx.bb.add_func(product_kernel(layout, 1 if single else 2), "int4_a8_matmul")
+    kind = isa(ctx.target)
+    assert kind is not None  # planned only where isa() is not None
+    # x86: two rows per tile when there are several (4 + 4 accumulator vectors a row); ARM:
+    # one (8 + 8 of its 32 vector registers a row)
+    mr = 1 if single or kind == "sdot" else 2
+    gv = ctx.bb.add_func(product_kernel(layout, mr, kind), "int4_a8_matmul")
     args = [codes, scales, sums, state.value_expr(w), state.value_expr(s), zero]
     y = ctx.emit(relax.call_tir(gv, args, relax.TensorType([rows, layout.n_pad], "float32")))
     if layout.n_pad != n_len:

@@ -157,7 +157,7 @@ def _plan_a8(
     a, w, s, z = (node.input(i) for i in range(4))
     assert a is not None and w is not None and s is not None
     k_len, n_len = (int(d) for d in q.shape)
-    if w.dtype not in _FOUR_BIT or per_tensor or not int4_a8.supports(target):
+    if w.dtype not in _FOUR_BIT or per_tensor or int4_a8.isa(target) is None:
         return None
     if a.type.rank < 1 or a.type.shape[-1] != k_len:
         return None
