@@ -233,3 +233,35 @@ def test_gptq_calibrates_on_prompts_and_decode_takes_the_prefill_codes(
     _, kv = lm.prefill.run_numpy([ids[:, :-1]])
     step, _ = lm.decode.run_numpy([ids[:, -1:], kv])
     np.testing.assert_allclose(step[:, -1], full[:, -1], atol=1e-4, rtol=1e-4)
+
+
+def test_int8_activation_blocks_give_decode_the_logits_prefill_gives(
+    llama: Any, tmp_path: Path
+) -> None:
+    """int4 weights times int8 activations (activations="block", groups of 32: the hidden
+    size is 64): each row's activations are quantized on their own, so a decode step (one
+    row, the x86 / ARM integer kernel's single-row tile where the host has it) gives the
+    logits prefill gives at that position (many rows), to float rounding."""
+    from ecograph import compile_lm
+
+    options = {"mode": "weight_only", "dtype": "int4", "granularity": "group:32",
+               "activations": "block"}  # fmt: skip
+    lm = compile_lm(llama, quantize=options, max_seq_len=MAX_SEQ_LEN, accuracy_budget=0.9,
+                    out_dir=tmp_path)  # fmt: skip
+    ids = prompt(1, 9, seed=8)
+    full, _ = lm.prefill.run_numpy([ids])
+    _, kv = lm.prefill.run_numpy([ids[:, :-1]])
+    step, _ = lm.decode.run_numpy([ids[:, -1:], kv])
+    np.testing.assert_allclose(step[:, -1], full[:, -1], atol=1e-4, rtol=1e-4)
+    want = hf_logits(llama, ids).reshape(-1).astype(np.float64)
+    got = full.reshape(-1).astype(np.float64)
+    assert got @ want / (np.linalg.norm(got) * np.linalg.norm(want)) > 0.9
+    from ecograph.backends.tvm import targets
+    from ecograph.backends.tvm.ops.int4_a8 import isa
+
+    if isa(targets.resolve("x86")) is not None:  # compile_lm's default target: the host
+        import json
+
+        for function in ("prefill", "decode"):
+            manifest = json.loads((lm.path / function / "manifest.json").read_text())
+            assert "int4-a8" in manifest["schedules"].values(), (function, manifest["schedules"])
