@@ -239,6 +239,48 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.name != "manifest.json")
 
 
+def tree_bytes(folder: Path) -> int:
+    """Bytes of every file under `folder` (a compiled LM: lm.json, prefill/, decode/)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+# Run in a fresh process with TVM's runtime only: VmRSS after load_lm and one generated token
+# (a prompt of `prompt` tokens), minus VmRSS before load_lm, once ecograph and TVM's runtime
+# are imported and a tensor has been made (the runtime library and its allocator are paid).
+_RESIDENT = """
+import sys
+import numpy as np
+import ecograph
+import tvm
+tvm.runtime.tensor(np.zeros(4, np.float32))
+
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(x.split()[1]) * 1024 for x in f if x.startswith("VmRSS:"))
+
+before = rss()
+lm = ecograph.load_lm(sys.argv[1], threads=1)
+lm.generate(np.zeros((1, int(sys.argv[2])), np.int64), 1)
+print(rss() - before)
+"""
+
+
+def resident_bytes(folder: Path, prompt: int) -> int:
+    """What loading a compiled LM and generating one token adds to a process's resident
+    memory (VmRSS, measured in a fresh process with TVM's runtime library only): the weights
+    and code of both functions as loaded, and the KV cache for max_seq_len."""
+    import subprocess
+
+    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _RESIDENT, str(folder), str(prompt)],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"resident-memory probe failed: {proc.stderr.strip()[-500:]}")
+    return int(proc.stdout.strip().splitlines()[-1])
+
+
 def torch_param_bytes(model: Any) -> int:
     """Parameter bytes, each tensor once (tied embeddings count once, as they are stored)."""
     seen: set[int] = set()
@@ -297,6 +339,10 @@ def setup_ecograph(
         return np.asarray(lm.logits(ids), np.float32)
 
     path = Path(built.path)
+    extras: dict[str, Any] = {"probe_check": check, "quantization": lm.spec.quantization}
+    if speed:
+        extras["folder_bytes"] = tree_bytes(path)
+        extras["resident_bytes"] = resident_bytes(path, int(w.prompt.shape[1]))
     return Build(
         name,
         decode if speed else None,
@@ -305,7 +351,7 @@ def setup_ecograph(
         folder_bytes(path / "decode"),
         build_s,
         notes,
-        {"probe_check": check, "quantization": lm.spec.quantization},
+        extras,
         cleanup=lambda: shutil.rmtree(path, ignore_errors=True),
     )
 
@@ -854,6 +900,10 @@ def _ratio(x: float | None, base: float | None) -> str:
     return "n/a" if x is None or not base else f"{x / base:.2f}x"
 
 
+def _mb(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 1e6:.2f}"
+
+
 def _cell(text: str) -> str:
     return " ".join(text.replace("|", "/").split())
 
@@ -861,7 +911,8 @@ def _cell(text: str) -> str:
 SPEED_HEADER = (
     "| build | decode ms/token (p50) | tokens/s | decode p90 ms | decode time vs ecograph fp32 "
     "| prefill ms (p50) | prefill vs ecograph fp32 | weight MB | weight bytes vs ecograph fp32 "
-    "| decode logits vs torch eager (max abs / cosine) | build s | notes |"
+    "| LM folder MB | resident MB | decode logits vs torch eager (max abs / cosine) | build s "
+    "| notes |"
 )
 
 
@@ -885,11 +936,12 @@ def speed_table(rows: Sequence[SpeedRow]) -> str:
             else f"{r.max_abs_vs_torch:.2g} / {r.cosine_vs_torch:.6f}"
         )
         notes = "; ".join(r.notes + ([f"error: {r.error}"] if r.error else []))
+        folder, resident = (r.extras.get(k) for k in ("folder_bytes", "resident_bytes"))
         lines.append(
             f"| {r.build} | {_fmt(dec)} | {_fmt(1e3 / dec if dec else None)} | {_fmt(p90)} | "
             f"{_ratio(dec, b_dec)} | {_fmt(pre)} | {_ratio(pre, b_pre)} | "
             f"{'n/a' if mb is None else f'{mb:.2f}'} | {_ratio(r.weight_bytes, b_bytes)} | "
-            f"{check} | {_fmt(r.build_s)} | {_cell(notes)} |"
+            f"{_mb(folder)} | {_mb(resident)} | {check} | {_fmt(r.build_s)} | {_cell(notes)} |"
         )
     return "\n".join(lines)
 
@@ -1109,7 +1161,9 @@ def markdown(
         f"prefills of {args.prompt} tokens per round, one untimed warm-up call each; medians "
         "over all timed calls. Weight bytes: ecograph = decode artifact files (lib.so with "
         "the weights as constants, code included); ORT = decode model initializers; torch = "
-        "parameters  ",
+        "parameters. LM folder MB: every file compile_lm wrote (prefill and decode each hold "
+        "the weights). Resident MB: VmRSS a fresh runtime-only process gains from load_lm and "
+        "one generated token (both functions loaded, KV cache for max_seq_len)  ",
         f"Other load during the run: {result['other_load']}  ",
         f"Wall time: {result['seconds']:.0f} s\n",
     ]

@@ -530,6 +530,13 @@ def test_lm_bench_smoke_run_times_builds_and_their_logits_agree(tmp_path: Path) 
     # packed int4 weights (with their scales and the kernels' code) against float32 ones
     assert rows["ecograph-int4"]["weight_bytes"] < 0.35 * rows["ecograph-fp32"]["weight_bytes"]
     assert 0.9 < rows["ecograph-int4"]["cosine_vs_torch"] < 1.0
+    # the whole compiled LM (prefill and decode) on disk, and what loading it costs in memory
+    for name in ("ecograph-fp32", "ecograph-int4"):
+        extras = rows[name]["extras"]
+        assert extras["folder_bytes"] > rows[name]["weight_bytes"], (name, extras)
+        assert extras["resident_bytes"] > 0, (name, extras)
+    fp32, int4 = (rows[n]["extras"]["resident_bytes"] for n in ("ecograph-fp32", "ecograph-int4"))
+    assert int4 < fp32
 
     ppl = {r["build"]: r for r in result["perplexity"]["gpt2"]["rows"]}
     assert list(ppl) == ["ecograph-fp32", "torch-eager", "ort-fp32"]
@@ -542,6 +549,7 @@ def test_lm_bench_smoke_run_times_builds_and_their_logits_agree(tmp_path: Path) 
     text = result["text"]
     assert "Command: `python bench/lm_bench.py --models gpt2" in text
     assert "| build | decode ms/token (p50) |" in text and "| ecograph-int4 |" in text
+    assert "| LM folder MB | resident MB |" in text
     assert "consistency check between builds, not accuracy" in text
 
 
