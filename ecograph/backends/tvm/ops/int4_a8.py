@@ -203,6 +203,25 @@ def _widen(acc16: Any) -> Any:
     return T.call_llvm_pure_intrin(madd, acc16, T.broadcast(T.int16(1), 16), dtype="int32x8")
 
 
+def _zero_at(z: Any, zero: int | None, jo: Any, g: Any, jb: Any, lanes: int) -> Any:
+    """The codes' zero point for `lanes` columns from column jb * lanes of panel jo, block g:
+    read from the zero-point panel `z`, or the one number `zero`."""
+    from tvm.script import tirx as T  # noqa: N812  (TVM's own spelling)
+
+    if zero is None:
+        return z[jo, g, T.ramp(jb * lanes, 1, lanes)]
+    return T.Broadcast(T.int32(zero), lanes)
+
+
+def _block_value(acc: Any, zero: Any, rowsum: Any, sw: Any, sa: Any, lanes: int) -> Any:
+    """One block's contribution in float: (P - z * R) * (sw * sa) (module doc), for `lanes`
+    columns of one row."""
+    from tvm.script import tirx as T  # noqa: N812  (TVM's own spelling)
+
+    exact = acc - zero * T.Broadcast(rowsum, lanes)
+    return T.Cast(f"float32x{lanes}", exact) * (sw * T.Broadcast(sa, lanes))
+
+
 def product_kernel(layout: A8Layout, mr: int, kind: str = "avx2") -> tirx.PrimFunc:
     """The product of the module doc for `layout`, MR rows per tile (M is symbolic), with the
     instructions of `kind` (`isa`)."""
@@ -216,11 +235,6 @@ def product_kernel(layout: A8Layout, mr: int, kind: str = "avx2") -> tirx.PrimFu
     rows_per_block = block // STEP
     zero = layout.zero
     zero_panel = zero is None
-
-    def zero_at(z: Any, jo: Any, g: Any, jb: Any) -> Any:
-        if zero_panel:
-            return z[jo, g, T.ramp(jb * LANES, 1, LANES)]
-        return T.Broadcast(T.int32(zero), LANES)
 
     @T.prim_func(s_tir=False)
     def int4_a8_matmul(
@@ -272,14 +286,13 @@ def product_kernel(layout: A8Layout, mr: int, kind: str = "avx2") -> tirx.PrimFu
                         for jb in T.unroll(jb_n):
                             accf[T.ramp((ii * jb_n + jb) * LANES, 1, LANES)] = accf[
                                 T.ramp((ii * jb_n + jb) * LANES, 1, LANES)
-                            ] + T.Cast(
-                                "float32x8",
-                                acci[T.ramp((ii * jb_n + jb) * LANES, 1, LANES)]
-                                - zero_at(Z, jo, g, jb)
-                                * T.Broadcast(RS[T.min(io * mr + ii, m - 1), g], LANES),
-                            ) * (
-                                SW[jo, g, T.ramp(jb * LANES, 1, LANES)]
-                                * T.Broadcast(SA[T.min(io * mr + ii, m - 1), g], LANES)
+                            ] + _block_value(
+                                acci[T.ramp((ii * jb_n + jb) * LANES, 1, LANES)],
+                                _zero_at(Z, zero, jo, g, jb, LANES),
+                                RS[T.min(io * mr + ii, m - 1), g],
+                                SW[jo, g, T.ramp(jb * LANES, 1, LANES)],
+                                SA[T.min(io * mr + ii, m - 1), g],
+                                LANES,
                             )
                 for ii in range(mr):
                     if io * mr + ii < m:
@@ -318,11 +331,6 @@ def _sdot_kernel(layout: A8Layout, mr: int) -> tirx.PrimFunc:
     rows_per_block = block // STEP
     zero = layout.zero
     zero_panel = zero is None
-
-    def zero_at(z: Any, jo: Any, g: Any, jb: Any) -> Any:
-        if zero_panel:
-            return z[jo, g, T.ramp(jb * lanes, 1, lanes)]
-        return T.Broadcast(T.int32(zero), lanes)
 
     def nibbles(w: Any, jo: Any, t: Any, jb: Any, high: bool) -> Any:
         byts = w.vload([jo, t, jb * lanes, 0], "uint8x16")
@@ -373,14 +381,13 @@ def _sdot_kernel(layout: A8Layout, mr: int) -> tirx.PrimFunc:
                         for jb in T.unroll(vecs):
                             accf[T.ramp((ii * vecs + jb) * lanes, 1, lanes)] = accf[
                                 T.ramp((ii * vecs + jb) * lanes, 1, lanes)
-                            ] + T.Cast(
-                                "float32x4",
-                                acci[T.ramp((ii * vecs + jb) * lanes, 1, lanes)]
-                                - zero_at(Z, jo, g, jb)
-                                * T.Broadcast(RS[T.min(io * mr + ii, m - 1), g], lanes),
-                            ) * (
-                                SW[jo, g, T.ramp(jb * lanes, 1, lanes)]
-                                * T.Broadcast(SA[T.min(io * mr + ii, m - 1), g], lanes)
+                            ] + _block_value(
+                                acci[T.ramp((ii * vecs + jb) * lanes, 1, lanes)],
+                                _zero_at(Z, zero, jo, g, jb, lanes),
+                                RS[T.min(io * mr + ii, m - 1), g],
+                                SW[jo, g, T.ramp(jb * lanes, 1, lanes)],
+                                SA[T.min(io * mr + ii, m - 1), g],
+                                lanes,
                             )
                 for ii in range(mr):
                     if io * mr + ii < m:
