@@ -121,17 +121,23 @@ class FuseWeightDequantize(Pass):
             if why is not None:
                 notes.append(f"near miss: {dq.name}: {why}")
                 continue
-            for consumer in dq.outputs[0].users:
-                fuse_weight_decoder(graph, dq, consumer)
-                fused += 1
-            graph.remove_node(dq)
+            fused += fuse_weight_decoder(graph, dq)
         return PassResult(fused > 0, {"fused": fused} if fused else {}, notes)
 
 
-def fuse_weight_decoder(graph: Graph, dq: Node, mm: Node, *, activation_block: int = 0) -> None:
-    """Replace the matmul `mm` (whose input 1 is the weight decoder `dq`'s output) by the fused
-    op (FuseWeightDequantize's rewrite; `activation_block` for a DequantizeMatMul: see
-    ecograph/ir/ops/weight_only.py)."""
+def fuse_weight_decoder(graph: Graph, dq: Node, *, activation_block: int = 0) -> int:
+    """FuseWeightDequantize's rewrite of one weight decoder `dq` (one `why_not_fused` accepts):
+    each matmul reading it becomes the fused op (`activation_block` for a DequantizeMatMul: see
+    ecograph/ir/ops/weight_only.py), then `dq` is removed. Returns how many matmuls."""
+    consumers = dq.outputs[0].users
+    for mm in consumers:
+        _fuse_into(graph, dq, mm, activation_block)
+    graph.remove_node(dq)
+    return len(consumers)
+
+
+def _fuse_into(graph: Graph, dq: Node, mm: Node, activation_block: int) -> None:
+    """Replace the matmul `mm` (whose input 1 is `dq`'s output) by the fused op."""
     a = mm.input(0)
     assert a is not None
     fused_op = DECODERS[dq.domain, dq.op_type]

@@ -675,10 +675,7 @@ class Quantize(Pass):
                 users = ", ".join(sorted(u.name for u in dq.outputs[0].users))
                 notes.append(f"{users}: activations stay float ({why})")
                 continue
-            block = int(dq.attr("block_size", 0) or 0)
-            for consumer in dq.outputs[0].users:
-                fuse_weight_decoder(graph, dq, consumer, activation_block=block)
-            graph.remove_node(dq)
+            fuse_weight_decoder(graph, dq, activation_block=int(dq.attr("block_size", 0) or 0))
 
     def _activation_qdq(
         self,

@@ -1,4 +1,4 @@
-"""4-bit weights times 8-bit activations on x86: the kernel of DequantizeMatMul's
+"""4-bit weights times 8-bit activations on CPUs: the kernel of DequantizeMatMul's
 `activation_block` (ecograph/ir/ops/weight_only.py).
 
 A DequantizeMatMul with `activation_block` = B quantizes each row of A in blocks of B (symmetric
@@ -24,7 +24,8 @@ column panels of NR = 32 (four vectors of 8 lanes):
 - codes `[N / 32, K / 8, 32, 4]` uint8: byte c of column j in row t holds the code of
   k = 8t + c in its low nibble and of k = 8t + 4 + c in its high nibble, so the low nibbles of
   one 32-byte load are the 4 k of 8 columns that one vpmaddubsw + vpmaddwd pair sums per lane;
-- weight scales and zero points `[N / 32, K / B, 32]` (float32, int32), zero-padded columns.
+- weight scales and zero points `[N / 32, K / B, 32]` (float32, int32), zero-padded columns:
+  the matmul kernels' column panels of their [K / B, N] grids (`pack_panels`).
 
 Only AVX2 instructions are used, so the kernel runs on every x86 CPU with AVX2 (AVX-512 ones
 included). ARM CPUs with the dot-product extension (+dotprod: Cortex-A76 / Neoverse N1 and
@@ -44,6 +45,7 @@ import numpy as np
 from tvm import relax, tirx
 
 from ecograph.backends.tvm.context import LowerContext, R
+from ecograph.backends.tvm.ops.matmul import pack_panels
 from ecograph.backends.tvm.targets import TargetSpec
 from ecograph.ir.ops.weight_only import ACTIVATION_QMAX, ACTIVATION_TINY
 
@@ -91,23 +93,12 @@ def fits(k: int, block: int, activation_block: int) -> bool:
 
 
 def pack_codes(codes: np.ndarray) -> np.ndarray:
-    """[K, N] unsigned 4-bit codes -> [N_pad / 32, K / 8, 32, 4] uint8 (module doc)."""
-    k, n = codes.shape
-    n_pad = -(-n // NR) * NR
-    u = np.zeros((k, n_pad), np.uint8)
-    u[:, :n] = codes
-    u = u.reshape(k // STEP, 2, 4, n_pad // NR, NR)  # k = 8t + 4h + c
-    pairs = u[:, 0] | (u[:, 1] << 4)  # [K / 8, 4, N_pad / 32, 32]
-    return np.ascontiguousarray(pairs.transpose(2, 0, 3, 1))
-
-
-def pack_groups(grid: np.ndarray, dtype: str) -> np.ndarray:
-    """[G, N] per-group values -> [N_pad / 32, G, 32], zero-padded columns."""
-    g, n = grid.shape
-    n_pad = -(-n // NR) * NR
-    out = np.zeros((g, n_pad), dtype)
-    out[:, :n] = grid
-    return np.ascontiguousarray(out.reshape(g, n_pad // NR, NR).transpose(1, 0, 2))
+    """[K, N] unsigned 4-bit codes -> [N_pad / 32, K / 8, 32, 4] uint8 (module doc): the
+    matmul kernels' column panels (`pack_panels`), each row pair of nibbles in one byte."""
+    panels = pack_panels(codes.astype(np.uint8), NR)  # [N_pad / 32, K, 32]
+    u = panels.reshape(panels.shape[0], -1, 2, 4, NR)  # k = 8t + 4h + c
+    pairs = u[:, :, 0] | (u[:, :, 1] << 4)  # [N_pad / 32, K / 8, 4, 32]
+    return np.ascontiguousarray(pairs.transpose(0, 1, 3, 2))
 
 
 # ------------------------------------------------------------------ the activation prologue

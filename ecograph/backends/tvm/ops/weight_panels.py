@@ -152,8 +152,8 @@ def _plan_a8(
     node: Node, q: np.ndarray, block: int, per_tensor: bool, target: TargetSpec
 ) -> WeightPanels | None:
     """A DequantizeMatMul with `activation_block` packed for ops/int4_a8.py's kernel (4-bit
-    weights in groups equal to the activation blocks, a known K, an x86 CPU with AVX2), else
-    None: the node then quantizes A before the float kernels."""
+    weights in groups equal to the activation blocks, a known K, a CPU `int4_a8.isa` names),
+    else None: the node then quantizes A before the float kernels."""
     a, w, s, z = (node.input(i) for i in range(4))
     assert a is not None and w is not None and s is not None
     k_len, n_len = (int(d) for d in q.shape)
@@ -176,11 +176,11 @@ def _plan_a8(
     offset = 8 if w.dtype == DType.INT4 else 0  # signed codes stored as code + 8
     arrays = {
         w: int4_a8.pack_codes((q.astype(np.int16) + offset).astype(np.uint8)),
-        s: int4_a8.pack_groups(grids[s].astype(np.float32), "float32"),
+        s: pack_panels(grids[s].astype(np.float32), int4_a8.NR),
     }
     zero = offset
     if z is not None:
-        arrays[z] = int4_a8.pack_groups(grids[z].astype(np.int32) + offset, "int32")
+        arrays[z] = pack_panels(grids[z].astype(np.int32) + offset, int4_a8.NR)
         zero = -1
     return WeightPanels(
         nr=int4_a8.NR,
