@@ -277,6 +277,14 @@ def test_other_cases_quantize_a_then_run_the_float_kernel(target, k, block, a_bl
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+def test_product_kernel_of_an_unknown_instruction_set_is_an_error():
+    pytest.importorskip("tvm")
+    from ecograph.backends.tvm.ops import int4_a8
+
+    with pytest.raises(ValueError, match="unknown kind 'vnni'"):
+        int4_a8.product_kernel(int4_a8.A8Layout(64, 32, 32, 8), 1, "vnni")
+
+
 # ------------------------------------------------------------------ ARM
 
 ARM_DOTPROD = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]}

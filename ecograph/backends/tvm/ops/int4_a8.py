@@ -213,16 +213,45 @@ def _block_value(acc: Any, zero: Any, rowsum: Any, sw: Any, sa: Any, lanes: int)
     return T.Cast(f"float32x{lanes}", exact) * (sw * T.Broadcast(sa, lanes))
 
 
-def product_kernel(layout: A8Layout, mr: int, kind: str = "avx2") -> tirx.PrimFunc:
-    """The product of the module doc for `layout`, MR rows per tile (M is symbolic), with the
-    instructions of `kind` (`isa`)."""
-    if kind == "sdot":
-        return _sdot_kernel(layout, mr)
+def _sdot4(acc: Any, codes: Any, a8: Any, row: Any, k: Any) -> Any:
+    """int32x4: acc + per lane the 4 codes (unsigned nibbles, as s8) times a8[row, k : k + 4]
+    (ARM's sdot)."""
     from tvm.script import tirx as T  # noqa: N812  (TVM's own spelling)
 
+    sdot = T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8")
+    word = T.reinterpret(a8.vload([row, k], "int8x4"), dtype="int32")
+    a = T.reinterpret(T.broadcast(word, 4), dtype="int8x16")
+    return T.call_llvm_pure_intrin(
+        sdot, acc, T.reinterpret(codes, dtype="int8x16"), a, dtype="int32x4"
+    )
+
+
+def _nibbles16(w: Any, jo: Any, t: Any, jb: Any, high: bool) -> Any:
+    """uint8x16: the low or high nibbles of 4 columns' codes in byte row t of panel jo, from
+    column jb * 4 (the sdot kernel's load)."""
+    from tvm.script import tirx as T  # noqa: N812  (TVM's own spelling)
+
+    byts = w.vload([jo, t, jb * 4, 0], "uint8x16")
+    if high:
+        return T.shift_right(byts, T.broadcast(T.uint8(4), 16))
+    return T.bitwise_and(byts, T.broadcast(T.uint8(15), 16))
+
+
+def product_kernel(layout: A8Layout, mr: int, kind: str = "avx2") -> tirx.PrimFunc:
+    """The product of the module doc for `layout`, MR rows per tile (M is symbolic), with the
+    instructions of `kind` (`isa`): "avx2" (8 lanes; per byte row two vpmaddubsw, CHAIN rows
+    added in int16, then vpmaddwd into int32) or "sdot" (4 lanes; per byte row two sdot
+    straight into int32). The kinds differ only in that inner step: `avx2` is a Python bool,
+    which TVMScript evaluates while parsing, so each kind's function holds only its own."""
+    from tvm.script import tirx as T  # noqa: N812  (TVM's own spelling)
+
+    if kind not in ("avx2", "sdot"):
+        raise ValueError(f"int4-a8 product kernel: unknown kind {kind!r}")
+    avx2 = kind == "avx2"
+    lanes = LANES if avx2 else 4  # 32-bit lanes of a vector: 256-bit AVX2, 128-bit NEON
+    vecs = NR // lanes
     k_len, n_pad, block = layout.k, layout.n_pad, layout.block
     groups, panels = k_len // block, n_pad // NR
-    jb_n = NR // LANES
     rows_per_block = block // STEP
     zero = layout.zero
     zero_panel = zero is None
@@ -246,128 +275,57 @@ def product_kernel(layout: A8Layout, mr: int, kind: str = "avx2") -> tirx.PrimFu
                 # tile-local accumulators; "global" buffers this small stay on the stack
                 accf = T.alloc_buffer((mr * NR,), "float32", scope="global")
                 acci = T.alloc_buffer((mr * NR,), "int32", scope="global")
-                acc16 = T.alloc_buffer((mr * NR * 2,), "int16", scope="global")
-                for z in T.unroll(mr * jb_n):
-                    accf[T.ramp(z * LANES, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
-                for g in range(groups):
-                    for z in T.unroll(mr * jb_n):
-                        acci[T.ramp(z * LANES, 1, LANES)] = T.Broadcast(T.int32(0), LANES)
-                    for tc in range(rows_per_block // CHAIN):
-                        for z in T.unroll(mr * jb_n):
-                            acc16[T.ramp(z * 16, 1, 16)] = T.Broadcast(T.int16(0), 16)
-                        for tt in T.unroll(CHAIN):
-                            for jb in T.unroll(jb_n):
-                                for ii in T.unroll(mr):
-                                    acc16[T.ramp((ii * jb_n + jb) * 16, 1, 16)] = acc16[
-                                        T.ramp((ii * jb_n + jb) * 16, 1, 16)
-                                    ] + _madd(
-                                        W.vload(
-                                            [jo, g * rows_per_block + tc * CHAIN + tt, jb * 8, 0],
-                                            "uint8x32",
-                                        ),
-                                        A8,
-                                        T.min(io * mr + ii, m - 1),
-                                        g * block + (tc * CHAIN + tt) * STEP,
-                                    )
-                        for z in T.unroll(mr * jb_n):
-                            acci[T.ramp(z * LANES, 1, LANES)] = acci[
-                                T.ramp(z * LANES, 1, LANES)
-                            ] + _widen(acc16[T.ramp(z * 16, 1, 16)])
-                    for ii in T.unroll(mr):
-                        for jb in T.unroll(jb_n):
-                            accf[T.ramp((ii * jb_n + jb) * LANES, 1, LANES)] = accf[
-                                T.ramp((ii * jb_n + jb) * LANES, 1, LANES)
-                            ] + _block_value(
-                                acci[T.ramp((ii * jb_n + jb) * LANES, 1, LANES)],
-                                _zero_at(Z, zero, jo, g, jb, LANES),
-                                RS[T.min(io * mr + ii, m - 1), g],
-                                SW[jo, g, T.ramp(jb * LANES, 1, LANES)],
-                                SA[T.min(io * mr + ii, m - 1), g],
-                                LANES,
-                            )
-                for ii in range(mr):
-                    if io * mr + ii < m:
-                        for jb in T.unroll(jb_n):
-                            Y[io * mr + ii, T.ramp(jo * NR + jb * LANES, 1, LANES)] = accf[
-                                T.ramp((ii * jb_n + jb) * LANES, 1, LANES)
-                            ]
-
-    # no global symbol of its own: the Relax builder names each product kernel of a module
-    func = int4_a8_matmul.without_attr("global_symbol")
-    return func.with_attr("tirx.is_scheduled", True).with_attr("ecograph.schedule", RULE)
-
-
-def _sdot4(acc: Any, codes: Any, a8: Any, row: Any, k: Any) -> Any:
-    """int32x4: acc + per lane the 4 codes (unsigned nibbles, as s8) times a8[row, k : k + 4]
-    (ARM's sdot)."""
-    from tvm.script import tirx as T  # noqa: N812  (TVM's own spelling)
-
-    sdot = T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8")
-    word = T.reinterpret(a8.vload([row, k], "int8x4"), dtype="int32")
-    a = T.reinterpret(T.broadcast(word, 4), dtype="int8x16")
-    return T.call_llvm_pure_intrin(
-        sdot, acc, T.reinterpret(codes, dtype="int8x16"), a, dtype="int32x4"
-    )
-
-
-def _sdot_kernel(layout: A8Layout, mr: int) -> tirx.PrimFunc:
-    """The ARM product: 4 lanes, one 16-byte load holds 4 columns' codes; sdot sums the four
-    products of each lane straight into int32 (no int16 stage)."""
-    from tvm.script import tirx as T  # noqa: N812  (TVM's own spelling)
-
-    k_len, n_pad, block = layout.k, layout.n_pad, layout.block
-    groups, panels = k_len // block, n_pad // NR
-    lanes = 4
-    vecs = NR // lanes
-    rows_per_block = block // STEP
-    zero = layout.zero
-    zero_panel = zero is None
-
-    def nibbles(w: Any, jo: Any, t: Any, jb: Any, high: bool) -> Any:
-        byts = w.vload([jo, t, jb * lanes, 0], "uint8x16")
-        if high:
-            return T.shift_right(byts, T.broadcast(T.uint8(4), 16))
-        return T.bitwise_and(byts, T.broadcast(T.uint8(15), 16))
-
-    @T.prim_func(s_tir=False)
-    def int4_a8_matmul(
-        a_h: T.handle, sa_h: T.handle, rs_h: T.handle, w_h: T.handle, sw_h: T.handle,
-        z_h: T.handle, y_h: T.handle,
-    ) -> None:  # fmt: skip
-        T.func_attr({"tir.noalias": True})
-        m = T.int64()
-        A8 = T.match_buffer(a_h, (m, k_len), "int8")  # noqa: N806
-        SA = T.match_buffer(sa_h, (m, groups), "float32")  # noqa: N806
-        RS = T.match_buffer(rs_h, (m, groups), "int32")  # noqa: N806
-        W = T.match_buffer(w_h, (panels, k_len // STEP, NR, 4), "uint8")  # noqa: N806
-        SW = T.match_buffer(sw_h, (panels, groups, NR), "float32")  # noqa: N806
-        Z = T.match_buffer(z_h, (panels, groups, NR) if zero_panel else (1,), "int32")  # noqa: N806
-        Y = T.match_buffer(y_h, (m, n_pad), "float32")  # noqa: N806
-        for jo in T.parallel(panels):
-            for io in range((m + (mr - 1)) // mr):
-                accf = T.alloc_buffer((mr * NR,), "float32", scope="global")
-                acci = T.alloc_buffer((mr * NR,), "int32", scope="global")
+                if avx2:
+                    acc16 = T.alloc_buffer((mr * NR * 2,), "int16", scope="global")
                 for z in T.unroll(mr * vecs):
                     accf[T.ramp(z * lanes, 1, lanes)] = T.Broadcast(T.float32(0), lanes)
                 for g in range(groups):
                     for z in T.unroll(mr * vecs):
                         acci[T.ramp(z * lanes, 1, lanes)] = T.Broadcast(T.int32(0), lanes)
-                    for t in range(rows_per_block):
-                        for jb in T.unroll(vecs):
-                            for ii in T.unroll(mr):
-                                acci[T.ramp((ii * vecs + jb) * lanes, 1, lanes)] = _sdot4(
-                                    _sdot4(
-                                        acci[T.ramp((ii * vecs + jb) * lanes, 1, lanes)],
-                                        nibbles(W, jo, g * rows_per_block + t, jb, False),
+                    if avx2:
+                        for tc in range(rows_per_block // CHAIN):
+                            for z in T.unroll(mr * vecs):
+                                acc16[T.ramp(z * 16, 1, 16)] = T.Broadcast(T.int16(0), 16)
+                            for tt in T.unroll(CHAIN):
+                                for jb in T.unroll(vecs):
+                                    for ii in T.unroll(mr):
+                                        acc16[T.ramp((ii * vecs + jb) * 16, 1, 16)] = acc16[
+                                            T.ramp((ii * vecs + jb) * 16, 1, 16)
+                                        ] + _madd(
+                                            W.vload(
+                                                [
+                                                    jo,
+                                                    g * rows_per_block + tc * CHAIN + tt,
+                                                    jb * 8,
+                                                    0,
+                                                ],
+                                                "uint8x32",
+                                            ),
+                                            A8,
+                                            T.min(io * mr + ii, m - 1),
+                                            g * block + (tc * CHAIN + tt) * STEP,
+                                        )
+                            for z in T.unroll(mr * vecs):
+                                acci[T.ramp(z * lanes, 1, lanes)] = acci[
+                                    T.ramp(z * lanes, 1, lanes)
+                                ] + _widen(acc16[T.ramp(z * 16, 1, 16)])
+                    else:
+                        for t in range(rows_per_block):
+                            for jb in T.unroll(vecs):
+                                for ii in T.unroll(mr):
+                                    acci[T.ramp((ii * vecs + jb) * lanes, 1, lanes)] = _sdot4(
+                                        _sdot4(
+                                            acci[T.ramp((ii * vecs + jb) * lanes, 1, lanes)],
+                                            _nibbles16(W, jo, g * rows_per_block + t, jb, False),
+                                            A8,
+                                            T.min(io * mr + ii, m - 1),
+                                            g * block + t * STEP,
+                                        ),
+                                        _nibbles16(W, jo, g * rows_per_block + t, jb, True),
                                         A8,
                                         T.min(io * mr + ii, m - 1),
-                                        g * block + t * STEP,
-                                    ),
-                                    nibbles(W, jo, g * rows_per_block + t, jb, True),
-                                    A8,
-                                    T.min(io * mr + ii, m - 1),
-                                    g * block + t * STEP + 4,
-                                )
+                                        g * block + t * STEP + 4,
+                                    )
                     for ii in T.unroll(mr):
                         for jb in T.unroll(vecs):
                             accf[T.ramp((ii * vecs + jb) * lanes, 1, lanes)] = accf[
@@ -387,6 +345,7 @@ def _sdot_kernel(layout: A8Layout, mr: int) -> tirx.PrimFunc:
                                 T.ramp((ii * vecs + jb) * lanes, 1, lanes)
                             ]
 
+    # no global symbol of its own: the Relax builder names each product kernel of a module
     func = int4_a8_matmul.without_attr("global_symbol")
     return func.with_attr("tirx.is_scheduled", True).with_attr("ecograph.schedule", RULE)
 
