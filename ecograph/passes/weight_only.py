@@ -17,9 +17,10 @@ import numpy as np
 
 from ecograph.ir.dtypes import DType
 from ecograph.ir.graph import Graph, Node, Value
-from ecograph.passes.core import Pass, PassResult
+from ecograph.ir.ops.ms_quant import MS_DOMAIN, unpack_codes
+from ecograph.passes.core import CosineTolerance, Pass, PassResult, Tolerance
 from ecograph.passes.registry import register_pass
-from ecograph.passes.utils import replace_value
+from ecograph.passes.utils import const_array, replace_value
 
 # Integer weight types the fused kernels read (4-bit ones are stored packed by backends).
 WEIGHT_DTYPES = frozenset({DType.INT8, DType.UINT8, DType.INT4, DType.UINT4})
@@ -197,3 +198,105 @@ __all__ = [
     "fuse_weight_decoder",
     "why_not_fused",
 ]
+
+
+# ------------------------------------------------------------------ MatMulNBits
+
+
+def why_not_blocked(node: Node) -> str | None:
+    """Why the com.microsoft::MatMulNBits `node` cannot become a DequantizeMatMul with
+    activation blocks (`nbits_with_activation_blocks`), or None if it can: it needs 4-bit
+    codes, no g_idx, K a whole number of blocks, float32 A and scales, and known codes,
+    scales and (uint8-packed) zero points."""
+    bits, block = int(node.attr("bits", 4)), int(node.attr("block_size"))
+    k_len = int(node.attr("K"))
+    a, b, s, z = (node.input(i) for i in range(4))
+    if bits != 4:
+        return f"{bits}-bit codes (the int8-activation kernel reads 4-bit ones)"
+    if node.input(4) is not None:
+        return "it has g_idx (act-order)"
+    if k_len % block:
+        return f"K={k_len} is not a whole number of blocks of {block}"
+    if a is None or a.dtype != DType.FLOAT32 or s is None or s.dtype != DType.FLOAT32:
+        return "A and the scales must be float32"
+    if any(const_array(v) is None for v in (b, s, z) if v is not None) or b is None:
+        return "its codes, scales and zero points must be constants"
+    if z is not None and z.dtype != DType.UINT8:
+        return f"zero points in {z.dtype} (integer codes need uint8-packed ones)"
+    return None
+
+
+def nbits_with_activation_blocks(graph: Graph, node: Node) -> Node:
+    """The com.microsoft::MatMulNBits `node` (one `why_not_blocked` accepts) as
+    ecograph::DequantizeMatMul(A, W [N, K], scales [N, K / block], zero points, trans_b=1,
+    axis=1, block_size=block, activation_block=block) [-> Add(bias)]: the same weights
+    (unsigned codes with their zero points; without zero points, the default 8 as signed
+    int4 codes, code - 8), and A quantized to int8 in blocks of `block_size` as ONNX
+    Runtime's CPU kernel does at accuracy_level 4 (ecograph/ir/ops/weight_only.py). Returns
+    the new DequantizeMatMul."""
+    a, b, s, z, _, bias = (node.input(i) for i in range(6))
+    assert a is not None and b is not None and s is not None
+    k_len, n_len, block = int(node.attr("K")), int(node.attr("N")), int(node.attr("block_size"))
+    k_blocks = k_len // block
+    packed, scales, zero_points = const_array(b), const_array(s), const_array(z)
+    assert packed is not None and scales is not None  # why_not_blocked
+    codes = unpack_codes(packed.reshape(n_len, -1), 4, k_len)
+    scales = scales.reshape(n_len, k_blocks).astype(np.float32)
+    name = node.name
+    inputs: list[Value | None] = [a]
+    if zero_points is None:
+        inputs.append(graph.add_constant((codes - 8).astype(DType.INT4.numpy), f"{name}_w"))
+        inputs.append(graph.add_constant(scales, f"{name}_scale"))
+    else:
+        zp = unpack_codes(zero_points.reshape(n_len, -1), 4, k_blocks)
+        inputs.append(graph.add_constant(codes.astype(DType.UINT4.numpy), f"{name}_w"))
+        inputs.append(graph.add_constant(scales, f"{name}_scale"))
+        inputs.append(graph.add_constant(zp.astype(DType.UINT4.numpy), f"{name}_zp"))
+    attrs = {"axis": 1, "block_size": block, "trans_b": 1, "activation_block": block}
+    fused = graph.add_node(
+        "DequantizeMatMul", inputs, attrs, domain="ecograph", name=f"{name}_dq", before=node
+    )
+    y = fused.output
+    if bias is not None:
+        y = graph.add_node("Add", [y, bias], name=f"{name}_bias", before=node).output
+    replaced = replace_value(graph, node.outputs[0], y)
+    assert replaced, f"{name}: the rewritten value cannot take over its output"
+    return fused
+
+
+@register_pass
+@dataclass
+class NBitsActivationBlocks(Pass):
+    """com.microsoft::MatMulNBits (accuracy_level 4) -> ecograph::DequantizeMatMul with int8
+    activation blocks
+
+    A MatMulNBits whose accuracy_level is 4 allows int8 activations, and ONNX Runtime's CPU
+    kernel computes it so: each row of A quantized to int8 in blocks of block_size, the
+    products summed in integers. This pass makes that explicit
+    (`nbits_with_activation_blocks`), so that CPU builds run the 4-bit x 8-bit kernel
+    (backends/tvm/ops/int4_a8.py) and match ONNX Runtime's results; without it ecograph
+    computes the node in float32 (more exact, slower). `any_accuracy_level=True` rewrites
+    every 4-bit MatMulNBits whatever its level. Lossy: A's int8 rounding (relative error
+    about 1/254 of each block's largest |a|), checked against a cosine of 0.999. A node that
+    cannot be rewritten stays as it is, with a note saying why.
+    """
+
+    name: ClassVar[str] = "nbits-activation-blocks"
+    tolerance: ClassVar[Tolerance] = CosineTolerance(0.999)
+    any_accuracy_level: bool = False
+
+    def run(self, graph: Graph) -> PassResult:
+        rewritten = 0
+        notes: list[str] = []
+        for node in graph.nodes:
+            if (node.domain, node.op_type) != (MS_DOMAIN, "MatMulNBits"):
+                continue
+            if not self.any_accuracy_level and int(node.attr("accuracy_level", 0)) != 4:
+                continue
+            why = why_not_blocked(node)
+            if why is not None:
+                notes.append(f"{node.name}: activations stay float ({why})")
+                continue
+            nbits_with_activation_blocks(graph, node)
+            rewritten += 1
+        return PassResult(rewritten > 0, {"rewritten": rewritten} if rewritten else {}, notes)

@@ -46,11 +46,17 @@ import numpy as np
 
 from ecograph.errors import PassError
 from ecograph.ir import DType, Graph, Node, Value
+from ecograph.ir.ops.ms_quant import MS_DOMAIN
 from ecograph.ir.ops.weight_only import ACTIVATION_QMAX, ACTIVATION_TINY
 from ecograph.passes.core import CosineTolerance, Pass, PassResult, Tolerance
 from ecograph.passes.registry import register_pass
 from ecograph.passes.utils import replace_value
-from ecograph.passes.weight_only import fuse_weight_decoder, why_not_fused
+from ecograph.passes.weight_only import (
+    fuse_weight_decoder,
+    nbits_with_activation_blocks,
+    why_not_blocked,
+    why_not_fused,
+)
 from ecograph.quant.calibrate import collect_ranges
 from ecograph.quant.palettize import PALETTE_BITS, palettize_tensor
 from ecograph.quant.scheme import Granularity, QuantizedTensor, compute_qparams, quantize_tensor
@@ -252,8 +258,14 @@ class Quantize(Pass):
                 if self.mode == "palette"
                 else self._quantize_embeddings(graph, notes)
             )
+        nbits = 0
+        if self.mode == "weight_only" and self.activations == "block":
+            nbits = self._block_nbits(graph, notes)
         if not targets:
-            return PassResult(embedded > 0, {"quantized": 0, "embeddings": embedded}, notes)
+            stats = {"quantized": 0, "embeddings": embedded}
+            if nbits:
+                stats["nbits_blocked"] = nbits
+            return PassResult(embedded > 0 or nbits > 0, stats, notes)
         smoothed = self._smooth(graph, targets) if self.smooth else 0
         ranges: Mapping[str, tuple[float, float]] = {}
         if self.mode == "static":
@@ -305,6 +317,8 @@ class Quantize(Pass):
             if orig.graph is graph and not orig.has_uses():
                 graph.remove_constant(orig)
         stats = {"quantized": count, "embeddings": embedded}
+        if nbits:
+            stats["nbits_blocked"] = nbits
         if self.smooth:
             stats["smoothed"] = smoothed
         return PassResult(True, stats, notes)
@@ -676,6 +690,28 @@ class Quantize(Pass):
                 notes.append(f"{users}: activations stay float ({why})")
                 continue
             fuse_weight_decoder(graph, dq, activation_block=int(dq.attr("block_size", 0) or 0))
+
+    def _block_nbits(self, graph: Graph, notes: list[str]) -> int:
+        """activations="block" on ONNX Runtime's 4-bit MatMulNBits nodes (already weight-only
+        quantized): each becomes a DequantizeMatMul with activation blocks of its block size
+        (passes/weight_only.nbits_with_activation_blocks), whatever its accuracy_level, since
+        int8 activations are what was asked for. Excluded nodes and ones the rewrite cannot
+        take stay as they are, with a note. Returns how many were rewritten."""
+        patterns = list(self.exclude)
+        count = 0
+        for node in graph.nodes:
+            if (node.domain, node.op_type) != (MS_DOMAIN, "MatMulNBits"):
+                continue
+            if node.op_type in patterns or any(fnmatch.fnmatchcase(node.name, p) for p in patterns):
+                notes.append(f"{node.name} (MatMulNBits): excluded")
+                continue
+            why = why_not_blocked(node)
+            if why is not None:
+                notes.append(f"{node.name} (MatMulNBits): activations stay float ({why})")
+                continue
+            nbits_with_activation_blocks(graph, node)
+            count += 1
+        return count
 
     def _activation_qdq(
         self,

@@ -88,3 +88,150 @@ def test_ort_int4_model_imports_through_from_onnx():
     np.testing.assert_allclose(
         ours, ort_matmul_nbits(a, b, scales, None, attrs), rtol=1e-4, atol=1e-4
     )
+
+
+# ------------------------------------------------------------------ accuracy_level 4
+
+
+def _nbits_graph(k, n, block, *, zp=False, bias=False, bits=4, accuracy_level=4, a_rank=2):
+    """A MatMulNBits node on random codes; returns (graph, the ORT inputs and attrs)."""
+    k_blocks = -(-k // block)
+    b = rng.integers(0, 256, (n, k_blocks, block * bits // 8)).astype(np.uint8)
+    scales = rng.uniform(0.01, 0.1, n * k_blocks).astype(np.float32)
+    z = rng.integers(0, 256, n * ((k_blocks + 1) // 2)).astype(np.uint8) if zp else None
+    attrs = {"K": k, "N": n, "bits": bits, "block_size": block, "accuracy_level": accuracy_level}
+    gb = GraphBuilder()
+    x = gb.input("A", "float32", ["b", "m", k] if a_rank == 3 else ["m", k])
+    consts = [gb.constant(b, "B"), gb.constant(scales, "scales")]
+    if z is not None:
+        consts.append(gb.constant(z, "zp"))
+    if bias:
+        consts += [None, gb.constant(rng.standard_normal(n).astype(np.float32), "bias")]
+        if z is None:
+            consts.insert(2, None)
+    gb.output(gb.op("MatMulNBits", x, *consts, domain="com.microsoft", name="y", **attrs))
+    verify(gb.graph)
+    return gb.graph, (b, scales, z, attrs)
+
+
+def _ort_quantizes_activations(theirs, float_ref):
+    """Skip unless this CPU's ONNX Runtime computes accuracy_level 4 in int8 (it falls back to
+    float where its int8 kernel does not run)."""
+    if np.abs(theirs - float_ref).max() < 1e-5 * np.abs(float_ref).max():
+        pytest.skip("ONNX Runtime computes accuracy_level 4 in float on this CPU")
+
+
+@pytest.mark.parametrize(
+    "k,block,zp,a_rank",
+    [(256, 32, False, 2), (256, 64, True, 2), (128, 128, False, 3), (96, 16, True, 2)],
+)
+def test_accuracy_level_4_pass_matches_onnxruntime(k, block, zp, a_rank):
+    """nbits-activation-blocks makes a DequantizeMatMul whose int8 activation blocks give ONNX
+    Runtime's own accuracy_level 4 numbers (ONNX Runtime is the reference here; the float
+    interpretation of the node is far from it)."""
+    from ecograph.passes.weight_only import NBitsActivationBlocks
+
+    g, (b, scales, z, attrs) = _nbits_graph(k, 40, block, zp=zp, a_rank=a_rank)
+    shape = (2, 3, k) if a_rank == 3 else (3, k)
+    a = (rng.standard_normal(shape) * rng.uniform(0.1, 3, k)).astype(np.float32)
+    float_ref = interpret(g, {"A": a})["y"]
+    theirs = ort_matmul_nbits(a, b, scales, z, attrs)
+    _ort_quantizes_activations(theirs, float_ref)
+    res = NBitsActivationBlocks().run(g)
+    assert res.changed and res.stats == {"rewritten": 1}
+    verify(g)
+    (node,) = g.nodes
+    assert node.qualified_op == "ecograph::DequantizeMatMul"
+    assert (node.attr("activation_block"), node.attr("trans_b")) == (block, 1)
+    ours = interpret(g, {"A": a})["y"]
+    # float rounding apart, the same numbers: a tenth of the float version's distance at most
+    # (an activation code one off on some CPU's rounding still passes; float does not)
+    assert np.abs(ours - theirs).max() <= 0.1 * np.abs(float_ref - theirs).max()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=2e-3 * np.abs(theirs).max())
+
+
+def test_accuracy_level_4_pass_keeps_the_bias():
+    from ecograph.passes.weight_only import NBitsActivationBlocks
+
+    g, _ = _nbits_graph(64, 16, 32, bias=True)
+    a = rng.standard_normal((2, 64)).astype(np.float32)
+    before = interpret(g, {"A": a})["y"]
+    NBitsActivationBlocks().run(g)
+    assert [n.op_type for n in g.nodes] == ["DequantizeMatMul", "Add"]
+    after = interpret(g, {"A": a})["y"]
+    cos = float((before * after).sum() / np.linalg.norm(before) / np.linalg.norm(after))
+    assert cos > 0.999, cos
+
+
+@pytest.mark.parametrize(
+    "kwargs,why",
+    [
+        ({"k": 64, "block": 32, "bits": 8}, "8-bit codes"),
+        ({"k": 80, "block": 32}, "K=80 is not a whole number of blocks of 32"),
+    ],
+)
+def test_accuracy_level_4_pass_leaves_what_it_cannot_take_with_a_note(kwargs, why):
+    from ecograph.passes.weight_only import NBitsActivationBlocks
+
+    k, block = kwargs.pop("k"), kwargs.pop("block")
+    g, _ = _nbits_graph(k, 16, block, **kwargs)
+    res = NBitsActivationBlocks().run(g)
+    assert not res.changed
+    assert g.nodes[0].op_type == "MatMulNBits"
+    assert any(why in note for note in res.notes), res.notes
+
+
+def test_accuracy_level_0_stays_float_unless_asked():
+    from ecograph.passes.weight_only import NBitsActivationBlocks
+
+    g, _ = _nbits_graph(64, 16, 32, accuracy_level=0)
+    assert not NBitsActivationBlocks().run(g).changed
+    assert NBitsActivationBlocks(any_accuracy_level=True).run(g).stats == {"rewritten": 1}
+    assert g.nodes[0].op_type == "DequantizeMatMul"
+
+
+def test_int4_a8_preset_blocks_an_imported_matmul_nbits_unless_excluded():
+    """Quantize(activations="block") (the int4-a8 preset) asks for int8 activations: a model
+    that already holds MatMulNBits gets them whatever its accuracy_level."""
+    from ecograph.quant.quantize import Quantize
+
+    options = {"mode": "weight_only", "dtype": "int4", "granularity": "group:32"}
+    g, _ = _nbits_graph(64, 16, 32, accuracy_level=0)
+    res = Quantize(**options, activations="block").run(g)
+    assert res.changed and res.stats["nbits_blocked"] == 1
+    assert g.nodes[0].attr("activation_block") == 32
+    g, _ = _nbits_graph(64, 16, 32, accuracy_level=0)
+    res = Quantize(**options, activations="block", exclude=["y"]).run(g)
+    assert g.nodes[0].op_type == "MatMulNBits"
+    assert "y (MatMulNBits): excluded" in res.notes
+    g, _ = _nbits_graph(64, 16, 32, accuracy_level=4)
+    assert not Quantize(**options).run(g).changed  # float activations asked: left alone
+
+
+@pytest.mark.parametrize("zp", [False, True])
+def test_accuracy_level_4_compiles_to_the_int8_kernel(zp):
+    """On a CPU with AVX2 the rewritten node runs the int4-a8 kernel, with the interpreter's
+    numbers (and so ONNX Runtime's)."""
+    pytest.importorskip("tvm")
+    import platform
+
+    import tvm
+    from tvm import relax
+
+    from ecograph.backends.tvm import build, targets
+    from ecograph.passes.weight_only import NBitsActivationBlocks
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("x86 code runs only on an x86 host")
+    missing = targets.missing_on_host(targets.resolve("x86:haswell"))
+    if missing:
+        pytest.skip(f"this host cannot run x86:haswell code (lacks {', '.join(missing)})")
+    g, _ = _nbits_graph(256, 72, 64, zp=zp)
+    NBitsActivationBlocks().run(g)
+    a = rng.standard_normal((3, 256)).astype(np.float32)
+    result = build.build_module(g, "x86:haswell", keep_params=False)
+    assert "int4-a8" in dict(result.kernels).values(), result.kernels
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(a)).numpy()
+    want = interpret(g, {"A": a})["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
