@@ -23,7 +23,8 @@ ecograph-int8, ort-ecograph (ONNX Runtime on ecograph's optimized graph, exporte
 only: ecograph-tuned (MetaSchedule, minutes), ecograph-auto
 (ecograph's adaptive thread count, for --busy runs), and the weight-only rows ecograph-int8w,
 ecograph-int4, ecograph-int4-a8 (int8 activations), ecograph-palette4, ort-int4 and
-ort-int4-acc4 (ONNX Runtime's MatMulNBits).
+ort-int4-acc4 (ONNX Runtime's MatMulNBits), ecograph-nbits and ecograph-nbits-a8 (ort-int4-
+acc4's MatMulNBits model compiled by ecograph, in float32 or through nbits-activation-blocks).
 """
 
 from __future__ import annotations

@@ -40,6 +40,8 @@ RUNNERS = [
     "ort-int4",
     "ort-int4-acc4",
     "ort-ecograph",
+    "ecograph-nbits",
+    "ecograph-nbits-a8",
 ]
 # ecograph-tuned takes minutes of MetaSchedule tuning; ecograph-auto adapts its thread count
 # (it is for --busy runs). Both run only when named, as do the weight-only rows (LLM decode
@@ -48,9 +50,13 @@ RUNNERS = [
 # per group of 16 output channels; ecograph-int4-a8: "int4-a8", int4 weights times int8
 # activations in blocks of 128) and ONNX Runtime's MatMulNBits (4-bit, blocks of 128,
 # symmetric; ort-int4 computes in float32, accuracy_level 0; ort-int4-acc4 quantizes the
-# activations to int8, accuracy_level 4, its fastest CPU path).
+# activations to int8, accuracy_level 4, its fastest CPU path). ecograph-nbits /
+# ecograph-nbits-a8: ort-int4-acc4's model (MatMulNBits) imported into ecograph and compiled,
+# as it is (MatMulNBits in float32) or after the nbits-activation-blocks pass (int8
+# activation blocks: the int4-a8 kernel).
 OPT_IN_RUNNERS = ("ecograph-tuned", "ecograph-auto", "ecograph-int8w", "ecograph-int4",
-                  "ecograph-int4-a8", "ecograph-palette4", "ort-int4", "ort-int4-acc4")  # fmt: skip
+                  "ecograph-int4-a8", "ecograph-palette4", "ort-int4", "ort-int4-acc4",
+                  "ecograph-nbits", "ecograph-nbits-a8")  # fmt: skip
 DEFAULT_RUNNERS = [r for r in RUNNERS if r not in OPT_IN_RUNNERS]
 WORKLOADS = ["minilm-b1", "minilm-b8", "llama-prefill", "llama-decode", "resnet"]
 # Run only when named: one decode step of a Llama with TinyLlama-1.1B's layer shapes (hidden
@@ -297,16 +303,7 @@ def _prepare_ort(
         quantize_dynamic(str(path), str(qpath), weight_type=QuantType.QInt8)
         path = qpath
     elif runner.startswith("ort-int4"):
-        import onnx
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-        level = 4 if runner == "ort-int4-acc4" else 0
-        quantizer = MatMulNBitsQuantizer(
-            onnx.load(str(path)), bits=4, block_size=128, is_symmetric=True, accuracy_level=level
-        )
-        quantizer.process()
-        path = tmp / "model.int4.onnx"
-        quantizer.model.save_model_to_file(str(path), use_external_data_format=False)
+        path = _ort_int4(path, tmp / "model.int4.onnx", 4 if runner == "ort-int4-acc4" else 0)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -318,6 +315,24 @@ def _prepare_ort(
         return sess.run(None, feeds)[0]
 
     return Prepared(call, compile_seconds, path.stat().st_size, call(), reference)
+
+
+def _ort_int4(path: Path, out: Path, accuracy_level: int) -> Path:
+    """The ONNX model at `path` with its weight MatMuls as MatMulNBits (onnxruntime's
+    quantizer: 4 bits, blocks of 128, symmetric), written to `out`."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(
+        onnx.load(str(path)),
+        bits=4,
+        block_size=128,
+        is_symmetric=True,
+        accuracy_level=accuracy_level,
+    )
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
+    return out
 
 
 def _ecograph_onnx(model: Any, args: tuple[Any, ...], path: Path) -> Path:
@@ -367,21 +382,33 @@ def _prepare_ecograph(
     """ecograph.optimize() for x86; the thread count comes from ECOGRAPH_NUM_THREADS."""
     import ecograph
 
+    source: Any = model
+    pipeline = "default"
+    if runner in ("ecograph-nbits", "ecograph-nbits-a8"):
+        # ONNX Runtime's int4 model (ort-int4-acc4's), imported: the same weights as ORT's
+        tmp = _scratch()
+        source = _ort_int4(_export_onnx(model, args, tmp / "model.onnx"), tmp / "int4.onnx", 4)
+        args = ()
+        if runner == "ecograph-nbits-a8":
+            pipeline = "default,nbits-activation-blocks"
+
     quant = {"ecograph-int8": "int8", "ecograph-int8w": "int8-weight", "ecograph-int4": "int4",
              "ecograph-int4-a8": "int4-a8",
              "ecograph-palette4": "palette4"}.get(runner)  # fmt: skip
     tune = TUNE_TRIALS if runner == "ecograph-tuned" else False
     t0 = time.perf_counter()
     res = ecograph.optimize(
-        model,
-        args,
+        source,
+        args or None,
         target="x86",
+        pipeline=pipeline,
         quantize=quant,
         tune=tune,
         # random-weight logits: int4 keeps cosine ~0.96 (the cosine column says how much)
         accuracy_budget=(0.9 if quant in ("int4", "int4-a8", "palette4") else 0.98)
         if quant
-        else None,
+        # int8 activation blocks: cosine ~0.9999 to the float MatMulNBits model
+        else (0.999 if runner == "ecograph-nbits-a8" else None),
         measure=False,
         out_dir=_scratch(),
         cache=bool(options.get("cache", False)),
