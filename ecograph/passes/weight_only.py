@@ -232,8 +232,9 @@ def nbits_with_activation_blocks(graph: Graph, node: Node) -> Node:
     axis=1, block_size=block, activation_block=block) [-> Add(bias)]: the same weights
     (unsigned codes with their zero points; without zero points, the default 8 as signed
     int4 codes, code - 8), and A quantized to int8 in blocks of `block_size` as ONNX
-    Runtime's CPU kernel does at accuracy_level 4 (ecograph/ir/ops/weight_only.py). Returns
-    the new DequantizeMatMul."""
+    Runtime's CPU kernel does at accuracy_level 4 (ecograph/ir/ops/weight_only.py). The
+    node's packed constants go once nothing else reads them. Returns the new
+    DequantizeMatMul."""
     a, b, s, z, _, bias = (node.input(i) for i in range(6))
     assert a is not None and b is not None and s is not None
     k_len, n_len, block = int(node.attr("K")), int(node.attr("N")), int(node.attr("block_size"))
@@ -261,6 +262,9 @@ def nbits_with_activation_blocks(graph: Graph, node: Node) -> Node:
         y = graph.add_node("Add", [y, bias], name=f"{name}_bias", before=node).output
     replaced = replace_value(graph, node.outputs[0], y)
     assert replaced, f"{name}: the rewritten value cannot take over its output"
+    for packed_value in (b, s, z):  # the packed originals, once nothing else reads them
+        if packed_value is not None and not packed_value.has_uses():
+            graph.remove_constant(packed_value)
     return fused
 
 
