@@ -24,7 +24,8 @@ Embedding tables (Gather of a constant float matrix along axis 0) are quantized 
 (symmetric; per row, or per group when the granularity is group:N) and dequantized after the
 lookup; `embeddings=False` leaves them in float. Weights are stored as quantized constants
 (int4 two per byte when exported); the float weight is removed once nothing else uses it.
-Exclusions match an op type exactly or a node name by glob (`exclude=["Conv", "*lm_head*"]`);
+Exclusions match an op type exactly or a node name by glob (`exclude=["Conv", "*lm_head*"]`;
+a pattern that names no node is a note, since torch captures name nodes by op, `mat_mul_12`);
 `float_after=("Gelu",)` keeps in float the nodes whose input a Gelu makes (through reshapes),
 i.e. a transformer FFN's down projection (the "int8" preset does; docs/quantization.md).
 
@@ -85,6 +86,29 @@ class Target:
     reduce_axis: int  # the contraction axis (groups run along it)
 
 
+def excluded(node: Node, patterns: Iterable[str]) -> bool:
+    """Whether an exclusion pattern names `node`: its op type exactly, or its name by glob."""
+    return any(node.op_type == p or fnmatch.fnmatchcase(node.name, p) for p in patterns)
+
+
+def unmatched_exclusions(graph: Graph, patterns: Iterable[str]) -> list[str]:
+    """Notes for the exclusion patterns that name no node of `graph` (a mistyped pattern, or
+    a name the graph does not use: a torch capture names nodes by op, `mat_mul_12`)."""
+    names = [n.name for n in graph.nodes]
+    ops = {n.op_type for n in graph.nodes}
+    notes = []
+    for p in patterns:
+        if p in ops or p in names or fnmatch.filter(names, p):
+            continue
+        matmuls = [n.name for n in graph.nodes if n.op_type in ("MatMul", "Gemm", "Linear")]
+        sample = ", ".join(matmuls[:3]) + (", ..." if len(matmuls) > 3 else "")
+        notes.append(
+            f"exclude {p!r} matches no node's op type or name, so it excludes nothing "
+            f"(matmul nodes here: {sample or 'none'})"
+        )
+    return notes
+
+
 def find_targets(
     graph: Graph, exclude: Iterable[str] = (), ops: Iterable[str] = QUANTIZABLE
 ) -> tuple[list[Target], list[str]]:
@@ -97,7 +121,7 @@ def find_targets(
             continue
         if (node.domain == "ecograph") != (node.op_type == "Linear"):
             continue
-        if node.op_type in patterns or any(fnmatch.fnmatchcase(node.name, p) for p in patterns):
+        if excluded(node, patterns):
             notes.append(f"{node.name} ({node.op_type}): excluded")
             continue
         target = _target(node)
@@ -248,7 +272,9 @@ class Quantize(Pass):
     def run(self, graph: Graph) -> PassResult:
         self._keys: dict[int, tuple[Any, ...]] = {}  # id(float weight) -> its shared key
         ops = DYNAMIC_OPS if self.mode == "dynamic" else QUANTIZABLE
+        unmatched = unmatched_exclusions(graph, self.exclude)
         targets, notes = find_targets(graph, self.exclude, ops)
+        notes = unmatched + notes
         if self.float_after:
             targets = self.without_float_after(targets, notes)
         embedded = 0
@@ -416,7 +442,7 @@ class Quantize(Pass):
                 continue
             if table.type.rank != 2 or table.type.static_shape()[0] < 2:
                 continue
-            if "Gather" in patterns or any(fnmatch.fnmatchcase(node.name, p) for p in patterns):
+            if excluded(node, patterns):
                 notes.append(f"{node.name} (Gather): excluded")
                 continue
             found.append((node, table))
@@ -702,7 +728,7 @@ class Quantize(Pass):
         for node in graph.nodes:
             if (node.domain, node.op_type) != (MS_DOMAIN, "MatMulNBits"):
                 continue
-            if node.op_type in patterns or any(fnmatch.fnmatchcase(node.name, p) for p in patterns):
+            if excluded(node, patterns):
                 notes.append(f"{node.name} (MatMulNBits): excluded")
                 continue
             why = why_not_blocked(node)

@@ -108,6 +108,17 @@ def test_exclusions_by_op_type_and_name_glob():
     assert not res2.changed and res2.stats["quantized"] == 0
 
 
+def test_an_exclusion_that_names_no_node_is_noted():
+    """A mistyped pattern (or one for names the graph does not use) excludes nothing: the
+    notes say so instead of quantizing the layer in silence."""
+    g = mlp()
+    res = Quantize(mode="weight_only", exclude=["*lm_head*", "fc*", "Conv"]).run(g)
+    unmatched = [n for n in res.notes if "matches no node" in n]
+    assert len(unmatched) == 2, res.notes
+    assert "'*lm_head*'" in unmatched[0] and "'Conv'" in unmatched[1]
+    assert "fc1" in unmatched[0]  # names the graph's matmuls, so the user can fix it
+
+
 def test_options_are_checked():
     with pytest.raises(PassError, match="calibration_data"):
         Quantize(mode="static")
