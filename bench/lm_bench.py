@@ -784,35 +784,63 @@ def load_smollm(path: Path) -> tuple[Any, Any, str]:
     return model, tokenizer, description
 
 
-def setup_gptq(w: Workload, calibration: Sequence[np.ndarray], group: int) -> Build:
+def setup_gptq(
+    w: Workload,
+    calibration: Sequence[np.ndarray],
+    group: int,
+    asymmetric: bool = False,
+    lm_head: str = "int4",
+) -> Build:
     """int4 GPTQ of the prefill alone through ecograph.optimize (compile_lm cannot calibrate
-    its decode graph; module docstring), calibrated on `calibration` windows."""
+    its decode graph; module docstring), calibrated on `calibration` windows. `asymmetric`:
+    uint4 codes with a zero point per group (GPTQ's own default) instead of symmetric int4.
+    `lm_head="int8"`: the output projection int8 per channel instead (GPTQ's papers keep it
+    in 16 bits; llama.cpp's 4-bit formats keep it in 6)."""
     import torch
 
     import ecograph
     from bench.runners import prefill_module
+    from ecograph.passes import run_passes
+    from ecograph.quant.presets import quantize_pass
 
     module = prefill_module(w.model)
     example = torch.from_numpy(w.prompt)
     input_name = "input_ids"  # the prefill module's argument, as ecograph's capture names it
-    from ecograph.quant.presets import quantize_pass
+    source: Any = module
+    args: Any = (example,)
+    notes = [
+        f"GPTQ {'uint4 asymmetric' if asymmetric else 'int4'} group {group}, prefill only via "
+        f"optimize(), {len(calibration)} calibration windows of {CALIBRATION_TEXT}"
+    ]
 
     options = {
         "mode": "weight_only",
-        "dtype": "int4",
+        "dtype": "uint4" if asymmetric else "int4",
+        "symmetric": not asymmetric,
         "granularity": f"group:{group}",
         "algorithm": "gptq",
         "calibration_data": [{input_name: c.reshape(1, -1)} for c in calibration],
     }
     t0 = time.perf_counter()
+    pipeline: list[Any] = ["default", quantize_pass(options)]
+    if lm_head == "int8":
+        # capture here to learn the output projection's node name (captured names are
+        # generic), then hand optimize() the graph
+        source, args = ecograph.from_torch(module, args), None
+        run_passes(source, "default", progress=False)
+        head = _logits_matmul(source)
+        options["exclude"] = [head]
+        int8 = {"mode": "weight_only", "dtype": "int8", "granularity": "channel"}
+        pipeline = ["default", quantize_pass(options), quantize_pass({**int8, "embeddings": False})]
+        notes.append(f"lm_head ({head}) int8 per channel")
     # The pass goes in the pipeline, not quantize=: optimize(quantize=..., accuracy_budget=b)
     # runs a per-layer sensitivity search (one interpreter run per layer: an hour on a 135M
     # model) even when b=0 would keep every layer; budget 0 here only skips the final check.
     res = ecograph.optimize(
-        module,
-        (example,),
+        source,
+        args,
         target="x86",
-        pipeline=["default", quantize_pass(options)],
+        pipeline=pipeline,
         accuracy_budget=0.0,
         measure=False,
         cache=False,
@@ -833,11 +861,21 @@ def setup_gptq(w: Workload, calibration: Sequence[np.ndarray], group: int) -> Bu
         logits,
         res.report.optimized.bytes,
         build_s,
-        [
-            f"GPTQ int4 group {group}, prefill only via optimize(), {len(calibration)} "
-            f"calibration windows of {CALIBRATION_TEXT}"
-        ],
+        notes,
     )
+
+
+def _logits_matmul(graph: Any) -> str:
+    """The name of the MatMul whose result is the graph's (first) output, through layout ops."""
+    value = graph.outputs[0]
+    while value.producer is not None:
+        node = value.producer
+        if node.op_type in ("MatMul", "Linear", "Gemm"):
+            return node.name
+        if node.op_type not in ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Cast"):
+            break
+        value = node.input(0)
+    raise RuntimeError("the captured prefill's logits do not come from a MatMul")
 
 
 def score(b: Build, wins: Sequence[np.ndarray]) -> PplRow:
@@ -867,7 +905,9 @@ def run_ppl(
             b = None
             try:
                 if name == "ecograph-int4-gptq":
-                    b = setup_gptq(w, calibration, args.gptq_group)
+                    b = setup_gptq(
+                        w, calibration, args.gptq_group, args.gptq_asymmetric, args.gptq_lm_head
+                    )
                 else:
                     b = setup_build(name, w, args.threads, exports, speed=False, budget=0.0)
                 rows.append(score(b, wins))
@@ -1022,6 +1062,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--calibration-windows", type=int, default=4, help="GPTQ calibration")
     parser.add_argument("--gptq-group", type=int, default=64, help="GPTQ int4 group size")
+    parser.add_argument(
+        "--gptq-asymmetric",
+        action="store_true",
+        help="GPTQ with uint4 codes and a zero point per group (default: symmetric int4)",
+    )
+    parser.add_argument(
+        "--gptq-lm-head",
+        choices=("int4", "int8"),
+        default="int4",
+        help="the GPTQ build's output projection: GPTQ int4 like the rest, or int8 per channel",
+    )
     parser.add_argument("--json", default=None, help="also write every raw number here")
     args = parser.parse_args(argv)
     if min(args.threads, args.prompt, args.steps, args.prefill_calls, args.rounds) < 1:
