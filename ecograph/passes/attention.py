@@ -7,6 +7,11 @@ broadcasts to the scores without growing them), and GQA's repeat of K/V heads
 (Unsqueeze -> Expand -> Reshape), which Attention does natively. ONNX-23 Attention is a
 standard op, so export needs no decomposition; `ecograph.ir.ops.fused.attention` is its
 reference kernel.
+
+torch.onnx's decomposition of scaled_dot_product_attention (the dynamo exporter) differs in
+two ways, both matched: it scales Q and Kᵀ by sqrt(scale) each, and it transposes K with
+heads merged into the batch, Reshape(Transpose(Reshape(K, [B*H, S, D]), [0, 2, 1]),
+[B, H, D, S]) (K being GQA's expanded [B, H/n, n, S, D] in a GQA model).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from ecograph.ir.graph import Graph, Value
 from ecograph.passes.core import Pass, PassResult
 from ecograph.passes.pattern import Const, Match, Op, Pat, Pattern, RewritePass, Rule, Var
 from ecograph.passes.registry import register_pass
-from ecograph.passes.utils import const_array, scalar_of
+from ecograph.passes.utils import const_array, remove_dead, scalar_of
 
 
 def _last_axis_softmax(node) -> bool | str:
@@ -39,13 +44,45 @@ def _kt_perm(node) -> bool | str:
     return True
 
 
+def _kt_merged(node) -> bool | str:
+    """Reshape(Transpose(x3, [0, 2, 1]), [B, H, D, S]) with x3 = [B * H, S, D]: Kᵀ with heads
+    merged into the batch (torch.onnx's SDPA decomposition)."""
+    t = node.input(0).producer
+    x3, out = t.input(0), node.outputs[0]
+    if x3.type.rank != 3 or out.type.rank != 4 or list(t.attr("perm") or []) != [0, 2, 1]:
+        return "not a 3-D Kᵀ [B*H, D, S] split into [B, H, D, S]"
+    b, h, d, s = out.shape
+    if not (isinstance(b, int) and isinstance(h, int) and x3.shape[0] == b * h):
+        return f"Kᵀ {out.type} does not split %{x3.name} {x3.type} by static batch and heads"
+    if [x3.shape[2], x3.shape[1]] != [d, s]:
+        return f"Kᵀ {out.type} is not %{x3.name} {x3.type} transposed"
+    return True
+
+
+def _k_transposes(k: Var) -> list[tuple[str, Op]]:
+    """Kᵀ as a 4-D Transpose, or merged into 3-D (`_kt_merged`)."""
+    merged = Op(
+        "Reshape",
+        Op("Transpose", Op("Reshape", k, Const(), name="k_merge"), name="kt"),
+        Const(),
+        name="kt_split",
+        where=_kt_merged,
+    )
+    return [("", Op("Transpose", k, name="kt", where=_kt_perm)), ("kt3-", merged)]
+
+
 def attention_patterns() -> list[Pattern]:
-    """Every combination of Q scaling, score scaling, mask form and NaN guard."""
+    """Every combination of Q (and Kᵀ) scaling, Kᵀ form, score scaling, mask form and NaN
+    guard."""
     q, k, v = Var("q"), Var("k"), Var("v")
     out: list[Pattern] = []
-    for q_scaled in (False, True):
-        q_pat: Pat = Op("Mul", q, Const("q_scale"), name="q_mul") if q_scaled else q
-        qk = Op("MatMul", q_pat, Op("Transpose", k, name="kt", where=_kt_perm), name="qk")
+    for q_kind, (kt_kind, kt) in (
+        (q_kind, kt) for q_kind in ("", "qs-", "qks-") for kt in _k_transposes(k)
+    ):
+        q_pat: Pat = Op("Mul", q, Const("q_scale"), name="q_mul") if q_kind else q
+        if q_kind == "qks-":  # torch.onnx: sqrt(scale) on each side
+            kt = Op("Mul", kt, Const("k_scale"), name="k_mul")
+        qk = Op("MatMul", q_pat, kt, name="qk")
         scaled: list[tuple[str, Op]] = [
             ("mul", Op("Mul", qk, Const("scale"), name="scale_op")),
             ("div", Op("Div", qk, Const("scale"), name="scale_op")),
@@ -65,7 +102,7 @@ def attention_patterns() -> list[Pattern]:
                 for guard, p in (("guard", guarded), ("", probs)):
                     if mask_kind == "where" and not guard:
                         continue  # -inf rows would be NaN in the graph but 0 in Attention
-                    tag = f"{'qs-' if q_scaled else ''}{scale_kind}-{mask_kind}"
+                    tag = f"{q_kind}{kt_kind}{scale_kind}-{mask_kind}"
                     tag += f"-{guard}" if guard else ""
                     out.append(Pattern(f"attention/{tag}", Op("MatMul", p, v), _check))
     return out
@@ -77,7 +114,7 @@ def _check(m: Match) -> bool | str:
         return f"Q {q.type} / V {v.type} are not 4-D [batch, heads, seq, head_dim]"
     if not q.dtype.is_float or q.dtype != v.dtype:
         return f"Q and V must share a float dtype ({q.dtype}, {v.dtype})"
-    for key in ("scale", "q_scale"):
+    for key in ("scale", "q_scale", "k_scale"):
         if key in m and scalar_of(m[key]) is None:
             return f"{key} %{m[key].name} is not a scalar constant"
     if "mask" in m or "bool_mask" in m:
@@ -149,12 +186,20 @@ class FuseAttention(RewritePass):
 
     def _rewrite(self, graph: Graph, m: Match) -> Value | str:
         root = m.root
-        kt = m["kt"]
-        k_src = kt.input(0)
-        assert k_src is not None
-        rank = k_src.type.rank
-        perm = list(kt.attr("perm") or list(range(rank))[::-1])
-        k_perm = [*perm[:-2], perm[-1], perm[-2]]
+        q, v = m["q"], m["v"]
+        if "kt_split" in m:  # Kᵀ = [B, H, D, S] from K's heads merged (`_kt_merged`)
+            b, h, d, s = m["kt_split"].outputs[0].shape
+            k_src, k_perm, k_shape = m["k"], None, [b, h, s, d]
+        else:
+            kt = m["kt"]
+            k_src = kt.input(0)
+            assert k_src is not None
+            rank = k_src.type.rank
+            perm = list(kt.attr("perm") or list(range(rank))[::-1])
+            k_perm = [*perm[:-2], perm[-1], perm[-2]]
+            k_shape = [k_src.shape[i] for i in k_perm]
+        if k_shape[3] != q.shape[3]:
+            return f"K {k_shape} does not line up with Q {q.type}"
         scale = 1.0
         if "scale" in m:
             c = scalar_of(m["scale"])
@@ -165,19 +210,25 @@ class FuseAttention(RewritePass):
                 scale /= c
             else:
                 scale *= c
-        if "q_scale" in m:
-            scale *= scalar_of(m["q_scale"]) or 0.0
-        q, v = m["q"], m["v"]
-        k_shape = [k_src.shape[i] for i in k_perm]
-        if k_shape[3] != q.shape[3]:
-            return f"K {k_shape} does not line up with Q {q.type}"
+        for key in ("q_scale", "k_scale"):
+            if key in m:
+                scale *= scalar_of(m[key]) or 0.0
         # Build K in [batch, heads, seq, head_dim] layout.
-        if k_perm == list(range(rank)):
+        if k_perm is None:
+            shape = np.array([k_shape[0], k_shape[1], -1, k_shape[3]], np.int64)
+            k = graph.add_node(
+                "Reshape",
+                [k_src, graph.add_constant(shape, f"{root.name}_k_shape")],
+                name=f"{root.name}_k",
+                before=root,
+            ).output
+        elif k_perm == [0, 1, 2, 3]:
             k = k_src
         else:
             k = graph.add_node(
                 "Transpose", [k_src], {"perm": k_perm}, name=f"{root.name}_k", before=root
             ).output
+        made = k.producer if k is not k_src else None
         if self.gqa:
             rk, rv = _repeat_kv_source(k), _repeat_kv_source(v)
             if rk is not None and rv is not None and rk[1] == rv[1]:
@@ -194,8 +245,8 @@ class FuseAttention(RewritePass):
         )
         if node.output.type != root.outputs[0].type:
             graph.remove_node(node)
-            if k.producer is not None and k.producer.name == f"{root.name}_k" and not k.has_uses():
-                graph.remove_node(k.producer)
+            if made is not None and not made.outputs[0].has_uses():
+                remove_dead(graph, [made])
             return f"Attention would give {node.output.type}, the graph has {root.outputs[0].type}"
         return node.output
 

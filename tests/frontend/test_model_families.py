@@ -306,3 +306,25 @@ def test_torch_onnx_export_then_from_onnx(family: Family) -> None:
     )
     for i, (value, ref) in enumerate(zip(session.run(None, feeds), want, strict=True)):
         assert_close(value, ref, f"{family.name} output {i}: from_onnx -> to_onnx -> ORT")
+
+
+@needs_onnx_frontend
+@pytest.mark.parametrize("family", TRANSFORMERS, indirect=True)
+def test_torch_onnx_export_gets_fused_attention(family: Family) -> None:
+    """torch.onnx's decomposition of scaled_dot_product_attention (Q and Kᵀ each scaled by
+    sqrt(scale), Kᵀ transposed with the heads merged into the batch, GQA's K/V repeat through
+    Expand) becomes one Attention per layer in the default pipeline, with PyTorch's numbers."""
+    pytest.importorskip("onnxscript")
+    from ecograph.passes import run_passes
+
+    graph = ecograph.from_onnx(family.onnx_proto())
+    run_passes(graph, "default", progress=False)
+    counts = [n.op_type for n in graph.nodes]
+    layers = family.model.config.num_hidden_layers
+    assert counts.count("Attention") == layers, sorted(set(counts))
+    assert "Softmax" not in counts and "Expand" not in counts
+    feeds = {v.name: family.inputs[v.name].numpy() for v in graph.inputs}
+    got = interpret(graph, feeds)
+    want = torch_outputs(family.model, family.inputs)
+    for (name, value), ref in zip(got.items(), want, strict=True):
+        assert_close(value, ref, f"{family.name} output {name}: torch.onnx + default pipeline")

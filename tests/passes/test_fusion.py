@@ -252,6 +252,45 @@ def test_attention_mask_that_broadcasts_scores_must_not_fire() -> None:
     check_no_change(FuseAttention(), b.graph)
 
 
+def torch_onnx_attention_graph(transpose: list[int] | None = None) -> Graph:
+    """torch.onnx's SDPA decomposition: Q and Kᵀ each times sqrt(scale), Kᵀ transposed with
+    the heads merged into the batch, GQA's repeat as Expand (batch 1, 4 heads over 2)."""
+    b = GraphBuilder()
+    d, s, heads, kv_heads = 8, 5, 4, 2
+    q = b.input("q", "float32", [1, heads, s, d])
+    k = b.input("k", "float32", [1, kv_heads, s, d])
+    v = b.input("v", "float32", [1, kv_heads, s, d])
+
+    def expand(t: Value) -> Value:
+        u = b.op("Unsqueeze", t, b.constant(np.array([2], np.int64)))
+        return b.op("Expand", u, b.constant(np.array([1, kv_heads, 2, s, d], np.int64)))
+
+    k3 = b.op("Reshape", expand(k), b.constant(np.array([heads, s, d], np.int64)))
+    kt3 = b.op("Transpose", k3, perm=transpose or [0, 2, 1])
+    kt = b.op("Reshape", kt3, b.constant(np.array([1, heads, d, s], np.int64)))
+    root = c(b, math.sqrt(1 / math.sqrt(d)))
+    scores = b.op("MatMul", b.op("Mul", q, root), b.op("Mul", kt, root))
+    probs = b.op("Softmax", b.op("Add", scores, b.input("mask", "float32", [1, 1, s, s])), axis=-1)
+    guarded = b.op("Where", b.op("IsNaN", probs), c(b, 0.0), probs)
+    v4 = b.op("Reshape", expand(v), b.constant(np.array([1, heads, s, d], np.int64)))
+    b.output(b.op("MatMul", guarded, v4, name="y"))
+    return b.graph
+
+
+def test_attention_in_torch_onnx_form_with_gqa() -> None:
+    out = check_rewrite(FuseAttention(), torch_onnx_attention_graph())
+    run_passes(out, "cleanup")
+    assert ops(out) == ["Attention"]
+    k = out.nodes[0].input(1)
+    assert k is not None and k.is_graph_input and k.shape[1] == 2  # the repeat is absorbed
+    assert out.nodes[0].attr("scale") == pytest.approx(1 / math.sqrt(8), rel=1e-6)
+
+
+def test_attention_in_torch_onnx_form_must_not_fire_without_the_kt_transpose() -> None:
+    """Transposing the merged K's batch axis instead is not Kᵀ: no fusion."""
+    check_no_change(FuseAttention(), torch_onnx_attention_graph(transpose=[1, 0, 2]))
+
+
 # --------------------------------------------------------- linear fusions
 
 
