@@ -352,10 +352,54 @@ def load(
     if family == "cuda" and not dev.exist:
         raise BuildError(f"{folder} is a CUDA artifact but no CUDA GPU {dev} is visible here")
     params = artifact.load_params(dev)  # first: a params file that fails maps no library
-    lib: Any = tvm.runtime.load_module(str(artifact.path_of(LIBRARY)))
+    lib_path = artifact.path_of(LIBRARY)
+    lib: Any = tvm.runtime.load_module(str(lib_path))
     vm = tvm.runtime.vm.VirtualMachine(lib, dev)
+    release_library_blob(lib_path)
     release_freed_memory()
     return CompiledModel(folder, manifest, vm, dev, params)
+
+
+# The symbol under which TVM embeds a library's serialized modules (the VM executable with
+# its constants: the weights), read once by load_module (tvm_ffi's library_module.cc).
+LIBRARY_BIN_SYMBOL = "__tvm_ffi__library_bin"
+_MADV_DONTNEED = 4  # Linux
+
+
+def release_library_blob(lib_path: str | os.PathLike[str]) -> int:
+    """Drop from this process the pages of the serialized modules a loaded lib.so embeds;
+    returns the bytes released (0 where nothing was done).
+
+    `tvm.runtime.load_module` reads the blob (`<nbytes: u64>` then the modules) and makes its
+    own copy of every constant, so after loading the blob's pages only double the weights in
+    memory (measured: a load held about twice the file). They are read-only pages of the
+    file, so madvise(MADV_DONTNEED) drops them and a later read, if any, reads the file again:
+    nothing is lost. Linux and glibc's dlopen only; elsewhere a no-op."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return 0
+    try:  # the library TVM has already dlopen'ed (RTLD_NOLOAD: never load it a second time)
+        lib = ctypes.CDLL(os.fspath(lib_path), mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        blob = ctypes.addressof(ctypes.c_char.in_dll(lib, LIBRARY_BIN_SYMBOL))
+        libc = ctypes.CDLL(None, use_errno=True)
+    except (OSError, ValueError):
+        return 0
+    try:
+        nbytes = int.from_bytes(ctypes.string_at(blob, 8), "little")
+        page = os.sysconf("SC_PAGE_SIZE")
+        start = -(-blob // page) * page  # whole pages inside the blob only
+        end = (blob + 8 + nbytes) // page * page
+        if end <= start:
+            return 0
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        if libc.madvise(ctypes.c_void_p(start), end - start, _MADV_DONTNEED) != 0:
+            return 0
+        return end - start
+    finally:  # our dlopen's reference only; TVM's keeps the library loaded
+        libc.dlclose.argtypes = [ctypes.c_void_p]
+        libc.dlclose(ctypes.c_void_p(lib._handle))
 
 
 def release_freed_memory() -> None:
