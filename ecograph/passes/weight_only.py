@@ -10,6 +10,7 @@ can run as one kernel that decodes inside its reduction loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -268,6 +269,29 @@ def nbits_with_activation_blocks(graph: Graph, node: Node) -> Node:
     return fused
 
 
+def block_nbits_activations(
+    graph: Graph, notes: list[str], skip: Callable[[Node], str | None]
+) -> int:
+    """`nbits_with_activation_blocks` on each com.microsoft::MatMulNBits of `graph` that
+    `skip` passes (None; "" skips it in silence, other text with a note) and
+    `why_not_blocked` accepts (else a note says why). Returns how many were rewritten."""
+    count = 0
+    for node in graph.nodes:
+        if (node.domain, node.op_type) != (MS_DOMAIN, "MatMulNBits"):
+            continue
+        why = skip(node)
+        if why is None:
+            why = why_not_blocked(node)
+            why = None if why is None else f"activations stay float ({why})"
+        if why is not None:
+            if why:
+                notes.append(f"{node.name} (MatMulNBits): {why}")
+            continue
+        nbits_with_activation_blocks(graph, node)
+        count += 1
+    return count
+
+
 @register_pass
 @dataclass
 class NBitsActivationBlocks(Pass):
@@ -290,17 +314,10 @@ class NBitsActivationBlocks(Pass):
     any_accuracy_level: bool = False
 
     def run(self, graph: Graph) -> PassResult:
-        rewritten = 0
+        def skip(node: Node) -> str | None:
+            level = int(node.attr("accuracy_level", 0))
+            return "" if level != 4 and not self.any_accuracy_level else None
+
         notes: list[str] = []
-        for node in graph.nodes:
-            if (node.domain, node.op_type) != (MS_DOMAIN, "MatMulNBits"):
-                continue
-            if not self.any_accuracy_level and int(node.attr("accuracy_level", 0)) != 4:
-                continue
-            why = why_not_blocked(node)
-            if why is not None:
-                notes.append(f"{node.name}: activations stay float ({why})")
-                continue
-            nbits_with_activation_blocks(graph, node)
-            rewritten += 1
+        rewritten = block_nbits_activations(graph, notes, skip)
         return PassResult(rewritten > 0, {"rewritten": rewritten} if rewritten else {}, notes)

@@ -47,15 +47,13 @@ import numpy as np
 
 from ecograph.errors import PassError
 from ecograph.ir import DType, Graph, Node, Value
-from ecograph.ir.ops.ms_quant import MS_DOMAIN
 from ecograph.ir.ops.weight_only import ACTIVATION_QMAX, ACTIVATION_TINY
 from ecograph.passes.core import CosineTolerance, Pass, PassResult, Tolerance
 from ecograph.passes.registry import register_pass
 from ecograph.passes.utils import replace_value
 from ecograph.passes.weight_only import (
+    block_nbits_activations,
     fuse_weight_decoder,
-    nbits_with_activation_blocks,
-    why_not_blocked,
     why_not_fused,
 )
 from ecograph.quant.calibrate import collect_ranges
@@ -724,20 +722,9 @@ class Quantize(Pass):
         int8 activations are what was asked for. Excluded nodes and ones the rewrite cannot
         take stay as they are, with a note. Returns how many were rewritten."""
         patterns = list(self.exclude)
-        count = 0
-        for node in graph.nodes:
-            if (node.domain, node.op_type) != (MS_DOMAIN, "MatMulNBits"):
-                continue
-            if excluded(node, patterns):
-                notes.append(f"{node.name} (MatMulNBits): excluded")
-                continue
-            why = why_not_blocked(node)
-            if why is not None:
-                notes.append(f"{node.name} (MatMulNBits): activations stay float ({why})")
-                continue
-            nbits_with_activation_blocks(graph, node)
-            count += 1
-        return count
+        return block_nbits_activations(
+            graph, notes, lambda node: "excluded" if excluded(node, patterns) else None
+        )
 
     def _activation_qdq(
         self,
