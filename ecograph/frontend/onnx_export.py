@@ -325,17 +325,20 @@ def _export_dequantize_matmul(ctx: OnnxExportContext, node: Node) -> None:
 def _emit_activation_blocks(ctx: OnnxExportContext, node: Node, a: str) -> str:
     """A' of a DequantizeMatMul with `activation_block` B (ecograph/ir/ops/weight_only.py):
     A reshaped to [..., K / B, B], s = Max(ReduceMax(Abs), tiny) / 127 per block,
-    Clip(Round(A / s), -127, 127) * s, reshaped back. Needs a static K that B divides."""
+    Clip(Round(A / s), -127, 127) * s, reshaped back. Needs a static K; a K that is not a
+    whole number of blocks is padded with zeros first (they leave the short block's maximum
+    as it is) and sliced off after."""
     from ecograph.ir.ops.weight_only import ACTIVATION_QMAX, ACTIVATION_TINY
 
     at = node.inputs[0].type  # type: ignore[union-attr]
     block = int(node.attr("activation_block"))
     k = at.shape[-1] if at.rank else None
-    if not isinstance(k, int) or k % block:
+    if not isinstance(k, int):
         raise UnsupportedError(
             f"node {node.name} ({node.qualified_op}): activation_block={block} exports only "
-            f"when it divides A's static last dimension (A is {at})"
+            f"with A's last dimension static (A is {at})"
         )
+    k_pad = -(-k // block) * block
     lead = [0] * (at.rank - 1)  # Reshape's 0: the input's own dimension
 
     def value(op: str, inputs: list[str], **attrs: Any) -> str:
@@ -346,16 +349,21 @@ def _emit_activation_blocks(ctx: OnnxExportContext, node: Node, a: str) -> str:
     def const(v: float) -> str:
         return ctx.constant(np.array(v, np.float32), "act_const")
 
-    blocks = value(
-        "Reshape", [a, ctx.constant(np.array([*lead, k // block, block], np.int64), "shape")]
-    )
-    axes = ctx.constant(np.array([-1], np.int64), "axes")
+    def ints(values: list[int], name: str) -> str:
+        return ctx.constant(np.array(values, np.int64), name)
+
+    if k_pad != k:
+        a = value("Pad", [a, ints([0] * (2 * at.rank - 1) + [k_pad - k], "pads")])
+    blocks = value("Reshape", [a, ints([*lead, k_pad // block, block], "shape")])
+    axes = ints([-1], "axes")
     amax = value("ReduceMax", [value("Abs", [blocks]), axes], keepdims=1)
     scale = value("Div", [value("Max", [amax, const(ACTIVATION_TINY)]), const(ACTIVATION_QMAX)])
     rounded = value("Round", [value("Div", [blocks, scale])])
     codes = value("Clip", [rounded, const(-ACTIVATION_QMAX), const(ACTIVATION_QMAX)])
-    shape = ctx.constant(np.array([*lead, k], np.int64), "shape")
-    return value("Reshape", [value("Mul", [codes, scale]), shape])
+    out = value("Reshape", [value("Mul", [codes, scale]), ints([*lead, k_pad], "shape")])
+    if k_pad != k:
+        out = value("Slice", [out, ints([0], "starts"), ints([k], "ends"), axes])
+    return out
 
 
 @register_onnx_export("PaletteMatMul", domain="ecograph")

@@ -207,17 +207,14 @@ __all__ = [
 def why_not_blocked(node: Node) -> str | None:
     """Why the com.microsoft::MatMulNBits `node` cannot become a DequantizeMatMul with
     activation blocks (`nbits_with_activation_blocks`), or None if it can: it needs 4-bit
-    codes, no g_idx, K a whole number of blocks, float32 A and scales, and known codes,
-    scales and (uint8-packed) zero points."""
-    bits, block = int(node.attr("bits", 4)), int(node.attr("block_size"))
-    k_len = int(node.attr("K"))
+    codes, no g_idx, float32 A and scales, and known codes, scales and (uint8-packed) zero
+    points."""
+    bits = int(node.attr("bits", 4))
     a, b, s, z = (node.input(i) for i in range(4))
     if bits != 4:
         return f"{bits}-bit codes (the int8-activation kernel reads 4-bit ones)"
     if node.input(4) is not None:
         return "it has g_idx (act-order)"
-    if k_len % block:
-        return f"K={k_len} is not a whole number of blocks of {block}"
     if a is None or a.dtype != DType.FLOAT32 or s is None or s.dtype != DType.FLOAT32:
         return "A and the scales must be float32"
     if any(const_array(v) is None for v in (b, s, z) if v is not None) or b is None:
@@ -239,7 +236,7 @@ def nbits_with_activation_blocks(graph: Graph, node: Node) -> Node:
     a, b, s, z, _, bias = (node.input(i) for i in range(6))
     assert a is not None and b is not None and s is not None
     k_len, n_len, block = int(node.attr("K")), int(node.attr("N")), int(node.attr("block_size"))
-    k_blocks = k_len // block
+    k_blocks = -(-k_len // block)  # a short last block: ONNX Runtime pads A's with zeros
     packed, scales, zero_points = const_array(b), const_array(s), const_array(z)
     assert packed is not None and scales is not None  # why_not_blocked
     codes = unpack_codes(packed.reshape(n_len, -1), 4, k_len)

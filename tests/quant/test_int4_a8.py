@@ -170,27 +170,36 @@ def test_block_activations_bad_options_are_pass_errors(options, message):
 # ------------------------------------------------------------------ ONNX export
 
 
-def test_onnx_export_writes_the_activation_quantization_in_standard_ops():
+@pytest.mark.parametrize("k", [64, 80])  # 80: a short last block (padded, then sliced off)
+def test_onnx_export_writes_the_activation_quantization_in_standard_ops(k):
     ort = pytest.importorskip("onnxruntime")
     from ecograph.frontend.onnx_export import to_onnx
 
-    g = _graph(64, 40, block=32, zero_point=True, wdt="uint4", rows=[2, 3])
+    g = _graph(k, 40, block=32, zero_point=True, wdt="uint4", rows=[2, 3])
     model = to_onnx(g)
     assert {n.domain for n in model.graph.node} == {""}
     assert {"Round", "ReduceMax", "DequantizeLinear"} <= {n.op_type for n in model.graph.node}
-    a = rng.standard_normal((2, 3, 64)).astype(np.float32)
+    a = rng.standard_normal((2, 3, k)).astype(np.float32)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"x": a})[0]
-    want = _reference(g, a.reshape(6, 64)).reshape(2, 3, 40)
+    want = _reference(g, a.reshape(6, k)).reshape(2, 3, 40)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
-def test_onnx_export_of_a_ragged_activation_block_is_an_error():
+def test_onnx_export_of_activation_blocks_over_a_symbolic_k_is_an_error():
     from ecograph.errors import UnsupportedError
     from ecograph.frontend.onnx_export import to_onnx
 
-    with pytest.raises(UnsupportedError, match="activation_block=32 exports only when it divides"):
-        to_onnx(_graph(48, 8, block=32))
+    b = GraphBuilder("sym")
+    x = b.input("x", "float32", ["m", "k"])
+    w = b.constant(rng.integers(-8, 8, (64, 8)).astype(ml_dtypes.int4), "w_q")
+    s = b.constant(np.full((2, 8), 0.1, np.float32), "s")
+    b.output(
+        b.op("DequantizeMatMul", x, w, s, domain="ecograph", axis=0, block_size=32,
+             activation_block=32)
+    )  # fmt: skip
+    with pytest.raises(UnsupportedError, match="exports only with A's last dimension static"):
+        to_onnx(b.graph)
 
 
 # ------------------------------------------------------------------ TVM
@@ -224,6 +233,8 @@ A8_CASES = [
     (256, 200, 64, "int4", False, False, [3, 256]),  # N not a whole number of 32-column panels
     (128, 64, 32, "uint4", True, False, [2, 5, 128]),  # rank 3, zero points per group
     (96, 40, 32, "uint4", False, True, [7, 96]),  # weights stored [N, K]
+    (160, 72, 64, "int4", False, False, [3, 160]),  # K not whole blocks: padded to 192
+    (96, 40, 64, "uint4", True, True, [1, 96]),  # the same, one row, zero points, [N, K]
 ]
 
 
@@ -311,12 +322,13 @@ def test_arm_sdot_kernel_matches_the_interpreter_on_the_emulated_device(tmp_path
     import ecograph
     from ecograph import remote
 
-    # signed codes, zero points per group (uint4), N not a whole panel, 3 rows
+    # signed codes with K not whole blocks (144 = 4.5 x 32), zero points per group (uint4),
+    # N not a whole panel, 3 rows
     graphs = {
-        "int4": _graph(128, 40, block=32),
+        "int4": _graph(144, 40, block=32),
         "uint4-zp": _graph(96, 72, block=32, wdt="uint4", zero_point=True, trans_b=True),
     }
-    a = rng.standard_normal((3, 128)).astype(np.float32)
+    a = rng.standard_normal((3, 144)).astype(np.float32)
     failures = []
     with remote.EmulatedArmDevice() as device:
         for name, g in graphs.items():

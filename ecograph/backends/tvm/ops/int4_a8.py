@@ -31,9 +31,11 @@ Only AVX2 instructions are used, so the kernel runs on every x86 CPU with AVX2 (
 included). ARM CPUs with the dot-product extension (+dotprod: Cortex-A76 / Neoverse N1 and
 later) run the same layout with `sdot`: a 16-byte load holds 4 columns' codes, and each sdot
 adds the four products of a lane straight into int32 (the codes 0..15 are valid signed
-bytes). Other targets, and nodes whose layout does not fit (8-bit weights, B not equal to the
-weight groups or not a multiple of 32, K not a multiple of B), compute the same A' with a
-quantize-dequantize of A before the float kernels (`fake_quantize_blocks`).
+bytes). A K that is not a whole number of blocks is padded to one (`A8Layout.k_pad`): the
+prologue writes code 0 past K, so the padded weight rows add nothing. Other targets, and
+nodes whose layout does not fit (8-bit weights, B not equal to the weight groups or not a
+multiple of 32), compute the same A' with a quantize-dequantize of A before the float kernels
+(`fake_quantize_blocks`).
 """
 
 from __future__ import annotations
@@ -73,6 +75,12 @@ class A8Layout:
     def n_pad(self) -> int:
         return -(-self.n // NR) * NR
 
+    @property
+    def k_pad(self) -> int:
+        """K rounded up to whole blocks: a short last block is padded with zero activations
+        (their codes add nothing to the sums)."""
+        return -(-self.k // self.block) * self.block
+
 
 def isa(spec: TargetSpec) -> str | None:
     """Which integer kernel `spec` runs: "avx2" (x86 with AVX2), "sdot" (ARM with the dot
@@ -88,14 +96,18 @@ def isa(spec: TargetSpec) -> str | None:
 
 def fits(k: int, block: int, activation_block: int) -> bool:
     """Whether a product of K rows, weight groups of `block` and activation blocks of
-    `activation_block` fits the kernel's layout (module doc)."""
-    return block == activation_block and block % (STEP * CHAIN) == 0 and k % block == 0
+    `activation_block` fits the kernel's layout (module doc; a K that is not a whole number
+    of blocks is padded, `A8Layout.k_pad`)."""
+    return k > 0 and block == activation_block and block % (STEP * CHAIN) == 0
 
 
-def pack_codes(codes: np.ndarray) -> np.ndarray:
-    """[K, N] unsigned 4-bit codes -> [N_pad / 32, K / 8, 32, 4] uint8 (module doc): the
-    matmul kernels' column panels (`pack_panels`), each row pair of nibbles in one byte."""
-    panels = pack_panels(codes.astype(np.uint8), NR)  # [N_pad / 32, K, 32]
+def pack_codes(codes: np.ndarray, block: int) -> np.ndarray:
+    """[K, N] unsigned 4-bit codes -> [N_pad / 32, K_pad / 8, 32, 4] uint8 (module doc): the
+    matmul kernels' column panels (`pack_panels`), each row pair of nibbles in one byte; K
+    padded to whole blocks with code 0 (the activations there are 0)."""
+    k_pad = -(-codes.shape[0] // block) * block
+    codes = np.pad(codes.astype(np.uint8), ((0, k_pad - codes.shape[0]), (0, 0)))
+    panels = pack_panels(codes, NR)  # [N_pad / 32, K_pad, 32]
     u = panels.reshape(panels.shape[0], -1, 2, 4, NR)  # k = 8t + 4h + c
     pairs = u[:, :, 0] | (u[:, :, 1] << 4)  # [N_pad / 32, K / 8, 4, 32]
     return np.ascontiguousarray(pairs.transpose(0, 1, 3, 2))
@@ -145,12 +157,21 @@ def fake_quantize_blocks(ctx: LowerContext, a: relax.Expr, block: int, k_len: in
 
 
 def quantize_blocks(ctx: LowerContext, a: relax.Expr, block: int, k_len: int) -> relax.Expr:
-    """(codes int8 [M, K], scales float32 [M, K / B], code sums int32 [M, K / B]) of a 2-D A."""
+    """(codes int8 [M, K_pad], scales float32 [M, K_pad / B], code sums int32 [M, K_pad / B])
+    of a 2-D A; codes past K are 0 (`A8Layout.k_pad`)."""
     from tvm import te
+
+    k_pad = -(-k_len // block) * block
+
+    def code(x: Any, s: Any, i: Any, k: Any) -> Any:
+        if k_pad == k_len:
+            return _code(x, s, (i, k), block).astype("int8")
+        inside = _code(x, s, (i, tirx.min(k, k_len - 1)), block).astype("int8")
+        return tirx.if_then_else(k < k_len, inside, tirx.const(0, "int8"))
 
     def compute(x: Any) -> Any:
         s = _scales(x, block, k_len)
-        q = te.compute(x.shape, lambda *ix: _code(x, s, ix, block).astype("int8"), name="act_codes")
+        q = te.compute((x.shape[0], k_pad), lambda i, k: code(x, s, i, k), name="act_codes")
         kk = te.reduce_axis((0, block), "kk")
         sums = te.compute(
             s.shape,
@@ -250,7 +271,7 @@ def product_kernel(layout: A8Layout, mr: int, kind: str = "avx2") -> tirx.PrimFu
     avx2 = kind == "avx2"
     lanes = LANES if avx2 else 4  # 32-bit lanes of a vector: 256-bit AVX2, 128-bit NEON
     vecs = NR // lanes
-    k_len, n_pad, block = layout.k, layout.n_pad, layout.block
+    k_len, n_pad, block = layout.k_pad, layout.n_pad, layout.block
     groups, panels = k_len // block, n_pad // NR
     rows_per_block = block // STEP
     zero = layout.zero

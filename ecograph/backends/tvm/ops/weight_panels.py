@@ -171,11 +171,11 @@ def _plan_a8(
             return None
         if arr is not None:
             grids[v] = arr.T if trans_b else arr  # [K / block, N]
-            if grids[v].shape != (k_len // block, n_len):
+            if grids[v].shape != (-(-k_len // block), n_len):
                 return None
     offset = 8 if w.dtype == DType.INT4 else 0  # signed codes stored as code + 8
     arrays = {
-        w: int4_a8.pack_codes((q.astype(np.int16) + offset).astype(np.uint8)),
+        w: int4_a8.pack_codes((q.astype(np.int16) + offset).astype(np.uint8), block),
         s: pack_panels(grids[s].astype(np.float32), int4_a8.NR),
     }
     zero = offset
