@@ -228,6 +228,15 @@ def _pass_items(
     return items, qpass.describe(), search
 
 
+def _is_lossy(pass_name: str) -> bool:
+    """Whether the registered pass `pass_name` is checked against a cosine (a lossy pass)."""
+    from ecograph.passes.core import CosineTolerance
+    from ecograph.passes.registry import registered_passes
+
+    cls = registered_passes().get(pass_name)
+    return isinstance(getattr(cls, "tolerance", None), CosineTolerance)
+
+
 def optimize(
     model: Any,
     example_inputs: Any = None,
@@ -264,8 +273,10 @@ def optimize(
       Quantization runs after `pipeline` under the same PassManager (static mode is then
       lowered to integer kernels by lower-qdq-to-integer), so `instrumentation` covers it.
     - accuracy_budget: the minimum cosine similarity of the outputs to the original on the
-      example inputs. With quantization, layers are kept in float (most sensitive first)
-      until the budget holds; if it cannot hold, AccuracyError is raised.
+      example inputs (default 0.99999; 0.99 when quantizing, or when a lossy pass such as
+      nbits-activation-blocks changed the graph). With quantization, layers are kept in
+      float (most sensitive first) until the budget holds; if it cannot hold,
+      AccuracyError is raised.
     - instrumentation: the PassManager's checks (verifier, numeric check, dumps); a numeric
       check without its own sample inputs runs on the example inputs.
     - tune: MetaSchedule tuning (True or a trial budget); the compile cache reuses results.
@@ -324,9 +335,11 @@ def optimize(
         notes.append(search.outcome.report())
     budget = accuracy_budget
     if budget is None:
-        # quantization given in `pipeline` ("default,quantize(mode=dynamic)") counts too
+        # quantization given in `pipeline` ("default,quantize(mode=dynamic)") counts too, as
+        # does any other lossy pass that changed the graph (nbits-activation-blocks)
         quantized = quantize is not None or any(
-            r.pass_name in QUANTIZING_PASSES and r.changed for r in records
+            r.changed and (r.pass_name in QUANTIZING_PASSES or _is_lossy(r.pass_name))
+            for r in records
         )
         budget = QUANTIZED_BUDGET if quantized else EXACT_BUDGET
 

@@ -241,3 +241,44 @@ def test_accuracy_level_4_compiles_to_the_int8_kernel(zp):
     got = vm["main"](tvm.runtime.tensor(a)).numpy()
     want = interpret(g, {"A": a})["y"]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_optimize_with_the_pass_runs_an_ort_int4_model_with_ort_numbers(tmp_path):
+    """The README's recipe: an ONNX Runtime int4 model, pipeline
+    "default,nbits-activation-blocks", no accuracy_budget given (a lossy pass that changed the
+    graph is judged by the quantized default, 0.99, not the exact one)."""
+    pytest.importorskip("tvm")
+    import ecograph
+
+    k, n, block = 256, 48, 64
+    b = rng.integers(0, 256, (n, k // block, block // 2)).astype(np.uint8)
+    scales = rng.uniform(0.01, 0.1, n * (k // block)).astype(np.float32)
+    attrs = {"K": k, "N": n, "bits": 4, "block_size": block, "accuracy_level": 4}
+    node = helper.make_node(
+        "MatMulNBits", ["A", "B", "scales"], ["Y"], domain="com.microsoft", **attrs
+    )
+    model = helper.make_model(
+        helper.make_graph(
+            [node],
+            "g",
+            [helper.make_tensor_value_info("A", TensorProto.FLOAT, [2, k])],
+            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, n])],
+            initializer=[numpy_helper.from_array(b, "B"), numpy_helper.from_array(scales, "S")],
+        ),
+        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
+    )
+    model.graph.node[0].input[2] = "S"
+    a = (rng.standard_normal((2, k)) * 2).astype(np.float32)
+    res = ecograph.optimize(
+        model,
+        (a,),
+        target="x86",
+        pipeline="default,nbits-activation-blocks",
+        measure=False,
+        cache=False,
+        out_dir=tmp_path,
+    )
+    assert [n.op_type for n in res.graph.nodes] == ["DequantizeMatMul"]
+    theirs = ort_matmul_nbits(a, b, scales, None, attrs)
+    got = np.asarray(res.module(a))
+    np.testing.assert_allclose(got, theirs, rtol=1e-3, atol=2e-3 * np.abs(theirs).max())
