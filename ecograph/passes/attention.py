@@ -48,6 +48,8 @@ def _kt_merged(node) -> bool | str:
     """Reshape(Transpose(x3, [0, 2, 1]), [B, H, D, S]) with x3 = [B * H, S, D]: Kᵀ with heads
     merged into the batch (torch.onnx's SDPA decomposition)."""
     t = node.input(0).producer
+    if t is None or t.op_type != "Transpose" or t.input(0) is None:
+        return "Kᵀ is not Reshape(Transpose(...))"
     x3, out = t.input(0), node.outputs[0]
     if x3.type.rank != 3 or out.type.rank != 4 or list(t.attr("perm") or []) != [0, 2, 1]:
         return "not a 3-D Kᵀ [B*H, D, S] split into [B, H, D, S]"
