@@ -224,37 +224,31 @@ def why_not_blocked(node: Node) -> str | None:
     return None
 
 
-def nbits_with_activation_blocks(graph: Graph, node: Node) -> Node:
+def nbits_with_activation_blocks(
+    graph: Graph, node: Node, converted: dict[tuple[str, ...], list[Value]] | None = None
+) -> Node:
     """The com.microsoft::MatMulNBits `node` (one `why_not_blocked` accepts) as
     ecograph::DequantizeMatMul(A, W [N, K], scales [N, K / block], zero points, trans_b=1,
     axis=1, block_size=block, activation_block=block) [-> Add(bias)]: the same weights
     (unsigned codes with their zero points; without zero points, the default 8 as signed
     int4 codes, code - 8), and A quantized to int8 in blocks of `block_size` as ONNX
     Runtime's CPU kernel does at accuracy_level 4 (ecograph/ir/ops/weight_only.py). The
-    node's packed constants go once nothing else reads them. Returns the new
-    DequantizeMatMul."""
+    node's packed constants go once nothing else reads them; `converted` (shared between
+    calls) gives nodes that read the same packed constants the same new ones. Returns the
+    new DequantizeMatMul."""
     a, b, s, z, _, bias = (node.input(i) for i in range(6))
     assert a is not None and b is not None and s is not None
-    k_len, n_len, block = int(node.attr("K")), int(node.attr("N")), int(node.attr("block_size"))
-    k_blocks = -(-k_len // block)  # a short last block: ONNX Runtime pads A's with zeros
-    packed, scales, zero_points = const_array(b), const_array(s), const_array(z)
-    assert packed is not None and scales is not None  # why_not_blocked
-    codes = unpack_codes(packed.reshape(n_len, -1), 4, k_len)
-    scales = scales.reshape(n_len, k_blocks).astype(np.float32)
+    block = int(node.attr("block_size"))
+    key = (b.name, s.name, z.name if z is not None else "", *(str(node.attr(k)) for k in "KN"))
+    cache = converted if converted is not None else {}
+    if key not in cache:
+        cache[key] = _nbits_weights(graph, node)
     name = node.name
-    inputs: list[Value | None] = [a]
-    if zero_points is None:
-        inputs.append(graph.add_constant((codes - 8).astype(DType.INT4.numpy), f"{name}_w"))
-        inputs.append(graph.add_constant(scales, f"{name}_scale"))
-    else:
-        zp = unpack_codes(zero_points.reshape(n_len, -1), 4, k_blocks)
-        inputs.append(graph.add_constant(codes.astype(DType.UINT4.numpy), f"{name}_w"))
-        inputs.append(graph.add_constant(scales, f"{name}_scale"))
-        inputs.append(graph.add_constant(zp.astype(DType.UINT4.numpy), f"{name}_zp"))
     attrs = {"axis": 1, "block_size": block, "trans_b": 1, "activation_block": block}
     fused = graph.add_node(
-        "DequantizeMatMul", inputs, attrs, domain="ecograph", name=f"{name}_dq", before=node
-    )
+        "DequantizeMatMul", [a, *cache[key]], attrs, domain="ecograph", name=f"{name}_dq",
+        before=node,
+    )  # fmt: skip
     y = fused.output
     if bias is not None:
         y = graph.add_node("Add", [y, bias], name=f"{name}_bias", before=node).output
@@ -266,6 +260,27 @@ def nbits_with_activation_blocks(graph: Graph, node: Node) -> Node:
     return fused
 
 
+def _nbits_weights(graph: Graph, node: Node) -> list[Value]:
+    """The MatMulNBits node's weights as new constants: codes [N, K], scales [N, K / block]
+    and, when it has them, zero points [N, K / block] (`nbits_with_activation_blocks`)."""
+    b, s, z = node.input(1), node.input(2), node.input(3)
+    k_len, n_len, block = int(node.attr("K")), int(node.attr("N")), int(node.attr("block_size"))
+    k_blocks = -(-k_len // block)  # a short last block: ONNX Runtime pads A's with zeros
+    packed, scales, zero_points = const_array(b), const_array(s), const_array(z)
+    assert packed is not None and scales is not None  # why_not_blocked
+    codes = unpack_codes(packed.reshape(n_len, -1), 4, k_len)
+    name = node.name
+    scale = graph.add_constant(scales.reshape(n_len, k_blocks).astype(np.float32), f"{name}_scale")
+    if zero_points is None:
+        return [graph.add_constant((codes - 8).astype(DType.INT4.numpy), f"{name}_w"), scale]
+    zp = unpack_codes(zero_points.reshape(n_len, -1), 4, k_blocks)
+    return [
+        graph.add_constant(codes.astype(DType.UINT4.numpy), f"{name}_w"),
+        scale,
+        graph.add_constant(zp.astype(DType.UINT4.numpy), f"{name}_zp"),
+    ]
+
+
 def block_nbits_activations(
     graph: Graph, notes: list[str], skip: Callable[[Node], str | None]
 ) -> int:
@@ -273,6 +288,7 @@ def block_nbits_activations(
     `skip` passes (None; "" skips it in silence, other text with a note) and
     `why_not_blocked` accepts (else a note says why). Returns how many were rewritten."""
     count = 0
+    converted: dict[tuple[str, ...], list[Value]] = {}  # one copy of shared packed weights
     for node in graph.nodes:
         if (node.domain, node.op_type) != (MS_DOMAIN, "MatMulNBits"):
             continue
@@ -284,7 +300,7 @@ def block_nbits_activations(
             if why:
                 notes.append(f"{node.name} (MatMulNBits): {why}")
             continue
-        nbits_with_activation_blocks(graph, node)
+        nbits_with_activation_blocks(graph, node, converted)
         count += 1
     return count
 

@@ -282,3 +282,30 @@ def test_optimize_with_the_pass_runs_an_ort_int4_model_with_ort_numbers(tmp_path
     theirs = ort_matmul_nbits(a, b, scales, None, attrs)
     got = np.asarray(res.module(a))
     np.testing.assert_allclose(got, theirs, rtol=1e-3, atol=2e-3 * np.abs(theirs).max())
+
+
+def test_matmul_nbits_sharing_their_weights_share_the_rewritten_ones():
+    """Two MatMulNBits reading one packed matrix (a tied weight) read one rewritten copy."""
+    from ecograph.passes.weight_only import NBitsActivationBlocks
+
+    k, n, block = 64, 16, 32
+    b = rng.integers(0, 256, (n, k // block, block // 2)).astype(np.uint8)
+    scales = rng.uniform(0.01, 0.1, n * (k // block)).astype(np.float32)
+    attrs = {"K": k, "N": n, "bits": 4, "block_size": block, "accuracy_level": 4}
+    gb = GraphBuilder()
+    x1, x2 = gb.input("x1", "float32", [2, k]), gb.input("x2", "float32", [3, k])
+    w, s = gb.constant(b, "B"), gb.constant(scales, "scales")
+    gb.output(gb.op("MatMulNBits", x1, w, s, domain="com.microsoft", name="y1", **attrs))
+    gb.output(gb.op("MatMulNBits", x2, w, s, domain="com.microsoft", name="y2", **attrs))
+    g = gb.graph
+    feeds = {"x1": rng.standard_normal((2, k)).astype(np.float32),
+             "x2": rng.standard_normal((3, k)).astype(np.float32)}  # fmt: skip
+    before = interpret(g, feeds)
+    assert NBitsActivationBlocks().run(g).stats == {"rewritten": 2}
+    first, second = g.nodes
+    assert first.input(1) is second.input(1) and first.input(2) is second.input(2)
+    assert sorted(g.constants) == sorted([first.input(1).name, first.input(2).name])
+    after = interpret(g, feeds)
+    for name in before:
+        ref, got = before[name].ravel(), after[name].ravel()
+        assert float(ref @ got / np.linalg.norm(ref) / np.linalg.norm(got)) > 0.999
