@@ -790,12 +790,14 @@ def setup_gptq(
     group: int,
     asymmetric: bool = False,
     lm_head: str = "int4",
+    sequential: int = 1,
 ) -> Build:
     """int4 GPTQ of the prefill alone through ecograph.optimize (compile_lm cannot calibrate
     its decode graph; module docstring), calibrated on `calibration` windows. `asymmetric`:
     uint4 codes with a zero point per group (GPTQ's own default) instead of symmetric int4.
     `lm_head="int8"`: the output projection int8 per channel instead (GPTQ's papers keep it
-    in 16 bits; llama.cpp's 4-bit formats keep it in 6)."""
+    in 16 bits; llama.cpp's 4-bit formats keep it in 6). `sequential`: Quantize's option (the
+    layers in that many groups, each group's Hessians with the groups before quantized)."""
     import torch
 
     import ecograph
@@ -811,6 +813,7 @@ def setup_gptq(
     notes = [
         f"GPTQ {'uint4 asymmetric' if asymmetric else 'int4'} group {group}, prefill only via "
         f"optimize(), {len(calibration)} calibration windows of {CALIBRATION_TEXT}"
+        + (f", {sequential} sequential groups" if sequential > 1 else "")
     ]
 
     options = {
@@ -819,6 +822,7 @@ def setup_gptq(
         "symmetric": not asymmetric,
         "granularity": f"group:{group}",
         "algorithm": "gptq",
+        "sequential": sequential,
         "calibration_data": [{input_name: c.reshape(1, -1)} for c in calibration],
     }
     t0 = time.perf_counter()
@@ -906,7 +910,12 @@ def run_ppl(
             try:
                 if name == "ecograph-int4-gptq":
                     b = setup_gptq(
-                        w, calibration, args.gptq_group, args.gptq_asymmetric, args.gptq_lm_head
+                        w,
+                        calibration,
+                        args.gptq_group,
+                        args.gptq_asymmetric,
+                        args.gptq_lm_head,
+                        args.gptq_sequential,
                     )
                 else:
                     b = setup_build(name, w, args.threads, exports, speed=False, budget=0.0)
@@ -1072,6 +1081,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=("int4", "int8"),
         default="int4",
         help="the GPTQ build's output projection: GPTQ int4 like the rest, or int8 per channel",
+    )
+    parser.add_argument(
+        "--gptq-sequential",
+        type=int,
+        default=1,
+        help="GPTQ in this many sequential groups of layers (Quantize's sequential option)",
     )
     parser.add_argument("--json", default=None, help="also write every raw number here")
     args = parser.parse_args(argv)

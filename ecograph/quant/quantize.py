@@ -173,6 +173,10 @@ class Quantize(Pass):
     embedding_group: int = 0
     clip: str = "auto"
     algorithm: str = "rtn"
+    # GPTQ: the layers in this many groups, in graph order, each group's Hessians taken with
+    # the groups before it quantized (GPTQ's "true sequential": a layer then corrects the
+    # error of the layers before it too). 1: every Hessian from the float model, one pass.
+    sequential: int = 1
     calibration_data: Any = field(default=None, repr=False, compare=False)
     progress: bool = False
     min_cosine: float = DEFAULT_MIN_COSINE
@@ -213,6 +217,10 @@ class Quantize(Pass):
             raise PassError(
                 "quantize: algorithm='gptq' needs mode='weight_only' and calibration_data"
             )
+        if isinstance(self.sequential, bool) or not isinstance(self.sequential, int):
+            raise PassError(f"quantize: sequential={self.sequential!r}; give a group count >= 1")
+        if self.sequential < 1:
+            raise PassError(f"quantize: sequential={self.sequential}; give a group count >= 1")
         if self.clip not in ("auto", "minmax", "mse"):
             raise PassError(f"quantize: clip={self.clip!r}; use 'auto', 'minmax' or 'mse'")
         try:
@@ -305,7 +313,10 @@ class Quantize(Pass):
             }
         pending = [t for t in targets if self._shared_key(t) not in (self.shared or {})]
         gptq = self.algorithm == "gptq" and pending
-        self._hessians = self._collect_hessians(graph, pending) if gptq else {}
+        self._hessians = {}
+        # GPTQ's Hessians per group of targets (one group unless `sequential`), each collected
+        # just before its group is quantized (`_targets_in_groups`)
+        collect = {id(g[0]): g for g in self._targets_in_groups(pending)} if gptq else {}
         # id(float weight) -> (quantized, float weight, data, scale, zero point)
         weights: dict[int, tuple[QuantizedTensor, Value, Value, Value, Value | None]] = {}
         activations: dict[int, Value] = {}
@@ -314,6 +325,8 @@ class Quantize(Pass):
         blocked: list[Target] = []
         count = 0
         for t in targets:
+            if id(t) in collect:
+                self._hessians = self._collect_hessians(graph, collect[id(t)])
             if self.mode == "palette":
                 graph.set_node_input(
                     t.node, t.weight_index, self._weight_palette(graph, t, palettes)
@@ -630,6 +643,13 @@ class Quantize(Pass):
         return cache[id(w)]
 
     # ------------------------------------------------------------------- GPTQ
+
+    def _targets_in_groups(self, targets: list[Target]) -> list[list[Target]]:
+        """`targets` (graph order) in `sequential` groups as even as possible (fewer when
+        there are fewer targets)."""
+        n = min(self.sequential, len(targets))
+        bounds = [round(i * len(targets) / n) for i in range(n + 1)]
+        return [targets[bounds[i] : bounds[i + 1]] for i in range(n) if bounds[i] < bounds[i + 1]]
 
     def _collect_hessians(self, graph: Graph, targets: list[Target]) -> dict[str, np.ndarray]:
         """H = 2/M XᵀX of each eligible layer's input over the calibration data."""

@@ -1,6 +1,9 @@
-"""GPTQ on weights whose K is not a multiple of the group size (the last group is partial)."""
+"""GPTQ on weights whose K is not a multiple of the group size (the last group is partial), and
+GPTQ in sequential groups (each group's Hessians with the groups before it quantized)."""
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 
@@ -29,3 +32,67 @@ def test_partial_last_group_quantizes_like_the_full_ones():
     assert err < 0.15, err
     # The 6-row group has its own scales (not those of a neighbouring group).
     assert not np.allclose(qt.scale[2], qt.scale[1])
+
+
+def _chain(rng, widths=(64, 64, 64, 32)):
+    from ecograph.ir import GraphBuilder
+
+    b = GraphBuilder("chain")
+    h = b.input("x", "float32", ["batch", widths[0]])
+    for i, (k, n) in enumerate(itertools.pairwise(widths)):
+        w = b.constant((rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32), f"w{i}")
+        h = b.op("MatMul", h, w, name=f"fc{i}")
+        if i < len(widths) - 2:
+            h = b.op("Relu", h)
+    b.output(h)
+    return b.graph
+
+
+def test_sequential_gptq_takes_each_hessian_with_the_layers_before_quantized(monkeypatch):
+    """sequential=3 on three layers: three Hessian passes, each on the graph with the layers
+    before it already quantized; layer 2's Hessian is that of its input computed (here, in
+    numpy) from layer 1's quantized weights, not from its float ones."""
+    from ecograph.ir.ops.quant import dequantize_linear
+    from ecograph.quant.quantize import Quantize
+
+    rng = np.random.default_rng(5)
+    calib = [{"x": rng.standard_normal((16, 64)).astype(np.float32)} for _ in range(3)]
+    options = {"mode": "weight_only", "dtype": "int4", "granularity": "group:32",
+               "algorithm": "gptq", "calibration_data": calib}  # fmt: skip
+    calls: list[tuple[list[str], int]] = []
+    hessians: dict[str, np.ndarray] = {}
+    collect = Quantize._collect_hessians
+
+    def spy(self, graph, targets):
+        calls.append(([t.node.name for t in targets], len(graph.find_nodes("DequantizeLinear"))))
+        found = collect(self, graph, targets)
+        hessians.update(found)
+        return found
+
+    monkeypatch.setattr(Quantize, "_collect_hessians", spy)
+    Quantize(**options).run(_chain(np.random.default_rng(0)))
+    assert calls == [(["fc0", "fc1", "fc2"], 0)]
+    float_h1 = hessians["fc1"]
+    calls.clear()
+    g = _chain(np.random.default_rng(0))
+    w0 = g.constants["w0"].const_value
+    Quantize(**options, sequential=3).run(g)
+    assert calls == [(["fc0"], 0), (["fc1"], 1), (["fc2"], 2)]
+    dq = g.find_nodes("DequantizeLinear")[0]
+    q0 = dequantize_linear(*(v.const_value for v in dq.inputs), axis=0, block_size=32,
+                           output_dtype=0)  # fmt: skip
+    x1 = np.concatenate([np.maximum(c["x"] @ q0, 0) for c in calib])
+    np.testing.assert_allclose(hessians["fc1"], 2 * x1.T @ x1 / len(x1), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(hessians["fc1"], float_h1, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(q0, w0)
+
+
+def test_sequential_must_be_a_positive_group_count():
+    import pytest
+
+    from ecograph.passes.core import PassError
+    from ecograph.quant.quantize import Quantize
+
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(PassError, match="sequential"):
+            Quantize(mode="weight_only", sequential=bad)
