@@ -12,23 +12,29 @@ from ecograph.ir import GraphBuilder, interpret, verify
 rng = np.random.default_rng(7)
 
 
-def ort_matmul_nbits(a, b, scales, zp, attrs):
+def nbits_model(b, scales, zp, attrs, a_shape, y_shape=None):
+    """A one-node ONNX model: Y = MatMulNBits(A, B, scales[, zp]), as ONNX Runtime's tools
+    write it."""
     inits = [numpy_helper.from_array(b, "B"), numpy_helper.from_array(scales, "scales")]
     names = ["A", "B", "scales"]
     if zp is not None:
         inits.append(numpy_helper.from_array(zp, "zp"))
         names.append("zp")
     node = helper.make_node("MatMulNBits", names, ["Y"], domain="com.microsoft", **attrs)
-    model = helper.make_model(
+    return helper.make_model(
         helper.make_graph(
             [node],
             "g",
-            [helper.make_tensor_value_info("A", TensorProto.FLOAT, a.shape)],
-            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+            [helper.make_tensor_value_info("A", TensorProto.FLOAT, a_shape)],
+            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, y_shape)],
             initializer=inits,
         ),
         opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
     )
+
+
+def ort_matmul_nbits(a, b, scales, zp, attrs):
+    model = nbits_model(b, scales, zp, attrs, a.shape)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return sess.run(None, {"A": a})[0]
 
@@ -66,22 +72,7 @@ def test_ort_int4_model_imports_through_from_onnx():
     b = rng.integers(0, 256, (n, k // block, block // 2)).astype(np.uint8)
     scales = rng.uniform(0.01, 0.1, n * (k // block)).astype(np.float32)
     attrs = {"K": k, "N": n, "bits": 4, "block_size": block}
-    node = helper.make_node(
-        "MatMulNBits", ["A", "B", "scales"], ["Y"], domain="com.microsoft", **attrs
-    )
-    model = helper.make_model(
-        helper.make_graph(
-            [node],
-            "g",
-            [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["m", k])],
-            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["m", n])],
-            initializer=[
-                numpy_helper.from_array(b, "B"),
-                numpy_helper.from_array(scales, "scales"),
-            ],
-        ),
-        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
-    )
+    model = nbits_model(b, scales, None, attrs, ["m", k], ["m", n])
     graph = ecograph.from_onnx(model)
     assert graph.nodes[0].qualified_op == "com.microsoft::MatMulNBits"
     ours = interpret(graph, {"A": a})["Y"]
@@ -254,20 +245,7 @@ def test_optimize_with_the_pass_runs_an_ort_int4_model_with_ort_numbers(tmp_path
     b = rng.integers(0, 256, (n, k // block, block // 2)).astype(np.uint8)
     scales = rng.uniform(0.01, 0.1, n * (k // block)).astype(np.float32)
     attrs = {"K": k, "N": n, "bits": 4, "block_size": block, "accuracy_level": 4}
-    node = helper.make_node(
-        "MatMulNBits", ["A", "B", "scales"], ["Y"], domain="com.microsoft", **attrs
-    )
-    model = helper.make_model(
-        helper.make_graph(
-            [node],
-            "g",
-            [helper.make_tensor_value_info("A", TensorProto.FLOAT, [2, k])],
-            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, n])],
-            initializer=[numpy_helper.from_array(b, "B"), numpy_helper.from_array(scales, "S")],
-        ),
-        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
-    )
-    model.graph.node[0].input[2] = "S"
+    model = nbits_model(b, scales, None, attrs, [2, k], [2, n])
     a = (rng.standard_normal((2, k)) * 2).astype(np.float32)
     res = ecograph.optimize(
         model,
