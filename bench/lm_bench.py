@@ -835,7 +835,8 @@ def setup_gptq(
         head = _logits_matmul(source)
         options["exclude"] = [head]
         int8 = {"mode": "weight_only", "dtype": "int8", "granularity": "channel"}
-        pipeline = ["default", quantize_pass(options), quantize_pass({**int8, "embeddings": False})]
+        # the graph has been through "default" already
+        pipeline = [quantize_pass(options), quantize_pass({**int8, "embeddings": False})]
         notes.append(f"lm_head ({head}) int8 per channel")
     # The pass goes in the pipeline, not quantize=: optimize(quantize=..., accuracy_budget=b)
     # runs a per-layer sensitivity search (one interpreter run per layer: an hour on a 135M

@@ -64,7 +64,7 @@ from ecograph.passes.registry import (
     unregister_pass,
 )
 from ecograph.passes.sample import compare_arrays, sample_inputs_for
-from ecograph.passes.weight_only import FuseWeightDequantize
+from ecograph.passes.weight_only import FuseWeightDequantize, NBitsActivationBlocks
 
 __all__ = [
     "AbsorbAttentionHeads",
@@ -90,6 +90,7 @@ __all__ = [
     "MarkElementwiseChains",
     "Match",
     "MergeParallelMatMuls",
+    "NBitsActivationBlocks",
     "NearMiss",
     "Op",
     "Pass",

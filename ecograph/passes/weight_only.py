@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -191,16 +191,6 @@ def _gemm_epilogue(graph: Graph, gemm: Node, y: Value) -> Value:
     return graph.add_node("Add", [y, c], name=f"{gemm.name}_c", before=gemm).output
 
 
-__all__ = [
-    "DECODERS",
-    "MATMUL_OPS",
-    "WEIGHT_DTYPES",
-    "FuseWeightDequantize",
-    "fuse_weight_decoder",
-    "why_not_fused",
-]
-
-
 # ------------------------------------------------------------------ MatMulNBits
 
 
@@ -225,7 +215,7 @@ def why_not_blocked(node: Node) -> str | None:
 
 
 def nbits_with_activation_blocks(
-    graph: Graph, node: Node, converted: dict[tuple[str, ...], list[Value]] | None = None
+    graph: Graph, node: Node, converted: dict[tuple[Any, ...], list[Value]] | None = None
 ) -> Node:
     """The com.microsoft::MatMulNBits `node` (one `why_not_blocked` accepts) as
     ecograph::DequantizeMatMul(A, W [N, K], scales [N, K / block], zero points, trans_b=1,
@@ -239,7 +229,7 @@ def nbits_with_activation_blocks(
     a, b, s, z, _, bias = (node.input(i) for i in range(6))
     assert a is not None and b is not None and s is not None
     block = int(node.attr("block_size"))
-    key = (b.name, s.name, z.name if z is not None else "", *(str(node.attr(k)) for k in "KN"))
+    key = (b.name, s.name, z.name if z is not None else "", node.attr("K"), node.attr("N"), block)
     cache = converted if converted is not None else {}
     if key not in cache:
         cache[key] = _nbits_weights(graph, node)
@@ -288,7 +278,7 @@ def block_nbits_activations(
     `skip` passes (None; "" skips it in silence, other text with a note) and
     `why_not_blocked` accepts (else a note says why). Returns how many were rewritten."""
     count = 0
-    converted: dict[tuple[str, ...], list[Value]] = {}  # one copy of shared packed weights
+    converted: dict[tuple[Any, ...], list[Value]] = {}  # one copy of shared packed weights
     for node in graph.nodes:
         if (node.domain, node.op_type) != (MS_DOMAIN, "MatMulNBits"):
             continue
@@ -334,3 +324,17 @@ class NBitsActivationBlocks(Pass):
         notes: list[str] = []
         rewritten = block_nbits_activations(graph, notes, skip)
         return PassResult(rewritten > 0, {"rewritten": rewritten} if rewritten else {}, notes)
+
+
+__all__ = [
+    "DECODERS",
+    "MATMUL_OPS",
+    "WEIGHT_DTYPES",
+    "FuseWeightDequantize",
+    "NBitsActivationBlocks",
+    "block_nbits_activations",
+    "fuse_weight_decoder",
+    "nbits_with_activation_blocks",
+    "why_not_blocked",
+    "why_not_fused",
+]

@@ -94,12 +94,12 @@ def unmatched_exclusions(graph: Graph, patterns: Iterable[str]) -> list[str]:
     a name the graph does not use: a torch capture names nodes by op, `mat_mul_12`)."""
     names = [n.name for n in graph.nodes]
     ops = {n.op_type for n in graph.nodes}
+    matmuls = [n.name for n in graph.nodes if n.op_type in ("MatMul", "Gemm", "Linear")]
+    sample = ", ".join(matmuls[:3]) + (", ..." if len(matmuls) > 3 else "")
     notes = []
     for p in patterns:
         if p in ops or p in names or fnmatch.filter(names, p):
             continue
-        matmuls = [n.name for n in graph.nodes if n.op_type in ("MatMul", "Gemm", "Linear")]
-        sample = ", ".join(matmuls[:3]) + (", ..." if len(matmuls) > 3 else "")
         notes.append(
             f"exclude {p!r} matches no node's op type or name, so it excludes nothing "
             f"(matmul nodes here: {sample or 'none'})"

@@ -31,7 +31,7 @@ Only AVX2 instructions are used, so the kernel runs on every x86 CPU with AVX2 (
 included). ARM CPUs with the dot-product extension (+dotprod: Cortex-A76 / Neoverse N1 and
 later) run the same layout with `sdot`: a 16-byte load holds 4 columns' codes, and each sdot
 adds the four products of a lane straight into int32 (the codes 0..15 are valid signed
-bytes). A K that is not a whole number of blocks is padded to one (`A8Layout.k_pad`): the
+bytes). A K that is not a whole number of blocks is padded to one (`padded_k`): the
 prologue writes code 0 past K, so the padded weight rows add nothing. Other targets, and
 nodes whose layout does not fit (8-bit weights, B not equal to the weight groups or not a
 multiple of 32), compute the same A' with a quantize-dequantize of A before the float kernels
@@ -77,9 +77,13 @@ class A8Layout:
 
     @property
     def k_pad(self) -> int:
-        """K rounded up to whole blocks: a short last block is padded with zero activations
-        (their codes add nothing to the sums)."""
-        return -(-self.k // self.block) * self.block
+        return padded_k(self.k, self.block)
+
+
+def padded_k(k: int, block: int) -> int:
+    """K rounded up to whole blocks: a short last block is padded with zero activations
+    (their codes add nothing to the sums)."""
+    return -(-k // block) * block
 
 
 def isa(spec: TargetSpec) -> str | None:
@@ -97,7 +101,7 @@ def isa(spec: TargetSpec) -> str | None:
 def fits(k: int, block: int, activation_block: int) -> bool:
     """Whether a product of K rows, weight groups of `block` and activation blocks of
     `activation_block` fits the kernel's layout (module doc; a K that is not a whole number
-    of blocks is padded, `A8Layout.k_pad`)."""
+    of blocks is padded, `padded_k`)."""
     return k > 0 and block == activation_block and block % (STEP * CHAIN) == 0
 
 
@@ -105,8 +109,8 @@ def pack_codes(codes: np.ndarray, block: int) -> np.ndarray:
     """[K, N] unsigned 4-bit codes -> [N_pad / 32, K_pad / 8, 32, 4] uint8 (module doc): the
     matmul kernels' column panels (`pack_panels`), each row pair of nibbles in one byte; K
     padded to whole blocks with code 0 (the activations there are 0)."""
-    k_pad = -(-codes.shape[0] // block) * block
-    codes = np.pad(codes.astype(np.uint8), ((0, k_pad - codes.shape[0]), (0, 0)))
+    rows = padded_k(codes.shape[0], block) - codes.shape[0]
+    codes = np.pad(codes.astype(np.uint8), ((0, rows), (0, 0)))
     panels = pack_panels(codes, NR)  # [N_pad / 32, K_pad, 32]
     u = panels.reshape(panels.shape[0], -1, 2, 4, NR)  # k = 8t + 4h + c
     pairs = u[:, :, 0] | (u[:, :, 1] << 4)  # [N_pad / 32, K / 8, 4, 32]
@@ -158,10 +162,10 @@ def fake_quantize_blocks(ctx: LowerContext, a: relax.Expr, block: int, k_len: in
 
 def quantize_blocks(ctx: LowerContext, a: relax.Expr, block: int, k_len: int) -> relax.Expr:
     """(codes int8 [M, K_pad], scales float32 [M, K_pad / B], code sums int32 [M, K_pad / B])
-    of a 2-D A; codes past K are 0 (`A8Layout.k_pad`)."""
+    of a 2-D A; codes past K are 0 (`padded_k`)."""
     from tvm import te
 
-    k_pad = -(-k_len // block) * block
+    k_pad = padded_k(k_len, block)
 
     def code(x: Any, s: Any, i: Any, k: Any) -> Any:
         if k_pad == k_len:
@@ -317,7 +321,7 @@ def product_kernel(layout: A8Layout, mr: int, kind: str = "avx2") -> tirx.PrimFu
                                                 [
                                                     jo,
                                                     g * rows_per_block + tc * CHAIN + tt,
-                                                    jb * 8,
+                                                    jb * lanes,
                                                     0,
                                                 ],
                                                 "uint8x32",
