@@ -8,7 +8,7 @@ from __future__ import annotations
 from ecograph.ir.builder import GraphBuilder
 from ecograph.ir.dtypes import DType
 from ecograph.ir.graph import ECOGRAPH_DOMAIN, ONNX_DOMAIN, Graph, Node, Use, Value
-from ecograph.ir.interpreter import interpret, run_node
+from ecograph.ir.interpreter import StagedRun, interpret, run_node
 from ecograph.ir.registry import (
     ONNX_OPSET,
     Attr,
@@ -47,6 +47,7 @@ __all__ = [
     "InferContext",
     "Node",
     "OpSchema",
+    "StagedRun",
     "TensorType",
     "Use",
     "Value",

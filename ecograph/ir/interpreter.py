@@ -85,21 +85,7 @@ def interpret(
     each node (used by the pass manager's differential check and bisection).
     """
     env: dict[str, int] = {}
-    values: dict[int, np.ndarray] = {}
-    given = dict(inputs)
-    for v in graph.inputs:
-        if v.name not in given:
-            raise InterpreterError(
-                f"missing input {v.name!r} ({v.type}); graph inputs are "
-                f"{[x.name for x in graph.inputs]}"
-            )
-        arr = _as_array(v.name, given.pop(v.name), v.type)
-        bind_shape(f"input {v.name!r}", v.type, arr.shape, env)
-        values[id(v)] = arr
-    if given:
-        raise InterpreterError(
-            f"unknown inputs {sorted(given)}; graph inputs are {[x.name for x in graph.inputs]}"
-        )
+    values = _bind_inputs(graph, inputs, env)
     for c in graph.constants.values():
         values[id(c)] = c.const_value  # type: ignore[assignment]
 
@@ -143,6 +129,107 @@ def interpret(
     if keep_all:
         return {**kept, **result}
     return result
+
+
+def _bind_inputs(graph: Graph, inputs: Mapping[str, Any], env: dict[str, int]) -> dict[int, Any]:
+    """id(graph input) -> its array, checked against the input's type (binding `env`)."""
+    values: dict[int, Any] = {}
+    given = dict(inputs)
+    for v in graph.inputs:
+        if v.name not in given:
+            raise InterpreterError(
+                f"missing input {v.name!r} ({v.type}); graph inputs are "
+                f"{[x.name for x in graph.inputs]}"
+            )
+        arr = _as_array(v.name, given.pop(v.name), v.type)
+        bind_shape(f"input {v.name!r}", v.type, arr.shape, env)
+        values[id(v)] = arr
+    if given:
+        raise InterpreterError(
+            f"unknown inputs {sorted(given)}; graph inputs are {[x.name for x in graph.inputs]}"
+        )
+    return values
+
+
+class StagedRun:
+    """Interpret `graph` on `inputs` one stretch at a time, keeping between stretches only the
+    values that nodes not run yet read.
+
+    For callers that change the graph as they go: sequential GPTQ quantizes one group of layers,
+    then needs the next group's inputs computed with the first group quantized, and a full
+    `interpret` per group would run the whole prefix again each time. A node runs once; so the
+    graph may change only ahead of the point reached (nodes not run yet, new nodes and
+    constants), and a node that reads a value dropped or never computed is an error.
+    """
+
+    def __init__(self, graph: Graph, inputs: Mapping[str, Any], *, check: bool = True) -> None:
+        self.graph = graph
+        self.check = check
+        self._env: dict[str, int] = {}
+        self._values = _bind_inputs(graph, inputs, self._env)
+        self._done: set[int] = set()  # id(node) of the nodes run
+
+    def advance(self, stop: Node | None = None) -> None:
+        """Run every node not run yet that comes before `stop` in graph order (every node
+        for None)."""
+        if stop is not None and stop.graph is not self.graph:
+            raise InterpreterError(f"StagedRun: stop node {stop.name} is not in this graph")
+        self._run(self._values, self._done, self._env, stop=stop, wanted=set())
+
+    def peek(self, names: list[str]) -> dict[str, np.ndarray]:
+        """The values `names`, computed from the point reached without moving it (nodes run
+        for them run again at the next `advance`)."""
+        wanted = {id(self.graph.value(n)) for n in names}
+        values, done, env = dict(self._values), set(self._done), dict(self._env)
+        self._run(values, done, env, stop=None, wanted=wanted)
+        return {n: values[id(self.graph.value(n))] for n in names}
+
+    def _run(
+        self,
+        values: dict[int, Any],
+        done: set[int],
+        env: dict[str, int],
+        *,
+        stop: Node | None,
+        wanted: set[int],
+    ) -> None:
+        """Run nodes not in `done` up to `stop` (or until every `wanted` value is there),
+        dropping each value once every node that reads it has run."""
+        for node in self.graph.nodes:
+            if node is stop or (wanted and wanted.issubset(values)):
+                return
+            if id(node) in done:
+                continue
+            args = [self._arg(node, v, values) for v in node.inputs]
+            results = run_node(node, args)
+            for out, arr in zip(node.outputs, results, strict=True):
+                if self.check:
+                    _check_result(node, out, arr, env)
+                values[id(out)] = arr
+            done.add(id(node))
+            for v in node.inputs:
+                if (
+                    v is not None
+                    and not v.is_constant
+                    and id(v) not in wanted
+                    and not v.is_graph_output
+                    and all(id(u) in done for u in v.users)
+                ):
+                    values.pop(id(v), None)
+
+    @staticmethod
+    def _arg(node: Node, v: Value | None, values: dict[int, Any]) -> Any:
+        if v is None:
+            return None
+        if v.is_constant:
+            return v.const_value
+        if id(v) not in values:
+            raise InterpreterError(
+                f"StagedRun: node {node.name} ({node.qualified_op}) reads %{v.name}, which was "
+                "dropped or never computed: the graph changed behind the point reached (only "
+                "nodes not run yet may change)"
+            )
+        return values[id(v)]
 
 
 def run_node(node: Node, args: list[np.ndarray | None]) -> list[np.ndarray]:

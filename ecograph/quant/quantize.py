@@ -314,6 +314,7 @@ class Quantize(Pass):
         pending = [t for t in targets if self._shared_key(t) not in (self.shared or {})]
         gptq = self.algorithm == "gptq" and pending
         self._hessians = {}
+        self._staged: list[Any] | None = None  # _collect_hessians' StagedRuns
         # GPTQ's Hessians per group of targets (one group unless `sequential`), each collected
         # just before its group is quantized (`_targets_in_groups`)
         collect = {id(g[0]): g for g in self._targets_in_groups(pending)} if gptq else {}
@@ -346,6 +347,7 @@ class Quantize(Pass):
                     dq = self._activation_qdq(graph, x, ranges, activations)
                     graph.set_node_input(t.node, 0, dq)
                 count += 1
+        self._staged, self._hessians = None, {}  # the calibration activations, not kept
         if blocked:
             self._block_activations(graph, blocked, notes)
         originals = [orig for _, orig, *_ in weights.values()]
@@ -652,8 +654,9 @@ class Quantize(Pass):
         return [targets[bounds[i] : bounds[i + 1]] for i in range(n) if bounds[i] < bounds[i + 1]]
 
     def _collect_hessians(self, graph: Graph, targets: list[Target]) -> dict[str, np.ndarray]:
-        """H = 2/M XᵀX of each eligible layer's input over the calibration data."""
-        from ecograph.ir import interpret
+        """H = 2/M XᵀX of each eligible layer's input over the calibration data, computed
+        with the graph as it is now (the groups before `targets` quantized)."""
+        from ecograph.ir import StagedRun
         from ecograph.quant.gptq import hessian
 
         eligible = [
@@ -664,10 +667,21 @@ class Quantize(Pass):
             and _activation(t).dtype.is_float
         ]
         names = sorted({_activation(t).name for t in eligible})
+        if not names:
+            return {}
+        if self._staged is None:  # one staged run per calibration input, kept across groups
+            self._staged = [
+                StagedRun(graph, {k: np.asarray(v) for k, v in feeds.items()})
+                for feeds in self.calibration_data
+            ]
+        members = {id(t.node) for t in targets}
+        first = next(n for n in graph.nodes if id(n) in members)
         sums: dict[str, np.ndarray] = {}
         count = 0
-        for feeds in self.calibration_data:
-            values = interpret(graph, {k: np.asarray(v) for k, v in feeds.items()}, outputs=names)
+        for run in self._staged:
+            # the nodes before this group run once, with the groups before it quantized
+            run.advance(stop=first)
+            values = run.peek(names)
             for name in names:
                 h = hessian(values[name]) * len(values[name].reshape(-1, values[name].shape[-1]))
                 sums[name] = sums.get(name, 0) + h

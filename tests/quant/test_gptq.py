@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pytest
 
 from ecograph.ir.ops.quant import dequantize_linear
 from ecograph.quant.gptq import gptq_quantize
@@ -85,6 +86,66 @@ def test_sequential_gptq_takes_each_hessian_with_the_layers_before_quantized(mon
     np.testing.assert_allclose(hessians["fc1"], 2 * x1.T @ x1 / len(x1), rtol=1e-4, atol=1e-5)
     assert not np.allclose(hessians["fc1"], float_h1, rtol=1e-4, atol=1e-5)
     assert not np.allclose(q0, w0)
+
+
+def _branchy(rng):
+    """Two layers reading one input (as q/k/v do), a residual, then a last layer."""
+    from ecograph.ir import GraphBuilder
+
+    b = GraphBuilder("branchy")
+    x = b.input("x", "float32", ["batch", 64])
+
+    def fc(h, i):
+        w = b.constant((rng.standard_normal((64, 64)) / 8).astype(np.float32), f"w{i}")
+        return b.op("MatMul", h, w, name=f"fc{i}")
+
+    h = b.op("Relu", b.op("Add", fc(x, 0), fc(x, 1)))
+    h = b.op("Add", fc(h, 2), h)
+    b.output(fc(h, 3))
+    return b.graph
+
+
+@pytest.mark.parametrize(
+    "build, groups, names",
+    [
+        (_branchy, 4, ["fc0", "fc1", "fc2", "fc3"]),  # one layer a group
+        (lambda rng: _chain(rng, (64,) * 6), 2, ["fc0", "fc1", "fc2", "fc3", "fc4"]),
+    ],
+    ids=["branchy-4", "chain-2"],
+)
+def test_sequential_hessians_equal_a_full_run_of_the_graph_as_it_stands(
+    monkeypatch, build, groups, names
+):
+    """Each group's Hessians (StagedRun: the prefix runs once across groups) equal those of
+    `interpret` over the whole graph as it stands when the group is reached: one layer a
+    group on a graph with a shared input and a residual, and groups of layers that feed each
+    other (the float layers run for a group's own inputs must run again once quantized)."""
+    from ecograph.ir import interpret
+    from ecograph.quant.quantize import Quantize, _activation
+
+    rng = np.random.default_rng(7)
+    calib = [{"x": rng.standard_normal((8, 64)).astype(np.float32)} for _ in range(2)]
+    collect = Quantize._collect_hessians
+    checked: list[str] = []
+
+    def spy(self, graph, targets):
+        found = collect(self, graph, targets)
+        for t in targets:
+            name = _activation(t).name
+            xs = np.concatenate([interpret(graph, c, outputs=[name])[name] for c in calib])
+            np.testing.assert_allclose(
+                found[t.node.name], 2 * xs.T.astype(np.float64) @ xs / len(xs), rtol=1e-6,
+                atol=1e-6,
+            )  # fmt: skip
+            checked.append(t.node.name)
+        return found
+
+    monkeypatch.setattr(Quantize, "_collect_hessians", spy)
+    g = build(np.random.default_rng(0))
+    Quantize(mode="weight_only", dtype="int4", granularity="group:32", algorithm="gptq",
+             calibration_data=calib, sequential=groups).run(g)  # fmt: skip
+    assert checked == names
+    assert len(g.find_nodes("DequantizeLinear")) == len(names)
 
 
 def test_sequential_must_be_a_positive_group_count():
