@@ -102,7 +102,11 @@ BASELINE = "ecograph-fp32"
 REFERENCE = "torch-eager"
 PPL_BUILDS = [*ECOGRAPH_PRESETS, "ecograph-int4-gptq", "torch-eager", "ort-fp32", "ort-int4"]
 EVAL_TEXTS = ("GPL-3", "MPL-2.0", "BSD")
-CALIBRATION_TEXT = "Apache-2.0"
+CALIBRATION_TEXT = "Apache-2.0"  # the default; --calibration-texts names others
+# Texts that may calibrate: none derived from the evaluation texts (GPL-2, LGPL and MPL-1.1
+# share much of GPL-3's or MPL-2.0's wording; GFDL-1.2 shares 2 of its 306 lines, Apache-2.0,
+# Artistic and CC0-1.0 none).
+CALIBRATION_TEXTS = ("Apache-2.0", "Artistic", "CC0-1.0", "GFDL-1.2")
 LICENSES = Path("/usr/share/common-licenses")
 ORT_BLOCK = 128
 ORT_ACCURACY_LEVEL = 4
@@ -718,6 +722,18 @@ def license_text(names: Sequence[str]) -> str:
     return "\n\n".join((LICENSES / n).read_text(encoding="utf-8") for n in names)
 
 
+def calibration_texts(text: str) -> tuple[str, ...]:
+    """--calibration-texts: license names, each one of CALIBRATION_TEXTS."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in CALIBRATION_TEXTS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(unknown) or 'nothing'}: give texts among {', '.join(CALIBRATION_TEXTS)} "
+            "(none of them derived from the evaluation texts)"
+        )
+    return names
+
+
 def windows(tokens: np.ndarray, count: int, length: int) -> list[np.ndarray]:
     """`count` windows of `length` tokens, evenly spaced from the start to the end."""
     if len(tokens) < length:
@@ -791,13 +807,17 @@ def setup_gptq(
     asymmetric: bool = False,
     lm_head: str = "int4",
     sequential: int = 1,
+    calibration_text: str = CALIBRATION_TEXT,
+    embeddings: str = "int4",
 ) -> Build:
     """int4 GPTQ of the prefill alone through ecograph.optimize (compile_lm cannot calibrate
     its decode graph; module docstring), calibrated on `calibration` windows. `asymmetric`:
     uint4 codes with a zero point per group (GPTQ's own default) instead of symmetric int4.
     `lm_head="int8"`: the output projection int8 per channel instead (GPTQ's papers keep it
     in 16 bits; llama.cpp's 4-bit formats keep it in 6). `sequential`: Quantize's option (the
-    layers in that many groups, each group's Hessians with the groups before quantized)."""
+    layers in that many groups, each group's Hessians with the groups before quantized).
+    `embeddings="int8"`: the token embedding table int8 per row instead of the int4 pass's
+    groups (GPTQ's papers keep it in 16 bits)."""
     import torch
 
     import ecograph
@@ -812,7 +832,7 @@ def setup_gptq(
     args: Any = (example,)
     notes = [
         f"GPTQ {'uint4 asymmetric' if asymmetric else 'int4'} group {group}, prefill only via "
-        f"optimize(), {len(calibration)} calibration windows of {CALIBRATION_TEXT}"
+        f"optimize(), {len(calibration)} calibration windows of {calibration_text}"
         + (f", {sequential} sequential groups" if sequential > 1 else "")
     ]
 
@@ -827,17 +847,24 @@ def setup_gptq(
     }
     t0 = time.perf_counter()
     pipeline: list[Any] = ["default", quantize_pass(options)]
-    if lm_head == "int8":
-        # capture here to learn the output projection's node name (captured names are
-        # generic), then hand optimize() the graph
-        source, args = ecograph.from_torch(module, args), None
-        run_passes(source, "default", progress=False)
-        head = _logits_matmul(source)
-        options["exclude"] = [head]
+    if lm_head == "int8" or embeddings == "int8":
         int8 = {"mode": "weight_only", "dtype": "int8", "granularity": "channel"}
-        # the graph has been through "default" already
-        pipeline = [quantize_pass(options), quantize_pass({**int8, "embeddings": False})]
-        notes.append(f"lm_head ({head}) int8 per channel")
+        int8["embeddings"] = embeddings == "int8"
+        options["embeddings"] = embeddings != "int8"
+        if lm_head == "int8":
+            # capture here to learn the output projection's node name (captured names are
+            # generic), then hand optimize() the graph
+            source, args = ecograph.from_torch(module, args), None
+            run_passes(source, "default", progress=False)
+            head = _logits_matmul(source)
+            options["exclude"] = [head]
+            notes.append(f"lm_head ({head}) int8 per channel")
+        if embeddings == "int8":
+            notes.append("embedding table int8 per row")
+        # the int8 pass finds float weights only where the int4 pass left them
+        pipeline = [quantize_pass(options), quantize_pass(int8)]
+        if source is module:
+            pipeline.insert(0, "default")
     # The pass goes in the pipeline, not quantize=: optimize(quantize=..., accuracy_budget=b)
     # runs a per-layer sensitivity search (one interpreter run per layer: an hour on a 135M
     # model) even when b=0 would keep every layer; budget 0 here only skips the final check.
@@ -872,12 +899,14 @@ def setup_gptq(
 
 def _logits_matmul(graph: Any) -> str:
     """The name of the MatMul whose result is the graph's (first) output, through layout ops."""
+    from ecograph.quant.targets import LAYOUT_OPS
+
     value = graph.outputs[0]
     while value.producer is not None:
         node = value.producer
         if node.op_type in ("MatMul", "Linear", "Gemm"):
             return node.name
-        if node.op_type not in ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Cast"):
+        if node.op_type not in LAYOUT_OPS:
             break
         value = node.input(0)
     raise RuntimeError("the captured prefill's logits do not come from a MatMul")
@@ -917,6 +946,8 @@ def run_ppl(
                         args.gptq_asymmetric,
                         args.gptq_lm_head,
                         args.gptq_sequential,
+                        "+".join(args.calibration_texts),
+                        args.gptq_embeddings,
                     )
                 else:
                     b = setup_build(name, w, args.threads, exports, speed=False, budget=0.0)
@@ -1071,6 +1102,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--ppl-window", type=int, default=256, help="tokens per window (random: --prompt)"
     )
     parser.add_argument("--calibration-windows", type=int, default=4, help="GPTQ calibration")
+    parser.add_argument(
+        "--calibration-texts",
+        type=calibration_texts,
+        default=(CALIBRATION_TEXT,),
+        help=f"GPTQ calibration texts, comma-separated, of {','.join(CALIBRATION_TEXTS)} "
+        f"(default {CALIBRATION_TEXT}); windows evenly spaced over their concatenation",
+    )
     parser.add_argument("--gptq-group", type=int, default=64, help="GPTQ int4 group size")
     parser.add_argument(
         "--gptq-asymmetric",
@@ -1082,6 +1120,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=("int4", "int8"),
         default="int4",
         help="the GPTQ build's output projection: GPTQ int4 like the rest, or int8 per channel",
+    )
+    parser.add_argument(
+        "--gptq-embeddings",
+        choices=("int4", "int8"),
+        default="int4",
+        help="the GPTQ build's embedding table: the int4 pass's groups, or int8 per row",
     )
     parser.add_argument(
         "--gptq-sequential",
@@ -1180,7 +1224,7 @@ def _ppl_smollm(args: argparse.Namespace, builds: Sequence[str]) -> dict[str, An
         return np.asarray(ids, np.int64)
 
     wins = windows(encode(EVAL_TEXTS), args.ppl_windows, args.ppl_window)
-    calib = windows(encode([CALIBRATION_TEXT]), args.calibration_windows, args.ppl_window)
+    calib = windows(encode(args.calibration_texts), args.calibration_windows, args.ppl_window)
     w = make_workload("smollm2", model, args.ppl_window, description=description)
     w.max_seq_len = args.ppl_window
     rows = run_ppl(w, builds, wins, calib, args)
@@ -1188,7 +1232,7 @@ def _ppl_smollm(args: argparse.Namespace, builds: Sequence[str]) -> dict[str, An
         "smollm2": {
             "model": description,
             "text": f"{'+'.join(EVAL_TEXTS)} ({args.ppl_windows} windows of {args.ppl_window} "
-            f"tokens, evenly spaced); GPTQ calibration: {CALIBRATION_TEXT}",
+            f"tokens, evenly spaced); GPTQ calibration: {'+'.join(args.calibration_texts)}",
             "rows": rows,
         }
     }
@@ -1200,7 +1244,7 @@ def random_text_windows(
     """Evaluation and calibration windows of the license texts' bytes as token ids (< 256,
     inside any vocabulary here), for the random-weight models."""
     data = np.frombuffer(license_text(EVAL_TEXTS).encode("utf-8"), np.uint8).astype(np.int64)
-    calib = np.frombuffer(license_text([CALIBRATION_TEXT]).encode("utf-8"), np.uint8)
+    calib = np.frombuffer(license_text(args.calibration_texts).encode("utf-8"), np.uint8)
     return (
         windows(data, args.ppl_windows, length),
         windows(calib.astype(np.int64), args.calibration_windows, length),

@@ -37,9 +37,8 @@ the float product unchanged and evens out the channels the activation scale must
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -59,9 +58,17 @@ from ecograph.passes.weight_only import (
 from ecograph.quant.calibrate import collect_ranges
 from ecograph.quant.palettize import PALETTE_BITS, palettize_tensor
 from ecograph.quant.scheme import Granularity, QuantizedTensor, compute_qparams, quantize_tensor
+from ecograph.quant.targets import (
+    DYNAMIC_OPS,
+    LAYOUT_OPS,
+    QUANTIZABLE,
+    Target,
+    activation,
+    excluded,
+    find_targets,
+    unmatched_exclusions,
+)
 
-QUANTIZABLE = ("MatMul", "Gemm", "Conv", "Linear")  # Linear: ecograph's fused MatMul+Add
-DYNAMIC_OPS = ("MatMul", "Gemm", "Linear")
 MODES = ("dynamic", "static", "weight_only", "palette")
 ACTIVATION_SCALES = ("tensor", "token", "block")
 # The largest |x_q| of a per-token activation: symmetric int8 without -128, so that negating a
@@ -72,80 +79,6 @@ TOKEN_TINY = ACTIVATION_TINY
 # The cosine similarity to the float graph a quantized graph keeps by default (optimize()'s
 # default accuracy budget for quantization is the same).
 DEFAULT_MIN_COSINE = 0.99
-
-
-@dataclass
-class Target:
-    """A node to quantize: which input is the weight and along which axes."""
-
-    node: Node
-    weight_index: int
-    channel_axis: int  # output channels of the weight
-    reduce_axis: int  # the contraction axis (groups run along it)
-
-
-def excluded(node: Node, patterns: Iterable[str]) -> bool:
-    """Whether an exclusion pattern names `node`: its op type exactly, or its name by glob."""
-    return any(node.op_type == p or fnmatch.fnmatchcase(node.name, p) for p in patterns)
-
-
-def unmatched_exclusions(graph: Graph, patterns: Iterable[str]) -> list[str]:
-    """Notes for the exclusion patterns that name no node of `graph` (a mistyped pattern, or
-    a name the graph does not use: a torch capture names nodes by op, `mat_mul_12`)."""
-    names = [n.name for n in graph.nodes]
-    ops = {n.op_type for n in graph.nodes}
-    matmuls = [n.name for n in graph.nodes if n.op_type in ("MatMul", "Gemm", "Linear")]
-    sample = ", ".join(matmuls[:3]) + (", ..." if len(matmuls) > 3 else "")
-    notes = []
-    for p in patterns:
-        if p in ops or p in names or fnmatch.filter(names, p):
-            continue
-        notes.append(
-            f"exclude {p!r} matches no node's op type or name, so it excludes nothing "
-            f"(matmul nodes here: {sample or 'none'})"
-        )
-    return notes
-
-
-def find_targets(
-    graph: Graph, exclude: Iterable[str] = (), ops: Iterable[str] = QUANTIZABLE
-) -> tuple[list[Target], list[str]]:
-    """Quantizable nodes (float weight constant) and notes on those skipped, with why."""
-    patterns = list(exclude)
-    targets: list[Target] = []
-    notes: list[str] = []
-    for node in graph.nodes:
-        if node.op_type not in ops or node.domain not in ("", "ecograph"):
-            continue
-        if (node.domain == "ecograph") != (node.op_type == "Linear"):
-            continue
-        if excluded(node, patterns):
-            notes.append(f"{node.name} ({node.op_type}): excluded")
-            continue
-        target = _target(node)
-        if target is None:
-            notes.append(f"{node.name} ({node.op_type}): no float constant weight")
-            continue
-        targets.append(target)
-    return targets, notes
-
-
-def _target(node: Node) -> Target | None:
-    w = node.input(1)
-    if w is None or not w.is_constant or not w.dtype.is_float:
-        return None
-    if node.op_type in ("MatMul", "Linear"):
-        if w.type.rank != 2:
-            return None
-        return Target(node, 1, channel_axis=1, reduce_axis=0)
-    if node.op_type == "Gemm":
-        if node.attr("transA", 0):
-            return None
-        trans_b = bool(node.attr("transB", 0))
-        return Target(node, 1, channel_axis=0 if trans_b else 1, reduce_axis=1 if trans_b else 0)
-    if node.op_type == "Conv":
-        return Target(node, 1, channel_axis=0, reduce_axis=1)
-    return None
 
 
 @register_pass
@@ -301,7 +234,7 @@ class Quantize(Pass):
         smoothed = self._smooth(graph, targets) if self.smooth else 0
         ranges: Mapping[str, tuple[float, float]] = {}
         if self.mode == "static":
-            names = sorted({_activation(t).name for t in targets})
+            names = sorted({activation(t).name for t in targets})
             observers = collect_ranges(
                 graph, self.calibration_data, names, self.calibration, progress=self.progress
             )
@@ -343,7 +276,7 @@ class Quantize(Pass):
                 if self.activations == "block":
                     blocked.append(t)
                 if self.mode == "static":
-                    x = _activation(t)
+                    x = activation(t)
                     dq = self._activation_qdq(graph, x, ranges, activations)
                     graph.set_node_input(t.node, 0, dq)
                 count += 1
@@ -367,8 +300,8 @@ class Quantize(Pass):
         only move or reshape data); the others stay in float, with a note."""
         kept: list[Target] = []
         for t in targets:
-            producer = _activation(t).producer
-            while producer is not None and producer.op_type in _LAYOUT_OPS and producer.inputs:
+            producer = activation(t).producer
+            while producer is not None and producer.op_type in LAYOUT_OPS and producer.inputs:
                 first = producer.input(0)
                 producer = first.producer if first is not None else None
             if producer is not None and producer.op_type in self.float_after:
@@ -388,13 +321,13 @@ class Quantize(Pass):
 
         by_x: dict[int, list[Target]] = {}
         for t in targets:
-            x = _activation(t)
+            x = activation(t)
             if t.node.op_type == "Conv" or not x.dtype.is_float or x.type.rank < 1:
                 continue
             by_x.setdefault(id(x), []).append(t)
         if not by_x:
             return 0
-        xs = {k: _activation(ts[0]) for k, ts in by_x.items()}
+        xs = {k: activation(ts[0]) for k, ts in by_x.items()}
         names = sorted({x.name for x in xs.values()})
         amax: dict[str, np.ndarray] = {}
         for feeds in self.calibration_data:
@@ -664,9 +597,9 @@ class Quantize(Pass):
             for t in targets
             if t.node.op_type in ("MatMul", "Gemm")
             and self._granularity.kind == "group"
-            and _activation(t).dtype.is_float
+            and activation(t).dtype.is_float
         ]
-        names = sorted({_activation(t).name for t in eligible})
+        names = sorted({activation(t).name for t in eligible})
         if not names:
             return {}
         if self._staged is None:  # one staged run per calibration input, kept across groups
@@ -686,7 +619,7 @@ class Quantize(Pass):
                 h = hessian(values[name]) * len(values[name].reshape(-1, values[name].shape[-1]))
                 sums[name] = sums.get(name, 0) + h
             count += len(next(iter(values.values())).reshape(-1, values[names[0]].shape[-1]))
-        return {t.node.name: sums[_activation(t).name] / max(count, 1) for t in eligible}
+        return {t.node.name: sums[activation(t).name] / max(count, 1) for t in eligible}
 
     def _gptq(self, w: np.ndarray, h: np.ndarray, t: Target) -> QuantizedTensor:
         from ecograph.quant.gptq import gptq_quantize
@@ -794,7 +727,7 @@ class Quantize(Pass):
 
     def _dynamic(self, graph: Graph, t: Target, cache: dict, notes: list[str]) -> int:
         node = t.node
-        x = _activation(t)
+        x = activation(t)
         if node.op_type == "Gemm" and node.attr("transB", 0):
             notes.append(f"{node.name} (Gemm): transB=1 is quantized as a transposed constant")
         _, _, q, s, z = self._dynamic_weight(graph, t, cache)
@@ -823,7 +756,7 @@ class Quantize(Pass):
         """MatMul(x, W) -> (Cast(MatMulInteger(x_q, W_q)) * s_x) * s_w with one symmetric int8
         scale per row of x (`_token_quantize`; shared by every consumer of x)."""
         node = t.node
-        x = _activation(t)
+        x = activation(t)
         _, _, q, s, _ = self._dynamic_weight(graph, t, cache)
         if id(x) not in rows:
             rows[id(x)] = self._token_quantize(graph, x, node)
@@ -917,15 +850,6 @@ class Quantize(Pass):
 
 
 # Ops that move or reshape data without changing values (float_after looks through them).
-_LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Cast"})
-
-
-def _activation(t: Target) -> Value:
-    x = t.node.input(0)
-    assert x is not None
-    return x
-
-
 def _first_node(graph: Graph) -> Node | None:
     for node in graph.nodes:
         return node

@@ -23,7 +23,8 @@ import numpy as np
 from ecograph.errors import AccuracyError
 from ecograph.ir import Graph, interpret
 from ecograph.passes.core import CosineTolerance, Pass, PassResult, Tolerance
-from ecograph.quant.quantize import DYNAMIC_OPS, QUANTIZABLE, Quantize, find_targets
+from ecograph.quant.quantize import Quantize
+from ecograph.quant.targets import DYNAMIC_OPS, QUANTIZABLE, find_targets
 
 Feeds = Mapping[str, np.ndarray]
 

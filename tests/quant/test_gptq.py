@@ -121,7 +121,8 @@ def test_sequential_hessians_equal_a_full_run_of_the_graph_as_it_stands(
     group on a graph with a shared input and a residual, and groups of layers that feed each
     other (the float layers run for a group's own inputs must run again once quantized)."""
     from ecograph.ir import interpret
-    from ecograph.quant.quantize import Quantize, _activation
+    from ecograph.quant.quantize import Quantize
+    from ecograph.quant.targets import activation
 
     rng = np.random.default_rng(7)
     calib = [{"x": rng.standard_normal((8, 64)).astype(np.float32)} for _ in range(2)]
@@ -131,7 +132,7 @@ def test_sequential_hessians_equal_a_full_run_of_the_graph_as_it_stands(
     def spy(self, graph, targets):
         found = collect(self, graph, targets)
         for t in targets:
-            name = _activation(t).name
+            name = activation(t).name
             xs = np.concatenate([interpret(graph, c, outputs=[name])[name] for c in calib])
             np.testing.assert_allclose(
                 found[t.node.name], 2 * xs.T.astype(np.float64) @ xs / len(xs), rtol=1e-6,
