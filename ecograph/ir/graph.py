@@ -498,7 +498,7 @@ class Graph:
         node = Node(
             op_type,
             domain,
-            self._unique_node_name(name or _default_node_name(op_type)),
+            self._unique_node_name(name or default_node_name(op_type)),
             dict(attrs or {}),
         )
         node._inputs = list(inputs)
@@ -790,7 +790,8 @@ def _nx_source(v: Value) -> str:
     return f"input:{v.name}"
 
 
-def _default_node_name(op_type: str) -> str:
+def default_node_name(op_type: str) -> str:
+    """A node name hint from its op type: MatMul -> mat_mul."""
     out = []
     for i, ch in enumerate(op_type):
         if ch.isupper() and i and not op_type[i - 1].isupper():

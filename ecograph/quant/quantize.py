@@ -25,7 +25,7 @@ Embedding tables (Gather of a constant float matrix along axis 0) are quantized 
 lookup; `embeddings=False` leaves them in float. Weights are stored as quantized constants
 (int4 two per byte when exported); the float weight is removed once nothing else uses it.
 Exclusions match an op type exactly or a node name by glob (`exclude=["Conv", "*lm_head*"]`;
-a pattern that names no node is a note, since torch captures name nodes by op, `mat_mul_12`);
+a pattern that names no node is a note: torch captures name nodes `lm_head.mat_mul` by module);
 `float_after=("Gelu",)` keeps in float the nodes whose input a Gelu makes (through reshapes),
 i.e. a transformer FFN's down projection (the "int8" preset does; docs/quantization.md).
 

@@ -33,7 +33,8 @@ def excluded(node: Node, patterns: Iterable[str]) -> bool:
 
 def unmatched_exclusions(graph: Graph, patterns: Iterable[str]) -> list[str]:
     """Notes for the exclusion patterns that name no node of `graph` (a mistyped pattern, or
-    a name the graph does not use: a torch capture names nodes by op, `mat_mul_12`)."""
+    a name the graph does not use: a torch capture names nodes by module and op,
+    `model.layers.0.mlp.down_proj.mat_mul`, an ONNX export by its exporter's scheme)."""
     names = [n.name for n in graph.nodes]
     ops = {n.op_type for n in graph.nodes}
     matmuls = [n.name for n in graph.nodes if n.op_type in ("MatMul", "Gemm", "Linear")]

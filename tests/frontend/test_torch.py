@@ -509,6 +509,42 @@ def test_constants_are_named_after_module_attributes() -> None:
     assert set(graph.constants) >= {"0.weight", "0.bias"}
 
 
+class _Named(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8, bias=False)
+        self.layers = nn.ModuleList([nn.Linear(8, 8) for _ in range(2)])
+        self.lm_head = nn.Linear(8, 4, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.fc(x))
+        for layer in self.layers:
+            x = layer(x) * 2
+        return self.lm_head(x)
+
+
+def test_nodes_are_named_after_the_module_they_ran_in() -> None:
+    """`{module path}.{op}` inside submodules, the op alone in the root module; so a glob on
+    a module name (the documented `*lm_head*`) names the right layer of a torch capture."""
+    from ecograph.passes import run_passes
+    from ecograph.quant.quantize import Quantize
+
+    graph = from_torch(_Named().eval(), (X,))
+    ops = {n.name: n.op_type for n in graph.nodes}
+    assert ops["fc.mat_mul"] == "MatMul" and ops["lm_head.mat_mul"] == "MatMul"
+    assert ops["layers.0.gemm"] == "Gemm" and ops["layers.1.gemm"] == "Gemm"
+    assert ops["relu"] == "Relu" and ops["mul"] == "Mul"  # the root module's own ops
+    run_passes(graph, "default", progress=False)  # folds the weights' transposes; names stay
+    res = Quantize(mode="weight_only", exclude=["*lm_head*", "layers.1.*"]).run(graph)
+    assert res.stats["quantized"] == 2
+    for name, quantized in [("fc.mat_mul", True), ("layers.0.gemm", True),
+                            ("lm_head.mat_mul", False), ("layers.1.gemm", False)]:  # fmt: skip
+        w = graph.node(name).input(1)
+        assert w is not None
+        assert (w.producer is not None and w.producer.op_type == "DequantizeLinear") == quantized
+    assert not any("matches no node" in note for note in res.notes)
+
+
 LAYER_CASES: dict[str, tuple[Any, tuple[torch.Tensor, ...]]] = {
     "multihead_attention": (
         lambda: nn.MultiheadAttention(16, 4, batch_first=True),

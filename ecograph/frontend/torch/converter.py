@@ -33,7 +33,7 @@ from ecograph.frontend.torch.types import (
 )
 from ecograph.ir import symbolic
 from ecograph.ir.dtypes import DType
-from ecograph.ir.graph import Graph, Value
+from ecograph.ir.graph import Graph, Value, default_node_name
 
 ConvertFn = Callable[["Converter", Any], Any]
 ATEN_TABLE: dict[str, ConvertFn] = {}
@@ -90,6 +90,15 @@ def target_name(target: Any) -> str:
     return str(target)
 
 
+def _module_path(node: Any) -> str:
+    """The innermost module an fx node ran in, as a dotted path ("" for the root module)."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return ""
+    path = list(stack.values())[-1][0]
+    return path if isinstance(path, str) else ""
+
+
 def _location(node: Any) -> str:
     """Where an fx node came from: its module path and the last user source line."""
     parts = []
@@ -144,6 +153,9 @@ class Converter:
         self._const_cache: dict[tuple[Any, ...], Value] = {}
         self._shape_cache: dict[tuple[int, ...], Value] = {}
         self._failures: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        # the module path of the fx node being converted ("model.layers.3.mlp.down_proj"):
+        # the nodes made for it are named after it, so exclusions and reports can name modules
+        self._scope = ""
 
     # ----------------------------------------------------------------- driver
 
@@ -222,6 +234,7 @@ class Converter:
             self.env[node] = _Poison()  # the root cause is already reported
             return
         fn = ATEN_TABLE[name]
+        self._scope = _module_path(node)
         try:
             result = fn(self, node)
         except NotConvertedError as exc:
@@ -230,6 +243,8 @@ class Converter:
         except EcographError as exc:
             exc.add_note(f"while converting fx node {node.name} ({name}) at {_location(node)}")
             raise
+        finally:
+            self._scope = ""
         self.env[node] = result
         if isinstance(result, Value):
             self._reconcile(node, result)
@@ -383,12 +398,18 @@ class Converter:
         return self.const(np.array(list(values), dtype=np.int64))
 
     def op(self, op_type: str, *inputs: Value | None, **attrs: Any) -> Value:
-        node = self.graph.add_node(op_type, list(inputs), attrs)
+        node = self.graph.add_node(op_type, list(inputs), attrs, name=self._node_name(op_type))
         return node.outputs[0]
 
     def op_multi(self, op_type: str, *inputs: Value | None, num_outputs: int, **attrs: Any):
-        node = self.graph.add_node(op_type, list(inputs), attrs, num_outputs=num_outputs)
+        node = self.graph.add_node(
+            op_type, list(inputs), attrs, num_outputs=num_outputs, name=self._node_name(op_type)
+        )
         return node.outputs
+
+    def _node_name(self, op_type: str) -> str | None:
+        """`{module path}.{op}` inside a submodule (lm_head.mat_mul), else the default."""
+        return f"{self._scope}.{default_node_name(op_type)}" if self._scope else None
 
     # ------------------------------------------------------- symbolic sizes
 
