@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("tvm")
 
 import tvm
-from tvm import te, tirx
+from tvm import s_tir, te, tirx
 
 from ecograph.backends.tvm import targets
 from ecograph.backends.tvm.schedules import Matmul, panel_width
@@ -91,6 +91,76 @@ def test_packed_weights_rows_padded_and_clamped(preset, m):
     Wp = np.ascontiguousarray(Wpad.reshape(k_len, n_pad // nr, nr).transpose(1, 0, 2))
     got, _ = _run(func, spec, [A, Wp], (m, n_cols))
     np.testing.assert_allclose(got, np.maximum(A.astype(np.float64) @ W, 0), rtol=1e-5, atol=1e-5)
+
+
+def _allocations(func) -> dict[str, int]:
+    """Buffer name -> elements, for the buffers a scheduled function allocates."""
+    import tvm_ffi
+
+    found: dict[str, int] = {}
+
+    def visit(block) -> None:
+        for buf in block.alloc_buffers:
+            found[buf.name] = math.prod(int(d) for d in buf.shape)
+
+    tvm_ffi.structural_walk(func.body, (s_tir.SBlock, visit), order="pre")
+    return found
+
+
+@pytest.mark.parametrize("preset", TARGETS)
+@pytest.mark.parametrize("m", [1, 5, 21])
+def test_decoded_weight_panels_are_decoded_once_per_panel(preset, m):
+    # The lowering's form for several rows of a dequantizing product: the weights decoded as
+    # a stage of their own (DECODED_PANEL, [N/NR, K, NR] floats from int8 codes and group
+    # scales), then the packed product. The rule computes one panel at a time into a scratch
+    # of K x NR floats that every row tile reads (not the whole decoded matrix, not inlined).
+    from ecograph.backends.tvm.schedules.matmul import DECODED_PANEL
+
+    spec = targets.resolve(preset)
+    n_cols, k_len, group = 100, 64, 16
+    mr, nr = register_tile(spec, n_cols, single_row=False)
+    panels = -(-n_cols // nr)
+    mv = tirx.Var("m", "int64")
+    a = te.placeholder((mv, I64(k_len)), "float32", name="a")
+    codes = te.placeholder((I64(panels), I64(k_len), I64(nr)), "int8", name="codes")
+    scales = te.placeholder((I64(panels), I64(k_len // group), I64(nr)), "float32", name="s")
+    decoded = te.compute(
+        (I64(panels), I64(k_len), I64(nr)),
+        lambda p, kk, c: codes[p, kk, c].astype("float32") * scales[p, kk // group, c],
+        DECODED_PANEL,
+    )
+    k = te.reduce_axis((0, I64(k_len)), "k")
+    rows = (mv + mr - 1) // mr * mr
+    c = te.compute(
+        (rows, I64(n_cols)),
+        lambda i, j: te.sum(a[te.min(i, mv - 1), k] * decoded[j // nr, k, j % nr], axis=k),
+        "mm",
+    )
+    y = te.compute((mv, I64(n_cols)), lambda i, j: c[i, j] + tirx.const(1.0, "float32"))
+    func = te.create_prim_func([a, codes, scales, y])
+    rng = np.random.default_rng(1)
+    A = _rand((m, k_len))
+    Q = rng.integers(-8, 8, (panels, k_len, nr)).astype(np.int8)
+    S = rng.uniform(0.01, 0.1, (panels, k_len // group, nr)).astype(np.float32)
+    got, sch = _run(func, spec, [A, Q, S], (m, n_cols))
+    W = (Q.astype(np.float64) * np.repeat(S, group, axis=1)).transpose(1, 0, 2)
+    W = W.reshape(k_len, panels * nr)[:, :n_cols]
+    np.testing.assert_allclose(got, A.astype(np.float64) @ W + 1, rtol=1e-5, atol=1e-5)
+    # the buffers as compiled (compacted to what a block's loop nest touches)
+    t = s_tir.transform
+    lower = [t.LowerInitBlock(), t.PlanAndUpdateBufferAllocationLocation(),
+             t.ConvertBlocksToOpaque(), t.CompactBufferAllocation()]  # fmt: skip
+    compacted = tvm.transform.Sequential(lower)(sch.mod)["main"]
+    assert _allocations(compacted).get(DECODED_PANEL) == k_len * nr
+    assert tirx.ForKind.PARALLEL in _loop_kinds(compacted)
+
+
+def _loop_kinds(func) -> set:
+    import tvm_ffi
+
+    kinds: set = set()
+    tvm_ffi.structural_walk(func.body, (tirx.For, lambda lp: kinds.add(lp.kind)), order="pre")
+    return kinds
 
 
 @pytest.mark.parametrize("seq", [3, 8, 17])

@@ -168,6 +168,10 @@ def test_cpu_weight_only_kernel_is_register_blocked(wdt, axis, block, zp, rows):
     """The fused kernel is scheduled by the matmul rule (register tile, vectorized over
     columns), not left to the fallback, for a decode row and for a symbolic batch."""
     g = _dq_graph(wdt, axis, block, zero_point=zp, rows=rows)
+    # several rows decode the weights once per column panel (a DECODED_PANEL stage the rule
+    # computes per panel); a decode row reads each weight once anyway, in the product
+    text = lower_graph(g, X86).mod.script()
+    assert ("decoded_panel" in text) == (rows != 1)
     result = build.build_module(g, "x86", keep_params=False)
     rules = {k: r for k, r in result.kernels.items() if "dequantize_matmul" in k}
     assert rules and set(rules.values()) == {"matmul"}, result.kernels

@@ -23,7 +23,7 @@ from ecograph.backends.tvm.context import (
     lowers,
 )
 from ecograph.backends.tvm.schedules.int8 import Int8Kernel, int8_kernel, int8_tile, shifted_a
-from ecograph.backends.tvm.schedules.matmul import lanes_for, register_tile
+from ecograph.backends.tvm.schedules.matmul import DECODED_PANEL, lanes_for, register_tile
 from ecograph.backends.tvm.targets import TargetSpec
 from ecograph.ir.dtypes import DType
 from ecograph.ir.graph import Graph, Node, Value
@@ -119,12 +119,19 @@ def emit_panel_matmul(
     weight: Callable[[Sequence[Any], Any, Any], Any],
     nr: int,
     name: str,
+    decode_once: bool = False,
 ) -> relax.Expr:
     """`a @ W` as one TE kernel, `W[k, j] = weight(operand tensors, k, j)` reading operands
     packed in column panels of `nr` (`[j // nr, f(k), j % nr]`, the form the matmul schedule
     recognises; a dequantization may sit in `weight`). Rows are padded to the register tile's
     MR, reading row min(i, rows - 1), and columns to whole vectors, so the schedule needs no
-    predicate inside a tile."""
+    predicate inside a tile.
+
+    `decode_once` (a `weight` that decodes, e.g. 4-bit codes times scales), for products of
+    several rows: W is a stage of its own, `[panels, K, nr]` floats named DECODED_PANEL,
+    which the matmul schedule computes one panel at a time into a scratch buffer and
+    multiplies by every row tile (GotoBLAS' packing), instead of decoding each weight once
+    per MR rows inside the product."""
     from tvm import te, tirx
 
     at = ctx.in_type(0)
@@ -132,6 +139,7 @@ def emit_panel_matmul(
     rows_dim = at.shape[-2] if at.rank >= 2 else 1
     single = rows_dim == 1
     mr, _ = register_tile(ctx.target, n_len, single_row=single, nr=nr)
+    decode_once = decode_once and not single
 
     # Columns are computed in whole vectors (the panels are zero-padded past N): a last
     # vector only partly inside N would put a predicate on the vector lanes, and TVM then
@@ -140,9 +148,19 @@ def emit_panel_matmul(
 
     def compute(av: Any, *ws: Any) -> Any:
         kk = te.reduce_axis((0, av.shape[-1]), "k")
+        weight_at = weight
+        if decode_once:
+            panels = -(-n_pad // nr)
+            decoded = te.compute(
+                (panels, av.shape[-1], nr),
+                lambda p, k, c: weight(ws, k, p * nr + c),
+                name=DECODED_PANEL,
+            )
+            weight_at = lambda _, k, j: decoded[j // nr, k, j % nr]  # noqa: E731
+
         if len(av.shape) == 1:
             vec = te.compute(
-                (n_pad,), lambda j: te.sum(av[kk] * weight(ws, kk, j), axis=kk), name=name
+                (n_pad,), lambda j: te.sum(av[kk] * weight_at(ws, kk, j), axis=kk), name=name
             )
             if n_pad == n_len:
                 return vec
@@ -152,14 +170,14 @@ def emit_panel_matmul(
         if static_rows and int(rows) % mr == 0 and n_pad == n_len:
             return te.compute(
                 (*lead, rows, n_len),
-                lambda *ix: te.sum(av[(*ix[:-1], kk)] * weight(ws, kk, ix[-1]), axis=kk),
+                lambda *ix: te.sum(av[(*ix[:-1], kk)] * weight_at(ws, kk, ix[-1]), axis=kk),
                 name=name,
             )
         padded = rows if static_rows and int(rows) % mr == 0 else (rows + (mr - 1)) // mr * mr
         tile = te.compute(
             (*lead, padded, n_pad),
             lambda *ix: te.sum(
-                av[(*ix[:-2], te.min(ix[-2], rows - 1), kk)] * weight(ws, kk, ix[-1]),
+                av[(*ix[:-2], te.min(ix[-2], rows - 1), kk)] * weight_at(ws, kk, ix[-1]),
                 axis=kk,
             ),
             name=name,

@@ -347,7 +347,9 @@ def emit_panel_dequantize_matmul(
         return q.astype("float32") * at(ws[1], k, j)
 
     name = "palette_matmul" if plan.palette else "dequantize_matmul"
-    return emit_panel_matmul(ctx, ctx.arg(0) if a is None else a, operands, weight, nr, name)
+    a = ctx.arg(0) if a is None else a
+    # several rows: decode each weight once, not once per row tile (emit_panel_matmul)
+    return emit_panel_matmul(ctx, a, operands, weight, nr, name, decode_once=not plan.palette)
 
 
 __all__ = [

@@ -26,6 +26,11 @@ from .base import CPURule, schedule_injective
 # distinct from the inputs, so the accumulators are stored and reloaded around every FMA
 # (measured: 3.4 ms instead of 1.3 ms for 128x384x1536). Tiles stay under this size.
 STACK_BYTES = 1024
+# The block name of a product's weights decoded into column panels, [panels, K, NR] floats
+# (ops/matmul.py, `emit_panel_matmul(decode_once=True)`): the schedule computes one panel
+# at a time into a scratch buffer that every row tile then reads, so each weight is decoded
+# once per product instead of once per MR rows.
+DECODED_PANEL = "decoded_panel"
 
 
 def lanes_for(spec: TargetSpec, dtype_bits: int = 32) -> int:
@@ -93,15 +98,19 @@ class Matmul(CPURule):
             sch = s_tir.Schedule(func)
             found = self._find(sch)
             assert found is not None
-            info, epilogue = found
+            info, epilogue, decoder = found
             try:
-                self._schedule(sch, info, epilogue, fuse_epilogue)
+                self._schedule(sch, info, epilogue, fuse_epilogue, decoder)
             except s_tir.ScheduleError:
                 continue
             return sch
         return None
 
-    def _find(self, sch: s_tir.Schedule) -> tuple[MatmulInfo, list[SBlockRV]] | None:
+    def _find(
+        self, sch: s_tir.Schedule
+    ) -> tuple[MatmulInfo, list[SBlockRV], SBlockRV | None] | None:
+        """The product, its epilogue blocks and its DECODED_PANEL block (None if it has none
+        or has one row: a decode row reads each weight once anyway)."""
         blocks = self.blocks(sch)
         reductions = [b for b in blocks if "R" in iter_kinds(sch, b)]
         if len(reductions) != 1:
@@ -111,10 +120,15 @@ class Matmul(CPURule):
         at = names.index(sch.get(block).name_hint)
         before, after = blocks[:at], blocks[at + 1 :]
         # Producers fused into this kernel (a transpose, a dequantization) are inlined into the
-        # product; if one cannot be, this is not a kernel this rule understands.
+        # product, except a decoded weight panel; if one cannot be, this is not a kernel this
+        # rule understands.
+        decoder = None
         for prod in reversed(before):
             if iter_kinds(sch, prod).strip("S"):
                 return None
+            if sch.get(prod).name_hint == DECODED_PANEL and decoder is None:
+                decoder = prod
+                continue
             try:
                 sch.compute_inline(prod)
             except s_tir.ScheduleError:
@@ -124,10 +138,15 @@ class Matmul(CPURule):
         info = matmul_info(sch, block)
         if info is None:
             return None
-        return info, after
+        return info, after, decoder
 
     def _schedule(
-        self, sch: s_tir.Schedule, info: MatmulInfo, epilogue: list[SBlockRV], fuse: bool
+        self,
+        sch: s_tir.Schedule,
+        info: MatmulInfo,
+        epilogue: list[SBlockRV],
+        fuse: bool,
+        decoder: SBlockRV | None = None,
     ) -> None:
         spec = self.spec
         lanes = lanes_for(spec)
@@ -158,18 +177,30 @@ class Matmul(CPURule):
         jo, ji = sch.split(loops[info.j], [None, nr])
         jb, jv = sch.split(ji, [None, lanes])
         ko, ki = sch.split(loops[-1], [None, ku])
-        sch.reorder(*batch, io, jo, ko, ki, ii, jb, jv)
+        if decoder is not None and single_row:
+            sch.compute_inline(decoder)
+            decoder = None
+        if decoder is None:
+            sch.reorder(*batch, io, jo, ko, ki, ii, jb, jv)
+            tasks, tile = [*batch, io, jo], jo
+        else:
+            # a column panel's weights decoded once into a scratch buffer [K, NR], then every
+            # row tile of the panel reads it
+            sch.reorder(*batch, jo, io, ko, ki, ii, jb, jv)
+            tasks, tile = [*batch, jo], io
+            sch.compute_at(decoder, jo)
+            self._vectorize_tail(sch, decoder, lanes)
 
         if fuse and epilogue:
             for blk in epilogue[:-1]:
                 sch.compute_inline(blk)
             last = epilogue[-1]
-            sch.reverse_compute_at(last, jo)
+            sch.reverse_compute_at(last, tile)
             sch.set_scope(block, 0, "global")
             out = last
         else:
             out = sch.cache_write(block, 0, "global")
-            sch.reverse_compute_at(out, jo)
+            sch.reverse_compute_at(out, tile)
         # The accumulators of one tile: MR x NR, on the stack, promoted to registers by LLVM.
         # Buffer compaction would size this buffer by the rows a tile may touch, which it
         # cannot bound when M is symbolic, leaving a whole-matrix array.
@@ -182,7 +213,7 @@ class Matmul(CPURule):
 
         sch.transform_layout(block, ("write", 0), tile_index, assume_injective_transform=True)
         self._vectorize_tail(sch, out, lanes)
-        sch.parallel(sch.fuse(*batch, io, jo))
+        sch.parallel(sch.fuse(*tasks) if len(tasks) > 1 else tasks[0])
         if lanes > 1:
             sch.vectorize(jv)
         sch.unroll(jb)
