@@ -47,10 +47,11 @@ Q4_1's dequantized values and the quantized builds re-quantize them on other gri
 same test as quantizing a model trained in float32. `--ppl-model random` scores the speed
 models on the text's bytes as token ids: a consistency check between builds, not accuracy.
 
-GPTQ: compile_lm hands one Quantize pass's calibration data to both its graphs, and the decode
-graph needs input_ids [batch, 1] and past_kv, so GPTQ cannot run through compile_lm today; the
-GPTQ row compiles the prefill alone through ecograph.optimize (int4, group `--gptq-group`,
-calibrated on Apache-2.0 windows) and scores that.
+GPTQ: the GPTQ row compiles the prefill alone through ecograph.optimize (int4, group
+`--gptq-group`, calibrated on `--calibration-texts` windows) and scores that: its options
+(`--gptq-lm-head int8`, `--gptq-embeddings int8`) are a second Quantize pass, and compile_lm
+takes one (compile_lm runs GPTQ too, calibrated on prompts, the decode graph taking the
+prefill's codes; tests/lm/test_generate.py).
 """
 
 from __future__ import annotations
@@ -810,8 +811,8 @@ def setup_gptq(
     calibration_text: str = CALIBRATION_TEXT,
     embeddings: str = "int4",
 ) -> Build:
-    """int4 GPTQ of the prefill alone through ecograph.optimize (compile_lm cannot calibrate
-    its decode graph; module docstring), calibrated on `calibration` windows. `asymmetric`:
+    """int4 GPTQ of the prefill alone through ecograph.optimize (module docstring), calibrated
+    on `calibration` windows. `asymmetric`:
     uint4 codes with a zero point per group (GPTQ's own default) instead of symmetric int4.
     `lm_head="int8"`: the output projection int8 per channel instead (GPTQ's papers keep it
     in 16 bits; llama.cpp's 4-bit formats keep it in 6). `sequential`: Quantize's option (the

@@ -52,6 +52,9 @@ def compile_lm(
       (it needs calibration data that compile_lm does not take). Both functions get the same
       quantized weights: the prefill graph is quantized first and the decode graph takes its
       codes, so GPTQ's `calibration_data` are prefill inputs, [{"input_ids": [batch, T]}].
+      A list of them runs in order, each on the float weights the ones before left (mixed
+      precision: `[{...int4 GPTQ..., "exclude": ["*lm_head*"], "embeddings": False},
+      "int8-weight"]` keeps the output projection and the embedding table in int8).
     - max_seq_len: prompt plus generated tokens; default min(the model's positions, 2048).
     - tokenizer: saved beside the functions (so `ecograph generate DIR --prompt TEXT` works).
     - accuracy_budget: the minimum cosine similarity of the compiled functions' logits to the
@@ -79,7 +82,8 @@ def compile_lm(
     prefill, decode, layout = capture_lm(model)
     records: list[Any] = []
     qdesc = ""
-    shared: dict[Any, Any] = {}  # prefill's quantized weights, taken as they are by decode
+    # per quantization, prefill's quantized weights, taken as they are by decode
+    shared: list[dict[Any, Any]] = [{} for _ in _quantizations(quantize)]
     for graph in (prefill, decode):
         records, qdesc = _run_passes(graph, pipeline, quantize, progress, shared)
     recipe = recipe_for(pipeline, qdesc, records)
@@ -180,25 +184,37 @@ def _max_seq_len(model: Any, max_seq_len: int | None) -> int:
     return max_seq_len
 
 
+def _quantizations(quantize: Any) -> list[Any]:
+    """compile_lm's `quantize` as a list of quantizations, applied in order."""
+    if quantize is None:
+        return []
+    return list(quantize) if isinstance(quantize, list | tuple) else [quantize]
+
+
 def _run_passes(
-    graph: Any, pipeline: str, quantize: Any, progress: bool | None, shared: dict[Any, Any]
+    graph: Any,
+    pipeline: str,
+    quantize: Any,
+    progress: bool | None,
+    shared: list[dict[Any, Any]],
 ) -> tuple[Any, str]:
-    """Run `pipeline`, then the quantization, on `graph` in place; (records, description).
-    The quantization shares its quantized weights through `shared` with the other graph's
-    (same weights, same codes: GPTQ calibrates on the prefill inputs only)."""
+    """Run `pipeline`, then the quantizations, on `graph` in place; (records, description).
+    Each quantization shares its quantized weights through its `shared` table with the other
+    graph's (same weights, same codes: GPTQ calibrates on the prefill inputs only)."""
     from ecograph.passes import PassManager
     from ecograph.quant.presets import quantize_pass
 
     items: list[Any] = [pipeline]
-    qdesc = ""
-    if quantize is not None:
+    descriptions = []
+    for spec, table in zip(_quantizations(quantize), shared, strict=True):
         # a fresh pass per graph (a Quantize given is copied), one shared weight table
-        qpass = dataclasses.replace(quantize_pass(quantize), shared=shared)
+        qpass = dataclasses.replace(quantize_pass(spec), shared=table)
         items.append(qpass)
-        qdesc = qpass.describe()
-        if isinstance(quantize, str):  # the preset's name says more than the mode alone
-            qdesc = f"{quantize}: {qdesc}"
-    return PassManager(items, progress=progress).run(graph).records, qdesc
+        # a preset's name says more than the mode alone
+        descriptions.append(
+            f"{spec}: {qpass.describe()}" if isinstance(spec, str) else qpass.describe()
+        )
+    return PassManager(items, progress=progress).run(graph).records, "; then ".join(descriptions)
 
 
 def _check_out_dir(out: Path) -> None:
@@ -214,6 +230,20 @@ def _check_out_dir(out: Path) -> None:
 
 def _check_quantize(quantize: Any) -> None:
     """Fail fast, before the capture, on a quantization compile_lm cannot run."""
+    if isinstance(quantize, list | tuple):
+        if not quantize:
+            raise UsageError(
+                "quantize=[] names no quantization; give None for none, or one or more "
+                "presets, dicts of Quantize options or Quantize passes"
+            )
+        for spec in quantize:
+            if spec is None or isinstance(spec, list | tuple):
+                raise UsageError(
+                    f"quantize={quantize!r}: each item is a preset, a dict of Quantize "
+                    f"options or a Quantize pass, not {spec!r}"
+                )
+            _check_quantize(spec)
+        return
     if quantize is None:
         return
     from ecograph.quant.presets import QUANTIZE_PRESETS

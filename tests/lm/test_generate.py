@@ -235,6 +235,51 @@ def test_gptq_calibrates_on_prompts_and_decode_takes_the_prefill_codes(
     np.testing.assert_allclose(step[:, -1], full[:, -1], atol=1e-4, rtol=1e-4)
 
 
+def test_a_list_of_quantizations_runs_in_order_on_both_functions(
+    llama: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mixed precision: int4 for the layers but the output projection (excluded by its module
+    name, as torch capture names nodes), then int8-weight for what is left float (the output
+    projection and the embedding table), in both functions; decode takes the prefill's codes
+    of both, so a decode step gives prefill's logits at that position."""
+    from ecograph import compile_lm
+    from ecograph.quant.quantize import Quantize
+
+    seen: list[tuple[str, int, int, bool]] = []
+    run = Quantize.run
+
+    def spy(self: Quantize, graph: Any) -> Any:
+        res = run(self, graph)
+        excluded = any("lm_head" in n and "excluded" in n for n in res.notes)
+        seen.append((self.dtype, res.stats["quantized"], res.stats["embeddings"], excluded))
+        return res
+
+    monkeypatch.setattr(Quantize, "run", spy)
+    int4 = {"mode": "weight_only", "dtype": "int4", "granularity": "group:16",
+            "exclude": ["*lm_head*"], "embeddings": False}  # fmt: skip
+    lm = compile_lm(llama, quantize=[int4, "int8-weight"], max_seq_len=MAX_SEQ_LEN,
+                    accuracy_budget=0.9, out_dir=tmp_path)  # fmt: skip
+    layers = llama.config.num_hidden_layers * 4  # q|k|v, o, gate|up (fused by default), down
+    expected = [("int4", layers, 0, True), ("int8", 1, 1, False)]
+    assert seen == expected * 2, seen  # prefill, then decode
+    assert "int8-weight: " in lm.spec.quantization and "; then " in lm.spec.quantization
+    ids = prompt(1, 9, seed=8)
+    full, _ = lm.prefill.run_numpy([ids])
+    _, kv = lm.prefill.run_numpy([ids[:, :-1]])
+    step, _ = lm.decode.run_numpy([ids[:, -1:], kv])
+    np.testing.assert_allclose(step[:, -1], full[:, -1], atol=1e-4, rtol=1e-4)
+
+
+def test_a_quantization_list_must_name_quantizations(llama: Any, tmp_path: Path) -> None:
+    from ecograph import compile_lm
+    from ecograph.errors import UsageError
+
+    for bad, match in (([], "names no quantization"), (["int4", None], "each item"),
+                       (["int4", "int8-static"], "static")):  # fmt: skip
+        with pytest.raises(UsageError, match=match):
+            compile_lm(llama, quantize=bad, max_seq_len=MAX_SEQ_LEN, out_dir=tmp_path)
+
+
 def test_int8_activation_blocks_give_decode_the_logits_prefill_gives(
     llama: Any, tmp_path: Path
 ) -> None:
