@@ -59,10 +59,10 @@ OPT_IN_RUNNERS = ("ecograph-tuned", "ecograph-auto", "ecograph-int8w", "ecograph
                   "ecograph-nbits", "ecograph-nbits-a8")  # fmt: skip
 DEFAULT_RUNNERS = [r for r in RUNNERS if r not in OPT_IN_RUNNERS]
 WORKLOADS = ["minilm-b1", "minilm-b8", "llama-prefill", "llama-decode", "resnet"]
-# Run only when named: one decode step of a Llama with TinyLlama-1.1B's layer shapes (hidden
-# 2048, FFN 5632, 32 query / 4 KV heads), 2 layers, vocab 8000: ~120M parameters, 480 MB in
-# float32, so a step reads its weights from memory, not from cache.
-EXTRA_WORKLOADS = ["llama-wide-decode"]
+# Run only when named: one decode step (or a 128-token prefill) of a Llama with TinyLlama-1.1B's
+# layer shapes (hidden 2048, FFN 5632, 32 query / 4 KV heads), 2 layers, vocab 8000: ~120M
+# parameters, 480 MB in float32, so a step reads its weights from memory, not from cache.
+EXTRA_WORKLOADS = ["llama-wide-decode", "llama-wide-prefill"]
 BASELINE = "ort-fp32"
 TUNE_TRIALS = int(os.environ.get("ECOGRAPH_BENCH_TRIALS", "64"))
 
@@ -93,6 +93,8 @@ def build_workload(name: str) -> tuple[Any, tuple[Any, ...]]:
         return model, (ids, mask)
     if name == "llama-wide-decode":
         return decode_workload(build_llama(wide=True))
+    if name == "llama-wide-prefill":
+        return prefill_module(build_llama(wide=True)), (torch.randint(0, 1000, (1, 128)),)
     if name.startswith("llama"):
         model = build_llama()
         if name == "llama-prefill":
