@@ -156,11 +156,56 @@ def test_decoded_weight_panels_are_decoded_once_per_panel(preset, m):
 
 
 def _loop_kinds(func) -> set:
+    kinds: set = set()
+    tvm_ffi_walk(func, lambda lp: kinds.add(lp.kind))
+    return kinds
+
+
+@pytest.mark.parametrize("preset", TARGETS)
+@pytest.mark.parametrize("n_cols", [100, 1000])
+def test_many_packed_panels_run_panel_outside_the_row_tiles(preset, n_cols):
+    # Packed weights of PANEL_OUTER_MIN panels or more, several rows: the parallel loop runs
+    # over the column panels (each read from memory once, then from cache by every row
+    # tile), the row tiles inside; fewer panels keep one task per tile (rows x panels).
+    from ecograph.backends.tvm.schedules.matmul import PANEL_OUTER_MIN
+
+    spec = targets.resolve(preset)
+    k_len = 48
+    mr, nr = register_tile(spec, n_cols, single_row=False)
+    panels = -(-n_cols // nr)
+    mv = tirx.Var("m", "int64")
+    a = te.placeholder((mv, I64(k_len)), "float32", name="a")
+    wp = te.placeholder((I64(panels), I64(k_len), I64(nr)), "float32", name="wp")
+    k = te.reduce_axis((0, I64(k_len)), "k")
+    rows = (mv + mr - 1) // mr * mr
+    c = te.compute(
+        (rows, I64(n_cols)),
+        lambda i, j: te.sum(a[te.min(i, mv - 1), k] * wp[j // nr, k, j % nr], axis=k),
+        "mm",
+    )
+    y = te.compute((mv, I64(n_cols)), lambda i, j: c[i, j] * tirx.const(2.0, "float32"))
+    func = te.create_prim_func([a, wp, y])
+    A, W = _rand((13, k_len)), _rand((k_len, panels * nr))
+    Wp = np.ascontiguousarray(W.reshape(k_len, panels, nr).transpose(1, 0, 2))
+    got, sch = _run(func, spec, [A, Wp], (13, n_cols))
+    np.testing.assert_allclose(got, 2 * A.astype(np.float64) @ W[:, :n_cols], rtol=1e-5,
+                               atol=1e-5)  # fmt: skip
+    parallel = []
+    tvm_ffi_walk(
+        sch.mod["main"], lambda lp: lp.kind == tirx.ForKind.PARALLEL and parallel.append(lp)
+    )
+    assert len(parallel) == 1
+    extent = parallel[0].extent
+    if panels >= PANEL_OUTER_MIN:
+        assert isinstance(extent, tirx.IntImm) and int(extent) == panels
+    else:
+        assert not isinstance(extent, tirx.IntImm)  # rows (symbolic) x panels
+
+
+def tvm_ffi_walk(func, visit) -> None:
     import tvm_ffi
 
-    kinds: set = set()
-    tvm_ffi.structural_walk(func.body, (tirx.For, lambda lp: kinds.add(lp.kind)), order="pre")
-    return kinds
+    tvm_ffi.structural_walk(func.body, (tirx.For, visit), order="pre")
 
 
 @pytest.mark.parametrize("seq", [3, 8, 17])

@@ -4,7 +4,10 @@ The tile is MR rows x NR columns of accumulators kept in vector registers (AVX-5
 floats = 24 zmm; AVX2: 4 x 24 = 12 ymm; NEON: 8 x 12 = 24 q-registers), the reduction is
 unrolled by 4, and every output tile is one parallel task. Constant weights arrive packed as
 `[N / NR, K, NR]` (the lowering packs them at compile time with `panel_width`), so the NR
-columns a tile needs are contiguous for every k. Elementwise work after the product (bias,
+columns a tile needs are contiguous for every k; with several rows, the panel loop runs
+outside the row tiles (one parallel task per panel), so a panel comes from memory once and
+from cache for every row tile, and a decoded panel (DECODED_PANEL) is decoded once into a
+scratch the row tiles share. Elementwise work after the product (bias,
 GELU, SiLU, ReLU, a residual add) is computed on the tile while it is still in registers and
 written once. Measured against ONNX Runtime in bench/RESULTS.md.
 """
@@ -26,6 +29,10 @@ from .base import CPURule, schedule_injective
 # distinct from the inputs, so the accumulators are stored and reloaded around every FMA
 # (measured: 3.4 ms instead of 1.3 ms for 128x384x1536). Tiles stay under this size.
 STACK_BYTES = 1024
+# Packed weights of at least this many column panels run panel-outside with several rows
+# (below: the panels are the parallel tasks, too few for a many-core pool, and so few
+# columns' weights stay in cache in either order).
+PANEL_OUTER_MIN = 16
 # The block name of a product's weights decoded into column panels, [panels, K, NR] floats
 # (ops/matmul.py, `emit_panel_matmul(decode_once=True)`): the schedule computes one panel
 # at a time into a scratch buffer that every row tile then reads, so each weight is decoded
@@ -180,7 +187,11 @@ class Matmul(CPURule):
         if decoder is not None and single_row:
             sch.compute_inline(decoder)
             decoder = None
-        if single_row or not (info.packed_nr or decoder is not None):
+        panels = -(-n_extent // nr) if n_extent is not None else None
+        panel_outer = decoder is not None or (
+            info.packed_nr is not None and panels is not None and panels >= PANEL_OUTER_MIN
+        )
+        if single_row or not panel_outer:
             sch.reorder(*batch, io, jo, ko, ki, ii, jb, jv)
             tasks, tile = [*batch, io, jo], jo
         else:
