@@ -64,6 +64,23 @@ def test_batched_rows_with_epilogue(preset, b, s):
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
 
 
+def _panel_product(k_len, n_cols, mr, b, epilogue):
+    """The lowering's form of a product with B (a tensor [panels, K, NR]) in column panels:
+    rows padded to a multiple of MR reading row min(i, M - 1), then `epilogue` on the first
+    M rows. Returns the A placeholder and the output."""
+    nr = int(b.shape[-1])
+    mv = tirx.Var("m", "int64")
+    a = te.placeholder((mv, I64(k_len)), "float32", name="a")
+    k = te.reduce_axis((0, I64(k_len)), "k")
+    rows = (mv + mr - 1) // mr * mr
+    c = te.compute(
+        (rows, I64(n_cols)),
+        lambda i, j: te.sum(a[te.min(i, mv - 1), k] * b[j // nr, k, j % nr], axis=k),
+        "mm",
+    )
+    return a, te.compute((mv, I64(n_cols)), lambda i, j: epilogue(c[i, j]))
+
+
 @pytest.mark.parametrize("preset", TARGETS)
 @pytest.mark.parametrize("m", [1, 5, 16, 21])
 def test_packed_weights_rows_padded_and_clamped(preset, m):
@@ -73,17 +90,8 @@ def test_packed_weights_rows_padded_and_clamped(preset, m):
     n_cols, k_len = 100, 64
     mr, nr = register_tile(spec, n_cols, single_row=m == 1)
     n_pad = -(-n_cols // nr) * nr
-    mv = tirx.Var("m", "int64")
-    a = te.placeholder((mv, I64(k_len)), "float32", name="a")
     wp = te.placeholder((I64(n_pad // nr), I64(k_len), I64(nr)), "float32", name="wp")
-    k = te.reduce_axis((0, I64(k_len)), "k")
-    rows = (mv + mr - 1) // mr * mr
-    c = te.compute(
-        (rows, I64(n_cols)),
-        lambda i, j: te.sum(a[te.min(i, mv - 1), k] * wp[j // nr, k, j % nr], axis=k),
-        "mm",
-    )
-    y = te.compute((mv, I64(n_cols)), lambda i, j: te.max(c[i, j], tirx.const(0.0, "float32")))
+    a, y = _panel_product(k_len, n_cols, mr, wp, lambda v: te.max(v, tirx.const(0.0, "float32")))
     func = te.create_prim_func([a, wp, y])
     A, W = _rand((m, k_len)), _rand((k_len, n_cols))
     Wpad = np.zeros((k_len, n_pad), np.float32)
@@ -120,8 +128,6 @@ def test_decoded_weight_panels_are_decoded_once_per_panel(preset, m):
     n_cols, k_len, group = 100, 64, 16
     mr, nr = register_tile(spec, n_cols, single_row=False)
     panels = -(-n_cols // nr)
-    mv = tirx.Var("m", "int64")
-    a = te.placeholder((mv, I64(k_len)), "float32", name="a")
     codes = te.placeholder((I64(panels), I64(k_len), I64(nr)), "int8", name="codes")
     scales = te.placeholder((I64(panels), I64(k_len // group), I64(nr)), "float32", name="s")
     decoded = te.compute(
@@ -129,14 +135,7 @@ def test_decoded_weight_panels_are_decoded_once_per_panel(preset, m):
         lambda p, kk, c: codes[p, kk, c].astype("float32") * scales[p, kk // group, c],
         DECODED_PANEL,
     )
-    k = te.reduce_axis((0, I64(k_len)), "k")
-    rows = (mv + mr - 1) // mr * mr
-    c = te.compute(
-        (rows, I64(n_cols)),
-        lambda i, j: te.sum(a[te.min(i, mv - 1), k] * decoded[j // nr, k, j % nr], axis=k),
-        "mm",
-    )
-    y = te.compute((mv, I64(n_cols)), lambda i, j: c[i, j] + tirx.const(1.0, "float32"))
+    a, y = _panel_product(k_len, n_cols, mr, decoded, lambda v: v + tirx.const(1.0, "float32"))
     func = te.create_prim_func([a, codes, scales, y])
     rng = np.random.default_rng(1)
     A = _rand((m, k_len))
@@ -173,17 +172,8 @@ def test_many_packed_panels_run_panel_outside_the_row_tiles(preset, n_cols):
     k_len = 48
     mr, nr = register_tile(spec, n_cols, single_row=False)
     panels = -(-n_cols // nr)
-    mv = tirx.Var("m", "int64")
-    a = te.placeholder((mv, I64(k_len)), "float32", name="a")
     wp = te.placeholder((I64(panels), I64(k_len), I64(nr)), "float32", name="wp")
-    k = te.reduce_axis((0, I64(k_len)), "k")
-    rows = (mv + mr - 1) // mr * mr
-    c = te.compute(
-        (rows, I64(n_cols)),
-        lambda i, j: te.sum(a[te.min(i, mv - 1), k] * wp[j // nr, k, j % nr], axis=k),
-        "mm",
-    )
-    y = te.compute((mv, I64(n_cols)), lambda i, j: c[i, j] * tirx.const(2.0, "float32"))
+    a, y = _panel_product(k_len, n_cols, mr, wp, lambda v: v * tirx.const(2.0, "float32"))
     func = te.create_prim_func([a, wp, y])
     A, W = _rand((13, k_len)), _rand((k_len, panels * nr))
     Wp = np.ascontiguousarray(W.reshape(k_len, panels, nr).transpose(1, 0, 2))
