@@ -116,8 +116,9 @@ class Matmul(CPURule):
     def _find(
         self, sch: s_tir.Schedule
     ) -> tuple[MatmulInfo, list[SBlockRV], SBlockRV | None] | None:
-        """The product, its epilogue blocks and its DECODED_PANEL block (None if it has none
-        or has one row: a decode row reads each weight once anyway)."""
+        """The product, its epilogue blocks and its DECODED_PANEL block (None if it has
+        none; `_schedule` inlines one into a single-row product, which reads each weight once
+        anyway)."""
         blocks = self.blocks(sch)
         reductions = [b for b in blocks if "R" in iter_kinds(sch, b)]
         if len(reductions) != 1:
