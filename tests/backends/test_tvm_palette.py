@@ -201,8 +201,9 @@ def test_palettized_codes_are_bound_packed_two_per_byte():
     }
 
 
-def _lookup_loop(extent: int, lanes: int, size: int = 64):
-    """for i in range(extent): out[i*16 : i*16 + lanes] = P[broadcast(i * 16) + (c & 15)]"""
+def _lookup_loop(extent: int, lanes: int, size: int = 64, widened: bool = False):
+    """for i in range(extent): out[i*16 : i*16 + lanes] = P[broadcast(i * 16) + (c & 15)]
+    (`widened`: the code cast to int64 and the index in int64, as a decoded panel has it)"""
     table = tirx.decl_buffer((size,), "float32", name="P")
     codes = tirx.decl_buffer((64,), "int32", name="c")
     out = tirx.decl_buffer((size + 16,), "float32", name="out")
@@ -211,6 +212,10 @@ def _lookup_loop(extent: int, lanes: int, size: int = 64):
         tirx.const(15, "int32"), lanes
     )
     index = tirx.Broadcast(i * 16, lanes) + code
+    if widened:
+        index = tirx.Broadcast(tirx.Cast("int64", i * 16), lanes) + tirx.Cast(
+            f"int64x{lanes}", code
+        )
     store = tirx.BufferStore(out, tirx.BufferLoad(table, [index]), [tirx.Ramp(i * 16, 1, lanes)])
     return tirx.For(i, 0, extent, tirx.ForKind.SERIAL, store)
 
@@ -219,10 +224,11 @@ def _stored(loop):
     return loop.body.value
 
 
+@pytest.mark.parametrize("widened", [False, True])
 @pytest.mark.parametrize("lanes,intrinsic", [(16, "permvar.sf.512"), (8, "avx2.permps")])
-def test_in_bounds_lookups_become_permutes(lanes, intrinsic):
+def test_in_bounds_lookups_become_permutes(lanes, intrinsic, widened):
     # bases 0, 16, 32, 48 on a 64-entry table: every 16-entry row is inside the buffer
-    value = _stored(rewrite_lookups(_lookup_loop(4, lanes), lanes))
+    value = _stored(rewrite_lookups(_lookup_loop(4, lanes, widened=widened), lanes))
     assert intrinsic in str(value)
     assert isinstance(value, tirx.Select) == (lanes == 8)  # two halves and a blend on AVX2
 

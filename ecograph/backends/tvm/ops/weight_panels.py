@@ -348,8 +348,9 @@ def emit_panel_dequantize_matmul(
 
     name = "palette_matmul" if plan.palette else "dequantize_matmul"
     a = ctx.arg(0) if a is None else a
-    # several rows: decode each weight once, not once per row tile (emit_panel_matmul)
-    return emit_panel_matmul(ctx, a, operands, weight, nr, name, decode_once=not plan.palette)
+    # several rows: decode (or look up) each weight once, not once per row tile
+    # (emit_panel_matmul)
+    return emit_panel_matmul(ctx, a, operands, weight, nr, name, decode_once=True)
 
 
 __all__ = [

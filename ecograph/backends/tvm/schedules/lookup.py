@@ -49,9 +49,12 @@ def permute_lanes(spec: TargetSpec) -> int | None:
 
 def _code_entries(e: Any, lanes: int) -> int | None:
     """How many table entries a vector of codes `e` can address: 16 for `x & 15`, 256 for
-    uint8 codes widened to int32 / int64 (None: not a code vector of `lanes` lanes)."""
+    uint8 codes widened to int32 / int64, either one cast between int32 and int64 (the code is
+    in [0, entries), which both hold exactly; None: not a code vector of `lanes` lanes)."""
     if str(e.ty) not in (f"int32x{lanes}", f"int64x{lanes}"):
         return None
+    if isinstance(e, tirx.Cast) and str(e.value.ty) in (f"int32x{lanes}", f"int64x{lanes}"):
+        return _code_entries(e.value, lanes)
     if isinstance(e, tirx.BitwiseAnd):
         mask = e.b if isinstance(e.b, tirx.Broadcast) else e.a
         if isinstance(mask, tirx.Broadcast) and isinstance(mask.value, tirx.IntImm):
