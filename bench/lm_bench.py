@@ -853,8 +853,8 @@ def setup_gptq(
         int8["embeddings"] = embeddings == "int8"
         options["embeddings"] = embeddings != "int8"
         if lm_head == "int8":
-            # capture here to learn the output projection's node name (captured names are
-            # generic), then hand optimize() the graph
+            # capture here to find the output projection by structure (the MatMul that makes
+            # the logits, whatever the model calls it), then hand optimize() the graph
             source, args = ecograph.from_torch(module, args), None
             run_passes(source, "default", progress=False)
             head = _logits_matmul(source)

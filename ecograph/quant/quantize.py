@@ -849,7 +849,6 @@ class Quantize(Pass):
         return cache[key]
 
 
-# Ops that move or reshape data without changing values (float_after looks through them).
 def _first_node(graph: Graph) -> Node | None:
     for node in graph.nodes:
         return node

@@ -21,7 +21,7 @@ from tvm import s_tir, te, tirx
 from ecograph.backends.tvm import targets
 from ecograph.backends.tvm.schedules import Matmul, panel_width
 from ecograph.backends.tvm.schedules.matmul import register_tile
-from tests.backends.schedule_cases import I64
+from tests.backends.schedule_cases import I64, loop_kinds
 
 TARGETS = ["x86", "x86:haswell", "x86:generic"]
 
@@ -151,13 +151,7 @@ def test_decoded_weight_panels_are_decoded_once_per_panel(preset, m):
              t.ConvertBlocksToOpaque(), t.CompactBufferAllocation()]  # fmt: skip
     compacted = tvm.transform.Sequential(lower)(sch.mod)["main"]
     assert _allocations(compacted).get(DECODED_PANEL) == k_len * nr
-    assert tirx.ForKind.PARALLEL in _loop_kinds(compacted)
-
-
-def _loop_kinds(func) -> set:
-    kinds: set = set()
-    tvm_ffi_walk(func, lambda lp: kinds.add(lp.kind))
-    return kinds
+    assert "parallel" in loop_kinds(compacted)
 
 
 @pytest.mark.parametrize("preset", TARGETS)
