@@ -244,6 +244,20 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.name != "manifest.json")
 
 
+def function_bytes(lm_folder: Path, name: str) -> int:
+    """Bytes one function of a compiled LM reads: its artifact's files but the manifest
+    (lib.so: code and small constants) plus the arrays it names in the shared weights.npz
+    (each key once), the weights the function streams per call."""
+    folder = lm_folder / name
+    params = json.loads((folder / "manifest.json").read_text()).get("params") or {}
+    shared = {e["key"]: e for e in params.get("shared") or []}
+    arrays = sum(
+        int(np.prod(e["shape"], dtype=np.int64)) * np.dtype(e["dtype"]).itemsize
+        for e in shared.values()
+    )
+    return folder_bytes(folder) + arrays
+
+
 def tree_bytes(folder: Path) -> int:
     """Bytes of every file under `folder` (a compiled LM: lm.json, prefill/, decode/)."""
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
@@ -353,7 +367,7 @@ def setup_ecograph(
         decode if speed else None,
         prefill if speed else None,
         logits,
-        folder_bytes(path / "decode"),
+        function_bytes(path, "decode"),
         build_s,
         notes,
         extras,
@@ -1271,11 +1285,12 @@ def markdown(
         f"order rotating per round, each build running its share of {args.steps} decode steps "
         f"(one token against a {args.prompt}-position KV cache) and {args.prefill_calls} "
         f"prefills of {args.prompt} tokens per round, one untimed warm-up call each; medians "
-        "over all timed calls. Weight bytes: ecograph = decode artifact files (lib.so with "
-        "the weights as constants, code included); ORT = decode model initializers; torch = "
-        "parameters. LM folder MB: every file compile_lm wrote (prefill and decode each hold "
-        "the weights). Resident MB: VmRSS a fresh runtime-only process gains from load_lm and "
-        "one generated token (both functions loaded, KV cache for max_seq_len)  ",
+        "over all timed calls. Weight bytes: ecograph = the decode function's lib.so (code and "
+        "constants under 1 KiB) plus the arrays it reads from the LM's shared weights.npz; ORT "
+        "= decode model initializers; torch = parameters. LM folder MB: every file compile_lm "
+        "wrote (prefill and decode share one weights.npz). Resident MB: VmRSS a fresh "
+        "runtime-only process gains from load_lm and one generated token (both functions "
+        "loaded, KV cache for max_seq_len)  ",
         f"Other load during the run: {result['other_load']}  ",
         f"Wall time: {result['seconds']:.0f} s\n",
     ]

@@ -597,6 +597,7 @@ def compile_cached(
     *,
     progress: bool = False,
     weights_codec: str = "none",
+    keep_params: bool | str | int = "auto",
 ) -> Path:
     """Compile `graph` into `out`, through the compile cache unless `cache` is False.
 
@@ -606,14 +607,15 @@ def compile_cached(
     model, features, CUDA arch: a cache shared between machines never hands out a build made
     for another CPU), the tuning budget, the recipe and the ecograph and TVM versions; a hit
     copies the cached artifact to `out`. `weights_codec` entropy-codes the artifact's weights
-    file (backends/tvm/codec.py); the key holds it when it is not "none"."""
+    file (backends/tvm/codec.py); the key holds it when it is not "none", and `keep_params`
+    (backends/tvm/build.py) when it is not "auto"."""
     from ecograph.backends.tvm import compile as tvm_compile
 
     recipe = _as_recipe(recipe)
     if cache is False:
         return tvm_compile(
             graph, spec, out, tune=tune, recipe=recipe, progress=progress,
-            weights_codec=weights_codec,
+            weights_codec=weights_codec, keep_params=keep_params,
         )  # fmt: skip
     import tvm
 
@@ -632,12 +634,13 @@ def compile_cached(
         "tvm": tvm.__version__,
         # absent for "none": keys of uncoded builds are as before
         **({"weights_codec": weights_codec} if weights_codec != "none" else {}),
+        **({"keep_params": keep_params} if keep_params != "auto" else {}),
     }
 
     def build(folder: Path) -> None:
         tvm_compile(
             graph, spec, folder / "artifact", tune=tune, recipe=recipe, progress=progress,
-            weights_codec=weights_codec,
+            weights_codec=weights_codec, keep_params=keep_params,
         )  # fmt: skip
 
     payload, _ = store.get_or_build(key, build)

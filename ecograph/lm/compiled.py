@@ -1,7 +1,8 @@
 """A compiled causal LM: prefill and decode artifacts over a host KV cache, and its loader.
 
 This module needs only TVM's runtime (`TVM_USE_RUNTIME_LIB=1` works): each function is an
-ordinary artifact folder loaded with `ecograph.load`, and nothing here imports torch,
+artifact folder loaded with `ecograph.load` (its weights from the shared weights.npz), and
+nothing here imports torch,
 transformers (except to read a saved tokenizer when text is given) or the TVM compiler.
 
 The folder `compile_lm` writes and `load_lm` reads:
@@ -11,6 +12,8 @@ The folder `compile_lm` writes and `load_lm` reads:
                   kv_heads, head_dim]
     decode/       artifact: input_ids [batch, 1], past_kv [S, 2, L, batch, kv_heads, head_dim] ->
                   logits [batch, 1, vocab], kv [1, 2, L, batch, kv_heads, head_dim]
+    weights.npz   the weights both functions read (each distinct array once; the artifacts'
+                  manifests name theirs by key, lm.json holds the file's SHA-256)
     tokenizer/    (optional) the model's tokenizer, saved with save_pretrained
 
 The KV cache lives on the host as one buffer with the sequence axis first, so the first S
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -38,6 +42,7 @@ LM_JSON = "lm.json"
 LM_FORMAT = 1  # of lm.json
 FUNCTIONS = ("prefill", "decode")
 TOKENIZER_DIR = "tokenizer"
+WEIGHTS_FILE = "weights.npz"  # shared by prefill and decode (backends/tvm/build.share_params)
 _ALIGN = 64  # TVM's kAllocAlignment: an aligned buffer is read in place
 
 
@@ -59,6 +64,9 @@ class LMSpec:
     target: str = ""
     has_tokenizer: bool = False
     check: dict[str, Any] = field(default_factory=dict)
+    # the shared weights file: {"file", "sha256", "bytes", "arrays", "bytes_before"}; None
+    # when each function holds its own weights (all small, or an LM built before sharing)
+    weights: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -96,16 +104,34 @@ class LMSpec:
         check = data.get("check", {})
         if not isinstance(check, dict):
             raise ArtifactError(f"{path}: 'check' must be an object; {fix}")
+        weights = data.get("weights")
+        if weights is not None and not _is_weights_entry(weights):
+            raise ArtifactError(
+                f"{path}: 'weights' must be null or {{file: {WEIGHTS_FILE!r}, sha256: 64 hex "
+                f"digits, bytes, arrays, bytes_before: integers >= 0}}; {fix}"
+            )
         return cls(
             **{k: data[k] for k in (*ints, *strs)},
             eos_token_ids=tuple(eos),
             pad_token_id=pad,
             has_tokenizer=data["has_tokenizer"],
             check=check,
+            weights=weights,
         )
 
     def kv_shape(self, positions: int, batch: int) -> tuple[int, ...]:
         return (positions, 2, self.layers, batch, self.kv_heads, self.head_dim)
+
+
+def _is_weights_entry(value: Any) -> bool:
+    """lm.json's 'weights': the shared file by its one name, its SHA-256, its counts."""
+    if not isinstance(value, dict) or value.get("file") != WEIGHTS_FILE:
+        return False
+    digest = value.get("sha256")
+    if not isinstance(digest, str) or re.fullmatch(r"[0-9a-f]{64}", digest) is None:
+        return False
+    counts = [value.get(k) for k in ("bytes", "arrays", "bytes_before")]
+    return all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts)
 
 
 def _is_token(value: Any, vocab: Any) -> bool:
@@ -496,14 +522,24 @@ def load_lm(
     """Load a folder written by `CompiledLM.save` (or `compile_lm(out_dir=...)`).
 
     Each function is loaded with `ecograph.load` (its manifest and hashes checked first), so
-    this needs only TVM's runtime. `device` and `threads` are load's. The functions' inputs
-    and outputs are checked against lm.json; a mismatch raises ArtifactError."""
-    from ecograph.backends.tvm.runtime import load
+    this needs only TVM's runtime; the weights file they share (weights.npz) is checked
+    against lm.json's SHA-256 first and put on the device once for both. `device` and
+    `threads` are load's. The functions' inputs and outputs are checked against lm.json; a
+    mismatch raises ArtifactError."""
+    from ecograph.backends.tvm.runtime import load, open_shared_weights
 
     folder = Path(path)
     spec = read_spec(folder)
-    prefill = load(folder / "prefill", device, threads=threads)
-    decode = load(folder / "decode", device, threads=threads)
+    shared = None
+    if spec.weights is not None:
+        shared = open_shared_weights(
+            folder / WEIGHTS_FILE,
+            spec.weights["sha256"],
+            folder / LM_JSON,
+            "rebuild it with ecograph.compile_lm",
+        )
+    prefill = load(folder / "prefill", device, threads=threads, shared=shared)
+    decode = load(folder / "decode", device, threads=threads, shared=shared)
     _check_signatures(folder, spec, prefill.manifest, decode.manifest)
     return CompiledLM(folder, spec, prefill, decode)
 

@@ -5,6 +5,7 @@ quantized build. Tolerance for fp32 logits: 1e-4 absolute and relative (observed
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -179,6 +180,16 @@ def test_quantized_int4_build_runs_within_its_budget(llama: Any, tmp_path: Path)
     want = hf_logits(llama, ids).reshape(-1).astype(np.float64)
     assert got @ want / (np.linalg.norm(got) * np.linalg.norm(want)) > 0.97
     assert lm.generate(ids, 4).tokens.shape == (2, 13)
+    # the 4-bit codes, packed alike for both functions, are stored once (weights.npz)
+    keys = {}
+    for name in ("prefill", "decode"):
+        params = json.loads((lm.path / name / "manifest.json").read_text())["params"]
+        keys[name] = {e["key"] for e in params["shared"]}
+    with np.load(lm.path / "weights.npz") as data:
+        codes = [k for k in data.files if data[k].dtype == np.uint8]
+    # q, k, v and gate, up are merged products: 4 a layer, and lm_head
+    assert len(codes) == 9 and all(k in keys["prefill"] & keys["decode"] for k in codes)
+    assert lm.spec.weights["bytes"] <= 0.55 * lm.spec.weights["bytes_before"]
 
 
 @pytest.mark.slow

@@ -126,7 +126,10 @@ def test_load_lm_on_a_folder_that_is_not_one(tmp_path: Path) -> None:
 
 
 def test_load_lm_refuses_mixed_builds(gpt2_lm: Any, llama_lm: Any, tmp_path: Path) -> None:
-    """A decode artifact from another model does not fit lm.json: ArtifactError."""
+    """A decode artifact from another model reads weights the LM's weights.npz does not
+    hold; functions whose inputs and outputs do not fit lm.json (here: lm.json edited to
+    another layer count) are refused too. Both ArtifactError."""
+    import json
     import shutil
 
     from ecograph import load_lm
@@ -134,8 +137,14 @@ def test_load_lm_refuses_mixed_builds(gpt2_lm: Any, llama_lm: Any, tmp_path: Pat
     mixed = gpt2_lm.save(tmp_path / "mixed")
     shutil.rmtree(mixed / "decode")
     shutil.copytree(llama_lm.path / "decode", mixed / "decode")
-    with pytest.raises(ArtifactError, match=r"do not fit.*mixes builds"):
+    with pytest.raises(ArtifactError, match=r"weight .* which does not hold it.*mixes builds"):
         load_lm(mixed)
+    edited = gpt2_lm.save(tmp_path / "edited")
+    data = json.loads((edited / "lm.json").read_text())
+    data["layers"] += 1
+    (edited / "lm.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match=r"do not fit.*mixes builds"):
+        load_lm(edited)
 
 
 def test_out_dir_that_is_not_an_lm_folder_is_left_alone(gpt2: Any, tmp_path: Path) -> None:

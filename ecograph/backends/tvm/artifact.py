@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ecograph.backends.tvm.codec import CODECS
-from ecograph.errors import ArtifactError
+from ecograph.errors import ArtifactError, UsageError
 from ecograph.ir import symbolic
 
 MANIFEST = "manifest.json"
@@ -39,6 +39,7 @@ MANIFEST_MAX_BYTES = 64 << 20  # far above any real manifest; a bigger one is re
 FAMILIES = ("x86", "arm", "cuda", "other")  # TargetSpec.family
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 _REBUILD = "rebuild the artifact with ecograph.compile"
+_PARAMS_NAMES = "the manifest's 'params.names'"
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,26 @@ class Artifact:
             )
         return path
 
-    def load_params(self, dev: Any) -> list[Any]:
-        """The weights in the manifest's params file as TVM tensors on `dev` (none without)."""
+    def load_params(self, dev: Any, shared: SharedWeights | None = None) -> list[Any]:
+        """The weights as TVM tensors on `dev`, in `params.names` order (none without): from
+        the manifest's params file, or, for an artifact whose `params.shared` says they live in
+        a file shared with other artifacts, from `shared` (required then, refused otherwise)."""
         import tvm
 
+        info = self.manifest.get("params") or {}
+        if "shared" in info:
+            if shared is None:
+                raise ArtifactError(
+                    f"{self.folder} holds no weights of its own: it reads them from a file "
+                    "shared with other artifacts (a compiled LM's weights.npz); load the LM "
+                    "folder above it with ecograph.load_lm"
+                )
+            return shared.tensors(info["names"], info["shared"], dev, self.folder)
+        if shared is not None:
+            raise UsageError(
+                f"{self.folder} holds its own weights; shared weights ({shared.path}) are "
+                "only for artifacts whose manifest names them ('params.shared')"
+            )
         return [tvm.runtime.tensor(a, dev) for a in self.load_param_arrays().values()]
 
     def load_param_arrays(self) -> dict[str, np.ndarray]:
@@ -105,24 +122,35 @@ class Artifact:
 
                 decoded = decode(fh.read(), path)
                 return _named(path, info["names"], decoded)
-            bad = f"{path}: not an .npz of plain arrays"
-            try:
-                data = np.load(fh, allow_pickle=False)
-            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-                raise ArtifactError(f"{bad} ({exc}); {_REBUILD}") from exc
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise ArtifactError(f"{bad} (a single .npy array); {_REBUILD}")
-            with data:
-                missing = [n for n in info["names"] if n not in data.files]
-                if missing:
-                    raise ArtifactError(
-                        f"{path} lacks arrays {missing}, which the manifest's 'params.names' "
-                        f"lists; {_REBUILD}"
-                    )
-                try:
-                    return {n: np.array(data[n], order="C") for n in info["names"]}
-                except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-                    raise ArtifactError(f"{bad} ({exc}); {_REBUILD}") from exc
+            return read_npz(fh, path, info["names"])
+
+
+def read_npz(
+    fh: Any,
+    path: Path,
+    names: list[str] | None,
+    listed_by: str = _PARAMS_NAMES,
+    fix: str = _REBUILD,
+) -> dict[str, np.ndarray]:
+    """The arrays `names` (which `listed_by` lists; None: every array) of the .npz open in
+    `fh`, read without pickle, in that order, C-contiguous; ArtifactError ending with `fix`
+    when `fh` is not such an .npz or lacks any of them."""
+    bad = f"{path}: not an .npz of plain arrays"
+    try:
+        data = np.load(fh, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ArtifactError(f"{bad} ({exc}); {fix}") from exc
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ArtifactError(f"{bad} (a single .npy array); {fix}")
+    with data:
+        names = list(data.files) if names is None else names
+        missing = [n for n in names if n not in data.files]
+        if missing:
+            raise ArtifactError(f"{path} lacks arrays {missing}, which {listed_by} lists; {fix}")
+        try:
+            return {n: np.array(data[n], order="C") for n in names}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise ArtifactError(f"{bad} ({exc}); {fix}") from exc
 
 
 def _named(path: Path, names: list[str], arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -130,9 +158,77 @@ def _named(path: Path, names: list[str], arrays: dict[str, np.ndarray]) -> dict[
     missing = [n for n in names if n not in arrays]
     if missing:
         raise ArtifactError(
-            f"{path} lacks arrays {missing}, which the manifest's 'params.names' lists; {_REBUILD}"
+            f"{path} lacks arrays {missing}, which {_PARAMS_NAMES} lists; {_REBUILD}"
         )
     return {n: arrays[n] for n in names}
+
+
+class SharedWeights:
+    """Weights stored once for several artifacts: one .npz of distinct arrays keyed by
+    content (a compiled LM's weights.npz, which its prefill and decode functions both read;
+    build.share_params writes it), put on a device once for all of them.
+
+    `open_shared_weights` checks the file against its SHA-256 and reads it; `tensors` hands an
+    artifact the tensors its `params.shared` entries name. The first call makes every tensor
+    on its device and drops the numpy arrays, so the weights are resident once."""
+
+    def __init__(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
+        self.path = path
+        self.nbytes = int(sum(a.nbytes for a in arrays.values()))
+        self._meta = {k: (str(a.dtype), list(a.shape)) for k, a in arrays.items()}
+        self._arrays = arrays
+        self._tensors: dict[str, Any] = {}
+        self._device: Any = None
+
+    def __len__(self) -> int:
+        return len(self._meta)
+
+    def tensors(
+        self, names: list[str], entries: list[dict[str, Any]], dev: Any, folder: Path
+    ) -> list[Any]:
+        """The tensors for one artifact's params (`names`, with their `params.shared`
+        entries), on `dev`; ArtifactError when this file lacks one or holds it with another
+        dtype or shape, UsageError for a device other than the first caller's."""
+        for name, entry in zip(names, entries, strict=True):
+            have = self._meta.get(entry["key"])
+            want = (entry["dtype"], list(entry["shape"]))
+            if have != want:
+                held = "does not hold it" if have is None else f"holds {have[0]} {have[1]}"
+                raise ArtifactError(
+                    f"{folder}: weight {name!r} is {want[0]} {want[1]} under key "
+                    f"{entry['key']!r} of {self.path}, which {held}: the folder mixes builds; "
+                    "rebuild it with ecograph.compile_lm"
+                )
+        if self._device is None:
+            import tvm
+
+            for key in list(self._arrays):  # one at a time: never two copies of everything
+                self._tensors[key] = tvm.runtime.tensor(self._arrays.pop(key), dev)
+            self._device = dev
+        elif str(dev) != str(self._device):
+            raise UsageError(
+                f"the weights of {self.path} are on {self._device}; load every artifact that "
+                f"shares them on that device, not {dev}"
+            )
+        return [self._tensors[entry["key"]] for entry in entries]
+
+
+def open_shared_weights(path: Path, digest: str, listed_in: Path, fix: str) -> SharedWeights:
+    """The weights file `path` that `listed_in` records with SHA-256 `digest`, checked (a
+    regular file, not a symlink, the digest) and read; ArtifactError ending with `fix`."""
+    if path.is_symlink():
+        raise ArtifactError(f"{path} is a symlink; the folder holds its own files; {fix}")
+    if not path.exists():
+        raise ArtifactError(f"{path}, which {listed_in} lists, is missing; {fix}")
+    file_id = _hash_check(path, digest, listed_in, fix)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot open it ({exc.strerror})") from exc
+    with os.fdopen(fd, "rb") as fh:
+        if _FileId.of(os.fstat(fh.fileno())) != file_id:
+            raise ArtifactError(f"{path} changed after it was hashed; load it again")
+        return SharedWeights(path, read_npz(fh, path, None, str(listed_in), fix))
 
 
 def open_artifact(path: str | os.PathLike[str]) -> Artifact:
@@ -290,7 +386,9 @@ def _check_schema(m: Any, mpath: Path) -> None:
             raise ArtifactError(
                 f"{mpath}: 'params.codec' is {codec!r}, not one of {', '.join(CODECS)}; {_REBUILD}"
             )
-        if file is not None:
+        if "shared" in params:
+            _check_shared(mpath, params)
+        elif file is not None:
             _check_file_name(mpath, _str(mpath, file, "params.file"), "params.file")
             if file not in files:
                 raise ArtifactError(
@@ -299,6 +397,25 @@ def _check_schema(m: Any, mpath: Path) -> None:
                 )
     if m.get("schedules") is not None:
         _obj(mpath, m["schedules"], "schedules")
+
+
+def _check_shared(mpath: Path, params: dict[str, Any]) -> None:
+    """`params.shared`: one {key, dtype, shape} per name, and no params file of its own."""
+    if params["file"] is not None:
+        raise ArtifactError(f"{mpath}: 'params' names both a file and shared weights; {_REBUILD}")
+    shared = params["shared"]
+    if not isinstance(shared, list) or len(shared) != len(params["names"]):
+        raise _bad(mpath, "params.shared", "a list with one entry per name", shared)
+    for i, entry in enumerate(shared):
+        where = f"params.shared[{i}]"
+        entry = _obj(mpath, entry, where)
+        _str(mpath, _get(mpath, entry, where, "key"), f"{where}.key")
+        _str(mpath, _get(mpath, entry, where, "dtype"), f"{where}.dtype")
+        shape = _get(mpath, entry, where, "shape")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise _bad(mpath, f"{where}.shape", "a list of sizes >= 0", shape)
 
 
 def _check_tensors(mpath: Path, value: Any, key: str) -> None:
@@ -406,7 +523,7 @@ def _check_files(root: Path, files: Mapping[str, str], mpath: Path) -> dict[str,
     return {name: _hash_check(root / name, digest, mpath) for name, digest in files.items()}
 
 
-def _hash_check(path: Path, digest: str, mpath: Path) -> _FileId:
+def _hash_check(path: Path, digest: str, mpath: Path, fix: str = _REBUILD) -> _FileId:
     # Read with plain reads, never mapped: a truncated file is a hash mismatch, not a SIGBUS.
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -416,11 +533,11 @@ def _hash_check(path: Path, digest: str, mpath: Path) -> _FileId:
     with os.fdopen(fd, "rb") as fh:
         st = os.fstat(fh.fileno())
         if not stat.S_ISREG(st.st_mode):
-            raise ArtifactError(f"{path} is not a regular file; {_REBUILD}")
+            raise ArtifactError(f"{path} is not a regular file; {fix}")
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     if h.hexdigest() != digest:
         raise ArtifactError(
-            f"{path}: SHA-256 does not match {mpath} (corrupt, truncated or edited); {_REBUILD}"
+            f"{path}: SHA-256 does not match {mpath} (corrupt, truncated or edited); {fix}"
         )
     return _FileId.of(st)

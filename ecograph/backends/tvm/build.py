@@ -24,10 +24,12 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ecograph.cache import graph_hash
 from ecograph.errors import BuildError, UsageError
@@ -351,7 +353,7 @@ def build_module(
     graph: Graph,
     target: str | dict[str, Any] | _targets.TargetSpec = "x86",
     *,
-    keep_params: bool | str = "auto",
+    keep_params: bool | str | int = "auto",
     tune: bool | int = False,
     tuning_cache: str | os.PathLike[str] | None = None,
     progress: bool = True,
@@ -363,8 +365,11 @@ def build_module(
 
     spec = _targets.resolve(target)
     keep = _decide_keep_params(graph, keep_params)
-    # keep_params=True keeps every weight tensor; "auto" (large models) only the big ones.
+    # keep_params=True keeps every weight tensor; "auto" (large models) only the big ones; a
+    # number of bytes, the constants of at least that size whatever the model's.
     threshold = 0 if keep_params is True else PARAM_THRESHOLD_BYTES
+    if isinstance(keep_params, int) and not isinstance(keep_params, bool):
+        threshold = keep_params
     lowered = lower_graph(
         graph,
         spec,
@@ -474,7 +479,7 @@ def _build_cuda(mod: Any, target: Any) -> tuple[Any, list[str], list[str]]:
     return ex, names, notes
 
 
-def _decide_keep_params(graph: Graph, keep_params: bool | str) -> bool:
+def _decide_keep_params(graph: Graph, keep_params: bool | str | int) -> bool:
     if keep_params == "auto":
         total = sum(
             int(c.const_value.nbytes)
@@ -483,7 +488,11 @@ def _decide_keep_params(graph: Graph, keep_params: bool | str) -> bool:
         return total >= AUTO_KEEP_PARAMS_BYTES
     if isinstance(keep_params, bool):
         return keep_params
-    raise BuildError(f"keep_params must be True, False or 'auto', got {keep_params!r}")
+    if isinstance(keep_params, int) and keep_params >= 0:
+        return True
+    raise BuildError(
+        f"keep_params must be True, False, 'auto' or a size in bytes, got {keep_params!r}"
+    )
 
 
 # ------------------------------------------------------------------ artifacts
@@ -494,7 +503,7 @@ def compile(
     target: str | dict[str, Any] = "x86",
     out_dir: str | os.PathLike[str] | None = None,
     *,
-    keep_params: bool | str = "auto",
+    keep_params: bool | str | int = "auto",
     tune: bool | int = False,
     tuning_cache: str | os.PathLike[str] | None = None,
     recipe: Recipe | None = None,
@@ -509,6 +518,9 @@ def compile(
     `weights_codec` ("none", "zstd", "ans") entropy-codes the weights file (see codec.py);
     a codec other than "none" keeps every weight out of the library (keep_params "auto"
     becomes True), since only the params file is coded.
+    `keep_params`: "auto" keeps the weights of PARAM_THRESHOLD_BYTES or more out of lib.so,
+    in the params file, when the model's weights total AUTO_KEEP_PARAMS_BYTES or more; True
+    keeps every weight out, False none, a number of bytes the weights of at least that size.
     `out_dir` defaults to `build/<graph name>-<target>`. An existing folder is replaced.
     """
     if recipe is not None and not isinstance(recipe, Recipe):
@@ -532,7 +544,7 @@ def compile(
     return out
 
 
-def _keep_for_codec(keep_params: bool | str, codec: str) -> bool | str:
+def _keep_for_codec(keep_params: bool | str | int, codec: str) -> bool | str | int:
     """keep_params for `codec`: a coded params file needs the weights out of the library."""
     if codec == "none" or keep_params is True:
         return keep_params
@@ -684,6 +696,73 @@ def _manifest(
         "tuning": tuning,
         "files": {name: _sha256(folder / name) for name in files},
     }
+
+
+def share_params(
+    folders: Sequence[str | os.PathLike[str]], store: str | os.PathLike[str]
+) -> dict[str, Any] | None:
+    """Move the weights of artifacts built with keep_params into one file, `store`, that they
+    share: each distinct array once, keyed by a digest of its dtype, shape and bytes. Each
+    artifact's params file is removed and its manifest's params entry lists the keys instead
+    (`params.shared`: one {key, dtype, shape} per name), so it loads only with the shared file
+    (`runtime.load(..., shared=open_shared_weights(store, ...))`). A compiled LM's prefill
+    and decode read the same packed weights this way (weights.npz).
+
+    Rewrites the folders in place, so give folders being assembled (compile_lm's staging
+    folder), not ones something may be loading. Uncoded params files only; an artifact without
+    a params file is left as it is. Returns {"file", "sha256", "bytes", "arrays",
+    "bytes_before"} (the params files' array bytes before sharing), or None (nothing written)
+    when no artifact has a params file."""
+    arrays: dict[str, np.ndarray] = {}
+    plans: list[tuple[Any, dict[str, Any], list[dict[str, Any]]]] = []
+    before = 0
+    for folder in folders:
+        artifact = open_artifact(folder)
+        info = artifact.manifest.get("params") or {}
+        if not info.get("file"):
+            continue
+        if info.get("codec", "none") != "none":
+            raise UsageError(
+                f"{folder}: its weights are entropy-coded ({info['codec']}); share_params "
+                "takes uncoded params files (build with weights_codec='none')"
+            )
+        entries = []
+        for arr in artifact.load_param_arrays().values():
+            key = _content_key(arr)
+            arrays.setdefault(key, arr)
+            before += arr.nbytes
+            entries.append({"key": key, "dtype": str(arr.dtype), "shape": list(arr.shape)})
+        plans.append((artifact, info, entries))
+    if not plans:
+        return None
+    out = Path(store)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, allow_pickle=False, **arrays)  # deterministic (fixed ZIP timestamps)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    for artifact, info, entries in plans:
+        manifest = json.loads(json.dumps(artifact.manifest))
+        del manifest["files"][info["file"]]
+        manifest["params"] = {"file": None, "names": info["names"], "shared": entries}
+        (artifact.root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        (artifact.root / info["file"]).unlink()
+    return {
+        "file": out.name,
+        "sha256": _sha256(out),
+        "bytes": int(sum(a.nbytes for a in arrays.values())),
+        "arrays": len(arrays),
+        "bytes_before": int(before),
+    }
+
+
+def _content_key(arr: np.ndarray) -> str:
+    """A weight's key in a shared weights file: SHA-256 of its dtype, shape and bytes."""
+    h = hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode())
+    h.update(np.ascontiguousarray(arr).data)
+    return h.hexdigest()
 
 
 def recode_artifact(src: str | os.PathLike[str], dst: str | os.PathLike[str], codec: str) -> Path:

@@ -32,7 +32,9 @@ from ecograph.backends.tvm.artifact import (
     MANIFEST,
     MANIFEST_MAX_BYTES,
     Artifact,
+    SharedWeights,
     open_artifact,
+    open_shared_weights,
     read_manifest,
 )
 from ecograph.backends.tvm.gpu_runtime import (
@@ -71,10 +73,12 @@ __all__ = [
     "MANIFEST_MAX_BYTES",
     "Artifact",
     "CompiledModel",
+    "SharedWeights",
     "load",
     "nvcc_compile",
     "nvrtc_compile",
     "open_artifact",
+    "open_shared_weights",
     "read_manifest",
     "register_cuda_compiler",
 ]
@@ -305,7 +309,11 @@ def _flatten(out: Any) -> list[Any]:
 
 
 def load(
-    path: str | os.PathLike[str], device: Any = None, *, threads: int | str | None = None
+    path: str | os.PathLike[str],
+    device: Any = None,
+    *,
+    threads: int | str | None = None,
+    shared: SharedWeights | None = None,
 ) -> CompiledModel:
     """Load an artifact folder written by `ecograph.compile` and return a callable model.
 
@@ -318,6 +326,8 @@ def load(
     `threads`: CPU threads for the kernels, a count or "auto" (every core, fewer while other
     processes keep cores busy; see threads.py). It is one setting for the whole process (TVM
     has one thread pool); None keeps the current one (ECOGRAPH_NUM_THREADS or "auto").
+    `shared`: the weights file of an artifact whose weights live outside it, shared with other
+    artifacts (`open_shared_weights`; `load_lm` passes its LM's weights.npz), else None.
     """
     want = _parse_device(device)
     if threads is not None:
@@ -351,7 +361,7 @@ def load(
     dev = _device(want, family)
     if family == "cuda" and not dev.exist:
         raise BuildError(f"{folder} is a CUDA artifact but no CUDA GPU {dev} is visible here")
-    params = artifact.load_params(dev)  # first: a params file that fails maps no library
+    params = artifact.load_params(dev, shared)  # first: bad weights map no library
     lib_path = artifact.path_of(LIBRARY)
     lib: Any = tvm.runtime.load_module(str(lib_path))
     vm = tvm.runtime.vm.VirtualMachine(lib, dev)

@@ -1,0 +1,178 @@
+"""A compiled LM stores its weights once: prefill and decode read one weights.npz (each
+distinct array once, keyed by content), checked against lm.json's SHA-256 and put on the
+device once for both functions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+
+from ecograph import load_lm
+from ecograph.backends.tvm import load
+from ecograph.backends.tvm.artifact import open_shared_weights
+from ecograph.errors import ArtifactError, UsageError
+
+
+def manifest(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def keys(folder: Path) -> dict[str, str]:
+    """param name -> its key in weights.npz, from the artifact's manifest."""
+    params = manifest(folder)["params"]
+    return {n: e["key"] for n, e in zip(params["names"], params["shared"], strict=True)}
+
+
+def test_the_functions_read_one_copy_of_their_weights(llama: Any, llama_lm: Any) -> None:
+    """No params file in either function; every weight of the model is in weights.npz once,
+    and the product weights (packed in panels) have one key for both functions."""
+    folder = llama_lm.path
+    for name in ("prefill", "decode"):
+        files = manifest(folder / name)["files"]
+        assert set(files) == {"lib.so"}, (name, files)
+    prefill, decode = keys(folder / "prefill"), keys(folder / "decode")
+    with np.load(folder / "weights.npz") as data:
+        stored = {k: data[k] for k in data.files}
+    assert set(prefill.values()) | set(decode.values()) == set(stored)
+    # every linear layer's weight: the same packed array, stored once
+    linears = [n for n, m in llama.named_modules() if isinstance(m, __import__("torch").nn.Linear)]
+    assert len(linears) == 2 * 7 + 1  # 2 layers of q, k, v, o, gate, up, down; lm_head
+    shared = set(prefill.values()) & set(decode.values())
+    linear_bytes = sum(m.weight.numel() * 4 for n, m in llama.named_modules() if n in linears)
+    assert sum(stored[k].nbytes for k in shared) >= linear_bytes
+    spec = llama_lm.spec.weights
+    assert spec["arrays"] == len(stored)
+    assert spec["bytes"] == sum(a.nbytes for a in stored.values())
+    assert spec["bytes"] <= 0.55 * spec["bytes_before"], spec  # was stored twice
+
+
+def test_loaded_functions_hold_the_same_tensors(llama_lm: Any) -> None:
+    """Resident once: the decode function's weights are the very tensors prefill's are."""
+    prefill, decode = keys(llama_lm.path / "prefill"), keys(llama_lm.path / "decode")
+    by_key = dict(zip(prefill.values(), llama_lm.prefill._params, strict=True))
+    both = [(i, k) for i, k in enumerate(decode.values()) if k in by_key]
+    # the embedding table, 4 products a layer (q, k, v and gate, up merged), lm_head
+    assert len(both) == 1 + 2 * 4 + 1
+    for i, key in both:
+        assert llama_lm.decode._params[i] is by_key[key]
+
+
+def copy_lm(lm: Any, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(lm.path, tmp_path / "lm"))
+
+
+def test_one_function_alone_says_to_load_the_lm(llama_lm: Any) -> None:
+    with pytest.raises(ArtifactError, match=r"holds no weights of its own.*load_lm"):
+        load(llama_lm.path / "decode")
+
+
+def test_edited_weights_file_is_refused_before_loading(llama_lm: Any, tmp_path: Path) -> None:
+    folder = copy_lm(llama_lm, tmp_path)
+    with open(folder / "weights.npz", "r+b") as f:
+        f.seek(-100, 2)
+        f.write(b"\0" * 8)
+    with pytest.raises(ArtifactError, match=r"weights\.npz: SHA-256 does not match .*lm\.json"):
+        load_lm(folder)
+
+
+def test_missing_weights_file_is_an_artifact_error(llama_lm: Any, tmp_path: Path) -> None:
+    folder = copy_lm(llama_lm, tmp_path)
+    (folder / "weights.npz").unlink()
+    with pytest.raises(ArtifactError, match=r"weights\.npz, which .*lm\.json lists, is missing"):
+        load_lm(folder)
+
+
+def test_symlinked_weights_file_is_refused(llama_lm: Any, tmp_path: Path) -> None:
+    folder = copy_lm(llama_lm, tmp_path)
+    shutil.move(folder / "weights.npz", tmp_path / "elsewhere.npz")
+    (folder / "weights.npz").symlink_to(tmp_path / "elsewhere.npz")
+    with pytest.raises(ArtifactError, match="is a symlink"):
+        load_lm(folder)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda w: w.update(file="../weights.npz"),
+        lambda w: w.update(sha256="abc"),
+        lambda w: w.update(bytes=-1),
+        lambda w: w.pop("arrays"),
+    ],
+    ids=["file", "sha256", "bytes", "arrays"],
+)
+def test_malformed_weights_entry_in_lm_json(llama_lm: Any, tmp_path: Path, edit: Any) -> None:
+    folder = copy_lm(llama_lm, tmp_path)
+    data = json.loads((folder / "lm.json").read_text())
+    edit(data["weights"])
+    (folder / "lm.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="'weights' must be null or"):
+        load_lm(folder)
+
+
+def test_a_weight_the_file_lacks_or_holds_otherwise_is_named(llama_lm: Any, tmp_path: Path) -> None:
+    """A manifest whose shared entry names a key or a shape the file does not hold: the
+    folder mixes builds, said with the weight's name, before the library loads."""
+    folder = copy_lm(llama_lm, tmp_path)
+    shared = open_shared_weights(
+        folder / "weights.npz", llama_lm.spec.weights["sha256"], folder / "lm.json", "rebuild"
+    )
+    path = folder / "decode" / "manifest.json"
+    data = json.loads(path.read_text())
+    name = data["params"]["names"][0]
+    data["params"]["shared"][0]["shape"] = [*data["params"]["shared"][0]["shape"], 1]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match=f"weight '{name}' is .* which holds .*mixes builds"):
+        load(folder / "decode", shared=shared)
+    data["params"]["shared"][0]["key"] = "0" * 64
+    path.write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="which does not hold it"):
+        load(folder / "decode", shared=shared)
+
+
+def test_shared_weights_for_an_artifact_with_its_own_are_refused(
+    llama_lm: Any, tmp_path: Path
+) -> None:
+    import ecograph
+    from ecograph.ir import GraphBuilder
+
+    b = GraphBuilder("own")
+    x = b.input("x", "float32", [1, 4])
+    b.output(b.op("MatMul", x, b.constant(np.ones((4, 4), np.float32), "w")))
+    art = ecograph.compile(b.graph, "x86", tmp_path / "own", keep_params=True, progress=False)
+    shared = open_shared_weights(
+        llama_lm.path / "weights.npz",
+        llama_lm.spec.weights["sha256"],
+        llama_lm.path / "lm.json",
+        "rebuild",
+    )
+    with pytest.raises(UsageError, match="holds its own weights"):
+        load(art, shared=shared)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda p: p.update(file="params.npz"), "names both a file and shared weights"),
+        (lambda p: p["shared"].pop(), "params.shared"),
+        (lambda p: p["shared"][0].update(shape=[-1]), r"params\.shared\[0\]\.shape"),
+        (lambda p: p["shared"][0].pop("key"), r"params\.shared\[0\]"),
+    ],
+    ids=["file-too", "count", "shape", "key"],
+)
+def test_malformed_shared_params_entry_names_the_key(
+    llama_lm: Any, tmp_path: Path, edit: Any, match: str
+) -> None:
+    folder = copy_lm(llama_lm, tmp_path)
+    path = folder / "prefill" / "manifest.json"
+    data = json.loads(path.read_text())
+    edit(data["params"])
+    path.write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match=match):
+        load_lm(folder)
