@@ -12,9 +12,10 @@ Speed, per model (random weights, seed 0): the Llama config of bench/runners.py 
 hidden 256, GQA 8/2, vocab 2000) and a GPT-2 config of the same size (4 layers, n_embd 256,
 8 heads, vocab 2000). One decode step = one new token against a KV cache holding the prompt's
 `--prompt` positions (random keys and values, the same for every build), logits out:
-- ecograph: `lm.decode.run_numpy([token, cache])` on a 64-byte-aligned cache (as generate()
-  hands it over, read in place), after `compile_lm(model, target="x86", quantize=Q,
-  cache=False)`; prefill is `lm.prefill.run_numpy([prompt])` (logits and the new KV).
+- ecograph: `lm.decode1.run_numpy([token, cache])` (the batch-1 step generate() runs for one
+  sequence) on a 64-byte-aligned cache (as generate() hands it over, read in place), after
+  `compile_lm(model, target="x86", quantize=Q, cache=False)`; prefill is
+  `lm.prefill.run_numpy([prompt])` (logits and the new KV).
 - torch eager / torch.compile (default mode, inductor; "reduce-overhead" is CUDA graphs, nothing
   on CPU): the HF model's forward on a DynamicCache filled from the same tensors; prefill is
   the model's forward on the prompt (logits only).
@@ -348,8 +349,10 @@ def setup_ecograph(
     cache = ecograph_cache(w)
     token, prompt = w.token, w.prompt
 
+    step = lm.decode1 if lm.decode1 is not None else lm.decode  # what generate() runs
+
     def decode() -> Any:
-        return lm.decode.run_numpy([token, cache])[0]
+        return step.run_numpy([token, cache])[0]
 
     def prefill() -> Any:
         return lm.prefill.run_numpy([prompt])
@@ -367,7 +370,7 @@ def setup_ecograph(
         decode if speed else None,
         prefill if speed else None,
         logits,
-        function_bytes(path, "decode"),
+        function_bytes(path, "decode1" if lm.decode1 is not None else "decode"),
         build_s,
         notes,
         extras,
@@ -1285,10 +1288,10 @@ def markdown(
         f"order rotating per round, each build running its share of {args.steps} decode steps "
         f"(one token against a {args.prompt}-position KV cache) and {args.prefill_calls} "
         f"prefills of {args.prompt} tokens per round, one untimed warm-up call each; medians "
-        "over all timed calls. Weight bytes: ecograph = the decode function's lib.so (code and "
+        "over all timed calls. Weight bytes: ecograph = the decode1 function's lib.so (code and "
         "constants under 1 KiB) plus the arrays it reads from the LM's shared weights.npz; ORT "
         "= decode model initializers; torch = parameters. LM folder MB: every file compile_lm "
-        "wrote (prefill and decode share one weights.npz). Resident MB: VmRSS a fresh "
+        "wrote (the functions share one weights.npz). Resident MB: VmRSS a fresh "
         "runtime-only process gains from load_lm and one generated token (both functions "
         "loaded, KV cache for max_seq_len)  ",
         f"Other load during the run: {result['other_load']}  ",

@@ -12,6 +12,8 @@ The folder `compile_lm` writes and `load_lm` reads:
                   kv_heads, head_dim]
     decode/       artifact: input_ids [batch, 1], past_kv [S, 2, L, batch, kv_heads, head_dim] ->
                   logits [batch, 1, vocab], kv [1, 2, L, batch, kv_heads, head_dim]
+    decode1/      the same step for one sequence (batch 1), which generate uses when the batch
+                  is 1 (its products are matrix-vector kernels; LMs built before it lack it)
     weights.npz   the weights both functions read (each distinct array once; the artifacts'
                   manifests name theirs by key, lm.json holds the file's SHA-256)
     tokenizer/    (optional) the model's tokenizer, saved with save_pretrained
@@ -40,7 +42,7 @@ from ecograph.errors import ArtifactError, InputError, UsageError
 
 LM_JSON = "lm.json"
 LM_FORMAT = 1  # of lm.json
-FUNCTIONS = ("prefill", "decode")
+FUNCTIONS = ("prefill", "decode", "decode1")  # decode1 optional (absent from older builds)
 TOKENIZER_DIR = "tokenizer"
 WEIGHTS_FILE = "weights.npz"  # shared by prefill and decode (backends/tvm/build.share_params)
 _ALIGN = 64  # TVM's kAllocAlignment: an aligned buffer is read in place
@@ -67,10 +69,12 @@ class LMSpec:
     # the shared weights file: {"file", "sha256", "bytes", "arrays", "bytes_before"}; None
     # when each function holds its own weights (all small, or an LM built before sharing)
     weights: dict[str, Any] | None = None
+    functions: tuple[str, ...] = ("prefill", "decode")  # the artifact folders it has
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["eos_token_ids"] = list(self.eos_token_ids)
+        data["functions"] = list(self.functions)
         return {"format": LM_FORMAT, **data}
 
     @classmethod
@@ -104,6 +108,16 @@ class LMSpec:
         check = data.get("check", {})
         if not isinstance(check, dict):
             raise ArtifactError(f"{path}: 'check' must be an object; {fix}")
+        functions = data.get("functions", ["prefill", "decode"])
+        if (
+            not isinstance(functions, list)
+            or not set(functions) <= set(FUNCTIONS)
+            or not {"prefill", "decode"} <= set(functions)
+            or len(set(functions)) != len(functions)
+        ):
+            raise ArtifactError(
+                f"{path}: 'functions' must list prefill, decode and optionally decode1; {fix}"
+            )
         weights = data.get("weights")
         if weights is not None and not _is_weights_entry(weights):
             raise ArtifactError(
@@ -117,6 +131,7 @@ class LMSpec:
             has_tokenizer=data["has_tokenizer"],
             check=check,
             weights=weights,
+            functions=tuple(functions),
         )
 
     def kv_shape(self, positions: int, batch: int) -> tuple[int, ...]:
@@ -195,16 +210,20 @@ class Generation(NamedTuple):
 
 
 class CompiledLM:
-    """A causal LM compiled into a prefill and a decode function (see the module docstring).
+    """A causal LM compiled into a prefill and decode functions (see the module docstring).
 
     `generate` runs prefill on the prompt, then one decode step per new token over a host KV
-    cache; `logits` runs prefill alone (logits at every position, for perplexity)."""
+    cache (`decode1` for a batch of one where the build has it, else `decode`); `logits` runs
+    prefill alone (logits at every position, for perplexity)."""
 
-    def __init__(self, path: Path, spec: LMSpec, prefill: Any, decode: Any) -> None:
+    def __init__(
+        self, path: Path, spec: LMSpec, prefill: Any, decode: Any, decode1: Any = None
+    ) -> None:
         self.path = path
         self.spec = spec
         self.prefill = prefill
         self.decode = decode
+        self.decode1 = decode1
         self._tokenizer: Any = None
 
     def __repr__(self) -> str:
@@ -285,11 +304,12 @@ class CompiledLM:
             e0 = counter.read() if counter is not None else None
             t1 = time.perf_counter()
             step_ids = np.empty((batch, 1), np.int64)
+            step = self.decode1 if batch == 1 and self.decode1 is not None else self.decode
             for pos in range(prompt, prompt + steps - 1):
                 if done.all():
                     break
                 step_ids[:, 0] = token
-                logits, kv = self.decode.run_numpy([step_ids, cache[:pos]])
+                logits, kv = step.run_numpy([step_ids, cache[:pos]])
                 cache[pos] = kv[0]
                 token = _choose(logits[:, -1], temp, k, rng)
                 if pad is not None:
@@ -538,20 +558,21 @@ def load_lm(
             folder / LM_JSON,
             "rebuild it with ecograph.compile_lm",
         )
-    prefill = load(folder / "prefill", device, threads=threads, shared=shared)
-    decode = load(folder / "decode", device, threads=threads, shared=shared)
-    _check_signatures(folder, spec, prefill.manifest, decode.manifest)
-    return CompiledLM(folder, spec, prefill, decode)
+    fns = {n: load(folder / n, device, threads=threads, shared=shared) for n in spec.functions}
+    _check_signatures(folder, spec, {n: f.manifest for n, f in fns.items()})
+    return CompiledLM(folder, spec, fns["prefill"], fns["decode"], fns.get("decode1"))
 
 
-def _check_signatures(folder: Path, spec: LMSpec, prefill: Any, decode: Any) -> None:
+def _check_signatures(folder: Path, spec: LMSpec, manifests: dict[str, Any]) -> None:
     """The artifacts take and return what lm.json says (names aside: positions matter)."""
     kv_tail = [2, spec.layers, None, spec.kv_heads, spec.head_dim]
+    one = [2, spec.layers, 1, spec.kv_heads, spec.head_dim]
     want = {
         "prefill": ([[None, None]], [[None, None, spec.vocab_size], [None, *kv_tail]]),
         "decode": ([[None, 1], [None, *kv_tail]], [[None, 1, spec.vocab_size], [1, *kv_tail]]),
+        "decode1": ([[1, 1], [None, *one]], [[1, 1, spec.vocab_size], [1, *one]]),
     }
-    for name, manifest in (("prefill", prefill), ("decode", decode)):
+    for name, manifest in manifests.items():
         ins, outs = want[name]
         for kind, shapes in (("inputs", ins), ("outputs", outs)):
             got = [t["shape"] for t in manifest[kind]]

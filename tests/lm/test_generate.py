@@ -59,6 +59,12 @@ def test_decode_steps_over_the_cache_match_hf(pair: tuple[Any, Any]) -> None:
         step, new = lm.decode(ids[:, pos : pos + 1], cache)
         np.testing.assert_allclose(step[:, 0], want[:, pos], atol=ATOL, rtol=RTOL)
         cache = np.concatenate([cache, new])
+    # decode1, the step for one sequence (what generate runs for a batch of one): row 0
+    _, cache = lm.prefill(ids[:1, :5])
+    for pos in range(5, 9):
+        step, new = lm.decode1(ids[:1, pos : pos + 1], cache)
+        np.testing.assert_allclose(step[:, 0], want[:1, pos], atol=ATOL, rtol=RTOL)
+        cache = np.concatenate([cache, new])
 
 
 def test_llama_cache_has_grouped_kv_heads(llama_lm: Any) -> None:
@@ -101,7 +107,7 @@ def test_generate_stops_at_eos_like_hf(gpt2: Any, gpt2_lm: Any) -> None:
     lm = dataclasses.replace(gpt2_lm.spec, eos_token_ids=(eos,), pad_token_id=0)
     from ecograph.lm import CompiledLM
 
-    with_eos = CompiledLM(gpt2_lm.path, lm, gpt2_lm.prefill, gpt2_lm.decode)
+    with_eos = CompiledLM(gpt2_lm.path, lm, gpt2_lm.prefill, gpt2_lm.decode, gpt2_lm.decode1)
     np.testing.assert_array_equal(with_eos.generate(ids, 10).tokens, want)
     # and stop_at_eos=False runs on as HF does without an eos
     np.testing.assert_array_equal(with_eos.generate(ids, 10, stop_at_eos=False).tokens, free)
@@ -242,8 +248,9 @@ def test_gptq_calibrates_on_prompts_and_decode_takes_the_prefill_codes(
     ids = prompt(1, 9, seed=8)
     full, _ = lm.prefill.run_numpy([ids])
     _, kv = lm.prefill.run_numpy([ids[:, :-1]])
-    step, _ = lm.decode.run_numpy([ids[:, -1:], kv])
-    np.testing.assert_allclose(step[:, -1], full[:, -1], atol=1e-4, rtol=1e-4)
+    for decode in (lm.decode, lm.decode1):
+        step, _ = decode.run_numpy([ids[:, -1:], kv])
+        np.testing.assert_allclose(step[:, -1], full[:, -1], atol=1e-4, rtol=1e-4)
 
 
 def test_a_list_of_quantizations_runs_in_order_on_both_functions(
@@ -272,13 +279,14 @@ def test_a_list_of_quantizations_runs_in_order_on_both_functions(
                     accuracy_budget=0.9, out_dir=tmp_path)  # fmt: skip
     layers = llama.config.num_hidden_layers * 4  # q|k|v, o, gate|up (fused by default), down
     expected = [("int4", layers, 0, True), ("int8", 1, 1, False)]
-    assert seen == expected * 2, seen  # prefill, then decode
+    assert seen == expected * 3, seen  # prefill, decode, then decode1
     assert "int8-weight: " in lm.spec.quantization and "; then " in lm.spec.quantization
     ids = prompt(1, 9, seed=8)
     full, _ = lm.prefill.run_numpy([ids])
     _, kv = lm.prefill.run_numpy([ids[:, :-1]])
-    step, _ = lm.decode.run_numpy([ids[:, -1:], kv])
-    np.testing.assert_allclose(step[:, -1], full[:, -1], atol=1e-4, rtol=1e-4)
+    for decode in (lm.decode, lm.decode1):
+        step, _ = decode.run_numpy([ids[:, -1:], kv])
+        np.testing.assert_allclose(step[:, -1], full[:, -1], atol=1e-4, rtol=1e-4)
 
 
 def test_a_quantization_list_must_name_quantizations(llama: Any, tmp_path: Path) -> None:
@@ -321,3 +329,57 @@ def test_int8_activation_blocks_give_decode_the_logits_prefill_gives(
         for function in ("prefill", "decode"):
             manifest = json.loads((lm.path / function / "manifest.json").read_text())
             assert "int4-a8" in manifest["schedules"].values(), (function, manifest["schedules"])
+
+
+def test_generate_steps_one_sequence_with_decode1(llama: Any, llama_lm: Any) -> None:
+    """A batch of one steps through decode1 (the batch-1 function), a larger batch through
+    decode; both give HF's greedy tokens (test_greedy_generate_equals_hf_generate)."""
+    from ecograph.lm import CompiledLM
+
+    calls = {"decode": 0, "decode1": 0}
+
+    class Counting:
+        def __init__(self, name: str, fn: Any) -> None:
+            self.name, self.fn, self.device = name, fn, fn.device
+
+        def run_numpy(self, args: Any) -> Any:
+            calls[self.name] += 1
+            return self.fn.run_numpy(args)
+
+    lm = CompiledLM(
+        llama_lm.path,
+        llama_lm.spec,
+        llama_lm.prefill,
+        Counting("decode", llama_lm.decode),
+        Counting("decode1", llama_lm.decode1),
+    )
+    ids = prompt(1, 4, seed=3)
+    np.testing.assert_array_equal(lm.generate(ids, 5).tokens, hf_greedy(llama, ids, 5))
+    assert calls == {"decode": 0, "decode1": 4}
+    lm.generate(prompt(2, 4, seed=3), 5)
+    assert calls == {"decode": 4, "decode1": 4}
+
+
+def test_an_lm_built_without_decode1_still_loads_and_generates(
+    llama: Any, llama_lm: Any, tmp_path: Path
+) -> None:
+    """Folders written before decode1 existed (no 'functions' in lm.json, no decode1/) load,
+    and a batch of one steps through decode."""
+    import shutil
+
+    from ecograph import load_lm
+    from ecograph.errors import ArtifactError
+
+    folder = Path(shutil.copytree(llama_lm.path, tmp_path / "old"))
+    shutil.rmtree(folder / "decode1")
+    data = json.loads((folder / "lm.json").read_text())
+    del data["functions"]
+    (folder / "lm.json").write_text(json.dumps(data))
+    lm = load_lm(folder)
+    assert lm.decode1 is None and lm.spec.functions == ("prefill", "decode")
+    ids = prompt(1, 4, seed=5)
+    np.testing.assert_array_equal(lm.generate(ids, 5).tokens, hf_greedy(llama, ids, 5))
+    data["functions"] = ["prefill", "decode1"]
+    (folder / "lm.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="'functions' must list prefill, decode"):
+        load_lm(folder)
