@@ -13,6 +13,14 @@ from ecograph.quant.quantize import Quantize
 rng = np.random.default_rng(0)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_rng() -> None:
+    """Every test draws from its own generator seeded alike, so what it draws does not
+    depend on which tests ran before it in the worker (make test's loadscope or plain -n)."""
+    global rng
+    rng = np.random.default_rng(0)
+
+
 def mlp(k: int = 64, n: int = 48, gemm: bool = False):
     b = GraphBuilder("mlp")
     x = b.input("x", "float32", ["batch", k])
@@ -183,7 +191,7 @@ def test_fused_linear_is_quantized_like_matmul(mode):
     assert [n.qualified_op for n in g.nodes] == ["ecograph::Linear"]
     feeds = {"x": rng.standard_normal((2, 5, 32)).astype(np.float32)}
     ref = run(g, feeds)
-    calib = [{"x": rng.standard_normal((2, 5, 32)).astype(np.float32)}]
+    calib = [{"x": rng.standard_normal((2, 5, 32)).astype(np.float32)} for _ in range(8)]
     opts = {"calibration_data": calib} if mode == "static" else {}
     res = Quantize(mode=mode, **opts).run(g)
     assert res.stats["quantized"] == 1
