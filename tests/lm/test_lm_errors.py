@@ -126,9 +126,10 @@ def test_load_lm_on_a_folder_that_is_not_one(tmp_path: Path) -> None:
 
 
 def test_load_lm_refuses_mixed_builds(gpt2_lm: Any, llama_lm: Any, tmp_path: Path) -> None:
-    """A decode artifact from another model reads weights the LM's weights.npz does not
-    hold; functions whose inputs and outputs do not fit lm.json (here: lm.json edited to
-    another layer count) are refused too. Both ArtifactError."""
+    """A decode artifact from another model reads another weights.npz than the LM's (its
+    manifest records that file's SHA-256); functions whose inputs and outputs do not fit
+    lm.json (here: lm.json edited to another layer count) are refused too. Both
+    ArtifactError."""
     import json
     import shutil
 
@@ -137,7 +138,7 @@ def test_load_lm_refuses_mixed_builds(gpt2_lm: Any, llama_lm: Any, tmp_path: Pat
     mixed = gpt2_lm.save(tmp_path / "mixed")
     shutil.rmtree(mixed / "decode")
     shutil.copytree(llama_lm.path / "decode", mixed / "decode")
-    with pytest.raises(ArtifactError, match=r"weight .* which does not hold it.*mixes builds"):
+    with pytest.raises(ArtifactError, match=r"reads weights from a weights\.npz .*mixes builds"):
         load_lm(mixed)
     edited = gpt2_lm.save(tmp_path / "edited")
     data = json.loads((edited / "lm.json").read_text())

@@ -68,9 +68,30 @@ def copy_lm(lm: Any, tmp_path: Path) -> Path:
     return Path(shutil.copytree(lm.path, tmp_path / "lm"))
 
 
-def test_one_function_alone_says_to_load_the_lm(llama_lm: Any) -> None:
-    with pytest.raises(ArtifactError, match=r"holds no weights of its own.*load_lm"):
-        load(llama_lm.path / "decode")
+def test_one_function_loads_alone_from_the_file_beside_it(llama_lm: Any, tmp_path: Path) -> None:
+    """`ecograph.load` (and so `ecograph run` / `profile`) on one function's folder reads
+    weights.npz beside it, checked against the SHA-256 its manifest records; it computes what
+    the LM's own function computes. Without the file, or with another one: ArtifactError."""
+    ids = np.array([[3, 1, 4, 1, 5]], np.int64)
+    _, kv = llama_lm.prefill.run_numpy([ids[:, :-1]])
+    want, _ = llama_lm.decode1.run_numpy([ids[:, -1:], kv])
+    alone = load(llama_lm.path / "decode1")
+    got, _ = alone.run_numpy([ids[:, -1:], kv])
+    np.testing.assert_array_equal(got, want)
+    folder = copy_lm(llama_lm, tmp_path)
+    (folder / "weights.npz").unlink()
+    with pytest.raises(ArtifactError, match=r"weights\.npz, which .*decode1.*manifest\.json lists"):
+        load(folder / "decode1")
+
+
+def test_a_weights_file_of_another_build_is_refused(
+    llama_lm: Any, gpt2_lm: Any, tmp_path: Path
+) -> None:
+    other = open_shared_weights(
+        gpt2_lm.path / "weights.npz", gpt2_lm.spec.weights["sha256"], gpt2_lm.path, "rebuild"
+    )
+    with pytest.raises(ArtifactError, match=r"reads weights from a weights\.npz with SHA-256"):
+        load(llama_lm.path / "decode", shared=other)
 
 
 def test_edited_weights_file_is_refused_before_loading(llama_lm: Any, tmp_path: Path) -> None:
@@ -163,8 +184,11 @@ def test_shared_weights_for_an_artifact_with_its_own_are_refused(
         (lambda p: p["shared"].pop(), "params.shared"),
         (lambda p: p["shared"][0].update(shape=[-1]), r"params\.shared\[0\]\.shape"),
         (lambda p: p["shared"][0].pop("key"), r"params\.shared\[0\]"),
+        (lambda p: p["store"].update(file="../weights.npz"), "a path leaving"),
+        (lambda p: p["store"].update(sha256="0"), r"params\.store\.sha256"),
+        (lambda p: p.pop("store"), r"params\.store"),
     ],
-    ids=["file-too", "count", "shape", "key"],
+    ids=["file-too", "count", "shape", "key", "store-path", "store-hash", "no-store"],
 )
 def test_malformed_shared_params_entry_names_the_key(
     llama_lm: Any, tmp_path: Path, edit: Any, match: str

@@ -83,16 +83,23 @@ class Artifact:
     def load_params(self, dev: Any, shared: SharedWeights | None = None) -> list[Any]:
         """The weights as TVM tensors on `dev`, in `params.names` order (none without): from
         the manifest's params file, or, for an artifact whose `params.shared` says they live in
-        a file shared with other artifacts, from `shared` (required then, refused otherwise)."""
+        a file shared with other artifacts, from `shared` (that file, opened once for all of
+        them; refused for an artifact with its own weights) or, without it, from the file
+        `params.store` names beside the folder, checked against its SHA-256."""
         import tvm
 
         info = self.manifest.get("params") or {}
         if "shared" in info:
-            if shared is None:
+            store = info["store"]
+            fix = f"rebuild the folder above {self.folder.name} (ecograph.compile_lm)"
+            if shared is None:  # loaded alone: the file beside the folder, checked
+                path = self.root.parent / store["file"]
+                shared = open_shared_weights(path, store["sha256"], self.root / MANIFEST, fix)
+            elif shared.digest != store["sha256"]:
                 raise ArtifactError(
-                    f"{self.folder} holds no weights of its own: it reads them from a file "
-                    "shared with other artifacts (a compiled LM's weights.npz); load the LM "
-                    "folder above it with ecograph.load_lm"
+                    f"{self.folder} reads weights from a {store['file']} with SHA-256 "
+                    f"{store['sha256'][:12]}..., not {shared.path} ({shared.digest[:12]}...): "
+                    f"the folder mixes builds; {fix}"
                 )
             return shared.tensors(info["names"], info["shared"], dev, self.folder)
         if shared is not None:
@@ -172,8 +179,9 @@ class SharedWeights:
     artifact the tensors its `params.shared` entries name. The first call makes every tensor
     on its device and drops the numpy arrays, so the weights are resident once."""
 
-    def __init__(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
+    def __init__(self, path: Path, digest: str, arrays: dict[str, np.ndarray]) -> None:
         self.path = path
+        self.digest = digest  # the file's SHA-256, as checked
         self.nbytes = int(sum(a.nbytes for a in arrays.values()))
         self._meta = {k: (str(a.dtype), list(a.shape)) for k, a in arrays.items()}
         self._arrays = arrays
@@ -228,7 +236,7 @@ def open_shared_weights(path: Path, digest: str, listed_in: Path, fix: str) -> S
     with os.fdopen(fd, "rb") as fh:
         if _FileId.of(os.fstat(fh.fileno())) != file_id:
             raise ArtifactError(f"{path} changed after it was hashed; load it again")
-        return SharedWeights(path, read_npz(fh, path, None, str(listed_in), fix))
+        return SharedWeights(path, digest, read_npz(fh, path, None, str(listed_in), fix))
 
 
 def open_artifact(path: str | os.PathLike[str]) -> Artifact:
@@ -400,9 +408,19 @@ def _check_schema(m: Any, mpath: Path) -> None:
 
 
 def _check_shared(mpath: Path, params: dict[str, Any]) -> None:
-    """`params.shared`: one {key, dtype, shape} per name, and no params file of its own."""
+    """`params.shared`: one {key, dtype, shape} per name, and no params file of its own;
+    `params.store`: the shared file beside the artifact folder, {file, sha256}."""
     if params["file"] is not None:
         raise ArtifactError(f"{mpath}: 'params' names both a file and shared weights; {_REBUILD}")
+    store = _obj(mpath, _get(mpath, params, "params", "store"), "params.store")
+    _check_file_name(
+        mpath,
+        _str(mpath, _get(mpath, store, "params.store", "file"), "params.store.file"),
+        "params.store.file",
+    )
+    digest = _get(mpath, store, "params.store", "sha256")
+    if not isinstance(digest, str) or not _SHA256.match(digest):
+        raise _bad(mpath, "params.store.sha256", "a SHA-256 (64 lowercase hex digits)", digest)
     shared = params["shared"]
     if not isinstance(shared, list) or len(shared) != len(params["names"]):
         raise _bad(mpath, "params.shared", "a list with one entry per name", shared)

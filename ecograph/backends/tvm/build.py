@@ -704,9 +704,11 @@ def share_params(
     """Move the weights of artifacts built with keep_params into one file, `store`, that they
     share: each distinct array once, keyed by a digest of its dtype, shape and bytes. Each
     artifact's params file is removed and its manifest's params entry lists the keys instead
-    (`params.shared`: one {key, dtype, shape} per name), so it loads only with the shared file
-    (`runtime.load(..., shared=open_shared_weights(store, ...))`). A compiled LM's prefill
-    and decode read the same packed weights this way (weights.npz).
+    (`params.shared`: one {key, dtype, shape} per name) and names the file with its SHA-256
+    (`params.store`), which must sit beside the artifact folders (`store`'s folder should be
+    theirs' parent). `runtime.load` reads it from there, or takes it opened once for several
+    artifacts (`shared=open_shared_weights(...)`). A compiled LM's functions read their
+    packed weights this way (weights.npz).
 
     Rewrites the folders in place, so give folders being assembled (compile_lm's staging
     folder), not ones something may be loading. Uncoded params files only; an artifact without
@@ -743,15 +745,22 @@ def share_params(
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+    digest = _sha256(out)
     for artifact, info, entries in plans:
         manifest = json.loads(json.dumps(artifact.manifest))
         del manifest["files"][info["file"]]
-        manifest["params"] = {"file": None, "names": info["names"], "shared": entries}
+        store = {"file": out.name, "sha256": digest}
+        manifest["params"] = {
+            "file": None,
+            "names": info["names"],
+            "shared": entries,
+            "store": store,
+        }
         (artifact.root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         (artifact.root / info["file"]).unlink()
     return {
         "file": out.name,
-        "sha256": _sha256(out),
+        "sha256": digest,
         "bytes": int(sum(a.nbytes for a in arrays.values())),
         "arrays": len(arrays),
         "bytes_before": int(before),

@@ -326,8 +326,10 @@ def load(
     `threads`: CPU threads for the kernels, a count or "auto" (every core, fewer while other
     processes keep cores busy; see threads.py). It is one setting for the whole process (TVM
     has one thread pool); None keeps the current one (ECOGRAPH_NUM_THREADS or "auto").
-    `shared`: the weights file of an artifact whose weights live outside it, shared with other
-    artifacts (`open_shared_weights`; `load_lm` passes its LM's weights.npz), else None.
+    `shared`: for an artifact whose weights live in a file shared with other artifacts (beside
+    its folder: a compiled LM's weights.npz), that file opened once (`open_shared_weights`),
+    so that the artifacts loaded with it hold one copy of the weights (`load_lm` does this);
+    None reads the file for this artifact alone.
     """
     want = _parse_device(device)
     if threads is not None:
