@@ -200,3 +200,39 @@ def test_malformed_shared_params_entry_names_the_key(
     path.write_text(json.dumps(data))
     with pytest.raises(ArtifactError, match=match):
         load_lm(folder)
+
+
+def _product(name: str, w: np.ndarray, add: bool) -> Any:
+    from ecograph.ir import GraphBuilder
+
+    b = GraphBuilder(name)
+    x = b.input("x", "float32", ["n", 4])
+    y = b.op("MatMul", x, b.constant(w, "w"))
+    b.output(b.op("Add", y, y) if add else y)
+    return b.graph
+
+
+def test_share_params_stores_an_equal_array_once_beside_the_folders(tmp_path: Path) -> None:
+    """Two artifacts with the same weight: one array in the store, each loads alone (reading
+    the store beside it) and computes x @ w; a store elsewhere than beside the folders is a
+    UsageError before anything is rewritten."""
+    import ecograph
+    from ecograph.backends.tvm.build import share_params
+
+    w = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    folders = [
+        ecograph.compile(_product(n, w, n == "b"), "x86", tmp_path / n, keep_params=True,
+                         progress=False)
+        for n in ("a", "b")
+    ]  # fmt: skip
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(UsageError, match="must sit beside the artifact folders"):
+        share_params(folders, tmp_path / "elsewhere" / "w.npz")
+    assert (tmp_path / "a" / "params.npz").is_file()
+    info = share_params(folders, tmp_path / "w.npz")
+    assert info is not None and info["arrays"] == 1
+    assert info["bytes"] == w.nbytes and info["bytes_before"] == 2 * w.nbytes
+    assert not (tmp_path / "a" / "params.npz").exists()
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_allclose(load(tmp_path / "a")(x), x @ w, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(load(tmp_path / "b")(x), 2 * (x @ w), rtol=1e-5, atol=1e-5)

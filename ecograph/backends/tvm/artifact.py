@@ -172,12 +172,13 @@ def _named(path: Path, names: list[str], arrays: dict[str, np.ndarray]) -> dict[
 
 class SharedWeights:
     """Weights stored once for several artifacts: one .npz of distinct arrays keyed by
-    content (a compiled LM's weights.npz, which its prefill and decode functions both read;
-    build.share_params writes it), put on a device once for all of them.
+    content (a compiled LM's weights.npz, which its functions read; build.share_params writes
+    it), put on a device once for all of them.
 
     `open_shared_weights` checks the file against its SHA-256 and reads it; `tensors` hands an
-    artifact the tensors its `params.shared` entries name. The first call makes every tensor
-    on its device and drops the numpy arrays, so the weights are resident once."""
+    artifact the tensors its `params.shared` entries name, each made on the device the first
+    time an artifact asks for it (its numpy copy then dropped), so a weight read by several
+    artifacts is resident once. Arrays no loaded artifact reads go with this object."""
 
     def __init__(self, path: Path, digest: str, arrays: dict[str, np.ndarray]) -> None:
         self.path = path
@@ -207,17 +208,18 @@ class SharedWeights:
                     f"{entry['key']!r} of {self.path}, which {held}: the folder mixes builds; "
                     "rebuild it with ecograph.compile_lm"
                 )
-        if self._device is None:
-            import tvm
-
-            for key in list(self._arrays):  # one at a time: never two copies of everything
-                self._tensors[key] = tvm.runtime.tensor(self._arrays.pop(key), dev)
-            self._device = dev
-        elif str(dev) != str(self._device):
+        if self._device is not None and str(dev) != str(self._device):
             raise UsageError(
                 f"the weights of {self.path} are on {self._device}; load every artifact that "
                 f"shares them on that device, not {dev}"
             )
+        import tvm
+
+        self._device = dev
+        for entry in entries:  # each made once, its numpy copy dropped at once
+            key = entry["key"]
+            if key not in self._tensors:
+                self._tensors[key] = tvm.runtime.tensor(self._arrays.pop(key), dev)
         return [self._tensors[entry["key"]] for entry in entries]
 
 

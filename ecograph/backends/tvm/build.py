@@ -548,6 +548,8 @@ def _keep_for_codec(keep_params: bool | str | int, codec: str) -> bool | str | i
     """keep_params for `codec`: a coded params file needs the weights out of the library."""
     if codec == "none" or keep_params is True:
         return keep_params
+    if isinstance(keep_params, int) and not isinstance(keep_params, bool):
+        return keep_params  # the weights of that size or more are in the coded file
     if keep_params == "auto":
         return True
     raise UsageError(
@@ -715,6 +717,13 @@ def share_params(
     a params file is left as it is. Returns {"file", "sha256", "bytes", "arrays",
     "bytes_before"} (the params files' array bytes before sharing), or None (nothing written)
     when no artifact has a params file."""
+    out = Path(store)
+    away = [str(f) for f in folders if Path(f).resolve().parent != out.resolve().parent]
+    if away:
+        raise UsageError(
+            f"share_params: the store {out} must sit beside the artifact folders (their "
+            f"parent's child), and {', '.join(away)} are elsewhere"
+        )
     arrays: dict[str, np.ndarray] = {}
     plans: list[tuple[Any, dict[str, Any], list[dict[str, Any]]]] = []
     before = 0
@@ -737,7 +746,6 @@ def share_params(
         plans.append((artifact, info, entries))
     if not plans:
         return None
-    out = Path(store)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}")
     try:
         with open(tmp, "wb") as f:
@@ -749,12 +757,11 @@ def share_params(
     for artifact, info, entries in plans:
         manifest = json.loads(json.dumps(artifact.manifest))
         del manifest["files"][info["file"]]
-        store = {"file": out.name, "sha256": digest}
         manifest["params"] = {
             "file": None,
             "names": info["names"],
             "shared": entries,
-            "store": store,
+            "store": {"file": out.name, "sha256": digest},
         }
         (artifact.root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         (artifact.root / info["file"]).unlink()
