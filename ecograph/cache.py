@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from filelock import FileLock
 
 from ecograph.ir import Graph
@@ -61,6 +62,15 @@ def graph_hash(graph: Graph) -> str:
                     else arr.copy().reshape(-1).view("u1")
                 )
             )
+    return h.hexdigest()
+
+
+def array_digest(arr: Any) -> str:
+    """SHA-256 of an array's dtype, shape and bytes: equal for equal arrays, whatever their
+    names (quantization's shared codes, backends/tvm/build.share_params' weight keys)."""
+    arr = np.ascontiguousarray(arr)
+    h = hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode())
+    h.update(arr.reshape(-1).view(np.uint8))
     return h.hexdigest()
 
 

@@ -14,7 +14,7 @@ The folder `compile_lm` writes and `load_lm` reads:
                   logits [batch, 1, vocab], kv [1, 2, L, batch, kv_heads, head_dim]
     decode1/      the same step for one sequence (batch 1), which generate uses when the batch
                   is 1 (its products are matrix-vector kernels; LMs built before it lack it)
-    weights.npz   the weights both functions read (each distinct array once; the artifacts'
+    weights.npz   the weights the functions read (each distinct array once; the artifacts'
                   manifests name theirs by key, lm.json holds the file's SHA-256)
     tokenizer/    (optional) the model's tokenizer, saved with save_pretrained
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -42,9 +41,10 @@ from ecograph.errors import ArtifactError, InputError, UsageError
 
 LM_JSON = "lm.json"
 LM_FORMAT = 1  # of lm.json
-FUNCTIONS = ("prefill", "decode", "decode1")  # decode1 optional (absent from older builds)
+REQUIRED_FUNCTIONS = ("prefill", "decode")
+FUNCTIONS = (*REQUIRED_FUNCTIONS, "decode1")  # decode1 optional (absent from older builds)
 TOKENIZER_DIR = "tokenizer"
-WEIGHTS_FILE = "weights.npz"  # shared by prefill and decode (backends/tvm/build.share_params)
+WEIGHTS_FILE = "weights.npz"  # shared by the functions (backends/tvm/build.share_params)
 _ALIGN = 64  # TVM's kAllocAlignment: an aligned buffer is read in place
 
 
@@ -69,7 +69,7 @@ class LMSpec:
     # the shared weights file: {"file", "sha256", "bytes", "arrays", "bytes_before"}; None
     # when each function holds its own weights (all small, or an LM built before sharing)
     weights: dict[str, Any] | None = None
-    functions: tuple[str, ...] = ("prefill", "decode")  # the artifact folders it has
+    functions: tuple[str, ...] = REQUIRED_FUNCTIONS  # the artifact folders it has
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -108,11 +108,11 @@ class LMSpec:
         check = data.get("check", {})
         if not isinstance(check, dict):
             raise ArtifactError(f"{path}: 'check' must be an object; {fix}")
-        functions = data.get("functions", ["prefill", "decode"])
+        functions = data.get("functions", list(REQUIRED_FUNCTIONS))
         if (
             not isinstance(functions, list)
             or not set(functions) <= set(FUNCTIONS)
-            or not {"prefill", "decode"} <= set(functions)
+            or not set(REQUIRED_FUNCTIONS) <= set(functions)
             or len(set(functions)) != len(functions)
         ):
             raise ArtifactError(
@@ -142,8 +142,9 @@ def _is_weights_entry(value: Any) -> bool:
     """lm.json's 'weights': the shared file by its one name, its SHA-256, its counts."""
     if not isinstance(value, dict) or value.get("file") != WEIGHTS_FILE:
         return False
-    digest = value.get("sha256")
-    if not isinstance(digest, str) or re.fullmatch(r"[0-9a-f]{64}", digest) is None:
+    from ecograph.backends.tvm.artifact import is_sha256
+
+    if not is_sha256(value.get("sha256")):
         return False
     counts = [value.get(k) for k in ("bytes", "arrays", "bytes_before")]
     return all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts)
@@ -543,7 +544,7 @@ def load_lm(
 
     Each function is loaded with `ecograph.load` (its manifest and hashes checked first), so
     this needs only TVM's runtime; the weights file they share (weights.npz) is checked
-    against lm.json's SHA-256 first and put on the device once for both. `device` and
+    against lm.json's SHA-256 first and put on the device once for all. `device` and
     `threads` are load's. The functions' inputs and outputs are checked against lm.json; a
     mismatch raises ArtifactError."""
     from ecograph.backends.tvm.runtime import load, open_shared_weights

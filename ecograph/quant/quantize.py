@@ -37,13 +37,13 @@ the float product unchanged and evens out the channels the activation scale must
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
+from ecograph.cache import array_digest
 from ecograph.errors import PassError
 from ecograph.ir import DType, Graph, Node, Value
 from ecograph.ir.ops.weight_only import ACTIVATION_QMAX, ACTIVATION_TINY
@@ -209,7 +209,7 @@ class Quantize(Pass):
         return self.clip
 
     def run(self, graph: Graph) -> PassResult:
-        self._keys: dict[int, tuple[Any, ...]] = {}  # id(float weight) -> its shared key
+        self._keys: dict[int, str] = {}  # id(float weight) -> its content digest
         ops = DYNAMIC_OPS if self.mode == "dynamic" else QUANTIZABLE
         unmatched = unmatched_exclusions(graph, self.exclude)
         targets, notes = find_targets(graph, self.exclude, ops)
@@ -561,10 +561,8 @@ class Quantize(Pass):
         w = t.node.input(t.weight_index)
         assert w is not None and w.const_value is not None
         if id(w) not in self._keys:  # hashed once per run, not once per question
-            arr = np.ascontiguousarray(w.const_value)
-            digest = hashlib.sha256(arr.view(np.uint8).reshape(-1)).hexdigest()
-            self._keys[id(w)] = (digest, arr.shape, str(arr.dtype))
-        return (*self._keys[id(w)], t.channel_axis, t.reduce_axis)
+            self._keys[id(w)] = array_digest(w.const_value)
+        return (self._keys[id(w)], t.channel_axis, t.reduce_axis)
 
     def _store(
         self, graph: Graph, w: Value, qt: QuantizedTensor, symmetric: bool, cache: dict

@@ -3,6 +3,7 @@ compiled builds, shared by tests/lm. Expected values always come from the models
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,16 @@ def hf_greedy(model: Any, ids: Any, new: int, **kw: Any) -> Any:
             do_sample=False, **kw,
         )  # fmt: skip
     return out.numpy()
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def shared_keys(folder: Path) -> dict[str, str]:
+    """One compiled-LM function's params: name -> its key in the LM's weights.npz."""
+    params = read_json(folder / "manifest.json")["params"]
+    return {n: e["key"] for n, e in zip(params["names"], params["shared"], strict=True)}
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.lm.conftest import MAX_SEQ_LEN, VOCAB, hf_greedy, torch
+from tests.lm.conftest import MAX_SEQ_LEN, VOCAB, hf_greedy, shared_keys, torch
 
 ATOL = RTOL = 1e-4
 REPO = Path(__file__).resolve().parents[2]
@@ -187,14 +187,12 @@ def test_quantized_int4_build_runs_within_its_budget(llama: Any, tmp_path: Path)
     assert got @ want / (np.linalg.norm(got) * np.linalg.norm(want)) > 0.97
     assert lm.generate(ids, 4).tokens.shape == (2, 13)
     # the 4-bit codes, packed alike for both functions, are stored once (weights.npz)
-    keys = {}
-    for name in ("prefill", "decode"):
-        params = json.loads((lm.path / name / "manifest.json").read_text())["params"]
-        keys[name] = {e["key"] for e in params["shared"]}
+    both = set(shared_keys(lm.path / "prefill").values())
+    both &= set(shared_keys(lm.path / "decode").values())
     with np.load(lm.path / "weights.npz") as data:
         codes = [k for k in data.files if data[k].dtype == np.uint8]
     # q, k, v and gate, up are merged products: 4 a layer, and lm_head
-    assert len(codes) == 9 and all(k in keys["prefill"] & keys["decode"] for k in codes)
+    assert len(codes) == 9 and all(k in both for k in codes)
     assert lm.spec.weights["bytes"] <= 0.55 * lm.spec.weights["bytes_before"]
 
 

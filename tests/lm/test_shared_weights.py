@@ -1,6 +1,6 @@
-"""A compiled LM stores its weights once: prefill and decode read one weights.npz (each
-distinct array once, keyed by content), checked against lm.json's SHA-256 and put on the
-device once for both functions."""
+"""A compiled LM stores its weights once: its functions read one weights.npz (each distinct
+array once, keyed by content), checked against lm.json's SHA-256 and put on the device once
+for all of them."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.lm.conftest import read_json, shared_keys
+
 pytest.importorskip("tvm")
 
 from ecograph import load_lm
@@ -20,24 +22,14 @@ from ecograph.backends.tvm.artifact import open_shared_weights
 from ecograph.errors import ArtifactError, UsageError
 
 
-def manifest(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / "manifest.json").read_text())
-
-
-def keys(folder: Path) -> dict[str, str]:
-    """param name -> its key in weights.npz, from the artifact's manifest."""
-    params = manifest(folder)["params"]
-    return {n: e["key"] for n, e in zip(params["names"], params["shared"], strict=True)}
-
-
 def test_the_functions_read_one_copy_of_their_weights(llama: Any, llama_lm: Any) -> None:
     """No params file in either function; every weight of the model is in weights.npz once,
     and the product weights (packed in panels) have one key for both functions."""
     folder = llama_lm.path
     for name in ("prefill", "decode"):
-        files = manifest(folder / name)["files"]
+        files = read_json(folder / name / "manifest.json")["files"]
         assert set(files) == {"lib.so"}, (name, files)
-    prefill, decode = keys(folder / "prefill"), keys(folder / "decode")
+    prefill, decode = shared_keys(folder / "prefill"), shared_keys(folder / "decode")
     with np.load(folder / "weights.npz") as data:
         stored = {k: data[k] for k in data.files}
     assert set(prefill.values()) | set(decode.values()) == set(stored)
@@ -55,7 +47,7 @@ def test_the_functions_read_one_copy_of_their_weights(llama: Any, llama_lm: Any)
 
 def test_loaded_functions_hold_the_same_tensors(llama_lm: Any) -> None:
     """Resident once: the decode function's weights are the very tensors prefill's are."""
-    prefill, decode = keys(llama_lm.path / "prefill"), keys(llama_lm.path / "decode")
+    prefill, decode = shared_keys(llama_lm.path / "prefill"), shared_keys(llama_lm.path / "decode")
     by_key = dict(zip(prefill.values(), llama_lm.prefill._params, strict=True))
     both = [(i, k) for i, k in enumerate(decode.values()) if k in by_key]
     # the embedding table, 4 products a layer (q, k, v and gate, up merged), lm_head

@@ -38,6 +38,13 @@ FORMAT_VERSION = 1  # of manifest.json; build.py writes it
 MANIFEST_MAX_BYTES = 64 << 20  # far above any real manifest; a bigger one is refused unread
 FAMILIES = ("x86", "arm", "cuda", "other")  # TargetSpec.family
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def is_sha256(value: Any) -> bool:
+    """A SHA-256 as manifests and lm.json write it: 64 lowercase hex digits."""
+    return isinstance(value, str) and _SHA256.match(value) is not None
+
+
 _REBUILD = "rebuild the artifact with ecograph.compile"
 _PARAMS_NAMES = "the manifest's 'params.names'"
 
@@ -183,14 +190,10 @@ class SharedWeights:
     def __init__(self, path: Path, digest: str, arrays: dict[str, np.ndarray]) -> None:
         self.path = path
         self.digest = digest  # the file's SHA-256, as checked
-        self.nbytes = int(sum(a.nbytes for a in arrays.values()))
         self._meta = {k: (str(a.dtype), list(a.shape)) for k, a in arrays.items()}
         self._arrays = arrays
         self._tensors: dict[str, Any] = {}
         self._device: Any = None
-
-    def __len__(self) -> int:
-        return len(self._meta)
 
     def tensors(
         self, names: list[str], entries: list[dict[str, Any]], dev: Any, folder: Path
@@ -379,7 +382,7 @@ def _check_schema(m: Any, mpath: Path) -> None:
     files = _obj(mpath, _get(mpath, m, "", "files"), "files")
     for name, digest in files.items():
         _check_file_name(mpath, name, "files")
-        if not isinstance(digest, str) or not _SHA256.match(digest):
+        if not is_sha256(digest):
             raise ArtifactError(
                 f"{mpath}: 'files.{name}' must be a SHA-256 (64 lowercase hex digits), not "
                 f"{digest!r}; {_REBUILD}"
@@ -421,7 +424,7 @@ def _check_shared(mpath: Path, params: dict[str, Any]) -> None:
         "params.store.file",
     )
     digest = _get(mpath, store, "params.store", "sha256")
-    if not isinstance(digest, str) or not _SHA256.match(digest):
+    if not is_sha256(digest):
         raise _bad(mpath, "params.store.sha256", "a SHA-256 (64 lowercase hex digits)", digest)
     shared = params["shared"]
     if not isinstance(shared, list) or len(shared) != len(params["names"]):

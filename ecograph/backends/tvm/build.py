@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ecograph.cache import graph_hash
+from ecograph.cache import array_digest, graph_hash
 from ecograph.errors import BuildError, UsageError
 from ecograph.ir.graph import Graph
 
@@ -739,7 +739,7 @@ def share_params(
             )
         entries = []
         for arr in artifact.load_param_arrays().values():
-            key = _content_key(arr)
+            key = array_digest(arr)
             arrays.setdefault(key, arr)
             before += arr.nbytes
             entries.append({"key": key, "dtype": str(arr.dtype), "shape": list(arr.shape)})
@@ -772,13 +772,6 @@ def share_params(
         "arrays": len(arrays),
         "bytes_before": int(before),
     }
-
-
-def _content_key(arr: np.ndarray) -> str:
-    """A weight's key in a shared weights file: SHA-256 of its dtype, shape and bytes."""
-    h = hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode())
-    h.update(np.ascontiguousarray(arr).data)
-    return h.hexdigest()
 
 
 def recode_artifact(src: str | os.PathLike[str], dst: str | os.PathLike[str], codec: str) -> Path:

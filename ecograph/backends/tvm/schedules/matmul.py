@@ -7,9 +7,9 @@ unrolled by 4, and every output tile is one parallel task. Constant weights arri
 columns a tile needs are contiguous for every k; with several rows, the panel loop runs
 outside the row tiles (one parallel task per panel), so a panel comes from memory once and
 from cache for every row tile, and a decoded panel (DECODED_PANEL) is decoded once into a
-scratch the row tiles share. Elementwise work after the product (bias,
-GELU, SiLU, ReLU, a residual add) is computed on the tile while it is still in registers and
-written once. Measured against ONNX Runtime in bench/RESULTS.md.
+scratch the row tiles share. Elementwise work after the product (bias, GELU, SiLU, ReLU, a
+residual add) is computed on the tile while it is still in registers and written once.
+Measured against ONNX Runtime in bench/RESULTS.md.
 """
 
 from __future__ import annotations
