@@ -1,4 +1,4 @@
-"""A compiled causal LM: prefill and decode artifacts over a host KV cache, and its loader.
+"""A compiled causal LM: prefill and decode artifacts over a KV cache, and its loader.
 
 This module needs only TVM's runtime (`TVM_USE_RUNTIME_LIB=1` works): each function is an
 artifact folder loaded with `ecograph.load` (its weights from the shared weights.npz), and
@@ -18,9 +18,11 @@ The folder `compile_lm` writes and `load_lm` reads:
                   manifests name theirs by key, lm.json holds the file's SHA-256)
     tokenizer/    (optional) the model's tokenizer, saved with save_pretrained
 
-The KV cache lives on the host as one buffer with the sequence axis first, so the first S
-positions `buf[:S]` are a contiguous, 64-byte-aligned view that the decode function reads in
-place (no copy per token on CPU); each step returns only the new position, written to `buf[S]`.
+The KV cache is one buffer with the sequence axis first, so the first S positions `buf[:S]`
+are a contiguous view that the decode function reads in place; each step returns only the new
+position, written to `buf[S]`. On CPU the buffer is host memory (64-byte aligned, handed to
+TVM without a copy); on a GPU it is a TVM tensor on the device, so a step moves only its token
+ids in and its logits out (`generate(kv_cache=...)` chooses otherwise).
 """
 
 from __future__ import annotations
@@ -213,7 +215,7 @@ class Generation(NamedTuple):
 class CompiledLM:
     """A causal LM compiled into a prefill and decode functions (see the module docstring).
 
-    `generate` runs prefill on the prompt, then one decode step per new token over a host KV
+    `generate` runs prefill on the prompt, then one decode step per new token over a KV
     cache (`decode1` for a batch of one where the build has it, else `decode`); `logits` runs
     prefill alone (logits at every position, for perplexity)."""
 
@@ -266,6 +268,7 @@ class CompiledLM:
         *,
         stop_at_eos: bool = True,
         declared_power_watts: float | None = None,
+        kv_cache: str = "auto",
     ) -> Generation:
         """Continue `input_ids` ([T] or [batch, T] token ids; rows of one batch share their
         length) by up to `max_new_tokens` tokens.
@@ -275,6 +278,10 @@ class CompiledLM:
         by `seed`. With `stop_at_eos` (the default) a row that produced an end-of-sequence
         token (lm.json's eos_token_ids) continues with the pad token (or that eos token),
         and generation stops once every row has, as Hugging Face's generate does.
+        `kv_cache` says where the cache lives: "host" (numpy memory, read in place on CPU,
+        copied to a GPU each step), "device" (a TVM tensor on the functions' device: on a
+        GPU nothing but the new token and its logits cross the bus), or "auto" (the default:
+        host on CPU, device elsewhere).
         Returns Generation(tokens [batch, T + new], stats); see GenerateStats."""
         ids, _ = self._token_array(input_ids)
         batch, prompt = ids.shape
@@ -289,16 +296,13 @@ class CompiledLM:
             pad = int(eos[0])
 
         # the last new token is never fed back, so the cache holds prompt + steps - 1 positions
-        cache = _aligned_empty(
-            self.spec.kv_shape(prompt + steps - 1, batch), np.dtype(self.spec.kv_dtype)
-        )
+        cache = self._cache(kv_cache, self.spec.kv_shape(prompt + steps - 1, batch))
         counter, reason = _energy_counter(self.device)
         try:
             t0 = time.perf_counter()
-            logits, kv = self.prefill.run_numpy([ids])
-            cache[:prompt] = kv
+            logits = cache.prefill(self.prefill, ids)
             prefill_s = time.perf_counter() - t0
-            token = _choose(logits[:, -1], temp, k, rng)
+            token = _choose(logits, temp, k, rng)
             t_first = time.perf_counter()
             out = [token]
             done = np.isin(token, eos)
@@ -310,9 +314,8 @@ class CompiledLM:
                 if done.all():
                     break
                 step_ids[:, 0] = token
-                logits, kv = step.run_numpy([step_ids, cache[:pos]])
-                cache[pos] = kv[0]
-                token = _choose(logits[:, -1], temp, k, rng)
+                logits = cache.step(step, step_ids, pos)
+                token = _choose(logits, temp, k, rng)
                 if pad is not None:
                     token = np.where(done, pad, token)
                 done |= np.isin(token, eos)
@@ -329,6 +332,16 @@ class CompiledLM:
             counter.method if counter is not None else reason, declared_power_watts,
         )  # fmt: skip
         return Generation(tokens, stats)
+
+    def _cache(self, where: str, shape: tuple[int, ...]) -> _HostCache | _DeviceCache:
+        """An empty KV cache of `shape` where `where` ("auto", "host", "device") says."""
+        if where not in ("auto", "host", "device"):
+            raise UsageError(f"kv_cache must be 'auto', 'host' or 'device', got {where!r}")
+        dtype = np.dtype(self.spec.kv_dtype)
+        device = self.decode.device  # None: a build this machine cannot run (its calls say so)
+        if where == "host" or device is None or (where == "auto" and self.device == "cpu"):
+            return _HostCache(shape, dtype)
+        return _DeviceCache(shape, dtype, device)
 
     # ---------------------------------------------------------------- tokenizer
 
@@ -470,6 +483,76 @@ def _choose(
     cdf = np.cumsum(probs, axis=-1)
     draws = rng.random((logits.shape[0], 1)) * cdf[:, -1:]
     return np.minimum((cdf <= draws).sum(axis=-1), logits.shape[-1] - 1).astype(np.int64)
+
+
+class _HostCache:
+    """The KV cache in host memory: `buf[:S]` goes to the functions as an array (read in
+    place on CPU, copied to a GPU on each call), each step's position is written back."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.buf = _aligned_empty(shape, dtype)
+
+    def prefill(self, fn: Any, ids: np.ndarray) -> np.ndarray:
+        """Run prefill on `ids`, keep its keys and values; the last position's logits."""
+        logits, kv = fn.run_numpy([ids])
+        self.buf[: kv.shape[0]] = kv
+        return logits[:, -1]
+
+    def step(self, fn: Any, ids: np.ndarray, pos: int) -> np.ndarray:
+        """Run decode step `fn` on `ids` over positions [0, pos), keep position pos; logits."""
+        logits, kv = fn.run_numpy([ids, self.buf[:pos]])
+        self.buf[pos] = kv[0]
+        return logits[:, -1]
+
+
+class _DeviceCache:
+    """The KV cache as one TVM tensor on the functions' device. Positions [0, S) are a view
+    of its start (sequence axis first, so contiguous); each step's new position is copied
+    into it on the device. Only token ids go to the device and logits come back."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, device: Any) -> None:
+        import tvm
+
+        self.shape, self.device = shape, device
+        self.row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+        try:
+            self.buf = tvm.runtime.empty(shape, str(dtype), device)
+        except Exception as exc:  # the device is out of memory
+            raise InputError(
+                f"a KV cache of {list(shape)} ({dtype}, {self.row_bytes * shape[0]} bytes) "
+                f"does not fit on {device}: {exc}; ask for fewer tokens or a smaller batch, "
+                "or keep the cache on the host (kv_cache='host')"
+            ) from exc
+        self.ids: Any = None
+
+    def _view(self, start: int, count: int) -> Any:
+        return self.buf._create_view(
+            (count, *self.shape[1:]), relative_byte_offset=start * self.row_bytes
+        )
+
+    def _ids(self, ids: np.ndarray) -> Any:
+        import tvm
+
+        if self.ids is None or tuple(self.ids.shape) != ids.shape:
+            self.ids = tvm.runtime.empty(ids.shape, str(ids.dtype), self.device)
+        return self.ids.copyfrom(ids)
+
+    def prefill(self, fn: Any, ids: np.ndarray) -> np.ndarray:
+        logits, kv = fn.run_device([self._ids(ids)])
+        self._view(0, kv.shape[0]).copyfrom(kv)
+        # only the last position's logits cross the bus ([batch, T, vocab] would be T times more)
+        batch, length, vocab = (int(d) for d in logits.shape)
+        size = vocab * np.dtype(str(logits.dtype)).itemsize
+        rows = [
+            logits._create_view((vocab,), relative_byte_offset=(b * length + length - 1) * size)
+            for b in range(batch)
+        ]
+        return np.stack([r.numpy() for r in rows])
+
+    def step(self, fn: Any, ids: np.ndarray, pos: int) -> np.ndarray:
+        logits, kv = fn.run_device([self._ids(ids), self._view(0, pos)])
+        self._view(pos, 1).copyfrom(kv)
+        return logits.numpy()[:, -1]
 
 
 def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

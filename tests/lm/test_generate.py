@@ -381,3 +381,66 @@ def test_an_lm_built_without_decode1_still_loads_and_generates(
     (folder / "lm.json").write_text(json.dumps(data))
     with pytest.raises(ArtifactError, match="'functions' must list prefill, decode"):
         load_lm(folder)
+
+
+@pytest.mark.parametrize(("batch", "length", "new"), [(2, 5, 12), (1, 1, 8)])
+def test_a_cache_on_the_device_gives_hf_greedy_tokens(
+    pair: tuple[Any, Any], batch: int, length: int, new: int
+) -> None:
+    """kv_cache="device" (what a GPU gets by default) keeps the cache in one TVM tensor and
+    steps the functions on views of it (run_device only: the wrapper has no run_numpy)."""
+    from ecograph.lm import CompiledLM
+
+    model, lm = pair
+    calls: list[str] = []
+
+    class DeviceOnly:
+        def __init__(self, name: str, fn: Any) -> None:
+            self.name, self.fn, self.device = name, fn, fn.device
+
+        def run_device(self, tensors: Any) -> Any:
+            calls.append(self.name)
+            return self.fn.run_device(tensors)
+
+    wrapped = CompiledLM(
+        lm.path, lm.spec, *(DeviceOnly(n, getattr(lm, n)) for n in ("prefill", "decode", "decode1"))
+    )
+    ids = prompt(batch, length, seed=2)
+    result = wrapped.generate(ids, new, kv_cache="device")
+    np.testing.assert_array_equal(result.tokens, hf_greedy(model, ids, new))
+    step = "decode1" if batch == 1 else "decode"
+    assert calls == ["prefill"] + [step] * (new - 1)
+    host = lm.generate(ids, new, kv_cache="host").tokens
+    np.testing.assert_array_equal(result.tokens, host)
+
+
+def test_kv_cache_must_name_a_place(gpt2_lm: Any) -> None:
+    from ecograph.errors import UsageError
+
+    with pytest.raises(UsageError, match="kv_cache must be 'auto', 'host' or 'device', got 'gpu'"):
+        gpt2_lm.generate(prompt(1, 3), 2, kv_cache="gpu")
+
+
+def test_run_device_checks_shapes_and_the_device(gpt2_lm: Any) -> None:
+    """CompiledModel.run_device: TVM tensors in, TVM tensors out on the model's device; a
+    wrong shape or a tensor on another device is an InputError naming the input."""
+    import tvm
+
+    from ecograph.errors import InputError
+
+    fn, spec = gpt2_lm.decode1, gpt2_lm.spec
+    ids = np.array([[3]], np.int64)
+    _, cache = gpt2_lm.prefill(prompt(1, 4))
+    dev = fn.device
+    logits, kv = fn.run_device([tvm.runtime.tensor(ids, dev), tvm.runtime.tensor(cache, dev)])
+    assert isinstance(logits, tvm.runtime.Tensor) and logits.device == dev
+    want_logits, want_kv = fn(ids, cache)
+    np.testing.assert_array_equal(logits.numpy(), want_logits)
+    np.testing.assert_array_equal(kv.numpy(), want_kv)
+    wide = tvm.runtime.tensor(np.zeros((1, 2), np.int64), dev)
+    with pytest.raises(InputError, match="input_ids"):
+        fn.run_device([wide, tvm.runtime.tensor(cache, dev)])
+    other = tvm.runtime.tensor(ids, tvm.cpu(1))
+    with pytest.raises(InputError, match=r"is on cpu:1 and the model on cpu:0"):
+        fn.run_device([other, tvm.runtime.tensor(cache, dev)])
+    assert spec.kv_shape(4, 1) == cache.shape

@@ -155,3 +155,32 @@ def test_out_dir_that_is_not_an_lm_folder_is_left_alone(gpt2: Any, tmp_path: Pat
     with pytest.raises(UsageError, match="not a compiled LM folder"):
         compile_lm(gpt2, max_seq_len=16, out_dir=tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+CANNOT_RUN = (
+    r"the cuda:sm_90 build cannot run on this machine \(target 'cuda:sm_90' needs a CUDA "
+    r"GPU and none is visible here \(nvidia-smi found none\)\); copy .* call ecograph.load_lm"
+)
+
+
+@pytest.mark.slow
+def test_a_cuda_build_compiles_here_and_says_where_to_run_it(gpt2: Any, tmp_path: Path) -> None:
+    """compile_lm for CUDA on a machine without a GPU: the folder holds the three functions
+    and the shared weights (what bench/gpu_lm.py carries to a GPU host); running it here is a
+    UsageError naming the target, wherever the cache would live."""
+    from ecograph import compile_lm, load_lm
+    from ecograph.api import resolve_target, runs_here_reason
+    from ecograph.errors import BuildError
+
+    if not runs_here_reason(resolve_target("cuda:sm_90")):
+        pytest.skip("a CUDA GPU is visible here; this is the case of a machine without one")
+    lm = compile_lm(gpt2, target="cuda:sm_90", max_seq_len=16, out_dir=tmp_path / "lm")
+    data = json.loads((tmp_path / "lm" / "lm.json").read_text())
+    assert data["target"].startswith("cuda")
+    assert data["functions"] == ["prefill", "decode", "decode1"]
+    assert data["weights"]["arrays"] > 0 and data["check"] == {}
+    for where in ("auto", "device", "host"):
+        with pytest.raises(UsageError, match=CANNOT_RUN):
+            lm.generate([1, 2, 3], 2, kv_cache=where)
+    with pytest.raises(BuildError, match=r"lm/prefill is a CUDA artifact"):
+        load_lm(tmp_path / "lm")

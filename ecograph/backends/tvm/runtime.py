@@ -169,7 +169,8 @@ class CompiledModel:
         # (dtype, shape) of every input of the last call that passed the checks: a call with
         # the same signature passes them too (they depend on nothing else), so it skips them.
         self._checked: tuple[tuple[Any, tuple[int, ...]], ...] | None = None
-        self._checked_gpu: tuple[TensorMeta, ...] | None = None
+        # the same for the last call on tensors not on the host (torch CUDA, run_device)
+        self._checked_meta: tuple[TensorMeta, ...] | None = None
 
     def __repr__(self) -> str:
         return f"<CompiledModel {self.path} target={self.manifest['target']['name']}>"
@@ -216,14 +217,43 @@ class CompiledModel:
         specs = check_count(self.manifest["inputs"], tensors)
         dev_id = int(self.device.index)
         metas = torch_metas(self.input_names, tensors, dev_id)
-        if tuple(metas) != self._checked_gpu:
-            check_shapes(specs, metas)
-            self._checked_gpu = tuple(metas)
+        self._check_metas(specs, metas)
         wait_for_current_stream(dev_id)
         ins = tvm_readable(tensors)
         out = self._vm["main"](*[tvm.runtime.from_dlpack(t) for t in ins], *self._params)
         results = torch_outputs(_flatten(out), ins)
         return results[0] if len(results) == 1 else tuple(results)
+
+    def run_device(self, tensors: Sequence[Any]) -> list[Any]:
+        """Run on TVM tensors that already live on this model's device (in input order) and
+        leave the outputs there: a list of TVM tensors in manifest order. For callers that
+        keep state on the device between calls (a compiled LM's KV cache).
+
+        Shapes and dtypes are checked as for `run_numpy` (`InputError`, also for a tensor on
+        another device); values are not read, so gather indices are the caller's to keep in
+        range."""
+        specs = check_count(self.manifest["inputs"], tensors)
+        metas = []
+        for name, t in zip(self.input_names, tensors, strict=True):
+            if t.device != self.device:
+                raise InputError(
+                    f"input {name!r} is on {t.device} and the model on {self.device}; "
+                    "give a tensor on the model's device (or use run_numpy)"
+                )
+            metas.append(TensorMeta(tuple(int(d) for d in t.shape), np.dtype(str(t.dtype))))
+        self._check_metas(specs, metas)
+        if self._on_cpu:
+            with thread_policy().run(self.path):
+                out = self._vm["main"](*tensors, *self._params)
+        else:
+            out = self._vm["main"](*tensors, *self._params)
+        return _flatten(out)
+
+    def _check_metas(self, specs: list[dict[str, Any]], metas: list[TensorMeta]) -> None:
+        """check_shapes on tensors not on the host, skipped for the last call's signature."""
+        if tuple(metas) != self._checked_meta:
+            check_shapes(specs, metas)
+            self._checked_meta = tuple(metas)
 
     def check_inputs(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         """`arrays` (in input order) checked against the manifest's inputs, C-contiguous.
@@ -358,7 +388,13 @@ def load(
                 "instruction); rebuild it here with --target x86"
             )
     if family == "cuda":
-        load_runtime_cuda()
+        try:
+            load_runtime_cuda()
+        except BuildError as exc:
+            raise BuildError(
+                f"{folder} is a CUDA artifact and TVM's CUDA runtime cannot load here: {exc} "
+                "Run it on a machine with an NVIDIA GPU and its driver"
+            ) from exc
         register_cuda_compiler(cuda_arch(manifest))
     dev = _device(want, family)
     if family == "cuda" and not dev.exist:
