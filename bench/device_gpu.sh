@@ -3,6 +3,7 @@
 # `python bench/gpu.py prepare --out .gpu` wrote here carried along (carry: [".gpu"]):
 #
 #   bash bench/device_gpu.sh                  # results in $OUT/gpu.json, gpu.md, run.log
+#   bash bench/device_gpu.sh --workloads lm   # the compiled-LM rows (bench/gpu_lm.py), ~5 min
 #
 # .gpu/site holds a runtime-only TVM (no libtvm_compiler.so) and the cp312 tvm_ffi, so
 # ecograph.load() works there without TVM's compiler; the GPU host's own python3 (torch,

@@ -25,6 +25,9 @@ architecture (random weights: the real MiniLM weights do not travel). Each runne
 call is the NVML board energy counter's difference over a loop of at least --energy-seconds,
 divided by the calls (the whole board, idle power included). Results go to OUT/gpu.json and
 OUT/gpu.md after every measurement, so a run cut short still reports what it measured.
+
+Workloads named "lm..." are compiled LMs (bench/gpu_lm.py has what they build and measure);
+prepare builds them by default, run takes them with `--workloads lm` (LM_WORKLOADS).
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ elif str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 GPU_WORKLOADS = ["minilm-b1", "llama-decode", "resnet", "minilm-b8", "llama-prefill"]
+# compiled LMs (bench/gpu_lm.py): a check of compile_lm's CUDA build, 7B-shaped decode slices
+LM_WORKLOADS = ["lm-check", "lm7b-int4-l1", "lm7b-int4-l2", "lm7b-torch-l32"]
 REGEN_BYTES = 256 << 10  # float params at least this big are regenerated on the GPU host
 TVM_FFI_WHEEL = "apache-tvm-ffi==0.1.14.post0"  # the version the installed TVM 0.27 uses
 
@@ -86,6 +91,14 @@ def prepare(
         # carries fatbins for `arch` and the GPU host compiles nothing at load.
         os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"
     for name in workloads:
+        if name.startswith("lm"):
+            from bench.gpu_lm import prepare_lm
+
+            t0 = time.perf_counter()
+            prepare_lm(name, art / name, target or f"cuda:{arch}")
+            size = sum(f.stat().st_size for f in (art / name).rglob("*") if f.is_file())
+            print(f"{name}: {size / 2**20:.1f} MiB, {time.perf_counter() - t0:.1f} s", flush=True)
+            continue
         t0 = time.perf_counter()
         model, args = _build(name)
         graph = ecograph.from_torch(model, args)
@@ -283,6 +296,14 @@ def markdown(data: dict[str, Any]) -> str:
                 f"| {wl} | {runner} | {_f(p50)} | {_f(t.get('p90_ms'))} | {r_e} | {r_c} | "
                 f"{joules} | {chk} |"
             )
+    details = [
+        f"- {wl} {key}: {json.dumps(value, default=str)}"
+        for wl, res in data["workloads"].items()
+        for key, value in res.items()
+        if key not in ("timings", "trace")
+    ]
+    if details:
+        lines += ["", "Details:", *details]
     if data["errors"]:
         lines += ["", "Errors:", *[f"- {e}" for e in data["errors"]]]
     return "\n".join(lines) + "\n"
@@ -371,7 +392,7 @@ def _out_of_time(signum: int, frame: Any) -> None:
     raise TimeoutError("torch.compile took longer than its share of the time budget")
 
 
-def _time(call: Any, sync: Any, seconds: float, min_calls: int = 5) -> list[float]:
+def time_calls(call: Any, sync: Any, seconds: float, min_calls: int = 5) -> list[float]:
     """Per-call seconds of calls run back to back for about `seconds` (synchronized each)."""
     out: list[float] = []
     end = time.perf_counter() + seconds
@@ -383,7 +404,7 @@ def _time(call: Any, sync: Any, seconds: float, min_calls: int = 5) -> list[floa
     return out
 
 
-def _energy(call: Any, sync: Any, meter: Energy, seconds: float) -> dict[str, Any]:
+def energy_per_call(call: Any, sync: Any, meter: Energy, seconds: float) -> dict[str, Any]:
     if meter.handle is None:
         return {"energy_note": meter.why}
     sync()
@@ -469,6 +490,11 @@ def run(args: argparse.Namespace) -> int:
         if time.perf_counter() > deadline:
             results.error(name, TimeoutError("time budget spent before this workload"))
             break
+        if name.startswith("lm"):
+            from bench.gpu_lm import run_lm
+
+            run_lm(name, folder, work, results, meter, sync, args, deadline)
+            continue
         meta = json.loads((folder / "meta.json").read_text())
         runners: dict[str, Any] = {}
         try:
@@ -494,43 +520,61 @@ def run(args: argparse.Namespace) -> int:
             if name != meta["workload"]:  # a diagnostic variant: its ecograph rows only
                 raise LookupError(f"{name} is a variant of {meta['workload']}: no torch rows")
             twin, targs = torch_twin(name, meta["config"], device)
-            with torch.inference_mode():
-                twin(*targs)
-
-            def eager(t: Any = twin, a: tuple = targs) -> Any:
-                with torch.inference_mode():
-                    return t(*a)
-
-            runners["torch-eager"] = eager
-            left = deadline - time.perf_counter()
-            if left > 90:
-                t0 = time.perf_counter()
-                compiled = torch.compile(twin, mode="reduce-overhead")
-                signal.signal(signal.SIGALRM, _out_of_time)
-                signal.alarm(int(min(150, left - 60)))  # a compile that hangs costs its row only
-                try:
-                    with torch.inference_mode():
-                        for _ in range(3):
-                            compiled(*targs)
-                    sync()
-                finally:
-                    signal.alarm(0)
-                results.set(name, "torch_compile_seconds", round(time.perf_counter() - t0, 1))
-
-                def comp(c: Any = compiled, a: tuple = targs) -> Any:
-                    with torch.inference_mode():
-                        return c(*a)
-
-                runners["torch-compile"] = comp
-            else:
-                results.error(f"{name} torch-compile", TimeoutError("skipped: time budget"))
+            runners.update(torch_runners(name, twin, targs, deadline, results, sync))
         except Exception as exc:
             results.error(f"{name} torch", exc)
-        _measure(name, runners, results, meter, sync, args)
+        measure_runners(name, runners, results, meter, sync, args)
+    from bench.gpu_lm import extrapolate
+
+    extrapolate(results)
     return 0
 
 
-def _measure(
+def torch_runners(
+    name: str, twin: Any, targs: tuple, deadline: float, results: Results, sync: Any
+) -> dict[str, Any]:
+    """torch-eager and, when at least 90 s of the budget are left, torch-compile
+    (mode="reduce-overhead", warmed up; a compile that hangs costs its row only) runners of
+    `twin(*targs)` under inference_mode."""
+    import torch
+
+    with torch.inference_mode():
+        twin(*targs)
+
+    def eager(t: Any = twin, a: tuple = targs) -> Any:
+        with torch.inference_mode():
+            return t(*a)
+
+    runners = {"torch-eager": eager}
+    left = deadline - time.perf_counter()
+    if left <= 90:
+        results.error(f"{name} torch-compile", TimeoutError("skipped: time budget"))
+        return runners
+    t0 = time.perf_counter()
+    compiled = torch.compile(twin, mode="reduce-overhead")
+    signal.signal(signal.SIGALRM, _out_of_time)
+    signal.alarm(int(min(150, left - 60)))
+    try:
+        with torch.inference_mode():
+            for _ in range(3):
+                compiled(*targs)
+        sync()
+    except Exception as exc:  # eager's row stays
+        results.error(f"{name} torch-compile", exc)
+        return runners
+    finally:
+        signal.alarm(0)
+    results.set(name, "torch_compile_seconds", round(time.perf_counter() - t0, 1))
+
+    def comp(c: Any = compiled, a: tuple = targs) -> Any:
+        with torch.inference_mode():
+            return c(*a)
+
+    runners["torch-compile"] = comp
+    return runners
+
+
+def measure_runners(
     name: str,
     runners: dict[str, Any],
     results: Results,
@@ -549,7 +593,7 @@ def _measure(
     order = list(runners)
     for k in range(args.rounds):
         for r in order[k % len(order) :] + order[: k % len(order)] if order else []:
-            samples[r] += _time(runners[r], sync, args.slice)
+            samples[r] += time_calls(runners[r], sync, args.slice)
     timings: dict[str, Any] = {}
     for r, s in samples.items():
         ms = sorted(x * 1000 for x in s)
@@ -560,7 +604,7 @@ def _measure(
         }
     results.set(name, "timings", timings)
     for r in order:
-        timings[r].update(_energy(runners[r], sync, meter, args.energy_seconds))
+        timings[r].update(energy_per_call(runners[r], sync, meter, args.energy_seconds))
         results.set(name, "timings", timings)
 
 
@@ -572,7 +616,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     pp = sub.add_parser("prepare", help="here: build the CUDA artifacts and the runtime-only TVM")
     pp.add_argument("--out", default=".gpu")
-    pp.add_argument("--workloads", default=",".join(GPU_WORKLOADS))
+    pp.add_argument(
+        "--workloads", default=",".join(GPU_WORKLOADS + LM_WORKLOADS), help="'lm': all LM rows"
+    )
     pp.add_argument("--arch", default="sm_90")
     pp.add_argument("--target", default=None, help="another target (x86: a dry run here)")
     pp.add_argument("--no-site", action="store_true", help="skip the runtime-only TVM folder")
@@ -581,15 +627,19 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--art", default=".gpu")
     pr.add_argument("--out", default=os.environ.get("OUT", "gpu-out"))
     pr.add_argument("--work", default="/tmp/ecograph-gpu")
-    pr.add_argument("--workloads", default=",".join(GPU_WORKLOADS))
+    pr.add_argument(
+        "--workloads", default=",".join(GPU_WORKLOADS), help="'lm': the LM rows (gpu_lm.py)"
+    )
     pr.add_argument("--rounds", type=int, default=5)
     pr.add_argument("--slice", type=float, default=0.2, help="seconds per runner per round")
     pr.add_argument("--energy-seconds", type=float, default=2.0)
     pr.add_argument("--budget", type=float, default=360.0, help="seconds for the whole run")
     args = p.parse_args(argv)
+    names = [w for n in args.workloads.split(",") for w in (LM_WORKLOADS if n == "lm" else [n])]
+    args.workloads = ",".join(names)
     if args.cmd == "prepare":
         out = Path(args.out)
-        prepare(args.workloads.split(","), out, args.arch, args.target, args.trace)
+        prepare(names, out, args.arch, args.target, args.trace)
         if not args.no_site:
             build_site(out)
         return 0

@@ -584,3 +584,72 @@ def test_matmul_kernels_script_checks_and_times_each_encoding() -> None:
     for line in rows.values():
         ms, err = (float(c) for c in line.split("|")[2:4])
         assert ms > 0 and err < 1e-4 and "'matmul'" in line
+
+
+def test_gpu_lm_names_and_the_32_layer_estimate() -> None:
+    """lm<shape>-<quant>-l<N> names; t(32) = t(1) + 31 (t(2) - t(1)) per runner, beside
+    torch's measured 32-layer rows (which keep their names, so the table's ratios use them)."""
+    from bench.gpu import Results
+    from bench.gpu_lm import extrapolate, parse
+
+    assert parse("lm7b-int4-l2") == ("7b", "int4", 2)
+    assert parse("lmtiny-torch-l32") == ("tiny", "torch", 32)
+    assert parse("lm-check") is None
+    with pytest.raises(ValueError, match="unknown LM workload 'lm13b-int4-l1'"):
+        parse("lm13b-int4-l1")
+    results = Results.__new__(Results)
+    results.data = {"workloads": {}, "errors": []}
+    results.flush = lambda: None  # type: ignore[method-assign]
+    rows = results.data["workloads"]
+    rows["lmtiny-int4-l1"] = {
+        "timings": {"ecograph": {"p50_ms": 1.0, "joules_per_call": 0.1},
+                    "torch-compile": {"p50_ms": 2.0}}
+    }  # fmt: skip
+    rows["lmtiny-int4-l2"] = {
+        "timings": {"ecograph": {"p50_ms": 1.5, "joules_per_call": 0.15},
+                    "torch-compile": {"p50_ms": 3.0}}
+    }  # fmt: skip
+    rows["lmtiny-torch-l32"] = {"timings": {"torch-compile": {"p50_ms": 40.0}}}
+    extrapolate(results)
+    est = rows["lmtiny-int4-l32 (estimate)"]["timings"]
+    assert est["ecograph (extrapolated)"]["p50_ms"] == pytest.approx(16.5)
+    assert est["ecograph (extrapolated)"]["joules_per_call"] == pytest.approx(1.65)
+    assert est["torch-compile (extrapolated)"]["p50_ms"] == pytest.approx(33.0)
+    assert est["torch-compile"] == {"p50_ms": 40.0}
+    assert "lmtiny-torch-l32 (estimate)" not in rows
+
+
+@pytest.mark.slow
+def test_gpu_lm_slices_dry_run_on_this_cpu(tmp_path: Path) -> None:
+    """bench/gpu.py prepare + run of the LM slices for x86 (the GPU path's dry run): decode1
+    of each slice loads from its regenerated weights and is timed beside torch eager; the
+    32-layer estimate follows from the two measured slices."""
+    import json
+
+    root = Path(__file__).resolve().parents[1]
+    names = "lmtiny-int4-l1,lmtiny-int4-l2,lmtiny-torch-l32"
+    art, out = tmp_path / "art", tmp_path / "out"
+    prep = [sys.executable, "bench/gpu.py", "prepare", "--out", str(art), "--target", "x86",
+            "--no-site", "--workloads", names]  # fmt: skip
+    proc = subprocess.run(prep, cwd=root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    meta = json.loads((art / "art" / "lmtiny-int4-l1" / "meta.json").read_text())
+    # the int8 embedding (1 MiB) and int4 output projection (512 KiB) stay here
+    assert {r["dtype"] for r in meta["regenerated"].values()} == {"int8", "uint8"}
+    # a budget under 90 s leaves torch.compile out (its CPU compile alone takes ~30 s)
+    run = [sys.executable, "bench/gpu.py", "run", "--art", str(art), "--out", str(out),
+           "--work", str(tmp_path / "work"), "--workloads", names, "--rounds", "1",
+           "--slice", "0.05", "--energy-seconds", "0.05", "--budget", "80"]  # fmt: skip
+    proc = subprocess.run(run, cwd=root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((out / "gpu.json").read_text())
+    rows = data["workloads"]
+    for n in ("lmtiny-int4-l1", "lmtiny-int4-l2"):
+        assert rows[n]["ecograph"]["logits_finite"] is True
+        assert rows[n]["ecograph"]["decode1_param_bytes"] > 0
+        assert {"ecograph", "torch-eager"} <= set(rows[n]["timings"]), rows[n]
+    one, two = (rows[f"lmtiny-int4-l{k}"]["timings"]["ecograph"]["p50_ms"] for k in (1, 2))
+    est = rows["lmtiny-int4-l32 (estimate)"]["timings"]
+    assert est["ecograph (extrapolated)"]["p50_ms"] == pytest.approx(one + 31 * (two - one))
+    assert "torch-eager" in est  # measured on the 32-layer twin
+    assert "lmtiny-int4-l32 (estimate)" in (out / "gpu.md").read_text()
