@@ -118,7 +118,7 @@ def prepare(
         )
         feeds = feeds_for(graph, args)
         np.savez(folder / "inputs.npz", **feeds)
-        regen = _strip_params(artifact, graph, folder)
+        regen = _strip_params(artifact, graph, folder, target or f"cuda:{arch}")
         expected = ecograph.ir.interpret(graph, feeds)
         if trace:  # a strided sample of each value keeps the folder small
             expected = {k: _sample(v) for k, v in expected.items()}
@@ -174,17 +174,18 @@ def _config_of(model: Any) -> dict[str, Any] | None:
     return cfg.to_dict() if cfg is not None else None
 
 
-def _strip_params(artifact: Path, graph: Any, folder: Path) -> dict[str, Any]:
+def _strip_params(artifact: Path, graph: Any, folder: Path, target: str) -> dict[str, Any]:
     """Move the big float params out of the artifact; set their regenerated values in `graph`
     (the expected outputs are computed with them). Returns {name: recipe}."""
     manifest = json.loads((artifact / "manifest.json").read_text())
     info = manifest.get("params") or {}
     if not info.get("file"):
         return {}
-    from ecograph.backends.tvm.driver import BACKEND_PASSES
+    from ecograph.backends.tvm.driver import backend_passes
+    from ecograph.backends.tvm.targets import resolve
     from ecograph.passes import run_passes
 
-    run_passes(graph, [p() for p in BACKEND_PASSES])  # the graph the params were taken from
+    run_passes(graph, backend_passes(resolve(target)))  # the graph the params were taken from
     consts = graph.constants
     with np.load(artifact / info["file"]) as data:
         arrays = {n: data[n] for n in info["names"]}

@@ -326,15 +326,69 @@ class NBitsActivationBlocks(Pass):
         return PassResult(rewritten > 0, {"rewritten": rewritten} if rewritten else {}, notes)
 
 
+@register_pass
+@dataclass
+class TransposeDequantizeWeights(Pass):
+    """ecograph::DequantizeMatMul reading W stored [K, N] -> the same product reading W
+    stored [N, K] (trans_b=1), its blocked scales and zero points transposed alike: each
+    output column's weights contiguous along the reduction.
+
+    For GPU backends, which run it before lowering: dlight's GEMV rule (TVM 0.27) schedules
+    a product reduced along its weights' contiguous axis (neighbouring threads read
+    neighbouring bytes) and on CUDA declines the [K, N] form, which then fell to the
+    Reduction rule, each thread of a reduction reading one byte per row of W. Exact: the
+    same codes, scales and sums in another layout. A node whose W, scale or zero point is
+    not a constant of its own stays as it is.
+    """
+
+    name: ClassVar[str] = "transpose-dequantize-weights"
+
+    def run(self, graph: Graph) -> PassResult:
+        done = sum(
+            transpose_dequantize_weights(graph, node)
+            for node in list(graph.nodes)
+            if (node.domain, node.op_type) == ("ecograph", "DequantizeMatMul")
+        )
+        return PassResult(done > 0, {"transposed": done} if done else {})
+
+
+def transpose_dequantize_weights(graph: Graph, node: Node) -> bool:
+    """Store the DequantizeMatMul `node`'s W as [N, K] (see TransposeDequantizeWeights);
+    False, changing nothing, when it already is or its weights are not its own constants."""
+    if node.attr("trans_b"):
+        return False
+    params = [node.input(i) for i in (1, 2, 3)]
+    if any(
+        v is not None and (not v.is_constant or len(v.uses) != 1 or v.is_graph_output)
+        for v in params
+    ):
+        return False
+    block = int(node.attr("block_size") or 0)
+    for index, v in zip((1, 2, 3), params, strict=True):
+        if v is None:
+            continue
+        arr = const_array(v)
+        assert arr is not None
+        if index == 1 or (block and arr.ndim == 2):  # blocked parameters follow W's layout
+            new = graph.add_constant(np.ascontiguousarray(arr.T), f"{v.name}_nk")
+            graph.set_node_input(node, index, new)
+            graph.remove_constant(v)
+    node.attrs["axis"] = 1 - int(node.attr("axis")) % 2
+    node.attrs["trans_b"] = 1
+    return True
+
+
 __all__ = [
     "DECODERS",
     "MATMUL_OPS",
     "WEIGHT_DTYPES",
     "FuseWeightDequantize",
     "NBitsActivationBlocks",
+    "TransposeDequantizeWeights",
     "block_nbits_activations",
     "fuse_weight_decoder",
     "nbits_with_activation_blocks",
+    "transpose_dequantize_weights",
     "why_not_blocked",
     "why_not_fused",
 ]

@@ -174,11 +174,18 @@ def test_a_cuda_build_compiles_here_and_says_where_to_run_it(gpt2: Any, tmp_path
 
     if not runs_here_reason(resolve_target("cuda:sm_90")):
         pytest.skip("a CUDA GPU is visible here; this is the case of a machine without one")
-    lm = compile_lm(gpt2, target="cuda:sm_90", max_seq_len=16, out_dir=tmp_path / "lm")
+    # int4: the GPU layout of the fused kernels' weights (transpose-dequantize-weights) too
+    lm = compile_lm(
+        gpt2, target="cuda:sm_90", quantize="int4", max_seq_len=16, out_dir=tmp_path / "lm"
+    )
     data = json.loads((tmp_path / "lm" / "lm.json").read_text())
     assert data["target"].startswith("cuda")
     assert data["functions"] == ["prefill", "decode", "decode1"]
     assert data["weights"]["arrays"] > 0 and data["check"] == {}
+    for function in data["functions"]:
+        manifest = json.loads((tmp_path / "lm" / function / "manifest.json").read_text())
+        names = manifest["params"]["names"]  # the [N, K] codes are new constants, "..._nk"
+        assert any(n.endswith("_nk") for n in names), names
     for where in ("auto", "device", "host"):
         with pytest.raises(UsageError, match=CANNOT_RUN):
             lm.generate([1, 2, 3], 2, kv_cache=where)

@@ -146,14 +146,6 @@ def test_int4_weights_stay_packed_in_cpu_panels(n, trans_b):
     np.testing.assert_array_equal(_unpack_panels(arr, 63, n), codes)
 
 
-def test_int4_weights_for_cuda_stay_packed_by_rows():
-    """GPU targets keep [K, ceil(N / 2)] (dlight schedules the generic fused kernel)."""
-    g = _dq_graph("int4", 0, 32, k=64, n=48)
-    lowered = lower_graph(g, targets.resolve("cuda:sm_80"), keep_params=True)
-    arr = lowered.params["w_q"]
-    assert arr.dtype == np.uint8 and arr.shape == (64, 24), (arr.dtype, arr.shape)
-
-
 @pytest.mark.parametrize(
     "wdt,axis,block,zp",
     [

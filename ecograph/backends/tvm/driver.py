@@ -47,7 +47,7 @@ from ecograph.ir.folding import fold_node
 from ecograph.ir.graph import Graph, Node, Value
 from ecograph.ir.registry import resolve_attrs
 from ecograph.passes import Pass, run_passes
-from ecograph.passes.weight_only import FuseWeightDequantize
+from ecograph.passes.weight_only import FuseWeightDequantize, TransposeDequantizeWeights
 
 # --------------------------------------------------------------- graph lowering
 
@@ -70,6 +70,15 @@ class Lowered:
 # DequantizeLinear feeding a matmul becomes one DequantizeMatMul kernel (the compressed
 # weights stay compressed in the artifact).
 BACKEND_PASSES: tuple[type[Pass], ...] = (FuseWeightDequantize,)
+# ... and then, for GPU targets, those kernels' weights stored [N, K], the layout dlight's
+# GEMV rule schedules on CUDA (passes/weight_only.py).
+GPU_BACKEND_PASSES: tuple[type[Pass], ...] = (TransposeDequantizeWeights,)
+
+
+def backend_passes(target: TargetSpec) -> list[Pass]:
+    """The rewrites lowering runs on its copy of a graph for `target`, in order."""
+    extra = GPU_BACKEND_PASSES if target.is_gpu else ()
+    return [p() for p in (*BACKEND_PASSES, *extra)]
 
 
 def lower_graph(
@@ -105,7 +114,8 @@ def lower_with(graph: Graph, options: LowerOptions) -> Lowered:
     """`lower_graph` with its options as one `LowerOptions`.
 
     The backend's own rewrites run first, through the pass manager (verified), on a copy of
-    `graph` (the caller's graph is not changed): `BACKEND_PASSES`. With `keep_params`,
+    `graph` (the caller's graph is not changed): `BACKEND_PASSES` (and `GPU_BACKEND_PASSES`
+    for GPU targets). With `keep_params`,
     constants of at least `param_threshold` bytes become trailing parameters (returned in
     `Lowered.params`, in order) instead of bound constants.
     """
@@ -120,7 +130,7 @@ def lower_with(graph: Graph, options: LowerOptions) -> Lowered:
         )
     _check_symbols(graph)
     graph = graph.copy()
-    run_passes(graph, [p() for p in BACKEND_PASSES])
+    run_passes(graph, backend_passes(options.target))
     state = LoweringState(relax.BlockBuilder(), options)
     params: list[relax.Var] = []
     for v in graph.inputs:
