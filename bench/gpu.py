@@ -176,7 +176,8 @@ def _config_of(model: Any) -> dict[str, Any] | None:
 
 def _strip_params(artifact: Path, graph: Any, folder: Path, target: str) -> dict[str, Any]:
     """Move the big float params out of the artifact; set their regenerated values in `graph`
-    (the expected outputs are computed with them). Returns {name: recipe}."""
+    (the expected outputs are computed with them; transposed where the param is the
+    constant transposed, as GPU builds store product weights [N, K]). Returns {name: recipe}."""
     manifest = json.loads((artifact / "manifest.json").read_text())
     info = manifest.get("params") or {}
     if not info.get("file"):
@@ -194,13 +195,19 @@ def _strip_params(artifact: Path, graph: Any, folder: Path, target: str) -> dict
     for n, a in arrays.items():
         if a.dtype.kind == "f" and a.nbytes >= REGEN_BYTES:
             c = consts.get(n)
-            if c is None or c.shape != a.shape:
-                raise SystemExit(f"param {n} {a.shape} is not a graph constant of that shape")
+            value = None if c is None else np.asarray(c.const_value)
+            if value is not None and np.array_equal(value, a):
+                transposed = False
+            elif value is not None and value.ndim == 2 and np.array_equal(value.T, a):
+                transposed = True
+            else:
+                raise SystemExit(f"param {n} {a.shape} is not a graph constant (or its transpose)")
             std = float(a.std())
             recipe = {"shape": list(a.shape), "dtype": str(a.dtype), "mean": float(a.mean())}
             recipe["std"] = std
             regen[n] = recipe
-            graph.set_constant_value(c, regenerate(n, **recipe))
+            remade = regenerate(n, **recipe)
+            graph.set_constant_value(c, np.ascontiguousarray(remade.T) if transposed else remade)
         else:
             small[n] = a
     np.savez(folder / "params_small.npz", **small)

@@ -30,6 +30,7 @@ import json
 import re
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -283,6 +284,8 @@ def _decode_step(
             "weights_file_bytes": weights["bytes"],
             "decode1_param_bytes": read,
             "logits_finite": finite,
+            # how many of decode1's kernels each schedule rule took (dlight's on CUDA)
+            "schedules": dict(Counter(str(r) for r in manifest["schedules"].values())),
         },
     )
     return lambda: fn.run_device([ids, past_t])

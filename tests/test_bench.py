@@ -653,3 +653,26 @@ def test_gpu_lm_slices_dry_run_on_this_cpu(tmp_path: Path) -> None:
     assert est["ecograph (extrapolated)"]["p50_ms"] == pytest.approx(one + 31 * (two - one))
     assert "torch-eager" in est  # measured on the 32-layer twin
     assert "lmtiny-int4-l32 (estimate)" in (out / "gpu.md").read_text()
+
+
+@pytest.mark.parametrize("k", [256, 512])  # 512: square, where only the values tell
+def test_gpu_prepare_regenerates_weights_in_the_layout_a_cuda_build_stores(
+    tmp_path: Path, k: int
+) -> None:
+    """CUDA builds store a product's weight [N, K] (the constant transposed): the stand-in
+    the GPU host makes for the param goes into the graph transposed back, so the expected
+    outputs are those of the weights the GPU reads."""
+    import ecograph
+    from bench.gpu import _strip_params, regenerate
+    from ecograph.ir import GraphBuilder
+
+    b = GraphBuilder()
+    x = b.input("x", "float32", [1, k])
+    w = np.random.default_rng(0).standard_normal((k, 512)).astype(np.float32)
+    b.output(b.op("MatMul", x, b.constant(w, "w")))
+    graph = b.graph
+    art = ecograph.compile(graph.copy(), "cuda:sm_90", tmp_path / "a", keep_params=True)
+    regen = _strip_params(Path(art), graph, tmp_path, "cuda:sm_90")
+    assert regen["w"]["shape"] == [512, k]  # the param: [N, K]
+    remade = regenerate("w", **regen["w"])
+    np.testing.assert_array_equal(graph.constants["w"].const_value, remade.T)

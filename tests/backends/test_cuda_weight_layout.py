@@ -1,12 +1,13 @@
-"""GPU builds store weight-only quantized weights [N, K] (passes/weight_only.py,
-TransposeDequantizeWeights), the layout dlight's GEMV rule schedules on CUDA.
+"""GPU builds store constant weights [N, K]: weight-only quantized ones through
+passes/weight_only.py's TransposeDequantizeWeights, float32 ones in the lowering
+(ops/matmul.py BY_COLUMN). That is the layout dlight's GEMV rule schedules on CUDA.
 
-Before, a decode step's int4 product (x [1, K] @ W [K, N]) went to dlight's Reduction rule,
-whose threads each read one byte from a different row of W; dlight's GEMV rule declines that
+Before, a decode step's product (x [1, K] @ W [K, N]) went to dlight's Reduction rule, whose
+threads each read one weight from a different row of W; dlight's GEMV rule declines that
 layout on CUDA (its outer-reduction schedules are for OpenCL on Android and Metal only). The
 pass is checked against the reference interpreter, the GPU lowering is run here on the CPU
-(the same Relax module compiled for LLVM), and the rule that schedules the CUDA kernel is
-read from dlight while it builds. The CUDA numbers need a GPU (skipped here without one).
+(the same Relax module compiled for LLVM), and the rule that schedules each CUDA kernel is
+the one the build records. The CUDA numbers need a GPU (skipped here without one).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 import ecograph
 from ecograph.backends.tvm import build, load, targets
 from ecograph.backends.tvm.driver import lower_graph
-from ecograph.ir import interpret
+from ecograph.ir import GraphBuilder, interpret
 from ecograph.passes import run_passes
 from ecograph.passes.weight_only import FuseWeightDequantize, TransposeDequantizeWeights
 from tests.backends.test_tvm_build import _gpu_visible
@@ -94,49 +95,78 @@ def test_the_cuda_lowering_computes_what_the_interpreter_does(
     _close(got, interpret(graph, feeds)[graph.outputs[0].name])
 
 
-def _rules_used(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    """(dlight rule, first block's name) for each PrimFunc a CUDA build schedules."""
-    from tvm import s_tir
-    from tvm.s_tir import dlight as dl
-    from tvm.s_tir.dlight.analysis import normalize_prim_func
-
-    used: list[tuple[str, str]] = []
-    for cls in (dl.gpu.Matmul, dl.gpu.GEMV, dl.gpu.Reduction, dl.gpu.GeneralReduction,
-                dl.gpu.Fallback):  # fmt: skip
-
-        def apply(self: Any, func: Any, target: Any, tunable: bool, _o: Any = cls.apply,
-                  _n: str = cls.__name__) -> Any:  # fmt: skip
-            sch = _o(self, func, target, tunable)
-            if sch is not None:
-                s = s_tir.Schedule(func)
-                blocks = normalize_prim_func(s) or []
-                used.append((_n, s.get(blocks[0].block_rv).name_hint if blocks else "?"))
-            return sch
-
-        monkeypatch.setattr(cls, "apply", apply)
-    return used
-
-
 def test_a_decode_row_times_int4_weights_is_a_gemv_on_cuda(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The build records which dlight rule scheduled each kernel (the manifest's
+    "schedules"): GEMV with the [N, K] layout, Reduction without the pass."""
+    from ecograph.backends.tvm import driver
     from ecograph.quant.quantize import Quantize
 
-    used = _rules_used(monkeypatch)
-    graph = _mlp_row(512, 256)
-    Quantize(mode="weight_only", dtype="int4", granularity="group:128").run(graph)
-    build.build_module(graph, CUDA, keep_params=True)
-    assert ("GEMV", "dequantize_matmul") in used, used
+    def rules() -> set[str | None]:
+        graph = _mlp_row(512, 256)
+        Quantize(mode="weight_only", dtype="int4", granularity="group:128").run(graph)
+        kernels = build.build_module(graph, CUDA, keep_params=True).kernels
+        return {rule for name, rule in kernels.items() if "dequantize_matmul" in name}
+
+    assert rules() == {"dlight:GEMV"}
+    monkeypatch.setattr(driver, "GPU_BACKEND_PASSES", ())
+    assert rules() == {"dlight:Reduction"}
 
 
 def _mlp_row(k: int, n: int) -> Any:
-    from ecograph.ir import GraphBuilder
-
     b = GraphBuilder()
     x = b.input("x", "float32", [1, k])
     w = np.random.default_rng(5).standard_normal((k, n)).astype(np.float32) * 0.05
     b.output(b.op("MatMul", x, b.constant(w, "w")))
     return b.graph
+
+
+def _float_product(op: str, shape: list[Any], k: int = 64, n: int = 48) -> Any:
+    rng = np.random.default_rng(11)
+    b = GraphBuilder()
+    x = b.input("x", "float32", shape)
+    if op == "Gemm":  # transB: the weight is stored [N, K] already
+        w = b.constant(rng.standard_normal((n, k)).astype(np.float32), "w")
+        y = b.op("Gemm", x, w, transB=1)
+    elif op == "Linear":
+        w = b.constant(rng.standard_normal((k, n)).astype(np.float32), "w")
+        bias = b.constant(rng.standard_normal(n).astype(np.float32), "bias")
+        y = b.op("Linear", x, w, bias, domain="ecograph")
+    else:
+        y = b.op("MatMul", x, b.constant(rng.standard_normal((k, n)).astype(np.float32), "w"))
+    b.output(b.op("Relu", y))
+    return b.graph
+
+
+# (op, A's shape, a feed's shape, the dlight rule of the product's kernel)
+FLOAT_PRODUCTS = [
+    ("MatMul", [1, 64], (1, 64), "dlight:GEMV"),
+    ("MatMul", [64], (64,), "dlight:GEMV"),
+    ("Linear", [1, 64], (1, 64), "dlight:GEMV"),
+    ("Gemm", [3, 64], (3, 64), "dlight:Matmul"),
+    ("MatMul", ["b", "t", 64], (2, 5, 64), "dlight:Matmul"),
+]
+
+
+@pytest.mark.parametrize(("op", "shape", "feed", "rule"), FLOAT_PRODUCTS)
+def test_float_weights_are_stored_by_column_for_cuda(
+    op: str, shape: list[Any], feed: tuple[int, ...], rule: str
+) -> None:
+    """The CUDA lowering binds the weight [N, K] and computes what the interpreter does
+    (compiled here for the CPU); a one-row product's kernel is dlight's GEMV."""
+    import tvm
+
+    graph = _float_product(op, shape)
+    lowered = lower_graph(graph, CUDA, keep_params=True)
+    assert lowered.params["w"].shape == (48, 64)
+    vm = tvm.runtime.vm.VirtualMachine(tvm.compile(lowered.mod, target="llvm"), tvm.cpu())
+    x = np.random.default_rng(2).standard_normal(feed).astype(np.float32)
+    params = [tvm.runtime.tensor(v) for v in lowered.params.values()]
+    got = vm["main"](tvm.runtime.tensor(x), *params).numpy()
+    _close(got, interpret(graph, {"x": x})[graph.outputs[0].name])
+    kernels = build.build_module(graph, CUDA, keep_params=True).kernels
+    assert [r for name, r in kernels.items() if "matmul" in name] == [rule], kernels
 
 
 @pytest.mark.gpu
@@ -149,3 +179,15 @@ def test_cuda_dequantize_matmul_matches_the_interpreter(
     model = load(ecograph.compile(graph, "cuda", tmp_path / "a", progress=False))
     feeds = _feeds()
     _close(model(**feeds), interpret(graph, feeds)[graph.outputs[0].name])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu_visible(), reason="no CUDA GPU visible")
+@pytest.mark.parametrize(("op", "shape", "feed", "rule"), FLOAT_PRODUCTS)
+def test_cuda_float_products_match_the_interpreter(
+    tmp_path: Path, op: str, shape: list[Any], feed: tuple[int, ...], rule: str
+) -> None:
+    graph = _float_product(op, shape)
+    model = load(ecograph.compile(graph, "cuda", tmp_path / "a", progress=False))
+    x = np.random.default_rng(2).standard_normal(feed).astype(np.float32)
+    _close(model(x=x), interpret(graph, {"x": x})[graph.outputs[0].name])

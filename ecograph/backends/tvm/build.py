@@ -58,7 +58,7 @@ class BuildResult:
     pipeline: list[str]
     notes: list[str] = field(default_factory=list)
     tuning: dict[str, Any] | None = None
-    # CPU builds: each kernel's schedule rule (None: no rule applied, left to LLVM)
+    # each kernel's schedule rule (CPU: ecograph's, None: left to LLVM; CUDA: "dlight:...")
     kernels: dict[str, str | None] = field(default_factory=dict)
     # x86 builds: per kernel with 16-entry table lookups, (register permutes, gathers left)
     lookups: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -195,8 +195,49 @@ def _guarded_matmul() -> Any:
     return GuardedMatmul()
 
 
-def _cuda_pipeline(target: Any, *, with_matmul_rule: bool) -> tuple[Any, list[str]]:
-    """The CUDA default pipeline, optionally without dlight's Matmul rule (see module doc)."""
+def _recorded_default_schedule(rules: list[tuple[str, Any]], chosen: dict[str, str | None]) -> Any:
+    """dlight's ApplyDefaultSchedule over `rules` ((name, rule), tried in order), recording in
+    `chosen` which one scheduled each kernel ("dlight:GEMV", ...; "pre-scheduled" for one
+    that came in scheduled, None where no rule applied)."""
+    import tvm
+    from tvm.s_tir import dlight as dl
+
+    log: list[tuple[Any, str]] = []
+
+    class Recorded(dl.ScheduleRule):
+        def __init__(self, name: str, rule: Any) -> None:
+            self.name, self.rule = name, rule
+
+        def apply(self, func: Any, target: Any, tunable: bool) -> Any:
+            sch = self.rule.apply(func, target, tunable)
+            if sch is not None:
+                log.append((func, self.name))
+            return sch
+
+    inner = dl.ApplyDefaultSchedule(*(Recorded(f"dlight:{n}", r) for n, r in rules))
+
+    @tvm.transform.module_pass(opt_level=0, name="ApplyDefaultSchedule")
+    def apply(mod: Any, _ctx: Any) -> Any:
+        funcs = {
+            gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
+        }
+        log.clear()
+        out = inner(mod)
+        for name, func in funcs.items():
+            if func.attrs is not None and func.attrs.get("tirx.is_scheduled"):
+                chosen[name] = "pre-scheduled"
+            else:
+                chosen[name] = next((r for f, r in log if f.same_as(func)), None)
+        return out
+
+    return apply
+
+
+def _cuda_pipeline(
+    target: Any, *, with_matmul_rule: bool, chosen: dict[str, str | None] | None = None
+) -> tuple[Any, list[str]]:
+    """The CUDA default pipeline, optionally without dlight's Matmul rule (see module doc);
+    `chosen` records which dlight rule scheduled each kernel."""
     import tvm
     from tvm import relax
     from tvm.relax.backend.cuda import pipeline as cuda
@@ -205,13 +246,13 @@ def _cuda_pipeline(target: Any, *, with_matmul_rule: bool) -> tuple[Any, list[st
     from .schedules.indexmath import decreasing_index_pass
 
     rules = [
-        dl.gpu.GEMV(),
-        _CheckedRule(dl.gpu.Reduction()),
-        _CheckedRule(dl.gpu.GeneralReduction()),
-        dl.gpu.Fallback(),
+        ("GEMV", dl.gpu.GEMV()),
+        ("Reduction", _CheckedRule(dl.gpu.Reduction())),
+        ("GeneralReduction", _CheckedRule(dl.gpu.GeneralReduction())),
+        ("Fallback", dl.gpu.Fallback()),
     ]
     if with_matmul_rule:
-        rules.insert(0, _guarded_matmul())
+        rules.insert(0, ("Matmul", _guarded_matmul()))
     legalize = [
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
@@ -219,7 +260,7 @@ def _cuda_pipeline(target: Any, *, with_matmul_rule: bool) -> tuple[Any, list[st
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
-        dl.ApplyDefaultSchedule(*rules),
+        _recorded_default_schedule(rules, {} if chosen is None else chosen),
         decreasing_index_pass(),  # TVM 0.27 simplifier miscompile (schedules/indexmath.py)
     ]
     passes = (
@@ -404,7 +445,7 @@ def build_module(
 
     lookups: dict[str, tuple[int, int]] = {}
     if spec.family == "cuda":
-        ex, pipeline, more = _build_cuda(mod, tvm_target)
+        ex, pipeline, more = _build_cuda(mod, tvm_target, kernels)
         notes += more
     else:
         failures: list[str] = []
@@ -449,8 +490,11 @@ def build_module(
     return BuildResult(ex, lowered, spec, pipeline, notes, tuning, kernels, lookups)
 
 
-def _build_cuda(mod: Any, target: Any) -> tuple[Any, list[str], list[str]]:
-    """Compile for CUDA; the int8 matmul case skips dlight's Matmul rule, and says so."""
+def _build_cuda(
+    mod: Any, target: Any, chosen: dict[str, str | None]
+) -> tuple[Any, list[str], list[str]]:
+    """Compile for CUDA (recording in `chosen` the dlight rule of each kernel); the int8
+    matmul case skips dlight's Matmul rule, and says so."""
     import tvm
 
     notes: list[str] = []
@@ -464,13 +508,14 @@ def _build_cuda(mod: Any, target: Any) -> tuple[Any, list[str], list[str]]:
             "int8 matmul on CUDA: dlight Matmul rule skipped (known TVM 0.27 crash); int8 "
             "matmuls use the generic GPU schedule"
         )
-    pipeline, names = _cuda_pipeline(target, with_matmul_rule=with_matmul)
+    pipeline, names = _cuda_pipeline(target, with_matmul_rule=with_matmul, chosen=chosen)
     try:
         ex = tvm.compile(mod, target=target, relax_pipeline=pipeline)
     except Exception as exc:
         if not with_matmul:
             raise BuildError(f"TVM failed to compile for CUDA: {exc}") from exc
-        pipeline, names = _cuda_pipeline(target, with_matmul_rule=False)
+        chosen.clear()
+        pipeline, names = _cuda_pipeline(target, with_matmul_rule=False, chosen=chosen)
         notes.append(f"dlight Matmul rule failed ({type(exc).__name__}); rebuilt without it")
         try:
             ex = tvm.compile(mod, target=target, relax_pipeline=pipeline)

@@ -169,8 +169,8 @@ class LoweringState:
     # CPU: DequantizeMatMul nodes whose integer weights (and scales) are bound packed in
     # column panels (ops/weight_panels.py) -> how their kernel reads them.
     weight_panels: dict[Node, WeightPanels] = field(default_factory=dict)
-    # CPU: float32 weight constants bound packed in column panels, [N / NR, K, NR] -> NR
-    # (see ops/matmul.py `packed_matmul_weights`); their matmuls read them packed.
+    # float32 weight constants bound packed (ops/matmul.py `packed_matmul_weights`), read so
+    # by their matmuls: CPU column panels [N / NR, K, NR] -> NR; GPU [N, K] -> 0 (BY_COLUMN)
     panels: dict[Value, int] = field(default_factory=dict)
     # CPU: float32 conv weights bound packed in output-channel blocks, [O / B, I, KH, KW, B]
     # -> B (see ops/conv.py `packed_conv_weights`); their Convs read them packed.

@@ -6,6 +6,11 @@ reads the weight packed at compile time in column panels, `[N / NR, K, NR]` (zer
 so the NR columns a register tile needs are contiguous for every k; its rows are padded to a
 multiple of the tile's MR, reading row min(i, rows - 1), so the schedule needs no row
 predicate (schedules/matmul.py; `register_tile` gives both the same MR and NR).
+
+On GPU targets such a weight is stored `[N, K]` (BY_COLUMN: each output column's weights
+contiguous along the reduction), the layout dlight's GEMV rule schedules for a decode step's
+one-row product; for `[K, N]` it declines on CUDA and the Reduction rule read one float per
+row of W per thread (docs/tvm.md).
 """
 
 from __future__ import annotations
@@ -32,9 +37,13 @@ from ecograph.ir.graph import Graph, Node, Value
 _WEIGHT_USES = {("", "MatMul"), ("", "Gemm"), ("ecograph", "Linear")}
 
 
+BY_COLUMN = 0  # PackedWeight.nr of a GPU weight stored [N, K]
+
+
 @dataclass(frozen=True)
 class PackedWeight:
-    """A constant weight packed for the CPU matmul kernel: `array` is [ceil(N / nr), K, nr]."""
+    """A constant weight packed for the CPU matmul kernel: `array` is [ceil(N / nr), K, nr];
+    for GPU targets (nr == BY_COLUMN) `array` is [N, K]."""
 
     array: np.ndarray
     nr: int
@@ -59,10 +68,8 @@ def packed_matmul_weights(
     graph: Graph, live: set[Node], target: TargetSpec
 ) -> dict[Value, PackedWeight]:
     """Float32 2-D weight constants every use of which is the weight of a live float32 product
-    (all in the same orientation), packed for the CPU matmul kernel, and the 8-bit weights of
-    integer products (`packed_integer_weights`). Empty for GPU targets."""
-    if target.is_gpu:
-        return {}
+    (all in the same orientation), packed for the CPU matmul kernel (stored [N, K] for GPU
+    targets), and on CPUs the 8-bit weights of integer products (`packed_integer_weights`)."""
     packed: dict[Value, PackedWeight] = {}
     for c in graph.constants.values():
         arr = c.const_value
@@ -74,11 +81,15 @@ def packed_matmul_weights(
         if len(orientations) != 1 or None in orientations:
             continue
         w = arr.T if orientations.pop() else arr  # [K, N]
+        if target.is_gpu:
+            packed[c] = PackedWeight(np.ascontiguousarray(w.T), BY_COLUMN)
+            continue
         first = c.uses[0].node.input(0)
         assert first is not None
         nr = panel_width_for(target, first, int(w.shape[1]))
         packed[c] = PackedWeight(pack_panels(w, nr), nr)
-    packed.update(packed_integer_weights(graph, live, target))
+    if not target.is_gpu:
+        packed.update(packed_integer_weights(graph, live, target))
     return packed
 
 
@@ -100,8 +111,22 @@ def pack_panels(w: np.ndarray, nr: int) -> np.ndarray:
 
 def emit_packed_matmul(ctx: LowerContext, a: relax.Expr, weight: Value) -> relax.Expr:
     """`a @ W` for a weight bound packed (`ctx.state.panels`): one TE kernel over the panels,
-    rows padded to the register tile's MR and clamped (see the module doc)."""
+    rows padded to the register tile's MR and clamped (see the module doc); a GPU weight
+    stored [N, K] (BY_COLUMN) as a plain reduction over its rows."""
     nr = ctx.state.panels[weight]
+    if nr == BY_COLUMN:
+        from tvm import te
+
+        def compute(av: Any, wt: Any) -> Any:
+            kk = te.reduce_axis((0, av.shape[-1]), "k")
+            return te.compute(
+                (*av.shape[:-1], wt.shape[0]),
+                lambda *ix: te.sum(av[(*ix[:-1], kk)] * wt[ix[-1], kk], axis=kk),
+                name="matmul",
+            )
+
+        w = ctx.state.value_expr(weight)
+        return ctx.bb.emit_te(compute, a, w, primfunc_name_hint="matmul")
     return emit_panel_matmul(
         ctx,
         a,
