@@ -74,22 +74,24 @@ def test_weights_with_another_use_or_already_by_column_stay() -> None:
     assert not TransposeDequantizeWeights().run(nk).changed
 
 
+@pytest.mark.parametrize("rows", [1, "b"])
 @pytest.mark.parametrize(("wdt", "axis", "block", "zp"), LAYOUTS)
 def test_the_cuda_lowering_computes_what_the_interpreter_does(
-    wdt: str, axis: int | None, block: int, zp: bool
+    wdt: str, axis: int | None, block: int, zp: bool, rows: int | str
 ) -> None:
-    """The module lower_graph makes for CUDA (packed [N, K / 2] 4-bit codes and all),
-    compiled for this CPU instead and run against the interpreter on the original graph."""
+    """The module lower_graph makes for CUDA (packed [N, K / 2] 4-bit codes and all; for
+    several rows the weights decoded by a kernel of their own, then multiplied), compiled for
+    this CPU instead and run against the interpreter on the original graph."""
     import tvm
 
-    graph = _dq_graph(wdt, axis, block, zero_point=zp, rows=1)
+    graph = _dq_graph(wdt, axis, block, zero_point=zp, rows=rows)
     lowered = lower_graph(graph, CUDA, keep_params=True)
     codes = lowered.params["w_q_nk"]
     assert codes.shape[0] == 48  # N rows
     if wdt.endswith("4"):
         assert codes.dtype == np.uint8 and codes.shape == (48, 32)  # two codes per byte
     vm = tvm.runtime.vm.VirtualMachine(tvm.compile(lowered.mod, target="llvm"), tvm.cpu())
-    feeds = _feeds()
+    feeds = _feeds(rows=1 if rows == 1 else 3)
     params = [tvm.runtime.tensor(v) for v in lowered.params.values()]
     got = vm["main"](tvm.runtime.tensor(feeds["x"]), *params).numpy()
     _close(got, interpret(graph, feeds)[graph.outputs[0].name])
@@ -114,9 +116,22 @@ def test_a_decode_row_times_int4_weights_is_a_gemv_on_cuda(
     assert rules() == {"dlight:Reduction"}
 
 
-def _mlp_row(k: int, n: int) -> Any:
+def test_several_rows_decode_the_weights_then_take_dlights_matmul_rule() -> None:
+    """A prefill's int4 product on CUDA: one kernel decoding W to float32 [N, K] (kept out of
+    fusion; elementwise, so Fallback, dlight's rule for those, is right), then a product the
+    Matmul rule schedules (fused with the decoding, only Fallback took it)."""
+    from ecograph.quant.quantize import Quantize
+
+    for rows in ("b", 128):
+        graph = _mlp_row(512, 256, rows)
+        Quantize(mode="weight_only", dtype="int4", granularity="group:128").run(graph)
+        kernels = build.build_module(graph, CUDA, keep_params=True).kernels
+        assert kernels == {"dequantize_weights": "dlight:Fallback", "matmul": "dlight:Matmul"}
+
+
+def _mlp_row(k: int, n: int, rows: int | str = 1) -> Any:
     b = GraphBuilder()
-    x = b.input("x", "float32", [1, k])
+    x = b.input("x", "float32", [rows, k])
     w = np.random.default_rng(5).standard_normal((k, n)).astype(np.float32) * 0.05
     b.output(b.op("MatMul", x, b.constant(w, "w")))
     return b.graph
@@ -171,13 +186,14 @@ def test_float_weights_are_stored_by_column_for_cuda(
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _gpu_visible(), reason="no CUDA GPU visible")
+@pytest.mark.parametrize("rows", [1, "b"])
 @pytest.mark.parametrize(("wdt", "axis", "block", "zp"), LAYOUTS)
 def test_cuda_dequantize_matmul_matches_the_interpreter(
-    tmp_path: Path, wdt: str, axis: int | None, block: int, zp: bool
+    tmp_path: Path, wdt: str, axis: int | None, block: int, zp: bool, rows: int | str
 ) -> None:
-    graph = _dq_graph(wdt, axis, block, zero_point=zp, rows=1)
+    graph = _dq_graph(wdt, axis, block, zero_point=zp, rows=rows)
     model = load(ecograph.compile(graph, "cuda", tmp_path / "a", progress=False))
-    feeds = _feeds()
+    feeds = _feeds(rows=1 if rows == 1 else 3)
     _close(model(**feeds), interpret(graph, feeds)[graph.outputs[0].name])
 
 

@@ -164,8 +164,11 @@ def batched_matmul_kernel(func: Any) -> bool:
 def isolate_batched_matmuls() -> Any:
     """A module pass marking batched-matmul PrimFuncs opaque to FuseOps (CUDA): they stay one
     kernel that dlight's Matmul rule schedules correctly, and their epilogue becomes its own
-    elementwise kernel (see `batched_matmul_with_epilogue` for why)."""
+    elementwise kernel (see `batched_matmul_with_epilogue` for why). PrimFuncs the lowering
+    marked with OPAQUE_ATTR (a prefill's weight decoding, ops/quant.py) stay alone too."""
     import tvm
+
+    from .context import OPAQUE_ATTR
 
     opaque = 8  # OpPatternKind.kOpaque
 
@@ -174,7 +177,8 @@ def isolate_batched_matmuls() -> Any:
         for gv, func in list(mod.functions.items()):
             if not isinstance(func, tvm.tirx.PrimFunc):
                 continue
-            if batched_matmul_kernel(func):
+            marked = func.attrs is not None and bool(func.attrs.get(OPAQUE_ATTR))
+            if marked or batched_matmul_kernel(func):
                 mod[gv] = func.with_attr("op_pattern", opaque)
         return mod
 

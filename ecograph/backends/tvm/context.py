@@ -45,6 +45,9 @@ from tvm.sym.analyzer import Analyzer
 R = relax.op
 NN = relax.op.nn
 ANALYZER = Analyzer()
+# A PrimFunc attribute: the kernel stays a kernel of its own (the CUDA pipeline marks such
+# functions opaque to FuseOps, build.isolate_batched_matmuls).
+OPAQUE_ATTR = "ecograph.opaque"
 
 LowerFn = Callable[["LowerContext"], "relax.Expr | Sequence[relax.Expr | None]"]
 LOWERINGS: dict[tuple[str, str], LowerFn] = {}

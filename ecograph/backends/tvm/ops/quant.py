@@ -13,6 +13,7 @@ from tvm import relax
 from tvm import tirx as tir
 
 from ecograph.backends.tvm.context import (
+    OPAQUE_ATTR,
     LowerContext,
     R,
     carrier,
@@ -366,7 +367,9 @@ def _dequantize_matmul(ctx: LowerContext) -> relax.Expr:
             return (r,) if axis == 0 else (c,)
         return (r // block, c) if axis == 0 else (r, c // block)
 
-    def compute(a: Any, w: Any, s: Any, z: Any = None) -> Any:
+    def weight_of(w: Any, s: Any, z: Any = None) -> Callable[[Any, Any], Any]:
+        """W'[k, n], dequantized from the stored codes."""
+
         def weight(kk: Any, n: Any) -> Any:
             r, c = (n, kk) if trans_b else (kk, n)
             if packed:
@@ -379,6 +382,44 @@ def _dequantize_matmul(ctx: LowerContext) -> relax.Expr:
                 q = q - z[idx].astype("int32")
             return q.astype("float32") * s[idx]
 
-        return dequantizing_matmul(a, weight, k_len, n_len, "dequantize_matmul")
+        return weight
+
+    if ctx.target.is_gpu and not (at.rank == 1 or at.shape[-2] == 1):
+        return _decoded_then_multiplied(ctx, a, args[1:], weight_of, k_len, n_len)
+
+    def compute(a: Any, *params: Any) -> Any:
+        return dequantizing_matmul(a, weight_of(*params), k_len, n_len, "dequantize_matmul")
 
     return ctx.bb.emit_te(compute, *args, primfunc_name_hint="dequantize_matmul")
+
+
+def _decoded_then_multiplied(
+    ctx: LowerContext,
+    a: relax.Expr,
+    params: list[relax.Expr],
+    weight_of: Callable[..., Callable[[Any, Any], Any]],
+    k_len: int,
+    n_len: int,
+) -> relax.Expr:
+    """GPU, several rows (prefill): W' decoded once per call into float32 [N, K] by a kernel
+    of its own (OPAQUE_ATTR keeps it out of fusion), then a plain product, which dlight's
+    Matmul rule schedules; fused into one kernel, dlight has no rule for it but Fallback."""
+    from tvm import te
+
+    def decode(*ps: Any) -> Any:
+        weight = weight_of(*ps)
+        return te.compute((n_len, k_len), lambda n, kk: weight(kk, n), name="dequantize")
+
+    decoded = ctx.bb.emit_te(decode, *params, primfunc_name_hint="dequantize_weights")
+    gv = ctx.bb.lookup_binding(decoded).args[0]
+    ctx.bb.update_func(gv, ctx.bb.get()[gv].with_attr(OPAQUE_ATTR, True))
+
+    def product(av: Any, wt: Any) -> Any:
+        kk = te.reduce_axis((0, k_len), "k")
+        return te.compute(
+            (*av.shape[:-1], n_len),
+            lambda *ix: te.sum(av[(*ix[:-1], kk)] * wt[ix[-1], kk], axis=kk),
+            name="matmul",
+        )
+
+    return ctx.bb.emit_te(product, a, decoded, primfunc_name_hint="matmul")
