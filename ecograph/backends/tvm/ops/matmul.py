@@ -115,18 +115,7 @@ def emit_packed_matmul(ctx: LowerContext, a: relax.Expr, weight: Value) -> relax
     stored [N, K] (BY_COLUMN) as a plain reduction over its rows."""
     nr = ctx.state.panels[weight]
     if nr == BY_COLUMN:
-        from tvm import te
-
-        def compute(av: Any, wt: Any) -> Any:
-            kk = te.reduce_axis((0, av.shape[-1]), "k")
-            return te.compute(
-                (*av.shape[:-1], wt.shape[0]),
-                lambda *ix: te.sum(av[(*ix[:-1], kk)] * wt[ix[-1], kk], axis=kk),
-                name="matmul",
-            )
-
-        w = ctx.state.value_expr(weight)
-        return ctx.bb.emit_te(compute, a, w, primfunc_name_hint="matmul")
+        return emit_by_column_matmul(ctx, a, ctx.state.value_expr(weight))
     return emit_panel_matmul(
         ctx,
         a,
@@ -135,6 +124,21 @@ def emit_packed_matmul(ctx: LowerContext, a: relax.Expr, weight: Value) -> relax
         nr,
         "matmul",
     )
+
+
+def emit_by_column_matmul(ctx: LowerContext, a: relax.Expr, w: relax.Expr) -> relax.Expr:
+    """`a [.., K] @ W` with W given as float32 [N, K]: out[.., j] = sum_k a[.., k] w[j, k]."""
+    from tvm import te
+
+    def compute(av: Any, wt: Any) -> Any:
+        kk = te.reduce_axis((0, av.shape[-1]), "k")
+        return te.compute(
+            (*av.shape[:-1], wt.shape[0]),
+            lambda *ix: te.sum(av[(*ix[:-1], kk)] * wt[ix[-1], kk], axis=kk),
+            name="matmul",
+        )
+
+    return ctx.bb.emit_te(compute, a, w, primfunc_name_hint="matmul")
 
 
 def emit_panel_matmul(

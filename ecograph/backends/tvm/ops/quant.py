@@ -22,7 +22,7 @@ from ecograph.backends.tvm.context import (
     round_half_even,
 )
 from ecograph.backends.tvm.ops import int4_a8
-from ecograph.backends.tvm.ops.matmul import emit_packed_integer_matmul
+from ecograph.backends.tvm.ops.matmul import emit_by_column_matmul, emit_packed_integer_matmul
 from ecograph.backends.tvm.ops.weight_panels import FUSED_WEIGHT_OP, emit_panel_dequantize_matmul
 from ecograph.ir.dtypes import DType
 from ecograph.ir.graph import Graph, Node, Value
@@ -413,13 +413,4 @@ def _decoded_then_multiplied(
     decoded = ctx.bb.emit_te(decode, *params, primfunc_name_hint="dequantize_weights")
     gv = ctx.bb.lookup_binding(decoded).args[0]
     ctx.bb.update_func(gv, ctx.bb.get()[gv].with_attr(OPAQUE_ATTR, True))
-
-    def product(av: Any, wt: Any) -> Any:
-        kk = te.reduce_axis((0, k_len), "k")
-        return te.compute(
-            (*av.shape[:-1], n_len),
-            lambda *ix: te.sum(av[(*ix[:-1], kk)] * wt[ix[-1], kk], axis=kk),
-            name="matmul",
-        )
-
-    return ctx.bb.emit_te(product, a, decoded, primfunc_name_hint="matmul")
+    return emit_by_column_matmul(ctx, a, decoded)
