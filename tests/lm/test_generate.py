@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.backends.test_tvm_build import _gpu_visible
 from tests.lm.conftest import MAX_SEQ_LEN, VOCAB, hf_greedy, shared_keys, torch
 
 ATOL = RTOL = 1e-4
@@ -444,3 +445,23 @@ def test_run_device_checks_shapes_and_the_device(gpt2_lm: Any) -> None:
     with pytest.raises(InputError, match=r"is on cpu:1 and the model on cpu:0"):
         fn.run_device([other, tvm.runtime.tensor(cache, dev)])
     assert spec.kv_shape(4, 1) == cache.shape
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu_visible(), reason="no CUDA GPU visible")
+def test_a_cuda_build_generates_hf_greedy_tokens_with_the_cache_on_the_gpu(
+    pair: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """compile_lm for CUDA where a GPU is visible: the compile-time check runs there, and
+    greedy generation with the cache on the device (and on the host) gives HF's tokens."""
+    from ecograph import compile_lm
+
+    model, _ = pair
+    lm = compile_lm(model, target="cuda", max_seq_len=MAX_SEQ_LEN, out_dir=tmp_path / "lm")
+    assert lm.device.startswith("cuda") and lm.spec.check["cosine"] > 0.99999
+    ids = prompt(2, 5, seed=2)
+    want = hf_greedy(model, ids, 12)
+    for where in ("device", "host"):
+        np.testing.assert_array_equal(lm.generate(ids, 12, kv_cache=where).tokens, want)
+    one = prompt(1, 3, seed=4)
+    np.testing.assert_array_equal(lm.generate(one, 8).tokens, hf_greedy(model, one, 8))
