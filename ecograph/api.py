@@ -552,35 +552,40 @@ def runs_here_reason(spec: Any) -> str:
     """Why code built for `spec` (a TargetSpec) cannot run on this machine, or "" when it
     can: ARM from x86 (or x86 elsewhere), CUDA without a GPU, or x86 code that uses ISA
     extensions this CPU lacks. The reason alone: each caller says what to do."""
+    return _why_not_here(spec)[1]
+
+
+def _why_not_here(spec: Any) -> tuple[str, str]:
+    """("machine" | "gpu" | "isa", the reason) why `spec`'s code cannot run here; ("", "")."""
     from ecograph.backends.tvm.targets import detect_cuda_arch, missing_on_host
 
     machine = os.uname().machine
     if spec.is_cross or (spec.family == "x86" and machine not in ("x86_64", "AMD64")):
-        return f"target {spec.name!r} builds {spec.family} code and this machine is {machine}"
+        return "machine", (
+            f"target {spec.name!r} builds {spec.family} code and this machine is {machine}"
+        )
     if spec.is_gpu and detect_cuda_arch() is None:
-        return (
+        return "gpu", (
             f"target {spec.name!r} needs a CUDA GPU and none is visible here (nvidia-smi "
             "found none)"
         )
     missing = missing_on_host(spec)
     if missing:
-        return f"target {spec.name!r} uses {', '.join(missing)}, which this CPU lacks"
-    return ""
+        return "isa", f"target {spec.name!r} uses {', '.join(missing)}, which this CPU lacks"
+    return "", ""
 
 
 def check_runs_here(spec: Any) -> None:
     """Raise BuildError, saying why (runs_here_reason) and what to do, when code built for
     `spec` cannot run on this machine."""
-    from ecograph.backends.tvm.targets import missing_on_host
-
-    reason = runs_here_reason(spec)
+    kind, reason = _why_not_here(spec)
     if not reason:
         return
     elsewhere = (
         f"build it with 'ecograph compile MODEL --target {spec.name}' and run "
         "'ecograph profile ARTIFACT_DIR' (or ecograph.load) where it can run"
     )
-    if not spec.is_cross and spec.family == "x86" and missing_on_host(spec):
+    if kind == "isa":
         elsewhere = f"use --target x86 (this CPU) or {elsewhere}"
     raise BuildError(f"{reason}: it cannot run here; {elsewhere}")
 

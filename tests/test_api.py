@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -320,3 +322,34 @@ def test_graph_input_has_no_framework_baseline_and_progress_can_be_forced(tmp_pa
         for n in res.report.notes
     )
     assert "passes" in capsys.readouterr().err
+
+
+def test_runs_here_reason_is_the_reason_and_check_runs_here_adds_what_to_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """x86 code using an extension this CPU lacks (a host without AVX-512 simulated), ARM
+    code here: the reason alone from runs_here_reason, the reason and the fix from
+    check_runs_here."""
+    import dataclasses
+
+    from ecograph.api import check_runs_here, resolve_target, runs_here_reason
+    from ecograph.backends.tvm import targets
+    from ecograph.errors import BuildError
+
+    monkeypatch.setattr(targets, "cpuinfo_flags", lambda: {"sse2", "avx", "avx2", "fma"})
+    spec = dataclasses.replace(resolve_target("x86"), features=frozenset({"avx512f", "avx2"}))
+    reason = runs_here_reason(spec)
+    assert reason.endswith("uses avx512f, which this CPU lacks"), reason
+    with pytest.raises(BuildError) as err:
+        check_runs_here(spec)
+    assert str(err.value) == (
+        f"{reason}: it cannot run here; use --target x86 (this CPU) or build it with "
+        f"'ecograph compile MODEL --target {spec.name}' and run 'ecograph profile "
+        "ARTIFACT_DIR' (or ecograph.load) where it can run"
+    )
+    arm = resolve_target("arm")
+    if arm.is_cross:  # an x86 host
+        machine = os.uname().machine
+        assert (
+            runs_here_reason(arm) == f"target 'arm' builds arm code and this machine is {machine}"
+        )
