@@ -25,7 +25,7 @@ from ecograph.ir import GraphBuilder, interpret
 from ecograph.passes import run_passes
 from ecograph.passes.weight_only import FuseWeightDequantize, TransposeDequantizeWeights
 from tests.backends.test_tvm_build import _gpu_visible
-from tests.quant.test_weight_only_tvm import _close, _dq_graph
+from tests.quant.test_weight_only_tvm import _close, _dq_graph, _nbits_graph
 
 CUDA = targets.resolve("cuda:sm_90")
 # (weight dtype, DequantizeLinear axis, block size, zero point): blocked along K, per output
@@ -135,6 +135,32 @@ def _mlp_row(k: int, n: int, rows: int | str = 1) -> Any:
     w = np.random.default_rng(5).standard_normal((k, n)).astype(np.float32) * 0.05
     b.output(b.op("MatMul", x, b.constant(w, "w")))
     return b.graph
+
+
+@pytest.mark.parametrize(("zp", "sdt"), [("none", "float32"), ("packed", "float16")])
+def test_matmul_nbits_on_cuda_is_a_gemv_for_a_row_and_decodes_first_for_several(
+    zp: str, sdt: str
+) -> None:
+    """com.microsoft::MatMulNBits keeps ONNX Runtime's [N, K / 2] codes: a one-row product's
+    fused kernel is dlight's GEMV (without zero points; with packed ones and float16 scales
+    dlight declines it, and Reduction takes it); several rows decode first, then Matmul
+    (fused, Fallback took it). The CUDA lowering, compiled for this CPU, computes what the
+    interpreter does."""
+    import tvm
+
+    one_row = {"dlight:GEMV"} if zp == "none" else {"dlight:Reduction"}
+    for rows, want in ((1, one_row), ("m", {"dlight:Fallback", "dlight:Matmul"})):
+        graph = _nbits_graph(64, 32, zp, sdt, n=48, rows=rows)
+        kernels = build.build_module(graph, CUDA, keep_params=True).kernels
+        product = {r for name, r in kernels.items() if "matmul" in name or "dequantize" in name}
+        assert product == want, kernels
+        lowered = lower_graph(graph, CUDA, keep_params=True)
+        vm = tvm.runtime.vm.VirtualMachine(tvm.compile(lowered.mod, target="llvm"), tvm.cpu())
+        a = np.random.default_rng(6).standard_normal((1 if rows == 1 else 3, 64))
+        a = a.astype(np.float32)
+        params = [tvm.runtime.tensor(v) for v in lowered.params.values()]
+        got = vm["main"](tvm.runtime.tensor(a), *params).numpy()
+        _close(got, interpret(graph, {"A": a})["y"])
 
 
 def _float_product(op: str, shape: list[Any], k: int = 64, n: int = 48) -> Any:

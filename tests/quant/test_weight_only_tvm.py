@@ -256,11 +256,17 @@ def test_weight_only_int4_builds_for_cuda():
 
 
 def _nbits_graph(
-    k: int, block: int, zp: str, sdt: str = "float32", n: int = 24, bits: int = 4
+    k: int,
+    block: int,
+    zp: str,
+    sdt: str = "float32",
+    n: int = 24,
+    bits: int = 4,
+    rows: int | str = "m",
 ) -> Graph:
     k_blocks = -(-k // block)
     b = GraphBuilder()
-    x = b.input("A", "float32", ["m", k])
+    x = b.input("A", "float32", [rows, k])
     consts = [
         b.constant(rng.integers(0, 256, (n, k_blocks, block * bits // 8)).astype(np.uint8), "B"),
         b.constant(rng.uniform(0.01, 0.1, n * k_blocks).astype(sdt), "scales"),

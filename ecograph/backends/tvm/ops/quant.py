@@ -235,7 +235,8 @@ def _matmul_nbits(ctx: LowerContext) -> relax.Expr:
 
 def _nbits_kernel(ctx: LowerContext, adt: str) -> relax.Expr:
     """MatMulNBits' product (float32, before the bias) by one TE kernel reading ONNX Runtime's
-    packed layout as it is."""
+    packed layout as it is ([N, K / 2] codes: a one-row product is dlight's GEMV on GPUs);
+    on GPUs with several rows, the weights decoded first (`_decoded_then_multiplied`)."""
     k_len, n_len, bits, block = (ctx.attrs[a] for a in ("K", "N", "bits", "block_size"))
     k_blocks = -(-k_len // block)
     sdt = str(ctx.in_type(2).dtype)
@@ -249,7 +250,7 @@ def _nbits_kernel(ctx: LowerContext, adt: str) -> relax.Expr:
         z = R.reshape(ctx.arg(3), [n_len, -1])
         args.append(ctx.emit(z if zp_kind == "packed" else R.astype(z, "float32")))
 
-    def compute(at: Any, bt: Any, st: Any, zt: Any = None) -> Any:
+    def weight_of(bt: Any, st: Any, zt: Any = None) -> Callable[[Any, Any], Any]:
         def weight(kk: Any, n: Any) -> Any:
             kb = tir.floordiv(kk, block)
             q = _packed_code(bt, n, kk, bits).astype("float32")
@@ -263,9 +264,20 @@ def _nbits_kernel(ctx: LowerContext, adt: str) -> relax.Expr:
             # The reference rounds the dequantized weights to the scales' dtype.
             return w if sdt == "float32" else w.astype(sdt).astype("float32")
 
-        return dequantizing_matmul(at, weight, k_len, n_len, "dequantize_matmul_nbits")
+        return weight
+
+    if ctx.target.is_gpu and not _one_row(ctx.in_type(0)):
+        return _decoded_then_multiplied(ctx, a, args[1:], weight_of, k_len, n_len)
+
+    def compute(at: Any, *params: Any) -> Any:
+        return dequantizing_matmul(at, weight_of(*params), k_len, n_len, "dequantize_matmul_nbits")
 
     return ctx.bb.emit_te(compute, *args, primfunc_name_hint="dequantize_matmul_nbits")
+
+
+def _one_row(at: Any) -> bool:
+    """A product whose A (TensorType) has one row: a decode step's matrix-vector product."""
+    return at.rank == 1 or at.shape[-2] == 1
 
 
 # ------------------------------------------- weight-only: dequantize inside the matmul
@@ -276,8 +288,9 @@ def _nbits_kernel(ctx: LowerContext, adt: str) -> relax.Expr:
 # constants (which would undo the compression) and no float copy is materialized at run time;
 # 4-bit weights are stored packed two per byte. On CPUs the weights (and scales) are packed in
 # the matmul rule's column panels instead (ops/weight_panels.py) and the kernel below is only
-# for what that layout does not cover; on CUDA it compiles with dlight's Reduction rule (a
-# cross-thread reduction over K); its GEMV rule does not match it.
+# for what that layout does not cover. On GPUs the weights are stored [N, K]
+# (transpose-dequantize-weights), so dlight's GEMV rule schedules a one-row product; with
+# several rows the weights are decoded first (`_decoded_then_multiplied`, as for MatMulNBits).
 
 
 def packed_weights(
@@ -384,7 +397,7 @@ def _dequantize_matmul(ctx: LowerContext) -> relax.Expr:
 
         return weight
 
-    if ctx.target.is_gpu and not (at.rank == 1 or at.shape[-2] == 1):
+    if ctx.target.is_gpu and not _one_row(at):
         return _decoded_then_multiplied(ctx, a, args[1:], weight_of, k_len, n_len)
 
     def compute(a: Any, *params: Any) -> Any:
