@@ -38,6 +38,19 @@ LAYOUTS = [
 ]
 
 
+def _check_cuda_lowering_here(graph: Any, x: np.ndarray) -> Any:
+    """Lower `graph` for CUDA, compile that module for this CPU (LLVM), run it on `x` (the
+    graph's one input) and check it against the interpreter; returns the Lowered."""
+    import tvm
+
+    lowered = lower_graph(graph, CUDA, keep_params=True)
+    vm = tvm.runtime.vm.VirtualMachine(tvm.compile(lowered.mod, target="llvm"), tvm.cpu())
+    params = [tvm.runtime.tensor(v) for v in lowered.params.values()]
+    got = vm["main"](tvm.runtime.tensor(x), *params).numpy()
+    _close(got, interpret(graph, {graph.inputs[0].name: x})[graph.outputs[0].name])
+    return lowered
+
+
 def _feeds(k: int = 64, rows: int = 1) -> dict[str, np.ndarray]:
     return {"x": np.random.default_rng(3).standard_normal((rows, k)).astype(np.float32)}
 
@@ -82,19 +95,12 @@ def test_the_cuda_lowering_computes_what_the_interpreter_does(
     """The module lower_graph makes for CUDA (packed [N, K / 2] 4-bit codes and all; for
     several rows the weights decoded by a kernel of their own, then multiplied), compiled for
     this CPU instead and run against the interpreter on the original graph."""
-    import tvm
-
     graph = _dq_graph(wdt, axis, block, zero_point=zp, rows=rows)
-    lowered = lower_graph(graph, CUDA, keep_params=True)
+    lowered = _check_cuda_lowering_here(graph, _feeds(rows=1 if rows == 1 else 3)["x"])
     codes = lowered.params["w_q_nk"]
     assert codes.shape[0] == 48  # N rows
     if wdt.endswith("4"):
         assert codes.dtype == np.uint8 and codes.shape == (48, 32)  # two codes per byte
-    vm = tvm.runtime.vm.VirtualMachine(tvm.compile(lowered.mod, target="llvm"), tvm.cpu())
-    feeds = _feeds(rows=1 if rows == 1 else 3)
-    params = [tvm.runtime.tensor(v) for v in lowered.params.values()]
-    got = vm["main"](tvm.runtime.tensor(feeds["x"]), *params).numpy()
-    _close(got, interpret(graph, feeds)[graph.outputs[0].name])
 
 
 def test_a_decode_row_times_int4_weights_is_a_gemv_on_cuda(
@@ -146,21 +152,14 @@ def test_matmul_nbits_on_cuda_is_a_gemv_for_a_row_and_decodes_first_for_several(
     dlight declines it, and Reduction takes it); several rows decode first, then Matmul
     (fused, Fallback took it). The CUDA lowering, compiled for this CPU, computes what the
     interpreter does."""
-    import tvm
-
     one_row = {"dlight:GEMV"} if zp == "none" else {"dlight:Reduction"}
     for rows, want in ((1, one_row), ("m", {"dlight:Fallback", "dlight:Matmul"})):
         graph = _nbits_graph(64, 32, zp, sdt, n=48, rows=rows)
         kernels = build.build_module(graph, CUDA, keep_params=True).kernels
         product = {r for name, r in kernels.items() if "matmul" in name or "dequantize" in name}
         assert product == want, kernels
-        lowered = lower_graph(graph, CUDA, keep_params=True)
-        vm = tvm.runtime.vm.VirtualMachine(tvm.compile(lowered.mod, target="llvm"), tvm.cpu())
         a = np.random.default_rng(6).standard_normal((1 if rows == 1 else 3, 64))
-        a = a.astype(np.float32)
-        params = [tvm.runtime.tensor(v) for v in lowered.params.values()]
-        got = vm["main"](tvm.runtime.tensor(a), *params).numpy()
-        _close(got, interpret(graph, {"A": a})["y"])
+        _check_cuda_lowering_here(graph, a.astype(np.float32))
 
 
 def _float_product(op: str, shape: list[Any], k: int = 64, n: int = 48) -> Any:
@@ -196,16 +195,9 @@ def test_float_weights_are_stored_by_column_for_cuda(
 ) -> None:
     """The CUDA lowering binds the weight [N, K] and computes what the interpreter does
     (compiled here for the CPU); a one-row product's kernel is dlight's GEMV."""
-    import tvm
-
-    graph = _float_product(op, shape)
-    lowered = lower_graph(graph, CUDA, keep_params=True)
-    assert lowered.params["w"].shape == (48, 64)
-    vm = tvm.runtime.vm.VirtualMachine(tvm.compile(lowered.mod, target="llvm"), tvm.cpu())
     x = np.random.default_rng(2).standard_normal(feed).astype(np.float32)
-    params = [tvm.runtime.tensor(v) for v in lowered.params.values()]
-    got = vm["main"](tvm.runtime.tensor(x), *params).numpy()
-    _close(got, interpret(graph, {"x": x})[graph.outputs[0].name])
+    graph = _float_product(op, shape)
+    assert _check_cuda_lowering_here(graph, x).params["w"].shape == (48, 64)
     kernels = build.build_module(graph, CUDA, keep_params=True).kernels
     assert [r for name, r in kernels.items() if "matmul" in name] == [rule], kernels
 
