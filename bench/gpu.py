@@ -65,10 +65,15 @@ TVM_FFI_WHEEL = "apache-tvm-ffi==0.1.14.post0"  # the version the installed TVM 
 # ---------------------------------------------------------------------------- prepare
 
 
+def name_rng(name: str) -> np.random.Generator:
+    """A generator seeded by `name`: the same stand-in for a weight on both machines."""
+    seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+    return np.random.default_rng(seed)
+
+
 def regenerate(name: str, shape: list[int], dtype: str, mean: float, std: float) -> np.ndarray:
     """The stand-in for a weight that does not travel: normal(mean, std), seeded by its name."""
-    seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
-    rng = np.random.default_rng(seed)
+    rng = name_rng(name)
     return (rng.standard_normal(shape, dtype=np.float32) * std + mean).astype(dtype)
 
 

@@ -36,11 +36,12 @@ from typing import Any
 
 import numpy as np
 
-from bench.gpu import REGEN_BYTES, Results, measure_runners, regenerate, torch_runners
+from bench.gpu import REGEN_BYTES, Results, measure_runners, name_rng, regenerate, torch_runners
 
 CHECK = "lm-check"
 CHECK_PROMPT, CHECK_NEW = 32, 24
-CACHE_POSITIONS = 128  # the slices' decode step attends to this many cached positions
+CACHE_POSITIONS = 128  # the slices' decode step attends to this many cached positions, as
+# bench/runners.py's decode_workload (the torch twin's arguments) does
 FULL_LAYERS = 32
 SHAPES: dict[str, dict[str, int]] = {
     "7b": {
@@ -202,9 +203,8 @@ def restore_weights(folder: Path, work: Path) -> Path:
 def remake(key: str, recipe: dict[str, Any]) -> np.ndarray:
     if "mean" in recipe:
         return regenerate(key, recipe["shape"], recipe["dtype"], recipe["mean"], recipe["std"])
-    seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
     count = int(np.prod(recipe["shape"])) * np.dtype(recipe["dtype"]).itemsize
-    raw = np.random.default_rng(seed).bytes(count)
+    raw = name_rng(key).bytes(count)
     return np.frombuffer(raw, recipe["dtype"]).reshape(recipe["shape"]).copy()
 
 
@@ -257,7 +257,7 @@ def _decode_step(
     import tvm
 
     import ecograph
-    from ecograph.lm.compiled import LM_JSON, read_spec
+    from ecograph.lm.compiled import read_spec
 
     t0 = time.perf_counter()
     lm = restore_weights(folder, work)
@@ -270,7 +270,6 @@ def _decode_step(
     past_t = tvm.runtime.tensor(past.astype(spec.kv_dtype), fn.device)
     logits, _ = fn.run_device([ids, past_t])
     finite = bool(np.isfinite(logits.numpy()).all())
-    weights = json.loads((lm / LM_JSON).read_text())["weights"]
     manifest = json.loads((lm / "decode1" / "manifest.json").read_text())
     read = sum(
         int(np.prod(e["shape"])) * np.dtype(e["dtype"]).itemsize
@@ -281,7 +280,7 @@ def _decode_step(
         "ecograph",
         {
             "quantization": spec.quantization or "none",
-            "weights_file_bytes": weights["bytes"],
+            "weights_file_bytes": (spec.weights or {}).get("bytes"),
             "decode1_param_bytes": read,
             "logits_finite": finite,
             # how many of decode1's kernels each schedule rule took (dlight's on CUDA)
@@ -297,7 +296,7 @@ def _torch_decode(config: dict[str, Any], device: str) -> tuple[Any, tuple]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from bench.runners import decode_step_module
+    from bench.runners import decode_workload
 
     dtype = torch.float16 if device == "cuda" else torch.float32
     cfg = LlamaConfig(**config, attn_implementation="sdpa")
@@ -309,38 +308,26 @@ def _torch_decode(config: dict[str, Any], device: str) -> tuple[Any, tuple]:
             model = LlamaForCausalLM(cfg).eval()
     finally:
         torch.set_default_dtype(default)
-    layers, kv_heads = cfg.num_hidden_layers, cfg.num_key_value_heads
-    head_dim = cfg.hidden_size // cfg.num_attention_heads
-    kv = (layers, 1, kv_heads, CACHE_POSITIONS, head_dim)
-    keys = torch.randn(kv, dtype=dtype, device=device)
-    values = torch.randn(kv, dtype=dtype, device=device)
-    ids = torch.tensor([[5]], device=device)
-    return decode_step_module(model), (ids, keys, values)
+    module, (ids, keys, values) = decode_workload(model)
+    assert keys.shape[3] == CACHE_POSITIONS, keys.shape  # the cache ecograph's step reads
+    return module, (ids.to(device), keys.to(device, dtype), values.to(device, dtype))
 
 
 def run_check(name: str, folder: Path, work: Path, results: Results) -> None:
     """compile_lm's CUDA build against its x86 twin: logits, greedy tokens with the cache on
     the device and on the host, and decode ms/token of each."""
     import ecograph
+    from ecograph.api import compare_outputs
 
     try:
-        dst = work / folder.name
-        if dst.exists():
-            shutil.rmtree(dst)
-        shutil.copytree(folder / "lm", dst)
         t0 = time.perf_counter()
-        lm = ecograph.load_lm(dst)
+        lm = ecograph.load_lm(restore_weights(folder, work))  # the weights travel: a copy
         results.set(name, "load_seconds", round(time.perf_counter() - t0, 2))
         want = dict(np.load(folder / "expected.npz"))
         ids = want["input_ids"]
         new = want["tokens"].shape[1] - ids.shape[1]
-        got = lm.logits(ids).astype(np.float64).reshape(-1)
-        ref = want["logits"].astype(np.float64).reshape(-1)
-        check: dict[str, Any] = {
-            "cosine": float(got @ ref / (np.linalg.norm(got) * np.linalg.norm(ref))),
-            "max_abs_error": float(np.max(np.abs(got - ref))),
-            "device": lm.device,
-        }
+        check: dict[str, Any] = compare_outputs({"logits": want["logits"]}, [lm.logits(ids)])
+        check["device"] = lm.device
         for where in ("device", "host"):
             runs = [lm.generate(ids, new, stop_at_eos=False, kv_cache=where) for _ in range(5)]
             same = runs[0].new_tokens == want["tokens"][:, ids.shape[1] :]

@@ -22,6 +22,7 @@ def _check(lm: Any, tmp_path: Path, flip_at: int | None) -> dict[str, Any]:
 
     folder = tmp_path / f"lm-check-{flip_at}"
     shutil.copytree(lm.path, folder / "lm")
+    (folder / "meta.json").write_text(json.dumps({"workload": "lm-check"}))  # as prepare writes
     ids = np.random.default_rng(4).integers(0, VOCAB, (1, 8)).astype(np.int64)
     tokens = lm.generate(ids, 6, stop_at_eos=False).tokens.copy()
     if flip_at is not None:
