@@ -326,22 +326,17 @@ def _check_against_model(lm: CompiledLM, model: Any) -> dict[str, Any]:
             want = model.eval()(torch.from_numpy(probe)).logits.numpy()
     finally:
         model.train(training)
+    from ecograph.api import compare_outputs
+
     logits, kv = lm.prefill.run_numpy([probe[:, :-1]])
-    ref = want.astype(np.float64).reshape(-1)
-    cosines, errors = [], []
-    for fn in (lm.decode, lm.decode1):
-        if fn is None:
-            continue
-        step, _ = fn.run_numpy([probe[:, -1:], kv])
-        got = np.concatenate([logits, step], axis=1).astype(np.float64).reshape(-1)
-        denom = float(np.linalg.norm(got) * np.linalg.norm(ref))
-        cosines.append(float(got @ ref) / denom if denom > 0 else float(np.array_equal(got, ref)))
-        errors.append(float(np.max(np.abs(got - ref))))
-    return {
-        "cosine": min(cosines),
-        "max_abs_error": max(errors),
-        "on": f"a random {n}-token prompt: prefill of {n - 1}, then one step of each decode",
-    }
+    got = [
+        np.concatenate([logits, fn.run_numpy([probe[:, -1:], kv])[0]], axis=1)
+        for fn in (lm.decode, lm.decode1)
+        if fn is not None
+    ]
+    check: dict[str, Any] = compare_outputs({str(i): want for i in range(len(got))}, got)
+    check["on"] = f"a random {n}-token prompt: prefill of {n - 1}, then one step of each decode"
+    return check
 
 
 class _NotRunnableHere:
