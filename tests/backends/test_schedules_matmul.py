@@ -324,3 +324,62 @@ def test_columns_past_the_last_whole_vector_keep_the_kernel_vectorized(rows, n):
         got = vm["main"](tvm.runtime.tensor(feeds["x"])).numpy()
         want = interpret(graph, feeds)[graph.outputs[0].name]
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize(
+    ("preset", "n_cols", "decoded", "tile"),
+    [
+        ("x86:haswell", 96, False, 48),  # 4 panels of 24: two a tile, 6 accumulator vectors
+        ("x86:haswell", 96, True, 24),  # 4-bit codes unpacked in the loop: one panel a tile
+        ("x86:haswell", 80, False, 16),  # 5 panels of 16: no whole span of 2, one panel
+        ("x86:skylake-avx512", 192, False, 96),  # 4 panels of 48 (3 zmm): two a tile
+    ],
+)
+def test_one_row_tile_spans_whole_panels(preset, n_cols, decoded, tile):
+    """A decode step's product over weights packed at the several-row width (so prefill and
+    decode share them) takes as many whole panels a tile as give it 4 accumulator vectors
+    (3 when the weights are decoded bit by bit), and computes the same."""
+    spec = targets.resolve(preset)
+    k_len = 64
+    nr = panel_width(n_cols, spec.vector_bits // 32, single_row=False)
+    panels = n_cols // nr
+    a = te.placeholder((I64(1), I64(k_len)), "float32", name="a")
+    k = te.reduce_axis((0, I64(k_len)), "k")
+    rng = np.random.default_rng(2)
+    A = _rand((1, k_len))
+    if decoded:
+        codes = te.placeholder((I64(panels), I64(k_len // 2), I64(nr)), "uint8", name="codes")
+
+        def weight(kk, j):
+            byte = codes[j // nr, kk // 2, j % nr].astype("int32")
+            shift = (28 - (kk % 2) * 4).astype("int32")
+            return ((byte << shift) >> 28).astype("float32")
+
+        Q = rng.integers(0, 256, (panels, k_len // 2, nr)).astype(np.uint8)
+        lo, hi = (Q & 15).astype(np.int8), (Q >> 4).astype(np.int8)
+        lo, hi = np.where(lo > 7, lo - 16, lo), np.where(hi > 7, hi - 16, hi)
+        W = np.stack([lo, hi], axis=2).reshape(panels, k_len, nr)  # k = 2t + nibble
+        operand, arrays = codes, [A, Q]
+    else:
+        wp = te.placeholder((I64(panels), I64(k_len), I64(nr)), "float32", name="wp")
+
+        def weight(kk, j):
+            return wp[j // nr, kk, j % nr]
+
+        W = _rand((panels, k_len, nr))
+        operand, arrays = wp, [A, W]
+    c = te.compute((I64(1), I64(n_cols)), lambda i, j: te.sum(a[i, k] * weight(k, j), axis=k), "mm")
+    y = te.compute(c.shape, lambda i, j: c[i, j] + tirx.const(1.0, "float32"), "out")
+    func = te.create_prim_func([a, operand, y])
+    sch = Matmul(spec).apply(func, None, False)
+    assert sch is not None
+    t = s_tir.transform
+    lower = [t.LowerInitBlock(), t.PlanAndUpdateBufferAllocationLocation(),
+             t.ConvertBlocksToOpaque(), t.CompactBufferAllocation()]  # fmt: skip
+    compacted = tvm.transform.Sequential(lower)(sch.mod)["main"]
+    assert _allocations(compacted) == {"mm": tile}  # one tile of accumulators
+    if spec.vector_bits > 256:
+        return  # compiled and run where the host runs it: the haswell cases
+    got, _ = _run(func, spec, arrays, (1, n_cols))
+    dense = W.astype(np.float64).transpose(1, 0, 2).reshape(k_len, panels * nr)
+    np.testing.assert_allclose(got, A.astype(np.float64) @ dense + 1, rtol=1e-5, atol=1e-5)

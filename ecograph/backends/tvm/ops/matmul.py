@@ -28,7 +28,12 @@ from ecograph.backends.tvm.context import (
     lowers,
 )
 from ecograph.backends.tvm.schedules.int8 import Int8Kernel, int8_kernel, int8_tile, shifted_a
-from ecograph.backends.tvm.schedules.matmul import DECODED_PANEL, lanes_for, register_tile
+from ecograph.backends.tvm.schedules.matmul import (
+    DECODED_PANEL,
+    lanes_for,
+    register_tile,
+    single_row_span,
+)
 from ecograph.backends.tvm.targets import TargetSpec
 from ecograph.ir.dtypes import DType
 from ecograph.ir.graph import Graph, Node, Value
@@ -93,11 +98,18 @@ def packed_matmul_weights(
     return packed
 
 
-def panel_width_for(target: TargetSpec, a: Value, n: int) -> int:
+def panel_width_for(target: TargetSpec, a: Value, n: int, *, decoded: bool = False) -> int:
     """NR, the panel width a constant weight of N columns is packed in for a product whose
-    A is `a` (one row, a decode step, gets the single-row tile)."""
+    A is `a`: the several-row kernel's, so a decode step (one row) and a prefill share one
+    packed weight, unless a single-row tile cannot span whole panels of it (N an odd number
+    of 2-vector panels: 688 = 43 x 16 on AVX2); that product gets the single-row width.
+    `decoded`: the kernel decodes the weights (4-bit codes, palettes; see
+    `single_row_span`)."""
+    several = register_tile(target, n, single_row=False)[1]
     single = a.type.rank == 1 or a.type.shape[-2] == 1
-    return register_tile(target, n, single_row=single)[1]
+    if not single or single_row_span(target, n, several, decoded):
+        return several
+    return register_tile(target, n, single_row=True)[1]
 
 
 def pack_panels(w: np.ndarray, nr: int) -> np.ndarray:

@@ -121,7 +121,7 @@ def _plan(node: Node, target: TargetSpec) -> WeightPanels | None:
     a8 = _plan_a8(node, q, block, per_tensor, target) if node.attr("activation_block", 0) else None
     if a8 is not None:
         return a8
-    nr = panel_width_for(target, a, n_len)
+    nr = panel_width_for(target, a, n_len, decoded=w.dtype in _FOUR_BIT)
     arrays: dict[Value, np.ndarray] = {}
     if not per_tensor:
         for v in (s, z):
@@ -211,7 +211,7 @@ def _plan_nbits(node: Node, target: TargetSpec) -> WeightPanels | None:
         return None
     k_blocks = -(-k_len // block)
     codes = unpack_codes(codes_in.reshape(n_len, -1), bits, k_blocks * block)[:, :k_len]
-    nr = panel_width_for(target, a, n_len)
+    nr = panel_width_for(target, a, n_len, decoded=bits == 4)
     arrays = {
         b: _pack_codes(codes.T.astype(np.uint8), nr, bits),
         s: pack_panels(scales.reshape(n_len, k_blocks).T.astype(np.float32), nr),
@@ -258,7 +258,7 @@ def _plan_palette(node: Node, target: TargetSpec) -> WeightPanels | None:
     bits = 4 if w.dtype == DType.UINT4 else 8
     groups, entries = (int(d) for d in palette.shape)
     group = int(node.attr("group_size", 0)) if groups > 1 else 0
-    nr = panel_width_for(target, a, n_len)
+    nr = panel_width_for(target, a, n_len, decoded=True)  # looked up
     if group and norm_axis(int(node.attr("axis", 1)), 2) != (0 if trans_b else 1):
         return None  # one palette per block of K rows
     if group == 0 or group % lanes_for(target) == 0:

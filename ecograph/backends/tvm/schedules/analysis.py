@@ -57,6 +57,15 @@ def loads_in(expr: Any) -> list[ir.TensorLoad]:
     return found
 
 
+def decodes_weights(b: Any, j: tirx.Var) -> bool:
+    """Whether a product's weight expression `b` decodes its weights bit by bit: shifts or
+    masks (sub-byte codes unpacked from their bytes) or a table lookup (a palette)."""
+    found: list[Any] = []
+    kinds = (tirx.LShift, tirx.RShift, tirx.BitwiseAnd)
+    tvm_ffi.structural_walk(b, (kinds, found.append), order="post")
+    return bool(found) or any(_is_lookup(ld, j) for ld in loads_in(b))
+
+
 @dataclass
 class MatmulInfo:
     """A reduction block that is a (batched) matrix product, in its iter vars."""

@@ -7,7 +7,9 @@ unrolled by 4, and every output tile is one parallel task. Constant weights arri
 columns a tile needs are contiguous for every k; with several rows, the panel loop runs
 outside the row tiles (one parallel task per panel), so a panel comes from memory once and
 from cache for every row tile, and a decoded panel (DECODED_PANEL) is decoded once into a
-scratch the row tiles share. Elementwise work after the product (bias, GELU, SiLU, ReLU, a
+scratch the row tiles share. A one-row product (a decode step) reads the same panels, a
+tile spanning whole panels (`single_row_span`), so a model's prefill and decode functions
+share one packed copy of each weight. Elementwise work after the product (bias, GELU, SiLU, ReLU, a
 residual add) is computed on the tile while it is still in registers and written once.
 Measured against ONNX Runtime in bench/RESULTS.md.
 """
@@ -21,7 +23,7 @@ from tvm.s_tir.schedule import SBlockRV
 
 from ecograph.backends.tvm.targets import TargetSpec
 
-from .analysis import MatmulInfo, iter_kinds, matmul_info, static_int
+from .analysis import MatmulInfo, decodes_weights, iter_kinds, matmul_info, static_int
 from .base import CPURule, schedule_injective
 
 # TVM 0.27 puts a kernel-local array on the stack only if it is a "global"-scope buffer of
@@ -54,10 +56,12 @@ def accumulator_budget(spec: TargetSpec) -> int:
 def panel_width(n: int | None, lanes: int, *, single_row: bool) -> int:
     """Columns per register tile (NR), a multiple of the vector width.
 
-    One row (a GEMV, e.g. an LLM decode step): 4 vectors, so four independent FMA chains hide
-    the FMA latency, with a tail tile when N is not a multiple (measured 1x256x688 on AVX-512:
-    64 columns 0.010 ms, 16 columns 0.029 ms). Several rows: the first of 3, 4, 2, 5, 6, 1
-    vectors that divides N (no tail), else 3 vectors with a tail."""
+    Several rows: the first of 3, 4, 2, 5, 6, 1 vectors that divides N (no tail), else 3
+    vectors with a tail. One row (a GEMV, e.g. an LLM decode step) over operands not packed
+    for it: 4 vectors, so four independent FMA chains hide the FMA latency, with a tail tile
+    when N is not a multiple (measured 1x256x688 on AVX-512: 64 columns 0.010 ms, 16 columns
+    0.029 ms). Constant weights are packed at the several-row width for one row too, the
+    tile spanning whole panels (`single_row_span`)."""
     if single_row:
         width = lanes * 4
         return width if n is None else min(width, -(-n // lanes) * lanes)
@@ -89,6 +93,28 @@ def _k_unroll(k_extent: int | None) -> int:
     if k_extent is None:
         return 1
     return next(u for u in (4, 2, 1) if k_extent % u == 0)
+
+
+def single_row_span(spec: TargetSpec, n: int | None, nr: int, decoded: bool) -> int:
+    """Column panels of width `nr` one single-row tile spans; 0 when N is not a whole number
+    of such spans (the product then packs its weight at the single-row width instead).
+
+    Weights are packed at the several-row width (3 vectors on x86) wherever a single-row
+    tile can read them, so prefill and decode share one packed copy. A GEMV over whole
+    weights (float32, 8-bit codes) wants 4 vectors of accumulator chains to hide the FMA
+    latency, so over 3-vector panels it takes two panels at once; weights decoded in the
+    loop (`decoded`: 4-bit codes unpacked, palette lookups) are bound by the decoding, and 3
+    vectors are enough. Measured on AVX2, one row, median ms of 4 vectors / 3 vectors in 2
+    panels / 3 vectors in 1 panel: 576 x 3072 fp32 0.116 / 0.101 / 0.118, int8-weight
+    0.094 / 0.099 / 0.114, int4 0.147 / 0.162 / 0.148, palette4 0.405 / 0.419 / 0.398."""
+    lanes = lanes_for(spec)
+    want = (3 if decoded else 4) * lanes
+    if nr >= want:
+        return 1
+    span = -(-want // nr)
+    if n is None or n % nr or (n // nr) % span or span * nr > 8 * lanes:
+        return 0
+    return span
 
 
 class Matmul(CPURule):
@@ -182,8 +208,16 @@ class Matmul(CPURule):
         batch = [loops[i] for i in outer_pos]
         m = loops[row_pos] if row_pos is not None else sch.add_unit_loop(loops[info.j])
         io, ii = sch.split(m, [None, mr])
-        jo, ji = sch.split(loops[info.j], [None, nr])
+        span = 1
+        if single_row and info.packed_nr:
+            decoded = decodes_weights(info.b, info.spatial[info.j])
+            span = single_row_span(spec, n_extent, nr, decoded) or 1
+        if span > 1:
+            jo, jp, ji = sch.split(loops[info.j], [None, span, nr])
+        else:
+            jo, ji = sch.split(loops[info.j], [None, nr])
         jb, jv = sch.split(ji, [None, lanes])
+        cols = [jp, jb] if span > 1 else [jb]  # the tile's vectors, unrolled
         ko, ki = sch.split(loops[-1], [None, ku])
         if decoder is not None and single_row:
             sch.compute_inline(decoder)
@@ -193,7 +227,7 @@ class Matmul(CPURule):
             info.packed_nr is not None and panels is not None and panels >= PANEL_OUTER_MIN
         )
         if single_row or not panel_outer:
-            sch.reorder(*batch, io, jo, ko, ki, ii, jb, jv)
+            sch.reorder(*batch, io, jo, ko, ki, ii, *cols, jv)
             tasks, tile = [*batch, io, jo], jo
         else:
             # Weights in column panels, several rows: a panel outside the row tiles, so each
@@ -201,7 +235,7 @@ class Matmul(CPURule):
             # outside would stream the whole weight matrix once per MR rows: 128 x 2048 x 5632
             # fp32 took 155 ms so, 34 ms panel-outside, one AVX2 core). A decoded panel
             # (DECODED_PANEL) is decoded once into a [K, NR] scratch the row tiles read.
-            sch.reorder(*batch, jo, io, ko, ki, ii, jb, jv)
+            sch.reorder(*batch, jo, io, ko, ki, ii, *cols, jv)
             tasks, tile = [*batch, jo], io
             if decoder is not None:
                 sch.compute_at(decoder, jo)
@@ -222,17 +256,20 @@ class Matmul(CPURule):
         # cannot bound when M is symbolic, leaving a whole-matrix array.
         rank = len(info.spatial)
 
+        width = span * nr
+
         def tile_index(*ix: Any) -> tuple[Any, Any]:
             col = ix[rank - 1]
             row = ix[row_pos] if row_pos is not None else tirx.const(0, str(col.ty))
-            return row % mr, col % nr
+            return row % mr, col % width
 
         sch.transform_layout(block, ("write", 0), tile_index, assume_injective_transform=True)
         self._vectorize_tail(sch, out, lanes)
         sch.parallel(sch.fuse(*tasks) if len(tasks) > 1 else tasks[0])
         if lanes > 1:
             sch.vectorize(jv)
-        sch.unroll(jb)
+        for col in cols:
+            sch.unroll(col)
         sch.unroll(ii)
         sch.unroll(ki)
         init = sch.decompose_reduction(block, ko)
