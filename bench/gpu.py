@@ -90,6 +90,7 @@ def prepare(
 
     art = out / "art"
     art.mkdir(parents=True, exist_ok=True)
+    target = target or f"cuda:{arch}"
     embedded = shutil.which("nvcc") is not None
     if embedded:
         # TVM's own build-time callback (tvm.support.nvcc) then runs nvcc: the library
@@ -100,7 +101,7 @@ def prepare(
             from bench.gpu_lm import prepare_lm
 
             t0 = time.perf_counter()
-            prepare_lm(name, art / name, target or f"cuda:{arch}")
+            prepare_lm(name, art / name, target)
             size = sum(f.stat().st_size for f in (art / name).rglob("*") if f.is_file())
             print(f"{name}: {size / 2**20:.1f} MiB, {time.perf_counter() - t0:.1f} s", flush=True)
             continue
@@ -119,11 +120,11 @@ def prepare(
             shutil.rmtree(folder)
         # Weights as parameters (a file beside the library), so the big ones can stay here.
         artifact = Path(
-            ecograph.compile(graph, target or f"cuda:{arch}", folder / "artifact", keep_params=True)
+            ecograph.compile(graph, target, folder / "artifact", keep_params=True)
         )
         feeds = feeds_for(graph, args)
         np.savez(folder / "inputs.npz", **feeds)
-        regen = _strip_params(artifact, graph, folder, target or f"cuda:{arch}")
+        regen = _strip_params(artifact, graph, folder, target)
         expected = ecograph.ir.interpret(graph, feeds)
         if trace:  # a strided sample of each value keeps the folder small
             expected = {k: _sample(v) for k, v in expected.items()}
@@ -458,6 +459,8 @@ def _trace_report(
 def restore_params(folder: Path, work: Path) -> Path:
     """A copy of the workload's artifact with its regenerated params written back in (and the
     manifest's hash of the params file updated to match)."""
+    from ecograph.backends.tvm.artifact import file_sha256
+
     meta = json.loads((folder / "meta.json").read_text())
     dst = work / folder.name
     if dst.exists():
@@ -472,7 +475,7 @@ def restore_params(folder: Path, work: Path) -> Path:
         path = dst / info["file"]
         with open(path, "wb") as f:
             np.savez(f, **arrays)
-        manifest["files"][info["file"]] = hashlib.sha256(path.read_bytes()).hexdigest()
+        manifest["files"][info["file"]] = file_sha256(path)
         (dst / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return dst
 

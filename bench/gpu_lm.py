@@ -25,7 +25,6 @@ measured 32-layer row (`lm<shape>-torch-l32`), says how far to trust it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -173,6 +172,7 @@ def strip_weights(lm: Path) -> dict[str, Any]:
 def restore_weights(folder: Path, work: Path) -> Path:
     """A copy of the workload's LM folder with its regenerated weights written back in, and
     the SHA-256 that lm.json and each function's manifest record of weights.npz rewritten."""
+    from ecograph.backends.tvm.artifact import file_sha256
     from ecograph.lm.compiled import LM_JSON, WEIGHTS_FILE
 
     meta = json.loads((folder / "meta.json").read_text())
@@ -188,7 +188,7 @@ def restore_weights(folder: Path, work: Path) -> Path:
         path = dst / WEIGHTS_FILE
         with open(path, "wb") as f:
             np.savez(f, **arrays)
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = file_sha256(path)
         spec = json.loads((dst / LM_JSON).read_text())
         spec["weights"]["sha256"] = digest
         (dst / LM_JSON).write_text(json.dumps(spec, indent=1))

@@ -546,20 +546,31 @@ def _check_files(root: Path, files: Mapping[str, str], mpath: Path) -> dict[str,
     return {name: _hash_check(root / name, digest, mpath) for name, digest in files.items()}
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file, read in 1 MiB chunks (the digests manifests and lm.json hold)."""
+    with open(path, "rb") as fh:
+        return _stream_sha256(fh)
+
+
+def _stream_sha256(fh: Any) -> str:
+    h = hashlib.sha256()
+    for chunk in iter(lambda: fh.read(1 << 20), b""):
+        h.update(chunk)
+    return h.hexdigest()
+
+
 def _hash_check(path: Path, digest: str, mpath: Path, fix: str = _REBUILD) -> _FileId:
     # Read with plain reads, never mapped: a truncated file is a hash mismatch, not a SIGBUS.
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as exc:
         raise ArtifactError(f"{path}: cannot open it ({exc.strerror})") from exc
-    h = hashlib.sha256()
     with os.fdopen(fd, "rb") as fh:
         st = os.fstat(fh.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise ArtifactError(f"{path} is not a regular file; {fix}")
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    if h.hexdigest() != digest:
+        actual = _stream_sha256(fh)
+    if actual != digest:
         raise ArtifactError(
             f"{path}: SHA-256 does not match {mpath} (corrupt, truncated or edited); {fix}"
         )

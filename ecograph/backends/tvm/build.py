@@ -18,7 +18,6 @@ holds no timestamps or absolute paths, and tuning time is only recorded when tun
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ from ecograph.errors import BuildError, UsageError
 from ecograph.ir.graph import Graph
 
 from . import targets as _targets
+from .artifact import file_sha256
 from .codec import NPZ_FILE, check_codec, params_entry, write_params
 from .driver import Lowered, lower_graph
 from .runtime import FORMAT_VERSION, LIBRARY, MANIFEST, open_artifact
@@ -675,14 +675,6 @@ def _replace_dir(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _tensor_entry(name: str, dtype: str, shape: tuple[Any, ...]) -> dict[str, Any]:
     return {"name": name, "dtype": dtype, "shape": list(shape)}
 
@@ -745,7 +737,7 @@ def _manifest(
         "quantization": recipe.quantization or None,
         "schedules": dict(sorted(result.kernels.items())),
         "tuning": tuning,
-        "files": {name: _sha256(folder / name) for name in files},
+        "files": {name: file_sha256(folder / name) for name in files},
     }
 
 
@@ -802,7 +794,7 @@ def share_params(
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    digest = _sha256(out)
+    digest = file_sha256(out)
     for artifact, info, entries in plans:
         manifest = json.loads(json.dumps(artifact.manifest))
         del manifest["files"][info["file"]]
@@ -848,9 +840,9 @@ def recode_artifact(src: str | os.PathLike[str], dst: str | os.PathLike[str], co
             if name == info["file"]:
                 continue
             shutil.copyfile(artifact.path_of(name), tmp / name)
-            files[name] = _sha256(tmp / name)
+            files[name] = file_sha256(tmp / name)
         new = write_params(tmp, arrays, codec)
-        files[new] = _sha256(tmp / new)
+        files[new] = file_sha256(tmp / new)
         manifest["params"] = params_entry(new, list(arrays), codec, arrays)
         manifest["files"] = files
         _finish(tmp, out, manifest)
