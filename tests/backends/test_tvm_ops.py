@@ -208,6 +208,10 @@ case("Slice", "Slice-neg-step", rand((5, 6)), c64(-1), c64(-100), c64(1), c64(-2
 case("Gather", None, rand((5, 4)), np.array([[0, -1], [3, 2]], i64), axis=0)
 case("Gather", "Gather-axis1", rand((3, 5)), np.array([4, -2, 0], np.int32), axis=1)
 case("Gather", "Gather-scalar", rand((5, 4)), Const(np.array(2, i64)), axis=0)
+# one constant position: lowered as a slice (fusable), negative counted from the end
+case("Gather", "Gather-const-negative", rand((3, 5, 2)), Const(np.array(-2, i64)), axis=1)
+case("Gather", "Gather-const-one-element", rand((3, 5)), Const(np.array([4], np.int32)), axis=1)
+case("Gather", "Gather-const-last-axis", rand((2, 3)), Const(np.array(-3, i64)), axis=1)
 case("GatherElements", None, rand((3, 4)), np.array([[0, 3], [1, -1], [2, 0]], i64), axis=1)
 case("Trilu", None, rand((4, 5)), Const(np.array(1, i64)))
 case("Trilu", "Trilu-lower", rand((2, 4, 5)), upper=0)
@@ -780,3 +784,26 @@ print("\\n".join(bad))
 sys.exit(1 if bad else 0)
 """
     run_with_runtime_only_tvm(code, timeout=900)
+
+
+def test_a_constant_gather_fuses_with_what_reads_it():
+    """A layer's keys picked from a KV cache ([S, layers, heads, dim], S symbolic) by a
+    constant Gather, then transposed: one kernel reading the cache (take, opaque to FuseOps,
+    made the selection a kernel and a copy of its own)."""
+    import tvm
+    from tvm import relax
+
+    from ecograph.backends.tvm import build
+    from ecograph.ir import GraphBuilder
+
+    b = GraphBuilder("cache")
+    cache = b.input("cache", "float32", ["s", 3, 2, 8])
+    layer = b.op("Gather", cache, b.constant(np.array(-2, np.int64), "layer"), axis=1)
+    b.output(b.op("Transpose", layer, perm=[1, 0, 2]))
+    result = build.build_module(b.graph, "x86")
+    assert len(result.kernels) == 1, result.kernels
+    x = np.random.default_rng(0).standard_normal((5, 3, 2, 8)).astype(np.float32)
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_array_equal(got, x[:, 1].transpose(1, 0, 2))
+    assert np.array_equal(got, interpret(b.graph, {"cache": x})[b.graph.outputs[0].name])

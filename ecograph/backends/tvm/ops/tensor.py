@@ -223,8 +223,28 @@ def _gather(ctx: LowerContext) -> relax.Expr:
     rank = ctx.rank(0)
     axis = norm_axis(ctx.attrs["axis"], rank)
     dim = ctx.in_type(0).shape[axis]
+    at = _constant_position(ctx.const(1), dim)
+    if at is not None:
+        # One known position (a layer's keys selected from a KV cache, a class token): a
+        # slice, which fuses with what reads it; take is opaque to FuseOps (its index is
+        # data), so it was a kernel and a copy of its own.
+        sliced = R.strided_slice(ctx.arg(0), axes=[axis], begin=[at], end=[at + 1])
+        return R.squeeze(sliced, axis=[axis]) if ctx.in_type(1).rank == 0 else sliced
     idx = _normalize_indices(ctx, ctx.arg(1), dim, ctx.in_type(1).dtype)
     return R.take(ctx.arg(0), idx, axis=axis)
+
+
+def _constant_position(indices: Any, dim: Dim) -> int | None:
+    """The position a constant Gather index of one element selects on an axis of static
+    size `dim` (negative counted from the end), or None (not one constant, or outside)."""
+    if indices is None or not isinstance(dim, int):
+        return None
+    arr = np.asarray(indices)
+    if arr.ndim > 1 or arr.size != 1 or arr.dtype.kind not in "iu":
+        return None
+    at = int(arr.reshape(()))
+    at = at + dim if at < 0 else at
+    return at if 0 <= at < dim else None
 
 
 @lowers("GatherElements")
