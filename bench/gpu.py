@@ -119,9 +119,7 @@ def prepare(
         if folder.exists():
             shutil.rmtree(folder)
         # Weights as parameters (a file beside the library), so the big ones can stay here.
-        artifact = Path(
-            ecograph.compile(graph, target, folder / "artifact", keep_params=True)
-        )
+        artifact = Path(ecograph.compile(graph, target, folder / "artifact", keep_params=True))
         feeds = feeds_for(graph, args)
         np.savez(folder / "inputs.npz", **feeds)
         regen = _strip_params(artifact, graph, folder, target)
