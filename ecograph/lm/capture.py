@@ -108,10 +108,11 @@ def run_with_cache(model: Any, input_ids: Any, past_kv: Any | None) -> tuple[Any
     if past_kv is not None:
         past = past_kv.shape[0]
         # One index per (keys or values, layer) into a view of the cache: each layer's keys
-        # and values are then a chain from the input alone (select, permute, the attention's
-        # concatenation), one kernel reading the cache where it is. A permute of the whole
-        # cache first, then selects, left copies every layer shared: the whole cache copied
-        # four times a step (SmolLM2-135M at 255 positions: 6.4 of 18.8 ms).
+        # and values are then a chain from the input alone (a select and a permute, one
+        # fused kernel; then the attention's concatenation). A permute of the whole cache
+        # first, then selects, left copies that every layer shared: the whole cache was
+        # copied four times a step, now twice (SmolLM2-135M at 255 positions: 5.5 of 17 ms
+        # before, bench/RESULTS.md).
         layers = past_kv.shape[2]
         pairs = past_kv.flatten(1, 2)  # [S, 2 * layers, batch, kv_heads, dim], a view
         for i in range(layers):

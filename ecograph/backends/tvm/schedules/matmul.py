@@ -9,9 +9,9 @@ outside the row tiles (one parallel task per panel), so a panel comes from memor
 from cache for every row tile, and a decoded panel (DECODED_PANEL) is decoded once into a
 scratch the row tiles share. A one-row product (a decode step) reads the same panels, a
 tile spanning whole panels (`single_row_span`), so a model's prefill and decode functions
-share one packed copy of each weight. Elementwise work after the product (bias, GELU, SiLU, ReLU, a
-residual add) is computed on the tile while it is still in registers and written once.
-Measured against ONNX Runtime in bench/RESULTS.md.
+share one packed copy of each weight. Elementwise work after the product (bias, GELU,
+SiLU, ReLU, a residual add) is computed on the tile while it is still in registers and
+written once. Measured against ONNX Runtime in bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -255,8 +255,7 @@ class Matmul(CPURule):
         # Buffer compaction would size this buffer by the rows a tile may touch, which it
         # cannot bound when M is symbolic, leaving a whole-matrix array.
         rank = len(info.spatial)
-
-        width = span * nr
+        width = span * nr  # the tile's columns
 
         def tile_index(*ix: Any) -> tuple[Any, Any]:
             col = ix[rank - 1]
