@@ -32,6 +32,7 @@ from ecograph.backends.tvm.schedules.int8 import int8_kernel
 from ecograph.ir import Graph, interpret
 from tests.backends.merge import merge_graphs
 from tests.backends.schedule_cases import I64
+from tests.backends.tvm_helpers import assembly, count_lines
 
 ON_X86 = os.uname().machine == "x86_64"
 ARM_DOTPROD = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]}
@@ -272,22 +273,6 @@ def test_mismatches_catch_one_wrong_element() -> None:
 # ------------------------------------------------------------------ what each target runs
 
 
-def _asm(result: build.BuildResult) -> str:
-    mod = result.executable.mod
-    for m in [mod, *getattr(mod, "imports", [])]:
-        try:
-            text = m.inspect_source("asm")
-        except Exception:
-            continue
-        if text:
-            return text
-    raise AssertionError("no assembly in the executable")
-
-
-def _count(asm: str, pattern: str) -> int:
-    return len(re.findall(pattern, asm, flags=re.MULTILINE))
-
-
 def _one_product(a: str) -> Graph:
     g, _ = integer_case(16, 64, 48, a, "int8", za="input", zw="cols")
     return g
@@ -314,9 +299,9 @@ def test_each_target_uses_its_instruction(target, a, kernel, instruction, absent
     assert chosen is not None and chosen.name == kernel
     result = build.build_module(_one_product(a), spec, keep_params=False, progress=False)
     assert set(_integer_kernels(result).values()) == {"int8-matmul"}, result.kernels
-    asm = _asm(result)
-    assert _count(asm, instruction) > 0, f"no {instruction} in the {spec.describe()} build"
-    assert _count(asm, absent) == 0, f"{absent} in the {spec.describe()} build"
+    asm = assembly(result)
+    assert count_lines(asm, instruction) > 0, f"no {instruction} in the {spec.describe()} build"
+    assert count_lines(asm, absent) == 0, f"{absent} in the {spec.describe()} build"
 
 
 def test_cuda_keeps_the_generic_product() -> None:

@@ -134,3 +134,24 @@ def run_with_runtime_only_tvm(code: str, timeout: int = 300) -> subprocess.Compl
     )  # fmt: skip
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc
+
+
+def assembly(result: Any) -> str:
+    """The host assembly of a build (`build.BuildResult`): the first module of the executable
+    that prints some."""
+    mod = result.executable.mod
+    for m in [mod, *getattr(mod, "imports", [])]:
+        try:
+            text = m.inspect_source("asm")
+        except Exception:
+            continue
+        if text:
+            return text
+    raise AssertionError("no assembly in the executable")
+
+
+def count_lines(text: str, pattern: str) -> int:
+    """How many lines of `text` the regular expression `pattern` matches (re.MULTILINE)."""
+    import re
+
+    return len(re.findall(pattern, text, flags=re.MULTILINE))

@@ -238,13 +238,25 @@ A8_CASES = [
 ]
 
 
+# x86 targets and the instructions of their product kernel (`int4_a8.isa`): AVX2's
+# vpmaddubsw; AVX-512 VNNI's vpdpbusd on zmm (Zen 4, Cascade Lake); AVX-VNNI's on ymm
+X86_KERNELS = [
+    ("x86:haswell", "avx2", r"^\s*vpmaddubsw\s+%ymm", r"vpdpbusd|%zmm"),
+    ("x86:skylake-avx512", "avx2", r"^\s*vpmaddubsw\s+%ymm", r"vpdpbusd"),  # no VNNI
+    ("x86:znver4", "avx512vnni", r"^\s*vpdpbusd\s+%zmm", r"vpmaddubsw"),
+    ("x86:cascadelake", "avx512vnni", r"^\s*vpdpbusd\s+%zmm", r"vpmaddubsw"),
+    ("x86:alderlake", "avxvnni", r"^\s*\{vex\}\s+vpdpbusd\s+%ymm", r"vpmaddubsw|%zmm"),
+]
+
+
+@pytest.mark.parametrize("target", ["x86:haswell", "x86:znver4", "x86:alderlake"])
 @pytest.mark.parametrize("k,n,block,wdt,zp,trans_b,a_shape", A8_CASES)
-def test_x86_integer_kernel_matches_the_interpreter(k, n, block, wdt, zp, trans_b, a_shape):
-    _needs_host("x86:haswell")  # AVX2: the kernel's instructions
+def test_x86_integer_kernel_matches_the_interpreter(target, k, n, block, wdt, zp, trans_b, a_shape):
+    _needs_host(target)  # the kernel's instructions: AVX2, AVX-512 VNNI, AVX-VNNI
     rows = ["m", *a_shape[1:-1]]
     g = _graph(k, n, block=block, wdt=wdt, zero_point=zp, trans_b=trans_b, rows=rows)
     a = rng.standard_normal(a_shape).astype(np.float32)
-    got, kernels = _build_and_run(g, a, "x86:haswell")
+    got, kernels = _build_and_run(g, a, target)
     assert "int4-a8" in kernels.values(), kernels
     want = interpret(g, {"x": a})[g.outputs[0].name]
     # The same 8-bit codes: the integer sums are exact, the float rescale rounds differently
@@ -288,12 +300,32 @@ def test_other_cases_quantize_a_then_run_the_float_kernel(target, k, block, a_bl
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("target,kind,instruction,absent", X86_KERNELS)
+@pytest.mark.parametrize("rows", [1, 3])
+def test_each_x86_target_multiplies_with_its_instruction(target, kind, instruction, absent, rows):
+    """Compiled only (any host): the product kernel's assembly holds the instruction of the
+    target's kind and none of the others."""
+    pytest.importorskip("tvm")
+    from ecograph.backends.tvm import build, targets
+    from ecograph.backends.tvm.ops import int4_a8
+    from tests.backends.tvm_helpers import assembly, count_lines
+
+    spec = targets.resolve(target)
+    assert int4_a8.isa(spec) == kind
+    g = _graph(128, 64, block=32, rows=[rows])
+    result = build.build_module(g, spec, keep_params=False, progress=False)
+    assert "int4-a8" in dict(result.kernels).values(), result.kernels
+    asm = assembly(result)
+    assert count_lines(asm, instruction) > 0, f"no {instruction} in the {spec.describe()} build"
+    assert count_lines(asm, absent) == 0, f"{absent} in the {spec.describe()} build"
+
+
 def test_product_kernel_of_an_unknown_instruction_set_is_an_error():
     pytest.importorskip("tvm")
     from ecograph.backends.tvm.ops import int4_a8
 
-    with pytest.raises(ValueError, match="unknown kind 'vnni'"):
-        int4_a8.product_kernel(int4_a8.A8Layout(64, 32, 32, 8), 1, "vnni")
+    with pytest.raises(ValueError, match="unknown kind 'neon'"):
+        int4_a8.product_kernel(int4_a8.A8Layout(64, 32, 32, 8), 1, "neon")
 
 
 # ------------------------------------------------------------------ ARM

@@ -27,12 +27,16 @@ column panels of NR = 32 (four vectors of 8 lanes):
 - weight scales and zero points `[N / 32, K / B, 32]` (float32, int32), zero-padded columns:
   the matmul kernels' column panels of their [K / B, N] grids (`pack_panels`).
 
-Only AVX2 instructions are used, so the kernel runs on every x86 CPU with AVX2 (AVX-512 ones
-included). ARM CPUs with the dot-product extension (+dotprod: Cortex-A76 / Neoverse N1 and
-later) run the same layout with `sdot`: a 16-byte load holds 4 columns' codes, and each sdot
-adds the four products of a lane straight into int32 (the codes 0..15 are valid signed
-bytes). A K that is not a whole number of blocks is padded to one (`padded_k`): the
-prologue writes code 0 past K, so the padded weight rows add nothing. Other targets, and
+x86 CPUs with AVX-512 VNNI (Zen 4, Cascade Lake and later Xeons) or AVX-VNNI (Alder Lake)
+run the same layout with `vpdpbusd`, which takes unsigned bytes (the codes) times signed bytes
+(the activations) and adds each lane's four products straight into int32: a 64-byte (zmm) or
+32-byte (ymm) load holds 16 or 8 columns' codes, no int16 step. Other x86 CPUs with AVX2 run
+the AVX2 instructions above. ARM CPUs with the dot-product extension (+dotprod: Cortex-A76 /
+Neoverse N1 and later) run the layout with `sdot`: a 16-byte load holds 4 columns' codes, and
+each sdot adds the four products of a lane straight into int32 (the codes 0..15 are valid
+signed bytes). The packed weights are the same for every x86 kind. A K that is not a whole
+number of blocks is padded to one (`padded_k`): the prologue writes code 0 past K, so the
+padded weight rows add nothing. Other targets, and
 nodes whose layout does not fit (8-bit weights, B not equal to the weight groups or not a
 multiple of 32), compute the same A' with a quantize-dequantize of A before the float kernels
 (`fake_quantize_blocks`).
@@ -86,11 +90,19 @@ def padded_k(k: int, block: int) -> int:
     return -(-k // block) * block
 
 
+KINDS = ("avx512vnni", "avxvnni", "avx2", "sdot")
+
+
 def isa(spec: TargetSpec) -> str | None:
-    """Which integer kernel `spec` runs: "avx2" (x86 with AVX2), "sdot" (ARM with the dot
-    product extension), or None."""
+    """Which integer kernel `spec` runs: "avx512vnni" (x86 with AVX-512 VNNI: vpdpbusd on
+    zmm), "avxvnni" (AVX-VNNI: vpdpbusd on ymm), "avx2" (other x86 with AVX2), "sdot" (ARM
+    with the dot product extension), or None."""
     if spec.is_gpu:
         return None
+    if spec.family == "x86" and spec.has("avx512vnni") and spec.has("avx512bw"):
+        return "avx512vnni"
+    if spec.family == "x86" and spec.has("avxvnni"):
+        return "avxvnni"
     if spec.family == "x86" and spec.has("avx2"):
         return "avx2"
     if spec.family == "arm" and spec.has("dotprod"):
@@ -190,12 +202,12 @@ def quantize_blocks(ctx: LowerContext, a: relax.Expr, block: int, k_len: int) ->
 # ------------------------------------------------------------------ the product
 
 
-def _broadcast4(a8: Any, row: Any, k: Any) -> Any:
-    """The 4 int8 activations a8[row, k : k + 4] in every 32-bit lane of a 256-bit vector."""
+def _broadcast4(a8: Any, row: Any, k: Any, lanes: int = LANES) -> Any:
+    """The 4 int8 activations a8[row, k : k + 4] in every one of `lanes` 32-bit lanes."""
     from tvm.script import tirx as T  # noqa: N812  (TVM's own spelling)
 
     word = T.reinterpret(a8.vload([row, k], "int8x4"), dtype="int32")
-    return T.reinterpret(T.broadcast(word, LANES), dtype="int8x32")
+    return T.reinterpret(T.broadcast(word, lanes), dtype=f"int8x{lanes * 4}")
 
 
 def _madd(byts: Any, a8: Any, row: Any, k0: Any) -> Any:
@@ -238,6 +250,22 @@ def _block_value(acc: Any, zero: Any, rowsum: Any, sw: Any, sa: Any, lanes: int)
     return T.Cast(f"float32x{lanes}", exact) * (sw * T.Broadcast(sa, lanes))
 
 
+def _vpdpbusd(acc: Any, codes: Any, a8: Any, row: Any, k: Any, lanes: int) -> Any:
+    """int32 x lanes: acc + per lane the 4 codes (unsigned bytes) times a8[row, k : k + 4]
+    (signed bytes): vpdpbusd, on zmm (16 lanes) or ymm (8). The LLVM bundled with TVM 0.27
+    declares its operands as bytes (schedules/int8.py's `_vnni_impl`)."""
+    from tvm.script import tirx as T  # noqa: N812  (TVM's own spelling)
+
+    name = "llvm.x86.avx512.vpdpbusd.512" if lanes == 16 else "llvm.x86.avx512.vpdpbusd.256"
+    return T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id(name),
+        acc,
+        codes,
+        _broadcast4(a8, row, k, lanes),
+        dtype=f"int32x{lanes}",
+    )
+
+
 def _sdot4(acc: Any, codes: Any, a8: Any, row: Any, k: Any) -> Any:
     """int32x4: acc + per lane the 4 codes (unsigned nibbles, as s8) times a8[row, k : k + 4]
     (ARM's sdot)."""
@@ -251,35 +279,49 @@ def _sdot4(acc: Any, codes: Any, a8: Any, row: Any, k: Any) -> Any:
     )
 
 
-def _nibbles16(w: Any, jo: Any, t: Any, jb: Any, high: bool) -> Any:
-    """uint8x16: the low or high nibbles of 4 columns' codes in byte row t of panel jo, from
-    column jb * 4 (the sdot kernel's load)."""
+def _nibbles(w: Any, jo: Any, t: Any, jb: Any, lanes: int, high: bool) -> Any:
+    """uint8 x (4 lanes): the low or high nibbles of `lanes` columns' codes in byte row t of
+    panel jo, from column jb * lanes (the sdot and vpdpbusd kernels' load)."""
     from tvm.script import tirx as T  # noqa: N812  (TVM's own spelling)
 
-    byts = w.vload([jo, t, jb * 4, 0], "uint8x16")
+    nb = lanes * 4
+    byts = w.vload([jo, t, jb * lanes, 0], f"uint8x{nb}")
     if high:
-        return T.shift_right(byts, T.broadcast(T.uint8(4), 16))
-    return T.bitwise_and(byts, T.broadcast(T.uint8(15), 16))
+        return T.shift_right(byts, T.broadcast(T.uint8(4), nb))
+    return T.bitwise_and(byts, T.broadcast(T.uint8(15), nb))
 
 
 def product_kernel(layout: A8Layout, mr: int, kind: str = "avx2") -> tirx.PrimFunc:
     """The product of the module doc for `layout`, MR rows per tile (M is symbolic), with the
     instructions of `kind` (`isa`): "avx2" (8 lanes; per byte row two vpmaddubsw, CHAIN rows
-    added in int16, then vpmaddwd into int32) or "sdot" (4 lanes; per byte row two sdot
-    straight into int32). The kinds differ only in that inner step: `avx2` is a Python bool,
-    which TVMScript evaluates while parsing, so each kind's function holds only its own."""
+    added in int16, then vpmaddwd into int32), "avx512vnni" / "avxvnni" (16 / 8 lanes; per
+    byte row two vpdpbusd straight into int32) or "sdot" (4 lanes; two sdot straight into
+    int32). The vpdpbusd kinds add the low and the high nibbles into separate accumulators:
+    twice as many independent chains, which one row needs to hide the instruction's latency.
+    The kinds differ only in that inner step: `avx2` and `vnni` are Python bools, which
+    TVMScript evaluates while parsing, so each kind's function holds only its own."""
     from tvm.script import tirx as T  # noqa: N812  (TVM's own spelling)
 
-    if kind not in ("avx2", "sdot"):
-        raise ValueError(f"int4-a8 product kernel: unknown kind {kind!r}")
+    if kind not in KINDS:
+        raise ValueError(f"int4-a8 product kernel: unknown kind {kind!r} (one of {KINDS})")
     avx2 = kind == "avx2"
-    lanes = LANES if avx2 else 4  # 32-bit lanes of a vector: 256-bit AVX2, 128-bit NEON
+    vnni = kind in ("avx512vnni", "avxvnni")
+    # 32-bit lanes of a vector: zmm, ymm (AVX2, AVX-VNNI), 128-bit NEON
+    lanes = {"avx512vnni": 16, "avxvnni": LANES, "avx2": LANES, "sdot": 4}[kind]
     vecs = NR // lanes
+    parts = 2 if vnni else 1  # int32 accumulators per output vector (low / high nibbles)
     k_len, n_pad, block = layout.k_pad, layout.n_pad, layout.block
     groups, panels = k_len // block, n_pad // NR
     rows_per_block = block // STEP
     zero = layout.zero
     zero_panel = zero is None
+    high = mr * vecs * lanes  # where the high nibbles' accumulators start (vpdpbusd kinds)
+
+    def exact(acci: Any, at: Any) -> Any:
+        """A block's int32 sums for the output vector at `at` (both parts added)."""
+        if parts == 1:
+            return acci[T.ramp(at, 1, lanes)]
+        return acci[T.ramp(at, 1, lanes)] + acci[T.ramp(at + high, 1, lanes)]
 
     @T.prim_func(s_tir=False)
     def int4_a8_matmul(
@@ -299,13 +341,13 @@ def product_kernel(layout: A8Layout, mr: int, kind: str = "avx2") -> tirx.PrimFu
             for io in range((m + (mr - 1)) // mr):
                 # tile-local accumulators; "global" buffers this small stay on the stack
                 accf = T.alloc_buffer((mr * NR,), "float32", scope="global")
-                acci = T.alloc_buffer((mr * NR,), "int32", scope="global")
+                acci = T.alloc_buffer((mr * NR * parts,), "int32", scope="global")
                 if avx2:
                     acc16 = T.alloc_buffer((mr * NR * 2,), "int16", scope="global")
                 for z in T.unroll(mr * vecs):
                     accf[T.ramp(z * lanes, 1, lanes)] = T.Broadcast(T.float32(0), lanes)
                 for g in range(groups):
-                    for z in T.unroll(mr * vecs):
+                    for z in T.unroll(mr * vecs * parts):
                         acci[T.ramp(z * lanes, 1, lanes)] = T.Broadcast(T.int32(0), lanes)
                     if avx2:
                         for tc in range(rows_per_block // CHAIN):
@@ -334,6 +376,30 @@ def product_kernel(layout: A8Layout, mr: int, kind: str = "avx2") -> tirx.PrimFu
                                 acci[T.ramp(z * lanes, 1, lanes)] = acci[
                                     T.ramp(z * lanes, 1, lanes)
                                 ] + _widen(acc16[T.ramp(z * 16, 1, 16)])
+                    elif vnni:
+                        for t in range(rows_per_block):
+                            for jb in T.unroll(vecs):
+                                for ii in T.unroll(mr):
+                                    acci[T.ramp((ii * vecs + jb) * lanes, 1, lanes)] = _vpdpbusd(
+                                        acci[T.ramp((ii * vecs + jb) * lanes, 1, lanes)],
+                                        _nibbles(W, jo, g * rows_per_block + t, jb, lanes, False),
+                                        A8,
+                                        T.min(io * mr + ii, m - 1),
+                                        g * block + t * STEP,
+                                        lanes,
+                                    )
+                                    acci[T.ramp((ii * vecs + jb) * lanes + high, 1, lanes)] = (
+                                        _vpdpbusd(
+                                            acci[T.ramp((ii * vecs + jb) * lanes + high, 1, lanes)],
+                                            _nibbles(
+                                                W, jo, g * rows_per_block + t, jb, lanes, True
+                                            ),
+                                            A8,
+                                            T.min(io * mr + ii, m - 1),
+                                            g * block + t * STEP + 4,
+                                            lanes,
+                                        )
+                                    )
                     else:
                         for t in range(rows_per_block):
                             for jb in T.unroll(vecs):
@@ -341,12 +407,12 @@ def product_kernel(layout: A8Layout, mr: int, kind: str = "avx2") -> tirx.PrimFu
                                     acci[T.ramp((ii * vecs + jb) * lanes, 1, lanes)] = _sdot4(
                                         _sdot4(
                                             acci[T.ramp((ii * vecs + jb) * lanes, 1, lanes)],
-                                            _nibbles16(W, jo, g * rows_per_block + t, jb, False),
+                                            _nibbles(W, jo, g * rows_per_block + t, jb, 4, False),
                                             A8,
                                             T.min(io * mr + ii, m - 1),
                                             g * block + t * STEP,
                                         ),
-                                        _nibbles16(W, jo, g * rows_per_block + t, jb, True),
+                                        _nibbles(W, jo, g * rows_per_block + t, jb, 4, True),
                                         A8,
                                         T.min(io * mr + ii, m - 1),
                                         g * block + t * STEP + 4,
@@ -356,7 +422,7 @@ def product_kernel(layout: A8Layout, mr: int, kind: str = "avx2") -> tirx.PrimFu
                             accf[T.ramp((ii * vecs + jb) * lanes, 1, lanes)] = accf[
                                 T.ramp((ii * vecs + jb) * lanes, 1, lanes)
                             ] + _block_value(
-                                acci[T.ramp((ii * vecs + jb) * lanes, 1, lanes)],
+                                exact(acci, (ii * vecs + jb) * lanes),
                                 _zero_at(Z, zero, jo, g, jb, lanes),
                                 RS[T.min(io * mr + ii, m - 1), g],
                                 SW[jo, g, T.ramp(jb * lanes, 1, lanes)],
@@ -399,9 +465,17 @@ def emit_int4_a8_matmul(ctx: LowerContext, plan: WeightPanels) -> relax.Expr:
     single = isinstance(rows, tirx.IntImm) and int(rows) == 1
     kind = isa(ctx.target)
     assert kind is not None  # planned only where isa() is not None
-    # x86: two rows per tile when there are several (4 + 4 accumulator vectors a row); ARM:
-    # one (8 + 8 of its 32 vector registers a row)
-    mr = 1 if single or kind == "sdot" else 2
+    # Rows per tile. AVX2 / AVX-VNNI: two when there are several (4 + 4 of 16 ymm
+    # registers a row); AVX-512 VNNI: four for a prefill (2 x 2 accumulators + 2 of 32 zmm a
+    # row; 7 % faster than two on 32 x 2048 x 5632 on Zen 4) and two for a few static rows
+    # (a half-empty tile of four cost 22 % at 6 rows); ARM: one (8 + 8 of its 32 a row)
+    few = isinstance(rows, tirx.IntImm) and int(rows) < 8
+    if single or kind == "sdot":
+        mr = 1
+    elif kind == "avx512vnni" and not few:
+        mr = 4
+    else:
+        mr = 2
     gv = ctx.bb.add_func(product_kernel(layout, mr, kind), "int4_a8_matmul")
     args = [codes, scales, sums, state.value_expr(w), state.value_expr(s), zero]
     y = ctx.emit(relax.call_tir(gv, args, relax.TensorType([rows, layout.n_pad], "float32")))
