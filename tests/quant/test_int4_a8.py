@@ -6,6 +6,7 @@ target runs) against the interpreter."""
 from __future__ import annotations
 
 import platform
+import re
 
 import ml_dtypes
 import numpy as np
@@ -279,6 +280,49 @@ def test_two_layers_get_two_product_kernels():
     assert list(kernels.values()).count("int4-a8") == 2, kernels
     want = interpret(g, {"x": a})[g.outputs[0].name]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize(
+    "target,prologue",
+    [("x86:haswell", "quantize_activation_blocks"), ("x86:generic", "activation_blocks")],
+)
+def test_products_of_one_input_quantize_it_once(target, prologue):
+    """Three products of x (a layer's q / k / v) and one of another input: x is quantized once
+    for the integer kernels (x86 with AVX2) and for the float ones (x86 without), the other
+    input once more; every result as the interpreter's."""
+    _needs_host(target)
+    b = GraphBuilder("qkv")
+    x = b.input("x", "float32", ["m", 128])
+    ys = [
+        b.op("MatMul", x, b.constant((rng.standard_normal((128, n)) * 0.05).astype("f4"), f"w{n}"))
+        for n in (64, 32, 32)
+    ]
+    h = b.op("Relu", ys[0])
+    ys.append(
+        b.op("MatMul", h, b.constant((rng.standard_normal((64, 32)) * 0.1).astype("f4"), "wo"))
+    )
+    for y in ys:
+        b.output(y)
+    g = b.graph
+    Quantize(mode="weight_only", dtype="int4", granularity="group:32", activations="block").run(g)
+    assert sum(n.op_type == "DequantizeMatMul" for n in g.nodes) == 4
+    import tvm
+    from tvm import relax
+
+    from ecograph.backends.tvm import build
+
+    result = build.build_module(g, target, keep_params=False)
+    # calls in the lowered main function (identical PrimFuncs share one name, so the
+    # kernels' names cannot tell)
+    main = result.lowered.mod["main"].script()
+    calls = re.findall(rf"R\.call_tir\((?:cls\.)?{prologue}\d*,", main)
+    assert len(calls) == 2, main  # x's, and the Relu's
+    a = rng.standard_normal((3, 128)).astype(np.float32)
+    got = relax.VirtualMachine(result.executable, tvm.cpu())["main"](tvm.runtime.tensor(a))
+    want = interpret(g, {"x": a})
+    for have, out in zip(got, g.outputs, strict=True):
+        ref = want[out.name]
+        np.testing.assert_allclose(have.numpy(), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
 @pytest.mark.parametrize(

@@ -179,6 +179,9 @@ class LoweringState:
     # -> B (see ops/conv.py `packed_conv_weights`); their Convs read them packed.
     conv_blocks: dict[Value, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Expressions several nodes' lowerings share, under a key the lowering chooses: an
+    # activation quantized once for every product that reads it (ops/int4_a8.py).
+    shared: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
     def value_expr(self, v: Value) -> relax.Expr:
         """The Relax expression of `v`; a constant is bound (once) when first used."""

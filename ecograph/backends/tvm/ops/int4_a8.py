@@ -157,9 +157,15 @@ def _code(a: Any, s: Any, ix: tuple[Any, ...], block: int) -> Any:
     return tirx.max(tirx.min(r, qmax), -qmax)
 
 
-def fake_quantize_blocks(ctx: LowerContext, a: relax.Expr, block: int, k_len: int) -> relax.Expr:
-    """A' = codes * scales of the module doc, in float32 (for the float kernels)."""
+def fake_quantize_blocks(ctx: LowerContext, block: int, k_len: int) -> relax.Expr:
+    """A' (the node's input 0) = codes * scales of the module doc, in float32 (for the float
+    kernels); once per input and block for every product that reads the same A
+    (`LoweringState.shared`)."""
     from tvm import te
+
+    key = ("activation blocks in float32", ctx.node.input(0), block)
+    if key in ctx.state.shared:
+        return ctx.state.shared[key]
 
     def compute(x: Any) -> Any:
         s = _scales(x, block, k_len)
@@ -169,7 +175,9 @@ def fake_quantize_blocks(ctx: LowerContext, a: relax.Expr, block: int, k_len: in
             name="act_fake_quantize",
         )
 
-    return ctx.bb.emit_te(compute, a, primfunc_name_hint="activation_blocks")
+    out = ctx.bb.emit_te(compute, ctx.arg(0), primfunc_name_hint="activation_blocks")
+    ctx.state.shared[key] = out
+    return out
 
 
 def quantize_blocks(ctx: LowerContext, a: relax.Expr, block: int, k_len: int) -> relax.Expr:
@@ -454,9 +462,13 @@ def emit_int4_a8_matmul(ctx: LowerContext, plan: WeightPanels) -> relax.Expr:
     rows: Any = tirx.IntImm("int64", 1)
     for d in at.shape[:-1]:
         rows = rows * ctx.dim(d)
-    a2 = ctx.emit(R.reshape(ctx.arg(0), relax.ShapeExpr([rows, k_len])))
-    prologue = quantize_blocks(ctx, a2, plan.block, k_len)
-    codes, scales, sums = (ctx.emit(relax.TupleGetItem(prologue, i)) for i in range(3))
+    # A quantized once for every product that reads it (a layer's q / k / v, gate / up)
+    key = ("int8 activation blocks", node.input(0), plan.block)
+    if key not in state.shared:
+        a2 = ctx.emit(R.reshape(ctx.arg(0), relax.ShapeExpr([rows, k_len])))
+        prologue = quantize_blocks(ctx, a2, plan.block, k_len)
+        state.shared[key] = tuple(ctx.emit(relax.TupleGetItem(prologue, i)) for i in range(3))
+    codes, scales, sums = state.shared[key]
     zero = (
         state.value_expr(z)
         if z is not None and layout.zero is None

@@ -355,7 +355,7 @@ def _dequantize_matmul(ctx: LowerContext) -> relax.Expr:
     if a_block:  # A' (ecograph/ir/ops/weight_only.py) in float32, for the float kernels
         if at.rank < 1 or not isinstance(at.shape[-1], int):
             ctx.fail("activation_block needs A's last dimension (K) to be static")
-        a = int4_a8.fake_quantize_blocks(ctx, a, a_block, int(at.shape[-1]))
+        a = int4_a8.fake_quantize_blocks(ctx, a_block, int(at.shape[-1]))
     if plan is not None:  # CPU: the weights are packed for the register-blocked kernel
         return emit_panel_dequantize_matmul(ctx, plan, a)
     if not wt.is_static:
