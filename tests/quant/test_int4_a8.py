@@ -287,7 +287,7 @@ def test_two_layers_get_two_product_kernels():
     [("x86:haswell", "quantize_activation_blocks"), ("x86:generic", "activation_blocks")],
 )
 def test_products_of_one_input_quantize_it_once(target, prologue):
-    """Three products of x (a layer's q / k / v) and one of another input: x is quantized once
+    """Three products of x (q / k / v left unmerged) and one of another input: x is quantized once
     for the integer kernels (x86 with AVX2) and for the float ones (x86 without), the other
     input once more; every result as the interpreter's."""
     _needs_host(target)

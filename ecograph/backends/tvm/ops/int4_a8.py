@@ -462,7 +462,9 @@ def emit_int4_a8_matmul(ctx: LowerContext, plan: WeightPanels) -> relax.Expr:
     rows: Any = tirx.IntImm("int64", 1)
     for d in at.shape[:-1]:
         rows = rows * ctx.dim(d)
-    # A quantized once for every product that reads it (a layer's q / k / v, gate / up)
+    # A quantized once for every product that reads it. The default pipeline's
+    # merge-parallel-matmuls already makes one product of a layer's q / k / v (and gate /
+    # up); this serves the products it leaves apart (other pipelines, MatMul beside Gemm).
     key = ("int8 activation blocks", node.input(0), plan.block)
     if key not in state.shared:
         a2 = ctx.emit(R.reshape(ctx.arg(0), relax.ShapeExpr([rows, k_len])))
