@@ -468,3 +468,32 @@ def test_token_ids_past_the_table_are_input_errors(tmp_path: Path) -> None:
     model(ids=ok)  # the same shape again (the shape check is cached; the values are not)
     with pytest.raises(InputError, match="holds 12"):
         model(ids=np.array([[12, 0, 0]], np.int64))
+
+
+def test_cpu_weights_lie_back_to_back_in_one_aligned_buffer() -> None:
+    """artifact.weight_tensors on the CPU: each weight at a 64-byte boundary right after the
+    previous one (sizes rounded up to 64), values, dtypes and shapes kept; an empty array and
+    a bool one (no DLPack exchange) take TVM's own copy; the caller's list is emptied."""
+    import tvm
+
+    from ecograph.backends.tvm.artifact import weight_tensors
+
+    rng = np.random.default_rng(5)
+    arrays = [
+        rng.standard_normal((3, 5)).astype(np.float32),  # 60 bytes
+        np.arange(7, dtype=np.int8),
+        np.zeros((0, 4), np.float32),
+        np.array([True, False, True]),
+        rng.standard_normal(40).astype(np.float16),  # 80 bytes
+        rng.integers(-9, 9, (2, 3)).astype(np.int64),
+    ]
+    want = [a.copy() for a in arrays]
+    got = weight_tensors(arrays, tvm.cpu())
+    assert arrays == []
+    for have, ref in zip(got, want, strict=True):
+        arr = have.numpy()
+        assert arr.dtype == ref.dtype and arr.shape == ref.shape
+        np.testing.assert_array_equal(arr, ref)
+    addresses = [np.from_dlpack(got[i]).ctypes.data for i in (0, 1, 4, 5)]
+    assert all(a % 64 == 0 for a in addresses), addresses
+    assert np.diff(addresses).tolist() == [64, 64, 128], addresses

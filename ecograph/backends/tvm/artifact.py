@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ecograph.backends.tvm.codec import CODECS
+from ecograph.backends.tvm.inputs import ALIGN
 from ecograph.errors import ArtifactError, UsageError
 from ecograph.ir import symbolic
 
@@ -93,8 +94,6 @@ class Artifact:
         a file shared with other artifacts, from `shared` (that file, opened once for all of
         them; refused for an artifact with its own weights) or, without it, from the file
         `params.store` names beside the folder, checked against its SHA-256."""
-        import tvm
-
         info = self.manifest.get("params") or {}
         if "shared" in info:
             store = info["store"]
@@ -114,7 +113,7 @@ class Artifact:
                 f"{self.folder} holds its own weights; shared weights ({shared.path}) are "
                 "only for artifacts whose manifest names them ('params.shared')"
             )
-        return [tvm.runtime.tensor(a, dev) for a in self.load_param_arrays().values()]
+        return weight_tensors(list(self.load_param_arrays().values()), dev)
 
     def load_param_arrays(self) -> dict[str, np.ndarray]:
         """The weights in the manifest's params file as numpy arrays, in `params.names` order
@@ -216,14 +215,49 @@ class SharedWeights:
                 f"the weights of {self.path} are on {self._device}; load every artifact that "
                 f"shares them on that device, not {dev}"
             )
-        import tvm
-
         self._device = dev
-        for entry in entries:  # each made once, its numpy copy dropped at once
-            key = entry["key"]
-            if key not in self._tensors:
-                self._tensors[key] = tvm.runtime.tensor(self._arrays.pop(key), dev)
+        # each made once, in one buffer for the artifact that first reads it; its numpy copy
+        # dropped as soon as it is copied
+        keys = list(dict.fromkeys(e["key"] for e in entries if e["key"] not in self._tensors))
+        made = weight_tensors([self._arrays.pop(k) for k in keys], dev)
+        self._tensors.update(zip(keys, made, strict=True))
         return [self._tensors[entry["key"]] for entry in entries]
+
+
+CPU_DLPACK = 1  # kDLCPU: a local CPU (an RPC session's devices have other types)
+# dtypes exchanged through DLPack both ways (bool and others take TVM's copying path)
+DLPACK_DTYPES = frozenset(
+    np.dtype(f"{kind}{bits}") for kind in ("int", "uint") for bits in (8, 16, 32, 64)
+) | {np.dtype("float16"), np.dtype("float32"), np.dtype("float64")}
+
+
+def weight_tensors(arrays: list[np.ndarray], dev: Any) -> list[Any]:
+    """`arrays` as TVM tensors on `dev`, in order; empties `arrays`, each numpy copy freed
+    once made (the peak stays one set of weights plus one array). On the local CPU the tensors
+    lie back to back in one buffer (each at a 64-byte boundary) that TVM reads in place: a
+    decode step streams its weights in the order the graph reads them, and separately
+    allocated tensors made SmolLM2's int4-a8 decode step ~10 % slower (bench/RESULTS.md,
+    2026-12-06). Elsewhere (CUDA, a remote device), and for empty arrays or dtypes numpy
+    cannot hand over, one tensor each."""
+    import tvm
+
+    local = dev.dlpack_device_type() == CPU_DLPACK
+    packed = [local and a.size > 0 and a.dtype in DLPACK_DTYPES for a in arrays]
+    sizes = [-(-a.nbytes // ALIGN) * ALIGN if p else 0 for a, p in zip(arrays, packed, strict=True)]
+    raw = np.empty(sum(sizes) + ALIGN, np.uint8)
+    at = -raw.ctypes.data % ALIGN
+    arrays.reverse()  # popped from the end: first to last
+    out = []
+    for size, p in zip(sizes, packed, strict=True):
+        a = arrays.pop()
+        if not p:
+            out.append(tvm.runtime.tensor(a, dev))
+            continue
+        view = raw[at : at + a.nbytes].view(a.dtype).reshape(a.shape)
+        view[...] = a
+        out.append(tvm.runtime.from_dlpack(view))
+        at += size
+    return out
 
 
 def open_shared_weights(path: Path, digest: str, listed_in: Path, fix: str) -> SharedWeights:

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from ecograph.backends.tvm.artifact import (
+    CPU_DLPACK,
+    DLPACK_DTYPES,
     FAMILIES,
     FORMAT_VERSION,
     LIBRARY,
@@ -164,7 +166,7 @@ class CompiledModel:
         self._params = params
         self.input_names = [t["name"] for t in manifest["inputs"]]
         self.output_names = [t["name"] for t in manifest["outputs"]]
-        self._on_cpu = device is not None and device.dlpack_device_type() == _CPU_DLPACK
+        self._on_cpu = device is not None and device.dlpack_device_type() == CPU_DLPACK
         self._memory = memory_bytes()
         # (dtype, shape) of every input of the last call that passed the checks: a call with
         # the same signature passes them too (they depend on nothing else), so it skips them.
@@ -277,7 +279,7 @@ class CompiledModel:
         import tvm
 
         try:
-            if self._on_cpu and arr.size and arr.dtype in _DLPACK_DTYPES:
+            if self._on_cpu and arr.size and arr.dtype in DLPACK_DTYPES:
                 # The kernels read the array in place (TVM wants 64-byte aligned data; others
                 # are copied once into an aligned buffer): ~0.5 us instead of the ~17 us of
                 # tvm.runtime.tensor's allocation and copy on every call.
@@ -291,12 +293,6 @@ class CompiledModel:
 
 
 # ------------------------------------------------------- numpy through DLPack
-
-_CPU_DLPACK = 1  # kDLCPU
-# dtypes exchanged through DLPack both ways (bool and others take TVM's copying path)
-_DLPACK_DTYPES = frozenset(
-    np.dtype(f"{kind}{bits}") for kind in ("int", "uint") for bits in (8, 16, 32, 64)
-) | {np.dtype("float16"), np.dtype("float32"), np.dtype("float64")}
 
 
 def _aligned(arr: np.ndarray) -> np.ndarray:
@@ -323,7 +319,7 @@ def _compact(arr: np.ndarray) -> tuple[int, ...]:
 def _host_copy(tensor: Any) -> np.ndarray:
     """A numpy copy of a CPU output (through DLPack: ~2 us instead of ~7 us for .numpy());
     a copy, never a view, since an output may be an input the caller still owns."""
-    arr = np.from_dlpack(tensor) if np.dtype(str(tensor.dtype)) in _DLPACK_DTYPES else None
+    arr = np.from_dlpack(tensor) if np.dtype(str(tensor.dtype)) in DLPACK_DTYPES else None
     return tensor.numpy() if arr is None else arr.copy()
 
 
