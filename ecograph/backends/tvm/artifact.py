@@ -235,10 +235,10 @@ def weight_tensors(arrays: list[np.ndarray], dev: Any) -> list[Any]:
     """`arrays` as TVM tensors on `dev`, in order; empties `arrays`, each numpy copy freed
     once made (the peak stays one set of weights plus one array). On the local CPU the tensors
     lie back to back in one buffer (each at a 64-byte boundary) that TVM reads in place: a
-    decode step streams its weights in the order the graph reads them, and separately
-    allocated tensors made SmolLM2's int4-a8 decode step ~10 % slower (bench/RESULTS.md,
-    2026-12-06). Elsewhere (CUDA, a remote device), and for empty arrays or dtypes numpy
-    cannot hand over, one tensor each."""
+    decode step streams its weights in the order the graph reads them; separately allocated
+    tensors made SmolLM2's int4-a8 decode step 1.3x slower in a fresh process and 7 % in
+    bench/lm_bench.py's (bench/RESULTS.md, 2026-12-06). Elsewhere (CUDA, a remote device),
+    and for empty arrays or dtypes numpy cannot hand over, one tensor each."""
     import tvm
 
     local = dev.dlpack_device_type() == CPU_DLPACK
