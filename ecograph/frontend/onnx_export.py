@@ -437,3 +437,24 @@ def _export_swiglu(ctx: OnnxExportContext, node: Node) -> None:
     ctx.emit("Sigmoid", [gate], [sig])
     ctx.emit("Mul", [gate, sig], [silu])
     ctx.emit("Mul", [silu, up], ctx.outputs(node))
+
+
+@register_onnx_export("CacheAttention", domain="ecograph")
+def _export_cache_attention(ctx: OnnxExportContext, node: Node) -> None:
+    """CacheAttention(Q, cache, K, V, mask) = Attention(Q, Concat(past(key_index), K),
+    Concat(past(value_index), V), mask), past(i) = Transpose(Gather(cache, i, axis=1),
+    [1, 2, 0, 3]) (ecograph/ir/ops/cache_attention.py): what the fusion replaced."""
+    q, cache, k, v, *mask = ctx.inputs(node)
+    full = []
+    for new, slot in ((k, "key_index"), (v, "value_index")):
+        index = ctx.constant(np.array(node.attr(slot), np.int64), f"{node.name}_{slot}")
+        taken = ctx.fresh(f"{node.name}_{slot}_gather")
+        ctx.emit("Gather", [cache, index], [taken], axis=1)
+        past = ctx.fresh(f"{node.name}_{slot}_past")
+        ctx.emit("Transpose", [taken], [past], perm=[1, 2, 0, 3])
+        joined = ctx.fresh(f"{node.name}_{slot}_all")
+        ctx.emit("Concat", [past, new], [joined], axis=2)
+        full.append(joined)
+    mask = [m for m in mask if m]
+    causal, scale = int(node.attr("is_causal", 0)), node.attr("scale")
+    ctx.emit("Attention", [q, *full, *mask], ctx.outputs(node), is_causal=causal, scale=scale)

@@ -384,3 +384,94 @@ class ExpandAttentionMasks(Pass):
             graph.set_node_input(node, 3, full)
             expanded += 1
         return PassResult(expanded > 0, {"expanded": expanded} if expanded else {})
+
+
+def _cache_past(prefix: str) -> Op:
+    """Transpose(Gather(cache, i, axis=1), [1, 2, 0, 3]): slot i of a sequence-first cache
+    [past_len, slots, batch, heads, dim] as [batch, heads, past_len, dim]."""
+    gather = Op(
+        "Gather", Var("cache"), Const(f"{prefix}_index"), attrs={"axis": 1}, name=f"{prefix}_gather"
+    )
+    return Op("Transpose", gather, attrs={"perm": [1, 2, 0, 3]}, name=f"{prefix}_past")
+
+
+def _slot(m: Match, prefix: str) -> int | str:
+    """The cache slot a Gather reads (a negative index counted from the end), or why not one."""
+    index = const_array(m[f"{prefix}_index"])
+    if index is None or index.ndim != 0 or index.dtype.kind not in "iu":
+        return f"the {prefix} slot is not one integer index"
+    i, slots = int(index), m["cache"].shape[1]
+    if i < 0:
+        if not isinstance(slots, int):
+            return f"a negative {prefix} slot into a symbolic number of slots"
+        i += slots
+    return i
+
+
+def _cache_attention_ok(m: Match) -> bool | str:
+    attn, q = m.root, m["q"]
+    if m["cache"].type.rank != 5 or q.type.rank != 4:
+        return "not a 4-D Attention over a rank-5 sequence-first cache"
+    if len(attn.inputs) > 4:
+        return "the Attention has its own past_key / past_value"
+    for prefix in ("k", "v"):
+        if m[f"{prefix}_concat"].attr("axis") not in (2, -2):
+            return f"{prefix.upper()} is not concatenated along the sequence axis"
+        why = _slot(m, prefix)
+        if isinstance(why, str):
+            return why
+    return True
+
+
+@register_pass
+@dataclass
+class FuseCacheAttention(RewritePass):
+    """Attention(q, Concat(past(i), k), Concat(past(j), v)) -> CacheAttention(q, cache, k, v)
+
+    With the mask, if any; key_index i and value_index j become attributes, and
+    past(i) = Transpose(Gather(cache, i, axis=1), [1, 2, 0, 3]) reads a layer's keys or values
+    out of a KV cache stored sequence first, [past_len, slots, batch, heads, head_dim] (what
+    compile_lm's decode functions take). Unfused, every layer and step copies its part of the
+    cache twice (the transpose, then the concatenation with the new position); the fused op
+    reads it where it lies (ir/ops/cache_attention.py). The reference kernel computes the same
+    concatenation, so the rewrite is exact.
+    """
+
+    name: ClassVar[str] = "fuse-cache-attention"
+    tolerance: ClassVar[tuple[float, float] | None] = (0.0, 0.0)
+
+    def rules(self) -> list[Rule]:
+        patterns = []
+        for masked in (True, False):
+            inputs: list[Pat] = [
+                Var("q"),
+                Op("Concat", _cache_past("k"), Var("k"), name="k_concat"),
+                Op("Concat", _cache_past("v"), Var("v"), name="v_concat"),
+            ]
+            if masked:
+                inputs.append(Var("mask"))
+            root = Op("Attention", *inputs, name="attention")
+            name = f"cache-attention/{'mask' if masked else 'nomask'}"
+            patterns.append(Pattern(name, root, _cache_attention_ok))
+        return [Rule(p, self._rewrite) for p in patterns]
+
+    def _rewrite(self, graph: Graph, m: Match) -> Value | str:
+        attn = m.root
+        inputs = [m["q"], m["cache"], m["k"], m["v"]]
+        if "mask" in m:
+            inputs.append(m["mask"])
+        attrs = {
+            "key_index": _slot(m, "k"),
+            "value_index": _slot(m, "v"),
+            "is_causal": int(attn.attr("is_causal") or 0),
+        }
+        if attn.attr("scale") is not None:
+            attrs["scale"] = attn.attr("scale")
+        node = graph.add_node(
+            "CacheAttention", inputs, attrs, domain="ecograph", name=f"{attn.name}_cache",
+            before=attn,
+        )  # fmt: skip
+        if node.output.type != attn.outputs[0].type:
+            graph.remove_node(node)
+            return f"CacheAttention gives {node.output.type}, the graph has {attn.outputs[0].type}"
+        return node.output

@@ -17,7 +17,12 @@ from typing import Any
 
 from ecograph.errors import PassError
 from ecograph.passes.activations import FuseGelu, FuseSilu, FuseSwiGLU
-from ecograph.passes.attention import AbsorbAttentionHeads, ExpandAttentionMasks, FuseAttention
+from ecograph.passes.attention import (
+    AbsorbAttentionHeads,
+    ExpandAttentionMasks,
+    FuseAttention,
+    FuseCacheAttention,
+)
 from ecograph.passes.cleanup import (
     EliminateCommonSubexpressions,
     EliminateDeadCode,
@@ -154,6 +159,7 @@ def fusion_pipeline() -> list[PipelineItem]:
         *cleanup_pipeline(),
         AbsorbAttentionHeads(),
         ExpandAttentionMasks(),
+        FuseCacheAttention(),
         FuseMatMulAdd(),
         MergeParallelMatMuls(),
         *cleanup_pipeline(),

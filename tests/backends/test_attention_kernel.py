@@ -1,7 +1,8 @@
 """The CPU attention kernel (schedules/attention.py, lowered by ops/fused.py) against the
 reference interpreter: head sizes that fill no vector (24, 40), one to 64 queries over one to
 130 keys, grouped-query heads, causal decode over a cache, every mask form, symbolic lengths;
-and that a build calls exactly one kernel per Attention node (the Relax path elsewhere)."""
+and that a build calls exactly one kernel per Attention node (the Relax path elsewhere);
+ecograph::CacheAttention, the same kernel reading past keys and values in a KV cache."""
 
 from __future__ import annotations
 
@@ -232,3 +233,75 @@ def test_tiles_fit_registers_and_stack() -> None:
         assert dv % t.v_chunk == 0 and t.v_chunk % t.v_lanes == 0 and t.row_block % t.pv_rows == 0
         if rows is not None:
             assert t.row_lanes <= max(1, 2 * rows - 1)  # a decode step does not pad to 16 lanes
+
+
+# ------------------------------------------------ ecograph::CacheAttention (a KV cache)
+
+
+def _cache_case(
+    b: int, hq: int, hkv: int, d: int, t: int, past: int, mask: str | None, causal: int = 0,
+    dtype: str = "float32", symbolic: bool = False,
+) -> tuple[Graph, dict[str, np.ndarray]]:  # fmt: skip
+    """CacheAttention over a [past, 5, b, hkv, d] cache, keys in slot 3 and values in slot 1
+    (not adjacent, not in order), t new positions."""
+    cache = rand((past, 5, b, hkv, d), dtype)
+    q, k, v = rand((b, hq, t, d), dtype), rand((b, hkv, t, d), dtype), rand((b, hkv, t, d), dtype)
+    inputs = [q, cache, k, v]
+    shapes: dict[int, list[Any]] = {
+        0: ["b", hq, "t", d], 1: ["s", 5, "b", hkv, d], 2: ["b", hkv, "t", d],
+        3: ["b", hkv, "t", d],
+    }  # fmt: skip
+    if mask == "bool":  # a decode step's mask: [1, 1, t, past + t]
+        inputs.append(rand((1, 1, t, past + t), "bool"))
+        shapes[4] = [1, 1, "t", "s+t"]
+    elif mask == "float":
+        inputs.append(rand((t, past + t), dtype, lo=-3, hi=1))
+        shapes[4] = ["t", "s+t"]
+    return one_op(
+        "CacheAttention", *inputs, domain="ecograph", key_index=3, value_index=1,
+        is_causal=causal, symbolic=shapes if symbolic else None,
+    )  # fmt: skip
+
+
+CACHE_VARIANTS = {
+    "gqa8/2-d32-decode-bool-mask": dict(b=1, hq=8, hkv=2, d=32, t=1, mask="bool"),
+    "mha-d24-batch2-three-new": dict(b=2, hq=3, hkv=3, d=24, t=3, mask=None),
+    "gqa4/2-d40-float-mask-causal": dict(b=1, hq=4, hkv=2, d=40, t=2, mask="float", causal=1),
+}
+
+
+@pytest.mark.parametrize("target", [HOST, GENERIC, HASWELL])
+@pytest.mark.parametrize("variant", list(CACHE_VARIANTS))
+@pytest.mark.parametrize("past", [1, 9, 130])
+def test_cache_attention_kernel_reads_the_cache_in_place(target: Any, variant: str, past: int):
+    graph, feeds = _cache_case(**CACHE_VARIANTS[variant], past=past)
+    result = build.build_module(graph, target, keep_params=False, fold=False)
+    assert _attention_calls(result) == 1
+    # one kernel and nothing else: no copy of the cache (take / transpose / concatenate)
+    assert all(name.startswith("attention") for name in result.kernels), result.kernels
+    assert_matches(graph, feeds, _run(result, feeds))
+
+
+def test_cache_attention_symbolic_lengths_one_build() -> None:
+    graph, _ = _cache_case(1, 8, 2, 32, 1, 9, "bool", symbolic=True)
+    result = build.build_module(graph, HOST, keep_params=False, fold=False)
+    assert _attention_calls(result) == 1
+    for t, past in ((1, 1), (1, 130), (4, 17)):
+        g, feeds = _cache_case(1, 8, 2, 32, t, past, "bool")
+        assert_matches(g, feeds, _run(result, feeds))
+
+
+def test_cache_attention_uncovered_forms_keep_the_relax_path() -> None:
+    graph, feeds = _cache_case(1, 2, 1, 8, 1, 6, "float", dtype="float64")
+    result = build.build_module(graph, HOST, keep_params=False, fold=False)
+    assert _attention_calls(result) == 0
+    assert any("not the CPU attention kernel (float64 inputs)" in n for n in result.notes)
+    assert_matches(graph, feeds, _run(result, feeds))
+    graph, _ = _cache_case(1, 4, 2, 8, 1, 6, "bool")
+    mod = lower_graph(graph, lowering_target("cuda")).mod
+    assert not any(
+        f.attrs is not None and f.attrs.get("ecograph.schedule") == RULE_NAME
+        for _, f in mod.functions_items()
+    )
+    script = mod.script()
+    assert "R.matmul" in script and "R.concat" in script

@@ -626,6 +626,24 @@ def test_builtin_library_ops_export_as_decompositions() -> None:
     np.testing.assert_allclose(run_ort(model, feeds)[0], want, rtol=1e-5, atol=1e-6)
 
 
+def test_cache_attention_exports_as_the_attention_it_fused() -> None:
+    """ecograph::CacheAttention (fuse-cache-attention) leaves as Gather / Transpose / Concat
+    and ONNX Attention, which ONNX Runtime runs to the interpreter's numbers."""
+    from ecograph.passes.attention import FuseCacheAttention
+    from tests.passes.test_cache_attention import decode_graph, feeds_for
+
+    graph = decode_graph()
+    FuseCacheAttention().run(graph)
+    assert {n.op_type for n in graph.nodes} == {"CacheAttention"}
+    model = to_onnx(graph)
+    onnx.checker.check_model(model, full_check=True)
+    assert {n.domain for n in model.graph.node} == {""}
+    feeds = feeds_for(graph, s=6)
+    want = interpret(graph, feeds)
+    for got, name in zip(run_ort(model, feeds), want, strict=True):
+        np.testing.assert_allclose(got, want[name], rtol=1e-5, atol=1e-6)
+
+
 def test_corrupted_bytes_raise_only_typed_errors() -> None:
     """Random byte flips and truncations of real models: import succeeds or raises an
     EcographError, never anything else (a crash) and never hangs."""

@@ -1,6 +1,6 @@
 """What the capture hands the compiler for a decode step: each layer's keys and values read
-from the KV cache input itself, so the compiled step copies no more of the cache than the
-attention's concatenation does."""
+from the KV cache input itself, and, after the default pipeline, one CacheAttention per layer
+that reads them where they lie (no copy of the cache at all)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from tests.lm.conftest import torch  # noqa: F401  (skips without torch)
 pytest.importorskip("tvm")
 
 from ecograph.lm.capture import capture_lm
+from ecograph.passes import PassManager
 
 
 @pytest.mark.parametrize("model", ["llama", "gpt2"])
@@ -33,3 +34,22 @@ def test_each_layer_selects_its_keys_and_values_from_the_cache(model: str, reque
         selects = [u.node for u in view.uses]
         assert sorted(n.op_type for n in selects) == ["Gather"] * (2 * layers)
         assert all(n.input(1).const_value is not None for n in selects)
+
+
+@pytest.mark.parametrize("model", ["llama", "gpt2"])
+def test_default_pipeline_reads_the_cache_in_each_attention(model: str, request: Any) -> None:
+    """fuse-cache-attention: the Gather / Transpose / Concat of each layer's keys and values
+    become one ecograph::CacheAttention on the cache view, slot l for layer l's keys and
+    layers + l for its values (the cache's [2, layers] axes, flattened)."""
+    lm = request.getfixturevalue(model)
+    layers = lm.config.num_hidden_layers
+    _, decode, decode1, _ = capture_lm(lm)
+    for graph in (decode, decode1):
+        PassManager("default").run(graph)
+        (past,) = [v for v in graph.inputs if v.name == "past_kv"]
+        (view,) = [u.node.outputs[0] for u in past.uses if u.node.op_type == "Reshape"]
+        readers = [u.node for u in view.uses]
+        assert [n.op_type for n in readers] == ["CacheAttention"] * layers
+        slots = sorted((n.attr("key_index"), n.attr("value_index")) for n in readers)
+        assert slots == [(i, layers + i) for i in range(layers)]
+        assert not any(n.op_type == "Attention" for n in graph.nodes)

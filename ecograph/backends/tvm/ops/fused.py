@@ -1,5 +1,5 @@
-"""Lowerings of the ops fusion passes create: the ecograph-domain SiLU, Linear and SwiGLU,
-and ONNX-23 Attention (3-D or 4-D, grouped-query, causal, masks).
+"""Lowerings of the ops fusion passes create: the ecograph-domain SiLU, Linear, SwiGLU and
+CacheAttention, and ONNX-23 Attention (3-D or 4-D, grouped-query, causal, masks).
 
 Attention on CPU targets is one pre-scheduled kernel (schedules/attention.py) that never
 materializes the [batch, heads, q_len, kv_len] scores nor repeats K/V for grouped-query heads.
@@ -9,6 +9,8 @@ it lines up with), keep the Relax decomposition; on CPU the build notes say whic
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from tvm import relax, tirx
@@ -21,6 +23,7 @@ from ecograph.backends.tvm.context import (
 from ecograph.backends.tvm.ops.matmul import lower_matmul
 from ecograph.backends.tvm.schedules.attention import (
     AttentionShape,
+    CacheSlots,
     attention_kernel,
     attention_tiles,
 )
@@ -108,21 +111,10 @@ def _attention_shape(ctx: LowerContext) -> AttentionShape | str:
             return tirx.const(d, "int64")
         return dims.setdefault(d, tirx.Var(f"n{len(dims)}", "int64"))
 
-    mask_dtype, mask_shape, mask_axes = None, (), ()
-    if ctx.has(3):
-        mt = ctx.in_type(3)
-        scores = (b, hq, s_len, l_len)
-        axes: list[int | None] = []
-        for k, md in enumerate(mt.shape):
-            axis = 4 - mt.rank + k
-            if md == 1:
-                axes.append(None)
-            elif md == scores[axis]:
-                axes.append(axis)
-            else:
-                return f"a mask dim {md!r} the kernel cannot line up with {scores[axis]!r}"
-        mask_dtype, mask_shape = str(mt.dtype), tuple(dim(md) for md in mt.shape)
-        mask_axes = tuple(axes)
+    mask = _mask_layout(ctx, 3, (b, hq, s_len, l_len), dim)
+    if isinstance(mask, str):
+        return mask
+    mask_dtype, mask_shape, mask_axes = mask
     return AttentionShape(
         dtype=dtype,
         three_d=three_d,
@@ -141,21 +133,123 @@ def _attention_shape(ctx: LowerContext) -> AttentionShape | str:
     )
 
 
+def _mask_layout(
+    ctx: LowerContext, index: int, scores: tuple[object, ...], dim: Any
+) -> tuple[str | None, tuple[Any, ...], tuple[int | None, ...]] | str:
+    """(dtype, kernel shape, `mask_axes`) of the mask input `index` against the IR's scores
+    dims, (None, (), ()) without one, or why the kernel cannot line it up."""
+    if not ctx.has(index):
+        return None, (), ()
+    mt = ctx.in_type(index)
+    axes: list[int | None] = []
+    for k, md in enumerate(mt.shape):
+        axis = 4 - mt.rank + k
+        if md == 1:
+            axes.append(None)
+        elif md == scores[axis]:
+            axes.append(axis)
+        else:
+            return f"a mask dim {md!r} the kernel cannot line up with {scores[axis]!r}"
+    return str(mt.dtype), tuple(dim(md) for md in mt.shape), tuple(axes)
+
+
 def _attention_kernel(ctx: LowerContext, shape: AttentionShape) -> relax.Expr:
-    """One call_tir of the pre-scheduled attention PrimFunc for `shape`."""
+    """One call_tir of the pre-scheduled attention PrimFunc for `shape` (every input of the
+    node, in order)."""
     tiles = attention_tiles(ctx.target, shape.static_rows, shape.v_head_dim)
     gv = ctx.bb.add_func(attention_kernel(shape, tiles), "attention")
-    args = [ctx.arg(i) for i in range(4 if ctx.has(3) else 3)]
+    args = [ctx.arg(i) for i in range(len(ctx.node.inputs)) if ctx.has(i)]
     out = ctx.out_type()
     return relax.call_tir(gv, args, relax.TensorType(ctx.shape(out.shape), str(out.dtype)))
 
 
-def _attention_relax(ctx: LowerContext) -> relax.Expr:
+@lowers("CacheAttention", domain="ecograph")
+def _cache_attention(ctx: LowerContext) -> relax.Expr:
+    """CPU targets: the attention kernel reading the past keys and values in the cache where
+    they lie; otherwise, and on CUDA, the past sliced out of the cache, concatenated with
+    the new positions and the Relax decomposition of Attention."""
+    if not ctx.target.is_gpu:
+        shape = _cache_attention_shape(ctx)
+        if isinstance(shape, AttentionShape):
+            return _attention_kernel(ctx, shape)
+        ctx.notes.append(
+            f"CacheAttention {ctx.node.name}: lowered as slices, concatenations and "
+            f"matmul/softmax/matmul, not the CPU attention kernel ({shape})"
+        )
+    ct, kt = ctx.in_type(1), ctx.in_type(2)
+    cache = ctx.arg(1)
+
+    def with_past(new: relax.Expr, slot: str) -> relax.Expr:
+        index = relax.const(np.int64(ctx.attrs[slot]), "int64")
+        past = R.permute_dims(R.take(cache, index, axis=1), [1, 2, 0, 3])
+        return ctx.emit(R.concat([past, new], axis=2))
+
+    b, hkv, t, d = kt.shape
+    full = TensorType(kt.dtype, [b, hkv, symbolic.add(ct.shape[0], t), d])
+    kv = (with_past(ctx.arg(2), "key_index"), with_past(ctx.arg(3), "value_index"), full)
+    return _attention_relax(ctx, kv=kv, mask_index=4)
+
+
+def _cache_attention_shape(ctx: LowerContext) -> AttentionShape | str:
+    """The kernel's view of a CacheAttention node, or why the kernel does not cover it (the
+    same limits as `_attention_shape`)."""
+    qt, ct = ctx.in_type(0), ctx.in_type(1)
+    dtype = str(qt.dtype)
+    if dtype not in ("float32", "float16"):
+        return f"{dtype} inputs"
+    b, hq, t, head_dim = qt.shape
+    past_len, slots, _, hkv, _ = ct.shape
+    if not all(isinstance(x, int) for x in (hq, hkv, head_dim, slots)):
+        return "symbolic head counts, head sizes or cache slots"
+    if 0 in (hq, hkv, head_dim, b, t, past_len):
+        return "an empty dim"
+    dims: dict[object, object] = {}
+
+    def dim(d: object) -> object:
+        if isinstance(d, int):
+            return tirx.const(d, "int64")
+        return dims.setdefault(d, tirx.Var(f"n{len(dims)}", "int64"))
+
+    past, q_len = dim(past_len), dim(t)
+    kv_len = symbolic.add(past_len, t)
+    dims.setdefault(kv_len, past + q_len)  # the mask's key dim, when it has one
+    mask = _mask_layout(ctx, 4, (b, hq, t, kv_len), dim)
+    if isinstance(mask, str):
+        return mask
+    scale = ctx.attrs["scale"]
+    return AttentionShape(
+        dtype=dtype,
+        three_d=False,
+        batch=dim(b),
+        q_len=q_len,
+        kv_len=past + q_len,
+        q_heads=hq,
+        kv_heads=hkv,
+        head_dim=head_dim,
+        v_head_dim=head_dim,
+        causal=bool(ctx.attrs["is_causal"]),
+        scale=1.0 / float(np.sqrt(head_dim)) if scale is None else float(scale),
+        mask_dtype=mask[0],
+        mask_shape=mask[1],
+        mask_axes=mask[2],
+        cache=CacheSlots(past, slots, ctx.attrs["key_index"], ctx.attrs["value_index"]),
+    )
+
+
+def _attention_relax(
+    ctx: LowerContext,
+    *,
+    kv: tuple[relax.Expr, relax.Expr, TensorType] | None = None,
+    mask_index: int = 3,
+) -> relax.Expr:
     """softmax(Q.K^T * scale + mask).V as Relax ops (CUDA, and what the CPU kernel does not
-    cover): materializes the [batch, heads, q_len, kv_len] scores."""
+    cover): materializes the [batch, heads, q_len, kv_len] scores. `kv`: K and V (and K's
+    type) other than the node's inputs 1 and 2; `mask_index`: the node's mask input."""
     qt, kt, vt = ctx.in_type(0), ctx.in_type(1), ctx.in_type(2)
     dt = str(qt.dtype)
     q, k, v = ctx.arg(0), ctx.arg(1), ctx.arg(2)
+    if kv is not None:
+        k, v, kt = kv
     three_d = qt.rank == 3
     if three_d:
         hq, hkv = ctx.attrs["q_num_heads"], ctx.attrs["kv_num_heads"]
@@ -184,9 +278,9 @@ def _attention_relax(ctx: LowerContext) -> relax.Expr:
         rows = R.reshape(R.arange(0, ctx.dim(s_len), 1, "int64"), ctx.shape([s_len, 1]))
         cols = R.reshape(R.arange(0, ctx.dim(l_len), 1, "int64"), ctx.shape([1, l_len]))
         scores = ctx.emit(R.where(R.less_equal(cols, rows), scores, neg_inf))
-    if ctx.has(3):
-        mask = ctx.arg(3)
-        if ctx.in_type(3).dtype.value == "bool":
+    if ctx.has(mask_index):
+        mask = ctx.arg(mask_index)
+        if ctx.in_type(mask_index).dtype.value == "bool":
             scores = ctx.emit(R.where(mask, scores, neg_inf))
         else:
             scores = ctx.emit(R.add(scores, mask))

@@ -21,8 +21,10 @@ with the group's heads. Per task:
    and a fully masked row gives zeros (the reference's convention).
 4. Y = P.V: `pv_rows` rows x `v_chunk` columns of accumulators, vectorized along V's head
    dim, read as stored; each row scaled by 1 / its sum and written once.
-Everything is computed in float32 (float16 inputs are read as float32 and the result cast
-back). The scratch rows are `kv_len x rows` floats per task: over 1 KB they are heap
+With a KV cache (ecograph::CacheAttention, `CacheSlots`), the keys and values of phases 2 and
+4 come in two runs, the cache's past positions read where they lie and then the new ones
+from K and V; nothing is concatenated. Everything is computed in float32 (float16 inputs are
+read as float32 and the result cast back). The scratch rows are `kv_len x rows` floats per task: over 1 KB they are heap
 workspaces (TVM's per-thread pool), which is cheap next to the task's work.
 """
 
@@ -44,12 +46,27 @@ RULE_NAME = "attention"
 
 
 @dataclass(frozen=True)
+class CacheSlots:
+    """Keys and values that begin in a KV cache (ecograph::CacheAttention): the cache is
+    [past_len, slots, batch, kv_heads, head_dim], this layer's keys at slot `key_index`, its
+    values at `value_index`; K and V hold the q_len new positions, so kv_len is past_len +
+    q_len. The kernel reads the cache where it lies (no copy of it per layer and step)."""
+
+    past_len: Any  # int64 PrimExpr
+    slots: int
+    key_index: int
+    value_index: int
+
+
+@dataclass(frozen=True)
 class AttentionShape:
     """What one Attention node computes, in the kernel's terms. Dims are int64 PrimExprs
     (IntImm or symbolic); head counts and head sizes are static. 4-D layout: Q [b, hq, s, d],
     K [b, hkv, l, d], V [b, hkv, l, dv], Y [b, hq, s, dv]; 3-D: Q [b, s, hq*d], K [b, l,
     hkv*d], V [b, l, hkv*dv], Y [b, s, hq*dv]. `mask_axes` says, for each mask dim, which
-    scores axis it follows (0 batch, 1 q head, 2 query, 3 key), None where it is 1."""
+    scores axis it follows (0 batch, 1 q head, 2 query, 3 key), None where it is 1. With
+    `cache` (4-D only), the first past_len keys and values come from the cache and K, V hold
+    the last q_len (kv_len = past_len + q_len)."""
 
     dtype: str
     three_d: bool
@@ -65,6 +82,7 @@ class AttentionShape:
     mask_dtype: str | None = None
     mask_shape: tuple[Any, ...] = ()
     mask_axes: tuple[int | None, ...] = ()
+    cache: CacheSlots | None = None
 
     @property
     def group(self) -> int:
@@ -127,7 +145,8 @@ def _f32(v: float) -> Any:
 
 
 def attention_kernel(shape: AttentionShape, tiles: AttentionTiles) -> tirx.PrimFunc:
-    """The PrimFunc `(Q, K, V[, mask], Y)` for `shape`, scheduled with `tiles`."""
+    """The PrimFunc `(Q, K, V[, mask], Y)` for `shape`, scheduled with `tiles`; with a cache,
+    `(Q, cache, K, V[, mask], Y)`."""
     from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder import tirx as T  # noqa: N812  (TVM's own spelling)
 
@@ -146,6 +165,11 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles) -> tirx.PrimF
             {"tirx.noalias": True, "tirx.is_scheduled": True, "ecograph.schedule": RULE_NAME}
         )
         q = T.arg("q", T.Buffer(q_shape, s.dtype))
+        cache = None
+        if s.cache is not None:
+            k_shape = v_shape = (b, hkv, q_len, _i64(d))
+            c_shape = (s.cache.past_len, _i64(s.cache.slots), b, hkv, _i64(d))
+            cache = T.arg("cache", T.Buffer(c_shape, s.dtype))
         k = T.arg("k", T.Buffer(k_shape, s.dtype))
         v = T.arg("v", T.Buffer(v_shape, s.dtype))
         mask = T.arg("mask", T.Buffer(s.mask_shape, s.mask_dtype)) if s.mask_dtype else None
@@ -153,7 +177,7 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles) -> tirx.PrimF
         rows = q_len * _i64(s.group)
         blocks = (rows + _i64(tiles.row_block - 1)) // _i64(tiles.row_block)
         with T.parallel(0, b * hkv * blocks) as task:
-            _Task(s, tiles, (q, k, v, mask, y), task, blocks).emit()
+            _Task(s, tiles, (q, k, v, mask, y, cache), task, blocks).emit()
     # No global symbol: each node's kernel takes the name its GlobalVar gets in the module.
     return ib.get().without_attr("global_symbol")
 
@@ -169,7 +193,7 @@ class _Task:
 
         self.T = T
         self.s, self.t = shape, tiles
-        self.q, self.k, self.v, self.mask, self.y = buffers
+        self.q, self.k, self.v, self.mask, self.y, self.cache = buffers
         hkv, rb = _i64(shape.kv_heads), tiles.row_block
         self.bi = task // (hkv * blocks)
         self.kh = task // blocks % hkv
@@ -208,13 +232,35 @@ class _Task:
         d = self.s.head_dim
         return self.q[self.bi, i, h * d + x] if self.s.three_d else self.q[self.bi, h, i, x]
 
-    def k_at(self, j: Any, x: Any) -> Any:
-        d, kh = self.s.head_dim, self.kh
+    def key_ranges(self) -> list[tuple[Any, Any, bool]]:
+        """(first key, number of keys, read from the cache) for each run of keys that one
+        buffer holds: all of them in K and V, or the cache's past_len then K's and V's."""
+        c = self.s.cache
+        if c is None:
+            return [(_i64(0), self.n_keys, False)]
+        past = c.past_len
+        return [
+            (_i64(0), tirx.min(past, self.n_keys), True),
+            (past, tirx.max(self.n_keys - past, _i64(0)), False),
+        ]
+
+    def k_at(self, j: Any, x: Any, in_cache: bool = False) -> Any:
+        d, kh, c = self.s.head_dim, self.kh, self.s.cache
+        if c is not None:
+            if in_cache:
+                return self.cache[j, _i64(c.key_index), self.bi, kh, x]
+            return self.k[self.bi, kh, j - c.past_len, x]
         return self.k[self.bi, j, kh * d + x] if self.s.three_d else self.k[self.bi, kh, j, x]
 
-    def v_at(self, j: Any, c: Any) -> Any:
-        dv, kh = self.s.v_head_dim, self.kh
-        return self.v[self.bi, j, kh * dv + c] if self.s.three_d else self.v[self.bi, kh, j, c]
+    def v_at(self, j: Any, col: Any, in_cache: bool = False) -> Any:
+        dv, kh, c = self.s.v_head_dim, self.kh, self.s.cache
+        if c is not None:
+            if in_cache:
+                return self.cache[j, _i64(c.value_index), self.bi, kh, col]
+            return self.v[self.bi, kh, j - c.past_len, col]
+        if self.s.three_d:
+            return self.v[self.bi, j, kh * dv + col]
+        return self.v[self.bi, kh, j, col]
 
     def y_store(self, h: Any, i: Any, c: Any, value: Any) -> None:
         out = value if self.s.dtype == F32 else tirx.Cast(self.s.dtype, value)
@@ -245,12 +291,13 @@ class _Task:
     def scores(self) -> None:
         T = self.T  # noqa: N806
         mj = _i64(self.t.key_tile)
-        with T.serial(0, self.n_keys // mj) as jo:
-            self.score_tile(jo * mj, self.t.key_tile)
-        with T.serial(0, self.n_keys % mj) as jt:
-            self.score_tile(self.n_keys // mj * mj + jt, 1)
+        for start, count, in_cache in self.key_ranges():
+            with T.serial(0, count // mj) as jo:
+                self.score_tile(start + jo * mj, self.t.key_tile, in_cache)
+            with T.serial(0, count % mj) as jt:
+                self.score_tile(start + count // mj * mj + jt, 1, in_cache)
 
-    def score_tile(self, j0: Any, keys: int) -> None:
+    def score_tile(self, j0: Any, keys: int, in_cache: bool) -> None:
         """Scores of keys j0 .. j0 + keys for every row: accumulators in registers, vectors
         along the rows, one broadcast key element per FMA."""
         T, acc, qt = self.T, self.acc, self.qt  # noqa: N806
@@ -258,7 +305,7 @@ class _Task:
         with T.unroll(0, _i64(keys)) as jj, T.vectorized(0, _i64(rb)) as r:
             T.buffer_store(acc, _f32(0.0), [jj, r])
         with T.serial(0, _i64(self.s.head_dim)) as x, T.unroll(0, _i64(keys)) as jj:
-            kx = self.f32(self.k_at(j0 + jj, x))
+            kx = self.f32(self.k_at(j0 + jj, x, in_cache))
             with T.unroll(0, _i64(self.t.row_vectors)) as nv, T.vectorized(0, _i64(vl)) as lane:
                 r = nv * vl + lane
                 T.buffer_store(acc, acc[jj, r] + kx * qt[x, r], [jj, r])
@@ -298,12 +345,14 @@ class _Task:
         ):
             with T.unroll(0, _i64(mr)) as rr, T.vectorized(0, _i64(yc)) as c:
                 T.buffer_store(self.pv, _f32(0.0), [rr, c])
-            with T.serial(0, self.n_keys) as j, T.unroll(0, _i64(mr)) as rr:
-                p = self.sc[j, ro * _i64(mr) + rr]
-                with T.unroll(0, _i64(yc // yl)) as cv, T.vectorized(0, _i64(yl)) as lane:
-                    c = cv * yl + lane
-                    vc = self.f32(self.v_at(j, co * _i64(yc) + c))
-                    T.buffer_store(self.pv, self.pv[rr, c] + p * vc, [rr, c])
+            for start, count, in_cache in self.key_ranges():
+                with T.serial(0, count) as jr, T.unroll(0, _i64(mr)) as rr:
+                    j = start + jr
+                    p = self.sc[j, ro * _i64(mr) + rr]
+                    with T.unroll(0, _i64(yc // yl)) as cv, T.vectorized(0, _i64(yl)) as lane:
+                        c = cv * yl + lane
+                        vc = self.f32(self.v_at(j, co * _i64(yc) + c, in_cache))
+                        T.buffer_store(self.pv, self.pv[rr, c] + p * vc, [rr, c])
             with T.serial(0, _i64(mr)) as rr:
                 r = ro * _i64(mr) + rr
                 with T.If(self.r0 + r < self.rows), T.Then():

@@ -1,0 +1,135 @@
+"""`ecograph::CacheAttention`: attention whose keys and values begin with a stored KV cache.
+
+    CacheAttention(Q, cache, K, V[, mask]) {key_index, value_index, scale, is_causal}
+      = Attention(Q, Concat(past(key_index), K), Concat(past(value_index), V), mask)
+    past(i) = Transpose(Gather(cache, i, axis=1), [1, 2, 0, 3])
+
+`cache` is [past_len, slots, batch, kv_heads, head_dim] (sequence first, so a cache that
+grows by one position per step is a view of the start of one buffer); slot `key_index` holds
+this layer's keys, `value_index` its values. Q is [batch, q_heads, q_len, head_dim], K and V
+the new positions [batch, kv_heads, q_len, head_dim]. The fusion (passes/attention.py,
+fuse-cache-attention) replaces the Gather / Transpose / Concat that copy the cache twice per
+layer and step; a backend reads the cache where it lies. The reference kernel builds the
+concatenation and calls Attention's, so the fused graph computes exactly what it replaced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ecograph.ir import symbolic
+from ecograph.ir.dtypes import DType
+from ecograph.ir.ops._infer import broadcast_shapes
+from ecograph.ir.ops.fused import attention
+from ecograph.ir.registry import Attr, InferContext, make_type, register_op
+from ecograph.ir.types import TensorType
+
+if TYPE_CHECKING:
+    from ecograph.ir.graph import Node
+
+
+def _known_differ(a: object, b: object) -> bool:
+    return isinstance(a, int) and isinstance(b, int) and a != b
+
+
+def _infer(ctx: InferContext) -> list[TensorType]:
+    q, cache, k, v = ctx.input(0), ctx.input(1), ctx.input(2), ctx.input(3)
+    if (q.rank, cache.rank, k.rank, v.rank) != (4, 5, 4, 4):
+        ctx.fail(
+            "Q, K, V must be rank 4 ([batch, heads, seq, head_dim]) and the cache rank 5 "
+            f"([past_len, slots, batch, kv_heads, head_dim]); got {q}, {cache}, {k}, {v}"
+        )
+    if len({q.dtype, cache.dtype, k.dtype, v.dtype}) != 1:
+        ctx.fail(f"Q, cache, K, V dtypes differ: {q.dtype}, {cache.dtype}, {k.dtype}, {v.dtype}")
+    past_len, slots, batch, kv_heads, head_dim = cache.shape
+    for name in ("key_index", "value_index"):
+        index = ctx.attr(name)
+        if not isinstance(index, int) or index < 0:
+            ctx.fail(f"{name} must be a cache slot (an int >= 0), got {index!r}")
+        if isinstance(slots, int) and index >= slots:
+            ctx.fail(f"{name} {index} is beyond the cache's {slots} slots")
+    checks = [
+        ("batch", [q.shape[0], k.shape[0], v.shape[0], batch]),
+        ("kv heads", [k.shape[1], v.shape[1], kv_heads]),
+        ("q_len", [q.shape[2], k.shape[2], v.shape[2]]),
+        ("head_dim", [q.shape[3], k.shape[3], v.shape[3], head_dim]),
+    ]
+    for what, dims in checks:
+        if any(_known_differ(a, b) for a in dims for b in dims):
+            ctx.fail(f"Q, cache, K, V disagree on {what}: {q}, {cache}, {k}, {v}")
+    hq = q.shape[1]
+    if isinstance(hq, int) and isinstance(kv_heads, int) and (kv_heads == 0 or hq % kv_heads):
+        ctx.fail(f"q heads {hq} are not a multiple of kv heads {kv_heads}")
+    if ctx.has_input(4):
+        m = ctx.input(4)
+        scores = [q.shape[0], hq, q.shape[2], symbolic.add(past_len, q.shape[2])]
+        if m.rank > 4:
+            ctx.fail(f"attn_mask {m} has rank > 4")
+        broadcast_shapes([scores, m.shape], f"node {ctx.node.name}: attn_mask: ")
+        if m.dtype not in (DType.BOOL, q.dtype):
+            ctx.fail(f"attn_mask must be bool or {q.dtype}, got {m.dtype}")
+    return [make_type(q.dtype, [q.shape[0], hq, q.shape[2], v.shape[3]])]
+
+
+def _macs(node: Node, bindings: Mapping[str, int]) -> int | None:
+    """Q·Kᵀ and P·V over past_len + q_len keys: 2 · (elements of Q) · keys."""
+    q, cache = node.inputs[0], node.inputs[1]
+    assert q is not None and cache is not None
+    keys = symbolic.add(cache.shape[0], q.shape[2])
+    return (
+        2
+        * symbolic.evaluate(symbolic.product(q.shape), bindings)
+        * symbolic.evaluate(keys, bindings)
+    )
+
+
+def past(cache: np.ndarray, index: int) -> np.ndarray:
+    """Slot `index` of the cache as [batch, kv_heads, past_len, head_dim]."""
+    return cache[:, index].transpose(1, 2, 0, 3)
+
+
+@register_op(
+    "CacheAttention",
+    domain="ecograph",
+    inputs=["Q", "cache", "K", "V", "attn_mask?"],
+    outputs=["Y"],
+    attrs={
+        "key_index": Attr("int", None),
+        "value_index": Attr("int", None),
+        "scale": Attr("float", None),
+        "is_causal": Attr("int", 0),
+    },
+    infer=_infer,
+    macs=_macs,
+)
+def cache_attention(
+    q: np.ndarray,
+    cache: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    attn_mask: np.ndarray | None = None,
+    *,
+    key_index: int,
+    value_index: int,
+    scale: float | None,
+    is_causal: int,
+) -> np.ndarray:
+    """Attention over the cache's past keys and values followed by K and V (module doc)."""
+    keys = np.concatenate([past(cache, key_index), k], axis=2)
+    values = np.concatenate([past(cache, value_index), v], axis=2)
+    return attention(
+        q,
+        keys,
+        values,
+        attn_mask,
+        is_causal=is_causal,
+        kv_num_heads=None,
+        q_num_heads=None,
+        qk_matmul_output_mode=0,
+        scale=scale,
+        softcap=0.0,
+        softmax_precision=None,
+    )
