@@ -289,6 +289,9 @@ def test_cache_attention_symbolic_lengths_one_build() -> None:
     for t, past in ((1, 1), (1, 130), (4, 17)):
         g, feeds = _cache_case(1, 8, 2, 32, t, past, "bool")
         assert_matches(g, feeds, _run(result, feeds))
+    # the same kernel for ARM (NEON lanes), compiled in memory: nothing runs it here
+    arm = build.build_module(graph, "arm", keep_params=False, fold=False)
+    assert _attention_calls(arm) == 1 and set(arm.kernels.values()) == {RULE_NAME}
 
 
 def test_cache_attention_uncovered_forms_keep_the_relax_path() -> None:

@@ -24,8 +24,9 @@ with the group's heads. Per task:
 With a KV cache (ecograph::CacheAttention, `CacheSlots`), the keys and values of phases 2 and
 4 come in two runs, the cache's past positions read where they lie and then the new ones
 from K and V; nothing is concatenated. Everything is computed in float32 (float16 inputs are
-read as float32 and the result cast back). The scratch rows are `kv_len x rows` floats per task: over 1 KB they are heap
-workspaces (TVM's per-thread pool), which is cheap next to the task's work.
+read as float32 and the result cast back). The scratch rows are `kv_len x rows` floats per
+task: over 1 KB they are heap workspaces (TVM's per-thread pool), which is cheap next to the
+task's work.
 """
 
 from __future__ import annotations
