@@ -10,6 +10,7 @@ it lines up with), keep the Relax decomposition; on CPU the build notes say whic
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -62,15 +63,26 @@ def _heads(ctx: LowerContext, x: relax.Expr, t: TensorType, heads: int) -> relax
 def _attention(ctx: LowerContext) -> relax.Expr:
     """CPU targets: one hand-scheduled kernel (schedules/attention.py) when the node is one it
     covers (`_attention_shape`); otherwise, and on CUDA, the Relax decomposition."""
-    if not ctx.target.is_gpu:
-        shape = _attention_shape(ctx)
-        if isinstance(shape, AttentionShape):
-            return _attention_kernel(ctx, shape)
-        ctx.notes.append(
-            f"Attention {ctx.node.name}: lowered as matmul/softmax/matmul, not the CPU attention "
-            f"kernel ({shape})"
-        )
-    return _attention_relax(ctx)
+    kernel = _cpu_kernel(ctx, _attention_shape, "matmul/softmax/matmul")
+    return kernel if kernel is not None else _attention_relax(ctx)
+
+
+def _cpu_kernel(
+    ctx: LowerContext, shape_of: Callable[[LowerContext], AttentionShape | str], instead: str
+) -> relax.Expr | None:
+    """The CPU attention kernel's call for the node when `shape_of` says the kernel covers
+    it; None on GPUs, and None with a build note saying why and that the node is lowered as
+    `instead` when it does not."""
+    if ctx.target.is_gpu:
+        return None
+    shape = shape_of(ctx)
+    if isinstance(shape, AttentionShape):
+        return _attention_kernel(ctx, shape)
+    ctx.notes.append(
+        f"{ctx.node.op_type} {ctx.node.name}: lowered as {instead}, not the CPU attention "
+        f"kernel ({shape})"
+    )
+    return None
 
 
 def _attention_shape(ctx: LowerContext) -> AttentionShape | str:
@@ -168,14 +180,10 @@ def _cache_attention(ctx: LowerContext) -> relax.Expr:
     """CPU targets: the attention kernel reading the past keys and values in the cache where
     they lie; otherwise, and on CUDA, the past sliced out of the cache, concatenated with
     the new positions and the Relax decomposition of Attention."""
-    if not ctx.target.is_gpu:
-        shape = _cache_attention_shape(ctx)
-        if isinstance(shape, AttentionShape):
-            return _attention_kernel(ctx, shape)
-        ctx.notes.append(
-            f"CacheAttention {ctx.node.name}: lowered as slices, concatenations and "
-            f"matmul/softmax/matmul, not the CPU attention kernel ({shape})"
-        )
+    instead = "slices, concatenations and matmul/softmax/matmul"
+    kernel = _cpu_kernel(ctx, _cache_attention_shape, instead)
+    if kernel is not None:
+        return kernel
     ct, kt = ctx.in_type(1), ctx.in_type(2)
     cache = ctx.arg(1)
 
