@@ -678,6 +678,21 @@ case(
 )
 # BERT's key-padding mask [b, 1, 1, kv] (additive), V head size unlike Q's.
 case("Attention", "Attention-key-padding", *QKV[:2], rand((2, 2, 5, 6)), rand((2, 1, 1, 5)))
+# A decode step over a KV cache [past 6, slots 3, batch 1, kv heads 2, 8]: keys in slot 2,
+# values in slot 0, a bool mask over past + 1 keys (more cases: test_attention_kernel.py).
+case(
+    "CacheAttention",
+    "CacheAttention-gqa-decode",
+    rand((1, 4, 1, 8)),
+    rand((6, 3, 1, 2, 8)),
+    rand((1, 2, 1, 8)),
+    rand((1, 2, 1, 8)),
+    rand((1, 1, 1, 7), "bool"),
+    domain="ecograph",
+    key_index=2,
+    value_index=0,
+)
+_FUSED_COVERED.add(("ecograph", "CacheAttention"))
 
 
 @pytest.mark.parametrize("builder", [c[2] for c in CASES], ids=[c[1] for c in CASES])

@@ -142,6 +142,7 @@ _COUNTED = {
     ("", "QLinearConv"),
     ("", "ConvTranspose"),
     ("", "Attention"),
+    ("ecograph", "CacheAttention"),  # added with the op (2026-12-06)
 }
 
 

@@ -37,7 +37,7 @@ def _one_op_macs(op: str, inputs: list, bindings: dict | None = None, **attrs) -
             values.append(b.constant(spec, f"c{i}"))
         else:
             values.append(b.input(*spec))
-    domain = "ecograph" if op == "Linear" else ""
+    domain = "ecograph" if op in ("Linear", "CacheAttention") else ""
     b.output(b.op(op, *values, domain=domain, **attrs))
     return graph_stats(b.graph, bindings or {}).macs
 
@@ -107,6 +107,17 @@ def _f32(*shape: int) -> np.ndarray:
             ],
             {"q_num_heads": 2, "kv_num_heads": 2},
             2 * 80 * 7,
+        ),
+        (
+            "CacheAttention",
+            [
+                ("q", "float32", [1, 2, 3, 8]),
+                ("cache", "float32", [5, 4, 1, 2, 8]),
+                ("k", "float32", [1, 2, 3, 8]),
+                ("v", "float32", [1, 2, 3, 8]),
+            ],
+            {"key_index": 0, "value_index": 2},
+            2 * 48 * (5 + 3),  # Q.K^T and P.V over the 5 cached and 3 new keys
         ),
         ("Relu", [("x", "float32", [4, 4])], {}, 0),
         ("Softmax", [("x", "float32", [4, 4])], {}, 0),
