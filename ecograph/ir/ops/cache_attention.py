@@ -21,9 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ecograph.ir import symbolic
-from ecograph.ir.dtypes import DType
-from ecograph.ir.ops._infer import broadcast_shapes
-from ecograph.ir.ops.fused import attention
+from ecograph.ir.ops.fused import attention, check_attention_mask, check_head_groups, qk_pv_macs
 from ecograph.ir.registry import Attr, InferContext, make_type, register_op
 from ecograph.ir.types import TensorType
 
@@ -61,16 +59,9 @@ def _infer(ctx: InferContext) -> list[TensorType]:
         if any(_known_differ(a, b) for a in dims for b in dims):
             ctx.fail(f"Q, cache, K, V disagree on {what}: {q}, {cache}, {k}, {v}")
     hq = q.shape[1]
-    if isinstance(hq, int) and isinstance(kv_heads, int) and (kv_heads == 0 or hq % kv_heads):
-        ctx.fail(f"q heads {hq} are not a multiple of kv heads {kv_heads}")
-    if ctx.has_input(4):
-        m = ctx.input(4)
-        scores = [q.shape[0], hq, q.shape[2], symbolic.add(past_len, q.shape[2])]
-        if m.rank > 4:
-            ctx.fail(f"attn_mask {m} has rank > 4")
-        broadcast_shapes([scores, m.shape], f"node {ctx.node.name}: attn_mask: ")
-        if m.dtype not in (DType.BOOL, q.dtype):
-            ctx.fail(f"attn_mask must be bool or {q.dtype}, got {m.dtype}")
+    check_head_groups(ctx, hq, kv_heads)
+    scores = [q.shape[0], hq, q.shape[2], symbolic.add(past_len, q.shape[2])]
+    check_attention_mask(ctx, 4, scores, q.dtype)
     return [make_type(q.dtype, [q.shape[0], hq, q.shape[2], v.shape[3]])]
 
 
@@ -78,12 +69,7 @@ def _macs(node: Node, bindings: Mapping[str, int]) -> int | None:
     """Q·Kᵀ and P·V over past_len + q_len keys: 2 · (elements of Q) · keys."""
     q, cache = node.inputs[0], node.inputs[1]
     assert q is not None and cache is not None
-    keys = symbolic.add(cache.shape[0], q.shape[2])
-    return (
-        2
-        * symbolic.evaluate(symbolic.product(q.shape), bindings)
-        * symbolic.evaluate(keys, bindings)
-    )
+    return qk_pv_macs(q, symbolic.add(cache.shape[0], q.shape[2]), bindings)
 
 
 def past(cache: np.ndarray, index: int) -> np.ndarray:

@@ -25,7 +25,8 @@ from ecograph.ir.registry import Attr, InferContext, make_type, register_op
 from ecograph.ir.types import TensorType
 
 if TYPE_CHECKING:
-    from ecograph.ir.graph import Node
+    from ecograph.ir.graph import Node, Value
+    from ecograph.ir.symbolic import Dim
 
 # ------------------------------------------------------------------- attention
 
@@ -45,17 +46,8 @@ def _attention_infer(ctx: InferContext) -> list[TensorType]:
     if q.rank == 4:
         if ctx.attr("q_num_heads") is not None or ctx.attr("kv_num_heads") is not None:
             ctx.fail("q_num_heads / kv_num_heads must not be set for 4-D inputs")
-        hq, hkv = q.shape[1], k.shape[1]
-        if isinstance(hq, int) and isinstance(hkv, int) and (hkv == 0 or hq % hkv):
-            ctx.fail(f"q heads {hq} are not a multiple of kv heads {hkv}")
-        if ctx.has_input(3):
-            m = ctx.input(3)
-            scores = [q.shape[0], q.shape[1], q.shape[2], k.shape[2]]
-            if m.rank > 4:
-                ctx.fail(f"attn_mask {m} has rank > 4")
-            broadcast_shapes([scores, m.shape], f"node {ctx.node.name}: attn_mask: ")
-            if m.dtype not in (DType.BOOL, q.dtype):
-                ctx.fail(f"attn_mask must be bool or {q.dtype}, got {m.dtype}")
+        check_head_groups(ctx, q.shape[1], k.shape[1])
+        check_attention_mask(ctx, 3, [q.shape[0], q.shape[1], q.shape[2], k.shape[2]], q.dtype)
         return [make_type(q.dtype, [q.shape[0], q.shape[1], q.shape[2], v.shape[3]])]
     qh, kvh = ctx.attr("q_num_heads"), ctx.attr("kv_num_heads")
     if qh is None or kvh is None:
@@ -63,6 +55,38 @@ def _attention_infer(ctx: InferContext) -> list[TensorType]:
     v_hidden = v.shape[2]
     out_hidden = v_hidden * qh // kvh if isinstance(v_hidden, int) else None
     return [make_type(q.dtype, [q.shape[0], q.shape[1], out_hidden])]
+
+
+def check_head_groups(ctx: InferContext, q_heads: Dim, kv_heads: Dim) -> None:
+    """Q's heads must be a whole number of KV heads (grouped-query attention) where known."""
+    if (
+        isinstance(q_heads, int)
+        and isinstance(kv_heads, int)
+        and (kv_heads == 0 or q_heads % kv_heads)
+    ):
+        ctx.fail(f"q heads {q_heads} are not a multiple of kv heads {kv_heads}")
+
+
+def check_attention_mask(ctx: InferContext, index: int, scores: list[Dim], dtype: DType) -> None:
+    """The mask input `index`, if any: rank <= 4, broadcasting to the scores
+    [batch, q heads, q_len, kv_len], bool or the inputs' `dtype`."""
+    if not ctx.has_input(index):
+        return
+    m = ctx.input(index)
+    if m.rank > 4:
+        ctx.fail(f"attn_mask {m} has rank > 4")
+    broadcast_shapes([scores, m.shape], f"node {ctx.node.name}: attn_mask: ")
+    if m.dtype not in (DType.BOOL, dtype):
+        ctx.fail(f"attn_mask must be bool or {dtype}, got {m.dtype}")
+
+
+def qk_pv_macs(q: Value, keys: Dim, bindings: Mapping[str, int]) -> int:
+    """Q·Kᵀ and P·V: 2 · (elements of Q) · keys."""
+    return (
+        2
+        * symbolic.evaluate(symbolic.product(q.shape), bindings)
+        * symbolic.evaluate(keys, bindings)
+    )
 
 
 def _to_heads(x: np.ndarray, heads: int) -> np.ndarray:
@@ -95,11 +119,7 @@ def _attention_macs(node: Node, bindings: Mapping[str, int]) -> int | None:
         kv_seq = k.shape[1]
     else:
         return None
-    return (
-        2
-        * symbolic.evaluate(symbolic.product(q.shape), bindings)
-        * symbolic.evaluate(kv_seq, bindings)
-    )
+    return qk_pv_macs(q, kv_seq, bindings)
 
 
 @register_op(

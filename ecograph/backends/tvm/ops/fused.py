@@ -116,13 +116,7 @@ def _attention_shape(ctx: LowerContext) -> AttentionShape | str:
     scale = ctx.attrs["scale"]
     if scale is None:
         scale = 1.0 / float(np.sqrt(head_dim))
-    dims: dict[object, object] = {}  # IR dim -> the kernel's int64 dim (fresh vars)
-
-    def dim(d: object) -> object:
-        if isinstance(d, int):
-            return tirx.const(d, "int64")
-        return dims.setdefault(d, tirx.Var(f"n{len(dims)}", "int64"))
-
+    dim = _KernelDims()
     mask = _mask_layout(ctx, 3, (b, hq, s_len, l_len), dim)
     if isinstance(mask, str):
         return mask
@@ -143,6 +137,19 @@ def _attention_shape(ctx: LowerContext) -> AttentionShape | str:
         mask_shape=mask_shape,
         mask_axes=mask_axes,
     )
+
+
+class _KernelDims:
+    """IR dims -> the kernel's int64 dims: an int as a constant, each distinct symbolic dim
+    one fresh var (`known`, which a caller may seed with an expression of others)."""
+
+    def __init__(self) -> None:
+        self.known: dict[object, Any] = {}
+
+    def __call__(self, d: object) -> Any:
+        if isinstance(d, int):
+            return tirx.const(d, "int64")
+        return self.known.setdefault(d, tirx.Var(f"n{len(self.known)}", "int64"))
 
 
 def _mask_layout(
@@ -211,16 +218,10 @@ def _cache_attention_shape(ctx: LowerContext) -> AttentionShape | str:
         return "symbolic head counts, head sizes or cache slots"
     if 0 in (hq, hkv, head_dim, b, t, past_len):
         return "an empty dim"
-    dims: dict[object, object] = {}
-
-    def dim(d: object) -> object:
-        if isinstance(d, int):
-            return tirx.const(d, "int64")
-        return dims.setdefault(d, tirx.Var(f"n{len(dims)}", "int64"))
-
+    dim = _KernelDims()
     past, q_len = dim(past_len), dim(t)
     kv_len = symbolic.add(past_len, t)
-    dims.setdefault(kv_len, past + q_len)  # the mask's key dim, when it has one
+    dim.known.setdefault(kv_len, past + q_len)  # the mask's key dim, when it has one
     mask = _mask_layout(ctx, 4, (b, hq, t, kv_len), dim)
     if isinstance(mask, str):
         return mask
