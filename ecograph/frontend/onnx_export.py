@@ -443,15 +443,20 @@ def _export_swiglu(ctx: OnnxExportContext, node: Node) -> None:
 def _export_cache_attention(ctx: OnnxExportContext, node: Node) -> None:
     """CacheAttention(Q, cache, K, V, mask) = Attention(Q, Concat(past(key_index), K),
     Concat(past(value_index), V), mask), past(i) = Transpose(Gather(cache, i, axis=1),
-    [1, 2, 0, 3]) (ecograph/ir/ops/cache_attention.py): what the fusion replaced."""
+    [1, 2, 0, 3]) for a sequence-first cache, Gather(cache, i, axis=0) for a head-major one
+    (ecograph/ir/ops/cache_attention.py): what the fusion replaced."""
     q, cache, k, v, *mask = ctx.inputs(node)
+    head_major = node.attr("seq_axis", 0) == 3
     full = []
     for new, slot in ((k, "key_index"), (v, "value_index")):
         index = ctx.constant(np.array(node.attr(slot), np.int64), f"{node.name}_{slot}")
-        taken = ctx.fresh(f"{node.name}_{slot}_gather")
-        ctx.emit("Gather", [cache, index], [taken], axis=1)
         past = ctx.fresh(f"{node.name}_{slot}_past")
-        ctx.emit("Transpose", [taken], [past], perm=[1, 2, 0, 3])
+        if head_major:
+            ctx.emit("Gather", [cache, index], [past], axis=0)
+        else:
+            taken = ctx.fresh(f"{node.name}_{slot}_gather")
+            ctx.emit("Gather", [cache, index], [taken], axis=1)
+            ctx.emit("Transpose", [taken], [past], perm=[1, 2, 0, 3])
         joined = ctx.fresh(f"{node.name}_{slot}_all")
         ctx.emit("Concat", [past, new], [joined], axis=2)
         full.append(joined)

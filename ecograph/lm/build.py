@@ -94,7 +94,9 @@ def compile_lm(
     model, tokenizer = _hf_model(model, tokenizer)
     max_len = _max_seq_len(model, max_seq_len)
     check_model(model, max_len)
-    prefill, decode, decode1, layout = capture_lm(model)
+    # head-major on CPU (each head's positions contiguous, read in place as a strided view);
+    # sequence-first on GPUs, whose cache views TVM makes compact only (compiled.py)
+    prefill, decode, decode1, layout = capture_lm(model, head_major=not spec.is_gpu)
     records: list[Any] = []
     qdesc = ""
     # per quantization, prefill's quantized weights, taken as they are by the decode functions
@@ -139,6 +141,7 @@ def compile_lm(
             has_tokenizer=tokenizer is not None,
             weights=weights,
             functions=tuple(graphs),
+            kv_layout=layout.name,
         )
         _write_json(tmp / LM_JSON, lm_spec.to_json())
         if tokenizer is not None:

@@ -3,20 +3,25 @@
 The HF model runs unchanged inside two small torch modules that hand it a `DynamicCache`
 built from an explicit tensor and collect what each layer appends to it:
 
-    Prefill(input_ids [batch, T])            -> logits [batch, T, vocab], kv [T, 2, ...]
-    Decode(input_ids [batch, 1], past_kv [S, 2, ...])
-                                             -> logits [batch, 1, vocab], kv [1, 2, ...]
+    Prefill(input_ids [batch, T])            -> logits [batch, T, vocab], kv (T positions)
+    Decode(input_ids [batch, 1], past_kv (S positions))
+                                             -> logits [batch, 1, vocab], kv (1 position)
 
-and Decode once more with batch 1 (decode1: one sequence, the common case),
+and Decode once more with batch 1 (decode1: one sequence, the common case). The cache is
+laid out one of two ways (`CacheLayout`):
 
-where kv is [positions, 2 (keys, values), layers, batch, kv_heads, head_dim].
+    sequence first [positions, 2 (keys, values), layers, batch, kv_heads, head_dim]
+    head major     [2 x layers (keys of each layer, then values), batch, kv_heads, positions,
+                   head_dim]
 
 Position ids are S..S+T-1. The new keys and values are the tensors the attention layers pass
 to `cache.update` (after RoPE where the model has it), so the capture does not depend on how
 a model lays its cache out. batch, T and S are dynamic dims of the captured graphs
 (torch.export's Dim.DYNAMIC: a named Dim over past_kv fails torch's range solver on a
-contiguity guard that holds for every size). The sequence axis comes first so that the host
-can pass a prefix of one preallocated buffer without copying (see compiled.py).
+contiguity guard that holds for every size). Sequence first, the host passes a prefix of one
+preallocated buffer as a compact tensor (what a GPU build needs: TVM makes compact views of
+device memory only); head major, each head's positions are contiguous (what attention reads
+fastest) and the prefix is a strided view, which the CPU kernel reads in place (compiled.py).
 """
 
 from __future__ import annotations
@@ -36,16 +41,36 @@ _EXAMPLE_BATCH, _EXAMPLE_T, _EXAMPLE_S = 2, 5, 7  # capture sizes: not 0 or 1 (t
 
 @dataclass(frozen=True)
 class CacheLayout:
-    """The KV cache of a model as the capture lays it out: [positions, 2, layers, batch,
-    kv_heads, head_dim] in `dtype`."""
+    """The KV cache of a model as the capture lays it out (module docstring): sequence first,
+    [positions, 2, layers, batch, kv_heads, head_dim], or `head_major`, [2 x layers, batch,
+    kv_heads, positions, head_dim], in `dtype`."""
 
     layers: int
     kv_heads: int
     head_dim: int
     dtype: Any  # torch.dtype
+    head_major: bool = False
 
     def shape(self, positions: int, batch: int) -> tuple[int, ...]:
-        return (positions, 2, self.layers, batch, self.kv_heads, self.head_dim)
+        return kv_shape(
+            self.head_major, self.layers, self.kv_heads, self.head_dim, positions, batch
+        )
+
+    @property
+    def name(self) -> str:
+        return HEAD_MAJOR if self.head_major else SEQUENCE_FIRST
+
+
+SEQUENCE_FIRST, HEAD_MAJOR = "sequence-first", "head-major"  # lm.json's kv_layout
+
+
+def kv_shape(
+    head_major: bool, layers: int, kv_heads: int, head_dim: int, positions: int, batch: int
+) -> tuple[int, ...]:
+    """The shape of `positions` positions of a KV cache in either layout."""
+    if head_major:
+        return (2 * layers, batch, kv_heads, positions, head_dim)
+    return (positions, 2, layers, batch, kv_heads, head_dim)
 
 
 def check_model(model: Any, max_seq_len: int) -> None:
@@ -97,15 +122,23 @@ def check_model(model: Any, max_seq_len: int) -> None:
         )
 
 
-def run_with_cache(model: Any, input_ids: Any, past_kv: Any | None) -> tuple[Any, Any]:
-    """Run `model` on `input_ids` after `past_kv` ([S, 2, layers, batch, kv_heads, head_dim]
-    or None); return its logits and the new positions' keys/values in the same layout."""
+def run_with_cache(
+    model: Any, input_ids: Any, past_kv: Any | None, head_major: bool = False
+) -> tuple[Any, Any]:
+    """Run `model` on `input_ids` after `past_kv` (S positions of a KV cache laid out as
+    `head_major` says, or None); return its logits and the new positions' keys/values in the
+    same layout."""
     import torch
     from transformers import DynamicCache
 
     cache = DynamicCache()
     past = 0
-    if past_kv is not None:
+    if past_kv is not None and head_major:
+        # [2 x layers, batch, kv_heads, S, dim]: each layer's keys and values are one index
+        past, layers = past_kv.shape[3], past_kv.shape[0] // 2
+        for i in range(layers):
+            cache.update(past_kv[i], past_kv[layers + i], i)
+    elif past_kv is not None:
         past = past_kv.shape[0]
         # One index per (keys or values, layer) into a view of the cache: each layer's keys
         # and values are then a chain from the input alone (a select and a permute, one
@@ -137,6 +170,9 @@ def run_with_cache(model: Any, input_ids: Any, past_kv: Any | None) -> tuple[Any
         )
     layers = [new[i] for i in range(len(new))]
     try:
+        if head_major:  # [2 x layers, batch, kv_heads, T, dim]
+            kv = torch.stack([k for k, _ in layers] + [v for _, v in layers])
+            return out.logits, kv.contiguous()
         kv = torch.stack([torch.stack([k for k, _ in layers]), torch.stack([v for _, v in layers])])
     except RuntimeError as exc:
         raise UnsupportedError(
@@ -147,7 +183,7 @@ def run_with_cache(model: Any, input_ids: Any, past_kv: Any | None) -> tuple[Any
     return out.logits, kv.permute(4, 0, 1, 2, 3, 5).contiguous()
 
 
-def _modules(model: Any) -> tuple[Any, Any]:
+def _modules(model: Any, head_major: bool) -> tuple[Any, Any]:
     import torch
 
     class Prefill(torch.nn.Module):
@@ -158,7 +194,7 @@ def _modules(model: Any) -> tuple[Any, Any]:
             self.lm = model
 
         def forward(self, input_ids: Any) -> Any:
-            return run_with_cache(self.lm, input_ids, None)
+            return run_with_cache(self.lm, input_ids, None, head_major)
 
     class Decode(torch.nn.Module):
         """One step: the new token attends to the S cached positions."""
@@ -168,27 +204,28 @@ def _modules(model: Any) -> tuple[Any, Any]:
             self.lm = model
 
         def forward(self, input_ids: Any, past_kv: Any) -> Any:
-            return run_with_cache(self.lm, input_ids, past_kv)
+            return run_with_cache(self.lm, input_ids, past_kv, head_major)
 
     return Prefill().eval(), Decode().eval()
 
 
-def cache_layout(model: Any) -> CacheLayout:
+def cache_layout(model: Any, head_major: bool = False) -> CacheLayout:
     """The model's cache layout, read from one eager prefill of a short prompt."""
     import torch
 
     ids = torch.zeros((1, 2), dtype=torch.long)
     with torch.no_grad():
         _, kv = run_with_cache(model.eval(), ids, None)
-    return CacheLayout(int(kv.shape[2]), int(kv.shape[4]), int(kv.shape[5]), kv.dtype)
+    return CacheLayout(int(kv.shape[2]), int(kv.shape[4]), int(kv.shape[5]), kv.dtype, head_major)
 
 
-def capture_lm(model: Any) -> tuple[Any, Any, Any, CacheLayout]:
+def capture_lm(model: Any, head_major: bool = False) -> tuple[Any, Any, Any, CacheLayout]:
     """The prefill, decode and single-sequence decode graphs of `model` (an HF causal LM
-    that passed check_model) and its cache layout. batch, T and S are symbolic dims of the
-    graphs, except the third one's batch: 1, so that its products are matrix-vector products
-    the CPU kernels compute row by row (a symbolic batch gets the row-tiled kernel, which pads
-    one row to a whole tile of rows: measured 1.1-2.5x the time of the single-row kernel)."""
+    that passed check_model) and its cache layout (`head_major` or sequence first). batch,
+    T and S are symbolic dims of the graphs, except the third one's batch: 1, so that its
+    products are matrix-vector products the CPU kernels compute row by row (a symbolic batch
+    gets the row-tiled kernel, which pads one row to a whole tile of rows: measured 1.1-2.5x
+    the time of the single-row kernel)."""
     import torch
     from torch.export import Dim
 
@@ -196,8 +233,8 @@ def capture_lm(model: Any) -> tuple[Any, Any, Any, CacheLayout]:
 
     training = model.training
     try:
-        layout = cache_layout(model)
-        prefill, decode = _modules(model)
+        layout = cache_layout(model, head_major)
+        prefill, decode = _modules(model, head_major)
         b, t, s = _EXAMPLE_BATCH, _EXAMPLE_T, _EXAMPLE_S
         vocab = int(model.config.vocab_size)
         ids = torch.randint(0, vocab, (b, t))
@@ -206,16 +243,17 @@ def capture_lm(model: Any) -> tuple[Any, Any, Any, CacheLayout]:
         )
         step = torch.randint(0, vocab, (b, 1))
         past = torch.zeros(layout.shape(s, b), dtype=layout.dtype)
+        seq_axis, batch_axis = (3, 1) if head_major else (0, 3)
         decode_graph = from_torch(
             decode,
             (step, past),
-            dynamic_shapes=({0: Dim.DYNAMIC}, {0: Dim.DYNAMIC, 3: Dim.DYNAMIC}),
+            dynamic_shapes=({0: Dim.DYNAMIC}, {seq_axis: Dim.DYNAMIC, batch_axis: Dim.DYNAMIC}),
             capture="export",
         )
         one = from_torch(
             decode,
-            (step[:1], past[:, :, :, :1].contiguous()),
-            dynamic_shapes=(None, {0: Dim.DYNAMIC}),
+            (step[:1], past.narrow(batch_axis, 0, 1).contiguous()),
+            dynamic_shapes=(None, {seq_axis: Dim.DYNAMIC}),
             capture="export",
         )
     finally:

@@ -7,22 +7,31 @@ transformers (except to read a saved tokenizer when text is given) or the TVM co
 
 The folder `compile_lm` writes and `load_lm` reads:
 
-    lm.json       what the functions are (layers, kv heads, head dim, vocab, max_seq_len, ...)
-    prefill/      artifact: input_ids [batch, T] -> logits [batch, T, vocab], kv [T, 2, L, batch,
-                  kv_heads, head_dim]
-    decode/       artifact: input_ids [batch, 1], past_kv [S, 2, L, batch, kv_heads, head_dim] ->
-                  logits [batch, 1, vocab], kv [1, 2, L, batch, kv_heads, head_dim]
+    lm.json       what the functions are (layers, kv heads, head dim, vocab, max_seq_len, the
+                  cache layout, ...)
+    prefill/      artifact: input_ids [batch, T] -> logits [batch, T, vocab], kv (T positions)
+    decode/       artifact: input_ids [batch, 1], past_kv (S positions) -> logits [batch, 1,
+                  vocab], kv (1 position)
     decode1/      the same step for one sequence (batch 1), which generate uses when the batch
                   is 1 (its products are matrix-vector kernels; LMs built before it lack it)
     weights.npz   the weights the functions read (each distinct array once; the artifacts'
                   manifests name theirs by key, lm.json holds the file's SHA-256)
     tokenizer/    (optional) the model's tokenizer, saved with save_pretrained
 
-The KV cache is one buffer with the sequence axis first, so the first S positions `buf[:S]`
-are a contiguous view that the decode function reads in place; each step returns only the new
-position, written to `buf[S]`. On CPU the buffer is host memory (64-byte aligned, handed to
-TVM without a copy); on a GPU it is a TVM tensor on the device, so a step moves only its token
-ids in and its logits out (`generate(kv_cache=...)` chooses otherwise).
+The KV cache is one buffer for prompt + new tokens, laid out as lm.json's kv_layout says:
+
+    head-major (CPU builds) [2 x layers, batch, kv_heads, positions, head_dim]: each head's
+        positions are contiguous; the first S positions are a strided view of the buffer
+        that the CPU attention kernel reads in place (the decode artifacts' manifests mark
+        past_kv "views").
+    sequence-first (GPU builds, and LMs built before head-major) [positions, 2, layers,
+        batch, kv_heads, head_dim]: the first S positions `buf[:S]` are a compact view, the
+        only kind TVM makes of device memory.
+
+Each step returns only the new position, written into the buffer after the S before it. On
+CPU the buffer is host memory (64-byte aligned, handed to TVM without a copy); on a GPU it is
+a TVM tensor on the device, so a step moves only its token ids in and its logits out
+(`generate(kv_cache=...)` chooses otherwise).
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ecograph.errors import ArtifactError, InputError, UsageError
+from ecograph.lm.capture import HEAD_MAJOR, SEQUENCE_FIRST, kv_shape
 
 LM_JSON = "lm.json"
 LM_FORMAT = 1  # of lm.json
@@ -72,6 +82,7 @@ class LMSpec:
     # when each function holds its own weights (all small, or an LM built before sharing)
     weights: dict[str, Any] | None = None
     functions: tuple[str, ...] = REQUIRED_FUNCTIONS  # the artifact folders it has
+    kv_layout: str = SEQUENCE_FIRST  # or HEAD_MAJOR (module docstring)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -120,6 +131,11 @@ class LMSpec:
             raise ArtifactError(
                 f"{path}: 'functions' must list prefill, decode and optionally decode1; {fix}"
             )
+        layout = data.get("kv_layout", SEQUENCE_FIRST)  # absent: built before head-major
+        if layout not in (SEQUENCE_FIRST, HEAD_MAJOR):
+            raise ArtifactError(
+                f"{path}: 'kv_layout' must be {SEQUENCE_FIRST!r} or {HEAD_MAJOR!r}; {fix}"
+            )
         weights = data.get("weights")
         if weights is not None and not _is_weights_entry(weights):
             raise ArtifactError(
@@ -134,10 +150,18 @@ class LMSpec:
             check=check,
             weights=weights,
             functions=tuple(functions),
+            kv_layout=layout,
         )
 
-    def kv_shape(self, positions: int, batch: int) -> tuple[int, ...]:
-        return (positions, 2, self.layers, batch, self.kv_heads, self.head_dim)
+    @property
+    def head_major(self) -> bool:
+        return self.kv_layout == HEAD_MAJOR
+
+    def kv_shape(self, positions: int | None, batch: int | None) -> tuple[Any, ...]:
+        """The cache's shape at `positions` positions of `batch` sequences (None: any)."""
+        return kv_shape(
+            self.head_major, self.layers, self.kv_heads, self.head_dim, positions, batch
+        )  # type: ignore[arg-type]
 
 
 def _is_weights_entry(value: Any) -> bool:
@@ -339,9 +363,10 @@ class CompiledLM:
             raise UsageError(f"kv_cache must be 'auto', 'host' or 'device', got {where!r}")
         dtype = np.dtype(self.spec.kv_dtype)
         device = self.decode.device  # None: a build this machine cannot run (its calls say so)
+        axis = 3 if self.spec.head_major else 0  # the positions' axis
         if where == "host" or device is None or (where == "auto" and self.device == "cpu"):
-            return _HostCache(shape, dtype)
-        return _DeviceCache(shape, dtype, device)
+            return _HostCache(shape, dtype, axis)
+        return _DeviceCache(shape, dtype, device, axis)
 
     # ---------------------------------------------------------------- tokenizer
 
@@ -485,50 +510,81 @@ def _choose(
     return np.minimum((cdf <= draws).sum(axis=-1), logits.shape[-1] - 1).astype(np.int64)
 
 
-class _HostCache:
-    """The KV cache in host memory: `buf[:S]` goes to the functions as an array (read in
-    place on CPU, copied to a GPU on each call), each step's position is written back."""
+def _positions(buf: Any, axis: int, start: int, stop: int) -> Any:
+    """Positions [start, stop) of a cache array whose positions lie along `axis`: a view."""
+    return buf[(slice(None),) * axis + (slice(start, stop),)]
 
-    def __init__(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
+
+class _HostCache:
+    """The KV cache in host memory, positions along `axis` (0: sequence first, 3: head
+    major): the first S positions go to the functions as a view of the buffer (read in place
+    on CPU, copied to a GPU on each call), each step's position is written back."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, axis: int) -> None:
         self.buf = _aligned_empty(shape, dtype)
+        self.axis = axis
 
     def prefill(self, fn: Any, ids: np.ndarray) -> np.ndarray:
         """Run prefill on `ids`, keep its keys and values; the last position's logits."""
         logits, kv = fn.run_numpy([ids])
-        self.buf[: kv.shape[0]] = kv
+        _positions(self.buf, self.axis, 0, kv.shape[self.axis])[...] = kv
         return logits[:, -1]
 
     def step(self, fn: Any, ids: np.ndarray, pos: int) -> np.ndarray:
         """Run decode step `fn` on `ids` over positions [0, pos), keep position pos; logits."""
-        logits, kv = fn.run_numpy([ids, self.buf[:pos]])
-        self.buf[pos] = kv[0]
+        logits, kv = fn.run_numpy([ids, _positions(self.buf, self.axis, 0, pos)])
+        _positions(self.buf, self.axis, pos, pos + 1)[...] = kv
         return logits[:, -1]
 
 
 class _DeviceCache:
-    """The KV cache as one TVM tensor on the functions' device. Positions [0, S) are a view
-    of its start (sequence axis first, so contiguous); each step's new position is copied
-    into it on the device. Only token ids go to the device and logits come back."""
+    """The KV cache as one tensor on the functions' device; only token ids go to the device
+    and logits come back. Sequence first (a GPU build), positions [0, S) are a compact view
+    of the tensor's start and each step's new position is copied into it on the device. Head
+    major (a CPU build: TVM makes strided views of host memory only) the tensor is a host
+    buffer, positions [0, S) a strided view of it, as the host cache has."""
 
-    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, device: Any) -> None:
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, device: Any, axis: int) -> None:
         import tvm
 
-        self.shape, self.device = shape, device
+        self.shape, self.device, self.axis = shape, device, axis
         self.row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
-        try:
-            self.buf = tvm.runtime.empty(shape, str(dtype), device)
-        except Exception as exc:  # the device is out of memory
-            raise InputError(
-                f"a KV cache of {list(shape)} ({dtype}, {self.row_bytes * shape[0]} bytes) "
-                f"does not fit on {device}: {exc}; ask for fewer tokens or a smaller batch, "
-                "or keep the cache on the host (kv_cache='host')"
-            ) from exc
+        if axis:
+            if device.dlpack_device_type() != tvm.cpu().dlpack_device_type():
+                raise UsageError(
+                    f"this LM's KV cache is head-major (lm.json's kv_layout), which TVM cannot "
+                    f"view in place on {device}; give kv_cache='host', or rebuild it for this "
+                    "device with ecograph.compile_lm (GPU builds keep the cache sequence-first)"
+                )
+            self.host = _aligned_empty(shape, dtype)
+        else:
+            try:
+                self.buf = tvm.runtime.empty(shape, str(dtype), device)
+            except Exception as exc:  # the device is out of memory
+                raise InputError(
+                    f"a KV cache of {list(shape)} ({dtype}, {self.row_bytes * shape[0]} bytes) "
+                    f"does not fit on {device}: {exc}; ask for fewer tokens or a smaller "
+                    "batch, or keep the cache on the host (kv_cache='host')"
+                ) from exc
         self.ids: Any = None
 
     def _view(self, start: int, count: int) -> Any:
+        if self.axis:
+            import tvm_ffi
+
+            span = _positions(self.host, self.axis, start, start + count)
+            return tvm_ffi.from_dlpack(span, require_contiguous=False)
         return self.buf._create_view(
             (count, *self.shape[1:]), relative_byte_offset=start * self.row_bytes
         )
+
+    def _keep(self, start: int, kv: Any) -> None:
+        """Write the positions `kv` holds into the cache from `start`."""
+        if self.axis:
+            count = int(kv.shape[self.axis])
+            _positions(self.host, self.axis, start, start + count)[...] = kv.numpy()
+        else:
+            self._view(start, int(kv.shape[0])).copyfrom(kv)
 
     def _ids(self, ids: np.ndarray) -> Any:
         import tvm
@@ -539,7 +595,7 @@ class _DeviceCache:
 
     def prefill(self, fn: Any, ids: np.ndarray) -> np.ndarray:
         logits, kv = fn.run_device([self._ids(ids)])
-        self._view(0, kv.shape[0]).copyfrom(kv)
+        self._keep(0, kv)
         # only the last position's logits cross the bus ([batch, T, vocab] would be T times more)
         batch, length, vocab = (int(d) for d in logits.shape)
         size = vocab * np.dtype(str(logits.dtype)).itemsize
@@ -551,7 +607,7 @@ class _DeviceCache:
 
     def step(self, fn: Any, ids: np.ndarray, pos: int) -> np.ndarray:
         logits, kv = fn.run_device([self._ids(ids), self._view(0, pos)])
-        self._view(pos, 1).copyfrom(kv)
+        self._keep(pos, kv)
         return logits.numpy()[:, -1]
 
 
@@ -649,12 +705,11 @@ def load_lm(
 
 def _check_signatures(folder: Path, spec: LMSpec, manifests: dict[str, Any]) -> None:
     """The artifacts take and return what lm.json says (names aside: positions matter)."""
-    kv_tail = [2, spec.layers, None, spec.kv_heads, spec.head_dim]
-    one = [2, spec.layers, 1, spec.kv_heads, spec.head_dim]
+    kv, vocab = spec.kv_shape, spec.vocab_size
     want = {
-        "prefill": ([[None, None]], [[None, None, spec.vocab_size], [None, *kv_tail]]),
-        "decode": ([[None, 1], [None, *kv_tail]], [[None, 1, spec.vocab_size], [1, *kv_tail]]),
-        "decode1": ([[1, 1], [None, *one]], [[1, 1, spec.vocab_size], [1, *one]]),
+        "prefill": ([[None, None]], [[None, None, vocab], kv(None, None)]),
+        "decode": ([[None, 1], kv(None, None)], [[None, 1, vocab], kv(1, None)]),
+        "decode1": ([[1, 1], kv(None, 1)], [[1, 1, vocab], kv(1, 1)]),
     }
     for name, manifest in manifests.items():
         ins, outs = want[name]

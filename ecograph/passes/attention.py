@@ -16,6 +16,8 @@ heads merged into the batch, Reshape(Transpose(Reshape(K, [B*H, S, D]), [0, 2, 1
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -386,21 +388,27 @@ class ExpandAttentionMasks(Pass):
         return PassResult(expanded > 0, {"expanded": expanded} if expanded else {})
 
 
-def _cache_past(prefix: str) -> Op:
-    """Transpose(Gather(cache, i, axis=1), [1, 2, 0, 3]): slot i of a sequence-first cache
-    [past_len, slots, batch, heads, dim] as [batch, heads, past_len, dim]."""
+def _cache_past(prefix: str, seq_axis: int) -> Op:
+    """Slot i of a KV cache as [batch, heads, past_len, dim]: Transpose(Gather(cache, i,
+    axis=1), [1, 2, 0, 3]) for a sequence-first cache [past_len, slots, batch, heads, dim]
+    (seq_axis 0), Gather(cache, i, axis=0) for a head-major one [slots, batch, heads,
+    past_len, dim] (seq_axis 3)."""
+    axis = 0 if seq_axis == 3 else 1
     gather = Op(
-        "Gather", Var("cache"), Const(f"{prefix}_index"), attrs={"axis": 1}, name=f"{prefix}_gather"
-    )
+        "Gather", Var("cache"), Const(f"{prefix}_index"), attrs={"axis": axis},
+        name=f"{prefix}_gather",
+    )  # fmt: skip
+    if seq_axis == 3:
+        return gather
     return Op("Transpose", gather, attrs={"perm": [1, 2, 0, 3]}, name=f"{prefix}_past")
 
 
-def _slot(m: Match, prefix: str) -> int | str:
+def _slot(m: Match, prefix: str, seq_axis: int) -> int | str:
     """The cache slot a Gather reads (a negative index counted from the end), or why not one."""
     index = const_array(m[f"{prefix}_index"])
     if index is None or index.ndim != 0 or index.dtype.kind not in "iu":
         return f"the {prefix} slot is not one integer index"
-    i, slots = int(index), m["cache"].shape[1]
+    i, slots = int(index), m["cache"].shape[0 if seq_axis == 3 else 1]
     if i < 0:
         if not isinstance(slots, int):
             return f"a negative {prefix} slot into a symbolic number of slots"
@@ -408,19 +416,22 @@ def _slot(m: Match, prefix: str) -> int | str:
     return i
 
 
-def _cache_attention_ok(m: Match) -> bool | str:
-    attn, q = m.root, m["q"]
-    if m["cache"].type.rank != 5 or q.type.rank != 4:
-        return "not a 4-D Attention over a rank-5 sequence-first cache"
-    if len(attn.inputs) > 4:
-        return "the Attention has its own past_key / past_value"
-    for prefix in ("k", "v"):
-        if m[f"{prefix}_concat"].attr("axis") not in (2, -2):
-            return f"{prefix.upper()} is not concatenated along the sequence axis"
-        why = _slot(m, prefix)
-        if isinstance(why, str):
-            return why
-    return True
+def _cache_attention_ok(seq_axis: int) -> Callable[[Match], bool | str]:
+    def ok(m: Match) -> bool | str:
+        attn, q = m.root, m["q"]
+        if m["cache"].type.rank != 5 or q.type.rank != 4:
+            return "not a 4-D Attention over a rank-5 KV cache"
+        if len(attn.inputs) > 4:
+            return "the Attention has its own past_key / past_value"
+        for prefix in ("k", "v"):
+            if m[f"{prefix}_concat"].attr("axis") not in (2, -2):
+                return f"{prefix.upper()} is not concatenated along the sequence axis"
+            why = _slot(m, prefix, seq_axis)
+            if isinstance(why, str):
+                return why
+        return True
+
+    return ok
 
 
 @register_pass
@@ -428,43 +439,50 @@ def _cache_attention_ok(m: Match) -> bool | str:
 class FuseCacheAttention(RewritePass):
     """Attention(q, Concat(past(i), k), Concat(past(j), v)) -> CacheAttention(q, cache, k, v)
 
-    With the mask, if any; key_index i and value_index j become attributes, and
-    past(i) = Transpose(Gather(cache, i, axis=1), [1, 2, 0, 3]) reads a layer's keys or values
-    out of a KV cache stored sequence first, [past_len, slots, batch, heads, head_dim] (what
-    compile_lm's decode functions take). Unfused, every layer and step copies its part of the
-    cache twice (the transpose, then the concatenation with the new position); the fused op
-    reads it where it lies (ir/ops/cache_attention.py). The reference kernel computes the same
-    concatenation, so the rewrite is exact.
+    With the mask, if any; key_index i and value_index j become attributes, and past(i)
+    reads a layer's keys or values out of a KV cache (what compile_lm's decode functions
+    take): Transpose(Gather(cache, i, axis=1), [1, 2, 0, 3]) from a sequence-first cache
+    [past_len, slots, batch, heads, head_dim] (seq_axis 0), Gather(cache, i, axis=0) from a
+    head-major one [slots, batch, heads, past_len, head_dim] (seq_axis 3). Unfused, every
+    layer and step copies its part of the cache (the gather and transpose, then the
+    concatenation with the new position); the fused op reads it where it lies
+    (ir/ops/cache_attention.py). The reference kernel computes the same concatenation, so
+    the rewrite is exact.
     """
 
     name: ClassVar[str] = "fuse-cache-attention"
     tolerance: ClassVar[tuple[float, float] | None] = (0.0, 0.0)
 
     def rules(self) -> list[Rule]:
-        patterns = []
-        for masked in (True, False):
-            inputs: list[Pat] = [
-                Var("q"),
-                Op("Concat", _cache_past("k"), Var("k"), name="k_concat"),
-                Op("Concat", _cache_past("v"), Var("v"), name="v_concat"),
-            ]
-            if masked:
-                inputs.append(Var("mask"))
-            root = Op("Attention", *inputs, name="attention")
-            name = f"cache-attention/{'mask' if masked else 'nomask'}"
-            patterns.append(Pattern(name, root, _cache_attention_ok))
-        return [Rule(p, self._rewrite) for p in patterns]
+        rules = []
+        for seq_axis in (0, 3):
+            for masked in (True, False):
+                inputs: list[Pat] = [
+                    Var("q"),
+                    Op("Concat", _cache_past("k", seq_axis), Var("k"), name="k_concat"),
+                    Op("Concat", _cache_past("v", seq_axis), Var("v"), name="v_concat"),
+                ]
+                if masked:
+                    inputs.append(Var("mask"))
+                root = Op("Attention", *inputs, name="attention")
+                layout = "head-major" if seq_axis == 3 else "sequence-first"
+                name = f"cache-attention/{layout}/{'mask' if masked else 'nomask'}"
+                pattern = Pattern(name, root, _cache_attention_ok(seq_axis))
+                rules.append(Rule(pattern, functools.partial(self._rewrite, seq_axis=seq_axis)))
+        return rules
 
-    def _rewrite(self, graph: Graph, m: Match) -> Value | str:
+    def _rewrite(self, graph: Graph, m: Match, *, seq_axis: int) -> Value | str:
         attn = m.root
         inputs = [m["q"], m["cache"], m["k"], m["v"]]
         if "mask" in m:
             inputs.append(m["mask"])
         attrs = {
-            "key_index": _slot(m, "k"),
-            "value_index": _slot(m, "v"),
+            "key_index": _slot(m, "k", seq_axis),
+            "value_index": _slot(m, "v", seq_axis),
             "is_causal": int(attn.attr("is_causal") or 0),
         }
+        if seq_axis:
+            attrs["seq_axis"] = seq_axis
         if attn.attr("scale") is not None:
             attrs["scale"] = attn.attr("scale")
         node = graph.add_node(

@@ -335,6 +335,7 @@ def test_unreadable_manifest_is_an_artifact_error(art: Path, text: str, match: s
             _set("inputs/0/index_range", {"range": [0, 4]}),
             r"key 'inputs\[0\].index_range.node' is missing",
         ),
+        (_set("inputs/0/views", "yes"), r"'inputs\[0\].views' must be true \(or absent\)"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )

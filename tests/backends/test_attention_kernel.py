@@ -240,16 +240,17 @@ def test_tiles_fit_registers_and_stack() -> None:
 
 def _cache_case(
     b: int, hq: int, hkv: int, d: int, t: int, past: int, mask: str | None, causal: int = 0,
-    dtype: str = "float32", symbolic: bool = False,
+    dtype: str = "float32", symbolic: bool = False, seq_axis: int = 0,
 ) -> tuple[Graph, dict[str, np.ndarray]]:  # fmt: skip
-    """CacheAttention over a [past, 5, b, hkv, d] cache, keys in slot 3 and values in slot 1
-    (not adjacent, not in order), t new positions."""
-    cache = rand((past, 5, b, hkv, d), dtype)
+    """CacheAttention over a [past, 5, b, hkv, d] cache (seq_axis 3: [5, b, hkv, past, d]),
+    keys in slot 3 and values in slot 1 (not adjacent, not in order), t new positions."""
+    head_major = seq_axis == 3
+    cache = rand((5, b, hkv, past, d) if head_major else (past, 5, b, hkv, d), dtype)
     q, k, v = rand((b, hq, t, d), dtype), rand((b, hkv, t, d), dtype), rand((b, hkv, t, d), dtype)
     inputs = [q, cache, k, v]
     shapes: dict[int, list[Any]] = {
-        0: ["b", hq, "t", d], 1: ["s", 5, "b", hkv, d], 2: ["b", hkv, "t", d],
-        3: ["b", hkv, "t", d],
+        0: ["b", hq, "t", d], 1: [5, "b", hkv, "s", d] if head_major else ["s", 5, "b", hkv, d],
+        2: ["b", hkv, "t", d], 3: ["b", hkv, "t", d],
     }  # fmt: skip
     if mask == "bool":  # a decode step's mask: [1, 1, t, past + t]
         inputs.append(rand((1, 1, t, past + t), "bool"))
@@ -257,9 +258,10 @@ def _cache_case(
     elif mask == "float":
         inputs.append(rand((t, past + t), dtype, lo=-3, hi=1))
         shapes[4] = ["t", "s+t"]
+    attrs = {"seq_axis": 3} if head_major else {}
     return one_op(
         "CacheAttention", *inputs, domain="ecograph", key_index=3, value_index=1,
-        is_causal=causal, symbolic=shapes if symbolic else None,
+        is_causal=causal, symbolic=shapes if symbolic else None, **attrs,
     )  # fmt: skip
 
 
@@ -282,12 +284,72 @@ def test_cache_attention_kernel_reads_the_cache_in_place(target: Any, variant: s
     assert_matches(graph, feeds, _run(result, feeds))
 
 
+def _in_longer_buffer(cache: np.ndarray, extra: int) -> np.ndarray:
+    """`cache` ([slots, b, hkv, past, d]) as the first `past` positions of a 64-byte aligned
+    buffer of `extra` more: a strided view, as a generate loop hands its cache over."""
+    slots, b, hkv, past, d = cache.shape
+    shape = (slots, b, hkv, past + extra, d)
+    raw = np.full(int(np.prod(shape)) * cache.itemsize + 64, 255, np.uint8)  # NaN past the view
+    start = -raw.ctypes.data % 64
+    buf = raw[start : start + int(np.prod(shape)) * cache.itemsize].view(cache.dtype)
+    view = buf.reshape(shape)[:, :, :, :past]
+    view[...] = cache
+    return view
+
+
+@pytest.mark.parametrize("target", [HOST, HASWELL])
+@pytest.mark.parametrize("variant", list(CACHE_VARIANTS))
+@pytest.mark.parametrize("past", [1, 130])
+def test_a_head_major_cache_is_read_as_a_strided_view(target: Any, variant: str, past: int):
+    """seq_axis 3: the kernel declares the cache's outer strides free, so the first `past`
+    positions of a longer buffer go in as they lie (a view, not a copy): the manifest marks
+    the input "views" (build.view_inputs) and the result matches the reference's on the
+    compact cache. The positions past the view hold NaN: a read of them would show."""
+    import tvm_ffi
+
+    graph, feeds = _cache_case(**CACHE_VARIANTS[variant], past=past, seq_axis=3)
+    result = build.build_module(graph, target, keep_params=False, fold=False)
+    assert _attention_calls(result) == 1
+    assert all(name.startswith("attention") for name in result.kernels), result.kernels
+    names = result.lowered.input_names
+    assert build.view_inputs(result.lowered.mod, names) == ["x1"]  # the cache, nothing else
+    view = _in_longer_buffer(feeds["x1"], extra=7)
+    assert not view.flags.c_contiguous
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    args = [
+        tvm_ffi.from_dlpack(view, require_alignment=64, require_contiguous=False)
+        if n == "x1"
+        else tvm.runtime.tensor(feeds[n])
+        for n in names
+    ]
+    assert_matches(graph, feeds, [vm["main"](*args).numpy()])
+
+
+def test_a_sequence_first_cache_and_the_relax_path_take_no_views() -> None:
+    """The compact kernel buffer (seq_axis 0) and the Relax decomposition (CUDA) read the
+    cache as compact: no input is marked "views", so the runtime copies a view first."""
+    graph, _ = _cache_case(1, 8, 2, 32, 1, 9, "bool", symbolic=True)
+    result = build.build_module(graph, HOST, keep_params=False, fold=False)
+    assert build.view_inputs(result.lowered.mod, result.lowered.input_names) == []
+    graph, _ = _cache_case(1, 8, 2, 32, 1, 9, "bool", symbolic=True, seq_axis=3)
+    lowered = lower_graph(graph, lowering_target("cuda"))
+    assert build.view_inputs(lowered.mod, lowered.input_names) == []
+
+
 def test_cache_attention_symbolic_lengths_one_build() -> None:
     graph, _ = _cache_case(1, 8, 2, 32, 1, 9, "bool", symbolic=True)
     result = build.build_module(graph, HOST, keep_params=False, fold=False)
     assert _attention_calls(result) == 1
     for t, past in ((1, 1), (1, 130), (4, 17)):
         g, feeds = _cache_case(1, 8, 2, 32, t, past, "bool")
+        assert_matches(g, feeds, _run(result, feeds))
+    head_major, _ = _cache_case(1, 8, 2, 32, 1, 9, "bool", symbolic=True, seq_axis=3)
+    result = build.build_module(head_major, HOST, keep_params=False, fold=False)
+    for t, past in ((1, 1), (1, 130), (4, 17)):
+        g, feeds = _cache_case(1, 8, 2, 32, t, past, "bool", seq_axis=3)
         assert_matches(g, feeds, _run(result, feeds))
     # the same kernel for ARM (NEON lanes), compiled in memory: nothing runs it here
     arm = build.build_module(graph, "arm", keep_params=False, fold=False)

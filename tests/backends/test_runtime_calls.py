@@ -90,3 +90,22 @@ def test_checks_are_skipped_only_for_a_signature_that_passed(compiled):
     with pytest.raises(InputError, match="shape"):
         compiled(x=x, y=np.ones(4, np.float32))
     check(compiled, np.ones((6, 5), np.float32), y)  # a new n is checked, then runs
+
+
+def test_only_an_input_that_takes_views_gets_one_as_it_lies() -> None:
+    """inputs.viewable: a strided array goes to TVM uncopied only where the manifest says the
+    input takes views ("views", build.view_inputs), its last two axes are compact, its data
+    64-byte aligned and writeable; anything else is copied compact first."""
+    from ecograph.backends.tvm.inputs import viewable
+
+    buf = misaligned(np.zeros((4, 3, 10, 8), np.float32), 0)
+    view = buf[:, :, :6]  # the first 6 positions of each (slot, head): outer axes strided
+    takes, compact_only = {"name": "cache", "views": True}, {"name": "cache"}
+    assert not view.flags.c_contiguous
+    assert viewable(takes, view) and not viewable(compact_only, view)
+    assert not viewable(takes, buf[:, :, :6, :4])  # the last axis cut: not compact
+    assert not viewable(takes, buf[:, :, ::2])  # positions strided: the last two not compact
+    assert not viewable(takes, misaligned(np.zeros((4, 3, 10, 8), np.float32), 16)[:, :, :6])
+    read_only = view.view()
+    read_only.flags.writeable = False
+    assert not viewable(takes, read_only)

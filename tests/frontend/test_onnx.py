@@ -626,16 +626,20 @@ def test_builtin_library_ops_export_as_decompositions() -> None:
     np.testing.assert_allclose(run_ort(model, feeds)[0], want, rtol=1e-5, atol=1e-6)
 
 
-def test_cache_attention_exports_as_the_attention_it_fused() -> None:
-    """ecograph::CacheAttention (fuse-cache-attention) leaves as Gather / Transpose / Concat
-    and ONNX Attention, which ONNX Runtime runs to the interpreter's numbers."""
+@pytest.mark.parametrize("head_major", [False, True])
+def test_cache_attention_exports_as_the_attention_it_fused(head_major: bool) -> None:
+    """ecograph::CacheAttention (fuse-cache-attention) leaves as Gather (/ Transpose, for a
+    sequence-first cache) / Concat and ONNX Attention, which ONNX Runtime runs to the
+    interpreter's numbers."""
     from ecograph.passes.attention import FuseCacheAttention
     from tests.passes.test_cache_attention import decode_graph, feeds_for
 
-    graph = decode_graph()
+    graph = decode_graph(head_major=head_major)
     FuseCacheAttention().run(graph)
     assert {n.op_type for n in graph.nodes} == {"CacheAttention"}
     model = to_onnx(graph)
+    ops = {n.op_type for n in model.graph.node}
+    assert ("Transpose" in ops) != head_major, ops
     onnx.checker.check_model(model, full_check=True)
     assert {n.domain for n in model.graph.node} == {""}
     feeds = feeds_for(graph, s=6)

@@ -55,17 +55,46 @@ def test_decode_steps_over_the_cache_match_hf(pair: tuple[Any, Any]) -> None:
     want = hf_logits(model, ids)
     logits, cache = lm.prefill(ids[:, :5])
     np.testing.assert_allclose(logits, want[:, :5], atol=ATOL, rtol=RTOL)
-    assert cache.shape == (5, 2, lm.spec.layers, 2, lm.spec.kv_heads, lm.spec.head_dim)
+    # a CPU build: head major, [2 x layers, batch, kv_heads, positions, head_dim]
+    assert lm.spec.kv_layout == "head-major"
+    assert cache.shape == (2 * lm.spec.layers, 2, lm.spec.kv_heads, 5, lm.spec.head_dim)
     for pos in range(5, 9):
         step, new = lm.decode(ids[:, pos : pos + 1], cache)
         np.testing.assert_allclose(step[:, 0], want[:, pos], atol=ATOL, rtol=RTOL)
-        cache = np.concatenate([cache, new])
+        cache = np.concatenate([cache, new], axis=3)
     # decode1, the step for one sequence (what generate runs for a batch of one): row 0
     _, cache = lm.prefill(ids[:1, :5])
     for pos in range(5, 9):
         step, new = lm.decode1(ids[:1, pos : pos + 1], cache)
         np.testing.assert_allclose(step[:, 0], want[:1, pos], atol=ATOL, rtol=RTOL)
-        cache = np.concatenate([cache, new])
+        cache = np.concatenate([cache, new], axis=3)
+
+
+def test_the_decode_functions_read_a_view_of_the_cache_in_place(pair: tuple[Any, Any]) -> None:
+    """The decode artifacts' cache input takes strided views (manifest "views", from
+    build.view_inputs), so generate hands them the first S positions of its buffer as they
+    lie. The positions past the view are NaN here: a kernel that read them, or read the
+    view as if compact, would give other logits than the compact copy does."""
+    model, lm = pair
+    for name in ("decode", "decode1"):
+        manifest = json.loads((lm.path / name / "manifest.json").read_text())
+        past = [t for t in manifest["inputs"] if t["name"] == "past_kv"]
+        assert past and past[0].get("views") is True, manifest["inputs"]
+    ids = prompt(1, 6, seed=3)
+    _, cache = lm.prefill(ids[:, :5])
+    from ecograph.lm.compiled import _aligned_empty
+
+    buf = _aligned_empty(lm.spec.kv_shape(9, 1), np.dtype(np.float32))
+    buf[...] = np.nan
+    view = buf[:, :, :, :5]
+    view[...] = cache
+    assert not view.flags.c_contiguous
+    for fn in (lm.decode, lm.decode1):
+        assert fn.check_inputs([ids[:, 5:6], view])[1] is view  # no copy on the way in
+        got, _ = fn.run_numpy([ids[:, 5:6], view])
+        want, _ = fn.run_numpy([ids[:, 5:6], np.ascontiguousarray(view)])
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got[:, 0], hf_logits(model, ids)[:, 5], atol=ATOL, rtol=RTOL)
 
 
 def test_llama_cache_has_grouped_kv_heads(llama_lm: Any) -> None:
@@ -465,3 +494,33 @@ def test_a_cuda_build_generates_hf_greedy_tokens_with_the_cache_on_the_gpu(
         np.testing.assert_array_equal(lm.generate(ids, 12, kv_cache=where).tokens, want)
     one = prompt(1, 3, seed=4)
     np.testing.assert_array_equal(lm.generate(one, 8).tokens, hf_greedy(model, one, 8))
+
+
+@pytest.mark.slow
+def test_a_sequence_first_build_still_generates_hf_greedy_tokens(
+    gpt2: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The layout GPU builds take, and LMs built before head-major (whose lm.json has no
+    kv_layout), compiled and run on this CPU: the decode functions take the cache compact
+    (no "views"), the kernel reads it sequence first, and greedy tokens are HF's, with the
+    cache on the host and on the "device"."""
+    import ecograph.lm.capture as capture
+    from ecograph import compile_lm, load_lm
+
+    real = capture.capture_lm
+    monkeypatch.setattr(capture, "capture_lm", lambda model, head_major: real(model, False))
+    lm = compile_lm(gpt2, max_seq_len=MAX_SEQ_LEN, out_dir=tmp_path / "lm", cache=False)
+    assert lm.spec.kv_layout == "sequence-first"
+    manifest = json.loads((lm.path / "decode" / "manifest.json").read_text())
+    assert not any(t.get("views") for t in manifest["inputs"])
+    data = json.loads((lm.path / "lm.json").read_text())
+    del data["kv_layout"]
+    (lm.path / "lm.json").write_text(json.dumps(data))
+    old = load_lm(lm.path)
+    assert old.spec.kv_layout == "sequence-first"
+    ids = prompt(2, 5, seed=2)
+    want = hf_greedy(gpt2, ids, 10)
+    for where in ("host", "device"):
+        np.testing.assert_array_equal(old.generate(ids, 10, kv_cache=where).tokens, want)
+    one = prompt(1, 3, seed=4)
+    np.testing.assert_array_equal(old.generate(one, 6).tokens, hf_greedy(gpt2, one, 6))

@@ -146,6 +146,16 @@ def test_load_lm_refuses_mixed_builds(gpt2_lm: Any, llama_lm: Any, tmp_path: Pat
     (edited / "lm.json").write_text(json.dumps(data))
     with pytest.raises(ArtifactError, match=r"do not fit.*mixes builds"):
         load_lm(edited)
+    # a head-major build's lm.json edited to say sequence-first: the shapes do not fit
+    data["layers"] -= 1
+    data["kv_layout"] = "sequence-first"
+    (edited / "lm.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match=r"do not fit.*mixes builds"):
+        load_lm(edited)
+    data["kv_layout"] = "heads-first"
+    (edited / "lm.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match=r"'kv_layout' must be 'sequence-first' or 'head"):
+        load_lm(edited)
 
 
 def test_out_dir_that_is_not_an_lm_folder_is_left_alone(gpt2: Any, tmp_path: Path) -> None:
@@ -180,6 +190,8 @@ def test_a_cuda_build_compiles_here_and_says_where_to_run_it(gpt2: Any, tmp_path
     )
     data = json.loads((tmp_path / "lm" / "lm.json").read_text())
     assert data["target"].startswith("cuda")
+    # sequence first: a GPU cache's first S positions must be a compact view
+    assert data["kv_layout"] == "sequence-first"
     assert data["functions"] == ["prefill", "decode", "decode1"]
     assert data["weights"]["arrays"] > 0 and data["check"] == {}
     for function in data["functions"]:

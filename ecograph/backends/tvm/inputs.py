@@ -53,13 +53,27 @@ def check_count(specs: list[dict[str, Any]], arrays: Sequence[Any]) -> list[dict
     return specs
 
 
+def viewable(spec: Mapping[str, Any], arr: np.ndarray) -> bool:
+    """Whether `arr` goes to the kernels as it lies though it is not compact: its input takes
+    strided views (the manifest's "views", build.view_inputs: the CPU attention kernel's
+    head-major KV cache), its last two axes are compact, its data is 64-byte aligned and
+    writeable (TVM's DLPack import asks both)."""
+    if not spec.get("views") or arr.ndim < 2 or not arr.size:
+        return False
+    inner = arr.strides[-1] == arr.itemsize and arr.strides[-2] == arr.shape[-1] * arr.itemsize
+    return inner and arr.flags.writeable and arr.ctypes.data % ALIGN == 0
+
+
 def contiguous_within_memory(
     specs: Sequence[Mapping[str, Any]], arrays: Sequence[np.ndarray], limit: int
 ) -> list[np.ndarray]:
-    """`arrays` C-contiguous; one larger than `limit` bytes (or that cannot be copied for lack
-    of memory) is an `InputError` naming the input."""
+    """`arrays` C-contiguous (or a view `viewable` allows); one larger than `limit` bytes (or
+    that cannot be copied for lack of memory) is an `InputError` naming the input."""
     out = []
     for spec, arr in zip(specs, arrays, strict=True):
+        if viewable(spec, arr):
+            out.append(arr)
+            continue
         need = int(arr.size) * arr.itemsize
         if need > limit:
             raise InputError(

@@ -1,22 +1,32 @@
 """`ecograph::CacheAttention`: attention whose keys and values begin with a stored KV cache.
 
-    CacheAttention(Q, cache, K, V[, mask]) {key_index, value_index, scale, is_causal}
+    CacheAttention(Q, cache, K, V[, mask]) {key_index, value_index, scale, is_causal, seq_axis}
       = Attention(Q, Concat(past(key_index), K), Concat(past(value_index), V), mask)
-    past(i) = Transpose(Gather(cache, i, axis=1), [1, 2, 0, 3])
 
-`cache` is [past_len, slots, batch, kv_heads, head_dim] (sequence first, so a cache that
-grows by one position per step is a view of the start of one buffer); slot `key_index` holds
-this layer's keys, `value_index` its values. Q is [batch, q_heads, q_len, head_dim], K and V
-the new positions [batch, kv_heads, q_len, head_dim]. The fusion (passes/attention.py,
-fuse-cache-attention) replaces the Gather / Transpose / Concat that copy the cache twice per
-layer and step; a backend reads the cache where it lies. The reference kernel builds the
-concatenation and calls Attention's, so the fused graph computes exactly what it replaced.
+The cache holds `slots` tensors of [batch, kv_heads, past_len, head_dim] (slot `key_index`
+this layer's keys, `value_index` its values), laid out as `seq_axis` says:
+
+    seq_axis 0 (sequence first): [past_len, slots, batch, kv_heads, head_dim]
+        past(i) = Transpose(Gather(cache, i, axis=1), [1, 2, 0, 3])
+        A cache that grows by one position per step is then a compact view of the start of
+        one buffer (what a GPU build takes: TVM makes compact views of device memory only).
+    seq_axis 3 (head major): [slots, batch, kv_heads, past_len, head_dim]
+        past(i) = Gather(cache, i, axis=0)
+        Each head's positions are contiguous, the layout attention reads fastest (CPU builds:
+        the first past_len positions of a longer buffer are a strided view, which the CPU
+        kernel reads in place).
+
+Q is [batch, q_heads, q_len, head_dim], K and V the new positions [batch, kv_heads, q_len,
+head_dim]. The fusion (passes/attention.py, fuse-cache-attention) replaces the Gather /
+(Transpose /) Concat that copy the cache per layer and step; a backend reads the cache where
+it lies. The reference kernel builds the concatenation and calls Attention's, so the fused
+graph computes exactly what it replaced.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -28,6 +38,13 @@ from ecograph.ir.types import TensorType
 if TYPE_CHECKING:
     from ecograph.ir.graph import Node
 
+T = TypeVar("T")
+SEQ_AXES = (0, 3)  # the cache layouts: sequence first, head major
+CACHE_LAYOUTS = {
+    0: "[past_len, slots, batch, kv_heads, head_dim]",
+    3: "[slots, batch, kv_heads, past_len, head_dim]",
+}
+
 
 def _known_differ(a: object, b: object) -> bool:
     return isinstance(a, int) and isinstance(b, int) and a != b
@@ -35,14 +52,17 @@ def _known_differ(a: object, b: object) -> bool:
 
 def _infer(ctx: InferContext) -> list[TensorType]:
     q, cache, k, v = ctx.input(0), ctx.input(1), ctx.input(2), ctx.input(3)
+    axis = ctx.attr("seq_axis")
+    if axis not in SEQ_AXES:
+        ctx.fail(f"seq_axis must be 0 (sequence first) or 3 (head major), got {axis!r}")
     if (q.rank, cache.rank, k.rank, v.rank) != (4, 5, 4, 4):
         ctx.fail(
             "Q, K, V must be rank 4 ([batch, heads, seq, head_dim]) and the cache rank 5 "
-            f"([past_len, slots, batch, kv_heads, head_dim]); got {q}, {cache}, {k}, {v}"
+            f"({CACHE_LAYOUTS[axis]}); got {q}, {cache}, {k}, {v}"
         )
     if len({q.dtype, cache.dtype, k.dtype, v.dtype}) != 1:
         ctx.fail(f"Q, cache, K, V dtypes differ: {q.dtype}, {cache.dtype}, {k.dtype}, {v.dtype}")
-    past_len, slots, batch, kv_heads, head_dim = cache.shape
+    slots, batch, kv_heads, past_len, head_dim = canonical_dims(cache.shape, axis)
     for name in ("key_index", "value_index"):
         index = ctx.attr(name)
         if not isinstance(index, int) or index < 0:
@@ -65,16 +85,24 @@ def _infer(ctx: InferContext) -> list[TensorType]:
     return [make_type(q.dtype, [q.shape[0], hq, q.shape[2], v.shape[3]])]
 
 
+def canonical_dims(shape: Sequence[T], seq_axis: int) -> tuple[T, ...]:
+    """A cache's dims as (slots, batch, kv_heads, past_len, head_dim) whatever its layout."""
+    dims = list(shape)
+    dims.insert(3, dims.pop(seq_axis))
+    return tuple(dims)
+
+
 def _macs(node: Node, bindings: Mapping[str, int]) -> int | None:
     """Q·Kᵀ and P·V over past_len + q_len keys: 2 · (elements of Q) · keys."""
     q, cache = node.inputs[0], node.inputs[1]
     assert q is not None and cache is not None
-    return qk_pv_macs(q, symbolic.add(cache.shape[0], q.shape[2]), bindings)
+    past_len = cache.shape[node.attr("seq_axis")]
+    return qk_pv_macs(q, symbolic.add(past_len, q.shape[2]), bindings)
 
 
-def past(cache: np.ndarray, index: int) -> np.ndarray:
+def past(cache: np.ndarray, index: int, seq_axis: int = 0) -> np.ndarray:
     """Slot `index` of the cache as [batch, kv_heads, past_len, head_dim]."""
-    return cache[:, index].transpose(1, 2, 0, 3)
+    return np.moveaxis(cache, seq_axis, 3)[index]
 
 
 @register_op(
@@ -87,6 +115,7 @@ def past(cache: np.ndarray, index: int) -> np.ndarray:
         "value_index": Attr("int", None),
         "scale": Attr("float", None),
         "is_causal": Attr("int", 0),
+        "seq_axis": Attr("int", 0),
     },
     infer=_infer,
     macs=_macs,
@@ -102,10 +131,11 @@ def cache_attention(
     value_index: int,
     scale: float | None,
     is_causal: int,
+    seq_axis: int = 0,
 ) -> np.ndarray:
     """Attention over the cache's past keys and values followed by K and V (module doc)."""
-    keys = np.concatenate([past(cache, key_index), k], axis=2)
-    values = np.concatenate([past(cache, value_index), v], axis=2)
+    keys = np.concatenate([past(cache, key_index, seq_axis), k], axis=2)
+    values = np.concatenate([past(cache, value_index, seq_axis), v], axis=2)
     return attention(
         q,
         keys,

@@ -29,6 +29,7 @@ from ecograph.backends.tvm.schedules.attention import (
     attention_tiles,
 )
 from ecograph.ir import symbolic
+from ecograph.ir.ops.cache_attention import canonical_dims
 from ecograph.ir.types import TensorType
 
 # ----------------------------------------------------------- fused / ecograph ops
@@ -192,15 +193,18 @@ def _cache_attention(ctx: LowerContext) -> relax.Expr:
     if kernel is not None:
         return kernel
     ct, kt = ctx.in_type(1), ctx.in_type(2)
-    cache = ctx.arg(1)
+    cache, seq_axis = ctx.arg(1), ctx.attrs["seq_axis"]
 
     def with_past(new: relax.Expr, slot: str) -> relax.Expr:
         index = relax.const(np.int64(ctx.attrs[slot]), "int64")
-        past = R.permute_dims(R.take(cache, index, axis=1), [1, 2, 0, 3])
+        if seq_axis == 0:
+            past = R.permute_dims(R.take(cache, index, axis=1), [1, 2, 0, 3])
+        else:
+            past = R.take(cache, index, axis=0)
         return ctx.emit(R.concat([past, new], axis=2))
 
     b, hkv, t, d = kt.shape
-    full = TensorType(kt.dtype, [b, hkv, symbolic.add(ct.shape[0], t), d])
+    full = TensorType(kt.dtype, [b, hkv, symbolic.add(ct.shape[seq_axis], t), d])
     kv = (with_past(ctx.arg(2), "key_index"), with_past(ctx.arg(3), "value_index"), full)
     return _attention_relax(ctx, kv=kv, mask_index=4)
 
@@ -213,7 +217,8 @@ def _cache_attention_shape(ctx: LowerContext) -> AttentionShape | str:
     if dtype not in ("float32", "float16"):
         return f"{dtype} inputs"
     b, hq, t, head_dim = qt.shape
-    past_len, slots, _, hkv, _ = ct.shape
+    seq_axis = ctx.attrs["seq_axis"]
+    slots, _, hkv, past_len, _ = canonical_dims(ct.shape, seq_axis)
     if not all(isinstance(x, int) for x in (hq, hkv, head_dim, slots)):
         return "symbolic head counts, head sizes or cache slots"
     if 0 in (hq, hkv, head_dim, b, t, past_len):
@@ -241,7 +246,7 @@ def _cache_attention_shape(ctx: LowerContext) -> AttentionShape | str:
         mask_dtype=mask[0],
         mask_shape=mask[1],
         mask_axes=mask[2],
-        cache=CacheSlots(past, slots, ctx.attrs["key_index"], ctx.attrs["value_index"]),
+        cache=CacheSlots(past, slots, ctx.attrs["key_index"], ctx.attrs["value_index"], seq_axis),
     )
 
 

@@ -48,15 +48,36 @@ RULE_NAME = "attention"
 
 @dataclass(frozen=True)
 class CacheSlots:
-    """Keys and values that begin in a KV cache (ecograph::CacheAttention): the cache is
-    [past_len, slots, batch, kv_heads, head_dim], this layer's keys at slot `key_index`, its
-    values at `value_index`; K and V hold the q_len new positions, so kv_len is past_len +
-    q_len. The kernel reads the cache where it lies (no copy of it per layer and step)."""
+    """Keys and values that begin in a KV cache (ecograph::CacheAttention): the cache holds
+    `slots` tensors [batch, kv_heads, past_len, head_dim], this layer's keys at slot
+    `key_index`, its values at `value_index`, laid out sequence first ([past_len, slots,
+    batch, kv_heads, head_dim], `seq_axis` 0, compact) or head major ([slots, batch, kv_heads,
+    past_len, head_dim], `seq_axis` 3: any strides but the last two dims', so that the first
+    past_len positions of a longer buffer are read in place). K and V hold the q_len new
+    positions, so kv_len is past_len + q_len. The kernel reads the cache where it lies (no
+    copy of it per layer and step)."""
 
     past_len: Any  # int64 PrimExpr
     slots: int
     key_index: int
     value_index: int
+    seq_axis: int = 0
+
+    def buffer(self, T: Any, batch: Any, kv_heads: Any, head_dim: int, dtype: str) -> Any:
+        """The kernel's cache argument."""
+        d = _i64(head_dim)
+        if self.seq_axis == 0:
+            shape = (self.past_len, _i64(self.slots), batch, kv_heads, d)
+            return T.arg("cache", T.Buffer(shape, dtype))
+        shape = (_i64(self.slots), batch, kv_heads, self.past_len, d)
+        outer = [tirx.Var(f"cache_stride{i}", I64) for i in range(3)]
+        return T.arg("cache", T.Buffer(shape, dtype, strides=[*outer, d, _i64(1)]))
+
+    def at(self, cache: Any, slot: int, batch: Any, kv_head: Any, pos: Any, x: Any) -> Any:
+        """The element `x` of slot `slot`'s position `pos` (batch, KV head) in `cache`."""
+        if self.seq_axis == 0:
+            return cache[pos, _i64(slot), batch, kv_head, x]
+        return cache[_i64(slot), batch, kv_head, pos, x]
 
 
 @dataclass(frozen=True)
@@ -169,8 +190,7 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles) -> tirx.PrimF
         cache = None
         if s.cache is not None:
             k_shape = v_shape = (b, hkv, q_len, _i64(d))
-            c_shape = (s.cache.past_len, _i64(s.cache.slots), b, hkv, _i64(d))
-            cache = T.arg("cache", T.Buffer(c_shape, s.dtype))
+            cache = s.cache.buffer(T, b, hkv, d, s.dtype)
         k = T.arg("k", T.Buffer(k_shape, s.dtype))
         v = T.arg("v", T.Buffer(v_shape, s.dtype))
         mask = T.arg("mask", T.Buffer(s.mask_shape, s.mask_dtype)) if s.mask_dtype else None
@@ -249,7 +269,7 @@ class _Task:
         d, kh, c = self.s.head_dim, self.kh, self.s.cache
         if c is not None:
             if in_cache:
-                return self.cache[j, _i64(c.key_index), self.bi, kh, x]
+                return c.at(self.cache, c.key_index, self.bi, kh, j, x)
             return self.k[self.bi, kh, j - c.past_len, x]
         return self.k[self.bi, j, kh * d + x] if self.s.three_d else self.k[self.bi, kh, j, x]
 
@@ -257,7 +277,7 @@ class _Task:
         dv, kh, c = self.s.v_head_dim, self.kh, self.s.cache
         if c is not None:
             if in_cache:
-                return self.cache[j, _i64(c.value_index), self.bi, kh, col]
+                return c.at(self.cache, c.value_index, self.bi, kh, j, col)
             return self.v[self.bi, kh, j - c.past_len, col]
         if self.s.three_d:
             return self.v[self.bi, j, kh * dv + col]
