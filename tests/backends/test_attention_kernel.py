@@ -222,17 +222,57 @@ def test_tiles_fit_registers_and_stack() -> None:
     # stores and reloads them around every FMA) and within the vector register budget.
     from ecograph.backends.tvm.schedules.matmul import STACK_BYTES, accumulator_budget
 
-    for preset, rows, dv in itertools.product(
-        [GENERIC, HOST, "x86:haswell", "arm"], [None, 1, 4, 7, 128], [1, 7, 24, 32, 40, 128]
-    ):
+    for preset, rows, dv, d, kv_heads in itertools.product(
+        [GENERIC, HOST, "x86:haswell", "arm"], [None, 1, 3, 4, 7, 128], [1, 7, 24, 32, 40, 128],
+        [None, 7, 24, 64, 128], [1, 3, 8],
+    ):  # fmt: skip
         spec = targets.resolve(preset)
-        t = attention_tiles(spec, rows, dv)
-        assert t.key_tile * t.row_block * 4 < STACK_BYTES
+        t = attention_tiles(spec, rows, dv, d, kv_heads)
+        lanes = t.dot_lanes or 1  # a score accumulator per (key, row) and dot-product lane
+        assert t.key_tile * t.row_block * lanes * 4 < STACK_BYTES
         assert t.pv_rows * t.v_chunk * 4 < STACK_BYTES
-        assert t.key_tile * t.row_vectors <= accumulator_budget(spec)
+        accumulators = t.key_tile * (t.row_block if t.dot_lanes else t.row_vectors)
+        assert accumulators <= accumulator_budget(spec)
         assert dv % t.v_chunk == 0 and t.v_chunk % t.v_lanes == 0 and t.row_block % t.pv_rows == 0
-        if rows is not None:
-            assert t.row_lanes <= max(1, 2 * rows - 1)  # a decode step does not pad to 16 lanes
+        if rows is not None:  # a decode step does not pad to 16 lanes
+            assert t.row_lanes <= max(1, 2 * rows * t.heads_per_task - 1)
+        if t.dot_lanes:  # a block of exactly the rows, the head dim in whole vectors
+            assert rows is not None and d is not None and d % t.dot_lanes == 0
+            assert t.heads_per_task in (1, kv_heads)
+            assert (t.row_lanes, t.row_vectors) == (rows * t.heads_per_task, 1)
+        else:
+            assert t.heads_per_task == 1
+
+
+@pytest.mark.parametrize(
+    ("preset", "rows", "head_dim", "kv_heads", "dot_lanes", "heads_per_task"),
+    [
+        # decode steps: SmolLM2 (9 / 3 heads of 64), a 4-layer Llama (8 / 2 of 32), MHA
+        ("x86:znver4", 3, 64, 3, 16, 3),
+        ("x86:haswell", 3, 64, 3, 8, 3),
+        ("x86:znver4", 4, 32, 2, 16, 2),
+        ("x86:haswell", 1, 64, 12, 8, 12),
+        (GENERIC, 1, 24, 4, 4, 4),
+        # 8 rows of 4 KV heads: 32 accumulators do not fit 24 registers, a task per head
+        ("x86:znver4", 8, 64, 4, 16, 1),
+        # rows that fill vectors along the rows, symbolic rows, a head dim of no whole vector
+        ("x86:znver4", 16, 64, 1, 0, 1),
+        ("x86:haswell", 8, 64, 2, 0, 1),
+        (GENERIC, 3, 24, 2, 0, 1),
+        ("x86:znver4", None, 64, 2, 0, 1),
+        ("x86:znver4", 3, 7, 3, 0, 1),
+    ],
+)
+def test_few_rows_take_dot_products_over_every_kv_head(
+    preset: Any, rows: Any, head_dim: int, kv_heads: int, dot_lanes: int, heads_per_task: int
+) -> None:
+    """Scores as dot products along the head dim for the few rows of a decode step (vectors
+    along 3 rows would leave 13 of 16 lanes empty), and then one task over all KV heads whose
+    rows fit the registers; vectors along the rows, a task per KV head, otherwise. The kernel
+    cases above run both forms: every decode (one query) case of 1-4 rows per KV head takes
+    dot products, the GQA and MHA cache cases over several heads per task."""
+    t = attention_tiles(targets.resolve(preset), rows, head_dim, head_dim, kv_heads)
+    assert (t.dot_lanes, t.heads_per_task) == (dot_lanes, heads_per_task)
 
 
 # ------------------------------------------------ ecograph::CacheAttention (a KV cache)

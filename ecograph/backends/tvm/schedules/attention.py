@@ -21,6 +21,12 @@ with the group's heads. Per task:
    and a fully masked row gives zeros (the reference's convention).
 4. Y = P.V: `pv_rows` rows x `v_chunk` columns of accumulators, vectorized along V's head
    dim, read as stored; each row scaled by 1 / its sum and written once.
+A decode step has too few rows per KV head to fill a vector (SmolLM2: 3 of 16 lanes), so
+for a few static rows (`dot_product_lanes`) phase 2 takes dot products along the head dim
+instead (per (key, row) a vector of partial sums, halved to one lane; K and Q read as
+stored), the scores are laid out [rows, kv_len] and phase 3 runs along the keys, and one
+task takes every KV head whose rows fit the register tile: it reads each position's keys of
+all heads, adjacent in a sequence-first cache, at once.
 With a KV cache (ecograph::CacheAttention, `CacheSlots`), the keys and values of phases 2 and
 4 come in two runs, the cache's past positions read where they lie and then the new ones
 from K and V; nothing is concatenated. Everything is computed in float32 (float16 inputs are
@@ -120,7 +126,12 @@ class AttentionShape:
 @dataclass(frozen=True)
 class AttentionTiles:
     """Rows per task (`row_block` = `row_vectors` vectors of `row_lanes`), keys per score
-    tile, and the P.V tile: `pv_rows` rows x `v_chunk` columns in vectors of `v_lanes`."""
+    tile, and the P.V tile: `pv_rows` rows x `v_chunk` columns in vectors of `v_lanes`.
+    `dot_lanes` > 0: the scores are dot products along the head dim in vectors of that many
+    lanes (a block of exactly the rows there are, `row_vectors` 1), for the few rows of a
+    decode step, where vectors along the rows would be mostly empty; then one task takes
+    `heads_per_task` KV heads (all of them where their rows fit the register tile), so that
+    it reads each cached position's keys and values of every head at once."""
 
     row_lanes: int
     row_vectors: int
@@ -128,23 +139,47 @@ class AttentionTiles:
     pv_rows: int
     v_lanes: int
     v_chunk: int
+    dot_lanes: int = 0
+    heads_per_task: int = 1
 
     @property
     def row_block(self) -> int:
         return self.row_lanes * self.row_vectors
 
 
-def attention_tiles(spec: TargetSpec, rows: int | None, v_head_dim: int) -> AttentionTiles:
+def attention_tiles(
+    spec: TargetSpec,
+    rows: int | None,
+    v_head_dim: int,
+    head_dim: int | None = None,
+    kv_heads: int = 1,
+) -> AttentionTiles:
     """Tiles for `rows` query rows per KV head (None: symbolic) on `spec`'s vectors: a row
     vector no wider than the rows (a decode step with 4 grouped heads uses 4 lanes), two of
     them per task when there are enough rows; accumulator tiles within the register budget
-    and under STACK_BYTES so they stay on the stack."""
+    and under STACK_BYTES so they stay on the stack. With `head_dim` known and so few rows
+    that dot products cost less (`dot_product_lanes`), scores are dot products instead, and
+    a task takes every one of the `kv_heads` whose rows fit: a decode step over a
+    sequence-first KV cache then reads a position's heads, adjacent in memory, together
+    instead of in a pass per head (SmolLM2's 3 KV heads: 768 contiguous bytes of keys per
+    position instead of 256 in each of 3 passes; bench/RESULTS.md 2026-12-06, where dot
+    products alone were no faster in the model and both together were)."""
     lanes = lanes_for(spec)
     budget = accumulator_budget(spec)
-    row_lanes = lanes if rows is None else min(lanes, 1 << max(0, rows - 1).bit_length())
-    row_vectors = 2 if rows is None or rows > row_lanes else 1
+    dot = dot_product_lanes(lanes, rows, head_dim)
+    heads = 1
+    if dot:
+        assert rows is not None
+        if rows * kv_heads * dot * 4 < STACK_BYTES and rows * kv_heads <= budget:
+            heads = kv_heads
+        row_lanes, row_vectors = rows * heads, 1
+        key_tile = max(1, min(8, budget // row_lanes, (STACK_BYTES - 1) // (row_lanes * dot * 4)))
+    else:
+        row_lanes = lanes if rows is None else min(lanes, 1 << max(0, rows - 1).bit_length())
+        row_vectors = 2 if rows is None or rows > row_lanes else 1
+        block = row_lanes * row_vectors
+        key_tile = max(1, min(8, budget // row_vectors, (STACK_BYTES - 1) // (block * 4)))
     block = row_lanes * row_vectors
-    key_tile = max(1, min(8, budget // row_vectors, (STACK_BYTES - 1) // (block * 4)))
     v_lanes = next(w for w in (16, 8, 4, 2, 1) if w <= lanes and v_head_dim % w == 0)
     per_row = next(
         k for k in (6, 5, 4, 3, 2, 1) if (v_head_dim // v_lanes) % k == 0 and v_lanes * k <= 64
@@ -152,10 +187,24 @@ def attention_tiles(spec: TargetSpec, rows: int | None, v_head_dim: int) -> Atte
     v_chunk = v_lanes * per_row
     pv_rows = next(
         m
-        for m in (8, 4, 2, 1)
+        for m in range(8, 0, -1)
         if block % m == 0 and m * per_row <= budget and m * v_chunk * 4 < STACK_BYTES
     )
-    return AttentionTiles(row_lanes, row_vectors, key_tile, pv_rows, v_lanes, v_chunk)
+    return AttentionTiles(row_lanes, row_vectors, key_tile, pv_rows, v_lanes, v_chunk, dot, heads)
+
+
+def dot_product_lanes(lanes: int, rows: int | None, head_dim: int | None) -> int:
+    """Vector lanes for scores as dot products along the head dim, or 0 for vectors along
+    the rows. Per key, vectors along the rows cost a broadcast and an FMA per head element
+    however few rows fill them; dot products cost, per row, head_dim / w FMAs and a halving
+    sum. Measured on the kernel alone, keys in cache (SmolLM2's 3 rows of 64, a 4-layer
+    Llama's 4 of 32, MHA's 1, 8 rows of 64; 128 and 1024 keys; bench/RESULTS.md
+    2026-12-06): dot products 1.04-2.1x faster up to half a vector of rows, 0.84-0.89x at
+    a full AVX2 vector (8 rows), even at a full AVX-512 one (16)."""
+    if rows is None or head_dim is None or rows > lanes // 2:
+        return 0
+    w = next((w for w in (16, 8, 4) if w <= lanes and head_dim % w == 0), 0)
+    return w if rows * w * 4 < STACK_BYTES else 0
 
 
 def _i64(v: int) -> Any:
@@ -195,16 +244,17 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles) -> tirx.PrimF
         v = T.arg("v", T.Buffer(v_shape, s.dtype))
         mask = T.arg("mask", T.Buffer(s.mask_shape, s.mask_dtype)) if s.mask_dtype else None
         y = T.arg("y", T.Buffer(y_shape, s.dtype))
-        rows = q_len * _i64(s.group)
+        rows = q_len * _i64(s.group * tiles.heads_per_task)
         blocks = (rows + _i64(tiles.row_block - 1)) // _i64(tiles.row_block)
-        with T.parallel(0, b * hkv * blocks) as task:
+        with T.parallel(0, b * (hkv // _i64(tiles.heads_per_task)) * blocks) as task:
             _Task(s, tiles, (q, k, v, mask, y, cache), task, blocks).emit()
     # No global symbol: each node's kernel takes the name its GlobalVar gets in the module.
     return ib.get().without_attr("global_symbol")
 
 
 class _Task:
-    """The body of one parallel task: batch `bi`, KV head `kh`, rows r0 .. r0 + row_block."""
+    """The body of one parallel task: batch `bi`, KV heads from `kh` (`heads_per_task` of
+    them), rows r0 .. r0 + row_block."""
 
     def __init__(
         self, shape: AttentionShape, tiles: AttentionTiles, buffers: tuple[Any, ...], task: Any,
@@ -215,20 +265,29 @@ class _Task:
         self.T = T
         self.s, self.t = shape, tiles
         self.q, self.k, self.v, self.mask, self.y, self.cache = buffers
-        hkv, rb = _i64(shape.kv_heads), tiles.row_block
+        heads = tiles.heads_per_task
+        hkv, rb = _i64(shape.kv_heads // heads), tiles.row_block
         self.bi = task // (hkv * blocks)
-        self.kh = task // blocks % hkv
+        self.kh = task // blocks % hkv * _i64(heads)  # the task's first KV head
         self.r0 = task % blocks * _i64(rb)
-        self.rows = shape.q_len * _i64(shape.group)
+        self.rows = shape.q_len * _i64(shape.group * heads)
         if shape.causal:  # rows see keys up to their own query: stop at the block's last one
             last_query, _ = self.row(_i64(rb - 1))
             self.n_keys = tirx.min(shape.kv_len, last_query + _i64(1))
         else:
             self.n_keys = shape.kv_len
-        # Scratch: Q^T, the scores (then probabilities), and the register tiles (stack).
-        self.qt = T.decl_buffer((shape.head_dim, rb), F32, scope="global")
-        self.sc = T.decl_buffer((shape.kv_len, _i64(rb)), F32, scope="global")
-        self.acc = T.decl_buffer((tiles.key_tile, rb), F32, scope="global")
+        # Scratch: Q^T (Q's rows for dot products), the scores (then probabilities), and the
+        # register tiles (stack).
+        if tiles.dot_lanes:
+            self.qt = T.decl_buffer((rb, shape.head_dim), F32, scope="global")
+            self.acc = T.decl_buffer((tiles.key_tile, rb, tiles.dot_lanes), F32, scope="global")
+        else:
+            self.qt = T.decl_buffer((shape.head_dim, rb), F32, scope="global")
+            self.acc = T.decl_buffer((tiles.key_tile, rb), F32, scope="global")
+        # scores [key, row]; with dot products [row, key], so that softmax runs along keys
+        sc_shape = (_i64(rb), shape.kv_len) if tiles.dot_lanes else (shape.kv_len, _i64(rb))
+        self.sc = T.decl_buffer(sc_shape, F32, scope="global")
+        self.lane = T.decl_buffer((tiles.dot_lanes or 1,), F32, scope="global")
         self.mx = T.decl_buffer((rb,), F32, scope="global")
         self.inv = T.decl_buffer((rb,), F32, scope="global")
         self.pv = T.decl_buffer((tiles.pv_rows, tiles.v_chunk), F32, scope="global")
@@ -247,7 +306,18 @@ class _Task:
         """(query, q head) of the block's row `r`, clamped to the last row."""
         group = _i64(self.s.group)
         rho = tirx.min(self.r0 + r, self.rows - _i64(1))
-        return rho // group, self.kh * group + rho % group
+        kh = self.kh
+        if self.t.heads_per_task > 1:  # rows run head-major: q_len x group rows per KV head
+            per_head = self.s.q_len * group
+            kh, rho = kh + rho // per_head, rho % per_head
+        return rho // group, kh * group + rho % group
+
+    def kv_head(self, r: Any) -> Any:
+        """The KV head row `r` reads."""
+        if self.t.heads_per_task == 1:
+            return self.kh
+        _, h = self.row(r)
+        return h // _i64(self.s.group)
 
     def q_at(self, h: Any, i: Any, x: Any) -> Any:
         d = self.s.head_dim
@@ -265,16 +335,18 @@ class _Task:
             (past, tirx.max(self.n_keys - past, _i64(0)), False),
         ]
 
-    def k_at(self, j: Any, x: Any, in_cache: bool = False) -> Any:
-        d, kh, c = self.s.head_dim, self.kh, self.s.cache
+    def k_at(self, j: Any, x: Any, in_cache: bool = False, kh: Any = None) -> Any:
+        d, c = self.s.head_dim, self.s.cache
+        kh = self.kh if kh is None else kh
         if c is not None:
             if in_cache:
                 return c.at(self.cache, c.key_index, self.bi, kh, j, x)
             return self.k[self.bi, kh, j - c.past_len, x]
         return self.k[self.bi, j, kh * d + x] if self.s.three_d else self.k[self.bi, kh, j, x]
 
-    def v_at(self, j: Any, col: Any, in_cache: bool = False) -> Any:
-        dv, kh, c = self.s.v_head_dim, self.kh, self.s.cache
+    def v_at(self, j: Any, col: Any, in_cache: bool = False, kh: Any = None) -> Any:
+        dv, c = self.s.v_head_dim, self.s.cache
+        kh = self.kh if kh is None else kh
         if c is not None:
             if in_cache:
                 return c.at(self.cache, c.value_index, self.bi, kh, j, col)
@@ -307,16 +379,49 @@ class _Task:
         T = self.T  # noqa: N806
         with T.serial(0, _i64(self.t.row_block)) as r, T.serial(0, _i64(self.s.head_dim)) as x:
             i, h = self.row(r)
-            T.buffer_store(self.qt, self.f32(self.q_at(h, i, x)), [x, r])
+            at = [r, x] if self.t.dot_lanes else [x, r]
+            T.buffer_store(self.qt, self.f32(self.q_at(h, i, x)), at)
 
     def scores(self) -> None:
         T = self.T  # noqa: N806
         mj = _i64(self.t.key_tile)
+        tile = self.dot_tile if self.t.dot_lanes else self.score_tile
         for start, count, in_cache in self.key_ranges():
             with T.serial(0, count // mj) as jo:
-                self.score_tile(start + jo * mj, self.t.key_tile, in_cache)
+                tile(start + jo * mj, self.t.key_tile, in_cache)
             with T.serial(0, count % mj) as jt:
-                self.score_tile(start + count // mj * mj + jt, 1, in_cache)
+                tile(start + count // mj * mj + jt, 1, in_cache)
+
+    def dot_tile(self, j0: Any, keys: int, in_cache: bool) -> None:
+        """Scores of keys j0 .. j0 + keys for every row as dot products: per (key, row) a
+        vector of partial sums along the head dim (K and Q read as stored), then halved
+        until one lane holds the sum."""
+        T, acc, qt = self.T, self.acc, self.qt  # noqa: N806
+        w, rb = self.t.dot_lanes, _i64(self.t.row_block)
+        with T.unroll(0, _i64(keys)) as jj, T.unroll(0, rb) as r, T.vectorized(0, _i64(w)) as ln:
+            T.buffer_store(acc, _f32(0.0), [jj, r, ln])
+        with (
+            T.serial(0, _i64(self.s.head_dim // w)) as xc,
+            T.unroll(0, _i64(keys)) as jj,
+            T.unroll(0, rb) as r,
+            T.vectorized(0, _i64(w)) as ln,
+        ):
+            x = xc * _i64(w) + ln
+            kx = self.f32(self.k_at(j0 + jj, x, in_cache, self.kv_head(r)))
+            T.buffer_store(acc, acc[jj, r, ln] + qt[r, x] * kx, [jj, r, ln])
+        half = w // 2
+        while half:
+            with (
+                T.unroll(0, _i64(keys)) as jj,
+                T.unroll(0, rb) as r,
+                T.vectorized(0, _i64(half)) as ln,
+            ):
+                T.buffer_store(acc, acc[jj, r, ln] + acc[jj, r, ln + _i64(half)], [jj, r, ln])
+            half //= 2
+        with T.unroll(0, _i64(keys)) as jj, T.unroll(0, rb) as r:
+            j = j0 + jj
+            score = self.masked(acc[jj, r, _i64(0)] * _f32(self.s.scale), r, j)
+            T.buffer_store(self.sc, score, [r, j])
 
     def score_tile(self, j0: Any, keys: int, in_cache: bool) -> None:
         """Scores of keys j0 .. j0 + keys for every row: accumulators in registers, vectors
@@ -338,6 +443,9 @@ class _Task:
     def softmax(self) -> None:
         """Max-subtracted exponentials in place of the scores and 1 / their sum per row; a
         masked score gives 0 and a fully masked row a zero sum, hence zeros."""
+        if self.t.dot_lanes:
+            self.softmax_along_keys()
+            return
         T, sc, mx, inv = self.T, self.sc, self.mx, self.inv  # noqa: N806
         rb, zero, neg_inf = _i64(self.t.row_block), _f32(0.0), _f32(-INF)
         with T.vectorized(0, rb) as r:
@@ -354,6 +462,45 @@ class _Task:
         with T.vectorized(0, rb) as r:
             T.buffer_store(inv, tirx.Select(inv[r] == zero, zero, _f32(1.0) / inv[r]), [r])
 
+    def softmax_along_keys(self) -> None:
+        """`softmax` for scores laid out [row, key], one row at a time with vectors along
+        the keys (a few rows would fill a vector along the rows poorly): each row's max and
+        sum gathered in the lanes of `lane`, then halved into its first one."""
+        T, sc, mx, inv, lane = self.T, self.sc, self.mx, self.inv, self.lane  # noqa: N806
+        w, n = self.t.dot_lanes, self.n_keys
+        zero, neg_inf = _f32(0.0), _f32(-INF)
+        vw, main = _i64(w), n // _i64(w) * _i64(w)
+
+        def along_keys(start: Any, update: Any) -> None:
+            """`lane[l] = update(lane[l], key)` over every key: vectors, then the rest."""
+            with T.vectorized(0, vw) as c:
+                T.buffer_store(lane, start, [c])
+            with T.serial(0, n // vw) as jo, T.vectorized(0, vw) as c:
+                T.buffer_store(lane, update(lane[c], jo * vw + c), [c])
+            with T.serial(0, n % vw) as jt:
+                T.buffer_store(lane, update(lane[_i64(0)], main + jt), [_i64(0)])
+
+        def halve(op: Any) -> None:
+            half = w // 2
+            while half:
+                with T.vectorized(0, _i64(half)) as c:
+                    T.buffer_store(lane, op(lane[c], lane[c + _i64(half)]), [c])
+                half //= 2
+
+        with T.serial(0, _i64(self.t.row_block)) as r:
+            along_keys(neg_inf, lambda acc, j: tirx.max(acc, sc[r, j]))
+            halve(tirx.max)
+            T.buffer_store(mx, tirx.Select(lane[0] == neg_inf, zero, lane[0]), [r])
+
+            def exp_sum(acc: Any, j: Any) -> Any:
+                e = tirx.Select(sc[r, j] == neg_inf, zero, tirx.exp(sc[r, j] - mx[r]))
+                T.buffer_store(sc, e, [r, j])
+                return acc + sc[r, j]
+
+            along_keys(zero, exp_sum)
+            halve(lambda a, b: a + b)
+            T.buffer_store(inv, tirx.Select(lane[0] == zero, zero, _f32(1.0) / lane[0]), [r])
+
     def weighted_sum(self) -> None:
         """Y = P.V in tiles of pv_rows rows x v_chunk columns, vectors along V's head dim."""
         T = self.T  # noqa: N806
@@ -369,10 +516,11 @@ class _Task:
             for start, count, in_cache in self.key_ranges():
                 with T.serial(0, count) as jr, T.unroll(0, _i64(mr)) as rr:
                     j = start + jr
-                    p = self.sc[j, ro * _i64(mr) + rr]
+                    r = ro * _i64(mr) + rr
+                    p = self.sc[r, j] if self.t.dot_lanes else self.sc[j, r]
                     with T.unroll(0, _i64(yc // yl)) as cv, T.vectorized(0, _i64(yl)) as lane:
                         c = cv * yl + lane
-                        vc = self.f32(self.v_at(j, co * _i64(yc) + c, in_cache))
+                        vc = self.f32(self.v_at(j, co * _i64(yc) + c, in_cache, self.kv_head(r)))
                         T.buffer_store(self.pv, self.pv[rr, c] + p * vc, [rr, c])
             with T.serial(0, _i64(mr)) as rr:
                 r = ro * _i64(mr) + rr
