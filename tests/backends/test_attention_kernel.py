@@ -394,6 +394,12 @@ def test_cache_attention_symbolic_lengths_one_build() -> None:
     # the same kernel for ARM (NEON lanes), compiled in memory: nothing runs it here
     arm = build.build_module(graph, "arm", keep_params=False, fold=False)
     assert _attention_calls(arm) == 1 and set(arm.kernels.values()) == {RULE_NAME}
+    # an MHA decode step on ARM: dot products in NEON's 4 lanes, one task over the 4 heads
+    graph, _ = _cache_case(1, 4, 4, 32, 1, 9, "bool")
+    spec = targets.resolve("arm")
+    assert attention_tiles(spec, 1, 32, 32, 4).heads_per_task == 4
+    arm = build.build_module(graph, spec, keep_params=False, fold=False)
+    assert _attention_calls(arm) == 1 and set(arm.kernels.values()) == {RULE_NAME}
 
 
 def test_cache_attention_uncovered_forms_keep_the_relax_path() -> None:
