@@ -176,9 +176,7 @@ def _mask_layout(
 def _attention_kernel(ctx: LowerContext, shape: AttentionShape) -> relax.Expr:
     """One call_tir of the pre-scheduled attention PrimFunc for `shape` (every input of the
     node, in order)."""
-    tiles = attention_tiles(
-        ctx.target, shape.static_rows, shape.v_head_dim, shape.head_dim, shape.kv_heads
-    )
+    tiles = attention_tiles(ctx.target, shape.static_rows, shape.v_head_dim, shape.head_dim)
     gv = ctx.bb.add_func(attention_kernel(shape, tiles), "attention")
     args = [ctx.arg(i) for i in range(len(ctx.node.inputs)) if ctx.has(i)]
     out = ctx.out_type()

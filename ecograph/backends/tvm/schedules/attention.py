@@ -24,9 +24,7 @@ with the group's heads. Per task:
 A decode step has too few rows per KV head to fill a vector (SmolLM2: 3 of 16 lanes), so
 for a few static rows (`dot_product_lanes`) phase 2 takes dot products along the head dim
 instead (per (key, row) a vector of partial sums, halved to one lane; K and Q read as
-stored), the scores are laid out [rows, kv_len] and phase 3 runs along the keys, and one
-task takes every KV head whose rows fit the register tile: it reads each position's keys of
-all heads, adjacent in a sequence-first cache, at once.
+stored), the scores are laid out [rows, kv_len] and phase 3 runs along the keys.
 With a KV cache (ecograph::CacheAttention, `CacheSlots`), the keys and values of phases 2 and
 4 come in two runs, the cache's past positions read where they lie and then the new ones
 from K and V; nothing is concatenated. Everything is computed in float32 (float16 inputs are
@@ -129,9 +127,7 @@ class AttentionTiles:
     tile, and the P.V tile: `pv_rows` rows x `v_chunk` columns in vectors of `v_lanes`.
     `dot_lanes` > 0: the scores are dot products along the head dim in vectors of that many
     lanes (a block of exactly the rows there are, `row_vectors` 1), for the few rows of a
-    decode step, where vectors along the rows would be mostly empty; then one task takes
-    `heads_per_task` KV heads (all of them where their rows fit the register tile), so that
-    it reads each cached position's keys and values of every head at once."""
+    decode step, where vectors along the rows would be mostly empty."""
 
     row_lanes: int
     row_vectors: int
@@ -140,7 +136,6 @@ class AttentionTiles:
     v_lanes: int
     v_chunk: int
     dot_lanes: int = 0
-    heads_per_task: int = 1
 
     @property
     def row_block(self) -> int:
@@ -152,27 +147,20 @@ def attention_tiles(
     rows: int | None,
     v_head_dim: int,
     head_dim: int | None = None,
-    kv_heads: int = 1,
 ) -> AttentionTiles:
     """Tiles for `rows` query rows per KV head (None: symbolic) on `spec`'s vectors: a row
     vector no wider than the rows (a decode step with 4 grouped heads uses 4 lanes), two of
     them per task when there are enough rows; accumulator tiles within the register budget
     and under STACK_BYTES so they stay on the stack. With `head_dim` known and so few rows
-    that dot products cost less (`dot_product_lanes`), scores are dot products instead, and
-    a task takes every one of the `kv_heads` whose rows fit: a decode step over a
-    sequence-first KV cache then reads a position's heads, adjacent in memory, together
-    instead of in a pass per head (SmolLM2's 3 KV heads: 768 contiguous bytes of keys per
-    position instead of 256 in each of 3 passes; bench/RESULTS.md 2026-12-06, where dot
-    products alone were no faster in the model and both together were)."""
+    that dot products cost less (`dot_product_lanes`), scores are dot products instead. A
+    task stays one KV head (a form that took every head in one task, for a sequence-first
+    cache, made a two-thread decode step 18 % slower: bench/RESULTS.md 2026-12-06)."""
     lanes = lanes_for(spec)
     budget = accumulator_budget(spec)
     dot = dot_product_lanes(lanes, rows, head_dim)
-    heads = 1
     if dot:
         assert rows is not None
-        if rows * kv_heads * dot * 4 < STACK_BYTES and rows * kv_heads <= budget:
-            heads = kv_heads
-        row_lanes, row_vectors = rows * heads, 1
+        row_lanes, row_vectors = rows, 1
         key_tile = max(1, min(8, budget // row_lanes, (STACK_BYTES - 1) // (row_lanes * dot * 4)))
     else:
         row_lanes = lanes if rows is None else min(lanes, 1 << max(0, rows - 1).bit_length())
@@ -190,7 +178,7 @@ def attention_tiles(
         for m in range(8, 0, -1)
         if block % m == 0 and m * per_row <= budget and m * v_chunk * 4 < STACK_BYTES
     )
-    return AttentionTiles(row_lanes, row_vectors, key_tile, pv_rows, v_lanes, v_chunk, dot, heads)
+    return AttentionTiles(row_lanes, row_vectors, key_tile, pv_rows, v_lanes, v_chunk, dot)
 
 
 def dot_product_lanes(lanes: int, rows: int | None, head_dim: int | None) -> int:
@@ -244,17 +232,16 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles) -> tirx.PrimF
         v = T.arg("v", T.Buffer(v_shape, s.dtype))
         mask = T.arg("mask", T.Buffer(s.mask_shape, s.mask_dtype)) if s.mask_dtype else None
         y = T.arg("y", T.Buffer(y_shape, s.dtype))
-        rows = q_len * _i64(s.group * tiles.heads_per_task)
+        rows = q_len * _i64(s.group)
         blocks = (rows + _i64(tiles.row_block - 1)) // _i64(tiles.row_block)
-        with T.parallel(0, b * (hkv // _i64(tiles.heads_per_task)) * blocks) as task:
+        with T.parallel(0, b * hkv * blocks) as task:
             _Task(s, tiles, (q, k, v, mask, y, cache), task, blocks).emit()
     # No global symbol: each node's kernel takes the name its GlobalVar gets in the module.
     return ib.get().without_attr("global_symbol")
 
 
 class _Task:
-    """The body of one parallel task: batch `bi`, KV heads from `kh` (`heads_per_task` of
-    them), rows r0 .. r0 + row_block."""
+    """The body of one parallel task: batch `bi`, KV head `kh`, rows r0 .. r0 + row_block."""
 
     def __init__(
         self, shape: AttentionShape, tiles: AttentionTiles, buffers: tuple[Any, ...], task: Any,
@@ -265,12 +252,11 @@ class _Task:
         self.T = T
         self.s, self.t = shape, tiles
         self.q, self.k, self.v, self.mask, self.y, self.cache = buffers
-        heads = tiles.heads_per_task
-        hkv, rb = _i64(shape.kv_heads // heads), tiles.row_block
+        hkv, rb = _i64(shape.kv_heads), tiles.row_block
         self.bi = task // (hkv * blocks)
-        self.kh = task // blocks % hkv * _i64(heads)  # the task's first KV head
+        self.kh = task // blocks % hkv
         self.r0 = task % blocks * _i64(rb)
-        self.rows = shape.q_len * _i64(shape.group * heads)
+        self.rows = shape.q_len * _i64(shape.group)
         if shape.causal:  # rows see keys up to their own query: stop at the block's last one
             last_query, _ = self.row(_i64(rb - 1))
             self.n_keys = tirx.min(shape.kv_len, last_query + _i64(1))
@@ -306,18 +292,7 @@ class _Task:
         """(query, q head) of the block's row `r`, clamped to the last row."""
         group = _i64(self.s.group)
         rho = tirx.min(self.r0 + r, self.rows - _i64(1))
-        kh = self.kh
-        if self.t.heads_per_task > 1:  # rows run head-major: q_len x group rows per KV head
-            per_head = self.s.q_len * group
-            kh, rho = kh + rho // per_head, rho % per_head
-        return rho // group, kh * group + rho % group
-
-    def kv_head(self, r: Any) -> Any:
-        """The KV head row `r` reads."""
-        if self.t.heads_per_task == 1:
-            return self.kh
-        _, h = self.row(r)
-        return h // _i64(self.s.group)
+        return rho // group, self.kh * group + rho % group
 
     def q_at(self, h: Any, i: Any, x: Any) -> Any:
         d = self.s.head_dim
@@ -335,18 +310,16 @@ class _Task:
             (past, tirx.max(self.n_keys - past, _i64(0)), False),
         ]
 
-    def k_at(self, j: Any, x: Any, in_cache: bool = False, kh: Any = None) -> Any:
-        d, c = self.s.head_dim, self.s.cache
-        kh = self.kh if kh is None else kh
+    def k_at(self, j: Any, x: Any, in_cache: bool = False) -> Any:
+        d, kh, c = self.s.head_dim, self.kh, self.s.cache
         if c is not None:
             if in_cache:
                 return c.at(self.cache, c.key_index, self.bi, kh, j, x)
             return self.k[self.bi, kh, j - c.past_len, x]
         return self.k[self.bi, j, kh * d + x] if self.s.three_d else self.k[self.bi, kh, j, x]
 
-    def v_at(self, j: Any, col: Any, in_cache: bool = False, kh: Any = None) -> Any:
-        dv, c = self.s.v_head_dim, self.s.cache
-        kh = self.kh if kh is None else kh
+    def v_at(self, j: Any, col: Any, in_cache: bool = False) -> Any:
+        dv, kh, c = self.s.v_head_dim, self.kh, self.s.cache
         if c is not None:
             if in_cache:
                 return c.at(self.cache, c.value_index, self.bi, kh, j, col)
@@ -407,7 +380,7 @@ class _Task:
             T.vectorized(0, _i64(w)) as ln,
         ):
             x = xc * _i64(w) + ln
-            kx = self.f32(self.k_at(j0 + jj, x, in_cache, self.kv_head(r)))
+            kx = self.f32(self.k_at(j0 + jj, x, in_cache))
             T.buffer_store(acc, acc[jj, r, ln] + qt[r, x] * kx, [jj, r, ln])
         half = w // 2
         while half:
@@ -520,7 +493,7 @@ class _Task:
                     p = self.sc[r, j] if self.t.dot_lanes else self.sc[j, r]
                     with T.unroll(0, _i64(yc // yl)) as cv, T.vectorized(0, _i64(yl)) as lane:
                         c = cv * yl + lane
-                        vc = self.f32(self.v_at(j, co * _i64(yc) + c, in_cache, self.kv_head(r)))
+                        vc = self.f32(self.v_at(j, co * _i64(yc) + c, in_cache))
                         T.buffer_store(self.pv, self.pv[rr, c] + p * vc, [rr, c])
             with T.serial(0, _i64(mr)) as rr:
                 r = ro * _i64(mr) + rr
