@@ -488,6 +488,12 @@ def test_a_cuda_build_generates_hf_greedy_tokens_with_the_cache_on_the_gpu(
     model, _ = pair
     lm = compile_lm(model, target="cuda", max_seq_len=MAX_SEQ_LEN, out_dir=tmp_path / "lm")
     assert lm.device.startswith("cuda") and lm.spec.check["cosine"] > 0.99999
+    assert_hf_greedy_tokens(lm, model)
+
+
+def assert_hf_greedy_tokens(lm: Any, model: Any) -> None:
+    """Greedy generation gives HF's tokens: a batch of two with the cache on the device and
+    on the host, and one sequence (decode1) with the cache where "auto" puts it."""
     ids = prompt(2, 5, seed=2)
     want = hf_greedy(model, ids, 12)
     for where in ("device", "host"):
@@ -518,9 +524,4 @@ def test_a_sequence_first_build_still_generates_hf_greedy_tokens(
     (lm.path / "lm.json").write_text(json.dumps(data))
     old = load_lm(lm.path)
     assert old.spec.kv_layout == "sequence-first"
-    ids = prompt(2, 5, seed=2)
-    want = hf_greedy(gpt2, ids, 10)
-    for where in ("host", "device"):
-        np.testing.assert_array_equal(old.generate(ids, 10, kv_cache=where).tokens, want)
-    one = prompt(1, 3, seed=4)
-    np.testing.assert_array_equal(old.generate(one, 6).tokens, hf_greedy(gpt2, one, 6))
+    assert_hf_greedy_tokens(old, gpt2)
