@@ -18,6 +18,7 @@ pytest.importorskip("tvm")
 from ecograph.backends.tvm import build, targets
 from ecograph.backends.tvm.driver import lower_graph
 from ecograph.backends.tvm.schedules.attention import RULE_NAME, attention_tiles
+from ecograph.backends.tvm.views import view_inputs
 from ecograph.ir import Graph, interpret
 from tests.backends.tvm_helpers import (
     assert_matches,
@@ -337,7 +338,7 @@ def _in_longer_buffer(cache: np.ndarray, extra: int) -> np.ndarray:
 def test_a_head_major_cache_is_read_as_a_strided_view(target: Any, variant: str, past: int):
     """seq_axis 3: the kernel declares the cache's outer strides free, so the first `past`
     positions of a longer buffer go in as they lie (a view, not a copy): the manifest marks
-    the input "views" (build.view_inputs) and the result matches the reference's on the
+    the input "views" (views.view_inputs) and the result matches the reference's on the
     compact cache. The positions past the view hold NaN: a read of them would show."""
     import tvm_ffi
 
@@ -346,7 +347,7 @@ def test_a_head_major_cache_is_read_as_a_strided_view(target: Any, variant: str,
     assert _attention_calls(result) == 1
     assert all(name.startswith("attention") for name in result.kernels), result.kernels
     names = result.lowered.input_names
-    assert build.view_inputs(result.lowered.mod, names) == ["x1"]  # the cache, nothing else
+    assert view_inputs(result.lowered.mod, names) == ["x1"]  # the cache, nothing else
     view = _in_longer_buffer(feeds["x1"], extra=7)
     assert not view.flags.c_contiguous
     import tvm
@@ -367,10 +368,10 @@ def test_a_sequence_first_cache_and_the_relax_path_take_no_views() -> None:
     cache as compact: no input is marked "views", so the runtime copies a view first."""
     graph, _ = _cache_case(1, 8, 2, 32, 1, 9, "bool", symbolic=True)
     result = build.build_module(graph, HOST, keep_params=False, fold=False)
-    assert build.view_inputs(result.lowered.mod, result.lowered.input_names) == []
+    assert view_inputs(result.lowered.mod, result.lowered.input_names) == []
     graph, _ = _cache_case(1, 8, 2, 32, 1, 9, "bool", symbolic=True, seq_axis=3)
     lowered = lower_graph(graph, lowering_target("cuda"))
-    assert build.view_inputs(lowered.mod, lowered.input_names) == []
+    assert view_inputs(lowered.mod, lowered.input_names) == []
 
 
 def test_cache_attention_symbolic_lengths_one_build() -> None:

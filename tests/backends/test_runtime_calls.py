@@ -94,7 +94,7 @@ def test_checks_are_skipped_only_for_a_signature_that_passed(compiled):
 
 def test_only_an_input_that_takes_views_gets_one_as_it_lies() -> None:
     """inputs.viewable: a strided array goes to TVM uncopied only where the manifest says the
-    input takes views ("views", build.view_inputs), its last two axes are compact, its data
+    input takes views ("views", views.view_inputs), its last two axes are compact, its data
     64-byte aligned and writeable; anything else is copied compact first."""
     from ecograph.backends.tvm.inputs import viewable
 

@@ -72,7 +72,7 @@ def test_decode_steps_over_the_cache_match_hf(pair: tuple[Any, Any]) -> None:
 
 def test_the_decode_functions_read_a_view_of_the_cache_in_place(pair: tuple[Any, Any]) -> None:
     """The decode artifacts' cache input takes strided views (manifest "views", from
-    build.view_inputs), so generate hands them the first S positions of its buffer as they
+    views.view_inputs), so generate hands them the first S positions of its buffer as they
     lie. The positions past the view are NaN here: a kernel that read them, or read the
     view as if compact, would give other logits than the compact copy does."""
     model, lm = pair

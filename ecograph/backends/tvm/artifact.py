@@ -508,7 +508,7 @@ def _check_tensors(mpath: Path, value: Any, key: str) -> None:
                         f"{mpath}: '{where}.shape' holds {d!r}, not a symbolic dim ({exc}); "
                         f"{_REBUILD}"
                     ) from None
-        if "views" in t and t["views"] is not True:  # build.view_inputs
+        if "views" in t and t["views"] is not True:  # views.view_inputs
             raise _bad(mpath, f"{where}.views", "true (or absent)", t["views"])
         if "index_range" in t:  # gather indices: the runtime checks the values (inputs.py)
             info = _obj(mpath, t["index_range"], f"{where}.index_range")

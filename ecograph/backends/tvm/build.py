@@ -39,6 +39,7 @@ from .artifact import file_sha256
 from .codec import NPZ_FILE, check_codec, params_entry, write_params
 from .driver import Lowered, lower_graph
 from .runtime import FORMAT_VERSION, LIBRARY, MANIFEST, open_artifact
+from .views import view_inputs
 
 PARAMS = NPZ_FILE  # the params file without entropy coding (codec.ECW_FILE with it)
 
@@ -743,56 +744,6 @@ def _manifest(
         "tuning": tuning,
         "files": {name: file_sha256(folder / name) for name in files},
     }
-
-
-def view_inputs(mod: Any, names: Sequence[str]) -> list[str]:
-    """The inputs of `mod`'s main (named `names`, in order) that may be strided views with
-    compact last two axes: every use of them is a call_tir whose PrimFunc declares such
-    strides for that argument (the CPU attention kernel's head-major KV cache), or a
-    shape_of. TVM checks each compact buffer's strides at the call, so a view anywhere else
-    would fail there; and a Relax reshape of a view would read it as compact. The runtime
-    passes a view as it lies only where this allows (manifest "views": true; inputs.py
-    `viewable`), and a compact copy otherwise."""
-    from tvm import ir, relax, tirx
-
-    main = mod["main"]
-    params = dict(zip(main.params, names, strict=False))
-    ok = set(params)
-    call_tir, shape_of = ir.Op.get("relax.call_tir"), ir.Op.get("relax.shape_of")
-
-    def others(expr: Any) -> None:
-        ok.difference_update(v for v in relax.analysis.free_vars(expr) if v in params)
-
-    for block in main.body.blocks:
-        for binding in block.bindings:
-            value = binding.value
-            if isinstance(value, relax.Call) and value.op == shape_of:
-                continue
-            if isinstance(value, relax.Call) and value.op == call_tir:
-                func = mod[value.args[0]]
-                for i, arg in enumerate(value.args[1].fields):
-                    if arg in params:
-                        if not (isinstance(func, tirx.PrimFunc) and _outer_strided(func, i)):
-                            ok.discard(arg)
-                    else:
-                        others(arg)
-                for arg in value.args[2:]:
-                    others(arg)
-                continue
-            others(value)
-    others(main.body.body)
-    return [params[v] for v in main.params if v in ok and v in params]
-
-
-def _outer_strided(func: Any, i: int) -> bool:
-    """Whether PrimFunc `func`'s parameter `i` is a buffer of declared strides whose last two
-    are those of a compact array (TVM 0.27: a PrimFunc's tensor parameters are its buffers)."""
-    buf = func.params[i]
-    strides, shape = list(getattr(buf, "strides", None) or ()), list(getattr(buf, "shape", ()))
-    if len(strides) < 2 or len(strides) != len(shape):
-        return False
-    last, second = (getattr(s, "value", None) for s in strides[-2:][::-1])
-    return last == 1 and second is not None and second == getattr(shape[-1], "value", None)
 
 
 def share_params(

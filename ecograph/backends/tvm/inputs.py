@@ -55,7 +55,7 @@ def check_count(specs: list[dict[str, Any]], arrays: Sequence[Any]) -> list[dict
 
 def viewable(spec: Mapping[str, Any], arr: np.ndarray) -> bool:
     """Whether `arr` goes to the kernels as it lies though it is not compact: its input takes
-    strided views (the manifest's "views", build.view_inputs: the CPU attention kernel's
+    strided views (the manifest's "views", views.view_inputs: the CPU attention kernel's
     head-major KV cache), its last two axes are compact, its data is 64-byte aligned and
     writeable (TVM's DLPack import asks both)."""
     if not spec.get("views") or arr.ndim < 2 or not arr.size:
