@@ -73,6 +73,11 @@ def kv_shape(
     return (positions, 2, layers, batch, kv_heads, head_dim)
 
 
+def kv_axes(head_major: bool) -> tuple[int, int]:
+    """(positions axis, batch axis) of a KV cache in either layout (`kv_shape`)."""
+    return (3, 1) if head_major else (0, 3)
+
+
 def check_model(model: Any, max_seq_len: int) -> None:
     """Raise a typed error, saying what to do, unless `model` is a float32 Hugging Face causal
     LM of an architecture in SUPPORTED that can hold `max_seq_len` positions."""
@@ -243,7 +248,7 @@ def capture_lm(model: Any, head_major: bool = False) -> tuple[Any, Any, Any, Cac
         )
         step = torch.randint(0, vocab, (b, 1))
         past = torch.zeros(layout.shape(s, b), dtype=layout.dtype)
-        seq_axis, batch_axis = (3, 1) if head_major else (0, 3)
+        seq_axis, batch_axis = kv_axes(head_major)
         decode_graph = from_torch(
             decode,
             (step, past),

@@ -49,7 +49,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ecograph.errors import ArtifactError, InputError, UsageError
-from ecograph.lm.capture import HEAD_MAJOR, SEQUENCE_FIRST, kv_shape
+from ecograph.lm.capture import HEAD_MAJOR, SEQUENCE_FIRST, kv_axes, kv_shape
 
 LM_JSON = "lm.json"
 LM_FORMAT = 1  # of lm.json
@@ -363,10 +363,12 @@ class CompiledLM:
             raise UsageError(f"kv_cache must be 'auto', 'host' or 'device', got {where!r}")
         dtype = np.dtype(self.spec.kv_dtype)
         device = self.decode.device  # None: a build this machine cannot run (its calls say so)
-        axis = 3 if self.spec.head_major else 0  # the positions' axis
+        axis, _ = kv_axes(self.spec.head_major)  # the positions' axis
         if where == "host" or device is None or (where == "auto" and self.device == "cpu"):
             return _HostCache(shape, dtype, axis)
-        return _DeviceCache(shape, dtype, device, axis)
+        if self.spec.head_major:
+            return _HostCacheOnDevice(shape, dtype, axis, device)
+        return _DeviceCache(shape, dtype, device)
 
     # ---------------------------------------------------------------- tokenizer
 
@@ -524,67 +526,70 @@ class _HostCache:
         self.buf = _aligned_empty(shape, dtype)
         self.axis = axis
 
+    def _run(self, fn: Any, arrays: list[np.ndarray]) -> Any:
+        return fn.run_numpy(arrays)
+
     def prefill(self, fn: Any, ids: np.ndarray) -> np.ndarray:
         """Run prefill on `ids`, keep its keys and values; the last position's logits."""
-        logits, kv = fn.run_numpy([ids])
+        logits, kv = self._run(fn, [ids])
         _positions(self.buf, self.axis, 0, kv.shape[self.axis])[...] = kv
         return logits[:, -1]
 
     def step(self, fn: Any, ids: np.ndarray, pos: int) -> np.ndarray:
         """Run decode step `fn` on `ids` over positions [0, pos), keep position pos; logits."""
-        logits, kv = fn.run_numpy([ids, _positions(self.buf, self.axis, 0, pos)])
+        logits, kv = self._run(fn, [ids, _positions(self.buf, self.axis, 0, pos)])
         _positions(self.buf, self.axis, pos, pos + 1)[...] = kv
         return logits[:, -1]
 
 
-class _DeviceCache:
-    """The KV cache as one tensor on the functions' device; only token ids go to the device
-    and logits come back. Sequence first (a GPU build), positions [0, S) are a compact view
-    of the tensor's start and each step's new position is copied into it on the device. Head
-    major (a CPU build: TVM makes strided views of host memory only) the tensor is a host
-    buffer, positions [0, S) a strided view of it, as the host cache has."""
+class _HostCacheOnDevice(_HostCache):
+    """A head-major cache (a CPU build) where kv_cache="device" asks for one: the host
+    buffer, since the CPU is the device, handed to the functions as TVM tensors through
+    `run_device` (the first S positions a strided view). A GPU cannot take this layout: TVM
+    makes strided views of host memory only."""
 
-    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, device: Any, axis: int) -> None:
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, axis: int, device: Any) -> None:
         import tvm
 
-        self.shape, self.device, self.axis = shape, device, axis
+        if device.dlpack_device_type() != tvm.cpu().dlpack_device_type():
+            raise UsageError(
+                f"this LM's KV cache is head-major (lm.json's kv_layout), which TVM cannot "
+                f"view in place on {device}; give kv_cache='host', or rebuild it for this "
+                "device with ecograph.compile_lm (GPU builds keep the cache sequence-first)"
+            )
+        super().__init__(shape, dtype, axis)
+
+    def _run(self, fn: Any, arrays: list[np.ndarray]) -> Any:
+        import tvm_ffi
+
+        tensors = [tvm_ffi.from_dlpack(a, require_contiguous=False) for a in arrays]
+        return [out.numpy() for out in fn.run_device(tensors)]
+
+
+class _DeviceCache:
+    """The KV cache as one TVM tensor on the functions' device. Positions [0, S) are a view
+    of its start (sequence axis first, so contiguous); each step's new position is copied
+    into it on the device. Only token ids go to the device and logits come back."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, device: Any) -> None:
+        import tvm
+
+        self.shape, self.device = shape, device
         self.row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
-        if axis:
-            if device.dlpack_device_type() != tvm.cpu().dlpack_device_type():
-                raise UsageError(
-                    f"this LM's KV cache is head-major (lm.json's kv_layout), which TVM cannot "
-                    f"view in place on {device}; give kv_cache='host', or rebuild it for this "
-                    "device with ecograph.compile_lm (GPU builds keep the cache sequence-first)"
-                )
-            self.host = _aligned_empty(shape, dtype)
-        else:
-            try:
-                self.buf = tvm.runtime.empty(shape, str(dtype), device)
-            except Exception as exc:  # the device is out of memory
-                raise InputError(
-                    f"a KV cache of {list(shape)} ({dtype}, {self.row_bytes * shape[0]} bytes) "
-                    f"does not fit on {device}: {exc}; ask for fewer tokens or a smaller "
-                    "batch, or keep the cache on the host (kv_cache='host')"
-                ) from exc
+        try:
+            self.buf = tvm.runtime.empty(shape, str(dtype), device)
+        except Exception as exc:  # the device is out of memory
+            raise InputError(
+                f"a KV cache of {list(shape)} ({dtype}, {self.row_bytes * shape[0]} bytes) "
+                f"does not fit on {device}: {exc}; ask for fewer tokens or a smaller batch, "
+                "or keep the cache on the host (kv_cache='host')"
+            ) from exc
         self.ids: Any = None
 
     def _view(self, start: int, count: int) -> Any:
-        if self.axis:
-            import tvm_ffi
-
-            span = _positions(self.host, self.axis, start, start + count)
-            return tvm_ffi.from_dlpack(span, require_contiguous=False)
         return self.buf._create_view(
             (count, *self.shape[1:]), relative_byte_offset=start * self.row_bytes
         )
-
-    def _keep(self, start: int, kv: Any) -> None:
-        """Write the positions `kv` holds into the cache from `start`."""
-        if self.axis:
-            count = int(kv.shape[self.axis])
-            _positions(self.host, self.axis, start, start + count)[...] = kv.numpy()
-        else:
-            self._view(start, int(kv.shape[0])).copyfrom(kv)
 
     def _ids(self, ids: np.ndarray) -> Any:
         import tvm
@@ -595,7 +600,7 @@ class _DeviceCache:
 
     def prefill(self, fn: Any, ids: np.ndarray) -> np.ndarray:
         logits, kv = fn.run_device([self._ids(ids)])
-        self._keep(0, kv)
+        self._view(0, kv.shape[0]).copyfrom(kv)
         # only the last position's logits cross the bus ([batch, T, vocab] would be T times more)
         batch, length, vocab = (int(d) for d in logits.shape)
         size = vocab * np.dtype(str(logits.dtype)).itemsize
@@ -607,7 +612,7 @@ class _DeviceCache:
 
     def step(self, fn: Any, ids: np.ndarray, pos: int) -> np.ndarray:
         logits, kv = fn.run_device([self._ids(ids), self._view(0, pos)])
-        self._keep(pos, kv)
+        self._view(pos, 1).copyfrom(kv)
         return logits.numpy()[:, -1]
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from ecograph.ir.dtypes import DType
 from ecograph.ir.graph import Graph, Value
+from ecograph.ir.ops.cache_attention import canonical_dims
 from ecograph.passes.core import Pass, PassResult
 from ecograph.passes.pattern import Const, Match, Op, Pat, Pattern, RewritePass, Rule, Var
 from ecograph.passes.registry import register_pass
@@ -408,7 +409,7 @@ def _slot(m: Match, prefix: str, seq_axis: int) -> int | str:
     index = const_array(m[f"{prefix}_index"])
     if index is None or index.ndim != 0 or index.dtype.kind not in "iu":
         return f"the {prefix} slot is not one integer index"
-    i, slots = int(index), m["cache"].shape[0 if seq_axis == 3 else 1]
+    i, slots = int(index), canonical_dims(m["cache"].shape, seq_axis)[0]
     if i < 0:
         if not isinstance(slots, int):
             return f"a negative {prefix} slot into a symbolic number of slots"

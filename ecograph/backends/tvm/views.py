@@ -49,7 +49,7 @@ def view_inputs(mod: Any, names: Sequence[str]) -> list[str]:
                 continue
             others(value)
     others(main.body.body)
-    return [params[v] for v in main.params if v in ok and v in params]
+    return [params[v] for v in main.params if v in ok]
 
 
 def _outer_strided(func: Any, i: int) -> bool:

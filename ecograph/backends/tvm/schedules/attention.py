@@ -161,13 +161,14 @@ def attention_tiles(
     if dot:
         assert rows is not None
         row_lanes, row_vectors = rows, 1
-        key_tile = max(1, min(8, budget // row_lanes, (STACK_BYTES - 1) // (row_lanes * dot * 4)))
     else:
         row_lanes = lanes if rows is None else min(lanes, 1 << max(0, rows - 1).bit_length())
         row_vectors = 2 if rows is None or rows > row_lanes else 1
-        block = row_lanes * row_vectors
-        key_tile = max(1, min(8, budget // row_vectors, (STACK_BYTES - 1) // (block * 4)))
     block = row_lanes * row_vectors
+    # per key: an accumulator register per row (dot products) or per row vector, and
+    # block x (dot lanes or 1) floats of stack
+    registers = block if dot else row_vectors
+    key_tile = max(1, min(8, budget // registers, (STACK_BYTES - 1) // (block * (dot or 1) * 4)))
     v_lanes = next(w for w in (16, 8, 4, 2, 1) if w <= lanes and v_head_dim % w == 0)
     per_row = next(
         k for k in (6, 5, 4, 3, 2, 1) if (v_head_dim // v_lanes) % k == 0 and v_lanes * k <= 64
