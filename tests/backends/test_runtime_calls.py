@@ -109,3 +109,21 @@ def test_only_an_input_that_takes_views_gets_one_as_it_lies() -> None:
     read_only = view.view()
     read_only.flags.writeable = False
     assert not viewable(takes, read_only)
+
+
+def test_run_device_copies_a_strided_tensor_for_an_input_without_views(compiled) -> None:
+    """run_device on a strided TVM tensor (tvm_ffi.from_dlpack of a view) for an input the
+    manifest does not mark "views": a compact copy goes in (TVM would refuse the strides at
+    the kernel), and the result is the reference's."""
+    import tvm
+    import tvm_ffi
+
+    base = misaligned(np.random.default_rng(3).standard_normal((8, 5)).astype(np.float32), 0)
+    x = base[::2]  # rows strided, each row compact
+    y = np.ones(5, np.float32)
+    assert not compiled.manifest["inputs"][0].get("views")
+    strided = tvm_ffi.from_dlpack(x, require_contiguous=False)
+    assert not strided.is_contiguous()
+    out = compiled.run_device([strided, tvm.runtime.tensor(y)])
+    want = interpret(model(), {"x": np.ascontiguousarray(x), "y": y})
+    np.testing.assert_array_equal(out[0].numpy(), want["out"])

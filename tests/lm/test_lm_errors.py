@@ -203,3 +203,22 @@ def test_a_cuda_build_compiles_here_and_says_where_to_run_it(gpt2: Any, tmp_path
             lm.generate([1, 2, 3], 2, kv_cache=where)
     with pytest.raises(BuildError, match=r"lm/prefill is a CUDA artifact"):
         load_lm(tmp_path / "lm")
+
+
+def test_a_head_major_cache_cannot_live_on_a_gpu(gpt2_lm: Any) -> None:
+    """A CPU build's head-major cache asked onto a GPU device (its functions reporting one):
+    UsageError saying to keep the cache on the host or rebuild for that device, before
+    anything runs."""
+    import tvm
+
+    from ecograph.lm import CompiledLM
+
+    class OnGpu:
+        device = tvm.cuda(0)
+
+    assert gpt2_lm.spec.kv_layout == "head-major"
+    lm = CompiledLM(gpt2_lm.path, gpt2_lm.spec, OnGpu(), OnGpu(), OnGpu())
+    with pytest.raises(
+        UsageError, match=r"head-major .* cannot view in place on cuda.*kv_cache='host'"
+    ):
+        lm.generate([1, 2, 3], 2, kv_cache="device")
