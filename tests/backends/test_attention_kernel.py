@@ -7,7 +7,12 @@ ecograph::CacheAttention, the same kernel reading past keys and values in a KV c
 from __future__ import annotations
 
 import itertools
+import math
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +22,12 @@ pytest.importorskip("tvm")
 
 from ecograph.backends.tvm import build, targets
 from ecograph.backends.tvm.driver import lower_graph
-from ecograph.backends.tvm.schedules.attention import RULE_NAME, attention_tiles
+from ecograph.backends.tvm.schedules.attention import (
+    RULE_NAME,
+    SPLIT_MIN_KEYS,
+    attention_tiles,
+    key_chunks,
+)
 from ecograph.backends.tvm.views import view_inputs
 from ecograph.ir import Graph, interpret
 from tests.backends.tvm_helpers import (
@@ -140,6 +150,103 @@ def test_fully_masked_rows_give_zeros() -> None:
         (y,) = _check(graph, feeds, HOST)
         assert np.all(y[row] == 0) and np.all(np.isfinite(y))
         assert np.any(y[(0, 0, 0)] != 0)
+
+
+# Runs a library's `main` with TVM's pool at each thread count, in a fresh process: the
+# pool's size is fixed when it starts (TVM_NUM_THREADS; one thread per xdist worker here).
+_POOL_RUN = """
+import sys
+import numpy as np, tvm, tvm_ffi
+from tvm import relax
+mode, lib, data, out = sys.argv[1:5]
+args = list(np.load(data).values())
+module = tvm.runtime.load_module(lib)
+configure = tvm_ffi.get_global_func("runtime.config_threadpool")
+results = {}
+for n in map(int, sys.argv[5:]):
+    configure(0, n)
+    assert tvm.runtime.num_threads() == n, (n, tvm.runtime.num_threads())
+    tensors = [tvm.runtime.tensor(a) for a in args]
+    if mode == "vm":
+        results[str(n)] = relax.VirtualMachine(module, tvm.cpu())["main"](*tensors).numpy()
+    else:  # a PrimFunc whose last argument is its output
+        module["main"](*tensors)
+        results[str(n)] = tensors[-1].numpy()
+np.savez(out, **results)
+"""
+
+
+def _with_threads(
+    tmp_path: Path, module: Any, args: list[np.ndarray], threads: list[int], vm: bool = True
+) -> dict[int, np.ndarray]:
+    """`module`'s main on `args` with TVM's pool at each of `threads`, each in a fresh process
+    whose pool has max(threads) threads (any machine can start them)."""
+    lib, data, out = tmp_path / "lib.so", tmp_path / "args.npz", tmp_path / "out.npz"
+    module.export_library(str(lib))
+    np.savez(data, *args)
+    env = {**os.environ, "TVM_NUM_THREADS": str(max(threads)), "TVM_BIND_THREADS": "0"}
+    argv = [sys.executable, "-c", _POOL_RUN, "vm" if vm else "func", str(lib), str(data), str(out)]
+    proc = subprocess.run(
+        [*argv, *map(str, threads)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with np.load(out) as got:
+        return {int(n): got[n] for n in got.files}
+
+
+def test_key_chunks_give_every_thread_as_many_tasks(tmp_path: Path) -> None:
+    """`key_chunks` (computed in the kernel from the pool's thread count) against the rule
+    written here with math.gcd: threads / gcd(groups, threads), no chunk under
+    SPLIT_MIN_KEYS keys, at least one; pools of 1 to 6 threads."""
+    import tvm
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.script.ir_builder import tirx as T  # noqa: N812
+
+    cases = np.array(
+        list(itertools.product([1, 255, 511, 512, 1000, 5000], range(1, 9))), dtype=np.int64
+    )
+    with IRBuilder() as ib, T.prim_func():
+        T.func_name("main")
+        case = T.arg("cases", T.Buffer(cases.shape, "int64"))
+        out = T.arg("out", T.Buffer((len(cases),), "int64"))
+        with T.serial(0, len(cases)) as i:
+            T.buffer_store(out, key_chunks(T, case[i, 0], case[i, 1]), [i])
+    module = tvm.compile(ib.get(), target="llvm")
+    threads = [1, 2, 3, 4, 6]
+    got = _with_threads(tmp_path, module, [cases, np.zeros(len(cases), np.int64)], threads, False)
+    for n in threads:
+        want = [max(1, min(n // math.gcd(g, n), kv // SPLIT_MIN_KEYS)) for kv, g in cases]
+        assert got[n].tolist() == want, n
+    assert got[2].tolist() != got[1].tolist()  # some cases split
+
+
+@pytest.mark.parametrize(
+    "target", [HOST, HASWELL]
+)  # (128-bit vectors: 3 rows take no dot products)
+def test_decode_keys_split_into_chunks(target: Any, tmp_path: Path) -> None:
+    """A batch-1 decode step over 3 KV heads and 1000 keys: one thread, no split; two threads,
+    two chunks (6 tasks, 3 per thread); four, three (no chunk under 256 keys); each combined
+    to the reference's result: some chunks wholly masked (keys 0-299 and 700-999), one row
+    masked everywhere (zeros); causal; a CacheAttention whose second chunk holds past and
+    new keys; batch 2 (6 groups: no split with 2 or 3 threads)."""
+    keep = rand((1, 9, 1, 1000), "bool")
+    keep[0, :, :, :300] = keep[0, :, :, 700:] = False
+    keep[0, 3] = False
+    cases = [
+        one_op("Attention", *_qkv(1, 9, 3, 1, 1000, 32, 32), keep),
+        one_op("Attention", *_qkv(1, 9, 3, 1, 1000, 24, 40), is_causal=1),
+        _cache_case(1, 9, 3, 32, 1, 999, "bool", seq_axis=3),
+        one_op("Attention", *_qkv(2, 9, 3, 1, 600, 24, 24)),
+    ]
+    for i, (graph, feeds) in enumerate(cases):
+        result = build.build_module(graph, target, keep_params=False, fold=False)
+        assert _attention_calls(result) == 1
+        args = [feeds[n] for n in result.lowered.input_names]
+        got = _with_threads(tmp_path, result.executable, args, [1, 2, 3, 4])
+        for y in got.values():
+            assert_matches(graph, feeds, [y])
+        if i == 0:  # the row masked everywhere
+            assert np.all(got[2][0, 3] == 0) and np.any(got[2] != 0)
 
 
 @pytest.mark.parametrize("target", [GENERIC, HOST])

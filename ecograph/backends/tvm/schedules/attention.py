@@ -24,11 +24,15 @@ with the group's heads. Per task:
 A decode step has too few rows per KV head to fill a vector (SmolLM2: 3 of 16 lanes), so
 for a few static rows (`dot_product_lanes`) phase 2 takes dot products along the head dim
 instead (per (key, row) a vector of partial sums, halved to one lane; K and Q read as
-stored), the scores are laid out [rows, kv_len] and phase 3 runs along the keys.
+stored), the scores are laid out [rows, keys] and phase 3 runs along the keys. A decode step
+also splits its keys into chunks (`_KeySplit`, flash-decoding): a batch-1 step has only as
+many tasks as KV heads (SmolLM2: 3, which two threads share 2 + 1), so each task takes one
+chunk of at least SPLIT_MIN_KEYS keys, leaves its unnormalized P.V with its rows' score max
+and exponential sum, and a second parallel loop combines the chunks into Y.
 With a KV cache (ecograph::CacheAttention, `CacheSlots`), the keys and values of phases 2 and
 4 come in two runs, the cache's past positions read where they lie and then the new ones
 from K and V; nothing is concatenated. Everything is computed in float32 (float16 inputs are
-read as float32 and the result cast back). The scratch rows are `kv_len x rows` floats per
+read as float32 and the result cast back). The scratch rows are `keys x rows` floats per
 task: over 1 KB they are heap workspaces (TVM's per-thread pool), which is cheap next to the
 task's work.
 """
@@ -48,6 +52,8 @@ F32 = "float32"
 I64 = "int64"
 INF = float("inf")
 RULE_NAME = "attention"
+# A decode step's keys are split into chunks of at least this many (_KeySplit.chunks).
+SPLIT_MIN_KEYS = 256
 
 
 @dataclass(frozen=True)
@@ -235,18 +241,125 @@ def attention_kernel(shape: AttentionShape, tiles: AttentionTiles) -> tirx.PrimF
         y = T.arg("y", T.Buffer(y_shape, s.dtype))
         rows = q_len * _i64(s.group)
         blocks = (rows + _i64(tiles.row_block - 1)) // _i64(tiles.row_block)
-        with T.parallel(0, b * hkv * blocks) as task:
-            _Task(s, tiles, (q, k, v, mask, y, cache), task, blocks).emit()
+        buffers, groups = (q, k, v, mask, y, cache), b * hkv * blocks
+        if tiles.dot_lanes:  # a decode step: its keys in chunks where that balances threads
+            count = T.bind(key_chunks(T, s.kv_len, groups), var=tirx.Var("chunks", I64))
+            with T.If(count > _i64(1)):
+                with T.Then():
+                    split = _KeySplit.declare(T, s, tiles, groups, count)
+                    with T.parallel(0, groups * count) as task:
+                        _Task(s, tiles, buffers, task // count, blocks, split, task % count).emit()
+                    with T.parallel(0, groups) as task:
+                        split.combine(T, s, tiles, y, task, blocks)
+                with T.Else(), T.parallel(0, groups) as task:
+                    _Task(s, tiles, buffers, task, blocks).emit()
+        else:
+            with T.parallel(0, groups) as task:
+                _Task(s, tiles, buffers, task, blocks).emit()
     # No global symbol: each node's kernel takes the name its GlobalVar gets in the module.
     return ib.get().without_attr("global_symbol")
 
 
+def key_chunks(T: Any, kv_len: Any, groups: Any) -> Any:
+    """How many chunks a decode step's keys are split into (`_KeySplit`), as an int64
+    expression of `kv_len` and the `groups` (batch x KV heads x row blocks) of tasks: the
+    fewest that give every thread of the pool (TVM's runtime.NumThreads, over which a
+    parallel loop is split evenly) as many tasks, threads / gcd(groups, threads), but no
+    chunk under SPLIT_MIN_KEYS keys. One thread, or groups a multiple of the threads, gives 1:
+    no split. Emits the statements that compute it."""
+    threads = T.bind(
+        tirx.Cast(I64, tirx.call_packed("runtime.NumThreads")), var=tirx.Var("threads", I64)
+    )
+    common = T.decl_buffer((1,), I64, scope="local")
+    T.buffer_store(common, _i64(1), [0])
+    with T.serial(1, threads + _i64(1)) as d:  # gcd(groups, threads)
+        shared = tirx.all(groups % d == _i64(0), threads % d == _i64(0))
+        T.buffer_store(common, tirx.Select(shared, d, common[0]), [0])
+    by_keys = kv_len // _i64(SPLIT_MIN_KEYS)
+    return tirx.max(_i64(1), tirx.min(threads // common[0], by_keys))
+
+
+class _KeySplit:
+    """A decode step's keys split into chunks (flash-decoding), so that a batch-1 step has
+    work for every thread (SmolLM2's 3 KV heads gave two threads 2 + 1). Each task takes one
+    chunk of `chunk` keys of one (batch, KV head, row block) group and leaves its rows'
+    unnormalized P.V (`o`), score max (`m`) and exponential sum (`l`); `combine` rescales
+    the chunks to their common max and writes Y. There are `count` chunks (`key_chunks`)."""
+
+    def __init__(self, count: Any, chunk: Any, m: Any, l: Any, o: Any) -> None:  # noqa: E741
+        self.count, self.chunk, self.m, self.l, self.o = count, chunk, m, l, o
+
+    @classmethod
+    def declare(
+        cls,
+        T: Any,
+        s: AttentionShape,
+        tiles: AttentionTiles,
+        groups: Any,
+        count: Any,
+    ) -> _KeySplit:
+        """`count` chunks of `s`'s keys for each of `groups` (batch x KV heads x row
+        blocks) groups, and their partial results as workspaces."""
+        chunk = (s.kv_len + count - _i64(1)) // count
+        rb, dv = _i64(tiles.row_block), _i64(s.v_head_dim)
+        # room for the most chunks kv_len allows: sized by `count` itself, TVM's build fails
+        # ("used before definition": the workspaces are allocated before it is bound)
+        most = tirx.max(_i64(1), s.kv_len // _i64(SPLIT_MIN_KEYS))
+        m = T.decl_buffer((groups, most, rb), F32, scope="global")
+        l = T.decl_buffer((groups, most, rb), F32, scope="global")  # noqa: E741
+        o = T.decl_buffer((groups, most, rb, dv), F32, scope="global")
+        return cls(count, chunk, m, l, o)
+
+    def combine(
+        self,
+        T: Any,
+        s: AttentionShape,
+        tiles: AttentionTiles,
+        y: Any,
+        g: Any,
+        blocks: Any,
+    ) -> None:
+        """Y for group `g`'s rows: each chunk's P.V weighted by exp(its max - the rows' max),
+        divided by the sums weighted alike; a chunk with no visible key (sum 0) weighs 0, and
+        a row with none at all gives zeros."""
+        rows = _Task(s, tiles, (None, None, None, None, y, None), g, blocks)
+        dv, neg_inf, zero = _i64(s.v_head_dim), _f32(-INF), _f32(0.0)
+        w = T.decl_buffer((self.count,), F32, scope="global")
+        acc = T.decl_buffer((s.v_head_dim,), F32, scope="global")
+        top = T.decl_buffer((1,), F32, scope="global")
+        den = T.decl_buffer((1,), F32, scope="global")
+        m, l, o = self.m, self.l, self.o  # noqa: E741
+        with (
+            T.serial(0, _i64(tiles.row_block)) as r,
+            T.If(rows.r0 + r < rows.rows),
+            T.Then(),
+        ):
+            T.buffer_store(top, neg_inf, [0])
+            T.buffer_store(den, zero, [0])
+            with T.serial(0, self.count) as c:
+                seen = tirx.Select(l[g, c, r] > zero, m[g, c, r], neg_inf)
+                T.buffer_store(top, tirx.max(top[0], seen), [0])
+            with T.serial(0, self.count) as c:
+                wc = tirx.Select(l[g, c, r] > zero, tirx.exp(m[g, c, r] - top[0]), zero)
+                T.buffer_store(w, wc, [c])
+                T.buffer_store(den, den[0] + wc * l[g, c, r], [0])
+            with T.vectorized(0, dv) as x:
+                T.buffer_store(acc, zero, [x])
+            with T.serial(0, self.count) as c, T.vectorized(0, dv) as x:
+                T.buffer_store(acc, acc[x] + w[c] * o[g, c, r, x], [x])
+            inv = tirx.Select(den[0] == zero, zero, _f32(1.0) / den[0])
+            i, h = rows.row(r)
+            with T.vectorized(0, dv) as x:
+                rows.y_store(h, i, x, acc[x] * inv)
+
+
 class _Task:
-    """The body of one parallel task: batch `bi`, KV head `kh`, rows r0 .. r0 + row_block."""
+    """One parallel task: batch `bi`, KV head `kh`, rows r0 .. r0 + row_block; with `split`,
+    the keys of chunk `chunk` only."""
 
     def __init__(
         self, shape: AttentionShape, tiles: AttentionTiles, buffers: tuple[Any, ...], task: Any,
-        blocks: Any,
+        blocks: Any, split: _KeySplit | None = None, chunk: Any = None,
     ) -> None:  # fmt: skip
         from tvm.script.ir_builder import tirx as T  # noqa: N812
 
@@ -254,36 +367,49 @@ class _Task:
         self.s, self.t = shape, tiles
         self.q, self.k, self.v, self.mask, self.y, self.cache = buffers
         hkv, rb = _i64(shape.kv_heads), tiles.row_block
+        self.group, self.split, self.chunk = task, split, chunk
         self.bi = task // (hkv * blocks)
         self.kh = task // blocks % hkv
         self.r0 = task % blocks * _i64(rb)
         self.rows = shape.q_len * _i64(shape.group)
         if shape.causal:  # rows see keys up to their own query: stop at the block's last one
             last_query, _ = self.row(_i64(rb - 1))
-            self.n_keys = tirx.min(shape.kv_len, last_query + _i64(1))
+            n_keys = tirx.min(shape.kv_len, last_query + _i64(1))
         else:
-            self.n_keys = shape.kv_len
-        # Scratch: Q^T (Q's rows for dot products), the scores (then probabilities), and the
-        # register tiles (stack).
-        if tiles.dot_lanes:
-            self.qt = T.decl_buffer((rb, shape.head_dim), F32, scope="global")
-            self.acc = T.decl_buffer((tiles.key_tile, rb, tiles.dot_lanes), F32, scope="global")
-        else:
-            self.qt = T.decl_buffer((shape.head_dim, rb), F32, scope="global")
-            self.acc = T.decl_buffer((tiles.key_tile, rb), F32, scope="global")
-        # scores [key, row]; with dot products [row, key], so that softmax runs along keys
-        sc_shape = (_i64(rb), shape.kv_len) if tiles.dot_lanes else (shape.kv_len, _i64(rb))
-        self.sc = T.decl_buffer(sc_shape, F32, scope="global")
-        self.lane = T.decl_buffer((tiles.dot_lanes or 1,), F32, scope="global")
-        self.mx = T.decl_buffer((rb,), F32, scope="global")
-        self.inv = T.decl_buffer((rb,), F32, scope="global")
-        self.pv = T.decl_buffer((tiles.pv_rows, tiles.v_chunk), F32, scope="global")
+            n_keys = shape.kv_len
+        # this task's keys: k0 .. k0 + n_keys (one chunk of them with a split)
+        self.k0 = _i64(0) if split is None else chunk * split.chunk
+        if split is not None:
+            n_keys = tirx.max(tirx.min(n_keys, self.k0 + split.chunk) - self.k0, _i64(0))
+        self.n_keys = n_keys
 
     def emit(self) -> None:
+        self.declare_scratch()
         self.transpose_queries()
         self.scores()
         self.softmax()
         self.weighted_sum()
+
+    def declare_scratch(self) -> None:
+        """Q^T (Q's rows for dot products), the scores (then probabilities) and the register
+        tiles (stack)."""
+        T, s, t, rb = self.T, self.s, self.t, self.t.row_block  # noqa: N806
+        if t.dot_lanes:
+            self.qt = T.decl_buffer((rb, s.head_dim), F32, scope="global")
+            self.acc = T.decl_buffer((t.key_tile, rb, t.dot_lanes), F32, scope="global")
+        else:
+            self.qt = T.decl_buffer((s.head_dim, rb), F32, scope="global")
+            self.acc = T.decl_buffer((t.key_tile, rb), F32, scope="global")
+        # scores [key, row]; with dot products [row, key] (the chunk's keys), so that softmax
+        # runs along keys
+        keys = s.kv_len if self.split is None else self.split.chunk
+        self.sc = T.decl_buffer(
+            (_i64(rb), keys) if t.dot_lanes else (keys, _i64(rb)), F32, scope="global"
+        )
+        self.lane = T.decl_buffer((t.dot_lanes or 1,), F32, scope="global")
+        self.mx = T.decl_buffer((rb,), F32, scope="global")
+        self.inv = T.decl_buffer((rb,), F32, scope="global")
+        self.pv = T.decl_buffer((t.pv_rows, t.v_chunk), F32, scope="global")
 
     # ----------------------------------------------------------------- indexing
     def f32(self, e: Any) -> Any:
@@ -301,14 +427,16 @@ class _Task:
 
     def key_ranges(self) -> list[tuple[Any, Any, bool]]:
         """(first key, number of keys, read from the cache) for each run of keys that one
-        buffer holds: all of them in K and V, or the cache's past_len then K's and V's."""
-        c = self.s.cache
+        buffer holds (of the task's keys): all of them in K and V, or the cache's past_len
+        then K's and V's."""
+        c, k0, end = self.s.cache, self.k0, self.k0 + self.n_keys
         if c is None:
-            return [(_i64(0), self.n_keys, False)]
-        past = c.past_len
+            return [(k0, self.n_keys, False)]
+        past, zero = c.past_len, _i64(0)
+        new0 = tirx.max(past, k0)
         return [
-            (_i64(0), tirx.min(past, self.n_keys), True),
-            (past, tirx.max(self.n_keys - past, _i64(0)), False),
+            (k0, tirx.max(tirx.min(past, end) - k0, zero), True),
+            (new0, tirx.max(end - new0, zero), False),
         ]
 
     def k_at(self, j: Any, x: Any, in_cache: bool = False) -> Any:
@@ -395,7 +523,7 @@ class _Task:
         with T.unroll(0, _i64(keys)) as jj, T.unroll(0, rb) as r:
             j = j0 + jj
             score = self.masked(acc[jj, r, _i64(0)] * _f32(self.s.scale), r, j)
-            T.buffer_store(self.sc, score, [r, j])
+            T.buffer_store(self.sc, score, [r, j - self.k0])
 
     def score_tile(self, j0: Any, keys: int, in_cache: bool) -> None:
         """Scores of keys j0 .. j0 + keys for every row: accumulators in registers, vectors
@@ -439,7 +567,8 @@ class _Task:
     def softmax_along_keys(self) -> None:
         """`softmax` for scores laid out [row, key], one row at a time with vectors along
         the keys (a few rows would fill a vector along the rows poorly): each row's max and
-        sum gathered in the lanes of `lane`, then halved into its first one."""
+        sum gathered in the lanes of `lane`, then halved into its first one. With a split,
+        the max and the sum (not its inverse) go to the split's `m` and `l`."""
         T, sc, mx, inv, lane = self.T, self.sc, self.mx, self.inv, self.lane  # noqa: N806
         w, n = self.t.dot_lanes, self.n_keys
         zero, neg_inf = _f32(0.0), _f32(-INF)
@@ -473,10 +602,16 @@ class _Task:
 
             along_keys(zero, exp_sum)
             halve(lambda a, b: a + b)
-            T.buffer_store(inv, tirx.Select(lane[0] == zero, zero, _f32(1.0) / lane[0]), [r])
+            split = self.split
+            if split is None:
+                T.buffer_store(inv, tirx.Select(lane[0] == zero, zero, _f32(1.0) / lane[0]), [r])
+            else:
+                T.buffer_store(split.m, mx[r], [self.group, self.chunk, r])
+                T.buffer_store(split.l, lane[0], [self.group, self.chunk, r])
 
     def weighted_sum(self) -> None:
-        """Y = P.V in tiles of pv_rows rows x v_chunk columns, vectors along V's head dim."""
+        """Y = P.V in tiles of pv_rows rows x v_chunk columns, vectors along V's head dim
+        (with a split, the chunk's unnormalized P.V)."""
         T = self.T  # noqa: N806
         mr, yl, yc = self.t.pv_rows, self.t.v_lanes, self.t.v_chunk
         with (
@@ -491,14 +626,18 @@ class _Task:
                 with T.serial(0, count) as jr, T.unroll(0, _i64(mr)) as rr:
                     j = start + jr
                     r = ro * _i64(mr) + rr
-                    p = self.sc[r, j] if self.t.dot_lanes else self.sc[j, r]
+                    p = self.sc[r, j - self.k0] if self.t.dot_lanes else self.sc[j, r]
                     with T.unroll(0, _i64(yc // yl)) as cv, T.vectorized(0, _i64(yl)) as lane:
                         c = cv * yl + lane
                         vc = self.f32(self.v_at(j, co * _i64(yc) + c, in_cache))
                         T.buffer_store(self.pv, self.pv[rr, c] + p * vc, [rr, c])
             with T.serial(0, _i64(mr)) as rr:
                 r = ro * _i64(mr) + rr
-                with T.If(self.r0 + r < self.rows), T.Then():
-                    i, h = self.row(r)
-                    with T.vectorized(0, _i64(yc)) as c:
-                        self.y_store(h, i, co * _i64(yc) + c, self.pv[rr, c] * self.inv[r])
+                with T.If(self.r0 + r < self.rows), T.Then(), T.vectorized(0, _i64(yc)) as c:
+                    col = co * _i64(yc) + c
+                    if self.split is not None:
+                        at = [self.group, self.chunk, r, col]
+                        T.buffer_store(self.split.o, self.pv[rr, c], at)
+                    else:
+                        i, h = self.row(r)
+                        self.y_store(h, i, col, self.pv[rr, c] * self.inv[r])
