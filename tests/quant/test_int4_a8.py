@@ -259,6 +259,7 @@ def test_x86_integer_kernel_matches_the_interpreter(target, k, n, block, wdt, zp
     a = rng.standard_normal(a_shape).astype(np.float32)
     got, kernels = _build_and_run(g, a, target)
     assert "int4-a8" in kernels.values(), kernels
+    assert kernels["quantize_activation_blocks"] == "int4-a8-prologue", kernels  # hand-scheduled
     want = interpret(g, {"x": a})[g.outputs[0].name]
     # The same 8-bit codes: the integer sums are exact, the float rescale rounds differently
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
@@ -280,6 +281,56 @@ def test_two_layers_get_two_product_kernels():
     assert list(kernels.values()).count("int4-a8") == 2, kernels
     want = interpret(g, {"x": a})[g.outputs[0].name]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def _prologue_reference(a: np.ndarray, block: int) -> tuple[np.ndarray, ...]:
+    """The prologue's outputs stated here: per row and block of `block` (K padded to whole
+    blocks with zeros) the scale max(|a| max, 1e-30) / 127, the codes clip(round half to
+    even(a / scale), -127, 127) as int8 (0 past K), and their sum."""
+    m, k = a.shape
+    k_pad = -(-k // block) * block
+    padded = np.zeros((m, k_pad), np.float32)
+    padded[:, :k] = a
+    blocks = padded.reshape(m, -1, block)
+    amax = np.abs(blocks).max(axis=-1)
+    scales = np.maximum(amax, np.float32(1e-30)) / np.float32(127)
+    codes = np.clip(np.round(blocks / scales[..., None]), -127, 127).astype(np.int8)
+    return codes.reshape(m, k_pad), scales, codes.astype(np.int32).sum(axis=-1)
+
+
+@pytest.mark.parametrize("target", ["x86", "x86:haswell", "x86:generic"])  # 16, 8, 4 lanes
+@pytest.mark.parametrize("k,block", [(576, 32), (600, 32), (160, 64), (40, 32)])
+def test_prologue_kernel_quantizes_each_block_exactly(target, k, block):
+    """The activation prologue (`prologue_kernel`, hand-scheduled) against the test's own
+    statement, bit for bit: 1 row (serial), 3 and 9 rows (in parallel from 8), K of whole
+    blocks or not (a short last block: codes 0 past K), a zero block (scale 1e-30 / 127,
+    codes 0), ties (a / scale = 62.5 and -64.5: half to even, not up or away), a code of 127."""
+    _needs_host(target)
+    import tvm
+
+    from ecograph.backends.tvm import targets
+    from ecograph.backends.tvm.ops.int4_a8 import prologue_kernel
+    from ecograph.backends.tvm.schedules.matmul import lanes_for
+
+    spec = targets.resolve(target)
+    func = prologue_kernel(k, block, lanes_for(spec)).with_attr("global_symbol", "main")
+    kernel = tvm.compile(tvm.IRModule({"main": func}), target=spec.tvm_target())["main"]
+    for m in (1, 3, 9):
+        a = (rng.standard_normal((m, k)) * 3).astype(np.float32)
+        a[0, :block] = 0  # a zero block
+        if m > 1:  # ties: 62.5 and -64.5 times the block's scale (max 127 -> scale 1)
+            a[1, block : 2 * block] = 0
+            a[1, block : block + 3] = [127.0, 62.5, -64.5]
+        want = _prologue_reference(a, block)
+        k_pad = want[0].shape[1]
+        outs = [np.zeros((m, k_pad), np.int8), np.zeros(want[1].shape, np.float32),
+                np.zeros(want[2].shape, np.int32)]  # fmt: skip
+        args = [tvm.runtime.tensor(x) for x in (a, *outs)]
+        kernel(*args)
+        for got, expected in zip(args[1:], want, strict=True):
+            np.testing.assert_array_equal(got.numpy(), expected)
+        if m > 1:
+            assert want[0][1, block + 1 : block + 3].tolist() == [62, -64]
 
 
 @pytest.mark.parametrize(
