@@ -139,6 +139,30 @@ def test_every_mask_broadcast(form: str, kind: str) -> None:
     _check(graph, feeds, HOST)
 
 
+@pytest.mark.parametrize("target", [HOST, GENERIC])
+def test_keys_every_row_masks_are_skipped_exactly(target: Any) -> None:
+    """Keys after the last one a task's rows see (`visible_end`) are skipped: a causal mask
+    given as a bool mask (compile_lm's prefill), key padding as -inf added (the last 40 keys
+    of batch 1) and a mask hiding every key from one query (zeros); each the reference's
+    result. A mask of finite values hides nothing: a row of -1e30 everywhere is the mean of
+    every value, as the reference's softmax of equal scores."""
+    s = 130
+    causal = np.tril(np.ones((s, s), bool))[None, None]
+    padding = np.zeros((2, 1, 1, s), np.float32)
+    padding[1, ..., -40:] = -np.inf
+    hidden = causal.copy()
+    hidden[..., 5, :] = False
+    finite = np.where(causal, 0, -1e30).astype(np.float32)
+    finite[..., 5, :] = -1e30  # a row of equal scores: a mean of every value, not zeros
+    for b, mask in ((1, causal), (2, padding), (1, hidden), (1, finite)):
+        graph, feeds = one_op("Attention", *_qkv(b, 8, 2, s, s, 24, 24), mask)
+        (y,) = _check(graph, feeds, target)
+        if mask is hidden:
+            assert np.all(y[0, :, 5] == 0) and np.any(y[0, :, 4] != 0)
+        if mask is finite:
+            assert np.all(y[0, :, 5] != 0)
+
+
 def test_fully_masked_rows_give_zeros() -> None:
     b, h, s, kv = 1, 2, 6, 9
     keep = rand((b, h, s, kv), "bool")

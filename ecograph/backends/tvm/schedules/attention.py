@@ -374,21 +374,50 @@ class _Task:
         self.rows = shape.q_len * _i64(shape.group)
         if shape.causal:  # rows see keys up to their own query: stop at the block's last one
             last_query, _ = self.row(_i64(rb - 1))
-            n_keys = tirx.min(shape.kv_len, last_query + _i64(1))
+            self.key_end = tirx.min(shape.kv_len, last_query + _i64(1))
         else:
-            n_keys = shape.kv_len
+            self.key_end = shape.kv_len
         # this task's keys: k0 .. k0 + n_keys (one chunk of them with a split)
         self.k0 = _i64(0) if split is None else chunk * split.chunk
-        if split is not None:
-            n_keys = tirx.max(tirx.min(n_keys, self.k0 + split.chunk) - self.k0, _i64(0))
-        self.n_keys = n_keys
+        self.n_keys = self.keys_before(self.key_end)
+
+    def keys_before(self, end: Any) -> Any:
+        """How many of the task's keys lie before key `end`."""
+        if self.split is None:
+            return end
+        return tirx.max(tirx.min(end, self.k0 + self.split.chunk) - self.k0, _i64(0))
 
     def emit(self) -> None:
         self.declare_scratch()
+        if self.mask is not None:
+            self.n_keys = self.keys_before(self.visible_end())
         self.transpose_queries()
         self.scores()
         self.softmax()
         self.weighted_sum()
+
+    def visible_end(self) -> Any:
+        """One past the last key some row of the block sees (under `key_end`), from the mask:
+        the keys after it are masked for every row (False, or -inf added), so their
+        probabilities are exactly 0 and the task skips them. A causal mask passed as a mask
+        (compile_lm's prefill: LessOrEqual of two ranges) then costs what is_causal does, not
+        every key. Scanned backwards from `key_end`, a key at a time over the block's rows
+        (a decode step's all-visible mask stops at the first key)."""
+        T = self.T  # noqa: N806
+        end = T.decl_buffer((1,), I64, scope="local")
+        seen = T.decl_buffer((1,), "int32", scope="local")
+        T.buffer_store(end, self.key_end, [0])
+        T.buffer_store(seen, tirx.const(0, "int32"), [0])
+        with T.While(tirx.all(end[0] > _i64(0), seen[0] == tirx.const(0, "int32"))):
+            with T.serial(0, _i64(self.t.row_block)) as r:
+                i, h = self.row(r)
+                at = (self.bi, h, i, end[0] - _i64(1))
+                m = self.mask[tuple(_i64(0) if a is None else at[a] for a in self.s.mask_axes)]
+                dt = self.s.mask_dtype
+                shown = m if dt == "bool" else m != tirx.const(-INF, dt)
+                T.buffer_store(seen, seen[0] | tirx.Cast("int32", shown), [0])
+            T.buffer_store(end, tirx.Select(seen[0] == 0, end[0] - _i64(1), end[0]), [0])
+        return T.bind(end[0], var=tirx.Var("visible_end", I64))
 
     def declare_scratch(self) -> None:
         """Q^T (Q's rows for dot products), the scores (then probabilities) and the register
