@@ -19,7 +19,12 @@ from __future__ import annotations
 
 # Importing the pass modules registers their passes (ecograph.passes.registry lists them).
 from ecograph.passes.activations import FuseGelu, FuseSilu, FuseSwiGLU
-from ecograph.passes.attention import AbsorbAttentionHeads, ExpandAttentionMasks, FuseAttention
+from ecograph.passes.attention import (
+    AbsorbAttentionHeads,
+    CausalAttentionMasks,
+    ExpandAttentionMasks,
+    FuseAttention,
+)
 from ecograph.passes.cleanup import (
     EliminateCommonSubexpressions,
     EliminateDeadCode,
@@ -73,6 +78,7 @@ __all__ = [
     "EliminateCommonSubexpressions",
     "EliminateDeadCode",
     "EliminateNoOps",
+    "CausalAttentionMasks",
     "ExpandAttentionMasks",
     "FixedPoint",
     "FoldBatchNorm",

@@ -389,6 +389,90 @@ class ExpandAttentionMasks(Pass):
         return PassResult(expanded > 0, {"expanded": expanded} if expanded else {})
 
 
+@register_pass
+class CausalAttentionMasks(Pass):
+    """Attention(q, k, v, mask) -> Attention(q, k, v; is_causal=1) where the mask provably is
+    the causal one: a bool mask that is (an Expand of) LessOrEqual(r[key], r[query]) over one
+    strictly increasing 1-D r (a Range with a positive constant step, plus constants),
+    lined up with the scores' query and key dims. mask[i, j] = r[j] <= r[i] = j <= i, which
+    is is_causal's (upper-left) mask, so the result is the same to the bit, and kernels
+    need not read the mask (the CPU kernel then stops each row block at its last query, and
+    computes no masked score). torch.export of a Hugging Face Llama builds its prefill mask
+    so (compile_lm)."""
+
+    name: ClassVar[str] = "causal-attention-masks"
+
+    def run(self, graph: Graph) -> PassResult:
+        made = 0
+        for node in graph.find_nodes("Attention", ""):
+            q, k, mask = node.input(0), node.input(1), node.input(3)
+            if mask is None or len(node.inputs) > 4 or node.attr("is_causal"):
+                continue
+            if q is None or k is None or not _is_causal_mask(mask):
+                continue
+            seq = 2 if q.type.rank == 4 else 1  # 3-D: [batch, seq, heads x dim]
+            if list(mask.shape[-2:]) != [q.shape[seq], k.shape[seq]]:
+                continue  # a dim of 1 would broadcast: not lined up
+            graph.set_node_input(node, 3, None)
+            node.attrs["is_causal"] = 1
+            made += 1
+            if mask.producer is not None:
+                remove_dead(graph, [mask.producer])
+        return PassResult(made > 0, {"causal": made} if made else {})
+
+
+def _is_causal_mask(mask: Value) -> bool:
+    """Whether bool `mask` is (an Expand of) LessOrEqual(r[..., 1, L], r[..., S, 1]) for one
+    strictly increasing 1-D r (`_increasing`), each side r with only 1-dims added."""
+    node = mask.producer
+    while node is not None and node.op_type == "Expand":
+        node = node.input(0).producer if node.input(0) is not None else None
+    if node is None or node.op_type != "LessOrEqual" or mask.dtype != DType.BOOL:
+        return False
+    keys, queries = node.input(0), node.input(1)
+    if keys is None or queries is None or keys.type.rank < 2 or queries.type.rank < 2:
+        return False
+    if any(d != 1 for d in keys.shape[:-1]) or any(d != 1 for d in queries.shape[:-2]):
+        return False
+    if queries.shape[-1] != 1:
+        return False
+    r_keys, r_queries = _unsqueezed_1d(keys), _unsqueezed_1d(queries)
+    return r_keys is not None and r_keys is r_queries and _increasing(r_keys)
+
+
+def _unsqueezed_1d(value: Value) -> Value | None:
+    """The 1-D value `value` is an Unsqueeze chain of, else None."""
+    while value.type.rank > 1:
+        node = value.producer
+        if node is None or node.op_type != "Unsqueeze" or node.input(0) is None:
+            return None
+        value = node.input(0)
+    return value if value.type.rank == 1 else None
+
+
+def _increasing(value: Value) -> bool:
+    """Whether 1-D `value` is strictly increasing: Range(start, limit, step) with a constant
+    step > 0, or such a value plus or minus a constant scalar."""
+    node = value.producer
+    if node is None:
+        return False
+    if node.op_type == "Range":
+        step = scalar_of(node.input(2))
+        return step is not None and step > 0
+    if node.op_type in ("Add", "Sub") and len(node.inputs) == 2:
+        a, b = node.input(0), node.input(1)
+        if b is not None and scalar_of(b) is not None and b.type.rank == 0 and a is not None:
+            return a.type.rank == 1 and _increasing(a)
+        if (
+            node.op_type == "Add"
+            and a is not None
+            and scalar_of(a) is not None
+            and a.type.rank == 0
+        ):
+            return b is not None and b.type.rank == 1 and _increasing(b)
+    return False
+
+
 def _cache_past(prefix: str, seq_axis: int) -> Op:
     """Slot i of a KV cache as [batch, heads, past_len, dim]: Transpose(Gather(cache, i,
     axis=1), [1, 2, 0, 3]) for a sequence-first cache [past_len, slots, batch, heads, dim]

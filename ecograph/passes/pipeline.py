@@ -19,6 +19,7 @@ from ecograph.errors import PassError
 from ecograph.passes.activations import FuseGelu, FuseSilu, FuseSwiGLU
 from ecograph.passes.attention import (
     AbsorbAttentionHeads,
+    CausalAttentionMasks,
     ExpandAttentionMasks,
     FuseAttention,
     FuseCacheAttention,
@@ -159,6 +160,7 @@ def fusion_pipeline() -> list[PipelineItem]:
         *cleanup_pipeline(),
         AbsorbAttentionHeads(),
         ExpandAttentionMasks(),
+        CausalAttentionMasks(),
         FuseCacheAttention(),
         FuseMatMulAdd(),
         MergeParallelMatMuls(),

@@ -12,6 +12,7 @@ from ecograph.ir import Graph, GraphBuilder, Value, graph_stats, interpret
 from ecograph.models import build_default_model, example_inputs, reference_block
 from ecograph.passes import (
     AbsorbAttentionHeads,
+    CausalAttentionMasks,
     ExpandAttentionMasks,
     FoldBatchNorm,
     FuseAttention,
@@ -448,6 +449,86 @@ def test_expand_attention_masks_makes_the_query_axis_explicit() -> None:
     out = check_rewrite(ExpandAttentionMasks(), graph)
     mask = out.find_nodes("Attention")[0].input(3)
     assert mask is not None and mask.shape == ("b", 1, "s", "s")
+
+
+def causal_mask_graph(
+    form: str = "causal",
+    offset: float | None = 3,
+    step: int = 1,
+    expand: bool = True,
+    static: bool = False,
+) -> Graph:
+    """Attention(q, k, v, mask) whose bool mask is built as torch.export builds a Hugging
+    Face Llama's prefill mask: r = Range(0, S, 1) (+ offset), mask = Expand(LessOrEqual(
+    r[None, None, None, :], r[None, None, :, None])). `form`: "causal"; "anti" (the sides
+    swapped); "two-ranges" (the queries' positions a second range, one more); "float" (an
+    additive mask). `step` -1: r = Range(S - 1, -1, -1), decreasing. `static`: S = 6, the
+    range's bounds constants (so that its length is known to be S)."""
+    b = GraphBuilder()
+    s_dim: int | str = 6 if static else "s"
+    q = b.input("q", "float32", ["b", 4, s_dim, 8])
+    k = b.input("k", "float32", ["b", 2, s_dim, 8])
+    v = b.input("v", "float32", ["b", 2, s_dim, 8])
+    if static:
+        s_len = b.constant(np.array(6, np.int64))
+    else:
+        s_len = b.op("Squeeze", b.op("Shape", q, start=2, end=3), b.constant(np.array([0])))
+
+    def positions(shift: int = 0) -> Value:
+        one = b.constant(np.array(1, np.int64))
+        if step == 1:
+            r = b.op("Range", b.constant(np.array(0, np.int64)), s_len, one)
+        else:  # S - 1 down to 0
+            minus = b.constant(np.array(-1, np.int64))
+            last = b.constant(np.array(5, np.int64)) if static else b.op("Sub", s_len, one)
+            r = b.op("Range", last, minus, minus)
+        if offset is None and not shift:
+            return r
+        return b.op("Add", r, b.constant(np.array((offset or 0) + shift, np.int64)))
+
+    r = positions()
+    keys = b.op("Unsqueeze", r, b.constant(np.array([0, 1, 2])))
+    queries = b.op("Unsqueeze", positions(1) if form == "two-ranges" else r,
+                   b.constant(np.array([0, 1, 3])))  # fmt: skip
+    mask = b.op("LessOrEqual", *((queries, keys) if form == "anti" else (keys, queries)))
+    if expand:
+        shape = b.op("Concat", b.op("Shape", q, start=0, end=1),
+                     b.constant(np.array([1], np.int64)), b.op("Shape", q, start=2, end=3),
+                     b.op("Shape", q, start=2, end=3), axis=0)  # fmt: skip
+        mask = b.op("Expand", mask, shape)
+    if form == "float":
+        mask = b.op("Where", mask, b.constant(np.array(0, np.float32)),
+                    b.constant(np.array(-np.inf, np.float32)))  # fmt: skip
+    b.output(b.op("Attention", q, k, v, mask, name="y"))
+    return b.graph
+
+
+CAUSAL_FEEDS = {"q": f32(2, 4, 6, 8), "k": f32(2, 2, 6, 8), "v": f32(2, 2, 6, 8)}
+
+
+@pytest.mark.parametrize(
+    "offset,expand,static", [(3, True, False), (None, False, False), (-2, True, True)]
+)
+def test_causal_attention_masks_become_is_causal(offset, expand, static) -> None:
+    """A mask provably j <= i (one strictly increasing range on both sides) becomes
+    is_causal=1 and the mask's nodes go; the same result to the bit (check_rewrite's
+    differential check is exact for this pass)."""
+    graph = causal_mask_graph(offset=offset, expand=expand, static=static)
+    out = check_rewrite(CausalAttentionMasks(), graph, feeds=CAUSAL_FEEDS)
+    (node,) = out.find_nodes("Attention")
+    assert node.attrs["is_causal"] == 1 and len(node.inputs) == 3
+    run_passes(out, "cleanup")
+    assert ops(out) == ["Attention"]
+
+
+@pytest.mark.parametrize(
+    "form,step", [("anti", 1), ("two-ranges", 1), ("float", 1), ("causal", -1)]
+)
+def test_causal_attention_masks_leave_other_masks(form, step) -> None:
+    """Not provably causal: the sides swapped (j >= i), keys and queries from different
+    ranges, an additive float mask (left as it is), a decreasing range (j >= i again)."""
+    graph = causal_mask_graph(form, step=step, static=step < 0)
+    check_no_change(CausalAttentionMasks(), graph, CAUSAL_FEEDS)
 
 
 def test_default_model_runs_in_onnx_runtime_after_export() -> None:
