@@ -389,7 +389,7 @@ class _Task:
 
     def emit(self) -> None:
         self.declare_scratch()
-        if self.mask is not None:
+        if self.mask is not None and not self.t.dot_lanes:  # (a decode step: one row's mask)
             self.n_keys = self.keys_before(self.visible_end())
         self.transpose_queries()
         self.scores()
@@ -399,10 +399,12 @@ class _Task:
     def visible_end(self) -> Any:
         """One past the last key some row of the block sees (under `key_end`), from the mask:
         the keys after it are masked for every row (False, or -inf added), so their
-        probabilities are exactly 0 and the task skips them. A causal mask passed as a mask
-        (compile_lm's prefill: LessOrEqual of two ranges) then costs what is_causal does, not
-        every key. Scanned backwards from `key_end`, a key at a time over the block's rows
-        (a decode step's all-visible mask stops at the first key)."""
+        probabilities are exactly 0 and the task skips them (key padding; a causal mask
+        passed as a mask, which `causal-attention-masks` could not prove causal: SmolLM2's
+        prefill attention took 7.12 ms a layer at 512 tokens so, 7.86 reading every key, 3.98
+        as is_causal, whose scores read no mask). Scanned backwards from `key_end`, a key at
+        a time over the block's rows; only in the form with vectors along the rows (a decode
+        step's one-row mask rarely ends early, and the scan cost its steps ~1 %)."""
         T = self.T  # noqa: N806
         end = T.decl_buffer((1,), I64, scope="local")
         seen = T.decl_buffer((1,), "int32", scope="local")
