@@ -25,10 +25,12 @@ A decode step has too few rows per KV head to fill a vector (SmolLM2: 3 of 16 la
 for a few static rows (`dot_product_lanes`) phase 2 takes dot products along the head dim
 instead (per (key, row) a vector of partial sums, halved to one lane; K and Q read as
 stored), the scores are laid out [rows, keys] and phase 3 runs along the keys. A decode step
-also splits its keys into chunks (`_KeySplit`, flash-decoding): a batch-1 step has only as
-many tasks as KV heads (SmolLM2: 3, which two threads share 2 + 1), so each task takes one
-chunk of at least SPLIT_MIN_KEYS keys, leaves its unnormalized P.V with its rows' score max
-and exponential sum, and a second parallel loop combines the chunks into Y.
+also splits its keys into chunks where its tasks do not divide evenly over the pool's threads
+(`key_chunks`, `_KeySplit`, flash-decoding): a batch-1 step has only as many tasks as KV heads
+(SmolLM2: 3, which two threads share 2 + 1), so each task takes one chunk of at least
+SPLIT_MIN_KEYS keys, leaves its unnormalized P.V with its rows' score max and exponential
+sum, and a second parallel loop combines the chunks into Y. In the row-vector form a task
+with a mask first finds the last key any of its rows sees (`visible_end`) and skips the rest.
 With a KV cache (ecograph::CacheAttention, `CacheSlots`), the keys and values of phases 2 and
 4 come in two runs, the cache's past positions read where they lie and then the new ones
 from K and V; nothing is concatenated. Everything is computed in float32 (float16 inputs are
@@ -52,7 +54,7 @@ F32 = "float32"
 I64 = "int64"
 INF = float("inf")
 RULE_NAME = "attention"
-# A decode step's keys are split into chunks of at least this many (_KeySplit.chunks).
+# A decode step's keys are split into chunks of at least this many (key_chunks).
 SPLIT_MIN_KEYS = 256
 
 
