@@ -429,6 +429,8 @@ def _is_causal_mask(mask: Value) -> bool:
         node = node.input(0).producer if node.input(0) is not None else None
     if node is None or node.op_type != "LessOrEqual" or mask.dtype != DType.BOOL:
         return False
+    if list(node.outputs[0].shape[-2:]) != list(mask.shape[-2:]):
+        return False  # an Expand broadcasts it along the queries or keys (a range of one)
     keys, queries = node.input(0), node.input(1)
     if keys is None or queries is None or keys.type.rank < 2 or queries.type.rank < 2:
         return False

@@ -462,7 +462,8 @@ def causal_mask_graph(
     Face Llama's prefill mask: r = Range(0, S, 1) (+ offset), mask = Expand(LessOrEqual(
     r[None, None, None, :], r[None, None, :, None])). `form`: "causal"; "anti" (the sides
     swapped); "two-ranges" (the queries' positions a second range, one more); "float" (an
-    additive mask). `step` -1: r = Range(S - 1, -1, -1), decreasing. `static`: S = 6, the
+    additive mask); "one-position" (r = Range(0, 1, 1): a [1, 1] mask, all True, expanded
+    to [S, S]). `step` -1: r = Range(S - 1, -1, -1), decreasing. `static`: S = 6, the
     range's bounds constants (so that its length is known to be S)."""
     b = GraphBuilder()
     s_dim: int | str = 6 if static else "s"
@@ -476,7 +477,9 @@ def causal_mask_graph(
 
     def positions(shift: int = 0) -> Value:
         one = b.constant(np.array(1, np.int64))
-        if step == 1:
+        if form == "one-position":
+            r = b.op("Range", b.constant(np.array(0, np.int64)), one, one)
+        elif step == 1:
             r = b.op("Range", b.constant(np.array(0, np.int64)), s_len, one)
         else:  # S - 1 down to 0
             minus = b.constant(np.array(-1, np.int64))
@@ -522,11 +525,13 @@ def test_causal_attention_masks_become_is_causal(offset, expand, static) -> None
 
 
 @pytest.mark.parametrize(
-    "form,step", [("anti", 1), ("two-ranges", 1), ("float", 1), ("causal", -1)]
+    "form,step",
+    [("anti", 1), ("two-ranges", 1), ("float", 1), ("causal", -1), ("one-position", 1)],
 )
 def test_causal_attention_masks_leave_other_masks(form, step) -> None:
     """Not provably causal: the sides swapped (j >= i), keys and queries from different
-    ranges, an additive float mask (left as it is), a decreasing range (j >= i again)."""
+    ranges, an additive float mask (left as it is), a decreasing range (j >= i again), a
+    one-position range whose all-True mask an Expand broadcasts over every query and key."""
     graph = causal_mask_graph(form, step=step, static=step < 0)
     check_no_change(CausalAttentionMasks(), graph, CAUSAL_FEEDS)
 
