@@ -426,7 +426,8 @@ def _is_causal_mask(mask: Value) -> bool:
     strictly increasing 1-D r (`_increasing`), each side r with only 1-dims added."""
     node = mask.producer
     while node is not None and node.op_type == "Expand":
-        node = node.input(0).producer if node.input(0) is not None else None
+        source = node.input(0)
+        node = source.producer if source is not None else None
     if node is None or node.op_type != "LessOrEqual" or mask.dtype != DType.BOOL:
         return False
     if list(node.outputs[0].shape[-2:]) != list(mask.shape[-2:]):
@@ -446,9 +447,10 @@ def _unsqueezed_1d(value: Value) -> Value | None:
     """The 1-D value `value` is an Unsqueeze chain of, else None."""
     while value.type.rank > 1:
         node = value.producer
-        if node is None or node.op_type != "Unsqueeze" or node.input(0) is None:
+        source = node.input(0) if node is not None and node.op_type == "Unsqueeze" else None
+        if source is None:
             return None
-        value = node.input(0)
+        value = source
     return value if value.type.rank == 1 else None
 
 
