@@ -191,7 +191,8 @@ def quantize_blocks(
     `prologue_kernel`."""
     from ecograph.backends.tvm.schedules.matmul import lanes_for
 
-    k_pad, groups = padded_k(k_len, block), padded_k(k_len, block) // block
+    k_pad = padded_k(k_len, block)
+    groups = k_pad // block
     gv = ctx.bb.add_func(
         prologue_kernel(k_len, block, lanes_for(ctx.target)), "quantize_activation_blocks"
     )
@@ -217,6 +218,8 @@ def prologue_kernel(k_len: int, block: int, lanes: int) -> tirx.PrimFunc:
     from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder import tirx as T  # noqa: N812  (TVM's own spelling)
 
+    from ecograph.backends.tvm.schedules.base import halve_lanes
+
     i64, f32 = (lambda v: tirx.const(v, "int64")), (lambda v: tirx.const(v, "float32"))
     k_pad = padded_k(k_len, block)
     groups, vectors = k_pad // block, block // lanes
@@ -238,13 +241,6 @@ def prologue_kernel(k_len: int, block: int, lanes: int) -> tirx.PrimFunc:
             vmax = T.decl_buffer((lanes,), "float32", scope="global")
             vsum = T.decl_buffer((lanes,), "int32", scope="global")
 
-            def halve(buf: Any, op: Any) -> None:
-                half = lanes // 2
-                while half:
-                    with T.vectorized(0, i64(half)) as c:
-                        T.buffer_store(buf, op(buf[c], buf[c + i64(half)]), [c])
-                    half //= 2
-
             def block_of(g: Any, partial: bool) -> None:
                 def at(v: Any, ln: Any) -> tuple[Any, Any]:
                     k = g * i64(block) + v * i64(lanes) + ln
@@ -259,7 +255,7 @@ def prologue_kernel(k_len: int, block: int, lanes: int) -> tirx.PrimFunc:
                     if partial:
                         mag = tirx.Select(k < i64(k_len), mag, f32(0.0))
                     T.buffer_store(vmax, tirx.max(vmax[ln], mag), [ln])
-                halve(vmax, tirx.max)
+                halve_lanes(T, vmax, lanes, tirx.max)
                 scale = tirx.max(vmax[0], f32(ACTIVATION_TINY)) / f32(ACTIVATION_QMAX)
                 T.buffer_store(scales, scale, [i, g])
                 with T.serial(0, i64(vectors)) as v, T.vectorized(0, i64(lanes)) as ln:
@@ -271,7 +267,7 @@ def prologue_kernel(k_len: int, block: int, lanes: int) -> tirx.PrimFunc:
                         q8 = tirx.Select(k < i64(k_len), q8, tirx.const(0, "int8"))
                     T.buffer_store(codes, q8, [i, k])
                     T.buffer_store(vsum, vsum[ln] + tirx.Cast("int32", q8), [ln])
-                halve(vsum, lambda x, y: x + y)
+                halve_lanes(T, vsum, lanes, lambda x, y: x + y)
                 T.buffer_store(sums, vsum[0], [i, g])
 
             full = k_len // block

@@ -48,6 +48,7 @@ from tvm import tirx
 
 from ecograph.backends.tvm.targets import TargetSpec
 
+from .base import halve_lanes
 from .matmul import STACK_BYTES, accumulator_budget, lanes_for
 
 F32 = "float32"
@@ -415,8 +416,7 @@ class _Task:
         with T.While(tirx.all(end[0] > _i64(0), seen[0] == tirx.const(0, "int32"))):
             with T.serial(0, _i64(self.t.row_block)) as r:
                 i, h = self.row(r)
-                at = (self.bi, h, i, end[0] - _i64(1))
-                m = self.mask[tuple(_i64(0) if a is None else at[a] for a in self.s.mask_axes)]
+                m = self.mask_at(h, i, end[0] - _i64(1))
                 dt = self.s.mask_dtype
                 shown = m if dt == "bool" else m != tirx.const(-INF, dt)
                 T.buffer_store(seen, seen[0] | tirx.Cast("int32", shown), [0])
@@ -495,14 +495,18 @@ class _Task:
         dv, bi = self.s.v_head_dim, self.bi
         self.T.buffer_store(self.y, out, [bi, i, h * dv + c] if self.s.three_d else [bi, h, i, c])
 
+    def mask_at(self, h: Any, i: Any, j: Any) -> Any:
+        """The mask's element for q head `h`, query `i` and key `j` (of the task's batch)."""
+        at = (self.bi, h, i, j)
+        return self.mask[tuple(_i64(0) if a is None else at[a] for a in self.s.mask_axes)]
+
     def masked(self, score: Any, r: Any, j: Any) -> Any:
         """`score` of row `r` and key `j` after the causal mask and the attention mask."""
         i, h = self.row(r)
         if self.s.causal:
             score = tirx.Select(j <= i, score, _f32(-INF))
         if self.mask is not None:
-            at = (self.bi, h, i, j)
-            m = self.mask[tuple(_i64(0) if a is None else at[a] for a in self.s.mask_axes)]
+            m = self.mask_at(h, i, j)
             if self.s.mask_dtype == "bool":
                 score = tirx.Select(m, score, _f32(-INF))
             else:
@@ -616,16 +620,9 @@ class _Task:
             with T.serial(0, n % vw) as jt:
                 T.buffer_store(lane, update(lane[_i64(0)], main + jt), [_i64(0)])
 
-        def halve(op: Any) -> None:
-            half = w // 2
-            while half:
-                with T.vectorized(0, _i64(half)) as c:
-                    T.buffer_store(lane, op(lane[c], lane[c + _i64(half)]), [c])
-                half //= 2
-
         with T.serial(0, _i64(self.t.row_block)) as r:
             along_keys(neg_inf, lambda acc, j: tirx.max(acc, sc[r, j]))
-            halve(tirx.max)
+            halve_lanes(T, lane, w, tirx.max)
             T.buffer_store(mx, tirx.Select(lane[0] == neg_inf, zero, lane[0]), [r])
 
             def exp_sum(acc: Any, j: Any) -> Any:
@@ -634,7 +631,7 @@ class _Task:
                 return acc + sc[r, j]
 
             along_keys(zero, exp_sum)
-            halve(lambda a, b: a + b)
+            halve_lanes(T, lane, w, lambda a, b: a + b)
             split = self.split
             if split is None:
                 T.buffer_store(inv, tirx.Select(lane[0] == zero, zero, _f32(1.0) / lane[0]), [r])

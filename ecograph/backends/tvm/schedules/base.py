@@ -72,3 +72,14 @@ def body_rewrite_pass(name: str, rewrite: Callable[..., Any], *, named: bool = F
         return mod
 
     return run
+
+
+def halve_lanes(T: Any, buf: Any, lanes: int, op: Callable[[Any, Any], Any]) -> None:
+    """Reduce the first `lanes` (a power of two) elements of 1-D `buf` into buf[0] with `op`,
+    halving in vectors: buf[c] = op(buf[c], buf[c + half]) for half = lanes / 2 .. 1 (an
+    IRBuilder step of the hand-written kernels: attention's softmax, the int4-a8 prologue)."""
+    half = lanes // 2
+    while half:
+        with T.vectorized(0, tirx.const(half, "int64")) as c:
+            T.buffer_store(buf, op(buf[c], buf[c + tirx.const(half, "int64")]), [c])
+        half //= 2
