@@ -1,5 +1,5 @@
 """Small vision models written for the tests: a ResNet-style CNN, a MobileNet-style block and
-an EfficientNet-style MBConv network.
+an EfficientNet-style MBConv network; and ResNet-18's layout for the benchmarks.
 
 They cover the ops the model-family tests promise: conv, batch norm, relu, max pool, residual
 add, global average pool, linear; depthwise and pointwise conv, hardswish, squeeze-excite;
@@ -70,6 +70,34 @@ class TinyResNet(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = self.layer2(self.layer1(self.stem(image)))
         return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18's layout (torchvision's resnet18 without the download): a 64-channel 7x7
+    stem and max pool, four stages of two BasicBlocks (64, 128, 256, 512 channels, the last
+    three halving the size), global pool, linear to 1000 classes; 11.7M parameters, 1.8
+    GMACs at 224x224. Random weights: for speed, not accuracy."""
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2, 1),
+        )
+        blocks: list[nn.Module] = []
+        cin = 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            blocks += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout)]
+            cin = cout
+        self.stages = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, num_classes)
+        _randomize_batch_norms(self, seed=0)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.stages(self.stem(image))), 1))
 
 
 class SqueezeExcite(nn.Module):
