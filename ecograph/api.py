@@ -153,6 +153,27 @@ def feeds_for(graph: Graph, example_inputs: Any) -> dict[str, np.ndarray]:
     return {n: feeds[n] for n in names}
 
 
+def calibration_batches(graph: Graph, data: Iterable[Any]) -> list[Any]:
+    """optimize()'s `calibration_data` with each positional batch (a tuple or list in the
+    graph's input order, or one array for a one-input graph: the forms example inputs take)
+    made a dict {input name: array}; dicts stay as given (the Quantize pass checks every
+    batch against the graph's inputs)."""
+    names = [v.name for v in graph.inputs]
+    batches: list[Any] = []
+    for i, batch in enumerate(data):
+        if isinstance(batch, Mapping):
+            batches.append(batch)
+            continue
+        values = list(batch) if isinstance(batch, (tuple, list)) else [batch]
+        if len(values) != len(names) or any(v is None for v in values):
+            raise UsageError(
+                f"calibration batch {i} gives {len(values)} input(s); the graph inputs are "
+                f"{names}: give arrays in that order, or a dict by name"
+            )
+        batches.append(dict(zip(names, values, strict=True)))
+    return batches
+
+
 def _numpy(v: Any) -> np.ndarray:
     if hasattr(v, "detach") and hasattr(v, "numpy"):
         return v.detach().cpu().numpy()
@@ -272,6 +293,11 @@ def optimize(
       weights with 16 / 256 k-means centroids), a dict of Quantize options or a pass.
       Quantization runs after `pipeline` under the same PassManager (static mode is then
       lowered to integer kernels by lower-qdq-to-integer), so `instrumentation` covers it.
+    - calibration_data: input batches for static quantization ("int8-static"), GPTQ
+      (algorithm="gptq") and SmoothQuant (smooth=...), each in a form the example inputs
+      take: a tuple in the graph's input order, one array for a one-input model, or a dict
+      by input name. A batch of another form, or calibration data that the quantization
+      would not read, raises UsageError / PassError saying so.
     - accuracy_budget: the minimum cosine similarity of the outputs to the original on the
       example inputs (default 0.99999; 0.99 when quantizing, or when a lossy pass such as
       nbits-activation-blocks changed the graph). With quantization, layers are kept in
@@ -319,7 +345,10 @@ def optimize(
     reference = interpret(original, feeds)
     graph = original.copy()
 
-    items, qdesc, search = _pass_items(pipeline, quantize, calibration_data, accuracy_budget, feeds)
+    calibration = None
+    if calibration_data is not None:
+        calibration = calibration_batches(original, calibration_data)
+    items, qdesc, search = _pass_items(pipeline, quantize, calibration, accuracy_budget, feeds)
     inst = instrumentation
     if inst is not None and inst.differential and inst.sample_inputs is None:
         inst = dataclasses.replace(inst, sample_inputs=feeds)

@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from ecograph.errors import UsageError
 from ecograph.ir import Graph, interpret
+from ecograph.ir.interpreter import bind_shape
 
 BINS = 2048
 
@@ -172,13 +174,45 @@ def make_observer(method: str) -> Observer:
     )
 
 
-def _to_numpy(feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    out = {}
-    for k, v in feeds.items():
-        if hasattr(v, "detach") and hasattr(v, "numpy"):
-            v = v.detach().cpu().numpy()
-        out[k] = np.asarray(v)
-    return out
+def _to_numpy(v: Any) -> np.ndarray:
+    if hasattr(v, "detach") and hasattr(v, "numpy"):
+        return v.detach().cpu().numpy()
+    return np.asarray(v)
+
+
+def calibration_feeds(graph: Graph, data: Iterable[Any]) -> list[dict[str, np.ndarray]]:
+    """The calibration `data` as numpy feeds for `graph`, checked first: each batch a mapping
+    {graph input name: array (numpy or torch)} naming every input of the graph and nothing
+    else, of the inputs' dtypes and shapes, and at least one batch. A batch of another form
+    raises UsageError (InterpreterError for a shape) naming the batch and the graph's inputs
+    (ecograph.optimize converts tuples in the inputs' order first)."""
+    names = [v.name for v in graph.inputs]
+    feeds = []
+    for i, batch in enumerate(data):
+        if not isinstance(batch, Mapping):
+            raise UsageError(
+                f"calibration batch {i} is a {type(batch).__name__}, not a dict: give "
+                f"{{input name: array}} for the graph inputs {names} "
+                "(ecograph.optimize also takes tuples in that order)"
+            )
+        missing = [n for n in names if n not in batch]
+        unknown = sorted(str(k) for k in batch if k not in names)
+        if missing or unknown:
+            what = [f"lacks {missing}"] if missing else []
+            what += [f"has unknown {unknown}"] if unknown else []
+            raise UsageError(
+                f"calibration batch {i} {' and '.join(what)}; the graph inputs are {names}"
+            )
+        feed, env = {v.name: _to_numpy(batch[v.name]) for v in graph.inputs}, {}
+        for v in graph.inputs:
+            where = f"calibration batch {i}: input {v.name!r}"
+            if feed[v.name].dtype != v.type.dtype.numpy:
+                raise UsageError(f"{where} has dtype {feed[v.name].dtype}; expected {v.type}")
+            bind_shape(where, v.type, feed[v.name].shape, env)
+        feeds.append(feed)
+    if not feeds:
+        raise UsageError("calibration data is empty: give at least one batch of inputs")
+    return feeds
 
 
 def collect_ranges(
@@ -190,7 +224,8 @@ def collect_ranges(
     runner: Callable[[dict[str, np.ndarray], list[str]], Mapping[str, np.ndarray]] | None = None,
     progress: bool = True,
 ) -> dict[str, Observer]:
-    """Observe `value_names` over the calibration `data` (numpy or torch feeds).
+    """Observe `value_names` over the calibration `data` (numpy or torch feeds, checked by
+    `calibration_feeds`).
 
     `runner(feeds, names)` returns the named values; by default the reference interpreter.
     """
@@ -202,13 +237,9 @@ def collect_ranges(
         return interpret(graph, feeds, outputs=names)
 
     run = runner or default_runner
-    total = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
-    batches = 0
-    for feeds in tqdm(data, total=total, desc="calibrating", unit="batch", disable=not progress):
-        values = run(_to_numpy(feeds), value_names)
+    batches = calibration_feeds(graph, data)
+    for feeds in tqdm(batches, desc="calibrating", unit="batch", disable=not progress):
+        values = run(feeds, value_names)
         for name in value_names:
             observers[name].update(np.asarray(values[name]))
-        batches += 1
-    if batches == 0:
-        raise ValueError("calibration data is empty: give at least one input dict")
     return observers

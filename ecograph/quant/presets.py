@@ -58,8 +58,10 @@ def quantize_pass(
     """A Quantize pass for a preset name, a dict of Quantize options, or a Quantize pass
     (returned as is).
 
-    Static mode needs `calibration_data` (an iterable of {input name: array}); it is read
-    once into a list, and calibration shows progress unless the options say otherwise."""
+    `calibration_data` (an iterable of {input name: array}) is read once into a list and
+    goes to the pass: static mode needs it (and shows calibration progress unless the
+    options say otherwise), GPTQ and SmoothQuant read it; any other quantization raises
+    rather than ignore it."""
     if isinstance(spec, Quantize):
         return spec
     if isinstance(spec, str):
@@ -73,9 +75,15 @@ def quantize_pass(
         options = dict(spec)
     else:
         raise EcographError(f"quantize={spec!r} is not a preset name, dict or Quantize pass")
-    if options.get("mode") == "static":
-        if calibration_data is None:
-            raise EcographError("static quantization needs calibration_data=[{input: array}...]")
+    if calibration_data is not None:
+        if options.get("calibration_data") is not None:
+            raise EcographError(
+                "calibration data given twice (calibration_data= and in the quantize options); "
+                "give it once"
+            )
         options["calibration_data"] = list(calibration_data)
+    if options.get("mode") == "static":
+        if options.get("calibration_data") is None:
+            raise EcographError("static quantization needs calibration_data=[{input: array}...]")
         options.setdefault("progress", True)
     return Quantize(**options)

@@ -55,7 +55,7 @@ from ecograph.passes.weight_only import (
     fuse_weight_decoder,
     why_not_fused,
 )
-from ecograph.quant.calibrate import collect_ranges
+from ecograph.quant.calibrate import calibration_feeds, collect_ranges
 from ecograph.quant.palettize import PALETTE_BITS, palettize_tensor
 from ecograph.quant.scheme import Granularity, QuantizedTensor, compute_qparams, quantize_tensor
 from ecograph.quant.targets import (
@@ -188,6 +188,14 @@ class Quantize(Pass):
             raise PassError(
                 "quantize: smooth (SmoothQuant) needs mode='dynamic' or 'static' and "
                 "calibration_data to measure the activation channels"
+            )
+        if self.calibration_data is not None and not (
+            self.mode == "static" or self.algorithm == "gptq" or self.smooth
+        ):
+            raise PassError(
+                f"quantize: calibration_data is read by mode='static', algorithm='gptq' and "
+                f"smooth (SmoothQuant) only; mode={self.mode!r} would ignore it: drop it, or "
+                "use one of those (the preset 'int8-static' is mode='static')"
             )
 
     def numeric_tolerance(self) -> Tolerance:
@@ -330,8 +338,8 @@ class Quantize(Pass):
         xs = {k: activation(ts[0]) for k, ts in by_x.items()}
         names = sorted({x.name for x in xs.values()})
         amax: dict[str, np.ndarray] = {}
-        for feeds in self.calibration_data:
-            got = interpret(graph, {k: np.asarray(v) for k, v in feeds.items()}, outputs=names)
+        for feeds in calibration_feeds(graph, self.calibration_data):
+            got = interpret(graph, feeds, outputs=names)
             for n in names:
                 a = np.abs(got[n].astype(np.float32)).reshape(-1, got[n].shape[-1]).max(axis=0)
                 amax[n] = np.maximum(amax[n], a) if n in amax else a
@@ -602,8 +610,7 @@ class Quantize(Pass):
             return {}
         if self._staged is None:  # one staged run per calibration input, kept across groups
             self._staged = [
-                StagedRun(graph, {k: np.asarray(v) for k, v in feeds.items()})
-                for feeds in self.calibration_data
+                StagedRun(graph, feeds) for feeds in calibration_feeds(graph, self.calibration_data)
             ]
         members = {id(t.node) for t in targets}
         first = next(n for n in graph.nodes if id(n) in members)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ecograph.errors import UsageError
 from ecograph.models import build_default_model, example_inputs
 from ecograph.quant.calibrate import collect_ranges, make_observer
 from ecograph.quant.scheme import (
@@ -139,7 +140,7 @@ def test_collect_ranges_runs_the_graph_on_calibration_data():
     for o in observers.values():
         lo, hi = o.range(symmetric=False)
         assert lo < 0 < hi and o.count > 0
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(UsageError, match="empty"):
         collect_ranges(g, [], names, progress=False)
 
 
