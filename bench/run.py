@@ -25,7 +25,8 @@ only: ecograph-tuned (MetaSchedule, minutes), ecograph-auto
 (ecograph's adaptive thread count, for --busy runs), and the weight-only rows ecograph-int8w,
 ecograph-int4, ecograph-int4-a8 (int8 activations), ecograph-palette4, ort-int4 and
 ort-int4-acc4 (ONNX Runtime's MatMulNBits), ecograph-nbits and ecograph-nbits-a8 (ort-int4-
-acc4's MatMulNBits model compiled by ecograph, in float32 or through nbits-activation-blocks).
+acc4's MatMulNBits model compiled by ecograph, in float32 or through nbits-activation-blocks),
+ecograph-int8s and ort-int8s (static int8, calibrated on the same inputs).
 """
 
 from __future__ import annotations

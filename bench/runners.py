@@ -43,6 +43,8 @@ RUNNERS = [
     "ort-ecograph",
     "ecograph-nbits",
     "ecograph-nbits-a8",
+    "ecograph-int8s",
+    "ort-int8s",
 ]
 # ecograph-tuned takes minutes of MetaSchedule tuning; ecograph-auto adapts its thread count
 # (it is for --busy runs). Both run only when named, as do the weight-only rows (LLM decode
@@ -54,10 +56,14 @@ RUNNERS = [
 # activations to int8, accuracy_level 4, its fastest CPU path). ecograph-nbits /
 # ecograph-nbits-a8: ort-int4-acc4's model (MatMulNBits) imported into ecograph and compiled,
 # as it is (MatMulNBits in float32) or after the nbits-activation-blocks pass (int8
-# activation blocks: the int4-a8 kernel).
+# activation blocks: the int4-a8 kernel). ecograph-int8s / ort-int8s: static int8
+# (ecograph's "int8-static"; ONNX Runtime's quantize_static, QDQ, per-channel int8 weights,
+# uint8 activations), both calibrated on the same CALIBRATION_BATCHES inputs (`calibration`).
 OPT_IN_RUNNERS = ("ecograph-tuned", "ecograph-auto", "ecograph-int8w", "ecograph-int4",
                   "ecograph-int4-a8", "ecograph-palette4", "ort-int4", "ort-int4-acc4",
-                  "ecograph-nbits", "ecograph-nbits-a8")  # fmt: skip
+                  "ecograph-nbits", "ecograph-nbits-a8", "ecograph-int8s",
+                  "ort-int8s")  # fmt: skip
+CALIBRATION_BATCHES = 8
 DEFAULT_RUNNERS = [r for r in RUNNERS if r not in OPT_IN_RUNNERS]
 WORKLOADS = ["minilm-b1", "minilm-b8", "llama-prefill", "llama-decode", "resnet"]
 # Run only when named: one decode step (or a 128-token prefill) of a Llama with TinyLlama-1.1B's
@@ -313,6 +319,8 @@ def _prepare_ort(
         path = qpath
     elif runner.startswith("ort-int4"):
         path = _ort_int4(path, tmp / "model.int4.onnx", 4 if runner == "ort-int4-acc4" else 0)
+    elif runner == "ort-int8s":
+        path = _ort_int8_static(path, tmp / "model.int8s.onnx", args)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -324,6 +332,49 @@ def _prepare_ort(
         return sess.run(None, feeds)[0]
 
     return Prepared(call, compile_seconds, path.stat().st_size, call(), reference)
+
+
+def calibration(args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """CALIBRATION_BATCHES inputs like `args` for the static int8 runners: float tensors
+    redrawn from a normal distribution with their mean and spread (seeded), others as given."""
+    import torch
+
+    gen = torch.Generator().manual_seed(1)
+    batches = []
+    for _ in range(CALIBRATION_BATCHES):
+        batches.append(tuple(
+            torch.randn(a.shape, generator=gen) * a.std() + a.mean() if a.is_floating_point()
+            else a
+            for a in args
+        ))  # fmt: skip
+    return batches
+
+
+def _ort_int8_static(path: Path, out: Path, args: tuple[Any, ...]) -> Path:
+    """The ONNX model at `path` quantized by ONNX Runtime's quantize_static: QDQ, int8 weights
+    per channel, uint8 activations, min/max calibration on `calibration(args)`."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    names = [i.name for i in ort.InferenceSession(str(path)).get_inputs()]
+    batches = [{n: a.numpy() for n, a in zip(names, b, strict=True)} for b in calibration(args)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.left = iter(batches)
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self.left, None)
+
+    quantize_static(str(path), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)  # fmt: skip
+    return out
 
 
 def _ort_int4(path: Path, out: Path, accuracy_level: int) -> Path:
@@ -402,8 +453,8 @@ def _prepare_ecograph(
             pipeline = "default,nbits-activation-blocks"
 
     quant = {"ecograph-int8": "int8", "ecograph-int8w": "int8-weight", "ecograph-int4": "int4",
-             "ecograph-int4-a8": "int4-a8",
-             "ecograph-palette4": "palette4"}.get(runner)  # fmt: skip
+             "ecograph-int4-a8": "int4-a8", "ecograph-palette4": "palette4",
+             "ecograph-int8s": "int8-static"}.get(runner)  # fmt: skip
     tune = TUNE_TRIALS if runner == "ecograph-tuned" else False
     t0 = time.perf_counter()
     res = ecograph.optimize(
@@ -418,6 +469,7 @@ def _prepare_ecograph(
         if quant
         # int8 activation blocks: cosine ~0.9999 to the float MatMulNBits model
         else (0.999 if runner == "ecograph-nbits-a8" else None),
+        calibration_data=calibration(args) if quant == "int8-static" else None,
         measure=False,
         out_dir=_scratch(),
         cache=bool(options.get("cache", False)),

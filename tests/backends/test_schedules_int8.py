@@ -97,6 +97,35 @@ def integer_case(
     return g, feeds
 
 
+def conv_case(
+    x_shape: tuple[Any, ...],
+    w_shape: tuple[int, int, int, int],
+    a: str = "uint8",
+    w: str = "int8",
+    *,
+    za: bool = True,
+    zw: str | None = None,
+    batch: int | None = None,
+    seed: int = 0,
+    **attrs: Any,
+) -> tuple[Graph, dict[str, np.ndarray]]:
+    """One ConvInteger with a constant weight (run as an im2col product, ops/conv.py): `za` a
+    scalar constant zero point for x, `zw` None, "scalar" or "cols" (one per output channel);
+    a symbolic first dim of `x_shape` takes `batch` images."""
+    rng = np.random.default_rng(seed)
+    g = Graph(f"ConvInteger_{'x'.join(map(str, w_shape))}")
+    x = _ints(rng, a, (batch or x_shape[0], *x_shape[1:]))
+    av = g.add_input("x", a, list(x_shape))
+    wv = g.add_constant(_ints(rng, w, w_shape), "w")
+    zav = g.add_constant(_ints(rng, a, ()), "za") if za else None
+    zwv = None
+    if zw is not None:
+        zwv = g.add_constant(_ints(rng, w, () if zw == "scalar" else (w_shape[0],)), "zw")
+    node = g.add_node("ConvInteger", [av, wv, zav, zwv] if (zav or zwv) else [av, wv], attrs)
+    g.set_outputs([node.output])
+    return g, {"x": x}
+
+
 def dynamic_case(rows: int, k: int, n: int, seed: int = 0) -> tuple[Graph, dict[str, np.ndarray]]:
     """What quantize="int8" makes of `x @ W + b`: DynamicQuantizeLinear(x), MatMulInteger with
     a per-column weight zero point, then Cast, Mul by the scales and the bias Add (fused into
@@ -173,6 +202,28 @@ CASES = {
     "qlinear-s8s8-sym": lambda: integer_case(
         7, 18, 9, "int8", "int8", za="const", rows="m", op="QLinearMatMul"
     ),
+    "conv-u8s8-3x3-pad": lambda: conv_case((2, 5, 9, 11), (7, 5, 3, 3), pads=[1, 1, 1, 1]),
+    "conv-u8s8-stem-7x7-s2": lambda: conv_case(
+        (1, 3, 20, 18), (16, 3, 7, 7), strides=[2, 2], pads=[3, 3, 3, 3]
+    ),
+    "conv-u8u8-zw-cols-dilated-uneven-pads": lambda: conv_case(
+        (1, 4, 10, 9),
+        (6, 4, 3, 3),
+        "uint8",
+        "uint8",
+        zw="cols",
+        dilations=[2, 1],
+        pads=[2, 1, 0, 2],
+    ),
+    "conv-s8s8-1x1-s2": lambda: conv_case(
+        (2, 8, 6, 7), (16, 8, 1, 1), "int8", "int8", za=False, strides=[2, 2]
+    ),
+    "conv-s8s8-zw-scalar-one-pixel": lambda: conv_case(
+        (1, 4, 3, 3), (5, 4, 3, 3), "int8", "int8", zw="scalar"
+    ),
+    "conv-u8s8-symbolic-batch-same": lambda: conv_case(
+        ("n", 3, 6, 5), (8, 3, 3, 3), batch=3, auto_pad="SAME_UPPER", strides=[2, 2]
+    ),
     "dynamic-quantize-matmul": lambda: dynamic_case(37, 96, 72),
     "dynamic-quantize-odd-last-dim": lambda: quantize_case((5, 9)),
     "dynamic-quantize-3d": lambda: quantize_case((3, 4, 64)),
@@ -237,6 +288,9 @@ def test_products_are_exact_on_x86(preset: str) -> None:
     # (Relax's legalized "matmul") is left, and no packed one fell through.
     assert set(kernels.values()) == {"int8-matmul"}, kernels
     assert not [k for k in result.kernels if re.search(r"matmul(?!_integer)", k)], result.kernels
+    # ...and every ConvInteger ran as an im2col product (no Relax conv2d)
+    assert not [k for k in result.kernels if "conv2d" in k], result.kernels
+    assert len([k for k in result.kernels if "im2col" in k]) == 6, result.kernels
     rules = set(result.kernels.values())
     assert {"quantize-range", "quantize"} <= rules, result.kernels
     vm = relax.VirtualMachine(result.executable, tvm.cpu())

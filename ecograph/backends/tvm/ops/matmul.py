@@ -244,7 +244,11 @@ def emit_panel_matmul(
 # and colsum(w') precomputed; rowsum(a) is computed only when some zeta is not zero.
 
 # (domain, op) -> positions of A, the weight B, A's zero point and B's zero point
-_INTEGER_OPERANDS = {("", "MatMulInteger"): (0, 1, 2, 3), ("", "QLinearMatMul"): (0, 3, 2, 5)}
+_INTEGER_OPERANDS = {
+    ("", "MatMulInteger"): (0, 1, 2, 3),
+    ("", "QLinearMatMul"): (0, 3, 2, 5),
+    ("", "ConvInteger"): (0, 1, 2, 3),  # as a product of its im2col rows (ops/conv.py)
+}
 _RANGES = {"int8": (-128, 127), "int16": (-32768, 32767)}
 
 
@@ -265,19 +269,29 @@ class IntegerWeight:
 
 def integer_weight(node: Node, target: TargetSpec) -> IntegerWeight | None:
     """How `node`'s constant 8-bit weight is packed for `target`, or None when the node is not
-    an integer product this kernel serves (GPU, A of rank < 2, a zero point of another shape)."""
+    an integer product this kernel serves (GPU, A of rank < 2, a zero point of another shape;
+    a ConvInteger that `conv_integer_rows` does not take)."""
     ops = _INTEGER_OPERANDS.get((node.domain, node.op_type))
     if ops is None or target.is_gpu:
         return None
     a, b = node.input(ops[0]), node.input(ops[1])
     za, zb = node.input(ops[2]), node.input(ops[3])
     eight = (DType.UINT8, DType.INT8)
-    if a is None or b is None or b.const_value is None or b.const_value.ndim != 2:
+    if a is None or b is None or b.const_value is None:
         return None
     if a.dtype not in eight or b.dtype not in eight or a.type.rank < 2:
         return None
-    k, n = b.const_value.shape
-    if k == 0 or n == 0 or not _row_zero_point(za):
+    if node.op_type == "ConvInteger":
+        rows = conv_integer_rows(node)
+        if rows is None:
+            return None
+        w, single = b.const_value.reshape(b.const_value.shape[0], -1).T, rows == 1
+    else:
+        if b.const_value.ndim != 2 or not _row_zero_point(za):
+            return None
+        w, single = b.const_value, a.type.shape[-2] == 1
+    k, n = w.shape
+    if k == 0 or n == 0:
         return None
     zw = np.zeros(n, np.int64)
     if zb is not None:
@@ -288,7 +302,7 @@ def integer_weight(node: Node, target: TargetSpec) -> IntegerWeight | None:
     kernel = int8_kernel(target, str(a.dtype))
     if kernel is None:
         return None
-    w = b.const_value.astype(np.int64)
+    w = w.astype(np.int64)
     lo, hi = _RANGES[kernel.weight_dtype]
     if int((w - zw).min()) >= lo and int((w - zw).max()) <= hi:
         shift = -zw  # the weight's zero point folded into the packed values
@@ -297,7 +311,6 @@ def integer_weight(node: Node, target: TargetSpec) -> IntegerWeight | None:
     else:
         shift = np.full(n, -128, np.int64)  # u8 weights as s8
     wq = w + shift
-    single = a.type.shape[-2] == 1
     _, nr = int8_tile(target, kernel, n, single_row=single)
     return IntegerWeight(
         kernel=kernel,
@@ -308,6 +321,40 @@ def integer_weight(node: Node, target: TargetSpec) -> IntegerWeight | None:
         colsum=wq.sum(axis=0).astype(np.int32),
         zeta=(zw + shift).astype(np.int32),
     )
+
+
+def conv_integer_rows(node: Node) -> int | None:
+    """Output pixels per image (the rows of its im2col product) of a ConvInteger that runs as
+    an 8-bit product: 2-D, one group, static channels and image size, a constant weight, the
+    input's zero point a constant scalar or absent; None for any other."""
+    from ecograph.ir.ops.convolution import explicit_pads
+    from ecograph.ir.registry import resolve_attrs
+
+    x, w, zx = node.input(0), node.input(1), node.input(2)
+    if x is None or w is None or w.const_value is None or w.const_value.ndim != 4:
+        return None
+    if x.type.rank != 4 or not all(isinstance(d, int) and d > 0 for d in x.type.shape[1:]):
+        return None
+    if zx is not None and (zx.const_value is None or zx.const_value.size != 1):
+        return None
+    attrs = resolve_attrs(node.schema, node)
+    _, per_group, kh, kw = w.const_value.shape
+    height, width = int(x.type.shape[2]), int(x.type.shape[3])
+    if int(attrs["group"]) != 1 or per_group != x.type.shape[1]:
+        return None
+    if tuple(attrs["kernel_shape"] or (kh, kw)) != (kh, kw):
+        return None
+    strides, dil = attrs["strides"] or (1, 1), attrs["dilations"] or (1, 1)
+    pads = explicit_pads((height, width), [kh, kw], list(strides), list(dil), attrs["pads"],
+                         attrs["auto_pad"])  # fmt: skip
+    if min(pads) < 0:
+        return None
+    sizes = zip((height, width), (kh, kw), dil, strides, strict=True)
+    out = [
+        (size + pads[i] + pads[i + 2] - (k - 1) * d - 1) // s + 1
+        for i, (size, k, d, s) in enumerate(sizes)
+    ]
+    return out[0] * out[1] if min(out) >= 1 else None
 
 
 def _row_zero_point(z: Value | None) -> bool:
@@ -358,28 +405,61 @@ def packed_integer_weights(
 
 def emit_packed_integer_matmul(ctx: LowerContext) -> relax.Expr:
     """The int32 product of an integer-product node whose weight is bound packed
-    (`packed_integer_weights`): one TE kernel, the tile then the zero-point corrections (see
-    the section doc), rows padded to the tile's MR and clamped like the float32 kernel."""
-    from tvm import te, tirx
-
+    (`packed_integer_weights`): `integer_product` of its A."""
     ai, bi, zai, _ = _INTEGER_OPERANDS[(ctx.node.domain, ctx.node.op_type)]
     weight = ctx.node.input(bi)
     plan = integer_weight(ctx.node, ctx.target)
     if weight is None or plan is None:
         ctx.fail("the weight is bound packed but the node is not a packable integer product")
+    at = ctx.in_type(ai)
+    za_known = ctx.const(zai) if ctx.has(zai) else np.zeros((), np.int64)
+    za_rank = ctx.in_type(zai).rank if ctx.has(zai) else 0
+    zero_point = RowZeroPoint(
+        known=za_known,
+        expr=None if za_known is not None else ctx.arg(zai),
+        rank=za_rank,
+        per_row=ctx.has(zai) and za_rank == 1 and ctx.in_type(zai).numel != 1,
+    )
+    return integer_product(
+        ctx, ctx.arg(ai), str(at.dtype), at.shape[-2] == 1, plan, weight, zero_point
+    )
+
+
+@dataclass(frozen=True)
+class RowZeroPoint:
+    """A's zero point for `integer_product`: `known` its constant value (None: the relax
+    `expr` gives it at run time), of `rank` 0 or 1, one per row when `per_row`."""
+
+    known: np.ndarray | None
+    expr: relax.Expr | None = None
+    rank: int = 0
+    per_row: bool = False
+
+
+def integer_product(
+    ctx: LowerContext,
+    a: relax.Expr,
+    a_dtype: str,
+    single: bool,
+    plan: IntegerWeight,
+    weight: Value,
+    zero_point: RowZeroPoint,
+) -> relax.Expr:
+    """A [..., rows, K] (8-bit, `a_dtype`; `single`: one row) times the packed `weight` of
+    `plan`, in int32: one TE kernel, the tile then the zero-point corrections (see the section
+    doc), rows padded to the tile's MR and clamped like the float32 kernel."""
+    from tvm import te, tirx
+
     kernel, g, nr = plan.kernel, plan.kernel.group, plan.nr
     k_len, n_len = plan.k, plan.n
     k_pad, n_pad = -(-k_len // g) * g, -(-n_len // nr) * nr
-    at = ctx.in_type(ai)
-    single = at.shape[-2] == 1
     mr, _ = int8_tile(ctx.target, kernel, n_len, single_row=single, nr=nr)
     i64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
 
-    a = ctx.arg(ai)
     if k_pad != k_len:
 
         def pad_k(av: Any) -> Any:
-            zero = tirx.const(0, str(at.dtype))
+            zero = tirx.const(0, a_dtype)
             return te.compute(
                 (*av.shape[:-1], i64(k_pad)),
                 lambda *ix: tirx.if_then_else(ix[-1] < k_len, av[ix], zero),
@@ -389,8 +469,7 @@ def emit_packed_integer_matmul(ctx: LowerContext) -> relax.Expr:
         a = ctx.bb.emit_te(pad_k, a, primfunc_name_hint="pad_k")
 
     # The corrections: -(za + delta) * colsum[j] + zeta[j] * (K * za - rowsum[i]).
-    za_known = ctx.const(zai) if ctx.has(zai) else np.zeros((), np.int64)
-    za_expr = None if za_known is not None else ctx.arg(zai)
+    za_known, za_expr = zero_point.known, zero_point.expr
     needs_rowsum = bool(plan.zeta.any())
     args = [a, ctx.state.value_expr(weight)]
     slots: dict[str, int] = {}
@@ -406,6 +485,7 @@ def emit_packed_integer_matmul(ctx: LowerContext) -> relax.Expr:
     else:
         add("colsum", relax.const(plan.colsum, "int32"))
         za_arr = za_known.astype(np.int32) if za_known is not None else None
+        assert za_arr is not None or za_expr is not None
         add("za", za_expr if za_arr is None else relax.const(za_arr, "int32"))
         if needs_rowsum:
             add("zeta", relax.const(plan.zeta, "int32"))
@@ -420,8 +500,7 @@ def emit_packed_integer_matmul(ctx: LowerContext) -> relax.Expr:
 
             add("rowsum", ctx.bb.emit_te(rowsum, a, primfunc_name_hint="rowsum"))
 
-    za_rank = ctx.in_type(zai).rank if ctx.has(zai) else 0
-    per_row = ctx.has(zai) and za_rank == 1 and ctx.in_type(zai).numel != 1
+    za_rank, per_row = zero_point.rank, zero_point.per_row
 
     def compute(av: Any, wv: Any, *extra: Any) -> Any:
         tensors = {name: extra[i - 2] for name, i in slots.items()}
