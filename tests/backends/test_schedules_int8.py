@@ -107,11 +107,13 @@ def conv_case(
     zw: str | None = None,
     batch: int | None = None,
     seed: int = 0,
+    op: str = "ConvInteger",
     **attrs: Any,
 ) -> tuple[Graph, dict[str, np.ndarray]]:
     """One ConvInteger with a constant weight (run as an im2col product, ops/conv.py): `za` a
     scalar constant zero point for x, `zw` None, "scalar" or "cols" (one per output channel);
-    a symbolic first dim of `x_shape` takes `batch` images."""
+    a symbolic first dim of `x_shape` takes `batch` images. `op="QLinearConv"` requantizes
+    with constant scales (per output channel for the weight) and adds an int32 bias."""
     rng = np.random.default_rng(seed)
     g = Graph(f"ConvInteger_{'x'.join(map(str, w_shape))}")
     x = _ints(rng, a, (batch or x_shape[0], *x_shape[1:]))
@@ -121,7 +123,17 @@ def conv_case(
     zwv = None
     if zw is not None:
         zwv = g.add_constant(_ints(rng, w, () if zw == "scalar" else (w_shape[0],)), "zw")
-    node = g.add_node("ConvInteger", [av, wv, zav, zwv] if (zav or zwv) else [av, wv], attrs)
+    if op == "QLinearConv":
+        scale = lambda v, name: g.add_constant(np.asarray(v, np.float32), name)  # noqa: E731
+        zav = zav or g.add_constant(np.zeros((), a), "za")
+        zwv = zwv or g.add_constant(np.zeros((), w), "zw")
+        w_scale = scale(rng.uniform(0.005, 0.02, w_shape[0]), "sw")
+        y_zp = g.add_constant(np.array(128, np.uint8), "y_zp")
+        bias = g.add_constant(rng.integers(-2000, 2000, w_shape[0]).astype(np.int32), "bias")
+        ins = [av, scale(0.02, "sa"), zav, wv, w_scale, zwv, scale(0.5, "sy"), y_zp, bias]
+        node = g.add_node(op, ins, attrs)
+    else:
+        node = g.add_node(op, [av, wv, zav, zwv] if (zav or zwv) else [av, wv], attrs)
     g.set_outputs([node.output])
     return g, {"x": x}
 
@@ -224,6 +236,9 @@ CASES = {
     "conv-u8s8-symbolic-batch-same": lambda: conv_case(
         ("n", 3, 6, 5), (8, 3, 3, 3), batch=3, auto_pad="SAME_UPPER", strides=[2, 2]
     ),
+    "qlinearconv-u8s8-3x3-s2": lambda: conv_case(
+        (2, 6, 9, 8), (10, 6, 3, 3), op="QLinearConv", strides=[2, 2], pads=[1, 1, 1, 1]
+    ),
     "dynamic-quantize-matmul": lambda: dynamic_case(37, 96, 72),
     "dynamic-quantize-odd-last-dim": lambda: quantize_case((5, 9)),
     "dynamic-quantize-3d": lambda: quantize_case((3, 4, 64)),
@@ -290,7 +305,7 @@ def test_products_are_exact_on_x86(preset: str) -> None:
     assert not [k for k in result.kernels if re.search(r"matmul(?!_integer)", k)], result.kernels
     # ...and every ConvInteger ran as an im2col product (no Relax conv2d)
     assert not [k for k in result.kernels if "conv2d" in k], result.kernels
-    assert len([k for k in result.kernels if "im2col" in k]) == 6, result.kernels
+    assert len([k for k in result.kernels if "im2col" in k]) == 7, result.kernels
     rules = set(result.kernels.values())
     assert {"quantize-range", "quantize"} <= rules, result.kernels
     vm = relax.VirtualMachine(result.executable, tvm.cpu())

@@ -11,17 +11,18 @@ whole vectors (`prefers_width`). Padding is a copy inside the kernel, wide enoug
 column tiles, or by channels with kernels up to 3 columns wide a guarded load; the bias is
 added in the kernel's epilogue.
 
-On CPU targets a 2-D ConvInteger (what int8-static makes of a Conv) with a constant 8-bit
-weight, one group, static channels and image size and a constant scalar input zero point
-runs as an 8-bit matrix product (`emit_conv_integer_rows`): the input padded with its zero
-point, unfolded into one row per output pixel (im2col, a kernel of its own), times the weight
-packed [C * KH * KW, O] at compile time for the int8 kernel (ops/matmul.py, schedules/int8.py:
-VNNI, vpmaddwd, sdot...), written back NCHW. ResNet-18 at 224x224 in int8-static: 191 ms ->
-15 ms on two Zen 4 threads (bench/RESULTS.md 2026-12-06).
+On CPU targets a 2-D ConvInteger (what int8-static makes of a Conv) or QLinearConv (ONNX
+Runtime's QOperator models) with a constant 8-bit weight, one group, static channels and
+image size and a constant scalar input zero point runs as an 8-bit matrix product
+(`emit_conv_integer_rows`): the input padded with its zero point, unfolded into one row per
+output pixel (im2col, a kernel of its own), times the weight packed [C * KH * KW, O] at
+compile time for the int8 kernel (ops/matmul.py, schedules/int8.py: VNNI, vpmaddwd,
+sdot...), written back NCHW. ResNet-18 at 224x224 in int8-static: 191 ms -> 15 ms on two Zen
+4 threads (bench/RESULTS.md 2026-12-06).
 
 Everything else keeps Relax's conv (TOPI's NCHW loops, unscheduled for integers): CUDA,
 non-constant weights, 1-D and 3-D convs, symbolic channels or image sizes, grouped and
-depthwise ConvInteger, QLinearConv and ConvTranspose.
+depthwise ConvInteger / QLinearConv, and ConvTranspose.
 """
 
 from __future__ import annotations
@@ -173,28 +174,35 @@ def integer_conv(ctx: LowerContext, x: int, x_zp: int, w: int, w_zp: int) -> rel
 
 @lowers("ConvInteger")
 def _conv_integer(ctx: LowerContext) -> relax.Expr:
-    weight = ctx.node.input(1)
+    return conv_integer_product(ctx, x=0, x_zp=2, w=1, w_zp=3)
+
+
+def conv_integer_product(ctx: LowerContext, x: int, x_zp: int, w: int, w_zp: int) -> relax.Expr:
+    """The int32 convolution of `integer_conv` (inputs at those positions): the im2col product
+    where the weight is bound packed (`emit_conv_integer_rows`), else Relax's conv."""
+    weight = ctx.node.input(w)
     if weight is not None and weight in ctx.state.panels:
-        return emit_conv_integer_rows(ctx)
-    return integer_conv(ctx, x=0, x_zp=2, w=1, w_zp=3)
+        return emit_conv_integer_rows(ctx, x, x_zp, w)
+    return integer_conv(ctx, x=x, x_zp=x_zp, w=w, w_zp=w_zp)
 
 
-def emit_conv_integer_rows(ctx: LowerContext) -> relax.Expr:
-    """A ConvInteger whose weight is bound packed (ops/matmul.py `packed_integer_weights`,
-    `conv_integer_rows`) as an 8-bit product: its input unfolded into rows (im2col: one row
-    per output pixel, the C x KH x KW values it reads, the input's zero point where the
-    padding is, so that (x - zero point) is 0 there as in ConvInteger), times the packed
-    [C * KH * KW, O] weight by the int8 matrix kernel (schedules/int8.py: VNNI where the CPU
-    has it), then written back NCHW. Exact: the same int32 sums."""
+def emit_conv_integer_rows(ctx: LowerContext, xi: int, zi: int, wi: int) -> relax.Expr:
+    """The int32 convolution of a ConvInteger or QLinearConv (input, its zero point and the
+    weight at `xi`, `zi`, `wi`) whose weight is bound packed (ops/matmul.py
+    `packed_integer_weights`, `conv_integer_rows`) as an 8-bit product: its input unfolded
+    into rows (im2col: one row per output pixel, the C x KH x KW values it reads, the input's
+    zero point where the padding is, so that (x - zero point) is 0 there as in ConvInteger),
+    times the packed [C * KH * KW, O] weight by the int8 matrix kernel (schedules/int8.py:
+    VNNI where the CPU has it), then written back NCHW. Exact: the same int32 sums."""
     from tvm import te, tirx
 
     from ecograph.ir.ops.convolution import explicit_pads
 
-    weight = ctx.node.input(1)
+    weight = ctx.node.input(wi)
     plan = integer_weight(ctx.node, ctx.target)
     if weight is None or weight.const_value is None or plan is None:
         ctx.fail("the weight is bound packed but the ConvInteger is not a packable product")
-    xt = ctx.in_type(0)
+    xt = ctx.in_type(xi)
     x_dtype = str(xt.dtype)
     oc, channels, kh, kw = (int(d) for d in weight.const_value.shape)
     height, width = int(xt.shape[2]), int(xt.shape[3])
@@ -205,11 +213,11 @@ def emit_conv_integer_rows(ctx: LowerContext) -> relax.Expr:
     )
     out_h = (height + top + bottom - (kh - 1) * dh - 1) // sh + 1
     out_w = (width + left + right - (kw - 1) * dw - 1) // sw + 1
-    zx = ctx.const(2) if ctx.has(2) else None
+    zx = ctx.const(zi) if ctx.has(zi) else None
     za = 0 if zx is None else int(zx.reshape(-1)[0])
     i64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
 
-    x = ctx.arg(0)
+    x = ctx.arg(xi)
     if top or left or bottom or right:  # the border holds the zero point: (x - zx) is 0 there
 
         def pad(xv: Any) -> Any:

@@ -20,7 +20,7 @@ import numpy as np
 from tvm import relax
 
 from ecograph.backends.tvm.context import LowerContext, R, lowers, reshape_bias, round_half_even
-from ecograph.backends.tvm.ops.conv import integer_conv
+from ecograph.backends.tvm.ops.conv import conv_integer_product
 from ecograph.ir.ops.quant import QUANT_RANGES
 
 # The unrolled elimination emits O(n) Relax ops; past this size the module gets unwieldy.
@@ -83,7 +83,7 @@ def _det(ctx: LowerContext) -> relax.Expr:
 @lowers("QLinearConv")
 def _qlinear_conv(ctx: LowerContext) -> relax.Expr:
     rank = ctx.in_type(0).rank
-    acc = integer_conv(ctx, x=0, x_zp=2, w=3, w_zp=5)
+    acc = conv_integer_product(ctx, x=0, x_zp=2, w=3, w_zp=5)
     if ctx.has(8):
         acc = R.add(acc, reshape_bias(ctx, R.astype(ctx.arg(8), "int32"), rank))
     # The multiplier in float32 (numpy: float32 scalars), applied in float64 (int32 * float32

@@ -247,8 +247,11 @@ def emit_panel_matmul(
 _INTEGER_OPERANDS = {
     ("", "MatMulInteger"): (0, 1, 2, 3),
     ("", "QLinearMatMul"): (0, 3, 2, 5),
-    ("", "ConvInteger"): (0, 1, 2, 3),  # as a product of its im2col rows (ops/conv.py)
+    # convolutions as products of their im2col rows (ops/conv.py)
+    ("", "ConvInteger"): (0, 1, 2, 3),
+    ("", "QLinearConv"): (0, 3, 2, 5),
 }
+_CONVS = {"ConvInteger", "QLinearConv"}
 _RANGES = {"int8": (-128, 127), "int16": (-32768, 32767)}
 
 
@@ -281,7 +284,7 @@ def integer_weight(node: Node, target: TargetSpec) -> IntegerWeight | None:
         return None
     if a.dtype not in eight or b.dtype not in eight or a.type.rank < 2:
         return None
-    if node.op_type == "ConvInteger":
+    if node.op_type in _CONVS:
         rows = conv_integer_rows(node)
         if rows is None:
             return None
@@ -324,13 +327,15 @@ def integer_weight(node: Node, target: TargetSpec) -> IntegerWeight | None:
 
 
 def conv_integer_rows(node: Node) -> int | None:
-    """Output pixels per image (the rows of its im2col product) of a ConvInteger that runs as
-    an 8-bit product: 2-D, one group, static channels and image size, a constant weight, the
-    input's zero point a constant scalar or absent; None for any other."""
+    """Output pixels per image (the rows of its im2col product) of a ConvInteger or
+    QLinearConv that runs as an 8-bit product: 2-D, one group, static channels and image
+    size, a constant weight, the input's zero point a constant scalar or absent; None for any
+    other."""
     from ecograph.ir.ops.convolution import explicit_pads
     from ecograph.ir.registry import resolve_attrs
 
-    x, w, zx = node.input(0), node.input(1), node.input(2)
+    xi, wi, zi, _ = _INTEGER_OPERANDS[(node.domain, node.op_type)]
+    x, w, zx = node.input(xi), node.input(wi), node.input(zi)
     if x is None or w is None or w.const_value is None or w.const_value.ndim != 4:
         return None
     if x.type.rank != 4 or not all(isinstance(d, int) and d > 0 for d in x.type.shape[1:]):
