@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -96,6 +97,35 @@ def explicit_pads(
     if auto_pad == "VALID":
         return [0] * (2 * n)
     return list(pads) if pads else [0] * (2 * n)
+
+
+@dataclass(frozen=True)
+class Conv2dGeometry:
+    """A 2-D convolution's strides, dilations, explicit pads (top, left, bottom, right) and
+    output size, from its attributes and its static input and kernel sizes."""
+
+    strides: tuple[int, int]
+    dilations: tuple[int, int]
+    pads: tuple[int, int, int, int]
+    out: tuple[int, int]
+
+
+def conv2d_geometry(
+    attrs: Mapping[str, Any], size: tuple[int, int], kernel: tuple[int, int]
+) -> Conv2dGeometry | None:
+    """The geometry of a 2-D Conv / ConvInteger / QLinearConv with resolved `attrs` over an
+    image of `size` with a `kernel`; None where a pad is negative or the output is empty."""
+    strides = tuple(attrs["strides"] or (1, 1))
+    dil = tuple(attrs["dilations"] or (1, 1))
+    pads = explicit_pads(size, list(kernel), list(strides), list(dil), attrs["pads"],
+                         attrs["auto_pad"])  # fmt: skip
+    out = tuple(
+        (size[i] + pads[i] + pads[i + 2] - (kernel[i] - 1) * dil[i] - 1) // strides[i] + 1
+        for i in range(2)
+    )
+    if min(out) < 1 or min(pads) < 0:
+        return None
+    return Conv2dGeometry(strides, dil, tuple(pads), out)  # type: ignore[arg-type]
 
 
 def sliding_windows(

@@ -196,23 +196,21 @@ def emit_conv_integer_rows(ctx: LowerContext, xi: int, zi: int, wi: int) -> rela
     VNNI where the CPU has it), then written back NCHW. Exact: the same int32 sums."""
     from tvm import te, tirx
 
-    from ecograph.ir.ops.convolution import explicit_pads
+    from ecograph.ir.ops.convolution import conv2d_geometry
 
     weight = ctx.node.input(wi)
     plan = integer_weight(ctx.node, ctx.target)
-    if weight is None or weight.const_value is None or plan is None:
-        ctx.fail("the weight is bound packed but the ConvInteger is not a packable product")
     xt = ctx.in_type(xi)
+    height, width = int(xt.shape[2]), int(xt.shape[3])
+    kernel = (1, 1) if weight is None or weight.const_value is None else weight.const_value.shape
+    geometry = conv2d_geometry(ctx.attrs, (height, width), (int(kernel[2]), int(kernel[3])))
+    if weight is None or weight.const_value is None or plan is None or geometry is None:
+        ctx.fail("the weight is bound packed but the convolution is not a packable product")
     x_dtype = str(xt.dtype)
     oc, channels, kh, kw = (int(d) for d in weight.const_value.shape)
-    height, width = int(xt.shape[2]), int(xt.shape[3])
-    sh, sw = ctx.attrs["strides"] or (1, 1)
-    dh, dw = ctx.attrs["dilations"] or (1, 1)
-    top, left, bottom, right = explicit_pads(
-        (height, width), [kh, kw], [sh, sw], [dh, dw], ctx.attrs["pads"], ctx.attrs["auto_pad"]
-    )
-    out_h = (height + top + bottom - (kh - 1) * dh - 1) // sh + 1
-    out_w = (width + left + right - (kw - 1) * dw - 1) // sw + 1
+    (sh, sw), (dh, dw) = geometry.strides, geometry.dilations
+    top, left, bottom, right = geometry.pads
+    out_h, out_w = geometry.out
     zx = ctx.const(zi) if ctx.has(zi) else None
     za = 0 if zx is None else int(zx.reshape(-1)[0])
     i64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
@@ -294,7 +292,7 @@ class ConvKernel:
 
 def conv_kernel(node: Node, target: TargetSpec) -> ConvKernel | None:
     """`node`'s CPU conv kernel, or None when it keeps Relax's conv (module doc)."""
-    from ecograph.ir.ops.convolution import explicit_pads
+    from ecograph.ir.ops.convolution import conv2d_geometry
 
     if target.is_gpu or (node.domain, node.op_type) != ("", "Conv"):
         return None
@@ -310,18 +308,12 @@ def conv_kernel(node: Node, target: TargetSpec) -> ConvKernel | None:
     oc, per_group, kh, kw = (int(d) for d in w.const_value.shape)
     groups = int(attrs["group"])
     kernel = tuple(attrs["kernel_shape"] or (kh, kw))
-    strides = tuple(attrs["strides"] or (1, 1))
-    dil = tuple(attrs["dilations"] or (1, 1))
     if kernel != (kh, kw) or groups < 1 or channels != per_group * groups or oc % groups:
         return None
-    pads = explicit_pads((height, width), [kh, kw], list(strides), list(dil), attrs["pads"],
-                         attrs["auto_pad"])  # fmt: skip
-    out = tuple(
-        (size + pads[i] + pads[i + 2] - (k - 1) * d - 1) // s + 1
-        for i, (size, k, d, s) in enumerate(zip((height, width), kernel, dil, strides, strict=True))
-    )
-    if min(out) < 1 or min(pads) < 0:
+    geometry = conv2d_geometry(attrs, (height, width), (kh, kw))
+    if geometry is None:
         return None
+    strides, dil, pads, out = geometry.strides, geometry.dilations, geometry.pads, geometry.out
     lanes = lanes_for(target)
     out_per_group = oc // groups
     by_channels = out_per_group % lanes == 0 or (groups == 1 and 2 * oc > lanes)
@@ -333,8 +325,8 @@ def conv_kernel(node: Node, target: TargetSpec) -> ConvKernel | None:
     else:
         block, ow_tile = 0, width_tile(target, out[1])
     return ConvKernel(
-        by_channels, groups, channels, oc, (kh, kw), strides, dil,  # type: ignore[arg-type]
-        (pads[0], pads[1], pads[2], pads[3]), (height, width), out, block, ow_tile,  # type: ignore[arg-type]
+        by_channels, groups, channels, oc, (kh, kw), strides, dil, pads,
+        (height, width), out, block, ow_tile,  # type: ignore[arg-type]
     )  # fmt: skip
 
 

@@ -273,7 +273,7 @@ class IntegerWeight:
 def integer_weight(node: Node, target: TargetSpec) -> IntegerWeight | None:
     """How `node`'s constant 8-bit weight is packed for `target`, or None when the node is not
     an integer product this kernel serves (GPU, A of rank < 2, a zero point of another shape;
-    a ConvInteger that `conv_integer_rows` does not take)."""
+    a convolution that `conv_integer_rows` does not take)."""
     ops = _INTEGER_OPERANDS.get((node.domain, node.op_type))
     if ops is None or target.is_gpu:
         return None
@@ -331,7 +331,7 @@ def conv_integer_rows(node: Node) -> int | None:
     QLinearConv that runs as an 8-bit product: 2-D, one group, static channels and image
     size, a constant weight, the input's zero point a constant scalar or absent; None for any
     other."""
-    from ecograph.ir.ops.convolution import explicit_pads
+    from ecograph.ir.ops.convolution import conv2d_geometry
     from ecograph.ir.registry import resolve_attrs
 
     xi, wi, zi, _ = _INTEGER_OPERANDS[(node.domain, node.op_type)]
@@ -344,22 +344,13 @@ def conv_integer_rows(node: Node) -> int | None:
         return None
     attrs = resolve_attrs(node.schema, node)
     _, per_group, kh, kw = w.const_value.shape
-    height, width = int(x.type.shape[2]), int(x.type.shape[3])
     if int(attrs["group"]) != 1 or per_group != x.type.shape[1]:
         return None
     if tuple(attrs["kernel_shape"] or (kh, kw)) != (kh, kw):
         return None
-    strides, dil = attrs["strides"] or (1, 1), attrs["dilations"] or (1, 1)
-    pads = explicit_pads((height, width), [kh, kw], list(strides), list(dil), attrs["pads"],
-                         attrs["auto_pad"])  # fmt: skip
-    if min(pads) < 0:
-        return None
-    sizes = zip((height, width), (kh, kw), dil, strides, strict=True)
-    out = [
-        (size + pads[i] + pads[i + 2] - (k - 1) * d - 1) // s + 1
-        for i, (size, k, d, s) in enumerate(sizes)
-    ]
-    return out[0] * out[1] if min(out) >= 1 else None
+    size = (int(x.type.shape[2]), int(x.type.shape[3]))
+    geometry = conv2d_geometry(attrs, size, (kh, kw))
+    return None if geometry is None else geometry.out[0] * geometry.out[1]
 
 
 def _row_zero_point(z: Value | None) -> bool:
