@@ -11,8 +11,8 @@ whole vectors (`prefers_width`). Padding is a copy inside the kernel, wide enoug
 column tiles, or by channels with kernels up to 3 columns wide a guarded load; the bias is
 added in the kernel's epilogue.
 
-On CPU targets a 2-D ConvInteger (what int8-static makes of a Conv) or QLinearConv (ONNX
-Runtime's QOperator models) with a constant 8-bit weight, one group, static channels and
+On CPU targets a 2-D ConvInteger (what int8-static makes of a Conv) or QLinearConv (ONNX's
+QOperator format) with a constant 8-bit weight, one group, static channels and
 image size and a constant scalar input zero point runs as an 8-bit matrix product
 (`emit_conv_integer_rows`): the input padded with its zero point, unfolded into one row per
 output pixel (im2col, a kernel of its own), times the weight packed [C * KH * KW, O] at
