@@ -169,9 +169,7 @@ def isolate_batched_matmuls() -> Any:
     marked with OPAQUE_ATTR (a prefill's weight decoding, ops/quant.py) stay alone too."""
     import tvm
 
-    from .context import OPAQUE_ATTR
-
-    opaque = 8  # OpPatternKind.kOpaque
+    from .context import OPAQUE_ATTR, OPAQUE_PATTERN
 
     @tvm.transform.module_pass(opt_level=0, name="IsolateBatchedMatmul")
     def isolate(mod: Any, _ctx: Any) -> Any:
@@ -180,7 +178,7 @@ def isolate_batched_matmuls() -> Any:
                 continue
             marked = func.attrs is not None and bool(func.attrs.get(OPAQUE_ATTR))
             if marked or batched_matmul_kernel(func):
-                mod[gv] = func.with_attr("op_pattern", opaque)
+                mod[gv] = func.with_attr("op_pattern", OPAQUE_PATTERN)
         return mod
 
     return isolate

@@ -48,6 +48,9 @@ ANALYZER = Analyzer()
 # A PrimFunc attribute: the kernel stays a kernel of its own (the CUDA pipeline marks such
 # functions opaque to FuseOps, build.isolate_batched_matmuls).
 OPAQUE_ATTR = "ecograph.opaque"
+# OpPatternKind.kOpaque: a PrimFunc with this "op_pattern" is left alone by FuseOps (Relax's
+# AnnotateTIROpPattern keeps a pattern a function already has).
+OPAQUE_PATTERN = 8
 
 LowerFn = Callable[["LowerContext"], "relax.Expr | Sequence[relax.Expr | None]"]
 LOWERINGS: dict[tuple[str, str], LowerFn] = {}

@@ -35,6 +35,7 @@ from tvm import relax
 
 from ecograph.backends.tvm.context import (
     NN,
+    OPAQUE_PATTERN,
     LowerContext,
     R,
     lowers,
@@ -52,9 +53,6 @@ from ecograph.backends.tvm.targets import TargetSpec
 from ecograph.ir.dtypes import DType
 from ecograph.ir.graph import Graph, Node, Value
 from ecograph.ir.registry import resolve_attrs
-
-# OpPatternKind.kOpaque: a PrimFunc FuseOps leaves alone (Relax AnnotateTIROpPattern keeps it)
-OPAQUE_PATTERN = 8
 
 # ----------------------------------------------------------------- conv and pooling
 
@@ -200,14 +198,15 @@ def emit_conv_integer_rows(ctx: LowerContext, xi: int, zi: int, wi: int) -> rela
 
     weight = ctx.node.input(wi)
     plan = integer_weight(ctx.node, ctx.target)
-    xt = ctx.in_type(xi)
-    height, width = int(xt.shape[2]), int(xt.shape[3])
-    kernel = (1, 1) if weight is None or weight.const_value is None else weight.const_value.shape
-    geometry = conv2d_geometry(ctx.attrs, (height, width), (int(kernel[2]), int(kernel[3])))
-    if weight is None or weight.const_value is None or plan is None or geometry is None:
+    if weight is None or weight.const_value is None or plan is None:
         ctx.fail("the weight is bound packed but the convolution is not a packable product")
+    xt = ctx.in_type(xi)
     x_dtype = str(xt.dtype)
+    height, width = int(xt.shape[2]), int(xt.shape[3])
     oc, channels, kh, kw = (int(d) for d in weight.const_value.shape)
+    geometry = conv2d_geometry(ctx.attrs, (height, width), (kh, kw))
+    if geometry is None:
+        ctx.fail("the convolution's pads or output size are not those of a packable product")
     (sh, sw), (dh, dw) = geometry.strides, geometry.dilations
     top, left, bottom, right = geometry.pads
     out_h, out_w = geometry.out
