@@ -107,6 +107,42 @@ def test_transposes_static(preset, perm):
     check(got, want)
 
 
+def _tiled(func, lanes: int) -> bool:
+    """True if some loop of `lanes` iterations holds a vectorized loop of `lanes` (a tile)."""
+    import tvm_ffi
+    from tvm import tirx
+
+    found = []
+
+    def visit(loop):
+        body = loop.body
+        if int(loop.kind) == int(tirx.ForKind.SERIAL) and isinstance(body, tirx.For):
+            vec = int(body.kind) == int(tirx.ForKind.VECTORIZED)
+            found.append(vec and int(loop.extent) == lanes and int(body.extent) == lanes)
+
+    tvm_ffi.structural_walk(func.body, (tirx.For, visit), order="pre")
+    return any(found)
+
+
+@pytest.mark.parametrize("preset", TARGETS)
+@pytest.mark.parametrize("perm", [(0, 2, 3, 1), (0, 3, 1, 2)])
+def test_nchw_nhwc_transposes_tile_over_the_image(preset, perm):
+    # A 12 x 12 image is no multiple of 16 or 8 lanes along W, but 144 pixels are: the tile
+    # runs over H and W fused (int8 convolutions' NHWC copies and NCHW write-backs)
+    shape = (1, 32, 12, 12) if perm == (0, 2, 3, 1) else (1, 12, 12, 32)
+    func = only_kernel(
+        fused_kernels(lambda bb, x: relax.op.permute_dims(x, perm), [("x", list(shape), "float32")])
+    )
+    scheduled = schedule(Injective, func, preset)
+    lanes = targets.resolve(preset).vector_bits // 32
+    assert _tiled(scheduled, lanes), scheduled.script()
+    lib = compile_func(scheduled, preset)
+    x = rand(shape)
+    want = x.transpose(perm)
+    (got,) = run_compiled(lib, [x], [(want.shape, "float32")])
+    check(got, want)
+
+
 @pytest.mark.parametrize("preset", TARGETS)
 def test_double_transpose_symbolic(preset):
     # fused_transpose_transpose of the default model: [b, s, 4, 16] -> [b, 4, 16, s].

@@ -239,6 +239,32 @@ CASES = {
     "qlinearconv-u8s8-3x3-s2": lambda: conv_case(
         (2, 6, 9, 8), (10, 6, 3, 3), op="QLinearConv", strides=[2, 2], pads=[1, 1, 1, 1]
     ),
+    # channels-last (C >= CHANNELS_LAST_MIN): NHWC copy, rows in (KH, KW, C) order
+    "conv-nhwc-u8s8-3x3-pad-tiled-write-back": lambda: conv_case(
+        (2, 16, 4, 8), (32, 16, 3, 3), pads=[1, 1, 1, 1]
+    ),
+    "conv-nhwc-u8u8-zw-cols-dilated-uneven-pads": lambda: conv_case(
+        (1, 24, 10, 9),
+        (6, 24, 3, 3),
+        "uint8",
+        "uint8",
+        zw="cols",
+        dilations=[2, 1],
+        pads=[2, 1, 0, 2],
+    ),
+    "conv-nhwc-s8s8-1x1-no-unfolding": lambda: conv_case(
+        (2, 32, 5, 7), (20, 32, 1, 1), "int8", "int8", za=False
+    ),
+    "qlinearconv-nhwc-s8s8-3x3-s2-symbolic-batch": lambda: conv_case(
+        ("n", 16, 7, 8),
+        (10, 16, 3, 3),
+        "int8",
+        "int8",
+        batch=2,
+        op="QLinearConv",
+        strides=[2, 2],
+        pads=[1, 1, 1, 1],
+    ),
     "dynamic-quantize-matmul": lambda: dynamic_case(37, 96, 72),
     "dynamic-quantize-odd-last-dim": lambda: quantize_case((5, 9)),
     "dynamic-quantize-3d": lambda: quantize_case((3, 4, 64)),
@@ -303,9 +329,11 @@ def test_products_are_exact_on_x86(preset: str) -> None:
     # (Relax's legalized "matmul") is left, and no packed one fell through.
     assert set(kernels.values()) == {"int8-matmul"}, kernels
     assert not [k for k in result.kernels if re.search(r"matmul(?!_integer)", k)], result.kernels
-    # ...and every ConvInteger ran as an im2col product (no Relax conv2d)
+    # ...and every ConvInteger ran as an im2col product (no Relax conv2d); a 1x1 one of
+    # stride 1 reads its NHWC input as the rows
     assert not [k for k in result.kernels if "conv2d" in k], result.kernels
-    assert len([k for k in result.kernels if "im2col" in k]) == 7, result.kernels
+    assert len([k for k in result.kernels if "im2col" in k]) == 10, result.kernels
+    assert len([k for k in result.kernels if "to_nhwc" in k]) == 4, result.kernels
     rules = set(result.kernels.values())
     assert {"quantize-range", "quantize"} <= rules, result.kernels
     vm = relax.VirtualMachine(result.executable, tvm.cpu())

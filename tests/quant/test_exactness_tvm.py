@@ -13,7 +13,13 @@ from ecograph.ir import DType, interpret
 from tests.backends.tvm_helpers import Const, one_op, run_tvm
 from tests.quant.test_exactness import all_finite_fp16_as_fp32
 
-RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int4": (-8, 7)}
+RANGES = {
+    "int8": (-128, 127),
+    "uint8": (0, 255),
+    "int4": (-8, 7),
+    "int16": (-32768, 32767),
+    "uint16": (0, 65535),
+}
 
 
 def bitwise(graph, feeds) -> None:

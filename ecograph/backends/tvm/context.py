@@ -347,6 +347,12 @@ def reshape_bias(ctx: LowerContext, x: relax.Expr, rank: int, axis: int = 1) -> 
 
 
 def round_half_even(ctx: LowerContext, x: relax.Expr, dt: str) -> relax.Expr:
+    """`x` rounded half to even. On CPUs TIR's `round` is LLVM's `nearbyint`, which rounds half
+    to even in the default rounding mode: one vector instruction, and a quantization that
+    reads its input once (so fusion inlines it into its consumer, a transposed one included).
+    CUDA's `round` rounds half away from zero: there, floor(x + 0.5) less one at odd ties."""
+    if not ctx.target.is_gpu:
+        return R.round(x)
     r = ctx.emit(R.floor(R.add(x, ctx.scalar(0.5, dt))))
     tie = R.equal(R.subtract(r, x), ctx.scalar(0.5, dt))
     odd = R.not_equal(

@@ -14,11 +14,16 @@ added in the kernel's epilogue.
 On CPU targets a 2-D ConvInteger (what int8-static makes of a Conv) or QLinearConv (ONNX's
 QOperator format) with a constant 8-bit weight, one group, static channels and
 image size and a constant scalar input zero point runs as an 8-bit matrix product
-(`emit_conv_integer_rows`): the input padded with its zero point, unfolded into one row per
-output pixel (im2col, a kernel of its own), times the weight packed [C * KH * KW, O] at
-compile time for the int8 kernel (ops/matmul.py, schedules/int8.py: VNNI, vpmaddwd,
-sdot...), written back NCHW. ResNet-18 at 224x224 in int8-static: 191 ms -> 15 ms on two Zen
-4 threads (bench/RESULTS.md 2026-12-06).
+(`emit_conv_integer_rows`): the input unfolded into one row per output pixel (im2col, a
+kernel of its own; the zero point where the padding is), times the weight packed
+[K = C * KH * KW, O] at compile time for the int8 kernel (ops/matmul.py, schedules/int8.py:
+VNNI, vpmaddwd, sdot...), written back NCHW. From 16 input channels (CHANNELS_LAST_MIN) the
+input is first copied NHWC (a transpose fused with the layer's input quantization, which
+then reads the previous layer's [pixels, O] product in order) and K runs (KH, KW, C): each
+tap of a row is a vector copy of C bytes, and a 1x1 convolution of stride 1 reads the NHWC
+copy as its rows; an RGB stem keeps (C, KH, KW) from a padded NCHW copy. ResNet-18 at
+224x224 in int8-static: 191 ms -> 15 ms (NCHW rows) -> 10.4 ms (NHWC) on two Zen 4 threads
+(bench/RESULTS.md 2026-12-06).
 
 Everything else keeps Relax's conv (TOPI's NCHW loops, unscheduled for integers): CUDA,
 non-constant weights, 1-D and 3-D convs, symbolic channels or image sizes, grouped and
@@ -41,7 +46,12 @@ from ecograph.backends.tvm.context import (
     lowers,
     reshape_bias,
 )
-from ecograph.backends.tvm.ops.matmul import RowZeroPoint, integer_product, integer_weight
+from ecograph.backends.tvm.ops.matmul import (
+    CHANNELS_LAST_MIN,
+    RowZeroPoint,
+    integer_product,
+    integer_weight,
+)
 from ecograph.backends.tvm.schedules.conv import (
     channel_block,
     channel_tile,
@@ -188,10 +198,11 @@ def emit_conv_integer_rows(ctx: LowerContext, xi: int, zi: int, wi: int) -> rela
     """The int32 convolution of a ConvInteger or QLinearConv (input, its zero point and the
     weight at `xi`, `zi`, `wi`) whose weight is bound packed (ops/matmul.py
     `packed_integer_weights`, `conv_integer_rows`) as an 8-bit product: its input unfolded
-    into rows (im2col: one row per output pixel, the C x KH x KW values it reads, the input's
-    zero point where the padding is, so that (x - zero point) is 0 there as in ConvInteger),
-    times the packed [C * KH * KW, O] weight by the int8 matrix kernel (schedules/int8.py:
-    VNNI where the CPU has it), then written back NCHW. Exact: the same int32 sums."""
+    into rows (im2col: one row per output pixel, the C x KH x KW values it reads in the
+    order of `conv_weight_columns`, the input's zero point where the padding is, so that
+    (x - zero point) is 0 there as in ConvInteger), times the packed [C * KH * KW, O] weight
+    by the int8 matrix kernel (schedules/int8.py: VNNI where the CPU has it), then written
+    back NCHW. Exact: the same int32 sums."""
     from tvm import te, tirx
 
     from ecograph.ir.ops.convolution import conv2d_geometry
@@ -215,33 +226,53 @@ def emit_conv_integer_rows(ctx: LowerContext, xi: int, zi: int, wi: int) -> rela
     i64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
 
     x = ctx.arg(xi)
-    if top or left or bottom or right:  # the border holds the zero point: (x - zx) is 0 there
+    if channels >= CHANNELS_LAST_MIN:
+        # NHWC (a transpose fused with the layer's input quantization), then rows in
+        # (KH, KW, C) order: each tap a copy of C contiguous bytes, the zero point outside
+        def nhwc(xv: Any) -> Any:
+            shape = (xv.shape[0], i64(height), i64(width), i64(channels))
+            return te.compute(shape, lambda n, h, w, c: xv[n, c, h, w], name="nhwc")
 
-        def pad(xv: Any) -> Any:
-            def at(n: Any, c: Any, h: Any, w: Any) -> Any:
-                inside = tirx.all(h >= top, h < height + top, w >= left, w < width + left)
-                value = xv[n, c, h - top, w - left]
-                return tirx.if_then_else(inside, value, tirx.const(za, x_dtype))
+        x = ctx.bb.emit_te(nhwc, x, primfunc_name_hint="to_nhwc")
+        if (kh, kw, sh, sw) == (1, 1, 1, 1) and not (top or left or bottom or right):
+            rows = ctx.emit(R.reshape(x, [-1, out_h * out_w, channels]))  # a view: no copy
+        else:
 
-            padded = (i64(height + top + bottom), i64(width + left + right))
-            return te.compute((xv.shape[0], i64(channels), *padded), at, name="pad")
+            def taps(xv: Any) -> Any:
+                def at(n: Any, oh: Any, ow: Any, i: Any, j: Any, c: Any) -> Any:
+                    h, w = oh * sh + i * dh - top, ow * sw + j * dw - left
+                    if not (top or left or bottom or right):
+                        return xv[n, h, w, c]
+                    inside = tirx.all(h >= 0, h < height, w >= 0, w < width)
+                    return tirx.if_then_else(inside, xv[n, h, w, c], tirx.const(za, x_dtype))
 
-        x = ctx.bb.emit_te(pad, x, primfunc_name_hint="pad_zero_point")
+                shape = (xv.shape[0], *(i64(d) for d in (out_h, out_w, kh, kw, channels)))
+                return te.compute(shape, at, name="im2col")
 
-    def im2col(xv: Any) -> Any:
-        # [N, OH, OW, C, KH, KW]: no division in the indices, KW consecutive stores
-        def at(n: Any, oh: Any, ow: Any, c: Any, i: Any, j: Any) -> Any:
-            return xv[n, c, oh * sh + i * dh, ow * sw + j * dw]
+            rows = _unfold(ctx, taps, x, out_h * out_w, channels * kh * kw)
+    else:
+        if top or left or bottom or right:  # the border holds the zero point: (x - zx) is 0
 
-        shape = (xv.shape[0], *(i64(d) for d in (out_h, out_w, channels, kh, kw)))
-        return te.compute(shape, at, name="im2col")
+            def pad(xv: Any) -> Any:
+                def at(n: Any, c: Any, h: Any, w: Any) -> Any:
+                    inside = tirx.all(h >= top, h < height + top, w >= left, w < width + left)
+                    value = xv[n, c, h - top, w - left]
+                    return tirx.if_then_else(inside, value, tirx.const(za, x_dtype))
 
-    unfolded = ctx.bb.emit_te(im2col, x, primfunc_name_hint="im2col")
-    # a kernel of its own: fused, the element-wise producer of x (the quantization of the
-    # layer's input) would be recomputed for each of the KH x KW rows that read an element
-    gv = ctx.bb.lookup_binding(unfolded).args[0]
-    ctx.bb.update_func(gv, ctx.bb.get()[gv].with_attr("op_pattern", OPAQUE_PATTERN))
-    rows = ctx.emit(R.reshape(unfolded, [-1, out_h * out_w, channels * kh * kw]))  # a view
+                padded = (i64(height + top + bottom), i64(width + left + right))
+                return te.compute((xv.shape[0], i64(channels), *padded), at, name="pad")
+
+            x = ctx.bb.emit_te(pad, x, primfunc_name_hint="pad_zero_point")
+
+        def im2col(xv: Any) -> Any:
+            # [N, OH, OW, C, KH, KW]: no division in the indices, KW consecutive stores
+            def at(n: Any, oh: Any, ow: Any, c: Any, i: Any, j: Any) -> Any:
+                return xv[n, c, oh * sh + i * dh, ow * sw + j * dw]
+
+            shape = (xv.shape[0], *(i64(d) for d in (out_h, out_w, channels, kh, kw)))
+            return te.compute(shape, at, name="im2col")
+
+        rows = _unfold(ctx, im2col, x, out_h * out_w, channels * kh * kw)
     zero_point = RowZeroPoint(known=np.asarray(za, np.int64))
     y = integer_product(ctx, rows, x_dtype, out_h * out_w == 1, plan, weight, zero_point)
 
@@ -253,6 +284,16 @@ def emit_conv_integer_rows(ctx: LowerContext, xi: int, zi: int, wi: int) -> rela
         )
 
     return ctx.bb.emit_te(nchw, y, primfunc_name_hint="conv_integer")
+
+
+def _unfold(ctx: LowerContext, compute: Any, x: relax.Expr, rows: int, columns: int) -> relax.Expr:
+    """The im2col kernel `compute` of `x`, viewed as [N, rows, columns]. A kernel of its own:
+    fused, the element-wise producer of x (the quantization of the layer's input) would be
+    recomputed for each of the KH x KW rows that read an element."""
+    unfolded = ctx.bb.emit_te(compute, x, primfunc_name_hint="im2col")
+    gv = ctx.bb.lookup_binding(unfolded).args[0]
+    ctx.bb.update_func(gv, ctx.bb.get()[gv].with_attr("op_pattern", OPAQUE_PATTERN))
+    return ctx.emit(R.reshape(unfolded, [-1, rows, columns]))  # a view
 
 
 # ------------------------------------------------- CPU kernels for constant float32 weights

@@ -288,7 +288,7 @@ def integer_weight(node: Node, target: TargetSpec) -> IntegerWeight | None:
         rows = conv_integer_rows(node)
         if rows is None:
             return None
-        w, single = b.const_value.reshape(b.const_value.shape[0], -1).T, rows == 1
+        w, single = conv_weight_columns(b.const_value), rows == 1
     else:
         if b.const_value.ndim != 2 or not _row_zero_point(za):
             return None
@@ -351,6 +351,20 @@ def conv_integer_rows(node: Node) -> int | None:
     size = (int(x.type.shape[2]), int(x.type.shape[3]))
     geometry = conv2d_geometry(attrs, size, (kh, kw))
     return None if geometry is None else geometry.out[0] * geometry.out[1]
+
+
+# Input channels from which a convolution's rows are unfolded channels-last (NHWC, columns in
+# (KH, KW, C) order: each tap copies C contiguous bytes, one vector); fewer (an RGB stem) keep
+# the (C, KH, KW) order read straight from NCHW.
+CHANNELS_LAST_MIN = 16
+
+
+def conv_weight_columns(w: np.ndarray) -> np.ndarray:
+    """A convolution's [O, C, KH, KW] weight as the [K, O] matrix its im2col rows multiply:
+    K in (KH, KW, C) order when C >= CHANNELS_LAST_MIN, else (C, KH, KW)."""
+    if w.shape[1] >= CHANNELS_LAST_MIN:
+        w = w.transpose(0, 2, 3, 1)
+    return w.reshape(w.shape[0], -1).T
 
 
 def _row_zero_point(z: Value | None) -> bool:

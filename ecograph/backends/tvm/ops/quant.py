@@ -64,11 +64,14 @@ def _quantize_linear(ctx: LowerContext) -> relax.Expr:
         s = R.astype(s, cdt)
     scaled = ctx.emit(R.divide(x, s))
     q = round_half_even(ctx, scaled, cdt)
-    q = R.astype(q, "float64")
+    # q + zero point, clipped: float32 is exact (|q| <= 2**24 adds exactly; beyond, the sum
+    # stays far outside every 8/16-bit range and clips the same), and twice float64's lanes
+    acc = "float64" if cdt == "float64" else "float32"
+    q = R.astype(q, acc)
     if ctx.has(2):
         zp = _qparam(ctx, 2, xt.rank, axis, block)
-        q = R.add(q, R.astype(zp, "float64"))
-    q = R.where(R.isnan(q), ctx.scalar(0.0, "float64"), q)
+        q = R.add(q, R.astype(zp, acc))
+    q = R.where(R.isnan(q), ctx.scalar(0.0, acc), q)
     return R.astype(R.clip(q, lo, hi), carrier(out))
 
 

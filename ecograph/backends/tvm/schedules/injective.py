@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.s_tir.schedule import SBlockRV
 
 from ecograph.backends.tvm.targets import TargetSpec
 
-from .analysis import loads_in, static_int, uses
+from .analysis import loads_in, loops_match_iters, static_int, uses
 from .base import CPURule
 from .loops import (
     has_select,
@@ -166,10 +167,15 @@ def _tile_transpose(
     """Tile the (p, q) axes by lanes x lanes, vectorize along q (contiguous writes; the reads
     of a tile are lanes rows of one vector each). Only for static multiples of the lanes (a
     predicate would land in the vector loop); returns False to leave the block untouched."""
-    loops = sch.get_loops(block)
+    if lanes < 4:
+        return False
     p, q = pair
+    for axis in (p, q):  # [.., 56, 56] sides tile as [.., 3136]
+        if _fuse_with_previous(sch, block, axis, (p, q), lanes):
+            p, q = (i - 1 if i >= axis else i for i in (p, q))
+    loops = sch.get_loops(block)
     ep, eq = (static_int(sch.get(loops[i]).extent) for i in (p, q))
-    if lanes < 4 or ep is None or eq is None or ep % lanes or eq % lanes:
+    if ep is None or eq is None or ep % lanes or eq % lanes:
         return False
     po, pi = sch.split(loops[p], [None, lanes])
     qo, qi = sch.split(loops[q], [None, lanes])
@@ -179,3 +185,55 @@ def _tile_transpose(
     if big:
         parallel_outer(sch, [*outer, po, qo])
     return True
+
+
+def _fuse_with_previous(
+    sch: s_tir.Schedule, block: SBlockRV, axis: int, pair: tuple[int, int], lanes: int
+) -> bool:
+    """Fuse loop `axis` with the one before it when its extent is no multiple of the lanes,
+    the two together are, the one before is not the pair's other axis, and every access
+    indexes the two as one contiguous axis (flattened, the fused index is affine: an NCHW
+    [.., 56, 56] side of a transpose read or written as [.., 3136]). True if fused."""
+    from tvm import ir
+    from tvm.sym.analyzer import Analyzer
+
+    loops = sch.get_loops(block)
+    if axis < 1 or axis - 1 in pair or not loops_match_iters(sch, block):
+        return False
+    outer, inner = (static_int(sch.get(loops[i]).extent) for i in (axis - 1, axis))
+    if outer is None or inner is None or inner % lanes == 0 or (outer * inner) % lanes:
+        return False
+    realize = sch.get(block)
+    a, b = (realize.iter_vars[i].var for i in (axis - 1, axis))
+    fused = tirx.Var("fused", a.ty)
+    analyzer = Analyzer()
+    analyzer.bind(fused, ir.Range.from_min_extent(tirx.IntImm(str(a.ty), 0), outer * inner))
+    analyzer.bind(a, tirx.floordiv(fused, tirx.IntImm(str(a.ty), inner)))
+    analyzer.bind(b, tirx.floormod(fused, tirx.IntImm(str(a.ty), inner)))
+    store = realize.body
+    for buffer, indices in [
+        (store.buffer, store.indices),
+        *((ld.source, ld.indices) for ld in loads_in(store.value)),
+    ]:
+        if not any(uses(ix, a) or uses(ix, b) for ix in indices):
+            continue
+        flat = indices[0]
+        for extent, ix in zip(buffer.shape[1:], indices[1:], strict=True):
+            flat = flat * extent + ix
+        if _divides_or_wraps(analyzer.simplify(flat), fused):
+            return False
+    sch.fuse(loops[axis - 1], loops[axis])
+    return True
+
+
+def _divides_or_wraps(expr: Any, var: tirx.Var) -> bool:
+    """True if `expr` divides or takes a remainder of an expression using `var`."""
+    found = False
+
+    def visit(node: Any) -> None:
+        nonlocal found
+        found = found or uses(node, var)
+
+    kinds = (tirx.FloorDiv, tirx.FloorMod, tirx.Div, tirx.Mod)
+    tvm_ffi.structural_walk(expr, (kinds, visit), order="post")
+    return found
