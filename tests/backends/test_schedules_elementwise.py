@@ -144,6 +144,63 @@ def test_nchw_nhwc_transposes_tile_over_the_image(preset, perm):
 
 
 @pytest.mark.parametrize("preset", TARGETS)
+@pytest.mark.parametrize("shape", [(1, 12, 12, 3, 7, 8), (1, 12, 12, 3, 3, 64)])
+def test_reshapes_stay_reshapes(preset, shape):
+    # RewriteDataflowReshape makes a reshape a view (no copy) only if its loop nest still
+    # reads as one: a vector loop partitioned for its tail (168 columns) did not
+    from tvm.relax.analysis import has_reshape_pattern
+
+    rows = [1, shape[1] * shape[2], math.prod(shape[3:])]
+    func = only_kernel(
+        fused_kernels(lambda bb, x: relax.op.reshape(x, rows), [("x", list(shape), "uint8")])
+    )
+    assert has_reshape_pattern(func)
+    scheduled = schedule(Injective, func, preset)
+    assert has_reshape_pattern(scheduled), scheduled.script()
+    x = rand(shape, "uint8")
+    (got,) = run_compiled(compile_func(scheduled, preset), [x], [(tuple(rows), "uint8")])
+    check(got, x.reshape(rows))
+
+
+@pytest.mark.parametrize("preset", TARGETS)
+def test_parallel_loop_fuses_only_enough_outer_loops(preset):
+    # [8, 64, 32, 48]: the parallel loop runs over 8 x 64 = 512 >= PARALLEL_ITERATIONS; the
+    # 32 rows stay a loop of their own inside it (indices without division)
+    from ecograph.backends.tvm.schedules.loops import PARALLEL_ITERATIONS
+
+    shape = (8, 64, 32, 48)
+    func = only_kernel(
+        fused_kernels(
+            lambda bb, x: relax.op.add(x, relax.const(1.0, "float32")),
+            [("x", list(shape), "float32")],
+        )
+    )
+    scheduled = schedule(Injective, func, preset)
+    extents = _loop_extents(scheduled)
+    assert extents[0] == ("parallel", 8 * 64) and 8 * 64 >= PARALLEL_ITERATIONS > 8, extents
+    assert extents[1] == ("serial", 32), extents
+    x = rand(shape)
+    (got,) = run_compiled(compile_func(scheduled, preset), [x], [(shape, "float32")])
+    check(got, x + 1)
+
+
+def _loop_extents(func) -> list[tuple[str, int]]:
+    import tvm_ffi
+    from tvm import tirx
+
+    found = []
+    tvm_ffi.structural_walk(
+        func.body,
+        (
+            tirx.For,
+            lambda lp: found.append((tirx.ForKind(int(lp.kind)).name.lower(), int(lp.extent))),
+        ),
+        order="pre",
+    )
+    return found
+
+
+@pytest.mark.parametrize("preset", TARGETS)
 def test_double_transpose_symbolic(preset):
     # fused_transpose_transpose of the default model: [b, s, 4, 16] -> [b, 4, 16, s].
     b, s = sym("b"), sym("s")

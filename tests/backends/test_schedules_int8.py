@@ -239,6 +239,11 @@ CASES = {
     "qlinearconv-u8s8-3x3-s2": lambda: conv_case(
         (2, 6, 9, 8), (10, 6, 3, 3), op="QLinearConv", strides=[2, 2], pads=[1, 1, 1, 1]
     ),
+    # 7 taps read as 8 (ops/matmul.py tap_width): the 8th meets the weight's zero point of
+    # its column, and past the image's right edge (no pads here) the input's zero point
+    "conv-u8u8-zw-cols-7-taps-as-8-no-pads": lambda: conv_case(
+        (1, 3, 12, 15), (5, 3, 7, 7), "uint8", "uint8", zw="cols", strides=[1, 2]
+    ),
     # channels-last (C >= CHANNELS_LAST_MIN): NHWC copy, rows in (KH, KW, C) order
     "conv-nhwc-u8s8-3x3-pad-tiled-write-back": lambda: conv_case(
         (2, 16, 4, 8), (32, 16, 3, 3), pads=[1, 1, 1, 1]
@@ -332,7 +337,7 @@ def test_products_are_exact_on_x86(preset: str) -> None:
     # ...and every ConvInteger ran as an im2col product (no Relax conv2d); a 1x1 one of
     # stride 1 reads its NHWC input as the rows
     assert not [k for k in result.kernels if "conv2d" in k], result.kernels
-    assert len([k for k in result.kernels if "im2col" in k]) == 10, result.kernels
+    assert len([k for k in result.kernels if "im2col" in k]) == 11, result.kernels
     assert len([k for k in result.kernels if "to_nhwc" in k]) == 4, result.kernels
     rules = set(result.kernels.values())
     assert {"quantize-range", "quantize"} <= rules, result.kernels

@@ -51,6 +51,7 @@ from ecograph.backends.tvm.ops.matmul import (
     RowZeroPoint,
     integer_product,
     integer_weight,
+    tap_width,
 )
 from ecograph.backends.tvm.schedules.conv import (
     channel_block,
@@ -251,6 +252,8 @@ def emit_conv_integer_rows(ctx: LowerContext, xi: int, zi: int, wi: int) -> rela
 
             rows = _unfold(ctx, taps, x, out_h * out_w, channels * kh * kw)
     else:
+        taps = tap_width(channels, kw, dw)  # the taps past KW read up to `right` more columns
+        right = max(right, (out_w - 1) * sw + (taps - 1) * dw + 1 - width - left)
         if top or left or bottom or right:  # the border holds the zero point: (x - zx) is 0
 
             def pad(xv: Any) -> Any:
@@ -265,14 +268,14 @@ def emit_conv_integer_rows(ctx: LowerContext, xi: int, zi: int, wi: int) -> rela
             x = ctx.bb.emit_te(pad, x, primfunc_name_hint="pad_zero_point")
 
         def im2col(xv: Any) -> Any:
-            # [N, OH, OW, C, KH, KW]: no division in the indices, KW consecutive stores
+            # [N, OH, OW, C, KH, taps]: no division in the indices, `taps` consecutive stores
             def at(n: Any, oh: Any, ow: Any, c: Any, i: Any, j: Any) -> Any:
                 return xv[n, c, oh * sh + i * dh, ow * sw + j * dw]
 
-            shape = (xv.shape[0], *(i64(d) for d in (out_h, out_w, channels, kh, kw)))
+            shape = (xv.shape[0], *(i64(d) for d in (out_h, out_w, channels, kh, taps)))
             return te.compute(shape, at, name="im2col")
 
-        rows = _unfold(ctx, im2col, x, out_h * out_w, channels * kh * kw)
+        rows = _unfold(ctx, im2col, x, out_h * out_w, channels * kh * taps)
     zero_point = RowZeroPoint(known=np.asarray(za, np.int64))
     y = integer_product(ctx, rows, x_dtype, out_h * out_w == 1, plan, weight, zero_point)
 

@@ -284,24 +284,26 @@ def integer_weight(node: Node, target: TargetSpec) -> IntegerWeight | None:
         return None
     if a.dtype not in eight or b.dtype not in eight or a.type.rank < 2:
         return None
-    if node.op_type in _CONVS:
-        rows = conv_integer_rows(node)
-        if rows is None:
-            return None
-        w, single = conv_weight_columns(b.const_value), rows == 1
-    else:
-        if b.const_value.ndim != 2 or not _row_zero_point(za):
-            return None
-        w, single = b.const_value, a.type.shape[-2] == 1
-    k, n = w.shape
-    if k == 0 or n == 0:
-        return None
+    n = b.const_value.shape[0 if node.op_type in _CONVS else -1]
     zw = np.zeros(n, np.int64)
     if zb is not None:
         z = zb.const_value
         if z is None or not (z.size == 1 or z.shape == (n,)):
             return None
         zw = np.broadcast_to(z.astype(np.int64).reshape(-1), (n,))
+    if node.op_type in _CONVS:
+        unfolding = conv_integer_rows(node)
+        if unfolding is None:
+            return None
+        rows, taps = unfolding
+        w, single = conv_weight_columns(b.const_value, taps, zw), rows == 1
+    else:
+        if b.const_value.ndim != 2 or not _row_zero_point(za):
+            return None
+        w, single = b.const_value, a.type.shape[-2] == 1
+    k = w.shape[0]
+    if k == 0 or n == 0:
+        return None
     kernel = int8_kernel(target, str(a.dtype))
     if kernel is None:
         return None
@@ -326,11 +328,11 @@ def integer_weight(node: Node, target: TargetSpec) -> IntegerWeight | None:
     )
 
 
-def conv_integer_rows(node: Node) -> int | None:
-    """Output pixels per image (the rows of its im2col product) of a ConvInteger or
-    QLinearConv that runs as an 8-bit product: 2-D, one group, static channels and image
-    size, a constant weight, the input's zero point a constant scalar or absent; None for any
-    other."""
+def conv_integer_rows(node: Node) -> tuple[int, int] | None:
+    """Output pixels per image (the rows of its im2col product) and taps per kernel row in a
+    row (`tap_width`) of a ConvInteger or QLinearConv that runs as an 8-bit product: 2-D, one
+    group, static channels and image size, a constant weight, the input's zero point a
+    constant scalar or absent; None for any other."""
     from ecograph.ir.ops.convolution import conv2d_geometry
     from ecograph.ir.registry import resolve_attrs
 
@@ -350,7 +352,10 @@ def conv_integer_rows(node: Node) -> int | None:
         return None
     size = (int(x.type.shape[2]), int(x.type.shape[3]))
     geometry = conv2d_geometry(attrs, size, (kh, kw))
-    return None if geometry is None else geometry.out[0] * geometry.out[1]
+    if geometry is None:
+        return None
+    taps = tap_width(per_group, kw, geometry.dilations[1])
+    return geometry.out[0] * geometry.out[1], taps
 
 
 # Input channels from which a convolution's rows are unfolded channels-last (NHWC, columns in
@@ -359,11 +364,27 @@ def conv_integer_rows(node: Node) -> int | None:
 CHANNELS_LAST_MIN = 16
 
 
-def conv_weight_columns(w: np.ndarray) -> np.ndarray:
+def tap_width(channels: int, kw: int, dilation: int) -> int:
+    """Taps per kernel row in a convolution's im2col rows: KW, but in the (C, KH, KW) order
+    (fewer than CHANNELS_LAST_MIN channels) with unit dilation the next power of two where
+    that adds at most 1/7 (a ResNet stem's 7 -> 8: each kernel row one 8-byte vector copy,
+    not 7 byte copies). The added taps read real pixels (or the zero point past the border)
+    and meet a weight equal to its zero point: (w - zero point) is 0, so they add nothing."""
+    if channels >= CHANNELS_LAST_MIN or dilation != 1 or kw < 2:
+        return kw
+    wide = 1 << (kw - 1).bit_length()
+    return wide if 7 * wide <= 8 * kw else kw
+
+
+def conv_weight_columns(w: np.ndarray, taps: int, zero_point: np.ndarray) -> np.ndarray:
     """A convolution's [O, C, KH, KW] weight as the [K, O] matrix its im2col rows multiply:
-    K in (KH, KW, C) order when C >= CHANNELS_LAST_MIN, else (C, KH, KW)."""
+    K in (KH, KW, C) order when C >= CHANNELS_LAST_MIN, else (C, KH, `taps`), the taps past
+    KW holding the weight's zero point of their output channel (`zero_point`, [O])."""
     if w.shape[1] >= CHANNELS_LAST_MIN:
         w = w.transpose(0, 2, 3, 1)
+    elif taps > w.shape[3]:
+        fill = np.broadcast_to(zero_point.reshape(-1, 1, 1, 1), (*w.shape[:3], taps))
+        w = np.concatenate([w, fill[..., w.shape[3] :].astype(w.dtype)], axis=3)
     return w.reshape(w.shape[0], -1).T
 
 

@@ -46,27 +46,42 @@ class Injective(CPURule):
     name = "injective"
 
     def apply(self, func: tirx.PrimFunc, target: Any, tunable: bool) -> s_tir.Schedule | None:
+        from tvm.relax.analysis import has_reshape_pattern
+
         if not isinstance(func, tirx.PrimFunc):
             return None
+        sch = self._schedule(func, vectors=True)
+        if sch is None or not has_reshape_pattern(func) or has_reshape_pattern(sch.mod["main"]):
+            return sch
+        # A reshape stays one in form, so that RewriteDataflowReshape makes it a view (no
+        # kernel, no copy): a vector loop partitioned for its tail no longer reads as one.
+        return self._schedule(func, vectors=False)
+
+    def _schedule(self, func: tirx.PrimFunc, vectors: bool) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)
         blocks = root_blocks(sch)
         if not blocks or not all(spatial_block(sch, b) for b in blocks):
             return None
         inline_spatial(sch)
         for block in root_blocks(sch) or []:
-            schedule_elementwise(sch, block, self.spec)
+            schedule_elementwise(sch, block, self.spec, vectors=vectors)
         return sch
 
 
 def schedule_elementwise(
-    sch: s_tir.Schedule, block: SBlockRV, spec: TargetSpec, *, parallel: bool = True
+    sch: s_tir.Schedule,
+    block: SBlockRV,
+    spec: TargetSpec,
+    *,
+    parallel: bool = True,
+    vectors: bool = True,
 ) -> None:
     """Schedule one data-parallel block at the root: tile it if it transposes, vectorize its
-    innermost loop, run its outer loops in parallel when the nest is big enough."""
+    innermost loop (`vectors`), run its outer loops in parallel when the nest is big enough."""
     loops = sch.get_loops(block)
     if not loops:
         return
-    lanes = lanes_for_block(spec, sch, block)
+    lanes = lanes_for_block(spec, sch, block) if vectors else 1
     ops = op_count(stored_value(sch, block))
     big = parallel and worth_parallel(iterations(sch, loops), ops)
     pair = transposed_pair(sch, block)

@@ -34,6 +34,9 @@ from .analysis import iter_kinds, loads_in, loops_match_iters, static_int, vars_
 PARALLEL_MIN_WORK = 1 << 18
 # A symbolic extent (batch, sequence length) counts as this many iterations when deciding.
 SYMBOLIC_EXTENT_GUESS = 16
+# A parallel loop fuses outer loops until it has this many iterations (enough to spread over
+# many cores); the loops inside stay nested, so their indices need no division per element.
+PARALLEL_ITERATIONS = 256
 # Producers read several times are inlined (recomputed) only when the copies add at most
 # this many operations; no block grows past MAX_BODY_OPS by inlining (fast exp is ~100).
 INLINE_MAX_OPS = 16
@@ -321,10 +324,18 @@ def vectorize_inner(
 
 
 def parallel_outer(sch: s_tir.Schedule, loops: list[LoopRV]) -> LoopRV | None:
-    """Fuse `loops` (outermost first, all spatial) into one parallel loop."""
+    """Fuse the outermost of `loops` (outermost first, all spatial) into one parallel loop,
+    as few as give PARALLEL_ITERATIONS iterations (all of them if fewer); the others stay
+    serial loops inside it. Fusing all would index every element by divisions and remainders
+    of one counter (an im2col copying 8 bytes at a time spent most of its time dividing)."""
     if not loops:
         return None
-    loop = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    count, total = 0, 1
+    while count < len(loops) and total < PARALLEL_ITERATIONS:
+        total *= estimate(sch.get(loops[count]).extent)
+        count += 1
+    head = loops[:count]
+    loop = sch.fuse(*head) if len(head) > 1 else head[0]
     sch.parallel(loop)
     return loop
 
