@@ -47,11 +47,11 @@ from ecograph.backends.tvm.context import (
     reshape_bias,
 )
 from ecograph.backends.tvm.ops.matmul import (
-    CHANNELS_LAST_MIN,
     RowZeroPoint,
     integer_product,
     integer_weight,
     tap_width,
+    unfolds_channels_last,
 )
 from ecograph.backends.tvm.schedules.conv import (
     channel_block,
@@ -227,7 +227,7 @@ def emit_conv_integer_rows(ctx: LowerContext, xi: int, zi: int, wi: int) -> rela
     i64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
 
     x = ctx.arg(xi)
-    if channels >= CHANNELS_LAST_MIN:
+    if unfolds_channels_last(channels):
         # NHWC (a transpose fused with the layer's input quantization), then rows in
         # (KH, KW, C) order: each tap a copy of C contiguous bytes, the zero point outside
         def nhwc(xv: Any) -> Any:

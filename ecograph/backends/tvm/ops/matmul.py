@@ -364,13 +364,20 @@ def conv_integer_rows(node: Node) -> tuple[int, int] | None:
 CHANNELS_LAST_MIN = 16
 
 
+def unfolds_channels_last(channels: int) -> bool:
+    """True if a convolution of `channels` input channels unfolds channels-last: the one
+    decision the packed weight's column order (`conv_weight_columns`) and the lowering's
+    unfolding (ops/conv.py `emit_conv_integer_rows`) must agree on."""
+    return channels >= CHANNELS_LAST_MIN
+
+
 def tap_width(channels: int, kw: int, dilation: int) -> int:
     """Taps per kernel row in a convolution's im2col rows: KW, but in the (C, KH, KW) order
     (fewer than CHANNELS_LAST_MIN channels) with unit dilation the next power of two where
     that adds at most 1/7 (a ResNet stem's 7 -> 8: each kernel row one 8-byte vector copy,
     not 7 byte copies). The added taps read real pixels (or the zero point past the border)
     and meet a weight equal to its zero point: (w - zero point) is 0, so they add nothing."""
-    if channels >= CHANNELS_LAST_MIN or dilation != 1 or kw < 2:
+    if unfolds_channels_last(channels) or dilation != 1 or kw < 2:
         return kw
     wide = 1 << (kw - 1).bit_length()
     return wide if 7 * wide <= 8 * kw else kw
@@ -380,7 +387,7 @@ def conv_weight_columns(w: np.ndarray, taps: int, zero_point: np.ndarray) -> np.
     """A convolution's [O, C, KH, KW] weight as the [K, O] matrix its im2col rows multiply:
     K in (KH, KW, C) order when C >= CHANNELS_LAST_MIN, else (C, KH, `taps`), the taps past
     KW holding the weight's zero point of their output channel (`zero_point`, [O])."""
-    if w.shape[1] >= CHANNELS_LAST_MIN:
+    if unfolds_channels_last(w.shape[1]):
         w = w.transpose(0, 2, 3, 1)
     elif taps > w.shape[3]:
         fill = np.broadcast_to(zero_point.reshape(-1, 1, 1, 1), (*w.shape[:3], taps))
