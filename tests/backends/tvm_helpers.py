@@ -155,3 +155,17 @@ def count_lines(text: str, pattern: str) -> int:
     import re
 
     return len(re.findall(pattern, text, flags=re.MULTILINE))
+
+
+def relax_calls(mod: Any, op: str) -> list[Any]:
+    """The calls to the Relax op `op` ("relax.permute_dims") in `mod`'s main function."""
+    from tvm import relax
+
+    found: list[Any] = []
+
+    def visit(expr: Any) -> None:
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == op:
+            found.append(expr)
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return found

@@ -17,13 +17,14 @@ image size and a constant scalar input zero point runs as an 8-bit matrix produc
 (`emit_conv_integer_rows`): the input unfolded into one row per output pixel (im2col, a
 kernel of its own; the zero point where the padding is), times the weight packed
 [K = C * KH * KW, O] at compile time for the int8 kernel (ops/matmul.py, schedules/int8.py:
-VNNI, vpmaddwd, sdot...), written back NCHW. From 16 input channels (CHANNELS_LAST_MIN) the
-input is first copied NHWC (a transpose fused with the layer's input quantization, which
-then reads the previous layer's [pixels, O] product in order) and K runs (KH, KW, C): each
-tap of a row is a vector copy of C bytes, and a 1x1 convolution of stride 1 reads the NHWC
-copy as its rows; an RGB stem keeps (C, KH, KW) from a padded NCHW copy. ResNet-18 at
-224x224 in int8-static: 191 ms -> 15 ms (NCHW rows) -> 10.4 ms (NHWC) on two Zen 4 threads
-(bench/RESULTS.md 2026-12-06).
+VNNI, vpmaddwd, sdot...), its [pixels, O] result handed back NCHW through a transpose. From 16
+input channels (CHANNELS_LAST_MIN) the input is first transposed NHWC and K runs (KH, KW, C):
+each tap of a row is a vector copy of C bytes, and a 1x1 convolution of stride 1 reads the
+NHWC input as its rows; an RGB stem keeps (C, KH, KW) from a padded NCHW copy. Both
+transposes are `permute_dims`, which channels_last.py removes between convolutions where the
+ops in between (element-wise, pooling, keepdims reductions) can run channels-last. ResNet-18
+at 224x224 in int8-static: 191 ms -> 15 ms (NCHW rows) -> 10.4 ms (NHWC) -> 7.65 ms (loops)
+on two Zen 4 threads (bench/RESULTS.md 2026-12-06).
 
 Everything else keeps Relax's conv (TOPI's NCHW loops, unscheduled for integers): CUDA,
 non-constant weights, 1-D and 3-D convs, symbolic channels or image sizes, grouped and
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 from tvm import relax
 
+from ecograph.backends.tvm.channels_last import TO_NCHW, TO_NHWC
 from ecograph.backends.tvm.context import (
     NN,
     OPAQUE_PATTERN,
@@ -202,8 +204,8 @@ def emit_conv_integer_rows(ctx: LowerContext, xi: int, zi: int, wi: int) -> rela
     into rows (im2col: one row per output pixel, the C x KH x KW values it reads in the
     order of `conv_weight_columns`, the input's zero point where the padding is, so that
     (x - zero point) is 0 there as in ConvInteger), times the packed [C * KH * KW, O] weight
-    by the int8 matrix kernel (schedules/int8.py: VNNI where the CPU has it), then written
-    back NCHW. Exact: the same int32 sums."""
+    by the int8 matrix kernel (schedules/int8.py: VNNI where the CPU has it), then transposed
+    back NCHW (module doc). Exact: the same int32 sums."""
     from tvm import te, tirx
 
     from ecograph.ir.ops.convolution import conv2d_geometry
@@ -228,13 +230,10 @@ def emit_conv_integer_rows(ctx: LowerContext, xi: int, zi: int, wi: int) -> rela
 
     x = ctx.arg(xi)
     if unfolds_channels_last(channels):
-        # NHWC (a transpose fused with the layer's input quantization), then rows in
-        # (KH, KW, C) order: each tap a copy of C contiguous bytes, the zero point outside
-        def nhwc(xv: Any) -> Any:
-            shape = (xv.shape[0], i64(height), i64(width), i64(channels))
-            return te.compute(shape, lambda n, h, w, c: xv[n, c, h, w], name="nhwc")
-
-        x = ctx.bb.emit_te(nhwc, x, primfunc_name_hint="to_nhwc")
+        # NHWC (a transpose fused with the layer's input quantization, or none where the
+        # input is channels-last already: channels_last.py), then rows in (KH, KW, C)
+        # order: each tap a copy of C contiguous bytes, the zero point outside
+        x = ctx.emit(R.permute_dims(x, TO_NHWC))
         if (kh, kw, sh, sw) == (1, 1, 1, 1) and not (top or left or bottom or right):
             rows = ctx.emit(R.reshape(x, [-1, out_h * out_w, channels]))  # a view: no copy
         else:
@@ -279,14 +278,9 @@ def emit_conv_integer_rows(ctx: LowerContext, xi: int, zi: int, wi: int) -> rela
     zero_point = RowZeroPoint(known=np.asarray(za, np.int64))
     y = integer_product(ctx, rows, x_dtype, out_h * out_w == 1, plan, weight, zero_point)
 
-    def nchw(yv: Any) -> Any:
-        return te.compute(
-            (yv.shape[0], i64(oc), i64(out_h), i64(out_w)),
-            lambda n, o, oh, ow: yv[n, oh * out_w + ow, o],
-            name="conv_integer",
-        )
-
-    return ctx.bb.emit_te(nchw, y, primfunc_name_hint="conv_integer")
+    # [N, pixels, O] is the output channels-last: NCHW through a transpose that
+    # channels_last.py removes where the consumers can take the output channels-last
+    return R.permute_dims(ctx.emit(R.reshape(y, [-1, out_h, out_w, oc])), TO_NCHW)
 
 
 def _unfold(ctx: LowerContext, compute: Any, x: relax.Expr, rows: int, columns: int) -> relax.Expr:

@@ -1,0 +1,168 @@
+"""Channels-last regions between int8 convolutions (backends/tvm/channels_last.py).
+
+Small residual CNNs are quantized int8-static (their convolutions become ConvInteger, run
+channels-last by ops/conv.py), then lowered and built for x86. The pass must remove the
+transposes between the convolutions where every op on the way can run channels-last, keep them
+where one cannot, and change no bit of an element-wise or pooled result: the build with the
+pass is compared with the build without it (bit for bit but for reductions, whose float sums
+may add in another order) and with the reference interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+
+import tvm
+from tvm import relax
+
+from ecograph.backends.tvm import build, channels_last, targets
+from ecograph.backends.tvm.driver import lower_graph
+from ecograph.ir import Graph, Value, interpret
+from ecograph.passes import PassManager
+from ecograph.quant.integer import LowerQDQToInteger
+from ecograph.quant.presets import quantize_pass
+from tests.backends.tvm_helpers import relax_calls
+
+ON_X86 = os.uname().machine == "x86_64"
+C, H, W = 16, 12, 10  # 16 channels: the convolutions unfold channels-last (ops/matmul.py)
+
+
+def _conv(g: Graph, x: Value, rng: np.random.Generator, name: str) -> Value:
+    w = g.add_constant((rng.standard_normal((C, C, 3, 3)) * 0.2).astype(np.float32), name + "_w")
+    b = g.add_constant((rng.standard_normal(C) * 0.1).astype(np.float32), name + "_b")
+    return g.add_node("Conv", [x, w, b], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}).output
+
+
+def _const(g: Graph, array: np.ndarray, name: str) -> Value:
+    return g.add_constant(array.astype(np.float32), name)
+
+
+def residual_cnn(*, blocked: bool = False) -> Graph:
+    """conv -> relu -> max pool -> conv -> relu -> conv -> + pool -> relu, then a spatial mask
+    ([1, 1, H, W]: constant along the channels), the mean over the channels (keepdims) times
+    the activations, a global average pool and a flatten: every op can run channels-last.
+    The masked activations are a second output (read NCHW).
+
+    `blocked`: the mask varies along W only ([W]) and the residual sum also adds an NCHW graph
+    input, and an average pool replaces the max pool: the mask and the input would have to be
+    transposed, so the activations from there on stay NCHW; the pooled output also leaves the
+    graph NCHW."""
+    rng = np.random.default_rng(3)
+    g = Graph("residual_cnn")
+    x = g.add_input("x", "float32", ["N", C, H, W])
+    y = g.add_node("Relu", [_conv(g, x, rng, "c1")]).output
+    pool = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
+    p = g.add_node("AveragePool" if blocked else "MaxPool", [y], pool).output
+    y = g.add_node("Relu", [_conv(g, p, rng, "c2")]).output
+    y = g.add_node("Add", [_conv(g, y, rng, "c3"), p]).output
+    if blocked:
+        extra = g.add_input("extra", "float32", ["N", C, H // 2, W // 2])
+        y = g.add_node("Add", [y, extra]).output
+    y = g.add_node("Relu", [y]).output
+    mask = rng.uniform(0.5, 1.5, W // 2 if blocked else (1, 1, H // 2, W // 2))
+    y = g.add_node("Mul", [y, _const(g, mask, "mask")]).output
+    masked = y
+    axes = g.add_constant(np.array([1], np.int64), "axes")
+    mean = g.add_node("ReduceMean", [y, axes], {"keepdims": 1}).output
+    y = g.add_node("Mul", [y, mean]).output
+    gap = g.add_node("GlobalAveragePool", [y]).output
+    out = g.add_node("Flatten", [gap]).output
+    g.set_outputs([out, p] if blocked else [out, masked])
+    return g
+
+
+def _feeds(g: Graph, seed: int, batch: int = 2) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        v.name: rng.standard_normal((batch, *v.type.shape[1:])).astype(np.float32) for v in g.inputs
+    }
+
+
+@cache
+def quantized(blocked: bool) -> Graph:
+    g = residual_cnn(blocked=blocked)
+    calib = [_feeds(g, s) for s in range(4)]
+    PassManager(["default", quantize_pass("int8-static", calib), LowerQDQToInteger()], None).run(g)
+    ops = [n.op_type for n in g.nodes]
+    assert ops.count("ConvInteger") == 3, ops
+    return g
+
+
+def _permutes(mod: Any) -> list[tuple[int, ...]]:
+    return [tuple(int(a) for a in c.attrs.axes) for c in relax_calls(mod, "relax.permute_dims")]
+
+
+def _lowered(blocked: bool) -> Any:
+    spec = targets.resolve("x86")
+    low = lower_graph(quantized(blocked), spec, keep_params=False, param_threshold=1 << 40)
+    return low.mod
+
+
+def test_a_residual_network_runs_channels_last_between_its_convolutions() -> None:
+    mod = _lowered(blocked=False)
+    # each ConvInteger transposes its input NHWC and its output back NCHW
+    assert sorted(_permutes(mod)) == sorted(
+        [channels_last.TO_NCHW] * 3 + [channels_last.TO_NHWC] * 3
+    )
+    after = channels_last.channels_last_pass()(mod)
+    # left: the graph input's transpose and the masked output's (a transpose of its twin);
+    # the pool, the residual sum, the mask, both means and the flatten take the
+    # [pixels, channels] products as they are
+    assert sorted(_permutes(after)) == sorted([channels_last.TO_NHWC, channels_last.TO_NCHW])
+    (pool,) = relax_calls(after, "relax.nn.max_pool2d")
+    assert (pool.attrs.layout, pool.attrs.out_layout) == ("NHWC", "NHWC")
+    means = sorted(tuple(int(a) for a in m.attrs.axis) for m in relax_calls(after, "relax.mean"))
+    assert means == [(1, 2), (3,)], means  # the global pool (H, W) and the channels' mean
+    tvm.ir.assert_structural_equal(channels_last.channels_last_pass()(after), after)
+
+
+def test_ops_that_would_need_a_transpose_keep_nchw() -> None:
+    mod = channels_last.channels_last_pass()(_lowered(blocked=True))
+    # the average pool and the second convolution's input run channels-last; the residual
+    # sum with the NCHW input, the [W] mask and everything after them, and the pooled graph
+    # output, read NCHW through the transposes of the pool and of the third convolution
+    (pool,) = relax_calls(mod, "relax.nn.avg_pool2d")
+    assert pool.attrs.layout == "NHWC"
+    assert sorted(_permutes(mod)) == sorted([channels_last.TO_NCHW] * 2 + [channels_last.TO_NHWC])
+    means = sorted(tuple(int(a) for a in m.attrs.axis) for m in relax_calls(mod, "relax.mean"))
+    assert means == [(1,), (2, 3)], means  # NCHW
+
+
+def _run(g: Graph, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], list[str]]:
+    """`g` built for x86 and run: its outputs and its kernels' names."""
+    result = build.build_module(g, targets.resolve("x86"), keep_params=False, progress=False)
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    out = vm["main"](*[tvm.runtime.tensor(feeds[n]) for n in result.lowered.input_names])
+    outs = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
+    return [o.numpy() for o in outs], list(result.kernels)
+
+
+@pytest.mark.skipif(not ON_X86, reason="x86 code runs only on an x86 host")
+@pytest.mark.parametrize("blocked", [False, True], ids=["region", "blocked"])
+def test_regions_change_no_result(blocked: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    g = quantized(blocked)
+    feeds = _feeds(g, seed=11, batch=3)
+    got, kernels = _run(g, feeds)
+    for have, want in zip(got, interpret(g, feeds).values(), strict=True):
+        np.testing.assert_allclose(have, want, rtol=1e-4, atol=1e-4)
+    # the transposes left: the graph input's (fused with its quantization) and the second
+    # output's; blocked, the pooled output's and the third convolution's
+    assert len([k for k in kernels if "transpose" in k]) in ([3] if blocked else [2]), kernels
+    # without the pass: every convolution transposes its output back NCHW (fused with its
+    # epilogue) and, but for the first, its input NHWC
+    monkeypatch.setattr(channels_last, "channels_last_pass", lambda: tvm.transform.Sequential([]))
+    before, kernels = _run(g, feeds)
+    assert len([k for k in kernels if "transpose" in k]) >= 5, kernels
+    if blocked:  # the means stayed NCHW: every output is the same bits
+        for have, want in zip(got, before, strict=True):
+            np.testing.assert_array_equal(have, want)
+    else:  # the activations are the same bits; their means sum channels-last (rounding)
+        np.testing.assert_array_equal(got[1], before[1])
+        np.testing.assert_allclose(got[0], before[0], rtol=2e-6, atol=0)
