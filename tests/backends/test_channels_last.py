@@ -34,8 +34,9 @@ ON_X86 = os.uname().machine == "x86_64"
 C, H, W = 16, 12, 10  # 16 channels: the convolutions unfold channels-last (ops/matmul.py)
 
 
-def _conv(g: Graph, x: Value, rng: np.random.Generator, name: str) -> Value:
-    w = g.add_constant((rng.standard_normal((C, C, 3, 3)) * 0.2).astype(np.float32), name + "_w")
+def _conv(g: Graph, x: Value, rng: np.random.Generator, name: str, channels: int = C) -> Value:
+    w = rng.standard_normal((C, channels, 3, 3)) * 0.2
+    w = g.add_constant(w.astype(np.float32), name + "_w")
     b = g.add_constant((rng.standard_normal(C) * 0.1).astype(np.float32), name + "_b")
     return g.add_node("Conv", [x, w, b], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}).output
 
@@ -78,6 +79,19 @@ def residual_cnn(*, blocked: bool = False) -> Graph:
     return g
 
 
+def concat_cnn() -> Graph:
+    """conv -> relu, its conv, both concatenated along the channels (DenseNet-style) -> relu
+    -> a conv of the 32 channels: a graph output, NCHW."""
+    rng = np.random.default_rng(4)
+    g = Graph("concat_cnn")
+    x = g.add_input("x", "float32", ["N", C, H, W])
+    y = g.add_node("Relu", [_conv(g, x, rng, "c1")]).output
+    y = g.add_node("Concat", [y, _conv(g, y, rng, "c2")], {"axis": 1}).output
+    y = g.add_node("Relu", [y]).output
+    g.set_outputs([_conv(g, y, rng, "c3", channels=2 * C)])
+    return g
+
+
 def _feeds(g: Graph, seed: int, batch: int = 2) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
@@ -86,8 +100,8 @@ def _feeds(g: Graph, seed: int, batch: int = 2) -> dict[str, np.ndarray]:
 
 
 @cache
-def quantized(blocked: bool) -> Graph:
-    g = residual_cnn(blocked=blocked)
+def quantized(kind: str) -> Graph:
+    g = concat_cnn() if kind == "concat" else residual_cnn(blocked=kind == "blocked")
     calib = [_feeds(g, s) for s in range(4)]
     PassManager(["default", quantize_pass("int8-static", calib), LowerQDQToInteger()], None).run(g)
     ops = [n.op_type for n in g.nodes]
@@ -99,14 +113,14 @@ def _permutes(mod: Any) -> list[tuple[int, ...]]:
     return [tuple(int(a) for a in c.attrs.axes) for c in relax_calls(mod, "relax.permute_dims")]
 
 
-def _lowered(blocked: bool) -> Any:
+def _lowered(kind: str) -> Any:
     spec = targets.resolve("x86")
-    low = lower_graph(quantized(blocked), spec, keep_params=False, param_threshold=1 << 40)
+    low = lower_graph(quantized(kind), spec, keep_params=False, param_threshold=1 << 40)
     return low.mod
 
 
 def test_a_residual_network_runs_channels_last_between_its_convolutions() -> None:
-    mod = _lowered(blocked=False)
+    mod = _lowered("region")
     # each ConvInteger transposes its input NHWC and its output back NCHW
     assert sorted(_permutes(mod)) == sorted(
         [channels_last.TO_NCHW] * 3 + [channels_last.TO_NHWC] * 3
@@ -124,7 +138,7 @@ def test_a_residual_network_runs_channels_last_between_its_convolutions() -> Non
 
 
 def test_ops_that_would_need_a_transpose_keep_nchw() -> None:
-    mod = channels_last.channels_last_pass()(_lowered(blocked=True))
+    mod = channels_last.channels_last_pass()(_lowered("blocked"))
     # the average pool and the second convolution's input run channels-last; the residual
     # sum with the NCHW input, the [W] mask and everything after them, and the pooled graph
     # output, read NCHW through the transposes of the pool and of the third convolution
@@ -133,6 +147,14 @@ def test_ops_that_would_need_a_transpose_keep_nchw() -> None:
     assert sorted(_permutes(mod)) == sorted([channels_last.TO_NCHW] * 2 + [channels_last.TO_NHWC])
     means = sorted(tuple(int(a) for a in m.attrs.axis) for m in relax_calls(mod, "relax.mean"))
     assert means == [(1,), (2, 3)], means  # NCHW
+
+
+def test_a_concatenation_of_two_convolutions_runs_channels_last() -> None:
+    mod = channels_last.channels_last_pass()(_lowered("concat"))
+    # left: the graph input's transpose and the last convolution's output (a graph output)
+    assert sorted(_permutes(mod)) == sorted([channels_last.TO_NHWC, channels_last.TO_NCHW])
+    (concat,) = relax_calls(mod, "relax.concat")
+    assert int(concat.attrs.axis) == 3
 
 
 def _run(g: Graph, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], list[str]]:
@@ -145,24 +167,24 @@ def _run(g: Graph, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], list
 
 
 @pytest.mark.skipif(not ON_X86, reason="x86 code runs only on an x86 host")
-@pytest.mark.parametrize("blocked", [False, True], ids=["region", "blocked"])
-def test_regions_change_no_result(blocked: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    g = quantized(blocked)
+@pytest.mark.parametrize("kind", ["region", "blocked", "concat"])
+def test_regions_change_no_result(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    g = quantized(kind)
     feeds = _feeds(g, seed=11, batch=3)
     got, kernels = _run(g, feeds)
     for have, want in zip(got, interpret(g, feeds).values(), strict=True):
         np.testing.assert_allclose(have, want, rtol=1e-4, atol=1e-4)
-    # the transposes left: the graph input's (fused with its quantization) and the second
-    # output's; blocked, the pooled output's and the third convolution's
-    assert len([k for k in kernels if "transpose" in k]) in ([3] if blocked else [2]), kernels
+    # the transposes left: the graph input's (fused with its quantization) and an output's;
+    # blocked, also the third convolution's
+    assert len([k for k in kernels if "transpose" in k]) == (3 if kind == "blocked" else 2), kernels
     # without the pass: every convolution transposes its output back NCHW (fused with its
     # epilogue) and, but for the first, its input NHWC
     monkeypatch.setattr(channels_last, "channels_last_pass", lambda: tvm.transform.Sequential([]))
     before, kernels = _run(g, feeds)
     assert len([k for k in kernels if "transpose" in k]) >= 5, kernels
-    if blocked:  # the means stayed NCHW: every output is the same bits
-        for have, want in zip(got, before, strict=True):
-            np.testing.assert_array_equal(have, want)
-    else:  # the activations are the same bits; their means sum channels-last (rounding)
+    if kind == "region":  # the activations are the same bits; their means sum channels-last
         np.testing.assert_array_equal(got[1], before[1])
         np.testing.assert_allclose(got[0], before[0], rtol=2e-6, atol=0)
+    else:  # no mean runs channels-last: every output is the same bits
+        for have, want in zip(got, before, strict=True):
+            np.testing.assert_array_equal(have, want)

@@ -14,6 +14,7 @@ and carries twins forward through
 - element-wise ops (`ELEMENTWISE`) whose other operands are twins too, scalars, or tensors
   that vary along the channels only (a per-channel scale or bias, [C, 1, 1] or [1, C, 1, 1])
   or along the image only ([1, 1, H, W]): reshaped channels-last, the same order;
+- concatenations of values that all have twins (along the axis renumbered);
 - 2-D max / average pooling (the same op with `layout="NHWC"`);
 - mean / sum / max / min over axes with `keepdims` (the axes renumbered);
 
@@ -25,10 +26,10 @@ computation; dead-code elimination then drops what nothing reads any more (the w
 and transposes inside a region). So no value is computed twice, and a transpose is left only
 where something reads a region's value NCHW.
 
-Element-wise ops and pooling compute the same bits in either layout (the same elements; a
-pooling window in the same order). A reduction's schedule follows the layout (a sum along the
-contiguous channels adds in vector lanes), so a float mean or sum may round differently in
-its last bits; integer results are the same.
+Element-wise ops, concatenations and pooling compute the same bits in either layout (the same
+elements; a pooling window in the same order). A reduction's schedule follows the layout (a
+sum along the contiguous channels adds in vector lanes), so a float mean or sum may round
+differently in its last bits; integer results are the same.
 """
 
 from __future__ import annotations
@@ -205,6 +206,11 @@ class _Rewrite:
                 args.append(b)
             return relax.Call(call.op, args, call.attrs, call.ty_args)
         x = call.args[0]
+        if name == "relax.concat" and isinstance(x, relax.Tuple) and call.attrs.axis is not None:
+            if not x.fields or not all(f in self.twins for f in x.fields):
+                return None
+            axis = _NHWC_AXIS[int(call.attrs.axis) % 4]
+            return relax.op.concat([self.twins[f] for f in x.fields], axis=axis)
         if x not in self.twins:
             return None
         if name in POOLS:
