@@ -22,9 +22,10 @@ input channels (CHANNELS_LAST_MIN) the input is first transposed NHWC and K runs
 each tap of a row is a vector copy of C bytes, and a 1x1 convolution of stride 1 reads the
 NHWC input as its rows; an RGB stem keeps (C, KH, KW) from a padded NCHW copy. Both
 transposes are `permute_dims`, which channels_last.py removes between convolutions where the
-ops in between (element-wise, pooling, keepdims reductions) can run channels-last. ResNet-18
-at 224x224 in int8-static: 191 ms -> 15 ms (NCHW rows) -> 10.4 ms (NHWC) -> 7.65 ms (loops)
-on two Zen 4 threads (bench/RESULTS.md 2026-12-06).
+ops in between (element-wise, pooling, keepdims reductions, concatenations) can run
+channels-last. ResNet-18 at 224x224 in int8-static, profile runs on two Zen 4 threads: 191 ms
+-> 15 ms (NCHW rows) -> 10.4 ms (NHWC) -> 7.65 ms (loops) -> 7.1 ms (channels-last regions)
+(bench/RESULTS.md 2026-12-06).
 
 Everything else keeps Relax's conv (TOPI's NCHW loops, unscheduled for integers): CUDA,
 non-constant weights, 1-D and 3-D convs, symbolic channels or image sizes, grouped and
