@@ -350,6 +350,72 @@ def test_products_are_exact_on_x86(preset: str) -> None:
     assert not _mismatches(got), f"{spec.describe()}:\n" + "\n".join(_mismatches(got))
 
 
+# --------------------------------------- grouped convolutions: exact on the float32 kernel
+
+
+def extreme_grouped_case() -> tuple[Graph, dict[str, np.ndarray]]:
+    """252 products per output (28 channels per group, 3x3), every one -255 * 255: sums of
+    -16,386,300, within 2^24 of zero, so float32 still holds them exactly."""
+    g = Graph("grouped_extreme")
+    x = g.add_input("x", "uint8", [1, 56, 5, 5])
+    w = g.add_constant(np.full((4, 28, 3, 3), -128, np.int8), "w")
+    zx = g.add_constant(np.array(0, np.uint8), "zx")
+    zw = g.add_constant(np.array(127, np.int8), "zw")
+    node = g.add_node("ConvInteger", [x, w, zx, zw], {"group": 2, "pads": [1, 1, 1, 1]})
+    g.set_outputs([node.output])
+    return g, {"x": np.full((1, 56, 5, 5), 255, np.uint8)}
+
+
+GROUPED: dict[str, Any] = {
+    "depthwise-u8s8-3x3-pad": lambda: conv_case(
+        (2, 24, 9, 11), (24, 1, 3, 3), group=24, pads=[1, 1, 1, 1]
+    ),
+    "depthwise-s8s8-zw-cols-3x3-s2": lambda: conv_case(
+        (1, 16, 13, 12), (16, 1, 3, 3), "int8", "int8", zw="cols", group=16,
+        strides=[2, 2], pads=[2, 2, 2, 2],
+    ),
+    "depthwise-u8u8-5x5-dilated-uneven-pads-symbolic-batch": lambda: conv_case(
+        ("n", 8, 14, 9), (8, 1, 5, 5), "uint8", "uint8", zw="scalar", batch=2, group=8,
+        dilations=[2, 1], pads=[2, 1, 2, 3],
+    ),
+    "grouped-4x8-channels-16-out-each": lambda: conv_case(
+        (1, 32, 8, 8), (64, 8, 3, 3), group=4, pads=[1, 1, 1, 1]
+    ),
+    "qlinearconv-depthwise-3x3": lambda: conv_case(
+        (2, 16, 7, 7), (16, 1, 3, 3), op="QLinearConv", group=16, pads=[1, 1, 1, 1]
+    ),
+    "grouped-252-products-extreme": extreme_grouped_case,
+    # 288 products per output could leave float32's exact range: Relax's integer conv
+    "grouped-288-products-generic": lambda: conv_case(
+        (1, 64, 6, 6), (64, 32, 3, 3), group=2, pads=[1, 1, 1, 1]
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.skipif(not ON_X86, reason="x86 code runs only on an x86 host")
+@pytest.mark.parametrize("preset", ["x86", "x86:haswell"])
+def test_grouped_convolutions_are_exact_on_the_float_kernel(preset: str) -> None:
+    from tvm import relax
+
+    spec = targets.resolve(preset)
+    missing = targets.missing_on_host(spec)
+    if missing:
+        pytest.skip(f"this host cannot run {preset} code (lacks {', '.join(missing)})")
+    cases = merge_graphs([(cid, *make()) for cid, make in GROUPED.items()], "grouped")
+    result = build.build_module(cases.graph, spec, keep_params=False, progress=False)
+    convs = {k: r for k, r in result.kernels.items() if "conv2d" in k}
+    # six on ecograph's float32 conv kernel (cast back to int32 in its epilogue), one generic
+    assert sorted(convs.values(), key=str) == ["conv"] * 6 + ["fallback"], convs
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    feeds = cases.feeds
+    out = vm["main"](*[tvm.runtime.tensor(feeds[n]) for n in result.lowered.input_names])
+    want = list(interpret(cases.graph, feeds).values())
+    for (cid, _), have, expected in zip(cases.origin, out, want, strict=True):
+        np.testing.assert_array_equal(have.numpy(), expected, err_msg=cid)
+    extreme = want[[cid for cid, _ in cases.origin].index("grouped-252-products-extreme")]
+    assert extreme.min() == -252 * 255 * 255  # the interior outputs: every product counted
+
+
 @pytest.mark.skipif(not ON_X86, reason="x86 code runs only on an x86 host")
 def test_packed_weights_travel_as_parameters(tmp_path: Path) -> None:
     # keep_params: the packed weight is a parameter stored in params.npz, not the original.

@@ -100,6 +100,63 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(self.pool(self.stages(self.stem(image))), 1))
 
 
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expansion (unless `expand` is 1), depthwise 3x3, linear 1x1
+    projection, BatchNorm and ReLU6; a residual add when the shape is kept."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()]
+        layers += [
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        self.body = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2's layout (torchvision's mobilenet_v2 without the download): a 32-channel
+    stride-2 stem, 17 inverted residual blocks (expansion 6, depthwise 3x3), a 1x1 conv to
+    1280 channels, global pool, linear to 1000 classes; 3.5M parameters, 0.3 GMACs at
+    224x224. Random weights: for speed, not accuracy."""
+
+    # (expansion, channels, blocks, stride of the first)
+    SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                (6, 160, 3, 2), (6, 320, 1, 1))  # fmt: skip
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, 32, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU6(),
+        ]
+        cin = 32
+        for expand, cout, blocks, stride in self.SETTINGS:
+            for i in range(blocks):
+                layers.append(InvertedResidual(cin, cout, stride if i == 0 else 1, expand))
+                cin = cout
+        layers += [nn.Conv2d(cin, 1280, 1, bias=False), nn.BatchNorm2d(1280), nn.ReLU6()]
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(1280, num_classes)
+        _randomize_batch_norms(self, seed=3)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(image)), 1))
+
+
 class SqueezeExcite(nn.Module):
     """Channel attention: global pool, reduce, relu, expand, hardsigmoid, scale."""
 

@@ -27,9 +27,16 @@ channels-last. ResNet-18 at 224x224 in int8-static, profile runs on two Zen 4 th
 -> 15 ms (NCHW rows) -> 10.4 ms (NHWC) -> 7.65 ms (loops) -> 7.1 ms (channels-last regions)
 (bench/RESULTS.md 2026-12-06).
 
+A grouped or depthwise ConvInteger / QLinearConv with a constant weight (and weight zero
+point) runs on the float32 conv kernel above where float32 holds its int32 sums exactly (at
+most EXACT_PRODUCTS = 258 products per output: depthwise 3x3, 5x5, 7x7, groups of up to 28
+channels at 3x3): (x - zero point) converted to float32, the weight minus its zero point
+converted and packed at compile time, the float sums cast back to int32
+(`exact_integer_kernel`).
+
 Everything else keeps Relax's conv (TOPI's NCHW loops, unscheduled for integers): CUDA,
-non-constant weights, 1-D and 3-D convs, symbolic channels or image sizes, grouped and
-depthwise ConvInteger / QLinearConv, and ConvTranspose.
+non-constant weights, 1-D and 3-D convs, symbolic channels or image sizes, grouped
+ConvInteger / QLinearConv with more products per output, and ConvTranspose.
 """
 
 from __future__ import annotations
@@ -191,10 +198,15 @@ def _conv_integer(ctx: LowerContext) -> relax.Expr:
 
 def conv_integer_product(ctx: LowerContext, x: int, x_zp: int, w: int, w_zp: int) -> relax.Expr:
     """The int32 convolution of `integer_conv` (inputs at those positions): the im2col product
-    where the weight is bound packed (`emit_conv_integer_rows`), else Relax's conv."""
+    where the weight is bound packed (`emit_conv_integer_rows`), the float32 conv kernel where
+    that is exact (grouped and depthwise convs: `exact_integer_kernel`), else Relax's conv."""
     weight = ctx.node.input(w)
     if weight is not None and weight in ctx.state.panels:
         return emit_conv_integer_rows(ctx, x, x_zp, w)
+    k = exact_integer_kernel(ctx.node, x, w, ctx.target)
+    zw = ctx.node.input(w_zp) if ctx.has(w_zp) else None
+    if k is not None and (zw is None or zw.const_value is not None):
+        return emit_exact_integer_conv(ctx, k, x, x_zp, w, w_zp)
     return integer_conv(ctx, x=x, x_zp=x_zp, w=w, w_zp=w_zp)
 
 
@@ -330,14 +342,42 @@ class ConvKernel:
 
 def conv_kernel(node: Node, target: TargetSpec) -> ConvKernel | None:
     """`node`'s CPU conv kernel, or None when it keeps Relax's conv (module doc)."""
-    from ecograph.ir.ops.convolution import conv2d_geometry
-
     if target.is_gpu or (node.domain, node.op_type) != ("", "Conv"):
         return None
     x, w = node.input(0), node.input(1)
-    if x is None or w is None or w.const_value is None or w.type.rank != 4:
+    if x is None or w is None or x.dtype != DType.FLOAT32 or w.dtype != DType.FLOAT32:
         return None
-    if x.dtype != DType.FLOAT32 or w.dtype != DType.FLOAT32 or x.type.rank != 4:
+    return _kernel_for(node, x, w, target)
+
+
+EXACT_PRODUCTS = 258  # products of two 8-bit differences (|d| <= 255) summed exactly in float32
+
+
+def exact_integer_kernel(node: Node, xi: int, wi: int, target: TargetSpec) -> ConvKernel | None:
+    """The float32 CPU conv kernel for a grouped ConvInteger / QLinearConv (input and weight at
+    `xi`, `wi`) whose int32 sums it computes exactly, or None. Each output sums K = C / groups
+    x KH x KW products of (x - zero point) and (w - zero point), integers of at most 255 in
+    magnitude: with K <= EXACT_PRODUCTS every product and partial sum stays below 2^24, so
+    float32 holds them all exactly, in any order (depthwise 3x3: K = 9). Groups of one run
+    as the int8 product over im2col rows instead (`emit_conv_integer_rows`)."""
+    if target.is_gpu:
+        return None
+    x, w = node.input(xi), node.input(wi)
+    eight_bit = (DType.UINT8, DType.INT8)
+    if x is None or w is None or x.dtype not in eight_bit or w.dtype not in eight_bit:
+        return None
+    k = _kernel_for(node, x, w, target)
+    if k is None or k.groups == 1:
+        return None
+    if k.channels // k.groups * k.kernel[0] * k.kernel[1] > EXACT_PRODUCTS:
+        return None
+    return k
+
+
+def _kernel_for(node: Node, x: Value, w: Value, target: TargetSpec) -> ConvKernel | None:
+    from ecograph.ir.ops.convolution import conv2d_geometry
+
+    if w.const_value is None or w.type.rank != 4 or x.type.rank != 4:
         return None
     channels, height, width = x.type.shape[1:]
     if not all(isinstance(d, int) and d > 0 for d in (channels, height, width)):
@@ -411,15 +451,45 @@ def packed_conv_weights(
 
 
 def emit_conv(ctx: LowerContext, k: ConvKernel) -> relax.Expr:
-    """The Conv node as one TE kernel for `k` (module doc): the padding copy if any, the
-    reduction over whole tiles, then the real outputs plus the bias."""
-    from tvm import te, tirx
-
+    """The Conv node as one TE kernel for `k` (module doc)."""
     weight = ctx.node.input(1)
     assert weight is not None
-    args = [ctx.arg(0), ctx.state.value_expr(weight)]
-    if ctx.has(2):
-        args.append(ctx.arg(2))
+    bias = ctx.arg(2) if ctx.has(2) else None
+    return emit_conv_kernel(ctx, k, ctx.arg(0), ctx.state.value_expr(weight), bias)
+
+
+def emit_exact_integer_conv(
+    ctx: LowerContext, k: ConvKernel, xi: int, zi: int, wi: int, wzi: int
+) -> relax.Expr:
+    """The int32 convolution of a ConvInteger / QLinearConv (input, zero points and weight at
+    `xi`, `zi`, `wi`, `wzi`) through the float32 kernel `k` of `exact_integer_kernel`: the
+    input minus its zero point in float32 (exact), the constant weight minus its zero point
+    packed for `k` at compile time; the float sums are the integer ones, cast back."""
+    weight = ctx.node.input(wi)
+    assert weight is not None and weight.const_value is not None
+    x = R.astype(ctx.arg(xi), "float32")
+    if ctx.has(zi):
+        x = R.subtract(x, R.astype(ctx.arg(zi), "float32"))
+    w = weight.const_value.astype(np.float32)
+    if ctx.has(wzi):
+        known = ctx.const(wzi)
+        assert known is not None  # conv_integer_product checked it is a constant
+        zw = known.astype(np.float32).reshape(-1)
+        w = w - zw.reshape(-1, 1, 1, 1) if zw.size > 1 else w - zw[0]
+    if k.by_channels:
+        w = pack_conv_weight(w, k.block)
+    y = emit_conv_kernel(ctx, k, ctx.emit(x), relax.const(w, "float32"), None)
+    return R.astype(y, "int32")
+
+
+def emit_conv_kernel(
+    ctx: LowerContext, k: ConvKernel, x: relax.Expr, weight: relax.Expr, bias: relax.Expr | None
+) -> relax.Expr:
+    """One TE kernel for `k` (module doc): the padding copy if any, the reduction over whole
+    tiles, then the real outputs plus the bias; `weight` packed for `k` when by channels."""
+    from tvm import te, tirx
+
+    args = [x, weight, *([bias] if bias is not None else [])]
     i64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
     (sh, sw), (dh, dw), (kh_len, kw_len) = k.strides, k.dilations, k.kernel
     top, left, bottom, right = k.pads
