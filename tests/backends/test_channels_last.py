@@ -92,6 +92,28 @@ def concat_cnn() -> Graph:
     return g
 
 
+def inverted_residual_cnn() -> Graph:
+    """A 3x3 conv, then MobileNetV2's block twice: 1x1 expansion to 32 channels -> relu,
+    depthwise 3x3 -> relu, 1x1 projection + the block's input; the output NCHW."""
+    rng = np.random.default_rng(5)
+    g = Graph("inverted_residual_cnn")
+    x = g.add_input("x", "float32", ["N", C, H, W])
+
+    def conv(v: Value, cin: int, cout: int, kernel: int, name: str) -> Value:
+        groups = cin if kernel == 3 else 1
+        w = rng.standard_normal((cout, cin // groups, kernel, kernel)) * 0.3
+        attrs = {"group": groups, "pads": [kernel // 2] * 4}
+        return g.add_node("Conv", [v, _const(g, w, name + "_w")], attrs).output
+
+    y = _conv(g, x, rng, "stem")
+    for i in range(2):
+        h = g.add_node("Relu", [conv(y, C, 2 * C, 1, f"expand{i}")]).output
+        h = g.add_node("Relu", [conv(h, 2 * C, 2 * C, 3, f"depthwise{i}")]).output
+        y = g.add_node("Add", [conv(h, 2 * C, C, 1, f"project{i}"), y]).output
+    g.set_outputs([y])
+    return g
+
+
 def _feeds(g: Graph, seed: int, batch: int = 2) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
@@ -101,11 +123,12 @@ def _feeds(g: Graph, seed: int, batch: int = 2) -> dict[str, np.ndarray]:
 
 @cache
 def quantized(kind: str) -> Graph:
-    g = concat_cnn() if kind == "concat" else residual_cnn(blocked=kind == "blocked")
+    builders = {"concat": concat_cnn, "inverted": inverted_residual_cnn}
+    g = builders[kind]() if kind in builders else residual_cnn(blocked=kind == "blocked")
     calib = [_feeds(g, s) for s in range(4)]
     PassManager(["default", quantize_pass("int8-static", calib), LowerQDQToInteger()], None).run(g)
     ops = [n.op_type for n in g.nodes]
-    assert ops.count("ConvInteger") == 3, ops
+    assert ops.count("ConvInteger") == (7 if kind == "inverted" else 3), ops
     return g
 
 
@@ -157,6 +180,13 @@ def test_a_concatenation_of_two_convolutions_runs_channels_last() -> None:
     assert int(concat.attrs.axis) == 3
 
 
+def test_depthwise_convolutions_run_inside_the_region() -> None:
+    mod = channels_last.channels_last_pass()(_lowered("inverted"))
+    # expansion -> depthwise -> projection -> residual sum, twice: only the graph input's
+    # and the output's transposes are left
+    assert sorted(_permutes(mod)) == sorted([channels_last.TO_NHWC, channels_last.TO_NCHW])
+
+
 def _run(g: Graph, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], list[str]]:
     """`g` built for x86 and run: its outputs and its kernels' names."""
     result = build.build_module(g, targets.resolve("x86"), keep_params=False, progress=False)
@@ -167,7 +197,7 @@ def _run(g: Graph, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], list
 
 
 @pytest.mark.skipif(not ON_X86, reason="x86 code runs only on an x86 host")
-@pytest.mark.parametrize("kind", ["region", "blocked", "concat"])
+@pytest.mark.parametrize("kind", ["region", "blocked", "concat", "inverted"])
 def test_regions_change_no_result(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     g = quantized(kind)
     feeds = _feeds(g, seed=11, batch=3)

@@ -167,3 +167,18 @@ def test_rule_declines_kernels_that_are_not_pooling():
     r = te.reduce_axis((0, I64(3)), "r")
     conv = te.compute((I64(8), I64(14)), lambda i, j: te.sum(x[i, j + r] * w[r], axis=r))
     assert Pool(spec).apply(te.create_prim_func([x, w, conv]), None, False) is None
+    # ...but a channels-last depthwise one is a pooling with a weight per window position
+    # and channel (ops/conv.py emit_depthwise_nhwc), vectorized along the channels
+    xc = te.placeholder((I64(8), I64(10), I64(32)), "float32", name="xc")
+    wc = te.placeholder((I64(3), I64(32)), "float32", name="wc")
+    depthwise = te.compute(
+        (I64(8), I64(8), I64(32)), lambda n, j, c: te.sum(xc[n, j + r, c] * wc[r, c], axis=r)
+    )
+    sch = Pool(spec).apply(te.create_prim_func([xc, wc, depthwise]), None, False)
+    assert sch is not None and "T.vectorized" in sch.mod.script()
+    # a weight that also varies along another output axis is no pooling
+    wj = te.placeholder((I64(8), I64(3), I64(32)), "float32", name="wj")
+    varying = te.compute(
+        (I64(8), I64(8), I64(32)), lambda n, j, c: te.sum(xc[n, j + r, c] * wj[j, r, c], axis=r)
+    )
+    assert Pool(spec).apply(te.create_prim_func([xc, wj, varying]), None, False) is None

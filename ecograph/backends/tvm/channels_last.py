@@ -20,11 +20,11 @@ and carries twins forward through
 
 and a `permute_dims(v, [0, 2, 3, 1])` of a value with a twin becomes the twin itself, as does
 a reshape of a one-pixel value ([N, C, 1, 1] and [N, 1, 1, C] hold the same order). Where a
-value with a live twin is also read NCHW (by an op that cannot run channels-last, or as a
-graph output), the NCHW value becomes a transpose of its twin rather than a second
-computation; dead-code elimination then drops what nothing reads any more (the write-backs
-and transposes inside a region). So no value is computed twice, and a transpose is left only
-where something reads a region's value NCHW.
+value with a twin is also read NCHW (by an op that cannot run channels-last, or as a graph
+output), the NCHW value becomes a transpose of its twin rather than a second computation
+from transposed inputs; dead-code elimination then drops what nothing reads any more (the
+write-backs and transposes inside a region). So no value is computed twice, and a transpose
+is left only where something reads a region's value NCHW, one per such value.
 
 Element-wise ops, concatenations and pooling compute the same bits in either layout (the same
 elements; a pooling window in the same order). A reduction's schedule follows the layout (a
@@ -118,8 +118,9 @@ class _Rewrite:
         return relax.DataflowBlock(self._transpose_twins(), block.span)
 
     def _transpose_twins(self) -> list[relax.Binding]:
-        """The bindings, where a value is needed both NCHW and channels-last, with the NCHW
-        one a transpose of its twin instead of a second computation (of a pool, say)."""
+        """The bindings, with every value that has a twin and is read NCHW a transpose of its
+        twin instead of a computation of its own (of a pool, say, or of a sum of two
+        transposed inputs)."""
         live: set[relax.Var] = set()
         for b in reversed(self.bindings):
             if b.var in live or not isinstance(b.var, relax.DataflowVar):
@@ -128,7 +129,7 @@ class _Rewrite:
         origin = {
             twin: var
             for var, twin in self.twins.items()
-            if var in live and twin in live and var not in self.sources
+            if var in live and var not in self.sources
         }
         moved = set(origin.values())
         out: list[relax.Binding] = []

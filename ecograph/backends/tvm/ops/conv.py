@@ -476,10 +476,58 @@ def emit_exact_integer_conv(
         assert known is not None  # conv_integer_product checked it is a constant
         zw = known.astype(np.float32).reshape(-1)
         w = w - zw.reshape(-1, 1, 1, 1) if zw.size > 1 else w - zw[0]
+    if k.groups == k.channels == k.out_channels and unfolds_channels_last(k.channels):
+        return emit_depthwise_nhwc(ctx, k, ctx.emit(x), w)
     if k.by_channels:
         w = pack_conv_weight(w, k.block)
     y = emit_conv_kernel(ctx, k, ctx.emit(x), relax.const(w, "float32"), None)
     return R.astype(y, "int32")
+
+
+def emit_depthwise_nhwc(
+    ctx: LowerContext, k: ConvKernel, x: relax.Expr, w: np.ndarray
+) -> relax.Expr:
+    """A depthwise convolution of the float32 [N, C, H, W] `x` by the [C, 1, KH, KW] `w`,
+    channels-last: x transposed NHWC, padded, each output pixel a sum over the window of
+    vectors of C channels times the weight's [KH, KW, C] (schedules/pool.py's sliding-window
+    rule, vectorized along the channels), cast to int32 and handed back NCHW. Both transposes
+    are `permute_dims`, which channels_last.py removes between channels-last convolutions:
+    in a MobileNet block the expansion's product feeds this kernel and this kernel the
+    projection's rows without a transpose."""
+    from tvm import te, tirx
+
+    (sh, sw), (dh, dw), (kh_len, kw_len) = k.strides, k.dilations, k.kernel
+    top, left, bottom, right = k.pads
+    height, width = k.size
+    rows, cols = k.out_size
+    i64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
+    taps = np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))  # [KH, KW, C]
+
+    def compute(xv: Any, wv: Any) -> Any:
+        batch, channels = xv.shape[0], i64(k.channels)
+
+        def padded(n: Any, h: Any, col: Any, c: Any) -> Any:
+            inside = tirx.all(h >= top, h < height + top, col >= left, col < width + left)
+            value = xv[n, h - top, col - left, c]
+            return tirx.if_then_else(inside, value, tirx.const(0.0, "float32"))
+
+        source = xv
+        if any(k.pads):
+            shape = (batch, i64(height + top + bottom), i64(width + left + right), channels)
+            source = te.compute(shape, padded, name="pad")
+        rh = te.reduce_axis((i64(0), i64(kh_len)), "kh")
+        rw = te.reduce_axis((i64(0), i64(kw_len)), "kw")
+        return te.compute(
+            (batch, i64(rows), i64(cols), channels),
+            lambda n, oh, ow, c: te.sum(
+                source[n, oh * sh + rh * dh, ow * sw + rw * dw, c] * wv[rh, rw, c], axis=[rh, rw]
+            ),
+            name="depthwise",
+        )
+
+    nhwc = ctx.emit(R.permute_dims(x, TO_NHWC))
+    y = ctx.bb.emit_te(compute, nhwc, relax.const(taps, "float32"), primfunc_name_hint="depthwise")
+    return R.permute_dims(ctx.emit(R.astype(y, "int32")), TO_NCHW)
 
 
 def emit_conv_kernel(

@@ -57,11 +57,13 @@ class Pool(CPURule):
     def _schedule(self, sch: s_tir.Schedule, *, vector: bool) -> None:
         window = pooling_window(sch)
         assert window is not None
-        pads = {
+        # channels-last, the padding's condition does not vary along the vector (the
+        # channels): inlined, it is one scalar test per window position
+        pads = set() if channels_last(sch, window) else {
             sch.get(b).name_hint
             for b in sch.get_producers(window)
             if has_select(sch.get(b).body.value)
-        }
+        }  # fmt: skip
         inline_spatial(sch, keep=pads)
         window = pooling_window(sch)
         assert window is not None
@@ -101,10 +103,28 @@ class Pool(CPURule):
                 vectorize_inner(sch, block, block_loops[-1], block_lanes)
 
 
+def channels_last(sch: s_tir.Schedule, window: SBlockRV) -> bool:
+    """Whether the window slides over other axes than the innermost output axis: then the
+    innermost one (the channels of an NHWC pooling) indexes its input without a window iter."""
+    realize = sch.get(window)
+    kinds = iter_kinds(sch, window)
+    ivars = [iv.var for iv in realize.iter_vars]
+    inner, reduce = ivars[len(kinds.rstrip("R")) - 1], ivars[len(kinds.rstrip("R")) :]
+    out = realize.body.buffer
+    for ld in loads_in(realize.body.value):
+        if ld.source.same_as(out) or not any(uses(ix, r) for ix in ld.indices for r in reduce):
+            continue
+        last = ld.indices[-1]
+        return uses(last, inner) and not any(uses(last, r) for r in reduce)
+    return False
+
+
 def pooling_window(sch: s_tir.Schedule) -> SBlockRV | None:
     """The kernel's one sliding-window reduction block, or None if the kernel is not a
     pooling: plain blocks, one reduction (`S..S R..R`, with an init) reading one input in
-    which some index mixes an output iter and a window iter, the other blocks data parallel."""
+    which some index mixes an output iter and a window iter (and perhaps a weight indexed by
+    the window and the innermost output iter: a channels-last depthwise convolution), the
+    other blocks data parallel."""
     blocks = root_blocks(sch)
     if not blocks or not all(plain_block(sch, b) for b in blocks):
         return None
@@ -120,10 +140,23 @@ def pooling_window(sch: s_tir.Schedule) -> SBlockRV | None:
     spatial, reduce = ivars[: len(kinds.rstrip("R"))], ivars[len(kinds.rstrip("R")) :]
     out = realize.body.buffer
     loads = [ld for ld in loads_in(realize.body.value) if not ld.source.same_as(out)]
-    if len(loads) != 1:
+
+    def slides(load: Any) -> bool:
+        return any(
+            any(uses(ix, r) for r in reduce) and any(uses(ix, s) for s in spatial)
+            for ix in load.indices
+        )
+
+    sliding = [ld for ld in loads if slides(ld)]
+    if len(sliding) != 1:
         return None
-    slides = any(
-        any(uses(ix, r) for r in reduce) and any(uses(ix, s) for s in spatial)
-        for ix in loads[0].indices
-    )
-    return window if slides else None
+    if len(loads) == 1:
+        return window
+    # besides the window's input, only a weight per window position and channel, channels-
+    # last (a depthwise convolution: x[.., oh + kh, ow + kw, c] * w[kh, kw, c])
+    if not channels_last(sch, window):
+        return None
+    for ld in loads:
+        if ld is not sliding[0] and any(uses(ix, s) for s in spatial[:-1] for ix in ld.indices):
+            return None
+    return window
