@@ -127,9 +127,7 @@ class _Rewrite:
                 live.add(b.var)
                 live.update(relax.analysis.free_vars(b.value))
         origin = {
-            twin: var
-            for var, twin in self.twins.items()
-            if var in live and var not in self.sources
+            twin: var for var, twin in self.twins.items() if var in live and var not in self.sources
         }
         moved = set(origin.values())
         out: list[relax.Binding] = []

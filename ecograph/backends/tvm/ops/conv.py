@@ -28,11 +28,14 @@ channels-last. ResNet-18 at 224x224 in int8-static, profile runs on two Zen 4 th
 (bench/RESULTS.md 2026-12-06).
 
 A grouped or depthwise ConvInteger / QLinearConv with a constant weight (and weight zero
-point) runs on the float32 conv kernel above where float32 holds its int32 sums exactly (at
-most EXACT_PRODUCTS = 258 products per output: depthwise 3x3, 5x5, 7x7, groups of up to 28
-channels at 3x3): (x - zero point) converted to float32, the weight minus its zero point
-converted and packed at compile time, the float sums cast back to int32
-(`exact_integer_kernel`).
+point) computes in float32 where float32 holds its int32 sums exactly (at most
+EXACT_PRODUCTS = 258 products per output: depthwise 3x3, 5x5, 7x7, groups of up to 28
+channels at 3x3; `exact_integer_kernel`): (x - zero point) converted to float32, the weight
+minus its zero point converted at compile time, the float sums cast back to int32. A
+depthwise one of 16+ channels runs channels-last (`emit_depthwise_nhwc`, inside the
+channels-last regions: a MobileNet block transposes nothing), the others on the float32
+conv kernel above (weights packed for it). MobileNetV2 int8-static 16.1 -> 8.6 ms on two
+Zen 4 threads (bench/RESULTS.md 2026-12-06).
 
 Everything else keeps Relax's conv (TOPI's NCHW loops, unscheduled for integers): CUDA,
 non-constant weights, 1-D and 3-D convs, symbolic channels or image sizes, grouped

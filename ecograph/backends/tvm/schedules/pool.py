@@ -8,7 +8,9 @@ the window loops move outside the innermost output axis, which is vectorized: al
 width for NCHW (strided reads), along the channels for channels-last (contiguous reads). The
 padded rows a row of outputs needs are computed under that row (a few hundred bytes on the
 stack): padding inlined into the window would put a select on a vector index into the vector
-loop, which TVM scalarizes.
+loop, which TVM scalarizes. Channels-last the padding is inlined: its test is per pixel, the
+same for every lane. A channels-last window may also multiply by a weight per window position
+and channel (a depthwise convolution, ops/conv.py `emit_depthwise_nhwc`).
 """
 
 from __future__ import annotations
