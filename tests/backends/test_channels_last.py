@@ -23,6 +23,7 @@ import tvm
 from tvm import relax
 
 from ecograph.backends.tvm import build, channels_last, targets
+from ecograph.backends.tvm.channels_last import TO_NCHW, TO_NHWC
 from ecograph.backends.tvm.driver import lower_graph
 from ecograph.ir import Graph, Value, interpret
 from ecograph.passes import PassManager
@@ -185,6 +186,45 @@ def test_depthwise_convolutions_run_inside_the_region() -> None:
     # expansion -> depthwise -> projection -> residual sum, twice: only the graph input's
     # and the output's transposes are left
     assert sorted(_permutes(mod)) == sorted([channels_last.TO_NHWC, channels_last.TO_NCHW])
+
+
+def test_a_module_without_a_transpose_to_cancel_is_left_as_it_was() -> None:
+    # one int8 convolution, then a ReLU and the graph output: its output could be computed
+    # channels-last, but it would be transposed back all the same
+    g = Graph("one_conv")
+    x = g.add_input("x", "uint8", [1, C, H, W])
+    w = g.add_constant(np.ones((C, C, 3, 3), np.int8), "w")
+    y = g.add_node("ConvInteger", [x, w], {"pads": [1, 1, 1, 1]}).output
+    y = g.add_node("Relu", [g.add_node("Cast", [y], {"to": 1}).output]).output
+    g.set_outputs([y])
+    spec = targets.resolve("x86")
+    mod = lower_graph(g, spec, keep_params=False, param_threshold=1 << 40).mod
+    assert _permutes(mod) == [channels_last.TO_NHWC, channels_last.TO_NCHW]
+    assert channels_last.channels_last_pass()(mod).same_as(mod)
+
+
+def test_only_blocks_with_a_transpose_to_cancel_change() -> None:
+    # two dataflow blocks: in the first a ReLU sits between two transposes that cancel; in
+    # the second nothing is transposed back, so it stays as it was
+    t = relax.TensorType((1, 4, 5, 8), "float32")
+    u1, u2 = relax.Var("u1", t), relax.Var("u2", t)
+    bb = relax.BlockBuilder()
+    with bb.function("main", [u1, u2]):
+        with bb.dataflow():
+            r = bb.emit(relax.op.nn.relu(bb.emit(relax.op.permute_dims(u1, TO_NCHW))))
+            first = bb.emit_output(relax.op.permute_dims(r, TO_NHWC))
+        middle = bb.emit(relax.op.add(first, first))  # outside dataflow: a block between
+        with bb.dataflow():
+            v = bb.emit(relax.op.permute_dims(u2, TO_NCHW))
+            second = bb.emit_output(relax.op.nn.relu(v))
+        bb.emit_func_output(relax.Tuple([middle, second]))
+    mod = bb.get()
+    after = channels_last.channels_last_pass()(mod)
+    blocks = after["main"].body.blocks
+    assert len(blocks) == 3
+    assert len(relax_calls(after, "relax.nn.relu")) == 2
+    assert len(_permutes(after)) == 1  # the second dataflow block's own transpose
+    tvm.ir.assert_structural_equal(blocks[2], mod["main"].body.blocks[2], map_free_vars=True)
 
 
 def _run(g: Graph, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], list[str]]:

@@ -70,7 +70,7 @@ def channels_last_pass() -> Any:
             rewrite = _Rewrite()
             new = rewrite.block(block)
             changed.append(rewrite.sunk)
-            return new
+            return new if rewrite.sunk else block  # no transpose cancelled: left as it was
 
         rewritten = blocks(mod)
         if not any(changed):
