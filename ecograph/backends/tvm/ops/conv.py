@@ -478,7 +478,7 @@ def emit_exact_integer_conv(
         known = ctx.const(wzi)
         assert known is not None  # conv_integer_product checked it is a constant
         zw = known.astype(np.float32).reshape(-1)
-        w = w - zw.reshape(-1, 1, 1, 1) if zw.size > 1 else w - zw[0]
+        w = w - zw.reshape(-1, 1, 1, 1)  # one per output channel, or one for all
     if k.groups == k.channels == k.out_channels and unfolds_channels_last(k.channels):
         return emit_depthwise_nhwc(ctx, k, ctx.emit(x), w)
     if k.by_channels:

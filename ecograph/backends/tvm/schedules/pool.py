@@ -105,20 +105,34 @@ class Pool(CPURule):
                 vectorize_inner(sch, block, block_loops[-1], block_lanes)
 
 
+def _window_loads(sch: s_tir.Schedule, window: SBlockRV) -> tuple[list, list, list, list]:
+    """The window's output iters, window iters, and its input loads: those that slide (an
+    index mixes an output and a window iter) and the others."""
+    realize = sch.get(window)
+    n_spatial = len(iter_kinds(sch, window).rstrip("R"))
+    ivars = [iv.var for iv in realize.iter_vars]
+    spatial, reduce = ivars[:n_spatial], ivars[n_spatial:]
+    out = realize.body.buffer
+    loads = [ld for ld in loads_in(realize.body.value) if not ld.source.same_as(out)]
+
+    def slides(load: Any) -> bool:
+        return any(
+            any(uses(ix, r) for r in reduce) and any(uses(ix, s) for s in spatial)
+            for ix in load.indices
+        )
+
+    sliding = [ld for ld in loads if slides(ld)]
+    return spatial, reduce, sliding, [ld for ld in loads if not slides(ld)]
+
+
 def channels_last(sch: s_tir.Schedule, window: SBlockRV) -> bool:
     """Whether the window slides over other axes than the innermost output axis: then the
     innermost one (the channels of an NHWC pooling) indexes its input without a window iter."""
-    realize = sch.get(window)
-    kinds = iter_kinds(sch, window)
-    ivars = [iv.var for iv in realize.iter_vars]
-    inner, reduce = ivars[len(kinds.rstrip("R")) - 1], ivars[len(kinds.rstrip("R")) :]
-    out = realize.body.buffer
-    for ld in loads_in(realize.body.value):
-        if ld.source.same_as(out) or not any(uses(ix, r) for ix in ld.indices for r in reduce):
-            continue
-        last = ld.indices[-1]
-        return uses(last, inner) and not any(uses(last, r) for r in reduce)
-    return False
+    spatial, reduce, sliding, _ = _window_loads(sch, window)
+    if len(sliding) != 1:
+        return False
+    last = sliding[0].indices[-1]
+    return uses(last, spatial[-1]) and not any(uses(last, r) for r in reduce)
 
 
 def pooling_window(sch: s_tir.Schedule) -> SBlockRV | None:
@@ -138,27 +152,16 @@ def pooling_window(sch: s_tir.Schedule) -> SBlockRV | None:
     kinds = iter_kinds(sch, window)
     if kinds.rstrip("R").strip("S") or realize.init is None or not kinds.rstrip("R"):
         return None
-    ivars = [iv.var for iv in realize.iter_vars]
-    spatial, reduce = ivars[: len(kinds.rstrip("R"))], ivars[len(kinds.rstrip("R")) :]
-    out = realize.body.buffer
-    loads = [ld for ld in loads_in(realize.body.value) if not ld.source.same_as(out)]
-
-    def slides(load: Any) -> bool:
-        return any(
-            any(uses(ix, r) for r in reduce) and any(uses(ix, s) for s in spatial)
-            for ix in load.indices
-        )
-
-    sliding = [ld for ld in loads if slides(ld)]
+    spatial, _, sliding, others = _window_loads(sch, window)
     if len(sliding) != 1:
         return None
-    if len(loads) == 1:
+    if not others:
         return window
     # besides the window's input, only a weight per window position and channel, channels-
     # last (a depthwise convolution: x[.., oh + kh, ow + kw, c] * w[kh, kw, c])
     if not channels_last(sch, window):
         return None
-    for ld in loads:
-        if ld is not sliding[0] and any(uses(ix, s) for s in spatial[:-1] for ix in ld.indices):
+    for ld in others:
+        if any(uses(ix, s) for s in spatial[:-1] for ix in ld.indices):
             return None
     return window
