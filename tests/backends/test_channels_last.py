@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("tvm")
 
 import tvm
-from tvm import relax
+from tvm import relax, tirx
 
 from ecograph.backends.tvm import build, channels_last, targets
 from ecograph.backends.tvm.channels_last import TO_NCHW, TO_NHWC
@@ -227,13 +227,70 @@ def test_only_blocks_with_a_transpose_to_cancel_change() -> None:
     tvm.ir.assert_structural_equal(blocks[2], mod["main"].body.blocks[2], map_free_vars=True)
 
 
-def _run(g: Graph, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], list[str]]:
-    """`g` built for x86 and run: its outputs and its kernels' names."""
+def test_element_wise_work_on_a_product_runs_on_its_rows() -> None:
+    # a product's [N, 6, 8] rows viewed [N, 2, 3, 8], transposed NCHW; a cast, a per-channel
+    # scale, a scalar offset, then a mask that varies along H and W, then back channels-last
+    # and back to rows: the first three run on the rows, the masked one on the image
+    n = tirx.Var("N", "int64")
+    u = relax.Var("u", relax.TensorType((n, 6, 8), "int32"))
+    scale = np.linspace(0.5, 2.0, 8, dtype=np.float32)
+    mask = np.arange(1, 7, dtype=np.float32).reshape(2, 3)
+    bb = relax.BlockBuilder()
+    with bb.function("main", [u]):
+        with bb.dataflow():
+            v = bb.emit(relax.op.reshape(u, (n, 2, 3, 8)))
+            y = bb.emit(relax.op.astype(bb.emit(relax.op.permute_dims(v, TO_NCHW)), "float32"))
+            y = bb.emit(relax.op.multiply(y, relax.const(scale.reshape(1, 8, 1, 1))))
+            y = bb.emit(relax.op.add(y, relax.const(np.float32(0.25))))
+            y = bb.emit(relax.op.multiply(y, relax.const(mask.reshape(1, 1, 2, 3))))
+            y = bb.emit(relax.op.permute_dims(y, TO_NHWC))
+            out = bb.emit_output(relax.op.reshape(y, (n, 6, 8)))
+        bb.emit_func_output(out)
+    after = channels_last.channels_last_pass()(bb.get())
+    ranks = {
+        op: sorted(c.ty.ndim for c in relax_calls(after, "relax." + op))
+        for op in ("astype", "add", "multiply", "permute_dims")
+    }
+    assert ranks == {"astype": [3], "add": [3], "multiply": [3, 4], "permute_dims": []}, ranks
+    (scaled,) = [c for c in relax_calls(after, "relax.multiply") if c.ty.ndim == 3]
+    assert [int(d) for d in scaled.args[1].ty.shape] == [1, 1, 8]  # the scale viewed as rows
+    if ON_X86:
+        ex = tvm.compile(after, target="llvm")
+        x = np.random.default_rng(0).integers(-300, 300, (2, 6, 8)).astype(np.int32)
+        got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+        image = x.astype(np.float32).reshape(2, 2, 3, 8)
+        want = (image * scale + np.float32(0.25)) * mask[None, :, :, None]
+        np.testing.assert_array_equal(got, want.reshape(2, 6, 8))
+
+
+def test_products_compute_their_epilogues_on_their_tiles() -> None:
+    mod = channels_last.channels_last_pass()(_lowered("inverted"))
+    readers: dict[Any, list[Any]] = {}
+    for block in mod["main"].body.blocks:
+        for b in block.bindings:
+            for var in relax.analysis.free_vars(b.value):
+                readers.setdefault(var, []).append(b.value)
+    products = [
+        b.var
+        for block in mod["main"].body.blocks
+        for b in block.bindings
+        if isinstance(b.value, relax.Call)
+        and b.value.op.name == "relax.call_tir"
+        and "matmul_integer" in b.value.args[0].name_hint
+    ]
+    assert len(products) == 5  # the stem, two expansions, two projections
+    for p in products:  # read only by element-wise ops on its [N, pixels, O] rows
+        ops = {(r.op.name, r.ty.ndim) for r in readers[p]}
+        assert ops == {("relax.astype", 3)}, ops
+
+
+def _run(g: Graph, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """`g` built for x86 and run: its outputs and its kernels (name -> schedule rule)."""
     result = build.build_module(g, targets.resolve("x86"), keep_params=False, progress=False)
     vm = relax.VirtualMachine(result.executable, tvm.cpu())
     out = vm["main"](*[tvm.runtime.tensor(feeds[n]) for n in result.lowered.input_names])
     outs = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
-    return [o.numpy() for o in outs], list(result.kernels)
+    return [o.numpy() for o in outs], dict(result.kernels)
 
 
 @pytest.mark.skipif(not ON_X86, reason="x86 code runs only on an x86 host")
@@ -247,6 +304,12 @@ def test_regions_change_no_result(kind: str, monkeypatch: pytest.MonkeyPatch) ->
     # the transposes left: the graph input's (fused with its quantization) and an output's;
     # blocked, also the third convolution's
     assert len([k for k in kernels if "transpose" in k]) == (3 if kind == "blocked" else 2), kernels
+    # every int8 product computes its dequantization (and more) on its tiles
+    products = {k: rule for k, rule in kernels.items() if "matmul_integer" in k}
+    # (inverted: the two projections are the same kernel, the expansions two: their
+    # quantizations differ)
+    assert len(products) == (4 if kind == "inverted" else 3), kernels
+    assert all("multiply" in k and rule == "int8-matmul" for k, rule in products.items()), products
     # without the pass: every convolution transposes its output back NCHW (fused with its
     # epilogue) and, but for the first, its input NHWC
     monkeypatch.setattr(channels_last, "channels_last_pass", lambda: tvm.transform.Sequential([]))

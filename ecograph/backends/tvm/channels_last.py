@@ -26,6 +26,16 @@ from transposed inputs; dead-code elimination then drops what nothing reads any 
 write-backs and transposes inside a region). So no value is computed twice, and a transpose
 is left only where something reads a region's value NCHW, one per such value.
 
+Then the element-wise work on a convolution's product runs on the product itself: a
+convolution's [N, pixels, C] rows are viewed [N, H, W, C] by a reshape, and FuseOps fuses
+element-wise consumers into the product kernel, not a reshape, so the product's epilogue (its
+dequantization, a ReLU, the next layer's quantization) would be a kernel of its own reading
+the int32 product back from memory. An element-wise op whose operands are such views of the
+same shape, scalars, or tensors varying along C only runs on the rows instead ([1, 1, 1, C]
+viewed [1, 1, C]); its result is viewed [N, H, W, C] for whatever else reads it, and a reshape
+of it back to rows is the rows themselves. The int8 product kernel then computes its epilogue
+on each tile (schedules/int8.py) and writes the 8-bit activations the next product reads.
+
 Element-wise ops, concatenations and pooling compute the same bits in either layout (the same
 elements; a pooling window in the same order). A reduction's schedule follows the layout (a
 sum along the contiguous channels adds in vector lanes), so a float mean or sum may round
@@ -36,6 +46,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import tvm_ffi
 from tvm import ir, relax, tirx
 
 TO_NCHW = (0, 3, 1, 2)
@@ -87,9 +98,52 @@ def channels_last_pass() -> Any:
     return regions
 
 
+def _op(value: Any) -> str | None:
+    """The name of the Relax op `value` calls ("relax.add"), or None if it is no such call."""
+    if isinstance(value, relax.Call) and isinstance(value.op, ir.Op):
+        return str(value.op.name)
+    return None
+
+
 def _axes(call: relax.Call) -> tuple[int, ...] | None:
     axes = call.attrs.axes
     return None if axes is None else tuple(int(a) for a in axes)
+
+
+def _is_rows_of(reshape: relax.Call) -> bool:
+    """Whether `reshape` views [N, P, C] rows as [N, H, W, C] (the same C)."""
+    source, ty = reshape.args[0].ty, reshape.ty
+    if not isinstance(source, relax.TensorType) or source.ndim != 3 or ty.ndim != 4:
+        return False
+    if not isinstance(source.shape, relax.ShapeExpr) or not isinstance(ty.shape, relax.ShapeExpr):
+        return False
+    return tvm_ffi.structural_equal(source.shape.values[-1], ty.shape.values[-1])
+
+
+def _row_operand(
+    a: relax.Expr, rows: dict[relax.Var, relax.Expr], shape: relax.ShapeExpr
+) -> relax.Expr | None:
+    """Operand `a` of an element-wise op whose result is [N, H, W, C] (`shape`), for the same
+    op on [N, P, C] rows: the rows of a value of that shape that has them, a scalar or a
+    tensor that varies along C only as it is ([C], [1, C], [1, 1, C]) or viewed so
+    ([1, 1, 1, C]), else None."""
+    if not isinstance(a.ty, relax.TensorType):
+        return a
+    if a in rows:
+        return rows[a] if tvm_ffi.structural_equal(a.ty.shape, shape) else None
+    ty = a.ty
+    if ty.ndim == 0:
+        return a
+    if not 0 < ty.ndim <= 4 or not isinstance(ty.shape, relax.ShapeExpr):
+        return None
+    dims = _ints(ty.shape.values)
+    if any(d != 1 for d in dims[:-1]) or not isinstance(dims[-1], int):
+        return None
+    if ty.ndim < 4:
+        return a  # broadcasts along the rows as it did along the image
+    if isinstance(a, ir.Constant):
+        return relax.const(a.value.numpy().reshape(dims[1:]), str(ty.dtype))
+    return relax.op.reshape(a, dims[1:])
 
 
 def _ints(shape: Any) -> list[Any]:
@@ -115,7 +169,7 @@ class _Rewrite:
                 self._binding(binding)
             else:
                 self.bindings.append(binding)
-        return relax.DataflowBlock(self._transpose_twins(), block.span)
+        return relax.DataflowBlock(self._rows(self._transpose_twins()), block.span)
 
     def _transpose_twins(self) -> list[relax.Binding]:
         """The bindings, with every value that has a twin and is read NCHW a transpose of its
@@ -140,16 +194,41 @@ class _Rewrite:
                 out.append(relax.VarBinding(origin[b.var], back))
         return out
 
+    def _rows(self, bindings: list[relax.Binding]) -> list[relax.Binding]:
+        """The bindings, with the element-wise work on a product's pixels computed on the
+        product's [N, pixels, channels] rows before it is viewed [N, H, W, C] (module doc)."""
+        products = {self.twins[v] for v in self.sources}
+        rows: dict[relax.Var, relax.Expr] = {}  # a [N, H, W, C] var -> the same [N, P, C]
+        out: list[relax.Binding] = []
+        for b in bindings:
+            value = getattr(b, "value", None)
+            if isinstance(value, relax.Var) and value in rows:
+                rows[b.var] = rows[value]  # an alias (a transpose back to a twin, say)
+            name = _op(value)
+            if name == "relax.reshape" and b.var in products and _is_rows_of(value):
+                rows[b.var] = value.args[0]
+            elif name == "relax.reshape" and value.args[0] in rows:
+                flat = rows[value.args[0]]
+                if tvm_ffi.structural_equal(value.ty.shape, flat.ty.shape):
+                    out.append(relax.VarBinding(b.var, flat))  # the rows themselves
+                    continue
+            elif name in ELEMENTWISE and value.ty.ndim == 4 and any(a in rows for a in value.args):
+                args = [_row_operand(a, rows, value.ty.shape) for a in value.args]
+                if all(a is not None for a in args):
+                    call = self.bb.normalize(relax.Call(value.op, args, value.attrs, value.ty_args))
+                    flat = relax.DataflowVar(str(b.var.name) + "_rows", call.ty)
+                    out.append(relax.VarBinding(flat, call))
+                    rows[b.var] = flat
+                    view = self.bb.normalize(relax.op.reshape(flat, value.ty.shape))
+                    out.append(relax.VarBinding(b.var, view))
+                    continue
+            out.append(b)
+        return out
+
     @staticmethod
     def _is_permute(binding: relax.Binding, axes: tuple[int, ...]) -> bool:
         value = getattr(binding, "value", None)
-        return (
-            isinstance(value, relax.Call)
-            and isinstance(value.op, ir.Op)
-            and value.op.name == "relax.permute_dims"
-            and value.ty.ndim == 4
-            and _axes(value) == axes
-        )
+        return _op(value) == "relax.permute_dims" and value.ty.ndim == 4 and _axes(value) == axes
 
     def _binding(self, binding: relax.VarBinding) -> None:
         var, value = binding.var, binding.value
@@ -172,7 +251,7 @@ class _Rewrite:
             self.twins[var] = value.args[0]
             self.sources.add(var)
             return
-        if not isinstance(value, relax.Call) or not isinstance(value.op, ir.Op):
+        if _op(value) is None:
             return
         twin = self._twin(value)
         if twin is not None:
@@ -180,9 +259,7 @@ class _Rewrite:
 
     def _is_reshape_of_pixel(self, value: relax.Expr) -> bool:
         """A reshape of a value with a twin and an image of one pixel."""
-        if not (isinstance(value, relax.Call) and isinstance(value.op, ir.Op)):
-            return False
-        if value.op.name != "relax.reshape" or value.args[0] not in self.twins:
+        if _op(value) != "relax.reshape" or value.args[0] not in self.twins:
             return False
         shape = value.args[0].ty.shape
         return isinstance(shape, relax.ShapeExpr) and _ints(shape.values)[2:] == [1, 1]
