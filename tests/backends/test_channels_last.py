@@ -94,8 +94,9 @@ def concat_cnn() -> Graph:
 
 
 def inverted_residual_cnn() -> Graph:
-    """A 3x3 conv, then MobileNetV2's block twice: 1x1 expansion to 32 channels -> relu,
-    depthwise 3x3 -> relu, 1x1 projection + the block's input; the output NCHW."""
+    """A 3x3 conv, then MobileNetV2's block twice: 1x1 expansion to 32 channels -> ReLU6
+    (Clip to [0, 6]), depthwise 3x3 -> relu, 1x1 projection + the block's input; the output
+    NCHW."""
     rng = np.random.default_rng(5)
     g = Graph("inverted_residual_cnn")
     x = g.add_input("x", "float32", ["N", C, H, W])
@@ -108,7 +109,8 @@ def inverted_residual_cnn() -> Graph:
 
     y = _conv(g, x, rng, "stem")
     for i in range(2):
-        h = g.add_node("Relu", [conv(y, C, 2 * C, 1, f"expand{i}")]).output
+        bounds = [_const(g, np.array(v), f"relu6_{v}_{i}") for v in (0.0, 6.0)]
+        h = g.add_node("Clip", [conv(y, C, 2 * C, 1, f"expand{i}"), *bounds]).output
         h = g.add_node("Relu", [conv(h, 2 * C, 2 * C, 3, f"depthwise{i}")]).output
         y = g.add_node("Add", [conv(h, 2 * C, C, 1, f"project{i}"), y]).output
     g.set_outputs([y])
@@ -306,10 +308,12 @@ def test_regions_change_no_result(kind: str, monkeypatch: pytest.MonkeyPatch) ->
     assert len([k for k in kernels if "transpose" in k]) == (3 if kind == "blocked" else 2), kernels
     # every int8 product computes its dequantization (and more) on its tiles
     products = {k: rule for k, rule in kernels.items() if "matmul_integer" in k}
-    # (inverted: the two projections are the same kernel, the expansions two: their
-    # quantizations differ)
-    assert len(products) == (4 if kind == "inverted" else 3), kernels
+    # (inverted: the stem, then one kernel for both expansions and one for both projections,
+    # the same code: a ReLU6 output's scale is 6 / 255 in both blocks)
+    assert len(products) == 3, kernels
     assert all("multiply" in k and rule == "int8-matmul" for k, rule in products.items()), products
+    if kind == "inverted":  # ReLU6's selects too (their bounds immediates: scalars.py)
+        assert len([k for k in products if "where" in k]) == 1, products
     # without the pass: every convolution transposes its output back NCHW (fused with its
     # epilogue) and, but for the first, its input NHWC
     monkeypatch.setattr(channels_last, "channels_last_pass", lambda: tvm.transform.Sequential([]))

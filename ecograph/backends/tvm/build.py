@@ -293,22 +293,23 @@ def cpu_pipeline(
     """The CPU pipeline: TVM's default build passes plus fusion and ecograph's schedules.
 
     `tvm.compile`'s default for CPUs legalizes every op to its own unscheduled loop nest (no
-    fusion, no tiling, no vectors, no threads). Here, first, the work between int8
-    convolutions runs channels-last (channels_last.py: their transposes cancel); after
-    legalization, element-wise work is fused into its producer (a matmul and its bias/GELU
-    become one kernel), float32 exp/erf/tanh/sigmoid become vectorizable polynomials and every
-    PrimFunc gets the first of ecograph's schedule rules that applies
-    (backends/tvm/schedules/); a rule that raised is reported in `failures`, the rule chosen
-    for each kernel in `chosen`. Relax's FoldConstant is left out on purpose: ecograph folds
-    constants in the IR already, and in TVM 0.27 a folded zero-element constant makes the
-    executable unloadable ("Invalid DLTensor file format"). `fuse=False` leaves every op its
-    own kernel (TVM 0.27's FuseOps can lose a symbol defined inside a fused region, e.g. the
-    length of a data-dependent Range: "... has not been computed")."""
+    fusion, no tiling, no vectors, no threads). Here, first, the work between int8 convolutions
+    runs channels-last (channels_last.py: their transposes cancel) and scalar constants become
+    immediates in the kernels (scalars.py); after legalization, element-wise work is fused into
+    its producer (a matmul and its bias/GELU become one kernel), float32 exp/erf/tanh/sigmoid
+    become vectorizable polynomials and every PrimFunc gets the first of ecograph's schedule
+    rules that applies (backends/tvm/schedules/); a rule that raised is reported in `failures`,
+    the rule chosen for each kernel in `chosen`. Relax's FoldConstant is left out on purpose:
+    ecograph folds constants in the IR already, and in TVM 0.27 a folded zero-element constant
+    makes the executable unloadable ("Invalid DLTensor file format"). `fuse=False` leaves every
+    op its own kernel (TVM 0.27's FuseOps can lose a symbol defined inside a fused region, e.g.
+    the length of a data-dependent Range: "... has not been computed")."""
     import tvm
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     from .channels_last import channels_last_pass
+    from .scalars import legalize_where, scalar_casts_pass
     from .schedules import apply_cpu_schedules
     from .schedules.fastmath import fast_math_pass
     from .schedules.indexmath import decreasing_index_pass
@@ -321,7 +322,8 @@ def cpu_pipeline(
     passes = [
         *cpu.library_dispatch_passes(target),
         channels_last_pass(),
-        relax.transform.LegalizeOps(),
+        scalar_casts_pass(),
+        relax.transform.LegalizeOps({"relax.where": legalize_where}),
         *(fusion if fuse else []),
         fast_math_pass(),
         apply_cpu_schedules(spec, failures, chosen),
