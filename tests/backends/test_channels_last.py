@@ -188,6 +188,10 @@ def test_depthwise_convolutions_run_inside_the_region() -> None:
     # expansion -> depthwise -> projection -> residual sum, twice: only the graph input's
     # and the output's transposes are left
     assert sorted(_permutes(mod)) == sorted([channels_last.TO_NHWC, channels_last.TO_NCHW])
+    # the depthwise windows read the expansions' 8-bit activations (ops/conv.py: converted
+    # in their loads), so the expansion products write a byte per activation, not a float
+    windows = [c for c in relax_calls(mod, "relax.call_tir") if "depthwise" in c.args[0].name_hint]
+    assert [str(c.args[1].fields[0].ty.dtype) for c in windows] == ["uint8", "uint8"]
 
 
 def test_a_module_without_a_transpose_to_cancel_is_left_as_it_was() -> None:

@@ -33,7 +33,8 @@ EXACT_PRODUCTS = 258 products per output: depthwise 3x3, 5x5, 7x7, groups of up 
 channels at 3x3; `exact_integer_kernel`): (x - zero point) converted to float32, the weight
 minus its zero point converted at compile time, the float sums cast back to int32. A
 depthwise one of 16+ channels runs channels-last (`emit_depthwise_nhwc`, inside the
-channels-last regions: a MobileNet block transposes nothing), the others on the float32
+channels-last regions: a MobileNet block transposes nothing; with a constant input zero point
+it reads the 8-bit input and converts it in its loads), the others on the float32
 conv kernel above (weights packed for it). MobileNetV2 int8-static 16.1 -> 8.6 ms on two
 Zen 4 threads (bench/RESULTS.md 2026-12-06).
 
@@ -470,17 +471,22 @@ def emit_exact_integer_conv(
     packed for `k` at compile time; the float sums are the integer ones, cast back."""
     weight = ctx.node.input(wi)
     assert weight is not None and weight.const_value is not None
-    x = R.astype(ctx.arg(xi), "float32")
-    if ctx.has(zi):
-        x = R.subtract(x, R.astype(ctx.arg(zi), "float32"))
     w = weight.const_value.astype(np.float32)
     if ctx.has(wzi):
         known = ctx.const(wzi)
         assert known is not None  # conv_integer_product checked it is a constant
         zw = known.astype(np.float32).reshape(-1)
         w = w - zw.reshape(-1, 1, 1, 1)  # one per output channel, or one for all
-    if k.groups == k.channels == k.out_channels and unfolds_channels_last(k.channels):
-        return emit_depthwise_nhwc(ctx, k, ctx.emit(x), w)
+    zx = ctx.const(zi) if ctx.has(zi) else np.zeros((), np.float32)
+    depthwise = k.groups == k.channels == k.out_channels and unfolds_channels_last(k.channels)
+    if depthwise and zx is not None and zx.size == 1:
+        # the 8-bit input as it is: minus its zero point in the window's loads
+        return emit_depthwise_nhwc(ctx, k, ctx.arg(xi), w, float(zx.reshape(-1)[0]))
+    x = R.astype(ctx.arg(xi), "float32")
+    if ctx.has(zi):
+        x = R.subtract(x, R.astype(ctx.arg(zi), "float32"))
+    if depthwise:
+        return emit_depthwise_nhwc(ctx, k, ctx.emit(x), w, 0.0)
     if k.by_channels:
         w = pack_conv_weight(w, k.block)
     y = emit_conv_kernel(ctx, k, ctx.emit(x), relax.const(w, "float32"), None)
@@ -488,15 +494,17 @@ def emit_exact_integer_conv(
 
 
 def emit_depthwise_nhwc(
-    ctx: LowerContext, k: ConvKernel, x: relax.Expr, w: np.ndarray
+    ctx: LowerContext, k: ConvKernel, x: relax.Expr, w: np.ndarray, zero: float
 ) -> relax.Expr:
-    """A depthwise convolution of the float32 [N, C, H, W] `x` by the [C, 1, KH, KW] `w`,
-    channels-last: x transposed NHWC, padded, each output pixel a sum over the window of
-    vectors of C channels times the weight's [KH, KW, C] (schedules/pool.py's sliding-window
-    rule, vectorized along the channels), cast to int32 and handed back NCHW. Both transposes
-    are `permute_dims`, which channels_last.py removes between channels-last convolutions:
-    in a MobileNet block the expansion's product feeds this kernel and this kernel the
-    projection's rows without a transpose."""
+    """A depthwise convolution of (`x` - `zero`) in float32 ([N, C, H, W] `x`: 8-bit, read
+    as it is and converted in the window's loads, or float32 with `zero` 0) by the
+    [C, 1, KH, KW] `w`, channels-last: x transposed NHWC, padded with 0 (x - zero is 0 there),
+    each output pixel a sum over the window of vectors of C channels times the weight's
+    [KH, KW, C] (schedules/pool.py's sliding-window rule, vectorized along the channels), cast
+    to int32 and handed back NCHW. Both transposes are `permute_dims`, which channels_last.py
+    removes between channels-last convolutions: in a MobileNet block the expansion's product
+    writes the 8-bit activations this kernel reads, and this kernel the projection's rows,
+    without a transpose."""
     from tvm import te, tirx
 
     (sh, sw), (dh, dw), (kh_len, kw_len) = k.strides, k.dilations, k.kernel
@@ -509,15 +517,23 @@ def emit_depthwise_nhwc(
     def compute(xv: Any, wv: Any) -> Any:
         batch, channels = xv.shape[0], i64(k.channels)
 
+        def centred(n: Any, h: Any, col: Any, c: Any) -> Any:
+            value = xv[n, h, col, c]
+            if xv.dtype == "float32":
+                return value
+            return value.astype("float32") - tirx.const(zero, "float32")  # exact
+
         def padded(n: Any, h: Any, col: Any, c: Any) -> Any:
             inside = tirx.all(h >= top, h < height + top, col >= left, col < width + left)
-            value = xv[n, h - top, col - left, c]
+            value = centred(n, h - top, col - left, c)
             return tirx.if_then_else(inside, value, tirx.const(0.0, "float32"))
 
         source = xv
         if any(k.pads):
             shape = (batch, i64(height + top + bottom), i64(width + left + right), channels)
             source = te.compute(shape, padded, name="pad")
+        elif xv.dtype != "float32":
+            source = te.compute(xv.shape, centred, name="centred")
         rh = te.reduce_axis((i64(0), i64(kh_len)), "kh")
         rw = te.reduce_axis((i64(0), i64(kw_len)), "kw")
         return te.compute(
