@@ -235,19 +235,22 @@ def test_only_blocks_with_a_transpose_to_cancel_change() -> None:
 
 def test_element_wise_work_on_a_product_runs_on_its_rows() -> None:
     # a product's [N, 6, 8] rows viewed [N, 2, 3, 8], transposed NCHW; a cast, a per-channel
-    # scale, a scalar offset, then a mask that varies along H and W, then back channels-last
-    # and back to rows: the first three run on the rows, the masked one on the image
+    # scale, a scalar offset, a per-channel shift (a parameter: viewed by a reshape), then a
+    # mask that varies along H and W, then back channels-last and back to rows: the first
+    # four run on the rows, the masked one on the image
     n = tirx.Var("N", "int64")
     u = relax.Var("u", relax.TensorType((n, 6, 8), "int32"))
+    shift = relax.Var("shift", relax.TensorType((1, 8, 1, 1), "float32"))  # not a constant
     scale = np.linspace(0.5, 2.0, 8, dtype=np.float32)
     mask = np.arange(1, 7, dtype=np.float32).reshape(2, 3)
     bb = relax.BlockBuilder()
-    with bb.function("main", [u]):
+    with bb.function("main", [u, shift]):
         with bb.dataflow():
             v = bb.emit(relax.op.reshape(u, (n, 2, 3, 8)))
             y = bb.emit(relax.op.astype(bb.emit(relax.op.permute_dims(v, TO_NCHW)), "float32"))
             y = bb.emit(relax.op.multiply(y, relax.const(scale.reshape(1, 8, 1, 1))))
             y = bb.emit(relax.op.add(y, relax.const(np.float32(0.25))))
+            y = bb.emit(relax.op.subtract(y, shift))
             y = bb.emit(relax.op.multiply(y, relax.const(mask.reshape(1, 1, 2, 3))))
             y = bb.emit(relax.op.permute_dims(y, TO_NHWC))
             out = bb.emit_output(relax.op.reshape(y, (n, 6, 8)))
@@ -255,17 +258,20 @@ def test_element_wise_work_on_a_product_runs_on_its_rows() -> None:
     after = channels_last.channels_last_pass()(bb.get())
     ranks = {
         op: sorted(c.ty.ndim for c in relax_calls(after, "relax." + op))
-        for op in ("astype", "add", "multiply", "permute_dims")
+        for op in ("astype", "add", "subtract", "multiply", "permute_dims")
     }
-    assert ranks == {"astype": [3], "add": [3], "multiply": [3, 4], "permute_dims": []}, ranks
+    want = {"astype": [3], "add": [3], "subtract": [3], "multiply": [3, 4], "permute_dims": []}
+    assert ranks == want, ranks
     (scaled,) = [c for c in relax_calls(after, "relax.multiply") if c.ty.ndim == 3]
     assert [int(d) for d in scaled.args[1].ty.shape] == [1, 1, 8]  # the scale viewed as rows
     if ON_X86:
         ex = tvm.compile(after, target="llvm")
         x = np.random.default_rng(0).integers(-300, 300, (2, 6, 8)).astype(np.int32)
-        got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+        s = np.linspace(-1.0, 1.0, 8, dtype=np.float32)
+        args = [tvm.runtime.tensor(a) for a in (x, s.reshape(1, 8, 1, 1))]
+        got = relax.VirtualMachine(ex, tvm.cpu())["main"](*args).numpy()
         image = x.astype(np.float32).reshape(2, 2, 3, 8)
-        want = (image * scale + np.float32(0.25)) * mask[None, :, :, None]
+        want = (image * scale + np.float32(0.25) - s) * mask[None, :, :, None]
         np.testing.assert_array_equal(got, want.reshape(2, 6, 8))
 
 

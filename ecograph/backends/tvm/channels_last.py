@@ -215,6 +215,10 @@ class _Rewrite:
             elif name in ELEMENTWISE and value.ty.ndim == 4 and any(a in rows for a in value.args):
                 args = [_row_operand(a, rows, value.ty.shape) for a in value.args]
                 if all(a is not None for a in args):
+                    for i, a in enumerate(args):
+                        if isinstance(a, relax.Call):  # a view of a per-channel operand
+                            args[i] = relax.DataflowVar("channels", self.bb.normalize(a).ty)
+                            out.append(relax.VarBinding(args[i], self.bb.normalize(a)))
                     call = self.bb.normalize(relax.Call(value.op, args, value.attrs, value.ty_args))
                     flat = relax.DataflowVar(str(b.var.name) + "_rows", call.ty)
                     out.append(relax.VarBinding(flat, call))
