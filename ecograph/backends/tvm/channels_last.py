@@ -217,8 +217,9 @@ class _Rewrite:
                 if all(a is not None for a in args):
                     for i, a in enumerate(args):
                         if isinstance(a, relax.Call):  # a view of a per-channel operand
-                            args[i] = relax.DataflowVar("channels", self.bb.normalize(a).ty)
-                            out.append(relax.VarBinding(args[i], self.bb.normalize(a)))
+                            view = self.bb.normalize(a)
+                            args[i] = relax.DataflowVar("channels", view.ty)
+                            out.append(relax.VarBinding(args[i], view))
                     call = self.bb.normalize(relax.Call(value.op, args, value.attrs, value.ty_args))
                     flat = relax.DataflowVar(str(b.var.name) + "_rows", call.ty)
                     out.append(relax.VarBinding(flat, call))
