@@ -98,7 +98,7 @@ def channels_last_pass() -> Any:
     return regions
 
 
-def _op(value: Any) -> str | None:
+def op_name(value: Any) -> str | None:
     """The name of the Relax op `value` calls ("relax.add"), or None if it is no such call."""
     if isinstance(value, relax.Call) and isinstance(value.op, ir.Op):
         return str(value.op.name)
@@ -118,6 +118,14 @@ def _is_rows_of(reshape: relax.Call) -> bool:
     if not isinstance(source.shape, relax.ShapeExpr) or not isinstance(ty.shape, relax.ShapeExpr):
         return False
     return tvm_ffi.structural_equal(source.shape.values[-1], ty.shape.values[-1])
+
+
+def _viewed(a: relax.Expr, dims: list[Any], constant: ir.Constant | None) -> relax.Expr:
+    """`a` viewed as `dims` (the same elements in the same order): `constant`, its value,
+    reshaped at compile time where the dims are static, else a reshape."""
+    if constant is not None and all(isinstance(d, int) for d in dims):
+        return relax.const(constant.value.numpy().reshape(dims), str(a.ty.dtype))
+    return relax.op.reshape(a, dims)
 
 
 def _row_operand(
@@ -141,9 +149,7 @@ def _row_operand(
         return None
     if ty.ndim < 4:
         return a  # broadcasts along the rows as it did along the image
-    if isinstance(a, ir.Constant):
-        return relax.const(a.value.numpy().reshape(dims[1:]), str(ty.dtype))
-    return relax.op.reshape(a, dims[1:])
+    return _viewed(a, dims[1:], a if isinstance(a, ir.Constant) else None)
 
 
 def _ints(shape: Any) -> list[Any]:
@@ -204,7 +210,7 @@ class _Rewrite:
             value = getattr(b, "value", None)
             if isinstance(value, relax.Var) and value in rows:
                 rows[b.var] = rows[value]  # an alias (a transpose back to a twin, say)
-            name = _op(value)
+            name = op_name(value)
             if name == "relax.reshape" and b.var in products and _is_rows_of(value):
                 rows[b.var] = value.args[0]
             elif name == "relax.reshape" and value.args[0] in rows:
@@ -233,7 +239,9 @@ class _Rewrite:
     @staticmethod
     def _is_permute(binding: relax.Binding, axes: tuple[int, ...]) -> bool:
         value = getattr(binding, "value", None)
-        return _op(value) == "relax.permute_dims" and value.ty.ndim == 4 and _axes(value) == axes
+        return (
+            op_name(value) == "relax.permute_dims" and value.ty.ndim == 4 and _axes(value) == axes
+        )
 
     def _binding(self, binding: relax.VarBinding) -> None:
         var, value = binding.var, binding.value
@@ -256,7 +264,7 @@ class _Rewrite:
             self.twins[var] = value.args[0]
             self.sources.add(var)
             return
-        if _op(value) is None:
+        if op_name(value) is None:
             return
         twin = self._twin(value)
         if twin is not None:
@@ -264,7 +272,7 @@ class _Rewrite:
 
     def _is_reshape_of_pixel(self, value: relax.Expr) -> bool:
         """A reshape of a value with a twin and an image of one pixel."""
-        if _op(value) != "relax.reshape" or value.args[0] not in self.twins:
+        if op_name(value) != "relax.reshape" or value.args[0] not in self.twins:
             return False
         shape = value.args[0].ty.shape
         return isinstance(shape, relax.ShapeExpr) and _ints(shape.values)[2:] == [1, 1]
@@ -332,9 +340,8 @@ class _Rewrite:
             return None  # varies along C and H or W: it would have to be transposed
         nhwc = [n, h, w, c]  # the same elements in the same order
         constant = a if isinstance(a, ir.Constant) else self.constants.get(a)
-        if constant is not None and all(isinstance(d, int) for d in nhwc):
-            return relax.const(constant.value.numpy().reshape(nhwc), str(ty.dtype))
-        return self._emit(relax.op.reshape(a, nhwc), "channels")
+        view = _viewed(a, nhwc, constant)
+        return view if isinstance(view, ir.Constant) else self._emit(view, "channels")
 
     def _emit(self, expr: relax.Expr, name: str) -> relax.Var:
         expr = self.bb.normalize(expr)

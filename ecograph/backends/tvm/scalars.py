@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from tvm import ir, relax, te, tirx
 
+from .channels_last import op_name
+
 
 def scalar_casts_pass() -> Any:
     """A Relax pass: `astype` of a 0-d constant, where the cast is exact or rounds as LLVM's
@@ -49,9 +51,7 @@ def scalar_casts_pass() -> Any:
 
 
 def _folded(value: Any) -> ir.Constant | None:
-    if not (isinstance(value, relax.Call) and isinstance(value.op, ir.Op)):
-        return None
-    if value.op.name != "relax.astype" or not isinstance(value.args[0], ir.Constant):
+    if op_name(value) != "relax.astype" or not isinstance(value.args[0], ir.Constant):
         return None
     source = value.args[0].value.numpy()
     if source.ndim != 0:
