@@ -7,9 +7,11 @@ channels, its weight packed at compile time `[O / B, I / groups, KH, KW, B]`
 (`packed_conv_weights`), for regular convs and grouped ones whose groups hold whole vectors of
 output channels; by output width for depthwise and other grouped convs, regular ones with
 fewer than half a vector of output channels, and on AVX-512 unit-stride convs over rows of
-whole vectors (`prefers_width`). Padding is a copy inside the kernel, wide enough for whole
-column tiles, or by channels with kernels up to 3 columns wide a guarded load; the bias is
-added in the kernel's epilogue.
+whole vectors (`prefers_width`). By width, the input is read from a padded copy in phases
+made by a hand-written kernel of its own (ops/padding.py: vector loads and, for stride 2,
+shuffles; MobileNetV2's 3x3 / 2 depthwise over 96 x 112 x 112: 0.55-0.65 -> 0.2 ms on two
+Zen 4 threads); by channels, a copy inside the kernel for kernels wider than 3 columns,
+else a guarded load. The bias is added in the kernel's epilogue.
 
 On CPU targets a 2-D ConvInteger (what int8-static makes of a Conv) or QLinearConv (ONNX's
 QOperator format) with a constant 8-bit weight, one group, static channels and
@@ -67,6 +69,7 @@ from ecograph.backends.tvm.ops.matmul import (
     tap_width,
     unfolds_channels_last,
 )
+from ecograph.backends.tvm.ops.padding import pad_phases
 from ecograph.backends.tvm.schedules.conv import (
     channel_block,
     channel_tile,
@@ -552,8 +555,9 @@ def emit_depthwise_nhwc(
 def emit_conv_kernel(
     ctx: LowerContext, k: ConvKernel, x: relax.Expr, weight: relax.Expr, bias: relax.Expr | None
 ) -> relax.Expr:
-    """One TE kernel for `k` (module doc): the padding copy if any, the reduction over whole
-    tiles, then the real outputs plus the bias; `weight` packed for `k` when by channels."""
+    """One TE kernel for `k` (module doc): the padding copy if any (by width, a kernel of its
+    own before it), the reduction over whole tiles, then the real outputs plus the bias;
+    `weight` packed for `k` when by channels."""
     from tvm import te, tirx
 
     args = [x, weight, *([bias] if bias is not None else [])]
@@ -566,7 +570,7 @@ def emit_conv_kernel(
     per_group, out_per_group = k.channels // k.groups, k.out_channels // k.groups
     # By width, the input is copied when it is padded, when the padded tiles read columns
     # beyond it, or when its columns are strided (split into `sw` phases, each read at
-    # consecutive addresses). By channels, the input values are scalars: up to 3 kernel
+    # consecutive addresses), by `pad_phases` (one phase for unit stride). By channels, the input values are scalars: up to 3 kernel
     # columns, padding is a guarded load (measured against the copy on AVX-512 and AVX2: 3x3
     # over 8 x 8 10 instead of 12 us, 3x3 / 2 5.4 instead of 6.6 us); wider kernels read a
     # copy (5x5 / 2: 54 us, guarded 64-74; the 7x7 / 2 stem: 52-55 us, guarded 47 on AVX-512
@@ -575,7 +579,11 @@ def emit_conv_kernel(
     padded_w = max(width + left + right, span)
     needs = any(k.pads) or span > width
     copy = (needs and kw_len > 3) if k.by_channels else (needs or sw > 1)
-    phases = 1 if k.by_channels else sw
+    if copy and not k.by_channels:
+        # by width: the padded copy in phases is a kernel of its own (ops/padding.py)
+        phase_cols = cols_p + (kw_len - 1) * dw // sw
+        geometry = (k.channels, k.size, (top, bottom, left), sw, phase_cols)
+        args[0] = pad_phases(ctx, ctx.emit(x), *geometry)
 
     def compute(xv: Any, wv: Any, *bias: Any) -> Any:
         batch = xv.shape[0]
@@ -595,26 +603,19 @@ def emit_conv_kernel(
             value = xv[n, c, h - top, w - left]
             return tirx.if_then_else(tirx.all(*sides), value, zero) if sides else value
 
-        if copy and phases == 1:
+        if copy and k.by_channels:
             xp = te.compute(
                 (batch, i64(k.channels), i64(height + top + bottom), i64(padded_w)),
                 padded,
-                name="pad",
-            )
-        elif copy:
-            phase_cols = cols_p + (kw_len - 1) * dw // sw
-            xp = te.compute(
-                (batch, i64(k.channels), i64(height + top + bottom), i64(sw), i64(phase_cols)),
-                lambda n, c, h, p, q: padded(n, c, h, q * sw + p),
                 name="pad",
             )
 
         def load(n: Any, c: Any, h: Any, ow: Any, kw: Any) -> Any:
             if not copy:
                 return padded(n, c, h, ow * sw + kw * dw)
-            if phases == 1:
+            if k.by_channels:
                 return xp[n, c, h, ow * sw + kw * dw]
-            return xp[n, c, h, (kw * dw) % sw, ow + (kw * dw) // sw]
+            return xv[n, c, h, (kw * dw) % sw, ow + (kw * dw) // sw]  # the phases' copy
 
         ic = te.reduce_axis((i64(0), i64(per_group)), "ic")
         rh = te.reduce_axis((i64(0), i64(kh_len)), "kh")

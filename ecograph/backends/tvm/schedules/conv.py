@@ -1,5 +1,6 @@
 """2-D convolutions on CPUs: register tiles of output channels or output columns, with the
-padding copy and the element-wise epilogue in the same kernel.
+padding copy (by channels; by width it is a kernel of its own, ops/padding.py) and the
+element-wise epilogue in the same kernel.
 
 Two forms, both `C[n, o, oh, ow] += a * b` over (input channel, kernel row, kernel column):
 
