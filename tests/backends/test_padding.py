@@ -3,8 +3,9 @@
 The copy must hold exactly numpy's padded image in phases (zeros outside, every column a
 phase reads), for unit and larger strides, asymmetric pads, rows narrower or wider than a
 vector and a symbolic batch; compiled for AVX-512 its stride-2 phases must be vector loads
-and shuffles, not the gathers the per-element condition gave; and a conv that reads it must
-still match the reference interpreter with one conv kernel after it.
+and shuffles, not the gathers the per-element condition gave; a conv that reads it must
+still match the reference interpreter with one conv kernel after it; and convs of one
+geometry share one copy kernel.
 """
 
 from __future__ import annotations
@@ -102,3 +103,22 @@ def test_strided_depthwise_conv_reads_the_copy(preset):
     rules = sorted(set(result.kernels.values()))
     assert rules == ["conv", PAD_RULE], result.kernels  # the copy, then the fused conv kernel
     assert_matches(graph, feeds, run_built(result, feeds))
+
+
+def test_convs_of_one_geometry_share_one_copy_kernel():
+    from ecograph.ir import Graph
+
+    rng = np.random.default_rng(1)
+    g = Graph("two_depthwise")
+    y = g.add_input("x", "float32", [1, 16, 12, 20])
+    for i in range(2):  # the same geometry twice (12 x 20 in and out): one copy kernel
+        w = g.add_constant(rng.uniform(-1, 1, (16, 1, 3, 3)).astype(np.float32), f"w{i}")
+        attrs = {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [1] * 4, "group": 16}
+        y = g.add_node("Conv", [y, w], attrs).outputs[0]
+        y = g.add_node("Relu", [y], {}).outputs[0]
+    g.set_outputs([y])
+    feeds = {"x": rng.uniform(-1, 1, (1, 16, 12, 20)).astype(np.float32)}
+    result = build.build_module(g, targets.resolve("x86"), keep_params=False)
+    copies = [k for k, rule in result.kernels.items() if rule == PAD_RULE]
+    assert len(copies) == 1, result.kernels
+    assert_matches(g, feeds, run_built(result, feeds))
