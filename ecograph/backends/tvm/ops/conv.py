@@ -523,6 +523,7 @@ def emit_depthwise_nhwc(
         def centred(n: Any, h: Any, col: Any, c: Any) -> Any:
             value = xv[n, h, col, c]
             if xv.dtype == "float32":
+                assert zero == 0.0, "a float32 input is centred by its caller"
                 return value
             return value.astype("float32") - tirx.const(zero, "float32")  # exact
 
