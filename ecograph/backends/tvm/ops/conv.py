@@ -571,11 +571,11 @@ def emit_conv_kernel(
     per_group, out_per_group = k.channels // k.groups, k.out_channels // k.groups
     # By width, the input is copied when it is padded, when the padded tiles read columns
     # beyond it, or when its columns are strided (split into `sw` phases, each read at
-    # consecutive addresses), by `pad_phases` (one phase for unit stride). By channels, the input values are scalars: up to 3 kernel
-    # columns, padding is a guarded load (measured against the copy on AVX-512 and AVX2: 3x3
-    # over 8 x 8 10 instead of 12 us, 3x3 / 2 5.4 instead of 6.6 us); wider kernels read a
-    # copy (5x5 / 2: 54 us, guarded 64-74; the 7x7 / 2 stem: 52-55 us, guarded 47 on AVX-512
-    # but 62 on AVX2).
+    # consecutive addresses), by `pad_phases` (one phase for unit stride). By channels, the
+    # input values are scalars: up to 3 kernel columns, padding is a guarded load (measured
+    # against the copy on AVX-512 and AVX2: 3x3 over 8 x 8 10 instead of 12 us, 3x3 / 2 5.4
+    # instead of 6.6 us); wider kernels read a copy (5x5 / 2: 54 us, guarded 64-74; the
+    # 7x7 / 2 stem: 52-55 us, guarded 47 on AVX-512 but 62 on AVX2).
     span = (cols_p - 1) * sw + (kw_len - 1) * dw + 1
     padded_w = max(width + left + right, span)
     needs = any(k.pads) or span > width
