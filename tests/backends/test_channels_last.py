@@ -29,7 +29,8 @@ from ecograph.ir import Graph, Value, interpret
 from ecograph.passes import PassManager
 from ecograph.quant.integer import LowerQDQToInteger
 from ecograph.quant.presets import quantize_pass
-from tests.backends.tvm_helpers import relax_calls
+from tests.backends.test_schedules_conv import run_built
+from tests.backends.tvm_helpers import assert_matches, relax_calls
 
 ON_X86 = os.uname().machine == "x86_64"
 C, H, W = 16, 12, 10  # 16 channels: the convolutions unfold channels-last (ops/matmul.py)
@@ -335,3 +336,49 @@ def test_regions_change_no_result(kind: str, monkeypatch: pytest.MonkeyPatch) ->
     else:  # no mean runs channels-last: every output is the same bits
         for have, want in zip(got, before, strict=True):
             np.testing.assert_array_equal(have, want)
+
+
+@pytest.mark.skipif(not ON_X86, reason="x86 code runs only on an x86 host")
+@pytest.mark.parametrize(("preset", "keep"), [("x86", False), ("x86:haswell", True)])
+def test_float_inverted_blocks_run_channels_last(preset: str, keep: bool) -> None:
+    # MobileNetV2's blocks in float32: the 1x1 convs beside a depthwise one are products of
+    # NHWC rows (the matmul rule, ReLU6 on their tiles), the depthwise ones sliding windows
+    # vectorized along the channels (the pool rule); one transpose into the region (the
+    # stem's output) and one out of it (the graph output, with the last residual sum)
+    g = inverted_residual_cnn()
+    feeds = _feeds(g, seed=12, batch=3)
+    result = build.build_module(g, targets.resolve(preset), keep_params=keep, progress=False)
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    params = [tvm.runtime.tensor(v) for v in result.lowered.params.values()]
+    out = vm["main"](*[tvm.runtime.tensor(feeds[n]) for n in result.lowered.input_names], *params)
+    assert_matches(g, feeds, [out.numpy()])
+    if keep:  # the weights kept as parameters are the packed ones, each once
+        shapes = {k: v.shape for k, v in result.lowered.params.items()}
+        assert shapes["depthwise0_w"] == (3, 3, 2 * C), shapes  # taps [KH, KW, C]
+        assert len(shapes["expand0_w"]) == 3, shapes  # panels [O / NR, C, NR]
+    rules = result.kernels
+    assert [k for k, rule in rules.items() if rule == "conv"] == ["conv2d"], rules  # the stem
+    assert [k for k in rules if "depthwise" in k and rules[k] == "pool"], rules
+    assert any(rule == "matmul" and "where" in k for k, rule in rules.items()), rules  # ReLU6
+    assert len([k for k in rules if "transpose" in k]) == 2, rules
+
+
+@pytest.mark.skipif(not ON_X86, reason="x86 code runs only on an x86 host")
+def test_float_pointwise_convs_without_a_depthwise_neighbour_keep_nchw() -> None:
+    # a ResNet bottleneck (1x1 -> 3x3 -> 1x1 + input): rows for its 1x1 convs would put a
+    # transpose on each side of the 3x3 conv (measured 1.5x slower), so all three stay NCHW
+    rng = np.random.default_rng(3)
+    g = Graph("bottleneck")
+    x = g.add_input("x", "float32", ["N", 32, 10, 10])
+    y = x
+    for i, (cin, cout, k) in enumerate([(32, 16, 1), (16, 16, 3), (16, 32, 1)]):
+        w = _const(g, rng.standard_normal((cout, cin, k, k)) * 0.3, f"w{i}")
+        y = g.add_node("Conv", [y, w], {"pads": [k // 2] * 4}).output
+        y = g.add_node("Relu", [y]).output
+    y = g.add_node("Add", [y, x]).output
+    g.set_outputs([y])
+    feeds = _feeds(g, seed=4)
+    result = build.build_module(g, targets.resolve("x86"), keep_params=False, progress=False)
+    assert_matches(g, feeds, run_built(result, feeds))
+    rules = result.kernels
+    assert sorted(rule for rule in rules.values()) == ["conv"] * 3, rules

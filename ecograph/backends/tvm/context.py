@@ -181,6 +181,9 @@ class LoweringState:
     # CPU: float32 conv weights bound packed in output-channel blocks, [O / B, I, KH, KW, B]
     # -> B (see ops/conv.py `packed_conv_weights`); their Convs read them packed.
     conv_blocks: dict[Value, int] = field(default_factory=dict)
+    # CPU: float32 depthwise conv weights bound as their taps [KH, KW, C] (ops/conv.py
+    # `packed_depthwise_taps`); their Convs run channels-last
+    taps: set[Value] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
     # Expressions several nodes' lowerings share, under a key the lowering chooses: an
     # activation quantized once for every product that reads it (ops/int4_a8.py).

@@ -35,7 +35,11 @@ from ecograph.backends.tvm.context import (
     missing_lowerings,
     unlowered_registry_ops,
 )
-from ecograph.backends.tvm.ops.conv import packed_conv_weights
+from ecograph.backends.tvm.ops.conv import (
+    packed_conv_weights,
+    packed_depthwise_taps,
+    packed_row_conv_weights,
+)
 from ecograph.backends.tvm.ops.matmul import packed_matmul_weights
 from ecograph.backends.tvm.ops.quant import pack_int4, packed_weights
 from ecograph.backends.tvm.ops.weight_panels import weight_panels
@@ -148,9 +152,13 @@ def lower_with(graph: Graph, options: LowerOptions) -> Lowered:
     state.packed = set(packed)
     packed.update(paneled)
     panels = packed_matmul_weights(graph, live, options.target)
+    panels.update(packed_row_conv_weights(graph, live, options.target))
     state.panels = {c: p.nr for c, p in panels.items()}
     packed.update({c: p.array for c, p in panels.items()})
     conv_weights = packed_conv_weights(graph, live, options.target)
+    taps = packed_depthwise_taps(graph, live, options.target)
+    state.taps = set(taps)
+    packed.update(taps)
     state.conv_blocks = {c: p.block for c, p in conv_weights.items()}
     packed.update({c: p.array for c, p in conv_weights.items()})
     kept: dict[str, np.ndarray] = {}

@@ -63,9 +63,12 @@ from ecograph.backends.tvm.context import (
     reshape_bias,
 )
 from ecograph.backends.tvm.ops.matmul import (
+    PackedWeight,
     RowZeroPoint,
+    emit_panel_matmul,
     integer_product,
     integer_weight,
+    pack_panels,
     tap_width,
     unfolds_channels_last,
 )
@@ -76,7 +79,7 @@ from ecograph.backends.tvm.schedules.conv import (
     prefers_width,
     width_tile,
 )
-from ecograph.backends.tvm.schedules.matmul import lanes_for
+from ecograph.backends.tvm.schedules.matmul import lanes_for, register_tile
 from ecograph.backends.tvm.targets import TargetSpec
 from ecograph.ir.dtypes import DType
 from ecograph.ir.graph import Graph, Node, Value
@@ -116,6 +119,12 @@ def _conv(ctx: LowerContext) -> relax.Expr:
     xt = ctx.in_type(0)
     kernel = conv_kernel(ctx.node, ctx.target)
     weight = ctx.node.input(1)
+    if weight in ctx.state.panels and conv_rows(ctx.node, ctx.target) is not None:
+        return emit_conv_rows(ctx)
+    if kernel is not None and weight in ctx.state.taps:
+        assert weight is not None  # bound as its taps: runs channels-last (depthwise_nhwc)
+        taps = ctx.state.value_expr(weight)
+        return emit_depthwise_nhwc(ctx, kernel, ctx.arg(0), taps, 0.0, integer=False)
     if kernel is not None and (
         not kernel.by_channels or ctx.state.conv_blocks.get(weight) == kernel.block  # type: ignore[arg-type]
     ):
@@ -348,13 +357,159 @@ class ConvKernel:
 
 
 def conv_kernel(node: Node, target: TargetSpec) -> ConvKernel | None:
-    """`node`'s CPU conv kernel, or None when it keeps Relax's conv (module doc)."""
+    """`node`'s CPU conv kernel, or None when it keeps Relax's conv or runs as a product of
+    channels-last rows (`conv_rows`; module doc)."""
+    k = _float_kernel(node, target)
+    if k is not None and _pointwise(k) and _beside(node, _depthwise, target):
+        return None
+    return k
+
+
+def _float_kernel(node: Node, target: TargetSpec) -> ConvKernel | None:
     if target.is_gpu or (node.domain, node.op_type) != ("", "Conv"):
         return None
     x, w = node.input(0), node.input(1)
     if x is None or w is None or x.dtype != DType.FLOAT32 or w.dtype != DType.FLOAT32:
         return None
     return _kernel_for(node, x, w, target)
+
+
+def _pointwise(k: ConvKernel) -> bool:
+    """A 1x1 conv of stride 1 without padding, one group, of 16+ input channels: its NHWC
+    input is its rows."""
+    plain = k.kernel == (1, 1) and k.strides == (1, 1) and not any(k.pads) and k.groups == 1
+    return plain and unfolds_channels_last(k.channels)
+
+
+def _depthwise(k: ConvKernel) -> bool:
+    """A depthwise conv of 16+ channels, which can run channels-last."""
+    return k.groups == k.channels == k.out_channels and unfolds_channels_last(k.channels)
+
+
+# Ops a channels-last region runs through between two convs (channels_last.py runs them on
+# the NHWC values), in the ONNX names of the graph
+_BETWEEN = frozenset({
+    "Relu", "Clip", "Add", "Sub", "Mul", "Div", "Sigmoid", "HardSigmoid", "HardSwish",
+    "LeakyRelu", "Identity", "Max", "Min", "Tanh", "Elu", "Selu", "Neg",
+})  # fmt: skip
+_HOPS = 4  # element-wise ops at most between two convs of one region
+
+
+def _beside(node: Node, kind: Any, target: TargetSpec) -> bool:
+    """True if a float32 Conv whose kernel is of `kind` (`_pointwise`, `_depthwise`) produces
+    `node`'s input or reads its output, through at most _HOPS element-wise ops: the two then
+    run channels-last and no transpose is left between them. A conv alone keeps NCHW, where
+    its neighbours (a 3x3 conv of a ResNet bottleneck) run: transposes around a channels-last
+    1x1 conv made a bottleneck 1.5x slower."""
+
+    def is_kind(n: Node) -> bool:
+        k = _float_kernel(n, target)
+        return k is not None and kind(k)
+
+    frontier, seen = [node], {node}
+    for _ in range(_HOPS + 1):
+        following: list[Node] = []
+        for n in frontier:
+            near = [v.producer for v in n.inputs if v is not None and v.producer is not None]
+            near += [u.node for v in n.outputs for u in v.uses]
+            for m in near:
+                if m in seen:
+                    continue
+                seen.add(m)
+                if is_kind(m):
+                    return True
+                if m.domain == "" and m.op_type in _BETWEEN:
+                    following.append(m)
+        frontier = following
+    return False
+
+
+def depthwise_nhwc(node: Node, k: ConvKernel, target: TargetSpec) -> bool:
+    """True if the float32 depthwise Conv `node` (kernel `k`) runs channels-last
+    (`emit_depthwise_nhwc`): beside a 1x1 conv that runs as rows (`_beside`)."""
+    return _depthwise(k) and _beside(node, _pointwise, target)
+
+
+def conv_rows(node: Node, target: TargetSpec) -> tuple[int, int] | None:
+    """(C, O) if `node` is a float32 Conv that runs as the product of its channels-last rows
+    (one per pixel) and its constant [O, C, 1, 1] weight (`emit_conv_rows`): a 1x1 conv of
+    16+ channels beside a depthwise conv (`_beside`), else None."""
+    k = _float_kernel(node, target)
+    if k is None or not _pointwise(k) or not _beside(node, _depthwise, target):
+        return None
+    return k.channels, k.out_channels
+
+
+def packed_row_conv_weights(
+    graph: Graph, live: set[Node], target: TargetSpec
+) -> dict[Value, PackedWeight]:
+    """Float32 [O, C, 1, 1] constants every use of which is the weight of a live Conv that
+    runs as a product of rows (`conv_rows`), packed in column panels for the matmul kernel
+    ([O / NR, C, NR], as ops/matmul.py packs a [C, O] weight). Empty for GPU targets."""
+    if target.is_gpu:
+        return {}
+    packed: dict[Value, PackedWeight] = {}
+    for c in graph.constants.values():
+        arr = c.const_value
+        if c.dtype != DType.FLOAT32 or arr is None or arr.ndim != 4 or not c.uses:
+            continue
+        if c.is_graph_output or any(u.index != 1 or u.node not in live for u in c.uses):
+            continue
+        if any(conv_rows(u.node, target) is None for u in c.uses):
+            continue
+        oc = int(arr.shape[0])
+        nr = register_tile(target, oc, single_row=False)[1]
+        packed[c] = PackedWeight(pack_panels(arr.reshape(oc, -1).T, nr), nr)
+    return packed
+
+
+def packed_depthwise_taps(
+    graph: Graph, live: set[Node], target: TargetSpec
+) -> dict[Value, np.ndarray]:
+    """Float32 [C, 1, KH, KW] constants every use of which is the weight of a live depthwise
+    Conv that runs channels-last (`depthwise_nhwc`), as its taps [KH, KW, C] (the sliding
+    window's vectors of channels). Empty for GPU targets."""
+    taps: dict[Value, np.ndarray] = {}
+    for c in graph.constants.values():
+        arr = c.const_value
+        if target.is_gpu or c.dtype != DType.FLOAT32 or arr is None or arr.ndim != 4:
+            continue
+        if not c.uses or c.is_graph_output:
+            continue
+        if any(u.index != 1 or u.node not in live for u in c.uses):
+            continue
+        kernels = [(u.node, _float_kernel(u.node, target)) for u in c.uses]
+        if all(k is not None and depthwise_nhwc(n, k, target) for n, k in kernels):
+            taps[c] = np.ascontiguousarray(arr[:, 0].transpose(1, 2, 0))
+    return taps
+
+
+def emit_conv_rows(ctx: LowerContext) -> relax.Expr:
+    """The Conv (`conv_rows`) as the product of its NHWC input's rows [N, H * W, C] (a view)
+    and its weight packed in panels (the matmul kernel, schedules/matmul.py), plus the bias,
+    viewed [N, H, W, O] and handed back NCHW. Both transposes are `permute_dims`, which
+    channels_last.py removes between convolutions that run channels-last."""
+    weight = ctx.node.input(1)
+    assert weight is not None and weight in ctx.state.panels
+    xt = ctx.in_type(0)
+    channels, height, width = (int(d) for d in xt.shape[1:])
+    oc = int(ctx.out_type().shape[1])
+    pixels = height * width
+    x = ctx.emit(R.permute_dims(ctx.arg(0), TO_NHWC))
+    rows = ctx.emit(R.reshape(x, [-1, pixels, channels]))
+    nr = ctx.state.panels[weight]
+    y = emit_panel_matmul(
+        ctx,
+        rows,
+        [ctx.state.value_expr(weight)],
+        lambda ws, k, j: ws[0][j // nr, k, j % nr],
+        nr,
+        "matmul",
+        shape=(pixels, oc),
+    )
+    if ctx.has(2):
+        y = R.add(ctx.emit(y), ctx.arg(2))
+    return R.permute_dims(ctx.emit(R.reshape(ctx.emit(y), [-1, height, width, oc])), TO_NCHW)
 
 
 EXACT_PRODUCTS = 258  # products of two 8-bit differences (|d| <= 255) summed exactly in float32
@@ -481,7 +636,7 @@ def emit_exact_integer_conv(
         zw = known.astype(np.float32).reshape(-1)
         w = w - zw.reshape(-1, 1, 1, 1)  # one per output channel, or one for all
     zx = ctx.const(zi) if ctx.has(zi) else np.zeros((), np.float32)
-    depthwise = k.groups == k.channels == k.out_channels and unfolds_channels_last(k.channels)
+    depthwise = _depthwise(k)
     if depthwise and zx is not None and zx.size == 1:
         # the 8-bit input as it is: minus its zero point in the window's loads
         return emit_depthwise_nhwc(ctx, k, ctx.arg(xi), w, float(zx.reshape(-1)[0]))
@@ -497,17 +652,24 @@ def emit_exact_integer_conv(
 
 
 def emit_depthwise_nhwc(
-    ctx: LowerContext, k: ConvKernel, x: relax.Expr, w: np.ndarray, zero: float
+    ctx: LowerContext,
+    k: ConvKernel,
+    x: relax.Expr,
+    w: np.ndarray | relax.Expr,
+    zero: float,
+    *,
+    integer: bool = True,
 ) -> relax.Expr:
     """A depthwise convolution of (`x` - `zero`) in float32 ([N, C, H, W] `x`: 8-bit, read
     as it is and converted in the window's loads, or float32 with `zero` 0) by the
-    [C, 1, KH, KW] `w`, channels-last: x transposed NHWC, padded with 0 (x - zero is 0 there),
-    each output pixel a sum over the window of vectors of C channels times the weight's
-    [KH, KW, C] (schedules/pool.py's sliding-window rule, vectorized along the channels), cast
-    to int32 and handed back NCHW. Both transposes are `permute_dims`, which channels_last.py
-    removes between channels-last convolutions: in a MobileNet block the expansion's product
-    writes the 8-bit activations this kernel reads, and this kernel the projection's rows,
-    without a transpose."""
+    [C, 1, KH, KW] `w` (or its taps [KH, KW, C] bound, `packed_depthwise_taps`),
+    channels-last: x transposed NHWC, padded with 0 (x - zero is 0 there), each output pixel
+    a sum over the window of vectors of C channels times the taps (schedules/pool.py's
+    sliding-window rule, vectorized along the channels), cast to int32 (`integer`; else a
+    float32 Conv's result plus its bias) and handed back NCHW. Both transposes are
+    `permute_dims`, which channels_last.py removes between channels-last convolutions: in a
+    MobileNet block the expansion's product writes the activations this kernel reads, and
+    this kernel the projection's rows, without a transpose."""
     from tvm import te, tirx
 
     (sh, sw), (dh, dw), (kh_len, kw_len) = k.strides, k.dilations, k.kernel
@@ -515,7 +677,8 @@ def emit_depthwise_nhwc(
     height, width = k.size
     rows, cols = k.out_size
     i64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
-    taps = np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))  # [KH, KW, C]
+    if isinstance(w, np.ndarray):
+        w = relax.const(np.ascontiguousarray(w[:, 0].transpose(1, 2, 0)), "float32")
 
     def compute(xv: Any, wv: Any) -> Any:
         batch, channels = xv.shape[0], i64(k.channels)
@@ -549,7 +712,11 @@ def emit_depthwise_nhwc(
         )
 
     nhwc = ctx.emit(R.permute_dims(x, TO_NHWC))
-    y = ctx.bb.emit_te(compute, nhwc, relax.const(taps, "float32"), primfunc_name_hint="depthwise")
+    y = ctx.bb.emit_te(compute, nhwc, w, primfunc_name_hint="depthwise")  # w: [KH, KW, C]
+    if not integer:  # a float32 Conv: its bias, then NCHW
+        if ctx.has(2):
+            y = ctx.emit(R.add(y, ctx.arg(2)))
+        return R.permute_dims(y, TO_NCHW)
     return R.permute_dims(ctx.emit(R.astype(y, "int32")), TO_NCHW)
 
 

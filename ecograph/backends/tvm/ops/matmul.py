@@ -161,6 +161,7 @@ def emit_panel_matmul(
     nr: int,
     name: str,
     decode_once: bool = False,
+    shape: tuple[Any, int] | None = None,
 ) -> relax.Expr:
     """`a @ W` as one TE kernel, `W[k, j] = weight(operand tensors, k, j)` reading operands
     packed in column panels of `nr` (`[j // nr, f(k), j % nr]`, the form the matmul schedule
@@ -172,12 +173,18 @@ def emit_panel_matmul(
     several rows: W is a stage of its own, `[panels, K, nr]` floats named DECODED_PANEL,
     which the matmul schedule computes one panel at a time into a scratch buffer and
     multiplies by every row tile (GotoBLAS' packing), instead of decoding each weight once
-    per MR rows inside the product."""
+    per MR rows inside the product.
+
+    `shape`: (rows of A, N) when they are not the node's (its input 0 and output), e.g. a
+    1x1 convolution's product of its pixels (ops/conv.py `emit_conv_rows`)."""
     from tvm import te, tirx
 
-    at = ctx.in_type(0)
-    n_len = int(ctx.out_type().shape[-1])
-    rows_dim = at.shape[-2] if at.rank >= 2 else 1
+    if shape is None:
+        at = ctx.in_type(0)
+        rows_dim = at.shape[-2] if at.rank >= 2 else 1
+        n_len = int(ctx.out_type().shape[-1])
+    else:
+        rows_dim, n_len = shape
     single = rows_dim == 1
     mr, _ = register_tile(ctx.target, n_len, single_row=single, nr=nr)
     decode_once = decode_once and not single
