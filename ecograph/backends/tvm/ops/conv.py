@@ -13,6 +13,18 @@ shuffles; MobileNetV2's 3x3 / 2 depthwise over 96 x 112 x 112: 0.55-0.65 -> 0.2 
 Zen 4 threads); by channels, a copy inside the kernel for kernels wider than 3 columns,
 else a guarded load. The bias is added in the kernel's epilogue.
 
+Float32 MobileNet blocks run channels-last instead, like the int8 convolutions below: a 1x1
+conv of stride 1 without padding of 16+ channels beside a depthwise conv (`conv_rows`: its
+input or output reaches one through at most _HOPS element-wise ops) is the product of its
+NHWC input's rows and its weight packed in column panels (`emit_conv_rows`, the matmul rule:
+no transposed write of each tile, which cost about as much as the products with 24-32 input
+channels), and a depthwise conv of 16+ channels beside such a 1x1 conv is the channels-last
+sliding window of `emit_depthwise_nhwc`, its weight bound as taps [KH, KW, C]
+(`packed_depthwise_taps`); channels_last.py removes the transposes between them. A conv
+without such a neighbour keeps NCHW: a ResNet bottleneck's 1x1 convs as rows put transposes
+around its 3x3 conv and ran 1.5x slower. MobileNetV2 float32 5.3 -> 4.2 ms on two Zen 4
+threads (ORT 4.1; bench/RESULTS.md 2026-12-07).
+
 On CPU targets a 2-D ConvInteger (what int8-static makes of a Conv) or QLinearConv (ONNX's
 QOperator format) with a constant 8-bit weight, one group, static channels and
 image size and a constant scalar input zero point runs as an 8-bit matrix product
