@@ -59,6 +59,7 @@ ConvInteger / QLinearConv with more products per output, and ConvTranspose.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -452,26 +453,34 @@ def conv_rows(node: Node, target: TargetSpec) -> tuple[int, int] | None:
     return k.channels, k.out_channels
 
 
-def packed_row_conv_weights(
+def _conv_weights(
     graph: Graph, live: set[Node], target: TargetSpec
-) -> dict[Value, PackedWeight]:
-    """Float32 [O, C, 1, 1] constants every use of which is the weight of a live Conv that
-    runs as a product of rows (`conv_rows`), packed in column panels for the matmul kernel
-    ([O / NR, C, NR], as ops/matmul.py packs a [C, O] weight). Empty for GPU targets."""
+) -> Iterator[tuple[Value, np.ndarray, list[Node]]]:
+    """(constant, its array, the Convs reading it) for each float32 4-D constant every use of
+    which is the weight (input 1) of a live node, not a graph output; none for GPU targets."""
     if target.is_gpu:
-        return {}
-    packed: dict[Value, PackedWeight] = {}
+        return
     for c in graph.constants.values():
         arr = c.const_value
         if c.dtype != DType.FLOAT32 or arr is None or arr.ndim != 4 or not c.uses:
             continue
         if c.is_graph_output or any(u.index != 1 or u.node not in live for u in c.uses):
             continue
-        if any(conv_rows(u.node, target) is None for u in c.uses):
-            continue
-        oc = int(arr.shape[0])
-        nr = register_tile(target, oc, single_row=False)[1]
-        packed[c] = PackedWeight(pack_panels(arr.reshape(oc, -1).T, nr), nr)
+        yield c, arr, [u.node for u in c.uses]
+
+
+def packed_row_conv_weights(
+    graph: Graph, live: set[Node], target: TargetSpec
+) -> dict[Value, PackedWeight]:
+    """Float32 [O, C, 1, 1] constants every use of which is the weight of a live Conv that
+    runs as a product of rows (`conv_rows`), packed in column panels for the matmul kernel
+    ([O / NR, C, NR], as ops/matmul.py packs a [C, O] weight). Empty for GPU targets."""
+    packed: dict[Value, PackedWeight] = {}
+    for c, arr, convs in _conv_weights(graph, live, target):
+        if all(conv_rows(n, target) is not None for n in convs):
+            oc = int(arr.shape[0])
+            nr = register_tile(target, oc, single_row=False)[1]
+            packed[c] = PackedWeight(pack_panels(arr.reshape(oc, -1).T, nr), nr)
     return packed
 
 
@@ -482,15 +491,8 @@ def packed_depthwise_taps(
     Conv that runs channels-last (`depthwise_nhwc`), as its taps [KH, KW, C] (the sliding
     window's vectors of channels). Empty for GPU targets."""
     taps: dict[Value, np.ndarray] = {}
-    for c in graph.constants.values():
-        arr = c.const_value
-        if target.is_gpu or c.dtype != DType.FLOAT32 or arr is None or arr.ndim != 4:
-            continue
-        if not c.uses or c.is_graph_output:
-            continue
-        if any(u.index != 1 or u.node not in live for u in c.uses):
-            continue
-        kernels = [(u.node, _float_kernel(u.node, target)) for u in c.uses]
+    for c, arr, convs in _conv_weights(graph, live, target):
+        kernels = [(n, _float_kernel(n, target)) for n in convs]
         if all(k is not None and depthwise_nhwc(n, k, target) for n, k in kernels):
             taps[c] = np.ascontiguousarray(arr[:, 0].transpose(1, 2, 0))
     return taps
@@ -605,16 +607,9 @@ def packed_conv_weights(
 ) -> dict[Value, PackedConv]:
     """Float32 4-D constants every use of which is the weight of a live Conv that runs by
     channels with one block width, packed for it. Empty for GPU targets."""
-    if target.is_gpu:
-        return {}
     packed: dict[Value, PackedConv] = {}
-    for c in graph.constants.values():
-        arr = c.const_value
-        if c.dtype != DType.FLOAT32 or arr is None or arr.ndim != 4 or not c.uses:
-            continue
-        if c.is_graph_output or any(u.index != 1 or u.node not in live for u in c.uses):
-            continue
-        kernels = [conv_kernel(u.node, target) for u in c.uses]
+    for c, arr, convs in _conv_weights(graph, live, target):
+        kernels = [conv_kernel(n, target) for n in convs]
         blocks = {k.block if k is not None and k.by_channels else None for k in kernels}
         if len(blocks) != 1 or None in blocks:
             continue
