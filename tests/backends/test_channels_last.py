@@ -382,3 +382,37 @@ def test_float_pointwise_convs_without_a_depthwise_neighbour_keep_nchw() -> None
     assert_matches(g, feeds, run_built(result, feeds))
     rules = result.kernels
     assert sorted(rule for rule in rules.values()) == ["conv"] * 3, rules
+
+
+@pytest.mark.skipif(not ON_X86, reason="x86 code runs only on an x86 host")
+def test_float_squeeze_excitation_block_runs_channels_last() -> None:
+    # EfficientNet's block: 1x1 expansion -> depthwise 3x3 / 2 -> squeeze-excitation (global
+    # mean, 1x1 convs over one pixel, sigmoid, channel scale) -> 1x1 projection. The
+    # expansion, the projection and the excitation (its sigmoid reaches the depthwise conv's
+    # output through the scale) are products of rows, the last one of a single row; the
+    # squeeze conv, between the mean and another 1x1 conv, keeps NCHW
+    rng = np.random.default_rng(9)
+    g = Graph("se_block")
+    x = g.add_input("x", "float32", ["N", 16, 9, 11])
+
+    def conv(v: Value, cin: int, cout: int, k: int, name: str, stride: int = 1) -> Value:
+        groups = cin if k == 3 else 1
+        w = _const(g, rng.standard_normal((cout, cin // groups, k, k)) * 0.3, name + "_w")
+        b = _const(g, rng.standard_normal(cout) * 0.1, name + "_b")
+        attrs = {"group": groups, "pads": [k // 2] * 4, "strides": [stride] * 2}
+        return g.add_node("Conv", [v, w, b], attrs).output
+
+    h = g.add_node("Relu", [conv(x, 16, 32, 1, "expand")]).output
+    h = g.add_node("Relu", [conv(h, 32, 32, 3, "depthwise", stride=2)]).output
+    s = g.add_node("GlobalAveragePool", [h]).output
+    s = g.add_node("Relu", [conv(s, 32, 16, 1, "squeeze")]).output
+    s = g.add_node("Sigmoid", [conv(s, 16, 32, 1, "excite")]).output
+    h = g.add_node("Mul", [h, s]).output
+    g.set_outputs([conv(h, 32, 16, 1, "project")])
+    feeds = _feeds(g, seed=5, batch=2)
+    result = build.build_module(g, targets.resolve("x86"), keep_params=False, progress=False)
+    assert_matches(g, feeds, run_built(result, feeds))
+    rules = result.kernels
+    assert sorted(rules.values()).count("matmul") == 3, rules
+    assert list(rules.values()).count("conv") == 1, rules  # the squeeze
+    assert [rule for k, rule in rules.items() if "depthwise" in k] == ["pool"], rules
