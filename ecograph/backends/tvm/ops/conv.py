@@ -59,7 +59,7 @@ ConvInteger / QLinearConv with more products per output, and ConvTranspose.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,12 +78,13 @@ from ecograph.backends.tvm.context import (
 from ecograph.backends.tvm.ops.matmul import (
     PackedWeight,
     RowZeroPoint,
-    emit_panel_matmul,
+    emit_packed_matmul,
     integer_product,
     integer_weight,
     pack_panels,
     tap_width,
     unfolds_channels_last,
+    weight_constants,
 )
 from ecograph.backends.tvm.ops.padding import pad_phases
 from ecograph.backends.tvm.schedules.conv import (
@@ -132,7 +133,7 @@ def _conv(ctx: LowerContext) -> relax.Expr:
     xt = ctx.in_type(0)
     kernel = conv_kernel(ctx.node, ctx.target)
     weight = ctx.node.input(1)
-    if weight in ctx.state.panels and conv_rows(ctx.node, ctx.target) is not None:
+    if weight in ctx.state.panels:  # packed in panels: every Conv reading it runs as rows
         return emit_conv_rows(ctx)
     if kernel is not None and weight in ctx.state.taps:
         assert weight is not None  # bound as its taps: runs channels-last (depthwise_nhwc)
@@ -408,7 +409,7 @@ _BETWEEN = frozenset({
 _HOPS = 4  # element-wise ops at most between two convs of one region
 
 
-def _beside(node: Node, kind: Any, target: TargetSpec) -> bool:
+def _beside(node: Node, kind: Callable[[ConvKernel], bool], target: TargetSpec) -> bool:
     """True if a float32 Conv whose kernel is of `kind` (`_pointwise`, `_depthwise`) produces
     `node`'s input or reads its output, through at most _HOPS element-wise ops: the two then
     run channels-last and no transpose is left between them. A conv alone keeps NCHW, where
@@ -456,17 +457,10 @@ def conv_rows(node: Node, target: TargetSpec) -> tuple[int, int] | None:
 def _conv_weights(
     graph: Graph, live: set[Node], target: TargetSpec
 ) -> Iterator[tuple[Value, np.ndarray, list[Node]]]:
-    """(constant, its array, the Convs reading it) for each float32 4-D constant every use of
-    which is the weight (input 1) of a live node, not a graph output; none for GPU targets."""
-    if target.is_gpu:
-        return
-    for c in graph.constants.values():
-        arr = c.const_value
-        if c.dtype != DType.FLOAT32 or arr is None or arr.ndim != 4 or not c.uses:
-            continue
-        if c.is_graph_output or any(u.index != 1 or u.node not in live for u in c.uses):
-            continue
-        yield c, arr, [u.node for u in c.uses]
+    """ops/matmul.py's `weight_constants` of 4 dimensions (conv weights); none for GPU
+    targets."""
+    if not target.is_gpu:
+        yield from weight_constants(graph, live, 4)
 
 
 def packed_row_conv_weights(
@@ -511,16 +505,7 @@ def emit_conv_rows(ctx: LowerContext) -> relax.Expr:
     pixels = height * width
     x = ctx.emit(R.permute_dims(ctx.arg(0), TO_NHWC))
     rows = ctx.emit(R.reshape(x, [-1, pixels, channels]))
-    nr = ctx.state.panels[weight]
-    y = emit_panel_matmul(
-        ctx,
-        rows,
-        [ctx.state.value_expr(weight)],
-        lambda ws, k, j: ws[0][j // nr, k, j % nr],
-        nr,
-        "matmul",
-        shape=(pixels, oc),
-    )
+    y = emit_packed_matmul(ctx, rows, weight, shape=(pixels, oc))
     if ctx.has(2):
         y = R.add(ctx.emit(y), ctx.arg(2))
     return R.permute_dims(ctx.emit(R.reshape(ctx.emit(y), [-1, height, width, oc])), TO_NCHW)

@@ -15,7 +15,7 @@ row of W per thread (docs/tvm.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +69,21 @@ def _weight_orientation(node: Node) -> bool | None:
     return False
 
 
+def weight_constants(
+    graph: Graph, live: set[Node], ndim: int
+) -> Iterator[tuple[Value, np.ndarray, list[Node]]]:
+    """(constant, its array, the nodes reading it) for each float32 constant of `ndim`
+    dimensions every use of which is input 1 (the weight) of a live node, not a graph
+    output: the candidates of the compile-time weight packings (here and ops/conv.py)."""
+    for c in graph.constants.values():
+        arr = c.const_value
+        if c.dtype != DType.FLOAT32 or arr is None or arr.ndim != ndim or not c.uses:
+            continue
+        if c.is_graph_output or any(u.index != 1 or u.node not in live for u in c.uses):
+            continue
+        yield c, arr, [u.node for u in c.uses]
+
+
 def packed_matmul_weights(
     graph: Graph, live: set[Node], target: TargetSpec
 ) -> dict[Value, PackedWeight]:
@@ -76,12 +91,7 @@ def packed_matmul_weights(
     (all in the same orientation), packed for the CPU matmul kernel (stored [N, K] for GPU
     targets), and on CPUs the 8-bit weights of integer products (`packed_integer_weights`)."""
     packed: dict[Value, PackedWeight] = {}
-    for c in graph.constants.values():
-        arr = c.const_value
-        if c.dtype != DType.FLOAT32 or arr is None or arr.ndim != 2 or not c.uses:
-            continue
-        if c.is_graph_output or any(u.index != 1 or u.node not in live for u in c.uses):
-            continue
+    for c, arr, _ in weight_constants(graph, live, 2):
         orientations = {_weight_orientation(u.node) for u in c.uses}
         if len(orientations) != 1 or None in orientations:
             continue
@@ -121,10 +131,13 @@ def pack_panels(w: np.ndarray, nr: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(k, n_pad // nr, nr).transpose(1, 0, 2))
 
 
-def emit_packed_matmul(ctx: LowerContext, a: relax.Expr, weight: Value) -> relax.Expr:
+def emit_packed_matmul(
+    ctx: LowerContext, a: relax.Expr, weight: Value, shape: tuple[Any, int] | None = None
+) -> relax.Expr:
     """`a @ W` for a weight bound packed (`ctx.state.panels`): one TE kernel over the panels,
-    rows padded to the register tile's MR and clamped (see the module doc); a GPU weight
-    stored [N, K] (BY_COLUMN) as a plain reduction over its rows."""
+    rows padded to the register tile's MR and clamped (see the module doc; `shape` as in
+    `emit_panel_matmul`); a GPU weight stored [N, K] (BY_COLUMN) as a plain reduction over
+    its rows."""
     nr = ctx.state.panels[weight]
     if nr == BY_COLUMN:
         return emit_by_column_matmul(ctx, a, ctx.state.value_expr(weight))
@@ -135,6 +148,7 @@ def emit_packed_matmul(ctx: LowerContext, a: relax.Expr, weight: Value) -> relax
         lambda ws, k, j: ws[0][j // nr, k, j % nr],
         nr,
         "matmul",
+        shape=shape,
     )
 
 
