@@ -416,3 +416,32 @@ def test_float_squeeze_excitation_block_runs_channels_last() -> None:
     assert sorted(rules.values()).count("matmul") == 3, rules
     assert list(rules.values()).count("conv") == 1, rules  # the squeeze
     assert [rule for k, rule in rules.items() if "depthwise" in k] == ["pool"], rules
+
+
+@pytest.mark.skipif(not ON_X86, reason="x86 code runs only on an x86 host")
+def test_a_pointwise_weight_shared_with_an_nchw_conv_runs_both_on_the_conv_kernel() -> None:
+    # one [32, 16, 1, 1] weight read by a 1x1 conv beside a depthwise conv (a rows candidate)
+    # and by a 1x1 conv of the graph input (no depthwise neighbour: NCHW). The weight cannot
+    # be both panels and packed blocks; it is packed in blocks for ecograph's NCHW kernel
+    # (kept as a parameter once, [O / block, C, 1, 1, block]) and both convs run there, not
+    # on Relax's conv over the [O, C, 1, 1] weight
+    rng = np.random.default_rng(8)
+    g = Graph("shared_pointwise")
+    x = g.add_input("x", "float32", ["N", 16, 9, 11])
+    dw = _const(g, rng.standard_normal((16, 1, 3, 3)) * 0.3, "depthwise_w")
+    h = g.add_node("Conv", [x, dw], {"group": 16, "pads": [1] * 4}).output
+    h = g.add_node("Relu", [h]).output
+    w = _const(g, rng.standard_normal((32, 16, 1, 1)) * 0.3, "shared_w")
+    y = g.add_node("Add", [g.add_node("Conv", [h, w]).output, g.add_node("Conv", [x, w]).output])
+    g.set_outputs([y.output])
+    feeds = _feeds(g, seed=6)
+    result = build.build_module(g, targets.resolve("x86"), keep_params=True, progress=False)
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    params = [tvm.runtime.tensor(v) for v in result.lowered.params.values()]
+    out = vm["main"](*[tvm.runtime.tensor(feeds[n]) for n in result.lowered.input_names], *params)
+    assert_matches(g, feeds, [out.numpy()])
+    shape = result.lowered.params["shared_w"].shape
+    assert len(shape) == 5 and shape[1:4] == (16, 1, 1) and shape[0] * shape[4] == 32, shape
+    rules = result.kernels
+    assert [rule for k, rule in rules.items() if "conv2d" in k] == ["conv"] * 2, rules
+    assert [rule for k, rule in rules.items() if "depthwise" in k] == ["pool"], rules

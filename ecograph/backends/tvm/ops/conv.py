@@ -22,7 +22,9 @@ channels), and a depthwise conv of 16+ channels beside such a 1x1 conv is the ch
 sliding window of `emit_depthwise_nhwc`, its weight bound as taps [KH, KW, C]
 (`packed_depthwise_taps`); channels_last.py removes the transposes between them. A conv
 without such a neighbour keeps NCHW: a ResNet bottleneck's 1x1 convs as rows put transposes
-around its 3x3 conv and ran 1.5x slower. MobileNetV2 float32 5.3 -> 4.2 ms on two Zen 4
+around its 3x3 conv and ran 1.5x slower. A weight shared by a 1x1 conv that could run as
+rows and a conv that keeps NCHW is packed once, for the NCHW kernel, and both run there.
+MobileNetV2 float32 5.3 -> 4.2 ms on two Zen 4
 threads (ORT 4.1; bench/RESULTS.md 2026-12-07).
 
 On CPU targets a 2-D ConvInteger (what int8-static makes of a Conv) or QLinearConv (ONNX's
@@ -131,10 +133,11 @@ def conv_setup(ctx: LowerContext, weight: int = 1) -> tuple[Any, list[int], list
 @lowers("Conv")
 def _conv(ctx: LowerContext) -> relax.Expr:
     xt = ctx.in_type(0)
-    kernel = conv_kernel(ctx.node, ctx.target)
     weight = ctx.node.input(1)
     if weight in ctx.state.panels:  # packed in panels: every Conv reading it runs as rows
         return emit_conv_rows(ctx)
+    # (a rows candidate whose weight another Conv also reads runs NCHW: `packed_conv_weights`)
+    kernel = conv_kernel(ctx.node, ctx.target)
     if kernel is not None and weight in ctx.state.taps:
         assert weight is not None  # bound as its taps: runs channels-last (depthwise_nhwc)
         taps = ctx.state.value_expr(weight)
@@ -371,15 +374,7 @@ class ConvKernel:
 
 
 def conv_kernel(node: Node, target: TargetSpec) -> ConvKernel | None:
-    """`node`'s CPU conv kernel, or None when it keeps Relax's conv or runs as a product of
-    channels-last rows (`conv_rows`; module doc)."""
-    k = _float_kernel(node, target)
-    if k is not None and _pointwise(k) and _beside(node, _depthwise, target):
-        return None
-    return k
-
-
-def _float_kernel(node: Node, target: TargetSpec) -> ConvKernel | None:
+    """A float32 Conv's CPU conv kernel, or None when it keeps Relax's conv (module doc)."""
     if target.is_gpu or (node.domain, node.op_type) != ("", "Conv"):
         return None
     x, w = node.input(0), node.input(1)
@@ -417,7 +412,7 @@ def _beside(node: Node, kind: Callable[[ConvKernel], bool], target: TargetSpec) 
     1x1 conv made a bottleneck 1.5x slower."""
 
     def is_kind(n: Node) -> bool:
-        k = _float_kernel(n, target)
+        k = conv_kernel(n, target)
         return k is not None and kind(k)
 
     frontier, seen = [node], {node}
@@ -448,7 +443,7 @@ def conv_rows(node: Node, target: TargetSpec) -> tuple[int, int] | None:
     """(C, O) if `node` is a float32 Conv that runs as the product of its channels-last rows
     (one per pixel) and its constant [O, C, 1, 1] weight (`emit_conv_rows`): a 1x1 conv of
     16+ channels beside a depthwise conv (`_beside`), else None."""
-    k = _float_kernel(node, target)
+    k = conv_kernel(node, target)
     if k is None or not _pointwise(k) or not _beside(node, _depthwise, target):
         return None
     return k.channels, k.out_channels
@@ -486,7 +481,7 @@ def packed_depthwise_taps(
     window's vectors of channels). Empty for GPU targets."""
     taps: dict[Value, np.ndarray] = {}
     for c, arr, convs in _conv_weights(graph, live, target):
-        kernels = [(n, _float_kernel(n, target)) for n in convs]
+        kernels = [(n, conv_kernel(n, target)) for n in convs]
         if all(k is not None and depthwise_nhwc(n, k, target) for n, k in kernels):
             taps[c] = np.ascontiguousarray(arr[:, 0].transpose(1, 2, 0))
     return taps
@@ -591,9 +586,14 @@ def packed_conv_weights(
     graph: Graph, live: set[Node], target: TargetSpec
 ) -> dict[Value, PackedConv]:
     """Float32 4-D constants every use of which is the weight of a live Conv that runs by
-    channels with one block width, packed for it. Empty for GPU targets."""
+    channels with one block width, packed for it. A weight every use of which runs as rows
+    is packed in panels instead (`packed_row_conv_weights`); one that a rows candidate
+    (`conv_rows`) shares with another Conv is packed here, and that candidate runs NCHW
+    (`_conv`). Empty for GPU targets."""
     packed: dict[Value, PackedConv] = {}
     for c, arr, convs in _conv_weights(graph, live, target):
+        if all(conv_rows(n, target) is not None for n in convs):
+            continue
         kernels = [conv_kernel(n, target) for n in convs]
         blocks = {k.block if k is not None and k.by_channels else None for k in kernels}
         if len(blocks) != 1 or None in blocks:
