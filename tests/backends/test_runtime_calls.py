@@ -61,6 +61,27 @@ def test_aligned_and_misaligned_inputs_give_the_same_result(compiled, offset):
     check(compiled, x, y)
 
 
+def test_inputs_tvm_can_read_are_read_in_place() -> None:
+    # aligned, writeable, compact strides: the tensor is the array's memory; else an aligned
+    # copy with the same values (a misaligned start, a read-only array, and a C-contiguous
+    # array whose axis of size 1 has a stride TVM would reject)
+    from numpy.lib.stride_tricks import as_strided
+
+    from ecograph.backends.tvm.runtime import _host_tensor
+
+    a = misaligned(np.arange(12, dtype=np.float32).reshape(3, 1, 4), 0)
+    assert _host_tensor(a).data_ptr() == a.ctypes.data
+    read_only = a.view()
+    read_only.flags.writeable = False
+    odd = as_strided(a, a.shape, (16, 999, 4))
+    assert odd.flags.c_contiguous
+    for other in (misaligned(a, 16), read_only, odd):
+        t = _host_tensor(other)
+        assert t.data_ptr() != other.ctypes.data and t.data_ptr() % 64 == 0
+        assert tuple(t.strides) == (4, 4, 1)
+        np.testing.assert_array_equal(np.from_dlpack(t), other)
+
+
 def test_views_read_only_and_empty_inputs(compiled):
     rng = np.random.default_rng(1)
     base = rng.standard_normal((9, 10)).astype(np.float32)

@@ -26,10 +26,11 @@ class FakeMachine:
         return self.now
 
     def call(self, policy: threads.ThreadPolicy, key: str = "m") -> int:
-        with policy.run(key):
-            used = self.pool
-            self.now += self.cost[used]
-        return used
+        return policy.call(key, self._run)
+
+    def _run(self) -> int:
+        self.now += self.cost[self.pool]
+        return self.pool
 
 
 def _policy(

@@ -33,12 +33,10 @@ to pin (TVM_BIND_THREADS=0, unless the user set it), before TVM's pool starts.
 from __future__ import annotations
 
 import os
-import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from ecograph.errors import BuildError
@@ -191,6 +189,7 @@ class ThreadPolicy:
         self._lock = threading.Lock()
         # Per (model, regime): samples per thread count, the chosen count, calls so far.
         self._stats: dict[Any, dict[int, deque[float]]] = {}
+        self._medians: dict[Any, dict[int, float]] = {}  # the medians of _stats (adaptive)
         self._choice: dict[Any, int] = {}
         self._calls: dict[Any, int] = {}
 
@@ -217,57 +216,67 @@ class ThreadPolicy:
 
     def median(self, key: Any, threads: int, regime: int = 0) -> float | None:
         samples = self._stats.get((key, regime), {}).get(threads)
-        return statistics.median(samples) if samples else None
+        return _median(samples) if samples else None
 
-    @contextmanager
-    def run(self, key: Any) -> Iterator[None]:
-        """Around one call of model `key`: set the thread count, time the call, learn."""
+    def call(self, key: Any, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` as one call of model `key`: set the thread count, time the call, learn.
+        Kept to a few microseconds (a tiny CNN's whole call is ~70 us): no context manager,
+        each setting's median updated only when a sample arrives."""
         with self._lock:
             slot = (key, self.regime() if self.adaptive else 0)
             threads = self._pick(slot)
-            self._set(threads)
+            if threads != self._current:
+                self._set(threads)
             start = self._clock()
             try:
-                yield
+                return fn(*args)
             finally:
                 self._learn(slot, threads, self._clock() - start)
 
     def _pick(self, slot: tuple[Any, int]) -> int:
-        chosen = self.choice(*slot)
+        chosen = self._choice.get(slot) or self._default(slot[1])
         if not self.adaptive:
             return chosen
         n = self._calls.get(slot, 0)
         self._calls[slot] = n + 1
-        best = self.median(slot[0], chosen, slot[1])
-        if n and n % self.probe_every == 0 and best is not None and best >= MIN_PROBE_SECONDS:
-            # Probe the setting measured least recently (round robin over the others).
-            others = [t for t in self.settings if t != chosen]
-            return others[(n // self.probe_every) % len(others)]
+        if n and n % self.probe_every == 0:
+            best = self._medians.get(slot, {}).get(chosen)
+            if best is not None and best >= MIN_PROBE_SECONDS:
+                # Probe the setting measured least recently (round robin over the others).
+                others = [t for t in self.settings if t != chosen]
+                return others[(n // self.probe_every) % len(others)]
         return chosen
 
     def _learn(self, slot: tuple[Any, int], threads: int, seconds: float) -> None:
         stats = self._stats.setdefault(slot, {})
-        chosen = self.choice(*slot)
-        best = self.median(slot[0], chosen, slot[1])
-        if (
-            self.adaptive
-            and threads != chosen
-            and best is not None
-            and seconds < best * (1 - SWITCH_MARGIN)
-        ):
-            # A probe clearly faster than the chosen setting's recent median: the machine
-            # changed in a way the load regime does not show (or /proc/stat is not there).
-            # Samples from before are stale; move at once instead of waiting until the window
-            # fills with new probes (one probe every `probe_every` calls: minutes for a model
-            # whose calls take seconds). A lucky probe costs at most `probe_every` calls
-            # before the next probe moves back.
-            stats.clear()
-        stats.setdefault(threads, deque(maxlen=self.window)).append(seconds)
-        if not self.adaptive:
-            return
-        medians = {t: statistics.median(s) for t, s in stats.items() if s}
-        # Until a setting has samples, the regime's guess stays in the running at its place.
-        self._choice[slot] = min(medians, key=lambda t: (medians[t], -t))
+        medians = self._medians.setdefault(slot, {})
+        if self.adaptive:
+            best = medians.get(chosen := self._choice.get(slot) or self._default(slot[1]))
+            if threads != chosen and best is not None and seconds < best * (1 - SWITCH_MARGIN):
+                # A probe clearly faster than the chosen setting's recent median: the machine
+                # changed in a way the load regime does not show (or /proc/stat is not there).
+                # Samples from before are stale; move at once instead of waiting until the
+                # window fills with new probes (one probe every `probe_every` calls: minutes
+                # for a model whose calls take seconds). A lucky probe costs at most
+                # `probe_every` calls before the next probe moves back.
+                stats.clear()
+                medians.clear()
+        samples = stats.get(threads)
+        if samples is None:
+            samples = stats[threads] = deque(maxlen=self.window)
+        samples.append(seconds)
+        if self.adaptive:
+            medians[threads] = _median(samples)
+            # Until a setting has samples, the regime's guess stays in the running at its
+            # place. The lowest median wins, the most threads among equal ones.
+            self._choice[slot] = min(medians.items(), key=lambda tm: (tm[1], -tm[0]))[0]
+
+
+def _median(samples: deque[float]) -> float:
+    """The median of a few floats (as statistics.median), at a fraction of its cost."""
+    ordered = sorted(samples)
+    half = len(ordered) // 2
+    return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2
 
 
 _POLICY: ThreadPolicy | None = None
