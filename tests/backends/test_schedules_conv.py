@@ -213,6 +213,29 @@ def test_tiles_stay_on_the_stack(preset, columns):
     assert t * min(columns, 4 * lanes) * 4 < STACK_BYTES and 24 % t == 0
 
 
+def test_avx512_stem_tiles_keep_the_input_columns_in_registers():
+    # ResNet-18's stem (7x7 / 2, 112 output columns) on AVX-512: 14 columns would need
+    # 14 accumulators + 33 input columns + a weight vector (spilled: 2.2-2.4 ms); 8 fit in 32
+    # registers (1.6-1.8 ms). A 3x3 conv of unit stride keeps its 14; AVX2 keeps its tiles.
+    avx512, avx2 = targets.resolve("x86:skylake-avx512"), targets.resolve("x86:haswell")
+    assert channel_tile(avx512, 16, 112, 2, 7) == 8
+    assert channel_tile(avx512, 16, 112) == 14
+    assert channel_tile(avx512, 16, 56, 1, 3) == 14
+    assert channel_tile(avx512, 16, 112, 2, 3) == 8  # fits 10: the divisor 8
+    assert channel_tile(avx2, 16, 112, 2, 7) == channel_tile(avx2, 16, 112) == 4
+    # the schedule reads (stride, kernel columns) from the kernel and agrees with the lowering
+    graph, feeds = conv_graph(Case((1, 3, 20, 224), 16, 7, stride=2, pads=[3] * 4, relu=True))
+    for spec, tile in ((avx512, 8), (avx2, 4)):
+        func = fused_conv_kernel(graph, spec)
+        rule = Conv(spec)
+        found = rule._find(s_tir.Schedule(func))
+        assert found is not None and found[0].window == (2, 7)
+        k = conv_kernel(graph.nodes[0], spec)
+        assert k is not None and k.ow_tile == tile and rule.tiles(found[0]) == (k.block, tile)
+    result = build.build_module(graph, targets.resolve("x86"), keep_params=False)
+    assert_matches(graph, feeds, run_built(result, feeds))
+
+
 def test_best_tile_prefers_divisors_then_least_padding():
     assert best_tile(32, 15) == 8
     assert best_tile(16, 15) == 8

@@ -555,7 +555,7 @@ def _kernel_for(node: Node, x: Value, w: Value, target: TargetSpec) -> ConvKerne
     by_channels = by_channels and not prefers_width(target, strides[1], out[1], pointwise)
     if by_channels:
         block = channel_block(target, out_per_group if groups > 1 else oc)
-        ow_tile = channel_tile(target, block, out[1])
+        ow_tile = channel_tile(target, block, out[1], strides[1], kw)
     else:
         block, ow_tile = 0, width_tile(target, out[1])
     return ConvKernel(
