@@ -168,6 +168,12 @@ def test_profile_summary_states_both_times_and_the_floor() -> None:
     assert "adds about 0.600 ms" in text
     assert "10.00 us per call" in text  # 0.1 ms over 10 calls of a builtin that does nothing
     assert "1 of 2 kernels, 30.0 %" in text
+    # the builtin's 0.1 ms is all floor: 10 % of the time raw, none of it net
+    assert "runtime (VM builtins): 10.0 % of the time; 0.0 % with the timer floor" in text
+    rows = [*prof.rows[:2], KernelRow("vm.builtin.alloc_storage", RUNTIME, 2, 0.12, 0.12, 0.12)]
+    heavier = Profile([*rows, prof.rows[2]], 1.0, 1.4, 0.8, repeat=10, warmup=2)
+    net = heavier.runtime_share_net  # (0.12 - 0.02) of 0.58 + 0.29 + 0.10 + 0
+    assert net is not None and abs(net - 0.10 / 0.97) < 1e-9
     assert Profile.from_dict(json.loads(json.dumps(prof.to_dict()))) == prof
     short = prof.table(limit=1)
     assert "2 more rows, 40.0 % together" in short and "softmax" not in short
