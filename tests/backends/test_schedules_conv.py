@@ -54,6 +54,8 @@ CASES = {
     # the stem: 7x7 / 2 with padding 3 from 3 channels, 24 output channels, odd image
     "stem-7x7-s2": Case((1, 3, 19, 21), 24, 7, stride=2, pads=[3] * 4, relu=True),
     "pointwise-1x1": Case((2, 5, 9, 11), 24, 1),
+    # a row of one whole vector on AVX-512: by width there (no copy: unpadded, unit stride)
+    "pointwise-1x1-row": Case((1, 16, 6, 16), 24, 1, relu=True),
     "shortcut-1x1-s2": Case((1, 16, 15, 15), 32, 1, stride=2, bias=False),
     # fewer output channels than half a vector on AVX-512: by width, columns split by stride
     "few-channels-s2": Case((1, 5, 13, 13), 5, 3, stride=2, pads=[1] * 4, relu=True),
@@ -173,7 +175,8 @@ def test_by_channels_and_by_width_forms_follow_the_target():
         spec = targets.resolve(preset)
         found = {}
         for name in ("block-3x3", "stem-7x7-s2", "few-channels-s2", "depthwise-3x3",
-                     "grouped-blocks", "grouped-odd", "pointwise-1x1"):  # fmt: skip
+                     "grouped-blocks", "grouped-odd", "pointwise-1x1",
+                     "pointwise-1x1-row"):  # fmt: skip
             graph, _ = conv_graph(CASES[name])
             k = conv_kernel(graph.nodes[0], spec)
             assert k is not None
@@ -181,13 +184,14 @@ def test_by_channels_and_by_width_forms_follow_the_target():
         return found
 
     assert forms("x86:skylake-avx512") == {  # 16 lanes, 32 registers
-        "block-3x3": (False, 0),  # unit stride over one whole vector of columns
+        "block-3x3": (True, 16),  # by width it would read a padded copy (prefers_width)
         "stem-7x7-s2": (True, 16),
         "few-channels-s2": (False, 0),  # 5 channels: under half a vector
         "depthwise-3x3": (False, 0),
         "grouped-blocks": (True, 16),  # 16 output channels per group: one vector
         "grouped-odd": (False, 0),
         "pointwise-1x1": (True, 16),  # 11 columns: under 3/4 of a vector
+        "pointwise-1x1-row": (False, 0),
     }
     assert forms("x86:haswell") == {  # 8 lanes, 16 registers: two-vector blocks
         "block-3x3": (True, 16),
@@ -197,6 +201,7 @@ def test_by_channels_and_by_width_forms_follow_the_target():
         "grouped-blocks": (True, 16),
         "grouped-odd": (False, 0),
         "pointwise-1x1": (True, 8),
+        "pointwise-1x1-row": (True, 8),
     }
 
 

@@ -6,8 +6,8 @@ On CPU targets a float32 2-D Conv with a constant weight and static channels and
 channels, its weight packed at compile time `[O / B, I / groups, KH, KW, B]`
 (`packed_conv_weights`), for regular convs and grouped ones whose groups hold whole vectors of
 output channels; by output width for depthwise and other grouped convs, regular ones with
-fewer than half a vector of output channels, and on AVX-512 unit-stride convs over rows of
-whole vectors (`prefers_width`). By width, the input is read from a padded copy in phases
+fewer than half a vector of output channels, and on AVX-512 unit-stride 1x1 convs over rows
+of whole vectors (`prefers_width`). By width, the input is read from a padded copy in phases
 made by a hand-written kernel of its own (ops/padding.py: vector loads and, for stride 2,
 shuffles; MobileNetV2's 3x3 / 2 depthwise over 96 x 112 x 112: 0.55-0.65 -> 0.2 ms on two
 Zen 4 threads); by channels, a copy inside the kernel for kernels wider than 3 columns,

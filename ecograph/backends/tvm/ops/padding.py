@@ -1,7 +1,7 @@
 """The padding copy of the by-width conv kernel (ops/conv.py), written as TIR by hand.
 
-A conv computed by output width (depthwise convs, grouped ones, AVX-512 unit-stride ones)
-reads its input from a padded copy: zeros around the image, columns wide enough for whole
+A conv computed by output width (depthwise convs, grouped ones) reads its input from a
+padded copy: zeros around the image, columns wide enough for whole
 column tiles, and, with a horizontal stride s > 1, the columns split into s phases
 (`xp[n, c, h, p, q] = padded[n, c, h, q * s + p]`) so that every vector of consecutive output
 columns reads consecutive elements. As a TE stage of the conv kernel that copy had a condition

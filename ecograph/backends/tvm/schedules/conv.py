@@ -11,8 +11,8 @@ Two forms, both `C[n, o, oh, ow] += a * b` over (input channel, kernel row, kern
   and multiplies them by `owb` broadcast input values, so the input's layout (NCHW) and the
   stride do not matter. The epilogue writes the tile to NCHW vectorized along its columns
   (contiguous there; measured faster than along channels, a channel apart).
-- by width (depthwise and other grouped convs; on AVX-512 also unit-stride convs over rows
-  of whole vectors, `prefers_width`): a tile is `t` output channels x `owb`
+- by width (depthwise and other grouped convs; on AVX-512 also unit-stride 1x1 convs over
+  rows of whole vectors, `prefers_width`): a tile is `t` output channels x `owb`
   consecutive output columns, vectorized along the columns; every load the columns index
   reads consecutive elements (the lowering splits strided columns into phases), and each
   weight is a broadcast.
@@ -115,17 +115,19 @@ def width_channels(spec: TargetSpec, channels: int, columns: int) -> int:
 
 
 def prefers_width(spec: TargetSpec, stride: int, columns: int, pointwise: bool) -> bool:
-    """True if a conv whose groups allow both forms runs faster by width: on AVX-512, unit
-    stride and rows of whole vectors, or, for a 1x1 conv, of one vector at least 3/4 full.
-    Measured there (one core, per call): 3x3 16 -> 16 over 16 x 16 10.5 us by width, 11.9
-    by channels; over 32 x 32 43 vs 48, over 64 x 64 170 vs 188; 1x1 16 -> 64 over 14 x 14
-    4.7 vs 6.6. By channels wins for 3x3 over 14 columns (33 vs 36 us), over 7 or 8 columns
-    (35 vs 71 us) and with stride 2 (6.6 vs 7.7 us). On AVX2 by channels was as fast or
-    faster on every shape measured (16 registers hold fewer rows)."""
+    """True if a conv whose groups allow both forms runs faster by width: on AVX-512, a 1x1
+    conv of unit stride over rows of whole vectors or of one vector at least 3/4 full
+    (16 -> 64 over 14 x 14: 4.7 vs 6.6 us on one core). Wider kernels run by channels: by
+    width they read a padded copy, a kernel of its own since the copy became one
+    (ops/padding.py), and by channels then measured as fast or faster on two Zen 4 threads
+    (3x3 16 -> 16 over 16 x 16 22 vs 25 us, over 32 x 32 43 vs 46, over 64 x 64 130 vs 132;
+    32 -> 32 over 32 x 32 113 vs 117; TinyResNet 86 -> 82 us) and within 2-5 % on one. On
+    AVX2 by channels was as fast or faster on every shape measured (16 registers hold fewer
+    rows)."""
     lanes = lanes_for(spec)
-    if spec.vector_bits != 512 or stride != 1:
+    if spec.vector_bits != 512 or stride != 1 or not pointwise:
         return False
-    return columns % lanes == 0 or (pointwise and lanes * 3 <= columns * 4 <= lanes * 4)
+    return columns % lanes == 0 or lanes * 3 <= columns * 4 <= lanes * 4
 
 
 @dataclass
