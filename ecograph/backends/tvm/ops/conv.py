@@ -24,8 +24,8 @@ sliding window of `emit_depthwise_nhwc`, its weight bound as taps [KH, KW, C]
 without such a neighbour keeps NCHW: a ResNet bottleneck's 1x1 convs as rows put transposes
 around its 3x3 conv and ran 1.5x slower. A weight shared by a 1x1 conv that could run as
 rows and a conv that keeps NCHW is packed once, for the NCHW kernel, and both run there.
-MobileNetV2 float32 5.3 -> 4.2 ms on two Zen 4
-threads (ORT 4.1; bench/RESULTS.md 2026-12-07).
+MobileNetV2 float32 5.3 -> 4.2 ms on two Zen 4 threads (ORT 4.1; bench/RESULTS.md
+2026-12-07).
 
 On CPU targets a 2-D ConvInteger (what int8-static makes of a Conv) or QLinearConv (ONNX's
 QOperator format) with a constant 8-bit weight, one group, static channels and

@@ -1,10 +1,10 @@
 """The padding copy of the by-width conv kernel (ops/conv.py), written as TIR by hand.
 
 A conv computed by output width (depthwise convs, grouped ones) reads its input from a
-padded copy: zeros around the image, columns wide enough for whole
-column tiles, and, with a horizontal stride s > 1, the columns split into s phases
-(`xp[n, c, h, p, q] = padded[n, c, h, q * s + p]`) so that every vector of consecutive output
-columns reads consecutive elements. As a TE stage of the conv kernel that copy had a condition
+padded copy: zeros around the image, columns wide enough for whole column tiles, and, with a
+horizontal stride s > 1, the columns split into s phases (`xp[n, c, h, p, q] = padded[n, c,
+h, q * s + p]`) so that every vector of consecutive output columns reads consecutive
+elements. As a TE stage of the conv kernel that copy had a condition
 per element (inside the image or not): TVM scalarizes a vectorized `if_then_else` whose
 condition varies along the vector, and where it did not vectorize the copy, LLVM did, with
 masked gathers (`vgatherdps`, one per 16 elements) for the stride-2 phases. The copy then

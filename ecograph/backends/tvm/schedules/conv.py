@@ -83,8 +83,9 @@ def channel_tile(
         # it in a register: (owb - 1) * stride + kernel_w broadcasts beside the owb * vectors
         # accumulators and the weight vectors. Past the 32 registers it spills them to the
         # stack and reloads them right away (store-to-load forwarding of zmm registers): the
-        # 7x7 / 2 RGB stem of ResNet-18 took 2.2-2.4 ms with 14 columns, 1.6-1.8 with 8. On
-        # AVX2 smaller tiles measured slower (that stem 1.4 -> 2.3 ms), so they keep theirs.
+        # 7x7 / 2 RGB stem of ResNet-18 took 2.1-2.4 ms with 14 columns, 1.4-1.8 with 8 (A/B
+        # runs, two Zen 4 threads). On AVX2 smaller tiles measured slower (that stem 1.4 ->
+        # 2.3 ms), so they keep theirs.
         fit = (32 - vectors - kernel_w + stride) // (vectors + stride)
         limit = min(limit, fit)
     return best_tile(columns, max(1, limit))
