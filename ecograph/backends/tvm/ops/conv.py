@@ -20,12 +20,14 @@ NHWC input's rows and its weight packed in column panels (`emit_conv_rows`, the 
 no transposed write of each tile, which cost about as much as the products with 24-32 input
 channels), and a depthwise conv of 16+ channels beside such a 1x1 conv is the channels-last
 sliding window of `emit_depthwise_nhwc`, its weight bound as taps [KH, KW, C]
-(`packed_depthwise_taps`); channels_last.py removes the transposes between them. A conv
-without such a neighbour keeps NCHW: a ResNet bottleneck's 1x1 convs as rows put transposes
-around its 3x3 conv and ran 1.5x slower. A weight shared by a 1x1 conv that could run as
-rows and a conv that keeps NCHW is packed once, for the NCHW kernel, and both run there.
-MobileNetV2 float32 5.3 -> 4.2 ms on two Zen 4 threads (ORT 4.1; bench/RESULTS.md
-2026-12-07).
+(`packed_depthwise_taps`); channels_last.py removes the transposes between them. A conv run
+by channels whose output such a conv reads writes it channels-last (`writes_nhwc`: its tile
+is [columns, channels]; MobileNetV2's stem 0.18 -> 0.12 ms and its output's transpose, 0.06
+ms, gone). A conv without such a neighbour keeps NCHW: a ResNet bottleneck's 1x1 convs as
+rows put transposes around its 3x3 conv and ran 1.5x slower. A weight shared by a 1x1 conv
+that could run as rows and a conv that keeps NCHW is packed once, for the NCHW kernel, and
+both run there. MobileNetV2 float32 5.3 -> 4.2 ms on two Zen 4 threads (ORT 4.1;
+bench/RESULTS.md 2026-12-07).
 
 On CPU targets a 2-D ConvInteger (what int8-static makes of a Conv) or QLinearConv (ONNX's
 QOperator format) with a constant 8-bit weight, one group, static channels and
@@ -145,6 +147,8 @@ def _conv(ctx: LowerContext) -> relax.Expr:
     if kernel is not None and (
         not kernel.by_channels or ctx.state.conv_blocks.get(weight) == kernel.block  # type: ignore[arg-type]
     ):
+        if kernel.by_channels and writes_nhwc(ctx.node, ctx.target):
+            return R.permute_dims(ctx.emit(emit_conv(ctx, kernel, nhwc=True)), TO_NCHW)
         return emit_conv(ctx, kernel)
     fn, strides, dil, pads = conv_setup(ctx)
     y = fn(
@@ -415,17 +419,41 @@ def _beside(node: Node, kind: Callable[[ConvKernel], bool], target: TargetSpec) 
         k = conv_kernel(n, target)
         return k is not None and kind(k)
 
+    return _near(node, is_kind)
+
+
+def writes_nhwc(node: Node, target: TargetSpec) -> bool:
+    """True if the float32 Conv `node`, run by channels, writes its output channels-last
+    (`emit_conv_kernel(nhwc=True)`, handed back NCHW through a transpose): a conv that runs
+    channels-last (`conv_rows`, `depthwise_nhwc`) reads its output through at most _HOPS
+    element-wise ops, so channels_last.py removes that transpose and the one before the
+    neighbour. The tile is [columns, channels]: an NHWC write is a vector of channels per
+    column (MobileNetV2's stem: its output's transpose, 0.08 ms, gone)."""
+
+    def channels_last(n: Node) -> bool:
+        if conv_rows(n, target) is not None:
+            return True
+        k = conv_kernel(n, target)
+        return k is not None and depthwise_nhwc(n, k, target)
+
+    return _near(node, channels_last, inputs=False)
+
+
+def _near(node: Node, found: Callable[[Node], bool], *, inputs: bool = True) -> bool:
+    """True if a node for which `found` holds reads `node`'s output (or, with `inputs`,
+    produces one of its inputs) through at most _HOPS ops of _BETWEEN."""
     frontier, seen = [node], {node}
     for _ in range(_HOPS + 1):
         following: list[Node] = []
         for n in frontier:
-            near = [v.producer for v in n.inputs if v is not None and v.producer is not None]
-            near += [u.node for v in n.outputs for u in v.uses]
+            near = [u.node for v in n.outputs for u in v.uses]
+            if inputs:
+                near += [v.producer for v in n.inputs if v is not None and v.producer is not None]
             for m in near:
                 if m in seen:
                     continue
                 seen.add(m)
-                if is_kind(m):
+                if found(m):
                     return True
                 if m.domain == "" and m.op_type in _BETWEEN:
                     following.append(m)
@@ -604,12 +632,12 @@ def packed_conv_weights(
     return packed
 
 
-def emit_conv(ctx: LowerContext, k: ConvKernel) -> relax.Expr:
-    """The Conv node as one TE kernel for `k` (module doc)."""
+def emit_conv(ctx: LowerContext, k: ConvKernel, *, nhwc: bool = False) -> relax.Expr:
+    """The Conv node as one TE kernel for `k` (module doc); `nhwc`: its output channels-last."""
     weight = ctx.node.input(1)
     assert weight is not None
     bias = ctx.arg(2) if ctx.has(2) else None
-    return emit_conv_kernel(ctx, k, ctx.arg(0), ctx.state.value_expr(weight), bias)
+    return emit_conv_kernel(ctx, k, ctx.arg(0), ctx.state.value_expr(weight), bias, nhwc=nhwc)
 
 
 def emit_exact_integer_conv(
@@ -713,11 +741,17 @@ def emit_depthwise_nhwc(
 
 
 def emit_conv_kernel(
-    ctx: LowerContext, k: ConvKernel, x: relax.Expr, weight: relax.Expr, bias: relax.Expr | None
+    ctx: LowerContext,
+    k: ConvKernel,
+    x: relax.Expr,
+    weight: relax.Expr,
+    bias: relax.Expr | None,
+    *,
+    nhwc: bool = False,
 ) -> relax.Expr:
     """One TE kernel for `k` (module doc): the padding copy if any (by width, a kernel of its
-    own before it), the reduction over whole tiles, then the real outputs plus the bias;
-    `weight` packed for `k` when by channels."""
+    own before it), the reduction over whole tiles, then the real outputs plus the bias,
+    [N, O, OH, OW] or with `nhwc` [N, OH, OW, O]; `weight` packed for `k` when by channels."""
     from tvm import te, tirx
 
     args = [x, weight, *([bias] if bias is not None else [])]
@@ -802,6 +836,12 @@ def emit_conv_kernel(
             y = conv[n, o, oh, ow]
             return y + bias[0][o] if bias else y
 
+        if nhwc:
+            return te.compute(
+                (batch, i64(rows), i64(cols), i64(k.out_channels)),
+                lambda n, oh, ow, o: output(n, o, oh, ow),
+                name="conv_out",
+            )
         return te.compute(
             (batch, i64(k.out_channels), i64(rows), i64(cols)), output, name="conv_out"
         )
