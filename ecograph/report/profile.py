@@ -109,9 +109,10 @@ class Profile:
         floor = self.floor_us
         if floor is None:
             return None
-        net = {id(r): max(0.0, r.ms - floor * r.calls / 1e3) for r in self.rows}
-        total = sum(net.values())
-        return sum(net[id(r)] for r in self.rows if r.is_runtime) / total if total else 0.0
+        net = [max(0.0, r.ms - floor * r.calls / 1e3) for r in self.rows]
+        total = sum(net)
+        runtime = sum(m for m, r in zip(net, self.rows, strict=True) if r.is_runtime)
+        return runtime / total if total else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -316,7 +316,7 @@ def _host_tensor(arr: np.ndarray) -> Any:
     raises a C++ exception, ~30 us)."""
     import tvm_ffi
 
-    if arr.flags.writeable and (1 not in arr.shape or arr.strides == _compact(arr)):
+    if arr.flags.writeable and _compact_strides(arr):
         tensor = tvm_ffi.from_dlpack(arr, require_alignment=0, require_contiguous=True)
         if tensor.data_ptr() % ALIGN == 0:
             return tensor
@@ -327,13 +327,22 @@ def _aligned(arr: np.ndarray) -> np.ndarray:
     """`arr` itself when TVM can read it in place (writeable, 64-byte aligned, with the compact
     row-major strides TVM checks: numpy's C-contiguous flag also allows any stride on an axis
     of size 1), else a copy that is."""
-    if arr.flags.writeable and arr.ctypes.data % ALIGN == 0 and arr.strides == _compact(arr):
+    if arr.flags.writeable and arr.ctypes.data % ALIGN == 0 and _compact_strides(arr):
         return arr
     buf = np.empty(arr.nbytes + ALIGN, np.uint8)
     start = -buf.ctypes.data % ALIGN
     out = buf[start : start + arr.nbytes].view(arr.dtype).reshape(arr.shape)
     np.copyto(out, arr)
     return out
+
+
+def _compact_strides(arr: np.ndarray) -> bool:
+    """Whether `arr` has the compact row-major strides TVM checks. A non-empty C-contiguous
+    array without an axis of size 1 has them (numpy's flag allows any stride only on such an
+    axis, or when it is empty); the others are compared stride by stride."""
+    if arr.flags.c_contiguous and arr.size and 1 not in arr.shape:
+        return True
+    return arr.strides == _compact(arr)
 
 
 def _compact(arr: np.ndarray) -> tuple[int, ...]:
