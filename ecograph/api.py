@@ -29,7 +29,7 @@ import numpy as np
 from ecograph.errors import AccuracyError, BuildError, EcographError, UsageError
 from ecograph.ir import Graph, interpret
 from ecograph.ir.stats import graph_stats
-from ecograph.quant import QUANTIZING_PASSES
+from ecograph.quant import QUANTIZING_PASSES, quantization_notes
 
 # Default accuracy budgets (cosine similarity of outputs to the original) when none is given.
 EXACT_BUDGET = 0.99999
@@ -420,7 +420,11 @@ def optimize(
         accuracy=accuracy,
         passes=[r.to_dict() for r in records],
         carbon_intensity_g_per_kwh=carbon_intensity,
-        notes=[*notes, f"passes took {pass_seconds:.2f} s; quantization: {qdesc or 'none'}"],
+        notes=[
+            *notes,
+            f"passes took {pass_seconds:.2f} s; quantization: {qdesc or 'none'}",
+            *quantization_notes(records),
+        ],
         weights=weight_stages(original, graph, records, qdesc, artifact),
     )
     if measure and cannot_run:

@@ -331,8 +331,33 @@ def test_optimize_report_records_pipeline_and_quantization(tmp_path, capsys):
     assert recipe["quantization"] == data["quantization"] == quantization
     assert [p["name"] for p in recipe["passes"]] == [p["name"] for p in data["passes"]]
     assert "quantize" in [p["name"] for p in recipe["passes"]]
+    # what the preset kept in float is in the report, not only in the pass log
+    kept = [n for n in saved["notes"] if n.startswith("quantize: ") and "float_after" in n]
+    assert kept and "input from Gelu" in kept[0], saved["notes"]
     assert main(["report", str(report)]) == 0  # the CLI reads back what it wrote
     assert "HTML report:" in capsys.readouterr().out
+
+
+def test_dynamic_int8_on_a_cnn_says_the_convolutions_stay_float(tmp_path, monkeypatch, capsys):
+    """`--quantize int8` (dynamic) quantizes matmuls only: on a CNN the command says which
+    convolutions it kept in float and which preset quantizes them."""
+    (tmp_path / "cnn_models.py").write_text(
+        "import torch\n"
+        "def small():\n"
+        "    torch.manual_seed(0)\n"
+        "    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(),\n"
+        "        torch.nn.Conv2d(8, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 4))\n"
+        "    return m.eval(), (torch.randn(1, 3, 8, 8),)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "o.onnx"
+    argv = ["optimize", "cnn_models:small", "-o", str(out), "--quantize", "int8", "--no-measure"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    note = [line for line in err.splitlines() if "kept in float" in line]
+    assert len(note) == 1, err
+    assert note[0].startswith("ecograph: note: quantize: 2 node(s) kept in float: ")
+    assert note[0].count("(Conv)") == 2 and "'int8-static'" in note[0]
 
 
 def test_optimize_missing_the_accuracy_budget_exits_4(tmp_path, capsys):

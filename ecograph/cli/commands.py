@@ -127,6 +127,7 @@ def cmd_cache(args: argparse.Namespace, con: Console) -> Done:
 
 def cmd_optimize(args: argparse.Namespace, con: Console) -> Done:
     from ecograph.api import optimize
+    from ecograph.quant import quantization_notes
     from ecograph.quant.presets import QUANTIZE_PRESETS
 
     static = args.quantize is not None and QUANTIZE_PRESETS[args.quantize]["mode"] == "static"
@@ -200,6 +201,8 @@ def cmd_optimize(args: argparse.Namespace, con: Console) -> Done:
     before, after = len(result.original_graph.nodes), len(result.graph.nodes)
     accuracy = result.report.accuracy
     con.say(ledger)
+    for note in quantization_notes(result.pass_records):
+        con.note(note)
     con.say(
         f"{before} -> {after} nodes; cosine {accuracy['cosine']:.6f} to the original; wrote {out}"
     )

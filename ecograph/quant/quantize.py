@@ -66,10 +66,16 @@ from ecograph.quant.targets import (
     activation,
     excluded,
     find_targets,
+    left_out,
     unmatched_exclusions,
 )
 
 MODES = ("dynamic", "static", "weight_only", "palette")
+# Why dynamic mode leaves a Conv in float (its note), and what quantizes one.
+DYNAMIC_CONV_NOTE = (
+    "dynamic mode quantizes MatMul, Gemm and Linear only; 'int8-static' (with calibration "
+    "data) quantizes convolutions' weights and activations, 'int8-weight' their weights"
+)
 ACTIVATION_SCALES = ("tensor", "token", "block")
 # The largest |x_q| of a per-token activation: symmetric int8 without -128, so that negating a
 # row never saturates and the scale is exactly max|x| / 127.
@@ -222,6 +228,8 @@ class Quantize(Pass):
         unmatched = unmatched_exclusions(graph, self.exclude)
         targets, notes = find_targets(graph, self.exclude, ops)
         notes = unmatched + notes
+        if self.mode == "dynamic":
+            notes += left_out(graph, self.exclude, ops, DYNAMIC_CONV_NOTE)
         if self.float_after:
             targets = self.without_float_after(targets, notes)
         embedded = 0

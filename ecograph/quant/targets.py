@@ -73,6 +73,25 @@ def find_targets(
     return targets, notes
 
 
+def left_out(graph: Graph, exclude: Iterable[str], ops: Iterable[str], why: str) -> list[str]:
+    """One note for the nodes another mode would quantize (a float constant weight, not
+    excluded) that `ops` leaves out, named (the first five) with their op types and `why`."""
+    patterns, ops = list(exclude), set(ops)
+    names = [
+        f"{n.name} ({n.op_type})"
+        for n in graph.nodes
+        if n.op_type in QUANTIZABLE
+        and n.op_type not in ops
+        and n.domain == ""
+        and not excluded(n, patterns)
+        and _target(n) is not None
+    ]
+    if not names:
+        return []
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return [f"{len(names)} node(s) kept in float: {shown}; {why}"]
+
+
 def _target(node: Node) -> Target | None:
     w = node.input(1)
     if w is None or not w.is_constant or not w.dtype.is_float:

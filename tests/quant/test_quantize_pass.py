@@ -202,3 +202,28 @@ def test_fused_linear_is_quantized_like_matmul(mode):
         assert "MatMulInteger" in [n.op_type for n in g.nodes]
     assert g.outputs[0].name == "y"
     assert cosine(run(g, feeds), ref) > 0.999
+
+
+def test_dynamic_mode_notes_the_convolutions_it_keeps_in_float():
+    """Dynamic mode (the "int8" preset) quantizes matmuls only: a CNN's convolutions stay
+    float, and the notes say which and what would quantize them, not the silence of a pass
+    that quantized one Gemm out of eight nodes."""
+    b = GraphBuilder("cnn")
+    x = b.input("x", "float32", [1, 3, 8, 8])
+    h = x
+    for i in range(7):
+        w = b.constant(rng.standard_normal((3, 3, 3, 3)).astype(np.float32), f"w{i}")
+        h = b.op("Conv", h, w, pads=[1, 1, 1, 1], name=f"conv{i}")
+    flat = b.op("Flatten", h)
+    wf = b.constant(rng.standard_normal((10, 192)).astype(np.float32), "wf")
+    b.output(b.op("Gemm", flat, wf, transB=1, name="fc"))
+    g = b.graph
+    res = Quantize(mode="dynamic", exclude=["conv6"]).run(g)
+    assert res.stats["quantized"] == 1
+    assert [n.op_type for n in g.nodes].count("Conv") == 7
+    kept = [n for n in res.notes if "kept in float" in n]
+    assert len(kept) == 1, res.notes
+    assert kept[0].startswith("6 node(s) kept in float: conv0 (Conv), conv1 (Conv)"), kept
+    assert "and 1 more" in kept[0] and "conv6" not in kept[0]  # excluded by the user
+    assert "'int8-static'" in kept[0]
+    assert not [n for n in Quantize(mode="dynamic").run(mlp()).notes if "kept in float" in n]
