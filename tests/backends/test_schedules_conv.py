@@ -56,6 +56,10 @@ CASES = {
     "pointwise-1x1": Case((2, 5, 9, 11), 24, 1),
     # a row of one whole vector on AVX-512: by width there (no copy: unpadded, unit stride)
     "pointwise-1x1-row": Case((1, 16, 6, 16), 24, 1, relu=True),
+    # ResNet-50's bottleneck 1x1 convs: many input channels, so by channels on AVX-512 too,
+    # over rows of whole vectors and over 14 columns (most of a vector), with the residual add
+    "pointwise-1x1-deep-row": Case((1, 96, 3, 16), 32, 1, relu=True),
+    "pointwise-1x1-14": Case((1, 80, 14, 14), 48, 1, relu=True, residual=True),
     "shortcut-1x1-s2": Case((1, 16, 15, 15), 32, 1, stride=2, bias=False),
     # fewer output channels than half a vector on AVX-512: by width, columns split by stride
     "few-channels-s2": Case((1, 5, 13, 13), 5, 3, stride=2, pads=[1] * 4, relu=True),
@@ -176,7 +180,8 @@ def test_by_channels_and_by_width_forms_follow_the_target():
         found = {}
         for name in ("block-3x3", "stem-7x7-s2", "few-channels-s2", "depthwise-3x3",
                      "grouped-blocks", "grouped-odd", "pointwise-1x1",
-                     "pointwise-1x1-row"):  # fmt: skip
+                     "pointwise-1x1-row", "pointwise-1x1-deep-row",
+                     "pointwise-1x1-14"):  # fmt: skip
             graph, _ = conv_graph(CASES[name])
             k = conv_kernel(graph.nodes[0], spec)
             assert k is not None
@@ -190,8 +195,10 @@ def test_by_channels_and_by_width_forms_follow_the_target():
         "depthwise-3x3": (False, 0),
         "grouped-blocks": (True, 16),  # 16 output channels per group: one vector
         "grouped-odd": (False, 0),
-        "pointwise-1x1": (True, 16),  # 11 columns: under 3/4 of a vector
-        "pointwise-1x1-row": (False, 0),
+        "pointwise-1x1": (True, 16),  # 11 columns: not whole vectors
+        "pointwise-1x1-row": (False, 0),  # 16 input channels over one whole vector
+        "pointwise-1x1-deep-row": (True, 16),  # 96 input channels
+        "pointwise-1x1-14": (True, 16),  # by width 2.4x slower for ResNet-50's 1024 -> 256
     }
     assert forms("x86:haswell") == {  # 8 lanes, 16 registers: two-vector blocks
         "block-3x3": (True, 16),
@@ -202,6 +209,8 @@ def test_by_channels_and_by_width_forms_follow_the_target():
         "grouped-odd": (False, 0),
         "pointwise-1x1": (True, 8),
         "pointwise-1x1-row": (True, 8),
+        "pointwise-1x1-deep-row": (True, 16),
+        "pointwise-1x1-14": (True, 16),
     }
 
 

@@ -1,17 +1,17 @@
 """Convolution lowerings: Conv, ConvTranspose and ConvInteger (`conv_setup`, `integer_conv`
 are shared with QLinearConv).
 
-On CPU targets a float32 2-D Conv with a constant weight and static channels and image size
-(the batch may be symbolic) is one TE kernel in a form schedules/conv.py tiles: by output
-channels, its weight packed at compile time `[O / B, I / groups, KH, KW, B]`
-(`packed_conv_weights`), for regular convs and grouped ones whose groups hold whole vectors of
-output channels; by output width for depthwise and other grouped convs, regular ones with
-fewer than half a vector of output channels, and on AVX-512 unit-stride 1x1 convs over rows
-of whole vectors (`prefers_width`). By width, the input is read from a padded copy in phases
-made by a hand-written kernel of its own (ops/padding.py: vector loads and, for stride 2,
-shuffles; MobileNetV2's 3x3 / 2 depthwise over 96 x 112 x 112: 0.55-0.65 -> 0.2 ms on two
-Zen 4 threads); by channels, a copy inside the kernel for kernels wider than 3 columns,
-else a guarded load. The bias is added in the kernel's epilogue.
+On CPU targets a float32 2-D Conv with a constant weight and static channels and image size (the
+batch may be symbolic) is one TE kernel in a form schedules/conv.py tiles: by output channels, its
+weight packed at compile time `[O / B, I / groups, KH, KW, B]` (`packed_conv_weights`), for
+regular convs and grouped ones whose groups hold whole vectors of output channels; by output width
+for depthwise and other grouped convs, regular ones with fewer than half a vector of output
+channels, and on AVX-512 unit-stride 1x1 convs of few input channels over rows of whole vectors
+(`prefers_width`). By width, the input is read from a padded copy in phases made by a hand-written
+kernel of its own (ops/padding.py: vector loads and, for stride 2, shuffles; MobileNetV2's 3x3 / 2
+depthwise over 96 x 112 x 112: 0.55-0.65 -> 0.2 ms on two Zen 4 threads); by channels, a copy
+inside the kernel for kernels wider than 3 columns, else a guarded load. The bias is added in the
+kernel's epilogue.
 
 Float32 MobileNet blocks run channels-last instead, like the int8 convolutions below: a 1x1
 conv of stride 1 without padding of 16+ channels beside a depthwise conv (`conv_rows`: its
@@ -580,7 +580,9 @@ def _kernel_for(node: Node, x: Value, w: Value, target: TargetSpec) -> ConvKerne
     out_per_group = oc // groups
     by_channels = out_per_group % lanes == 0 or (groups == 1 and 2 * oc > lanes)
     pointwise = (kh, kw) == (1, 1)
-    by_channels = by_channels and not prefers_width(target, strides[1], out[1], pointwise)
+    by_channels = by_channels and not prefers_width(
+        target, strides[1], out[1], pointwise, per_group
+    )
     if by_channels:
         block = channel_block(target, out_per_group if groups > 1 else oc)
         ow_tile = channel_tile(target, block, out[1], strides[1], kw)

@@ -11,11 +11,11 @@ Two forms, both `C[n, o, oh, ow] += a * b` over (input channel, kernel row, kern
   and multiplies them by `owb` broadcast input values, so the input's layout (NCHW) and the
   stride do not matter. The epilogue writes the tile to NCHW vectorized along its columns
   (contiguous there; measured faster than along channels, a channel apart).
-- by width (depthwise and other grouped convs; on AVX-512 also unit-stride 1x1 convs over
-  rows of whole vectors, `prefers_width`): a tile is `t` output channels x `owb`
-  consecutive output columns, vectorized along the columns; every load the columns index
-  reads consecutive elements (the lowering splits strided columns into phases), and each
-  weight is a broadcast.
+- by width (depthwise and other grouped convs; on AVX-512 also unit-stride 1x1 convs of few input
+  channels over rows of whole vectors, `prefers_width`): a tile is `t` output channels x `owb`
+  consecutive output columns, vectorized along the columns; every load the columns index reads
+  consecutive elements (the lowering splits strided columns into phases), and each weight is a
+  broadcast.
 
 The accumulators live in a "global" scratch under 1,024 bytes, which TVM 0.27 puts on the
 stack and LLVM keeps in registers (see matmul.py). Output channels and columns are padded to
@@ -115,20 +115,29 @@ def width_channels(spec: TargetSpec, channels: int, columns: int) -> int:
     return max(d for d in range(1, min(limit, channels) + 1) if channels % d == 0)
 
 
-def prefers_width(spec: TargetSpec, stride: int, columns: int, pointwise: bool) -> bool:
+# Input channels (per group) up to which a 1x1 conv over rows of whole vectors runs by width on
+# AVX-512 (`prefers_width`).
+WIDTH_MAX_CHANNELS = 64
+
+
+def prefers_width(
+    spec: TargetSpec, stride: int, columns: int, pointwise: bool, channels: int
+) -> bool:
     """True if a conv whose groups allow both forms runs faster by width: on AVX-512, a 1x1
-    conv of unit stride over rows of whole vectors or of one vector at least 3/4 full
-    (16 -> 64 over 14 x 14: 4.7 vs 6.6 us on one core). Wider kernels run by channels: by
-    width they read a padded copy, a kernel of its own since the copy became one
-    (ops/padding.py), and by channels then measured as fast or faster on two Zen 4 threads
-    (3x3 16 -> 16 over 16 x 16 22 vs 25 us, over 32 x 32 43 vs 46, over 64 x 64 130 vs 132;
-    32 -> 32 over 32 x 32 113 vs 117; TinyResNet 86 -> 82 us) and within 2-5 % on one. On
-    AVX2 by channels was as fast or faster on every shape measured (16 registers hold fewer
-    rows)."""
-    lanes = lanes_for(spec)
+    conv of unit stride over rows of whole vectors reading at most WIDTH_MAX_CHANNELS input
+    channels. Measured on two Zen 4 threads, one-conv models, by width vs by channels (ms):
+    32 -> 16 over 112 x 112 0.098 vs 0.124, 64 -> 64 over 32 x 32 0.077 vs 0.079; with more
+    input channels by channels is as fast or faster (256 -> 64 over 32 x 32 0.32 vs 0.21,
+    1024 -> 256 over 16 x 16 0.63 vs 0.64), and on rows under a whole vector too (ResNet-50's
+    14 x 14 maps: 1024 -> 256 1.19 vs 0.49, 256 -> 1024 0.58 vs 0.52, 16 -> 64 0.028 vs
+    0.029). Wider kernels run by channels: by width they read a padded copy, a kernel of its
+    own (ops/padding.py), and by channels measured as fast or faster (3x3 16 -> 16 over
+    16 x 16 22 vs 25 us, over 32 x 32 43 vs 46, over 64 x 64 130 vs 132; 32 -> 32 over
+    32 x 32 113 vs 117). On AVX2 by channels was as fast or faster on every shape measured
+    (16 registers hold fewer rows)."""
     if spec.vector_bits != 512 or stride != 1 or not pointwise:
         return False
-    return columns % lanes == 0 or lanes * 3 <= columns * 4 <= lanes * 4
+    return columns % lanes_for(spec) == 0 and channels <= WIDTH_MAX_CHANNELS
 
 
 @dataclass
