@@ -7,7 +7,8 @@ compares its first output with torch eager fp32 on those inputs (the cosine colu
 Workloads: minilm-b1 and minilm-b8 (real MiniLM-L6 weights, seq 128), llama-prefill (128
 tokens) and llama-decode (one token after a 128-token prompt, with a KV cache), resnet (the
 ResNet-style CNN of the tests, 1x3x64x64); by name only, llama-wide-decode / -prefill and
-resnet18 (ResNet-18's layout, 1x3x224x224) and mobilenetv2 (MobileNetV2's, 1x3x224x224).
+resnet18 and resnet50 (ResNet-18's and ResNet-50's layouts, 1x3x224x224) and mobilenetv2
+(MobileNetV2's, 1x3x224x224).
 """
 
 from __future__ import annotations
@@ -69,9 +70,9 @@ WORKLOADS = ["minilm-b1", "minilm-b8", "llama-prefill", "llama-decode", "resnet"
 # Run only when named: one decode step (or a 128-token prefill) of a Llama with TinyLlama-1.1B's
 # layer shapes (hidden 2048, FFN 5632, 32 query / 4 KV heads), 2 layers, vocab 8000: ~120M
 # parameters, 480 MB in float32, so a step reads its weights from memory, not from cache.
-# And ResNet-18's layout at 1x3x224x224 (1.8 GMACs; the default `resnet` is a toy one of
-# 0.1 ms, where launch costs weigh as much as the convolutions).
-EXTRA_WORKLOADS = ["llama-wide-decode", "llama-wide-prefill", "resnet18", "mobilenetv2"]
+# And ResNet-18's and ResNet-50's layouts at 1x3x224x224 (1.8 and 4.1 GMACs; the default
+# `resnet` is a toy one of 0.1 ms, where launch costs weigh as much as the convolutions).
+EXTRA_WORKLOADS = ["llama-wide-decode", "llama-wide-prefill", "resnet18", "resnet50", "mobilenetv2"]
 BASELINE = "ort-fp32"
 TUNE_TRIALS = int(os.environ.get("ECOGRAPH_BENCH_TRIALS", "64"))
 
@@ -117,6 +118,10 @@ def build_workload(name: str) -> tuple[Any, tuple[Any, ...]]:
         from tests.models.cnn import ResNet18
 
         return ResNet18().eval(), (torch.randn(1, 3, 224, 224),)
+    if name == "resnet50":
+        from tests.models.cnn import ResNet50
+
+        return ResNet50().eval(), (torch.randn(1, 3, 224, 224),)
     if name == "mobilenetv2":
         from tests.models.cnn import MobileNetV2
 

@@ -18,7 +18,12 @@ pytest.importorskip("transformers")
 import ecograph  # noqa: E402
 from ecograph.backends.tvm import load, targets  # noqa: E402
 from ecograph.ir import Graph, interpret  # noqa: E402
-from tests.models.cnn import MobileNetBlock, TinyResNet  # noqa: E402
+from tests.models.cnn import (  # noqa: E402
+    Bottleneck,
+    MobileNetBlock,
+    TinyResNet,
+    _randomize_batch_norms,
+)
 from tests.models.transformers_models import (  # noqa: E402
     load_minilm,
     make_gpt2,
@@ -66,11 +71,22 @@ def _mobilenet() -> tuple[Any, dict[str, Any]]:
     return MobileNetBlock().eval(), {"x": torch.randn(2, 16, 14, 14, generator=gen)}
 
 
+def _bottleneck() -> tuple[Any, dict[str, Any]]:
+    # ResNet-50's blocks over a 14 x 14 map: 1x1 convs of 128 input channels (by channels
+    # on AVX-512), the 3x3 / 2 and the projected shortcut
+    torch.manual_seed(2)
+    gen = torch.Generator().manual_seed(2)
+    model = torch.nn.Sequential(Bottleneck(128, 32), Bottleneck(128, 64, stride=2))
+    _randomize_batch_norms(model, seed=2)
+    return model.eval(), {"input": torch.randn(2, 128, 14, 14, generator=gen)}
+
+
 FAMILIES: dict[str, Callable[[], tuple[Any, dict[str, Any]]]] = {
     "minilm": _minilm,
     "gpt2": _gpt2,
     "llama": _llama,
     "resnet": _resnet,
+    "bottleneck": _bottleneck,
     "mobilenet": _mobilenet,
 }
 _CAPTURED: dict[str, tuple[Graph, dict[str, np.ndarray]]] = {}

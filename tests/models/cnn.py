@@ -1,5 +1,6 @@
 """Small vision models written for the tests: a ResNet-style CNN, a MobileNet-style block and
-an EfficientNet-style MBConv network; and ResNet-18's layout for the benchmarks.
+an EfficientNet-style MBConv network; and ResNet-18's and ResNet-50's layouts for the
+benchmarks.
 
 They cover the ops the model-family tests promise: conv, batch norm, relu, max pool, residual
 add, global average pool, linear; depthwise and pointwise conv, hardswish, squeeze-excite;
@@ -94,6 +95,61 @@ class ResNet18(nn.Module):
         self.stages = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512, num_classes)
+        _randomize_batch_norms(self, seed=0)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.stages(self.stem(image))), 1))
+
+
+class Bottleneck(nn.Module):
+    """ResNet-50's block (torchvision's v1.5: the stride on the 3x3 conv): 1x1 down to
+    `width`, 3x3, 1x1 up to 4 x `width`, each with batch norm, plus a (projected) shortcut."""
+
+    def __init__(self, cin: int, width: int, stride: int = 1) -> None:
+        super().__init__()
+        cout = 4 * width
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = torch.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet50(nn.Module):
+    """ResNet-50's layout (torchvision's resnet50 without the download): the ResNet-18 stem,
+    four stages of 3, 4, 6 and 3 Bottlenecks (widths 64, 128, 256, 512; 256 to 2048 output
+    channels), global pool, linear to 1000 classes; 25.6M parameters, 4.1 GMACs at 224x224.
+    Random weights: for speed, not accuracy."""
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2, 1),
+        )
+        blocks: list[nn.Module] = []
+        cin = 64
+        for width, count, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+            for i in range(count):
+                blocks.append(Bottleneck(cin, width, stride if i == 0 else 1))
+                cin = 4 * width
+        self.stages = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
         _randomize_batch_norms(self, seed=0)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
