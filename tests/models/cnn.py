@@ -12,6 +12,7 @@ dropping them would change results.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -30,6 +31,13 @@ def _randomize_batch_norms(model: nn.Module, seed: int) -> None:
                 m.bias.copy_(torch.randn(c, generator=gen) * 0.1)
 
 
+def _shortcut(cin: int, cout: int, stride: int) -> nn.Module:
+    """A residual block's shortcut: identity, or a strided 1x1 conv and batch norm."""
+    if stride == 1 and cin == cout:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+
 class BasicBlock(nn.Module):
     """conv-bn-relu-conv-bn plus a (projected) shortcut, then relu."""
 
@@ -39,11 +47,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
+        self.shortcut = _shortcut(cin, cout, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -73,13 +77,13 @@ class TinyResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-class ResNet18(nn.Module):
-    """ResNet-18's layout (torchvision's resnet18 without the download): a 64-channel 7x7
-    stem and max pool, four stages of two BasicBlocks (64, 128, 256, 512 channels, the last
-    three halving the size), global pool, linear to 1000 classes; 11.7M parameters, 1.8
-    GMACs at 224x224. Random weights: for speed, not accuracy."""
+class _ImageNetResNet(nn.Module):
+    """torchvision's ResNet layout around `blocks()` (called between the stem and the head,
+    so parameters are drawn in torchvision's order): a 64-channel 7x7 / 2 stem and max pool,
+    the blocks, global pool, linear from `features` to 1000 classes; batch-norm statistics
+    randomized. Random weights: for speed, not accuracy."""
 
-    def __init__(self, num_classes: int = 1000) -> None:
+    def __init__(self, blocks: Callable[[], list[nn.Module]], features: int) -> None:
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv2d(3, 64, 7, 2, 3, bias=False),
@@ -87,18 +91,30 @@ class ResNet18(nn.Module):
             nn.ReLU(),
             nn.MaxPool2d(3, 2, 1),
         )
-        blocks: list[nn.Module] = []
-        cin = 64
-        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            blocks += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout)]
-            cin = cout
-        self.stages = nn.Sequential(*blocks)
+        self.stages = nn.Sequential(*blocks())
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512, num_classes)
+        self.fc = nn.Linear(features, 1000)
         _randomize_batch_norms(self, seed=0)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.stages(self.stem(image))), 1))
+
+
+class ResNet18(_ImageNetResNet):
+    """ResNet-18's layout (torchvision's resnet18 without the download): four stages of two
+    BasicBlocks (64, 128, 256, 512 channels, the last three halving the size); 11.7M
+    parameters, 1.8 GMACs at 224x224."""
+
+    def __init__(self) -> None:
+        def blocks() -> list[nn.Module]:
+            out: list[nn.Module] = []
+            cin = 64
+            for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+                out += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout)]
+                cin = cout
+            return out
+
+        super().__init__(blocks, 512)
 
 
 class Bottleneck(nn.Module):
@@ -114,11 +130,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
+        self.shortcut = _shortcut(cin, cout, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -127,33 +139,22 @@ class Bottleneck(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
-class ResNet50(nn.Module):
-    """ResNet-50's layout (torchvision's resnet50 without the download): the ResNet-18 stem,
-    four stages of 3, 4, 6 and 3 Bottlenecks (widths 64, 128, 256, 512; 256 to 2048 output
-    channels), global pool, linear to 1000 classes; 25.6M parameters, 4.1 GMACs at 224x224.
-    Random weights: for speed, not accuracy."""
+class ResNet50(_ImageNetResNet):
+    """ResNet-50's layout (torchvision's resnet50 without the download): four stages of 3,
+    4, 6 and 3 Bottlenecks (widths 64, 128, 256, 512; 256 to 2048 output channels); 25.6M
+    parameters, 4.1 GMACs at 224x224."""
 
-    def __init__(self, num_classes: int = 1000) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, 64, 7, 2, 3, bias=False),
-            nn.BatchNorm2d(64),
-            nn.ReLU(),
-            nn.MaxPool2d(3, 2, 1),
-        )
-        blocks: list[nn.Module] = []
-        cin = 64
-        for width, count, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
-            for i in range(count):
-                blocks.append(Bottleneck(cin, width, stride if i == 0 else 1))
-                cin = 4 * width
-        self.stages = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(cin, num_classes)
-        _randomize_batch_norms(self, seed=0)
+    def __init__(self) -> None:
+        def blocks() -> list[nn.Module]:
+            out: list[nn.Module] = []
+            cin = 64
+            for width, count, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+                for i in range(count):
+                    out.append(Bottleneck(cin, width, stride if i == 0 else 1))
+                    cin = 4 * width
+            return out
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.stages(self.stem(image))), 1))
+        super().__init__(blocks, 2048)
 
 
 class InvertedResidual(nn.Module):
