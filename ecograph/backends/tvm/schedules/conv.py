@@ -128,9 +128,9 @@ def prefers_width(
     channels. Measured on two Zen 4 threads, one-conv models, by width vs by channels (ms):
     32 -> 16 over 112 x 112 0.098 vs 0.124, 64 -> 64 over 32 x 32 0.077 vs 0.079; with more
     input channels by channels is as fast or faster (256 -> 64 over 32 x 32 0.32 vs 0.21,
-    1024 -> 256 over 16 x 16 0.63 vs 0.64), and on rows under a whole vector too (ResNet-50's
-    14 x 14 maps: 1024 -> 256 1.19 vs 0.49, 256 -> 1024 0.58 vs 0.52, 16 -> 64 0.028 vs
-    0.029). Wider kernels run by channels: by width they read a padded copy, a kernel of its
+    1024 -> 256 over 16 x 16 0.63 vs 0.64), and on rows under a whole vector too (14 x 14
+    maps: ResNet-50's 1024 -> 256 1.19 vs 0.49 and 256 -> 1024 0.58 vs 0.52; 16 -> 64 0.028
+    vs 0.029). Wider kernels run by channels: by width they read a padded copy, a kernel of its
     own (ops/padding.py), and by channels measured as fast or faster (3x3 16 -> 16 over
     16 x 16 22 vs 25 us, over 32 x 32 43 vs 46, over 64 x 64 130 vs 132; 32 -> 32 over
     32 x 32 113 vs 117). On AVX2 by channels was as fast or faster on every shape measured
