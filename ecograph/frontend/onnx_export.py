@@ -28,6 +28,7 @@ from onnx import helper, numpy_helper
 
 from ecograph.errors import UnsupportedError
 from ecograph.ir.graph import Graph, Node, Value
+from ecograph.ir.ops.ms_qlinear import EXPANSIONS, MS_DOMAIN
 from ecograph.ir.registry import ONNX_OPSET, lookup_schema
 from ecograph.ir.types import TensorType
 
@@ -192,14 +193,7 @@ def to_onnx(
             assert fn is not None
             fn(ctx, node)
             continue
-        schema = lookup_schema(node.op_type, node.domain)
-        proto = helper.make_node(node.op_type, ctx.inputs(node), ctx.outputs(node), name=node.name)
-        for key, value in node.attrs.items():
-            if value is None:
-                continue
-            kind = schema.attrs[key].kind if schema is not None and key in schema.attrs else None
-            proto.attribute.append(_attribute(key, value, kind))
-        ctx.nodes.append(proto)
+        _write_as_is(ctx, node)
 
     reverse = graph.metadata.get("onnx_dim_params", {})
     dim_params = {sym: original for sym, original in reverse.items()} if reverse else {}
@@ -226,9 +220,14 @@ def to_onnx(
         outputs,
         initializer=initializers,
     )
+    # Contrib ops written as they were read (ONNX Runtime's com.microsoft, version 1).
+    domains = sorted({n.domain for n in ctx.nodes if n.domain not in ("", "ai.onnx")})
     model = helper.make_model(
         onnx_graph,
-        opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
+        opset_imports=[
+            helper.make_opsetid("", ONNX_OPSET),
+            *(helper.make_opsetid(d, 1) for d in domains),
+        ],
         producer_name="ecograph",
     )
     model.ir_version = min(model.ir_version, 11)
@@ -463,3 +462,23 @@ def _export_cache_attention(ctx: OnnxExportContext, node: Node) -> None:
     mask = [m for m in mask if m]
     causal, scale = int(node.attr("is_causal", 0)), node.attr("scale")
     ctx.emit("Attention", [q, *full, *mask], ctx.outputs(node), is_causal=causal, scale=scale)
+
+
+def _write_as_is(ctx: OnnxExportContext, node: Node) -> None:
+    """One NodeProto for `node`, its attributes typed by its schema: every ONNX op, and ONNX
+    Runtime's contrib ops (com.microsoft QLinearAdd, QGemm, MatMulNBits, ...), which are
+    written as they were read, so the file runs in ONNX Runtime with its own kernels as the
+    model it came from did."""
+    schema = lookup_schema(node.op_type, node.domain)
+    proto = helper.make_node(
+        node.op_type, ctx.inputs(node), ctx.outputs(node), name=node.name, domain=node.domain
+    )
+    for key, value in node.attrs.items():
+        if value is not None:
+            kind = schema.attrs[key].kind if schema is not None and key in schema.attrs else None
+            proto.attribute.append(_attribute(key, value, kind))
+    ctx.nodes.append(proto)
+
+
+for _domain, _op in (*EXPANSIONS, (MS_DOMAIN, "MatMulNBits")):
+    register_onnx_export(_op, domain=_domain)(_write_as_is)

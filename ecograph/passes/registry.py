@@ -32,6 +32,7 @@ BUILTIN_PASS_MODULES: tuple[str, ...] = (
     "ecograph.passes.linear",
     "ecograph.passes.noops",
     "ecograph.passes.norms",
+    "ecograph.passes.qlinear",
     "ecograph.passes.weight_only",
     "ecograph.prune.passes",
     "ecograph.quant.integer",

@@ -287,3 +287,23 @@ def test_matmul_nbits_sharing_their_weights_share_the_rewritten_ones():
     for name in before:
         ref, got = before[name].ravel(), after[name].ravel()
         assert float(ref @ got / np.linalg.norm(ref) / np.linalg.norm(got)) > 0.999
+
+
+def test_to_onnx_writes_matmul_nbits_as_read() -> None:
+    """An imported MatMulNBits model exports with the op as it was (com.microsoft domain
+    imported), and ONNX Runtime runs the export to the same numbers."""
+    import ecograph
+    from ecograph.frontend.onnx import to_onnx
+
+    k, n, block = 64, 16, 32
+    a = rng.standard_normal((2, k)).astype(np.float32)
+    b = rng.integers(0, 256, (n, k // block, block // 2)).astype(np.uint8)
+    scales = rng.uniform(0.01, 0.1, n * (k // block)).astype(np.float32)
+    attrs = {"K": k, "N": n, "bits": 4, "block_size": block, "accuracy_level": 4}
+    model = nbits_model(b, scales, None, attrs, ["m", k], ["m", n])
+    exported = to_onnx(ecograph.from_onnx(model))
+    assert [(d.domain, d.version) for d in exported.opset_import][1:] == [("com.microsoft", 1)]
+    sess = ort.InferenceSession(exported.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(
+        sess.run(None, {"A": a})[0], ort_matmul_nbits(a, b, scales, None, attrs)
+    )

@@ -25,7 +25,7 @@ from ecograph.ir import symbolic
 from ecograph.ir.dtypes import DType
 from ecograph.ir.graph import Graph, Node, Value
 from ecograph.ir.interpreter import run_node
-from ecograph.ir.registry import OpSchema, registered_ops, symbolic_value
+from ecograph.ir.registry import symbolic_value
 from ecograph.ir.symbolic import Dim
 from ecograph.ir.types import TensorType
 
@@ -68,15 +68,6 @@ def lowers(*op_types: str, domain: str = "") -> Callable[[LowerFn], LowerFn]:
         return fn
 
     return decorate
-
-
-def has_lowering(op_type: str, domain: str = "") -> bool:
-    return (domain, op_type) in LOWERINGS
-
-
-def unlowered_registry_ops() -> list[OpSchema]:
-    """Registry ops that have no lowering yet (the table's to-do list)."""
-    return [s for s in registered_ops() if (s.domain, s.op_type) not in LOWERINGS]
 
 
 def missing_lowerings(graph: Graph) -> list[str]:

@@ -30,10 +30,8 @@ from ecograph.backends.tvm.context import (
     R,
     carrier,
     contiguous,
-    has_lowering,
     known_array,
     missing_lowerings,
-    unlowered_registry_ops,
 )
 from ecograph.backends.tvm.ops.conv import (
     packed_conv_weights,
@@ -49,8 +47,10 @@ from ecograph.ir import symbolic
 from ecograph.ir.dtypes import DType
 from ecograph.ir.folding import fold_node
 from ecograph.ir.graph import Graph, Node, Value
-from ecograph.ir.registry import resolve_attrs
+from ecograph.ir.ops.ms_qlinear import EXPANSIONS
+from ecograph.ir.registry import OpSchema, registered_ops, resolve_attrs
 from ecograph.passes import Pass, run_passes
+from ecograph.passes.qlinear import ExpandQLinear
 from ecograph.passes.weight_only import FuseWeightDequantize, TransposeDequantizeWeights
 
 # --------------------------------------------------------------- graph lowering
@@ -70,13 +70,29 @@ class Lowered:
     folded: list[str] = field(default_factory=list)
 
 
-# Rewrites the backend runs on its copy of every graph before lowering: weight-only
-# DequantizeLinear feeding a matmul becomes one DequantizeMatMul kernel (the compressed
-# weights stay compressed in the artifact).
-BACKEND_PASSES: tuple[type[Pass], ...] = (FuseWeightDequantize,)
+# Rewrites the backend runs on its copy of every graph before lowering: ONNX Runtime's
+# quantized contrib ops (QLinearAdd, QGemm, ...) become the standard ops that define them;
+# weight-only DequantizeLinear feeding a matmul becomes one DequantizeMatMul kernel (the
+# compressed weights stay compressed in the artifact).
+BACKEND_PASSES: tuple[type[Pass], ...] = (ExpandQLinear, FuseWeightDequantize)
 # ... and then, for GPU targets, those kernels' weights stored [N, K], the layout dlight's
 # GEMV rule schedules on CUDA (passes/weight_only.py).
 GPU_BACKEND_PASSES: tuple[type[Pass], ...] = (TransposeDequantizeWeights,)
+
+
+# The ops BACKEND_PASSES rewrite into others before lowering: they need no lowering of their own.
+EXPANDED_OPS = frozenset(EXPANSIONS)
+
+
+def has_lowering(op_type: str, domain: str = "") -> bool:
+    """Whether the backend lowers `domain::op_type` (with a lowering, or by a backend pass
+    rewriting it into ops that have one)."""
+    return (domain, op_type) in LOWERINGS or (domain, op_type) in EXPANDED_OPS
+
+
+def unlowered_registry_ops() -> list[OpSchema]:
+    """Registry ops that have no lowering yet (the table's to-do list)."""
+    return [s for s in registered_ops() if not has_lowering(s.op_type, s.domain)]
 
 
 def backend_passes(target: TargetSpec) -> list[Pass]:
@@ -119,10 +135,13 @@ def lower_with(graph: Graph, options: LowerOptions) -> Lowered:
 
     The backend's own rewrites run first, through the pass manager (verified), on a copy of
     `graph` (the caller's graph is not changed): `BACKEND_PASSES` (and `GPU_BACKEND_PASSES`
-    for GPU targets). With `keep_params`,
+    for GPU targets); then every op left must have a lowering. With `keep_params`,
     constants of at least `param_threshold` bytes become trailing parameters (returned in
     `Lowered.params`, in order) instead of bound constants.
     """
+    _check_symbols(graph)
+    graph = graph.copy()
+    run_passes(graph, backend_passes(options.target))
     missing = missing_lowerings(graph)
     if missing:
         why = {f"{d}::{o}" if d else o: r for (d, o), r in UNLOWERABLE.items()}
@@ -132,9 +151,6 @@ def lower_with(graph: Graph, options: LowerOptions) -> Lowered:
             "Add a lowering with @lowers in a module under ecograph/backends/tvm/ops/ or "
             "rewrite them with a pass first."
         )
-    _check_symbols(graph)
-    graph = graph.copy()
-    run_passes(graph, backend_passes(options.target))
     state = LoweringState(relax.BlockBuilder(), options)
     params: list[relax.Var] = []
     for v in graph.inputs:

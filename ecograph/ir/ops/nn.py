@@ -128,7 +128,7 @@ def _gemm_infer(ctx: InferContext) -> list[TensorType]:
     return [TensorType(a.dtype, [m, n])]
 
 
-def _gemm_macs(node: Node, bindings: Mapping[str, int]) -> int:
+def gemm_macs(node: Node, bindings: Mapping[str, int]) -> int:
     """M·N outputs of K products each; K is A's first dim when transA is set."""
     a = node.inputs[0]
     assert a is not None
@@ -148,7 +148,7 @@ def _gemm_macs(node: Node, bindings: Mapping[str, int]) -> int:
         "transB": Attr("int", 0),
     },
     infer=_gemm_infer,
-    macs=_gemm_macs,
+    macs=gemm_macs,
 )
 def gemm(
     a: np.ndarray,
