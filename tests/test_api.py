@@ -67,6 +67,58 @@ def test_accuracy_budget_violation_raises_and_leaves_the_graph_untouched(tmp_pat
     assert graphs_equal(graph, snapshot)
 
 
+def _qdq_relu_graph(quantize_activations: bool) -> ecograph.ir.Graph:
+    """x -> [QuantizeLinear -> DequantizeLinear ->] MatMul(w) -> Relu: with the first two, a
+    model that rounds its own activations to codes (as ONNX Runtime's int8 models do)."""
+    from ecograph.ir import GraphBuilder
+
+    b = GraphBuilder()
+    x = b.input("x", "float32", [2, 8])
+    if quantize_activations:
+        s, z = b.constant(np.float32(0.05)), b.constant(np.uint8(128))
+        x = b.op("DequantizeLinear", b.op("QuantizeLinear", x, s, z), s, z)
+    w = b.constant(np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32))
+    b.output(b.op("Relu", b.op("MatMul", x, w), name="y"))
+    return b.graph
+
+
+def test_build_budget_is_looser_only_for_a_model_that_quantizes_its_activations():
+    from ecograph.api import EXACT_BUDGET, REQUANTIZING_BUDGET, build_budget
+    from ecograph.ir import GraphBuilder
+
+    assert build_budget(_qdq_relu_graph(True)) == REQUANTIZING_BUDGET
+    assert build_budget(_qdq_relu_graph(False)) == EXACT_BUDGET
+    # Weights quantized by a constant QuantizeLinear round nothing at run time.
+    b = GraphBuilder()
+    x = b.input("x", "float32", [2, 8])
+    w = np.ones((8, 4), np.float32)
+    wq = b.op("QuantizeLinear", b.constant(w), b.constant(np.float32(0.1)))
+    b.output(b.op("MatMul", x, b.op("DequantizeLinear", wq, b.constant(np.float32(0.1)))))
+    assert build_budget(b.graph) == EXACT_BUDGET
+
+
+@pytest.mark.parametrize("own_quantization", [True, False])
+def test_default_budget_of_a_model_that_quantizes_its_activations(
+    tmp_path, monkeypatch, own_quantization
+):
+    """A compiled build 0.9995 from the interpreter (what one code flipped at a tie does to an
+    int8 model) passes for a model that rounds its own activations, with a note saying why,
+    and fails a float model, whose message does not blame a quantization it did not ask for."""
+    import ecograph.api as api
+
+    monkeypatch.setattr(
+        api, "compare_outputs", lambda ref, out: {"cosine": 0.9995, "max_abs_error": 0.01}
+    )
+    graph = _qdq_relu_graph(own_quantization)
+    feeds = {"x": np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32)}
+    if own_quantization:
+        res = ecograph.optimize(graph, feeds, out_dir=tmp_path, measure=False)
+        assert any("quantizes its own activations (1 node(s)" in n for n in res.report.notes)
+        return
+    with pytest.raises(AccuracyError, match="No quantization was asked for"):
+        ecograph.optimize(graph, feeds, out_dir=tmp_path, measure=False)
+
+
 def test_quantized_optimize_reports_size_and_accuracy(tmp_path):
     res = ecograph.optimize(
         build_default_model(),

@@ -140,7 +140,7 @@ def prune_ratios(text: str) -> dict[str, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ecograph.api import EXACT_BUDGET, QUANTIZED_BUDGET
+    from ecograph.api import EXACT_BUDGET, QUANTIZED_BUDGET, REQUANTIZING_BUDGET
     from ecograph.quant.presets import QUANTIZE_PRESETS
 
     parser = _Parser(
@@ -227,8 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="COSINE",
         help="minimum cosine similarity of the outputs to the original model's (default "
-        f"{EXACT_BUDGET}, or {QUANTIZED_BUDGET} when quantized); with --quantize, the most "
-        "sensitive layers stay in float until it holds; exit code 4 when it cannot",
+        f"{EXACT_BUDGET}; {REQUANTIZING_BUDGET} for a model that quantizes its own "
+        f"activations, such as ONNX Runtime's int8 models; {QUANTIZED_BUDGET} when quantized); "
+        "with --quantize, the most sensitive layers stay in float until it holds; exit code 4 "
+        "when it cannot",
     )
     p.add_argument(
         "--target",

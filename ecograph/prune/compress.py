@@ -499,8 +499,8 @@ def compress(
       per build and its ratio decides.
     """
     from ecograph.api import (
-        EXACT_BUDGET,
         OptimizeResult,
+        build_budget,
         capture,
         feeds_for,
         resolve_target,
@@ -620,7 +620,7 @@ def compress(
     build_cos = min(
         _cosine(a, expected[v.name]) for a, v in zip(built, final.graph.outputs, strict=True)
     )
-    if build_cos < EXACT_BUDGET:
+    if build_cos < build_budget(final.graph):
         raise BuildError(
             f"the {spec.name} build of {final.label} differs from its graph under the "
             f"reference interpreter (cosine {build_cos:.6f} on validation batch 0); this is "

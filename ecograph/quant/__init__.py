@@ -1,9 +1,39 @@
 """Quantization: parameters, calibration, the Quantize and integer-lowering passes, presets
 (`presets.quantize_pass`), sensitivity and accuracy budgets (see ecograph/quant/*.py)."""
 
+from ecograph.ir.graph import Graph
+from ecograph.ir.ops.ms_qlinear import EXPANSIONS
+
 # Registered names of the passes that quantize a graph: a run where one of them changed the
 # graph is judged against the quantized accuracy budget, and the report lists a quantized stage.
 QUANTIZING_PASSES = frozenset({"quantize", "quantize-within-budget", "lower-qdq-to-integer"})
+
+
+# Ops that round float activations to integer codes when they run (the QuantizeLinear family
+# and the QLinear ops that requantize their results, ONNX Runtime's contrib ones included): a
+# graph holding them is already a quantized model, whatever ecograph's passes do to it.
+ROUNDING_OPS = frozenset(
+    {
+        ("", "QuantizeLinear"),
+        ("", "DynamicQuantizeLinear"),
+        ("", "QLinearConv"),
+        ("", "QLinearMatMul"),
+        *EXPANSIONS,
+    }
+)
+
+
+def rounding_nodes(graph: Graph) -> int:
+    """How many nodes of `graph` round computed (not constant) values to integer codes (a
+    QGemm without y_scale returns float32: it does not)."""
+    count = 0
+    for n in graph.nodes:
+        if (n.domain, n.op_type) not in ROUNDING_OPS:
+            continue
+        if n.op_type == "QGemm" and n.input(7) is None:
+            continue
+        count += not all(v is None or v.is_constant for v in n.inputs)
+    return count
 
 
 def quantization_notes(records: list) -> list[str]:
