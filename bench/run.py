@@ -27,7 +27,9 @@ only: ecograph-tuned (MetaSchedule, minutes), ecograph-auto
 ecograph-int4, ecograph-int4-a8 (int8 activations), ecograph-palette4, ort-int4 and
 ort-int4-acc4 (ONNX Runtime's MatMulNBits), ecograph-nbits and ecograph-nbits-a8 (ort-int4-
 acc4's MatMulNBits model compiled by ecograph, in float32 or through nbits-activation-blocks),
-ecograph-int8s and ort-int8s (static int8, calibrated on the same inputs).
+ecograph-int8s and ort-int8s (static int8, calibrated on the same inputs), ort-int8q (ort-int8s's
+quantization in QOperator format: QLinearConv, QLinearAdd, QGemm) and ecograph-int8q (that
+model compiled by ecograph as it is).
 """
 
 from __future__ import annotations

@@ -46,6 +46,8 @@ RUNNERS = [
     "ecograph-nbits-a8",
     "ecograph-int8s",
     "ort-int8s",
+    "ecograph-int8q",
+    "ort-int8q",
 ]
 # ecograph-tuned takes minutes of MetaSchedule tuning; ecograph-auto adapts its thread count
 # (it is for --busy runs). Both run only when named, as do the weight-only rows (LLM decode
@@ -60,10 +62,13 @@ RUNNERS = [
 # activation blocks: the int4-a8 kernel). ecograph-int8s / ort-int8s: static int8
 # (ecograph's "int8-static"; ONNX Runtime's quantize_static, QDQ, per-channel int8 weights,
 # uint8 activations), both calibrated on the same CALIBRATION_BATCHES inputs (`calibration`).
+# ort-int8q: ort-int8s's quantization written in QOperator format (QLinearConv, QLinearAdd,
+# QLinearGlobalAveragePool, QGemm: how the ONNX Model Zoo's int8 models are); ecograph-int8q:
+# that model imported into ecograph and compiled as it is (no quantization of its own).
 OPT_IN_RUNNERS = ("ecograph-tuned", "ecograph-auto", "ecograph-int8w", "ecograph-int4",
                   "ecograph-int4-a8", "ecograph-palette4", "ort-int4", "ort-int4-acc4",
                   "ecograph-nbits", "ecograph-nbits-a8", "ecograph-int8s",
-                  "ort-int8s")  # fmt: skip
+                  "ort-int8s", "ecograph-int8q", "ort-int8q")  # fmt: skip
 CALIBRATION_BATCHES = 8
 DEFAULT_RUNNERS = [r for r in RUNNERS if r not in OPT_IN_RUNNERS]
 WORKLOADS = ["minilm-b1", "minilm-b8", "llama-prefill", "llama-decode", "resnet"]
@@ -328,8 +333,8 @@ def _prepare_ort(
         path = qpath
     elif runner.startswith("ort-int4"):
         path = _ort_int4(path, tmp / "model.int4.onnx", 4 if runner == "ort-int4-acc4" else 0)
-    elif runner == "ort-int8s":
-        path = _ort_int8_static(path, tmp / "model.int8s.onnx", args)
+    elif runner in ("ort-int8s", "ort-int8q"):
+        path = _ort_int8_static(path, tmp / f"model.{runner}.onnx", args, runner == "ort-int8q")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -359,9 +364,10 @@ def calibration(args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
     return batches
 
 
-def _ort_int8_static(path: Path, out: Path, args: tuple[Any, ...]) -> Path:
-    """The ONNX model at `path` quantized by ONNX Runtime's quantize_static: QDQ, int8 weights
-    per channel, uint8 activations, min/max calibration on `calibration(args)`."""
+def _ort_int8_static(path: Path, out: Path, args: tuple[Any, ...], qoperator: bool = False) -> Path:
+    """The ONNX model at `path` quantized by ONNX Runtime's quantize_static: QDQ (QOperator
+    with `qoperator`), int8 weights per channel, uint8 activations, min/max calibration on
+    `calibration(args)`."""
     import onnxruntime as ort
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -380,7 +386,8 @@ def _ort_int8_static(path: Path, out: Path, args: tuple[Any, ...]) -> Path:
         def get_next(self) -> dict[str, Any] | None:
             return next(self.left, None)
 
-    quantize_static(str(path), str(out), Reader(), quant_format=QuantFormat.QDQ,
+    fmt = QuantFormat.QOperator if qoperator else QuantFormat.QDQ
+    quantize_static(str(path), str(out), Reader(), quant_format=fmt,
                     per_channel=True, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8)  # fmt: skip
     return out
@@ -460,6 +467,12 @@ def _prepare_ecograph(
         args = ()
         if runner == "ecograph-nbits-a8":
             pipeline = "default,nbits-activation-blocks"
+    elif runner == "ecograph-int8q":
+        # ONNX Runtime's QOperator int8 model (ort-int8q's), imported: ORT's own quantization
+        tmp = _scratch()
+        source = _ort_int8_static(_export_onnx(model, args, tmp / "model.onnx"),
+                                  tmp / "int8q.onnx", args, qoperator=True)  # fmt: skip
+        args = ()
 
     quant = {"ecograph-int8": "int8", "ecograph-int8w": "int8-weight", "ecograph-int4": "int4",
              "ecograph-int4-a8": "int4-a8", "ecograph-palette4": "palette4",
