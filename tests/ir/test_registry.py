@@ -143,6 +143,7 @@ _COUNTED = {
     ("", "ConvTranspose"),
     ("", "Attention"),
     ("ecograph", "CacheAttention"),  # added with the op (2026-12-06)
+    ("com.microsoft", "QGemm"),  # added with the op (2026-12-07)
 }
 
 
