@@ -422,3 +422,47 @@ def test_qgemm_counts_its_multiply_adds() -> None:
 
     model, _ = _build(dict(CASES)["QGemm-uint8-transB-bias"])
     assert graph_stats(ecograph.from_onnx(model)).macs == 5 * 24 * 16
+
+
+def test_qlinear_conv_requantizes_as_onnxruntime_does() -> None:
+    """QLinearConv's requantization is ONNX Runtime's: round(float32(acc) * multiplier) in
+    float32. Biases picked so that the accumulator times the multiplier lies within a float32
+    rounding error of a tie: there onnx.reference (float64) rounds the other way on every
+    channel, the interpreter and both TVM builds give ONNX Runtime's codes."""
+    from onnx.reference import ReferenceEvaluator
+
+    sx, sw, sy = np.float32(0.02), np.float32(0.0031), np.float32(0.37)
+    mult = (sx * sw) / sy
+    acc = np.arange(1, 2_000_000, dtype=np.int64)
+    rounded32 = np.rint(acc.astype(np.float32) * mult)
+    near_ties = acc[(rounded32 != np.rint(acc * np.float64(mult))) & (rounded32 < 250)]
+    assert near_ties.size >= 4
+    bias = near_ties.astype(np.int32)
+    channels = bias.size
+    ins = [
+        ("x", np.zeros((1, 1, 2, 2), np.uint8)),
+        ("sx", np.array(sx)),
+        ("zx", np.array(0, np.uint8)),
+        ("w", np.ones((channels, 1, 1, 1), np.int8)),
+        ("sw", np.array(sw)),
+        ("zw", np.array(0, np.int8)),
+        ("sy", np.array(sy)),
+        ("zy", np.array(0, np.uint8)),
+        ("b", bias),
+    ]
+    model = _model(
+        "QLinearConv", ins, feeds={"x"}, out_type=TensorProto.UINT8, out_rank=4, domain=""
+    )
+    feeds = {"x": ins[0][1]}
+    theirs = _ort(model, feeds)
+    np.testing.assert_array_equal(theirs[0, :, 0, 0], rounded32[np.isin(acc, near_ties)])
+    onnx_reference = ReferenceEvaluator(model).run(None, feeds)[0]
+    assert np.all(onnx_reference != theirs)
+    graph = ecograph.from_onnx(model)
+    np.testing.assert_array_equal(interpret(graph, feeds)["Y"], theirs)
+    pytest.importorskip("tvm")
+    from ecograph.backends.tvm import targets
+    from tests.backends.tvm_helpers import run_tvm
+
+    for target in ({"kind": "llvm"}, targets.resolve("x86")):
+        np.testing.assert_array_equal(run_tvm(graph, feeds, target)[0], theirs)

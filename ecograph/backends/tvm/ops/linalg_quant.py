@@ -86,21 +86,21 @@ def _qlinear_conv(ctx: LowerContext) -> relax.Expr:
     acc = conv_integer_product(ctx, x=0, x_zp=2, w=3, w_zp=5)
     if ctx.has(8):
         acc = R.add(acc, reshape_bias(ctx, R.astype(ctx.arg(8), "int32"), rank))
-    # The multiplier in float32 (numpy: float32 scalars), applied in float64 (int32 * float32
-    # arrays promote to float64), like the reference.
+    # ONNX Runtime's requantization (MLAS): round(float32(acc) * multiplier) + y_zero_point,
+    # clipped, the multiplier x_scale * w_scale / y_scale in float32; the reference kernel
+    # computes the same (ir/ops/reference_ops.py `qlinear_conv`). Rounding before the zero
+    # point is added leaves no multiply-add that FMA contraction could fuse.
     for i in (1, 4, 6):
         if str(ctx.in_type(i).dtype) != "float32":
             ctx.fail(f"input {i} (a scale) must be float32, not {ctx.in_type(i).dtype}")
-    ws = ctx.arg(4)
     wst = ctx.in_type(4)
-    mult = ctx.emit(R.divide(R.multiply(ctx.arg(1), ws), ctx.arg(6)))
+    mult = ctx.emit(R.divide(R.multiply(ctx.arg(1), ctx.arg(4)), ctx.arg(6)))
     if wst.rank == 1 and wst.shape[0] != 1:
         mult = reshape_bias(ctx, mult, rank)
-    y = ctx.emit(R.multiply(R.astype(acc, "float64"), R.astype(mult, "float64")))
+    q = round_half_even(ctx, ctx.emit(R.multiply(R.astype(acc, "float32"), mult)), "float32")
     if ctx.has(7):
-        y = ctx.emit(R.add(y, R.astype(ctx.arg(7), "float64")))
+        q = R.add(q, R.astype(ctx.arg(7), "float32"))
     out = ctx.out_type().dtype
     lo, hi = QUANT_RANGES[out]
-    y = ctx.emit(R.clip(y, lo, hi))
-    q = round_half_even(ctx, y, "float64")
+    q = R.clip(q, lo, hi)
     return R.astype(q, str(out))
