@@ -28,7 +28,8 @@ from onnx import helper, numpy_helper
 
 from ecograph.errors import UnsupportedError
 from ecograph.ir.graph import Graph, Node, Value
-from ecograph.ir.ops.ms_qlinear import EXPANSIONS, MS_DOMAIN
+from ecograph.ir.ops.ms_qlinear import EXPANSIONS
+from ecograph.ir.ops.ms_quant import MS_DOMAIN
 from ecograph.ir.registry import ONNX_OPSET, lookup_schema
 from ecograph.ir.types import TensorType
 

@@ -355,6 +355,27 @@ def test_expand_qlinear_is_exact(builder: Any) -> None:
     assert graph.outputs[0].name == "Y"
 
 
+def test_expand_qlinear_of_constants_keeps_the_graph_output() -> None:
+    """A contrib op on constants alone whose result is a graph output: the expansion is
+    computed at once (a constant) and the output keeps its name through an Identity."""
+    from ecograph.ir import GraphBuilder
+
+    b = GraphBuilder()
+    x = b.input("x", "uint8", [4])
+    a, s, z = (b.constant(np.arange(4, dtype=np.uint8)), b.constant(np.float32(0.5)),
+               b.constant(np.uint8(1)))  # fmt: skip
+    b.output(b.op("QLinearAdd", a, s, z, a, s, z, s, z, domain=MS, name="sum"))
+    b.output(b.op("Identity", x, name="copy"))
+    graph = b.graph
+    want = interpret(graph, {"x": np.zeros(4, np.uint8)})
+    run_checked(ExpandQLinear(), graph, {"x": np.zeros(4, np.uint8)})
+    assert [n.op_type for n in graph.nodes] == ["Identity", "Identity"]
+    got = interpret(graph, {"x": np.zeros(4, np.uint8)})
+    assert list(got) == list(want)
+    # (a - 1) * 0.5 doubled, quantized at 0.5 with zero point 1: -2 + 1 clips to 0
+    np.testing.assert_array_equal(got[graph.outputs[0].name], [0, 1, 3, 5])
+
+
 def test_wrong_qlinear_concat_inputs_name_the_node() -> None:
     ins = _out(np.uint8) + _quantized("x0", (2, 3), np.uint8)[:2]  # a triple lacking its zp
     model = _model("QLinearConcat", ins, feeds={"x0"}, out_type=TensorProto.UINT8, out_rank=2,

@@ -32,11 +32,10 @@ import numpy as np
 
 from ecograph.ir.dtypes import DType
 from ecograph.ir.graph import Graph, Node, Value
+from ecograph.ir.ops.ms_quant import MS_DOMAIN
 from ecograph.ir.ops.nn import gemm_macs
 from ecograph.ir.registry import Attr, InferContext, register_op
 from ecograph.ir.types import TensorType
-
-MS_DOMAIN = "com.microsoft"
 
 
 class Emitter:
