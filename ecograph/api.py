@@ -236,17 +236,22 @@ def _pass_items(
     calibration_data: Iterable[Any] | None,
     accuracy_budget: float | None,
     feeds: Mapping[str, np.ndarray],
+    prequantized: bool = False,
 ) -> tuple[list[Any], str, Any]:
     """The pipeline items optimize() runs under one PassManager: `pipeline`, then quantization
     (the budget search when `accuracy_budget` is set), then lower-qdq-to-integer for static
-    quantization (int8 x int8 accumulated in int32, not float simulation).
+    quantization (int8 x int8 accumulated in int32, not float simulation). A `prequantized`
+    model (QDQ products of its own, `qdq_products`) quantized no further gets
+    lower-qdq-to-integer first instead: before fold-constants turns its dequantized weights
+    into float32 constants, which its products would then multiply in float.
 
     Returns (items, the quantization's description for the recipe and report, the budget
     search pass or None)."""
+    from ecograph.quant.integer import LowerQDQToInteger
+
     items: list[Any] = [pipeline] if isinstance(pipeline, str) else list(pipeline)
     if quantize is None:
-        return items, "", None
-    from ecograph.quant.integer import LowerQDQToInteger
+        return ([LowerQDQToInteger(), *items] if prequantized else items), "", None
     from ecograph.quant.presets import quantize_pass
     from ecograph.quant.sensitivity import QuantizeWithinBudget
 
@@ -312,10 +317,12 @@ def optimize(
       by input name. A batch of another form, or calibration data that the quantization
       would not read, raises UsageError / PassError saying so.
     - accuracy_budget: the minimum cosine similarity of the outputs to the original on the
-      example inputs (default 0.99999; 0.99 when quantizing, or when a lossy pass such as
+      example inputs (default 0.99999; 0.999 for a model that quantizes its own
+      activations, `build_budget`; 0.99 when quantizing, or when a lossy pass such as
       nbits-activation-blocks changed the graph). With quantization, layers are kept in
       float (most sensitive first) until the budget holds; if it cannot hold,
-      AccuracyError is raised.
+      AccuracyError is raised. A model in QDQ format quantized no further runs
+      lower-qdq-to-integer before `pipeline` (`_pass_items`).
     - instrumentation: the PassManager's checks (verifier, numeric check, dumps); a numeric
       check without its own sample inputs runs on the example inputs.
     - tune: MetaSchedule tuning (True or a trial budget); the compile cache reuses results.
@@ -361,7 +368,12 @@ def optimize(
     calibration = None
     if calibration_data is not None:
         calibration = calibration_batches(original, calibration_data)
-    items, qdesc, search = _pass_items(pipeline, quantize, calibration, accuracy_budget, feeds)
+    from ecograph.quant.integer import qdq_products
+
+    own_products = qdq_products(original) if quantize is None else 0
+    items, qdesc, search = _pass_items(
+        pipeline, quantize, calibration, accuracy_budget, feeds, prequantized=own_products > 0
+    )
     inst = instrumentation
     if inst is not None and inst.differential and inst.sample_inputs is None:
         inst = dataclasses.replace(inst, sample_inputs=feeds)
@@ -375,13 +387,23 @@ def optimize(
     notes: list[str] = []
     if search is not None and search.outcome is not None:
         notes.append(search.outcome.report())
+    # The lowering run first on a QDQ model's own products quantizes nothing more: judged
+    # (budget, weight stages) without it.
+    first = next((r for r in records if r.pass_name == "lower-qdq-to-integer"), None)
+    judged = [r for r in records if not (own_products and r is first)]
+    if own_products and first is not None:
+        lowered = first.result.stats.get("lowered", 0) if first.result else 0
+        notes.append(
+            f"lower-qdq-to-integer ran first: {lowered} of the model's {own_products} "
+            "quantized (QDQ) convolutions / matmuls run as 8-bit integer products"
+        )
     budget = accuracy_budget
     if budget is None:
         # quantization given in `pipeline` ("default,quantize(mode=dynamic)") counts too, as
         # does any other lossy pass that changed the graph (nbits-activation-blocks)
         quantized = quantize is not None or any(
             r.changed and (r.pass_name in QUANTIZING_PASSES or _is_lossy(r.pass_name))
-            for r in records
+            for r in judged
         )
         budget = QUANTIZED_BUDGET if quantized else build_budget(original)
         if budget == REQUANTIZING_BUDGET:
@@ -453,7 +475,7 @@ def optimize(
             f"passes took {pass_seconds:.2f} s; quantization: {qdesc or 'none'}",
             *quantization_notes(records),
         ],
-        weights=weight_stages(original, graph, records, qdesc, artifact),
+        weights=weight_stages(original, graph, judged, qdesc, artifact),
     )
     if measure and cannot_run:
         report.notes.append(

@@ -44,6 +44,22 @@ def _const_array(v: Value | None) -> np.ndarray | None:
     return None if v is None else v.const_value
 
 
+def qdq_products(graph: Graph) -> int:
+    """How many MatMul / Conv / Linear nodes of `graph` read both operands through
+    DequantizeLinear of 8-bit tensors: a model already quantized in QDQ format (ONNX
+    Runtime's quantize_static), whose products LowerQDQToInteger can run as integer ones."""
+    return sum(
+        1
+        for n in graph.nodes
+        if (n.domain, n.op_type) in _PRODUCTS
+        and _dq_parts(n.input(0)) is not None
+        and _dq_parts(n.input(1)) is not None
+    )
+
+
+_PRODUCTS = (("", "MatMul"), ("", "Conv"), ("ecograph", "Linear"))
+
+
 @register_pass
 @dataclass
 class LowerQDQToInteger(Pass):
@@ -60,11 +76,7 @@ class LowerQDQToInteger(Pass):
         count = 0
         notes: list[str] = []
         for node in graph.nodes:
-            if (node.domain, node.op_type) not in (
-                ("", "MatMul"),
-                ("", "Conv"),
-                ("ecograph", "Linear"),
-            ):
+            if (node.domain, node.op_type) not in _PRODUCTS:
                 continue
             a, w = _dq_parts(node.input(0)), _dq_parts(node.input(1))
             if a is None or w is None:

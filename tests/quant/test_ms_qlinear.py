@@ -300,7 +300,7 @@ def _output_scale(graph: Any) -> np.ndarray:
     return dq.input(1).const_value
 
 
-def _qoperator_cnn(tmp_path) -> Any:
+def _qoperator_cnn(tmp_path, qdq: bool = False) -> Any:
     import torch
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
@@ -340,8 +340,44 @@ def _qoperator_cnn(tmp_path) -> Any:
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
 
-    quantize_static(str(float_path), str(quant_path), Reader(), quant_format=QuantFormat.QOperator)
+    fmt = QuantFormat.QDQ if qdq else QuantFormat.QOperator
+    quantize_static(str(float_path), str(quant_path), Reader(), quant_format=fmt)
     return quant_path
+
+
+def test_a_qdq_model_runs_its_products_as_integer_ones(tmp_path) -> None:
+    """ONNX Runtime's QDQ format (quantize_static's default): optimize() runs
+    lower-qdq-to-integer first, so every conv and matmul reading DequantizeLinear on both
+    operands becomes an 8-bit integer product (fold-constants would otherwise make their
+    weights float32 constants first), judged by the budget of a model that quantizes its own
+    activations and reported, with no "quantized" weight stage of ecograph's."""
+    pytest.importorskip("tvm")
+    from ecograph.api import REQUANTIZING_BUDGET
+
+    model_path = _qoperator_cnn(tmp_path, qdq=True)
+    x = np.random.default_rng(4).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    res = ecograph.optimize(model_path, {"x": x}, out_dir=tmp_path / "out", measure=False)
+    first = res.pass_records[0]
+    assert first.pass_name == "lower-qdq-to-integer" and first.changed
+    assert first.result is not None and first.result.stats["lowered"] == 2  # the two convs
+    assert sum(n.op_type == "ConvInteger" for n in res.graph.nodes) == 2
+    assert not any(n.op_type == "Conv" for n in res.graph.nodes)
+    assert any("lower-qdq-to-integer ran first: 2 of" in n for n in res.report.notes)
+    assert any(f"accuracy budget {REQUANTIZING_BUDGET}" in n for n in res.report.notes)
+    assert all(w.stage != "quantized" for w in res.report.weights)
+    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    step = float(_output_scale(ecograph.from_onnx(model_path)))
+    assert np.abs(res.module(x) - sess.run(None, {"x": x})[0]).max() <= 2 * step + 1e-6
+
+
+def test_a_float_model_gets_no_integer_lowering(tmp_path) -> None:
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 3, 8, 8)
+    res = ecograph.optimize(model, (x,), out_dir=tmp_path, measure=False)
+    assert all(r.pass_name != "lower-qdq-to-integer" for r in res.pass_records)
+    assert not any("lower-qdq-to-integer" in n for n in res.report.notes)
 
 
 @pytest.mark.parametrize("builder", [b for _, b in CASES], ids=[c for c, _ in CASES])
