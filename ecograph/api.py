@@ -389,9 +389,13 @@ def optimize(
         notes.append(search.outcome.report())
     # The lowering run first on a QDQ model's own products quantizes nothing more: judged
     # (budget, weight stages) without it.
-    first = next((r for r in records if r.pass_name == "lower-qdq-to-integer"), None)
-    judged = [r for r in records if not (own_products and r is first)]
-    if own_products and first is not None:
+    first = (
+        next((r for r in records if r.pass_name == "lower-qdq-to-integer"), None)
+        if own_products
+        else None
+    )
+    judged = [r for r in records if r is not first]
+    if first is not None:
         lowered = first.result.stats.get("lowered", 0) if first.result else 0
         notes.append(
             f"lower-qdq-to-integer ran first: {lowered} of the model's {own_products} "

@@ -2,14 +2,14 @@
 in QOperator format, as the ONNX Model Zoo's int8 models hold them: QLinearAdd, QLinearMul,
 QLinearSigmoid, QLinearLeakyRelu, QLinearConcat, QLinearAveragePool, QLinearGlobalAveragePool,
 QLinearSoftmax, QLinearWhere and QGemm. (QLinearConv and QLinearMatMul are
-standard ONNX ops, in nn.py and convolution.py.)
+standard ONNX ops, in reference_ops.py and nn.py.)
 
 Each op is defined once, as its expansion into standard ONNX ops (`EXPANSIONS`), which gives
 its type inference (the expansion built over the input types), its reference kernel (the
 expansion run by the interpreter) and the rewrite backends lower
 (`ecograph.passes.qlinear.ExpandQLinear`):
 
-- the element-wise, pooling, reduction and softmax ops are `quantize(f(dequantize(x)))`, the
+- the element-wise, pooling and softmax ops are `quantize(f(dequantize(x)))`, the
   semantics ONNX Runtime's operator documentation states: DequantizeLinear of each input,
   the float op, QuantizeLinear with the output's scale and zero point;
 - QGemm is an integer product as ONNX Runtime computes it: MatMulInteger of A and B with
@@ -20,7 +20,7 @@ expansion run by the interpreter) and the rewrite backends lower
 ONNX Runtime computes several of these by other routes (256-entry lookup tables for Sigmoid
 and LeakyRelu, precomputed scale ratios for Add and Mul, integer sums for the pools), which
 round differently where a value lies near the middle between two codes: its results and
-these differ there by one code (tests/test_ms_qlinear.py measures it).
+these differ there by one code (tests/quant/test_ms_qlinear.py measures it).
 """
 
 from __future__ import annotations

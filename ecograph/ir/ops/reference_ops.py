@@ -1,6 +1,7 @@
 """ONNX ops whose kernels delegate to onnx.reference (exact for these ops) and whose types come
 from ONNX's own shape inference: resampling, detection, spectral, loss and string ops (the
-recurrent ops have their own kernels, in `recurrent.py`). See `_onnx_ref.py` for how they are
+recurrent ops have their own kernels, in `recurrent.py`), and QLinearConv, whose kernel here
+requantizes in float32 as ONNX Runtime does (`qlinear_conv`). See `_onnx_ref.py` for how they are
 wired, and `python -m ecograph.conformance` for the node tests that check each of them."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from ecograph.ir import symbolic
 from ecograph.ir.dtypes import DType
 from ecograph.ir.ops._onnx_ref import onnx_infer, register_reference_op
 from ecograph.ir.ops.convolution import conv_integer, conv_macs
+from ecograph.ir.ops.quant import QUANT_RANGES
 from ecograph.ir.registry import InferContext, make_type
 from ecograph.ir.symbolic import Dim
 from ecograph.ir.types import TensorType
@@ -107,7 +109,7 @@ def qlinear_conv(
     out = x.dtype if y_zero_point is None else y_zero_point.dtype
     if y_zero_point is not None:
         y = y + np.asarray(y_zero_point, f32).reshape(())
-    lo, hi = (-128, 127) if out == np.int8 else (0, 255)
+    lo, hi = QUANT_RANGES[DType.from_numpy(out)]
     return np.clip(y, lo, hi).astype(out)
 
 
