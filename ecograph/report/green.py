@@ -356,10 +356,10 @@ def weight_stages(
     artifact: str | os.PathLike[str] | None = None,
 ) -> list[WeightStage]:
     """The weights' bytes through the stages that ran, for the report's size table: as
-    captured (fp32 when every float weight is), pruned (when a pruning pass changed the
-    graph; `records` are the PassManager's), quantized or palettized (when a quantizing pass
-    did), then the artifact's params file on disk, entropy-coded or not (when the weights
-    are kept out of lib.so). Graph bytes count int4 at 4 bits, as `graph_stats` does."""
+    captured (`_captured_stage`), pruned (when a pruning pass changed the graph; `records`
+    are the PassManager's), quantized or palettized (when a quantizing pass did), then the
+    artifact's params file on disk, entropy-coded or not (when the weights are kept out of
+    lib.so). Graph bytes count int4 at 4 bits, as `graph_stats` does."""
     from ecograph.passes.registry import registered_passes
     from ecograph.quant import QUANTIZING_PASSES
 
@@ -369,9 +369,7 @@ def weight_stages(
         cls = passes.get(name)
         return cls is not None and cls.__module__.startswith("ecograph.prune")
 
-    floats = {v.dtype.value for v in original.constants.values() if v.dtype.is_float}
-    first = "fp32, as captured" if floats <= {"float32"} else "as captured"
-    stages = [WeightStage(first, _graph_weight_bytes(original), ", ".join(sorted(floats)))]
+    stages = [_captured_stage(original)]
     pruned = [r for r in records if r.changed and is_pruning(r.pass_name)]
     quantized = any(r.changed and r.pass_name in QUANTIZING_PASSES for r in records)
     final = _graph_weight_bytes(optimized)
@@ -388,6 +386,33 @@ def weight_stages(
         if stored is not None:
             stages.append(stored)
     return stages
+
+
+def _captured_stage(graph: Graph) -> WeightStage:
+    """The first row: "fp32, as captured" when every float weight is float32 and none is
+    already quantized (8 bits or fewer: a model ONNX Runtime's tools quantized arrives with
+    int8 weights and float32 scales), else "as captured"; the detail gives each element
+    type's share of the bytes (those under 1 % left out)."""
+    by_dtype: dict[str, int] = {}
+    fp32 = True
+    for v in graph.constants.values():
+        dtype = v.dtype
+        if (dtype.is_float and dtype.value != "float32") or (
+            dtype.is_integer and dtype.bitwidth <= 8
+        ):
+            fp32 = False
+        by_dtype[dtype.value] = by_dtype.get(dtype.value, 0) + int(v.type.nbytes() or 0)
+    total = sum(by_dtype.values())
+    shares = [
+        (n, b)
+        for n, b in sorted(by_dtype.items(), key=lambda kv: (-kv[1], kv[0]))
+        if b * 100 >= total
+    ]
+    if len(shares) > 1:
+        detail = ", ".join(f"{n} {100 * b / total:.0f} %" for n, b in shares)
+    else:
+        detail = ", ".join(n for n, _ in shares)
+    return WeightStage("fp32, as captured" if fp32 else "as captured", total, detail)
 
 
 def _graph_weight_bytes(graph: Graph) -> int:

@@ -415,3 +415,13 @@ def test_weight_stages_list_only_the_stages_that_ran() -> None:
         "pruned",
     ]
     assert [s.stage for s in weight_stages(original, original, [idle])] == ["fp32, as captured"]
+    assert stages[0].detail == "float32"
+    # a model that arrives quantized (int8 weights, float32 scales) is not "fp32"
+    arrived = original.copy()
+    big = max(arrived.constants.values(), key=lambda v: v.type.nbytes() or 0)
+    big.const_value = np.zeros(big.type.static_shape(), np.int8)
+    big.type = type(big.type).of(big.const_value)
+    (captured,) = weight_stages(arrived, arrived, [idle])
+    assert captured.stage == "as captured"
+    assert captured.bytes == 64 * 128 + 128 * 8 * 4
+    assert captured.detail == "int8 67 %, float32 33 %"
