@@ -218,6 +218,20 @@ CASES: dict[str, tuple[Any, tuple[torch.Tensor, ...]]] = {
         ),
         (X,),
     ),
+    "vector_norms": (
+        lambda a: (
+            nn.functional.normalize(a, dim=-1),
+            a.norm(),
+            torch.linalg.vector_norm(a, ord=1, dim=(0, 2)),
+            torch.linalg.vector_norm(a, ord=float("inf"), dim=-1, keepdim=True),
+            torch.linalg.vector_norm(a, ord=float("-inf"), dim=1),
+            torch.linalg.vector_norm(a.relu(), ord=0, dim=-1),
+            torch.linalg.vector_norm(a, ord=3, dim=0),
+            torch.linalg.vector_norm(a, ord=-1.5, dim=(1, 2), keepdim=True),
+            torch.linalg.vector_norm(a[0, 0, 0]),
+        ),
+        (X,),
+    ),
     "pads_fill_scatter": (
         lambda a, i: (
             nn.functional.pad(a, (2, 1), mode="reflect"),
@@ -560,6 +574,10 @@ LAYER_CASES: dict[str, tuple[Any, tuple[torch.Tensor, ...]]] = {
         (randn(1, 4, 5, 5),),
     ),
     "group_norm": (lambda: nn.GroupNorm(2, 4), (randn(2, 4, 3, 3),)),
+    "weight_norm_conv": (  # wav2vec2's positional conv: the weight's norm is computed
+        lambda: nn.utils.parametrizations.weight_norm(nn.Conv1d(4, 4, 3, padding=1), dim=2),
+        (randn(1, 4, 6),),
+    ),
     "instance_norm": (lambda: nn.InstanceNorm2d(3, affine=True), (randn(2, 3, 4, 4),)),
     "upsample_nearest": (lambda: nn.Upsample(size=(8, 12)), (randn(1, 2, 4, 5),)),
     "upsample_bilinear": (

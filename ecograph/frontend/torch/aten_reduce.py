@@ -1,5 +1,5 @@
 """ATen converters for reductions and scans: sum / mean / max / min / prod, any / all,
-max and argmax along a dim, var / std, cumsum, topk and sort."""
+max and argmax along a dim, var / std, vector norms, cumsum, topk and sort."""
 
 from __future__ import annotations
 
@@ -113,6 +113,38 @@ def _var(cx: Converter, node: Any) -> Value:
     if target_name(node.target).startswith("aten.std"):
         out = cx.op("Sqrt", out)
     return out
+
+
+@aten("aten.linalg_vector_norm.default")
+def _vector_norm(cx: Converter, node: Any) -> Value:
+    """torch.linalg.vector_norm (F.normalize, weight norm, x.norm(p, dim)): ord 2 and 1 as
+    ReduceL2 / ReduceL1, +-inf as the largest / smallest magnitude, 0 as the count of
+    nonzeros, any other p as (sum |x|^p)^(1/p)."""
+    a = cx.args(node)
+    x = cx.tensor(a["self"], cx.out_dtype(node))
+    if x.type.rank == 0:
+        x = cx.op("Reshape", x, cx.ints([1]))
+        dims: Any = None
+        keep = 0
+    else:
+        dims = a.get("dim")
+        keep = int(bool(a.get("keepdim", False)))
+    ax = cx.ints(_axes(dims, x.type.rank))
+    p = float(a.get("ord", 2))
+    if p == 2:
+        return cx.op("ReduceL2", x, ax, keepdims=keep)
+    if p == 1:
+        return cx.op("ReduceL1", x, ax, keepdims=keep)
+    if p in (np.inf, -np.inf):
+        op = "ReduceMax" if p > 0 else "ReduceMin"
+        return cx.op(op, cx.op("Abs", x), ax, keepdims=keep)
+    if p == 0:
+        nonzero = cx.op("Cast", cx.op("Not", cx.op("Equal", x, cx.tensor(0, x.dtype))),
+                        to=x.dtype.onnx)  # fmt: skip
+        return cx.op("ReduceSum", nonzero, ax, keepdims=keep)
+    powered = cx.op("Pow", cx.op("Abs", x), cx.tensor(p, x.dtype))
+    total = cx.op("ReduceSum", powered, ax, keepdims=keep)
+    return cx.op("Pow", total, cx.tensor(1.0 / p, x.dtype))
 
 
 @aten("aten.cumsum.default")
