@@ -523,3 +523,52 @@ def test_qlinear_conv_requantizes_as_onnxruntime_does() -> None:
 
     for target in ({"kind": "llvm"}, targets.resolve("x86")):
         np.testing.assert_array_equal(run_tvm(graph, feeds, target)[0], theirs)
+
+
+def test_qlinear_matmul_requantizes_as_onnxruntime_does() -> None:
+    """QLinearMatMul's requantization is ONNX Runtime's too: round(float32(acc) * multiplier)
+    plus the zero point. With a multiplier of 0.1 * 0.011 / 0.11 (0.01 in float32) every
+    accumulator 150 + 200 j is within a float32 rounding error of a tie: onnx.reference
+    (float64) and the interpreter before (float64, zero point added before rounding) rounded
+    them the other way; the interpreter and both TVM builds give ONNX Runtime's codes."""
+    from onnx.reference import ReferenceEvaluator
+
+    sa, sw, sy = np.float32(0.1), np.float32(0.011), np.float32(0.11)
+    mult = (sa * sw) / sy
+    acc = np.arange(1, 32_000, dtype=np.int64)
+    rounded32 = np.rint(acc.astype(np.float32) * mult)
+    near_ties = acc[(rounded32 != np.rint(acc * np.float64(mult))) & (rounded32 < 250)][:16]
+    assert near_ties.size == 16
+    # a = [255, 1, 1]: column j's accumulator is 255 * w0 + w1 + w2 = near_ties[j]
+    w0 = near_ties // 255
+    rest = near_ties - 255 * w0
+    w = np.stack([w0, np.minimum(rest, 127), rest - np.minimum(rest, 127)]).astype(np.int8)
+    a = np.array([[255, 1, 1]], np.uint8)
+    assert np.array_equal(a.astype(np.int64) @ w.astype(np.int64), near_ties[None])
+    ins = [
+        ("a", a),
+        ("sa", np.array(sa)),
+        ("za", np.array(0, np.uint8)),
+        ("w", w),
+        ("sw", np.array(sw)),
+        ("zw", np.array(0, np.int8)),
+        ("sy", np.array(sy)),
+        ("zy", np.array(0, np.uint8)),
+    ]
+    model = _model(
+        "QLinearMatMul", ins, feeds={"a"}, out_type=TensorProto.UINT8, out_rank=2, domain=""
+    )
+    feeds = {"a": a}
+    theirs = _ort(model, feeds)
+    np.testing.assert_array_equal(theirs[0], rounded32[np.isin(acc, near_ties)])
+    onnx_reference = ReferenceEvaluator(model).run(None, feeds)[0]
+    assert np.all(onnx_reference != theirs)
+    graph = ecograph.from_onnx(model)
+    (ours,) = interpret(graph, feeds).values()
+    np.testing.assert_array_equal(ours, theirs)
+    pytest.importorskip("tvm")
+    from ecograph.backends.tvm import targets
+    from tests.backends.tvm_helpers import run_tvm
+
+    for target in ({"kind": "llvm"}, targets.resolve("x86")):
+        np.testing.assert_array_equal(run_tvm(graph, feeds, target)[0], theirs)

@@ -204,14 +204,19 @@ def qlinear_matmul(
     y_scale: np.ndarray,
     y_zp: np.ndarray,
 ) -> np.ndarray:
-    """Integer matmul of zero-point-shifted inputs, rescaled by a_scale*b_scale/y_scale,
-    rounded half to even and saturated to y's type (as onnx.reference computes it)."""
+    """Integer matmul of zero-point-shifted inputs as ONNX Runtime computes it (MLAS's
+    requantization, as QLinearConv, reference_ops.qlinear_conv): the int32 product times
+    a_scale * b_scale / y_scale in float32, rounded half to even, plus y_zero_point, clipped
+    to y's type. (onnx.reference scales in float64 and adds the zero point before rounding,
+    which rounds a value within a float32 rounding error of a tie otherwise.)"""
     acc = exact_int_matmul(
         a.astype(np.int32) - a_zp.astype(np.int32), b.astype(np.int32) - b_zp.astype(np.int32)
     )
-    scaled = acc * (a_scale * b_scale / y_scale) + y_zp
+    f32 = np.float32
+    mult = (np.asarray(a_scale, f32) * np.asarray(b_scale, f32)) / np.asarray(y_scale, f32)
+    y = np.rint(acc.astype(f32) * mult) + np.asarray(y_zp, f32)
     info = np.iinfo(y_zp.dtype)
-    return np.clip(np.rint(scaled), info.min, info.max).astype(y_zp.dtype)
+    return np.clip(y, info.min, info.max).astype(y_zp.dtype)
 
 
 # --------------------------------------------------------------------- Einsum

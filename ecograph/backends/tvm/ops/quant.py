@@ -211,13 +211,14 @@ def _qlinear_matmul(ctx: LowerContext) -> relax.Expr:
         a32 = R.subtract(R.astype(ctx.arg(0), "int32"), R.astype(ctx.arg(2), "int32"))
         b32 = R.subtract(R.astype(ctx.arg(3), "int32"), R.astype(ctx.arg(5), "int32"))
         acc = R.matmul(a32, b32, out_dtype="int32")
+    # Rounded before the zero point is added, as ONNX Runtime and the reference kernel
+    # (ir/ops/nn.py) do: that leaves no multiply-add for FMA contraction to fuse.
     sdt = str(ctx.in_type(1).dtype)
     mult = R.divide(R.multiply(ctx.arg(1), ctx.arg(4)), ctx.arg(6))
-    scaled = R.add(R.multiply(R.astype(acc, sdt), mult), R.astype(ctx.arg(7), sdt))
+    q = round_half_even(ctx, ctx.emit(R.multiply(R.astype(acc, sdt), mult)), sdt)
     out = ctx.out_type().dtype
     lo, hi = QUANT_RANGES[out]
-    q = round_half_even(ctx, ctx.emit(scaled), sdt)
-    return R.astype(R.clip(q, lo, hi), str(out))
+    return R.astype(R.clip(R.add(q, R.astype(ctx.arg(7), sdt)), lo, hi), str(out))
 
 
 @lowers("MatMulNBits", domain="com.microsoft")
