@@ -227,3 +227,38 @@ def _has_root(sch: Schedule) -> bool:
     except Exception:
         return False
     return True
+
+
+def split_epilogue(sch: Schedule, after: list[SBlockRV]) -> tuple[list[SBlockRV], list[SBlockRV]]:
+    """The blocks after a kernel's product that may be computed at its tiles, and the rest.
+
+    A rule places the epilogue at the product's tile with `reverse_compute_at`, which keeps
+    only the epilogue's elements that read the tile. Padding and concatenation write elements
+    that read no product (a border, another input's part: their value is an `if_then_else`),
+    and those would never be written: a conv followed by ONNX Runtime's asymmetric Pad of the
+    next layer left its border column uninitialized (Hugging Face's MobileNets, cosine 0.98 to
+    PyTorch). So the first such block and every block after it (which read it) are the rest,
+    for the rule to schedule as loops of their own after the product."""
+    for at, block in enumerate(after):
+        realize = sch.get(block)
+        value = getattr(realize.body, "value", None)
+        if value is None or any_node(value, lambda n: op_name(n).endswith("if_then_else")):
+            return after[:at], after[at:]
+    return after, []
+
+
+def any_node(expr: Any, pred: Any) -> bool:
+    """True if `pred` holds for some expression node of `expr`."""
+    found = False
+
+    def visit(node: Any) -> None:
+        nonlocal found
+        found = found or bool(pred(node))
+
+    tvm_ffi.structural_walk(expr, (ir.Expr, visit), order="post")
+    return found
+
+
+def op_name(node: Any) -> str:
+    """The name of the op a Call node calls ("" for other nodes)."""
+    return str(getattr(getattr(node, "op", None), "name", ""))

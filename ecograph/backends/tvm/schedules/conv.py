@@ -37,7 +37,7 @@ from tvm.s_tir.schedule import LoopRV, SBlockRV
 
 from ecograph.backends.tvm.targets import TargetSpec
 
-from .analysis import iter_kinds, loads_in, loops_match_iters, static_int, uses
+from .analysis import iter_kinds, loads_in, loops_match_iters, split_epilogue, static_int, uses
 from .base import CPURule, schedule_injective
 from .loops import has_select, vector_safe
 from .matmul import STACK_BYTES, accumulator_budget, lanes_for
@@ -286,8 +286,9 @@ class Conv(CPURule):
             found = self._find(sch)
             assert found is not None
             info, before, after = found
+            after, rest = split_epilogue(sch, after)
             try:
-                self._schedule(sch, info, before, after, fuse_epilogue)
+                self._schedule(sch, info, before, after, fuse_epilogue, rest)
             except s_tir.ScheduleError:
                 continue
             return sch
@@ -334,7 +335,10 @@ class Conv(CPURule):
         before: list[SBlockRV],
         after: list[SBlockRV],
         fuse: bool,
+        rest: list[SBlockRV],
     ) -> None:
+        """`after`: the epilogue computed at the tiles; `rest`: blocks after it that write
+        elements reading no product (analysis.split_epilogue), loops of their own."""
         lanes = lanes_for(self.spec)
         block = info.block
         n, o, oh, ow, *red = sch.get_loops(block)
@@ -391,6 +395,8 @@ class Conv(CPURule):
         if not (fuse and after):
             for blk in after[1:]:
                 schedule_injective(sch, blk, lanes, parallel=parallel)
+        for blk in rest:
+            schedule_injective(sch, blk, lanes, parallel=parallel)
 
     @staticmethod
     def _split_vector(

@@ -38,7 +38,7 @@ from tvm.s_tir.schedule import SBlockRV
 
 from ecograph.backends.tvm.targets import TargetSpec
 
-from .analysis import iter_kinds, loops_match_iters, static_int, uses
+from .analysis import iter_kinds, loops_match_iters, split_epilogue, static_int, uses
 from .base import CPURule, schedule_injective
 from .loops import iterations, op_count, stored_value, worth_parallel
 from .matmul import register_tile
@@ -388,8 +388,12 @@ class Int8Matmul(CPURule):
             sch = s_tir.Schedule(func)
             found = self._find(sch)
             assert found is not None
+            info, kernel, before, after = found
+            after, rest = split_epilogue(sch, after)
             try:
-                self._schedule(sch, *found, fuse_epilogue)
+                self._schedule(sch, info, kernel, before, after, fuse_epilogue)
+                for blk in rest:  # elements that read no product: loops of their own
+                    schedule_injective(sch, blk, kernel.lanes)
             except s_tir.ScheduleError:
                 continue
             return sch

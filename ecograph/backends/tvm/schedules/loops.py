@@ -23,7 +23,15 @@ from tvm.s_tir.schedule import LoopRV, SBlockRV
 
 from ecograph.backends.tvm.targets import TargetSpec
 
-from .analysis import iter_kinds, loads_in, loops_match_iters, static_int, vars_in
+from .analysis import (
+    any_node,
+    iter_kinds,
+    loads_in,
+    loops_match_iters,
+    op_name,
+    static_int,
+    vars_in,
+)
 
 # A parallel loop costs a thread-pool launch and a join: ~1 us with the other core idle, 5-9 us
 # with it busy (2-core development machine, float32 rows of 256, 2 threads vs 1). Break-even:
@@ -264,16 +272,9 @@ def selects_along(expr: Any, var: tirx.Var) -> bool:
 
 def has_select(expr: Any) -> bool:
     """True if `expr` selects (Select or if_then_else): padding, concatenation, where."""
-    found = False
-
-    def visit(node: Any) -> None:
-        nonlocal found
-        name = str(getattr(getattr(node, "op", None), "name", ""))
-        if isinstance(node, tirx.Select) or name.endswith("if_then_else"):
-            found = True
-
-    tvm_ffi.structural_walk(expr, (ir.Expr, visit), order="post")
-    return found
+    return any_node(
+        expr, lambda n: isinstance(n, tirx.Select) or op_name(n).endswith("if_then_else")
+    )
 
 
 def _has(expr: Any, var: tirx.Var) -> bool:

@@ -23,7 +23,14 @@ from tvm.s_tir.schedule import SBlockRV
 
 from ecograph.backends.tvm.targets import TargetSpec
 
-from .analysis import MatmulInfo, decodes_weights, iter_kinds, matmul_info, static_int
+from .analysis import (
+    MatmulInfo,
+    decodes_weights,
+    iter_kinds,
+    matmul_info,
+    split_epilogue,
+    static_int,
+)
 from .base import CPURule, schedule_injective
 
 # TVM 0.27 puts a kernel-local array on the stack only if it is a "global"-scope buffer of
@@ -132,8 +139,11 @@ class Matmul(CPURule):
             found = self._find(sch)
             assert found is not None
             info, epilogue, decoder = found
+            epilogue, rest = split_epilogue(sch, epilogue)
             try:
                 self._schedule(sch, info, epilogue, fuse_epilogue, decoder)
+                for blk in rest:  # elements that read no product: loops of their own
+                    schedule_injective(sch, blk, lanes_for(self.spec))
             except s_tir.ScheduleError:
                 continue
             return sch

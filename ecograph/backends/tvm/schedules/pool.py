@@ -20,7 +20,7 @@ from typing import Any
 from tvm import s_tir, tirx
 from tvm.s_tir.schedule import SBlockRV
 
-from .analysis import iter_kinds, loads_in, uses
+from .analysis import iter_kinds, loads_in, split_epilogue, uses
 from .base import CPURule
 from .injective import schedule_elementwise
 from .loops import (
@@ -73,6 +73,9 @@ class Pool(CPURule):
         names = [sch.get(b).name_hint for b in blocks]
         at = names.index(sch.get(window).name_hint)
         before, after = blocks[:at], blocks[at + 1 :]
+        after, rest = split_epilogue(sch, after)
+        for block in rest:  # elements that read no window: loops of their own
+            schedule_elementwise(sch, block, self.spec)
 
         kinds = iter_kinds(sch, window)
         loops = sch.get_loops(window)
