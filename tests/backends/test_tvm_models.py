@@ -81,6 +81,22 @@ def _bottleneck() -> tuple[Any, dict[str, Any]]:
     return model.eval(), {"input": torch.randn(2, 128, 14, 14, generator=gen)}
 
 
+def _hf_mobilenet() -> tuple[Any, dict[str, Any]]:
+    # Hugging Face's MobileNetV2: TensorFlow "same" padding as a Pad after each ReLU6, fused
+    # into the conv's kernel (schedules/analysis.split_epilogue)
+    from transformers import MobileNetV2Config, MobileNetV2Model
+
+    torch.manual_seed(3)
+    gen = torch.Generator().manual_seed(3)
+    model = MobileNetV2Model(MobileNetV2Config(depth_multiplier=0.35, image_size=64)).eval()
+    with torch.no_grad():  # weights that keep activations near 1 (HF's init shrinks them)
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.normal_(0, (1 / m.weight[0].numel()) ** 0.5, generator=gen)
+    _randomize_batch_norms(model, seed=3)
+    return model, {"pixel_values": torch.randn(1, 3, 64, 64, generator=gen)}
+
+
 FAMILIES: dict[str, Callable[[], tuple[Any, dict[str, Any]]]] = {
     "minilm": _minilm,
     "gpt2": _gpt2,
@@ -88,6 +104,7 @@ FAMILIES: dict[str, Callable[[], tuple[Any, dict[str, Any]]]] = {
     "resnet": _resnet,
     "bottleneck": _bottleneck,
     "mobilenet": _mobilenet,
+    "hf-mobilenet-v2": _hf_mobilenet,
 }
 _CAPTURED: dict[str, tuple[Graph, dict[str, np.ndarray]]] = {}
 
