@@ -119,3 +119,29 @@ def test_padding_after_a_product_writes_its_border(name: str, preset: str) -> No
     if rule:  # the pad runs in the product's kernel, which its rule scheduled
         assert rule in fused.values(), result.kernels
     assert_matches(graph, feeds, run_tvm(graph, feeds, spec))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_cuda_leaves_padding_after_a_reduction_to_fallback(name: str) -> None:
+    """On CUDA dlight's rules place the pad at the reduction's thread blocks as well (its
+    Reduction rule left the pad after an average pool unwritten outside the pool's extent,
+    read in the scheduled TIR); such kernels go to dlight's Fallback, which gives each block
+    loops of its own. Built only (no GPU needed)."""
+    make, _ = CASES[name]
+    graph, _ = case_graph(make)
+    result = build.build_module(graph, targets.resolve("cuda:sm_80"), keep_params=False)
+    fused = {k: r for k, r in result.kernels.items() if "pad" in k and k != "pad"}
+    assert all(r == "dlight:Fallback" for r in fused.values()), result.kernels
+
+
+def test_border_guard_keeps_concatenation_fused_where_nothing_reduces() -> None:
+    """Rotary embeddings concatenate inside an element-wise chain: no reduction there, so the
+    CUDA guard leaves that kernel fused (one kernel, not five)."""
+    b = GraphBuilder("rope_like")
+    x = b.input("x", "float32", [2, 8, 16])
+    half = b.op("Slice", x, *(b.constant(np.array([v], np.int64)) for v in (8, 16, -1)))
+    y = b.op("Concat", b.op("Neg", half), x, axis=-1)
+    b.output(b.op("Mul", y, b.constant(_f32(24))))
+    result = build.build_module(b.graph, targets.resolve("cuda:sm_80"), keep_params=False)
+    (kernel,) = result.kernels
+    assert kernel.startswith("fused_") and "concatenate" in kernel, result.kernels

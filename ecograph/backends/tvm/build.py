@@ -162,6 +162,43 @@ def batched_matmul_kernel(func: Any) -> bool:
     return _batched_reduction(func) == (1, True)
 
 
+def borders_after_reduction(func: Any) -> bool:
+    """True for a PrimFunc where a block after a reduction writes elements that read none of
+    it: a Pad or a concatenation fused after a conv, pool or matmul (a block value that is an
+    `if_then_else`, schedules/analysis.split_epilogue).
+
+    dlight's rules place such a block at the reduction's thread blocks, which keeps only the
+    elements that read what a thread block reduced: its Reduction rule left a Pad after an
+    average pool unwritten outside the pool's extent (the scheduled TIR). On CUDA these
+    functions go to dlight's Fallback, which gives each block loops of its own; the CPU rules
+    split such blocks off themselves."""
+    from tvm import s_tir
+
+    from .schedules.analysis import iter_kinds, split_epilogue
+
+    try:
+        sch = s_tir.Schedule(func)
+        blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+    except Exception:  # not analyzable: not a function this is about
+        return False
+    first = next((i for i, b in enumerate(blocks) if "R" in iter_kinds(sch, b)), None)
+    return first is not None and bool(split_epilogue(sch, blocks[first + 1 :])[1])
+
+
+def _border_guarded(rule: Any) -> Any:
+    """`rule`, declining `borders_after_reduction` functions (the next rules, in the end
+    Fallback, schedule them)."""
+    from tvm.s_tir import dlight as dl
+
+    class BorderGuarded(dl.ScheduleRule):
+        def apply(self, func: Any, target: Any, tunable: bool) -> Any:
+            if borders_after_reduction(func):
+                return None
+            return rule.apply(func, target, tunable)
+
+    return BorderGuarded()
+
+
 def isolate_batched_matmuls() -> Any:
     """A module pass marking batched-matmul PrimFuncs opaque to FuseOps (CUDA): they stay one
     kernel that dlight's Matmul rule schedules correctly, and their epilogue becomes its own
@@ -249,13 +286,13 @@ def _cuda_pipeline(
     from .schedules.indexmath import decreasing_index_pass
 
     rules = [
-        ("GEMV", dl.gpu.GEMV()),
-        ("Reduction", _CheckedRule(dl.gpu.Reduction())),
-        ("GeneralReduction", _CheckedRule(dl.gpu.GeneralReduction())),
+        ("GEMV", _border_guarded(dl.gpu.GEMV())),
+        ("Reduction", _border_guarded(_CheckedRule(dl.gpu.Reduction()))),
+        ("GeneralReduction", _border_guarded(_CheckedRule(dl.gpu.GeneralReduction()))),
         ("Fallback", dl.gpu.Fallback()),
     ]
     if with_matmul_rule:
-        rules.insert(0, ("Matmul", _guarded_matmul()))
+        rules.insert(0, ("Matmul", _border_guarded(_guarded_matmul())))
     legalize = [
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
