@@ -35,7 +35,12 @@ from ecograph.passes.core import CosineTolerance, Pass, PassResult, Tolerance
 from ecograph.passes.divergence import extract_cone, first_diverging_node
 from ecograph.passes.elementwise import MarkElementwiseChains
 from ecograph.passes.instrument import Instrumentation, PassRecord, PipelineResult
-from ecograph.passes.linear import FoldBatchNorm, FuseMatMulAdd, MergeParallelMatMuls
+from ecograph.passes.linear import (
+    FoldBatchNorm,
+    FoldPadIntoConv,
+    FuseMatMulAdd,
+    MergeParallelMatMuls,
+)
 from ecograph.passes.manager import PassManager, bisect_pipeline, run_passes
 from ecograph.passes.noops import EliminateNoOps
 from ecograph.passes.norms import FuseLayerNorm, FuseRMSNorm
@@ -82,6 +87,7 @@ __all__ = [
     "ExpandAttentionMasks",
     "FixedPoint",
     "FoldBatchNorm",
+    "FoldPadIntoConv",
     "FoldConstants",
     "FoldShapes",
     "FuseAttention",

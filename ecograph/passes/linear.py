@@ -1,5 +1,6 @@
-"""Linear-layer fusions: fold BatchNorm into Conv/Gemm, MatMul+Add -> Gemm, and merge
-parallel MatMuls that share an input (Q/K/V projections) into one MatMul + Split."""
+"""Linear-layer fusions: fold BatchNorm into Conv/Gemm, a zero Pad into the Conv it feeds,
+MatMul+Add -> Gemm, and merge parallel MatMuls that share an input (Q/K/V projections) into
+one MatMul + Split."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from ecograph.ir.graph import Graph, Node, Value
 from ecograph.passes.core import Pass, PassResult
 from ecograph.passes.pattern import Const, Match, Op, Pattern, RewritePass, Rule, Var
 from ecograph.passes.registry import register_pass
-from ecograph.passes.utils import replace_value
+from ecograph.passes.utils import const_array, replace_value
 
 
 def _bn_scale_shift(bn: Node) -> tuple[np.ndarray, np.ndarray]:
@@ -109,6 +110,66 @@ class FoldBatchNorm(RewritePass):
             attrs,
             name=f"{producer.name}_bn",
             before=m.root,
+        ).output
+
+
+def _spatial_pads(pad: Node, rank: int) -> list[int] | None:
+    """The [begins..., ends...] a constant zero Pad adds to the spatial axes of a rank-`rank`
+    tensor; None when it pads the batch or channel axis, crops, pads otherwise than with
+    zeros, or its pads / axes / value are not constants."""
+    if pad.attr("mode", "constant") != "constant":
+        return None
+    pads = const_array(pad.input(1))
+    value = const_array(pad.input(2)) if pad.input(2) is not None else np.zeros(())
+    axes = const_array(pad.input(3)) if pad.input(3) is not None else np.arange(rank)
+    if pads is None or value is None or axes is None or bool(np.any(value != 0)):
+        return None
+    axes_list = [int(a) % rank for a in np.asarray(axes).reshape(-1)]
+    n = len(axes_list)
+    if pads.size != 2 * n or bool(np.any(pads < 0)):
+        return None
+    full = [0] * (2 * rank)
+    for j, a in enumerate(axes_list):
+        full[a], full[rank + a] = int(pads[j]), int(pads[n + j])
+    if full[0] or full[1] or full[rank] or full[rank + 1]:
+        return None
+    return full[2:rank] + full[rank + 2 :]
+
+
+def _pad_conv_ok(m: Match) -> bool | str:
+    conv, pad = m.root, m["pad"]
+    if conv.attr("auto_pad", "NOTSET") != "NOTSET":
+        return f"{conv.name} pads itself with auto_pad={conv.attr('auto_pad')}"
+    if _spatial_pads(pad, m["x"].type.rank) is None:
+        return f"{pad.name} is not a constant zero padding of the spatial axes"
+    return True
+
+
+@register_pass
+@dataclass
+class FoldPadIntoConv(RewritePass):
+    """Conv(Pad(x, zeros on the spatial axes)) -> Conv(x) with the Pad's amounts added to its
+    pads (TensorFlow-style "same" padding, as Hugging Face's MobileNets and EfficientNets
+    write it): one copy of the activations fewer, and the conv kernel pads as it reads. The
+    Pad stays for its other consumers, if any."""
+
+    name: ClassVar[str] = "fold-pad-into-conv"
+
+    def rules(self) -> list[Rule]:
+        pad = Op("Pad", Var("x"), Const(), name="pad", extra_inputs=True, single_use=False)
+        pattern = Pattern(
+            "fold-pad-into-conv", Op("Conv", pad, Var("w"), extra_inputs=True), _pad_conv_ok
+        )
+        return [Rule(pattern, self._rewrite)]
+
+    def _rewrite(self, graph: Graph, m: Match) -> Value | str:
+        conv, x = m.root, m["x"]
+        added = _spatial_pads(m["pad"], x.type.rank)
+        assert added is not None
+        own = list(conv.attr("pads") or [0] * len(added))
+        attrs = {**conv.attrs, "pads": [a + b for a, b in zip(own, added, strict=True)]}
+        return graph.add_node(
+            "Conv", [x, *conv.inputs[1:]], attrs, name=f"{conv.name}_padded", before=conv
         ).output
 
 

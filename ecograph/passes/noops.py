@@ -98,7 +98,7 @@ class EliminateNoOps(Pass):
     Also: x/1, x-(+0), x+(-0.0) (x+0 only for integers), Reshape-like ops whose output type
     is their input type, Reshape of a Reshape, Transpose chains (composed or removed),
     Cast to the same type, Cast chains whose first cast is lossless, Expand to the same
-    shape, single-input Concat, whole-tensor Slice, Tile by ones.
+    shape, single-input Concat, whole-tensor Slice, Tile by ones, Pad by zeros.
     """
 
     name: ClassVar[str] = "eliminate-no-ops"
@@ -158,6 +158,10 @@ class EliminateNoOps(Pass):
             return x
         if op == "Slice" and x.type == out.type and self._whole_slice(node):
             return x
+        if op == "Pad" and x.type == out.type:
+            pads = const_array(node.input(1))
+            if pads is not None and not bool(np.any(pads)):
+                return x
         if op == "Tile" and x.type == out.type:
             reps = const_array(node.input(1))
             if reps is not None and bool(np.all(reps == 1)):

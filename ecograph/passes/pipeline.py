@@ -32,7 +32,12 @@ from ecograph.passes.cleanup import (
 )
 from ecograph.passes.core import Pass
 from ecograph.passes.elementwise import MarkElementwiseChains
-from ecograph.passes.linear import FoldBatchNorm, FuseMatMulAdd, MergeParallelMatMuls
+from ecograph.passes.linear import (
+    FoldBatchNorm,
+    FoldPadIntoConv,
+    FuseMatMulAdd,
+    MergeParallelMatMuls,
+)
 from ecograph.passes.noops import EliminateNoOps
 from ecograph.passes.norms import FuseLayerNorm, FuseRMSNorm
 from ecograph.passes.registry import get_pass, load_passes, registered_passes
@@ -151,6 +156,7 @@ def cleanup_pipeline() -> list[PipelineItem]:
 def fusion_pipeline() -> list[PipelineItem]:
     return [
         FoldBatchNorm(),
+        FoldPadIntoConv(),
         FuseLayerNorm(),
         FuseRMSNorm(),
         FuseGelu(),

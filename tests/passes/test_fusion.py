@@ -15,6 +15,7 @@ from ecograph.passes import (
     CausalAttentionMasks,
     ExpandAttentionMasks,
     FoldBatchNorm,
+    FoldPadIntoConv,
     FuseAttention,
     FuseGelu,
     FuseLayerNorm,
@@ -321,6 +322,71 @@ def test_fold_batchnorm_must_not_fire_on_shared_conv() -> None:
     bn = [b.constant(a) for a in (f32(4), f32(4), f32(4), np.abs(f32(4)) + 0.5)]
     b.output(b.op("BatchNormalization", y, *bn), y)
     check_no_change(FoldBatchNorm(), b.graph)
+
+
+def _pad(b: GraphBuilder, x: Value, pads: list[int], value: float | None = None, **kw) -> Value:
+    ins = [x, b.constant(np.array(pads, np.int64))]
+    if value is not None:
+        ins.append(b.constant(np.array(value, np.float32)))
+    return b.op("Pad", *ins, **kw)
+
+
+def test_fold_pad_into_conv() -> None:
+    """TensorFlow-style "same" padding (Hugging Face's MobileNets): a zero Pad of the spatial
+    axes joins the Conv's own pads; the Pad goes when the Conv was its only consumer."""
+    b = GraphBuilder()
+    x = b.input("x", "float32", [1, 3, 7, 7])
+    p = _pad(b, x, [0, 0, 0, 0, 0, 0, 1, 1], 0.0)
+    conv = b.op("Conv", p, b.constant(f32(4, 3, 3, 3)), b.constant(f32(4)), strides=[2, 2],
+                pads=[1, 0, 0, 2])  # fmt: skip
+    b.output(conv)
+    out = check_rewrite(FoldPadIntoConv(), b.graph)
+    run_passes(out, "cleanup")
+    assert ops(out) == ["Conv"]
+    assert out.nodes[0].attrs["pads"] == [1, 0, 1, 3]
+    # a Pad by axes (H only, no value input), shared with a second consumer that keeps it
+    b = GraphBuilder()
+    x = b.input("x", "float32", [1, 3, 6, 6])
+    axes = b.constant(np.array([2], np.int64))
+    p = b.op("Pad", x, b.constant(np.array([2, 1], np.int64)), None, axes)
+    b.output(b.op("Conv", p, b.constant(f32(4, 3, 3, 3))), b.op("Relu", p))
+    out = check_rewrite(FoldPadIntoConv(), b.graph)
+    run_passes(out, "cleanup")
+    assert sorted(ops(out)) == ["Conv", "Pad", "Relu"]
+    assert [n.attrs.get("pads") for n in out.nodes if n.op_type == "Conv"] == [[2, 0, 1, 0]]
+
+
+@pytest.mark.parametrize(
+    "case", ["channels", "batch", "nonzero", "reflect", "crop", "auto_pad", "input_pads"]
+)
+def test_fold_pad_into_conv_must_not_fire(case: str) -> None:
+    b = GraphBuilder()
+    x = b.input("x", "float32", [1, 3, 6, 6])
+    pads = {"channels": [0, 1, 0, 0, 0, 0, 0, 0], "batch": [1, 0, 0, 0, 0, 0, 0, 0],
+            "crop": [0, 0, -1, 0, 0, 0, 0, 0]}.get(case, [0, 0, 1, 1, 0, 0, 1, 1])  # fmt: skip
+    if case == "input_pads":
+        pads_v = b.input("pads", "int64", [8])
+        p = b.op("Pad", x, pads_v)
+    else:
+        value = 0.5 if case == "nonzero" else None
+        p = _pad(b, x, pads, value, **({"mode": "reflect"} if case == "reflect" else {}))
+    attrs = {"auto_pad": "SAME_UPPER"} if case == "auto_pad" else {}
+    channels = 4 if case == "channels" else 3
+    b.output(b.op("Conv", p, b.constant(f32(2, channels, 3, 3)), **attrs))
+    feeds = {"x": f32(1, 3, 6, 6)}
+    if case == "input_pads":
+        feeds["pads"] = np.array(pads, np.int64)
+    check_no_change(FoldPadIntoConv(), b.graph, feeds)
+
+
+def test_zero_pad_is_removed_as_a_no_op() -> None:
+    from ecograph.passes import EliminateNoOps
+
+    b = GraphBuilder()
+    x = b.input("x", "float32", [1, 3, 4, 4])
+    b.output(b.op("Relu", _pad(b, x, [0] * 8, 2.0)))
+    out = check_rewrite(EliminateNoOps(), b.graph)
+    assert ops(out) == ["Relu"]
 
 
 def test_matmul_add_to_gemm_2d_or_fused_linear() -> None:
