@@ -18,8 +18,8 @@ batches of the same run (a statically split thread pool stalls on a taken core).
 
 Workloads: minilm-b1, minilm-b8, llama-prefill, llama-decode, resnet; by name only:
 llama-wide-decode, llama-wide-prefill (TinyLlama-1.1B's layer shapes, 2 layers; bench/runners.py),
-resnet18, resnet50 (ResNet-18's and ResNet-50's layouts at 224x224) and mobilenetv2
-(MobileNetV2's layout at 224x224).
+resnet18, resnet50 (ResNet-18's and ResNet-50's layouts at 224x224), mobilenetv2
+(MobileNetV2's layout at 224x224) and hf-mobilenetv2 (Hugging Face's MobileNetV2Model).
 Runners: torch-eager, torch-int8, torch-compile, ort-fp32, ort-int8, tvm-export, ecograph,
 ecograph-int8, ort-ecograph (ONNX Runtime on ecograph's optimized graph, exported); by name
 only: ecograph-tuned (MetaSchedule, minutes), ecograph-auto

@@ -7,8 +7,9 @@ compares its first output with torch eager fp32 on those inputs (the cosine colu
 Workloads: minilm-b1 and minilm-b8 (real MiniLM-L6 weights, seq 128), llama-prefill (128
 tokens) and llama-decode (one token after a 128-token prompt, with a KV cache), resnet (the
 ResNet-style CNN of the tests, 1x3x64x64); by name only, llama-wide-decode / -prefill and
-resnet18 and resnet50 (ResNet-18's and ResNet-50's layouts, 1x3x224x224) and mobilenetv2
-(MobileNetV2's, 1x3x224x224).
+resnet18 and resnet50 (ResNet-18's and ResNet-50's layouts, 1x3x224x224), mobilenetv2
+(MobileNetV2's, 1x3x224x224) and hf-mobilenetv2 (Hugging Face's MobileNetV2Model at 224,
+width 1.0, random weights: TensorFlow "same" padding as a Pad before every conv).
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ WORKLOADS = ["minilm-b1", "minilm-b8", "llama-prefill", "llama-decode", "resnet"
 # parameters, 480 MB in float32, so a step reads its weights from memory, not from cache.
 # And ResNet-18's and ResNet-50's layouts at 1x3x224x224 (1.8 and 4.1 GMACs; the default
 # `resnet` is a toy one of 0.1 ms, where launch costs weigh as much as the convolutions).
-EXTRA_WORKLOADS = ["llama-wide-decode", "llama-wide-prefill", "resnet18", "resnet50", "mobilenetv2"]
+EXTRA_WORKLOADS = ["llama-wide-decode", "llama-wide-prefill", "resnet18", "resnet50", "mobilenetv2",
+                   "hf-mobilenetv2"]  # fmt: skip
 BASELINE = "ort-fp32"
 TUNE_TRIALS = int(os.environ.get("ECOGRAPH_BENCH_TRIALS", "64"))
 
@@ -131,8 +133,33 @@ def build_workload(name: str) -> tuple[Any, tuple[Any, ...]]:
         from tests.models.cnn import MobileNetV2
 
         return MobileNetV2().eval(), (torch.randn(1, 3, 224, 224),)
+    if name == "hf-mobilenetv2":
+        return build_hf_mobilenet(), (torch.randn(1, 3, 224, 224),)
     known = ", ".join(WORKLOADS + EXTRA_WORKLOADS)
     raise ValueError(f"unknown workload {name!r}; known: {known}")
+
+
+def build_hf_mobilenet() -> Any:
+    """Hugging Face's MobileNetV2Model (224 x 224, width 1.0; its pooled output), conv
+    weights drawn with variance 1 / fan-in so activations stay near 1 through the 17 blocks
+    (HF's initializer shrinks them towards zero, which makes the cosine column meaningless)."""
+    import torch
+    from transformers import MobileNetV2Config, MobileNetV2Model
+
+    class Pooled(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x).pooler_output
+
+    model = MobileNetV2Model(MobileNetV2Config(image_size=224)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.normal_(0, (1 / m.weight[0].numel()) ** 0.5)
+    return Pooled(model).eval()
 
 
 def build_llama(*, wide: bool = False) -> Any:
