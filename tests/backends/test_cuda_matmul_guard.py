@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import ecograph
-from ecograph.backends.tvm import build, load, targets
+from ecograph.backends.tvm import cuda_rules, load, targets
 from ecograph.backends.tvm.driver import lower_graph
 from ecograph.ir import GraphBuilder, interpret
 from tests.backends.test_tvm_build import _gpu_visible
@@ -45,11 +45,11 @@ def _matmuls(batch: tuple[int, ...], epilogue: bool, bias: bool = False):
 
 
 def test_guard_declines_only_batched_matmuls_with_an_epilogue() -> None:
-    assert build.batched_matmul_with_epilogue(_matmuls((1, 4), epilogue=True))
-    assert build.batched_matmul_with_epilogue(_matmuls((3,), epilogue=True))
-    assert not build.batched_matmul_with_epilogue(_matmuls((1, 4), epilogue=False))
-    assert not build.batched_matmul_with_epilogue(_matmuls((), epilogue=True))
-    assert not build.batched_matmul_with_epilogue(_matmuls((), epilogue=False, bias=True))
+    assert cuda_rules.batched_matmul_with_epilogue(_matmuls((1, 4), epilogue=True))
+    assert cuda_rules.batched_matmul_with_epilogue(_matmuls((3,), epilogue=True))
+    assert not cuda_rules.batched_matmul_with_epilogue(_matmuls((1, 4), epilogue=False))
+    assert not cuda_rules.batched_matmul_with_epilogue(_matmuls((), epilogue=True))
+    assert not cuda_rules.batched_matmul_with_epilogue(_matmuls((), epilogue=False, bias=True))
 
 
 def test_guard_leaves_row_reductions_alone() -> None:
@@ -60,7 +60,7 @@ def test_guard_leaves_row_reductions_alone() -> None:
     k = te.reduce_axis((0, 16), name="k")
     s = te.compute((1, 4, 16), lambda b, h, i: te.sum(x[b, h, i, k], axis=k), name="s")
     e = te.compute((1, 4, 16), lambda b, h, i: s[b, h, i] * 2.0, name="e")
-    assert not build.batched_matmul_with_epilogue(te.create_prim_func([x, e]))
+    assert not cuda_rules.batched_matmul_with_epilogue(te.create_prim_func([x, e]))
 
 
 def _attention_graph(seq: int = 16, heads: int = 4, head_dim: int = 8):
@@ -93,7 +93,7 @@ def _fused_functions(graph) -> dict[str, object]:
     passes = [
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
-        build.isolate_batched_matmuls(),
+        cuda_rules.isolate_batched_matmuls(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
@@ -105,9 +105,9 @@ def _fused_functions(graph) -> dict[str, object]:
 
 def test_cuda_pipeline_keeps_attention_scores_out_of_the_matmul_kernel() -> None:
     funcs = _fused_functions(_attention_graph())
-    assert not [n for n, f in funcs.items() if build.batched_matmul_with_epilogue(f)]
+    assert not [n for n, f in funcs.items() if cuda_rules.batched_matmul_with_epilogue(f)]
     # Q.K^T and P.V are kernels of their own; the 2-D projections stay plain matmuls.
-    batched = [n for n, f in funcs.items() if build.batched_matmul_kernel(f)]
+    batched = [n for n, f in funcs.items() if cuda_rules.batched_matmul_kernel(f)]
     assert len(batched) == 2, sorted(funcs)
 
 
@@ -128,7 +128,7 @@ def test_without_the_isolation_the_scores_kernel_is_the_guarded_form() -> None:
     with spec.tvm_target():
         mod = tvm.transform.Sequential(passes)(mod)
     funcs = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
-    assert any(build.batched_matmul_with_epilogue(f) for f in funcs)
+    assert any(cuda_rules.batched_matmul_with_epilogue(f) for f in funcs)
 
 
 def test_cuda_build_names_the_isolation_pass(tmp_path: Path) -> None:

@@ -46,7 +46,7 @@ R = relax.op
 NN = relax.op.nn
 ANALYZER = Analyzer()
 # A PrimFunc attribute: the kernel stays a kernel of its own (the CUDA pipeline marks such
-# functions opaque to FuseOps, build.isolate_batched_matmuls).
+# functions opaque to FuseOps, cuda_rules.isolate_batched_matmuls).
 OPAQUE_ATTR = "ecograph.opaque"
 # OpPatternKind.kOpaque: a PrimFunc with this "op_pattern" is left alone by FuseOps (Relax's
 # AnnotateTIROpPattern keeps a pattern a function already has).
