@@ -10,6 +10,7 @@ from typing import ClassVar
 import numpy as np
 
 from ecograph.ir.graph import Graph, Node, Value
+from ecograph.ir.ops.tensor import pad_widths
 from ecograph.passes.core import Pass, PassResult
 from ecograph.passes.pattern import Const, Match, Op, Pattern, RewritePass, Rule, Var
 from ecograph.passes.registry import register_pass
@@ -124,16 +125,12 @@ def _spatial_pads(pad: Node, rank: int) -> list[int] | None:
     axes = const_array(pad.input(3)) if pad.input(3) is not None else np.arange(rank)
     if pads is None or value is None or axes is None or bool(np.any(value != 0)):
         return None
-    axes_list = [int(a) % rank for a in np.asarray(axes).reshape(-1)]
-    n = len(axes_list)
-    if pads.size != 2 * n or bool(np.any(pads < 0)):
+    if pads.size != 2 * np.asarray(axes).size or bool(np.any(pads < 0)):
         return None
-    full = [0] * (2 * rank)
-    for j, a in enumerate(axes_list):
-        full[a], full[rank + a] = int(pads[j]), int(pads[n + j])
-    if full[0] or full[1] or full[rank] or full[rank + 1]:
+    widths = pad_widths(pads, axes, rank)
+    if any(widths[0]) or any(widths[1]):
         return None
-    return full[2:rank] + full[rank + 2 :]
+    return [b for b, _ in widths[2:]] + [e for _, e in widths[2:]]
 
 
 def _pad_conv_ok(m: Match) -> bool | str:

@@ -656,6 +656,20 @@ def trilu(x: np.ndarray, k: np.ndarray | None = None, *, upper: int) -> np.ndarr
 # -------------------------------------------------------------------------- Pad
 
 
+def pad_widths(pads: Any, axes: Any, rank: int) -> list[tuple[int, int]]:
+    """Pad's (begin, end) amounts for each axis of a rank-`rank` input: `pads` holds the
+    begins then the ends over `axes` (every axis when None; a negative axis counts from the
+    end). Shared by the reference kernel, the backends' lowering and fold-pad-into-conv."""
+    given = list(range(rank)) if axes is None else int_list(axes)
+    axes_l = [a + rank if a < 0 else a for a in given]
+    n = len(axes_l)
+    p = int_list(pads)
+    width = [(0, 0)] * rank
+    for j, a in enumerate(axes_l):
+        width[a] = (p[j], p[j + n])
+    return width
+
+
 def _pad_infer(ctx: InferContext) -> list[TensorType]:
     x = ctx.input(0)
     pads = ctx.constant(1)
@@ -689,16 +703,7 @@ def pad(
     *,
     mode: str,
 ) -> np.ndarray:
-    axes_l = (
-        [a + x.ndim if a < 0 else a for a in int_list(axes)]
-        if axes is not None
-        else list(range(x.ndim))
-    )
-    n = len(axes_l)
-    p = int_list(pads)
-    width = [(0, 0)] * x.ndim
-    for j, a in enumerate(axes_l):
-        width[a] = (p[j], p[j + n])
+    width = pad_widths(pads, axes, x.ndim)
     # Negative pads crop.
     crop = tuple(
         slice(-b if b < 0 else 0, x.shape[i] + e if e < 0 else None)

@@ -23,6 +23,7 @@ from ecograph.backends.tvm.context import (
 from ecograph.ir import symbolic
 from ecograph.ir.dtypes import DType
 from ecograph.ir.interpreter import run_node
+from ecograph.ir.ops.tensor import pad_widths
 from ecograph.ir.registry import symbolic_value
 from ecograph.ir.symbolic import Dim
 
@@ -273,11 +274,8 @@ def _pad(ctx: LowerContext) -> relax.Expr:
     pads = ctx.ints(1, "pads")
     assert pads is not None
     axes = ctx.ints(3, "axes")
-    axes = list(range(rank)) if axes is None else [norm_axis(a, rank) for a in axes]
-    n = len(axes)
-    width = [0] * (2 * rank)
-    for j, a in enumerate(axes):
-        width[2 * a], width[2 * a + 1] = pads[j], pads[j + n]
+    axes = None if axes is None else [norm_axis(a, rank) for a in axes]
+    width = [w for pair in pad_widths(pads, axes, rank) for w in pair]
     mode = ctx.attrs["mode"]
     if any(w < 0 for w in width):
         ctx.fail("negative pads (cropping) are not lowered yet; use Slice")
