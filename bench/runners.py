@@ -141,10 +141,10 @@ def build_workload(name: str) -> tuple[Any, tuple[Any, ...]]:
 
 def build_hf_mobilenet() -> Any:
     """Hugging Face's MobileNetV2Model (224 x 224, width 1.0; its pooled output), conv
-    weights drawn with variance 1 / fan-in so activations stay near 1 through the 17 blocks
-    (HF's initializer shrinks them towards zero, which makes the cosine column meaningless)."""
+    weights of variance 1 / fan-in (tests/models/transformers_models.py)."""
     import torch
-    from transformers import MobileNetV2Config, MobileNetV2Model
+
+    from tests.models.transformers_models import make_hf_mobilenet_v2
 
     class Pooled(torch.nn.Module):
         def __init__(self, inner: torch.nn.Module) -> None:
@@ -154,12 +154,7 @@ def build_hf_mobilenet() -> Any:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.inner(x).pooler_output
 
-    model = MobileNetV2Model(MobileNetV2Config(image_size=224)).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                m.weight.normal_(0, (1 / m.weight[0].numel()) ** 0.5)
-    return Pooled(model).eval()
+    return Pooled(make_hf_mobilenet_v2()).eval()
 
 
 def build_llama(*, wide: bool = False) -> Any:

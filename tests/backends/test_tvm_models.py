@@ -27,6 +27,7 @@ from tests.models.cnn import (  # noqa: E402
 from tests.models.transformers_models import (  # noqa: E402
     load_minilm,
     make_gpt2,
+    make_hf_mobilenet_v2,
     make_llama,
     minilm_path,
 )
@@ -84,15 +85,9 @@ def _bottleneck() -> tuple[Any, dict[str, Any]]:
 def _hf_mobilenet() -> tuple[Any, dict[str, Any]]:
     # Hugging Face's MobileNetV2: TensorFlow "same" padding as a Pad after each ReLU6, fused
     # into the conv's kernel (schedules/analysis.split_epilogue)
-    from transformers import MobileNetV2Config, MobileNetV2Model
-
     torch.manual_seed(3)
     gen = torch.Generator().manual_seed(3)
-    model = MobileNetV2Model(MobileNetV2Config(depth_multiplier=0.35, image_size=64)).eval()
-    with torch.no_grad():  # weights that keep activations near 1 (HF's init shrinks them)
-        for m in model.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                m.weight.normal_(0, (1 / m.weight[0].numel()) ** 0.5, generator=gen)
+    model = make_hf_mobilenet_v2(0.35, 64, generator=gen)
     _randomize_batch_norms(model, seed=3)
     return model, {"pixel_values": torch.randn(1, 3, 64, 64, generator=gen)}
 

