@@ -252,7 +252,8 @@ def test_decode_keys_split_into_chunks(target: Any, tmp_path: Path) -> None:
     two chunks (6 tasks, 3 per thread); four, three (no chunk under 256 keys); each combined
     to the reference's result: some chunks wholly masked (keys 0-299 and 700-999), one row
     masked everywhere (zeros); causal; a CacheAttention whose second chunk holds past and
-    new keys; batch 2 (6 groups: no split with 2 or 3 threads)."""
+    new keys; batch 2 (6 groups: no split with 2 or 3 threads); multi-query attention (one
+    KV head, one group: its build failed, a workspace sized by the chunk count)."""
     keep = rand((1, 9, 1, 1000), "bool")
     keep[0, :, :, :300] = keep[0, :, :, 700:] = False
     keep[0, 3] = False
@@ -261,6 +262,7 @@ def test_decode_keys_split_into_chunks(target: Any, tmp_path: Path) -> None:
         one_op("Attention", *_qkv(1, 9, 3, 1, 1000, 24, 40), is_causal=1),
         _cache_case(1, 9, 3, 32, 1, 999, "bool", seq_axis=3),
         one_op("Attention", *_qkv(2, 9, 3, 1, 600, 24, 24)),
+        one_op("Attention", *_qkv(1, 4, 1, 1, 700, 32, 32)),
     ]
     for i, (graph, feeds) in enumerate(cases):
         result = build.build_module(graph, target, keep_params=False, fold=False)

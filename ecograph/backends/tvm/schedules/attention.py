@@ -289,8 +289,8 @@ class _KeySplit:
     unnormalized P.V (`o`), score max (`m`) and exponential sum (`l`); `combine` rescales
     the chunks to their common max and writes Y. There are `count` chunks (`key_chunks`)."""
 
-    def __init__(self, count: Any, chunk: Any, m: Any, l: Any, o: Any) -> None:  # noqa: E741
-        self.count, self.chunk, self.m, self.l, self.o = count, chunk, m, l, o
+    def __init__(self, count: Any, most: Any, chunk: Any, m: Any, l: Any, o: Any) -> None:  # noqa: E741
+        self.count, self.most, self.chunk, self.m, self.l, self.o = count, most, chunk, m, l, o
 
     @classmethod
     def declare(
@@ -305,13 +305,15 @@ class _KeySplit:
         blocks) groups, and their partial results as workspaces."""
         chunk = (s.kv_len + count - _i64(1)) // count
         rb, dv = _i64(tiles.row_block), _i64(s.v_head_dim)
-        # room for the most chunks kv_len allows: sized by `count` itself, TVM's build fails
-        # ("used before definition": the workspaces are allocated before it is bound)
+        # room for the most chunks kv_len allows: a workspace sized by `count` itself fails
+        # TVM's build ("used before definition": the workspaces are allocated before it is
+        # bound; `combine`'s too where its parallel loop has one iteration and goes away, as
+        # in a batch-1 step of one KV head, multi-query attention)
         most = tirx.max(_i64(1), s.kv_len // _i64(SPLIT_MIN_KEYS))
         m = T.decl_buffer((groups, most, rb), F32, scope="global")
         l = T.decl_buffer((groups, most, rb), F32, scope="global")  # noqa: E741
         o = T.decl_buffer((groups, most, rb, dv), F32, scope="global")
-        return cls(count, chunk, m, l, o)
+        return cls(count, most, chunk, m, l, o)
 
     def combine(
         self,
@@ -327,7 +329,7 @@ class _KeySplit:
         a row with none at all gives zeros."""
         rows = _Task(s, tiles, (None, None, None, None, y, None), g, blocks)
         dv, neg_inf, zero = _i64(s.v_head_dim), _f32(-INF), _f32(0.0)
-        w = T.decl_buffer((self.count,), F32, scope="global")
+        w = T.decl_buffer((self.most,), F32, scope="global")
         acc = T.decl_buffer((s.v_head_dim,), F32, scope="global")
         top = T.decl_buffer((1,), F32, scope="global")
         den = T.decl_buffer((1,), F32, scope="global")
