@@ -197,6 +197,7 @@ case("Transpose", None, X, perm=[2, 0, 1])
 case("Transpose", "Transpose-default", X)
 case("Expand", None, rand((3, 1)), c64(2, 3, 4))
 case("Tile", None, rand((2, 3)), c64(2, 3))
+CASES.append(("Tile", "Tile-repeats-from-shapes", lambda: _symbolic_tile_case()))
 case("Concat", None, rand((2, 3)), rand((2, 5)), axis=-1)
 case(
     "Concat", "Concat-sym", rand((2, 3)), rand((3, 3)), axis=0, symbolic={0: ["a", 3], 1: ["b", 3]}
@@ -600,6 +601,23 @@ def _symbolic_slice_case() -> tuple[Graph, dict[str, np.ndarray]]:
     return g, {"x0": rand((2, 7), "int64", 0, 100)}
 
 
+def _symbolic_tile_case() -> tuple[Graph, dict[str, np.ndarray]]:
+    """`t.repeat(batch, 2)` as GPT-J and BLOOM write it: repeats from a dynamic dim, on an
+    axis of 1 (a broadcast) and on an axis of 2 (copies of the whole), beside a static 2."""
+    g = Graph("symbolic_tile")
+    x = g.add_input("x0", "float32", ["batch", 3])
+    v = g.add_input("x1", "float32", [2, 3])
+    row = g.add_constant(rand((1, 3)), "row")
+    batch = g.add_node("Shape", [x], {"start": 0, "end": 1}).output
+    two = g.add_constant(np.array([2], i64), "two")
+    reps = g.add_node("Concat", [batch, two], {"axis": 0}).output
+    a = g.add_node("Tile", [row, reps], {})
+    b = g.add_node("Tile", [v, reps], {})
+    g.set_outputs([a.output, b.output])
+    assert (a.output.type.shape, b.output.type.shape) == (("batch", 6), ("2*batch", 6))
+    return g, {"x0": rand((5, 3)), "x1": rand((2, 3))}
+
+
 def _constant_case() -> tuple[Graph, dict[str, np.ndarray]]:
     g = Graph("constant_case")
     x = g.add_input("x0", "float32", [3])
@@ -700,6 +718,18 @@ def test_op_matches_interpreter(builder: CaseFn) -> None:
     graph, feeds = builder()
     # No lowering-time folding: an op whose inputs are all constants is still run by TVM.
     assert_matches(graph, feeds, run_tvm(graph, feeds, fold=False))
+
+
+def test_tile_by_repeats_from_data_fails_clearly() -> None:
+    """Repeats read from an input tensor size the output by data: a LoweringError naming the
+    node and what the repeats must be, not TVM's failure."""
+    from ecograph.backends.tvm.driver import lower_graph
+    from ecograph.errors import LoweringError
+    from tests.backends.tvm_helpers import lowering_target
+
+    graph, _ = one_op("Tile", rand((2, 3)), np.array([2, 1], i64))
+    with pytest.raises(LoweringError, match=r"\(Tile\): repeats .* computed from tensor data"):
+        lower_graph(graph, lowering_target())
 
 
 def _family_covered() -> set[tuple[str, str]]:

@@ -131,9 +131,27 @@ def _expand(ctx: LowerContext) -> relax.Expr:
 
 @lowers("Tile")
 def _tile(ctx: LowerContext) -> relax.Expr:
-    repeats = ctx.ints(1, "repeats")
-    assert repeats is not None
-    return R.tile(ctx.arg(0), repeats)
+    known = ctx.const(1)
+    if known is not None:
+        return R.tile(ctx.arg(0), [int(r) for r in np.asarray(known).reshape(-1)])
+    # repeats from the shapes of dynamic dims (GPT-J's and BLOOM's `t.repeat(batch, ...)`):
+    # each repeated axis gets a new axis of `r` copies before it, broadcast, then merged
+    repeats = symbolic_value(ctx.node.inputs[1])  # type: ignore[arg-type]
+    if repeats is None:
+        ctx.fail(
+            "repeats (input 1) are computed from tensor data, which the compiled code cannot "
+            "size its output by; they must be constants or computed from shapes"
+        )
+    single: list[Dim] = []  # x with an axis of 1 before each repeated axis
+    copies: list[Dim] = []  # ... broadcast to r there
+    for d, r in zip(ctx.in_type(0).shape, repeats, strict=True):
+        if r != 1:
+            single.append(1)
+            copies.append(r)
+        single.append(d)
+        copies.append(d)
+    spread = R.broadcast_to(R.reshape(ctx.arg(0), ctx.shape(single)), ctx.shape(copies))
+    return R.reshape(spread, ctx.shape(ctx.out_type().shape))
 
 
 @lowers("Concat")
