@@ -378,6 +378,20 @@ def fresh_symbol_prefix(node_name: str) -> str:
     return f"{base}_o"
 
 
+def input_symbols_of(graph: Graph) -> set[str]:
+    """The symbols of the graph inputs' dims: every other symbol was made up by inference for
+    a dim it could not know (a data-dependent size, or one computed with Max / Min)."""
+    return {s for v in graph.inputs for d in v.shape for s in symbolic.symbols(d)}
+
+
+def made_up(dim: symbolic.Dim, fresh: str, input_symbols: set[str]) -> bool:
+    """Whether inference made `dim` up: a fresh symbol of the node (prefix `fresh`), or a dim
+    with a symbol no graph input has (`input_symbols_of`)."""
+    return isinstance(dim, str) and (
+        dim.startswith(fresh) or bool(symbolic.symbols(dim) - input_symbols)
+    )
+
+
 class PartialType(TensorType):
     """A TensorType whose dims may be None (unknown); only inference functions return it."""
 

@@ -18,7 +18,9 @@ from ecograph.ir.graph import Graph, Node, Use, Value
 from ecograph.ir.registry import (
     fresh_symbol_prefix,
     infer_node_types,
+    input_symbols_of,
     lookup_schema,
+    made_up,
     resolve_attrs,
 )
 from ecograph.ir.types import TensorType
@@ -56,6 +58,7 @@ def verify(graph: Graph, *, check_types: bool = True) -> None:
         define(v, f"constant %{v.name}")
 
     node_names: set[str] = set()
+    input_symbols = input_symbols_of(graph)
     for node in graph.nodes:
         where = f"node {node.name} ({node.qualified_op})"
         if node.name in node_names:
@@ -77,7 +80,7 @@ def verify(graph: Graph, *, check_types: bool = True) -> None:
                 )
             if Use(node, i) not in v._uses:
                 raise VerificationError("use-list", where, f"%{v.name} does not list this use")
-        _check_node(graph, node, where, check_types)
+        _check_node(graph, node, where, check_types, input_symbols)
         for j, out in enumerate(node.outputs):
             if out.producer is not node or out.index != j:
                 raise VerificationError("ssa", where, f"output %{out.name} names another producer")
@@ -100,7 +103,9 @@ def verify(graph: Graph, *, check_types: bool = True) -> None:
     _check_reachable(graph)
 
 
-def _check_node(graph: Graph, node: Node, where: str, check_types: bool) -> None:
+def _check_node(
+    graph: Graph, node: Node, where: str, check_types: bool, input_symbols: set[str]
+) -> None:
     schema = lookup_schema(node.op_type, node.domain)
     if schema is None:
         raise VerificationError(
@@ -122,7 +127,7 @@ def _check_node(graph: Graph, node: Node, where: str, check_types: bool) -> None
         rule = "arity" if "inputs; expected" in str(exc) or "is absent" in str(exc) else "types"
         raise VerificationError(rule, where, str(exc)) from None
     for out, t in zip(node.outputs, inferred, strict=True):
-        if not _compatible(out.type, t, node):
+        if not _compatible(out.type, t, node, input_symbols):
             raise VerificationError(
                 "types",
                 where,
@@ -130,13 +135,17 @@ def _check_node(graph: Graph, node: Node, where: str, check_types: bool) -> None
             )
 
 
-def _compatible(declared: TensorType, inferred: TensorType, node: Node) -> bool:
-    """Equal, except where inference made up a fresh symbol for a data-dependent dim."""
+def _compatible(
+    declared: TensorType, inferred: TensorType, node: Node, input_symbols: set[str]
+) -> bool:
+    """Equal, except where inference made up a symbol for a dim it cannot know, here or
+    upstream: a declared dim there (torch's, which knew it) is a refinement, not a conflict
+    (MPT's ALiBi bias sliced by Max-computed bounds, then added to the scores)."""
     if declared.dtype != inferred.dtype or declared.rank != inferred.rank:
         return False
     fresh = fresh_symbol_prefix(node.name)
     return all(
-        d == i or (isinstance(i, str) and i.startswith(fresh))
+        d == i or made_up(i, fresh, input_symbols)
         for d, i in zip(declared.shape, inferred.shape, strict=True)
     )
 

@@ -23,7 +23,13 @@ from ecograph.ir import symbolic
 from ecograph.ir.folding import fold_limit_reason, fold_node, is_foldable_op
 from ecograph.ir.graph import Graph, Node, Value
 from ecograph.ir.interpreter import run_node
-from ecograph.ir.registry import fresh_symbol_prefix, lookup_schema, symbolic_value
+from ecograph.ir.registry import (
+    fresh_symbol_prefix,
+    input_symbols_of,
+    lookup_schema,
+    made_up,
+    symbolic_value,
+)
 from ecograph.ir.types import TensorType
 from ecograph.passes.core import Pass, PassResult
 from ecograph.passes.registry import register_pass
@@ -224,7 +230,7 @@ class _TypeRefiner:
 
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
-        self.input_symbols = {s for v in graph.inputs for d in v.shape for s in symbolic.symbols(d)}
+        self.input_symbols = input_symbols_of(graph)
         self.dirty: set[int] = set()
         self.refined = 0
 
@@ -251,7 +257,7 @@ class _TypeRefiner:
             return None
         dims: list[symbolic.Dim] = []
         for d, i in zip(declared.shape, inferred.shape, strict=True):
-            if d == i or (isinstance(i, str) and i.startswith(fresh)):
+            if d == i or made_up(i, fresh, self.input_symbols):
                 dims.append(d)  # the same, or inference still has to make this dim up
             elif isinstance(d, str) and (
                 isinstance(i, int) or not symbolic.symbols(d) <= self.input_symbols

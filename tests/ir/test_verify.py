@@ -137,3 +137,22 @@ def test_constants_array_must_match_type():
     g, v = valid()
     v["w"].const_value = np.ones((4, 5), np.float32)
     expect("constants", "constant %w", g)
+
+
+def test_types_a_declared_dim_refines_one_inference_made_up_upstream():
+    """A slice by bounds known at run time has dims inference makes up; an Add after it may
+    be declared with the dims torch knew (from_torch takes them): a refinement, not a
+    conflict. A dim inference knows still has to agree."""
+    b = GraphBuilder()
+    x = b.input("x", "float32", [1, 8])
+    start = b.input("start", "int64", [1])
+    end, axis = b.constant(np.array([8]), "end"), b.constant(np.array([1]), "axis")
+    part = b.op("Slice", x, start, end, axis, name="part")
+    assert part.type.shape[0] == 1 and isinstance(part.type.shape[1], str)  # made up
+    out = b.op("Add", part, b.constant(np.ones((1, 1), np.float32), "one"), name="add")
+    b.output(out)
+    out.type = TensorType("float32", [1, 3])
+    verify(b.graph)
+    out.type = TensorType("float32", [2, 3])
+    err = expect("types", "node add", b.graph)
+    assert "float32[2, 3]" in str(err)

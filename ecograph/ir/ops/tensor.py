@@ -426,6 +426,16 @@ def _slice_params(
     return int_list(starts), int_list(ends), axes, int_list(steps_arr)
 
 
+def _sliced_axes(ctx: InferContext, rank: int) -> set[int] | None:
+    """The axes a Slice slices, when they are known (its `axes`, or the first len(starts)),
+    else None."""
+    if ctx.has_input(3):
+        axes = ctx.constant(3)
+        return None if axes is None else {normalize_axis(a, rank, ctx) for a in int_list(axes)}
+    count = ctx.input(1).shape
+    return set(range(count[0])) if len(count) == 1 and isinstance(count[0], int) else None
+
+
 def _slice_dim(d: Dim, start: int, end: int, step: int) -> Dim | None:
     if not isinstance(d, int):
         # Common static cases over a symbolic dim: x[0:] or x[:k] with k not beyond it is
@@ -441,8 +451,10 @@ def _slice_dim(d: Dim, start: int, end: int, step: int) -> Dim | None:
 def _slice_infer(ctx: InferContext) -> list[TensorType]:
     x = ctx.input(0)
     params = _slice_params(ctx, x.rank)
-    if params is None:
-        return [make_type(x.dtype, [None] * x.rank)]
+    if params is None:  # bounds known at run time: the axes not sliced keep their dims
+        sliced = _sliced_axes(ctx, x.rank)
+        dims = [None if sliced is None or a in sliced else d for a, d in enumerate(x.shape)]
+        return [make_type(x.dtype, dims)]
     starts, ends, axes, steps = params
     dims: list[Dim | None] = list(x.shape)
     for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
