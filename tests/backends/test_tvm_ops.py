@@ -172,6 +172,11 @@ case("Size", None, X)
 case("Size", "Size-sym", X, symbolic={0: ["n", "m", 4]})
 CASES.append(("Constant", "Constant", lambda: _constant_case()))
 CASES.append(("Slice", "Slice-symbolic-bounds-of-constant", lambda: _symbolic_slice_case()))
+# bounds read from tensors: the output's sliced dims are bound at run time
+case("Slice", "Slice-run-time-bounds", rand((3, 10, 4)), np.array([2, -3], i64),
+     np.array([9, 1], i64), c64(1, 2), c64(3, -1))  # fmt: skip
+case("Slice", "Slice-run-time-start-symbolic-dim", rand((3, 10)), np.array([4], i64),
+     c64(2**62), c64(1), symbolic={0: ["n", "m"]})  # fmt: skip
 case("ConstantOfShape", None, c64(2, 3), value=np.array([1.5], np.float32))
 # a length known only at run time: computed and bound to the IR's symbol
 case("Range", "Range-runtime-limit", Const(np.array(1, np.int64)), np.array(10, np.int64),

@@ -6,6 +6,7 @@ DepthToSpace, SpaceToDepth), indexing (Slice, Gather*, Scatter*, OneHot, Trilu, 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -189,8 +190,9 @@ def _slice(ctx: LowerContext) -> relax.Expr:
     steps = ctx.ints(4, "steps") or [1] * len(starts)
     if all(isinstance(b, int) for b in starts + ends):
         return R.strided_slice(ctx.arg(0), axes, starts, ends, steps)
-    # Symbolic bounds: TVM 0.27's FoldConstant segfaults on strided_slice of a constant with
-    # symbolic bounds, so pass the bounds as tensors (dynamic_strided_slice) instead.
+    # Symbolic or run-time bounds: TVM 0.27's FoldConstant segfaults on strided_slice of a
+    # constant with symbolic bounds, so pass the bounds as tensors (dynamic_strided_slice)
+    # instead; a size the IR could not know is bound to its symbol by the driver's match_cast.
     dims = ctx.in_type(0).shape
     begin: list[Any] = [0] * rank
     end: list[Any] = [d if isinstance(d, int) else ctx.dim(d) for d in dims]
@@ -202,25 +204,42 @@ def _slice(ctx: LowerContext) -> relax.Expr:
     )
 
 
+@dataclass(frozen=True)
+class _RunTime:
+    """A slice bound known at run time only: an int64 tensor [1] (a class of its own: TVM's
+    TIR variables are Relax variables too)."""
+
+    tensor: relax.Expr
+
+
 def _index_tensor(ctx: LowerContext, values: list[Any]) -> relax.Expr:
-    """A 1-D int64 tensor of ints and TIR expressions."""
+    """A 1-D int64 tensor of ints, TIR expressions and `_RunTime` bounds."""
     parts = []
     for v in values:
         if isinstance(v, int):
             parts.append(relax.const(np.array([v], np.int64), "int64"))
+        elif isinstance(v, _RunTime):
+            parts.append(v.tensor)
         else:
             parts.append(R.shape_to_tensor(relax.ShapeExpr([v])))
     return parts[0] if len(parts) == 1 else R.concat(parts, axis=0)
 
 
 def _bounds(ctx: LowerContext, i: int, what: str) -> list[Any]:
-    """Slice bounds as ints (clamped to int64 range) or TIR expressions for symbolic ones."""
+    """Slice bounds as ints (clamped to int64 range), TIR expressions for symbolic ones, or
+    `_RunTime` tensors of the input's elements where they are known at run time only (MPT's
+    ALiBi bias sliced from max(0, positions - length))."""
     v = ctx.node.input(i)
     dims = symbolic_value(v) if v is not None else None
     if dims is None:
-        ints = ctx.ints(i, what)
-        assert ints is not None
-        dims = list(ints)
+        known = ctx.const(i)
+        if known is None:
+            count = ctx.in_type(i).shape[0] if ctx.in_type(i).rank == 1 else None
+            if not isinstance(count, int):
+                ctx.fail(f"{what} (input {i}) must be a 1-D tensor of static length")
+            bounds = R.astype(ctx.arg(i), "int64")
+            return [_RunTime(R.strided_slice(bounds, [0], [k], [k + 1])) for k in range(count)]
+        dims = [int(x) for x in np.asarray(known).reshape(-1)]
     big = 2**62
     return [max(-big, min(big, d)) if isinstance(d, int) else ctx.dim(d) for d in dims]  # type: ignore[misc]
 
