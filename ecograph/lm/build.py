@@ -55,8 +55,9 @@ def compile_lm(
     """Compile a causal LM into prefill and decode functions over a KV cache of up to
     `max_seq_len` positions, and return the CompiledLM (generate, logits, save).
 
-    - model: a Hugging Face causal LM (Llama- or GPT-2-style, float32), or the folder of one
-      (loaded with AutoModelForCausalLM from safetensors; its tokenizer too, when present).
+    - model: a float32 Hugging Face causal LM of a model type in lm.capture.SUPPORTED (Llama,
+      Mistral, Qwen, Gemma, Phi, GPT-2, GPT-J, GPT-NeoX, Falcon, BLOOM, OPT and more), or the
+      folder of one (loaded with AutoModelForCausalLM from safetensors; its tokenizer too).
       The model is not modified.
     - target: a preset ("x86", "arm", "cuda", ...), TVM target dict or TargetSpec. A target
       this machine cannot run is compiled all the same; the result then saves but does not

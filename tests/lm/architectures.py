@@ -1,0 +1,88 @@
+"""Tiny random-weight Hugging Face causal LMs of every architecture compile_lm captures
+(ecograph.lm.capture.SUPPORTED), for tests/lm/test_architectures.py: each config is the
+smallest that keeps the architecture's mechanisms (grouped or multi-query attention, partial
+rotary, ALiBi, sliding windows shorter than the tests' sequences, soft-capping, biases)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+VOCAB = 96
+# the common sizes; each entry below overrides what its config names differently
+BASE = dict(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=64,
+            bos_token_id=None, eos_token_id=None, pad_token_id=None)  # fmt: skip
+GPT = dict(n_layer=2, n_embd=32, n_head=4, n_positions=64)
+WINDOW = 6  # sliding windows shorter than the sequences the tests run
+
+# model_type -> (config class, model class, config overrides)
+ARCHITECTURES: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(sliding_window=WINDOW)),
+    "ministral": (
+        "MinistralConfig",
+        "MinistralForCausalLM",
+        dict(head_dim=8, sliding_window=WINDOW),
+    ),
+    "qwen2": (
+        "Qwen2Config",
+        "Qwen2ForCausalLM",
+        dict(use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1),
+    ),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=8)),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(head_dim=8, num_key_value_heads=1)),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(head_dim=8, sliding_window=WINDOW)),
+    "gemma3_text": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        dict(head_dim=8, sliding_window=WINDOW),
+    ),
+    "phi": ("PhiConfig", "PhiForCausalLM", {}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {}),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", GPT),
+    "gpt_neo": (
+        "GPTNeoConfig",
+        "GPTNeoForCausalLM",
+        dict(num_layers=2, attention_types=[[["global", "local"], 1]], window_size=WINDOW),
+    ),
+    "gptj": ("GPTJConfig", "GPTJForCausalLM", dict(GPT, rotary_dim=4)),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", {}),
+    "gpt_bigcode": ("GPTBigCodeConfig", "GPTBigCodeForCausalLM", GPT),
+    "codegen": ("CodeGenConfig", "CodeGenForCausalLM", dict(GPT, rotary_dim=4, n_ctx=64)),
+    "opt": ("OPTConfig", "OPTForCausalLM", dict(ffn_dim=64, word_embed_proj_dim=32)),
+    "biogpt": ("BioGptConfig", "BioGptForCausalLM", {}),
+    "bloom": ("BloomConfig", "BloomForCausalLM", dict(n_layer=2, n_head=4)),
+    "falcon": ("FalconConfig", "FalconForCausalLM", dict(multi_query=True)),
+    "stablelm": ("StableLmConfig", "StableLmForCausalLM", {}),
+    "persimmon": ("PersimmonConfig", "PersimmonForCausalLM", {}),
+    "olmo": ("OlmoConfig", "OlmoForCausalLM", {}),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),
+    "olmo3": ("Olmo3Config", "Olmo3ForCausalLM", dict(sliding_window=WINDOW)),
+    "granite": ("GraniteConfig", "GraniteForCausalLM", {}),
+    "cohere": ("CohereConfig", "CohereForCausalLM", {}),
+    "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM", dict(sliding_window=WINDOW)),
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", {}),
+    "nemotron": ("NemotronConfig", "NemotronForCausalLM", {}),
+    "glm": ("GlmConfig", "GlmForCausalLM", dict(head_dim=8)),
+    "glm4": ("Glm4Config", "Glm4ForCausalLM", dict(head_dim=8)),
+    "helium": ("HeliumConfig", "HeliumForCausalLM", dict(head_dim=8)),
+    "exaone4": (
+        "Exaone4Config",
+        "Exaone4ForCausalLM",
+        dict(sliding_window=WINDOW, sliding_window_pattern=2),
+    ),
+    "ernie4_5": ("Ernie4_5Config", "Ernie4_5ForCausalLM", dict(head_dim=8)),
+    "arcee": ("ArceeConfig", "ArceeForCausalLM", {}),
+    "apertus": ("ApertusConfig", "ApertusForCausalLM", {}),
+}
+
+
+def tiny_model(model_type: str) -> Any:
+    """A random-weight model of `model_type` (seeded), in eval mode."""
+    import torch
+    import transformers
+
+    config_class, model_class, overrides = ARCHITECTURES[model_type]
+    torch.manual_seed(0)
+    config = getattr(transformers, config_class)(**{**BASE, **overrides})
+    return getattr(transformers, model_class)(config).eval()
