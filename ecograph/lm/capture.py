@@ -43,7 +43,7 @@ SUPPORTED = {
     "gemma2": "Gemma 2: soft-capped scores and logits, alternating sliding windows",
     "gemma3_text": "Gemma 3 (text): q/k norms, local and global RoPE, sliding windows",
     "phi": "Phi: partial rotary, parallel attention and MLP, LayerNorm",
-    "phi3": "Phi-3: fused qkv and gate/up projections",
+    "phi3": "Phi-3: fused qkv and gate/up projections, LongRoPE (frequencies by length)",
     "gpt2": "GPT-2: learned positions, LayerNorm, GELU MLP, multi-head attention",
     "gpt_neo": "GPT-Neo: alternating global and local (windowed) attention",
     "gptj": "GPT-J: interleaved partial rotary, parallel attention and MLP",

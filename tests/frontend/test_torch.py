@@ -120,6 +120,8 @@ CASES: dict[str, tuple[Any, tuple[torch.Tensor, ...]]] = {
             a.amax(1),
             a.amin(-1),
             a.max(-1),
+            a.max(),
+            a.min(),
             a.argmax(-1),
             a.prod(0),
             (a > 0).any(-1),
@@ -359,6 +361,47 @@ def test_unused_buffers_are_dropped_and_train_flags_restored() -> None:
     # Dropout is gone in eval mode: the output is deterministic and equals eval PyTorch.
     model.eval()
     check_against_torch(model, randn(1, 3, 4, 4))
+
+
+class Overwrites(nn.Module):
+    """Overwrites a buffer it never reads, from its input (as Phi-3's LongRoPE picks its
+    frequencies by the sequence length each call), then uses the new value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.ones(4))
+        self.register_buffer("short", torch.ones(4))
+        self.register_buffer("long", torch.full((4,), 3.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.scale.copy_(torch.where(x.max() > 0.5, self.long, self.short))
+        return x * self.scale
+
+
+class Counts(nn.Module):
+    """Reads a buffer and updates it: state carried from one call to the next."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.add_(1)
+        return x * self.calls
+
+
+def test_a_buffer_overwritten_and_never_read_is_computed_each_call() -> None:
+    model = Overwrites()
+    graph = from_torch(model, (torch.full((2, 4), 0.1),))
+    verify(graph)
+    assert len(graph.outputs) == 1  # the mutation is not an output
+    for value in (0.1, 0.9, 0.2):  # the short and the long branch, one graph
+        x = torch.full((2, 4), value)
+        (got,) = interpret(graph, {graph.inputs[0].name: x.numpy()}).values()
+        with torch.no_grad():
+            np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-6)
+    with pytest.raises(UnsupportedError, match=r"mutates 'calls' in place.*reads it"):
+        from_torch(Counts(), (X,), capture="export")
 
 
 def test_graph_prints_and_parses_back() -> None:

@@ -13,7 +13,7 @@ BASE = dict(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_atten
             num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=64,
             bos_token_id=None, eos_token_id=None, pad_token_id=None)  # fmt: skip
 GPT = dict(n_layer=2, n_embd=32, n_head=4, n_positions=64)
-WINDOW = 6  # sliding windows shorter than the sequences the tests run
+WINDOW = 6  # sliding windows (and Phi-3's LongRoPE switch) inside the sequences tests run
 
 # model_type -> (config class, model class, config overrides)
 ARCHITECTURES: dict[str, tuple[str, str, dict[str, Any]]] = {
@@ -38,7 +38,20 @@ ARCHITECTURES: dict[str, tuple[str, str, dict[str, Any]]] = {
         dict(head_dim=8, sliding_window=WINDOW),
     ),
     "phi": ("PhiConfig", "PhiForCausalLM", {}),
-    "phi3": ("Phi3Config", "Phi3ForCausalLM", {}),
+    "phi3": (  # LongRoPE: short factors up to 6 positions, long ones past them (Phi-3-128k)
+        "Phi3Config",
+        "Phi3ForCausalLM",
+        dict(
+            original_max_position_embeddings=WINDOW,
+            initializer_range=0.2,  # attention far from uniform: the long factors show
+            rope_parameters=dict(
+                rope_type="longrope",
+                rope_theta=10000.0,
+                short_factor=[1.0] * 4,
+                long_factor=[1.0, 2.0, 4.0, 8.0],
+            ),
+        ),
+    ),
     "gpt2": ("GPT2Config", "GPT2LMHeadModel", GPT),
     "gpt_neo": (
         "GPTNeoConfig",

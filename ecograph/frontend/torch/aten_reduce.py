@@ -49,10 +49,10 @@ aten("aten.mean.dim", "aten.mean.default")(_reduce("ReduceMean"))
 aten("aten.sum.dim_IntList", "aten.sum.default")(_reduce("ReduceSum"))
 
 
-aten("aten.amax.default")(_reduce("ReduceMax"))
+aten("aten.amax.default", "aten.max.default")(_reduce("ReduceMax"))  # max(): of every element
 
 
-aten("aten.amin.default")(_reduce("ReduceMin"))
+aten("aten.amin.default", "aten.min.default")(_reduce("ReduceMin"))
 
 
 aten("aten.prod.dim_int", "aten.prod.default")(_reduce("ReduceProd"))

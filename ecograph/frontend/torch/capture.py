@@ -155,7 +155,7 @@ def _capture_export(
     module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], dynamic_shapes: Any
 ) -> Captured:
     import torch
-    from torch.export.graph_signature import InputKind, OutputKind
+    from torch.export.graph_signature import InputKind
 
     ep = torch.export.export(module, args, kwargs, dynamic_shapes=dynamic_shapes, strict=False)
     ep = ep.run_decompositions(_decomposition_table())
@@ -181,12 +181,7 @@ def _capture_export(
                 f"input {name!r} of kind {spec.kind.name} (custom objects, effect tokens) is "
                 "not supported yet"
             )
-    for spec in sig.output_specs:
-        if spec.kind != OutputKind.USER_OUTPUT:
-            raise UnsupportedError(
-                f"the model mutates {spec.target!r} in place ({spec.kind.name}); ecograph "
-                "captures inference graphs only. Remove the in-place update or run in eval mode"
-            )
+    _drop_overwritten_buffers(ep)
     out_spec = ep.module_call_graph[0].signature.out_spec
     leaves = _placeholder_leaves(args, kwargs)
     return Captured(
@@ -201,6 +196,37 @@ def _capture_export(
         ),
         method="export",
     )
+
+
+def _drop_overwritten_buffers(ep: Any) -> None:
+    """Drop the outputs by which `ep` writes buffers it never reads (Phi-3's LongRoPE
+    overwrites `inv_freq` each call with frequencies chosen by the sequence length): the
+    graph computes their new value from its inputs and uses it, so every call does the same
+    without carrying it over. Any other mutation (a buffer read, then updated: state from
+    one call to the next; a parameter or a user input) raises UnsupportedError."""
+    from torch.export.graph_signature import InputKind, OutputKind
+
+    sig = ep.graph_signature
+    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    buffers = {s.target: s.arg.name for s in sig.input_specs if s.kind == InputKind.BUFFER}
+    keep = []
+    for spec in sig.output_specs:
+        if spec.kind == OutputKind.USER_OUTPUT:
+            keep.append(True)
+            continue
+        read = spec.target not in buffers or bool(placeholders[buffers[spec.target]].users)
+        if spec.kind != OutputKind.BUFFER_MUTATION or read:
+            raise UnsupportedError(
+                f"the model mutates {spec.target!r} in place ({spec.kind.name}) and reads it, "
+                "so its value carries from one call to the next; ecograph captures inference "
+                "graphs only. Remove the in-place update or run in eval mode"
+            )
+        keep.append(False)
+    if all(keep):
+        return
+    (output,) = [n for n in ep.graph.nodes if n.op == "output"]
+    values = output.args[0]
+    output.args = (tuple(v for v, k in zip(values, keep, strict=True) if k),)
 
 
 def _capture_fx(
