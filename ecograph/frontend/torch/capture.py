@@ -214,14 +214,15 @@ def _drop_overwritten_buffers(ep: Any) -> None:
         if spec.kind == OutputKind.USER_OUTPUT:
             keep.append(True)
             continue
-        read = spec.target not in buffers or bool(placeholders[buffers[spec.target]].users)
-        if spec.kind != OutputKind.BUFFER_MUTATION or read:
-            raise UnsupportedError(
-                f"the model mutates {spec.target!r} in place ({spec.kind.name}) and reads it, "
-                "so its value carries from one call to the next; ecograph captures inference "
-                "graphs only. Remove the in-place update or run in eval mode"
-            )
-        keep.append(False)
+        buffer = spec.kind == OutputKind.BUFFER_MUTATION and spec.target in buffers
+        if buffer and not placeholders[buffers[spec.target]].users:
+            keep.append(False)  # overwritten, never read
+            continue
+        why = " and reads it, so its value carries from one call to the next" if buffer else ""
+        raise UnsupportedError(
+            f"the model mutates {spec.target!r} in place ({spec.kind.name}){why}; ecograph "
+            "captures inference graphs only. Remove the in-place update or run in eval mode"
+        )
     if all(keep):
         return
     (output,) = [n for n in ep.graph.nodes if n.op == "output"]
