@@ -67,6 +67,12 @@ def hf_greedy(model: Any, ids: Any, new: int, **kw: Any) -> Any:
     return out.numpy()
 
 
+def hf_logits(model: Any, ids: Any) -> Any:
+    """Hugging Face's logits for a whole sequence (the oracle), as numpy."""
+    with torch.no_grad():
+        return model(torch.as_tensor(ids)).logits.numpy()
+
+
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.lm.conftest import hf_greedy, torch
+from tests.lm.conftest import hf_greedy, hf_logits, torch
 
 pytest.importorskip("tvm")
 
@@ -31,11 +31,6 @@ COMPILED = ["falcon", "gptj", "bloom", "gemma2"]
 def test_every_supported_architecture_has_a_model_here() -> None:
     assert sorted(ARCHITECTURES) == sorted(SUPPORTED)
     assert PROMPT + STEPS > WINDOW
-
-
-def hf_logits(model: Any, ids: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return model(torch.as_tensor(ids)).logits.numpy()
 
 
 def hf_incremental(model: Any, ids: np.ndarray) -> list[np.ndarray]:

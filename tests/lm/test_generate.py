@@ -15,15 +15,10 @@ import numpy as np
 import pytest
 
 from tests.backends.test_tvm_build import _gpu_visible
-from tests.lm.conftest import MAX_SEQ_LEN, VOCAB, hf_greedy, shared_keys, torch
+from tests.lm.conftest import MAX_SEQ_LEN, VOCAB, hf_greedy, hf_logits, shared_keys
 
 ATOL = RTOL = 1e-4
 REPO = Path(__file__).resolve().parents[2]
-
-
-def hf_logits(model: Any, ids: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return model(torch.as_tensor(ids)).logits.numpy()
 
 
 def prompt(batch: int, length: int, seed: int = 0) -> np.ndarray:

@@ -132,9 +132,8 @@ def _expand(ctx: LowerContext) -> relax.Expr:
 
 @lowers("Tile")
 def _tile(ctx: LowerContext) -> relax.Expr:
-    known = ctx.const(1)
-    if known is not None:
-        return R.tile(ctx.arg(0), [int(r) for r in np.asarray(known).reshape(-1)])
+    if ctx.const(1) is not None:
+        return R.tile(ctx.arg(0), ctx.ints(1, "repeats"))
     # repeats from the shapes of dynamic dims (GPT-J's and BLOOM's `t.repeat(batch, ...)`):
     # each repeated axis gets a new axis of `r` copies before it, broadcast, then merged
     repeats = symbolic_value(ctx.node.inputs[1])  # type: ignore[arg-type]
@@ -232,14 +231,13 @@ def _bounds(ctx: LowerContext, i: int, what: str) -> list[Any]:
     v = ctx.node.input(i)
     dims = symbolic_value(v) if v is not None else None
     if dims is None:
-        known = ctx.const(i)
-        if known is None:
+        if ctx.const(i) is None:
             count = ctx.in_type(i).shape[0] if ctx.in_type(i).rank == 1 else None
             if not isinstance(count, int):
                 ctx.fail(f"{what} (input {i}) must be a 1-D tensor of static length")
             bounds = R.astype(ctx.arg(i), "int64")
             return [_RunTime(R.strided_slice(bounds, [0], [k], [k + 1])) for k in range(count)]
-        dims = [int(x) for x in np.asarray(known).reshape(-1)]
+        dims = ctx.ints(i, what)  # type: ignore[assignment]
     big = 2**62
     return [max(-big, min(big, d)) if isinstance(d, int) else ctx.dim(d) for d in dims]  # type: ignore[misc]
 
