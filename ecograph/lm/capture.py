@@ -26,6 +26,8 @@ fastest) and the prefix is a strided view, which the CPU kernel reads in place (
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +73,20 @@ SUPPORTED = {
     "ernie4_5": "ERNIE 4.5: Llama-style, interleaved rotary",
     "arcee": "Arcee (AFM): Llama-style, ReLU^2 MLP",
     "apertus": "Apertus: xIELU MLP, q/k norms",
+    # mixtures of experts: every expert computed, weighted by the router (dense_experts_forward)
+    "mixtral": "Mixtral: Mistral-style, mixture of experts (softmax top-k router)",
+    "qwen2_moe": "Qwen2-MoE: mixture of experts with a gated shared expert",
+    "qwen3_moe": "Qwen3-MoE: Qwen3-style, mixture of experts",
+    "olmoe": "OLMoE: q/k norms, mixture of experts",
+    "phimoe": "PhiMoE: LayerNorm, mixture of experts (sparsemixer router)",
+    "granitemoe": "Granite-MoE: Granite multipliers, mixture of experts",
+    "granitemoeshared": "Granite-MoE with a shared expert",
+    "dots1": "dots.llm1: dense first layers, grouped sigmoid router, shared experts",
+    "ernie4_5_moe": "ERNIE 4.5 MoE: router with a bias correction, shared experts",
+    "glm4_moe": "GLM-4 MoE (GLM-4.5): grouped sigmoid router, shared experts",
+    "hunyuan_v1_moe": "Hunyuan-MoE: q/k norms, shared expert",
+    "flex_olmo": "FlexOlmo: OLMo 2-style, mixture of experts",
+    "gpt_oss": "gpt-oss: attention sinks, alternating windows, biased clamped-SwiGLU experts",
 }
 _EXAMPLE_BATCH, _EXAMPLE_T, _EXAMPLE_S = 2, 5, 7  # capture sizes: not 0 or 1 (torch specializes)
 
@@ -219,6 +235,63 @@ def run_with_cache(
     return out.logits, kv.permute(4, 0, 1, 2, 3, 5).contiguous()
 
 
+DENSE_EXPERTS = "ecograph-dense"  # the experts implementation the capture registers
+
+
+def dense_experts_forward(
+    self: Any, hidden_states: Any, top_k_index: Any, top_k_weights: Any
+) -> Any:
+    """A mixture of experts' layer (transformers' `use_experts_implementation` interface) as
+    the capture computes it: every expert over every token, each weighted by its routing
+    weight (0 where the router did not choose it), summed. The same sum as transformers'
+    implementations, whose gathers and grouped products depend on the routing (data that
+    torch.export cannot follow, or weights copied per token); here each expert's products
+    have constant weights, which the pipeline packs and quantizes like any other. A step
+    computes all experts' products, not only the chosen ones' (docs/generation.md)."""
+    import torch
+
+    if self._is_expert_parallel:
+        raise UnsupportedError("compile_lm captures experts on one device (no expert parallelism)")
+    experts = self.num_experts
+    chosen = top_k_index.unsqueeze(-1) == torch.arange(experts, device=top_k_index.device)
+    routing = (chosen.to(top_k_weights.dtype) * top_k_weights.unsqueeze(-1)).sum(1)
+    gated = self.has_gate
+
+    def linear(x: Any, name: str, e: int) -> Any:
+        weight = getattr(self, name)[e]
+        out = x @ weight if self.is_transposed else torch.nn.functional.linear(x, weight)
+        return out + getattr(self, f"{name}_bias")[e] if self.has_bias else out
+
+    total: Any = None
+    for e in range(experts):
+        out = linear(hidden_states, "gate_up_proj" if gated else "up_proj", e)
+        out = self._apply_gate(out) if gated else self.act_fn(out)
+        out = linear(out, "down_proj", e)
+        if self.has_post_expert_norm:
+            out = self.post_expert_norm(out)
+        out = out * routing[:, e : e + 1]
+        total = out if total is None else total + out
+    return total.to(hidden_states.dtype)
+
+
+@contextmanager
+def _experts_dense(model: Any) -> Iterator[None]:
+    """Within the block, `model`'s mixture-of-experts layers (if any) compute as
+    `dense_experts_forward` says; restored after."""
+    from transformers.integrations.moe import ExpertsInterface
+
+    if not model._can_set_experts_implementation():
+        yield
+        return
+    ExpertsInterface.register(DENSE_EXPERTS, dense_experts_forward)
+    before = model.get_experts_implementation()
+    model.set_experts_implementation(DENSE_EXPERTS)
+    try:
+        yield
+    finally:
+        model.set_experts_implementation(before)
+
+
 def _modules(model: Any, head_major: bool) -> tuple[Any, Any]:
     import torch
 
@@ -268,32 +341,36 @@ def capture_lm(model: Any, head_major: bool = False) -> tuple[Any, Any, Any, Cac
     from ecograph.frontend.torch import from_torch
 
     training = model.training
-    try:
-        layout = cache_layout(model, head_major)
-        prefill, decode = _modules(model, head_major)
-        b, t, s = _EXAMPLE_BATCH, _EXAMPLE_T, _EXAMPLE_S
-        vocab = int(model.config.vocab_size)
-        ids = torch.randint(0, vocab, (b, t))
-        prefill_graph = from_torch(
-            prefill, (ids,), dynamic_shapes=({0: Dim.DYNAMIC, 1: Dim.DYNAMIC},), capture="export"
-        )
-        step = torch.randint(0, vocab, (b, 1))
-        past = torch.zeros(layout.shape(s, b), dtype=layout.dtype)
-        seq_axis, batch_axis = kv_axes(head_major)
-        decode_graph = from_torch(
-            decode,
-            (step, past),
-            dynamic_shapes=({0: Dim.DYNAMIC}, {seq_axis: Dim.DYNAMIC, batch_axis: Dim.DYNAMIC}),
-            capture="export",
-        )
-        one = from_torch(
-            decode,
-            (step[:1], past.narrow(batch_axis, 0, 1).contiguous()),
-            dynamic_shapes=(None, {seq_axis: Dim.DYNAMIC}),
-            capture="export",
-        )
-    finally:
-        model.train(training)
+    with _experts_dense(model):
+        try:
+            layout = cache_layout(model, head_major)
+            prefill, decode = _modules(model, head_major)
+            b, t, s = _EXAMPLE_BATCH, _EXAMPLE_T, _EXAMPLE_S
+            vocab = int(model.config.vocab_size)
+            ids = torch.randint(0, vocab, (b, t))
+            prefill_graph = from_torch(
+                prefill,
+                (ids,),
+                dynamic_shapes=({0: Dim.DYNAMIC, 1: Dim.DYNAMIC},),
+                capture="export",
+            )
+            step = torch.randint(0, vocab, (b, 1))
+            past = torch.zeros(layout.shape(s, b), dtype=layout.dtype)
+            seq_axis, batch_axis = kv_axes(head_major)
+            decode_graph = from_torch(
+                decode,
+                (step, past),
+                dynamic_shapes=({0: Dim.DYNAMIC}, {seq_axis: Dim.DYNAMIC, batch_axis: Dim.DYNAMIC}),
+                capture="export",
+            )
+            one = from_torch(
+                decode,
+                (step[:1], past.narrow(batch_axis, 0, 1).contiguous()),
+                dynamic_shapes=(None, {seq_axis: Dim.DYNAMIC}),
+                capture="export",
+            )
+        finally:
+            model.train(training)
     name = type(model).__name__
     prefill_graph.name = f"{name}-prefill"
     decode_graph.name = f"{name}-decode"

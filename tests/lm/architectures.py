@@ -13,6 +13,8 @@ BASE = dict(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_atten
             num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=64,
             bos_token_id=None, eos_token_id=None, pad_token_id=None)  # fmt: skip
 GPT = dict(n_layer=2, n_embd=32, n_head=4, n_positions=64)
+# a mixture of experts: each config names its expert count
+MOE = dict(num_hidden_layers=1, num_experts_per_tok=2, moe_intermediate_size=16)
 WINDOW = 6  # sliding windows (and Phi-3's LongRoPE switch) inside the sequences tests run
 
 # model_type -> (config class, model class, config overrides)
@@ -87,6 +89,54 @@ ARCHITECTURES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "ernie4_5": ("Ernie4_5Config", "Ernie4_5ForCausalLM", dict(head_dim=8)),
     "arcee": ("ArceeConfig", "ArceeForCausalLM", {}),
     "apertus": ("ApertusConfig", "ApertusForCausalLM", {}),
+    # mixtures of experts: one layer of 4 experts, 2 chosen per token
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(MOE, num_local_experts=4)),
+    "qwen2_moe": (
+        "Qwen2MoeConfig",
+        "Qwen2MoeForCausalLM",
+        dict(MOE, num_experts=4, shared_expert_intermediate_size=32),
+    ),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", dict(MOE, num_experts=4, head_dim=8)),
+    "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", dict(MOE, num_experts=4)),
+    "phimoe": ("PhimoeConfig", "PhimoeForCausalLM", dict(MOE, num_local_experts=4)),
+    "granitemoe": ("GraniteMoeConfig", "GraniteMoeForCausalLM", dict(MOE, num_local_experts=4)),
+    "granitemoeshared": (
+        "GraniteMoeSharedConfig",
+        "GraniteMoeSharedForCausalLM",
+        dict(MOE, num_local_experts=4, shared_intermediate_size=32),
+    ),
+    "dots1": (  # the first layer dense, the second experts
+        "Dots1Config",
+        "Dots1ForCausalLM",
+        dict(
+            MOE,
+            num_hidden_layers=2,
+            n_routed_experts=4,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+        ),
+    ),
+    "ernie4_5_moe": (
+        "Ernie4_5_MoeConfig",
+        "Ernie4_5_MoeForCausalLM",
+        dict(MOE, moe_num_experts=4, moe_k=2, moe_num_shared_experts=1, moe_layer_start_index=0),
+    ),
+    "glm4_moe": (
+        "Glm4MoeConfig",
+        "Glm4MoeForCausalLM",
+        dict(MOE, n_routed_experts=4, n_shared_experts=1, first_k_dense_replace=0, head_dim=8),
+    ),
+    "hunyuan_v1_moe": (
+        "HunYuanMoEV1Config",
+        "HunYuanMoEV1ForCausalLM",
+        dict(MOE, num_experts=4, moe_topk=2, head_dim=8),
+    ),
+    "flex_olmo": ("FlexOlmoConfig", "FlexOlmoForCausalLM", dict(MOE, num_experts=4)),
+    "gpt_oss": (  # attention sinks, alternating sliding windows, biased experts
+        "GptOssConfig",
+        "GptOssForCausalLM",
+        dict(MOE, num_hidden_layers=2, num_local_experts=4, head_dim=8, sliding_window=WINDOW),
+    ),
 }
 
 

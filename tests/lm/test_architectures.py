@@ -4,7 +4,8 @@ interpreter, give the logits HF computes over its own cache (as its generate doe
 position of a sequence longer than the sliding windows, a decode step at a time over the KV
 cache they return; a compiled build of the
 architectures whose mechanisms the lowering treats apart (multi-query attention, Tile by
-the batch, ALiBi, soft-capping with a sliding window) generates HF's greedy tokens.
+the batch, ALiBi, soft-capping with a sliding window, a mixture of experts with attention
+sinks) generates HF's greedy tokens.
 Tolerance 1e-4 absolute and relative (observed ~1e-6)."""
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tests.lm.architectures import ARCHITECTURES, VOCAB, WINDOW, tiny_model
 
 TOL = 1e-4
 PROMPT, STEPS = 5, 4  # 9 positions: past every sliding window (WINDOW)
-COMPILED = ["falcon", "gptj", "bloom", "gemma2"]
+COMPILED = ["falcon", "gptj", "bloom", "gemma2", "gpt_oss"]
 
 
 def test_every_supported_architecture_has_a_model_here() -> None:
@@ -51,7 +52,9 @@ def hf_incremental(model: Any, ids: np.ndarray) -> list[np.ndarray]:
 def test_captured_graphs_match_hf(model_type: str) -> None:
     model = tiny_model(model_type)
     check_model(model, 32)
+    experts = model.get_experts_implementation()
     prefill, decode, decode1, layout = capture_lm(model, head_major=True)
+    assert model.get_experts_implementation() == experts  # the capture's own, undone
     ids = np.random.default_rng(0).integers(0, VOCAB, (2, PROMPT + STEPS)).astype(np.int64)
     want, want1 = hf_incremental(model, ids), hf_incremental(model, ids[:1])
     logits, kv = interpret(prefill, {"input_ids": ids[:, :PROMPT]}).values()
