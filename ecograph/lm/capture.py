@@ -86,6 +86,7 @@ SUPPORTED = {
     "glm4_moe": "GLM-4 MoE (GLM-4.5): grouped sigmoid router, shared experts",
     "hunyuan_v1_moe": "Hunyuan-MoE: q/k norms, shared expert",
     "flex_olmo": "FlexOlmo: OLMo 2-style, mixture of experts",
+    "deepseek_v3": "DeepSeek-V3: latent attention (compressed cache), grouped sigmoid router",
     "gpt_oss": "gpt-oss: attention sinks, alternating windows, biased clamped-SwiGLU experts",
 }
 _EXAMPLE_BATCH, _EXAMPLE_T, _EXAMPLE_S = 2, 5, 7  # capture sizes: not 0 or 1 (torch specializes)
@@ -102,6 +103,10 @@ class CacheLayout:
     head_dim: int
     dtype: Any  # torch.dtype
     head_major: bool = False
+    # (key width, value width) where they differ (DeepSeek's latent attention caches its
+    # compressed latent as keys and the rotary key as values): both stored head_dim wide
+    # (the wider), the narrower padded with zeros
+    widths: tuple[int, int] | None = None
 
     def shape(self, positions: int, batch: int) -> tuple[int, ...]:
         return kv_shape(
@@ -175,13 +180,54 @@ def check_model(model: Any, max_seq_len: int) -> None:
 
 
 def run_with_cache(
-    model: Any, input_ids: Any, past_kv: Any | None, head_major: bool = False
+    model: Any,
+    input_ids: Any,
+    past_kv: Any | None,
+    head_major: bool = False,
+    widths: tuple[int, int] | None = None,
 ) -> tuple[Any, Any]:
     """Run `model` on `input_ids` after `past_kv` (S positions of a KV cache laid out as
     `head_major` says, or None); return its logits and the new positions' keys/values in the
-    same layout."""
+    same layout (keys and values of different `widths` padded to the wider, CacheLayout)."""
+    import torch
+
+    logits, layers = _run_recording(model, input_ids, past_kv, head_major, widths)
+    if widths is not None:
+        width = max(widths)
+        pad = torch.nn.functional.pad
+        layers = [
+            (pad(k, (0, width - k.shape[-1])), pad(v, (0, width - v.shape[-1]))) for k, v in layers
+        ]
+    try:
+        if head_major:  # [2 x layers, batch, kv_heads, T, dim]
+            kv = torch.stack([k for k, _ in layers] + [v for _, v in layers])
+            return logits, kv.contiguous()
+        kv = torch.stack([torch.stack([k for k, _ in layers]), torch.stack([v for _, v in layers])])
+    except RuntimeError as exc:
+        raise UnsupportedError(
+            f"{type(model).__name__}'s layers keep keys/values of different shapes ({exc}); "
+            "the capture needs one shape for every layer"
+        ) from exc
+    # [2, layers, batch, kv_heads, T, dim] -> [T, 2, layers, batch, kv_heads, dim]
+    return logits, kv.permute(4, 0, 1, 2, 3, 5).contiguous()
+
+
+def _run_recording(
+    model: Any,
+    input_ids: Any,
+    past_kv: Any | None,
+    head_major: bool,
+    widths: tuple[int, int] | None,
+) -> tuple[Any, list[tuple[Any, Any]]]:
+    """run_with_cache's model call: its logits and, per layer, the keys and values it wrote
+    to the cache, as it wrote them."""
     import torch
     from transformers import DynamicCache
+
+    def unpad(keys: Any, values: Any) -> tuple[Any, Any]:
+        if widths is None:
+            return keys, values
+        return keys[..., : widths[0]], values[..., : widths[1]]
 
     cache = DynamicCache()
     past = 0
@@ -189,7 +235,7 @@ def run_with_cache(
         # [2 x layers, batch, kv_heads, S, dim]: each layer's keys and values are one index
         past, layers = past_kv.shape[3], past_kv.shape[0] // 2
         for i in range(layers):
-            cache.update(past_kv[i], past_kv[layers + i], i)
+            cache.update(*unpad(past_kv[i], past_kv[layers + i]), i)
     elif past_kv is not None:
         past = past_kv.shape[0]
         # One index per (keys or values, layer) into a view of the cache: each layer's keys
@@ -202,7 +248,7 @@ def run_with_cache(
         pairs = past_kv.flatten(1, 2)  # [S, 2 * layers, batch, kv_heads, dim], a view
         for i in range(layers):
             keys, values = pairs[:, i], pairs[:, layers + i]  # [S, batch, kv_heads, dim]
-            cache.update(keys.permute(1, 2, 0, 3), values.permute(1, 2, 0, 3), i)
+            cache.update(*unpad(keys.permute(1, 2, 0, 3), values.permute(1, 2, 0, 3)), i)
     new: dict[int, tuple[Any, Any]] = {}
     update = cache.update
 
@@ -220,19 +266,7 @@ def run_with_cache(
             f"given (layers written: {sorted(new)}); its attention cannot be captured over an "
             "explicit KV cache"
         )
-    layers = [new[i] for i in range(len(new))]
-    try:
-        if head_major:  # [2 x layers, batch, kv_heads, T, dim]
-            kv = torch.stack([k for k, _ in layers] + [v for _, v in layers])
-            return out.logits, kv.contiguous()
-        kv = torch.stack([torch.stack([k for k, _ in layers]), torch.stack([v for _, v in layers])])
-    except RuntimeError as exc:
-        raise UnsupportedError(
-            f"{type(model).__name__}'s layers keep keys/values of different shapes ({exc}); "
-            "the capture needs one shape for every layer"
-        ) from exc
-    # [2, layers, batch, kv_heads, T, dim] -> [T, 2, layers, batch, kv_heads, dim]
-    return out.logits, kv.permute(4, 0, 1, 2, 3, 5).contiguous()
+    return out.logits, [new[i] for i in range(len(new))]
 
 
 DENSE_EXPERTS = "ecograph-dense"  # the experts implementation the capture registers
@@ -292,8 +326,10 @@ def _experts_dense(model: Any) -> Iterator[None]:
         model.set_experts_implementation(before)
 
 
-def _modules(model: Any, head_major: bool) -> tuple[Any, Any]:
+def _modules(model: Any, layout: CacheLayout) -> tuple[Any, Any]:
     import torch
+
+    head_major, widths = layout.head_major, layout.widths
 
     class Prefill(torch.nn.Module):
         """The prompt pass: logits at every position and the prompt's keys/values."""
@@ -303,7 +339,7 @@ def _modules(model: Any, head_major: bool) -> tuple[Any, Any]:
             self.lm = model
 
         def forward(self, input_ids: Any) -> Any:
-            return run_with_cache(self.lm, input_ids, None, head_major)
+            return run_with_cache(self.lm, input_ids, None, head_major, widths)
 
     class Decode(torch.nn.Module):
         """One step: the new token attends to the S cached positions."""
@@ -313,7 +349,7 @@ def _modules(model: Any, head_major: bool) -> tuple[Any, Any]:
             self.lm = model
 
         def forward(self, input_ids: Any, past_kv: Any) -> Any:
-            return run_with_cache(self.lm, input_ids, past_kv, head_major)
+            return run_with_cache(self.lm, input_ids, past_kv, head_major, widths)
 
     return Prefill().eval(), Decode().eval()
 
@@ -324,8 +360,60 @@ def cache_layout(model: Any, head_major: bool = False) -> CacheLayout:
 
     ids = torch.zeros((1, 2), dtype=torch.long)
     with torch.no_grad():
-        _, kv = run_with_cache(model.eval(), ids, None)
-    return CacheLayout(int(kv.shape[2]), int(kv.shape[4]), int(kv.shape[5]), kv.dtype, head_major)
+        _, layers = _run_recording(model.eval(), ids, None, head_major, None)
+    shapes = {(tuple(k.shape[:-1]), tuple(v.shape[:-1])) for k, v in layers}
+    key_widths, value_widths = {k.shape[-1] for k, _ in layers}, {v.shape[-1] for _, v in layers}
+    if len(shapes) > 1 or len(key_widths) > 1 or len(value_widths) > 1:
+        raise UnsupportedError(
+            f"{type(model).__name__}'s layers keep keys/values of different shapes (keys "
+            f"{sorted(key_widths)} wide, values {sorted(value_widths)}); the capture needs one "
+            "shape for every layer"
+        )
+    ((key_shape, value_shape),) = shapes
+    if key_shape != value_shape:
+        raise UnsupportedError(
+            f"{type(model).__name__} caches keys and values of different shapes ({key_shape} "
+            f"and {value_shape}, leaving out the last dim); the capture needs them alike"
+        )
+    (key_width,), (value_width,) = key_widths, value_widths
+    widths = (key_width, value_width) if key_width != value_width else None
+    keys = layers[0][0]
+    return CacheLayout(
+        len(layers), int(keys.shape[1]), max(key_width, value_width), keys.dtype, head_major, widths
+    )
+
+
+def _capture(model: Any, head_major: bool) -> tuple[Any, Any, Any, CacheLayout]:
+    """capture_lm's three graphs and the cache layout, the model as it is set up."""
+    import torch
+    from torch.export import Dim
+
+    from ecograph.frontend.torch import from_torch
+
+    layout = cache_layout(model, head_major)
+    prefill, decode = _modules(model, layout)
+    b, t, s = _EXAMPLE_BATCH, _EXAMPLE_T, _EXAMPLE_S
+    vocab = int(model.config.vocab_size)
+    ids = torch.randint(0, vocab, (b, t))
+    prefill_graph = from_torch(
+        prefill, (ids,), dynamic_shapes=({0: Dim.DYNAMIC, 1: Dim.DYNAMIC},), capture="export"
+    )
+    step = torch.randint(0, vocab, (b, 1))
+    past = torch.zeros(layout.shape(s, b), dtype=layout.dtype)
+    seq_axis, batch_axis = kv_axes(head_major)
+    decode_graph = from_torch(
+        decode,
+        (step, past),
+        dynamic_shapes=({0: Dim.DYNAMIC}, {seq_axis: Dim.DYNAMIC, batch_axis: Dim.DYNAMIC}),
+        capture="export",
+    )
+    one = from_torch(
+        decode,
+        (step[:1], past.narrow(batch_axis, 0, 1).contiguous()),
+        dynamic_shapes=(None, {seq_axis: Dim.DYNAMIC}),
+        capture="export",
+    )
+    return prefill_graph, decode_graph, one, layout
 
 
 def capture_lm(model: Any, head_major: bool = False) -> tuple[Any, Any, Any, CacheLayout]:
@@ -335,42 +423,12 @@ def capture_lm(model: Any, head_major: bool = False) -> tuple[Any, Any, Any, Cac
     products are matrix-vector products the CPU kernels compute row by row (a symbolic batch
     gets the row-tiled kernel, which pads one row to a whole tile of rows: measured 1.1-2.5x
     the time of the single-row kernel)."""
-    import torch
-    from torch.export import Dim
-
-    from ecograph.frontend.torch import from_torch
-
     training = model.training
-    with _experts_dense(model):
-        try:
-            layout = cache_layout(model, head_major)
-            prefill, decode = _modules(model, head_major)
-            b, t, s = _EXAMPLE_BATCH, _EXAMPLE_T, _EXAMPLE_S
-            vocab = int(model.config.vocab_size)
-            ids = torch.randint(0, vocab, (b, t))
-            prefill_graph = from_torch(
-                prefill,
-                (ids,),
-                dynamic_shapes=({0: Dim.DYNAMIC, 1: Dim.DYNAMIC},),
-                capture="export",
-            )
-            step = torch.randint(0, vocab, (b, 1))
-            past = torch.zeros(layout.shape(s, b), dtype=layout.dtype)
-            seq_axis, batch_axis = kv_axes(head_major)
-            decode_graph = from_torch(
-                decode,
-                (step, past),
-                dynamic_shapes=({0: Dim.DYNAMIC}, {seq_axis: Dim.DYNAMIC, batch_axis: Dim.DYNAMIC}),
-                capture="export",
-            )
-            one = from_torch(
-                decode,
-                (step[:1], past.narrow(batch_axis, 0, 1).contiguous()),
-                dynamic_shapes=(None, {seq_axis: Dim.DYNAMIC}),
-                capture="export",
-            )
-        finally:
-            model.train(training)
+    try:
+        with _experts_dense(model):
+            prefill_graph, decode_graph, one, layout = _capture(model, head_major)
+    finally:
+        model.train(training)
     name = type(model).__name__
     prefill_graph.name = f"{name}-prefill"
     decode_graph.name = f"{name}-decode"

@@ -15,6 +15,10 @@ BASE = dict(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_atten
 GPT = dict(n_layer=2, n_embd=32, n_head=4, n_positions=64)
 # a mixture of experts: each config names its expert count
 MOE = dict(num_hidden_layers=1, num_experts_per_tok=2, moe_intermediate_size=16)
+# DeepSeek's multi-head latent attention
+LATENT = dict(
+    kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=8
+)
 WINDOW = 6  # sliding windows (and Phi-3's LongRoPE switch) inside the sequences tests run
 
 # model_type -> (config class, model class, config overrides)
@@ -132,6 +136,11 @@ ARCHITECTURES: dict[str, tuple[str, str, dict[str, Any]]] = {
         dict(MOE, num_experts=4, moe_topk=2, head_dim=8),
     ),
     "flex_olmo": ("FlexOlmoConfig", "FlexOlmoForCausalLM", dict(MOE, num_experts=4)),
+    "deepseek_v3": (  # latent attention: keys 16 wide (the latent), values 4 (the rotary key)
+        "DeepseekV3Config",
+        "DeepseekV3ForCausalLM",
+        dict(MOE, num_key_value_heads=4, **LATENT, n_routed_experts=4, n_shared_experts=1),
+    ),
     "gpt_oss": (  # attention sinks, alternating sliding windows, biased experts
         "GptOssConfig",
         "GptOssForCausalLM",

@@ -21,7 +21,7 @@ from tests.lm.conftest import hf_greedy, hf_logits, torch
 pytest.importorskip("tvm")
 
 from ecograph.ir import interpret
-from ecograph.lm.capture import SUPPORTED, capture_lm, check_model
+from ecograph.lm.capture import SUPPORTED, cache_layout, capture_lm, check_model
 from tests.lm.architectures import ARCHITECTURES, VOCAB, WINDOW, tiny_model
 
 TOL = 1e-4
@@ -71,6 +71,15 @@ def test_captured_graphs_match_hf(model_type: str) -> None:
         one = np.concatenate([one, new1], axis=3)
     if model_type not in ("phi3",):  # a whole-sequence forward: the same logits
         np.testing.assert_allclose(want[-1], hf_logits(model, ids)[:, -1], atol=TOL, rtol=TOL)
+
+
+def test_latent_attention_caches_latent_and_rotary_key_at_one_width() -> None:
+    """DeepSeek-V3 caches its compressed latent (16 wide here) as keys and its rotary key (4)
+    as values, one head: the cache holds both 16 wide (test_captured_graphs_match_hf checks
+    that the padding round-trips)."""
+    layout = cache_layout(tiny_model("deepseek_v3"), head_major=True)
+    assert (layout.kv_heads, layout.head_dim, layout.widths) == (1, 16, (16, 4))
+    assert cache_layout(tiny_model("llama")).widths is None
 
 
 @pytest.mark.parametrize("model_type", COMPILED)
