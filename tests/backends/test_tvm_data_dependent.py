@@ -209,12 +209,8 @@ def chain_feeds() -> dict[str, np.ndarray]:
     return {"x": x, "cond": np.array([1, 0, 1, 1, 0, 1], bool)}
 
 
-@pytest.mark.parametrize("target", [{"kind": "llvm"}, "cuda:sm_80"])
-def test_no_host_callbacks_in_module(target: Any) -> None:
-    from ecograph.backends.tvm import build
-
-    result = build.build_module(chain_graph(), target, keep_params=False)
-    text = result.executable.as_text()
+def assert_no_host_callbacks(executable: Any) -> None:
+    text = executable.as_text()
     assert "relax.run." not in text
     called = set(re.findall(r"call\s+([\w.]+)", text))
     # Only the VM's own C++ builtins (TVM registers from Python only relax.run.* and
@@ -223,6 +219,15 @@ def test_no_host_callbacks_in_module(target: Any) -> None:
     assert all(c.startswith("vm.builtin.") for c in dotted), dotted
     assert not any("py_func" in c or "debug_print" in c for c in dotted), dotted
     assert "vm.builtin.tensor_to_shape" in dotted  # the data-dependent sizes
+
+
+def test_no_host_callbacks_in_module() -> None:
+    """The chain for the CPU; for CUDA, test_builds_for_cuda checks each op's build (the
+    chain's CUDA build took ~4 minutes of CI)."""
+    from ecograph.backends.tvm import build
+
+    result = build.build_module(chain_graph(), {"kind": "llvm"}, keep_params=False)
+    assert_no_host_callbacks(result.executable)
 
 
 def test_runtime_only_tvm_runs_data_dependent_ops(tmp_path: Path) -> None:
@@ -264,8 +269,7 @@ def test_builds_for_cuda(case: str) -> None:
         "unique_axis": lambda: one_op("Unique", rand((4, 3)), num_outputs=4, axis=1),
     }
     graph, _ = graphs[case]()
-    result = build.build_module(graph, "cuda:sm_80", keep_params=False)
-    assert "relax.run." not in result.executable.as_text()
+    assert_no_host_callbacks(build.build_module(graph, "cuda:sm_80", keep_params=False).executable)
 
 
 # ------------------------------------------------------------------------- TopK
