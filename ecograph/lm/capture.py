@@ -198,16 +198,10 @@ def run_with_cache(
         layers = [
             (pad(k, (0, width - k.shape[-1])), pad(v, (0, width - v.shape[-1]))) for k, v in layers
         ]
-    try:
-        if head_major:  # [2 x layers, batch, kv_heads, T, dim]
-            kv = torch.stack([k for k, _ in layers] + [v for _, v in layers])
-            return logits, kv.contiguous()
-        kv = torch.stack([torch.stack([k for k, _ in layers]), torch.stack([v for _, v in layers])])
-    except RuntimeError as exc:
-        raise UnsupportedError(
-            f"{type(model).__name__}'s layers keep keys/values of different shapes ({exc}); "
-            "the capture needs one shape for every layer"
-        ) from exc
+    # one shape for every layer's keys and values: cache_layout refused models without it
+    if head_major:  # [2 x layers, batch, kv_heads, T, dim]
+        return logits, torch.stack([k for k, _ in layers] + [v for _, v in layers]).contiguous()
+    kv = torch.stack([torch.stack([k for k, _ in layers]), torch.stack([v for _, v in layers])])
     # [2, layers, batch, kv_heads, T, dim] -> [T, 2, layers, batch, kv_heads, dim]
     return logits, kv.permute(4, 0, 1, 2, 3, 5).contiguous()
 
